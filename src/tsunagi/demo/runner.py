@@ -1,0 +1,119 @@
+"""``tsunagi demo``: the control plane, Bookinfo with sidecars, and the first rules.
+
+Everything runs as child processes of this one; Ctrl-C stops them in reverse order (the
+workloads drain and deregister first, then the control plane).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tsunagi.client import Client, Rejected, Unreachable
+
+RULES = Path(__file__).parent / "rules"
+
+WORKLOADS = [
+    ("details", "v1"),
+    ("ratings", "v1"),
+    ("reviews", "v1"),
+    ("reviews", "v2"),
+    ("reviews", "v3"),
+    ("productpage", "v1"),
+]
+
+
+def _tsunagi(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tsunagi.cli.main", *args]
+
+
+def _wait_up(client: Client, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the control plane exited; is port 15014 or 15010 in use?")
+        try:
+            client.request("GET", "/healthz", timeout=1)
+            return
+        except Unreachable:
+            time.sleep(0.1)
+    raise RuntimeError("the control plane did not come up")
+
+
+def _apply(client: Client, path: Path) -> None:
+    reply = client.request("POST", "/v1/apply", {"text": path.read_text(), "filename": str(path)})
+    client.request("GET", "/v1/wait", query={"revision": reply["revision"], "timeout": 20},
+                   timeout=25, ok=(200, 504))
+    print(f"  applied {path.name}")
+
+
+def run_demo(state_dir: Path, port: int) -> int:
+    """Run until Ctrl-C; return the exit code."""
+    env = {**os.environ, "TSUNAGI_STATE_DIR": str(state_dir)}
+    env.pop("TSUNAGI_SERVER", None)
+    children: list[subprocess.Popen[bytes]] = []
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        print("starting the control plane (state in %s)" % state_dir)
+        cp = subprocess.Popen(_tsunagi("up", "--state-dir", str(state_dir)), env=env)
+        children.append(cp)
+        client = Client.from_env(state=str(state_dir))
+        _wait_up(client, cp)
+        client = Client.from_env(state=str(state_dir))
+        _apply(client, RULES / "destination-rules.yaml")
+        for service, version in WORKLOADS:
+            extra = ["--inbound-port", str(port)] if service == "productpage" else []
+            cmd = _tsunagi("run", "--service", service, "--port", "9080", "--version", version,
+                           *extra, "--", sys.executable, "-m", "tsunagi.demo.bookinfo", service)
+            children.append(subprocess.Popen(cmd, env=env))
+        deadline = time.monotonic() + 60
+        while len(client.request("GET", "/v1/resources", query={"kind": "workloads"})["items"]) < len(WORKLOADS):
+            if stop or time.monotonic() > deadline or any(c.poll() is not None for c in children):
+                raise RuntimeError("a workload failed to start; see the log above")
+            time.sleep(0.2)
+        _apply(client, RULES / "reviews-50-50.yaml")
+        print(f"""
+Tsunagi is running Bookinfo with {len(WORKLOADS)} sidecars.
+
+  Open   http://127.0.0.1:{port}/productpage   and reload a few times:
+         reviews alternate between v1 (no stars) and v3 (red stars) — a 50/50 split.
+
+  Next, route the user "jason" to reviews v2 (black stars):
+         tsunagi apply -f {RULES / 'reviews-jason-v2.yaml'} --wait
+         then sign in as jason on the page.
+
+  See it:  tsunagi proxy-status      tsunagi get virtualservices -o yaml
+  State:   {state_dir}   (TSUNAGI_STATE_DIR)
+
+Press Ctrl-C to stop everything.
+""", flush=True)
+        while not stop and all(c.poll() is None for c in children):
+            time.sleep(0.2)
+        return 0 if stop else 1
+    except (RuntimeError, Unreachable, Rejected) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping…", flush=True)
+        for c in reversed(children[1:]):
+            if c.poll() is None:
+                c.send_signal(signal.SIGTERM)
+        for c in children[1:]:
+            try:
+                c.wait(15)
+            except subprocess.TimeoutExpired:
+                c.kill()
+        if children and children[0].poll() is None:
+            children[0].send_signal(signal.SIGTERM)
+            children[0].wait(10)

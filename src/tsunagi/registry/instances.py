@@ -1,0 +1,132 @@
+"""Workload instances: who serves which service, where, and whether they are still alive.
+
+Instances are stored (so a control-plane restart keeps every endpoint) but their leases are
+not: heartbeats only touch memory, and after a restart each stored instance gets a fresh
+lease, giving its agent a full TTL to check in again.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any
+
+from tsunagi.store import Key, Store
+
+KIND = "WorkloadInstance"
+"""The store kind that holds registered instances (internal; not an Istio kind)."""
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class InvalidInstance(ValueError):
+    """A registration that cannot be accepted; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One running workload behind a service port."""
+
+    name: str
+    service: str
+    namespace: str
+    port: int
+    address: str
+    target_port: int
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    locality: str = ""
+    healthy: bool = True
+
+    @property
+    def key(self) -> Key:
+        return (KIND, self.namespace, self.name)
+
+    def to_document(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"labels": dict(self.labels)}
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> Instance:
+        """Build and check an instance; raises :class:`InvalidInstance` naming the field."""
+        try:
+            inst = cls(
+                name=str(doc["name"]),
+                service=str(doc["service"]),
+                namespace=str(doc.get("namespace") or "default"),
+                port=int(doc["port"]),
+                address=str(doc.get("address") or "127.0.0.1"),
+                target_port=int(doc["target_port"]),
+                labels=MappingProxyType({str(k): str(v) for k, v in (doc.get("labels") or {}).items()}),
+                locality=str(doc.get("locality") or ""),
+                healthy=bool(doc.get("healthy", True)),
+            )
+        except KeyError as e:
+            raise InvalidInstance(f"missing field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise InvalidInstance(str(e)) from None
+        for what in ("name", "service", "namespace"):
+            if not _DNS_LABEL.match(getattr(inst, what)):
+                raise InvalidInstance(f"{what} {getattr(inst, what)!r} is not a DNS label")
+        for what in ("port", "target_port"):
+            if not 1 <= getattr(inst, what) <= 65535:
+                raise InvalidInstance(f"{what} must be 1..65535")
+        if inst.locality and inst.locality.count("/") > 2:
+            raise InvalidInstance("locality must be REGION[/ZONE[/SUBZONE]]")
+        return inst
+
+
+class Registry:
+    """Registers, heartbeats and expires instances on top of a :class:`Store`."""
+
+    def __init__(
+        self, store: Store, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._store = store
+        self.ttl = ttl
+        self._clock = clock
+        self._leases: dict[Key, float] = {}
+
+    def instances(self) -> list[Instance]:
+        return [Instance.from_document(r.document) for r in self._store.contents().of_kind(KIND)]
+
+    def restore_leases(self) -> None:
+        """Give every stored instance a fresh lease (call once after the store opens)."""
+        deadline = self._clock() + self.ttl
+        for rec in self._store.contents().of_kind(KIND):
+            self._leases[rec.key] = deadline
+
+    async def register(self, inst: Instance) -> int:
+        self._leases[inst.key] = self._clock() + self.ttl
+        current = self._store.contents().records.get(inst.key)
+        if current is not None and current.document == inst.to_document():
+            return self._store.contents().revision
+        return await self._store.commit([(inst.key, inst.to_document())])
+
+    def heartbeat(self, namespace: str, name: str) -> bool:
+        """Extend a lease; ``False`` means the instance is unknown and must register again."""
+        key = (KIND, namespace, name)
+        if key not in self._store.contents().records:
+            return False
+        self._leases[key] = self._clock() + self.ttl
+        return True
+
+    async def deregister(self, namespace: str, name: str) -> bool:
+        key = (KIND, namespace, name)
+        self._leases.pop(key, None)
+        if key not in self._store.contents().records:
+            return False
+        await self._store.commit([], [key])
+        return True
+
+    async def expire(self) -> list[Key]:
+        """Remove every instance whose lease lapsed; return their keys."""
+        now = self._clock()
+        stored = {r.key for r in self._store.contents().of_kind(KIND)}
+        lapsed = [k for k in stored if self._leases.get(k, 0.0) < now]
+        if lapsed:
+            for k in lapsed:
+                self._leases.pop(k, None)
+            await self._store.commit([], lapsed)
+        return lapsed

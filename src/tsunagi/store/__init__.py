@@ -1,0 +1,22 @@
+"""Revisioned, watchable storage for applied config and registered workloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tsunagi.store.base import Contents, Key, Record, Store
+from tsunagi.store.memory import MemoryStore
+from tsunagi.store.sqlite import SqliteStore
+
+__all__ = ["Contents", "Key", "MemoryStore", "Record", "SqliteStore", "Store", "open_store"]
+
+
+def open_store(url: str, state_dir: Path) -> Store:
+    """Make a store from ``--store``: ``memory:``, ``sqlite:PATH`` or empty for the default."""
+    if url in ("", "sqlite:", "sqlite"):
+        return SqliteStore(state_dir / "tsunagi.db")
+    if url.startswith("sqlite:"):
+        return SqliteStore(Path(url.removeprefix("sqlite:")).expanduser())
+    if url.startswith("memory"):
+        return MemoryStore()
+    raise ValueError(f"unsupported store {url!r}: use sqlite:PATH or memory:")

@@ -1,0 +1,66 @@
+"""Which snapshot each connected node should have, and who is waiting on whom.
+
+This is the seam between "what each node gets" (the control plane computes snapshots) and
+"how it is streamed" (the gRPC server). It holds one latest snapshot per node: setting a new
+one replaces any that was not yet sent, so a node never has more than one pending push.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tsunagi.xds.resources import Snapshot
+
+Resolver = Callable[[str, Any], Snapshot]
+"""Makes the snapshot for a newly connected node from its id and metadata."""
+
+
+@dataclass
+class NodeEntry:
+    """One connected proxy: its identity, desired snapshot and stream status."""
+
+    id: str
+    metadata: Any
+    snapshot: Snapshot
+    stream: Any
+    connected_at: float = field(default_factory=time.time)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    nacks: list[tuple[str, str]] = field(default_factory=list)
+
+
+class SnapshotCache:
+    """Latest-wins snapshots per node, plus a condition that fires on every ACK or NACK."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeEntry] = {}
+        self.resolver: Resolver | None = None
+        self.changed = asyncio.Condition()
+
+    def connect(self, node_id: str, metadata: Any, stream: Any) -> NodeEntry:
+        if self.resolver is None:
+            raise RuntimeError("no resolver: the control plane has not started pushing yet")
+        entry = NodeEntry(node_id, metadata, self.resolver(node_id, metadata), stream)
+        stream.set_snapshot(entry.snapshot)
+        self.nodes[node_id] = entry
+        return entry
+
+    def disconnect(self, entry: NodeEntry) -> None:
+        # A reconnecting Envoy may already have replaced this entry; leave the new one.
+        if self.nodes.get(entry.id) is entry:
+            del self.nodes[entry.id]
+
+    def set_snapshot(self, node_id: str, snapshot: Snapshot) -> None:
+        entry = self.nodes.get(node_id)
+        if entry is None:
+            return
+        entry.snapshot = snapshot
+        entry.stream.set_snapshot(snapshot)
+        entry.wake.set()
+
+    async def notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()

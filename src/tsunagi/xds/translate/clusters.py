@@ -1,0 +1,87 @@
+"""Clusters: one per service port and one per DestinationRule subset, plus inbound ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tsunagi.mesh import Node, World
+from tsunagi.xds.translate.names import inbound_cluster, outbound_cluster
+
+MAX = 4294967295
+CONNECT_TIMEOUT = "10s"
+"""Istio's default connect timeout."""
+
+# Istio leaves circuit breaking to DestinationRules: by default every threshold is maximal.
+_UNLIMITED = {
+    "thresholds": [
+        {
+            "max_connections": MAX,
+            "max_pending_requests": MAX,
+            "max_requests": MAX,
+            "max_retries": MAX,
+            "track_remaining": True,
+        }
+    ]
+}
+
+
+def eds_cluster(name: str) -> dict[str, Any]:
+    """An outbound cluster whose endpoints come over ADS."""
+    return {
+        "name": name,
+        "type": "EDS",
+        "eds_cluster_config": {
+            "eds_config": {"ads": {}, "resource_api_version": "V3"},
+            "service_name": name,
+        },
+        "connect_timeout": CONNECT_TIMEOUT,
+        "lb_policy": "LEAST_REQUEST",
+        "circuit_breakers": _UNLIMITED,
+        "common_lb_config": {},
+    }
+
+
+def outbound_clusters(world: World) -> list[dict[str, Any]]:
+    """Every service port, and every subset a DestinationRule defines for it."""
+    out = []
+    for svc in world.services.values():
+        for port in svc.ports:
+            out.append(eds_cluster(outbound_cluster(svc.hostname, port)))
+            for subset in world.subsets(svc.hostname):
+                out.append(eds_cluster(outbound_cluster(svc.hostname, port, subset)))
+    return out
+
+
+def inbound_clusters(node: Node) -> list[dict[str, Any]]:
+    """The local app behind each inbound port: a static address, nothing to discover."""
+    out = []
+    for port, (_listen, app) in sorted(node.inbound.items()):
+        name = inbound_cluster(port)
+        out.append(
+            {
+                "name": name,
+                "type": "STATIC",
+                "connect_timeout": CONNECT_TIMEOUT,
+                "circuit_breakers": _UNLIMITED,
+                "load_assignment": {
+                    "cluster_name": name,
+                    "endpoints": [
+                        {
+                            "lb_endpoints": [
+                                {
+                                    "endpoint": {
+                                        "address": {
+                                            "socket_address": {
+                                                "address": "127.0.0.1",
+                                                "port_value": app,
+                                            }
+                                        }
+                                    }
+                                }
+                            ]
+                        }
+                    ],
+                },
+            }
+        )
+    return out

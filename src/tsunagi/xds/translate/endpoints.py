@@ -1,0 +1,59 @@
+"""Endpoints: a ClusterLoadAssignment per outbound cluster, filtered by subset labels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tsunagi.mesh import Endpoint, World
+from tsunagi.xds.translate.names import outbound_cluster
+
+
+def _locality(locality: str) -> dict[str, str]:
+    keys = ("region", "zone", "sub_zone")
+    return {k: v for k, v in zip(keys, locality.split("/"), strict=False) if v}
+
+
+def _matches(ep: Endpoint, labels: Mapping[str, str]) -> bool:
+    return all(ep.labels.get(k) == v for k, v in labels.items())
+
+
+def load_assignment(name: str, endpoints: list[Endpoint]) -> dict[str, Any]:
+    """Group endpoints by locality, in a stable order so equal input hashes equal."""
+    by_locality: dict[str, list[Endpoint]] = {}
+    for ep in sorted(endpoints, key=lambda e: (e.locality, e.address, e.port)):
+        by_locality.setdefault(ep.locality, []).append(ep)
+    return {
+        "cluster_name": name,
+        "endpoints": [
+            {
+                "locality": _locality(loc),
+                "lb_endpoints": [
+                    {
+                        "endpoint": {
+                            "address": {
+                                "socket_address": {"address": ep.address, "port_value": ep.port}
+                            }
+                        },
+                        "health_status": "HEALTHY" if ep.healthy else "UNHEALTHY",
+                    }
+                    for ep in eps
+                ],
+            }
+            for loc, eps in by_locality.items()
+        ],
+    }
+
+
+def outbound_load_assignments(world: World) -> list[dict[str, Any]]:
+    """One assignment per cluster made by :func:`clusters.outbound_clusters`."""
+    out = []
+    for svc in world.services.values():
+        for port in svc.ports:
+            eps = list(world.endpoints.get((svc.hostname, port), ()))
+            out.append(load_assignment(outbound_cluster(svc.hostname, port), eps))
+            for subset in world.subsets(svc.hostname):
+                labels = world.subset_labels(svc.hostname, subset) or {}
+                chosen = [ep for ep in eps if _matches(ep, labels)]
+                out.append(load_assignment(outbound_cluster(svc.hostname, port, subset), chosen))
+    return out

@@ -1,0 +1,74 @@
+"""Listeners: the outbound HTTP proxy port the app's ``HTTP_PROXY`` points at, and one
+inbound listener per service port that hands requests to the local app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tsunagi.mesh import Node
+from tsunagi.xds.translate.names import (
+    OUTBOUND_LISTENER,
+    OUTBOUND_ROUTE,
+    inbound_cluster,
+    inbound_listener,
+)
+from tsunagi.xds.translate.protos import HCM_TYPE, ROUTER_TYPE
+
+
+def _hcm(stat_prefix: str, routes: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM_TYPE,
+            "stat_prefix": stat_prefix,
+            "codec_type": "AUTO",
+            **routes,
+            "http_filters": [
+                {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+            ],
+        },
+    }
+
+
+def _listener(name: str, port: int, hcm: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [hcm]}],
+    }
+
+
+def outbound_listener(node: Node) -> dict[str, Any]:
+    """Where the app's HTTP_PROXY points; its routes come over RDS."""
+    rds = {
+        "rds": {
+            "route_config_name": OUTBOUND_ROUTE,
+            "config_source": {"ads": {}, "resource_api_version": "V3"},
+        }
+    }
+    return _listener(OUTBOUND_LISTENER, node.outbound_port, _hcm("outbound", rds))
+
+
+def inbound_listeners(node: Node) -> list[dict[str, Any]]:
+    """Requests from other sidecars to this workload. Routes are inline: they never change
+    independently of the listener, so a separate RDS resource would only add a round trip."""
+    out = []
+    for port, (listen, _app) in sorted(node.inbound.items()):
+        route_config = {
+            "name": inbound_listener(port),
+            "virtual_hosts": [
+                {
+                    "name": "inbound",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "route": {"cluster": inbound_cluster(port), "timeout": "0s"},
+                        }
+                    ],
+                }
+            ],
+        }
+        hcm = _hcm(f"inbound_{port}", {"route_config": route_config})
+        out.append(_listener(inbound_listener(port), listen, hcm))
+    return out

@@ -1,0 +1,56 @@
+"""Names and domains, spelled the way Istio spells them (so tooling and habits carry over)."""
+
+from __future__ import annotations
+
+from tsunagi.mesh import Service
+
+OUTBOUND_LISTENER = "outbound"
+OUTBOUND_ROUTE = "outbound"
+
+
+def outbound_cluster(host: str, port: int, subset: str = "") -> str:
+    """``outbound|9080|v1|reviews.default.svc.cluster.local``."""
+    return f"outbound|{port}|{subset}|{host}"
+
+
+def inbound_cluster(port: int) -> str:
+    return f"inbound|{port}||"
+
+
+def inbound_listener(port: int) -> str:
+    return f"inbound|{port}"
+
+
+def host_aliases(host: str, node_namespace: str) -> list[str]:
+    """Every way a client may write ``host``: FQDN, ``name.ns.svc``, ``name.ns`` and, from the
+    same namespace, the short name."""
+    parts = host.split(".")
+    if len(parts) == 5 and parts[2:] == ["svc", "cluster", "local"]:
+        name, ns = parts[0], parts[1]
+        aliases = [host, f"{name}.{ns}.svc", f"{name}.{ns}"]
+        if ns == node_namespace:
+            aliases.append(name)
+        return aliases
+    return [host]
+
+
+def service_domains(svc: Service, port: int, node_namespace: str) -> list[str]:
+    """Domains of one service port. A Host header without a port means port 80, so the bare
+    names go to port 80 when the service has it, else to its lowest port."""
+    bare = port == 80 or (80 not in svc.ports and port == svc.ports[0])
+    out: list[str] = []
+    for alias in host_aliases(svc.hostname, node_namespace):
+        if bare:
+            out.append(alias)
+        out.append(f"{alias}:{port}")
+    return out
+
+
+def virtual_host_domains(host: str, node_namespace: str) -> list[str]:
+    """Domains of a VirtualService host that is not a known service (any port)."""
+    out: list[str] = []
+    for alias in host_aliases(host, node_namespace):
+        out.append(alias)
+        if not alias.startswith("*"):
+            out.append(f"{alias}:*")
+    return out

@@ -1,0 +1,57 @@
+"""Golden tests: Istio YAML in, Envoy config out, with no network, clock or process.
+
+Each folder under ``cases/`` holds ``config.yaml`` (Istio resources), ``workloads.yaml``
+(registered instances), ``node.yaml`` (the proxy being configured) and ``expected.yaml``.
+Run with ``UPDATE_GOLDEN=1`` to rewrite ``expected.yaml`` after an intended change, then
+read the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.protobuf import json_format
+
+from tsunagi.api import load_documents
+from tsunagi.mesh import Node, World
+from tsunagi.registry import Instance
+from tsunagi.xds import resources as rs
+from tsunagi.xds.translate import translate
+
+CASES = sorted(p for p in (Path(__file__).parent / "cases").iterdir() if p.is_dir())
+NAMES = {rs.CLUSTER: "clusters", rs.ENDPOINT: "endpoints", rs.LISTENER: "listeners",
+         rs.ROUTE: "routes"}
+
+
+def render(case: Path) -> dict[str, Any]:
+    config = (case / "config.yaml").read_text() if (case / "config.yaml").exists() else ""
+    resources = load_documents(config, str(case / "config.yaml"))
+    instances = [Instance.from_document(d) for d in yaml.safe_load((case / "workloads.yaml").read_text()) or []]
+    node_doc = yaml.safe_load((case / "node.yaml").read_text())
+    node = Node.from_metadata(node_doc["id"], node_doc.get("metadata") or {})
+    snapshot = translate(World.build(1, resources, instances), node)
+    out: dict[str, Any] = {}
+    for type_url, key in NAMES.items():
+        items = []
+        for name in sorted(snapshot.of(type_url)):
+            any_msg = snapshot.of(type_url)[name].body
+            as_dict = json_format.MessageToDict(any_msg, preserving_proto_field_name=True)
+            items.append(json.loads(json.dumps(as_dict)))  # plain dicts for YAML
+        out[key] = items
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_golden(case: Path) -> None:
+    got = render(case)
+    expected_file = case / "expected.yaml"
+    if os.environ.get("UPDATE_GOLDEN") or not expected_file.exists():
+        expected_file.write_text(yaml.safe_dump(got, sort_keys=False))
+        if not os.environ.get("UPDATE_GOLDEN"):
+            pytest.fail(f"wrote new golden file {expected_file}; review it and re-run")
+    assert got == yaml.safe_load(expected_file.read_text())
