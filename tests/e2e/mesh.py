@@ -170,3 +170,50 @@ class Mesh:
         for w in reversed(self.workloads):
             stop(w.proc)
         self.down()
+
+
+class Traffic:
+    """A client sending continuously through a sidecar in a thread, recording every answer.
+
+    Bounded: it stops by itself after ``limit`` seconds even if nobody stops it.
+    """
+
+    def __init__(self, port: int, host: str, limit: float = 120.0) -> None:
+        import threading
+
+        self.port, self.host, self.limit = port, host, limit
+        self.results: list[tuple[int, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _loop(self) -> None:
+        deadline = time.monotonic() + self.limit
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                status, body = request(self.port, self.host, conn=conn)
+                version = body.get("service", "") + "/" + body.get("version", "") if isinstance(body, dict) else str(body)[:80]
+                self.results.append((status, version))
+            except (OSError, http.client.HTTPException) as e:
+                self.results.append((0, repr(e)))
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            time.sleep(0.002)
+        conn.close()
+
+    def failures(self) -> list[tuple[int, str]]:
+        return [r for r in self.results if r[0] != 200]
+
+    def seen_after(self, index: int) -> set[str]:
+        return {v for _, v in self.results[index:]}

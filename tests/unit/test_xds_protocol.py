@@ -3,7 +3,8 @@
 Every test drives a stream with real DiscoveryRequests built from tiny real protos and
 asserts the exact responses that come out. ``FakeEnvoy`` plays the client side the way
 Envoy does: it ACKs, and after applying clusters/listeners it subscribes to their
-endpoints/routes.
+endpoints/routes; with ``warming=True`` it also holds a CDS (LDS) ACK until every cluster
+(listener) it applied got its endpoints (routes), as Envoy does.
 """
 
 from __future__ import annotations
@@ -209,8 +210,10 @@ def drain(stream: SotwStream | DeltaStream) -> list[Any]:
 class FakeEnvoy:
     """The client side of one stream, behaving like Envoy (for either protocol variant)."""
 
-    def __init__(self, stream: SotwStream | DeltaStream) -> None:
+    def __init__(self, stream: SotwStream | DeltaStream, *, warming: bool = False) -> None:
         self.stream = stream
+        self.warming = warming
+        self.warming_acks: dict[str, Any] = {}  # CDS/LDS response whose ACK waits for warming
         self.delta = isinstance(stream, DeltaStream)
         self.subs: dict[str, set[str] | None] = {}  # None: wildcard
         self.held: dict[str, dict[str, Resource]] = {}
@@ -268,27 +271,44 @@ class FakeEnvoy:
             version = resp.version_info if error is None else ""
             self.send(sotw_req(t, sorted(subs or ()), resp.nonce, version, error))
 
+    def references(self, t: str) -> set[str]:
+        """The endpoint (route) names the held clusters (listeners) need."""
+        refs = cluster_eds_names if t == CLUSTER else listener_route_names
+        return {n for r in self.held.get(t, {}).values() for n in refs(r.body)}
+
     def follow_dependencies(self, t: str) -> None:
         # Like Envoy: after applying clusters/listeners, ask for their endpoints/routes.
-        if t == CLUSTER:
-            want = {n for r in self.held[t].values() for n in cluster_eds_names(r.body)}
-            child = ENDPOINT
-        elif t == LISTENER:
-            want = {n for r in self.held[t].values() for n in listener_route_names(r.body)}
-            child = ROUTE
-        else:
+        if t not in (CLUSTER, LISTENER):
             return
+        want = self.references(t)
+        child = ENDPOINT if t == CLUSTER else ROUTE
         if want != (self.subs.get(child) or set()) or child not in self.subs:
             self.subscribe(child, want)
+
+    def ack_warmed(self) -> None:
+        # A held CDS (LDS) ACK goes once every cluster (listener) has its endpoints (routes).
+        for t, resp in list(self.warming_acks.items()):
+            child = ENDPOINT if t == CLUSTER else ROUTE
+            if self.references(t) <= set(self.held.get(child, {})):
+                del self.warming_acks[t]
+                self.answer(resp)
 
     def step(self) -> Any | None:
         resp = self.stream.next_response()
         if resp is None:
             return None
+        t = resp.type_url
         self.log.append(summary(resp))
-        self.answer(resp)
-        if resp.type_url not in self.reject:
-            self.follow_dependencies(resp.type_url)
+        if self.warming and t in (CLUSTER, LISTENER) and t not in self.reject:
+            # Apply now, ACK once warmed (Envoy's nonce bookkeeping sees the response now).
+            self.last_nonce[t] = resp.nonce
+            self.apply(resp)
+            self.warming_acks[t] = resp
+        else:
+            self.answer(resp)
+        if t not in self.reject:
+            self.follow_dependencies(t)
+        self.ack_warmed()
         return resp
 
     def run(self) -> list[Any]:
@@ -303,11 +323,13 @@ class FakeEnvoy:
 MODES = [pytest.param(SotwStream, id="sotw"), pytest.param(DeltaStream, id="delta")]
 
 
-def connected(mode: type[SotwStream | DeltaStream], snap: Snapshot) -> FakeEnvoy:
+def connected(
+    mode: type[SotwStream | DeltaStream], snap: Snapshot, *, warming: bool = False
+) -> FakeEnvoy:
     """A stream that went through the initial flow for ``snap`` and is fully ACKed."""
     stream = mode(nonce_prefix="t-")
     stream.set_snapshot(snap)
-    envoy = FakeEnvoy(stream)
+    envoy = FakeEnvoy(stream, warming=warming)
     envoy.start(CLUSTER, LISTENER)
     envoy.run()
     assert stream.synced(snap)
@@ -760,15 +782,28 @@ def test_every_type_changing_at_once_holds_the_order_step_by_step(
 ) -> None:
     envoy = connected(mode, world())
     s = envoy.stream
-    s.set_snapshot(world(port=81, timeout=5, to="b", lport=8080, revision=2))
-    seen = []
-    while (resp := s.next_response()) is not None:
-        seen.append(SHORT_NAMES[resp.type_url])
-        # One response at a time: nothing else may go before this one is answered.
-        assert s.next_response() is None
-        envoy.answer(resp)
-        envoy.follow_dependencies(resp.type_url)
-    assert seen == ["CDS", "EDS", "LDS", "RDS"]
+    after = world(port=81, timeout=5, to="b", lport=8080, revision=2)
+    s.set_snapshot(after)
+    cds = s.next_response()
+    assert SHORT_NAMES[cds.type_url] == "CDS"
+    # While CDS awaits its answer only its dependent type may follow, nothing after it.
+    eds = s.next_response()
+    assert SHORT_NAMES[eds.type_url] == "EDS"
+    assert s.next_response() is None
+    envoy.answer(eds)
+    assert s.next_response() is None  # LDS waits for the CDS ACK
+    envoy.answer(cds)
+    envoy.follow_dependencies(CLUSTER)
+    lds = s.next_response()
+    assert SHORT_NAMES[lds.type_url] == "LDS"
+    rds = s.next_response()
+    assert SHORT_NAMES[rds.type_url] == "RDS"
+    assert s.next_response() is None
+    envoy.answer(rds)
+    envoy.answer(lds)
+    envoy.follow_dependencies(LISTENER)
+    assert s.next_response() is None
+    assert s.synced(after)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -783,10 +818,16 @@ def test_new_eds_cluster_holds_lds_until_envoy_subscribes(
     s.set_snapshot(after)
     cds = s.next_response()
     assert summary(cds)[:2] == (("CDS", ("a", "b", "c")) if mode is SotwStream else ("CDS", ("c",)))
+    expected_eds = ("EDS", ("a", "b", "c")) if mode is SotwStream else ("EDS", ("c",))
     if eds_request_first:
-        # Envoy may ask for c's endpoints before its CDS ACK reaches us: EDS still waits.
+        # Envoy asks for c's endpoints before it ACKs CDS (it ACKs once c warmed): EDS goes,
+        # LDS still waits for the CDS ACK.
         envoy.apply(cds)
         envoy.follow_dependencies(CLUSTER)
+        eds = s.next_response()
+        assert summary(eds)[:2] == expected_eds
+        assert s.next_response() is None
+        envoy.answer(eds)
         assert s.next_response() is None
         envoy.answer(cds)
     else:
@@ -795,10 +836,10 @@ def test_new_eds_cluster_holds_lds_until_envoy_subscribes(
         assert s.next_response() is None
         assert not s.pending()
         envoy.follow_dependencies(CLUSTER)
-    eds = s.next_response()
-    assert summary(eds)[:2] == (("EDS", ("a", "b", "c")) if mode is SotwStream else ("EDS", ("c",)))
-    assert s.next_response() is None
-    envoy.answer(eds)
+        eds = s.next_response()
+        assert summary(eds)[:2] == expected_eds
+        assert s.next_response() is None
+        envoy.answer(eds)
     assert types_sent(envoy.run()) == ["LDS", "RDS"]
     assert s.synced(after)
 
@@ -937,10 +978,20 @@ def test_latest_snapshot_wins(mode: type[SotwStream]) -> None:
     for rev in range(3, 20):
         s.set_snapshot(world(timeout=rev, port=80 + rev, revision=rev))
     last = world(timeout=19, port=99, revision=19)
+    # EDS, the dependent of the outstanding CDS, may go meanwhile: at the newest content.
+    eds = s.next_response()
+    assert SHORT_NAMES[eds.type_url] == "EDS"
+    if mode is SotwStream:
+        assert list(eds.resources) == [last.of(ENDPOINT)[n].body for n in ("a", "b")]
+    else:
+        assert [r.resource for r in eds.resources] == [
+            last.of(ENDPOINT)[n].body for n in ("a", "b")
+        ]
     assert s.next_response() is None
+    envoy.answer(eds)
     envoy.answer(cds)
     log = envoy.run()
-    assert types_sent(log) == ["CDS", "EDS"]
+    assert types_sent(log) == ["CDS"]  # only the newest clusters; EDS is already there
     assert s.synced(last)
     if mode is SotwStream:
         assert s.status()[CLUSTER].acked_version == last.version(CLUSTER)

@@ -16,7 +16,7 @@ def node_status(entry: NodeEntry) -> dict[str, Any]:
     for type_url, st in entry.stream.status().items():
         short = SHORT_NAMES.get(type_url, type_url)
         expected = snap.version(type_url, None if st.wildcard else st.names)
-        if st.rejected:
+        if st.rejected and st.last_nack_version == expected:
             state = "NACKED"
         elif not st.awaiting_ack and st.acked_version == expected:
             state = "SYNCED"
@@ -50,9 +50,7 @@ def _settled(cache: SnapshotCache, pusher: Any, revision: int) -> bool:
     for entry in cache.nodes.values():
         if entry.snapshot.revision < revision:
             return False
-        if not entry.stream.synced(entry.snapshot) and not any(
-            st.rejected for st in entry.stream.status().values()
-        ):
+        if not entry.stream.synced(entry.snapshot) and not node_status(entry)["nacked"]:
             return False
     return True
 

@@ -11,8 +11,11 @@ What the machine guarantees, for both variants:
 * At most one un-answered response per type; a NACK is recorded and never blindly retried:
   the type is sent again only when what the client should have changes.
 * Make before break: types go out in :data:`PUSH_ORDER`; no type is sent while an earlier one
-  awaits its ACK/NACK, and LDS/RDS wait until Envoy's EDS subscription covers every EDS
-  cluster of the CDS it ACKed (Envoy asks for those endpoints only after applying CDS).
+  awaits its ACK/NACK, except that while CDS (LDS) awaits its answer EDS (RDS) may still go:
+  Envoy ACKs clusters (listeners) only once they warmed, which needs the endpoints (routes)
+  it asks for meanwhile. Nothing later goes: LDS/RDS wait until CDS is ACKed and Envoy's EDS
+  subscription covers every EDS cluster of that CDS (Envoy asks for those endpoints only
+  after applying CDS).
 * Removals last: a resource that vanishes from the snapshot stays, at the content the client
   last got, until every type is ACKed (none NACKed) and every dependent subscription caught
   up; only then do the removals go out, one type at a time, listeners first (LDS, RDS, CDS,
@@ -383,12 +386,17 @@ class _Stream:
             st = self._types.get(t)
             if st is not None and st.subscribed:
                 if st.outstanding:
-                    # Envoy ACKs CDS (and may ACK LDS) only once what it applied has warmed,
-                    # which needs the endpoints (routes) it just asked for: those may go now.
+                    # Envoy ACKs CDS (LDS) only once what it applied has warmed, which needs
+                    # the endpoints (routes) it asks for meanwhile: those may go now, but
+                    # nothing after them.
                     child = DEPENDENT_TYPE.get(t)
-                    cst = self._types.get(child) if child else None
-                    if (child is not None and cst is not None and cst.subscribed
-                            and not cst.outstanding and self._wants_send(child, retain=True)):
+                    cst = self._types.get(child) if child is not None else None
+                    if (
+                        child is not None
+                        and cst is not None
+                        and not cst.outstanding
+                        and self._wants_send(child, retain=True)
+                    ):
                         return child, True
                     return None
                 if self._wants_send(t, retain=True):

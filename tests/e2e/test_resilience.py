@@ -1,0 +1,181 @@
+"""What must survive: control-plane restarts, dying Envoys, lapsed heartbeats, workloads
+leaving under load, and config Envoy refuses."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .mesh import Mesh, Traffic, Workload, free_port
+
+pytestmark = pytest.mark.e2e
+
+VS = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+"""
+
+
+def wait_until(check, timeout: float = 20.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def all_synced(mesh: Mesh, count: int) -> bool:
+    try:
+        proxies = mesh.api("GET", "/v1/proxies")["proxies"]
+    except OSError:
+        return False
+    return len(proxies) == count and all(p["synced"] for p in proxies)
+
+
+def test_control_plane_restart_under_traffic_loses_nothing(mesh: Mesh) -> None:
+    mesh.run("reviews", "v1")
+    client = mesh.client()
+    assert mesh.apply(VS, "--wait").returncode == 0
+    with Traffic(client.outbound_port, "reviews:9080") as traffic:
+        time.sleep(0.3)
+        mesh.down()
+        during = len(traffic.results)
+        time.sleep(1.5)  # Envoy keeps serving its last good config meanwhile
+        assert len(traffic.results) > during
+        mesh.up()
+        wait_until(lambda: all_synced(mesh, 2), what="proxies to resync")
+        time.sleep(0.3)
+    assert traffic.failures() == []
+    assert {v for _, v in traffic.results} == {"reviews/v1"}
+    got = mesh.cli("get", "vs", "reviews", "-o", "yaml")
+    assert got.returncode == 0 and "subset: v1" in got.stdout
+    status = mesh.cli("proxy-status")
+    assert status.stdout.count("SYNCED") == 8, status.stdout
+
+
+def _envoy_pid(workload_name: str) -> int:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(f"tsunagi-{workload_name}-".encode() in part for part in cmd) and b"-c" in cmd:
+            return int(entry.name)
+    raise AssertionError(f"no Envoy for {workload_name}")
+
+
+def test_agent_restarts_a_dead_envoy(mesh: Mesh) -> None:
+    mesh.run("reviews", "v1")
+    client = mesh.client()
+    before = _envoy_pid(client.name)
+    os.kill(before, signal.SIGKILL)
+    wait_until(lambda: _answers(client), what="Envoy to come back")
+    assert _envoy_pid(client.name) != before
+    assert client.proc.poll() is None
+
+
+def _answers(client: Workload) -> bool:
+    try:
+        return client.get("reviews:9080", timeout=2)[0] == 200
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+def test_run_exits_with_the_apps_exit_code(mesh: Mesh) -> None:
+    result = mesh.cli("run", "--service", "job", "--", sys.executable, "-c",
+                      "import os, sys; assert os.environ['HTTP_PROXY']; sys.exit(7)")
+    assert result.returncode == 7, result.stderr
+    assert mesh.api("GET", "/v1/proxies")["proxies"] == []
+
+
+def test_leaving_workload_drains_without_failed_requests(mesh: Mesh) -> None:
+    mesh.run("reviews", "v1")
+    leaving = mesh.run("reviews", "v1")
+    client = mesh.client()
+    with Traffic(client.outbound_port, "reviews:9080") as traffic:
+        time.sleep(0.5)
+        leaving.proc.send_signal(signal.SIGTERM)
+        assert leaving.proc.wait(20) == 0  # the echo app exits 0 on SIGTERM; run passes it on
+        time.sleep(0.5)
+    assert traffic.failures() == []
+    names = [i["name"] for i in mesh.api("GET", "/v1/resources?kind=workloads")["items"]]
+    assert leaving.name not in names and len(names) == 1
+
+
+def test_lapsed_heartbeat_removes_instance_and_agent_registers_again(tmp_path: Path) -> None:
+    mesh = Mesh(tmp_path / "state", instance_ttl=1.5)
+    mesh.state_dir.mkdir(parents=True)
+    mesh.up()
+    try:
+        w = mesh.run("reviews", "v1")
+        names = lambda: [i["name"] for i in mesh.api("GET", "/v1/resources?kind=workloads")["items"]]  # noqa: E731
+        os.kill(w.proc.pid, signal.SIGSTOP)  # the agent freezes: no heartbeats
+        try:
+            wait_until(lambda: w.name not in names(), timeout=10, what="the lease to lapse")
+        finally:
+            os.kill(w.proc.pid, signal.SIGCONT)
+        wait_until(lambda: w.name in names(), timeout=10, what="re-registration")
+    finally:
+        mesh.close()
+
+
+def test_envoy_rejection_fails_apply_wait_and_shows_in_proxy_status(mesh: Mesh) -> None:
+    mesh.run("reviews", "v1")
+    client = mesh.client()
+    # Valid RE2, but larger than Envoy's default regex program size limit (100): Envoy NACKs.
+    regex = "^/(" + "|".join(f"item{i}[a-z]+" for i in range(40)) + ")$"
+    bad = f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - uri: {{regex: "{regex}"}}
+    route:
+    - destination: {{host: reviews}}
+"""
+    result = mesh.apply(bad, "--wait", "--timeout", "15")
+    assert result.returncode == 1, result
+    assert client.name in result.stderr and "rejected" in result.stderr
+    assert "regex" in result.stderr.lower()
+    status = mesh.cli("proxy-status")
+    assert "NACKED" in status.stdout
+    # Envoy keeps serving its last good config.
+    assert client.get("reviews:9080")[0] == 200
+    # Fixing the rule clears the NACK.
+    fixed = mesh.apply(bad.replace(regex, "^/item[0-9]+$"), "--wait")
+    assert fixed.returncode == 0, fixed.stderr
+    assert "NACKED" not in mesh.cli("proxy-status").stdout
+
+
+def test_unreachable_control_plane_makes_run_exit_3(tmp_path: Path) -> None:
+    mesh = Mesh(tmp_path / "none")
+    mesh.state_dir.mkdir(parents=True)
+    result = mesh.cli("run", "--service", "x", "--server", f"http://127.0.0.1:{free_port()}",
+                      "--", sys.executable, "-c", "pass")
+    assert result.returncode == 3
