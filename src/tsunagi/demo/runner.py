@@ -66,7 +66,9 @@ def run_demo(state_dir: Path, port: int) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         print("starting the control plane (state in %s)" % state_dir)
-        cp = subprocess.Popen(_tsunagi("up", "--state-dir", str(state_dir)), env=env)
+        # Own process groups: Ctrl-C reaches only us, and we stop the children in order.
+        cp = subprocess.Popen(_tsunagi("up", "--state-dir", str(state_dir)), env=env,
+                              process_group=0)
         children.append(cp)
         client = Client.from_env(state=str(state_dir))
         _wait_up(client, cp)
@@ -76,7 +78,7 @@ def run_demo(state_dir: Path, port: int) -> int:
             extra = ["--inbound-port", str(port)] if service == "productpage" else []
             cmd = _tsunagi("run", "--service", service, "--port", "9080", "--version", version,
                            *extra, "--", sys.executable, "-m", "tsunagi.demo.bookinfo", service)
-            children.append(subprocess.Popen(cmd, env=env))
+            children.append(subprocess.Popen(cmd, env=env, process_group=0))
         deadline = time.monotonic() + 60
         while len(client.request("GET", "/v1/resources", query={"kind": "workloads"})["items"]) < len(WORKLOADS):
             if stop or time.monotonic() > deadline or any(c.poll() is not None for c in children):
