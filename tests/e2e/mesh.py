@@ -42,15 +42,21 @@ class Workload:
     name: str
     outbound_port: int
 
-    def get(self, host: str, path: str = "/", headers: dict[str, str] | None = None,
-            timeout: float = 10) -> tuple[int, dict[str, Any] | str]:
+    def get(
+        self, host: str, path: str = "/", headers: dict[str, str] | None = None, timeout: float = 10
+    ) -> tuple[int, dict[str, Any] | str]:
         """One request through this workload's sidecar, as its app would send it."""
         return request(self.outbound_port, host, path, headers, timeout)
 
 
-def request(port: int, host: str, path: str = "/", headers: dict[str, str] | None = None,
-            timeout: float = 10, conn: http.client.HTTPConnection | None = None
-            ) -> tuple[int, dict[str, Any] | str]:
+def request(
+    port: int,
+    host: str,
+    path: str = "/",
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+    conn: http.client.HTTPConnection | None = None,
+) -> tuple[int, dict[str, Any] | str]:
     own = conn is None
     c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -76,12 +82,15 @@ class Mesh:
     control_plane: subprocess.Popen[bytes] | None = None
     workloads: list[Workload] = field(default_factory=list)
     instance_ttl: float = 15.0
+    xds_protocol: str = "delta"
 
     @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-        env.update(TSUNAGI_SERVER=f"http://127.0.0.1:{self.api_port}",
-                   TSUNAGI_STATE_DIR=str(self.state_dir))
+        env.update(
+            TSUNAGI_SERVER=f"http://127.0.0.1:{self.api_port}",
+            TSUNAGI_STATE_DIR=str(self.state_dir),
+        )
         env.pop("TSUNAGI_TOKEN", None)
         return env
 
@@ -89,10 +98,23 @@ class Mesh:
         log = (self.state_dir / "control-plane.log").open("ab")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.control_plane = subprocess.Popen(
-            [sys.executable, "-m", "tsunagi.cli.main", "up", "--state-dir", str(self.state_dir),
-             "--api-port", str(self.api_port), "--xds-port", str(self.xds_port),
-             "--instance-ttl", str(self.instance_ttl)],
-            env=self.env, stdout=log, stderr=log,
+            [
+                sys.executable,
+                "-m",
+                "tsunagi.cli.main",
+                "up",
+                "--state-dir",
+                str(self.state_dir),
+                "--api-port",
+                str(self.api_port),
+                "--xds-port",
+                str(self.xds_port),
+                "--instance-ttl",
+                str(self.instance_ttl),
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=log,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -126,27 +148,63 @@ class Mesh:
         finally:
             c.close()
 
-    def cli(self, *args: str, stdin: str | None = None, timeout: float = 60
-            ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "tsunagi.cli.main", *args], env=self.env,
-                              input=stdin, capture_output=True, text=True, timeout=timeout)
+    def cli(
+        self, *args: str, stdin: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tsunagi.cli.main", *args],
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def apply(self, yaml_text: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return self.cli("apply", "-f", "-", *extra, stdin=yaml_text)
 
-    def run(self, service: str, version: str = "v1", port: int = 9080,
-            app: str = "echo.py", wait_registered: bool = True, *extra: str) -> Workload:
+    def run(
+        self,
+        service: str,
+        version: str = "v1",
+        port: int = 9080,
+        app: str = "echo.py",
+        wait_registered: bool = True,
+        *extra: str,
+    ) -> Workload:
         """Start ``tsunagi run`` for a test app; return once its proxy is ready (and, for
         servers, once the instance is registered)."""
         name = f"{service}-{version}-{len(self.workloads)}"
         outbound = free_port()
         log = (self.state_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tsunagi.cli.main", "run", "--service", service,
-             "--port", str(port), "--version", version, "--name", name,
-             "--outbound-port", str(outbound), "--concurrency", "1", *extra, "--",
-             sys.executable, str(APPS / app)],
-            env=self.env, stdout=log, stderr=log,
+            [
+                sys.executable,
+                "-m",
+                "tsunagi.cli.main",
+                "run",
+                "--service",
+                service,
+                "--port",
+                str(port),
+                "--version",
+                version,
+                "--name",
+                name,
+                "--outbound-port",
+                str(outbound),
+                "--concurrency",
+                "1",
+                "--xds-protocol",
+                self.xds_protocol,
+                *extra,
+                "--",
+                sys.executable,
+                str(APPS / app),
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=log,
         )
         w = Workload(proc, name, outbound)
         self.workloads.append(w)
@@ -157,7 +215,9 @@ class Mesh:
             if (not wait_registered or name in names) and self._proxy_ready(name):
                 return w
             time.sleep(0.1)
-        raise AssertionError(f"{name} did not start:\n" + (self.state_dir / f"{name}.log").read_text())
+        raise AssertionError(
+            f"{name} did not start:\n" + (self.state_dir / f"{name}.log").read_text()
+        )
 
     def _proxy_ready(self, name: str) -> bool:
         proxies = self.api("GET", "/v1/proxies")["proxies"]
@@ -203,7 +263,11 @@ class Traffic:
         while not self._stop.is_set() and time.monotonic() < deadline:
             try:
                 status, body = request(self.port, self.host, conn=conn)
-                version = body.get("service", "") + "/" + body.get("version", "") if isinstance(body, dict) else str(body)[:80]
+                version = (
+                    body.get("service", "") + "/" + body.get("version", "")
+                    if isinstance(body, dict)
+                    else str(body)[:80]
+                )
                 self.results.append((status, version))
             except (OSError, http.client.HTTPException) as e:
                 self.results.append((0, repr(e)))

@@ -33,11 +33,15 @@ BAD = {
         'spec.http[0].rout: unknown field "rout"; did you mean "route"?',
     ),
     "negative weight": (
-        GOOD.replace("destination: {host: reviews}", "destination: {host: reviews}\n      weight: -10"),
+        GOOD.replace(
+            "destination: {host: reviews}", "destination: {host: reviews}\n      weight: -10"
+        ),
         "spec.http[0].route[0].weight",
     ),
-    "empty route": (GOOD.replace("- route:\n    - destination: {host: reviews}", "- route: []"),
-                    "spec.http[0].route"),
+    "empty route": (
+        GOOD.replace("- route:\n    - destination: {host: reviews}", "- route: []"),
+        "spec.http[0].route",
+    ),
 }
 
 
@@ -49,8 +53,9 @@ def stored(mesh: Mesh) -> list[tuple[str, str, int]]:
 
 
 @pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
-def test_bad_input_exits_1_names_the_problem_and_changes_nothing(mesh: Mesh, case: str,
-                                                                 tmp_path: object) -> None:
+def test_bad_input_exits_1_names_the_problem_and_changes_nothing(
+    mesh: Mesh, case: str, tmp_path: object
+) -> None:
     assert mesh.apply(GOOD).returncode == 0
     before = stored(mesh)
     text, expected = BAD[case]

@@ -105,8 +105,15 @@ def _answers(client: Workload) -> bool:
 
 
 def test_run_exits_with_the_apps_exit_code(mesh: Mesh) -> None:
-    result = mesh.cli("run", "--service", "job", "--", sys.executable, "-c",
-                      "import os, sys; assert os.environ['HTTP_PROXY']; sys.exit(7)")
+    result = mesh.cli(
+        "run",
+        "--service",
+        "job",
+        "--",
+        sys.executable,
+        "-c",
+        "import os, sys; assert os.environ['HTTP_PROXY']; sys.exit(7)",
+    )
     assert result.returncode == 7, result.stderr
     assert mesh.api("GET", "/v1/proxies")["proxies"] == []
 
@@ -131,7 +138,11 @@ def test_lapsed_heartbeat_removes_instance_and_agent_registers_again(tmp_path: P
     mesh.up()
     try:
         w = mesh.run("reviews", "v1")
-        names = lambda: [i["name"] for i in mesh.api("GET", "/v1/resources?kind=workloads")["items"]]  # noqa: E731
+
+        def names() -> list[str]:
+            items = mesh.api("GET", "/v1/resources?kind=workloads")["items"]
+            return [i["name"] for i in items]
+
         os.kill(w.proc.pid, signal.SIGSTOP)  # the agent freezes: no heartbeats
         try:
             wait_until(lambda: w.name not in names(), timeout=10, what="the lease to lapse")
@@ -176,6 +187,15 @@ spec:
 def test_unreachable_control_plane_makes_run_exit_3(tmp_path: Path) -> None:
     mesh = Mesh(tmp_path / "none")
     mesh.state_dir.mkdir(parents=True)
-    result = mesh.cli("run", "--service", "x", "--server", f"http://127.0.0.1:{free_port()}",
-                      "--", sys.executable, "-c", "pass")
+    result = mesh.cli(
+        "run",
+        "--service",
+        "x",
+        "--server",
+        f"http://127.0.0.1:{free_port()}",
+        "--",
+        sys.executable,
+        "-c",
+        "pass",
+    )
     assert result.returncode == 3

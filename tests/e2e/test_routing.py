@@ -67,11 +67,15 @@ def test_header_match_sends_jason_to_v2_and_everyone_else_to_v1(mesh: Mesh) -> N
     applied(mesh, SUBSETS + "---" + JASON_TO_V2)
     conn = http.client.HTTPConnection("127.0.0.1", client.outbound_port, timeout=10)
     for _ in range(50):
-        status, body = request(client.outbound_port, "reviews:9080", headers={"end-user": "jason"}, conn=conn)
+        status, body = request(
+            client.outbound_port, "reviews:9080", headers={"end-user": "jason"}, conn=conn
+        )
         assert (status, body["version"]) == (200, "v2")
         status, body = request(client.outbound_port, "reviews:9080", conn=conn)
         assert (status, body["version"]) == (200, "v1")
-        status, body = request(client.outbound_port, "reviews:9080", headers={"end-user": "json"}, conn=conn)
+        status, body = request(
+            client.outbound_port, "reviews:9080", headers={"end-user": "json"}, conn=conn
+        )
         assert (status, body["version"]) == (200, "v1")
     conn.close()
     # The short name, name.namespace and FQDN all reach the same service.
@@ -96,7 +100,9 @@ def test_weighted_split_80_20_over_2000_requests(mesh: Mesh) -> None:
     assert abs(share - 0.20) <= 0.03, counts
 
 
-def test_blue_green_switch_with_wait_loses_no_request(mesh: Mesh) -> None:
+@pytest.mark.parametrize("protocol", ["delta", "sotw"])
+def test_blue_green_switch_with_wait_loses_no_request(mesh: Mesh, protocol: str) -> None:
+    mesh.xds_protocol = protocol
     mesh.run("blue", "v1", 8080)
     mesh.run("green", "v1", 8080)
     client = mesh.client()
@@ -131,7 +137,9 @@ def test_route_to_undefined_subset_warns_and_gets_503(mesh: Mesh) -> None:
     client = mesh.client()
     result = mesh.apply(SPLIT_80_20, "--wait")
     assert result.returncode == 0
-    assert "no DestinationRule defines subsets for reviews.default.svc.cluster.local" in result.stderr
+    assert (
+        "no DestinationRule defines subsets for reviews.default.svc.cluster.local" in result.stderr
+    )
     assert "503" in result.stderr
     status, _ = client.get("reviews:9080")
     assert status == 503

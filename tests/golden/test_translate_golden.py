@@ -24,14 +24,21 @@ from tsunagi.xds import resources as rs
 from tsunagi.xds.translate import translate
 
 CASES = sorted(p for p in (Path(__file__).parent / "cases").iterdir() if p.is_dir())
-NAMES = {rs.CLUSTER: "clusters", rs.ENDPOINT: "endpoints", rs.LISTENER: "listeners",
-         rs.ROUTE: "routes"}
+NAMES = {
+    rs.CLUSTER: "clusters",
+    rs.ENDPOINT: "endpoints",
+    rs.LISTENER: "listeners",
+    rs.ROUTE: "routes",
+}
 
 
 def render(case: Path) -> dict[str, Any]:
     config = (case / "config.yaml").read_text() if (case / "config.yaml").exists() else ""
     resources = load_documents(config, str(case / "config.yaml"))
-    instances = [Instance.from_document(d) for d in yaml.safe_load((case / "workloads.yaml").read_text()) or []]
+    instances = [
+        Instance.from_document(d)
+        for d in yaml.safe_load((case / "workloads.yaml").read_text()) or []
+    ]
     node_doc = yaml.safe_load((case / "node.yaml").read_text())
     node = Node.from_metadata(node_doc["id"], node_doc.get("metadata") or {})
     snapshot = translate(World.build(1, resources, instances), node)

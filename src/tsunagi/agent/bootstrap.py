@@ -111,6 +111,11 @@ def bootstrap(
             ]
         },
         "layered_runtime": {
-            "layers": [{"name": "static", "static_layer": {"overload.global_downstream_max_connections": 50000}}]
+            "layers": [
+                {
+                    "name": "static",
+                    "static_layer": {"overload.global_downstream_max_connections": 50000},
+                }
+            ]
         },
     }

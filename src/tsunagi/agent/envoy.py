@@ -50,8 +50,14 @@ def admin_post(port: int, path: str, timeout: float = 2.0) -> int:
 class EnvoyProcess:
     """One Envoy with a bootstrap file; :meth:`start` may be called again after it dies."""
 
-    def __init__(self, workdir: Path, bootstrap: dict[str, object], admin_port: int,
-                 concurrency: int = 2, log_level: str = "warning") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        bootstrap: dict[str, object],
+        admin_port: int,
+        concurrency: int = 2,
+        log_level: str = "warning",
+    ) -> None:
         self.workdir = workdir
         self.admin_port = admin_port
         self.concurrency = concurrency
@@ -64,10 +70,21 @@ class EnvoyProcess:
     async def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                envoy_binary(), "-c", str(self.config), "--use-dynamic-base-id",
-                "--concurrency", str(self.concurrency), "--log-level", self.log_level,
-                "--drain-time-s", "2", "--parent-shutdown-time-s", "3",
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                envoy_binary(),
+                "-c",
+                str(self.config),
+                "--use-dynamic-base-id",
+                "--concurrency",
+                str(self.concurrency),
+                "--log-level",
+                self.log_level,
+                "--drain-time-s",
+                "2",
+                "--parent-shutdown-time-s",
+                "3",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
                 # Its own process group: a Ctrl-C meant for `tsunagi run` must not stop Envoy
                 # before the agent has deregistered and drained.
                 process_group=0,

@@ -73,7 +73,9 @@ class Sidecar:
         self.registered = False
         self.stopping = False
 
-    async def _api(self, method: str, path: str, body: object = None, **kw: object) -> dict[str, object]:
+    async def _api(
+        self, method: str, path: str, body: object = None, **kw: object
+    ) -> dict[str, object]:
         return await asyncio.to_thread(self.client.request, method, path, body, **kw)  # type: ignore[arg-type]
 
     async def run(self) -> int:
@@ -98,22 +100,37 @@ class Sidecar:
         self.envoy = envoy
         await envoy.start()
         await envoy.wait_ready(self.opts.ready_timeout)
-        log.info("%s: proxy ready (outbound 127.0.0.1:%d, inbound %d → app %d)",
-                 self.name, self.outbound_port, self.inbound_port, self.app_port)
+        log.info(
+            "%s: proxy ready (outbound 127.0.0.1:%d, inbound %d → app %d)",
+            self.name,
+            self.outbound_port,
+            self.inbound_port,
+            self.app_port,
+        )
         proxy = f"http://127.0.0.1:{self.outbound_port}"
-        env = {**os.environ, "PORT": str(self.app_port), "HTTP_PROXY": proxy, "http_proxy": proxy,
-               "NO_PROXY": "localhost,127.0.0.1", "no_proxy": "localhost,127.0.0.1",
-               "SERVICE_NAME": self.opts.service, "SERVICE_VERSION": self.opts.version or "v1",
-               "POD_NAME": self.name}
+        env = {
+            **os.environ,
+            "PORT": str(self.app_port),
+            "HTTP_PROXY": proxy,
+            "http_proxy": proxy,
+            "NO_PROXY": "localhost,127.0.0.1",
+            "no_proxy": "localhost,127.0.0.1",
+            "SERVICE_NAME": self.opts.service,
+            "SERVICE_VERSION": self.opts.version or "v1",
+            "POD_NAME": self.name,
+        }
         # Own process group: the agent decides when the app stops (after deregistering).
-        app = await asyncio.create_subprocess_exec(*self.opts.command, env=env, process_group=0, preexec_fn=die_with_parent
+        app = await asyncio.create_subprocess_exec(
+            *self.opts.command, env=env, process_group=0, preexec_fn=die_with_parent
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        tasks = [asyncio.create_task(self._register_when_listening(app)),
-                 asyncio.create_task(self._supervise_envoy(app))]
+        tasks = [
+            asyncio.create_task(self._register_when_listening(app)),
+            asyncio.create_task(self._supervise_envoy(app)),
+        ]
         app_done = asyncio.create_task(app.wait())
         stop_task = asyncio.create_task(stop.wait())
         await asyncio.wait({app_done, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -137,9 +154,16 @@ class Sidecar:
         return code
 
     def _instance(self) -> dict[str, object]:
-        return {"name": self.name, "service": self.opts.service, "namespace": self.opts.namespace,
-                "port": self.opts.port, "address": "127.0.0.1", "target_port": self.inbound_port,
-                "labels": self.labels, "locality": self.opts.locality}
+        return {
+            "name": self.name,
+            "service": self.opts.service,
+            "namespace": self.opts.namespace,
+            "port": self.opts.port,
+            "address": "127.0.0.1",
+            "target_port": self.inbound_port,
+            "labels": self.labels,
+            "locality": self.opts.locality,
+        }
 
     async def _register_when_listening(self, app: asyncio.subprocess.Process) -> None:
         while not await asyncio.to_thread(wait_listening, self.app_port):
@@ -153,9 +177,13 @@ class Sidecar:
                     reply = await self._api("POST", "/v1/instances", self._instance())
                     ttl = float(reply.get("ttl", ttl))  # type: ignore[arg-type]
                     self.registered = True
-                    log.info("%s: registered as %s:%d", self.name, self.opts.service, self.opts.port)
+                    log.info(
+                        "%s: registered as %s:%d", self.name, self.opts.service, self.opts.port
+                    )
                 await asyncio.sleep(max(0.2, ttl / 3))
-                await self._api("POST", f"/v1/instances/{self.opts.namespace}/{self.name}/heartbeat")
+                await self._api(
+                    "POST", f"/v1/instances/{self.opts.namespace}/{self.name}/heartbeat"
+                )
             except Rejected as e:
                 if e.status == 404:
                     self.registered = False  # the control plane forgot us: register again
@@ -184,9 +212,13 @@ class Sidecar:
                 "DELETE", f"/v1/instances/{self.opts.namespace}/{self.name}", ok=(200, 404)
             )
             # Wait (briefly) until every proxy has stopped sending here.
-            await self._api("GET", "/v1/wait", query={"revision": reply.get("revision", 0),
-                                                       "timeout": self.opts.drain_timeout},
-                            timeout=self.opts.drain_timeout + 2, ok=(200, 504))
+            await self._api(
+                "GET",
+                "/v1/wait",
+                query={"revision": reply.get("revision", 0), "timeout": self.opts.drain_timeout},
+                timeout=self.opts.drain_timeout + 2,
+                ok=(200, 504),
+            )
         except (Rejected, Unreachable) as e:
             log.warning("%s: could not deregister cleanly: %s", self.name, e)
 

@@ -26,11 +26,14 @@ def _label(text: str) -> tuple[str, str]:
 
 
 def _connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", help="control plane API (env TSUNAGI_SERVER, "
-                                    "default http://127.0.0.1:15014)")
+    p.add_argument(
+        "--server", help="control plane API (env TSUNAGI_SERVER, default http://127.0.0.1:15014)"
+    )
     p.add_argument("--token", help="API token (env TSUNAGI_TOKEN, default: the state dir's)")
-    p.add_argument("--state-dir", help="where `tsunagi up` keeps state (env TSUNAGI_STATE_DIR, "
-                                       "default ~/.tsunagi)")
+    p.add_argument(
+        "--state-dir",
+        help="where `tsunagi up` keeps state (env TSUNAGI_STATE_DIR, default ~/.tsunagi)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,13 +42,18 @@ def parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run the control plane")
     up.add_argument("--state-dir")
-    up.add_argument("--store", default="", help="sqlite:PATH (default: STATE_DIR/tsunagi.db) "
-                                                "or memory:")
+    up.add_argument(
+        "--store", default="", help="sqlite:PATH (default: STATE_DIR/tsunagi.db) or memory:"
+    )
     up.add_argument("--xds-port", type=int, default=15010)
     up.add_argument("--api-port", type=int, default=15014)
     up.add_argument("--dashboard-port", type=int, default=20001)
-    up.add_argument("--instance-ttl", type=float, default=15.0,
-                    help="seconds without a heartbeat before an instance is removed")
+    up.add_argument(
+        "--instance-ttl",
+        type=float,
+        default=15.0,
+        help="seconds without a heartbeat before an instance is removed",
+    )
 
     run = sub.add_parser("run", help="run a command with a sidecar")
     _connection_args(run)
@@ -55,10 +63,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--label", type=_label, action="append", default=[])
     run.add_argument("--namespace", "-n", default="default")
     run.add_argument("--locality", default="")
-    run.add_argument("--outbound-port", type=int, default=0,
-                     help="fix the outbound (HTTP_PROXY) listener's port")
-    run.add_argument("--inbound-port", type=int, default=0,
-                     help="fix the inbound listener's port (so a browser can reach the app)")
+    run.add_argument(
+        "--outbound-port", type=int, default=0, help="fix the outbound (HTTP_PROXY) listener's port"
+    )
+    run.add_argument(
+        "--inbound-port",
+        type=int,
+        default=0,
+        help="fix the inbound listener's port (so a browser can reach the app)",
+    )
     run.add_argument("--name", default="")
     run.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
     run.add_argument("--xds-protocol", choices=["sotw", "delta"], default="delta")
@@ -67,8 +80,9 @@ def parser() -> argparse.ArgumentParser:
     apply = sub.add_parser("apply", help="create or update resources from YAML")
     _connection_args(apply)
     apply.add_argument("-f", "--filename", required=True, help="a YAML file, or - for stdin")
-    apply.add_argument("--wait", action="store_true",
-                       help="return once every affected proxy has ACKed the change")
+    apply.add_argument(
+        "--wait", action="store_true", help="return once every affected proxy has ACKed the change"
+    )
     apply.add_argument("--timeout", type=float, default=30.0)
     apply.add_argument("--dry-run", action="store_true")
 
@@ -104,9 +118,13 @@ def _read(filename: str) -> str:
 
 
 def _wait(client: Client, revision: int, timeout: float, started: float) -> int:
-    reply = client.request("GET", "/v1/wait", query={"revision": revision, "timeout": timeout,
-                                                     "since": started},
-                           timeout=timeout + 5, ok=(200, 504, 409))
+    reply = client.request(
+        "GET",
+        "/v1/wait",
+        query={"revision": revision, "timeout": timeout, "since": started},
+        timeout=timeout + 5,
+        ok=(200, 504, 409),
+    )
     nacked = [p for p in reply.get("proxies", []) if p.get("nacked")]
     if nacked:
         for p in nacked:
@@ -114,8 +132,10 @@ def _wait(client: Client, revision: int, timeout: float, started: float) -> int:
         return EXIT_INVALID
     if not reply.get("complete"):
         stale = [p["id"] for p in reply.get("proxies", []) if not p.get("synced")]
-        print(f"error: timed out after {timeout:.0f}s waiting for {', '.join(stale) or 'proxies'}",
-              file=sys.stderr)
+        print(
+            f"error: timed out after {timeout:.0f}s waiting for {', '.join(stale) or 'proxies'}",
+            file=sys.stderr,
+        )
         return EXIT_INVALID
     n = len(reply.get("proxies", []))
     print(f"all {n} prox{'y' if n == 1 else 'ies'} in sync after {reply['elapsed_ms']:.0f} ms")
@@ -130,8 +150,9 @@ def cmd_apply(args: argparse.Namespace, client: Client) -> int:
     except OSError as e:
         print(f"error: cannot read {args.filename}: {e.strerror}", file=sys.stderr)
         return EXIT_INVALID
-    reply = client.request("POST", "/v1/apply",
-                           {"text": text, "filename": name, "dry_run": args.dry_run})
+    reply = client.request(
+        "POST", "/v1/apply", {"text": text, "filename": name, "dry_run": args.dry_run}
+    )
     for w in reply.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     suffix = " (dry run)" if args.dry_run else ""
@@ -179,9 +200,13 @@ def cmd_proxy_status(args: argparse.Namespace, client: Client) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from tsunagi.controlplane.main import Settings, serve
 
-    settings = Settings(state_dir=state_dir(args.state_dir), store=args.store,
-                        xds_port=args.xds_port, api_port=args.api_port,
-                        instance_ttl=args.instance_ttl)
+    settings = Settings(
+        state_dir=state_dir(args.state_dir),
+        store=args.store,
+        xds_port=args.xds_port,
+        api_port=args.api_port,
+        instance_ttl=args.instance_ttl,
+    )
     try:
         asyncio.run(serve(settings))
     except OSError as e:
@@ -195,21 +220,36 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
-        print("error: give the command to run after --, e.g. tsunagi run --service web -- "
-              "python app.py", file=sys.stderr)
+        print(
+            "error: give the command to run after --, e.g. tsunagi run --service web -- "
+            "python app.py",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
-    opts = RunOptions(service=args.service, command=tuple(cmd), port=args.port,
-                      version=args.version, labels=dict(args.label), namespace=args.namespace,
-                      locality=args.locality, outbound_port=args.outbound_port,
-                      inbound_port=args.inbound_port, name=args.name,
-                      concurrency=args.concurrency, delta=args.xds_protocol == "delta")
+    opts = RunOptions(
+        service=args.service,
+        command=tuple(cmd),
+        port=args.port,
+        version=args.version,
+        labels=dict(args.label),
+        namespace=args.namespace,
+        locality=args.locality,
+        outbound_port=args.outbound_port,
+        inbound_port=args.inbound_port,
+        name=args.name,
+        concurrency=args.concurrency,
+        delta=args.xds_protocol == "delta",
+    )
     return asyncio.run(run_sidecar(opts, client))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=os.environ.get("TSUNAGI_LOG", "INFO").upper(), format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=os.environ.get("TSUNAGI_LOG", "INFO").upper(),
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     if args.command == "up":
         return cmd_up(args)
     if args.command == "demo":
@@ -217,8 +257,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(state_dir(args.state_dir), args.port)
     client = Client.from_env(args.server, args.token, args.state_dir)
-    commands = {"apply": cmd_apply, "get": cmd_get, "delete": cmd_delete,
-                "proxy-status": cmd_proxy_status, "run": cmd_run}
+    commands = {
+        "apply": cmd_apply,
+        "get": cmd_get,
+        "delete": cmd_delete,
+        "proxy-status": cmd_proxy_status,
+        "run": cmd_run,
+    }
     try:
         return commands[args.command](args, client)
     except Unreachable as e:

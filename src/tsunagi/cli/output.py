@@ -10,8 +10,9 @@ import yaml
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     lines = ["   ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for r in rows:
         lines.append("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -37,8 +38,10 @@ def resources(items: list[dict[str, Any]], fmt: str) -> str:
         return "No resources found."
     wide = fmt == "wide"
     headers = ["KIND", "NAMESPACE", "NAME", "HOSTS"] + (["REVISION"] if wide else [])
-    rows = [[i["kind"], i["namespace"], i["name"], _summary(i)]
-            + ([str(i["revision"])] if wide else []) for i in items]
+    rows = [
+        [i["kind"], i["namespace"], i["name"], _summary(i)] + ([str(i["revision"])] if wide else [])
+        for i in items
+    ]
     return table(headers, rows)
 
 
@@ -50,9 +53,14 @@ def proxy_status(proxies: list[dict[str, Any]]) -> str:
     errors = []
     for p in proxies:
         types = p["types"]
-        rows.append([p["id"], p.get("service", ""),
-                     *(types.get(t, {}).get("state", "-") for t in ("CDS", "EDS", "LDS", "RDS")),
-                     str(p.get("revision", ""))])
+        rows.append(
+            [
+                p["id"],
+                p.get("service", ""),
+                *(types.get(t, {}).get("state", "-") for t in ("CDS", "EDS", "LDS", "RDS")),
+                str(p.get("revision", "")),
+            ]
+        )
         for t, st in types.items():
             if st.get("state") == "NACKED":
                 errors.append(f"{p['id']} {t}: {st.get('message', '')}")

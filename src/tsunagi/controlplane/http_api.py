@@ -56,15 +56,27 @@ def _error(status: int, message: str, errors: list[str] | None = None) -> web.Re
 
 def _record_json(key: Key, record: Any) -> dict[str, Any]:
     kind, ns, name = key
-    return {"kind": kind, "namespace": ns, "name": name, "revision": record.revision,
-            "document": record.document}
+    return {
+        "kind": kind,
+        "namespace": ns,
+        "name": name,
+        "revision": record.revision,
+        "document": record.document,
+    }
 
 
 class Api:
     """Handlers bound to the control plane's parts."""
 
-    def __init__(self, store: Store, registry: Registry, pusher: Any, cache: Any,
-                 token: str, xds_address: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        pusher: Any,
+        cache: Any,
+        token: str,
+        xds_address: tuple[str, int],
+    ) -> None:
         self.store = store
         self.registry = registry
         self.pusher = pusher
@@ -78,26 +90,31 @@ class Api:
             return await handler(request)
         given = request.headers.get("Authorization", "")
         if not given.startswith("Bearer "):
-            return _error(401, "missing token: pass --token, set TSUNAGI_TOKEN, or use the "
-                               "state directory that `tsunagi up` wrote")
+            return _error(
+                401,
+                "missing token: pass --token, set TSUNAGI_TOKEN, or use the "
+                "state directory that `tsunagi up` wrote",
+            )
         if not hmac.compare_digest(given.removeprefix("Bearer ").strip(), self.token):
             return _error(403, "wrong token for this control plane")
         return await handler(request)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.auth], client_max_size=16 * 1024 * 1024)
-        app.add_routes([
-            web.get("/healthz", self.healthz),
-            web.get("/v1/bootstrap", self.bootstrap),
-            web.post("/v1/apply", self.apply),
-            web.post("/v1/delete", self.delete),
-            web.get("/v1/resources", self.list_resources),
-            web.post("/v1/instances", self.register),
-            web.post("/v1/instances/{namespace}/{name}/heartbeat", self.heartbeat),
-            web.delete("/v1/instances/{namespace}/{name}", self.deregister),
-            web.get("/v1/proxies", self.proxies),
-            web.get("/v1/wait", self.wait),
-        ])
+        app.add_routes(
+            [
+                web.get("/healthz", self.healthz),
+                web.get("/v1/bootstrap", self.bootstrap),
+                web.post("/v1/apply", self.apply),
+                web.post("/v1/delete", self.delete),
+                web.get("/v1/resources", self.list_resources),
+                web.post("/v1/instances", self.register),
+                web.post("/v1/instances/{namespace}/{name}/heartbeat", self.heartbeat),
+                web.delete("/v1/instances/{namespace}/{name}", self.deregister),
+                web.get("/v1/proxies", self.proxies),
+                web.get("/v1/wait", self.wait),
+            ]
+        )
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -122,8 +139,11 @@ class Api:
         try:
             resources = load_documents(str(body.get("text") or ""), filename)
         except ValidationFailed as e:
-            return _error(400, f"{len(e.errors)} error(s) in {filename}; nothing was applied",
-                          [str(x) for x in e.errors])
+            return _error(
+                400,
+                f"{len(e.errors)} error(s) in {filename}; nothing was applied",
+                [str(x) for x in e.errors],
+            )
         if not resources:
             return _error(400, f"{filename}: no resources found; nothing was applied")
         contents = self.store.contents()
@@ -138,23 +158,29 @@ class Api:
                 action = "unchanged"
             else:
                 action = "configured"
-            results.append({"kind": r.kind, "namespace": r.namespace, "name": r.name,
-                            "action": action})
+            results.append(
+                {"kind": r.kind, "namespace": r.namespace, "name": r.name, "action": action}
+            )
             if action != "unchanged":
                 puts.append((r.key, doc))
         warnings = self._warnings(resources)
         revision = contents.revision
         if puts and not body.get("dry_run"):
             revision = await self.store.commit(puts)
-        return web.json_response({"revision": revision, "results": results,
-                                  "warnings": warnings, "dry_run": bool(body.get("dry_run"))})
+        return web.json_response(
+            {
+                "revision": revision,
+                "results": results,
+                "warnings": warnings,
+                "dry_run": bool(body.get("dry_run")),
+            }
+        )
 
     def _warnings(self, applied: list[Resource]) -> list[str]:
         world: World = self.pusher.world
         keys = {r.key for r in applied}
         others = [r for r in world.resources if r.key not in keys]
-        candidate = World.build(world.revision, [*others, *applied],
-                                self.registry.instances())
+        candidate = World.build(world.revision, [*others, *applied], self.registry.instances())
         return undefined_subsets(candidate, applied)
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -165,25 +191,36 @@ class Api:
             try:
                 keys = [r.key for r in load_documents(str(body["text"]), filename)]
             except ValidationFailed as e:
-                return _error(400, f"{len(e.errors)} error(s) in {filename}; nothing was deleted",
-                              [str(x) for x in e.errors])
+                return _error(
+                    400,
+                    f"{len(e.errors)} error(s) in {filename}; nothing was deleted",
+                    [str(x) for x in e.errors],
+                )
         else:
             kind = resolve_kind(str(body.get("kind", "")))
             if kind is None:
-                return _error(400, f"unknown kind {body.get('kind')!r}; try one of: "
-                                   + ", ".join(KINDS))
+                return _error(
+                    400, f"unknown kind {body.get('kind')!r}; try one of: " + ", ".join(KINDS)
+                )
             keys = [(kind, str(body.get("namespace") or "default"), str(body.get("name", "")))]
         contents = self.store.contents()
         missing = [k for k in keys if k not in contents.records]
         if missing:
-            return _error(404, "not found; nothing was deleted",
-                          [f"{k[0]} {k[1]}/{k[2]} not found" for k in missing])
+            return _error(
+                404,
+                "not found; nothing was deleted",
+                [f"{k[0]} {k[1]}/{k[2]} not found" for k in missing],
+            )
         revision = await self.store.commit([], keys)
-        return web.json_response({
-            "revision": revision,
-            "results": [{"kind": k[0], "namespace": k[1], "name": k[2], "action": "deleted"}
-                        for k in keys],
-        })
+        return web.json_response(
+            {
+                "revision": revision,
+                "results": [
+                    {"kind": k[0], "namespace": k[1], "name": k[2], "action": "deleted"}
+                    for k in keys
+                ],
+            }
+        )
 
     async def list_resources(self, request: web.Request) -> web.Response:
         q = request.query
@@ -191,13 +228,16 @@ class Api:
         if q.get("kind"):
             kind = resolve_kind(q["kind"])
             if kind is None:
-                return _error(400, f"unknown kind {q['kind']!r}; try one of: "
-                                   + ", ".join([*KINDS, "workloads"]))
+                return _error(
+                    400,
+                    f"unknown kind {q['kind']!r}; try one of: " + ", ".join([*KINDS, "workloads"]),
+                )
         ns, name = q.get("namespace"), q.get("name")
         items = [
             _record_json(key, rec)
             for key, rec in sorted(self.store.contents().records.items())
-            if (kind is None or key[0] == kind) and (not ns or key[1] == ns)
+            if (kind is None or key[0] == kind)
+            and (not ns or key[1] == ns)
             and (not name or key[2] == name)
         ]
         if name and not items:
@@ -240,7 +280,12 @@ class Api:
             )
         except TimeoutError:
             return web.json_response(
-                {"complete": False, "elapsed_ms": (time.time() - since) * 1000,
-                 "proxies": proxy_statuses(self.cache)}, status=504)
+                {
+                    "complete": False,
+                    "elapsed_ms": (time.time() - since) * 1000,
+                    "proxies": proxy_statuses(self.cache),
+                },
+                status=504,
+            )
         result["elapsed_ms"] = (time.time() - since) * 1000
         return web.json_response(result)

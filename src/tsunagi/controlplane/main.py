@@ -54,8 +54,13 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     contents = store.contents()
     log.info(
         "control plane up: API http://%s:%d, xDS %s:%d, %d resources at revision %d, state in %s",
-        settings.host, api_port, settings.host, xds_port, len(contents.records),
-        contents.revision, settings.state_dir,
+        settings.host,
+        api_port,
+        settings.host,
+        xds_port,
+        len(contents.records),
+        contents.revision,
+        settings.state_dir,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

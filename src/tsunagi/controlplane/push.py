@@ -56,7 +56,9 @@ class Pusher:
     def resolve(self, node_id: str, metadata: Any) -> Snapshot:
         """The snapshot for a node that just connected (its metadata comes from bootstrap)."""
         node = Node.from_metadata(node_id, metadata or {})
-        return assemble(self._outbound_for(node.namespace), self._local_for(node), self.world.revision)
+        return assemble(
+            self._outbound_for(node.namespace), self._local_for(node), self.world.revision
+        )
 
     async def run(self) -> None:
         """Push forever; cancel to stop."""
@@ -65,7 +67,9 @@ class Pusher:
             await self._settle()
             contents = self.store.contents()
             started = time.perf_counter()
-            nodes = {e.id: Node.from_metadata(e.id, e.metadata or {}) for e in self.cache.nodes.values()}
+            nodes = {
+                e.id: Node.from_metadata(e.id, e.metadata or {}) for e in self.cache.nodes.values()
+            }
             world, outbound, snapshots = await asyncio.to_thread(self._compute, contents, nodes)
             # Publish World and shared parts together, on the loop, so a node connecting
             # now gets a snapshot that is consistent with its revision.
@@ -76,7 +80,9 @@ class Pusher:
             await self.cache.notify()
             log.info(
                 "revision %d: pushed to %d proxies in %.1f ms",
-                world.revision, len(snapshots), (time.perf_counter() - started) * 1000,
+                world.revision,
+                len(snapshots),
+                (time.perf_counter() - started) * 1000,
             )
 
     async def _settle(self) -> None:
@@ -95,7 +101,9 @@ class Pusher:
         self, contents: Any, nodes: dict[str, Node]
     ) -> tuple[World, dict[str, Outbound], dict[str, Snapshot]]:
         world = self.builder.build(contents)
-        outbound = {ns: translate_outbound(world, ns) for ns in {n.namespace for n in nodes.values()}}
+        outbound = {
+            ns: translate_outbound(world, ns) for ns in {n.namespace for n in nodes.values()}
+        }
         snapshots = {
             node_id: assemble(outbound[node.namespace], self._local_for(node), world.revision)
             for node_id, node in nodes.items()

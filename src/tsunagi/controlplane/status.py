@@ -22,8 +22,12 @@ def node_status(entry: NodeEntry) -> dict[str, Any]:
             state = "SYNCED"
         else:
             state = "STALE"
-        types[short] = {"state": state, "acked": st.acked_version, "expected": expected,
-                        "message": st.last_nack_message if st.rejected else None}
+        types[short] = {
+            "state": state,
+            "acked": st.acked_version,
+            "expected": expected,
+            "message": st.last_nack_message if st.rejected else None,
+        }
     meta = entry.metadata or {}
     nacks = [f"{t}: {s['message']}" for t, s in types.items() if s["state"] == "NACKED"]
     return {

@@ -46,8 +46,13 @@ def _wait_up(client: Client, proc: subprocess.Popen[bytes], timeout: float = 20)
 
 def _apply(client: Client, path: Path) -> None:
     reply = client.request("POST", "/v1/apply", {"text": path.read_text(), "filename": str(path)})
-    client.request("GET", "/v1/wait", query={"revision": reply["revision"], "timeout": 20},
-                   timeout=25, ok=(200, 504))
+    client.request(
+        "GET",
+        "/v1/wait",
+        query={"revision": reply["revision"], "timeout": 20},
+        timeout=25,
+        ok=(200, 504),
+    )
     print(f"  applied {path.name}")
 
 
@@ -65,10 +70,11 @@ def run_demo(state_dir: Path, port: int) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        print("starting the control plane (state in %s)" % state_dir)
+        print(f"starting the control plane (state in {state_dir})")
         # Own process groups: Ctrl-C reaches only us, and we stop the children in order.
-        cp = subprocess.Popen(_tsunagi("up", "--state-dir", str(state_dir)), env=env,
-                              process_group=0)
+        cp = subprocess.Popen(
+            _tsunagi("up", "--state-dir", str(state_dir)), env=env, process_group=0
+        )
         children.append(cp)
         client = Client.from_env(state=str(state_dir))
         _wait_up(client, cp)
@@ -76,30 +82,48 @@ def run_demo(state_dir: Path, port: int) -> int:
         _apply(client, RULES / "destination-rules.yaml")
         for service, version in WORKLOADS:
             extra = ["--inbound-port", str(port)] if service == "productpage" else []
-            cmd = _tsunagi("run", "--service", service, "--port", "9080", "--version", version,
-                           *extra, "--", sys.executable, "-m", "tsunagi.demo.bookinfo", service)
+            cmd = _tsunagi(
+                "run",
+                "--service",
+                service,
+                "--port",
+                "9080",
+                "--version",
+                version,
+                *extra,
+                "--",
+                sys.executable,
+                "-m",
+                "tsunagi.demo.bookinfo",
+                service,
+            )
             children.append(subprocess.Popen(cmd, env=env, process_group=0))
         deadline = time.monotonic() + 60
-        while len(client.request("GET", "/v1/resources", query={"kind": "workloads"})["items"]) < len(WORKLOADS):
+        while len(
+            client.request("GET", "/v1/resources", query={"kind": "workloads"})["items"]
+        ) < len(WORKLOADS):
             if stop or time.monotonic() > deadline or any(c.poll() is not None for c in children):
                 raise RuntimeError("a workload failed to start; see the log above")
             time.sleep(0.2)
         _apply(client, RULES / "reviews-50-50.yaml")
-        print(f"""
+        print(
+            f"""
 Tsunagi is running Bookinfo with {len(WORKLOADS)} sidecars.
 
   Open   http://127.0.0.1:{port}/productpage   and reload a few times:
          reviews alternate between v1 (no stars) and v3 (red stars) — a 50/50 split.
 
   Next, route the user "jason" to reviews v2 (black stars):
-         tsunagi apply -f {RULES / 'reviews-jason-v2.yaml'} --wait
+         tsunagi apply -f {RULES / "reviews-jason-v2.yaml"} --wait
          then sign in as jason on the page.
 
   See it:  tsunagi proxy-status      tsunagi get virtualservices -o yaml
   State:   {state_dir}   (TSUNAGI_STATE_DIR)
 
 Press Ctrl-C to stop everything.
-""", flush=True)
+""",
+            flush=True,
+        )
         while not stop and all(c.poll() is None for c in children):
             time.sleep(0.2)
         return 0 if stop else 1

@@ -63,7 +63,9 @@ class Node:
             id=node_id,
             namespace=str(meta.get("namespace") or "default"),
             service=str(meta.get("service") or ""),
-            labels=MappingProxyType({str(k): str(v) for k, v in (meta.get("labels") or {}).items()}),
+            labels=MappingProxyType(
+                {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+            ),
             outbound_port=int(meta.get("outbound_port") or 15001),
             inbound=MappingProxyType(inbound),
             kind=str(meta.get("kind") or "sidecar"),
@@ -110,8 +112,9 @@ class World:
                     for ep in spec.endpoints or ():
                         target = (ep.ports or {}).get(p.name) or p.target_port or p.number
                         endpoints.setdefault((host, p.number), []).append(
-                            Endpoint(ep.address, int(target), dict(ep.labels or {}),
-                                     ep.locality or "")
+                            Endpoint(
+                                ep.address, int(target), dict(ep.labels or {}), ep.locality or ""
+                            )
                         )
         services = {
             h: Service(h, namespaces[h], tuple(sorted(ps))) for h, ps in sorted(ports.items())

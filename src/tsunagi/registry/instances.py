@@ -58,7 +58,9 @@ class Instance:
                 port=int(doc["port"]),
                 address=str(doc.get("address") or "127.0.0.1"),
                 target_port=int(doc["target_port"]),
-                labels=MappingProxyType({str(k): str(v) for k, v in (doc.get("labels") or {}).items()}),
+                labels=MappingProxyType(
+                    {str(k): str(v) for k, v in (doc.get("labels") or {}).items()}
+                ),
                 locality=str(doc.get("locality") or ""),
                 healthy=bool(doc.get("healthy", True)),
             )

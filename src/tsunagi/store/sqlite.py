@@ -83,9 +83,7 @@ class SqliteStore(CachedStore):
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "DELETE FROM resources WHERE kind=? AND namespace=? AND name=?", deletes
-            )
+            db.executemany("DELETE FROM resources WHERE kind=? AND namespace=? AND name=?", deletes)
             db.executemany(
                 "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?)",
                 [(*key, json.dumps(doc, sort_keys=True), revision) for key, doc in puts],

@@ -73,9 +73,7 @@ class Snapshot:
 
     @classmethod
     def build(cls, by_type: Mapping[str, Iterable[Resource]], revision: int) -> Snapshot:
-        frozen = {
-            t: MappingProxyType({r.name: r for r in rs}) for t, rs in by_type.items()
-        }
+        frozen = {t: MappingProxyType({r.name: r for r in rs}) for t, rs in by_type.items()}
         return cls(resources=MappingProxyType(frozen), revision=revision)
 
     def of(self, type_url: str) -> Mapping[str, Resource]:

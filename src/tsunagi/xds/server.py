@@ -29,14 +29,14 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
     def __init__(self, cache: SnapshotCache) -> None:
         self.cache = cache
 
-    async def StreamAggregatedResources(  # noqa: N802 - gRPC's name
+    async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> None:
         await self._serve(
             SotwStream(nonce_prefix=f"s{next(_stream_ids)}-"), request_iterator, context
         )
 
-    async def DeltaAggregatedResources(  # noqa: N802 - gRPC's name
+    async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> None:
         await self._serve(

@@ -37,6 +37,6 @@ M = TypeVar("M", bound=Message)
 
 def build(message_type: type[M], fields: dict[str, Any]) -> M:
     """Parse an Envoy JSON-shaped dict into ``message_type``; unknown fields are a bug."""
-    message = message_type()
+    message: M = message_type()
     json_format.ParseDict(fields, message)
     return message

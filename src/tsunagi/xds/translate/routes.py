@@ -7,13 +7,13 @@ from typing import Any
 
 from tsunagi.api import Resource, fqdn
 from tsunagi.mesh import World
-from tsunagi.xds.translate.protos import PREVIOUS_HOSTS_TYPE
 from tsunagi.xds.translate.names import (
     OUTBOUND_ROUTE,
     outbound_cluster,
     service_domains,
     virtual_host_domains,
 )
+from tsunagi.xds.translate.protos import PREVIOUS_HOSTS_TYPE
 
 # Istio's defaults, written out so that what Envoy runs is what we say it runs.
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
@@ -35,9 +35,7 @@ def retry_policy(retries: Any | None) -> dict[str, Any] | None:
         "retry_host_predicate": [
             {
                 "name": "envoy.retry_host_predicates.previous_hosts",
-                "typed_config": {
-                    "@type": PREVIOUS_HOSTS_TYPE
-                },
+                "typed_config": {"@type": PREVIOUS_HOSTS_TYPE},
             }
         ],
         "host_selection_retry_max_attempts": "5",

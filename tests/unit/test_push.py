@@ -1,0 +1,97 @@
+"""The push path without a network: bursts coalesce, the latest snapshot wins, and an
+endpoint-only change touches only endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tsunagi.controlplane.push import Pusher
+from tsunagi.mesh import Node, World
+from tsunagi.registry import Instance
+from tsunagi.store import MemoryStore
+from tsunagi.xds import resources as rs
+from tsunagi.xds.cache import SnapshotCache
+from tsunagi.xds.resources import Snapshot
+from tsunagi.xds.translate import translate
+
+META = {
+    "namespace": "default",
+    "service": "client",
+    "outbound_port": 15001,
+    "inbound": {"80": {"listen": 15006, "app": 8080}},
+}
+
+
+class RecordingStream:
+    def __init__(self) -> None:
+        self.snapshots: list[Snapshot] = []
+
+    def set_snapshot(self, snapshot: Snapshot) -> None:
+        self.snapshots.append(snapshot)
+
+
+def instance(name: str, service: str = "reviews", version: str = "v1") -> Instance:
+    return Instance.from_document(
+        {
+            "name": name,
+            "service": service,
+            "port": 9080,
+            "target_port": 20000 + len(name),
+            "labels": {"version": version},
+        }
+    )
+
+
+async def test_a_burst_of_changes_becomes_one_push_with_the_latest_state() -> None:
+    store = MemoryStore()
+    cache = SnapshotCache()
+    pusher = Pusher(store, cache, quiet=0.02, max_delay=0.5)
+    stream = RecordingStream()
+    cache.connect("client.default", META, stream)
+    task = asyncio.create_task(pusher.run())
+    try:
+        for i in range(20):
+            inst = instance(f"reviews-{i}")
+            await store.commit([(inst.key, inst.to_document())])
+        await asyncio.wait_for(_until(lambda: pusher.processed == 20), 5)
+    finally:
+        task.cancel()
+    pushes = stream.snapshots[1:]  # the first one is the snapshot given on connect
+    assert 1 <= len(pushes) <= 2, [s.revision for s in pushes]
+    last = pushes[-1]
+    assert last.revision == 20
+    cla = last.of(rs.ENDPOINT)["outbound|9080||reviews.default.svc.cluster.local"]
+    assert cla.body.value.count(b"127.0.0.1") == 20
+
+
+async def _until(check) -> None:  # type: ignore[no-untyped-def]
+    while not check():
+        await asyncio.sleep(0.005)
+
+
+def _versions(snap: Snapshot, type_url: str) -> dict[str, str]:
+    return {n: r.version for n, r in snap.of(type_url).items()}
+
+
+def test_endpoint_only_change_changes_only_endpoints_of_that_service() -> None:
+    node = Node.from_metadata("client.default", META)
+    base = [instance("reviews-a"), instance("ratings-a", "ratings")]
+    before = translate(World.build(1, [], base), node)
+    after = translate(World.build(2, [], [*base, instance("reviews-b")]), node)
+    for t in (rs.CLUSTER, rs.LISTENER, rs.ROUTE):
+        assert _versions(before, t) == _versions(after, t)
+    changed = {
+        n
+        for n, v in _versions(after, rs.ENDPOINT).items()
+        if _versions(before, rs.ENDPOINT)[n] != v
+    }
+    assert changed == {"outbound|9080||reviews.default.svc.cluster.local"}
+
+
+def test_translation_is_deterministic() -> None:
+    node = Node.from_metadata("client.default", META)
+    insts = [instance("reviews-a"), instance("reviews-b", version="v2")]
+    one = translate(World.build(1, [], insts), node)
+    two = translate(World.build(1, [], list(reversed(insts))), node)
+    for t in rs.PUSH_ORDER:
+        assert one.version(t) == two.version(t)
