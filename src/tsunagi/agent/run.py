@@ -3,21 +3,26 @@
 Order matters and is the point: the proxy is ready before the app starts, the app listens
 before the instance is registered, and on the way out the instance is deregistered (and the
 change confirmed by every proxy) before in-flight requests drain and Envoy stops.
+
+Plain threads, not asyncio: this process lives beside every workload, and asyncio (with the
+``ssl`` module it pulls in) would cost each sidecar ~10 MB of private memory for three loops
+that mostly sleep.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import secrets
 import shutil
 import signal
+import subprocess
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.children import die_with_parent
@@ -71,17 +76,10 @@ class Sidecar:
         self.admin_port, self.app_port = admin, app
         self.workdir = Path(tempfile.mkdtemp(prefix=f"tsunagi-{self.name}-"))
         self.registered = False
-        self.stopping = False
+        self.stop = threading.Event()
 
-    async def _api(
-        self, method: str, path: str, body: object = None, **kw: object
-    ) -> dict[str, object]:
-        return await asyncio.to_thread(self.client.request, method, path, body, **kw)  # type: ignore[arg-type]
-
-    async def run(self) -> int:
-        info = await self._api("GET", "/v1/bootstrap")
-        xds = info["xds"]
-        assert isinstance(xds, dict)
+    def run(self) -> int:
+        xds = self.client.request("GET", "/v1/bootstrap")["xds"]
         ident = ProxyIdentity(
             node_id=f"{self.name}.{self.opts.namespace}",
             service=self.opts.service,
@@ -91,15 +89,16 @@ class Sidecar:
             outbound_port=self.outbound_port,
             inbound={self.opts.port: (self.inbound_port, self.app_port)},
         )
-        envoy = EnvoyProcess(
-            self.workdir,
-            bootstrap(ident, str(xds["host"]), int(xds["port"]), self.admin_port, self.opts.delta),
-            self.admin_port,
-            concurrency=self.opts.concurrency,
+        config = bootstrap(
+            ident, str(xds["host"]), int(xds["port"]), self.admin_port, self.opts.delta
         )
-        self.envoy = envoy
-        await envoy.start()
-        await envoy.wait_ready(self.opts.ready_timeout)
+        self.envoy = EnvoyProcess(self.workdir, config, self.admin_port, self.opts.concurrency)
+        try:
+            self.envoy.start()
+            self.envoy.wait_ready(self.opts.ready_timeout)
+        except (RuntimeError, TimeoutError):
+            self.envoy.stop()
+            raise
         log.info(
             "%s: proxy ready (outbound 127.0.0.1:%d, inbound %d → app %d)",
             self.name,
@@ -120,40 +119,37 @@ class Sidecar:
             "POD_NAME": self.name,
         }
         # Own process group: the agent decides when the app stops (after deregistering).
-        app = await asyncio.create_subprocess_exec(
-            *self.opts.command, env=env, process_group=0, preexec_fn=die_with_parent
+        app = subprocess.Popen(
+            list(self.opts.command), env=env, process_group=0, preexec_fn=die_with_parent
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        tasks = [
-            asyncio.create_task(self._register_when_listening(app)),
-            asyncio.create_task(self._supervise_envoy(app)),
+            signal.signal(sig, lambda *_: self.stop.set())
+        threads = [
+            threading.Thread(target=fn, args=(app,), daemon=True)
+            for fn in (self._register_and_heartbeat, self._supervise_envoy, self._watch_app)
         ]
-        app_done = asyncio.create_task(app.wait())
-        stop_task = asyncio.create_task(stop.wait())
-        await asyncio.wait({app_done, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        self.stopping = True
-        for t in tasks:
-            t.cancel()
-        await self._deregister()
-        if not app_done.done():
-            await self._drain()
-            app.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.start()
+        self.stop.wait()
+        self._deregister()
+        if app.poll() is None:
+            self._drain()
+            app.terminate()
             try:
-                await asyncio.wait_for(app_done, 10)
-            except TimeoutError:
+                app.wait(10)
+            except subprocess.TimeoutExpired:
                 app.kill()
-                await app_done
-        stop_task.cancel()
-        await envoy.stop()
+        code = _exit_code(app.wait())
+        self.envoy.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
-        code = _exit_code(app_done.result())
         log.info("%s: app exited with %d; sidecar stopped", self.name, code)
         return code
 
-    def _instance(self) -> dict[str, object]:
+    def _watch_app(self, app: subprocess.Popen[bytes]) -> None:
+        app.wait()
+        self.stop.set()
+
+    def _instance(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "service": self.opts.service,
@@ -165,54 +161,58 @@ class Sidecar:
             "locality": self.opts.locality,
         }
 
-    async def _register_when_listening(self, app: asyncio.subprocess.Process) -> None:
-        while not await asyncio.to_thread(wait_listening, self.app_port):
-            if app.returncode is not None:
+    def _register_and_heartbeat(self, app: subprocess.Popen[bytes]) -> None:
+        while not wait_listening(self.app_port):
+            if self.stop.wait(0.05) or app.poll() is not None:
                 return
-            await asyncio.sleep(0.05)
         ttl = 15.0
-        while not self.stopping:
+        path = f"/v1/instances/{self.opts.namespace}/{self.name}/heartbeat"
+        while not self.stop.is_set():
             try:
                 if not self.registered:
-                    reply = await self._api("POST", "/v1/instances", self._instance())
-                    ttl = float(reply.get("ttl", ttl))  # type: ignore[arg-type]
+                    ttl = float(
+                        self.client.request("POST", "/v1/instances", self._instance()).get(
+                            "ttl", ttl
+                        )
+                    )
                     self.registered = True
                     log.info(
                         "%s: registered as %s:%d", self.name, self.opts.service, self.opts.port
                     )
-                await asyncio.sleep(max(0.2, ttl / 3))
-                await self._api(
-                    "POST", f"/v1/instances/{self.opts.namespace}/{self.name}/heartbeat"
-                )
+                if self.stop.wait(max(0.2, ttl / 3)):
+                    return
+                self.client.request("POST", path)
             except Rejected as e:
                 if e.status == 404:
                     self.registered = False  # the control plane forgot us: register again
                 else:
                     log.warning("%s: %s; retrying in 1s", self.name, e)
-                    await asyncio.sleep(1.0)
+                    self.stop.wait(1.0)
             except Unreachable:
-                await asyncio.sleep(0.5)  # it will be back; Envoy keeps its config meanwhile
+                self.stop.wait(0.5)  # it will be back; Envoy keeps its config meanwhile
 
-    async def _supervise_envoy(self, app: asyncio.subprocess.Process) -> None:
-        while not self.stopping:
+    def _supervise_envoy(self, app: subprocess.Popen[bytes]) -> None:
+        while not self.stop.is_set():
             assert self.envoy.proc is not None
-            code = await self.envoy.proc.wait()
-            if self.stopping:
+            code = self.envoy.proc.wait()
+            if self.stop.is_set():
                 return
             log.warning("%s: Envoy exited with %s; restarting it", self.name, code)
-            await self.envoy.start()
-            with contextlib.suppress(TimeoutError, RuntimeError):
-                await self.envoy.wait_ready(self.opts.ready_timeout)
+            self.envoy.start()
+            try:
+                self.envoy.wait_ready(self.opts.ready_timeout)
+            except (RuntimeError, TimeoutError) as e:
+                log.warning("%s: %s", self.name, e)
 
-    async def _deregister(self) -> None:
+    def _deregister(self) -> None:
         if not self.registered:
             return
         try:
-            reply = await self._api(
+            reply = self.client.request(
                 "DELETE", f"/v1/instances/{self.opts.namespace}/{self.name}", ok=(200, 404)
             )
             # Wait (briefly) until every proxy has stopped sending here.
-            await self._api(
+            self.client.request(
                 "GET",
                 "/v1/wait",
                 query={"revision": reply.get("revision", 0), "timeout": self.opts.drain_timeout},
@@ -222,14 +222,16 @@ class Sidecar:
         except (Rejected, Unreachable) as e:
             log.warning("%s: could not deregister cleanly: %s", self.name, e)
 
-    async def _drain(self) -> None:
+    def _drain(self) -> None:
         """Let requests already inside the inbound listener finish."""
+        import time
+
         stat = f"http.inbound_{self.opts.port}.downstream_rq_active"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.opts.drain_timeout
-        while loop.time() < deadline and await self.envoy.stat(stat) > 0:
-            await asyncio.sleep(0.05)
+        deadline = time.monotonic() + self.opts.drain_timeout
+        while time.monotonic() < deadline and self.envoy.stat(stat) > 0:
+            time.sleep(0.05)
 
 
-async def run_sidecar(opts: RunOptions, client: Client) -> int:
-    return await Sidecar(opts, client).run()
+def run_sidecar(opts: RunOptions, client: Client) -> int:
+    """Run ``opts.command`` with a sidecar until it exits; return its exit code."""
+    return Sidecar(opts, client).run()

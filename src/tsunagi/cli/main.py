@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -12,7 +11,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tsunagi.cli import output
 from tsunagi.client import Client, Rejected, Unreachable, state_dir
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -188,11 +186,15 @@ def cmd_get(args: argparse.Namespace, client: Client) -> int:
     elif args.namespace:
         query["namespace"] = args.namespace
     reply = client.request("GET", "/v1/resources", query=query)
+    from tsunagi.cli import output
+
     print(output.resources(reply["items"], args.output))
     return EXIT_OK
 
 
 def cmd_proxy_status(args: argparse.Namespace, client: Client) -> int:
+    from tsunagi.cli import output
+
     print(output.proxy_status(client.request("GET", "/v1/proxies")["proxies"]))
     return EXIT_OK
 
@@ -207,6 +209,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         api_port=args.api_port,
         instance_ttl=args.instance_ttl,
     )
+    import asyncio
+
     try:
         asyncio.run(serve(settings))
     except OSError as e:
@@ -240,7 +244,11 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
         concurrency=args.concurrency,
         delta=args.xds_protocol == "delta",
     )
-    return asyncio.run(run_sidecar(opts, client))
+    try:
+        return run_sidecar(opts, client)
+    except (RuntimeError, TimeoutError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
 
 
 def main(argv: Sequence[str] | None = None) -> int:

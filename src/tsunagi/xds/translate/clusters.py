@@ -19,7 +19,6 @@ _UNLIMITED = {
             "max_pending_requests": MAX,
             "max_requests": MAX,
             "max_retries": MAX,
-            "track_remaining": True,
         }
     ]
 }

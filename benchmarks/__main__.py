@@ -1,0 +1,97 @@
+"""``python -m benchmarks [--quick] [--only NAME]``: run the suite, write results and report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks import dataplane, propagation
+from benchmarks.procs import REPO, envoy_binary
+
+SUITES = {"dataplane": dataplane, "propagation": propagation}
+try:  # the scale suite is optional until it lands
+    from benchmarks import scale
+
+    SUITES["scale"] = scale
+except ImportError:  # pragma: no cover
+    pass
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "not installed"
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": len(__import__("os").sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "envoy": _version([envoy_binary(), "--version"]).split("version:")[-1].strip(),
+        "haproxy": _version(["haproxy", "-v"]),
+        "wrk": _version(["wrk", "--version"]),
+        "hey": "hey (Debian package)" if _version(["which", "hey"]) != "not installed" else "-",
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: proves it still runs")
+    parser.add_argument("--only", choices=list(SUITES), action="append")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--report", type=Path, default=REPO / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    sections = []
+    for name in args.only or list(SUITES):
+        suite = SUITES[name]
+        print(f"== {name}", flush=True)
+        with tempfile.TemporaryDirectory(prefix=f"tsunagi-bench-{name}-") as tmp:
+            result = suite.run(args.quick, Path(tmp))
+            if asyncio.iscoroutine(result):
+                result = asyncio.run(result)
+        (args.out / f"{name}{'-quick' if args.quick else ''}.json").write_text(
+            json.dumps({"machine": info, "quick": args.quick, "results": result}, indent=1)
+        )
+        sections.append(suite.markdown(result))
+    if not args.quick:
+        header = [
+            "# Benchmarks",
+            "",
+            "Written by `make bench` (`python -m benchmarks`); raw numbers in "
+            "`benchmarks/results/*.json`.",
+            "",
+            "| machine | |",
+            "|---|---|",
+            *(f"| {k} | {v} |" for k, v in info.items()),
+            "",
+        ]
+        extra = REPO / "docs" / "benchmarks-notes.md"
+        notes = [extra.read_text()] if extra.exists() else []
+        args.report.write_text("\n".join(header + sections + notes))
+        print(f"wrote {args.report}")
+    else:
+        print("\n".join(sections))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

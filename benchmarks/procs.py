@@ -1,0 +1,122 @@
+"""Processes for benchmarks: start, find, measure (CPU, private memory) and stop by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+class Procs:
+    """Every process a benchmark starts; :meth:`stop_all` ends them by pid, newest first."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, name: str, argv: Sequence[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = (self.logdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            list(argv), stdout=log, stderr=log, env=env, stdin=subprocess.DEVNULL
+        )
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.started):
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.started.clear()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def private_bytes(pid: int) -> int:
+    """Memory only this process holds (Private_Clean + Private_Dirty): what it really costs."""
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def children(pid: int, comm: str | None = None) -> list[int]:
+    """Direct children of ``pid`` (optionally only those whose command name is ``comm``)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and (comm is None or name == comm):
+            out.append(int(entry.name))
+    return out
+
+
+def tsunagi(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tsunagi.cli.main", *args]
+
+
+def envoy_binary() -> str:
+    from tsunagi.agent.envoy import envoy_binary as find
+
+    return find()
+
+
+def tsunagi_env(api_port: int, state: Path) -> dict[str, str]:
+    """The environment for `tsunagi` processes: this control plane, no HTTP proxies."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.update(
+        TSUNAGI_SERVER=f"http://127.0.0.1:{api_port}",
+        TSUNAGI_STATE_DIR=str(state),
+        PYTHONPATH=str(REPO),
+    )
+    return env
