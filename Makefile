@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit e2e bench bench-quick lint format clean
+.PHONY: demo test unit e2e bench bench-quick lint format clean tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/tsunagi demo
 
-test: $(STAMP)
+# Programs the benchmarks drive (the quick benchmark run is part of `make test`). Debian's
+# packages; skipped with a note where apt-get is not available.
+TOOLS := wrk hey haproxy
+tools:
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: missing$$missing (install them to run the data-plane benchmark)"; fi; \
+	fi
+
+test: $(STAMP) tools
 	$(BIN)/pytest -q -p no:cacheprovider
 
 unit: $(STAMP)
@@ -24,10 +35,10 @@ unit: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/pytest -q tests/e2e
 
-bench: $(STAMP)
+bench: $(STAMP) tools
 	$(BIN)/python -m benchmarks
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) tools
 	$(BIN)/python -m benchmarks --quick
 
 lint: $(STAMP)

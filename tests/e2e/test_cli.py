@@ -86,6 +86,12 @@ def test_get_shapes_and_delete(mesh: Mesh) -> None:
     dry = mesh.apply(GOOD.replace("name: reviews", "name: dry"), "--dry-run")
     assert dry.returncode == 0 and "dry run" in dry.stdout
     assert mesh.cli("get", "vs", "dry").returncode == 1
+    path = mesh.state_dir / "dry.yaml"
+    path.write_text(GOOD.replace("name: reviews", "name: byfile"))
+    assert mesh.cli("apply", "-f", str(path)).returncode == 0
+    by_file = mesh.cli("delete", "-f", str(path))
+    assert by_file.returncode == 0 and "byfile deleted" in by_file.stdout
+    assert mesh.cli("get", "vs", "byfile").returncode == 1
     deleted = mesh.cli("delete", "virtualservice", "reviews")
     assert deleted.returncode == 0
     assert mesh.cli("get", "vs", "reviews").returncode == 1

@@ -76,6 +76,9 @@ class Pusher:
             self.world, self._outbound = world, outbound
             for node_id, snap in snapshots.items():
                 self.cache.set_snapshot(node_id, snap)
+            for node_id, entry in list(self.cache.nodes.items()):
+                if node_id not in snapshots:  # connected while we computed: catch it up
+                    self.cache.set_snapshot(node_id, self.resolve(node_id, entry.metadata))
             self.processed = world.revision
             await self.cache.notify()
             log.info(

@@ -183,8 +183,20 @@ class _TypeState:
         return self.wildcard or name in self.names
 
 
-def _versions(resources: Mapping[str, Resource]) -> dict[str, str]:
-    return {n: r.version for n, r in resources.items()}
+def _same_versions(a: Mapping[str, Resource], b: Mapping[str, Resource]) -> bool:
+    """Whether ``a`` and ``b`` hold the same names at the same versions.
+
+    Runs for every type on every ``next_response``/``pending`` call over every resource of
+    the type (thousands per proxy), so it stops at the first difference and skips the
+    version comparison when both hold the very same resource object.
+    """
+    if len(a) != len(b):
+        return False
+    for name, res in a.items():
+        other = b.get(name)
+        if other is None or (other is not res and other.version != res.version):
+            return False
+    return True
 
 
 def _subscription_events(
@@ -340,7 +352,7 @@ class _Stream:
             return False
         if st.force or st.unresolved:
             return True
-        return _versions(self._target(type_url, retain)) != _versions(st.known)
+        return not _same_versions(self._target(type_url, retain), st.known)
 
     def _covers(self, child: str, required: Iterable[str]) -> bool:
         required = frozenset(required)

@@ -17,6 +17,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf import json_format
 
 from tsunagi.xds.cache import NodeEntry, SnapshotCache
+from tsunagi.xds.dependencies import DependencyCache
 from tsunagi.xds.protocol import DeltaStream, Nack, SotwStream
 
 log = logging.getLogger("tsunagi.xds")
@@ -28,19 +29,26 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
 
     def __init__(self, cache: SnapshotCache) -> None:
         self.cache = cache
+        # One cache of "which EDS/RDS names does this resource reference" for every stream:
+        # every sidecar gets the same clusters, so each is decoded once, not once per stream.
+        self.deps = DependencyCache()
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> None:
         await self._serve(
-            SotwStream(nonce_prefix=f"s{next(_stream_ids)}-"), request_iterator, context
+            SotwStream(nonce_prefix=f"s{next(_stream_ids)}-", deps=self.deps),
+            request_iterator,
+            context,
         )
 
     async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> None:
         await self._serve(
-            DeltaStream(nonce_prefix=f"d{next(_stream_ids)}-"), request_iterator, context
+            DeltaStream(nonce_prefix=f"d{next(_stream_ids)}-", deps=self.deps),
+            request_iterator,
+            context,
         )
 
     async def _serve(

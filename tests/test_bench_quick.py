@@ -1,0 +1,33 @@
+"""`make bench` must keep working: its quick mode runs every suite at tiny sizes.
+
+This checks that the benchmarks run and produce numbers, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.e2e
+def test_quick_benchmarks_run_and_report(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    files = {p.name for p in tmp_path.glob("*.json")}
+    assert {"dataplane-quick.json", "propagation-quick.json"} <= files
+    prop = json.loads((tmp_path / "propagation-quick.json").read_text())["results"]
+    assert all(v["n"] == prop["changes"] for v in prop["sizes"].values())
+    dp = json.loads((tmp_path / "dataplane-quick.json").read_text())["results"]
+    if "skipped" not in dp:
+        assert dp["summary"]["tsunagi"]["errors"] == 0
+        assert dp["summary"]["tsunagi"]["rps"] > 0
+    assert "## Propagation" in result.stdout

@@ -1,0 +1,99 @@
+"""The scale benchmark's simulated proxies subscribe like Envoy, and its quick run still works.
+
+Behaviour only: what a proxy asks for and when it counts as fully configured, and that the
+quick benchmark's claims hold (every proxy converges; an endpoint change brings each proxy
+that one ClusterLoadAssignment and nothing else). Never how fast anything is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from benchmarks import scale
+from benchmarks.adsclient import CDS, EDS, LDS, RDS, Decoder, make_proxies
+
+from tsunagi.mesh import Node, World
+from tsunagi.registry import Instance
+from tsunagi.xds.translate import translate
+
+
+def _snapshot_for(spec: scale.MeshSpec) -> tuple[Node, dict[str, list[tuple[str, bytes]]]]:
+    instances = [
+        Instance.from_document(scale.instance_document(spec, s, e))
+        for s in range(spec.services)
+        for e in range(spec.endpoints)
+    ]
+    proxy = make_proxies(1, spec.services, spec.namespace_names)[0]
+    node = Node.from_metadata(
+        proxy.node_id,
+        {
+            "namespace": proxy.namespace,
+            "service": proxy.service,
+            "inbound": {"9080": {"listen": 15006, "app": 9080}},
+        },
+    )
+    snap = translate(World.build(1, [], instances), node)
+    return node, {
+        t: [(name, r.body.value) for name, r in snap.of(t).items()] for t in (CDS, EDS, LDS, RDS)
+    }
+
+
+def test_a_proxy_is_full_only_with_every_type_and_what_it_references() -> None:
+    spec = scale.MeshSpec(services=3, endpoints=2, proxies=1, namespaces=1, subset_services=0)
+    _, resources = _snapshot_for(spec)
+    proxy = make_proxies(1, spec.services, spec.namespace_names)[0]
+    decoder = Decoder()
+
+    proxy.apply(decoder, CDS, [(None, data) for _, data in resources[CDS]], sotw=True)
+    # The outbound EDS clusters reference their own load assignments; the inbound one is static.
+    assert proxy.required(CDS) == {name for name, _ in resources[EDS]}
+    proxy.subscribed[EDS] = proxy.required(CDS)
+    proxy.acked.add(CDS)
+    changed, _ = proxy.apply(decoder, EDS, [(None, d) for _, d in resources[EDS]], sotw=True)
+    proxy.acked.add(EDS)
+    assert sorted(changed) == sorted(name for name, _ in resources[EDS])
+    proxy.apply(decoder, LDS, [(None, d) for _, d in resources[LDS]], sotw=True)
+    proxy.acked.add(LDS)
+    assert proxy.required(LDS) == {"outbound"}
+    assert not proxy.full()  # routes not yet subscribed nor received
+    proxy.subscribed[RDS] = proxy.required(LDS)
+    proxy.apply(decoder, RDS, [(None, d) for _, d in resources[RDS]], sotw=True)
+    proxy.acked.add(RDS)
+    assert proxy.full()
+
+    # The same content again changes nothing and is not decoded again.
+    decoded = decoder.decoded
+    changed, _ = proxy.apply(decoder, EDS, [(None, d) for _, d in resources[EDS]], sotw=True)
+    assert changed == [] and decoder.decoded == decoded
+
+
+def test_change_summary_flags_proxies_that_received_anything_else() -> None:
+    report = {
+        "marks": [{"name": "endpoint", "time": 10.0, "index": [0, 0]}],
+        "proxies": [
+            {"id": "a", "records": [[10.1, 10.2, "EDS", 1, 0, ["c1"]]]},
+            {
+                "id": "b",
+                "records": [[10.1, 10.3, "EDS", 1, 0, ["c1"]], [10.4, 10.5, "CDS", 1, 0, 1]],
+            },
+        ],
+    }
+    out = scale.change_summary(report, "endpoint", 10.0, "EDS", {"c1"})
+    assert out["proxies_updated"] == 2
+    assert out["proxies_with_anything_else"] == 1
+    assert out["examples_of_anything_else"][0]["proxy"] == "b"
+    assert out["seconds_until_all_acked"] == pytest.approx(0.5)
+
+
+@pytest.mark.e2e
+async def test_the_quick_scale_benchmark_runs_and_its_claims_hold(tmp_path: Path) -> None:
+    results = await scale.run(True, tmp_path)
+    assert set(results["runs"]) == {"sotw", "delta"}
+    for run in results["runs"].values():
+        assert run["full_convergence"]["proxies_full"] == scale.QUICK.proxies
+        assert run["global_change"]["responses_by_type"] == {"RDS": scale.QUICK.proxies}
+        assert run["endpoint_change"]["responses_by_type"] == {"EDS": scale.QUICK.proxies}
+        assert run["endpoint_change"]["proxies_with_anything_else"] == 0
+        assert run["control_plane"]["peak_rss_mb"] > 0
+    assert "| endpoint change, all ACKed (s) |" in scale.markdown(results)
