@@ -94,14 +94,15 @@ def _log(message: str) -> None:
 
 
 def instance_document(spec: MeshSpec, service: int, endpoint: int) -> dict[str, Any]:
-    """One registration as ``tsunagi run`` sends it: ``svc-0042-3`` at 10.x.y.z:9080."""
+    """One registration as ``tsunagi run`` sends it: ``svc-0042-3`` at 127.x.y.z:9080 (never
+    contacted: only the control plane sees these addresses)."""
     name = service_name(service)
     return {
         "name": f"{name}-{endpoint}",
         "service": name,
         "namespace": service_namespace(service, spec.namespace_names),
         "port": SERVICE_PORT,
-        "address": f"10.{service // 250}.{service % 250}.{endpoint + 1}",
+        "address": f"127.{service // 250}.{service % 250}.{endpoint + 1}",
         "target_port": SERVICE_PORT,
         "labels": {"app": name, "version": f"v{endpoint % 2 + 1}"},
     }
@@ -453,7 +454,13 @@ def translation_times(spec: MeshSpec) -> dict[str, Any]:
     from tsunagi.api import load_documents
     from tsunagi.mesh import Node, World
     from tsunagi.registry import Instance
-    from tsunagi.xds.translate import assemble, translate_local, translate_outbound
+    from tsunagi.xds.translate import (
+        Memo,
+        assemble,
+        translate_local,
+        translate_outbound,
+        translate_shared,
+    )
 
     instances = [
         Instance.from_document(instance_document(spec, s, e))
@@ -464,12 +471,33 @@ def translation_times(spec: MeshSpec) -> dict[str, Any]:
     t = time.perf_counter()
     world = World.build(1, rules, instances)
     world_s = time.perf_counter() - t
+    memo = Memo()
+    t = time.perf_counter()
+    shared = translate_shared(world, memo)
+    shared_s = time.perf_counter() - t
     outbound_s = []
     outbound = {}
     for ns in spec.namespace_names:
         t = time.perf_counter()
-        outbound[ns] = translate_outbound(world, ns)
+        outbound[ns] = translate_outbound(world, ns, memo, shared)
         outbound_s.append(time.perf_counter() - t)
+    memo.rotate()
+    # An endpoint change: one more instance of one service, everything else remembered.
+    grown = World.build(
+        2,
+        rules,
+        [
+            *instances,
+            Instance.from_document(
+                {**instance_document(spec, 0, 0), "name": "extra-0", "target_port": 1}
+            ),
+        ],
+    )
+    t = time.perf_counter()
+    grown_shared = translate_shared(grown, memo)
+    for ns in spec.namespace_names:
+        translate_outbound(grown, ns, memo, grown_shared)
+    incremental_s = time.perf_counter() - t
     nodes = [
         Node.from_metadata(
             p.node_id,
@@ -491,14 +519,17 @@ def translation_times(spec: MeshSpec) -> dict[str, Any]:
         assemble(outbound[node.namespace], local, world.revision)
     assemble_s = time.perf_counter() - t
     sample = outbound[spec.namespace_names[0]]
-    push_s = sum(outbound_s) + local_s + assemble_s
+    push_s = shared_s + sum(outbound_s) + local_s + assemble_s
     return {
         "world_build_ms": round(world_s * 1000, 2),
+        "translate_shared_ms": round(shared_s * 1000, 2),
+        "endpoint_change_translate_ms": round(incremental_s * 1000, 2),
         "translate_outbound_ms_per_namespace": round(statistics.mean(outbound_s) * 1000, 2),
         "translate_local_us_per_proxy": round(local_s / len(nodes) * 1e6, 1),
         "assemble_us_per_proxy": round(assemble_s / len(nodes) * 1e6, 1),
         "unshared_translate_ms_per_proxy": round(
-            (statistics.mean(outbound_s) + (local_s + assemble_s) / len(nodes)) * 1000, 2
+            (shared_s + statistics.mean(outbound_s) + (local_s + assemble_s) / len(nodes)) * 1000,
+            2,
         ),
         "push_compute_ms": round(push_s * 1000, 1),
         "amortized_ms_per_proxy": round(push_s / len(nodes) * 1000, 3),
@@ -509,9 +540,9 @@ def translation_times(spec: MeshSpec) -> dict[str, Any]:
             "RDS": len(sample.routes),
         },
         "bytes_per_proxy": {
-            "CDS": sum(len(r.body.value) for r in sample.clusters),
-            "EDS": sum(len(r.body.value) for r in sample.endpoints),
-            "RDS": sum(len(r.body.value) for r in sample.routes),
+            "CDS": sum(len(r.body.value) for r in sample.clusters.values()),
+            "EDS": sum(len(r.body.value) for r in sample.endpoints.values()),
+            "RDS": sum(len(r.body.value) for r in sample.routes.values()),
         },
     }
 

@@ -18,7 +18,16 @@ from tsunagi.mesh import Node, World
 from tsunagi.store import Store
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.resources import Snapshot
-from tsunagi.xds.translate import Local, Outbound, assemble, translate_local, translate_outbound
+from tsunagi.xds.translate import (
+    Local,
+    Memo,
+    Outbound,
+    Shared,
+    assemble,
+    translate_local,
+    translate_outbound,
+    translate_shared,
+)
 
 log = logging.getLogger("tsunagi.push")
 
@@ -36,6 +45,8 @@ class Pusher:
         self.builder = WorldBuilder()
         self.world = self.builder.build(store.contents())
         self.processed = self.world.revision
+        self.memo = Memo()
+        self._shared = translate_shared(self.world, self.memo)
         self._outbound: dict[str, Outbound] = {}
         self._locals: dict[str, tuple[Node, Local]] = {}
         cache.resolver = self.resolve
@@ -43,7 +54,8 @@ class Pusher:
     def _outbound_for(self, namespace: str) -> Outbound:
         out = self._outbound.get(namespace)
         if out is None:
-            out = self._outbound[namespace] = translate_outbound(self.world, namespace)
+            out = translate_outbound(self.world, namespace, self.memo, self._shared)
+            self._outbound[namespace] = out
         return out
 
     def _local_for(self, node: Node) -> Local:
@@ -70,10 +82,14 @@ class Pusher:
             nodes = {
                 e.id: Node.from_metadata(e.id, e.metadata or {}) for e in self.cache.nodes.values()
             }
-            world, outbound, snapshots = await asyncio.to_thread(self._compute, contents, nodes)
+            world, shared, outbound, snapshots = await asyncio.to_thread(
+                self._compute, contents, nodes
+            )
             # Publish World and shared parts together, on the loop, so a node connecting
             # now gets a snapshot that is consistent with its revision.
-            self.world, self._outbound = world, outbound
+            self.world, self._shared, self._outbound = world, shared, outbound
+            for gone in self._locals.keys() - self.cache.nodes.keys():
+                del self._locals[gone]
             for node_id, snap in snapshots.items():
                 self.cache.set_snapshot(node_id, snap)
             for node_id, entry in list(self.cache.nodes.items()):
@@ -102,13 +118,16 @@ class Pusher:
 
     def _compute(
         self, contents: Any, nodes: dict[str, Node]
-    ) -> tuple[World, dict[str, Outbound], dict[str, Snapshot]]:
+    ) -> tuple[World, Shared, dict[str, Outbound], dict[str, Snapshot]]:
         world = self.builder.build(contents)
+        shared = translate_shared(world, self.memo)
         outbound = {
-            ns: translate_outbound(world, ns) for ns in {n.namespace for n in nodes.values()}
+            ns: translate_outbound(world, ns, self.memo, shared)
+            for ns in {n.namespace for n in nodes.values()}
         }
         snapshots = {
             node_id: assemble(outbound[node.namespace], self._local_for(node), world.revision)
             for node_id, node in nodes.items()
         }
-        return world, outbound, snapshots
+        self.memo.rotate()
+        return world, shared, outbound, snapshots

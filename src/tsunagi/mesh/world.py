@@ -7,8 +7,11 @@ does no I/O; the control plane hands it the parsed resources and the registered 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -144,6 +147,28 @@ class World:
             if s.name == subset:
                 return dict(s.labels or {})
         return None
+
+    def subset_definitions(self, host: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+        """``(name, sorted labels)`` of each subset of ``host``: hashable, for memo keys."""
+        dr = self.destination_rules.get(host)
+        if dr is None:
+            return ()
+        return tuple(
+            (s.name, tuple(sorted((s.labels or {}).items())))
+            for s in dr.spec.subsets or ()  # type: ignore[attr-defined]
+        )
+
+    @cached_property
+    def routing_fingerprint(self) -> str:
+        """A digest of everything outbound routes depend on: services, their ports, and the
+        routing resources. Endpoints are not in it, so an endpoint change keeps it."""
+        h = hashlib.blake2b(digest_size=16)
+        for svc in self.services.values():
+            h.update(f"{svc.hostname} {svc.namespace} {svc.ports}\n".encode())
+        for r in sorted(self.resources, key=lambda r: r.key):
+            if r.kind in ("VirtualService", "DestinationRule", "ServiceEntry", "Gateway"):
+                h.update(json.dumps([r.key, r.document], sort_keys=True, default=str).encode())
+        return h.hexdigest()
 
     def subsets(self, host: str) -> list[str]:
         dr = self.destination_rules.get(host)

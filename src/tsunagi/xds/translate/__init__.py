@@ -1,21 +1,28 @@
 """Pure translation from the mesh World to Envoy resources for one node.
 
-No sockets, clocks or globals: every input is an argument. What depends only on the World
-(clusters, endpoints) and on the client's namespace (routes) is separated from what depends
-on the node itself (inbound listeners), so callers can compute the shared parts once.
+No sockets, clocks or globals: every input is an argument. The work is split by what it
+depends on, so a push does each part once and only where its inputs changed:
+
+- per service (clusters and endpoint assignments): the service, its subsets, its endpoints;
+- per client namespace (the outbound route configuration): services and routing resources;
+- per node (listeners, inbound clusters): the node alone.
+
+A :class:`Memo` passed in by the caller remembers packed resources by those inputs; it only
+saves work — the output is the same with a fresh memo.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, TypeVar
 
-from tsunagi.mesh import Node, World
+from tsunagi.mesh import Endpoint, Node, Service, World
 from tsunagi.xds import resources as rs
 from tsunagi.xds.resources import Resource, Snapshot
-from tsunagi.xds.translate.clusters import inbound_clusters, outbound_clusters
-from tsunagi.xds.translate.endpoints import outbound_load_assignments
+from tsunagi.xds.translate.clusters import inbound_clusters, service_clusters
+from tsunagi.xds.translate.endpoints import Subsets, service_load_assignments
 from tsunagi.xds.translate.listeners import inbound_listeners, outbound_listener
 from tsunagi.xds.translate.protos import (
     Cluster,
@@ -26,62 +33,175 @@ from tsunagi.xds.translate.protos import (
 )
 from tsunagi.xds.translate.routes import outbound_route_configuration
 
-__all__ = ["Local", "Outbound", "assemble", "translate", "translate_local", "translate_outbound"]
+__all__ = [
+    "Local",
+    "Memo",
+    "Outbound",
+    "Shared",
+    "assemble",
+    "translate",
+    "translate_local",
+    "translate_outbound",
+    "translate_shared",
+]
+
+T = TypeVar("T")
+
+
+class Memo:
+    """Results by input key, kept for one generation: what the last push did not use is
+    dropped at the next :meth:`rotate`, so the memo never outgrows the mesh."""
+
+    def __init__(self) -> None:
+        self._live: dict[Hashable, Any] = {}
+        self._next: dict[Hashable, Any] = {}
+
+    def get(self, key: Hashable, make: Callable[..., T], *args: Any) -> T:
+        """The value for ``key``, made by ``make(*args)`` only when not remembered."""
+        if key in self._next:
+            value: T = self._next[key]
+            return value
+        value = self._live[key] if key in self._live else make(*args)
+        self._next[key] = value
+        return value
+
+    def rotate(self) -> None:
+        self._live, self._next = self._next, {}
+
+
+class _Overlay(Mapping[str, Resource]):
+    """A shared mapping plus a few resources of one node's own, without copying the first."""
+
+    __slots__ = ("_base", "_extra")
+
+    def __init__(self, base: Mapping[str, Resource], extra: Mapping[str, Resource]) -> None:
+        self._base, self._extra = base, extra
+
+    def __getitem__(self, name: str) -> Resource:
+        if name in self._extra:
+            return self._extra[name]
+        return self._base[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._base
+        yield from (n for n in self._extra if n not in self._base)
+
+    def __len__(self) -> int:
+        return len(self._base) + sum(1 for n in self._extra if n not in self._base)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Clusters and endpoint assignments: the same for every sidecar."""
+
+    clusters: Mapping[str, Resource]
+    endpoints: Mapping[str, Resource]
 
 
 @dataclass(frozen=True)
 class Outbound:
     """The parts of a sidecar's config shared by every sidecar of a namespace."""
 
-    clusters: tuple[Resource, ...]
-    endpoints: tuple[Resource, ...]
-    routes: tuple[Resource, ...]
-
-
-def translate_outbound(world: World, namespace: str) -> Outbound:
-    """Clusters, endpoints and outbound routes as seen from ``namespace``."""
-    clusters = {
-        c["name"]: Resource.pack(c["name"], build(Cluster, c)) for c in outbound_clusters(world)
-    }
-    endpoints = []
-    for cla in outbound_load_assignments(world):
-        name = cla["cluster_name"]
-        # Fold the cluster's version in: when a cluster changes, Envoy needs its endpoints
-        # again to finish warming, and an unchanged version would never be re-sent.
-        salt = clusters[name].version if name in clusters else ""
-        endpoints.append(Resource.pack(name, build(ClusterLoadAssignment, cla), salt))
-    rc = outbound_route_configuration(world, namespace)
-    route = Resource.pack(rc["name"], build(RouteConfiguration, rc))
-    return Outbound(tuple(clusters.values()), tuple(endpoints), (route,))
+    clusters: Mapping[str, Resource]
+    endpoints: Mapping[str, Resource]
+    routes: Mapping[str, Resource]
 
 
 @dataclass(frozen=True)
 class Local:
     """The parts of a sidecar's config that depend only on the node itself."""
 
-    clusters: tuple[Resource, ...]
-    listeners: tuple[Resource, ...]
+    clusters: Mapping[str, Resource]
+    listeners: Mapping[str, Resource]
+
+
+def _pack_all(message_type: Any, docs: list[dict[str, Any]], name_key: str) -> list[Resource]:
+    return [Resource.pack(d[name_key], build(message_type, d)) for d in docs]
+
+
+def _endpoint_key(endpoints: Sequence[Endpoint]) -> tuple[Any, ...]:
+    return tuple(
+        (e.address, e.port, tuple(sorted(e.labels.items())), e.locality, e.healthy)
+        for e in endpoints
+    )
+
+
+def _clusters_of(svc: Service, subsets: tuple[str, ...]) -> list[Resource]:
+    return _pack_all(Cluster, service_clusters(svc, subsets), "name")
+
+
+def _assignments_of(
+    host: str, port: int, endpoints: Sequence[Endpoint], subsets: Subsets
+) -> list[Resource]:
+    docs = service_load_assignments(host, port, endpoints, subsets)
+    return _pack_all(ClusterLoadAssignment, docs, "cluster_name")
+
+
+def translate_shared(world: World, memo: Memo | None = None) -> Shared:
+    """Every service's clusters and endpoints; unchanged services come from ``memo``."""
+    memo = memo or Memo()
+    clusters: dict[str, Resource] = {}
+    endpoints: dict[str, Resource] = {}
+    for svc in world.services.values():
+        subsets = world.subset_definitions(svc.hostname)
+        names = tuple(s[0] for s in subsets)
+        for c in memo.get(("cds", svc, names), _clusters_of, svc, names):
+            clusters[c.name] = c
+        for port in svc.ports:
+            eps = world.endpoints.get((svc.hostname, port), ())
+            key = ("eds", svc.hostname, port, subsets, _endpoint_key(eps))
+            for cla in memo.get(key, _assignments_of, svc.hostname, port, eps, subsets):
+                endpoints[cla.name] = cla
+    # Fold each cluster's version into its endpoints' version: when a cluster changes, Envoy
+    # needs its endpoints again to finish warming it, and an unchanged version would never be
+    # re-sent.
+    folded = {
+        name: cla
+        if name not in clusters
+        else Resource(cla.name, cla.body, f"{cla.version}.{clusters[name].version}")
+        for name, cla in endpoints.items()
+    }
+    return Shared(MappingProxyType(clusters), MappingProxyType(folded))
+
+
+def translate_outbound(
+    world: World, namespace: str, memo: Memo | None = None, shared: Shared | None = None
+) -> Outbound:
+    """Clusters, endpoints and outbound routes as seen from ``namespace``."""
+    memo = memo or Memo()
+    shared = shared or translate_shared(world, memo)
+
+    def routes() -> Resource:
+        rc = outbound_route_configuration(world, namespace)
+        return Resource.pack(rc["name"], build(RouteConfiguration, rc))
+
+    route = memo.get(("rds", namespace, world.routing_fingerprint), routes)
+    return Outbound(shared.clusters, shared.endpoints, MappingProxyType({route.name: route}))
 
 
 def translate_local(node: Node) -> Local:
     """The node's outbound listener, inbound listeners and the clusters for its app."""
-    listeners: Iterable[dict[str, Any]] = [outbound_listener(node), *inbound_listeners(node)]
+    listeners = [outbound_listener(node), *inbound_listeners(node)]
     return Local(
-        clusters=tuple(Resource.pack(c["name"], build(Cluster, c)) for c in inbound_clusters(node)),
-        listeners=tuple(Resource.pack(str(x["name"]), build(Listener, x)) for x in listeners),
+        clusters=MappingProxyType(
+            {r.name: r for r in _pack_all(Cluster, inbound_clusters(node), "name")}
+        ),
+        listeners=MappingProxyType({r.name: r for r in _pack_all(Listener, listeners, "name")}),
     )
 
 
 def assemble(outbound: Outbound, local: Local, revision: int) -> Snapshot:
-    """One node's snapshot from its shared and local parts."""
-    return Snapshot.build(
-        {
-            rs.CLUSTER: [*outbound.clusters, *local.clusters],
-            rs.ENDPOINT: outbound.endpoints,
-            rs.LISTENER: local.listeners,
-            rs.ROUTE: outbound.routes,
-        },
-        revision,
+    """One node's snapshot from its shared and local parts (sharing, not copying, them)."""
+    return Snapshot(
+        resources=MappingProxyType(
+            {
+                rs.CLUSTER: _Overlay(outbound.clusters, local.clusters),
+                rs.ENDPOINT: outbound.endpoints,
+                rs.LISTENER: local.listeners,
+                rs.ROUTE: outbound.routes,
+            }
+        ),
+        revision=revision,
     )
 
 

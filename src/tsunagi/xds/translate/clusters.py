@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from tsunagi.mesh import Node, World
+from tsunagi.mesh import Node, Service, World
 from tsunagi.xds.translate.names import inbound_cluster, outbound_cluster
 
 MAX = 4294967295
@@ -40,14 +41,21 @@ def eds_cluster(name: str) -> dict[str, Any]:
     }
 
 
+def service_clusters(svc: Service, subsets: Sequence[str]) -> list[dict[str, Any]]:
+    """One cluster per port of ``svc``, and one per port and subset."""
+    out = []
+    for port in svc.ports:
+        out.append(eds_cluster(outbound_cluster(svc.hostname, port)))
+        for subset in subsets:
+            out.append(eds_cluster(outbound_cluster(svc.hostname, port, subset)))
+    return out
+
+
 def outbound_clusters(world: World) -> list[dict[str, Any]]:
     """Every service port, and every subset a DestinationRule defines for it."""
     out = []
     for svc in world.services.values():
-        for port in svc.ports:
-            out.append(eds_cluster(outbound_cluster(svc.hostname, port)))
-            for subset in world.subsets(svc.hostname):
-                out.append(eds_cluster(outbound_cluster(svc.hostname, port, subset)))
+        out += service_clusters(svc, world.subsets(svc.hostname))
     return out
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tsunagi.mesh import Endpoint, World
@@ -45,15 +45,26 @@ def load_assignment(name: str, endpoints: list[Endpoint]) -> dict[str, Any]:
     }
 
 
+Subsets = Sequence[tuple[str, Sequence[tuple[str, str]]]]
+
+
+def service_load_assignments(
+    host: str, port: int, endpoints: Sequence[Endpoint], subsets: Subsets
+) -> list[dict[str, Any]]:
+    """The assignment of one service port, and of each of its subsets."""
+    out = [load_assignment(outbound_cluster(host, port), list(endpoints))]
+    for subset, labels in subsets:
+        chosen = [ep for ep in endpoints if _matches(ep, dict(labels))]
+        out.append(load_assignment(outbound_cluster(host, port, subset), chosen))
+    return out
+
+
 def outbound_load_assignments(world: World) -> list[dict[str, Any]]:
     """One assignment per cluster made by :func:`clusters.outbound_clusters`."""
     out = []
     for svc in world.services.values():
+        subsets = world.subset_definitions(svc.hostname)
         for port in svc.ports:
-            eps = list(world.endpoints.get((svc.hostname, port), ()))
-            out.append(load_assignment(outbound_cluster(svc.hostname, port), eps))
-            for subset in world.subsets(svc.hostname):
-                labels = world.subset_labels(svc.hostname, subset) or {}
-                chosen = [ep for ep in eps if _matches(ep, labels)]
-                out.append(load_assignment(outbound_cluster(svc.hostname, port, subset), chosen))
+            eps = world.endpoints.get((svc.hostname, port), ())
+            out += service_load_assignments(svc.hostname, port, eps, subsets)
     return out
