@@ -72,25 +72,38 @@ def main() -> int:
             json.dumps({"machine": info, "quick": args.quick, "results": result}, indent=1)
         )
         sections.append(suite.markdown(result))
-    if not args.quick:
-        header = [
-            "# Benchmarks",
-            "",
-            "Written by `make bench` (`python -m benchmarks`); raw numbers in "
-            "`benchmarks/results/*.json`.",
-            "",
-            "| machine | |",
-            "|---|---|",
-            *(f"| {k} | {v} |" for k, v in info.items()),
-            "",
-        ]
-        extra = REPO / "docs" / "benchmarks-notes.md"
-        notes = [extra.read_text()] if extra.exists() else []
-        args.report.write_text("\n".join(header + sections + notes))
-        print(f"wrote {args.report}")
-    else:
+    if args.quick:
         print("\n".join(sections))
+    else:
+        write_report(args.out, args.report)
+        print(f"wrote {args.report}")
     return 0
+
+
+def write_report(results: Path, report: Path) -> None:
+    """``docs/benchmarks.md`` from every full (non-quick) result file in ``results``."""
+    sections, machines = [], []
+    for name, suite in SUITES.items():
+        path = results / f"{name}.json"
+        if path.exists():
+            doc = json.loads(path.read_text())
+            machines.append((name, doc["machine"]))
+            sections.append(suite.markdown(doc["results"]))
+    keys = list(machines[0][1]) if machines else []
+    header = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m benchmarks`); raw numbers in "
+        "`benchmarks/results/*.json`. Each suite's machine and date:",
+        "",
+        "| | " + " | ".join(n for n, _ in machines) + " |",
+        "|---|" + "---|" * len(machines),
+        *(f"| {k} | " + " | ".join(str(m.get(k, "")) for _, m in machines) + " |" for k in keys),
+        "",
+    ]
+    notes = REPO / "docs" / "benchmarks-notes.md"
+    extra = [notes.read_text()] if notes.exists() else []
+    report.write_text("\n".join(header + sections + extra))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -51,13 +50,15 @@ def find_token(explicit: str | None, state: Path) -> str:
         return ""
 
 
-@dataclass
 class Client:
     """Talks JSON to one control plane."""
 
-    server: str = DEFAULT_SERVER
-    token: str = ""
-    timeout: float = 10.0
+    def __init__(
+        self, server: str = DEFAULT_SERVER, token: str = "", timeout: float = 10.0
+    ) -> None:
+        self.server = server
+        self.token = token
+        self.timeout = timeout
 
     @classmethod
     def from_env(

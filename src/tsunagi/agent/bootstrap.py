@@ -6,21 +6,20 @@ Everything else (listeners, clusters, routes, endpoints) arrives over ADS.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class ProxyIdentity:
+class ProxyIdentity(NamedTuple):
     """What the control plane learns about this proxy from its xDS node."""
 
     node_id: str
     service: str
     namespace: str
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = MappingProxyType({})
     locality: str = ""
     outbound_port: int = 15001
-    inbound: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+    inbound: Mapping[int, tuple[int, int]] = MappingProxyType({})
     """service port → (inbound listener port, app port)."""
     kind: str = "sidecar"
 
@@ -110,12 +109,26 @@ def bootstrap(
                 }
             ]
         },
-        "layered_runtime": {
-            "layers": [
-                {
-                    "name": "static",
-                    "static_layer": {"overload.global_downstream_max_connections": 50000},
+        # Give freed heap back to the OS: an idle sidecar should not hold the high-water mark
+        # of its last config push.
+        "memory_allocator_manager": {
+            "bytes_to_release": 16 * 1024 * 1024,
+            "memory_release_interval": "2s",
+        },
+        # Envoy keeps ~50 stats per cluster; with hundreds of services they are most of a
+        # sidecar's memory. Keep what status, draining and the agent's health checks read.
+        "stats_config": {
+            "stats_matcher": {
+                "inclusion_list": {
+                    "patterns": [
+                        {"prefix": "server."},
+                        {"prefix": "cluster_manager."},
+                        {"prefix": "listener_manager."},
+                        {"prefix": "http."},
+                        {"prefix": "cluster.xds."},
+                        {"prefix": "control_plane."},
+                    ]
                 }
-            ]
+            }
         },
     }

@@ -58,6 +58,7 @@ class EnvoyProcess:
                     "-c",
                     str(self.config),
                     "--use-dynamic-base-id",
+                    "--disable-hot-restart",
                     "--concurrency",
                     str(self.concurrency),
                     "--log-level",

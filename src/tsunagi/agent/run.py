@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.children import die_with_parent
@@ -33,15 +32,15 @@ from tsunagi.client import Client, Rejected, Unreachable
 log = logging.getLogger("tsunagi.agent")
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """What ``tsunagi run`` was asked to do."""
+class RunOptions(NamedTuple):
+    """What ``tsunagi run`` was asked to do (a NamedTuple: ``dataclasses`` would pull
+    ``inspect`` into every sidecar's memory)."""
 
     service: str
     command: tuple[str, ...]
     port: int = 80
     version: str = ""
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = MappingProxyType({})
     namespace: str = "default"
     locality: str = ""
     outbound_port: int = 0
@@ -69,7 +68,7 @@ class Sidecar:
         if opts.version:
             labels["version"] = opts.version
         self.labels = labels
-        self.name = opts.name or f"{opts.service}-{opts.version or 'x'}-{secrets.token_hex(3)}"
+        self.name = opts.name or f"{opts.service}-{opts.version or 'x'}-{os.urandom(3).hex()}"
         outbound, inbound, admin, app = free_ports(4)
         self.outbound_port = opts.outbound_port or outbound
         self.inbound_port = opts.inbound_port or inbound

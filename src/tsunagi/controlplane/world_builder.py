@@ -13,21 +13,25 @@ class WorldBuilder:
     """Keeps parsed resources between builds: a burst of one change re-parses one document."""
 
     def __init__(self) -> None:
-        self._parsed: dict[Key, tuple[int, Resource]] = {}
+        self._parsed: dict[Key, tuple[int, Resource | Instance]] = {}
 
     def build(self, contents: Contents) -> World:
         resources: list[Resource] = []
         instances: list[Instance] = []
-        fresh: dict[Key, tuple[int, Resource]] = {}
+        fresh: dict[Key, tuple[int, Resource | Instance]] = {}
         for key, record in contents.records.items():
-            if key[0] == INSTANCE_KIND:
-                instances.append(Instance.from_document(record.document))
-                continue
             cached = self._parsed.get(key)
             if cached is None or cached[0] != record.revision:
-                origin = f"store:{key[0]}/{key[1]}/{key[2]}"
-                cached = (record.revision, parse_document(dict(record.document), origin, 1))
+                if key[0] == INSTANCE_KIND:
+                    cached = (record.revision, Instance.from_document(record.document))
+                else:
+                    origin = f"store:{key[0]}/{key[1]}/{key[2]}"
+                    cached = (record.revision, parse_document(dict(record.document), origin, 1))
             fresh[key] = cached
-            resources.append(cached[1])
+            item = cached[1]
+            if isinstance(item, Instance):
+                instances.append(item)
+            else:
+                resources.append(item)
         self._parsed = fresh
         return World.build(contents.revision, resources, instances)
