@@ -45,6 +45,7 @@ from tsunagi.xds.resources import (
     SHORT_NAMES,
     Resource,
     Snapshot,
+    type_version,
 )
 
 # ------------------------------------------------------------------------------ resources
@@ -243,9 +244,9 @@ class FakeEnvoy:
             self.send(delta_req(t, sub=sorted(names - old), unsub=sorted(old - names)))
         else:
             self.send(sotw_req(t, sorted(names), nonce=self.last_nonce.get(t, "")))
-        if self.delta:
-            for n in old - names:
-                self.held.get(t, {}).pop(n, None)
+        # Envoy forgets what it no longer subscribes to (both variants).
+        for n in old - names:
+            self.held.get(t, {}).pop(n, None)
 
     def apply(self, resp: Any) -> None:
         t = resp.type_url
@@ -255,6 +256,9 @@ class FakeEnvoy:
                 held[r.name] = Resource(r.name, r.resource, r.version)
             for n in resp.removed_resources:
                 held.pop(n, None)
+        elif t in (ENDPOINT, ROUTE):
+            # SotW EDS/RDS responses carry what changed; absence removes nothing.
+            held.update({name_of(b): Resource(name_of(b), b, "") for b in resp.resources})
         else:
             self.held[t] = {name_of(b): Resource(name_of(b), b, "") for b in resp.resources}
 
@@ -551,14 +555,16 @@ def test_sotw_repeated_latest_nonce_with_same_names_sends_nothing() -> None:
 @pytest.mark.parametrize(
     ("names", "events", "sent"),
     [
-        pytest.param(["a"], [Unsubscribed(ENDPOINT, frozenset({"b"}))], ("a",), id="drop-b"),
+        # Envoy already holds what it still subscribes to, and a missing name has nothing to
+        # send, so these responses carry no resources, only the new set's version.
+        pytest.param(["a"], [Unsubscribed(ENDPOINT, frozenset({"b"}))], (), id="drop-b"),
         pytest.param(
-            ["a", "b", "c"], [Subscribed(ENDPOINT, frozenset({"c"}))], ("a", "b"), id="add-missing"
+            ["a", "b", "c"], [Subscribed(ENDPOINT, frozenset({"c"}))], (), id="add-missing"
         ),
         pytest.param(
             ["b", "zz"],
             [Subscribed(ENDPOINT, frozenset({"zz"})), Unsubscribed(ENDPOINT, frozenset({"a"}))],
-            ("b",),
+            (),
             id="swap",
         ),
         pytest.param([], [Unsubscribed(ENDPOINT, frozenset({"a", "b"}))], (), id="drop-all"),
@@ -820,7 +826,7 @@ def test_new_eds_cluster_holds_lds_until_envoy_subscribes(
     s.set_snapshot(after)
     cds = s.next_response()
     assert summary(cds)[:2] == (("CDS", ("a", "b", "c")) if mode is SotwStream else ("CDS", ("c",)))
-    expected_eds = ("EDS", ("a", "b", "c")) if mode is SotwStream else ("EDS", ("c",))
+    expected_eds = ("EDS", ("c",))  # SotW too: a and b are unchanged
     if eds_request_first:
         # Envoy asks for c's endpoints before it ACKs CDS (it ACKs once c warmed): EDS goes,
         # LDS still waits for the CDS ACK.
@@ -873,7 +879,7 @@ def test_envoy_acks_cds_and_lds_only_after_warming(mode: type[SotwStream]) -> No
     envoy.follow_dependencies(CLUSTER)
     assert envoy.events[-1] == Subscribed(ENDPOINT, frozenset({"c"}))
     eds = s.next_response()
-    assert summary(eds) == (("EDS", ("c",), ()) if delta else ("EDS", ("a", "b", "c")))
+    assert summary(eds) == (("EDS", ("c",), ()) if delta else ("EDS", ("c",)))
     assert s.status()[CLUSTER].awaiting_ack
     assert s.next_response() is None  # listeners wait for the CDS ACK
     envoy.answer(eds)
@@ -889,7 +895,7 @@ def test_envoy_acks_cds_and_lds_only_after_warming(mode: type[SotwStream]) -> No
     envoy.follow_dependencies(LISTENER)
     assert envoy.events[-1] == Subscribed(ROUTE, frozenset({"rt-m"}))
     rds = s.next_response()
-    assert summary(rds) == (("RDS", ("rt-m",), ()) if delta else ("RDS", ("rt-l", "rt-m")))
+    assert summary(rds) == (("RDS", ("rt-m",), ()) if delta else ("RDS", ("rt-m",)))
     assert s.status()[LISTENER].awaiting_ack
     assert s.next_response() is None
     envoy.answer(rds)
@@ -913,9 +919,7 @@ def test_new_listener_gets_routes_before_its_lds_ack(mode: type[SotwStream]) -> 
     envoy.apply(lds)
     envoy.follow_dependencies(LISTENER)
     rds = s.next_response()
-    assert summary(rds)[:2] == (
-        ("RDS", ("rt-m",)) if mode is DeltaStream else ("RDS", ("rt-l", "rt-m"))
-    )
+    assert summary(rds)[:2] == ("RDS", ("rt-m",))  # SotW too: rt-l is unchanged
     assert s.next_response() is None
     envoy.answer(rds)
     envoy.answer(lds)
@@ -963,13 +967,14 @@ def test_removals_go_last(mode: type[SotwStream]) -> None:
     log = envoy.run()
     if mode is SotwStream:
         assert log == [
-            # b's endpoints changed port, but b itself is kept meanwhile at its old content
-            ("EDS", ("a", "b")),
+            # b's endpoints changed port, but b itself is kept meanwhile at its old content,
+            # which Envoy has: only a goes
+            ("EDS", ("a",)),
             # then break, listeners first
             ("LDS", ("l",)),
-            ("RDS", ("rt-l",)),  # Envoy dropped m and its RDS subscription
+            ("RDS", ()),  # Envoy dropped m and its RDS subscription: only a new version
             ("CDS", ("a",)),
-            ("EDS", ("a",)),  # Envoy dropped b and its EDS subscription
+            ("EDS", ()),  # Envoy dropped b and its EDS subscription: only a new version
         ]
     else:
         assert log == [
@@ -1053,6 +1058,232 @@ def test_removed_resource_coming_back(mode: type[SotwStream]) -> None:
     envoy.run()
     assert set(envoy.held[CLUSTER]) == {"a", "b"}
     assert s.synced(world(("a", "b"), timeout=7))
+
+
+# ------------------------------------------------- SotW EDS/RDS: only what the client lacks
+
+
+def replaced(snap: Snapshot, revision: int, **by_type: list[Resource]) -> Snapshot:
+    """``snap`` with some types' resources replaced (keyword: short name, e.g. ``EDS``)."""
+    urls = {short: t for t, short in SHORT_NAMES.items()}
+    return Snapshot.build(
+        {
+            **{t: m.values() for t, m in snap.resources.items()},
+            **{urls[short]: rs for short, rs in by_type.items()},
+        },
+        revision,
+    )
+
+
+def test_sotw_endpoint_change_sends_only_the_changed_assignment() -> None:
+    envoy = connected(SotwStream, world(("a", "b", "c")))
+    s = envoy.stream
+    changed = replaced(world(("a", "b", "c")), 2, EDS=[cla("a"), cla("b", 81), cla("c")])
+    s.set_snapshot(changed)
+    eds = s.next_response()
+    assert summary(eds) == ("EDS", ("b",))
+    assert list(eds.resources) == [cla("b", 81).body]
+    # The version is still that of the whole subscribed set, as Envoy will ACK it.
+    assert eds.version_info == changed.version(ENDPOINT, ["a", "b", "c"])
+    assert s.next_response() is None
+    envoy.answer(eds)
+    assert s.status()[ENDPOINT].acked_version == changed.version(ENDPOINT, ["a", "b", "c"])
+    assert s.synced(changed)
+    assert s.next_response() is None
+    assert envoy.held[ENDPOINT]["b"].body == cla("b", 81).body
+    assert set(envoy.held[ENDPOINT]) == {"a", "b", "c"}
+
+
+def test_sotw_route_change_sends_only_the_changed_route_configuration() -> None:
+    before = world(listeners=("l", "m"))
+    envoy = connected(SotwStream, before)
+    s = envoy.stream
+    after = replaced(before, 2, RDS=[route("rt-l", "a"), route("rt-m", "b")])
+    s.set_snapshot(after)
+    rds = s.next_response()
+    assert summary(rds) == ("RDS", ("rt-m",))
+    assert rds.version_info == after.version(ROUTE, ["rt-l", "rt-m"])
+    envoy.answer(rds)
+    assert s.next_response() is None
+    assert s.synced(after)
+
+
+def test_sotw_cds_and_lds_stay_complete() -> None:
+    before = world(listeners=("l", "m"))
+    envoy = connected(SotwStream, before)
+    s = envoy.stream
+    after = replaced(
+        before,
+        2,
+        CDS=[cluster("a", timeout=5), cluster("b")],
+        LDS=[listener("l", "rt-l"), listener("m", "rt-m", 15003)],
+    )
+    s.set_snapshot(after)
+    assert envoy.run() == [("CDS", ("a", "b")), ("LDS", ("l", "m"))]
+    assert s.synced(after)
+
+
+def test_sotw_resubscribed_name_is_sent_again_even_if_unchanged() -> None:
+    snap = world(("a", "b", "c"))
+    envoy = connected(SotwStream, snap)
+    s = envoy.stream
+    envoy.subscribe(ENDPOINT, {"a", "b"})
+    dropped = s.next_response()
+    assert summary(dropped) == ("EDS", ())
+    assert dropped.version_info == snap.version(ENDPOINT, ["a", "b"])
+    envoy.answer(dropped)
+    envoy.subscribe(ENDPOINT, {"a", "b", "c"})
+    back = s.next_response()
+    assert summary(back) == ("EDS", ("c",))
+    assert back.version_info == snap.version(ENDPOINT, ["a", "b", "c"])
+    envoy.answer(back)
+    assert s.next_response() is None
+    assert s.synced(snap)
+
+
+def test_sotw_unsubscribe_and_resubscribe_between_responses_sends_it_again() -> None:
+    snap = world(("a", "b", "c"))
+    envoy = connected(SotwStream, snap)
+    s = envoy.stream
+    nonce = envoy.last_nonce[ENDPOINT]
+    # Envoy dropped c (and with it c's endpoints), then wants c back before we answered.
+    s.receive(sotw_req(ENDPOINT, ["a", "b"], nonce=nonce))
+    s.receive(sotw_req(ENDPOINT, ["a", "b", "c"], nonce=nonce))
+    resp = s.next_response()
+    assert summary(resp) == ("EDS", ("c",))
+    assert resp.version_info == snap.version(ENDPOINT, ["a", "b", "c"])
+
+
+def test_sotw_new_stream_gets_every_assignment() -> None:
+    envoy = connected(SotwStream, world(("a", "b", "c")))
+    s = envoy.stream
+    # A nonce-less request is a fresh subscription: what Envoy holds is unknown.
+    s.receive(sotw_req(ENDPOINT, ["a", "b", "c"]))
+    assert summary(s.next_response()) == ("EDS", ("a", "b", "c"))
+
+
+def test_sotw_response_after_a_nack_is_complete_then_partial_again() -> None:
+    before = world(("a", "b", "c"))
+    envoy = connected(SotwStream, before)
+    s = envoy.stream
+    envoy.reject[ENDPOINT] = "bad endpoints"
+    s.set_snapshot(replaced(before, 2, EDS=[cla("a"), cla("b", 81), cla("c")]))
+    assert envoy.run() == [("EDS", ("b",))]
+    assert s.status()[ENDPOINT].rejected
+    # What Envoy kept of the rejected response is unknown: the next one holds everything.
+    del envoy.reject[ENDPOINT]
+    fixed = replaced(before, 3, EDS=[cla("a"), cla("b", 82), cla("c")])
+    s.set_snapshot(fixed)
+    assert envoy.run() == [("EDS", ("a", "b", "c"))]
+    assert s.synced(fixed)
+    last = replaced(before, 4, EDS=[cla("a", 83), cla("b", 82), cla("c")])
+    s.set_snapshot(last)
+    assert envoy.run() == [("EDS", ("a",))]
+    assert s.synced(last)
+
+
+def test_sotw_assignment_kept_for_removal_is_not_resent() -> None:
+    before = world(("a", "b"))
+    envoy = connected(SotwStream, before)
+    s = envoy.stream
+    # b goes away while a's endpoints change: b stays meanwhile, and Envoy already has it.
+    after = world(("a",), port=81, revision=2)
+    s.set_snapshot(after)
+    eds = s.next_response()
+    assert summary(eds) == ("EDS", ("a",))
+    kept = Snapshot.build({ENDPOINT: [after.of(ENDPOINT)["a"], before.of(ENDPOINT)["b"]]}, 0)
+    assert eds.version_info == kept.version(ENDPOINT)
+    envoy.answer(eds)
+    assert types_sent(envoy.run()) == ["CDS", "EDS"]
+    assert s.synced(after)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_responses_are_the_messages_built_field_by_field(mode: type[SotwStream]) -> None:
+    # Responses are assembled from each resource's cached serialized entry; they must be
+    # exactly what adding the resources one by one gives.
+    snap = world(("a", "b", "c"))
+    stream = mode(nonce_prefix="t-")
+    stream.set_snapshot(snap)
+    envoy = FakeEnvoy(stream)
+    envoy.start(CLUSTER, LISTENER)
+    responses = []
+    while (resp := stream.next_response()) is not None:
+        responses.append(resp)
+        envoy.answer(resp)
+        envoy.follow_dependencies(resp.type_url)
+    assert [SHORT_NAMES[r.type_url] for r in responses] == ["CDS", "EDS", "LDS", "RDS"]
+    for resp in responses:
+        held = snap.of(resp.type_url)
+        expected: Any
+        if mode is DeltaStream:
+            expected = discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info=resp.system_version_info,
+                resources=[
+                    discovery_pb2.Resource(name=n, version=held[n].version, resource=held[n].body)
+                    for n in sorted(held)
+                ],
+                type_url=resp.type_url,
+                nonce=resp.nonce,
+            )
+        else:
+            expected = discovery_pb2.DiscoveryResponse(
+                version_info=resp.version_info,
+                resources=[held[n].body for n in sorted(held)],
+                type_url=resp.type_url,
+                nonce=resp.nonce,
+            )
+        assert resp == expected
+        assert resp.SerializeToString() == expected.SerializeToString()
+
+
+# ------------------------------------------------------------------- cached versions
+
+
+def test_snapshot_versions_and_views_are_computed_once() -> None:
+    snap = world(("a", "b"))
+    eds = snap.of(ENDPOINT)
+    assert snap.version(ENDPOINT) == type_version(eds.values())
+    # A subscription covering every resource is the snapshot's own mapping, not a copy.
+    view, version = snap.view(ENDPOINT, frozenset({"a", "b", "zz"}))
+    assert view is eds
+    assert version == snap.version(ENDPOINT)
+    part = snap.view(ENDPOINT, frozenset({"a", "zz"}))
+    assert dict(part[0]) == {"a": eds["a"]}
+    assert part[1] == type_version([eds["a"]]) == snap.version(ENDPOINT, ["a", "zz"])
+    assert snap.view(ENDPOINT, frozenset({"a", "zz"})) is part
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_client_state_shares_the_snapshot_mappings(mode: type[SotwStream]) -> None:
+    # Internals, on purpose: a thousand streams must not each copy thousands of resources.
+    envoy = connected(mode, world(("a", "b")))
+    s = envoy.stream
+    again = world(("a", "b"), revision=2)  # equal content, new mappings
+    s.set_snapshot(again)
+    assert envoy.run() == []
+    for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
+        st = s._types[t]
+        assert st.known is again.of(t)
+        assert st.acked is st.known
+    assert s.synced(again)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_synced_follows_subscription_and_snapshot_changes(mode: type[SotwStream]) -> None:
+    snap = world(("a", "b"))
+    envoy = connected(mode, snap)
+    s = envoy.stream
+    assert s.synced(snap)
+    assert s.synced(snap)  # from the caches: same answer
+    # Envoy stops asking for b's endpoints although its cluster still references them.
+    envoy.subscribe(ENDPOINT, {"a"})
+    envoy.run()
+    assert not s.synced(snap)
+    envoy.subscribe(ENDPOINT, {"a", "b"})
+    envoy.run()
+    assert s.synced(snap)
+    assert not s.synced(world(("a", "b"), port=81))
 
 
 # ---------------------------------------------------------------------------- latest wins

@@ -1,12 +1,32 @@
 """Proxy status from the streams' ACK bookkeeping: who is SYNCED, STALE or NACKED, and
-waiting until a revision has reached every proxy (``apply --wait``)."""
+waiting until a revision has reached every proxy (``apply --wait``).
+
+Both run for every connected proxy, the wait on every ACK of any proxy, so neither walks a
+proxy's resources: the expected version of a type comes from the snapshot, which computes
+each (type, subscription) once, and ``synced()`` compares cached versions.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from tsunagi.xds.cache import NodeEntry, SnapshotCache
-from tsunagi.xds.resources import SHORT_NAMES
+from tsunagi.xds.protocol import TypeStatus
+from tsunagi.xds.resources import SHORT_NAMES, Snapshot
+
+
+def _expected(snap: Snapshot, st: TypeStatus) -> str:
+    # ``st.names`` is the stream's own frozenset (not a copy), so after the first call for a
+    # snapshot this is a dictionary hit.
+    return snap.version(st.type_url, None if st.wildcard else st.names)
+
+
+def _state(st: TypeStatus, expected: str) -> str:
+    if st.rejected and st.last_nack_version == expected:
+        return "NACKED"
+    if not st.awaiting_ack and st.acked_version == expected:
+        return "SYNCED"
+    return "STALE"
 
 
 def node_status(entry: NodeEntry) -> dict[str, Any]:
@@ -15,15 +35,9 @@ def node_status(entry: NodeEntry) -> dict[str, Any]:
     types: dict[str, dict[str, Any]] = {}
     for type_url, st in entry.stream.status().items():
         short = SHORT_NAMES.get(type_url, type_url)
-        expected = snap.version(type_url, None if st.wildcard else st.names)
-        if st.rejected and st.last_nack_version == expected:
-            state = "NACKED"
-        elif not st.awaiting_ack and st.acked_version == expected:
-            state = "SYNCED"
-        else:
-            state = "STALE"
+        expected = _expected(snap, st)
         types[short] = {
-            "state": state,
+            "state": _state(st, expected),
             "acked": st.acked_version,
             "expected": expected,
             "message": st.last_nack_message if st.rejected else None,
@@ -48,19 +62,56 @@ def proxy_statuses(cache: SnapshotCache) -> list[dict[str, Any]]:
     return [node_status(e) for _, e in sorted(cache.nodes.items())]
 
 
-def _settled(cache: SnapshotCache, pusher: Any, revision: int) -> bool:
+def _nacked(entry: NodeEntry) -> bool:
+    """``node_status(entry)["nacked"]``, without building the rest of the status."""
+    snap = entry.snapshot
+    return any(
+        st.rejected and _state(st, _expected(snap, st)) == "NACKED"
+        for st in entry.stream.status().values()
+    )
+
+
+def _node_settled(entry: NodeEntry, revision: int) -> bool:
+    if entry.snapshot.revision < revision:
+        return False
+    return bool(entry.stream.synced(entry.snapshot)) or _nacked(entry)
+
+
+class _Cursor:
+    """Where a wait's last check stopped: the proxy most likely still unsettled."""
+
+    __slots__ = ("node_id",)
+
+    def __init__(self) -> None:
+        self.node_id: str | None = None
+
+
+def _settled(
+    cache: SnapshotCache, pusher: Any, revision: int, cursor: _Cursor | None = None
+) -> bool:
+    """Whether every connected proxy ACKed (or NACKed) config at ``revision`` or later.
+
+    With a ``cursor`` the check resumes at the proxy that was unsettled last time (and goes
+    round from there), so the checks of one wait, one per ACK, do not each start over at
+    proxies already known to be settled.
+    """
     if pusher.processed < revision:
         return False
-    for entry in cache.nodes.values():
-        if entry.snapshot.revision < revision:
-            return False
-        if not entry.stream.synced(entry.snapshot) and not node_status(entry)["nacked"]:
+    ids = list(cache.nodes)
+    start = 0
+    if cursor is not None and cursor.node_id in cache.nodes:
+        start = ids.index(cursor.node_id)
+    for node_id in ids[start:] + ids[:start]:
+        if not _node_settled(cache.nodes[node_id], revision):
+            if cursor is not None:
+                cursor.node_id = node_id
             return False
     return True
 
 
 async def wait_for_acks(cache: SnapshotCache, pusher: Any, revision: int) -> dict[str, Any]:
     """Return once every connected proxy has ACKed (or NACKed) config at ``revision`` or later."""
+    cursor = _Cursor()
     async with cache.changed:
-        await cache.changed.wait_for(lambda: _settled(cache, pusher, revision))
+        await cache.changed.wait_for(lambda: _settled(cache, pusher, revision, cursor))
     return {"complete": True, "proxies": proxy_statuses(cache)}

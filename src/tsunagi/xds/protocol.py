@@ -21,12 +21,26 @@ What the machine guarantees, for both variants:
   up; only then do the removals go out, one type at a time, listeners first (LDS, RDS, CDS,
   EDS), so nothing is removed while something Envoy runs may still use it.
 * Latest wins: responses are computed when they are taken, from the newest snapshot.
+
+SotW responses of CDS and LDS hold every resource of the type; those of EDS and RDS (and
+delta responses) hold only what the client lacks, see :data:`_PARTIAL_SOTW_TYPES`.
+
+Cost: with thousands of resources per type and a thousand streams, asking "is there anything
+to send?" on every wake must not walk the resources. Snapshots remember their per-type
+versions, each stream remembers the version of what the client holds (``known``) and of what
+it ACKed, and what the dependency checks derive from an ACKed set, all by identity of the
+immutable mappings involved. In the common case (nothing retained for removal, subscription
+unchanged) a check is one string comparison; only when something is to be sent, or a removal
+is pending, is the type diffed. What the client holds is kept as a reference to the
+snapshot's own mapping whenever it is exactly that, not as a per-stream copy.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -42,6 +56,7 @@ from tsunagi.xds.resources import (
     WILDCARD_TYPES,
     Resource,
     Snapshot,
+    mapping_version,
     type_version,
 )
 
@@ -55,6 +70,21 @@ _BREAK_ORDER = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
 
 # Dependent type -> the type whose resources reference its names (EDS <- CDS, RDS <- LDS).
 _PARENT_TYPE = {child: parent for parent, child in DEPENDENT_TYPE.items()}
+
+# SotW types whose responses carry only what changed. The xDS protocol ("Grouping Resources
+# into Responses", envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol): "In the SotW
+# protocol variants, all resource types except for Listener and Cluster are grouped into
+# responses in the same way as in the incremental protocol variants", i.e. the server "does
+# not need to resend the [...] resources that have not changed, and the client must not
+# delete the unchanged resources"; for those types absence never means removal ("Deleting
+# Resources": removal is implied by the parent no longer referencing the resource). Listener
+# and Cluster responses "must include the complete state of the world". Newly requested
+# names must be sent even if unchanged ("How the client specifies what resources to
+# return"), so names dropped from the subscription are forgotten (see ``known``).
+# ``version_info`` stays the version of the whole subscribed set, so ACKs mean the same.
+_PARTIAL_SOTW_TYPES = frozenset({ENDPOINT, ROUTE})
+_NO_NAMES: frozenset[str] = frozenset()
+_EMPTY: Mapping[str, Resource] = MappingProxyType({})
 
 
 # --------------------------------------------------------------------------------- events
@@ -137,12 +167,23 @@ class TypeStatus:
 
 
 class _TypeState:
-    """Mutable per-type bookkeeping; never leaves this module."""
+    """Mutable per-type bookkeeping; never leaves this module.
+
+    ``known`` and ``acked`` are never changed in place, only replaced: they are often the
+    very mapping of a snapshot (shared by many streams), and the caches below recognise
+    them by identity.
+    """
 
     __slots__ = (
+        "_acked_v",
+        "_covers",
+        "_known_v",
+        "_plan",
+        "_required",
         "acked",
         "acked_version",
         "force",
+        "full",
         "known",
         "last_nack_message",
         "last_nack_version",
@@ -159,11 +200,12 @@ class _TypeState:
     def __init__(self) -> None:
         self.subscribed = False
         self.wildcard = False
-        self.names: set[str] = set()
+        # Replaced (never mutated) when the subscription changes, so it doubles as its key.
+        self.names: frozenset[str] = _NO_NAMES
         # What the client holds as far as we know: the content we last sent for each name.
-        self.known: dict[str, Resource] = {}
+        self.known: Mapping[str, Resource] = _EMPTY
         # ``known`` as of the last ACK: what the dependency checks trust.
-        self.acked: dict[str, Resource] = {}
+        self.acked: Mapping[str, Resource] = _EMPTY
         self.nonce: str | None = None
         self.outstanding = False
         self.sent_version: str | None = None
@@ -173,30 +215,177 @@ class _TypeState:
         self.last_nack_message: str | None = None
         # A request that must be answered even if nothing changed (fresh subscription).
         self.force = False
+        # SotW: the next response must hold the whole subscribed set, even for EDS/RDS (the
+        # client's state is unknown: fresh subscription or a NACKed response).
+        self.full = False
         # Delta: names Envoy subscribed to that still need an answer (resource or removal).
         self.unresolved: set[str] = set()
+        # Caches, each (inputs by identity..., result):
+        self._known_v: tuple[Mapping[str, Resource], str] | None = None
+        self._acked_v: tuple[Mapping[str, Resource], str] | None = None
+        # (acked, names this type's ACKed resources make Envoy request)
+        self._required: tuple[Mapping[str, Resource], frozenset[str]] | None = None
+        # (required names, self.names, whether the subscription covers them)
+        self._covers: tuple[frozenset[str], frozenset[str], bool] | None = None
+        # (view, known, names, wildcard, target, target version): see ``_Stream._plan``
+        self._plan: (
+            tuple[
+                Mapping[str, Resource],
+                Mapping[str, Resource],
+                frozenset[str],
+                bool,
+                Mapping[str, Resource],
+                str,
+            ]
+            | None
+        ) = None
 
     def subscription(self) -> frozenset[str]:
-        return frozenset(self.names | {WILDCARD}) if self.wildcard else frozenset(self.names)
+        return self.names | {WILDCARD} if self.wildcard else self.names
 
     def wants(self, name: str) -> bool:
         return self.wildcard or name in self.names
 
+    def set_known(self, known: Mapping[str, Resource], version: str | None = None) -> None:
+        self.known = known
+        if version is not None:
+            self._known_v = (known, version)
 
-def _same_versions(a: Mapping[str, Resource], b: Mapping[str, Resource]) -> bool:
-    """Whether ``a`` and ``b`` hold the same names at the same versions.
+    def known_version(self) -> str:
+        """The version of ``known``, computed once per ``known``."""
+        cached = self._known_v
+        if cached is None or cached[0] is not self.known:
+            cached = self._known_v = (self.known, mapping_version(self.known))
+        return cached[1]
 
-    Runs for every type on every ``next_response``/``pending`` call over every resource of
-    the type (thousands per proxy), so it stops at the first difference and skips the
-    version comparison when both hold the very same resource object.
-    """
-    if len(a) != len(b):
-        return False
-    for name, res in a.items():
-        other = b.get(name)
-        if other is None or (other is not res and other.version != res.version):
-            return False
-    return True
+    def acked_content_version(self) -> str:
+        """The version of ``acked``, computed once per ``acked``."""
+        cached = self._acked_v
+        if cached is None or cached[0] is not self.acked:
+            known = self._known_v
+            if known is not None and known[0] is self.acked:
+                cached = known
+            else:
+                cached = (self.acked, mapping_version(self.acked))
+            self._acked_v = cached
+        return cached[1]
+
+    def adopt(self, view: Mapping[str, Resource], version: str) -> None:
+        """``known`` holds exactly ``view``'s content: keep the (shared) view instead, and
+        what was derived from the old mapping (same names, same versions)."""
+        if self.acked is self.known:
+            required = self._required
+            if required is not None and required[0] is self.acked:
+                self._required = (view, required[1])
+            self.acked = view
+            self._acked_v = (view, version)
+        self.set_known(view, version)
+
+
+def _without(held: Mapping[str, Resource], names: Iterable[str]) -> Mapping[str, Resource]:
+    """``held`` minus ``names``: ``held`` itself when none of them is in it, else a copy."""
+    drop = {n for n in names if n in held}
+    if not drop:
+        return held
+    return {n: r for n, r in held.items() if n not in drop}
+
+
+# Diffs between two large frozen mappings (e.g. every sidecar's endpoints before and after a
+# push), by identity, so that a thousand streams moving from one to the other diff it once.
+_DIFF_MIN_SIZE = 64
+_DIFF_MAX_ENTRIES = 16
+_diffs: dict[
+    tuple[int, int],
+    tuple[Mapping[str, Resource], Mapping[str, Resource], tuple[str, ...], tuple[str, ...]],
+] = {}
+_diffs_lock = threading.Lock()
+
+
+def _diff(
+    old: Mapping[str, Resource], new: Mapping[str, Resource]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(names in ``new`` that ``old`` lacks or holds at another version, names only in
+    ``old``), each sorted."""
+    if old is new:
+        return (), ()
+    shared = (
+        type(old) is MappingProxyType
+        and type(new) is MappingProxyType
+        and len(new) >= _DIFF_MIN_SIZE
+        and len(old) >= _DIFF_MIN_SIZE
+    )
+    key = (id(old), id(new))
+    if shared:
+        with _diffs_lock:
+            hit = _diffs.pop(key, None)
+            if hit is not None and hit[0] is old and hit[1] is new:
+                _diffs[key] = hit
+                return hit[2], hit[3]
+    changed = []
+    for name, res in new.items():
+        had = old.get(name)
+        if had is None or (had is not res and had.version != res.version):
+            changed.append(name)
+    changed.sort()
+    removed = tuple(sorted(n for n in old if n not in new))
+    out = (tuple(changed), removed)
+    if shared:
+        with _diffs_lock:
+            _diffs[key] = (old, new, *out)
+            while len(_diffs) > _DIFF_MAX_ENTRIES:
+                del _diffs[next(iter(_diffs))]
+    return out
+
+
+# Both response messages hold their resources in field 2: entries are tag 0x12 (field 2,
+# length-delimited), the entry's length as a varint, then the entry's bytes.
+_RESOURCES_TAG = b"\x12"
+assert discovery_pb2.DiscoveryResponse.DESCRIPTOR.fields_by_name["resources"].number == 2
+assert discovery_pb2.DeltaDiscoveryResponse.DESCRIPTOR.fields_by_name["resources"].number == 2
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+class _Entries:
+    """Each resource's serialized response entry (an ``Any`` for SotW, a ``Resource`` for
+    delta), by resource identity: every stream sends the very same resource objects, so each
+    is wrapped and serialized once, not once per stream. Bounded by size: it starts over
+    when full, as entries are cheap to make again."""
+
+    def __init__(self, max_bytes: int = 32 << 20) -> None:
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._entries: dict[tuple[int, bool], tuple[Resource, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, res: Resource, delta: bool) -> bytes:
+        key = (id(res), delta)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] is res:
+            return hit[1]
+        if delta:
+            msg = discovery_pb2.Resource(name=res.name, version=res.version, resource=res.body)
+            data: bytes = msg.SerializeToString()
+        else:
+            data = res.body.SerializeToString()
+        entry = _RESOURCES_TAG + _varint(len(data)) + data
+        with self._lock:
+            if self._bytes + len(entry) > self._max_bytes:
+                self._entries.clear()
+                self._bytes = 0
+            self._entries[key] = (res, entry)
+            self._bytes += len(entry)
+        return entry
+
+
+_entries = _Entries()
 
 
 def _subscription_events(
@@ -254,7 +443,7 @@ class _Stream:
                 type_url=t,
                 subscribed=st.subscribed,
                 wildcard=st.wildcard,
-                names=frozenset(st.names),
+                names=st.names,  # a frozenset already: shared, not copied
                 sent_version=st.sent_version,
                 sent_nonce=st.nonce,
                 awaiting_ack=st.outstanding,
@@ -272,11 +461,14 @@ class _Stream:
         True when every type Envoy subscribed to is ACKed at the snapshot's content for its
         subscription, every wildcard type with resources is subscribed, and Envoy's EDS/RDS
         subscriptions cover every name the snapshot's clusters/listeners reference.
+
+        Called for every node on every ACK while someone waits (``apply --wait``): once
+        computed for a snapshot and an ACKed state, this is a few comparisons per type.
         """
         snap = snapshot if snapshot is not None else self._snapshot
         if snap is None:
             return False
-        for t in set(snap.resources) | set(self._types):
+        for t in snap.resources.keys() | self._types.keys():
             st = self._types.get(t)
             if st is None or not st.subscribed:
                 if t in WILDCARD_TYPES and snap.of(t):
@@ -284,11 +476,19 @@ class _Stream:
                 continue
             if st.outstanding or st.rejected:
                 return False
-            expected = snap.version(t, None if st.wildcard else st.names)
-            if type_version(st.acked.values()) != expected:
+            view, expected = snap.view(t, None if st.wildcard else st.names)
+            if st.acked is not view and st.acked_content_version() != expected:
                 return False
         for child, parent in _PARENT_TYPE.items():
-            required = self._deps.required(parent, snap.of(parent).values())
+            pst = self._types.get(parent)
+            if pst is not None and pst.subscribed and pst.wildcard:
+                # Checked above: what Envoy ACKed of the parent is exactly the snapshot's.
+                required = self._required(parent)
+            elif snap.of(parent):
+                # An explicit parent subscription (not Envoy's way): the snapshot's all.
+                required = self._deps.required(parent, snap.of(parent).values())
+            else:
+                continue
             if not self._covers(child, required):
                 return False
         return True
@@ -324,27 +524,49 @@ class _Stream:
         st.outstanding = False
         version = st.sent_version or ""
         if error is not None:
+            # What Envoy kept of a rejected response is unknown (it applies EDS/RDS per
+            # resource): the next response of the type is complete.
+            st.full = True
             st.rejected = True
             st.last_nack_version = version
             st.last_nack_message = error
             return [Nack(type_url, version, nonce, error)]
         st.rejected = False
-        st.acked = dict(st.known)
+        st.acked = st.known
         st.acked_version = version
         return [Ack(type_url, version, nonce)]
 
-    def _target(self, type_url: str, retain: bool) -> dict[str, Resource]:
-        """What the client of ``type_url`` should hold now (``retain``: keep removed ones)."""
+    def _plan(self, t: str, st: _TypeState, retain: bool) -> tuple[Mapping[str, Resource], str]:
+        """What the client of ``t`` should hold now (``retain``: keep removed ones), and its
+        version. Without anything to retain this is the snapshot's own (cached) view."""
         assert self._snapshot is not None
-        st = self._types[type_url]
-        desired = self._snapshot.of(type_url)
-        out = dict(desired) if st.wildcard else {n: desired[n] for n in st.names if n in desired}
-        if retain:
-            # Removals last: what the client holds but the snapshot dropped stays as it was.
-            for name, res in st.known.items():
-                if name not in out and st.wants(name):
-                    out[name] = res
-        return out
+        view, version = self._snapshot.view(t, None if st.wildcard else st.names)
+        known = st.known
+        if known is view or not retain or not known:
+            return view, version
+        if st.known_version() == version:
+            # The client holds exactly the view (versions hash names and contents): nothing
+            # is retained, and the shared view can stand in for the per-stream copy.
+            st.adopt(view, version)
+            return view, version
+        plan = st._plan
+        if (
+            plan is not None
+            and plan[0] is view
+            and plan[1] is known
+            and plan[2] is st.names
+            and plan[3] == st.wildcard
+        ):
+            return plan[4], plan[5]
+        # Removals last: what the client holds but the snapshot dropped stays as it was.
+        retained = {n: r for n, r in known.items() if n not in view and st.wants(n)}
+        target: Mapping[str, Resource] = view
+        target_version = version
+        if retained:
+            target = {**view, **retained}
+            target_version = type_version(target.values())
+        st._plan = (view, known, st.names, st.wildcard, target, target_version)
+        return target, target_version
 
     def _wants_send(self, type_url: str, retain: bool) -> bool:
         st = self._types[type_url]
@@ -352,23 +574,38 @@ class _Stream:
             return False
         if st.force or st.unresolved:
             return True
-        return not _same_versions(self._target(type_url, retain), st.known)
+        target, version = self._plan(type_url, st, retain)
+        return target is not st.known and version != st.known_version()
 
-    def _covers(self, child: str, required: Iterable[str]) -> bool:
-        required = frozenset(required)
+    def _required(self, parent: str) -> frozenset[str]:
+        """The names of the dependent type that ``parent``'s ACKed resources reference."""
+        st = self._types.get(parent)
+        if st is None:
+            return _NO_NAMES
+        cached = st._required
+        if cached is None or cached[0] is not st.acked:
+            cached = st._required = (st.acked, self._deps.required(parent, st.acked.values()))
+        return cached[1]
+
+    def _covers(self, child: str, required: frozenset[str]) -> bool:
         if not required:
             return True
         st = self._types.get(child)
         if st is None or not st.subscribed:
             return False
-        return st.wildcard or required <= st.names
+        if st.wildcard:
+            return True
+        cached = st._covers
+        if cached is None or cached[0] is not required or cached[1] is not st.names:
+            cached = st._covers = (required, st.names, required <= st.names)
+        return cached[2]
 
     def _dependency_caught_up(self, child: str) -> bool:
         """Envoy subscribed to every ``child`` name its ACKed parent resources reference."""
-        parent = self._types.get(_PARENT_TYPE[child])
-        if parent is None:
+        parent = _PARENT_TYPE[child]
+        if parent not in self._types:
             return True
-        return self._covers(child, self._deps.required(_PARENT_TYPE[child], parent.acked.values()))
+        return self._covers(child, self._required(parent))
 
     def _removals_allowed(self) -> bool:
         """Everything but pending removals is ACKed, so dropping resources breaks nothing."""
@@ -418,14 +655,16 @@ class _Stream:
                 return None
         return None
 
-    def _mark_sent(self, st: _TypeState, target: dict[str, Resource], version: str) -> str:
+    def _mark_sent(self, st: _TypeState, target: Mapping[str, Resource], version: str) -> str:
         nonce = self._fresh_nonce()
-        st.known = target
+        st.set_known(target, version)
         st.sent_version = version
         st.nonce = nonce
         st.outstanding = True
         st.force = False
-        st.unresolved.clear()
+        st.full = False
+        if st.unresolved:
+            st.unresolved = set()
         return nonce
 
 
@@ -460,6 +699,7 @@ class SotwStream(_Stream):
             # is superseded; its late ACK will be stale.
             st.outstanding = False
             st.force = True
+            st.full = True
         events += self._update_subscription(t, st, request.resource_names)
         return events
 
@@ -468,8 +708,18 @@ class SotwStream(_Stream):
         wildcard = WILDCARD in requested or (not requested and t in WILDCARD_TYPES)
         requested.discard(WILDCARD)
         first = not st.subscribed
-        before = st.subscription() if st.subscribed else frozenset()
-        st.subscribed, st.wildcard, st.names = True, wildcard, requested
+        if not first and wildcard == st.wildcard and requested == st.names:
+            return []  # every SotW request repeats the subscription; the usual case
+        before = st.subscription() if st.subscribed else _NO_NAMES
+        if wildcard != st.wildcard:
+            st.full = True
+        st.subscribed, st.wildcard = True, wildcard
+        if requested != st.names:
+            st.names = frozenset(requested)
+        if not wildcard:
+            # Envoy forgets what it no longer subscribes to, so a name subscribed again later
+            # must be sent again even if unchanged: forget it too.
+            st.set_known(_without(st.known, st.known.keys() - st.names))
         after = st.subscription()
         if after != before:
             st.force = True
@@ -482,15 +732,22 @@ class SotwStream(_Stream):
             return None
         t, retain = nxt
         st = self._types[t]
-        target = self._target(t, retain)
-        version = type_version(target.values())
+        target, version = self._plan(t, st, retain)
+        if t in _PARTIAL_SOTW_TYPES and not st.wildcard and not st.full:
+            # Only what the client lacks; see _PARTIAL_SOTW_TYPES for why that is enough.
+            names: Iterable[str] = _diff(st.known, target)[0]
+        else:
+            names = sorted(target)
         nonce = self._mark_sent(st, target, version)
-        return discovery_pb2.DiscoveryResponse(
-            version_info=version,
-            resources=[target[n].body for n in sorted(target)],
-            type_url=t,
-            nonce=nonce,
+        # Parsing the resources' cached entries builds the same message as adding each body.
+        response = discovery_pb2.DiscoveryResponse.FromString(
+            b"".join([_entries.get(target[n], delta=False) for n in names])
         )
+        # The version of the whole subscribed set, even when only part of it is sent.
+        response.version_info = version
+        response.type_url = t
+        response.nonce = nonce
+        return response
 
 
 # ------------------------------------------------------------------------------------ delta
@@ -534,19 +791,20 @@ class DeltaStream(_Stream):
     ) -> list[Event]:
         st.subscribed = True
         st.wildcard = WILDCARD in subscribe or (not subscribe and t in WILDCARD_TYPES)
-        st.names = subscribe - {WILDCARD}
+        st.names = frozenset(subscribe - {WILDCARD})
         # After a reconnect Envoy says what it holds; trust it so that equal versions are
         # not re-sent and names that no longer exist are reported removed.
-        st.known = {
+        known = {
             name: self._held(t, name, version)
             for name, version in initial.items()
             if st.wants(name)
         }
-        st.acked = dict(st.known)
-        st.acked_version = type_version(st.known.values()) if st.known else None
-        self._placeholders |= any(not r.body.type_url for r in st.known.values())
+        st.set_known(known)
+        st.acked = known
+        st.acked_version = st.known_version() if known else None
+        self._placeholders |= any(not r.body.type_url for r in known.values())
         # Names Envoy asks for but lacks wait for an answer: the resource or its removal.
-        st.unresolved = st.names - set(st.known)
+        st.unresolved = set(st.names - known.keys())
         # A brand-new wildcard subscription is answered even if empty: Envoy's startup
         # waits for a first response of CDS/LDS.
         st.force = st.wildcard and not initial
@@ -562,11 +820,16 @@ class DeltaStream(_Stream):
         # dependency checks can look inside them.
         self._placeholders = False
         for t, st in self._types.items():
-            for held in (st.known, st.acked):
-                for name, res in held.items():
-                    if not res.body.type_url:
-                        held[name] = self._held(t, name, res.version)
-                        self._placeholders |= not held[name].body.type_url
+            same = st.acked is st.known
+            st.set_known(self._resolve_placeholders(t, st.known))
+            st.acked = st.known if same else self._resolve_placeholders(t, st.acked)
+
+    def _resolve_placeholders(self, t: str, held: Mapping[str, Resource]) -> Mapping[str, Resource]:
+        if all(res.body.type_url for res in held.values()):
+            return held
+        out = {name: self._held(t, name, res.version) for name, res in held.items()}
+        self._placeholders |= any(not res.body.type_url for res in out.values())
+        return out
 
     def _held(self, t: str, name: str, version: str) -> Resource:
         # Versions are content hashes, so a matching snapshot resource is exactly what Envoy
@@ -580,26 +843,30 @@ class DeltaStream(_Stream):
     def _change_subscription(
         self, t: str, st: _TypeState, subscribe: set[str], unsubscribe: set[str]
     ) -> list[Event]:
+        if not subscribe and not unsubscribe:
+            return []  # an ACK/NACK: the usual case
         before = st.subscription()
         if WILDCARD in subscribe:
             st.wildcard = True
         if WILDCARD in unsubscribe:
             st.wildcard = False
             # Envoy drops what it held only through the wildcard.
-            st.known = {n: r for n, r in st.known.items() if n in st.names}
+            st.set_known(_without(st.known, st.known.keys() - st.names))
         added = subscribe - {WILDCARD}
         dropped = unsubscribe - {WILDCARD}
-        st.names = (st.names | added) - dropped
+        names = (st.names | added) - dropped
+        if names != st.names:
+            st.names = names
         st.unresolved = (st.unresolved | added) - dropped
-        for name in dropped:
-            if st.wildcard:
-                # Envoy keeps such a resource only if the server confirms the wildcard still
-                # covers it, so it needs an answer: the resource, or its removal.
-                st.unresolved.add(name)
-            else:
-                # Unsubscribing needs no answer; the client forgets the resource itself.
-                st.known.pop(name, None)
-                st.acked.pop(name, None)
+        if st.wildcard:
+            # Envoy keeps such a resource only if the server confirms the wildcard still
+            # covers it, so it needs an answer: the resource, or its removal.
+            st.unresolved |= dropped
+        elif dropped:
+            # Unsubscribing needs no answer; the client forgets the resource itself.
+            same = st.acked is st.known
+            st.set_known(_without(st.known, dropped))
+            st.acked = st.known if same else _without(st.acked, dropped)
         return _subscription_events(t, before, st.subscription(), first=False)
 
     def next_response(self) -> discovery_pb2.DeltaDiscoveryResponse | None:
@@ -609,25 +876,25 @@ class DeltaStream(_Stream):
             return None
         t, retain = nxt
         st = self._types[t]
-        target = self._target(t, retain)
-        changed = [
-            target[n]
-            for n in sorted(target)
-            if n in st.unresolved or n not in st.known or st.known[n].version != target[n].version
-        ]
-        removed = sorted((set(st.known) | st.unresolved) - set(target))
-        version = type_version(target.values())
+        target, version = self._plan(t, st, retain)
+        changed_names, removed_names = _diff(st.known, target)
+        if st.unresolved:
+            changed_names = tuple(
+                sorted({*changed_names, *(n for n in st.unresolved if n in target)})
+            )
+            removed_names = tuple(
+                sorted({*removed_names, *(n for n in st.unresolved if n not in target)})
+            )
         nonce = self._mark_sent(st, target, version)
-        return discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=version,
-            resources=[
-                discovery_pb2.Resource(name=r.name, version=r.version, resource=r.body)
-                for r in changed
-            ],
-            removed_resources=removed,
-            type_url=t,
-            nonce=nonce,
+        # Parsing the resources' cached entries builds the same message as adding each one.
+        response = discovery_pb2.DeltaDiscoveryResponse.FromString(
+            b"".join([_entries.get(target[n], delta=True) for n in changed_names])
         )
+        response.system_version_info = version
+        response.removed_resources.extend(removed_names)
+        response.type_url = t
+        response.nonce = nonce
+        return response
 
 
 __all__ = [

@@ -8,6 +8,7 @@ when nothing changed.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -53,23 +54,61 @@ class Resource:
 
 def type_version(resources: Iterable[Resource]) -> str:
     """The version of a set of resources: a hash of its members' names and versions."""
-    h = hashlib.blake2b(digest_size=8)
-    for r in sorted(resources, key=lambda r: r.name):
-        h.update(r.name.encode())
-        h.update(b"\0")
-        h.update(r.version.encode())
-        h.update(b"\n")
-    return h.hexdigest()
+    pairs = sorted([(r.name, r.version) for r in resources], key=_first)
+    # One update with the concatenation hashes exactly like one update per piece.
+    return _digest("".join([f"{name}\0{version}\n" for name, version in pairs]).encode())
+
+
+def _first(pair: tuple[str, str]) -> str:
+    return pair[0]
+
+
+# Versions of large immutable mappings shared by many snapshots (every sidecar's endpoints are
+# one mapping), by identity: each is hashed once, not once per node. Entries hold their
+# mapping, so an id is never reused while cached; least recently used ones go first.
+_SHARED_MIN_SIZE = 64
+_SHARED_MAX_ENTRIES = 32
+_shared_versions: dict[int, tuple[Mapping[str, Resource], str]] = {}
+_shared_lock = threading.Lock()
+
+
+def mapping_version(members: Mapping[str, Resource]) -> str:
+    """:func:`type_version` of a mapping's resources, remembered for large frozen mappings.
+
+    Only ``MappingProxyType`` mappings (how snapshots freeze theirs) of at least
+    ``_SHARED_MIN_SIZE`` entries are remembered across calls; small ones are cheap anyway.
+    """
+    if type(members) is not MappingProxyType or len(members) < _SHARED_MIN_SIZE:
+        return type_version(members.values())
+    key = id(members)
+    with _shared_lock:
+        hit = _shared_versions.pop(key, None)
+        if hit is not None and hit[0] is members:
+            _shared_versions[key] = hit  # most recently used last
+            return hit[1]
+    version = type_version(members.values())
+    with _shared_lock:
+        _shared_versions[key] = (members, version)
+        while len(_shared_versions) > _SHARED_MAX_ENTRIES:
+            del _shared_versions[next(iter(_shared_versions))]
+    return version
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Everything one node should have, by type URL, plus the world revision it came from."""
+    """Everything one node should have, by type URL, plus the world revision it came from.
+
+    A snapshot and its mappings are immutable, so what is derived from them (per-type
+    versions, the part an explicit subscription covers) is computed once, on first use.
+    """
 
     resources: Mapping[str, Mapping[str, Resource]] = field(
         default_factory=lambda: MappingProxyType({})
     )
     revision: int = 0
+    _views: dict[tuple[str, frozenset[str] | None], tuple[Mapping[str, Resource], str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def build(cls, by_type: Mapping[str, Iterable[Resource]], revision: int) -> Snapshot:
@@ -78,11 +117,38 @@ class Snapshot:
 
     def of(self, type_url: str) -> Mapping[str, Resource]:
         """The resources of one type (empty when the type has none)."""
-        return self.resources.get(type_url, MappingProxyType({}))
+        return self.resources.get(type_url, _EMPTY)
+
+    def view(
+        self, type_url: str, names: frozenset[str] | None = None
+    ) -> tuple[Mapping[str, Resource], str]:
+        """The resources of a type a subscription to ``names`` (``None``: wildcard) covers,
+        and their version; computed once per snapshot, type and subscription.
+
+        When ``names`` covers every resource of the type, the mapping is :meth:`of` itself
+        (not a copy), so callers can recognise it by identity.
+        """
+        key = (type_url, names)
+        hit = self._views.get(key)
+        if hit is not None:
+            return hit
+        members = self.of(type_url)
+        if names is None or (len(names) >= len(members) and names.issuperset(members)):
+            full = self._views.get((type_url, None))
+            if full is None:
+                full = self._views[(type_url, None)] = (members, mapping_version(members))
+            hit = full
+        else:
+            part = MappingProxyType({n: members[n] for n in names if n in members})
+            hit = (part, type_version(part.values()))
+        self._views[key] = hit
+        return hit
 
     def version(self, type_url: str, names: Iterable[str] | None = None) -> str:
         """The version of a type, restricted to ``names`` when the subscription is explicit."""
-        members = self.of(type_url)
-        if names is None:
-            return type_version(members.values())
-        return type_version(members[n] for n in names if n in members)
+        if names is not None and not isinstance(names, frozenset):
+            names = frozenset(names)
+        return self.view(type_url, names)[1]
+
+
+_EMPTY: Mapping[str, Resource] = MappingProxyType({})
