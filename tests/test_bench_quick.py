@@ -19,7 +19,10 @@ REPO = Path(__file__).resolve().parent.parent
 def test_quick_benchmarks_run_and_report(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     files = {p.name for p in tmp_path.glob("*.json")}

@@ -146,8 +146,17 @@ def test_route_to_undefined_subset_warns_and_gets_503(mesh: Mesh) -> None:
 
 
 def test_unknown_host_gets_404_and_service_without_rules_gets_default_route(mesh: Mesh) -> None:
-    mesh.run("ratings", "v1", 9080, "echo.py", True, "--label", "team=books",
-             "--locality", "eu-west/zone-a")
+    mesh.run(
+        "ratings",
+        "v1",
+        9080,
+        "echo.py",
+        True,
+        "--label",
+        "team=books",
+        "--locality",
+        "eu-west/zone-a",
+    )
     client = mesh.client()
     workload = mesh.api("GET", "/v1/resources?kind=workloads&name=ratings-v1-0")["items"][0]
     assert workload["document"]["labels"] == {"team": "books", "app": "ratings", "version": "v1"}

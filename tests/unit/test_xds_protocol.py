@@ -1041,6 +1041,23 @@ def test_removal_waits_while_a_type_is_rejected(mode: type[SotwStream]) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_rejected_endpoints_do_not_hold_back_a_cluster_removal(mode: type[SotwStream]) -> None:
+    envoy = connected(mode, world(("a",)))
+    s = envoy.stream
+    # A new service whose endpoints Envoy refuses (say, a hostname where an IP belongs).
+    envoy.reject[ENDPOINT] = "malformed IP address"
+    s.set_snapshot(world(("a", "b"), revision=2))
+    envoy.run()
+    assert s.status()[ENDPOINT].rejected
+    # The user deletes it: its cluster must go, although EDS was never ACKed again.
+    del envoy.reject[ENDPOINT]
+    s.set_snapshot(world(("a",), revision=3))
+    envoy.run()
+    assert set(envoy.held[CLUSTER]) == {"a"}
+    assert s.synced(world(("a",)))
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_removed_resource_coming_back(mode: type[SotwStream]) -> None:
     envoy = connected(mode, world(("a", "b")))
     s = envoy.stream

@@ -78,7 +78,11 @@ class Sidecar:
         self.stop = threading.Event()
 
     def run(self) -> int:
-        xds = self.client.request("GET", "/v1/bootstrap")["xds"]
+        try:
+            xds = self.client.request("GET", "/v1/bootstrap")["xds"]
+        except BaseException:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
         ident = ProxyIdentity(
             node_id=f"{self.name}.{self.opts.namespace}",
             service=self.opts.service,
@@ -92,12 +96,35 @@ class Sidecar:
             ident, str(xds["host"]), int(xds["port"]), self.admin_port, self.opts.delta
         )
         self.envoy = EnvoyProcess(self.workdir, config, self.admin_port, self.opts.concurrency)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop.set())
         try:
             self.envoy.start()
-            self.envoy.wait_ready(self.opts.ready_timeout)
-        except (RuntimeError, TimeoutError):
+            self._wait_ready_or_stop()
+            if self.stop.is_set():
+                return 130  # interrupted before the app started
+            return self._run_app()
+        finally:
             self.envoy.stop()
-            raise
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _wait_ready_or_stop(self) -> None:
+        """Wait for Envoy's first config; a Ctrl-C meanwhile ends the wait early."""
+        import time
+
+        deadline = time.monotonic() + self.opts.ready_timeout
+        while not self.stop.is_set():
+            try:
+                self.envoy.wait_ready(min(0.5, max(0.0, deadline - time.monotonic())))
+                return
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"Envoy was not ready after {self.opts.ready_timeout:.0f}s: is the "
+                        f"control plane's xDS port reachable? See {self.envoy.log}"
+                    ) from None
+
+    def _run_app(self) -> int:
         log.info(
             "%s: proxy ready (outbound 127.0.0.1:%d, inbound %d → app %d)",
             self.name,
@@ -117,12 +144,15 @@ class Sidecar:
             "SERVICE_VERSION": self.opts.version or "v1",
             "POD_NAME": self.name,
         }
-        # Own process group: the agent decides when the app stops (after deregistering).
+        # Own process group: the agent decides when the app stops (after deregistering). No
+        # terminal input: a background process group reading it would be stopped (SIGTTIN).
         app = subprocess.Popen(
-            list(self.opts.command), env=env, process_group=0, preexec_fn=die_with_parent
+            list(self.opts.command),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            process_group=0,
+            preexec_fn=die_with_parent,
         )
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self.stop.set())
         threads = [
             threading.Thread(target=fn, args=(app,), daemon=True)
             for fn in (self._register_and_heartbeat, self._supervise_envoy, self._watch_app)
@@ -139,8 +169,6 @@ class Sidecar:
             except subprocess.TimeoutExpired:
                 app.kill()
         code = _exit_code(app.wait())
-        self.envoy.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
         log.info("%s: app exited with %d; sidecar stopped", self.name, code)
         return code
 
@@ -191,21 +219,28 @@ class Sidecar:
                 self.stop.wait(0.5)  # it will be back; Envoy keeps its config meanwhile
 
     def _supervise_envoy(self, app: subprocess.Popen[bytes]) -> None:
+        backoff = 0.1
         while not self.stop.is_set():
             assert self.envoy.proc is not None
             code = self.envoy.proc.wait()
             if self.stop.is_set():
                 return
-            log.warning("%s: Envoy exited with %s; restarting it", self.name, code)
+            log.warning(
+                "%s: Envoy exited with %s; restarting it in %.1fs", self.name, code, backoff
+            )
+            if self.stop.wait(backoff):
+                return
             self.envoy.start()
             try:
                 self.envoy.wait_ready(self.opts.ready_timeout)
+                backoff = 0.1
             except (RuntimeError, TimeoutError) as e:
                 log.warning("%s: %s", self.name, e)
+                backoff = min(backoff * 2, 10.0)
 
     def _deregister(self) -> None:
-        if not self.registered:
-            return
+        # Always ask, even if we never saw the reply: a registration in flight when the stop
+        # came may have landed, and would otherwise live on for a whole TTL.
         try:
             reply = self.client.request(
                 "DELETE", f"/v1/instances/{self.opts.namespace}/{self.name}", ok=(200, 404)

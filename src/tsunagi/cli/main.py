@@ -164,7 +164,11 @@ def cmd_apply(args: argparse.Namespace, client: Client) -> int:
 def cmd_delete(args: argparse.Namespace, client: Client) -> int:
     started = time.time()
     if args.filename:
-        body = {"text": _read(args.filename), "filename": args.filename}
+        try:
+            body = {"text": _read(args.filename), "filename": args.filename}
+        except OSError as e:
+            print(f"error: cannot read {args.filename}: {e.strerror}", file=sys.stderr)
+            return EXIT_INVALID
     elif args.kind and args.name:
         body = {"kind": args.kind, "name": args.name, "namespace": args.namespace}
     else:
@@ -213,9 +217,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(serve(settings))
-    except OSError as e:
+    except (OSError, ValueError, RuntimeError) as e:
+        # Ports in use (gRPC raises RuntimeError), a bad --store, an unreadable state dir.
         print(f"error: cannot start the control plane: {e}", file=sys.stderr)
         return EXIT_INVALID
+    except KeyboardInterrupt:
+        pass
     return EXIT_OK
 
 
@@ -246,7 +253,7 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
     )
     try:
         return run_sidecar(opts, client)
-    except (RuntimeError, TimeoutError) as e:
+    except (RuntimeError, TimeoutError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from tsunagi.api import KINDS, Resource, ValidationFailed, load_documents
 from tsunagi.controlplane.status import proxy_statuses, wait_for_acks
 from tsunagi.mesh import World
-from tsunagi.mesh.analysis import undefined_subsets
+from tsunagi.mesh.analysis import not_yet_enforced, undefined_subsets
 from tsunagi.registry import KIND as INSTANCE_KIND
 from tsunagi.registry import Instance, InvalidInstance, Registry
 from tsunagi.store import Key, Store
@@ -181,7 +181,7 @@ class Api:
         keys = {r.key for r in applied}
         others = [r for r in world.resources if r.key not in keys]
         candidate = World.build(world.revision, [*others, *applied], self.registry.instances())
-        return undefined_subsets(candidate, applied)
+        return undefined_subsets(candidate, applied) + not_yet_enforced(applied)
 
     async def delete(self, request: web.Request) -> web.Response:
         body = await self._body(request)

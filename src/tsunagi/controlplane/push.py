@@ -82,9 +82,18 @@ class Pusher:
             nodes = {
                 e.id: Node.from_metadata(e.id, e.metadata or {}) for e in self.cache.nodes.values()
             }
-            world, shared, outbound, snapshots = await asyncio.to_thread(
-                self._compute, contents, nodes
-            )
+            try:
+                world, shared, outbound, snapshots = await asyncio.to_thread(
+                    self._compute, contents, nodes
+                )
+            except Exception:
+                # A bug must not stop every later push: log it, keep the last good config,
+                # and try again on the next change.
+                log.exception(
+                    "revision %d: translation failed; proxies keep their config", contents.revision
+                )
+                self.processed = contents.revision
+                continue
             # Publish World and shared parts together, on the loop, so a node connecting
             # now gets a snapshot that is consistent with its revision.
             self.world, self._shared, self._outbound = world, shared, outbound

@@ -36,3 +36,52 @@ def undefined_subsets(world: World, resources: Iterable[Resource]) -> list[str]:
                         "requests routed there will get 503 until it exists"
                     )
     return warnings
+
+
+_PENDING_KINDS = (
+    "Gateway",
+    "Sidecar",
+    "PeerAuthentication",
+    "AuthorizationPolicy",
+    "WorkloadEntry",
+)
+_PENDING_HTTP = {
+    "rewrite": "rewrite",
+    "fault": "fault",
+    "headers": "headers",
+    "mirror": "mirror",
+    "mirrors": "mirrors",
+    "cors_policy": "corsPolicy",
+    "delegate": "delegate",
+}
+
+
+def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
+    """Warnings for valid fields that are stored but not yet turned into proxy config, so
+    nobody believes a rule is in force when it is not."""
+    out = []
+    for r in resources:
+        spec: Any = r.spec
+        where = f"{r.kind} {r.namespace}/{r.name}"
+        if r.kind in _PENDING_KINDS:
+            out.append(f"{where}: stored and validated; {r.kind} is not enforced yet")
+        elif r.kind == "VirtualService":
+            for i, http in enumerate(spec.http or ()):
+                for attr, name in _PENDING_HTTP.items():
+                    if getattr(http, attr, None):
+                        out.append(f"{where}: spec.http[{i}].{name} is not applied yet")
+                for j, m in enumerate(http.match or ()):
+                    if m.source_labels:
+                        out.append(
+                            f"{where}: spec.http[{i}].match[{j}].sourceLabels is not "
+                            "supported yet; this match never applies"
+                        )
+            for field in ("tcp", "tls"):
+                if getattr(spec, field, None):
+                    out.append(f"{where}: spec.{field} routes are not applied yet")
+        elif r.kind == "DestinationRule" and (
+            spec.traffic_policy is not None
+            or any(s.traffic_policy is not None for s in spec.subsets or ())
+        ):
+            out.append(f"{where}: trafficPolicy is not applied yet (subsets are)")
+    return out

@@ -128,7 +128,12 @@ class World:
                 vs_index.setdefault(fqdn(h, vs.namespace), []).append(vs)
         dr_index: dict[str, Resource] = {}
         for dr in _by_age(r for r in resources if r.kind == "DestinationRule"):
-            dr_index.setdefault(fqdn(dr.spec.host, dr.namespace), dr)  # type: ignore[attr-defined]
+            host = fqdn(dr.spec.host, dr.namespace)  # type: ignore[attr-defined]
+            current = dr_index.get(host)
+            # Istio looks in the service's own namespace before others: a rule there wins
+            # over one elsewhere that names the same host.
+            if current is None or (dr.namespace == namespaces.get(host) != current.namespace):
+                dr_index[host] = dr
         return cls(
             revision=revision,
             services=MappingProxyType(services),

@@ -7,6 +7,7 @@ lease, giving its agent a full TTL to check in again.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -89,6 +90,9 @@ class Registry:
         self.ttl = ttl
         self._clock = clock
         self._leases: dict[Key, float] = {}
+        # Register, deregister and expire decide from the store's contents and then write:
+        # without a lock, an expiry in flight could delete an instance that just registered.
+        self._lock = asyncio.Lock()
 
     def instances(self) -> list[Instance]:
         return [Instance.from_document(r.document) for r in self._store.contents().of_kind(KIND)]
@@ -100,11 +104,12 @@ class Registry:
             self._leases[rec.key] = deadline
 
     async def register(self, inst: Instance) -> int:
-        self._leases[inst.key] = self._clock() + self.ttl
-        current = self._store.contents().records.get(inst.key)
-        if current is not None and current.document == inst.to_document():
-            return self._store.contents().revision
-        return await self._store.commit([(inst.key, inst.to_document())])
+        async with self._lock:
+            self._leases[inst.key] = self._clock() + self.ttl
+            current = self._store.contents().records.get(inst.key)
+            if current is not None and current.document == inst.to_document():
+                return self._store.contents().revision
+            return await self._store.commit([(inst.key, inst.to_document())])
 
     def heartbeat(self, namespace: str, name: str) -> bool:
         """Extend a lease; ``False`` means the instance is unknown and must register again."""
@@ -116,19 +121,21 @@ class Registry:
 
     async def deregister(self, namespace: str, name: str) -> bool:
         key = (KIND, namespace, name)
-        self._leases.pop(key, None)
-        if key not in self._store.contents().records:
-            return False
-        await self._store.commit([], [key])
-        return True
+        async with self._lock:
+            self._leases.pop(key, None)
+            if key not in self._store.contents().records:
+                return False
+            await self._store.commit([], [key])
+            return True
 
     async def expire(self) -> list[Key]:
         """Remove every instance whose lease lapsed; return their keys."""
-        now = self._clock()
-        stored = {r.key for r in self._store.contents().of_kind(KIND)}
-        lapsed = [k for k in stored if self._leases.get(k, 0.0) < now]
-        if lapsed:
-            for k in lapsed:
-                self._leases.pop(k, None)
-            await self._store.commit([], lapsed)
-        return lapsed
+        async with self._lock:
+            now = self._clock()
+            stored = {r.key for r in self._store.contents().of_kind(KIND)}
+            lapsed = [k for k in stored if self._leases.get(k, 0.0) < now]
+            if lapsed:
+                for k in lapsed:
+                    self._leases.pop(k, None)
+                await self._store.commit([], lapsed)
+            return lapsed

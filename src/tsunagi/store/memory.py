@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,6 +11,10 @@ from tsunagi.store.base import CachedStore, Key
 
 class MemoryStore(CachedStore):
     """Keeps everything in memory; revisions start at 1 on every start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = asyncio.Lock()
 
     async def open(self) -> None:
         return None
@@ -20,6 +25,7 @@ class MemoryStore(CachedStore):
     async def commit(
         self, puts: Sequence[tuple[Key, Mapping[str, Any]]], deletes: Sequence[Key] = ()
     ) -> int:
-        contents = self._next(puts, deletes)
-        await self._publish(contents)
-        return contents.revision
+        async with self._lock:  # two commits must not both build on the same revision
+            contents = self._next(puts, deletes)
+            await self._publish(contents)
+            return contents.revision

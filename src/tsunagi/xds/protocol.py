@@ -68,6 +68,14 @@ WILDCARD = "*"
 # parent goes before its dependents, which Envoy then simply unsubscribes from.
 _BREAK_ORDER = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
 
+# What each type's resources can point at, directly or through another type: a listener
+# loads route configs and names clusters, routes name clusters, clusters load endpoints.
+_REFERENCED_BY: dict[str, frozenset[str]] = {
+    LISTENER: frozenset({ROUTE, CLUSTER, ENDPOINT}),
+    ROUTE: frozenset({CLUSTER, ENDPOINT}),
+    CLUSTER: frozenset({ENDPOINT}),
+}
+
 # Dependent type -> the type whose resources reference its names (EDS <- CDS, RDS <- LDS).
 _PARENT_TYPE = {child: parent for parent, child in DEPENDENT_TYPE.items()}
 
@@ -474,8 +482,10 @@ class _Stream:
                 if t in WILDCARD_TYPES and snap.of(t):
                     return False
                 continue
-            if st.outstanding or st.rejected:
+            if st.outstanding:
                 return False
+            # A NACKed type is in sync again once what Envoy runs (its last ACKed state) is
+            # what the snapshot wants, e.g. after the offending resource was deleted.
             view, expected = snap.view(t, None if st.wildcard else st.names)
             if st.acked is not view and st.acked_content_version() != expected:
                 return False
@@ -608,13 +618,30 @@ class _Stream:
         return self._covers(child, self._required(parent))
 
     def _removals_allowed(self) -> bool:
-        """Everything but pending removals is ACKed, so dropping resources breaks nothing."""
+        """Everything but pending removals is answered, so dropping resources breaks nothing.
+
+        A NACKed type counts as answered here (Envoy keeps its last good config for it and
+        nothing is re-sent until the snapshot changes); :meth:`_held_by_rejection` decides
+        which removals it still holds back.
+        """
         for t, st in self._types.items():
             if not st.subscribed:
                 continue
-            if st.outstanding or st.rejected or self._wants_send(t, retain=True):
+            if st.outstanding or self._wants_send(t, retain=True):
                 return False
         return all(self._dependency_caught_up(child) for child in _PARENT_TYPE)
+
+    def _held_by_rejection(self, type_url: str) -> bool:
+        """Whether a NACKed type may still reference resources of ``type_url``.
+
+        Envoy runs its last good config of a rejected type, so what that config can point at
+        stays: rejected routes (or listeners) keep clusters and endpoints, rejected clusters
+        keep endpoints. A rejected type blocks nothing it does not reference — otherwise one
+        bad endpoint set would hold every later cluster removal back forever.
+        """
+        return any(
+            st.rejected and type_url in _REFERENCED_BY.get(t, ()) for t, st in self._types.items()
+        )
 
     def _next_type(self) -> tuple[str, bool] | None:
         """The type to send next and whether removed resources are still retained."""
@@ -623,7 +650,12 @@ class _Stream:
         if self._removals_allowed():
             for t in (*_BREAK_ORDER, *sorted(set(self._types) - set(_BREAK_ORDER))):
                 st = self._types.get(t)
-                if st is not None and st.subscribed and self._wants_send(t, retain=False):
+                if (
+                    st is not None
+                    and st.subscribed
+                    and not self._held_by_rejection(t)
+                    and self._wants_send(t, retain=False)
+                ):
                     return t, False
             return None
         # Types outside PUSH_ORDER (e.g. SDS secrets, which warming clusters and listeners

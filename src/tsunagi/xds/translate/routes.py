@@ -132,6 +132,7 @@ def is_catch_all(match: Any | None) -> bool:
         and not match.query_params
         and match.port is None
         and not match.source_labels
+        and not match.source_namespace
         and not match.gateways
     )
 
@@ -212,10 +213,10 @@ class RouteBuilder:
         routes: list[dict[str, Any]] = []
         spec: Any = vs.spec
         for i, http in enumerate(spec.http or ()):
+            if http.delegate is not None:
+                continue  # delegation is not supported yet; apply warns about it
             for match in http.match or [None]:
-                if match is not None and match.port is not None and match.port != port:
-                    continue
-                if match is not None and match.gateways and "mesh" not in match.gateways:
+                if match is not None and not self._applies(match, port):
                     continue
                 route = {
                     "match": route_match(match),
@@ -226,6 +227,20 @@ class RouteBuilder:
                 if is_catch_all(match):
                     return routes
         return routes
+
+    def _applies(self, match: Any, port: int | None) -> bool:
+        """Whether a match can hold for sidecars of this namespace on this port.
+
+        Source labels would need a route configuration per workload; until then such a
+        match never applies (apply warns), which is safer than applying it to everyone.
+        """
+        if match.port is not None and match.port != port:
+            return False
+        if match.gateways and "mesh" not in match.gateways:
+            return False
+        if match.source_namespace and match.source_namespace != self.namespace:
+            return False
+        return not match.source_labels
 
     def default_route(self, host: str, port: int) -> dict[str, Any]:
         policy = retry_policy(None)
@@ -239,12 +254,18 @@ class RouteBuilder:
             },
         }
 
-    def virtual_service_for(self, host: str) -> Resource | None:
-        """The oldest VirtualService that binds ``host`` for sidecars (gateways may exclude)."""
-        for vs in self.world.virtual_services.get(host, ()):
-            gateways = vs.spec.gateways or ["mesh"]  # type: ignore[attr-defined]
-            if "mesh" in gateways:
-                return vs
+    def virtual_service_for(self, host: str, wildcards: bool = False) -> Resource | None:
+        """The VirtualService that binds ``host`` for sidecars: an exact host first, then
+        (for services) the most specific wildcard host (``*.example.com``) that covers it."""
+        candidates = [host]
+        if wildcards:
+            parts = host.split(".")
+            candidates += ["*." + ".".join(parts[i:]) for i in range(1, len(parts))] + ["*"]
+        for h in candidates:
+            for vs in self.world.virtual_services.get(h, ()):
+                gateways = vs.spec.gateways or ["mesh"]  # type: ignore[attr-defined]
+                if "mesh" in gateways:
+                    return vs
         return None
 
 
@@ -261,7 +282,7 @@ def outbound_route_configuration(world: World, namespace: str) -> dict[str, Any]
             vhosts.append({"name": name, "domains": fresh, "routes": routes})
 
     for svc in world.services.values():
-        vs = builder.virtual_service_for(svc.hostname)
+        vs = builder.virtual_service_for(svc.hostname, wildcards=True)
         for port in svc.ports:
             routes = (
                 builder.vs_routes(vs, svc.hostname, port)
