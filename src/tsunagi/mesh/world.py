@@ -37,6 +37,9 @@ class Service:
     hostname: str
     namespace: str
     ports: tuple[int, ...]
+    resolution: str = ""
+    """``DNS`` or ``DNS_ROUND_ROBIN`` for ServiceEntries whose addresses are names that Envoy
+    resolves itself; empty when the control plane knows the endpoint addresses."""
 
     @property
     def short_name(self) -> str:
@@ -105,13 +108,22 @@ class World:
             endpoints.setdefault((host, inst.port), []).append(
                 Endpoint(inst.address, inst.target_port, inst.labels, inst.locality, inst.healthy)
             )
+        resolutions: dict[str, str] = {}
         for se in (r for r in resources if r.kind == "ServiceEntry"):
             spec: Any = se.spec
+            dns = spec.resolution in ("DNS", "DNS_ROUND_ROBIN")
             for h in spec.hosts:
                 host = fqdn(h, se.namespace)
                 namespaces.setdefault(host, se.namespace)
+                if dns:
+                    resolutions[host] = spec.resolution
                 for p in spec.ports or ():
                     ports.setdefault(host, set()).add(p.number)
+                    if dns and not spec.endpoints and "*" not in host:
+                        # No endpoints: Envoy resolves the host name itself.
+                        endpoints.setdefault((host, p.number), []).append(
+                            Endpoint(host, p.target_port or p.number, {})
+                        )
                     for ep in spec.endpoints or ():
                         target = (ep.ports or {}).get(p.name) or p.target_port or p.number
                         endpoints.setdefault((host, p.number), []).append(
@@ -120,7 +132,8 @@ class World:
                             )
                         )
         services = {
-            h: Service(h, namespaces[h], tuple(sorted(ps))) for h, ps in sorted(ports.items())
+            h: Service(h, namespaces[h], tuple(sorted(ps)), resolutions.get(h, ""))
+            for h, ps in sorted(ports.items())
         }
         vs_index: dict[str, list[Resource]] = {}
         for vs in _by_age(r for r in resources if r.kind == "VirtualService"):

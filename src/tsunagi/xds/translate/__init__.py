@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from tsunagi.mesh import Endpoint, Node, Service, World
 from tsunagi.xds import resources as rs
 from tsunagi.xds.resources import Resource, Snapshot
-from tsunagi.xds.translate.clusters import inbound_clusters, service_clusters
+from tsunagi.xds.translate.clusters import dns_cluster, inbound_clusters, service_clusters
 from tsunagi.xds.translate.endpoints import Subsets, service_load_assignments
 from tsunagi.xds.translate.listeners import inbound_listeners, outbound_listener
 from tsunagi.xds.translate.protos import (
@@ -130,6 +130,15 @@ def _clusters_of(svc: Service, subsets: tuple[str, ...]) -> list[Resource]:
     return _pack_all(Cluster, service_clusters(svc, subsets), "name")
 
 
+def _dns_clusters_of(
+    svc: Service, port: int, endpoints: Sequence[Endpoint], subsets: Subsets
+) -> list[Resource]:
+    docs = service_load_assignments(svc.hostname, port, endpoints, subsets)
+    return _pack_all(
+        Cluster, [dns_cluster(d["cluster_name"], d, svc.resolution) for d in docs], "name"
+    )
+
+
 def _assignments_of(
     host: str, port: int, endpoints: Sequence[Endpoint], subsets: Subsets
 ) -> list[Resource]:
@@ -145,6 +154,13 @@ def translate_shared(world: World, memo: Memo | None = None) -> Shared:
     for svc in world.services.values():
         subsets = world.subset_definitions(svc.hostname)
         names = tuple(s[0] for s in subsets)
+        if svc.resolution:
+            for port in svc.ports:
+                eps = world.endpoints.get((svc.hostname, port), ())
+                dns_key = ("dns", svc, port, subsets, _endpoint_key(eps))
+                for c in memo.get(dns_key, _dns_clusters_of, svc, port, eps, subsets):
+                    clusters[c.name] = c
+            continue
         for c in memo.get(("cds", svc, names), _clusters_of, svc, names):
             clusters[c.name] = c
         for port in svc.ports:

@@ -41,6 +41,22 @@ def eds_cluster(name: str) -> dict[str, Any]:
     }
 
 
+def dns_cluster(name: str, assignment: dict[str, Any], resolution: str) -> dict[str, Any]:
+    """A cluster whose endpoints are host names Envoy resolves itself (ServiceEntry DNS):
+    STRICT_DNS keeps every address; LOGICAL_DNS (DNS_ROUND_ROBIN, one host) uses one at a
+    time."""
+    hosts = sum(len(group["lb_endpoints"]) for group in assignment["endpoints"])
+    logical = resolution == "DNS_ROUND_ROBIN" and hosts == 1  # LOGICAL_DNS takes exactly one
+    return {
+        "name": name,
+        "type": "LOGICAL_DNS" if logical else "STRICT_DNS",
+        "connect_timeout": CONNECT_TIMEOUT,
+        "lb_policy": "LEAST_REQUEST" if resolution == "DNS" else "ROUND_ROBIN",
+        "circuit_breakers": _UNLIMITED,
+        "load_assignment": assignment,
+    }
+
+
 def service_clusters(svc: Service, subsets: Sequence[str]) -> list[dict[str, Any]]:
     """One cluster per port of ``svc``, and one per port and subset."""
     out = []
