@@ -10,13 +10,13 @@
 from __future__ import annotations
 
 import http.client
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks import configs, load
+from benchmarks.controlplane import ControlPlane
 from benchmarks.procs import (
     Procs,
     children,
@@ -26,7 +26,6 @@ from benchmarks.procs import (
     private_bytes,
     rss_bytes,
     tsunagi,
-    tsunagi_env,
     wait_port,
 )
 
@@ -62,20 +61,6 @@ def _envoy(procs: Procs, workdir: Path, name: str, doc: dict[str, Any]) -> int:
     return proc.pid
 
 
-def _api(port: int, token: str, method: str, path: str, body: Any = None) -> Any:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(
-            method,
-            path,
-            json.dumps(body) if body is not None else None,
-            {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
-        return json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
-
-
 def _answers(case: Case) -> bool:
     conn = http.client.HTTPConnection("127.0.0.1", case.port, timeout=2)
     try:
@@ -100,8 +85,7 @@ class Setup:
 
     def __init__(self, procs: Procs, workdir: Path) -> None:
         self.procs, self.workdir = procs, workdir
-        self.api_port = free_port()
-        self.token = ""
+        self.cp: ControlPlane | None = None
         self.tsunagi_client: tuple[int, int] = (0, 0)  # (agent pid, envoy pid)
 
     def cases(self) -> list[Case]:
@@ -133,28 +117,8 @@ class Setup:
         return cases
 
     def _tsunagi(self) -> Case:
-        state = self.workdir / "tsunagi"
-        state.mkdir(exist_ok=True)
-        env = tsunagi_env(self.api_port, state)
-        self.procs.start(
-            "tsunagi-up",
-            tsunagi(
-                "up",
-                "--state-dir",
-                str(state),
-                "--store",
-                "memory:",
-                "--api-port",
-                str(self.api_port),
-                "--xds-port",
-                str(free_port()),
-                "--instance-ttl",
-                "100000",
-            ),
-            env,
-        )
-        wait_port(self.api_port)
-        self.token = (state / "token").read_text().strip()
+        self.cp = ControlPlane(self.procs, self.workdir)
+        env = self.cp.env
         server = self.procs.start(
             "tsunagi-server",
             tsunagi(
@@ -208,9 +172,8 @@ class Setup:
         """Register ``services`` more services (one instance each) and wait for every ACK."""
         revision = 0
         for i in range(services):
-            reply = _api(
-                self.api_port,
-                self.token,
+            assert self.cp is not None
+            reply = self.cp.call(
                 "POST",
                 "/v1/instances",
                 {
@@ -223,7 +186,8 @@ class Setup:
                 },
             )
             revision = reply["revision"]
-        _api(self.api_port, self.token, "GET", f"/v1/wait?revision={revision}&timeout=60")
+        assert self.cp is not None
+        self.cp.call("GET", f"/v1/wait?revision={revision}&timeout=60")
 
 
 def measure(case: Case, seconds: float) -> dict[str, Any]:
@@ -332,7 +296,10 @@ def markdown(res: dict[str, Any]) -> str:
     p99_ratio = added("tsunagi", "p99_ms") / max(1e-9, added("envoy-pair", "p99_ms"))
     m = res["memory"]
     total = m["tsunagi_envoy_private"] + m["tsunagi_agent_private"]
-    ok = lambda good: "met" if good else "**missed**"  # noqa: E731
+
+    def ok(good: bool) -> str:
+        return "met" if good else "**missed**"
+
     lines += [
         "",
         "Goals (tsunagi against the minimal Envoy pair, same run):",

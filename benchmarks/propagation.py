@@ -7,15 +7,14 @@ apply-and-wait with no proxy connected: what the API, store and translation cost
 
 from __future__ import annotations
 
-import http.client
-import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.configs import write_json
-from benchmarks.procs import Procs, envoy_binary, free_port, tsunagi, tsunagi_env, wait_port
+from benchmarks.controlplane import ControlPlane
+from benchmarks.procs import Procs, envoy_binary, free_port
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 
 SUBSETS = """apiVersion: networking.istio.io/v1
@@ -40,58 +39,6 @@ spec:
     - destination: {host: reviews, subset: v2}
       weight: %d
 """
-
-
-class ControlPlane:
-    def __init__(self, procs: Procs, workdir: Path) -> None:
-        self.api_port, self.xds_port = free_port(), free_port()
-        state = workdir / "state"
-        state.mkdir()
-        procs.start(
-            "tsunagi-up",
-            tsunagi(
-                "up",
-                "--state-dir",
-                str(state),
-                "--store",
-                "memory:",
-                "--api-port",
-                str(self.api_port),
-                "--xds-port",
-                str(self.xds_port),
-                "--instance-ttl",
-                "100000",
-            ),
-            tsunagi_env(self.api_port, state),
-        )
-        wait_port(self.api_port)
-        self.token = (state / "token").read_text().strip()
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=60)
-        try:
-            conn.request(
-                method,
-                path,
-                json.dumps(body) if body is not None else None,
-                {"Authorization": f"Bearer {self.token}"},
-            )
-            return json.loads(conn.getresponse().read())
-        finally:
-            conn.close()
-
-    def apply_and_wait(self, text: str) -> float:
-        """Seconds from sending the apply to the last proxy's ACK, as the client sees it."""
-        started = time.perf_counter()
-        reply = self.call("POST", "/v1/apply", {"text": text, "filename": "bench.yaml"})
-        waited = self.call("GET", f"/v1/wait?revision={reply['revision']}&timeout=30")
-        if not waited.get("complete"):
-            raise RuntimeError(f"proxies did not sync: {waited}")
-        return time.perf_counter() - started
-
-    def synced(self, count: int) -> bool:
-        proxies = self.call("GET", "/v1/proxies")["proxies"]
-        return len(proxies) == count and all(p["synced"] for p in proxies)
 
 
 def start_sidecars(procs: Procs, workdir: Path, cp: ControlPlane, first: int, count: int) -> None:

@@ -56,6 +56,7 @@ from benchmarks.adsclient import (
     service_name,
     service_namespace,
 )
+from benchmarks.controlplane import up_command
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -206,22 +207,9 @@ class ControlPlane:
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         env.pop("TSUNAGI_TOKEN", None)
         with self.log_path.open("ab") as log:
+            # Nothing heartbeats here: the registry must not expire the instances.
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tsunagi.cli.main",
-                "up",
-                "--state-dir",
-                str(self.state_dir),
-                "--store",
-                "memory:",
-                "--api-port",
-                str(self.api_port),
-                "--xds-port",
-                str(self.xds_port),
-                # Nothing heartbeats here: the registry must not expire the instances.
-                "--instance-ttl",
-                "100000",
+                *up_command(self.state_dir, self.api_port, self.xds_port),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -1,0 +1,77 @@
+"""The control plane under benchmark: started like a user would, driven through its API."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.procs import Procs, free_port, tsunagi, tsunagi_env, wait_port
+
+
+def up_command(state: Path, api_port: int, xds_port: int) -> list[str]:
+    """`tsunagi up` with a memory store and leases that never lapse (nothing heartbeats the
+    instances a benchmark registers)."""
+    return tsunagi(
+        "up",
+        "--state-dir",
+        str(state),
+        "--store",
+        "memory:",
+        "--api-port",
+        str(api_port),
+        "--xds-port",
+        str(xds_port),
+        "--instance-ttl",
+        "100000",
+    )
+
+
+class ControlPlane:
+    """A `tsunagi up` for one benchmark (memory store; leases that never lapse, since the
+    benchmark registers instances nobody heartbeats) and a small client for its API."""
+
+    def __init__(self, procs: Procs, workdir: Path) -> None:
+        self.api_port, self.xds_port = free_port(), free_port()
+        self.state = workdir / "state"
+        self.state.mkdir(exist_ok=True)
+        procs.start(
+            "tsunagi-up",
+            up_command(self.state, self.api_port, self.xds_port),
+            self.env,
+        )
+        wait_port(self.api_port)
+        self.token = (self.state / "token").read_text().strip()
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment for `tsunagi` commands that should use this control plane."""
+        return tsunagi_env(self.api_port, self.state)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=60)
+        try:
+            conn.request(
+                method,
+                path,
+                json.dumps(body) if body is not None else None,
+                {"Authorization": f"Bearer {self.token}"},
+            )
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
+    def apply_and_wait(self, text: str) -> float:
+        """Seconds from sending the apply to the last proxy's ACK, as the client sees it."""
+        started = time.perf_counter()
+        reply = self.call("POST", "/v1/apply", {"text": text, "filename": "bench.yaml"})
+        waited = self.call("GET", f"/v1/wait?revision={reply['revision']}&timeout=30")
+        if not waited.get("complete"):
+            raise RuntimeError(f"proxies did not sync: {waited}")
+        return time.perf_counter() - started
+
+    def synced(self, count: int) -> bool:
+        proxies = self.call("GET", "/v1/proxies")["proxies"]
+        return len(proxies) == count and all(p["synced"] for p in proxies)
