@@ -8,19 +8,11 @@ import json
 import pytest
 
 from .mesh import Mesh, free_port
+from .rules import all_to
 
 pytestmark = pytest.mark.e2e
 
-GOOD = """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - destination: {host: reviews}
-"""
+GOOD = all_to()
 
 BAD = {
     "malformed YAML": ("spec: [unclosed\n", "line"),

@@ -13,27 +13,11 @@ from pathlib import Path
 import pytest
 
 from .mesh import Mesh, Traffic, Workload, free_port
+from .rules import SUBSETS, all_to
 
 pytestmark = pytest.mark.e2e
 
-VS = """
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets:
-  - {name: v1, labels: {version: v1}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - destination: {host: reviews, subset: v1}
-"""
+VS = SUBSETS + "---" + all_to("v1")
 
 
 def wait_until(check, timeout: float = 20.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]

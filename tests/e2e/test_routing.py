@@ -8,49 +8,9 @@ import time
 import pytest
 
 from .mesh import Mesh, Traffic, request
+from .rules import JASON_TO_V2, SPLIT_80_20, SUBSETS
 
 pytestmark = pytest.mark.e2e
-
-SUBSETS = """
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
-"""
-
-JASON_TO_V2 = """
-apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - match:
-    - headers:
-        end-user: {exact: jason}
-    route:
-    - destination: {host: reviews, subset: v2}
-  - route:
-    - destination: {host: reviews, subset: v1}
-"""
-
-SPLIT_80_20 = """
-apiVersion: networking.istio.io/v1alpha3
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - destination: {host: reviews, subset: v1}
-      weight: 80
-    - destination: {host: reviews, subset: v2}
-      weight: 20
-"""
 
 
 def applied(mesh: Mesh, text: str) -> str:
