@@ -21,7 +21,7 @@ from benchmarks.procs import (
     Procs,
     children,
     cpu_seconds,
-    envoy_binary,
+    envoy_command,
     free_port,
     private_bytes,
     rss_bytes,
@@ -47,16 +47,7 @@ def _envoy(procs: Procs, workdir: Path, name: str, doc: dict[str, Any]) -> int:
     path = configs.write_json(workdir / f"{name}.json", doc)
     proc = procs.start(
         name,
-        [
-            envoy_binary(),
-            "-c",
-            str(path),
-            "--concurrency",
-            "1",
-            "--use-dynamic-base-id",
-            "--log-level",
-            "error",
-        ],
+        envoy_command(path),
     )
     return proc.pid
 

@@ -105,6 +105,20 @@ def tsunagi(*args: str) -> list[str]:
     return [sys.executable, "-m", "tsunagi.cli.main", *args]
 
 
+def envoy_command(config: Path) -> list[str]:
+    """How every benchmark Envoy runs: one worker thread, its own base id, quiet."""
+    return [
+        envoy_binary(),
+        "-c",
+        str(config),
+        "--concurrency",
+        "1",
+        "--use-dynamic-base-id",
+        "--log-level",
+        "error",
+    ]
+
+
 def envoy_binary() -> str:
     from tsunagi.agent.envoy import envoy_binary as find
 

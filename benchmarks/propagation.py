@@ -14,7 +14,7 @@ from typing import Any
 
 from benchmarks.configs import write_json
 from benchmarks.controlplane import ControlPlane
-from benchmarks.procs import Procs, envoy_binary, free_port
+from benchmarks.procs import Procs, envoy_command, free_port
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 
 SUBSETS = """apiVersion: networking.istio.io/v1
@@ -57,16 +57,7 @@ def start_sidecars(procs: Procs, workdir: Path, cp: ControlPlane, first: int, co
         )
         procs.start(
             f"sidecar-{i}",
-            [
-                envoy_binary(),
-                "-c",
-                str(path),
-                "--concurrency",
-                "1",
-                "--use-dynamic-base-id",
-                "--log-level",
-                "error",
-            ],
+            envoy_command(path),
         )
 
 

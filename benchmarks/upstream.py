@@ -10,27 +10,15 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.configs import upstream, write_json
-from benchmarks.procs import envoy_binary, free_port
+from benchmarks.procs import envoy_command, free_port
 
 
 def main() -> None:
     port = int(os.environ["PORT"])
     path = Path(tempfile.mkdtemp(prefix="tsunagi-bench-upstream-")) / "upstream.json"
     write_json(path, upstream(port, free_port()))
-    binary = envoy_binary()
-    os.execv(
-        binary,
-        [
-            binary,
-            "-c",
-            str(path),
-            "--concurrency",
-            "1",
-            "--use-dynamic-base-id",
-            "--log-level",
-            "error",
-        ],
-    )
+    argv = envoy_command(path)
+    os.execv(argv[0], argv)
 
 
 if __name__ == "__main__":
