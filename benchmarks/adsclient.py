@@ -36,7 +36,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,6 +240,13 @@ class Proxy:
         return (changed if len(changed) <= CHANGED_NAMES_LIMIT else len(changed)), removed
 
 
+async def _responses(call: Any, p: Proxy) -> AsyncIterator[tuple[float, Any]]:
+    """Each response of a stream with the time it arrived, until the server closes it."""
+    while (resp := await call.read()) is not grpc.aio.EOF:
+        yield time.time(), resp
+    p.error = "stream closed by the server"
+
+
 class Client:
     """All proxies of this process, their streams, marks and the report."""
 
@@ -313,12 +320,7 @@ class Client:
             first = request(CDS)
             first.node.CopyFrom(p.node())
             await call.write(first)
-            while True:
-                resp = await call.read()
-                if resp is grpc.aio.EOF:
-                    p.error = "stream closed by the server"
-                    return
-                received = time.time()
+            async for received, resp in _responses(call, p):
                 t = resp.type_url
                 changed, removed = p.apply(
                     self.decoder, t, [(None, a.value) for a in resp.resources], sotw=True
@@ -353,12 +355,7 @@ class Client:
         p.started = p.started or time.time()
         try:
             await call.write(discovery_pb2.DeltaDiscoveryRequest(node=p.node(), type_url=CDS))
-            while True:
-                resp = await call.read()
-                if resp is grpc.aio.EOF:
-                    p.error = "stream closed by the server"
-                    return
-                received = time.time()
+            async for received, resp in _responses(call, p):
                 t = resp.type_url
                 changed, _ = p.apply(
                     self.decoder,

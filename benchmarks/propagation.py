@@ -12,20 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import tsunagi.demo
 from benchmarks.configs import write_json
 from benchmarks.controlplane import ControlPlane
 from benchmarks.procs import Procs, envoy_command, free_port
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 
-SUBSETS = """apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
-"""
+# The Bookinfo demo's DestinationRules: reviews has subsets v1, v2 and v3.
+SUBSETS = (Path(tsunagi.demo.__file__).parent / "rules" / "destination-rules.yaml").read_text()
 
 SPLIT = """apiVersion: networking.istio.io/v1
 kind: VirtualService

@@ -13,13 +13,22 @@ spec:
   - {name: v2, labels: {version: v2}}
 """
 
-JASON_TO_V2 = """
-apiVersion: networking.istio.io/v1beta1
+
+def virtual_service(http: str, version: str = "v1") -> str:
+    """The reviews VirtualService with ``http`` (YAML, indented as under ``http:``)."""
+    return f"""
+apiVersion: networking.istio.io/{version}
 kind: VirtualService
-metadata: {name: reviews}
+metadata: {{name: reviews}}
 spec:
   hosts: [reviews]
   http:
+{http.strip(chr(10))}
+"""
+
+
+JASON_TO_V2 = virtual_service(
+    """
   - match:
     - headers:
         end-user: {exact: jason}
@@ -27,33 +36,23 @@ spec:
     - destination: {host: reviews, subset: v2}
   - route:
     - destination: {host: reviews, subset: v1}
-"""
+""",
+    "v1beta1",
+)
 
-SPLIT_80_20 = """
-apiVersion: networking.istio.io/v1alpha3
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
+SPLIT_80_20 = virtual_service(
+    """
   - route:
     - destination: {host: reviews, subset: v1}
       weight: 80
     - destination: {host: reviews, subset: v2}
       weight: 20
-"""
+""",
+    "v1alpha3",
+)
 
 
 def all_to(subset: str = "") -> str:
-    """A VirtualService sending every reviews request to one subset (or the whole service)."""
+    """Every reviews request to one subset (or to the whole service)."""
     dest = f"{{host: reviews, subset: {subset}}}" if subset else "{host: reviews}"
-    return f"""
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - destination: {dest}
-"""
+    return virtual_service(f"  - route:\n    - destination: {dest}")

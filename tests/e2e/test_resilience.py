@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .mesh import Mesh, Traffic, Workload, free_port
-from .rules import SUBSETS, all_to
+from .rules import SUBSETS, all_to, virtual_service
 
 pytestmark = pytest.mark.e2e
 
@@ -142,18 +142,12 @@ def test_envoy_rejection_fails_apply_wait_and_shows_in_proxy_status(mesh: Mesh) 
     client = mesh.client()
     # Valid RE2, but larger than Envoy's default regex program size limit (100): Envoy NACKs.
     regex = "^/(" + "|".join(f"item{i}[a-z]+" for i in range(40)) + ")$"
-    bad = f"""
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews]
-  http:
+    bad = virtual_service(f"""
   - match:
     - uri: {{regex: "{regex}"}}
     route:
     - destination: {{host: reviews}}
-"""
+""")
     result = mesh.apply(bad, "--wait", "--timeout", "15")
     assert result.returncode == 1, result
     assert client.name in result.stderr and "rejected" in result.stderr
