@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .mesh import Mesh, Traffic, request
+from .mesh import Mesh, Traffic, Workload, request
 from .rules import JASON_TO_V2, SPLIT_80_20, SUBSETS
 
 pytestmark = pytest.mark.e2e
@@ -20,12 +20,18 @@ def applied(mesh: Mesh, text: str) -> str:
     return result.stdout
 
 
-def test_header_match_sends_jason_to_v2_and_everyone_else_to_v1(mesh: Mesh) -> None:
+def reviews_v1_v2_with(mesh: Mesh, rule: str) -> tuple[Workload, http.client.HTTPConnection]:
+    """reviews v1 and v2, a client, subsets and ``rule`` applied; a keep-alive connection
+    to the client's sidecar."""
     mesh.run("reviews", "v1")
     mesh.run("reviews", "v2")
     client = mesh.client()
-    applied(mesh, SUBSETS + "---" + JASON_TO_V2)
-    conn = http.client.HTTPConnection("127.0.0.1", client.outbound_port, timeout=10)
+    applied(mesh, SUBSETS + "---" + rule)
+    return client, http.client.HTTPConnection("127.0.0.1", client.outbound_port, timeout=10)
+
+
+def test_header_match_sends_jason_to_v2_and_everyone_else_to_v1(mesh: Mesh) -> None:
+    client, conn = reviews_v1_v2_with(mesh, JASON_TO_V2)
     for _ in range(50):
         status, body = request(
             client.outbound_port, "reviews:9080", headers={"end-user": "jason"}, conn=conn
@@ -45,11 +51,7 @@ def test_header_match_sends_jason_to_v2_and_everyone_else_to_v1(mesh: Mesh) -> N
 
 
 def test_weighted_split_80_20_over_2000_requests(mesh: Mesh) -> None:
-    mesh.run("reviews", "v1")
-    mesh.run("reviews", "v2")
-    client = mesh.client()
-    applied(mesh, SUBSETS + "---" + SPLIT_80_20)
-    conn = http.client.HTTPConnection("127.0.0.1", client.outbound_port, timeout=10)
+    client, conn = reviews_v1_v2_with(mesh, SPLIT_80_20)
     counts = {"v1": 0, "v2": 0}
     for _ in range(2000):
         status, body = request(client.outbound_port, "reviews:9080", conn=conn)
