@@ -175,7 +175,6 @@ class Mesh:
         """Start ``tsunagi run`` for a test app; return once its proxy is ready (and, for
         servers, once the instance is registered)."""
         name = f"{service}-{version}-{len(self.workloads)}"
-        outbound = free_port()
         log = (self.state_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             [
@@ -191,8 +190,6 @@ class Mesh:
                 version,
                 "--name",
                 name,
-                "--outbound-port",
-                str(outbound),
                 "--concurrency",
                 "1",
                 "--xds-protocol",
@@ -206,22 +203,27 @@ class Mesh:
             stdout=log,
             stderr=log,
         )
-        w = Workload(proc, name, outbound)
+        w = Workload(proc, name, 0)
         self.workloads.append(w)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert proc.poll() is None, (self.state_dir / f"{name}.log").read_text()
             names = [i["name"] for i in self.api("GET", "/v1/resources?kind=workloads")["items"]]
-            if (not wait_registered or name in names) and self._proxy_ready(name):
+            port = self._proxy_ready(name)
+            if (not wait_registered or name in names) and port:
+                w.outbound_port = port  # the agent picks it: no race for a free port
                 return w
             time.sleep(0.1)
         raise AssertionError(
             f"{name} did not start:\n" + (self.state_dir / f"{name}.log").read_text()
         )
 
-    def _proxy_ready(self, name: str) -> bool:
-        proxies = self.api("GET", "/v1/proxies")["proxies"]
-        return any(p["id"].startswith(name + ".") and p["synced"] for p in proxies)
+    def _proxy_ready(self, name: str) -> int:
+        """The proxy's outbound port once it has ACKed its config, else 0."""
+        for p in self.api("GET", "/v1/proxies")["proxies"]:
+            if p["id"] == f"{name}.default" and p["synced"]:
+                return int(p["outbound_port"])
+        return 0
 
     def client(self) -> Workload:
         return self.run("client", "v1", 80, "idle.py", False)

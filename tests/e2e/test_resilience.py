@@ -177,3 +177,26 @@ def test_unreachable_control_plane_makes_run_exit_3(tmp_path: Path) -> None:
         "pass",
     )
     assert result.returncode == 3
+
+
+def test_run_refuses_an_outbound_port_that_is_taken(mesh: Mesh) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = mesh.cli(
+            "run",
+            "--service",
+            "job",
+            "--outbound-port",
+            str(port),
+            "--",
+            sys.executable,
+            "-c",
+            "pass",
+        )
+    assert result.returncode == 1
+    assert f"port {port} is already in use" in result.stderr
+    assert mesh.api("GET", "/v1/resources?kind=workloads")["items"] == []

@@ -11,6 +11,7 @@ that mostly sleep.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ from typing import Any, NamedTuple
 
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.children import die_with_parent
-from tsunagi.agent.envoy import EnvoyProcess
+from tsunagi.agent.envoy import EnvoyProcess, admin
 from tsunagi.agent.ports import free_ports, wait_listening
 from tsunagi.client import Client, Rejected, Unreachable
 
@@ -69,20 +70,54 @@ class Sidecar:
             labels["version"] = opts.version
         self.labels = labels
         self.name = opts.name or f"{opts.service}-{opts.version or 'x'}-{os.urandom(3).hex()}"
-        outbound, inbound, admin, app = free_ports(4)
-        self.outbound_port = opts.outbound_port or outbound
-        self.inbound_port = opts.inbound_port or inbound
-        self.admin_port, self.app_port = admin, app
+        self._pick_ports()
         self.workdir = Path(tempfile.mkdtemp(prefix=f"tsunagi-{self.name}-"))
         self.registered = False
         self.stop = threading.Event()
+        self._envoy: EnvoyProcess | None = None
+
+    def _pick_ports(self) -> None:
+        outbound, inbound, admin, app = free_ports(4)
+        self.outbound_port = self.opts.outbound_port or outbound
+        self.inbound_port = self.opts.inbound_port or inbound
+        self.admin_port, self.app_port = admin, app
 
     def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop.set())
         try:
             xds = self.client.request("GET", "/v1/bootstrap")["xds"]
-        except BaseException:
+            # Ports are picked free but can be taken before Envoy binds them (many sidecars
+            # start at once): a proxy whose listeners did not bind gets new ports.
+            for _attempt in range(3):
+                self._start_envoy(str(xds["host"]), int(xds["port"]))
+                self._wait_ready_or_stop()
+                if self.stop.is_set():
+                    return 130  # interrupted before the app started
+                unbound = self._unbound_listeners()
+                if not unbound:
+                    return self._run_app()
+                self.envoy.stop()
+                fixed = {self.opts.outbound_port, self.opts.inbound_port} & set(unbound) - {0}
+                if fixed:
+                    raise RuntimeError(
+                        f"port {min(fixed)} is already in use: choose another "
+                        "--outbound-port / --inbound-port"
+                    )
+                log.warning(
+                    "%s: port %s was taken before Envoy bound it; retrying", self.name, unbound[0]
+                )
+                self._pick_ports()
+            raise RuntimeError(
+                "Envoy could not bind its listeners after 3 tries; see "
+                f"{self.workdir / 'envoy.log'}"
+            )
+        finally:
+            if self._envoy is not None:
+                self._envoy.stop()
             shutil.rmtree(self.workdir, ignore_errors=True)
-            raise
+
+    def _start_envoy(self, xds_host: str, xds_port: int) -> None:
         ident = ProxyIdentity(
             node_id=f"{self.name}.{self.opts.namespace}",
             service=self.opts.service,
@@ -92,21 +127,26 @@ class Sidecar:
             outbound_port=self.outbound_port,
             inbound={self.opts.port: (self.inbound_port, self.app_port)},
         )
-        config = bootstrap(
-            ident, str(xds["host"]), int(xds["port"]), self.admin_port, self.opts.delta
-        )
-        self.envoy = EnvoyProcess(self.workdir, config, self.admin_port, self.opts.concurrency)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self.stop.set())
-        try:
-            self.envoy.start()
-            self._wait_ready_or_stop()
-            if self.stop.is_set():
-                return 130  # interrupted before the app started
-            return self._run_app()
-        finally:
-            self.envoy.stop()
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        config = bootstrap(ident, xds_host, xds_port, self.admin_port, self.opts.delta)
+        self._envoy = EnvoyProcess(self.workdir, config, self.admin_port, self.opts.concurrency)
+        self._envoy.start()
+
+    @property
+    def envoy(self) -> EnvoyProcess:
+        """This sidecar's Envoy (started by :meth:`run`)."""
+        assert self._envoy is not None, "Envoy is not started yet"
+        return self._envoy
+
+    def _unbound_listeners(self) -> list[int]:
+        """Ports of this proxy's listeners that Envoy failed to bind (it says so in its
+        config NACK and leaves them out of its active listeners)."""
+        status, body = admin(self.admin_port, "/listeners?format=json")
+        active = set()
+        if status == 200:
+            for lst in json.loads(body).get("listener_statuses", []):
+                address = lst.get("local_address", {}).get("socket_address", {})
+                active.add(int(address.get("port_value", 0)))
+        return [p for p in (self.outbound_port, self.inbound_port) if p not in active]
 
     def _wait_ready_or_stop(self) -> None:
         """Wait for Envoy's first config; a Ctrl-C meanwhile ends the wait early."""

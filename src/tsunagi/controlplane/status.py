@@ -49,6 +49,7 @@ def node_status(entry: NodeEntry) -> dict[str, Any]:
         "service": meta.get("service", ""),
         "namespace": meta.get("namespace", ""),
         "kind": meta.get("kind", "sidecar"),
+        "outbound_port": meta.get("outbound_port"),
         "revision": snap.revision,
         "connected_at": entry.connected_at,
         "synced": entry.stream.synced(snap),
