@@ -32,6 +32,8 @@ class Latency:
     achieved_rps: float
     errors: int
     command: str
+    requests: int
+    """Requests answered (any status): what per-request CPU is divided by."""
 
 
 def max_throughput(url: str, host: str, seconds: float, connections: int = 16) -> Throughput:
@@ -86,6 +88,7 @@ def fixed_rate(url: str, host: str, seconds: float, rps: int = 1000, workers: in
         len(rows) / max(1, round(seconds)),
         errors,
         " ".join(cmd),
+        len(rows),
     )
 
 

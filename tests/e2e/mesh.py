@@ -12,10 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 APPS = Path(__file__).parent / "apps"
 
@@ -26,7 +28,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+def stop(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -36,11 +38,94 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
             proc.wait()
 
 
+def wait_until(check: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``check`` until it is true; fail after ``timeout`` seconds (a bound, not a
+    measurement: tests assert behaviour, not speed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def children(pid: int) -> list[int]:
+    """Pids of the live processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command name, which is in parentheses and may hold anything.
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a running (not zombie) process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 @dataclass
 class Workload:
     proc: subprocess.Popen[bytes]
     name: str
     outbound_port: int
+
+    def envoy_pid(self) -> int | None:
+        """The pid of the Envoy this workload's agent runs now (None between two Envoys)."""
+        for pid in children(self.proc.pid):
+            if any(arg.endswith("envoy.json") for arg in cmdline(pid)):
+                return pid
+        return None
+
+    def app_pid(self) -> int | None:
+        """The pid of this workload's app (the agent's child that is not Envoy)."""
+        app = str(APPS)
+        for pid in children(self.proc.pid):
+            args = cmdline(pid)
+            if not any(a.endswith("envoy.json") for a in args) and any(
+                a.startswith(app) or a.endswith(".py") for a in args
+            ):
+                return pid
+        return None
+
+    def envoy_admin(self, path: str) -> str:
+        """GET ``path`` from this workload's Envoy admin API ("" when it does not answer)."""
+        pid = self.envoy_pid()
+        args = cmdline(pid) if pid else []
+        if "-c" not in args:
+            return ""
+        try:
+            boot = json.loads(Path(args[args.index("-c") + 1]).read_text())
+            port = boot["admin"]["address"]["socket_address"]["port_value"]
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                c.request("GET", path)
+                resp = c.getresponse()
+                body = resp.read().decode(errors="replace")
+                return body if resp.status == 200 else ""
+            finally:
+                c.close()
+        except (OSError, ValueError, KeyError, IndexError, http.client.HTTPException):
+            return ""
 
     def get(
         self, host: str, path: str = "/", headers: dict[str, str] | None = None, timeout: float = 10
@@ -94,27 +179,28 @@ class Mesh:
         env.pop("TSUNAGI_TOKEN", None)
         return env
 
+    def up_command(self) -> list[str]:
+        """The ``tsunagi up`` command line for this mesh."""
+        return [
+            sys.executable,
+            "-m",
+            "tsunagi.cli.main",
+            "up",
+            "--state-dir",
+            str(self.state_dir),
+            "--api-port",
+            str(self.api_port),
+            "--xds-port",
+            str(self.xds_port),
+            "--instance-ttl",
+            str(self.instance_ttl),
+        ]
+
     def up(self) -> None:
         log = (self.state_dir / "control-plane.log").open("ab")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.control_plane = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tsunagi.cli.main",
-                "up",
-                "--state-dir",
-                str(self.state_dir),
-                "--api-port",
-                str(self.api_port),
-                "--xds-port",
-                str(self.xds_port),
-                "--instance-ttl",
-                str(self.instance_ttl),
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=log,
+            self.up_command(), env=self.env, stdout=log, stderr=log
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -129,6 +215,24 @@ class Mesh:
     def down(self) -> None:
         if self.control_plane is not None:
             stop(self.control_plane)
+
+    def kill(self) -> None:
+        """``kill -9`` the control plane: no shutdown code runs."""
+        if self.control_plane is not None and self.control_plane.poll() is None:
+            self.control_plane.kill()
+            self.control_plane.wait()
+
+    def workload_names(self) -> list[str]:
+        """Registered instances, as ``tsunagi get workloads`` lists them."""
+        return [i["name"] for i in self.api("GET", "/v1/resources?kind=workloads")["items"]]
+
+    def all_synced(self, count: int) -> bool:
+        """Whether ``count`` proxies are connected and all have ACKed their config."""
+        try:
+            proxies = self.api("GET", "/v1/proxies")["proxies"]
+        except OSError:
+            return False
+        return len(proxies) == count and all(p["synced"] for p in proxies)
 
     def log(self) -> str:
         path = self.state_dir / "control-plane.log"
@@ -210,7 +314,9 @@ class Mesh:
             assert proc.poll() is None, (self.state_dir / f"{name}.log").read_text()
             names = [i["name"] for i in self.api("GET", "/v1/resources?kind=workloads")["items"]]
             port = self._proxy_ready(name)
-            if (not wait_registered or name in names) and port:
+            # The app starts once the agent is done starting its proxy: before that, the
+            # agent is still in start-up (where an Envoy that dies is an error, not a restart).
+            if (not wait_registered or name in names) and port and w.app_pid():
                 w.outbound_port = port  # the agent picks it: no race for a free port
                 return w
             time.sleep(0.1)
@@ -234,21 +340,19 @@ class Mesh:
         self.down()
 
 
-class Traffic:
-    """A client sending continuously through a sidecar in a thread, recording every answer.
+class Background:
+    """Work a test keeps going in a thread: ``step`` again and again until ``stop`` (or the
+    end of the ``with`` block), then ``finish``.
 
     Bounded: it stops by itself after ``limit`` seconds even if nobody stops it.
     """
 
-    def __init__(self, port: int, host: str, limit: float = 120.0) -> None:
-        import threading
-
-        self.port, self.host, self.limit = port, host, limit
-        self.results: list[tuple[int, str]] = []
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> Traffic:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -261,22 +365,43 @@ class Traffic:
 
     def _loop(self) -> None:
         deadline = time.monotonic() + self.limit
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                status, body = request(self.port, self.host, conn=conn)
-                version = (
-                    body.get("service", "") + "/" + body.get("version", "")
-                    if isinstance(body, dict)
-                    else str(body)[:80]
-                )
-                self.results.append((status, version))
-            except (OSError, http.client.HTTPException) as e:
-                self.results.append((0, repr(e)))
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-            time.sleep(0.002)
-        conn.close()
+            self.step()
+        self.finish()
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called in the thread once the steps are over."""
+
+
+class Traffic(Background):
+    """A client sending continuously through a sidecar in a thread, recording every answer."""
+
+    def __init__(self, port: int, host: str, limit: float = 120.0) -> None:
+        super().__init__(limit)
+        self.port, self.host = port, host
+        self.results: list[tuple[int, str]] = []
+        self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+
+    def step(self) -> None:
+        try:
+            status, body = request(self.port, self.host, conn=self._conn)
+            version = (
+                body.get("service", "") + "/" + body.get("version", "")
+                if isinstance(body, dict)
+                else str(body)[:80]
+            )
+            self.results.append((status, version))
+        except (OSError, http.client.HTTPException) as e:
+            self.results.append((0, repr(e)))
+            self._conn.close()
+            self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        time.sleep(0.002)
+
+    def finish(self) -> None:
+        self._conn.close()
 
     def failures(self) -> list[tuple[int, str]]:
         return [r for r in self.results if r[0] != 200]

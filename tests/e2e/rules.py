@@ -56,3 +56,17 @@ def all_to(subset: str = "") -> str:
     """Every reviews request to one subset (or to the whole service)."""
     dest = f"{{host: reviews, subset: {subset}}}" if subset else "{host: reviews}"
     return virtual_service(f"  - route:\n    - destination: {dest}")
+
+
+def my_app_to(service: str) -> str:
+    """``my-app.example.com`` (a host that is no service) routed to ``service``'s port 8080."""
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: my-app}}
+spec:
+  hosts: [my-app.example.com]
+  http:
+  - route:
+    - destination: {{host: {service}, port: {{number: 8080}}}}
+"""

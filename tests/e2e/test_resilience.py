@@ -12,29 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from .mesh import Mesh, Traffic, Workload, free_port
+from .mesh import Mesh, Traffic, Workload, free_port, wait_until
 from .rules import SUBSETS, all_to, virtual_service
 
 pytestmark = pytest.mark.e2e
 
 VS = SUBSETS + "---" + all_to("v1")
-
-
-def wait_until(check, timeout: float = 20.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def all_synced(mesh: Mesh, count: int) -> bool:
-    try:
-        proxies = mesh.api("GET", "/v1/proxies")["proxies"]
-    except OSError:
-        return False
-    return len(proxies) == count and all(p["synced"] for p in proxies)
 
 
 def test_control_plane_restart_under_traffic_loses_nothing(mesh: Mesh) -> None:
@@ -48,7 +31,7 @@ def test_control_plane_restart_under_traffic_loses_nothing(mesh: Mesh) -> None:
         time.sleep(1.5)  # Envoy keeps serving its last good config meanwhile
         assert len(traffic.results) > during
         mesh.up()
-        wait_until(lambda: all_synced(mesh, 2), what="proxies to resync")
+        wait_until(lambda: mesh.all_synced(2), what="proxies to resync")
         time.sleep(0.3)
     assert traffic.failures() == []
     assert {v for _, v in traffic.results} == {"reviews/v1"}
@@ -58,26 +41,15 @@ def test_control_plane_restart_under_traffic_loses_nothing(mesh: Mesh) -> None:
     assert status.stdout.count("SYNCED") == 8, status.stdout
 
 
-def _envoy_pid(workload_name: str) -> int:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(f"tsunagi-{workload_name}-".encode() in part for part in cmd) and b"-c" in cmd:
-            return int(entry.name)
-    raise AssertionError(f"no Envoy for {workload_name}")
-
-
 def test_agent_restarts_a_dead_envoy(mesh: Mesh) -> None:
     mesh.run("reviews", "v1")
     client = mesh.client()
-    before = _envoy_pid(client.name)
+    before = client.envoy_pid()
+    assert before, f"no Envoy for {client.name}"
     os.kill(before, signal.SIGKILL)
     wait_until(lambda: _answers(client), what="Envoy to come back")
-    assert _envoy_pid(client.name) != before
+    after = client.envoy_pid()
+    assert after and after != before
     assert client.proc.poll() is None
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from .mesh import Mesh, Traffic, Workload, request
-from .rules import JASON_TO_V2, SPLIT_80_20, SUBSETS
+from .rules import JASON_TO_V2, SPLIT_80_20, SUBSETS, my_app_to
 
 pytestmark = pytest.mark.e2e
 
@@ -68,22 +68,12 @@ def test_blue_green_switch_with_wait_loses_no_request(mesh: Mesh, protocol: str)
     mesh.run("blue", "v1", 8080)
     mesh.run("green", "v1", 8080)
     client = mesh.client()
-    vs = """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: my-app}
-spec:
-  hosts: [my-app.example.com]
-  http:
-  - route:
-    - destination: {host: %s, port: {number: 8080}}
-"""
-    applied(mesh, vs % "blue")
+    applied(mesh, my_app_to("blue"))
     status, body = client.get("my-app.example.com")
     assert (status, body["service"]) == (200, "blue")
     with Traffic(client.outbound_port, "my-app.example.com") as traffic:
         time.sleep(0.5)
-        out = applied(mesh, vs % "green")
+        out = applied(mesh, my_app_to("green"))
         switched_at = len(traffic.results)
         time.sleep(0.5)
         for _ in range(20):  # and a client that starts only now

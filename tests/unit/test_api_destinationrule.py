@@ -8,6 +8,8 @@ import pytest
 
 from tsunagi.api import DestinationRuleSpec, ValidationFailed, load_documents
 
+from .examples import DR_ALL_FIELDS
+
 BOOKINFO_REVIEWS_DR = """
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -69,63 +71,7 @@ def test_bookinfo_reviews_subsets() -> None:
 
 
 def test_full_traffic_policy_parses() -> None:
-    spec = _load(
-        """
-        host: reviews.prod.svc.cluster.local
-        exportTo: ["*"]
-        workloadSelector: {labels: {app: gateway}}
-        trafficPolicy:
-          loadBalancer:
-            consistentHash:
-              httpCookie: {name: user, path: /, ttl: 0s}
-              ringHash: {minimumRingSize: 1024}
-            localityLbSetting:
-              enabled: true
-              distribute:
-              - from: us-west/zone1/*
-                to: {"us-west/zone1/*": 80, "us-west/zone2/*": 20}
-            warmupDurationSecs: 30s
-          connectionPool:
-            tcp:
-              maxConnections: 100
-              connectTimeout: 30ms
-              tcpKeepalive: {probes: 3, time: 7200s, interval: 75s}
-              maxConnectionDuration: 1h
-              idleTimeout: 5m
-            http:
-              http1MaxPendingRequests: 10
-              http2MaxRequests: 1000
-              maxRequestsPerConnection: 10
-              maxRetries: 3
-              idleTimeout: 30s
-              h2UpgradePolicy: UPGRADE
-              useClientProtocol: true
-              maxConcurrentStreams: 100
-          outlierDetection:
-            consecutive5xxErrors: 7
-            consecutiveGatewayErrors: 5
-            interval: 5m
-            baseEjectionTime: 15m
-            maxEjectionPercent: 100
-            minHealthPercent: 50
-            splitExternalLocalOriginErrors: true
-            consecutiveLocalOriginFailures: 5
-          tls:
-            mode: SIMPLE
-            caCertificates: /etc/certs/ca.pem
-            subjectAltNames: [reviews.example.com]
-            sni: reviews.example.com
-            insecureSkipVerify: false
-          portLevelSettings:
-          - port: {number: 80}
-            loadBalancer: {simple: LEAST_REQUEST}
-          - port: {number: 443}
-            tls: {mode: ISTIO_MUTUAL}
-        subsets:
-        - name: canary
-          labels: {version: canary}
-        """
-    )
+    spec = _load(DR_ALL_FIELDS)
     tp = spec.traffic_policy
     assert tp is not None
     assert tp.load_balancer is not None and tp.load_balancer.consistent_hash is not None

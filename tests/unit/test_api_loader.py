@@ -211,7 +211,9 @@ def test_duplicate_yaml_keys_are_rejected() -> None:
     text = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: a}\n"
     text += "spec:\n  host: a\n  host: b\n"
     [err] = _errors(text)
-    assert "duplicate key 'host'" in err.reason
+    assert err.document == 1
+    assert err.reason.startswith("invalid YAML: line 6, column 3: ")
+    assert 'duplicate key "host" (first at line 5)' in err.reason
 
 
 def test_document_not_a_mapping() -> None:

@@ -13,6 +13,8 @@ from tsunagi.api import (
     load_documents,
 )
 
+from .examples import AUTHORIZATION_POLICY, PEER_AUTHENTICATION
+
 
 def _doc(kind: str, spec: str) -> str:
     body = textwrap.indent(textwrap.dedent(spec).strip(), "  ")
@@ -29,17 +31,7 @@ def _errors(kind: str, spec: str) -> dict[str, str]:
 
 
 def test_peer_authentication_parses() -> None:
-    [res] = load_documents(
-        _doc(
-            "PeerAuthentication",
-            """
-            selector: {matchLabels: {app: reviews}}
-            mtls: {mode: STRICT}
-            portLevelMtls:
-              8080: {mode: DISABLE}
-            """,
-        )
-    )
+    [res] = load_documents(_doc("PeerAuthentication", PEER_AUTHENTICATION))
     spec = res.spec
     assert isinstance(spec, PeerAuthenticationSpec)
     assert spec.mtls is not None and spec.mtls.mode == "STRICT"
@@ -60,26 +52,7 @@ def test_port_level_mtls_needs_selector() -> None:
 
 
 def test_authorization_policy_parses() -> None:
-    [res] = load_documents(
-        _doc(
-            "AuthorizationPolicy",
-            """
-            selector: {matchLabels: {app: httpbin}}
-            action: ALLOW
-            rules:
-            - from:
-              - source: {principals: ["cluster.local/ns/default/sa/sleep"]}
-              - source: {namespaces: [test], notIpBlocks: [10.0.0.0/8]}
-              to:
-              - operation: {methods: [GET], paths: ["/info*"], ports: ["8000"]}
-              when:
-              - key: request.auth.claims[iss]
-                values: ["https://accounts.google.com"]
-              - key: destination.port
-                notValues: ["9090"]
-            """,
-        )
-    )
+    [res] = load_documents(_doc("AuthorizationPolicy", AUTHORIZATION_POLICY))
     spec = res.spec
     assert isinstance(spec, AuthorizationPolicySpec)
     rule = spec.rules[0]

@@ -15,6 +15,8 @@ from tsunagi.api import (
     load_documents,
 )
 
+from .examples import GATEWAY_BOOKINFO, SE_STATIC_ENDPOINTS, SIDECAR, WORKLOAD_ENTRY
+
 
 def _doc(kind: str, spec: str) -> str:
     body = textwrap.indent(textwrap.dedent(spec).strip(), "  ")
@@ -65,25 +67,7 @@ def test_service_entry_defaults() -> None:
 
 
 def test_service_entry_static_endpoints() -> None:
-    [res] = load_documents(
-        _doc(
-            "ServiceEntry",
-            """
-            hosts: [mymongodb.somedomain]
-            addresses: [192.192.192.192/24]
-            ports: [{number: 27018, name: mongo, protocol: MONGO}]
-            location: MESH_INTERNAL
-            resolution: STATIC
-            endpoints:
-            - address: 2.2.2.2
-            - address: 3.3.3.3
-              ports: {mongo: 27019}
-              labels: {version: v2}
-              locality: us-west/zone1
-              weight: 10
-            """,
-        )
-    )
+    [res] = load_documents(_doc("ServiceEntry", SE_STATIC_ENDPOINTS))
     spec = res.spec
     assert isinstance(spec, ServiceEntrySpec)
     assert spec.endpoints[1].ports == {"mongo": 27019}
@@ -179,20 +163,7 @@ def test_service_entry_selector_and_endpoints_exclusive() -> None:
 
 
 def test_workload_entry() -> None:
-    [res] = load_documents(
-        _doc(
-            "WorkloadEntry",
-            """
-            address: 2.2.2.2
-            ports: {http: 8080}
-            labels: {app: details, version: v1}
-            network: vm-net
-            locality: us-east/z1
-            weight: 3
-            serviceAccount: details-legacy
-            """,
-        )
-    )
+    [res] = load_documents(_doc("WorkloadEntry", WORKLOAD_ENTRY))
     spec = res.spec
     assert isinstance(spec, WorkloadEntrySpec)
     assert spec.address == "2.2.2.2"
@@ -211,24 +182,7 @@ def test_workload_entry_needs_address() -> None:
 
 
 def test_bookinfo_gateway() -> None:
-    [res] = load_documents(
-        _doc(
-            "Gateway",
-            """
-            selector: {istio: ingressgateway}
-            servers:
-            - port: {number: 8080, name: http, protocol: HTTP}
-              hosts: ["*"]
-            - port: {number: 443, name: https, protocol: HTTPS}
-              hosts: [bookinfo/bookinfo.example.com]
-              tls: {mode: SIMPLE, credentialName: bookinfo-cert}
-              name: secure
-            - port: {number: 80, name: http-redirect, protocol: HTTP}
-              hosts: [bookinfo.example.com]
-              tls: {httpsRedirect: true}
-            """,
-        )
-    )
+    [res] = load_documents(_doc("Gateway", GATEWAY_BOOKINFO))
     spec = res.spec
     assert isinstance(spec, GatewaySpec)
     assert spec.selector == {"istio": "ingressgateway"}
@@ -273,23 +227,7 @@ def test_gateway_simple_tls_needs_certs() -> None:
 
 
 def test_sidecar() -> None:
-    [res] = load_documents(
-        _doc(
-            "Sidecar",
-            """
-            workloadSelector: {labels: {app: ratings}}
-            ingress:
-            - port: {number: 9080, protocol: HTTP, name: somename}
-              defaultEndpoint: 127.0.0.1:8080
-              captureMode: IPTABLES
-            egress:
-            - port: {number: 9080, protocol: HTTP, name: egresshttp}
-              hosts: [prod-us1/*]
-            - hosts: ["istio-system/*", "./*"]
-            outboundTrafficPolicy: {mode: REGISTRY_ONLY}
-            """,
-        )
-    )
+    [res] = load_documents(_doc("Sidecar", SIDECAR))
     spec = res.spec
     assert isinstance(spec, SidecarSpec)
     assert spec.outbound_traffic_policy is not None

@@ -8,28 +8,12 @@ import pytest
 
 from tsunagi.api import FieldError, ValidationFailed, VirtualServiceSpec, load_documents
 
-BOOKINFO_REVIEWS = """
-apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata:
-  name: reviews
-spec:
-  hosts:
-  - reviews
-  http:
-  - match:
-    - headers:
-        end-user:
-          exact: jason
-    route:
-    - destination:
-        host: reviews
-        subset: v2
-  - route:
-    - destination:
-        host: reviews
-        subset: v3
-"""
+from .examples import VS_ALL_FIELDS, VS_BOOKINFO_REVIEWS
+
+BOOKINFO_REVIEWS = (
+    "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata:\n  name: reviews\n"
+    "spec:\n" + textwrap.indent(VS_BOOKINFO_REVIEWS.strip(), "  ")
+)
 
 
 def _vs(spec: str) -> str:
@@ -72,65 +56,7 @@ def test_bookinfo_reviews_jason() -> None:
 
 
 def test_full_http_route_fields_parse() -> None:
-    spec = _load(
-        """
-        hosts: [reviews.prod.svc.cluster.local]
-        gateways: [mesh, istio-system/ingress]
-        exportTo: ["."]
-        http:
-        - name: main
-          match:
-          - name: api
-            uri: {prefix: /api}
-            method: {exact: GET}
-            authority: {regex: "^api\\\\..*$"}
-            headers: {x-present: {}, x-env: {prefix: prod}}
-            withoutHeaders: {x-debug: {}}
-            queryParams: {q: {exact: "1"}}
-            port: 9080
-            sourceLabels: {app: productpage}
-            gateways: [mesh]
-            ignoreUriCase: true
-            sourceNamespace: bookinfo
-            statPrefix: api
-          route:
-          - destination: {host: reviews, subset: v1, port: {number: 9080}}
-            weight: 75
-            headers: {request: {set: {x-a: b}}, response: {remove: [x-internal]}}
-          - destination: {host: reviews, subset: v2}
-            weight: 25
-          rewrite: {uri: /v2/api, authority: reviews-v2}
-          timeout: 1.5s
-          retries: {attempts: 3, perTryTimeout: 500ms, retryOn: "5xx,connect-failure,503",
-                    retryRemoteLocalities: true}
-          fault:
-            delay: {fixedDelay: 5s, percentage: {value: 10}}
-            abort: {httpStatus: 503, percentage: {value: 0.5}}
-          mirror: {host: reviews-shadow}
-          mirrorPercentage: {value: 50}
-          corsPolicy:
-            allowOrigins: [{exact: "https://example.com"}]
-            allowMethods: [GET, POST]
-            allowHeaders: [authorization]
-            maxAge: 24h
-            allowCredentials: true
-          headers:
-            request: {add: {x-req: "1"}}
-        - match: [{uri: {exact: /old}}]
-          redirect: {uri: /new, redirectCode: 308, port: 8443, scheme: https}
-        - match: [{uri: {exact: /health}}]
-          directResponse: {status: 200, body: {string: ok}}
-        - match: [{uri: {prefix: /re}}]
-          rewrite: {uriRegexRewrite: {match: "^/re/(.*)$", rewrite: "/\\\\1"}}
-          route: [{destination: {host: reviews}}]
-        tcp:
-        - match: [{port: 3306, destinationSubnets: [10.0.0.0/8]}]
-          route: [{destination: {host: mysql, port: {number: 3306}}}]
-        tls:
-        - match: [{sniHosts: [reviews.prod.svc.cluster.local], port: 443}]
-          route: [{destination: {host: reviews}}]
-        """
-    )
+    spec = _load(VS_ALL_FIELDS)
     r = spec.http[0]
     assert r.match[0].uri is not None and r.match[0].uri.prefix == "/api"
     assert r.match[0].headers["x-present"].is_empty

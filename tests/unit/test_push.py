@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
-from tsunagi.controlplane.push import Pusher
+from tsunagi.controlplane.push import Debounce, Pusher
 from tsunagi.mesh import Node, World
-from tsunagi.registry import Instance
 from tsunagi.store import MemoryStore
 from tsunagi.xds import resources as rs
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.resources import Snapshot
 from tsunagi.xds.translate import translate
+
+from .examples import instance
 
 META = {
     "namespace": "default",
@@ -30,22 +31,10 @@ class RecordingStream:
         self.snapshots.append(snapshot)
 
 
-def instance(name: str, service: str = "reviews", version: str = "v1") -> Instance:
-    return Instance.from_document(
-        {
-            "name": name,
-            "service": service,
-            "port": 9080,
-            "target_port": 20000 + len(name),
-            "labels": {"version": version},
-        }
-    )
-
-
 async def test_a_burst_of_changes_becomes_one_push_with_the_latest_state() -> None:
     store = MemoryStore()
     cache = SnapshotCache()
-    pusher = Pusher(store, cache, quiet=0.02, max_delay=0.5)
+    pusher = Pusher(store, cache, Debounce(quiet=0.02, max_delay=0.5))
     stream = RecordingStream()
     cache.connect("client.default", META, stream)
     task = asyncio.create_task(pusher.run())

@@ -7,15 +7,9 @@ import pytest
 from tsunagi.registry import Instance, InvalidInstance, Registry
 from tsunagi.store import MemoryStore
 
-DOC = {
-    "name": "reviews-v1-a",
-    "service": "reviews",
-    "namespace": "default",
-    "port": 9080,
-    "address": "127.0.0.1",
-    "target_port": 20001,
-    "labels": {"version": "v1"},
-}
+from .examples import instance_document
+
+DOC = instance_document("reviews-v1-a", namespace="default", address="127.0.0.1")
 
 
 class Clock:

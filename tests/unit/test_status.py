@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tsunagi.controlplane.push import PushErrors
 from tsunagi.controlplane.status import _Cursor, _settled, node_status, wait_for_acks
 from tsunagi.xds.cache import NodeEntry, SnapshotCache
 from tsunagi.xds.protocol import DeltaStream, SotwStream
@@ -18,6 +19,7 @@ from .test_xds_protocol import MODES, FakeEnvoy, connected, world
 class _Pusher:
     def __init__(self, processed: int) -> None:
         self.processed = processed
+        self.errors = PushErrors()
 
 
 def _entry(envoy: FakeEnvoy, node_id: str) -> NodeEntry:

@@ -1384,3 +1384,55 @@ def test_unknown_type_answer_is_stale() -> None:
         StaleNonce(ROUTE, "x"),
         Subscribed(ROUTE, frozenset()),
     ]
+
+
+# ------------------------------------------- found by the randomized invariant tests
+
+
+def test_delta_response_after_a_nack_restates_all_since_the_last_ack() -> None:
+    before = world(("a", "b", "c"))
+    envoy = connected(DeltaStream, before)
+    s = envoy.stream
+    envoy.reject[ENDPOINT] = "bad endpoints"
+    s.set_snapshot(replaced(before, 2, EDS=[cla("a", 81), cla("b", 81), cla("c")]))
+    assert envoy.run() == [("EDS", ("a", "b"), ())]
+    del envoy.reject[ENDPOINT]
+    # Only b changes again, but Envoy never applied the rejected a: it goes too.
+    fixed = replaced(before, 3, EDS=[cla("a", 81), cla("b", 82), cla("c")])
+    s.set_snapshot(fixed)
+    assert envoy.run() == [("EDS", ("a", "b"), ())]
+    held = {n: r.version for n, r in envoy.held[ENDPOINT].items()}
+    assert held == {n: r.version for n, r in fixed.of(ENDPOINT).items()}
+    assert s.synced(fixed)
+    # Then only what changed, as usual.
+    last = replaced(before, 4, EDS=[cla("a", 83), cla("b", 82), cla("c")])
+    s.set_snapshot(last)
+    assert envoy.run() == [("EDS", ("a",), ())]
+    assert s.synced(last)
+
+
+def test_delta_rejection_ends_when_envoy_drops_the_rejected_name() -> None:
+    envoy = connected(DeltaStream, world(("a", "b")))
+    s = envoy.stream
+    envoy.reject[ENDPOINT] = "bad endpoints"
+    s.set_snapshot(replaced(world(("a", "b")), 2, EDS=[cla("a"), cla("b", 81)]))
+    assert envoy.run() == [("EDS", ("b",), ())]
+    assert s.status()[ENDPOINT].rejected
+    del envoy.reject[ENDPOINT]
+    # Cluster b goes, Envoy drops its endpoints: an answer tells whether the rest is good.
+    after = world(("a",), revision=3)
+    s.set_snapshot(after)
+    assert envoy.run() == [("CDS", (), ("b",)), ("EDS", (), ())]
+    assert not s.status()[ENDPOINT].rejected
+    assert s.synced(after)
+
+
+def test_sotw_name_dropped_and_asked_again_is_not_synced_until_sent() -> None:
+    snap = world(("a", "b"))
+    envoy = connected(SotwStream, snap)
+    s = envoy.stream
+    envoy.subscribe(ENDPOINT, {"a"})  # Envoy forgets b...
+    envoy.subscribe(ENDPOINT, {"a", "b"})  # ...and asks for it again before any answer
+    assert not s.synced(snap)
+    assert envoy.run() == [("EDS", ("b",))]
+    assert s.synced(snap)

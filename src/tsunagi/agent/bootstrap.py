@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from tsunagi import proxy_contract as pc
+
 
 class ProxyIdentity(NamedTuple):
     """What the control plane learns about this proxy from its xDS node."""
@@ -18,15 +20,10 @@ class ProxyIdentity(NamedTuple):
     namespace: str
     labels: Mapping[str, str] = MappingProxyType({})
     locality: str = ""
-    outbound_port: int = 15001
+    outbound_port: int = pc.DEFAULT_OUTBOUND_PORT
     inbound: Mapping[int, tuple[int, int]] = MappingProxyType({})
     """service port → (inbound listener port, app port)."""
-    kind: str = "sidecar"
-
-
-def _locality(locality: str) -> dict[str, str]:
-    keys = ("region", "zone", "sub_zone")
-    return {k: v for k, v in zip(keys, locality.split("/"), strict=False) if v}
+    kind: str = pc.DEFAULT_KIND
 
 
 def bootstrap(
@@ -37,17 +34,17 @@ def bootstrap(
         "node": {
             "id": ident.node_id,
             "cluster": ident.service or ident.kind,
-            "locality": _locality(ident.locality),
+            "locality": pc.locality_fields(ident.locality),
             "metadata": {
-                "namespace": ident.namespace,
-                "service": ident.service,
-                "labels": dict(ident.labels),
-                "outbound_port": ident.outbound_port,
-                "inbound": {
-                    str(p): {"listen": listen, "app": app}
+                pc.META_NAMESPACE: ident.namespace,
+                pc.META_SERVICE: ident.service,
+                pc.META_LABELS: dict(ident.labels),
+                pc.META_OUTBOUND_PORT: ident.outbound_port,
+                pc.META_INBOUND: {
+                    str(p): {pc.META_INBOUND_LISTEN: listen, pc.META_INBOUND_APP: app}
                     for p, (listen, app) in ident.inbound.items()
                 },
-                "kind": ident.kind,
+                pc.META_KIND: ident.kind,
             },
         },
         "admin": {

@@ -17,6 +17,7 @@ from .common import (
     Percent,
     PolicyTargetReference,
     PortSelector,
+    ResourceOf,
     StringMatch,
     WorkloadSelector,
 )
@@ -107,6 +108,7 @@ __all__ = [
     "PortSelector",
     "PortTrafficPolicy",
     "Resource",
+    "ResourceOf",
     "RouteDestination",
     "Rule",
     "Server",

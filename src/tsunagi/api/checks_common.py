@@ -100,9 +100,50 @@ def render_path(parts: Path) -> str:
         elif _plain(part):
             out += f".{part}" if out else part
         else:
-            out += f'["{part}"]'
+            out += f"[{quote(str(part))}]"
     return out
 
 
 def _plain(key: str) -> bool:
-    return bool(key) and all(c.isalnum() or c in "_-" for c in key) and not key[0].isdigit()
+    return (
+        0 < len(key) <= _MAX_SHOWN
+        and all(c.isalnum() or c in "_-" for c in key)
+        and not key[0].isdigit()
+    )
+
+
+# Longer user text is cut in messages: an error line should stay a line, not a megabyte.
+_MAX_SHOWN = 80
+_MAX_REASON = 1000
+
+
+def shorten(reason: str) -> str:
+    """``reason`` cut to a readable length (checks may quote a huge value with ``!r``)."""
+    if len(reason) <= _MAX_REASON:
+        return reason
+    return f"{reason[:_MAX_REASON]}... ({len(reason)} characters)"
+
+
+def quote(text: str) -> str:
+    """``text`` in double quotes for a message: invisible characters escaped, long text cut.
+
+    Escaping keeps one error per line (no raw newlines) and shows characters that would
+    otherwise be invisible or reorder the line (NUL, U+202E RIGHT-TO-LEFT OVERRIDE).
+    """
+    shown = text[:_MAX_SHOWN]
+    body = "".join(c if c.isprintable() and c not in '"\\' else _escape(c) for c in shown)
+    if len(text) > _MAX_SHOWN:
+        return f'"{body}..." ({len(text)} characters)'
+    return f'"{body}"'
+
+
+def _escape(c: str) -> str:
+    named = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    if c in named:
+        return named[c]
+    code = ord(c)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"

@@ -126,6 +126,8 @@ HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "*"}
 )
 
+_UINT32_MAX = 2**32 - 1
+
 # Envoy refuses to inline larger direct-response bodies in its config.
 MAX_DIRECT_RESPONSE_BODY = 1024 * 1024
 
@@ -214,11 +216,14 @@ def check_weights(
     routes: tuple[HTTPRouteDestination, ...] | tuple[RouteDestination, ...], path: Path
 ) -> Iterator[Issue]:
     """Several destinations need at least one non-zero weight (weights are relative)."""
-    if len(routes) > 1 and sum(r.weight or 0 for r in routes) == 0:
+    total = sum(r.weight or 0 for r in routes)
+    if len(routes) > 1 and total == 0:
         yield Issue(
             path,
             "total weight of the destinations is 0; give at least one destination a weight > 0",
         )
+    if total > _UINT32_MAX:  # Envoy adds weights up in a uint32
+        yield Issue(path, f"total weight of the destinations must be at most {_UINT32_MAX}")
 
 
 def check_headers(headers: Headers | None, path: Path) -> Iterator[Issue]:
@@ -438,7 +443,8 @@ def _check_retries(r: HTTPRetry, path: Path) -> Iterator[Issue]:
             p = policy.strip()
             if p in RETRY_ON_POLICIES:
                 continue
-            if p.isdigit() and 100 <= int(p) <= 599:
+            # isascii/len: isdigit() accepts "²", and int() refuses 4,300+ digits
+            if len(p) == 3 and p.isascii() and p.isdigit() and 100 <= int(p) <= 599:
                 continue
             yield Issue(
                 (*path, "retryOn"),
@@ -831,7 +837,7 @@ def check_gateway(spec: GatewaySpec) -> Iterator[Issue]:
                 yield Issue(
                     (*sp, "tls"),
                     f"tls settings are only allowed on HTTPS/TLS servers (port protocol is"
-                    f" {port.protocol}) unless httpsRedirect is set",
+                    f" {port.protocol!r}) unless httpsRedirect is set",
                 )
             yield from _check_server_tls(server.tls, (*sp, "tls"))
         if server.bind and not (server.bind.startswith("unix://") or is_ip(server.bind)):

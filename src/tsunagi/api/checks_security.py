@@ -134,8 +134,14 @@ def _check_operation(op: Operation, path: Path) -> Iterator[Issue]:
 
 
 def _check_port_string(port: str, path: Path) -> Iterator[Issue]:
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not _is_number(port, 5) or not 1 <= int(port) <= 65535:
         yield Issue(path, f"must be a port number between 1 and 65535, got {port!r}")
+
+
+def _is_number(text: str, max_digits: int) -> bool:
+    # isascii: str.isdigit() also accepts "²" and "٣", which int() rejects or misreads;
+    # the length bound keeps int() away from its 4,300-digit ValueError.
+    return 0 < len(text) <= max_digits and text.isascii() and text.isdigit()
 
 
 def _check_condition(cond: Condition, path: Path) -> Iterator[Issue]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Any, Protocol, TypeVar
 
 import re2
 from pydantic import (
@@ -48,7 +48,10 @@ def _compile_re2(value: str) -> str:
         detail = exc.args[0] if exc.args else exc
         if isinstance(detail, bytes):
             detail = detail.decode(errors="replace")
-        raise ValueError(f"invalid RE2 regular expression {value!r}: {detail}") from None
+        # RE2 says "reason: fragment", the fragment raw (it may hold a newline)
+        reason, _, fragment = str(detail).partition(": ")
+        at = f" at {fragment!r}" if fragment else ""
+        raise ValueError(f"invalid RE2 regular expression {value!r}: {reason}{at}") from None
     return value
 
 
@@ -60,7 +63,10 @@ def _percent(value: float) -> float:
 
 StrictInt = Annotated[int, Strict()]
 StrictBool = Annotated[bool, Strict()]
-NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+#: Istio declares these counts and weights int32/uint32; larger values would only fail
+#: later, when translated for Envoy.
+INT32_MAX = 2**31 - 1
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0, le=INT32_MAX)]
 PortNumber = Annotated[int, Strict(), AfterValidator(_port_number)]
 #: A Go-style duration string ("10s", "1h30m") parsed to float seconds.
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
@@ -128,6 +134,40 @@ class PolicyTargetReference(IstioModel):
     namespace: str = ""
 
 
+SpecT_co = TypeVar("SpecT_co", bound=BaseModel, covariant=True)
+
+
+class ResourceOf(Protocol[SpecT_co]):
+    """A :class:`~tsunagi.api.Resource` whose spec is known to be a ``SpecT_co``.
+
+    ``ResourceOf[VirtualServiceSpec]`` is how code past the loader (the World's indexes,
+    translation) says which kind it holds, so a spec's fields are type-checked where they
+    are read. A typing view only: the objects are plain ``Resource`` values, narrowed once
+    by checking their spec's type (see ``mesh.world.of_spec``).
+    """
+
+    @property
+    def api_version(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def spec(self) -> SpecT_co: ...
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+    @property
+    def annotations(self) -> Mapping[str, str]: ...
+    @property
+    def document(self) -> Mapping[str, Any]: ...
+    @property
+    def key(self) -> tuple[str, str, str]: ...
+    @property
+    def qualified_name(self) -> str: ...
+
+
 def regex_error(value: str) -> str | None:
     """Return a reason if ``value`` is not a valid RE2 regex, else None."""
     try:
@@ -149,6 +189,7 @@ __all__ = [
     "PortNumber",
     "PortSelector",
     "RE2Regex",
+    "ResourceOf",
     "Seconds",
     "StrictBool",
     "StrictInt",

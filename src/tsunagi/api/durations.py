@@ -19,6 +19,8 @@ _UNITS: dict[str, float] = {
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 MILLISECOND = 1e-3
+#: Longest duration protobuf (and so Envoy) can represent: 10,000 years, in seconds.
+MAX_DURATION = 315_576_000_000.0
 
 
 class DurationError(ValueError):
@@ -55,6 +57,10 @@ def parse_duration(value: object) -> float:
         pos = m.end()
     if not body:
         raise DurationError(f"invalid duration {value!r}")
+    if not total <= MAX_DURATION:  # also catches inf from a 400-digit number
+        raise DurationError(
+            f"duration {value!r} is too long; at most {MAX_DURATION:.0f}s (10,000 years)"
+        )
     return total
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 class FieldError:
     """One problem found in one document of a YAML file.
 
-    ``document`` is the 1-based index of the document in a multi-document file,
+    ``document`` is the 1-based index of the document in a multi-document file
+    (0 for a problem with the input as a whole, such as its size),
     ``name`` is ``namespace/name`` (or ``""`` when it could not be determined) and
     ``path`` is a YAML-style field path such as ``spec.http[0].route[1].weight``.
     """
@@ -24,7 +25,7 @@ class FieldError:
 
     def __str__(self) -> str:
         what = " ".join(part for part in (self.kind, self.name) if part)
-        where = f"{self.file}: document {self.document}"
+        where = f"{self.file}: document {self.document}" if self.document else self.file
         if what:
             where += f" ({what})"
         if self.path:

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from .checks_common import Issue, Path, render_path
+from .checks_common import Issue, Path, quote, render_path, shorten
 from .errors import FieldError, ValidationFailed
 from .kinds import KIND_INFO, KindInfo
 from .names import check_dns_label, check_dns_subdomain, check_label_key, check_label_value
 from .pydantic_errors import describe, issues_from_validation_error
 from .suggest import closest, unknown_field_reason
+from .yamlread import (
+    MAX_BYTES,
+    MAX_DEPTH,
+    MAX_DOCUMENT_NODES,
+    MAX_DOCUMENTS,
+    MAX_TOTAL_NODES,
+    plain_data,
+    read_documents,
+)
 
 DEFAULT_NAMESPACE = "default"
 
@@ -78,53 +85,11 @@ class _DocErrors:
 
     def add(self, path: str, reason: str) -> None:
         self.errors.append(
-            FieldError(self.filename, self.index, self.kind, self.name, path, reason)
+            FieldError(self.filename, self.index, self.kind, self.name, path, shorten(reason))
         )
 
     def add_issue(self, prefix: Path, issue: Issue) -> None:
         self.add(render_path((*prefix, *issue.path)), issue.reason)
-
-
-# --------------------------------------------------------------------------- YAML
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            duplicate = key in seen
-        except TypeError:  # unhashable key; the constructor reports it below
-            continue
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping",
-                node.start_mark,
-                f"found duplicate key {key!r}",
-                key_node.start_mark,
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_StrictLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,
-)
-
-
-def _yaml_error(filename: str, index: int, exc: yaml.YAMLError) -> FieldError:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    context = getattr(exc, "context", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    text = f"{context}: {problem}" if context else str(problem)
-    return FieldError(filename, index, "", "", "", f"invalid YAML: {where}{text}")
 
 
 # --------------------------------------------------------------------------- documents
@@ -157,16 +122,21 @@ def _check_string_map(
     return out
 
 
+def _display(text: str) -> str:
+    """``text`` as is when it is short and plain, else quoted and escaped."""
+    return text if len(text) <= 80 and text.isprintable() and " " not in text else quote(text)
+
+
 def _label_document(doc: Mapping[Any, Any], errs: _DocErrors) -> None:
     """Best-effort kind and namespace/name so every error can say which object it is."""
     kind = doc.get("kind")
     if isinstance(kind, str):
-        errs.kind = kind
+        errs.kind = _display(kind)
     meta = doc.get("metadata")
     if isinstance(meta, Mapping) and isinstance(meta.get("name"), str) and meta["name"]:
         namespace = meta.get("namespace")
         ns = namespace if isinstance(namespace, str) and namespace else DEFAULT_NAMESPACE
-        errs.name = f"{ns}/{meta['name']}"
+        errs.name = f"{_display(ns)}/{_display(meta['name'])}"
 
 
 def _resolve_kind(doc: Mapping[Any, Any], errs: _DocErrors) -> KindInfo | None:
@@ -181,7 +151,7 @@ def _resolve_kind(doc: Mapping[Any, Any], errs: _DocErrors) -> KindInfo | None:
     if info is None:
         best = closest(kind, KIND_INFO)
         hint = f'; did you mean "{best}"?' if best else f"; supported kinds: {', '.join(KIND_INFO)}"
-        errs.add("kind", f'unknown kind "{kind}"{hint}')
+        errs.add("kind", f"unknown kind {quote(kind)}{hint}")
     return info
 
 
@@ -196,11 +166,11 @@ def _check_api_version(doc: Mapping[Any, Any], info: KindInfo | None, errs: _Doc
     if info is not None and api not in info.api_versions:
         errs.add(
             "apiVersion",
-            f'unsupported apiVersion "{api}" for {info.kind}; use one of: '
+            f"unsupported apiVersion {quote(api)} for {info.kind}; use one of: "
             + ", ".join(info.api_versions),
         )
     elif info is None and not any(api in i.api_versions for i in KIND_INFO.values()):
-        errs.add("apiVersion", f'unknown apiVersion "{api}"')
+        errs.add("apiVersion", f"unknown apiVersion {quote(api)}")
     return api
 
 
@@ -216,7 +186,9 @@ def _parse_metadata(
         return "", DEFAULT_NAMESPACE, {}, {}
     for key in meta:
         if key not in _METADATA_FIELDS:
-            errs.add(f"metadata.{key}", unknown_field_reason(str(key), _METADATA_FIELDS[:4]))
+            errs.add(
+                render_path(("metadata", key)), unknown_field_reason(key, _METADATA_FIELDS[:4])
+            )
     name = meta.get("name")
     if name is None:
         errs.add("metadata.name", "required field is missing")
@@ -245,7 +217,9 @@ def _parse_metadata(
     return name, namespace, labels, annotations
 
 
-def _parse(doc: Any, filename: str, index: int) -> tuple[Resource | None, list[FieldError]]:
+def _parse(
+    doc: Any, filename: str, index: int, max_depth: int = MAX_DEPTH
+) -> tuple[Resource | None, list[FieldError]]:
     errs = _DocErrors(filename, index)
     if not isinstance(doc, Mapping):
         errs.add(
@@ -254,12 +228,19 @@ def _parse(doc: Any, filename: str, index: int) -> tuple[Resource | None, list[F
         )
         return None, errs.errors
     _label_document(doc, errs)
+    # Validate exactly what the store will hold (JSON), so a stored document always
+    # loads back to the same resource.
+    doc, problems = plain_data(doc, max_depth)
+    for path, reason in problems:
+        errs.add(render_path(path), reason)
+    if problems:
+        return None, errs.errors
     info = _resolve_kind(doc, errs)
     api_version = _check_api_version(doc, info, errs)
     name, namespace, labels, annotations = _parse_metadata(doc, errs)
     for key in doc:
         if key not in _TOP_LEVEL_FIELDS:
-            errs.add(str(key), unknown_field_reason(str(key), _TOP_LEVEL_FIELDS[:4]))
+            errs.add(render_path((key,)), unknown_field_reason(key, _TOP_LEVEL_FIELDS[:4]))
     if info is None:
         return None, errs.errors
 
@@ -288,7 +269,7 @@ def _parse(doc: Any, filename: str, index: int) -> tuple[Resource | None, list[F
         spec=spec,
         labels=MappingProxyType(labels),
         annotations=MappingProxyType(annotations),
-        document=copy.deepcopy(dict(doc)),
+        document=doc,
     )
     return resource, []
 
@@ -304,52 +285,68 @@ def parse_document(doc: Any, filename: str = "<stdin>", index: int = 1) -> Resou
     return resource
 
 
-def load_documents(text: str, filename: str = "<stdin>") -> list[Resource]:
+def load_documents(
+    text: str,
+    filename: str = "<stdin>",
+    *,
+    max_bytes: int = MAX_BYTES,
+    max_documents: int = MAX_DOCUMENTS,
+    max_depth: int = MAX_DEPTH,
+    max_document_nodes: int = MAX_DOCUMENT_NODES,
+    max_total_nodes: int = MAX_TOTAL_NODES,
+) -> list[Resource]:
     """Parse and validate every document of a (multi-document) YAML text.
 
     Empty documents are skipped (but still counted for document numbers).
     All-or-nothing: if any document is invalid, :class:`ValidationFailed` is
     raised with the errors of *every* document and nothing is returned.
-    Duplicate ``(kind, namespace, name)`` within the text are errors too.
+    Duplicate ``(kind, namespace, name)`` within the text are errors too, and so
+    are duplicate keys within a YAML mapping.
+
+    YAML is read safely (no tags that build Python objects) and within limits,
+    each refused with an error that names it (defaults in :mod:`.yamlread`):
+
+    * ``max_bytes``: size of ``text`` in UTF-8 bytes (8 MiB);
+    * ``max_documents``: YAML documents, empty ones included (1,000);
+    * ``max_depth``: nesting of mappings and lists (100 levels);
+    * ``max_document_nodes``: YAML nodes in one document once aliases are expanded
+      (100,000), checked while composing, before anything is expanded;
+    * ``max_total_nodes``: the same, summed over all documents (1,000,000).
+
+    No other exception than :class:`ValidationFailed` is raised for bad input.
     """
     errors: list[FieldError] = []
     resources: list[Resource] = []
     first_seen: dict[tuple[str, str, str], int] = {}
-    index = 0
-    loader = _StrictLoader(text)
-    try:
-        while True:
-            try:
-                if not loader.check_data():  # type: ignore[no-untyped-call]
-                    break
-                doc = loader.get_data()
-            except yaml.YAMLError as exc:
-                # The stream cannot be resynchronised after a syntax error.
-                errors.append(_yaml_error(filename, index + 1, exc))
-                break
-            index += 1
-            if doc is None:
-                continue
-            resource, doc_errors = _parse(doc, filename, index)
-            errors.extend(doc_errors)
-            if resource is None:
-                continue
-            earlier = first_seen.setdefault(resource.key, index)
-            if earlier != index:
-                errors.append(
-                    FieldError(
-                        filename,
-                        index,
-                        resource.kind,
-                        resource.qualified_name,
-                        "metadata.name",
-                        f"duplicate {resource.kind} {resource.qualified_name}"
-                        f" (already defined in document {earlier})",
-                    )
+    documents = read_documents(
+        text,
+        filename,
+        errors,
+        max_bytes=max_bytes,
+        max_documents=max_documents,
+        max_depth=max_depth,
+        max_document_nodes=max_document_nodes,
+        max_total_nodes=max_total_nodes,
+    )
+    for index, doc in documents:
+        resource, doc_errors = _parse(doc, filename, index, max_depth)
+        errors.extend(doc_errors)
+        if resource is None:
+            continue
+        earlier = first_seen.setdefault(resource.key, index)
+        if earlier != index:
+            errors.append(
+                FieldError(
+                    filename,
+                    index,
+                    resource.kind,
+                    resource.qualified_name,
+                    "metadata.name",
+                    f"duplicate {resource.kind} {resource.qualified_name}"
+                    f" (already defined in document {earlier})",
                 )
-            resources.append(resource)
-    finally:
-        loader.dispose()
+            )
+        resources.append(resource)
     if errors:
         raise ValidationFailed(errors)
     return resources

@@ -10,7 +10,7 @@ from typing import Any, Union
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from .checks_common import Issue, Path
+from .checks_common import Issue, Path, quote
 from .suggest import unknown_field_reason
 
 
@@ -25,8 +25,10 @@ def describe(value: object) -> str:
     if isinstance(value, list | tuple):
         return "a list"
     if isinstance(value, str):
-        return f'"{value}"'
-    return repr(value)
+        return quote(value)
+    text = repr(value)
+    # e.g. a 4,000-digit integer: keep the message one readable line
+    return text if len(text) <= 80 else f"{text[:80]}... ({len(text)} characters)"
 
 
 def _unwrap(tp: Any) -> Any:

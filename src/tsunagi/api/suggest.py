@@ -7,10 +7,14 @@ from collections.abc import Iterable
 
 from pydantic.alias_generators import to_camel
 
+from .checks_common import quote
+
 
 def closest(word: str, candidates: Iterable[str]) -> str | None:
     """The candidate most similar to ``word`` (case-insensitive), if any is close."""
     options = list(candidates)
+    if len(word) > 100:  # no misspelling is this long; spare difflib the work
+        return None
     lowered = {c.lower(): c for c in options}
     if word.lower() in lowered:
         return lowered[word.lower()]
@@ -26,7 +30,7 @@ def unknown_field_reason(field: str, valid: Iterable[str]) -> str:
     options = sorted(valid)
     best = closest(field, options)
     if best is not None:
-        return f'unknown field "{field}"; did you mean "{best}"?'
+        return f'unknown field {quote(field)}; did you mean "{best}"?'
     if not options:
-        return f'unknown field "{field}"; no fields are allowed here'
-    return f'unknown field "{field}"; valid fields: {", ".join(options)}'
+        return f"unknown field {quote(field)}; no fields are allowed here"
+    return f"unknown field {quote(field)}; valid fields: {', '.join(options)}"

@@ -23,6 +23,26 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _duration(text: str) -> float:
+    from tsunagi.api.durations import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e} (e.g. 5ms, 0.1s)") from None
+    return seconds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--server", help="control plane API (env TSUNAGI_SERVER, default http://127.0.0.1:15014)"
@@ -52,8 +72,46 @@ def parser() -> argparse.ArgumentParser:
         default=15.0,
         help="seconds without a heartbeat before an instance is removed",
     )
+    up.add_argument(
+        "--debounce-after",
+        type=_duration,
+        default=0.005,
+        metavar="DURATION",
+        help="push once config has been quiet this long (default 5ms; Istio's "
+        "PILOT_DEBOUNCE_AFTER)",
+    )
+    up.add_argument(
+        "--debounce-max",
+        type=_duration,
+        default=0.05,
+        metavar="DURATION",
+        help="push at the latest this long after the first change of a burst (default 50ms; "
+        "Istio's PILOT_DEBOUNCE_MAX)",
+    )
+    up.add_argument(
+        "--api-max-body-mib",
+        type=_positive_int,
+        default=16,
+        metavar="MIB",
+        help="largest API request body (an apply's YAML), in MiB (default 16)",
+    )
+    up.add_argument(
+        "--api-connections-per-client",
+        type=_positive_int,
+        default=256,
+        metavar="N",
+        help="concurrent API connections one client address may hold (default 256: every "
+        "agent of a local mesh connects from 127.0.0.1)",
+    )
 
-    run = sub.add_parser("run", help="run a command with a sidecar")
+    run = sub.add_parser(
+        "run",
+        help="run a command with a sidecar",
+        description="Start Envoy, then CMD; register CMD's instance while it runs. When CMD "
+        "exits (or crashes) the instance is deregistered and the sidecar stops. Exit status: "
+        "CMD's own, or 128+N if a signal N killed it (as a shell reports it: kill -9 gives "
+        "137); 1 if the sidecar could not start, 3 if the control plane is unreachable.",
+    )
     _connection_args(run)
     run.add_argument("--service", required=True)
     run.add_argument("--port", type=int, default=80, help="the service port clients use")
@@ -110,9 +168,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _read(filename: str) -> str:
-    if filename == "-":
-        return sys.stdin.read()
-    return Path(filename).read_text()
+    """The text of ``filename`` (``-``: stdin); OSError or UnicodeDecodeError if unreadable."""
+    # Bytes, then UTF-8: YAML files are UTF-8 whatever the locale says.
+    data = sys.stdin.buffer.read() if filename == "-" else Path(filename).read_bytes()
+    return data.decode("utf-8")
+
+
+def _read_error(filename: str, e: OSError | UnicodeDecodeError) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return (
+            f"error: cannot read {filename}: not UTF-8 text (byte 0x{e.object[e.start]:02x}"
+            f" at offset {e.start}); save it as UTF-8"
+        )
+    return f"error: cannot read {filename}: {e.strerror or e}"
 
 
 def _wait(client: Client, revision: int, timeout: float, started: float) -> int:
@@ -121,7 +189,7 @@ def _wait(client: Client, revision: int, timeout: float, started: float) -> int:
         "/v1/wait",
         query={"revision": revision, "timeout": timeout, "since": started},
         timeout=timeout + 5,
-        ok=(200, 504, 409),
+        ok=(200, 504),
     )
     nacked = [p for p in reply.get("proxies", []) if p.get("nacked")]
     if nacked:
@@ -145,8 +213,8 @@ def cmd_apply(args: argparse.Namespace, client: Client) -> int:
     name = "<stdin>" if args.filename == "-" else args.filename
     try:
         text = _read(args.filename)
-    except OSError as e:
-        print(f"error: cannot read {args.filename}: {e.strerror}", file=sys.stderr)
+    except (OSError, UnicodeDecodeError) as e:
+        print(_read_error(name, e), file=sys.stderr)
         return EXIT_INVALID
     reply = client.request(
         "POST", "/v1/apply", {"text": text, "filename": name, "dry_run": args.dry_run}
@@ -166,8 +234,8 @@ def cmd_delete(args: argparse.Namespace, client: Client) -> int:
     if args.filename:
         try:
             body = {"text": _read(args.filename), "filename": args.filename}
-        except OSError as e:
-            print(f"error: cannot read {args.filename}: {e.strerror}", file=sys.stderr)
+        except (OSError, UnicodeDecodeError) as e:
+            print(_read_error(args.filename, e), file=sys.stderr)
             return EXIT_INVALID
     elif args.kind and args.name:
         body = {"kind": args.kind, "name": args.name, "namespace": args.namespace}
@@ -205,6 +273,7 @@ def cmd_proxy_status(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from tsunagi.controlplane.main import Settings, serve
+    from tsunagi.controlplane.push import Debounce
 
     settings = Settings(
         state_dir=state_dir(args.state_dir),
@@ -212,6 +281,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         xds_port=args.xds_port,
         api_port=args.api_port,
         instance_ttl=args.instance_ttl,
+        debounce=Debounce(quiet=args.debounce_after, max_delay=args.debounce_max),
+        api_max_body=args.api_max_body_mib * 1024 * 1024,
+        api_connections_per_client=args.api_connections_per_client,
     )
     import asyncio
 

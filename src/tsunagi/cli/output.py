@@ -28,12 +28,20 @@ def _summary(item: dict[str, Any]) -> str:
     return ",".join(str(h) for h in hosts)
 
 
+def _with_status(item: dict[str, Any]) -> dict[str, Any]:
+    """The stored document, plus a ``status`` block (as Istio writes one) when the control
+    plane could not put all of it into proxy config."""
+    if not item.get("status"):
+        return dict(item["document"])
+    return {**item["document"], "status": item["status"]}
+
+
 def resources(items: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "json":
-        docs = [i["document"] for i in items]
+        docs = [_with_status(i) for i in items]
         return json.dumps(docs[0] if len(docs) == 1 else {"items": docs}, indent=2)
     if fmt == "yaml":
-        return yaml.safe_dump_all([i["document"] for i in items], sort_keys=False).rstrip()
+        return yaml.safe_dump_all([_with_status(i) for i in items], sort_keys=False).rstrip()
     if not items:
         return "No resources found."
     wide = fmt == "wide"
@@ -42,7 +50,12 @@ def resources(items: list[dict[str, Any]], fmt: str) -> str:
         [i["kind"], i["namespace"], i["name"], _summary(i)] + ([str(i["revision"])] if wide else [])
         for i in items
     ]
-    return table(headers, rows)
+    out = table(headers, rows)
+    failing = [i for i in items if i.get("status")]
+    if failing:
+        names = ", ".join(f"{i['kind'].lower()}/{i['name']}" for i in failing)
+        out += f"\n\nNot fully in effect (see `-o yaml` for why): {names}"
+    return out
 
 
 def proxy_status(proxies: list[dict[str, Any]]) -> str:
@@ -67,4 +80,13 @@ def proxy_status(proxies: list[dict[str, Any]]) -> str:
     out = table(headers, rows)
     if errors:
         out += "\n\nRejected by Envoy:\n" + "\n".join(f"  {e}" for e in errors)
+    untranslated: dict[str, list[str]] = {}
+    for p in proxies:
+        for e in p.get("translation_errors") or ():
+            untranslated.setdefault(e, []).append(p["id"])
+    if untranslated:
+        out += "\n\nNot translated (the rest of each proxy's config is current):"
+        for e, ids in untranslated.items():
+            who = ids[0] if len(ids) == 1 else f"{len(ids)} proxies"
+            out += f"\n  {who}: {e}"
     return out

@@ -10,13 +10,23 @@ TOKEN_FILE = "token"
 
 
 def ensure_token(state_dir: Path) -> str:
-    """Return the token in ``state_dir``, creating it (mode 0600) on first start."""
+    """Return the token in ``state_dir``, creating it (mode 0600) on first start.
+
+    The file appears whole or not at all (written aside, then renamed), so a crash while
+    creating it never leaves an empty token behind; an empty one found anyway is replaced.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / TOKEN_FILE
     if path.exists():
-        return path.read_text().strip()
+        token = path.read_text().strip()
+        if token:
+            return token
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    aside = state_dir / f".{TOKEN_FILE}.{os.getpid()}"
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(aside, path)
     return token

@@ -1,20 +1,39 @@
 """The control plane's JSON HTTP API, used by the CLI and by agents.
 
-Every route but ``/healthz`` needs ``Authorization: Bearer <token>``. Errors are JSON
-``{"error": ..., "errors": [...]}`` with 400 for bad input, 401/403 for auth, 404 for missing.
+Every route needs ``Authorization: Bearer <token>``, ``/healthz`` and ``/v1/openapi.json``
+included. Errors are JSON ``{"error": ..., "errors": [...]}`` with 400 for bad input, 401/403
+for auth, 404 for missing, 408/413 for a slow or too large body, 503 for too many connections
+from one address. The routes, their inputs and answers are declared once, in
+:data:`tsunagi.controlplane.openapi.ROUTES`; ``GET /v1/openapi.json`` describes them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
+import yaml
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
 from tsunagi.api import KINDS, Resource, ValidationFailed, load_documents
+from tsunagi.api.checks_common import quote
+from tsunagi.controlplane import openapi
+from tsunagi.controlplane.connections import LimitedSite
+from tsunagi.controlplane.openapi import (
+    MIB,
+    ROUTES,
+    ApplyRequest,
+    DeleteRequest,
+    InstanceRequest,
+    ResourcesQuery,
+    WaitQuery,
+)
 from tsunagi.controlplane.status import proxy_statuses, wait_for_acks
 from tsunagi.mesh import World
 from tsunagi.mesh.analysis import not_yet_enforced, undefined_subsets
@@ -23,6 +42,40 @@ from tsunagi.registry import Instance, InvalidInstance, Registry
 from tsunagi.store import Key, Store
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
+
+log = logging.getLogger("tsunagi.api")
+
+
+class ApiError(Exception):
+    """An answer other than 200, raised from anywhere in a handler; sent as the JSON error
+    shape. ``close`` ends the connection afterwards (the rest of the request is unread)."""
+
+    def __init__(
+        self, status: int, message: str, errors: list[str] | None = None, close: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors or [message]
+        self.close = close
+
+
+def _problems(e: ValidationError, where: str, model: type[BaseModel]) -> list[str]:
+    """Pydantic's errors as ``<where> field.path: reason`` lines."""
+    out = []
+    for err in e.errors(include_url=False):
+        path = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            noun = "parameter" if where.startswith("query") else "field"
+            reason = f"unknown {noun}; known: " + ", ".join(model.model_fields)
+        elif err["type"] == "missing":
+            reason = "required field is missing"
+        else:
+            reason = str(err["msg"]).removeprefix("Value error, ")
+        out.append(f"{where} {path}: {reason}" if path else f"{where}: {reason}")
+    return out
+
 
 _ALIASES = {
     "vs": "VirtualService",
@@ -54,15 +107,32 @@ def _error(status: int, message: str, errors: list[str] | None = None) -> web.Re
     return web.json_response({"error": message, "errors": errors or [message]}, status=status)
 
 
-def _record_json(key: Key, record: Any) -> dict[str, Any]:
-    kind, ns, name = key
+def _status(errors: tuple[str, ...]) -> dict[str, Any]:
+    """Istio's resource ``status`` shape: one validation message per translation failure."""
     return {
+        "validationMessages": [
+            {
+                "type": {"code": "TSU0001", "name": "TranslationFailed"},
+                "level": "ERROR",
+                "description": e,
+            }
+            for e in errors
+        ]
+    }
+
+
+def _record_json(key: Key, record: Any, errors: tuple[str, ...] = ()) -> dict[str, Any]:
+    kind, ns, name = key
+    out: dict[str, Any] = {
         "kind": kind,
         "namespace": ns,
         "name": name,
         "revision": record.revision,
         "document": record.document,
     }
+    if errors:
+        out["status"] = _status(errors)
+    return out
 
 
 class Api:
@@ -76,46 +146,154 @@ class Api:
         cache: Any,
         token: str,
         xds_address: tuple[str, int],
+        *,
+        max_body_size: int = 16 * MIB,
+        max_connections_per_client: int = 256,
+        idle_timeout: float = 30.0,
+        body_timeout: float = 30.0,
+        max_wait_timeout: float = 300.0,
     ) -> None:
+        """The limits: request bodies up to ``max_body_size`` bytes, read within
+        ``body_timeout`` seconds; at most ``max_connections_per_client`` concurrent
+        connections per client address; connections idle (or sending headers) for
+        ``idle_timeout`` seconds are closed; ``/v1/wait`` waits at most ``max_wait_timeout``."""
         self.store = store
         self.registry = registry
         self.pusher = pusher
         self.cache = cache
         self.token = token
         self.xds_address = xds_address
+        self.max_body_size = max_body_size
+        self.max_connections_per_client = max_connections_per_client
+        self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
+        self.max_wait_timeout = max_wait_timeout
+        self.spec = openapi.build_spec(
+            openapi.Limits(
+                max_body_size=max_body_size,
+                max_connections_per_client=max_connections_per_client,
+                idle_timeout=idle_timeout,
+                body_timeout=body_timeout,
+                max_wait_timeout=max_wait_timeout,
+            )
+        )
+
+    @web.middleware
+    async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every error in the JSON shape, aiohttp's own (404, 405, 413…) included."""
+        try:
+            return await handler(request)
+        except ApiError as e:
+            response = _error(e.status, e.message, e.errors)
+            if e.close:
+                response.force_close()
+            return response
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            return self._http_error(request, e)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return _error(500, "internal error in the control plane; its log has the details")
+
+    def _http_error(self, request: web.Request, e: web.HTTPException) -> web.Response:
+        if isinstance(e, web.HTTPNotFound):
+            message = (
+                f"no such endpoint: {request.method} {request.path} "
+                "(GET /v1/openapi.json describes the API)"
+            )
+        elif isinstance(e, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(e.allowed_methods))
+            message = f"{request.method} is not allowed on {request.path}; use {allowed}"
+        else:
+            message = e.text or e.reason
+        response = _error(e.status, message)
+        if "Allow" in e.headers:
+            response.headers["Allow"] = e.headers["Allow"]
+        return response
+
+    def _too_large(self, size: int | None) -> str:
+        limit = self.max_body_size
+        got = f"of {size} bytes " if size is not None else ""
+        return (
+            f"request body {got}is over the limit of {limit} bytes ({limit / MIB:g} MiB): "
+            "split the YAML into several files and apply them one at a time, or start "
+            "`tsunagi up` with a larger --api-max-body-mib"
+        )
 
     @web.middleware
     async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/healthz":
-            return await handler(request)
-        given = request.headers.get("Authorization", "")
-        if not given.startswith("Bearer "):
-            return _error(
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            response = _error(
                 401,
                 "missing token: pass --token, set TSUNAGI_TOKEN, or use the "
                 "state directory that `tsunagi up` wrote",
             )
-        if not hmac.compare_digest(given.removeprefix("Bearer ").strip(), self.token):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="tsunagi"'
+            return response
+        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
             return _error(403, "wrong token for this control plane")
         return await handler(request)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.auth], client_max_size=16 * 1024 * 1024)
-        app.add_routes(
-            [
-                web.get("/healthz", self.healthz),
-                web.get("/v1/bootstrap", self.bootstrap),
-                web.post("/v1/apply", self.apply),
-                web.post("/v1/delete", self.delete),
-                web.get("/v1/resources", self.list_resources),
-                web.post("/v1/instances", self.register),
-                web.post("/v1/instances/{namespace}/{name}/heartbeat", self.heartbeat),
-                web.delete("/v1/instances/{namespace}/{name}", self.deregister),
-                web.get("/v1/proxies", self.proxies),
-                web.get("/v1/wait", self.wait),
-            ]
+        """The routes of :data:`~tsunagi.controlplane.openapi.ROUTES`, nothing else."""
+        app = web.Application(
+            middlewares=[self.errors, self.auth], client_max_size=self.max_body_size
         )
+        for route in ROUTES:
+            app.router.add_route(route.method, route.path, getattr(self, route.handler))
         return app
+
+    async def serve(self, host: str, port: int) -> tuple[web.AppRunner, int]:
+        """Listen on ``host:port`` (0: any free port) with the connection limits; return the
+        runner (``await runner.cleanup()`` to stop) and the port."""
+        runner = web.AppRunner(self.app(), access_log=None, keepalive_timeout=self.idle_timeout)
+        await runner.setup()
+        try:
+            await LimitedSite(runner, host, port, self.max_connections_per_client).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        return runner, (runner.addresses[0][1] if runner.addresses else port)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        size = request.content_length
+        if size is not None and size > self.max_body_size:
+            raise ApiError(413, self._too_large(size), close=True)
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ApiError(413, self._too_large(None), close=True) from None
+        except TimeoutError:
+            raise ApiError(
+                408, f"the request body did not arrive within {self.body_timeout:g}s", close=True
+            ) from None
+
+    async def _model(self, request: web.Request, model: type[M]) -> M:
+        """The JSON body, checked against ``model`` (400 naming every problem)."""
+        raw = await self._read_body(request)
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ApiError(400, "request body must be JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        try:
+            return model.model_validate(data)
+        except ValidationError as e:
+            problems = _problems(e, "body", model)
+            raise ApiError(400, f"invalid request body: {problems[0]}", problems) from None
+
+    def _query(self, request: web.Request, model: type[M]) -> M:
+        try:
+            return model.model_validate(dict(request.query))
+        except ValidationError as e:
+            problems = _problems(e, "query parameter", model)
+            raise ApiError(400, f"invalid query: {problems[0]}", problems) from None
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "revision": self.store.contents().revision})
@@ -124,28 +302,13 @@ class Api:
         host, port = self.xds_address
         return web.json_response({"xds": {"host": host, "port": port}})
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise web.HTTPBadRequest(text="request body must be JSON") from None
-        if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text="request body must be a JSON object")
-        return body
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(self.spec)
 
     async def apply(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        filename = str(body.get("filename") or "<stdin>")
-        try:
-            resources = load_documents(str(body.get("text") or ""), filename)
-        except ValidationFailed as e:
-            return _error(
-                400,
-                f"{len(e.errors)} error(s) in {filename}; nothing was applied",
-                [str(x) for x in e.errors],
-            )
-        if not resources:
-            return _error(400, f"{filename}: no resources found; nothing was applied")
+        body = await self._model(request, ApplyRequest)
+        filename = body.filename or "<stdin>"
+        resources = await _load(body.text, filename, "applied")
         contents = self.store.contents()
         results = []
         puts = []
@@ -165,14 +328,14 @@ class Api:
                 puts.append((r.key, doc))
         warnings = self._warnings(resources)
         revision = contents.revision
-        if puts and not body.get("dry_run"):
+        if puts and not body.dry_run:
             revision = await self.store.commit(puts)
         return web.json_response(
             {
                 "revision": revision,
                 "results": results,
                 "warnings": warnings,
-                "dry_run": bool(body.get("dry_run")),
+                "dry_run": body.dry_run,
             }
         )
 
@@ -184,25 +347,17 @@ class Api:
         return undefined_subsets(candidate, applied) + not_yet_enforced(applied)
 
     async def delete(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+        body = await self._model(request, DeleteRequest)
         keys: list[Key] = []
-        if "text" in body:
-            filename = str(body.get("filename") or "<stdin>")
-            try:
-                keys = [r.key for r in load_documents(str(body["text"]), filename)]
-            except ValidationFailed as e:
-                return _error(
-                    400,
-                    f"{len(e.errors)} error(s) in {filename}; nothing was deleted",
-                    [str(x) for x in e.errors],
-                )
+        if body.text is not None:
+            filename = body.filename or "<stdin>"
+            keys = [r.key for r in await _load(body.text, filename, "deleted")]
         else:
-            kind = resolve_kind(str(body.get("kind", "")))
+            assert body.kind is not None and body.name is not None  # the model checks
+            kind = resolve_kind(body.kind)
             if kind is None:
-                return _error(
-                    400, f"unknown kind {body.get('kind')!r}; try one of: " + ", ".join(KINDS)
-                )
-            keys = [(kind, str(body.get("namespace") or "default"), str(body.get("name", "")))]
+                return _error(400, f"unknown kind {body.kind!r}; try one of: " + ", ".join(KINDS))
+            keys = [(kind, body.namespace or "default", body.name)]
         contents = self.store.contents()
         missing = [k for k in keys if k not in contents.records]
         if missing:
@@ -223,30 +378,31 @@ class Api:
         )
 
     async def list_resources(self, request: web.Request) -> web.Response:
-        q = request.query
+        q = self._query(request, ResourcesQuery)
         kind = None
-        if q.get("kind"):
-            kind = resolve_kind(q["kind"])
+        if q.kind:
+            kind = resolve_kind(q.kind)
             if kind is None:
                 return _error(
                     400,
-                    f"unknown kind {q['kind']!r}; try one of: " + ", ".join([*KINDS, "workloads"]),
+                    f"unknown kind {q.kind!r}; try one of: " + ", ".join([*KINDS, "workloads"]),
                 )
-        ns, name = q.get("namespace"), q.get("name")
+        ns, name = q.namespace, q.name
         items = [
-            _record_json(key, rec)
+            _record_json(key, rec, self.pusher.errors.by_resource.get(key, ()))
             for key, rec in sorted(self.store.contents().records.items())
             if (kind is None or key[0] == kind)
             and (not ns or key[1] == ns)
             and (not name or key[2] == name)
         ]
         if name and not items:
-            return _error(404, f"{kind} {ns or 'default'}/{name} not found")
+            return _error(404, f"{kind or 'resource'} {ns or '*'}/{name} not found")
         return web.json_response({"revision": self.store.contents().revision, "items": items})
 
     async def register(self, request: web.Request) -> web.Response:
+        body = await self._model(request, InstanceRequest)
         try:
-            inst = Instance.from_document(await self._body(request))
+            inst = Instance.from_document(body.model_dump())
         except InvalidInstance as e:
             return _error(400, f"invalid instance: {e}")
         revision = await self.registry.register(inst)
@@ -265,27 +421,72 @@ class Api:
         return web.json_response({"revision": self.store.contents().revision})
 
     async def proxies(self, request: web.Request) -> web.Response:
-        return web.json_response({"proxies": proxy_statuses(self.cache)})
+        return web.json_response({"proxies": proxy_statuses(self.cache, self.pusher)})
 
     async def wait(self, request: web.Request) -> web.Response:
-        try:
-            revision = int(request.query.get("revision", "0"))
-            timeout = float(request.query.get("timeout", "30"))
-            since = float(request.query.get("since", "0")) or time.time()
-        except ValueError:
-            return _error(400, "revision, timeout and since must be numbers")
-        try:
-            result = await asyncio.wait_for(
-                wait_for_acks(self.cache, self.pusher, revision), timeout=timeout
+        q = self._query(request, WaitQuery)
+        if q.timeout > self.max_wait_timeout:
+            raise ApiError(
+                400,
+                f"query parameter timeout: at most {self.max_wait_timeout:g} seconds; "
+                "wait again if you need longer",
             )
-        except TimeoutError:
-            return web.json_response(
-                {
-                    "complete": False,
-                    "elapsed_ms": (time.time() - since) * 1000,
-                    "proxies": proxy_statuses(self.cache),
-                },
-                status=504,
+        since = q.since or time.time()
+        acks = asyncio.ensure_future(wait_for_acks(self.cache, self.pusher, q.revision))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait(
+                {acks, gone}, timeout=q.timeout, return_when=asyncio.FIRST_COMPLETED
             )
-        result["elapsed_ms"] = (time.time() - since) * 1000
-        return web.json_response(result)
+        finally:
+            acks.cancel()
+            gone.cancel()
+        # Never negative nor infinite, whatever ``since`` the caller sent.
+        elapsed_ms = max(0.0, time.time() - since) * 1000
+        if acks in done:
+            result = acks.result()
+            result["elapsed_ms"] = elapsed_ms
+            return web.json_response(result)
+        return web.json_response(
+            {
+                "complete": False,
+                "elapsed_ms": elapsed_ms,
+                "proxies": proxy_statuses(self.cache, self.pusher),
+            },
+            status=504,
+        )
+
+
+async def _load(text: str, filename: str, verb: str) -> list[Resource]:
+    """Parse and validate YAML documents (in a thread: a big file must not stall the loop);
+    400 naming every problem, or when there is nothing in it."""
+    filename = _shown_filename(filename)
+    try:
+        resources = await asyncio.to_thread(load_documents, text, filename)
+    except ValidationFailed as e:
+        raise ApiError(
+            400,
+            f"{len(e.errors)} error(s) in {filename}; nothing was {verb}",
+            [str(x) for x in e.errors],
+        ) from None
+    except (yaml.YAMLError, RecursionError) as e:
+        # Inputs the loader does not turn into ValidationFailed itself: characters YAML
+        # forbids (NUL, lone surrogates) and nesting deeper than Python's recursion limit.
+        reason = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())
+        raise ApiError(400, f"{filename}: invalid YAML: {reason}; nothing was {verb}") from None
+    if not resources:
+        raise ApiError(400, f"{filename}: no resources found; nothing was {verb}")
+    return resources
+
+
+def _shown_filename(filename: str) -> str:
+    """The client's ``filename`` as error messages name it: as sent when it is short and
+    printable, else quoted (escaped and cut), so that each message stays one short line."""
+    quoted = quote(filename)
+    return filename if quoted == f'"{filename}"' else quoted
+
+
+async def _disconnected(request: web.Request, every: float = 0.5) -> None:
+    """Return once the client has hung up, so a long wait it abandoned does not linger."""
+    while request.transport is not None and not request.transport.is_closing():
+        await asyncio.sleep(every)

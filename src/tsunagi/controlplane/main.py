@@ -6,14 +6,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from aiohttp import web
 
 from tsunagi.controlplane.auth import ensure_token
 from tsunagi.controlplane.http_api import Api
-from tsunagi.controlplane.push import Pusher
+from tsunagi.controlplane.lock import StateDirLock
+from tsunagi.controlplane.push import Debounce, Pusher
 from tsunagi.registry import Registry
 from tsunagi.store import open_store
 from tsunagi.xds.cache import SnapshotCache
@@ -32,24 +31,44 @@ class Settings:
     xds_port: int = 15010
     api_port: int = 15014
     instance_ttl: float = 15.0
+    debounce: Debounce = field(default_factory=Debounce)
+    """How long a push waits for a burst of changes to settle."""
+    api_max_body: int = 16 * 1024 * 1024
+    """Largest API request body, in bytes (an apply's YAML)."""
+    api_connections_per_client: int = 256
+    """Concurrent API connections one client address may hold."""
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGINT/SIGTERM (or cancellation)."""
+    """Run until SIGINT/SIGTERM (or cancellation).
+
+    Raises :class:`~tsunagi.controlplane.lock.StateDirBusy` when another ``tsunagi up`` is
+    using the state directory: one writer per database.
+    """
+    with StateDirLock(settings.state_dir):
+        await _serve(settings, ready)
+
+
+async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     token = ensure_token(settings.state_dir)
     store = open_store(settings.store, settings.state_dir)
     await store.open()
     registry = Registry(store, ttl=settings.instance_ttl)
     registry.restore_leases()
     cache = SnapshotCache()
-    pusher = Pusher(store, cache)
+    pusher = Pusher(store, cache, settings.debounce)
     grpc_server, xds_port = await start_server(cache, settings.host, settings.xds_port)
-    api = Api(store, registry, pusher, cache, token, (settings.host, xds_port))
-    runner = web.AppRunner(api.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.api_port)
-    await site.start()
-    api_port = runner.addresses[0][1] if runner.addresses else settings.api_port
+    api = Api(
+        store,
+        registry,
+        pusher,
+        cache,
+        token,
+        (settings.host, xds_port),
+        max_body_size=settings.api_max_body,
+        max_connections_per_client=settings.api_connections_per_client,
+    )
+    runner, api_port = await api.serve(settings.host, settings.api_port)
     (settings.state_dir / "server").write_text(f"http://{settings.host}:{api_port}\n")
     contents = store.contents()
     log.info(

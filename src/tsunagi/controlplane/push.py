@@ -4,6 +4,23 @@ Bursts coalesce: after the first change we wait for a short quiet period (bounde
 maximum delay) and then build once. Work that only depends on the World or a namespace is
 done once per push, not once per node; the heavy part runs in a worker thread so the event
 loop keeps serving xDS and the API while it runs.
+
+Ownership, so that no state is shared between threads by accident:
+
+- the worker thread (:meth:`Pusher._compute`) alone uses ``_memo`` and ``_builder``; pushes
+  run one at a time, so it never runs twice at once. It reads only its arguments and returns
+  everything it made. The one thing it shares is the memo's ``last_good`` store (each piece's
+  last successful output), which locks;
+- the event loop alone reads and writes the published state (``world``, ``_shared``,
+  ``_outbound``, ``_locals``, ``errors``); it swaps in what the worker returned in one step.
+
+A node that connects between pushes is resolved on the loop from the published parts (its
+namespace's routes with a memo of its own, if no node of that namespace was connected yet).
+
+Failures stay contained: translation isolates each service, each VirtualService per host and
+each node's own part (see :mod:`tsunagi.xds.translate.isolation`), and a stored document that
+no longer parses keeps its last parsed revision. What failed is kept in :attr:`Pusher.errors`
+for ``tsunagi get`` and ``tsunagi proxy-status``; every other proxy still gets its config.
 """
 
 from __future__ import annotations
@@ -11,11 +28,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from tsunagi.controlplane.world_builder import WorldBuilder
 from tsunagi.mesh import Node, World
-from tsunagi.store import Store
+from tsunagi.store import Contents, Key, Store
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.resources import Snapshot
 from tsunagi.xds.translate import (
@@ -23,6 +42,7 @@ from tsunagi.xds.translate import (
     Memo,
     Outbound,
     Shared,
+    TranslationError,
     assemble,
     translate_local,
     translate_outbound,
@@ -31,46 +51,137 @@ from tsunagi.xds.translate import (
 
 log = logging.getLogger("tsunagi.push")
 
+_NO_LOCAL = Local(clusters={}, listeners={})
+
+
+@dataclass(frozen=True)
+class Debounce:
+    """How long a push waits for a burst of changes to end (as Istio's PILOT_DEBOUNCE_AFTER
+    and PILOT_DEBOUNCE_MAX, with defaults sized for a local mesh)."""
+
+    quiet: float = 0.005
+    """Push once no change arrived for this many seconds..."""
+    max_delay: float = 0.05
+    """...or once the first change is this old, whichever comes first."""
+
+
+@dataclass(frozen=True)
+class PushErrors:
+    """What the last push could not translate, by where it shows."""
+
+    by_resource: Mapping[Key, tuple[str, ...]] = field(default_factory=dict)
+    """Applied resource → what failed in it (``tsunagi get KIND NAME`` shows these)."""
+    shared: tuple[str, ...] = ()
+    """Failures that affect every proxy (a service's clusters, the World itself)."""
+    by_namespace: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Failures in one client namespace's routes."""
+    by_node: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Failures in one proxy's own listeners and clusters."""
+
+    def for_node(self, node_id: str, namespace: str) -> list[str]:
+        """Every failure that leaves something out of this proxy's config."""
+        return [
+            *self.shared,
+            *self.by_namespace.get(namespace, ()),
+            *self.by_node.get(node_id, ()),
+        ]
+
+
+@dataclass(frozen=True)
+class _Computed:
+    """Everything one push made, handed from the worker to the loop."""
+
+    world: World
+    shared: Shared
+    outbound: dict[str, Outbound]
+    locals: dict[str, _NodeLocal]
+    parse_errors: dict[Key, str]
+    snapshots: dict[str, Snapshot]
+
+
+@dataclass(frozen=True)
+class _NodeLocal:
+    """A node's own part, remembered until the node's metadata changes."""
+
+    node: Node
+    local: Local
+    error: TranslationError | None = None
+
+    @classmethod
+    def of(cls, node: Node) -> _NodeLocal:
+        try:
+            return cls(node, translate_local(node))
+        except Exception as e:  # one odd node must not stop the others' push
+            part = f"listeners and inbound clusters of proxy {node.id}"
+            error = TranslationError((), part, f"{type(e).__name__}: {e}", False)
+            return cls(node, _NO_LOCAL, error)
+
+
+def _collect(
+    parse_errors: Mapping[Key, str],
+    shared: Shared,
+    outbound: Mapping[str, Outbound],
+    locals_: Mapping[str, _NodeLocal],
+) -> PushErrors:
+    by_resource: dict[Key, list[str]] = {}
+    for key, message in parse_errors.items():
+        by_resource.setdefault(key, []).append(message)
+
+    def blame(errors: Iterable[TranslationError]) -> tuple[str, ...]:
+        lines = []
+        for e in errors:
+            lines.append(e.describe())
+            for key in e.resources:
+                by_resource.setdefault(key, []).append(e.describe())
+        return tuple(lines)
+
+    shared_lines = blame(shared.errors)
+    parse_lines = tuple(f"{k[0]} {k[1]}/{k[2]}: {m}" for k, m in sorted(parse_errors.items()))
+    namespaces = {ns: blame(out.errors) for ns, out in sorted(outbound.items())}
+    return PushErrors(
+        by_resource={k: tuple(dict.fromkeys(v)) for k, v in by_resource.items()},
+        shared=parse_lines + shared_lines,
+        by_namespace={ns: lines for ns, lines in namespaces.items() if lines},
+        by_node={n: (nl.error.describe(),) for n, nl in locals_.items() if nl.error},
+    )
+
 
 class Pusher:
     """Keeps every connected node's snapshot in step with the store."""
 
     def __init__(
-        self, store: Store, cache: SnapshotCache, quiet: float = 0.005, max_delay: float = 0.05
+        self, store: Store, cache: SnapshotCache, debounce: Debounce | None = None
     ) -> None:
         self.store = store
         self.cache = cache
-        self.quiet = quiet
-        self.max_delay = max_delay
-        self.builder = WorldBuilder()
-        self.world = self.builder.build(store.contents())
+        self.debounce = debounce or Debounce()
+        self._builder = WorldBuilder()
+        self._memo = Memo()
+        self.world = self._builder.build(store.contents())
         self.processed = self.world.revision
-        self.memo = Memo()
-        self._shared = translate_shared(self.world, self.memo)
+        self._shared = translate_shared(self.world, self._memo)
         self._outbound: dict[str, Outbound] = {}
-        self._locals: dict[str, tuple[Node, Local]] = {}
+        self._locals: dict[str, _NodeLocal] = {}
+        self.errors = _collect(self._builder.errors, self._shared, {}, {})
         cache.resolver = self.resolve
 
     def _outbound_for(self, namespace: str) -> Outbound:
         out = self._outbound.get(namespace)
         if out is None:
-            out = translate_outbound(self.world, namespace, self.memo, self._shared)
+            # A memo of its own (the worker's may be in use by a push right now), sharing
+            # the last good output of each piece, which locks.
+            memo = Memo(self._memo.last_good)
+            out = translate_outbound(self.world, namespace, memo, self._shared)
             self._outbound[namespace] = out
         return out
-
-    def _local_for(self, node: Node) -> Local:
-        cached = self._locals.get(node.id)
-        if cached is None or cached[0] != node:
-            cached = (node, translate_local(node))
-            self._locals[node.id] = cached
-        return cached[1]
 
     def resolve(self, node_id: str, metadata: Any) -> Snapshot:
         """The snapshot for a node that just connected (its metadata comes from bootstrap)."""
         node = Node.from_metadata(node_id, metadata or {})
-        return assemble(
-            self._outbound_for(node.namespace), self._local_for(node), self.world.revision
-        )
+        cached = self._locals.get(node_id)
+        if cached is None or cached.node != node:
+            cached = self._locals[node_id] = _NodeLocal.of(node)
+        return assemble(self._outbound_for(node.namespace), cached.local, self.world.revision)
 
     async def run(self) -> None:
         """Push forever; cancel to stop."""
@@ -83,60 +194,89 @@ class Pusher:
                 e.id: Node.from_metadata(e.id, e.metadata or {}) for e in self.cache.nodes.values()
             }
             try:
-                world, shared, outbound, snapshots = await asyncio.to_thread(
-                    self._compute, contents, nodes
-                )
-            except Exception:
-                # A bug must not stop every later push: log it, keep the last good config,
-                # and try again on the next change.
+                done = await asyncio.to_thread(self._compute, contents, nodes, dict(self._locals))
+            except Exception as e:
+                # Translation isolates each piece, so this is a bug outside of them (building
+                # the World): keep the last good config, say so, and try again on the next change.
                 log.exception(
-                    "revision %d: translation failed; proxies keep their config", contents.revision
+                    "revision %d: push failed; proxies keep their config", contents.revision
+                )
+                self.errors = PushErrors(
+                    by_resource=self.errors.by_resource,
+                    shared=(f"revision {contents.revision} was not pushed: {e!r}",),
                 )
                 self.processed = contents.revision
                 continue
-            # Publish World and shared parts together, on the loop, so a node connecting
-            # now gets a snapshot that is consistent with its revision.
-            self.world, self._shared, self._outbound = world, shared, outbound
-            for gone in self._locals.keys() - self.cache.nodes.keys():
-                del self._locals[gone]
-            for node_id, snap in snapshots.items():
-                self.cache.set_snapshot(node_id, snap)
+            self._publish(done)
             for node_id, entry in list(self.cache.nodes.items()):
-                if node_id not in snapshots:  # connected while we computed: catch it up
+                if node_id not in done.snapshots:  # connected while we computed: catch it up
                     self.cache.set_snapshot(node_id, self.resolve(node_id, entry.metadata))
-            self.processed = world.revision
+            self.processed = done.world.revision
             await self.cache.notify()
             log.info(
                 "revision %d: pushed to %d proxies in %.1f ms",
-                world.revision,
-                len(snapshots),
+                done.world.revision,
+                len(done.snapshots),
                 (time.perf_counter() - started) * 1000,
             )
 
+    def _publish(self, done: _Computed) -> None:
+        """Swap in what a push computed (on the loop, so a node connecting now gets a
+        snapshot consistent with its revision)."""
+        self.world, self._shared, self._outbound = done.world, done.shared, done.outbound
+        self._locals.update(done.locals)
+        for gone in self._locals.keys() - self.cache.nodes.keys():
+            del self._locals[gone]
+        errors = _collect(done.parse_errors, done.shared, done.outbound, self._locals)
+        for line in set(errors.shared).union(*errors.by_namespace.values()) - set(
+            self.errors.shared
+        ).union(*self.errors.by_namespace.values()):
+            log.error("revision %d: not translated: %s", done.world.revision, line)
+        self.errors = errors
+        for node_id, snap in done.snapshots.items():
+            self.cache.set_snapshot(node_id, snap)
+
     async def _settle(self) -> None:
         """Wait until changes stop arriving for ``quiet`` seconds, at most ``max_delay``."""
-        deadline = time.monotonic() + self.max_delay
+        deadline = time.monotonic() + self.debounce.max_delay
         seen = self.store.contents().revision
         while (left := deadline - time.monotonic()) > 0:
             try:
                 seen = await asyncio.wait_for(
-                    self.store.wait_for_change(seen), timeout=min(self.quiet, left)
+                    self.store.wait_for_change(seen), timeout=min(self.debounce.quiet, left)
                 )
             except TimeoutError:
                 return
 
     def _compute(
-        self, contents: Any, nodes: dict[str, Node]
-    ) -> tuple[World, Shared, dict[str, Outbound], dict[str, Snapshot]]:
-        world = self.builder.build(contents)
-        shared = translate_shared(world, self.memo)
+        self,
+        contents: Contents,
+        nodes: dict[str, Node],
+        known: Mapping[str, _NodeLocal],
+    ) -> _Computed:
+        """The worker's part: reads its arguments, the memo and the builder; returns all it made."""
+        world = self._builder.build(contents)
+        shared = translate_shared(world, self._memo)
         outbound = {
-            ns: translate_outbound(world, ns, self.memo, shared)
+            ns: translate_outbound(world, ns, self._memo, shared)
             for ns in {n.namespace for n in nodes.values()}
         }
+        locals_: dict[str, _NodeLocal] = {}
+        for node_id, node in nodes.items():
+            cached = known.get(node_id)
+            locals_[node_id] = (
+                cached if cached is not None and cached.node == node else _NodeLocal.of(node)
+            )
         snapshots = {
-            node_id: assemble(outbound[node.namespace], self._local_for(node), world.revision)
+            node_id: assemble(outbound[node.namespace], locals_[node_id].local, world.revision)
             for node_id, node in nodes.items()
         }
-        self.memo.rotate()
-        return world, shared, outbound, snapshots
+        self._memo.rotate()
+        return _Computed(
+            world,
+            shared,
+            outbound,
+            locals_,
+            dict(self._builder.errors),
+            snapshots,
+        )

@@ -8,11 +8,22 @@ each (type, subscription) once, and ``synced()`` compares cached versions.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
+from tsunagi.controlplane.push import PushErrors
 from tsunagi.xds.cache import NodeEntry, SnapshotCache
 from tsunagi.xds.protocol import TypeStatus
 from tsunagi.xds.resources import SHORT_NAMES, Snapshot
+
+
+class PushState(Protocol):
+    """What status needs of the push path: how far it got and what it could not translate."""
+
+    @property
+    def processed(self) -> int: ...
+
+    @property
+    def errors(self) -> PushErrors: ...
 
 
 def _expected(snap: Snapshot, st: TypeStatus) -> str:
@@ -29,8 +40,9 @@ def _state(st: TypeStatus, expected: str) -> str:
     return "STALE"
 
 
-def node_status(entry: NodeEntry) -> dict[str, Any]:
-    """One proxy's state per xDS type, as the CLI and dashboard show it."""
+def node_status(entry: NodeEntry, errors: PushErrors | None = None) -> dict[str, Any]:
+    """One proxy's state per xDS type, as the CLI and dashboard show it, with the pieces of
+    config left out of it because they could not be translated."""
     snap = entry.snapshot
     types: dict[str, dict[str, Any]] = {}
     for type_url, st in entry.stream.status().items():
@@ -56,11 +68,16 @@ def node_status(entry: NodeEntry) -> dict[str, Any]:
         "nacked": bool(nacks),
         "message": "; ".join(nacks),
         "types": types,
+        "translation_errors": (
+            errors.for_node(entry.id, str(meta.get("namespace") or "default")) if errors else []
+        ),
     }
 
 
-def proxy_statuses(cache: SnapshotCache) -> list[dict[str, Any]]:
-    return [node_status(e) for _, e in sorted(cache.nodes.items())]
+def proxy_statuses(cache: SnapshotCache, pusher: PushState | None = None) -> list[dict[str, Any]]:
+    """Every connected proxy's :func:`node_status`."""
+    errors = pusher.errors if pusher is not None else None
+    return [node_status(e, errors) for _, e in sorted(cache.nodes.items())]
 
 
 def _nacked(entry: NodeEntry) -> bool:
@@ -88,7 +105,7 @@ class _Cursor:
 
 
 def _settled(
-    cache: SnapshotCache, pusher: Any, revision: int, cursor: _Cursor | None = None
+    cache: SnapshotCache, pusher: PushState, revision: int, cursor: _Cursor | None = None
 ) -> bool:
     """Whether every connected proxy ACKed (or NACKed) config at ``revision`` or later.
 
@@ -110,9 +127,9 @@ def _settled(
     return True
 
 
-async def wait_for_acks(cache: SnapshotCache, pusher: Any, revision: int) -> dict[str, Any]:
+async def wait_for_acks(cache: SnapshotCache, pusher: PushState, revision: int) -> dict[str, Any]:
     """Return once every connected proxy has ACKed (or NACKed) config at ``revision`` or later."""
     cursor = _Cursor()
     async with cache.changed:
         await cache.changed.wait_for(lambda: _settled(cache, pusher, revision, cursor))
-    return {"complete": True, "proxies": proxy_statuses(cache)}
+    return {"complete": True, "proxies": proxy_statuses(cache, pusher)}

@@ -39,6 +39,10 @@ def _wait_up(client: Client, proc: subprocess.Popen[bytes], timeout: float = 20)
         try:
             client.request("GET", "/healthz", timeout=1)
             return
+        except Rejected:
+            # It answers. On a first start the client was made before `tsunagi up` wrote
+            # its token (so: 401); the caller makes a new client, which reads it.
+            return
         except Unreachable:
             time.sleep(0.1)
     raise RuntimeError("the control plane did not come up")

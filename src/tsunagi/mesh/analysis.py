@@ -4,21 +4,17 @@ even though each resource is valid on its own."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
-from tsunagi.api import Resource, fqdn
-from tsunagi.mesh.world import World
+from tsunagi.api import DestinationRuleSpec, Resource, VirtualServiceSpec, fqdn
+from tsunagi.mesh.world import World, of_spec
 
 
 def undefined_subsets(world: World, resources: Iterable[Resource]) -> list[str]:
     """Warnings for routes in ``resources`` that name a subset no DestinationRule defines."""
     warnings = []
-    for vs in resources:
-        if vs.kind != "VirtualService":
-            continue
-        spec: Any = vs.spec
-        for i, http in enumerate(spec.http or ()):
-            for j, dest in enumerate(http.route or ()):
+    for vs in of_spec(resources, VirtualServiceSpec):
+        for i, http in enumerate(vs.spec.http):
+            for j, dest in enumerate(http.route):
                 subset = dest.destination.subset
                 if not subset:
                     continue
@@ -61,16 +57,16 @@ def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
     nobody believes a rule is in force when it is not."""
     out = []
     for r in resources:
-        spec: Any = r.spec
+        spec = r.spec
         where = f"{r.kind} {r.namespace}/{r.name}"
         if r.kind in _PENDING_KINDS:
             out.append(f"{where}: stored and validated; {r.kind} is not enforced yet")
-        elif r.kind == "VirtualService":
-            for i, http in enumerate(spec.http or ()):
+        elif isinstance(spec, VirtualServiceSpec):
+            for i, http in enumerate(spec.http):
                 for attr, name in _PENDING_HTTP.items():
                     if getattr(http, attr, None):
                         out.append(f"{where}: spec.http[{i}].{name} is not applied yet")
-                for j, m in enumerate(http.match or ()):
+                for j, m in enumerate(http.match):
                     if m.source_labels:
                         out.append(
                             f"{where}: spec.http[{i}].match[{j}].sourceLabels is not "
@@ -79,9 +75,9 @@ def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
             for field in ("tcp", "tls"):
                 if getattr(spec, field, None):
                     out.append(f"{where}: spec.{field} routes are not applied yet")
-        elif r.kind == "DestinationRule" and (
+        elif isinstance(spec, DestinationRuleSpec) and (
             spec.traffic_policy is not None
-            or any(s.traffic_policy is not None for s in spec.subsets or ())
+            or any(s.traffic_policy is not None for s in spec.subsets)
         ):
             out.append(f"{where}: trafficPolicy is not applied yet (subsets are)")
     return out

@@ -13,10 +13,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from tsunagi.api import Resource, fqdn
+from pydantic import BaseModel
+
+from tsunagi import proxy_contract as pc
+from tsunagi.api import (
+    DestinationRuleSpec,
+    Resource,
+    ResourceOf,
+    ServiceEntrySpec,
+    VirtualServiceSpec,
+    fqdn,
+)
 from tsunagi.registry.instances import Instance
+
+S = TypeVar("S", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -41,10 +53,6 @@ class Service:
     """``DNS`` or ``DNS_ROUND_ROBIN`` for ServiceEntries whose addresses are names that Envoy
     resolves itself; empty when the control plane knows the endpoint addresses."""
 
-    @property
-    def short_name(self) -> str:
-        return self.hostname.split(".", 1)[0]
-
 
 @dataclass(frozen=True)
 class Node:
@@ -54,31 +62,39 @@ class Node:
     namespace: str = "default"
     service: str = ""
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    outbound_port: int = 15001
+    outbound_port: int = pc.DEFAULT_OUTBOUND_PORT
     inbound: Mapping[int, tuple[int, int]] = field(default_factory=lambda: MappingProxyType({}))
     """service port → (inbound listener port, app port)."""
-    kind: str = "sidecar"
+    kind: str = pc.DEFAULT_KIND
 
     @classmethod
     def from_metadata(cls, node_id: str, meta: Mapping[str, Any]) -> Node:
+        """The node as its agent described it in the bootstrap (``tsunagi.proxy_contract``)."""
         inbound = {
-            int(p): (int(v["listen"]), int(v["app"]))
-            for p, v in (meta.get("inbound") or {}).items()
+            int(p): (int(v[pc.META_INBOUND_LISTEN]), int(v[pc.META_INBOUND_APP]))
+            for p, v in (meta.get(pc.META_INBOUND) or {}).items()
         }
         return cls(
             id=node_id,
-            namespace=str(meta.get("namespace") or "default"),
-            service=str(meta.get("service") or ""),
+            namespace=str(meta.get(pc.META_NAMESPACE) or "default"),
+            service=str(meta.get(pc.META_SERVICE) or ""),
             labels=MappingProxyType(
-                {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+                {str(k): str(v) for k, v in (meta.get(pc.META_LABELS) or {}).items()}
             ),
-            outbound_port=int(meta.get("outbound_port") or 15001),
+            outbound_port=int(meta.get(pc.META_OUTBOUND_PORT) or pc.DEFAULT_OUTBOUND_PORT),
             inbound=MappingProxyType(inbound),
-            kind=str(meta.get("kind") or "sidecar"),
+            kind=str(meta.get(pc.META_KIND) or pc.DEFAULT_KIND),
         )
 
 
-def _by_age(resources: Iterable[Resource]) -> list[Resource]:
+def of_spec(resources: Iterable[Resource], model: type[S]) -> list[ResourceOf[S]]:
+    """The resources whose spec is a ``model``, typed as such (in their given order)."""
+    # Annotated so that mypy checks that Resource fits the protocol.
+    matching: list[ResourceOf[BaseModel]] = [r for r in resources if type(r.spec) is model]
+    return cast("list[ResourceOf[S]]", matching)  # sound: each spec's type was just checked
+
+
+def _by_age(resources: list[ResourceOf[S]]) -> list[ResourceOf[S]]:
     return sorted(resources, key=lambda r: (r.namespace, r.name))
 
 
@@ -89,8 +105,12 @@ class World:
     revision: int
     services: Mapping[str, Service]
     endpoints: Mapping[tuple[str, int], tuple[Endpoint, ...]]
-    virtual_services: Mapping[str, tuple[Resource, ...]]
-    destination_rules: Mapping[str, Resource]
+    virtual_services: Mapping[str, tuple[ResourceOf[VirtualServiceSpec], ...]]
+    """host → the VirtualServices naming it, in (namespace, name) order."""
+    destination_rules: Mapping[str, ResourceOf[DestinationRuleSpec]]
+    """host → the DestinationRule that applies to it."""
+    service_entries: Mapping[str, tuple[ResourceOf[ServiceEntrySpec], ...]]
+    """host → the ServiceEntries that declare it, in the order given."""
     resources: tuple[Resource, ...]
 
     @classmethod
@@ -109,39 +129,42 @@ class World:
                 Endpoint(inst.address, inst.target_port, inst.labels, inst.locality, inst.healthy)
             )
         resolutions: dict[str, str] = {}
-        for se in (r for r in resources if r.kind == "ServiceEntry"):
-            spec: Any = se.spec
+        se_index: dict[str, list[ResourceOf[ServiceEntrySpec]]] = {}
+        for se in of_spec(resources, ServiceEntrySpec):
+            spec = se.spec
             dns = spec.resolution in ("DNS", "DNS_ROUND_ROBIN")
             for h in spec.hosts:
                 host = fqdn(h, se.namespace)
+                declared = se_index.setdefault(host, [])
+                if not declared or declared[-1] is not se:  # a host may be listed twice
+                    declared.append(se)
                 namespaces.setdefault(host, se.namespace)
                 if dns:
                     resolutions[host] = spec.resolution
-                for p in spec.ports or ():
+                for p in spec.ports:
                     ports.setdefault(host, set()).add(p.number)
                     if dns and not spec.endpoints and "*" not in host:
                         # No endpoints: Envoy resolves the host name itself.
                         endpoints.setdefault((host, p.number), []).append(
                             Endpoint(host, p.target_port or p.number, {})
                         )
-                    for ep in spec.endpoints or ():
-                        target = (ep.ports or {}).get(p.name) or p.target_port or p.number
+                    for ep in spec.endpoints:
+                        named = ep.ports.get(p.name) if p.name is not None else None
+                        target = named or p.target_port or p.number
                         endpoints.setdefault((host, p.number), []).append(
-                            Endpoint(
-                                ep.address, int(target), dict(ep.labels or {}), ep.locality or ""
-                            )
+                            Endpoint(ep.address, target, dict(ep.labels), ep.locality or "")
                         )
         services = {
             h: Service(h, namespaces[h], tuple(sorted(ps)), resolutions.get(h, ""))
             for h, ps in sorted(ports.items())
         }
-        vs_index: dict[str, list[Resource]] = {}
-        for vs in _by_age(r for r in resources if r.kind == "VirtualService"):
-            for h in vs.spec.hosts:  # type: ignore[attr-defined]
+        vs_index: dict[str, list[ResourceOf[VirtualServiceSpec]]] = {}
+        for vs in _by_age(of_spec(resources, VirtualServiceSpec)):
+            for h in vs.spec.hosts:
                 vs_index.setdefault(fqdn(h, vs.namespace), []).append(vs)
-        dr_index: dict[str, Resource] = {}
-        for dr in _by_age(r for r in resources if r.kind == "DestinationRule"):
-            host = fqdn(dr.spec.host, dr.namespace)  # type: ignore[attr-defined]
+        dr_index: dict[str, ResourceOf[DestinationRuleSpec]] = {}
+        for dr in _by_age(of_spec(resources, DestinationRuleSpec)):
+            host = fqdn(dr.spec.host, dr.namespace)
             current = dr_index.get(host)
             # Istio looks in the service's own namespace before others: a rule there wins
             # over one elsewhere that names the same host.
@@ -153,6 +176,7 @@ class World:
             endpoints=MappingProxyType({k: tuple(v) for k, v in endpoints.items()}),
             virtual_services=MappingProxyType({k: tuple(v) for k, v in vs_index.items()}),
             destination_rules=MappingProxyType(dr_index),
+            service_entries=MappingProxyType({k: tuple(v) for k, v in se_index.items()}),
             resources=resources,
         )
 
@@ -161,9 +185,9 @@ class World:
         dr = self.destination_rules.get(host)
         if dr is None:
             return None
-        for s in dr.spec.subsets or ():  # type: ignore[attr-defined]
+        for s in dr.spec.subsets:
             if s.name == subset:
-                return dict(s.labels or {})
+                return dict(s.labels)
         return None
 
     def subset_definitions(self, host: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
@@ -171,10 +195,7 @@ class World:
         dr = self.destination_rules.get(host)
         if dr is None:
             return ()
-        return tuple(
-            (s.name, tuple(sorted((s.labels or {}).items())))
-            for s in dr.spec.subsets or ()  # type: ignore[attr-defined]
-        )
+        return tuple((s.name, tuple(sorted(s.labels.items()))) for s in dr.spec.subsets)
 
     @cached_property
     def routing_fingerprint(self) -> str:
@@ -187,9 +208,3 @@ class World:
             if r.kind in ("VirtualService", "DestinationRule", "ServiceEntry", "Gateway"):
                 h.update(json.dumps([r.key, r.document], sort_keys=True, default=str).encode())
         return h.hexdigest()
-
-    def subsets(self, host: str) -> list[str]:
-        dr = self.destination_rules.get(host)
-        if dr is None:
-            return []
-        return [s.name for s in dr.spec.subsets or ()]  # type: ignore[attr-defined]

@@ -9,14 +9,35 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from tsunagi.xds.protocol import TypeStatus
 from tsunagi.xds.resources import Snapshot
 
 Resolver = Callable[[str, Any], Snapshot]
 """Makes the snapshot for a newly connected node from its id and metadata."""
+
+
+class ProxyStream(Protocol):
+    """What the cache and the proxy status pages use of a connected stream.
+
+    Both :class:`~tsunagi.xds.protocol.SotwStream` and
+    :class:`~tsunagi.xds.protocol.DeltaStream` are one; the cache sees nothing else of them.
+    """
+
+    def set_snapshot(self, snapshot: Snapshot) -> None:
+        """Make ``snapshot`` the node's desired config (latest wins)."""
+        ...
+
+    def status(self) -> Mapping[str, TypeStatus]:
+        """Per-type protocol state, keyed by type URL."""
+        ...
+
+    def synced(self, snapshot: Snapshot | None = None) -> bool:
+        """Whether the proxy has ACKed exactly ``snapshot`` (default: the current one)."""
+        ...
 
 
 @dataclass
@@ -26,7 +47,7 @@ class NodeEntry:
     id: str
     metadata: Any
     snapshot: Snapshot
-    stream: Any
+    stream: ProxyStream
     connected_at: float = field(default_factory=time.time)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     nacks: list[tuple[str, str]] = field(default_factory=list)
@@ -40,7 +61,8 @@ class SnapshotCache:
         self.resolver: Resolver | None = None
         self.changed = asyncio.Condition()
 
-    def connect(self, node_id: str, metadata: Any, stream: Any) -> NodeEntry:
+    def connect(self, node_id: str, metadata: Any, stream: ProxyStream) -> NodeEntry:
+        """Register a newly connected node and give its stream the resolver's snapshot."""
         if self.resolver is None:
             raise RuntimeError("no resolver: the control plane has not started pushing yet")
         entry = NodeEntry(node_id, metadata, self.resolver(node_id, metadata), stream)
@@ -49,11 +71,13 @@ class SnapshotCache:
         return entry
 
     def disconnect(self, entry: NodeEntry) -> None:
+        """Forget ``entry`` (its stream ended)."""
         # A reconnecting Envoy may already have replaced this entry; leave the new one.
         if self.nodes.get(entry.id) is entry:
             del self.nodes[entry.id]
 
     def set_snapshot(self, node_id: str, snapshot: Snapshot) -> None:
+        """Make ``snapshot`` the node's desired config and wake its stream's writer."""
         entry = self.nodes.get(node_id)
         if entry is None:
             return
@@ -62,5 +86,6 @@ class SnapshotCache:
         entry.wake.set()
 
     async def notify(self) -> None:
+        """Wake everyone waiting on :attr:`changed` (an ACK, NACK or disconnect happened)."""
         async with self.changed:
             self.changed.notify_all()

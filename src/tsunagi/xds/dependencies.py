@@ -24,7 +24,15 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
-from tsunagi.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
+from tsunagi.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SHORT_NAMES,
+    Resource,
+    Snapshot,
+)
 
 # Parent type -> the type whose names its resources reference.
 DEPENDENT_TYPE = MappingProxyType({CLUSTER: ENDPOINT, LISTENER: ROUTE})
@@ -122,3 +130,27 @@ class DependencyCache:
         for r in resources:
             out |= self.references(type_url, r)
         return frozenset(out)
+
+
+def inconsistencies(snapshot: Snapshot, deps: DependencyCache | None = None) -> list[str]:
+    """What ``snapshot`` references but lacks; empty when it is consistent.
+
+    Every ClusterLoadAssignment an EDS cluster loads over ADS, and every RouteConfiguration a
+    listener loads over RDS, must be in the snapshot: Envoy keeps such a cluster (listener)
+    warming until it gets them, so its CDS (LDS) ACK would wait for a resource that never
+    comes. Resources nothing references are allowed (Envoy never asks for them).
+
+    This decodes every cluster and listener not yet in ``deps``, so it is for tests and
+    diagnostics, not for every push.
+    """
+    deps = deps if deps is not None else DependencyCache()
+    problems: list[str] = []
+    for parent, child in DEPENDENT_TYPE.items():
+        present = snapshot.of(child)
+        for name, res in sorted(snapshot.of(parent).items()):
+            for ref in sorted(deps.references(parent, res) - present.keys()):
+                problems.append(
+                    f"{SHORT_NAMES[parent]} {name!r} needs {SHORT_NAMES[child]} {ref!r}, "
+                    "which the snapshot lacks"
+                )
+    return problems

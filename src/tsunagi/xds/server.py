@@ -1,7 +1,8 @@
 """A thin grpc.aio adapter around the sans-I/O ADS streams (SotW and delta).
 
 All protocol decisions live in :mod:`tsunagi.xds.protocol`; this module only moves messages
-between gRPC and that state machine, and tells the cache when something was ACKed.
+between gRPC and that state machine, tells the cache when something was ACKed, and keeps
+one client from taking the server for itself (stream limits, gRPC transport limits).
 """
 
 from __future__ import annotations
@@ -16,22 +17,100 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf import json_format
 
-from tsunagi.xds.cache import NodeEntry, SnapshotCache
+from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.dependencies import DependencyCache
 from tsunagi.xds.protocol import DeltaStream, Nack, SotwStream
 
 log = logging.getLogger("tsunagi.xds")
 _stream_ids = itertools.count(1)
 
+MAX_STREAMS_PER_PEER = 64
+"""Default cap on simultaneous ADS streams over one client connection. An Envoy opens one;
+64 leaves room for test clients and simulators that multiplex many proxies per connection."""
+
+MAX_STREAMS = 10_000
+"""Default cap on simultaneous ADS streams of the whole server (ten times the scale
+benchmark's fleet); each costs a task pair and per-type state."""
+
+FIRST_REQUEST_TIMEOUT = 30.0
+"""Seconds a new stream may stay silent before its first request. Envoy sends it at once; a
+stream that never does would hold its place under the limits forever."""
+
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+"""Largest request accepted. A delta reconnect lists every resource Envoy holds with its
+version (a gateway with tens of thousands of endpoints sends a few MB); more is not Envoy."""
+
+_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+class StreamLimits:
+    """Counts open streams per peer and in total, and refuses those past either cap.
+
+    A peer is what ``context.peer()`` says: address *and port*, i.e. one client connection.
+    Counting per IP address instead would put every sidecar of the local mesh (all on
+    127.0.0.1) under one cap.
+    """
+
+    def __init__(self, per_peer: int = MAX_STREAMS_PER_PEER, total: int = MAX_STREAMS) -> None:
+        if per_peer < 1 or total < 1:
+            raise ValueError("stream limits must be at least 1")
+        self.per_peer = per_peer
+        self.total = total
+        self._open: dict[str, int] = {}
+        self._total = 0
+
+    def admit(self, peer: str) -> str | None:
+        """Count a new stream from ``peer``; or, when a cap is reached, say which (and
+        count nothing)."""
+        n = self._open.get(peer, 0)
+        if n >= self.per_peer:
+            return (
+                f"xDS stream limit reached: {peer} already has {n} streams open, the most one "
+                f"client connection may have (max_streams_per_peer={self.per_peer}); close "
+                "some, open another connection, or raise max_streams_per_peer in "
+                "tsunagi.xds.server.start_server"
+            )
+        if self._total >= self.total:
+            return (
+                f"xDS stream limit reached: this control plane already serves {self._total} "
+                f"streams, its maximum (max_streams={self.total}); add a control-plane "
+                "replica or raise max_streams in tsunagi.xds.server.start_server"
+            )
+        self._open[peer] = n + 1
+        self._total += 1
+        return None
+
+    def release(self, peer: str) -> None:
+        """A stream that :meth:`admit` counted has ended."""
+        n = self._open[peer] - 1
+        if n:
+            self._open[peer] = n
+        else:
+            del self._open[peer]
+        self._total -= 1
+
+    def open_streams(self, peer: str | None = None) -> int:
+        """Streams open from ``peer``, or in total."""
+        return self._total if peer is None else self._open.get(peer, 0)
+
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """Serves ADS to Envoy; one task reads, one loop writes, per stream."""
 
-    def __init__(self, cache: SnapshotCache) -> None:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        limits: StreamLimits | None = None,
+        first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
+    ) -> None:
         self.cache = cache
+        self.limits = limits if limits is not None else StreamLimits()
+        self.first_request_timeout = first_request_timeout
         # One cache of "which EDS/RDS names does this resource reference" for every stream:
         # every sidecar gets the same clusters, so each is decoded once, not once per stream.
         self.deps = DependencyCache()
+        # Peers refused since a stream last ended: logged once, not once per attempt.
+        self._refused: set[str] = set()
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
@@ -57,9 +136,40 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         requests: AsyncIterator[Any],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        entry: NodeEntry | None = None
-        wake = asyncio.Event()
-        first = await anext(requests, None)
+        peer: str = context.peer()
+        refusal = self.limits.admit(peer)
+        if refusal is not None:
+            # Logged once per peer (or once for the whole server when a peer without streams
+            # hits the total cap) until a stream ends: a flood must not flood the log, and
+            # the set holds only peers that have streams, plus "".
+            key = peer if self.limits.open_streams(peer) else ""
+            if key not in self._refused:
+                self._refused.add(key)
+                log.warning("%s", refusal)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+            return
+        try:
+            await self._run(stream, requests, context)
+        finally:
+            self.limits.release(peer)
+            self._refused.discard(peer)
+            self._refused.discard("")
+
+    async def _run(
+        self,
+        stream: SotwStream | DeltaStream,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        try:
+            async with asyncio.timeout(self.first_request_timeout):
+                first = await anext(requests, None)
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no request within {self.first_request_timeout:g} s of opening the stream",
+            )
+            return
         if first is None:
             return
         stream.receive(first)
@@ -108,16 +218,42 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             log.info("proxy %s disconnected", node.id)
 
 
-async def start_server(cache: SnapshotCache, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """Start serving ADS on ``host:port`` (0 picks a free port); return the server and port."""
+async def start_server(
+    cache: SnapshotCache,
+    host: str,
+    port: int,
+    *,
+    max_streams_per_peer: int = MAX_STREAMS_PER_PEER,
+    max_streams: int = MAX_STREAMS,
+    first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
+) -> tuple[grpc.aio.Server, int]:
+    """Start serving ADS on ``host:port`` (0 picks a free port); return the server and port.
+
+    Streams past ``max_streams_per_peer`` on one client connection, or past ``max_streams``
+    in total, are refused with ``RESOURCE_EXHAUSTED`` naming the limit; a stream that sends
+    nothing for ``first_request_timeout`` seconds is closed with ``DEADLINE_EXCEEDED``.
+    """
+    limits = StreamLimits(max_streams_per_peer, max_streams)
     server = grpc.aio.server(
         options=[
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", _MAX_RESPONSE_BYTES),
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+            # A backstop against floods, far above the per-peer cap: a client that opens a
+            # few hundred streams too many gets the handler's clear RESOURCE_EXHAUSTED; only
+            # one opening thousands at once is refused by the transport (REFUSED_STREAM).
+            ("grpc.max_concurrent_streams", 16 * max_streams_per_peer),
+            # Ping every 30 s and drop a connection whose peer does not answer within 10 s:
+            # a vanished client does not keep its streams (and their places) for hours.
             ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.max_pings_without_data", 0),
+            # A connection with no stream for 5 minutes serves nobody; Envoy always has one.
+            ("grpc.max_connection_idle_ms", 300_000),
         ]
     )
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AdsServicer(cache), server)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+        AdsServicer(cache, limits, first_request_timeout), server
+    )
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return server, bound

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from tsunagi.xds import resources as rs
 from tsunagi.xds.resources import Resource, Snapshot
 from tsunagi.xds.translate.clusters import dns_cluster, inbound_clusters, service_clusters
 from tsunagi.xds.translate.endpoints import Subsets, service_load_assignments
+from tsunagi.xds.translate.isolation import LastGood, ResourceKey, TranslationError, isolated
 from tsunagi.xds.translate.listeners import inbound_listeners, outbound_listener
 from tsunagi.xds.translate.protos import (
     Cluster,
@@ -38,6 +40,7 @@ __all__ = [
     "Memo",
     "Outbound",
     "Shared",
+    "TranslationError",
     "assemble",
     "translate",
     "translate_local",
@@ -52,9 +55,13 @@ class Memo:
     """Results by input key, kept for one generation: what the last push did not use is
     dropped at the next :meth:`rotate`, so the memo never outgrows the mesh."""
 
-    def __init__(self) -> None:
+    def __init__(self, last_good: LastGood | None = None) -> None:
         self._live: dict[Hashable, Any] = {}
         self._next: dict[Hashable, Any] = {}
+        self.last_good = last_good if last_good is not None else LastGood()
+        """Each piece's last successful output, for when translating it fails (see
+        :mod:`.isolation`); unlike memoized results, kept while its owner exists. A memo is
+        used by one thread at a time; its ``last_good`` may be shared (it locks)."""
 
     def get(self, key: Hashable, make: Callable[..., T], *args: Any) -> T:
         """The value for ``key``, made by ``make(*args)`` only when not remembered."""
@@ -96,6 +103,8 @@ class Shared:
 
     clusters: Mapping[str, Resource]
     endpoints: Mapping[str, Resource]
+    errors: tuple[TranslationError, ...] = ()
+    """Services whose clusters or endpoints could not be translated."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,9 @@ class Outbound:
     clusters: Mapping[str, Resource]
     endpoints: Mapping[str, Resource]
     routes: Mapping[str, Resource]
+    errors: tuple[TranslationError, ...] = ()
+    """Routes that could not be translated for this namespace (the shared parts' failures
+    are in :attr:`Shared.errors`)."""
 
 
 @dataclass(frozen=True)
@@ -146,28 +158,62 @@ def _assignments_of(
     return _pack_all(ClusterLoadAssignment, docs, "cluster_name")
 
 
+def _service_parts(world: World, svc: Service, memo: Memo) -> tuple[list[Resource], list[Resource]]:
+    """One service's clusters and endpoint assignments (memoized by their inputs)."""
+    subsets = world.subset_definitions(svc.hostname)
+    clusters: list[Resource] = []
+    endpoints: list[Resource] = []
+    if svc.resolution:
+        for port in svc.ports:
+            eps = world.endpoints.get((svc.hostname, port), ())
+            dns_key = ("dns", svc, port, subsets, _endpoint_key(eps))
+            clusters += memo.get(dns_key, _dns_clusters_of, svc, port, eps, subsets)
+        return clusters, endpoints
+    names = tuple(s[0] for s in subsets)
+    clusters += memo.get(("cds", svc, names), _clusters_of, svc, names)
+    for port in svc.ports:
+        eps = world.endpoints.get((svc.hostname, port), ())
+        key = ("eds", svc.hostname, port, subsets, _endpoint_key(eps))
+        endpoints += memo.get(key, _assignments_of, svc.hostname, port, eps, subsets)
+    return clusters, endpoints
+
+
+def _blame_service(world: World, host: str) -> tuple[ResourceKey, ...]:
+    """The applied resources a service's clusters come from: its DestinationRule and the
+    ServiceEntries that declare it."""
+    keys = [se.key for se in world.service_entries.get(host, ())]
+    dr = world.destination_rules.get(host)
+    return (*([dr.key] if dr is not None else []), *keys)
+
+
 def translate_shared(world: World, memo: Memo | None = None) -> Shared:
-    """Every service's clusters and endpoints; unchanged services come from ``memo``."""
+    """Every service's clusters and endpoints; unchanged services come from ``memo``.
+
+    Each service is translated on its own: one that fails keeps its last good clusters and
+    endpoints (or has none) and is reported in :attr:`Shared.errors`.
+    """
     memo = memo or Memo()
     clusters: dict[str, Resource] = {}
     endpoints: dict[str, Resource] = {}
+    errors: list[TranslationError] = []
+    empty: tuple[list[Resource], list[Resource]] = ([], [])
     for svc in world.services.values():
-        subsets = world.subset_definitions(svc.hostname)
-        names = tuple(s[0] for s in subsets)
-        if svc.resolution:
-            for port in svc.ports:
-                eps = world.endpoints.get((svc.hostname, port), ())
-                dns_key = ("dns", svc, port, subsets, _endpoint_key(eps))
-                for c in memo.get(dns_key, _dns_clusters_of, svc, port, eps, subsets):
-                    clusters[c.name] = c
-            continue
-        for c in memo.get(("cds", svc, names), _clusters_of, svc, names):
+        host = svc.hostname
+        svc_clusters, svc_endpoints = isolated(
+            errors,
+            memo.last_good,
+            ("service", host),
+            host,
+            partial(_blame_service, world, host),
+            partial("clusters and endpoints of {}".format, host),
+            partial(_service_parts, world, svc, memo),
+            empty,
+        )
+        for c in svc_clusters:
             clusters[c.name] = c
-        for port in svc.ports:
-            eps = world.endpoints.get((svc.hostname, port), ())
-            key = ("eds", svc.hostname, port, subsets, _endpoint_key(eps))
-            for cla in memo.get(key, _assignments_of, svc.hostname, port, eps, subsets):
-                endpoints[cla.name] = cla
+        for cla in svc_endpoints:
+            endpoints[cla.name] = cla
+    memo.last_good.retain({*world.services, *(r.key for r in world.resources)})
     # Fold each cluster's version into its endpoints' version: when a cluster changes, Envoy
     # needs its endpoints again to finish warming it, and an unchanged version would never be
     # re-sent.
@@ -177,7 +223,7 @@ def translate_shared(world: World, memo: Memo | None = None) -> Shared:
         else Resource(cla.name, cla.body, f"{cla.version}.{clusters[name].version}")
         for name, cla in endpoints.items()
     }
-    return Shared(MappingProxyType(clusters), MappingProxyType(folded))
+    return Shared(MappingProxyType(clusters), MappingProxyType(folded), tuple(errors))
 
 
 def translate_outbound(
@@ -187,12 +233,18 @@ def translate_outbound(
     memo = memo or Memo()
     shared = shared or translate_shared(world, memo)
 
-    def routes() -> Resource:
-        rc = outbound_route_configuration(world, namespace)
-        return Resource.pack(rc["name"], build(RouteConfiguration, rc))
+    def routes() -> tuple[Resource, tuple[TranslationError, ...]]:
+        errors: list[TranslationError] = []
+        rc = outbound_route_configuration(world, namespace, errors, memo.last_good)
+        return Resource.pack(rc["name"], build(RouteConfiguration, rc)), tuple(errors)
 
-    route = memo.get(("rds", namespace, world.routing_fingerprint), routes)
-    return Outbound(shared.clusters, shared.endpoints, MappingProxyType({route.name: route}))
+    route, errors = memo.get(("rds", namespace, world.routing_fingerprint), routes)
+    return Outbound(
+        shared.clusters,
+        shared.endpoints,
+        MappingProxyType({route.name: route}),
+        errors,
+    )
 
 
 def translate_local(node: Node) -> Local:

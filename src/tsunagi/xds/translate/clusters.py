@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tsunagi.mesh import Node, Service, World
+from tsunagi.mesh import Node, Service
 from tsunagi.xds.translate.names import inbound_cluster, outbound_cluster
 
 MAX = 4294967295
@@ -64,14 +64,6 @@ def service_clusters(svc: Service, subsets: Sequence[str]) -> list[dict[str, Any
         out.append(eds_cluster(outbound_cluster(svc.hostname, port)))
         for subset in subsets:
             out.append(eds_cluster(outbound_cluster(svc.hostname, port, subset)))
-    return out
-
-
-def outbound_clusters(world: World) -> list[dict[str, Any]]:
-    """Every service port, and every subset a DestinationRule defines for it."""
-    out = []
-    for svc in world.services.values():
-        out += service_clusters(svc, world.subsets(svc.hostname))
     return out
 
 

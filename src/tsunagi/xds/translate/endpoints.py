@@ -5,13 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tsunagi.mesh import Endpoint, World
+from tsunagi.mesh import Endpoint
+from tsunagi.proxy_contract import locality_fields
 from tsunagi.xds.translate.names import outbound_cluster
-
-
-def _locality(locality: str) -> dict[str, str]:
-    keys = ("region", "zone", "sub_zone")
-    return {k: v for k, v in zip(keys, locality.split("/"), strict=False) if v}
 
 
 def _matches(ep: Endpoint, labels: Mapping[str, str]) -> bool:
@@ -27,7 +23,7 @@ def load_assignment(name: str, endpoints: list[Endpoint]) -> dict[str, Any]:
         "cluster_name": name,
         "endpoints": [
             {
-                "locality": _locality(loc),
+                "locality": locality_fields(loc),
                 "lb_endpoints": [
                     {
                         "endpoint": {
@@ -56,15 +52,4 @@ def service_load_assignments(
     for subset, labels in subsets:
         chosen = [ep for ep in endpoints if _matches(ep, dict(labels))]
         out.append(load_assignment(outbound_cluster(host, port, subset), chosen))
-    return out
-
-
-def outbound_load_assignments(world: World) -> list[dict[str, Any]]:
-    """One assignment per cluster made by :func:`clusters.outbound_clusters`."""
-    out = []
-    for svc in world.services.values():
-        subsets = world.subset_definitions(svc.hostname)
-        for port in svc.ports:
-            eps = world.endpoints.get((svc.hostname, port), ())
-            out += service_load_assignments(svc.hostname, port, eps, subsets)
     return out

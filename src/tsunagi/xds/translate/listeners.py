@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tsunagi.mesh import Node
+from tsunagi.proxy_contract import inbound_stat_prefix
 from tsunagi.xds.translate.names import (
     OUTBOUND_LISTENER,
     OUTBOUND_ROUTE,
@@ -69,6 +70,6 @@ def inbound_listeners(node: Node) -> list[dict[str, Any]]:
                 }
             ],
         }
-        hcm = _hcm(f"inbound_{port}", {"route_config": route_config})
+        hcm = _hcm(inbound_stat_prefix(port), {"route_config": route_config})
         out.append(_listener(inbound_listener(port), listen, hcm))
     return out

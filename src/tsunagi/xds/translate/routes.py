@@ -3,10 +3,22 @@ VirtualService host, routes in rule order with first-match-wins."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from tsunagi.api import Resource, fqdn
+from tsunagi.api import (
+    Destination,
+    HTTPMatchRequest,
+    HTTPRetry,
+    HTTPRoute,
+    ResourceOf,
+    StringMatch,
+    VirtualServiceSpec,
+    format_duration,
+    fqdn,
+)
 from tsunagi.mesh import World
+from tsunagi.xds.translate.isolation import LastGood, TranslationError, isolated
 from tsunagi.xds.translate.names import (
     OUTBOUND_ROUTE,
     outbound_cluster,
@@ -20,11 +32,7 @@ DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriab
 DEFAULT_RETRIES = 2
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
-
-
-def retry_policy(retries: Any | None) -> dict[str, Any] | None:
+def retry_policy(retries: HTTPRetry | None) -> dict[str, Any] | None:
     """Istio's default policy unless the route sets ``retries`` (attempts 0 disables it)."""
     attempts = DEFAULT_RETRIES if retries is None else retries.attempts
     if not attempts:
@@ -50,11 +58,11 @@ def retry_policy(retries: Any | None) -> dict[str, Any] | None:
             policy["retry_on"] = ",".join(kinds)
             policy["retriable_status_codes"] = codes
         if retries.per_try_timeout is not None:
-            policy["per_try_timeout"] = _duration(retries.per_try_timeout)
+            policy["per_try_timeout"] = format_duration(retries.per_try_timeout)
     return policy
 
 
-def _string_match(m: Any, ignore_case: bool = False) -> dict[str, Any]:
+def _string_match(m: StringMatch, ignore_case: bool = False) -> dict[str, Any]:
     out: dict[str, Any]
     if m.exact is not None:
         out = {"exact": m.exact}
@@ -67,7 +75,7 @@ def _string_match(m: Any, ignore_case: bool = False) -> dict[str, Any]:
     return out
 
 
-def _header(name: str, m: Any | None, invert: bool = False) -> dict[str, Any]:
+def _header(name: str, m: StringMatch | None, invert: bool = False) -> dict[str, Any]:
     h: dict[str, Any] = {"name": name}
     if m is None or (m.exact is None and m.prefix is None and m.regex is None):
         h["present_match"] = True
@@ -78,7 +86,7 @@ def _header(name: str, m: Any | None, invert: bool = False) -> dict[str, Any]:
     return h
 
 
-def route_match(match: Any | None) -> dict[str, Any]:
+def route_match(match: HTTPMatchRequest | None) -> dict[str, Any]:
     """An Envoy RouteMatch for one Istio HTTPMatchRequest (``None`` matches everything)."""
     if match is None:
         return {"prefix": "/"}
@@ -97,13 +105,13 @@ def route_match(match: Any | None) -> dict[str, Any]:
         headers.append(_header(name, m))
     for name, m in (match.without_headers or {}).items():
         headers.append(_header(name, m, invert=True))
-    for pseudo, m in (
+    for pseudo, pm in (
         (":method", match.method),
         (":authority", match.authority),
         (":scheme", match.scheme),
     ):
-        if m is not None:
-            headers.append(_header(pseudo, m))
+        if pm is not None:
+            headers.append(_header(pseudo, pm))
     if headers:
         out["headers"] = headers
     params = []
@@ -117,7 +125,7 @@ def route_match(match: Any | None) -> dict[str, Any]:
     return out
 
 
-def is_catch_all(match: Any | None) -> bool:
+def is_catch_all(match: HTTPMatchRequest | None) -> bool:
     """True when a match accepts every request, so later routes could never be reached."""
     if match is None:
         return True
@@ -144,7 +152,9 @@ class RouteBuilder:
         self.world = world
         self.namespace = namespace
 
-    def destination_cluster(self, dest: Any, rule_ns: str, vhost_host: str, port: int) -> str:
+    def destination_cluster(
+        self, dest: Destination, rule_ns: str, vhost_host: str, port: int
+    ) -> str:
         host = fqdn(dest.host, rule_ns)
         svc = self.world.services.get(host)
         if dest.port is not None and dest.port.number:
@@ -157,7 +167,7 @@ class RouteBuilder:
             dport = port
         return outbound_cluster(host, dport, dest.subset or "")
 
-    def action(self, http: Any, rule_ns: str, host: str, port: int) -> dict[str, Any]:
+    def action(self, http: HTTPRoute, rule_ns: str, host: str, port: int) -> dict[str, Any]:
         """The part of a route after its match: redirect, direct response or forward."""
         if http.redirect is not None:
             r = http.redirect
@@ -202,17 +212,18 @@ class RouteBuilder:
                     for d in dests
                 ]
             }
-        action["timeout"] = _duration(http.timeout) if http.timeout is not None else "0s"
+        action["timeout"] = format_duration(http.timeout) if http.timeout is not None else "0s"
         policy = retry_policy(http.retries)
         if policy is not None:
             action["retry_policy"] = policy
         return {"route": action}
 
-    def vs_routes(self, vs: Resource, host: str, port: int | None) -> list[dict[str, Any]]:
+    def vs_routes(
+        self, vs: ResourceOf[VirtualServiceSpec], host: str, port: int | None
+    ) -> list[dict[str, Any]]:
         """The routes of one VirtualService for one host (and port, if a service port)."""
         routes: list[dict[str, Any]] = []
-        spec: Any = vs.spec
-        for i, http in enumerate(spec.http or ()):
+        for i, http in enumerate(vs.spec.http):
             if http.delegate is not None:
                 continue  # delegation is not supported yet; apply warns about it
             for match in http.match or [None]:
@@ -228,7 +239,7 @@ class RouteBuilder:
                     return routes
         return routes
 
-    def _applies(self, match: Any, port: int | None) -> bool:
+    def _applies(self, match: HTTPMatchRequest, port: int | None) -> bool:
         """Whether a match can hold for sidecars of this namespace on this port.
 
         Source labels would need a route configuration per workload; until then such a
@@ -254,7 +265,9 @@ class RouteBuilder:
             },
         }
 
-    def virtual_service_for(self, host: str, wildcards: bool = False) -> Resource | None:
+    def virtual_service_for(
+        self, host: str, wildcards: bool = False
+    ) -> ResourceOf[VirtualServiceSpec] | None:
         """The VirtualService that binds ``host`` for sidecars: an exact host first, then
         (for services) the most specific wildcard host (``*.example.com``) that covers it."""
         candidates = [host]
@@ -263,15 +276,26 @@ class RouteBuilder:
             candidates += ["*." + ".".join(parts[i:]) for i in range(1, len(parts))] + ["*"]
         for h in candidates:
             for vs in self.world.virtual_services.get(h, ()):
-                gateways = vs.spec.gateways or ["mesh"]  # type: ignore[attr-defined]
+                gateways = vs.spec.gateways or ("mesh",)
                 if "mesh" in gateways:
                     return vs
         return None
 
 
-def outbound_route_configuration(world: World, namespace: str) -> dict[str, Any]:
-    """The RouteConfiguration behind the outbound (HTTP_PROXY) listener."""
+def outbound_route_configuration(
+    world: World,
+    namespace: str,
+    errors: list[TranslationError] | None = None,
+    last_good: LastGood | None = None,
+) -> dict[str, Any]:
+    """The RouteConfiguration behind the outbound (HTTP_PROXY) listener.
+
+    Each VirtualService is translated on its own for each host and port: one that fails keeps
+    its last good routes from ``last_good`` (or, if it never translated, is left out and its
+    service gets the default route); the failure is appended to ``errors``.
+    """
     builder = RouteBuilder(world, namespace)
+    errors = [] if errors is None else errors
     vhosts: list[dict[str, Any]] = []
     seen: set[str] = set()
 
@@ -281,21 +305,37 @@ def outbound_route_configuration(world: World, namespace: str) -> dict[str, Any]
         if fresh:
             vhosts.append({"name": name, "domains": fresh, "routes": routes})
 
+    def routes_of(
+        vs: ResourceOf[VirtualServiceSpec], host: str, port: int | None
+    ) -> list[dict[str, Any]] | None:
+        where = f"{host}:{port}" if port is not None else host
+        return isolated(
+            errors,
+            last_good,
+            ("routes", namespace, vs.key, host, port),
+            vs.key,
+            lambda: (vs.key,),
+            lambda: (
+                f"routes of {vs.kind} {vs.qualified_name} for {where} "
+                f"(clients in namespace {namespace})"
+            ),
+            partial(builder.vs_routes, vs, host, port),
+            None,
+        )
+
     for svc in world.services.values():
         vs = builder.virtual_service_for(svc.hostname, wildcards=True)
         for port in svc.ports:
-            routes = (
-                builder.vs_routes(vs, svc.hostname, port)
-                if vs is not None
-                else [builder.default_route(svc.hostname, port)]
-            )
+            routes = routes_of(vs, svc.hostname, port) if vs is not None else None
+            if routes is None:
+                routes = [builder.default_route(svc.hostname, port)]
             add(f"{svc.hostname}:{port}", service_domains(svc, port, namespace), routes)
     for host in world.virtual_services:
         if host in world.services:
             continue
         vs = builder.virtual_service_for(host)
-        if vs is not None:
-            add(host, virtual_host_domains(host, namespace), builder.vs_routes(vs, host, None))
+        if vs is not None and (routes := routes_of(vs, host, None)) is not None:
+            add(host, virtual_host_domains(host, namespace), routes)
     return {
         "name": OUTBOUND_ROUTE,
         "virtual_hosts": vhosts,

@@ -1,0 +1,433 @@
+"""The HTTP API's route table, and its OpenAPI 3.1 description built from that table.
+
+:data:`ROUTES` names, for every route, its method and path, the :class:`~.http_api.Api`
+method that handles it, its query parameters, request body and responses. ``Api.app()``
+registers exactly these routes and ``GET /v1/openapi.json`` serves :func:`build_spec` of the
+same table, so the description cannot drift from the routes. Request bodies and query
+parameters are pydantic models that the handlers validate with, so what the description
+promises is what the server checks; responses are described by models too (extra fields are
+allowed, so adding a field to a response never breaks a client that validates it).
+
+Why not a framework that generates all this: the API is a dozen routes, the control plane
+already depends on aiohttp and pydantic, and the agent-side client must stay tiny.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic.json_schema import models_json_schema
+
+MIB = 1024 * 1024
+
+# ----------------------------------------------------------------------------- requests
+
+
+class _Body(BaseModel):
+    """A JSON request body: exact types, no unknown fields (a typo such as ``dryrun`` must
+    not silently apply for real)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ApplyRequest(_Body):
+    """Create or update every resource in ``text``; all or nothing."""
+
+    text: str = Field(description="One or more YAML documents (Istio resources), `---` apart.")
+    filename: str = Field("", description="Named in error messages (default `<stdin>`).")
+    dry_run: bool = Field(False, description="Validate and report, but store nothing.")
+
+
+_NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class DeleteRequest(_Body):
+    """Delete the resources in ``text``, or one resource by ``kind`` and ``name``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["text"]}, {"required": ["kind", "name"]}]}
+    )
+
+    text: str | None = Field(None, description="YAML documents naming what to delete.")
+    filename: str = Field("", description="Named in error messages (default `<stdin>`).")
+    kind: _NonEmpty | None = Field(
+        None, description="A kind or its short name: `VirtualService`, `vs`, `workloads`…"
+    )
+    name: _NonEmpty | None = Field(None, description="The resource's name.")
+    namespace: str = Field("", description="The resource's namespace (default `default`).")
+
+    @model_validator(mode="after")
+    def _text_or_kind_and_name(self) -> DeleteRequest:
+        if self.text is None and (self.kind is None or self.name is None):
+            raise ValueError("give `text` (YAML documents) or both `kind` and `name`")
+        return self
+
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DnsLabel = Annotated[str, Field(pattern=DNS_LABEL)]
+_Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _check_ip(text: str) -> str:
+    try:
+        ip_address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
+    return text
+
+
+_Ip = Annotated[
+    str,
+    AfterValidator(_check_ip),
+    WithJsonSchema(
+        {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}, mode="validation"
+    ),
+]
+
+
+class InstanceRequest(_Body):
+    """One running workload behind a service port, as ``tsunagi run`` registers it."""
+
+    name: _DnsLabel = Field(description="Unique within the namespace.")
+    service: _DnsLabel
+    namespace: _DnsLabel = "default"
+    port: _Port = Field(description="The service port clients use.")
+    address: _Ip = Field("127.0.0.1", description="Where the workload's sidecar listens.")
+    target_port: _Port = Field(description="The sidecar's inbound port at `address`.")
+    labels: dict[str, str] = Field(default_factory=dict)
+    locality: Annotated[str, Field(pattern=r"^[^/]*(/[^/]*){0,2}$")] = Field(
+        "", description="`REGION[/ZONE[/SUBZONE]]`."
+    )
+    healthy: bool = True
+
+
+class _Query(BaseModel):
+    """Query parameters: strings converted to the field's type; no unknown ones (a typo such
+    as ``namespce`` must not silently widen a query)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResourcesQuery(_Query):
+    kind: str = Field("", description="A kind or short name (`vs`, `workloads`…); all if empty.")
+    namespace: str = Field("", description="Only this namespace; all if empty.")
+    name: str = Field("", description="Only this name; 404 if nothing matches.")
+
+
+class WaitQuery(_Query):
+    revision: int = Field(0, ge=0, description="Wait until proxies have config this new.")
+    timeout: float = Field(
+        30.0, ge=0, allow_inf_nan=False, description="Seconds to wait before answering 504."
+    )
+    since: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Unix time the caller started (for `elapsed_ms`); 0 means now.",
+    )
+
+
+# ----------------------------------------------------------------------------- responses
+
+
+class ErrorResponse(BaseModel):
+    """Every error: a one-line summary and the list of individual problems."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str
+    errors: list[str]
+
+
+class HealthResponse(BaseModel):
+    ok: bool
+    revision: int
+
+
+class XdsAddress(BaseModel):
+    host: str
+    port: int
+
+
+class BootstrapResponse(BaseModel):
+    """What a sidecar needs besides the API address and token."""
+
+    xds: XdsAddress
+
+
+class ResultItem(BaseModel):
+    kind: str
+    namespace: str
+    name: str
+    action: Literal["created", "configured", "unchanged", "deleted"]
+
+
+class ApplyResponse(BaseModel):
+    revision: int = Field(description="The store's revision after the apply; wait for this.")
+    results: list[ResultItem]
+    warnings: list[str]
+    dry_run: bool
+
+
+class DeleteResponse(BaseModel):
+    revision: int
+    results: list[ResultItem]
+
+
+class ResourceItem(BaseModel):
+    kind: str
+    namespace: str
+    name: str
+    revision: int = Field(description="The store revision that last changed this resource.")
+    document: dict[str, Any] = Field(description="The resource as applied (or registered).")
+    status: dict[str, Any] | None = Field(
+        None, description="Istio-style `validationMessages`, when translating it failed."
+    )
+
+
+class ResourceList(BaseModel):
+    revision: int
+    items: list[ResourceItem]
+
+
+class RegisterResponse(BaseModel):
+    revision: int
+    ttl: float = Field(description="Heartbeat at least this often (seconds) or be removed.")
+
+
+class OkResponse(BaseModel):
+    ok: bool
+
+
+class RevisionResponse(BaseModel):
+    revision: int
+
+
+class TypeState(BaseModel):
+    state: Literal["SYNCED", "STALE", "NACKED"]
+    acked: str | None
+    expected: str | None
+    message: str | None
+
+
+class ProxyStatus(BaseModel):
+    id: str
+    service: str
+    namespace: str
+    kind: str
+    outbound_port: Any = Field(description="From the proxy's bootstrap metadata.")
+    revision: int
+    connected_at: float
+    synced: bool
+    nacked: bool
+    message: str
+    types: dict[str, TypeState] = Field(description="Keyed by short xDS type name (CDS, EDS…).")
+    translation_errors: list[str] = Field(
+        default_factory=list, description="Config left out of this proxy's: it failed to translate."
+    )
+
+
+class ProxyList(BaseModel):
+    proxies: list[ProxyStatus]
+
+
+class WaitResponse(BaseModel):
+    complete: bool = Field(description="Every connected proxy ACKed (or NACKed) the revision.")
+    elapsed_ms: float
+    proxies: list[ProxyStatus]
+
+
+class OpenApiDocument(BaseModel):
+    """This description."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"required": ["openapi"]})
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: str
+    """The name of the :class:`~.http_api.Api` method that serves it."""
+    summary: str
+    ok: type[BaseModel]
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()
+    """Error statuses besides those every route can answer (401, 403, 503)."""
+    other: Mapping[int, tuple[str, type[BaseModel]]] = field(default_factory=dict)
+    """Non-error answers besides 200."""
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler
+
+
+_BODY_ERRORS = (400, 408, 413)
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", "healthz", "The control plane is up; its store revision.",
+          HealthResponse),
+    Route("GET", "/v1/openapi.json", "openapi", "This description of the API.", OpenApiDocument),
+    Route("GET", "/v1/bootstrap", "bootstrap", "Where sidecars find the xDS server.",
+          BootstrapResponse),
+    Route("POST", "/v1/apply", "apply", "Create or update resources from YAML (all or nothing).",
+          ApplyResponse, body=ApplyRequest, errors=_BODY_ERRORS),
+    Route("POST", "/v1/delete", "delete", "Delete resources (all or nothing).", DeleteResponse,
+          body=DeleteRequest, errors=(*_BODY_ERRORS, 404)),
+    Route("GET", "/v1/resources", "list_resources", "Stored resources and workload instances.",
+          ResourceList, query=ResourcesQuery, errors=(400, 404)),
+    Route("POST", "/v1/instances", "register", "Register (or refresh) a workload instance.",
+          RegisterResponse, body=InstanceRequest, errors=_BODY_ERRORS),
+    Route("POST", "/v1/instances/{namespace}/{name}/heartbeat", "heartbeat",
+          "Extend an instance's lease; 404 means register again.", OkResponse, errors=(404,)),
+    Route("DELETE", "/v1/instances/{namespace}/{name}", "deregister",
+          "Remove a workload instance.", RevisionResponse, errors=(404,)),
+    Route("GET", "/v1/proxies", "proxies", "Connected proxies and what config each has ACKed.",
+          ProxyList),
+    Route("GET", "/v1/wait", "wait",
+          "Wait until every connected proxy has ACKed (or NACKed) a revision.", WaitResponse,
+          query=WaitQuery, errors=(400,),
+          other={504: ("Timed out; `proxies` shows who is not in sync.", WaitResponse)}),
+)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the document
+
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid input: not JSON, a wrong type, an unknown field, a bad query parameter, an "
+    "invalid resource. `errors` lists every problem (for resources: file, document, field path).",
+    401: "No `Authorization: Bearer <token>` header.",
+    403: "The token is not this control plane's.",
+    404: "Not found.",
+    408: "The request body did not arrive in time.",
+    413: "The request body is over the size limit.",
+    503: "Too many concurrent connections from this client address; sent as soon as the "
+    "connection opens, which is then closed.",
+}
+_ALWAYS = (401, 403, 503)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The numbers the description states (they are :class:`~.http_api.Api` settings)."""
+
+    max_body_size: int
+    max_connections_per_client: int
+    idle_timeout: float
+    body_timeout: float
+    max_wait_timeout: float
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _parameters(route: Route, schemas: Mapping[str, Any]) -> list[dict[str, Any]]:
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", route.path)
+    ]
+    if route.query is not None:
+        props = schemas[route.query.__name__]["properties"]
+        for name, info in route.query.model_fields.items():
+            schema = dict(props[name])
+            description = schema.pop("description", "")
+            schema.pop("title", None)
+            params.append(
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": info.is_required(),
+                    "description": description,
+                    "schema": schema,
+                }
+            )
+    return params
+
+
+def _json(schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": dict(schema)}}
+
+
+def build_spec(limits: Limits, version: str = "") -> dict[str, Any]:
+    """The OpenAPI 3.1 document for :data:`ROUTES`, stating ``limits``."""
+    models: set[type[BaseModel]] = {ErrorResponse}
+    for r in ROUTES:
+        models |= {r.ok, *(m for _, m in r.other.values())}
+        models |= {m for m in (r.body, r.query) if m is not None}
+    _, defs = models_json_schema(
+        [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas: dict[str, Any] = defs["$defs"]
+    wait_timeout = schemas["WaitQuery"]["properties"]["timeout"]
+    wait_timeout["maximum"] = limits.max_wait_timeout
+    wait_timeout["description"] += f" At most {limits.max_wait_timeout:g}."
+    query_models = {r.query.__name__ for r in ROUTES if r.query is not None}
+
+    paths: dict[str, dict[str, Any]] = {}
+    for r in ROUTES:
+        responses: dict[str, Any] = {
+            "200": {"description": "OK", "content": _json(_ref(r.ok.__name__))}
+        }
+        for status, (description, model) in r.other.items():
+            responses[str(status)] = {
+                "description": description,
+                "content": _json(_ref(model.__name__)),
+            }
+        for status in sorted({*r.errors, *_ALWAYS}):
+            responses[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
+        op: dict[str, Any] = {
+            "operationId": r.operation_id,
+            "summary": r.summary,
+            "responses": responses,
+        }
+        if r.body is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": _json(_ref(r.body.__name__)),
+            }
+        if params := _parameters(r, schemas):
+            op["parameters"] = params
+        paths.setdefault(r.path, {})[r.method.lower()] = op
+
+    used = sorted({s for r in ROUTES for s in (*r.errors, *_ALWAYS)})
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tsunagi control plane API",
+            "version": version or "1",
+            "description": (
+                "The JSON API the `tsunagi` CLI and sidecar agents use. Every request needs "
+                "`Authorization: Bearer <token>` (the token `tsunagi up` writes in its state "
+                'directory). Every error is `{"error": str, "errors": [str]}`.\n\n'
+                f"Limits: request bodies up to {limits.max_body_size} bytes (413 beyond), "
+                f"read within {limits.body_timeout:g} s (408); at most "
+                f"{limits.max_connections_per_client} concurrent connections per client "
+                f"address (503 beyond); connections idle for {limits.idle_timeout:g} s, or "
+                "that take that long to send a request's headers, are closed."
+            ),
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {k: v for k, v in sorted(schemas.items()) if k not in query_models},
+            "responses": {
+                f"Error{s}": {
+                    "description": _ERROR_DESCRIPTIONS[s],
+                    "content": _json(_ref("ErrorResponse")),
+                }
+                for s in used
+            },
+        },
+    }
