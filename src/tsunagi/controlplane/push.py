@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,6 +162,8 @@ class Pusher:
         self._shared = translate_shared(self.world, self._memo)
         self._outbound: dict[str, Outbound] = {}
         self._locals: dict[str, _NodeLocal] = {}
+        self._made: dict[Hashable, Any] = {}
+        """Translations made on the loop since the last push, for the worker's memo."""
         self.errors = _collect(self._builder.errors, self._shared, {}, {})
         cache.resolver = self.resolve
 
@@ -172,6 +174,8 @@ class Pusher:
             # the last good output of each piece, which locks.
             memo = Memo(self._memo.last_good)
             out = translate_outbound(self.world, namespace, memo, self._shared)
+            # The next push adopts these routes if the routing did not change meanwhile.
+            self._made.update(memo.made())
             self._outbound[namespace] = out
         return out
 
@@ -194,7 +198,10 @@ class Pusher:
                 e.id: Node.from_metadata(e.id, e.metadata or {}) for e in self.cache.nodes.values()
             }
             try:
-                done = await asyncio.to_thread(self._compute, contents, nodes, dict(self._locals))
+                made, self._made = self._made, {}
+                done = await asyncio.to_thread(
+                    self._compute, contents, nodes, dict(self._locals), made
+                )
             except Exception as e:
                 # Translation isolates each piece, so this is a bug outside of them (building
                 # the World): keep the last good config, say so, and try again on the next change.
@@ -253,8 +260,10 @@ class Pusher:
         contents: Contents,
         nodes: dict[str, Node],
         known: Mapping[str, _NodeLocal],
+        made: Mapping[Hashable, Any],
     ) -> _Computed:
         """The worker's part: reads its arguments, the memo and the builder; returns all it made."""
+        self._memo.adopt(made)
         world = self._builder.build(contents)
         shared = translate_shared(world, self._memo)
         outbound = {

@@ -75,6 +75,16 @@ class Memo:
     def rotate(self) -> None:
         self._live, self._next = self._next, {}
 
+    def made(self) -> dict[Hashable, Any]:
+        """What this memo holds for the current generation, to hand to another memo."""
+        return dict(self._next)
+
+    def adopt(self, entries: Mapping[Hashable, Any]) -> None:
+        """Remember results another memo made (from the same pure functions), so work done
+        elsewhere — say, for a proxy that connected between two pushes — is not done again."""
+        for key, value in entries.items():
+            self._next.setdefault(key, value)
+
 
 class _Overlay(Mapping[str, Resource]):
     """A shared mapping plus a few resources of one node's own, without copying the first."""
