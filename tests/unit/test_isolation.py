@@ -150,10 +150,10 @@ def test_a_failing_service_keeps_other_services_clusters(
 ) -> None:
     original = translate_pkg.service_clusters
 
-    def service_clusters(svc: Any, subsets: Any) -> Any:
+    def service_clusters(svc: Any, *args: Any) -> Any:
         if svc.hostname == REVIEWS:
             raise ValueError("unexpected subset")
-        return original(svc, subsets)
+        return original(svc, *args)
 
     monkeypatch.setattr(translate_pkg, "service_clusters", service_clusters)
     shared = translate_shared(_world(), Memo())

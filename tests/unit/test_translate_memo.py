@@ -23,7 +23,7 @@ from tsunagi.mesh import World
 from tsunagi.registry import Instance
 from tsunagi.xds import resources as rs
 from tsunagi.xds.translate import Memo, translate_outbound, translate_shared
-from tsunagi.xds.translate.protos import RouteConfiguration
+from tsunagi.xds.translate.protos import Cluster, RouteConfiguration
 
 NAMESPACES = ("default", "shop")
 CLIENT_NAMESPACES = (*NAMESPACES, "elsewhere")  # "elsewhere" has no services of its own
@@ -57,17 +57,40 @@ def _meta(name: str, namespace: str) -> Doc:
     return {"name": name, "namespace": namespace}
 
 
+# Traffic policies that each change the clusters (or, for consistent hashing, the routes).
+TRAFFIC_POLICIES = st.sampled_from(
+    [
+        None,
+        {"loadBalancer": {"simple": "ROUND_ROBIN"}},
+        {"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}},
+        {"connectionPool": {"tcp": {"maxConnections": 1}, "http": {"http1MaxPendingRequests": 1}}},
+        {"outlierDetection": {"consecutive5xxErrors": 3, "interval": "1s"}},
+        {"portLevelSettings": [{"port": {"number": 9080}, "loadBalancer": {"simple": "RANDOM"}}]},
+    ]
+)
+
+
+def _with_policy(doc: Doc, policy: Doc | None) -> Doc:
+    if policy is not None:
+        doc["trafficPolicy"] = policy
+    return doc
+
+
 @st.composite
 def destination_rules(draw: st.DrawFn) -> Doc:
     subsets = draw(st.lists(st.sampled_from(VERSIONS), unique=True, max_size=3))
+    spec = {
+        "host": draw(st.one_of(_service_hosts(), st.sampled_from(EXTERNAL_HOSTS))),
+        "subsets": [
+            _with_policy({"name": v, "labels": {"version": v}}, draw(TRAFFIC_POLICIES))
+            for v in subsets
+        ],
+    }
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
         "metadata": _meta(draw(st.sampled_from(RULE_NAMES)), draw(st.sampled_from(NAMESPACES))),
-        "spec": {
-            "host": draw(st.one_of(_service_hosts(), st.sampled_from(EXTERNAL_HOSTS))),
-            "subsets": [{"name": v, "labels": {"version": v}} for v in subsets],
-        },
+        "spec": _with_policy(spec, draw(TRAFFIC_POLICIES)),
     }
 
 
@@ -248,6 +271,8 @@ CONFIG_EDITS = st.one_of(
         INDEX,
         st.lists(st.sampled_from(VERSIONS), unique=True, max_size=3),
     ),
+    # Only the policy changes (subsets stay): a memo key without it would give stale clusters.
+    st.tuples(st.just("DestinationRule"), INDEX, st.tuples(st.just("policy"), TRAFFIC_POLICIES)),
 )
 INSTANCE_EDITS = st.one_of(
     st.tuples(st.just("healthy"), st.booleans()),
@@ -279,6 +304,9 @@ def _edited(resource: Resource, edit: Any) -> Resource:
             ep.pop("locality", None)
             if locality:
                 ep["locality"] = locality
+    elif isinstance(edit, tuple):
+        doc["spec"].pop("trafficPolicy", None)
+        _with_policy(doc["spec"], edit[1])
     else:
         doc["spec"]["subsets"] = [{"name": v, "labels": {"version": v}} for v in edit]
     return parse_document(doc)
@@ -383,7 +411,9 @@ def test_a_warm_memo_translates_like_a_fresh_one(
 
 def test_the_generated_meshes_are_not_trivial() -> None:
     """Guard against a generator that quietly makes only empty worlds or default routes."""
-    seen = dict.fromkeys(["services", "subset clusters", "DNS clusters", "rule routes"], 0)
+    seen = dict.fromkeys(
+        ["services", "subset clusters", "DNS clusters", "rule routes", "policy clusters"], 0
+    )
 
     @settings(max_examples=30, deadline=None, database=None, derandomize=True)
     @given(mesh=INITIAL)
@@ -393,6 +423,11 @@ def test_the_generated_meshes_are_not_trivial() -> None:
         seen["services"] += len(world.services)
         seen["subset clusters"] += sum(1 for n in shared.clusters if n.split("|")[2])
         seen["DNS clusters"] += sum(1 for n in shared.clusters if n not in shared.endpoints)
+        for c in shared.clusters.values():
+            cluster = Cluster()
+            c.body.Unpack(cluster)
+            default = cluster.lb_policy == Cluster.LEAST_REQUEST or cluster.type != Cluster.EDS
+            seen["policy clusters"] += not default or cluster.HasField("outlier_detection")
         for ns in NAMESPACES:
             config = RouteConfiguration()
             translate_outbound(world, ns, shared=shared).routes["outbound"].body.Unpack(config)

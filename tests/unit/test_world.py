@@ -148,6 +148,6 @@ spec: {mtls: {mode: STRICT}}
     subsets = undefined_subsets(world, docs)
     assert len(subsets) == 1 and "spec.http[0].route[0].destination.subset" in subsets[0]
     pending = not_yet_enforced(docs)
-    assert any("spec.http[0].fault is not applied yet" in w for w in pending)
+    assert not any(".fault is" in w for w in pending)  # enforced by Envoy now
     assert any("sourceLabels is not supported yet" in w for w in pending)
     assert any("PeerAuthentication default/default" in w for w in pending)

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tsunagi.api import DestinationRuleSpec, Resource, VirtualServiceSpec, fqdn
+from pydantic.alias_generators import to_camel
+
+from tsunagi.api import (
+    DestinationRuleSpec,
+    PortTrafficPolicy,
+    Resource,
+    TrafficPolicy,
+    VirtualServiceSpec,
+    fqdn,
+)
 from tsunagi.mesh.world import World, of_spec
 
 
@@ -42,12 +51,6 @@ _PENDING_KINDS = (
     "WorkloadEntry",
 )
 _PENDING_HTTP = {
-    "rewrite": "rewrite",
-    "fault": "fault",
-    "headers": "headers",
-    "mirror": "mirror",
-    "mirrors": "mirrors",
-    "cors_policy": "corsPolicy",
     "delegate": "delegate",
 }
 
@@ -75,9 +78,53 @@ def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
             for field in ("tcp", "tls"):
                 if getattr(spec, field, None):
                     out.append(f"{where}: spec.{field} routes are not applied yet")
-        elif isinstance(spec, DestinationRuleSpec) and (
-            spec.traffic_policy is not None
-            or any(s.traffic_policy is not None for s in spec.subsets)
-        ):
-            out.append(f"{where}: trafficPolicy is not applied yet (subsets are)")
+        elif isinstance(spec, DestinationRuleSpec):
+            out += _traffic_policy_warnings(where, spec)
+    return out
+
+
+def _traffic_policy_warnings(where: str, spec: DestinationRuleSpec) -> list[str]:
+    """Load balancing, connection pools and outlier detection are enforced (see
+    ``xds/translate/policy.py``); say which parts are not, and which deprecated fields are
+    honoured under their documented meaning."""
+    policies: list[tuple[str, TrafficPolicy]] = []
+    if spec.traffic_policy is not None:
+        policies.append(("spec.trafficPolicy", spec.traffic_policy))
+    for i, s in enumerate(spec.subsets):
+        if s.traffic_policy is not None:
+            policies.append((f"spec.subsets[{i}].trafficPolicy", s.traffic_policy))
+    out = []
+    for path, tp in policies:
+        for name in ("tunnel", "proxy_protocol"):
+            if getattr(tp, name) is not None:
+                out.append(f"{where}: {path}.{to_camel(name)} is not applied yet")
+        parts: list[tuple[str, PortTrafficPolicy | TrafficPolicy]] = [(path, tp)]
+        parts += [
+            (f"{path}.portLevelSettings[{j}]", p) for j, p in enumerate(tp.port_level_settings)
+        ]
+        for at, part in parts:
+            lb, pool, outlier = part.load_balancer, part.connection_pool, part.outlier_detection
+            if part.tls is not None:
+                out.append(f"{where}: {at}.tls is not applied yet")
+            if lb is not None and lb.locality_lb_setting is not None:
+                out.append(f"{where}: {at}.loadBalancer.localityLbSetting is not applied yet")
+            if lb is not None and lb.simple == "PASSTHROUGH":
+                out.append(
+                    f"{where}: {at}.loadBalancer.simple PASSTHROUGH is not applied yet; "
+                    "the default (LEAST_REQUEST) is used"
+                )
+            ch = lb.consistent_hash if lb is not None else None
+            if ch is not None and ch.minimum_ring_size is not None:
+                out.append(
+                    f"{where}: {at}.loadBalancer.consistentHash.minimumRingSize is "
+                    "deprecated; use consistentHash.ringHash.minimumRingSize"
+                )
+            if pool is not None and pool.tcp is not None and pool.tcp.idle_timeout is not None:
+                out.append(f"{where}: {at}.connectionPool.tcp.idleTimeout is not applied yet")
+            if outlier is not None and outlier.consecutive_errors is not None:
+                out.append(
+                    f"{where}: {at}.outlierDetection.consecutiveErrors is deprecated; use "
+                    "consecutiveGatewayErrors (it counts 502, 503 and 504, and is applied as "
+                    "such) or consecutive5xxErrors"
+                )
     return out

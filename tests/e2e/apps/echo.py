@@ -1,4 +1,10 @@
-"""A test backend: answers every request with JSON saying who it is and what it received."""
+"""A test backend: answers every request with JSON saying who it is and what it received.
+
+``/status/NNN`` answers with status NNN; ``GET /_seen`` lists the requests it received
+(method, path, headers; the last 1000, not counting ``/_seen`` itself). A ``sleep=SECONDS``
+query parameter (at most 10) delays the answer, to keep requests in flight; ``fail=VERSION``
+makes the instances of that version answer 503.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,15 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+SEEN: deque[dict[str, Any]] = deque(maxlen=1000)
+SEEN_LOCK = threading.Lock()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -20,23 +34,41 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         if length:
             self.rfile.read(length)
+        received = {
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+        }
+        status = 200
+        if self.path == "/_seen":
+            with SEEN_LOCK:
+                received["requests"] = list(SEEN)
+        else:
+            with SEEN_LOCK:
+                SEEN.append(received)
+            parts = self.path.split("/")
+            if len(parts) > 2 and parts[1] == "status" and parts[2].isdigit():
+                status = int(parts[2])
+            query = parse_qs(urlsplit(self.path).query)
+            if sleep := query.get("sleep"):
+                time.sleep(min(float(sleep[0]), 10.0))
+            if os.environ.get("SERVICE_VERSION", "") in query.get("fail", ()):
+                status = 503
         body = json.dumps(
             {
                 "service": os.environ.get("SERVICE_NAME", ""),
                 "version": os.environ.get("SERVICE_VERSION", ""),
                 "name": os.environ.get("POD_NAME", ""),
-                "method": self.command,
-                "path": self.path,
-                "headers": {k.lower(): v for k, v in self.headers.items()},
+                **received,
             }
         ).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
-    do_GET = do_POST = do_PUT = do_DELETE = _answer
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _answer
 
     def log_message(self, format: str, *args: object) -> None:
         pass

@@ -19,6 +19,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from tsunagi.api import DestinationRuleSpec
 from tsunagi.mesh import Endpoint, Node, Service, World
 from tsunagi.xds import resources as rs
 from tsunagi.xds.resources import Resource, Snapshot
@@ -26,6 +27,7 @@ from tsunagi.xds.translate.clusters import dns_cluster, inbound_clusters, servic
 from tsunagi.xds.translate.endpoints import Subsets, service_load_assignments
 from tsunagi.xds.translate.isolation import LastGood, ResourceKey, TranslationError, isolated
 from tsunagi.xds.translate.listeners import inbound_listeners, outbound_listener
+from tsunagi.xds.translate.policy import apply, cluster_policy, policy_key
 from tsunagi.xds.translate.protos import (
     Cluster,
     ClusterLoadAssignment,
@@ -148,17 +150,28 @@ def _endpoint_key(endpoints: Sequence[Endpoint]) -> tuple[Any, ...]:
     )
 
 
-def _clusters_of(svc: Service, subsets: tuple[str, ...]) -> list[Resource]:
-    return _pack_all(Cluster, service_clusters(svc, subsets), "name")
+def _clusters_of(
+    svc: Service, subsets: tuple[str, ...], dr: DestinationRuleSpec | None
+) -> list[Resource]:
+    return _pack_all(Cluster, service_clusters(svc, subsets, dr), "name")
 
 
 def _dns_clusters_of(
-    svc: Service, port: int, endpoints: Sequence[Endpoint], subsets: Subsets
+    svc: Service,
+    port: int,
+    endpoints: Sequence[Endpoint],
+    subsets: Subsets,
+    dr: DestinationRuleSpec | None,
 ) -> list[Resource]:
     docs = service_load_assignments(svc.hostname, port, endpoints, subsets)
-    return _pack_all(
-        Cluster, [dns_cluster(d["cluster_name"], d, svc.resolution) for d in docs], "name"
-    )
+    clusters = [
+        apply(
+            dns_cluster(d["cluster_name"], d, svc.resolution),
+            cluster_policy(dr, port, d["cluster_name"].split("|")[2]),
+        )
+        for d in docs
+    ]
+    return _pack_all(Cluster, clusters, "name")
 
 
 def _assignments_of(
@@ -171,16 +184,19 @@ def _assignments_of(
 def _service_parts(world: World, svc: Service, memo: Memo) -> tuple[list[Resource], list[Resource]]:
     """One service's clusters and endpoint assignments (memoized by their inputs)."""
     subsets = world.subset_definitions(svc.hostname)
+    dr = world.destination_rules.get(svc.hostname)
+    spec = dr.spec if dr is not None else None
+    policies = policy_key(spec)  # a changed trafficPolicy must re-pack the clusters
     clusters: list[Resource] = []
     endpoints: list[Resource] = []
     if svc.resolution:
         for port in svc.ports:
             eps = world.endpoints.get((svc.hostname, port), ())
-            dns_key = ("dns", svc, port, subsets, _endpoint_key(eps))
-            clusters += memo.get(dns_key, _dns_clusters_of, svc, port, eps, subsets)
+            dns_key = ("dns", svc, port, subsets, policies, _endpoint_key(eps))
+            clusters += memo.get(dns_key, _dns_clusters_of, svc, port, eps, subsets, spec)
         return clusters, endpoints
     names = tuple(s[0] for s in subsets)
-    clusters += memo.get(("cds", svc, names), _clusters_of, svc, names)
+    clusters += memo.get(("cds", svc, names, policies), _clusters_of, svc, names, spec)
     for port in svc.ports:
         eps = world.endpoints.get((svc.hostname, port), ())
         key = ("eds", svc.hostname, port, subsets, _endpoint_key(eps))

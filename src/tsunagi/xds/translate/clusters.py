@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tsunagi.api import DestinationRuleSpec
 from tsunagi.mesh import Node, Service
 from tsunagi.xds.translate.names import inbound_cluster, outbound_cluster
+from tsunagi.xds.translate.policy import apply, cluster_policy
 
 MAX = 4294967295
 CONNECT_TIMEOUT = "10s"
@@ -57,13 +59,16 @@ def dns_cluster(name: str, assignment: dict[str, Any], resolution: str) -> dict[
     }
 
 
-def service_clusters(svc: Service, subsets: Sequence[str]) -> list[dict[str, Any]]:
-    """One cluster per port of ``svc``, and one per port and subset."""
+def service_clusters(
+    svc: Service, subsets: Sequence[str], dr: DestinationRuleSpec | None = None
+) -> list[dict[str, Any]]:
+    """One cluster per port of ``svc``, and one per port and subset, each with the
+    DestinationRule's traffic policy for it."""
     out = []
     for port in svc.ports:
-        out.append(eds_cluster(outbound_cluster(svc.hostname, port)))
-        for subset in subsets:
-            out.append(eds_cluster(outbound_cluster(svc.hostname, port, subset)))
+        for subset in ("", *subsets):
+            cluster = eds_cluster(outbound_cluster(svc.hostname, port, subset))
+            out.append(apply(cluster, cluster_policy(dr, port, subset)))
     return out
 
 

@@ -13,10 +13,23 @@ from tsunagi.xds.translate.names import (
     inbound_cluster,
     inbound_listener,
 )
-from tsunagi.xds.translate.protos import HCM_TYPE, ROUTER_TYPE
+from tsunagi.xds.translate.protos import CORS_TYPE, FAULT_TYPE, HCM_TYPE, ROUTER_TYPE
+
+ROUTER = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+# Istio puts CORS and fault injection in every sidecar's outbound connection manager; both
+# act only on routes that carry their per-route config (typed_per_filter_config), so routes
+# without one pay a lookup and nothing more. CORS first, so a preflight is answered even on
+# a route that injects faults.
+OUTBOUND_FILTERS = (
+    {"name": "envoy.filters.http.cors", "typed_config": {"@type": CORS_TYPE}},
+    {"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT_TYPE}},
+    ROUTER,
+)
 
 
-def _hcm(stat_prefix: str, routes: dict[str, Any]) -> dict[str, Any]:
+def _hcm(
+    stat_prefix: str, routes: dict[str, Any], filters: tuple[dict[str, Any], ...] = (ROUTER,)
+) -> dict[str, Any]:
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -24,9 +37,7 @@ def _hcm(stat_prefix: str, routes: dict[str, Any]) -> dict[str, Any]:
             "stat_prefix": stat_prefix,
             "codec_type": "AUTO",
             **routes,
-            "http_filters": [
-                {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
-            ],
+            "http_filters": list(filters),
         },
     }
 
@@ -47,7 +58,7 @@ def outbound_listener(node: Node) -> dict[str, Any]:
             "config_source": {"ads": {}, "resource_api_version": "V3"},
         }
     }
-    return _listener(OUTBOUND_LISTENER, node.outbound_port, _hcm("outbound", rds))
+    return _listener(OUTBOUND_LISTENER, node.outbound_port, _hcm("outbound", rds, OUTBOUND_FILTERS))
 
 
 def inbound_listeners(node: Node) -> list[dict[str, Any]]:

@@ -11,6 +11,8 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,
@@ -28,6 +30,9 @@ HCM_TYPE = (
     "type.googleapis.com/" + http_connection_manager_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 )
 ROUTER_TYPE = "type.googleapis.com/" + router_pb2.Router.DESCRIPTOR.full_name
+FAULT_TYPE = "type.googleapis.com/" + fault_pb2.HTTPFault.DESCRIPTOR.full_name
+CORS_TYPE = "type.googleapis.com/" + cors_pb2.Cors.DESCRIPTOR.full_name
+CORS_POLICY_TYPE = "type.googleapis.com/" + cors_pb2.CorsPolicy.DESCRIPTOR.full_name
 PREVIOUS_HOSTS_TYPE = (
     "type.googleapis.com/" + previous_hosts_pb2.PreviousHostsPredicate.DESCRIPTOR.full_name
 )

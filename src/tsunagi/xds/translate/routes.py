@@ -7,7 +7,10 @@ from functools import partial
 from typing import Any
 
 from tsunagi.api import (
+    CorsPolicy,
     Destination,
+    Headers,
+    HTTPFaultInjection,
     HTTPMatchRequest,
     HTTPRetry,
     HTTPRoute,
@@ -17,6 +20,7 @@ from tsunagi.api import (
     format_duration,
     fqdn,
 )
+from tsunagi.api.checks_networking import GRPC_STATUS_NAMES
 from tsunagi.mesh import World
 from tsunagi.xds.translate.isolation import LastGood, TranslationError, isolated
 from tsunagi.xds.translate.names import (
@@ -25,9 +29,14 @@ from tsunagi.xds.translate.names import (
     service_domains,
     virtual_host_domains,
 )
-from tsunagi.xds.translate.protos import PREVIOUS_HOSTS_TYPE
+from tsunagi.xds.translate.policy import route_hash_policy
+from tsunagi.xds.translate.protos import CORS_POLICY_TYPE, FAULT_TYPE, PREVIOUS_HOSTS_TYPE
 
-# Istio's defaults, written out so that what Envoy runs is what we say it runs.
+# Istio's defaults, written out so that what Envoy runs is what we say it runs. Since Istio
+# 1.24 (EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY, on by default) the default retries no status
+# code: an app's 503 may come after it did the work, so retrying it is not safe. Istio keeps
+# ``retriable-status-codes`` with an empty list, so only codes a client asks for in
+# ``x-envoy-retriable-status-codes`` are retried; so do we.
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 DEFAULT_RETRIES = 2
 
@@ -47,19 +56,113 @@ def retry_policy(retries: HTTPRetry | None) -> dict[str, Any] | None:
             }
         ],
         "host_selection_retry_max_attempts": "5",
-        "retriable_status_codes": [503],
     }
     if retries is not None:
         if retries.retry_on:
-            codes = [int(c) for c in retries.retry_on.split(",") if c.strip().isdigit()]
-            kinds = [c.strip() for c in retries.retry_on.split(",") if not c.strip().isdigit()]
-            if codes:
+            parts = [c.strip() for c in retries.retry_on.split(",") if c.strip()]
+            codes = [int(c) for c in parts if c.isdigit()]
+            kinds = [c for c in parts if not c.isdigit()]
+            if codes and "retriable-status-codes" not in kinds:
                 kinds.append("retriable-status-codes")
             policy["retry_on"] = ",".join(kinds)
-            policy["retriable_status_codes"] = codes
+            if codes:
+                policy["retriable_status_codes"] = codes
         if retries.per_try_timeout is not None:
             policy["per_try_timeout"] = format_duration(retries.per_try_timeout)
     return policy
+
+
+FAULT_FILTER = "envoy.filters.http.fault"
+CORS_FILTER = "envoy.filters.http.cors"
+
+
+def fractional_percent(value: float) -> dict[str, Any]:
+    """A FractionalPercent for a percentage: whole numbers over a hundred, anything finer
+    over a million (Istio's precision: four decimal places)."""
+    if value == int(value):
+        return {"numerator": int(value), "denominator": "HUNDRED"}
+    return {"numerator": round(value * 10_000), "denominator": "MILLION"}
+
+
+def fault_config(fault: HTTPFaultInjection) -> dict[str, Any]:
+    """Per-route HTTPFault config; a fault without a percentage applies to every request."""
+    out: dict[str, Any] = {"@type": FAULT_TYPE}
+    if (d := fault.delay) is not None and d.fixed_delay is not None:
+        if d.percentage is not None:
+            pct = d.percentage.value
+        else:
+            pct = d.percent if d.percent is not None else 100
+        out["delay"] = {
+            "fixed_delay": format_duration(d.fixed_delay),
+            "percentage": fractional_percent(pct),
+        }
+    if (a := fault.abort) is not None:
+        abort: dict[str, Any] = {}
+        if a.http_status is not None:
+            abort["http_status"] = a.http_status
+        elif a.grpc_status is not None:
+            abort["grpc_status"] = GRPC_STATUS_NAMES.index(a.grpc_status)
+        pct = a.percentage.value if a.percentage is not None else 100
+        abort["percentage"] = fractional_percent(pct)
+        out["abort"] = abort
+    return out
+
+
+def cors_config(c: CorsPolicy) -> dict[str, Any]:
+    """Per-route CorsPolicy, as Istio writes it (lists joined with commas)."""
+    origins = [_string_match(m) for m in c.allow_origins]
+    origins += [{"exact": o} for o in c.allow_origin]
+    out: dict[str, Any] = {"@type": CORS_POLICY_TYPE}
+    if origins:
+        out["allow_origin_string_match"] = origins
+    for key, values in (
+        ("allow_methods", c.allow_methods),
+        ("allow_headers", c.allow_headers),
+        ("expose_headers", c.expose_headers),
+    ):
+        if values:
+            out[key] = ",".join(values)
+    if c.max_age is not None:
+        out["max_age"] = str(int(c.max_age))
+    if c.allow_credentials is not None:
+        out["allow_credentials"] = c.allow_credentials
+    if c.unmatched_preflights == "IGNORE":
+        out["forward_not_matching_preflights"] = False
+    return out
+
+
+def header_operations(
+    headers: Headers | None, into: dict[str, Any], names: tuple[str, str, str, str]
+) -> None:
+    """Add Istio header edits to ``into`` under Envoy's four field ``names`` (request add,
+    request remove, response add, response remove): ``set`` overwrites, ``add`` appends."""
+    if headers is None:
+        return
+    for ops, add_key, remove_key in (
+        (headers.request, names[0], names[1]),
+        (headers.response, names[2], names[3]),
+    ):
+        if ops is None:
+            continue
+        adds = into.setdefault(add_key, [])
+        for values, action in (
+            (ops.set, "OVERWRITE_IF_EXISTS_OR_ADD"),
+            (ops.add, "APPEND_IF_EXISTS_OR_ADD"),
+        ):
+            for name, value in values.items():
+                adds.append({"header": {"key": name, "value": value}, "append_action": action})
+        if not adds:
+            del into[add_key]
+        if ops.remove:
+            into.setdefault(remove_key, []).extend(ops.remove)
+
+
+ROUTE_HEADERS = (
+    "request_headers_to_add",
+    "request_headers_to_remove",
+    "response_headers_to_add",
+    "response_headers_to_remove",
+)
 
 
 def _string_match(m: StringMatch, ignore_case: bool = False) -> dict[str, Any]:
@@ -203,20 +306,69 @@ class RouteBuilder:
         if len(dests) == 1:
             action["cluster"] = self.destination_cluster(dests[0].destination, rule_ns, host, port)
         else:
-            action["weighted_clusters"] = {
-                "clusters": [
-                    {
-                        "name": self.destination_cluster(d.destination, rule_ns, host, port),
-                        "weight": d.weight,
-                    }
-                    for d in dests
-                ]
-            }
+            clusters = []
+            for rd in dests:
+                wc = {
+                    "name": self.destination_cluster(rd.destination, rule_ns, host, port),
+                    "weight": rd.weight,
+                }
+                header_operations(rd.headers, wc, ROUTE_HEADERS)
+                clusters.append(wc)
+            action["weighted_clusters"] = {"clusters": clusters}
+        if (rw := http.rewrite) is not None:
+            # Istio rewrites the matched prefix, or the whole path of an exact or regex match.
+            if rw.uri_regex_rewrite is not None:
+                action["regex_rewrite"] = {
+                    "pattern": {"regex": rw.uri_regex_rewrite.match},
+                    "substitution": rw.uri_regex_rewrite.rewrite,
+                }
+            elif rw.uri:
+                action["prefix_rewrite"] = rw.uri
+            if rw.authority:
+                action["host_rewrite_literal"] = rw.authority
         action["timeout"] = format_duration(http.timeout) if http.timeout is not None else "0s"
+        targets = (
+            [action["cluster"]]
+            if "cluster" in action
+            else [c["name"] for c in action["weighted_clusters"]["clusters"]]
+        )
+        if hashing := route_hash_policy(self.world, targets):  # DestinationRule consistentHash
+            action["hash_policy"] = hashing
         policy = retry_policy(http.retries)
         if policy is not None:
             action["retry_policy"] = policy
+        mirrors = [(http.mirror, http.mirror_percentage)] if http.mirror is not None else []
+        mirrors += [(m.destination, m.percentage) for m in http.mirrors]
+        policies = []
+        for dest, pct in mirrors:
+            if pct is not None and pct.value == 0:
+                continue  # Istio: a 0% mirror is no mirror
+            mirror: dict[str, Any] = {
+                "cluster": self.destination_cluster(dest, rule_ns, host, port)
+            }
+            if pct is not None and pct.value < 100:
+                mirror["runtime_fraction"] = {"default_value": fractional_percent(pct.value)}
+            policies.append(mirror)
+        if policies:
+            action["request_mirror_policies"] = policies
         return {"route": action}
+
+    def route_extras(self, http: HTTPRoute) -> dict[str, Any]:
+        """What a route carries besides its match and action: header edits (the route's,
+        then its only destination's, as Istio merges them) and per-route filter config."""
+        out: dict[str, Any] = {}
+        header_operations(http.headers, out, ROUTE_HEADERS)
+        dests = [d for d in http.route if len(http.route) == 1 or (d.weight or 0) > 0]
+        if len(dests) == 1 and http.redirect is None and http.direct_response is None:
+            header_operations(dests[0].headers, out, ROUTE_HEADERS)
+        per_filter: dict[str, Any] = {}
+        if http.cors_policy is not None:
+            per_filter[CORS_FILTER] = cors_config(http.cors_policy)
+        if http.fault is not None:
+            per_filter[FAULT_FILTER] = fault_config(http.fault)
+        if per_filter:
+            out["typed_per_filter_config"] = per_filter
+        return out
 
     def vs_routes(
         self, vs: ResourceOf[VirtualServiceSpec], host: str, port: int | None
@@ -232,6 +384,7 @@ class RouteBuilder:
                 route = {
                     "match": route_match(match),
                     **self.action(http, vs.namespace, host, port or 80),
+                    **self.route_extras(http),
                 }
                 route["name"] = http.name or f"{vs.namespace}/{vs.name}/{i}"
                 routes.append(route)
@@ -255,7 +408,7 @@ class RouteBuilder:
 
     def default_route(self, host: str, port: int) -> dict[str, Any]:
         policy = retry_policy(None)
-        return {
+        route: dict[str, Any] = {
             "name": "default",
             "match": {"prefix": "/"},
             "route": {
@@ -264,6 +417,9 @@ class RouteBuilder:
                 "retry_policy": policy,
             },
         }
+        if hashing := route_hash_policy(self.world, [outbound_cluster(host, port)]):
+            route["route"]["hash_policy"] = hashing  # DestinationRule consistentHash
+        return route
 
     def virtual_service_for(
         self, host: str, wildcards: bool = False

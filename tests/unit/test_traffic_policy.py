@@ -1,0 +1,125 @@
+"""DestinationRule trafficPolicy: Istio's merge order, and what apply still warns about.
+
+The Envoy output for every field group is in the golden case
+``tests/golden/cases/destination-rule-policy``; these tests pin the rules behind it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tsunagi.api import DestinationRuleSpec, load_documents
+from tsunagi.mesh.analysis import not_yet_enforced
+from tsunagi.xds.translate.clusters import eds_cluster
+from tsunagi.xds.translate.policy import apply, cluster_policy, hash_policy
+
+RULE = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    connectionPool: {tcp: {maxConnections: 10}}
+    outlierDetection: {consecutive5xxErrors: 3}
+    portLevelSettings:
+    - port: {number: 9081}
+      loadBalancer: {simple: RANDOM}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer: {simple: LEAST_REQUEST}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      portLevelSettings:
+      - port: {number: 9080}
+        connectionPool: {http: {http1MaxPendingRequests: 1}}
+"""
+
+
+def spec() -> DestinationRuleSpec:
+    (resource,) = load_documents(RULE, "rule.yaml")
+    assert isinstance(resource.spec, DestinationRuleSpec)
+    return resource.spec
+
+
+def cluster(port: int, subset: str = "") -> dict[str, Any]:
+    return apply(
+        eds_cluster(f"outbound|{port}|{subset}|reviews"), cluster_policy(spec(), port, subset)
+    )
+
+
+def test_top_level_policy_applies_to_the_service_cluster() -> None:
+    c = cluster(9080)
+    assert c["lb_policy"] == "ROUND_ROBIN"
+    assert c["circuit_breakers"]["thresholds"][0]["max_connections"] == 10
+    assert c["outlier_detection"]["consecutive_5xx"] == 3
+
+
+def test_a_subset_setting_replaces_only_the_setting_of_its_kind() -> None:
+    c = cluster(9080, "v1")
+    assert c["lb_policy"] == "LEAST_REQUEST"
+    assert c["circuit_breakers"]["thresholds"][0]["max_connections"] == 10  # inherited
+    assert c["outlier_detection"]["consecutive_5xx"] == 3  # inherited
+
+
+def test_port_level_settings_replace_everything_and_do_not_inherit() -> None:
+    top_port = cluster(9081)
+    assert top_port["lb_policy"] == "RANDOM"
+    assert "outlier_detection" not in top_port  # default, not the top level's
+    assert top_port["circuit_breakers"]["thresholds"][0]["max_connections"] == 4294967295
+    # The subset's own port-level entry wins over the subset and the top level.
+    sub_port = cluster(9080, "v2")
+    assert sub_port["lb_policy"] == "LEAST_REQUEST"  # the default
+    assert sub_port["circuit_breakers"]["thresholds"][0]["max_pending_requests"] == 1
+    assert "outlier_detection" not in sub_port
+    # A subset with no port-level entry for the port: top-level port settings, then subset.
+    assert cluster(9081, "v1")["lb_policy"] == "LEAST_REQUEST"
+    assert cluster(9081, "v2")["lb_policy"] == "RANDOM"
+
+
+def test_no_rule_or_no_policy_means_istio_defaults() -> None:
+    plain = eds_cluster("outbound|9080||reviews")
+    assert apply(eds_cluster("outbound|9080||reviews"), cluster_policy(None, 9080)) == plain
+    assert hash_policy(cluster_policy(spec(), 9080)) is None
+
+
+def test_apply_warns_only_about_what_is_not_enforced() -> None:
+    docs = load_documents(
+        """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      simple: PASSTHROUGH
+    connectionPool: {tcp: {maxConnections: 1, idleTimeout: 1h}}
+    outlierDetection: {consecutiveErrors: 5}
+    tls: {mode: SIMPLE}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer:
+        localityLbSetting: {enabled: true}
+""",
+        "rule.yaml",
+    )
+    warnings = not_yet_enforced(docs)
+    text = "\n".join(warnings)
+    assert "spec.trafficPolicy.tls is not applied yet" in text
+    assert "spec.trafficPolicy.loadBalancer.simple PASSTHROUGH is not applied yet" in text
+    assert "spec.trafficPolicy.connectionPool.tcp.idleTimeout is not applied yet" in text
+    assert "spec.subsets[0].trafficPolicy.loadBalancer.localityLbSetting" in text
+    assert (
+        "spec.trafficPolicy.outlierDetection.consecutiveErrors is deprecated; "
+        "use consecutiveGatewayErrors" in text
+    )
+    assert not any("maxConnections" in w or "trafficPolicy is not" in w for w in warnings)
+    enforced = load_documents(RULE, "rule.yaml")
+    assert not_yet_enforced(enforced) == []
