@@ -121,11 +121,12 @@ def test_faults_headers_and_rewrite(client: Workload) -> None:
     for _ in range(5):
         status, _, _ = call(client, "/abort/x")
         assert status == 418
-    # Delay: the answer comes, and not before the injected delay (a lower bound only).
+    # Delay: the answer comes, and late (a generous lower bound only: Envoy's timer and our
+    # clock may disagree by a few ms; an undelayed request here takes a few ms).
     started = time.monotonic()
     status, _, body = call(client, "/delay/x")
     assert (status, body["path"]) == (200, "/delay/x")
-    assert time.monotonic() - started >= 0.6
+    assert time.monotonic() - started >= 0.5
     # Rewrite and header edits: the app sees the new path and headers, the client the
     # response header; the removed header never reaches the app.
     status, headers, body = call(client, "/old/page?q=1", headers={"x-secret": "s", "x-route": "a"})
