@@ -75,3 +75,17 @@ class ControlPlane:
     def synced(self, count: int) -> bool:
         proxies = self.call("GET", "/v1/proxies")["proxies"]
         return len(proxies) == count and all(p["synced"] for p in proxies)
+
+    def unsynced(self) -> str:
+        """Which proxies are not in sync and why, for an error message."""
+        proxies = self.call("GET", "/v1/proxies")["proxies"]
+        lines = [
+            f"{p['id']}: "
+            + ", ".join(
+                f"{t} {s['state']}" + (f" ({s['message']})" if s.get("message") else "")
+                for t, s in p["types"].items()
+            )
+            for p in proxies
+            if not p["synced"]
+        ]
+        return f"{len(proxies)} connected; not synced: " + ("; ".join(lines) or "none")

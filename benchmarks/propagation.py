@@ -92,7 +92,7 @@ def run(quick: bool, workdir: Path) -> dict[str, Any]:
             deadline = time.monotonic() + 60
             while not cp.synced(size):
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{size} sidecars did not sync")
+                    raise TimeoutError(f"{size} sidecars did not sync: {cp.unsynced()}")
                 time.sleep(0.1)
             samples = []
             for n in range(changes):
