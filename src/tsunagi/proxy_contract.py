@@ -45,3 +45,11 @@ def locality_fields(locality: str) -> dict[str, str]:
     """
     keys = ("region", "zone", "sub_zone")
     return {k: v for k, v in zip(keys, locality.split("/"), strict=False) if v}
+
+
+RE2_MAX_PROGRAM_SIZE = 32768
+"""The largest RE2 program (Envoy's regex complexity measure) a proxy accepts. Envoy's
+default is 100, which refuses regexes Istio accepts; Istio's bootstrap raises it to this, so
+does the agent's (``RE2_MAX_PROGRAM_SIZE_KEY`` in the runtime), and validation refuses what
+is larger, so that Envoy never NACKs a regex that ``apply`` accepted."""
+RE2_MAX_PROGRAM_SIZE_KEY = "re2.max_program_size.error_level"

@@ -112,24 +112,27 @@ def test_lapsed_heartbeat_removes_instance_and_agent_registers_again(tmp_path: P
 def test_envoy_rejection_fails_apply_wait_and_shows_in_proxy_status(mesh: Mesh) -> None:
     mesh.run("reviews", "v1")
     client = mesh.client()
-    # Valid RE2, but larger than Envoy's default regex program size limit (100): Envoy NACKs.
-    regex = "^/(" + "|".join(f"item{i}[a-z]+" for i in range(40)) + ")$"
+    # Valid for apply (bodies up to 1 MiB), but over the route configuration's default
+    # direct-response body limit (4096 bytes), so Envoy NACKs it. (Regexes no longer serve:
+    # the sidecar allows the RE2 program size that validation allows.)
+    body = "x" * 5000
     bad = virtual_service(f"""
   - match:
-    - uri: {{regex: "{regex}"}}
-    route:
+    - uri: {{prefix: /big}}
+    directResponse: {{status: 200, body: {{string: "{body}"}}}}
+  - route:
     - destination: {{host: reviews}}
 """)
     result = mesh.apply(bad, "--wait", "--timeout", "15")
     assert result.returncode == 1, result
     assert client.name in result.stderr and "rejected" in result.stderr
-    assert "regex" in result.stderr.lower()
+    assert "response body size" in result.stderr.lower()
     status = mesh.cli("proxy-status")
     assert "NACKED" in status.stdout
     # Envoy keeps serving its last good config.
     assert client.get("reviews:9080")[0] == 200
     # Fixing the rule clears the NACK.
-    fixed = mesh.apply(bad.replace(regex, "^/item[0-9]+$"), "--wait")
+    fixed = mesh.apply(bad.replace(body, "small"), "--wait")
     assert fixed.returncode == 0, fixed.stderr
     assert "NACKED" not in mesh.cli("proxy-status").stdout
 

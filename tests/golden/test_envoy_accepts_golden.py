@@ -2,7 +2,8 @@
 
 xDS-only references are made static for validation: EDS clusters get their assignment
 inline and the outbound listener gets its route configuration inline. Everything else is
-exactly what translation produced.
+exactly what translation produced. The runtime is the sidecar bootstrap's, so that limits
+it sets (RE2 program size) are those Envoy validates against.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.envoy import envoy_binary
 
 CASES = sorted(p for p in (Path(__file__).parent / "cases").iterdir() if p.is_dir())
@@ -41,7 +43,11 @@ def static_bootstrap(expected: dict[str, Any]) -> dict[str, Any]:
                 if "rds" in hcm:
                     hcm["route_config"] = routes[hcm.pop("rds")["route_config_name"]]
         listeners.append(lst)
-    return {"static_resources": {"clusters": clusters, "listeners": listeners}}
+    sidecar = bootstrap(ProxyIdentity("golden", "golden", "default"), "127.0.0.1", 1, 1)
+    return {
+        "static_resources": {"clusters": clusters, "listeners": listeners},
+        "layered_runtime": sidecar["layered_runtime"],
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -329,3 +329,33 @@ def test_all_errors_in_one_document_are_reported() -> None:
         "spec.http[1].route",
         "spec.http[2].directResponse.status",
     }
+
+
+# Envoy measures a regex by its RE2 program size; the sidecar's bootstrap raises the limit
+# to Istio's, and validation refuses what is larger, so Envoy never NACKs an accepted regex.
+ABOVE_ENVOY_DEFAULT = "(abcdefgh){1000}"  # program size 10004: above 100, under 32768
+ABOVE_LIMIT = "(abcdefghijklmnopqrstuvwxyz0123456789){1000}"  # program size 38004
+
+
+def test_regex_within_the_proxy_program_size_limit_is_accepted() -> None:
+    spec = _load(
+        f"hosts: [a]\nhttp:\n- match: [{{uri: {{regex: '{ABOVE_ENVOY_DEFAULT}'}}}}]\n  " + ROUTE
+    )
+    uri = spec.http[0].match[0].uri
+    assert uri is not None and uri.regex == ABOVE_ENVOY_DEFAULT
+
+
+def test_regex_above_the_proxy_program_size_limit_is_refused() -> None:
+    errs = _errors(f"hosts: [a]\nhttp:\n- match: [{{uri: {{regex: '{ABOVE_LIMIT}'}}}}]\n  " + ROUTE)
+    reason = errs["spec.http[0].match[0].uri.regex"]
+    assert "too complex for Envoy: program size 38004, at most 32768" in reason
+
+
+def test_sidecar_bootstrap_carries_the_validated_program_size_limit() -> None:
+    from tsunagi import proxy_contract as pc
+    from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
+
+    doc = bootstrap(ProxyIdentity("n", "s", "default"), "127.0.0.1", 1, 2)
+    [layer] = doc["layered_runtime"]["layers"]
+    assert layer["static_layer"] == {"re2.max_program_size.error_level": 32768}
+    assert pc.RE2_MAX_PROGRAM_SIZE == 32768

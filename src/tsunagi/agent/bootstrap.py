@@ -106,6 +106,16 @@ def bootstrap(
                 }
             ]
         },
+        # Regexes up to the size validation allows (as Istio's bootstrap does); Envoy's
+        # default limit (100) would NACK many a regex that apply accepted.
+        "layered_runtime": {
+            "layers": [
+                {
+                    "name": "static",
+                    "static_layer": {pc.RE2_MAX_PROGRAM_SIZE_KEY: pc.RE2_MAX_PROGRAM_SIZE},
+                }
+            ]
+        },
         # Give freed heap back to the OS: an idle sidecar should not hold the high-water mark
         # of its last config push.
         "memory_allocator_manager": {

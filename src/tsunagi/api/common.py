@@ -16,6 +16,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from tsunagi.proxy_contract import RE2_MAX_PROGRAM_SIZE
+
 from .durations import parse_duration
 
 
@@ -43,7 +45,7 @@ def _compile_re2(value: str) -> str:
     options = re2.Options()
     options.log_errors = False  # otherwise RE2 writes every bad pattern to stderr
     try:
-        re2.compile(value, options)
+        compiled = re2.compile(value, options)
     except Exception as exc:  # re2 raises its own error type; any failure is a bad regex
         detail = exc.args[0] if exc.args else exc
         if isinstance(detail, bytes):
@@ -52,6 +54,12 @@ def _compile_re2(value: str) -> str:
         reason, _, fragment = str(detail).partition(": ")
         at = f" at {fragment!r}" if fragment else ""
         raise ValueError(f"invalid RE2 regular expression {value!r}: {reason}{at}") from None
+    size = compiled.programsize
+    if size > RE2_MAX_PROGRAM_SIZE:
+        raise ValueError(
+            f"RE2 regular expression {value[:60]!r}{'...' if len(value) > 60 else ''} is too "
+            f"complex for Envoy: program size {size}, at most {RE2_MAX_PROGRAM_SIZE}"
+        )
     return value
 
 

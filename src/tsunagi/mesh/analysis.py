@@ -69,6 +69,12 @@ def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
                 for attr, name in _PENDING_HTTP.items():
                     if getattr(http, attr, None):
                         out.append(f"{where}: spec.http[{i}].{name} is not applied yet")
+                code = http.redirect.redirect_code if http.redirect is not None else None
+                if code is not None and code not in (301, 302, 303, 307, 308):
+                    out.append(
+                        f"{where}: spec.http[{i}].redirect.redirectCode {code} is not supported "
+                        "by Envoy (301, 302, 303, 307, 308); this route is left out, as Istio does"
+                    )
                 for j, m in enumerate(http.match):
                     if m.source_labels:
                         out.append(

@@ -18,6 +18,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,
 )
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import (
+    previous_priorities_config_pb2,
+)
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -35,6 +38,10 @@ CORS_TYPE = "type.googleapis.com/" + cors_pb2.Cors.DESCRIPTOR.full_name
 CORS_POLICY_TYPE = "type.googleapis.com/" + cors_pb2.CorsPolicy.DESCRIPTOR.full_name
 PREVIOUS_HOSTS_TYPE = (
     "type.googleapis.com/" + previous_hosts_pb2.PreviousHostsPredicate.DESCRIPTOR.full_name
+)
+PREVIOUS_PRIORITIES_TYPE = (
+    "type.googleapis.com/"
+    + previous_priorities_config_pb2.PreviousPrioritiesConfig.DESCRIPTOR.full_name
 )
 
 M = TypeVar("M", bound=Message)

@@ -30,7 +30,12 @@ from tsunagi.xds.translate.names import (
     virtual_host_domains,
 )
 from tsunagi.xds.translate.policy import route_hash_policy
-from tsunagi.xds.translate.protos import CORS_POLICY_TYPE, FAULT_TYPE, PREVIOUS_HOSTS_TYPE
+from tsunagi.xds.translate.protos import (
+    CORS_POLICY_TYPE,
+    FAULT_TYPE,
+    PREVIOUS_HOSTS_TYPE,
+    PREVIOUS_PRIORITIES_TYPE,
+)
 
 # Istio's defaults, written out so that what Envoy runs is what we say it runs. Since Istio
 # 1.24 (EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY, on by default) the default retries no status
@@ -41,20 +46,26 @@ DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriab
 DEFAULT_RETRIES = 2
 
 
-def retry_policy(retries: HTTPRetry | None) -> dict[str, Any] | None:
-    """Istio's default policy unless the route sets ``retries`` (attempts 0 disables it)."""
+PREVIOUS_HOSTS = {
+    "name": "envoy.retry_host_predicates.previous_hosts",
+    "typed_config": {"@type": PREVIOUS_HOSTS_TYPE},
+}
+
+
+def retry_policy(retries: HTTPRetry | None, hashing: bool = False) -> dict[str, Any] | None:
+    """Istio's default policy unless the route sets ``retries`` (attempts 0 disables it).
+
+    ``hashing``: the destination uses consistent hashing, so, as Istio's
+    DefaultConsistentHashPolicy, retries do not avoid the hosts already tried (they would
+    leave the hashed host) unless ``retryIgnorePreviousHosts`` asks for it.
+    """
     attempts = DEFAULT_RETRIES if retries is None else retries.attempts
     if not attempts:
         return None
     policy: dict[str, Any] = {
         "retry_on": DEFAULT_RETRY_ON,
         "num_retries": attempts,
-        "retry_host_predicate": [
-            {
-                "name": "envoy.retry_host_predicates.previous_hosts",
-                "typed_config": {"@type": PREVIOUS_HOSTS_TYPE},
-            }
-        ],
+        "retry_host_predicate": [] if hashing else [PREVIOUS_HOSTS],
         "host_selection_retry_max_attempts": "5",
     }
     if retries is not None:
@@ -69,8 +80,30 @@ def retry_policy(retries: HTTPRetry | None) -> dict[str, Any] | None:
                 policy["retriable_status_codes"] = codes
         if retries.per_try_timeout is not None:
             policy["per_try_timeout"] = format_duration(retries.per_try_timeout)
+        if retries.retry_ignore_previous_hosts is not None:
+            policy["retry_host_predicate"] = (
+                [PREVIOUS_HOSTS] if retries.retry_ignore_previous_hosts else []
+            )
+        if retries.retry_remote_localities:
+            policy["retry_priority"] = {
+                "name": "envoy.retry_priorities.previous_priorities",
+                "typed_config": {"@type": PREVIOUS_PRIORITIES_TYPE, "update_frequency": 2},
+            }
+        if retries.backoff is not None:
+            policy["retry_back_off"] = {"base_interval": format_duration(retries.backoff)}
+    if not policy["retry_host_predicate"]:
+        del policy["retry_host_predicate"]
     return policy
 
+
+#: The redirect codes Envoy can send; Istio leaves out a route asking for another 3xx.
+REDIRECT_CODES = {
+    301: "MOVED_PERMANENTLY",
+    302: "FOUND",
+    303: "SEE_OTHER",
+    307: "TEMPORARY_REDIRECT",
+    308: "PERMANENT_REDIRECT",
+}
 
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
@@ -281,16 +314,13 @@ class RouteBuilder:
                 redirect["host_redirect"] = r.authority
             if r.port:
                 redirect["port_redirect"] = r.port
+            elif r.derive_port == "FROM_REQUEST_PORT":
+                # Envoy cannot take the port from the request; a route table is built for
+                # one port, so, as Istio, name that port. FROM_PROTOCOL_DEFAULT sets none.
+                redirect["port_redirect"] = port
             if r.scheme:
                 redirect["scheme_redirect"] = r.scheme
-            code = {
-                301: "MOVED_PERMANENTLY",
-                302: "FOUND",
-                303: "SEE_OTHER",
-                307: "TEMPORARY_REDIRECT",
-                308: "PERMANENT_REDIRECT",
-            }
-            redirect["response_code"] = code.get(r.redirect_code or 301, "MOVED_PERMANENTLY")
+            redirect["response_code"] = REDIRECT_CODES[r.redirect_code or 301]
             return {"redirect": redirect}
         if http.direct_response is not None:
             d = http.direct_response
@@ -334,7 +364,7 @@ class RouteBuilder:
         )
         if hashing := route_hash_policy(self.world, targets):  # DestinationRule consistentHash
             action["hash_policy"] = hashing
-        policy = retry_policy(http.retries)
+        policy = retry_policy(http.retries, hashing=bool(hashing))
         if policy is not None:
             action["retry_policy"] = policy
         mirrors = [(http.mirror, http.mirror_percentage)] if http.mirror is not None else []
@@ -378,6 +408,10 @@ class RouteBuilder:
         for i, http in enumerate(vs.spec.http):
             if http.delegate is not None:
                 continue  # delegation is not supported yet; apply warns about it
+            if (rd := http.redirect) is not None and (
+                rd.redirect_code or 301
+            ) not in REDIRECT_CODES:
+                continue  # Envoy cannot send this code; Istio drops the route, apply warns
             for match in http.match or [None]:
                 if match is not None and not self._applies(match, port):
                     continue
@@ -407,17 +441,17 @@ class RouteBuilder:
         return not match.source_labels
 
     def default_route(self, host: str, port: int) -> dict[str, Any]:
-        policy = retry_policy(None)
+        hashing = route_hash_policy(self.world, [outbound_cluster(host, port)])
         route: dict[str, Any] = {
             "name": "default",
             "match": {"prefix": "/"},
             "route": {
                 "cluster": outbound_cluster(host, port),
                 "timeout": "0s",
-                "retry_policy": policy,
+                "retry_policy": retry_policy(None, hashing=bool(hashing)),
             },
         }
-        if hashing := route_hash_policy(self.world, [outbound_cluster(host, port)]):
+        if hashing:
             route["route"]["hash_policy"] = hashing  # DestinationRule consistentHash
         return route
 
