@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-SUBSETS = """
+
+def destination_rule(body: str) -> str:
+    """The reviews DestinationRule with ``body`` (YAML, indented as under ``spec:``)."""
+    return f"""
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
-metadata: {name: reviews}
+metadata: {{name: reviews}}
 spec:
   host: reviews
+{body.strip(chr(10))}
+"""
+
+
+SUBSETS = destination_rule(
+    """
   subsets:
   - {name: v1, labels: {version: v1}}
   - {name: v2, labels: {version: v2}}
 """
+)
 
 
 def virtual_service(http: str, version: str = "v1") -> str:

@@ -9,20 +9,18 @@ import threading
 import pytest
 
 from .mesh import Mesh, Workload, wait_until
+from .rules import destination_rule
 
 pytestmark = pytest.mark.e2e
 
-CIRCUIT_BREAKER = """
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews
+CIRCUIT_BREAKER = destination_rule(
+    """
   trafficPolicy:
     connectionPool:
       tcp: {maxConnections: 1}
       http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}
 """
+)
 
 THREADS = 20
 REQUESTS = 10
@@ -93,12 +91,8 @@ def test_connection_pool_limits_overflow_as_503_and_nothing_fails_without_them(
     assert limit(client, "max_connections") == limit(client, "max_pending_requests") == "1"
 
 
-OUTLIER_DETECTION = """
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews
+OUTLIER_DETECTION = destination_rule(
+    """
   trafficPolicy:
     outlierDetection:
       consecutive5xxErrors: 1
@@ -106,6 +100,7 @@ spec:
       baseEjectionTime: 3m
       maxEjectionPercent: 100
 """
+)
 FAILING_V2 = "/?fail=v2"  # reviews v2 answers 503, v1 answers 200
 
 

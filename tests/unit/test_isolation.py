@@ -341,3 +341,24 @@ def test_the_cli_shows_status_blocks_and_untranslated_config() -> None:
         for i in range(3)
     ]
     assert "3 proxies: x" in output.proxy_status(proxies)
+
+
+def test_last_good_forgets_pieces_whose_owner_is_gone() -> None:
+    from tsunagi.xds.translate.isolation import LastGood
+
+    store = LastGood()
+    store.put(("routes", "a"), ("VirtualService", "default", "a"), "routes of a")
+    store.put(("routes", "b"), ("VirtualService", "default", "b"), "routes of b")
+    calls: list[int] = []
+
+    def alive() -> set[Any]:
+        calls.append(1)
+        return {("VirtualService", "default", "a")}
+
+    store.retain(alive, "gen-1")
+    assert (store.get(("routes", "a")), store.get(("routes", "b"))) == ("routes of a", None)
+    store.put(("routes", "b"), ("VirtualService", "default", "b"), "routes of b")
+    store.retain(alive, "gen-1")  # same services and resources: nothing to walk
+    assert store.get(("routes", "b")) == "routes of b" and len(calls) == 1
+    store.retain(alive, "gen-2")
+    assert store.get(("routes", "b")) is None and len(calls) == 2

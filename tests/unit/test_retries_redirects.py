@@ -7,6 +7,8 @@ from tsunagi.api import HTTPRetry, load_documents
 from tsunagi.mesh.analysis import not_yet_enforced
 from tsunagi.xds.translate.routes import retry_policy
 
+from ..e2e.rules import virtual_service
+
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 
 
@@ -41,13 +43,8 @@ def test_remote_localities_and_backoff() -> None:
 
 
 def test_retries_and_redirects_raise_no_pending_warning_but_odd_codes_do() -> None:
-    docs = load_documents("""
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
+    docs = load_documents(
+        virtual_service("""
   - match: [{uri: {prefix: /a}}]
     redirect: {uri: /b, derivePort: FROM_REQUEST_PORT, redirectCode: 307}
   - match: [{uri: {prefix: /c}}]
@@ -55,7 +52,9 @@ spec:
   - retries: {attempts: 2, retryRemoteLocalities: true, retryIgnorePreviousHosts: false,
               backoff: 10ms}
     route: [{destination: {host: reviews}}]
-""")
+"""),
+        "vs.yaml",
+    )
     assert not_yet_enforced(docs) == [
         "VirtualService default/reviews: spec.http[1].redirect.redirectCode 305 is not "
         "supported by Envoy (301, 302, 303, 307, 308); this route is left out, as Istio does"

@@ -13,12 +13,10 @@ from tsunagi.mesh.analysis import not_yet_enforced
 from tsunagi.xds.translate.clusters import eds_cluster
 from tsunagi.xds.translate.policy import apply, cluster_policy, hash_policy
 
-RULE = """
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews
+from ..e2e.rules import destination_rule
+
+RULE = destination_rule(
+    """
   trafficPolicy:
     loadBalancer: {simple: ROUND_ROBIN}
     connectionPool: {tcp: {maxConnections: 10}}
@@ -38,6 +36,7 @@ spec:
       - port: {number: 9080}
         connectionPool: {http: {http1MaxPendingRequests: 1}}
 """
+)
 
 
 def spec() -> DestinationRuleSpec:
@@ -89,12 +88,8 @@ def test_no_rule_or_no_policy_means_istio_defaults() -> None:
 
 def test_apply_warns_only_about_what_is_not_enforced() -> None:
     docs = load_documents(
-        """
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews
+        destination_rule(
+            """
   trafficPolicy:
     loadBalancer:
       simple: PASSTHROUGH
@@ -107,7 +102,8 @@ spec:
     trafficPolicy:
       loadBalancer:
         localityLbSetting: {enabled: true}
-""",
+"""
+        ),
         "rule.yaml",
     )
     warnings = not_yet_enforced(docs)

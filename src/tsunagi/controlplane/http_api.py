@@ -17,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import yaml
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
@@ -469,11 +468,6 @@ async def _load(text: str, filename: str, verb: str) -> list[Resource]:
             f"{len(e.errors)} error(s) in {filename}; nothing was {verb}",
             [str(x) for x in e.errors],
         ) from None
-    except (yaml.YAMLError, RecursionError) as e:
-        # Inputs the loader does not turn into ValidationFailed itself: characters YAML
-        # forbids (NUL, lone surrogates) and nesting deeper than Python's recursion limit.
-        reason = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())
-        raise ApiError(400, f"{filename}: invalid YAML: {reason}; nothing was {verb}") from None
     if not resources:
         raise ApiError(400, f"{filename}: no resources found; nothing was {verb}")
     return resources

@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from tsunagi.controlplane.world_builder import WorldBuilder
@@ -48,6 +49,7 @@ from tsunagi.xds.translate import (
     translate_outbound,
     translate_shared,
 )
+from tsunagi.xds.translate.isolation import isolated
 
 log = logging.getLogger("tsunagi.push")
 
@@ -109,12 +111,20 @@ class _NodeLocal:
 
     @classmethod
     def of(cls, node: Node) -> _NodeLocal:
-        try:
-            return cls(node, translate_local(node))
-        except Exception as e:  # one odd node must not stop the others' push
-            part = f"listeners and inbound clusters of proxy {node.id}"
-            error = TranslationError((), part, f"{type(e).__name__}: {e}", False)
-            return cls(node, _NO_LOCAL, error)
+        """Translate the node's own part, isolated like every other piece: one odd node must
+        not stop the others' push (it gets no listeners, and the error is reported)."""
+        errors: list[TranslationError] = []
+        local = isolated(
+            errors,
+            None,
+            node.id,
+            node.id,
+            tuple,
+            partial("listeners and inbound clusters of proxy {}".format, node.id),
+            partial(translate_local, node),
+            _NO_LOCAL,
+        )
+        return cls(node, local, errors[0] if errors else None)
 
 
 def _collect(

@@ -10,7 +10,7 @@ from google.protobuf import any_pb2
 
 from tsunagi.xds.dependencies import DependencyCache
 from tsunagi.xds.protocol._events import WILDCARD, Event, subscription_events
-from tsunagi.xds.protocol._state import _diff, _TypeState, _without
+from tsunagi.xds.protocol._state import _diff, _TypeState
 from tsunagi.xds.protocol._stream import _Stream
 from tsunagi.xds.protocol._wire import delta_response
 from tsunagi.xds.resources import WILDCARD_TYPES, Resource, Snapshot
@@ -111,9 +111,7 @@ class DeltaStream(_Stream):
         if WILDCARD in unsubscribe:
             st.wildcard = False
             # Envoy drops what it held only through the wildcard.
-            same = st.acked is st.known
-            st.set_known(_without(st.known, st.known.keys() - st.names))
-            st.acked = st.known if same else _without(st.acked, st.acked.keys() - st.names)
+            st.forget()
         added = subscribe - {WILDCARD}
         dropped = unsubscribe - {WILDCARD}
         names = (st.names | added) - dropped
@@ -126,9 +124,7 @@ class DeltaStream(_Stream):
             st.unresolved |= dropped
         elif dropped:
             # Unsubscribing needs no answer; the client forgets the resource itself.
-            same = st.acked is st.known
-            st.set_known(_without(st.known, dropped))
-            st.acked = st.known if same else _without(st.acked, dropped)
+            st.forget(dropped)
             if st.rejected:
                 # The rejected resource may be one Envoy just dropped: a response (complete
                 # since the NACK) tells whether what is left is accepted, as SotW's
@@ -138,12 +134,10 @@ class DeltaStream(_Stream):
 
     def next_response(self) -> discovery_pb2.DeltaDiscoveryResponse | None:
         """The next response that may be sent now, or ``None``; it counts as sent."""
-        nxt = self._next_type()
-        if nxt is None:
+        taken = self._take()
+        if taken is None:
             return None
-        t, retain = nxt
-        st = self._types[t]
-        target, version = self._plan(t, st, retain)
+        t, st, target, version = taken
         changed_names, removed_names = _diff(st.known, target)
         if st.full:
             # After a NACK, what Envoy kept of the rejected response is unknown: like SotW's

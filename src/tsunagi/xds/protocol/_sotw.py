@@ -9,7 +9,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from tsunagi.xds.protocol._events import WILDCARD, Event, subscription_events
 from tsunagi.xds.protocol._order import _PARTIAL_SOTW_TYPES
-from tsunagi.xds.protocol._state import _NO_NAMES, _diff, _TypeState, _without
+from tsunagi.xds.protocol._state import _NO_NAMES, _diff, _TypeState
 from tsunagi.xds.protocol._stream import _Stream
 from tsunagi.xds.protocol._wire import sotw_response
 from tsunagi.xds.resources import WILDCARD_TYPES
@@ -57,9 +57,7 @@ class SotwStream(_Stream):
             # Envoy forgets what it no longer subscribes to, so a name subscribed again later
             # must be sent again even if unchanged: forget it too, in what it ACKed as well
             # (else ``synced()`` would count a resource Envoy no longer has).
-            same = st.acked is st.known
-            st.set_known(_without(st.known, st.known.keys() - st.names))
-            st.acked = st.known if same else _without(st.acked, st.acked.keys() - st.names)
+            st.forget()
         after = st.subscription()
         if after != before:
             st.force = True
@@ -67,12 +65,10 @@ class SotwStream(_Stream):
 
     def next_response(self) -> discovery_pb2.DiscoveryResponse | None:
         """The next response that may be sent now, or ``None``; it counts as sent."""
-        nxt = self._next_type()
-        if nxt is None:
+        taken = self._take()
+        if taken is None:
             return None
-        t, retain = nxt
-        st = self._types[t]
-        target, version = self._plan(t, st, retain)
+        t, st, target, version = taken
         if t in _PARTIAL_SOTW_TYPES and not st.wildcard and not st.full:
             # Only what the client lacks; see _PARTIAL_SOTW_TYPES for why that is enough.
             names: Iterable[str] = _diff(st.known, target)[0]

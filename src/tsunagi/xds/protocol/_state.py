@@ -142,6 +142,21 @@ class _TypeState:
             self._acked_v = cached
         return cached[1]
 
+    def forget(self, names: Iterable[str] | None = None) -> None:
+        """Drop ``names`` from ``known`` and from ``acked``; by default every name not
+        subscribed by name. ``acked`` stays the very mapping ``known`` is when it was."""
+        same = self.acked is self.known
+        if names is None:
+            self.set_known(_without(self.known, self.known.keys() - self.names))
+            if not same:
+                self.acked = _without(self.acked, self.acked.keys() - self.names)
+        else:
+            self.set_known(_without(self.known, names))
+            if not same:
+                self.acked = _without(self.acked, names)
+        if same:
+            self.acked = self.known
+
     def adopt(self, view: Mapping[str, Resource], version: str) -> None:
         """``known`` holds exactly ``view``'s content: keep the (shared) view instead, and
         what was derived from the old mapping (same names, same versions)."""

@@ -195,6 +195,16 @@ class _Stream(_Ordering):
         st.acked_version = version
         return [Ack(type_url, version, nonce)]
 
+    def _take(self) -> tuple[str, _TypeState, Mapping[str, Resource], str] | None:
+        """The type to send next, its state, and what to send of it at which version."""
+        nxt = self._next_type()
+        if nxt is None:
+            return None
+        t, retain = nxt
+        st = self._types[t]
+        target, version = self._plan(t, st, retain)
+        return t, st, target, version
+
     def _mark_sent(self, st: _TypeState, target: Mapping[str, Resource], version: str) -> str:
         nonce = self._fresh_nonce()
         st.set_known(target, version)

@@ -239,7 +239,9 @@ def translate_shared(world: World, memo: Memo | None = None) -> Shared:
             clusters[c.name] = c
         for cla in svc_endpoints:
             endpoints[cla.name] = cla
-    memo.last_good.retain({*world.services, *(r.key for r in world.resources)})
+    memo.last_good.retain(
+        lambda: {*world.services, *(r.key for r in world.resources)}, world.routing_fingerprint
+    )
     # Fold each cluster's version into its endpoints' version: when a cluster changes, Envoy
     # needs its endpoints again to finish warming it, and an unchanged version would never be
     # re-sent.

@@ -49,6 +49,7 @@ class LastGood:
     def __init__(self) -> None:
         self._values: dict[Hashable, tuple[Hashable, Any]] = {}
         self._lock = threading.Lock()
+        self._retained_for: Hashable = None
 
     def get(self, key: Hashable) -> Any | None:
         with self._lock:
@@ -59,11 +60,19 @@ class LastGood:
         with self._lock:
             self._values[key] = (owner, value)
 
-    def retain(self, alive: Collection[Hashable]) -> None:
-        """Forget the output of pieces whose owner (resource key or host) no longer exists."""
+    def retain(self, alive: Callable[[], Collection[Hashable]], generation: Hashable) -> None:
+        """Forget the output of pieces whose owner (resource key or host) no longer exists.
+
+        Owners change only when ``generation`` (a digest of the services and resources)
+        does, so an endpoint-only push skips the walk over every entry.
+        """
+        if generation == self._retained_for:
+            return
+        owners = alive()
         with self._lock:
-            for key in [k for k, (owner, _) in self._values.items() if owner not in alive]:
+            for key in [k for k, (owner, _) in self._values.items() if owner not in owners]:
                 del self._values[key]
+            self._retained_for = generation
 
     def __len__(self) -> int:
         with self._lock:
