@@ -80,6 +80,14 @@ class PushErrors:
     by_node: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Failures in one proxy's own listeners and clusters."""
 
+    def lines(self) -> set[str]:
+        """Every failure, once (to log only what is new since the last push)."""
+        return {
+            *self.shared,
+            *(line for ls in self.by_namespace.values() for line in ls),
+            *(line for ls in self.by_node.values() for line in ls),
+        }
+
     def for_node(self, node_id: str, namespace: str) -> list[str]:
         """Every failure that leaves something out of this proxy's config."""
         return [
@@ -245,9 +253,7 @@ class Pusher:
         for gone in self._locals.keys() - self.cache.nodes.keys():
             del self._locals[gone]
         errors = _collect(done.parse_errors, done.shared, done.outbound, self._locals)
-        for line in set(errors.shared).union(*errors.by_namespace.values()) - set(
-            self.errors.shared
-        ).union(*self.errors.by_namespace.values()):
+        for line in errors.lines() - self.errors.lines():
             log.error("revision %d: not translated: %s", done.world.revision, line)
         self.errors = errors
         for node_id, snap in done.snapshots.items():
