@@ -166,7 +166,11 @@ def test_max_depth_boundary() -> None:
 def test_bug_deep_nesting_raised_recursion_error(parser: str) -> None:
     # PyYAML composes recursively: 10,000 "[" used to end in RecursionError.
     err = _errors(DR_SPEC + "status: " + "[" * 10_000 + "]" * 10_000 + "\n")[0]
-    assert "nest" in err.reason
+    # libyaml's scanner has its own (lower) flow-nesting cap and stops first.
+    if parser == "libyaml":
+        assert err.reason.endswith("exceeded maximum nesting depth")
+    else:
+        assert "nested more than 100 levels deep" in err.reason and "max_depth" in err.reason
 
 
 def test_parse_document_refuses_deep_and_cyclic_data() -> None:

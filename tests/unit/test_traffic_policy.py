@@ -39,8 +39,8 @@ RULE = destination_rule(
 )
 
 
-def spec() -> DestinationRuleSpec:
-    (resource,) = load_documents(RULE, "rule.yaml")
+def spec(rule: str = RULE) -> DestinationRuleSpec:
+    (resource,) = load_documents(rule, "rule.yaml")
     assert isinstance(resource.spec, DestinationRuleSpec)
     return resource.spec
 
@@ -84,6 +84,22 @@ def test_no_rule_or_no_policy_means_istio_defaults() -> None:
     plain = eds_cluster("outbound|9080||reviews")
     assert apply(eds_cluster("outbound|9080||reviews"), cluster_policy(None, 9080)) == plain
     assert hash_policy(cluster_policy(spec(), 9080)) is None
+
+
+def test_consistent_hash_sets_the_ring_and_the_route_hash_policy() -> None:
+    hashed = spec(
+        destination_rule(
+            """
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+"""
+        )
+    )
+    policy = cluster_policy(hashed, 9080)
+    assert hash_policy(policy) == [{"header": {"header_name": "x-user"}}]
+    c = apply(eds_cluster("outbound|9080||reviews"), policy)
+    assert c["lb_policy"] == "RING_HASH"
+    assert c["ring_hash_lb_config"] == {"minimum_ring_size": "1024"}
 
 
 def test_apply_warns_only_about_what_is_not_enforced() -> None:

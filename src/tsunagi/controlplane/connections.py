@@ -53,7 +53,6 @@ class ConnectionLimiter:
         self.refused_linger = refused_linger
         """How long a refused connection may stay open for the client to read the 503."""
         self.open: Counter[str] = Counter()
-        self.refused = 0
         self._refused: set[asyncio.Transport] = set()
 
     def __call__(self) -> asyncio.Protocol:
@@ -90,7 +89,6 @@ class _Gate(asyncio.Protocol):
         # Answer before the request arrives, then stop writing but keep reading (and
         # discarding) for a moment: closing at once could reset the connection before the
         # client has read why.
-        self.limiter.refused += 1
         self.transport = transport
         self.limiter._refused.add(transport)
         transport.write(refusal(self.address, self.limiter.per_client))

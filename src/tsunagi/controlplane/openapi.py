@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.json_schema import models_json_schema
 
+from tsunagi.api.names import DNS1123_LABEL_PATTERN
+
 MIB = 1024 * 1024
 
 # ----------------------------------------------------------------------------- requests
@@ -68,7 +70,7 @@ class DeleteRequest(_Body):
         return self
 
 
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_LABEL = DNS1123_LABEL_PATTERN
 _DnsLabel = Annotated[str, Field(pattern=DNS_LABEL)]
 _Port = Annotated[int, Field(ge=1, le=65535)]
 

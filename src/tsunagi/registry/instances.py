@@ -15,12 +15,13 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
+from tsunagi.api.names import DNS1123_LABEL_PATTERN
 from tsunagi.store import Key, Store
 
 KIND = "WorkloadInstance"
 """The store kind that holds registered instances (internal; not an Istio kind)."""
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_LABEL = re.compile(DNS1123_LABEL_PATTERN)
 
 
 class InvalidInstance(ValueError):

@@ -181,12 +181,19 @@ def _assignments_of(
     return _pack_all(ClusterLoadAssignment, docs, "cluster_name")
 
 
+def _policy_key_of(dr: Any) -> tuple[Any, str]:
+    return dr, policy_key(dr.spec)
+
+
 def _service_parts(world: World, svc: Service, memo: Memo) -> tuple[list[Resource], list[Resource]]:
     """One service's clusters and endpoint assignments (memoized by their inputs)."""
     subsets = world.subset_definitions(svc.hostname)
     dr = world.destination_rules.get(svc.hostname)
     spec = dr.spec if dr is not None else None
-    policies = policy_key(spec)  # a changed trafficPolicy must re-pack the clusters
+    # A changed trafficPolicy must re-pack the clusters. The key is computed once per parsed
+    # rule: the World builder reuses an unchanged rule's object, and the memo holds it, so
+    # its id cannot be another object's while the entry lives.
+    policies = "" if dr is None else memo.get(("policy", id(dr)), _policy_key_of, dr)[1]
     clusters: list[Resource] = []
     endpoints: list[Resource] = []
     if svc.resolution:

@@ -33,7 +33,6 @@ from tsunagi.api import (
 )
 from tsunagi.mesh import World
 
-MAX = 4294967295
 DEFAULT_RING_SIZE = 1024
 """Istio's ring size when consistent hashing names none."""
 
@@ -138,18 +137,16 @@ def _load_balancer(cluster: dict[str, Any], lb: LoadBalancerSettings) -> None:
             cluster["ring_hash_lb_config"] = {"minimum_ring_size": str(size)}
         return
     # UNSPECIFIED and PASSTHROUGH (not supported yet; apply warns) keep the default.
-    if lb.simple is not None and lb.simple in _SIMPLE:
+    if lb.simple in _SIMPLE:
         cluster["lb_policy"] = _SIMPLE[lb.simple]
     if lb.warmup_duration_secs:
-        slow_start = {"slow_start_config": {"slow_start_window": _dur(lb.warmup_duration_secs)}}
+        slow_start = {
+            "slow_start_config": {"slow_start_window": format_duration(lb.warmup_duration_secs)}
+        }
         if cluster["lb_policy"] == "ROUND_ROBIN":
             cluster["round_robin_lb_config"] = slow_start
         elif cluster["lb_policy"] == "LEAST_REQUEST":
             cluster["least_request_lb_config"] = slow_start
-
-
-def _dur(seconds: float) -> str:
-    return format_duration(seconds)
 
 
 def _connection_pool(cluster: dict[str, Any], pool: ConnectionPoolSettings) -> None:
@@ -160,9 +157,9 @@ def _connection_pool(cluster: dict[str, Any], pool: ConnectionPoolSettings) -> N
         if tcp.max_connections:
             thresholds["max_connections"] = tcp.max_connections
         if tcp.connect_timeout:
-            cluster["connect_timeout"] = _dur(tcp.connect_timeout)
+            cluster["connect_timeout"] = format_duration(tcp.connect_timeout)
         if tcp.max_connection_duration:
-            common["max_connection_duration"] = _dur(tcp.max_connection_duration)
+            common["max_connection_duration"] = format_duration(tcp.max_connection_duration)
         ka = tcp.tcp_keepalive
         if ka is not None:
             keepalive: dict[str, Any] = {}
@@ -185,7 +182,7 @@ def _connection_pool(cluster: dict[str, Any], pool: ConnectionPoolSettings) -> N
         if http.max_requests_per_connection:
             common["max_requests_per_connection"] = http.max_requests_per_connection
         if http.idle_timeout:
-            common["idle_timeout"] = _dur(http.idle_timeout)
+            common["idle_timeout"] = format_duration(http.idle_timeout)
         if http.max_concurrent_streams:
             h2["max_concurrent_streams"] = http.max_concurrent_streams
         if http.use_client_protocol:
@@ -222,9 +219,9 @@ def _outlier(cluster: dict[str, Any], o: OutlierDetection) -> None:
         out["consecutive_5xx"] = o.consecutive_5xx_errors
         out["enforcing_consecutive_5xx"] = 100 if o.consecutive_5xx_errors else 0
     if o.interval:
-        out["interval"] = _dur(o.interval)
+        out["interval"] = format_duration(o.interval)
     if o.base_ejection_time:
-        out["base_ejection_time"] = _dur(o.base_ejection_time)
+        out["base_ejection_time"] = format_duration(o.base_ejection_time)
     if o.max_ejection_percent is not None:
         out["max_ejection_percent"] = o.max_ejection_percent
     if o.split_external_local_origin_errors:
@@ -259,7 +256,7 @@ def hash_policy(policy: ClusterPolicy) -> list[dict[str, Any]] | None:
             cookie["path"] = ch.http_cookie.path
         if ch.http_cookie.ttl is not None:
             # Envoy generates the cookie when it is missing and a ttl is given.
-            cookie["ttl"] = _dur(ch.http_cookie.ttl)
+            cookie["ttl"] = format_duration(ch.http_cookie.ttl)
         return [{"cookie": cookie}]
     if ch.use_source_ip:
         return [{"connection_properties": {"source_ip": True}}]
