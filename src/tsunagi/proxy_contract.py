@@ -25,6 +25,9 @@ META_INBOUND = "inbound"
 META_INBOUND_LISTEN = "listen"
 META_INBOUND_APP = "app"
 META_KIND = "kind"
+META_LOCALITY = "locality"
+"""``region/zone/subzone`` (also in the node's Envoy ``locality``; the metadata copy is what
+the control plane reads, as it reads nothing else of the node)."""
 
 
 def inbound_stat_prefix(port: int) -> str:

@@ -45,6 +45,7 @@ def bootstrap(
                     for p, (listen, app) in ident.inbound.items()
                 },
                 pc.META_KIND: ident.kind,
+                pc.META_LOCALITY: ident.locality,
             },
         },
         "admin": {

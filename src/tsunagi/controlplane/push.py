@@ -34,7 +34,7 @@ from functools import partial
 from typing import Any
 
 from tsunagi.controlplane.world_builder import WorldBuilder
-from tsunagi.mesh import Node, World
+from tsunagi.mesh import ClientScope, Node, World
 from tsunagi.store import Contents, Key, Store
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.resources import Snapshot
@@ -103,7 +103,7 @@ class _Computed:
 
     world: World
     shared: Shared
-    outbound: dict[str, Outbound]
+    outbound: dict[ClientScope, Outbound]
     locals: dict[str, _NodeLocal]
     parse_errors: dict[Key, str]
     snapshots: dict[str, Snapshot]
@@ -138,7 +138,7 @@ class _NodeLocal:
 def _collect(
     parse_errors: Mapping[Key, str],
     shared: Shared,
-    outbound: Mapping[str, Outbound],
+    outbound: Mapping[ClientScope, Outbound],
     locals_: Mapping[str, _NodeLocal],
 ) -> PushErrors:
     by_resource: dict[Key, list[str]] = {}
@@ -155,7 +155,10 @@ def _collect(
 
     shared_lines = blame(shared.errors)
     parse_lines = tuple(f"{k[0]} {k[1]}/{k[2]}: {m}" for k, m in sorted(parse_errors.items()))
-    namespaces = {ns: blame(out.errors) for ns, out in sorted(outbound.items())}
+    namespaces: dict[str, tuple[str, ...]] = {}
+    for scope, out in sorted(outbound.items()):
+        lines = namespaces.get(scope.namespace, ()) + blame(out.errors)
+        namespaces[scope.namespace] = tuple(dict.fromkeys(lines))
     return PushErrors(
         by_resource={k: tuple(dict.fromkeys(v)) for k, v in by_resource.items()},
         shared=parse_lines + shared_lines,
@@ -178,23 +181,23 @@ class Pusher:
         self.world = self._builder.build(store.contents())
         self.processed = self.world.revision
         self._shared = translate_shared(self.world, self._memo)
-        self._outbound: dict[str, Outbound] = {}
+        self._outbound: dict[ClientScope, Outbound] = {}
         self._locals: dict[str, _NodeLocal] = {}
         self._made: dict[Hashable, Any] = {}
         """Translations made on the loop since the last push, for the worker's memo."""
         self.errors = _collect(self._builder.errors, self._shared, {}, {})
         cache.resolver = self.resolve
 
-    def _outbound_for(self, namespace: str) -> Outbound:
-        out = self._outbound.get(namespace)
+    def _outbound_for(self, scope: ClientScope) -> Outbound:
+        out = self._outbound.get(scope)
         if out is None:
             # A memo of its own (the worker's may be in use by a push right now), sharing
             # the last good output of each piece, which locks.
             memo = Memo(self._memo.last_good)
-            out = translate_outbound(self.world, namespace, memo, self._shared)
+            out = translate_outbound(self.world, scope, memo, self._shared)
             # The next push adopts these routes if the routing did not change meanwhile.
             self._made.update(memo.made())
-            self._outbound[namespace] = out
+            self._outbound[scope] = out
         return out
 
     def resolve(self, node_id: str, metadata: Any) -> Snapshot:
@@ -203,7 +206,8 @@ class Pusher:
         cached = self._locals.get(node_id)
         if cached is None or cached.node != node:
             cached = self._locals[node_id] = _NodeLocal.of(node)
-        return assemble(self._outbound_for(node.namespace), cached.local, self.world.revision)
+        outbound = self._outbound_for(self.world.scope_of(node))
+        return assemble(outbound, cached.local, self.world.revision)
 
     async def run(self) -> None:
         """Push forever; cancel to stop."""
@@ -282,9 +286,10 @@ class Pusher:
         self._memo.adopt(made)
         world = self._builder.build(contents)
         shared = translate_shared(world, self._memo)
+        scopes = {node_id: world.scope_of(node) for node_id, node in nodes.items()}
         outbound = {
-            ns: translate_outbound(world, ns, self._memo, shared)
-            for ns in {n.namespace for n in nodes.values()}
+            scope: translate_outbound(world, scope, self._memo, shared)
+            for scope in set(scopes.values())
         }
         locals_: dict[str, _NodeLocal] = {}
         for node_id, node in nodes.items():
@@ -293,8 +298,8 @@ class Pusher:
                 cached if cached is not None and cached.node == node else _NodeLocal.of(node)
             )
         snapshots = {
-            node_id: assemble(outbound[node.namespace], locals_[node_id].local, world.revision)
-            for node_id, node in nodes.items()
+            node_id: assemble(outbound[scopes[node_id]], locals_[node_id].local, world.revision)
+            for node_id in nodes
         }
         self._memo.rotate()
         return _Computed(

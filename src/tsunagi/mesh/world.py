@@ -66,6 +66,8 @@ class Node:
     inbound: Mapping[int, tuple[int, int]] = field(default_factory=lambda: MappingProxyType({}))
     """service port → (inbound listener port, app port)."""
     kind: str = pc.DEFAULT_KIND
+    locality: str = ""
+    """``region/zone/subzone`` of the proxy (``tsunagi run --locality``); empty if unknown."""
 
     @classmethod
     def from_metadata(cls, node_id: str, meta: Mapping[str, Any]) -> Node:
@@ -84,7 +86,21 @@ class Node:
             outbound_port=int(meta.get(pc.META_OUTBOUND_PORT) or pc.DEFAULT_OUTBOUND_PORT),
             inbound=MappingProxyType(inbound),
             kind=str(meta.get(pc.META_KIND) or pc.DEFAULT_KIND),
+            locality=str(meta.get(pc.META_LOCALITY) or ""),
         )
+
+
+@dataclass(frozen=True, order=True)
+class ClientScope:
+    """What a sidecar's outbound config (clusters, endpoints, routes) depends on besides the
+    World. Sidecars with equal scopes share one outbound config, so a scope holds only what
+    some rule actually reads: the namespace always; labels only those that a
+    ``sourceLabels`` match names; the locality only when some endpoints are load balanced by
+    locality. A mesh that uses neither pays one config per namespace, as before."""
+
+    namespace: str
+    labels: tuple[tuple[str, str], ...] = ()
+    locality: str = ""
 
 
 def of_spec(resources: Iterable[Resource], model: type[S]) -> list[ResourceOf[S]]:
@@ -196,6 +212,28 @@ class World:
         if dr is None:
             return ()
         return tuple((s.name, tuple(sorted(s.labels.items()))) for s in dr.spec.subsets)
+
+    @cached_property
+    def source_label_keys(self) -> frozenset[str]:
+        """Label keys that some VirtualService's ``match.sourceLabels`` names."""
+        return frozenset(
+            key
+            for vs in of_spec(self.resources, VirtualServiceSpec)
+            for http in vs.spec.http
+            for m in http.match
+            for key in (m.source_labels or {})
+        )
+
+    @cached_property
+    def locality_aware(self) -> bool:
+        """Whether some cluster's endpoints depend on the client's locality."""
+        return False
+
+    def scope_of(self, node: Node) -> ClientScope:
+        """The part of ``node`` its outbound config depends on, in this World."""
+        keys = self.source_label_keys
+        labels = tuple(sorted((k, v) for k, v in node.labels.items() if k in keys))
+        return ClientScope(node.namespace, labels, node.locality if self.locality_aware else "")
 
     @cached_property
     def routing_fingerprint(self) -> str:

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from tsunagi.api import DestinationRuleSpec
-from tsunagi.mesh import Endpoint, Node, Service, World
+from tsunagi.mesh import ClientScope, Endpoint, Node, Service, World
 from tsunagi.xds import resources as rs
 from tsunagi.xds.resources import Resource, Snapshot
 from tsunagi.xds.translate.clusters import dns_cluster, inbound_clusters, service_clusters
@@ -262,18 +262,25 @@ def translate_shared(world: World, memo: Memo | None = None) -> Shared:
 
 
 def translate_outbound(
-    world: World, namespace: str, memo: Memo | None = None, shared: Shared | None = None
+    world: World,
+    scope: ClientScope | str,
+    memo: Memo | None = None,
+    shared: Shared | None = None,
 ) -> Outbound:
-    """Clusters, endpoints and outbound routes as seen from ``namespace``."""
+    """Clusters, endpoints and outbound routes as seen by sidecars of ``scope`` (a
+    :class:`ClientScope`, or just a namespace)."""
+    if isinstance(scope, str):
+        scope = ClientScope(scope)
     memo = memo or Memo()
     shared = shared or translate_shared(world, memo)
+    client = scope
 
     def routes() -> tuple[Resource, tuple[TranslationError, ...]]:
         errors: list[TranslationError] = []
-        rc = outbound_route_configuration(world, namespace, errors, memo.last_good)
+        rc = outbound_route_configuration(world, client, errors, memo.last_good)
         return Resource.pack(rc["name"], build(RouteConfiguration, rc)), tuple(errors)
 
-    route, errors = memo.get(("rds", namespace, world.routing_fingerprint), routes)
+    route, errors = memo.get(("rds", scope, world.routing_fingerprint), routes)
     return Outbound(
         shared.clusters,
         shared.endpoints,
@@ -311,5 +318,5 @@ def assemble(outbound: Outbound, local: Local, revision: int) -> Snapshot:
 def translate(world: World, node: Node) -> Snapshot:
     """Everything ``node`` should run, given ``world``."""
     return assemble(
-        translate_outbound(world, node.namespace), translate_local(node), world.revision
+        translate_outbound(world, world.scope_of(node)), translate_local(node), world.revision
     )

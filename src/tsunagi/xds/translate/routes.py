@@ -21,7 +21,7 @@ from tsunagi.api import (
     fqdn,
 )
 from tsunagi.api.checks_networking import GRPC_STATUS_NAMES
-from tsunagi.mesh import World
+from tsunagi.mesh import ClientScope, World
 from tsunagi.xds.translate.isolation import LastGood, TranslationError, isolated
 from tsunagi.xds.translate.names import (
     OUTBOUND_ROUTE,
@@ -282,11 +282,12 @@ def is_catch_all(match: HTTPMatchRequest | None) -> bool:
 
 
 class RouteBuilder:
-    """Routes for one client namespace; looks services up in the World."""
+    """Routes for the sidecars of one client scope; looks services up in the World."""
 
-    def __init__(self, world: World, namespace: str) -> None:
+    def __init__(self, world: World, scope: ClientScope) -> None:
         self.world = world
-        self.namespace = namespace
+        self.scope = scope
+        self.namespace = scope.namespace
 
     def destination_cluster(
         self, dest: Destination, rule_ns: str, vhost_host: str, port: int
@@ -474,7 +475,7 @@ class RouteBuilder:
 
 def outbound_route_configuration(
     world: World,
-    namespace: str,
+    scope: ClientScope | str,
     errors: list[TranslationError] | None = None,
     last_good: LastGood | None = None,
 ) -> dict[str, Any]:
@@ -484,7 +485,9 @@ def outbound_route_configuration(
     its last good routes from ``last_good`` (or, if it never translated, is left out and its
     service gets the default route); the failure is appended to ``errors``.
     """
-    builder = RouteBuilder(world, namespace)
+    scope = ClientScope(scope) if isinstance(scope, str) else scope
+    namespace = scope.namespace
+    builder = RouteBuilder(world, scope)
     errors = [] if errors is None else errors
     vhosts: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -502,7 +505,7 @@ def outbound_route_configuration(
         return isolated(
             errors,
             last_good,
-            ("routes", namespace, vs.key, host, port),
+            ("routes", scope, vs.key, host, port),
             vs.key,
             lambda: (vs.key,),
             lambda: (
