@@ -1,4 +1,5 @@
-"""``python -m benchmarks [--quick] [--only NAME]``: run the suite, write results and report."""
+"""``python -m benchmarks [--quick] [--only NAME] [--rounds N --seconds S]``: run the suite,
+write results and report."""
 
 from __future__ import annotations
 
@@ -57,7 +58,16 @@ def main() -> int:
     parser.add_argument("--only", choices=list(SUITES), action="append")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--rounds", type=int, help="data plane only: interleaved rounds (default 5, quick 1)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, help="data plane only: seconds per measurement (default 4)"
+    )
     args = parser.parse_args()
+    sizes = {k: v for k in ("rounds", "seconds") if (v := getattr(args, k)) is not None}
+    if sizes and args.only != ["dataplane"]:
+        parser.error("--rounds and --seconds need --only dataplane")
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine()
     sections = []
@@ -65,7 +75,7 @@ def main() -> int:
         suite = SUITES[name]
         print(f"== {name}", flush=True)
         with tempfile.TemporaryDirectory(prefix=f"tsunagi-bench-{name}-") as tmp:
-            result = suite.run(args.quick, Path(tmp))
+            result = suite.run(args.quick, Path(tmp), **sizes)
             if asyncio.iscoroutine(result):
                 result = asyncio.run(result)
         (args.out / f"{name}{'-quick' if args.quick else ''}.json").write_text(

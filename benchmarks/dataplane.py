@@ -1,15 +1,19 @@
-"""Data plane: one upstream reached four ways, measured in interleaved rounds.
+"""Data plane: one upstream reached five ways, measured in interleaved rounds.
 
 1. direct            client → upstream                       (the physical limit)
 2. tsunagi           client → client sidecar → server sidecar → upstream, set up by
                      `tsunagi up` / `tsunagi run` exactly as a user would
-3. envoy-pair        the same two hops, minimal hand-written static Envoy configs
-4. haproxy-pair      the same two hops through HAProxy
+3. tsunagi-policy    the same through the same client sidecar to a second service (its own
+                     server sidecar and upstream) that carries the policy a typical user
+                     writes: a DestinationRule and a VirtualService (:data:`POLICY`)
+4. envoy-pair        the same two hops, minimal hand-written static Envoy configs
+5. haproxy-pair      the same two hops through HAProxy
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import sys
 import time
 from pathlib import Path
@@ -37,6 +41,39 @@ HOPS = 2
 """Proxies on the path in every case but ``direct``: the client's and the server's."""
 CPU_GOAL = 1.1
 """Tsunagi's CPU per request (Envoy + agent) may be at most this times the minimal pair's."""
+THROUGHPUT_GOAL = 0.95
+"""Tsunagi's throughput (with or without policy) at least this times the minimal pair's."""
+
+POLICY_HOST = "upstream-policy"
+POLICY_HEADER = ("x-bench-policy", "on")
+POLICY = f"""\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {POLICY_HOST}, namespace: default}}
+spec:
+  host: {POLICY_HOST}
+  trafficPolicy:
+    loadBalancer: {{simple: LEAST_REQUEST}}
+    connectionPool:
+      tcp: {{maxConnections: 10000}}
+      http: {{http1MaxPendingRequests: 10000, http2MaxRequests: 10000}}
+    outlierDetection: {{consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {POLICY_HOST}, namespace: default}}
+spec:
+  hosts: [{POLICY_HOST}]
+  http:
+  - headers:
+      request:
+        set: {{{POLICY_HEADER[0]}: "{POLICY_HEADER[1]}"}}
+    retries: {{attempts: 3, perTryTimeout: 2s}}
+    route:
+    - destination: {{host: {POLICY_HOST}}}
+"""
+"""What a typical user puts on a service (thresholds high enough never to trip here): the
+``tsunagi-policy`` case measures what it costs against the same path without it."""
 
 
 class Case:
@@ -72,6 +109,79 @@ def _sidecar_envoy(agent: int) -> int:
     if len(found) != 1:
         raise RuntimeError(f"expected one sidecar Envoy under agent {agent}, found {found}")
     return found[0]
+
+
+def config_dump(envoy: int) -> dict[str, Any]:
+    """``/config_dump`` of a sidecar Envoy, found through the bootstrap on its command line."""
+    args = cmdline(envoy)
+    boot = json.loads(Path(args[args.index("-c") + 1]).read_text())
+    port = boot["admin"]["address"]["socket_address"]["port_value"]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/config_dump")
+        doc: dict[str, Any] = json.loads(conn.getresponse().read())
+        return doc
+    finally:
+        conn.close()
+
+
+def policy_problems(dump: dict[str, Any]) -> list[str]:
+    """What of :data:`POLICY` the client sidecar's active config lacks (empty: all there).
+
+    Judged on what Envoy reports it runs, not on what the control plane sent: the route to
+    the policy service with its retries and header, and its cluster with least-request
+    balancing, the connection-pool thresholds and outlier detection.
+    """
+    clusters, routes = [], []
+    for section in dump["configs"]:
+        clusters += [c["cluster"] for c in section.get("dynamic_active_clusters", [])]
+        routes += [r["route_config"] for r in section.get("dynamic_route_configs", [])]
+    name = f"outbound|80||{POLICY_HOST}.default.svc.cluster.local"
+    cluster = next((c for c in clusters if c.get("name") == name), None)
+    problems = []
+    if cluster is None:
+        problems.append(f"no active cluster {name}")
+    else:
+        thresholds = cluster.get("circuit_breakers", {}).get("thresholds", [{}])[0]
+        outlier = cluster.get("outlier_detection", {})
+        expected: list[tuple[str, object, object]] = [
+            ("lb_policy", cluster.get("lb_policy"), "LEAST_REQUEST"),
+            ("max_connections", thresholds.get("max_connections"), 10000),
+            ("max_pending_requests", thresholds.get("max_pending_requests"), 10000),
+            ("max_requests", thresholds.get("max_requests"), 10000),
+            ("consecutive_5xx", outlier.get("consecutive_5xx"), 5),
+            ("interval", outlier.get("interval"), "10s"),
+            ("base_ejection_time", outlier.get("base_ejection_time"), "30s"),
+        ]
+        problems += [
+            f"{name}: {k} is {got!r}, not {want!r}" for k, got, want in expected if got != want
+        ]
+    vhosts = [v for r in routes for v in r.get("virtual_hosts", [])]
+    vhost = next((v for v in vhosts if POLICY_HOST in v.get("domains", [])), None)
+    if vhost is None:
+        return [*problems, f"no virtual host for {POLICY_HOST}"]
+    route = vhost["routes"][0]
+    retry = route.get("route", {}).get("retry_policy", {})
+    key, value = POLICY_HEADER
+    added = [h["header"] for h in route.get("request_headers_to_add", [])]
+    expected = [
+        ("num_retries", retry.get("num_retries"), 3),
+        ("per_try_timeout", retry.get("per_try_timeout"), "2s"),
+        (f"request header {key}", {"key": key, "value": value} in added, True),
+    ]
+    return problems + [
+        f"route for {POLICY_HOST}: {k} is {got!r}, not {want!r}"
+        for k, got, want in expected
+        if got != want
+    ]
+
+
+def check_policy(envoy: int) -> None:
+    """Fail the run unless the client sidecar runs :data:`POLICY`: a benchmark of the wrong
+    configuration is worthless."""
+    problems = policy_problems(config_dump(envoy))
+    if problems:
+        raise RuntimeError("the policy did not reach the client sidecar: " + "; ".join(problems))
 
 
 def _answers(case: Case) -> bool:
@@ -124,33 +234,39 @@ class Setup:
                 cfg.write_text(configs.haproxy(port, target))
                 pids.append(self.procs.start(name, ["haproxy", "-f", str(cfg)]).pid)
             cases.append(Case("haproxy-pair", c2, "upstream", pids))
-        cases.append(self._tsunagi())
+        cases += self._tsunagi()
         for case in cases:
             _wait_answers(case)
         return cases
 
-    def _tsunagi(self) -> Case:
-        self.cp = ControlPlane(self.procs, self.workdir)
-        env = self.cp.env
-        server = self.procs.start(
-            "tsunagi-server",
+    def _server(self, service: str, name: str) -> int:
+        """`tsunagi run` of the benchmark upstream as ``service``; the agent's pid."""
+        assert self.cp is not None
+        return self.procs.start(
+            name,
             tsunagi(
                 "run",
                 "--service",
-                "upstream",
+                service,
                 "--port",
                 "80",
                 "--concurrency",
                 "1",
                 "--name",
-                "bench-server",
+                name,
                 "--",
                 sys.executable,
                 "-m",
                 "benchmarks.upstream",
             ),
-            env,
-        )
+            self.cp.env,
+        ).pid
+
+    def _tsunagi(self) -> list[Case]:
+        """The two tsunagi cases: one client sidecar, a server sidecar per service."""
+        self.cp = ControlPlane(self.procs, self.workdir)
+        server = self._server("upstream", "bench-server")
+        policy_server = self._server(POLICY_HOST, "bench-policy-server")
         outbound = free_port()
         client = self.procs.start(
             "tsunagi-client",
@@ -171,15 +287,21 @@ class Setup:
                 "-c",
                 "import time; time.sleep(10**6)",
             ),
-            env,
-        )
+            self.cp.env,
+        ).pid
         case = Case("tsunagi", outbound, "upstream", [])
+        policy = Case("tsunagi-policy", outbound, POLICY_HOST, [])
         _wait_answers(case)
-        client_envoy, server_envoy = _sidecar_envoy(client.pid), _sidecar_envoy(server.pid)
-        case.pids = [client_envoy, server_envoy]
-        case.agent_pids = [client.pid, server.pid]
-        self.tsunagi_client = (client.pid, client_envoy)
-        return case
+        _wait_answers(policy)
+        self.cp.apply_and_wait(POLICY)
+        client_envoy = _sidecar_envoy(client)
+        check_policy(client_envoy)
+        case.pids = [client_envoy, _sidecar_envoy(server)]
+        case.agent_pids = [client, server]
+        policy.pids = [client_envoy, _sidecar_envoy(policy_server)]
+        policy.agent_pids = [client, policy_server]
+        self.tsunagi_client = (client, client_envoy)
+        return [case, policy]
 
     def grow_mesh(self, services: int) -> None:
         """Register ``services`` more services (one instance each) and wait for every ACK."""
@@ -237,25 +359,39 @@ def measure(case: Case, seconds: float) -> dict[str, Any]:
     }
 
 
+TSUNAGI_CASES = ("tsunagi", "tsunagi-policy")
+
+
 def round_order(cases: list[Case], r: int) -> list[Case]:
-    """Round ``r``'s order: the cases rotated by one each round, except that tsunagi is
-    always measured right beside the envoy pair (after it in even rounds, before it in odd
-    ones), so the ratios the goals judge compare measurements taken moments apart on a
-    machine whose load drifts."""
+    """Round ``r``'s order: the cases rotated by one each round, except that the tsunagi
+    cases are always measured right beside the envoy pair (tsunagi before it and
+    tsunagi-policy after it in even rounds, the other way round in odd ones), so the ratios
+    the goals judge compare measurements taken moments apart on a machine whose load
+    drifts."""
+    by_name = {c.name: c for c in cases}
+
+    def beside_pair(pair: Case) -> list[Case]:
+        before, after = (by_name.get(n) for n in TSUNAGI_CASES)
+        return [c for c in (before, pair, after) if c is not None]
+
     units = [
-        [c, *(t for t in cases if t.name == "tsunagi")] if c.name == "envoy-pair" else [c]
+        beside_pair(c) if c.name == "envoy-pair" else [c]
         for c in cases
-        if c.name != "tsunagi"
+        if c.name not in TSUNAGI_CASES
     ]
     k = r % len(units)
     return [c for u in units[k:] + units[:k] for c in (u if r % 2 == 0 else u[::-1])]
 
 
-def run(quick: bool, workdir: Path) -> dict[str, Any]:
-    """All cases, ``rounds`` times each, interleaved (see :func:`round_order`)."""
+def run(
+    quick: bool, workdir: Path, rounds: int | None = None, seconds: float | None = None
+) -> dict[str, Any]:
+    """All cases, ``rounds`` times each, interleaved (see :func:`round_order`); ``rounds`` and
+    ``seconds`` override the sizes ``quick`` picks (shorter runs while developing)."""
     if not (load.have("wrk") and load.have("hey")):
         return {"skipped": "wrk and hey are needed: `make bench` installs them"}
-    rounds, seconds = (1, 1.0) if quick else (5, 4.0)
+    rounds = rounds or (1 if quick else 5)
+    seconds = seconds or (1.0 if quick else 4.0)
     procs = Procs(workdir)
     try:
         setup = Setup(procs, workdir)
@@ -266,7 +402,7 @@ def run(quick: bool, workdir: Path) -> dict[str, Any]:
                 result = measure(case, seconds)
                 raw[case.name].append(result)
                 print(
-                    f"  round {r + 1}/{rounds} {case.name:13} {result['rps']:9.0f} rps  "
+                    f"  round {r + 1}/{rounds} {case.name:14} {result['rps']:9.0f} rps  "
                     f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms",
                     flush=True,
                 )
@@ -313,38 +449,54 @@ def run(quick: bool, workdir: Path) -> dict[str, Any]:
     }
 
 
-def goals(
-    s: dict[str, Any], raw: dict[str, list[dict[str, Any]]] | None = None
+def _ratios(
+    s: dict[str, Any], raw: dict[str, list[dict[str, Any]]] | None, name: str, base: str
 ) -> dict[str, float]:
-    """Tsunagi against the minimal Envoy pair, from one run's medians. The CPU ratios are the
-    median of each round's ratio (tsunagi and the pair are measured back to back) when the
-    rounds are given, else the ratio of the medians."""
-    direct, pair, t = s["direct"], s["envoy-pair"], s["tsunagi"]
+    """Case ``name`` against case ``base`` from one run. Throughput and CPU ratios are the
+    median of each round's ratio (the two are measured back to back, so a load that drifts
+    between rounds cancels) when the rounds are given, else the ratio of the medians; the
+    added-latency ratios are from the medians (the direct case is not measured beside them).
+    """
+    direct, pair, t = s["direct"], s[base], s[name]
 
     def added_ratio(key: str) -> float:
         return float((t[key] - direct[key]) / max(1e-9, pair[key] - direct[key]))
 
-    def cpu_ratio(key: str) -> float:
-        total = "cpu_per_1k_rps_per_sidecar"  # older results have only the total
-        if raw is not None and len(raw["tsunagi"]) == len(raw["envoy-pair"]):
+    def ratio(key: str, fallback: str | None = None) -> float:
+        def of(x: dict[str, Any]) -> float:
+            return float(x.get(key, x[fallback or key]))
+
+        if raw is not None and len(raw[name]) == len(raw[base]):
             return float(
                 load.median(
-                    [
-                        x.get(key, x[total]) / max(1e-9, y.get(key, y[total]))
-                        for x, y in zip(raw["tsunagi"], raw["envoy-pair"], strict=True)
-                    ]
+                    [of(x) / max(1e-9, of(y)) for x, y in zip(raw[name], raw[base], strict=True)]
                 )
             )
-        return float(t.get(key, t[total]) / max(1e-9, pair.get(key, pair[total])))
+        return of(t) / max(1e-9, of(pair))
 
+    total = "cpu_per_1k_rps_per_sidecar"  # older results have only the total
     return {
-        "throughput_ratio": float(t["rps"] / pair["rps"]),
+        "throughput_ratio": ratio("rps"),
         "added_p50_ratio": added_ratio("p50_ms"),
         "added_p99_ratio": added_ratio("p99_ms"),
-        "cpu_per_request_ratio": cpu_ratio("cpu_per_1k_rps_per_sidecar"),
-        "cpu_per_request_ratio_envoy_only": cpu_ratio("proxy_cpu_per_1k_rps_per_sidecar"),
-        "cpu_per_request_goal": CPU_GOAL,
+        "cpu_per_request_ratio": ratio(total),
+        "cpu_per_request_ratio_envoy_only": ratio("proxy_cpu_per_1k_rps_per_sidecar", total),
     }
+
+
+def goals(
+    s: dict[str, Any], raw: dict[str, list[dict[str, Any]]] | None = None
+) -> dict[str, float]:
+    """Tsunagi against the minimal Envoy pair, from one run's medians (see :func:`_ratios`);
+    with ``policy_*`` the same for tsunagi-policy, and ``policy_vs_tsunagi_*`` what the
+    policy itself costs (tsunagi-policy against tsunagi), when the run has that case."""
+    out = {**_ratios(s, raw, "tsunagi", "envoy-pair"), "cpu_per_request_goal": CPU_GOAL}
+    if "tsunagi-policy" in s:
+        policy = _ratios(s, raw, "tsunagi-policy", "envoy-pair")
+        own = _ratios(s, raw, "tsunagi-policy", "tsunagi")
+        out.update({f"policy_{k}": v for k, v in policy.items()})
+        out.update({f"policy_vs_tsunagi_{k}": v for k, v in own.items()})
+    return out
 
 
 def _mb(n: float) -> str:
@@ -369,7 +521,11 @@ def markdown(res: dict[str, Any]) -> str:
         "answering 200 itself (`direct_response`), not counted in any case. CPU: process time "
         "(all threads, user + system) during the fixed-rate run, per 1,000 requests answered "
         "(= CPU s per second at 1k req/s), per proxy; tsunagi's includes its Python agent "
-        "(split out in the last two columns).",
+        "(split out in the last two columns). tsunagi-policy: the same path through the same "
+        "client sidecar to a second service that has a DestinationRule (LEAST_REQUEST, "
+        "connection-pool limits of 10,000, outlier detection after 5 consecutive 5xx) and a "
+        "VirtualService (retries: 3 attempts, 2 s per try; one request header set), checked "
+        "in the client sidecar's `/config_dump` before measuring.",
         "",
         "| case | max req/s | vs direct | p50 ms | p90 ms | p99 ms | added p50 ms | added p99 ms "
         "| CPU s per 1k req/s per proxy | of which proxy | of which agent | errors |",
@@ -396,15 +552,30 @@ def markdown(res: dict[str, Any]) -> str:
     def ok(good: bool) -> str:
         return "met" if good else "**NOT met**"
 
+    policy = []
+    if "policy_throughput_ratio" in g:
+        pthr = g["policy_throughput_ratio"]
+        policy = [
+            f"- with policy: throughput ratio {pthr:.2f} (goal ≥ {THROUGHPUT_GOAL}): "
+            f"{ok(pthr >= THROUGHPUT_GOAL)}; added p50 ratio {g['policy_added_p50_ratio']:.2f}, "
+            f"added p99 ratio {g['policy_added_p99_ratio']:.2f}; CPU per request ratio "
+            f"{g['policy_cpu_per_request_ratio']:.2f} (Envoy alone "
+            f"{g['policy_cpu_per_request_ratio_envoy_only']:.2f}); against tsunagi without "
+            f"policy: throughput {g['policy_vs_tsunagi_throughput_ratio']:.2f}, CPU per request "
+            f"{g['policy_vs_tsunagi_cpu_per_request_ratio']:.2f}",
+        ]
+
     lines += [
         "",
         "Goals (tsunagi against the minimal Envoy pair, same run):",
         "",
-        f"- throughput ratio {thr_ratio:.2f} (goal ≥ 0.95): {ok(thr_ratio >= 0.95)}",
+        f"- throughput ratio {thr_ratio:.2f} (goal ≥ {THROUGHPUT_GOAL}): "
+        f"{ok(thr_ratio >= THROUGHPUT_GOAL)}",
         f"- added p50 ratio {p50_ratio:.2f}, added p99 ratio {p99_ratio:.2f} (goal ≤ 1.1): "
         f"{ok(p50_ratio <= 1.1 and p99_ratio <= 1.1)}",
         f"- CPU per request ratio {cpu_ratio:.2f} (goal ≤ {CPU_GOAL}): {ok(cpu_ratio <= CPU_GOAL)}"
         f" — Envoy + agent per sidecar against one static Envoy; Envoy alone {cpu_envoy:.2f}",
+        *policy,
         "",
         f"Memory per sidecar, idle, in a {m['services']}-service mesh (private = unshared bytes, "
         "from `/proc/PID/smaps_rollup`):",

@@ -11,14 +11,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tsunagi.agent.ports import free_ports
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port to listen on, outside the range the kernel draws client ports from."""
+    return free_ports(1)[0]
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:

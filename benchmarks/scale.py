@@ -36,7 +36,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from typing import Any
 
 import aiohttp
 
+from benchmarks import procs
 from benchmarks.adsclient import (
     INBOUND_LISTEN_PORT,
     OUTBOUND_PORT,
@@ -144,9 +144,7 @@ spec:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    return procs.free_port()
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,9 @@ META_INBOUND = "inbound"
 """service port → ``{META_INBOUND_LISTEN: inbound listener port, META_INBOUND_APP: app port}``."""
 META_INBOUND_LISTEN = "listen"
 META_INBOUND_APP = "app"
+META_INBOUND_PROTOCOL = "protocol"
+"""The service port's protocol (``tsunagi.protocols`` names); absent means HTTP. HTTP/2
+protocols make the inbound cluster speak h2c to the app; non-HTTP ones get a TCP proxy."""
 META_KIND = "kind"
 META_LOCALITY = "locality"
 """``region/zone/subzone`` (also in the node's Envoy ``locality``; the metadata copy is what

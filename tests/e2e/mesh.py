@@ -9,7 +9,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from tsunagi.agent.ports import free_ports
+
 APPS = Path(__file__).parent / "apps"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port to listen on, outside the range the kernel draws client ports from."""
+    return free_ports(1)[0]
 
 
 def stop(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
@@ -327,7 +327,7 @@ class Mesh:
     def _proxy_ready(self, name: str) -> int:
         """The proxy's outbound port once it has ACKed its config, else 0."""
         for p in self.api("GET", "/v1/proxies")["proxies"]:
-            if p["id"] == f"{name}.default" and p["synced"]:
+            if p["id"].rsplit(".", 1)[0] == name and p["synced"]:  # id: name.namespace
                 return int(p["outbound_port"])
         return 0
 

@@ -77,9 +77,12 @@ def test_full_http_route_fields_parse() -> None:
     assert spec.tls[0].match[0].sni_hosts == ("reviews.prod.svc.cluster.local",)
 
 
-def test_hosts_required() -> None:
-    errs = _errors("http:\n- " + ROUTE)
-    assert errs["spec.hosts"] == "at least one host is required"
+def test_a_virtual_service_without_hosts_is_a_delegate() -> None:
+    (vs,) = load_documents(_vs("http:\n- " + ROUTE), "vs.yaml")  # valid, as in Istio
+    assert isinstance(vs.spec, VirtualServiceSpec) and vs.spec.hosts == ()
+    errs = _errors("gateways: [gw]\nhttp:\n- delegate: {name: other}")
+    assert "must not name gateways" in errs["spec.gateways"]
+    assert "only one level" in errs["spec.http[0].delegate"]
 
 
 def test_some_route_kind_required() -> None:

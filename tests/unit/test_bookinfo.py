@@ -402,20 +402,136 @@ def test_trace_headers_forwarded_every_hop(m: Mesh) -> None:
             assert seen.headers.get(name) == value, (authority, name)
 
 
+DETAILS_SORRY = "Sorry, product details are currently unavailable for this book."
+REVIEWS_SORRY = "Sorry, product reviews are currently unavailable for this book."
+RATINGS_SORRY = "Ratings service is currently unavailable"
+
+
 def test_dead_downstreams_degrade_gracefully(m: Mesh) -> None:
     port = m.ports["productpage"]
     m.route(dead=("details", "ratings"))
     page = call(port, "/productpage")
     assert page.status == 200
-    assert "Details unavailable (HTTP 503" in page.text
-    assert "Ratings unavailable (HTTP 503" in page.text
+    # Istio's words, then the cause.
+    assert DETAILS_SORRY in page.text and "(HTTP 503" in page.text
+    assert page.text.count(RATINGS_SORRY) == 2  # one per review: the stars are missing
     assert "Reviewer1" in page.text  # reviews still shown, only stars missing
 
     m.route(dead=("reviews",))
     page = call(port, "/productpage")
-    assert page.status == 200 and "Reviews unavailable (HTTP 503" in page.text
+    assert page.status == 200 and REVIEWS_SORRY in page.text
+    # As Istio's productpage: a failed reviews call is tried once more, details only once.
+    assert len(m.proxy.requests_to("reviews:9080")) == 2
+    assert len(m.proxy.requests_to("details:9080")) == 1
     api = call(port, "/api/v1/products/0/reviews")
-    assert api.status == 503 and "unavailable" in api.json()["error"]
+    assert api.status == 503 and api.json()["error"] == REVIEWS_SORRY
+
+
+def test_cookie_and_session_headers_forwarded_every_hop(m: Mesh) -> None:
+    """As Istio's Bookinfo: the caller's cookie, authorization and jwt headers travel on, so
+    rules can match or hash on them at any hop."""
+    headers = {"Cookie": "user=jason", "Authorization": "Bearer t0ken", "jwt": "j.w.t"}
+    call(m.ports["productpage"], "/productpage", headers=headers)
+    for authority in ("details:9080", "reviews:9080", "ratings:9080"):
+        [seen] = m.proxy.requests_to(authority)
+        assert seen.headers["cookie"] == "user=jason", authority
+        assert seen.headers["authorization"] == "Bearer t0ken", authority
+        assert seen.headers["jwt"] == "j.w.t", authority
+
+
+def test_stats_count_what_each_instance_received(m: Mesh) -> None:
+    port = m.ports["reviews-v1"]
+    before = call(port, "/stats").json()
+    call(port, "/reviews/0", headers={"x-probe": "1"})
+    after = call(port, "/stats").json()
+    assert (after["service"], after["version"]) == ("reviews", "v1")
+    assert after["requests"] == before["requests"] + 1  # /stats itself is not counted
+    assert after["by_path"]["/reviews/0"] == before["by_path"].get("/reviews/0", 0) + 1
+    assert after["recent"][-1]["path"] == "/reviews/0"
+    assert after["recent"][-1]["headers"]["x-probe"] == "1"
+
+
+def test_ratings_fails_and_slows_on_request(m: Mesh) -> None:
+    port = m.ports["ratings"]
+    failed = call(port, "/ratings/0?fail=503")
+    assert failed.status == 503 and failed.json() == {"error": "Service unavailable"}
+    assert call(port, "/ratings/0?fail=500").status == 500
+    assert call(port, "/ratings/0?delay=0.05").json()["ratings"] == {"Reviewer1": 5, "Reviewer2": 4}
+    for bad in ("delay=x", "delay=-1", "delay=1000", "fail=200", "fail=abc"):
+        reply = call(port, f"/ratings/0?{bad}")
+        assert reply.status == 400, bad
+        assert "error" in reply.json()
+
+
+def test_reviews_v2_waits_for_ratings_longer_than_productpage_waits_for_reviews() -> None:
+    """The numbers Istio's fault-injection task turns on: a 7 s delay on ratings fits in
+    reviews v2's 10 s but not in productpage's two tries of 3 s; v3 gives up after 2.5 s."""
+    from tsunagi.demo.bookinfo import productpage, reviews
+
+    assert reviews.RATINGS_TIMEOUT_S == {"black": 10.0, "red": 2.5}
+    assert productpage.CALL_TIMEOUT_S == 3.0 and productpage.REVIEWS_ATTEMPTS == 2
+    delay = 7.0
+    assert reviews.RATINGS_TIMEOUT_S["black"] > delay
+    assert delay > productpage.CALL_TIMEOUT_S * productpage.REVIEWS_ATTEMPTS
+
+
+def test_ratings_fault_knobs_from_environment() -> None:
+    from tsunagi.demo.bookinfo.ratings import Faults
+
+    assert Faults.from_env("v1", {}) == Faults()
+    assert not Faults().fails() and Faults().delay() == 0
+    always = Faults.from_env("v1", {"RATINGS_FAIL_PERCENT": "100", "RATINGS_DELAY": "0.5"})
+    assert always.fails() and always.delay() == 0.5
+    # Istio's fault-demonstrating versions; the environment still wins.
+    assert Faults.from_env("v-faulty", {}).fail_percent == 50
+    delayed = Faults.from_env("v-delayed", {})
+    assert (delayed.delay_s, delayed.delay_percent) == (7, 50)
+    assert Faults.from_env("v-faulty", {"RATINGS_FAIL_PERCENT": "0"}).fail_percent == 0
+    for name, raw in [("RATINGS_DELAY", "soon"), ("RATINGS_FAIL_PERCENT", "150")]:
+        with pytest.raises(ValueError, match=name):
+            Faults.from_env("v1", {name: raw})
+
+
+def test_failing_ratings_instance_from_environment(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "ratings.log"
+    proc = spawn("ratings", child_env(PORT=str(port), RATINGS_FAIL_PERCENT="100"), log)
+    try:
+        wait_healthy(proc, port, log)
+        assert [call(port, "/ratings/0").status for _ in range(5)] == [503] * 5
+    finally:
+        stop(proc)
+    bad = subprocess.run(
+        [sys.executable, "-m", "tsunagi.demo.bookinfo", "ratings"],
+        env=child_env(PORT=str(free_port()), RATINGS_DELAY="-1"),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert bad.returncode == 2 and "RATINGS_DELAY must be between 0 and 60" in bad.stderr
+
+
+def test_task_rules_load_and_are_all_enforced() -> None:
+    """Every YAML shipped with the demo is valid, and nothing in it is stored but ignored."""
+    from tsunagi.api.loader import load_documents
+    from tsunagi.mesh.analysis import not_yet_enforced
+
+    rules = sorted((SRC / "tsunagi" / "demo" / "rules").glob("*.yaml"))
+    assert len(rules) >= 20
+    for path in rules:
+        resources = load_documents(path.read_text(), str(path))
+        assert resources, path.name
+        assert not_yet_enforced(resources) == [], path.name
+
+
+def test_walkthrough_names_only_shipped_files() -> None:
+    from tsunagi.demo.tasks import RULES, TASKS, walkthrough
+
+    text = walkthrough()
+    for task in TASKS:
+        for name in task.files:
+            assert (RULES / name).is_file(), name
+            assert f"tsunagi apply -f {RULES / name} --wait" in text
 
 
 def test_unreachable_sidecar_then_sigterm(tmp_path: Path) -> None:
@@ -428,7 +544,7 @@ def test_unreachable_sidecar_then_sigterm(tmp_path: Path) -> None:
         wait_healthy(proc, port, log)
         page = call(port, "/productpage")
         assert page.status == 200
-        assert "Details unavailable (" in page.text and "Reviews unavailable (" in page.text
+        assert DETAILS_SORRY in page.text and REVIEWS_SORRY in page.text
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
@@ -462,3 +578,26 @@ def test_bad_invocation_exits_2(args: list[str], env: dict[str, str]) -> None:
     )
     assert done.returncode == 2
     assert done.stderr
+
+
+def test_demo_help_says_where_the_task_rules_are() -> None:
+    from tsunagi.demo.tasks import RULES
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tsunagi.cli.main", "demo", "--help"],
+        env=child_env(COLUMNS="400"),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert done.returncode == 0
+    assert str(RULES) in done.stdout and "--tasks" in done.stdout
+    tasks = subprocess.run(
+        [sys.executable, "-m", "tsunagi.cli.main", "demo", "--tasks"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert tasks.returncode == 0
+    assert f"tsunagi apply -f {RULES / 'virtual-service-all-v1.yaml'} --wait" in tasks.stdout

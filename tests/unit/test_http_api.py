@@ -284,6 +284,7 @@ BAD_BODIES: dict[str, tuple[str, Any, str]] = {
     ),
     "instance: locality": ("/v1/instances", {**INSTANCE, "locality": "a/b/c/d"}, "locality"),
     "instance: healthy": ("/v1/instances", {**INSTANCE, "healthy": "yes"}, "body healthy"),
+    "instance: protocol": ("/v1/instances", {**INSTANCE, "protocol": "gprc"}, "use one of: http"),
     "instance: null": ("/v1/instances", b"null", "must be a JSON object"),
 }
 
@@ -347,6 +348,20 @@ async def test_register_heartbeat_deregister(plane: Plane) -> None:
     assert status == 404 and "register again" in body["error"]
     status, body = await plane.call("DELETE", path)
     assert status == 404 and _is_error(body)
+
+
+async def test_instances_that_disagree_on_a_protocol_are_told(plane: Plane) -> None:
+    first = {**INSTANCE, "protocol": "grpc"}
+    status, reply = await plane.call("POST", "/v1/instances", first)
+    assert status == 200 and "warnings" not in reply
+    second = {**INSTANCE, "name": "reviews-v1-1", "protocol": "HTTP"}
+    status, reply = await plane.call("POST", "/v1/instances", second)
+    assert status == 200  # registered all the same: one answer is picked, not a crash
+    assert reply["warnings"] == [
+        "instances of reviews.default:9080 disagree on its protocol (grpc (1), http (1)); the "
+        "mesh uses http for all of them. Run every instance with the same --port 9080/PROTOCOL"
+    ]
+    assert len(plane.store.contents().records) == 2
 
 
 async def test_an_ipv6_instance_and_defaults(plane: Plane) -> None:

@@ -125,9 +125,9 @@ def test_apply_warns_only_about_what_is_not_enforced() -> None:
     warnings = not_yet_enforced(docs)
     text = "\n".join(warnings)
     assert "spec.trafficPolicy.tls is not applied yet" in text
-    assert "spec.trafficPolicy.loadBalancer.simple PASSTHROUGH is not applied yet" in text
+    assert "spec.trafficPolicy.loadBalancer.simple PASSTHROUGH is not applied: Istio" in text
     assert "spec.trafficPolicy.connectionPool.tcp.idleTimeout is not applied yet" in text
-    assert "spec.subsets[0].trafficPolicy.loadBalancer.localityLbSetting" in text
+    assert "localityLbSetting" not in text  # enforced (tests/unit/test_locality.py)
     assert (
         "spec.trafficPolicy.outlierDetection.consecutiveErrors is deprecated; "
         "use consecutiveGatewayErrors" in text

@@ -23,6 +23,7 @@ from tsunagi.mesh import World
 from tsunagi.registry import Instance
 from tsunagi.xds import resources as rs
 from tsunagi.xds.translate import Memo, translate_outbound, translate_shared
+from tsunagi.xds.translate.layers import host_of
 from tsunagi.xds.translate.protos import Cluster, RouteConfiguration
 
 NAMESPACES = ("default", "shop")
@@ -76,6 +77,17 @@ def _with_policy(doc: Doc, policy: Doc | None) -> Doc:
     return doc
 
 
+# exportTo: which client namespaces see a rule (and, for DestinationRules, get clusters of
+# their own where the rule they see differs from the shared one).
+EXPORT_TO = st.sampled_from([None, None, ["."], ["*"], ["shop"], ["default", "elsewhere"]])
+
+
+def _exported(spec: Doc, export_to: list[str] | None) -> Doc:
+    if export_to is not None:
+        spec["exportTo"] = export_to
+    return spec
+
+
 @st.composite
 def destination_rules(draw: st.DrawFn) -> Doc:
     subsets = draw(st.lists(st.sampled_from(VERSIONS), unique=True, max_size=3))
@@ -90,7 +102,7 @@ def destination_rules(draw: st.DrawFn) -> Doc:
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
         "metadata": _meta(draw(st.sampled_from(RULE_NAMES)), draw(st.sampled_from(NAMESPACES))),
-        "spec": _with_policy(spec, draw(TRAFFIC_POLICIES)),
+        "spec": _exported(_with_policy(spec, draw(TRAFFIC_POLICIES)), draw(EXPORT_TO)),
     }
 
 
@@ -176,6 +188,7 @@ def virtual_services(draw: st.DrawFn) -> Doc:
     gateways = draw(st.sampled_from([None, ["mesh"], ["gw"], ["mesh", "gw"]]))
     if gateways is not None:
         spec["gateways"] = gateways
+    _exported(spec, draw(EXPORT_TO))
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
@@ -220,6 +233,7 @@ def service_entries(draw: st.DrawFn) -> Doc:
     }
     if endpoints:
         spec["endpoints"] = endpoints
+    _exported(spec, draw(EXPORT_TO))
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "ServiceEntry",
@@ -381,7 +395,19 @@ def _push(world: World, memo: Memo | None) -> dict[str, Serialized]:
     for ns in CLIENT_NAMESPACES:
         outbound = translate_outbound(world, ns, memo, shared)
         assert not outbound.errors, [e.describe() for e in outbound.errors]
-        assert outbound.clusters is shared.clusters and outbound.endpoints is shared.endpoints
+        changed = {*world.rule_overrides(ns), *world.hidden_services(ns)}
+        if changed:
+            # Istio's DestinationRule lookup starts in the client's namespace: only the
+            # hosts whose rule differs here get clusters of their own; the rest are shared.
+            out[f"{rs.CLUSTER} {ns}"] = _serialized(outbound.clusters)
+            out[f"{rs.ENDPOINT} {ns}"] = _serialized(outbound.endpoints)
+            assert all(
+                outbound.clusters[n] is c
+                for n, c in shared.clusters.items()
+                if host_of(n) not in changed
+            )
+        else:
+            assert outbound.clusters is shared.clusters and outbound.endpoints is shared.endpoints
         out[f"{rs.ROUTE} {ns}"] = _serialized(outbound.routes)
     return out
 
@@ -423,7 +449,9 @@ def test_the_generated_meshes_are_not_trivial() -> None:
         seen["services"] += len(world.services)
         seen["subset clusters"] += sum(1 for n in shared.clusters if n.split("|")[2])
         seen["DNS clusters"] += sum(1 for n in shared.clusters if n not in shared.endpoints)
-        for c in shared.clusters.values():
+        # A rule applies in its own namespace (Istio's lookup), so count every namespace's.
+        views = [translate_outbound(world, ns, shared=shared).clusters for ns in NAMESPACES]
+        for c in {r.name: r for view in views for r in view.values()}.values():
             cluster = Cluster()
             c.body.Unpack(cluster)
             default = cluster.lb_policy == Cluster.LEAST_REQUEST or cluster.type != Cluster.EDS

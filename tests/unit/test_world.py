@@ -149,5 +149,5 @@ spec: {mtls: {mode: STRICT}}
     assert len(subsets) == 1 and "spec.http[0].route[0].destination.subset" in subsets[0]
     pending = not_yet_enforced(docs)
     assert not any(".fault is" in w for w in pending)  # enforced by Envoy now
-    assert any("sourceLabels is not supported yet" in w for w in pending)
+    assert not any("sourceLabels" in w for w in pending)  # enforced per client scope now
     assert any("PeerAuthentication default/default" in w for w in pending)

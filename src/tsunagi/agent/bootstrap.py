@@ -24,6 +24,8 @@ class ProxyIdentity(NamedTuple):
     inbound: Mapping[int, tuple[int, int]] = MappingProxyType({})
     """service port → (inbound listener port, app port)."""
     kind: str = pc.DEFAULT_KIND
+    inbound_protocols: Mapping[int, str] = MappingProxyType({})
+    """service port → its protocol, when not HTTP."""
 
 
 def bootstrap(
@@ -41,7 +43,15 @@ def bootstrap(
                 pc.META_LABELS: dict(ident.labels),
                 pc.META_OUTBOUND_PORT: ident.outbound_port,
                 pc.META_INBOUND: {
-                    str(p): {pc.META_INBOUND_LISTEN: listen, pc.META_INBOUND_APP: app}
+                    str(p): {
+                        pc.META_INBOUND_LISTEN: listen,
+                        pc.META_INBOUND_APP: app,
+                        **(
+                            {pc.META_INBOUND_PROTOCOL: ident.inbound_protocols[p]}
+                            if p in ident.inbound_protocols
+                            else {}
+                        ),
+                    }
                     for p, (listen, app) in ident.inbound.items()
                 },
                 pc.META_KIND: ident.kind,

@@ -2,17 +2,53 @@
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
+
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST = 10000
+"""Below this, ports are more often configured for well-known services."""
+
+
+def _listen_range() -> range:
+    """Ports to listen on: those below the kernel's ephemeral range.
+
+    A port handed out by ``bind(0)`` comes from the ephemeral range, which every outgoing
+    connection on the host also draws its source port from; between the moment we find such
+    a port free and the moment Envoy or the app binds it, a busy host's clients can take it.
+    Ports below the range are never chosen by the kernel, so only another listener can.
+    """
+    try:
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(0)
+    return range(_LOWEST, low) if low - _LOWEST >= 1000 else range(0)
+
+
+def _bound(port: int) -> socket.socket | None:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        s.close()
+        return None
+    return s
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports that were free a moment ago (held together, then released)."""
-    socks = []
+    """``count`` distinct ports that were free a moment ago (held together, then released),
+    outside the ephemeral range when the host has room for that."""
+    socks: list[socket.socket] = []
+    candidates = _listen_range()
     try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
+        tries = 0
+        while len(socks) < count:
+            tries += 1
+            port = random.choice(candidates) if candidates and tries <= 50 * count else 0
+            s = _bound(port)
+            if s is not None:
+                socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:

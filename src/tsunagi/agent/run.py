@@ -24,6 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from tsunagi import protocols
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.children import die_with_parent
 from tsunagi.agent.envoy import EnvoyProcess, admin
@@ -41,6 +42,8 @@ class RunOptions(NamedTuple):
     service: str
     command: tuple[str, ...]
     port: int = 80
+    protocol: str = protocols.DEFAULT
+    """The service port's protocol (``tsunagi.protocols`` names, canonical)."""
     version: str = ""
     labels: Mapping[str, str] = MappingProxyType({})
     namespace: str = "default"
@@ -127,6 +130,11 @@ class Sidecar:
             locality=self.opts.locality,
             outbound_port=self.outbound_port,
             inbound={self.opts.port: (self.inbound_port, self.app_port)},
+            inbound_protocols=(
+                {self.opts.port: self.opts.protocol}
+                if self.opts.protocol != protocols.DEFAULT
+                else {}
+            ),
         )
         config = bootstrap(ident, xds_host, xds_port, self.admin_port, self.opts.delta)
         self._envoy = EnvoyProcess(self.workdir, config, self.admin_port, self.opts.concurrency)
@@ -173,12 +181,29 @@ class Sidecar:
             self.inbound_port,
             self.app_port,
         )
+        if not protocols.is_http(self.opts.protocol):
+            # Said here because nothing else would: other apps' requests to this port find
+            # no HTTP route, and there is no TCP route yet.
+            log.warning(
+                "%s: port %d is %s: its inbound listener passes TCP connections to the app, "
+                "but routing TCP from other workloads to it is not applied yet (their HTTP "
+                "proxy has no route for it)",
+                self.name,
+                self.opts.port,
+                self.opts.protocol,
+            )
         proxy = f"http://127.0.0.1:{self.outbound_port}"
         env = {
             **os.environ,
             "PORT": str(self.app_port),
             "HTTP_PROXY": proxy,
             "http_proxy": proxy,
+            # gRPC reads http_proxy too, and would tunnel through it with CONNECT, which the
+            # sidecar's HTTP listener does not route: an empty grpc_proxy (read first) turns
+            # that off. A gRPC client in the mesh dials TSUNAGI_OUTBOUND instead, with the
+            # service as :authority (README, "Port protocols, gRPC and HTTP/2").
+            "grpc_proxy": "",
+            "TSUNAGI_OUTBOUND": f"127.0.0.1:{self.outbound_port}",
             "NO_PROXY": "localhost,127.0.0.1",
             "no_proxy": "localhost,127.0.0.1",
             "SERVICE_NAME": self.opts.service,
@@ -227,6 +252,7 @@ class Sidecar:
             "target_port": self.inbound_port,
             "labels": self.labels,
             "locality": self.opts.locality,
+            "protocol": self.opts.protocol,
         }
 
     def _register_and_heartbeat(self, app: subprocess.Popen[bytes]) -> None:
@@ -245,14 +271,17 @@ class Sidecar:
         while not self.stop.is_set():
             try:
                 if not self.registered:
-                    ttl = float(
-                        self.client.request("POST", "/v1/instances", self._instance()).get(
-                            "ttl", ttl
-                        )
-                    )
+                    reply = self.client.request("POST", "/v1/instances", self._instance())
+                    ttl = float(reply.get("ttl", ttl))
+                    for warning in reply.get("warnings", ()):
+                        log.warning("%s: %s", self.name, warning)
                     self.registered = True
                     log.info(
-                        "%s: registered as %s:%d", self.name, self.opts.service, self.opts.port
+                        "%s: registered as %s:%d/%s",
+                        self.name,
+                        self.opts.service,
+                        self.opts.port,
+                        self.opts.protocol.lower(),
                     )
                 if self.stop.wait(max(0.2, ttl / 3)):
                     return

@@ -28,6 +28,7 @@ from .durations import (
     to_seconds_nanos,
     to_timedelta,
 )
+from .envoyfilter import EnvoyFilterSpec
 from .errors import FieldError, ValidationFailed
 from .hosts import fqdn
 from .kinds import KIND_INFO, KINDS, KindInfo, check_spec
@@ -53,6 +54,7 @@ from .networking import (
     HTTPRoute,
     HTTPRouteDestination,
     LoadBalancerSettings,
+    LocalityLoadBalancerSetting,
     OutlierDetection,
     Port,
     PortTrafficPolicy,
@@ -83,6 +85,7 @@ __all__ = [
     "Destination",
     "DestinationRuleSpec",
     "DurationError",
+    "EnvoyFilterSpec",
     "FieldError",
     "GatewaySpec",
     "HTTPDirectResponse",
@@ -100,6 +103,7 @@ __all__ = [
     "KindInfo",
     "LabelSelector",
     "LoadBalancerSettings",
+    "LocalityLoadBalancerSetting",
     "OutlierDetection",
     "PeerAuthenticationSpec",
     "Percent",

@@ -47,6 +47,7 @@ from .networking import (
     HTTPRouteDestination,
     L4MatchAttributes,
     LoadBalancerSettings,
+    LocalityLoadBalancerSetting,
     OutlierDetection,
     Port,
     RouteDestination,
@@ -129,7 +130,9 @@ HTTP_METHODS = frozenset(
 
 _UINT32_MAX = 2**32 - 1
 
-# Envoy refuses to inline larger direct-response bodies in its config.
+# The largest directResponse body, as Istio (1 MiB): validation refuses larger ones and the
+# outbound RouteConfiguration raises Envoy's own limit (4 KiB by default) to this, so Envoy
+# never NACKs a body that apply accepted.
 MAX_DIRECT_RESPONSE_BODY = 1024 * 1024
 
 
@@ -243,10 +246,28 @@ def check_headers(headers: Headers | None, path: Path) -> Iterator[Issue]:
 # --------------------------------------------------------------------------- VirtualService
 
 
+def _check_delegate(spec: VirtualServiceSpec) -> Iterator[Issue]:
+    """A VirtualService without hosts is a delegate (Istio): only another VirtualService's
+    ``http[].delegate`` uses it, so it binds no gateway, has HTTP routes only, and does not
+    delegate again (one level)."""
+    why = "a VirtualService without hosts is a delegate"
+    if spec.gateways:
+        yield Issue(("gateways",), f"{why} and must not name gateways; add hosts to bind it")
+    for field in ("tcp", "tls"):
+        if getattr(spec, field):
+            yield Issue((field,), f"{why}; delegates have http routes only")
+    for i, route in enumerate(spec.http):
+        if route.delegate is not None:
+            yield Issue(
+                ("http", i, "delegate"),
+                f"{why}; a delegate cannot delegate again (only one level): route here instead",
+            )
+
+
 def check_virtual_service(spec: VirtualServiceSpec) -> Iterator[Issue]:
     """Istio's VirtualService rules."""
     if not spec.hosts:
-        yield Issue(("hosts",), "at least one host is required")
+        yield from _check_delegate(spec)
     binds_mesh = not spec.gateways or "mesh" in spec.gateways
     for i, host in enumerate(spec.hosts):
         err = check_host(host, allow_ip=True)
@@ -605,23 +626,94 @@ def _check_lb(lb: LoadBalancerSettings, path: Path) -> Iterator[Issue]:
             yield Issue(cp, "only one of ringHash and maglev may be set")
         if ch.minimum_ring_size is not None and ch.maglev is not None:
             yield Issue((*cp, "minimumRingSize"), "cannot be combined with maglev")
-    loc = lb.locality_lb_setting
-    if loc is not None:
-        lp: Path = (*path, "localityLbSetting")
-        if loc.distribute and loc.failover:
-            yield Issue(lp, "distribute and failover cannot both be set")
-        for i, dist in enumerate(loc.distribute):
-            if not dist.from_:
-                yield Issue((*lp, "distribute", i, "from"), "from locality is required")
-            total = sum(dist.to.values())
-            if total != 100:
+    if lb.locality_lb_setting is not None:
+        yield from _check_locality_lb(lb.locality_lb_setting, (*path, "localityLbSetting"))
+
+
+_TOPOLOGY_LABELS = (
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    "topology.istio.io/subzone",
+)
+
+
+def _check_locality_lb(loc: LocalityLoadBalancerSetting, lp: Path) -> Iterator[Issue]:
+    """What Istio's validation refuses in a ``localityLbSetting``."""
+    if loc.distribute and loc.failover:
+        yield Issue(lp, "distribute and failover cannot both be set; keep one")
+        return
+    if loc.failover:
+        for i, entry in enumerate(loc.failover_priority):
+            if entry in _TOPOLOGY_LABELS:
                 yield Issue(
-                    (*lp, "distribute", i, "to"),
-                    f"weights must add up to 100, got {total}",
+                    (*lp, "failoverPriority", i),
+                    f"{entry!r} cannot be combined with failover (which already orders "
+                    "endpoints by region, zone and subzone); remove one of them",
                 )
-        for i, fo in enumerate(loc.failover):
-            if fo.from_ == fo.to:
-                yield Issue((*lp, "failover", i), f"from and to must differ, both are {fo.to!r}")
+    sources: list[tuple[Path, str]] = []
+    for i, dist in enumerate(loc.distribute):
+        dp: Path = (*lp, "distribute", i)
+        sources.append(((*dp, "from"), dist.from_))
+        for target, weight in dist.to.items():
+            if not 1 <= weight <= 100:
+                yield Issue((*dp, "to", target), f"weight must be 1 to 100, got {weight}")
+        total = sum(dist.to.values())
+        if total != 100:
+            yield Issue((*dp, "to"), f"weights must add up to 100, got {total}")
+        yield from _check_localities([((*dp, "to", t), t) for t in dist.to])
+    yield from _check_localities(sources)
+    for i, fo in enumerate(loc.failover):
+        fp: Path = (*lp, "failover", i)
+        if fo.from_ == fo.to:
+            yield Issue(fp, f"from and to must be different regions, both are {fo.to!r}")
+        for name, value in (("from", fo.from_), ("to", fo.to)):
+            if "/" in value:
+                yield Issue((*fp, name), f"{value!r}: failover names a region only, no '/'")
+            elif "*" in value:
+                yield Issue((*fp, name), f"{value!r}: failover regions take no '*' wildcard")
+
+
+def _check_localities(localities: list[tuple[Path, str]]) -> Iterator[Issue]:
+    """Localities of ``distribute`` (its ``from`` list, or one ``to`` map), in the order
+    given, as Istio checks them: ``region[/zone[/subzone]]`` with no empty part, at most one
+    ``*`` and only at the end, and none inside one given before it (``r1`` then ``r1/z1``;
+    a ``*`` region covers everything after it). The first problem is reported."""
+    tree: dict[str, dict[str, dict[str, bool]]] = {}
+    for path, locality in localities:
+        stars = locality.count("*")
+        if stars > 1 or (stars == 1 and not locality.endswith("*")):
+            yield Issue(path, f"{locality!r}: at most one '*' wildcard, and only at the end")
+            return
+        overlap = Issue(path, f"{locality!r} overlaps a locality given before it")
+        if "*" in tree:
+            yield overlap
+            return
+        parts = locality.split("/", 2)
+        if any(not p for p in parts):
+            yield Issue(path, f"{locality!r}: region, zone and subzone must not be empty")
+            return
+        region = tree.get(parts[0])
+        if len(parts) == 1:
+            if region is not None:
+                yield overlap
+                return
+            tree[parts[0]] = {"*": {"*": True}}
+        elif region is None:
+            tree[parts[0]] = {parts[1]: {(parts[2] if len(parts) == 3 else "*"): True}}
+        elif "*" in region:
+            yield overlap
+            return
+        elif len(parts) == 2:
+            if parts[1] in region:
+                yield overlap
+                return
+            region[parts[1]] = {"*": True}
+        else:
+            zone = region.setdefault(parts[1], {})
+            if zone.get("*") or zone.get(parts[2]):
+                yield overlap
+                return
+            zone[parts[2]] = True
 
 
 def check_connection_pool(pool: ConnectionPoolSettings, path: Path) -> Iterator[Issue]:

@@ -12,6 +12,8 @@ from pydantic import BaseModel
 from . import checks_networking as cn
 from . import checks_security as cs
 from .checks_common import Issue
+from .checks_envoyfilter import check_envoy_filter
+from .envoyfilter import EnvoyFilterSpec
 from .networking import (
     DestinationRuleSpec,
     GatewaySpec,
@@ -62,6 +64,10 @@ KIND_INFO: Mapping[str, KindInfo] = MappingProxyType(
             _net("WorkloadEntry", WorkloadEntrySpec, cn.check_workload_entry),
             _net("Gateway", GatewaySpec, cn.check_gateway),
             _net("Sidecar", SidecarSpec, cn.check_sidecar),
+            # Istio serves EnvoyFilter at v1alpha3 only
+            KindInfo(
+                "EnvoyFilter", NETWORKING_GROUP, ("v1alpha3",), EnvoyFilterSpec, check_envoy_filter
+            ),
             _sec("PeerAuthentication", PeerAuthenticationSpec, cs.check_peer_authentication),
             _sec("AuthorizationPolicy", AuthorizationPolicySpec, cs.check_authorization_policy),
         )

@@ -43,6 +43,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _service_port(text: str) -> tuple[int, str]:
+    from tsunagi.protocols import parse_port
+
+    try:
+        return parse_port(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--server", help="control plane API (env TSUNAGI_SERVER, default http://127.0.0.1:15014)"
@@ -114,11 +123,40 @@ def parser() -> argparse.ArgumentParser:
     )
     _connection_args(run)
     run.add_argument("--service", required=True)
-    run.add_argument("--port", type=int, default=80, help="the service port clients use")
-    run.add_argument("--version", default="")
-    run.add_argument("--label", type=_label, action="append", default=[])
-    run.add_argument("--namespace", "-n", default="default")
-    run.add_argument("--locality", default="")
+    run.add_argument(
+        "--port",
+        type=_service_port,
+        default=(80, "HTTP"),
+        metavar="PORT[/PROTOCOL]",
+        help="the service port clients use, and its protocol (Istio's names, any case): http "
+        "(the default), http2 or grpc (HTTP/2 to the app, h2c), grpc-web, http_proxy; tcp, "
+        "https, tls, mongo, mysql, redis, udp (not HTTP: the inbound listener passes TCP "
+        "connections through; routing to them is not applied yet)",
+    )
+    run.add_argument(
+        "--version", default="", help="the version label (subsets and sourceLabels match it)"
+    )
+    run.add_argument(
+        "--label",
+        type=_label,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a workload label, repeatable (subsets, sourceLabels and selectors match them)",
+    )
+    run.add_argument(
+        "--namespace",
+        "-n",
+        default="default",
+        help="the workload's namespace (sourceNamespace, exportTo and rule lookup use it)",
+    )
+    run.add_argument(
+        "--locality",
+        default="",
+        metavar="REGION[/ZONE[/SUBZONE]]",
+        help="where this workload runs: its endpoints carry it, and its proxy prefers "
+        "endpoints nearby when a DestinationRule has outlierDetection or localityLbSetting",
+    )
     run.add_argument(
         "--outbound-port", type=int, default=0, help="fix the outbound (HTTP_PROXY) listener's port"
     )
@@ -144,7 +182,12 @@ def parser() -> argparse.ArgumentParser:
 
     get = sub.add_parser("get", help="show resources")
     _connection_args(get)
-    get.add_argument("kind")
+    get.add_argument(
+        "kind",
+        help="virtualservice (vs), destinationrule (dr), serviceentry (se), gateway (gw), "
+        "sidecar, envoyfilter, workloadentry (we), peerauthentication (pa), "
+        "authorizationpolicy (ap), workloads; plurals work too",
+    )
     get.add_argument("name", nargs="?")
     get.add_argument("-n", "--namespace", default="")
     get.add_argument("-o", "--output", choices=["yaml", "json", "wide"], default="")
@@ -161,9 +204,23 @@ def parser() -> argparse.ArgumentParser:
     ps = sub.add_parser("proxy-status", help="which proxies have which config")
     _connection_args(ps)
 
-    demo = sub.add_parser("demo", help="the sample app, its rules and a walkthrough")
+    from tsunagi.demo.tasks import RULES as demo_rules
+
+    demo = sub.add_parser(
+        "demo",
+        help="the sample app, its rules and a walkthrough",
+        description="Run the control plane and Bookinfo with sidecars until Ctrl-C. The YAMLs "
+        "of Istio's traffic tasks (routing, fault injection, shifting, timeouts, circuit "
+        f"breaking, mirroring, outlier detection, CORS, headers) are in {demo_rules}, under "
+        "Istio's names; --tasks lists them with what each shows.",
+    )
     demo.add_argument("--state-dir")
     demo.add_argument("--port", type=int, default=9080, help="productpage's local port")
+    demo.add_argument(
+        "--tasks",
+        action="store_true",
+        help="print the walkthrough of Istio's traffic tasks (apply commands) and exit",
+    )
     return top
 
 
@@ -312,7 +369,8 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
     opts = RunOptions(
         service=args.service,
         command=tuple(cmd),
-        port=args.port,
+        port=args.port[0],
+        protocol=args.port[1],
         version=args.version,
         labels=dict(args.label),
         namespace=args.namespace,
@@ -341,6 +399,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_up(args)
     if args.command == "demo":
         from tsunagi.demo.runner import run_demo
+        from tsunagi.demo.tasks import walkthrough
+
+        if args.tasks:
+            print(walkthrough())
+            return EXIT_OK
 
         return run_demo(state_dir(args.state_dir), args.port)
     client = Client.from_env(args.server, args.token, args.state_dir)

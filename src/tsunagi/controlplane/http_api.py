@@ -35,9 +35,10 @@ from tsunagi.controlplane.openapi import (
 )
 from tsunagi.controlplane.status import proxy_statuses, wait_for_acks
 from tsunagi.mesh import World
-from tsunagi.mesh.analysis import not_yet_enforced, undefined_subsets
+from tsunagi.mesh.analysis import delegation_problems, not_yet_enforced, undefined_subsets
 from tsunagi.registry import KIND as INSTANCE_KIND
 from tsunagi.registry import Instance, InvalidInstance, Registry
+from tsunagi.registry.instances import protocol_disagreement
 from tsunagi.store import Key, Store
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -343,7 +344,11 @@ class Api:
         keys = {r.key for r in applied}
         others = [r for r in world.resources if r.key not in keys]
         candidate = World.build(world.revision, [*others, *applied], self.registry.instances())
-        return undefined_subsets(candidate, applied) + not_yet_enforced(applied)
+        return (
+            undefined_subsets(candidate, applied)
+            + delegation_problems(candidate, applied)
+            + not_yet_enforced(applied)
+        )
 
     async def delete(self, request: web.Request) -> web.Response:
         body = await self._model(request, DeleteRequest)
@@ -405,7 +410,12 @@ class Api:
         except InvalidInstance as e:
             return _error(400, f"invalid instance: {e}")
         revision = await self.registry.register(inst)
-        return web.json_response({"revision": revision, "ttl": self.registry.ttl})
+        reply: dict[str, Any] = {"revision": revision, "ttl": self.registry.ttl}
+        disagreement = protocol_disagreement(inst, self.registry.peer_protocols(inst))
+        if disagreement is not None:
+            log.warning("%s", disagreement)
+            reply["warnings"] = [disagreement]
+        return web.json_response(reply)
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["namespace"], request.match_info["name"]

@@ -106,6 +106,11 @@ class InstanceRequest(_Body):
         "", description="`REGION[/ZONE[/SUBZONE]]`."
     )
     healthy: bool = True
+    protocol: str = Field(
+        "HTTP",
+        description="The service port's protocol, one of Istio's names (case-insensitive): "
+        "HTTP, HTTP2, GRPC, GRPC-WEB, HTTP_PROXY, HTTPS, TCP, TLS, MONGO, MYSQL, REDIS, UDP.",
+    )
 
 
 class _Query(BaseModel):

@@ -42,9 +42,10 @@ from tsunagi.xds.translate import (
     Local,
     Memo,
     Outbound,
+    Patched,
     Shared,
     TranslationError,
-    assemble,
+    assemble_patched,
     translate_local,
     translate_outbound,
     translate_shared,
@@ -78,7 +79,10 @@ class PushErrors:
     by_namespace: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Failures in one client namespace's routes."""
     by_node: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    """Failures in one proxy's own listeners and clusters."""
+    """Failures in one proxy's own listeners and clusters, and its EnvoyFilters' patches."""
+    envoy_filters: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+    """Proxy → xDS type URL → the EnvoyFilters that changed its resources of that type (so
+    a NACK can name them)."""
 
     def lines(self) -> set[str]:
         """Every failure, once (to log only what is new since the last push)."""
@@ -107,6 +111,7 @@ class _Computed:
     locals: dict[str, _NodeLocal]
     parse_errors: dict[Key, str]
     snapshots: dict[str, Snapshot]
+    patched: dict[str, Patched] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,7 @@ def _collect(
     shared: Shared,
     outbound: Mapping[ClientScope, Outbound],
     locals_: Mapping[str, _NodeLocal],
+    patched: Mapping[str, Patched] | None = None,
 ) -> PushErrors:
     by_resource: dict[Key, list[str]] = {}
     for key, message in parse_errors.items():
@@ -159,11 +165,18 @@ def _collect(
     for scope, out in sorted(outbound.items()):
         lines = namespaces.get(scope.namespace, ()) + blame(out.errors)
         namespaces[scope.namespace] = tuple(dict.fromkeys(lines))
+    by_node: dict[str, tuple[str, ...]] = {
+        n: (nl.error.describe(),) for n, nl in locals_.items() if nl.error
+    }
+    for node_id, p in sorted((patched or {}).items()):
+        if p.errors:
+            by_node[node_id] = by_node.get(node_id, ()) + blame(p.errors)
     return PushErrors(
         by_resource={k: tuple(dict.fromkeys(v)) for k, v in by_resource.items()},
         shared=parse_lines + shared_lines,
         by_namespace={ns: lines for ns, lines in namespaces.items() if lines},
-        by_node={n: (nl.error.describe(),) for n, nl in locals_.items() if nl.error},
+        by_node=by_node,
+        envoy_filters={n: p.touched for n, p in (patched or {}).items() if p.touched},
     )
 
 
@@ -183,6 +196,8 @@ class Pusher:
         self._shared = translate_shared(self.world, self._memo)
         self._outbound: dict[ClientScope, Outbound] = {}
         self._locals: dict[str, _NodeLocal] = {}
+        self._patched: dict[str, Patched] = {}
+        """Each node's EnvoyFilter outcome (failures, which filters changed what)."""
         self._made: dict[Hashable, Any] = {}
         """Translations made on the loop since the last push, for the worker's memo."""
         self.errors = _collect(self._builder.errors, self._shared, {}, {})
@@ -207,7 +222,10 @@ class Pusher:
         if cached is None or cached.node != node:
             cached = self._locals[node_id] = _NodeLocal.of(node)
         outbound = self._outbound_for(self.world.scope_of(node))
-        return assemble(outbound, cached.local, self.world.revision)
+        snapshot, self._patched[node_id] = assemble_patched(
+            self.world, node, outbound, cached.local, self.world.revision
+        )
+        return snapshot
 
     async def run(self) -> None:
         """Push forever; cancel to stop."""
@@ -254,9 +272,14 @@ class Pusher:
         snapshot consistent with its revision)."""
         self.world, self._shared, self._outbound = done.world, done.shared, done.outbound
         self._locals.update(done.locals)
+        self._patched.update(done.patched)
         for gone in self._locals.keys() - self.cache.nodes.keys():
             del self._locals[gone]
-        errors = _collect(done.parse_errors, done.shared, done.outbound, self._locals)
+        for gone in self._patched.keys() - self.cache.nodes.keys():
+            del self._patched[gone]
+        errors = _collect(
+            done.parse_errors, done.shared, done.outbound, self._locals, self._patched
+        )
         for line in errors.lines() - self.errors.lines():
             log.error("revision %d: not translated: %s", done.world.revision, line)
         self.errors = errors
@@ -297,10 +320,13 @@ class Pusher:
             locals_[node_id] = (
                 cached if cached is not None and cached.node == node else _NodeLocal.of(node)
             )
-        snapshots = {
-            node_id: assemble(outbound[scopes[node_id]], locals_[node_id].local, world.revision)
-            for node_id in nodes
-        }
+        snapshots: dict[str, Snapshot] = {}
+        patched: dict[str, Patched] = {}
+        for node_id, node in nodes.items():
+            out, local = outbound[scopes[node_id]], locals_[node_id].local
+            snapshots[node_id], patched[node_id] = assemble_patched(
+                world, node, out, local, world.revision, self._memo
+            )
         self._memo.rotate()
         return _Computed(
             world,
@@ -309,4 +335,5 @@ class Pusher:
             locals_,
             dict(self._builder.errors),
             snapshots,
+            patched,
         )

@@ -40,11 +40,22 @@ def _state(st: TypeStatus, expected: str) -> str:
     return "STALE"
 
 
+def _nack_message(st: TypeStatus, envoy_filters: tuple[str, ...]) -> str | None:
+    """Envoy's reason for rejecting a type, naming the EnvoyFilters that patched it: the
+    likely cause when Envoy rejects config that translated cleanly."""
+    if not st.rejected:
+        return None
+    if envoy_filters:
+        return f"{st.last_nack_message} (patched by EnvoyFilter {', '.join(envoy_filters)})"
+    return st.last_nack_message
+
+
 def node_status(entry: NodeEntry, errors: PushErrors | None = None) -> dict[str, Any]:
     """One proxy's state per xDS type, as the CLI and dashboard show it, with the pieces of
     config left out of it because they could not be translated."""
     snap = entry.snapshot
     types: dict[str, dict[str, Any]] = {}
+    patched_by = errors.envoy_filters.get(entry.id, {}) if errors else {}
     for type_url, st in entry.stream.status().items():
         short = SHORT_NAMES.get(type_url, type_url)
         expected = _expected(snap, st)
@@ -52,7 +63,7 @@ def node_status(entry: NodeEntry, errors: PushErrors | None = None) -> dict[str,
             "state": _state(st, expected),
             "acked": st.acked_version,
             "expected": expected,
-            "message": st.last_nack_message if st.rejected else None,
+            "message": _nack_message(st, patched_by.get(type_url, ())),
         }
     meta = entry.metadata or {}
     nacks = [f"{t}: {s['message']}" for t, s in types.items() if s["state"] == "NACKED"]

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 from tsunagi.client import Client, Rejected, Unreachable
-
-RULES = Path(__file__).parent / "rules"
+from tsunagi.demo.tasks import RULES, walkthrough
 
 WORKLOADS = [
     ("details", "v1"),
@@ -83,7 +82,7 @@ def run_demo(state_dir: Path, port: int) -> int:
         client = Client.from_env(state=str(state_dir))
         _wait_up(client, cp)
         client = Client.from_env(state=str(state_dir))
-        _apply(client, RULES / "destination-rules.yaml")
+        _apply(client, RULES / "destination-rule-all.yaml")
         for service, version in WORKLOADS:
             extra = ["--inbound-port", str(port)] if service == "productpage" else []
             cmd = _tsunagi(
@@ -118,8 +117,10 @@ Tsunagi is running Bookinfo with {len(WORKLOADS)} sidecars.
          reviews alternate between v1 (no stars) and v3 (red stars) — a 50/50 split.
 
   Next, route the user "jason" to reviews v2 (black stars):
-         tsunagi apply -f {RULES / "reviews-jason-v2.yaml"} --wait
+         tsunagi apply -f {RULES / "virtual-service-reviews-test-v2.yaml"} --wait
          then sign in as jason on the page.
+
+{walkthrough()}
 
   See it:  tsunagi proxy-status      tsunagi get virtualservices -o yaml
   State:   {state_dir}   (TSUNAGI_STATE_DIR)

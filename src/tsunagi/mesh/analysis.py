@@ -7,15 +7,43 @@ from collections.abc import Iterable
 
 from pydantic.alias_generators import to_camel
 
+from tsunagi import protocols
 from tsunagi.api import (
     DestinationRuleSpec,
+    LoadBalancerSettings,
+    OutlierDetection,
     PortTrafficPolicy,
     Resource,
+    ServiceEntrySpec,
     TrafficPolicy,
     VirtualServiceSpec,
     fqdn,
 )
+from tsunagi.api.checks_envoyfilter import envoy_filter_warnings
+from tsunagi.api.envoyfilter import EnvoyFilterSpec
+from tsunagi.mesh.delegation import delegation_warnings
 from tsunagi.mesh.world import World, of_spec
+
+
+def delegation_problems(world: World, resources: Iterable[Resource]) -> list[str]:
+    """Warnings for routes whose ``delegate`` is missing, not exported to them, or has
+    routes that conflict with theirs (see :mod:`tsunagi.mesh.delegation`): routes of the
+    VirtualServices in ``resources``, and of those in ``world`` that delegate to one of them
+    (applying a delegate alone says what it does to its roots)."""
+    applied = of_spec(resources, VirtualServiceSpec)
+    keys = {vs.key for vs in applied}
+    delegates = {(vs.namespace, vs.name) for vs in applied if not vs.spec.hosts}
+    roots = applied + [
+        vs
+        for vs in of_spec(world.resources, VirtualServiceSpec)
+        if vs.key not in keys
+        and any(
+            h.delegate is not None
+            and (h.delegate.namespace or vs.namespace, h.delegate.name) in delegates
+            for h in vs.spec.http
+        )
+    ]
+    return [warning for vs in roots for warning in delegation_warnings(world.delegates, vs)]
 
 
 def undefined_subsets(world: World, resources: Iterable[Resource]) -> list[str]:
@@ -28,8 +56,10 @@ def undefined_subsets(world: World, resources: Iterable[Resource]) -> list[str]:
                 if not subset:
                     continue
                 host = fqdn(dest.destination.host, vs.namespace)
-                if world.subset_labels(host, subset) is None:
-                    dr = world.destination_rules.get(host)
+                # Judged as clients in the rule's namespace see DestinationRules (Istio's
+                # lookup starts in the client's namespace); elsewhere it may differ.
+                dr = world.destination_rule(host, vs.namespace)
+                if dr is None or all(s.name != subset for s in dr.spec.subsets):
                     why = (
                         f"DestinationRule {dr.namespace}/{dr.name} has no subset {subset!r}"
                         if dr is not None
@@ -50,9 +80,7 @@ _PENDING_KINDS = (
     "AuthorizationPolicy",
     "WorkloadEntry",
 )
-_PENDING_HTTP = {
-    "delegate": "delegate",
-}
+_PENDING_HTTP: dict[str, str] = {}  # http[] field → its name, for fields not applied yet
 
 
 def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
@@ -76,16 +104,21 @@ def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
                         "by Envoy (301, 302, 303, 307, 308); this route is left out, as Istio does"
                     )
                 for j, m in enumerate(http.match):
-                    if m.source_labels:
+                    if m.ignore_uri_case and m.uri is not None and m.uri.regex is not None:
+                        # Istio (and Envoy) ignore case for exact and prefix matches only.
                         out.append(
-                            f"{where}: spec.http[{i}].match[{j}].sourceLabels is not "
-                            "supported yet; this match never applies"
+                            f"{where}: spec.http[{i}].match[{j}].ignoreUriCase has no effect on "
+                            "a regex uri match, as in Istio; start the regex with (?i) instead"
                         )
             for field in ("tcp", "tls"):
                 if getattr(spec, field, None):
                     out.append(f"{where}: spec.{field} routes are not applied yet")
         elif isinstance(spec, DestinationRuleSpec):
             out += _traffic_policy_warnings(where, spec)
+        elif isinstance(spec, ServiceEntrySpec):
+            out += _tcp_port_warnings(where, spec)
+        elif isinstance(spec, EnvoyFilterSpec):
+            out += envoy_filter_warnings(where, spec)
     return out
 
 
@@ -99,6 +132,7 @@ def _traffic_policy_warnings(where: str, spec: DestinationRuleSpec) -> list[str]
     for i, s in enumerate(spec.subsets):
         if s.traffic_policy is not None:
             policies.append((f"spec.subsets[{i}].trafficPolicy", s.traffic_policy))
+    top = spec.traffic_policy
     out = []
     for path, tp in policies:
         for name in ("tunnel", "proxy_protocol"):
@@ -112,12 +146,17 @@ def _traffic_policy_warnings(where: str, spec: DestinationRuleSpec) -> list[str]
             lb, pool, outlier = part.load_balancer, part.connection_pool, part.outlier_detection
             if part.tls is not None:
                 out.append(f"{where}: {at}.tls is not applied yet")
-            if lb is not None and lb.locality_lb_setting is not None:
-                out.append(f"{where}: {at}.loadBalancer.localityLbSetting is not applied yet")
+            # A subset's own policy inherits the top level's outlier detection; port-level
+            # settings inherit nothing (see xds/translate/policy.py).
+            inherited = top.outlier_detection if part is tp and tp is not top and top else None
+            out += _failover_warnings(f"{where}: {at}", lb, outlier or inherited)
             if lb is not None and lb.simple == "PASSTHROUGH":
                 out.append(
-                    f"{where}: {at}.loadBalancer.simple PASSTHROUGH is not applied yet; "
-                    "the default (LEAST_REQUEST) is used"
+                    f"{where}: {at}.loadBalancer.simple PASSTHROUGH is not applied: Istio "
+                    "forwards to the address the caller connected to (an ORIGINAL_DST "
+                    "cluster), but apps here reach services by name through the sidecar's "
+                    "HTTP proxy, so there is no such address; the endpoints are balanced with "
+                    "LEAST_REQUEST instead (set ROUND_ROBIN, LEAST_REQUEST or RANDOM to choose)"
                 )
             ch = lb.consistent_hash if lb is not None else None
             if ch is not None and ch.minimum_ring_size is not None:
@@ -134,3 +173,32 @@ def _traffic_policy_warnings(where: str, spec: DestinationRuleSpec) -> list[str]
                     "such) or consecutive5xxErrors"
                 )
     return out
+
+
+def _failover_warnings(
+    where: str, lb: LoadBalancerSettings | None, outlier: OutlierDetection | None
+) -> list[str]:
+    """Istio's warning: failover rules need outlier detection, or no locality is ever seen
+    failing and traffic never moves (the rules are sent, and do nothing)."""
+    loc = lb.locality_lb_setting if lb is not None else None
+    if loc is None or outlier is not None or loc.enabled is False:
+        return []
+    return [
+        f"{where}.loadBalancer.localityLbSetting.{name} has no effect without "
+        "outlierDetection: nothing ejects the failing endpoints, so traffic never fails "
+        "over; add outlierDetection (e.g. consecutive5xxErrors) to the same policy"
+        for name, value in (("failover", loc.failover), ("failoverPriority", loc.failover_priority))
+        if value
+    ]
+
+
+def _tcp_port_warnings(where: str, spec: ServiceEntrySpec) -> list[str]:
+    """Ports that are not HTTP get clusters and endpoints but no route yet: an app's HTTP
+    proxy (the sidecar) cannot reach them, which a user would otherwise find out the hard
+    way."""
+    return [
+        f"{where}: spec.ports[{i}] ({p.protocol} {p.number}): TCP routing is not applied yet; "
+        "the sidecar has no route for this port"
+        for i, p in enumerate(spec.ports)
+        if p.protocol and not protocols.is_http(p.protocol.upper())
+    ]

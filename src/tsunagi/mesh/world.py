@@ -17,15 +17,20 @@ from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
 
+from tsunagi import protocols
 from tsunagi import proxy_contract as pc
 from tsunagi.api import (
     DestinationRuleSpec,
+    LoadBalancerSettings,
+    PortTrafficPolicy,
     Resource,
     ResourceOf,
     ServiceEntrySpec,
+    TrafficPolicy,
     VirtualServiceSpec,
     fqdn,
 )
+from tsunagi.mesh.visibility import DestinationRuleLookup, exported_to, index_rules
 from tsunagi.registry.instances import Instance
 
 S = TypeVar("S", bound=BaseModel)
@@ -52,6 +57,12 @@ class Service:
     resolution: str = ""
     """``DNS`` or ``DNS_ROUND_ROBIN`` for ServiceEntries whose addresses are names that Envoy
     resolves itself; empty when the control plane knows the endpoint addresses."""
+    port_protocols: tuple[tuple[int, str], ...] = ()
+    """``(port, protocol)`` for ports whose protocol is not HTTP (see :meth:`protocol`)."""
+
+    def protocol(self, port: int) -> str:
+        """The protocol of ``port`` (:mod:`tsunagi.protocols` names): HTTP unless declared."""
+        return next((p for n, p in self.port_protocols if n == port), protocols.DEFAULT)
 
 
 @dataclass(frozen=True)
@@ -68,12 +79,24 @@ class Node:
     kind: str = pc.DEFAULT_KIND
     locality: str = ""
     """``region/zone/subzone`` of the proxy (``tsunagi run --locality``); empty if unknown."""
+    inbound_protocols: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
+    """service port → its protocol (``tsunagi run --port 9080/grpc``); HTTP when absent."""
+
+    def inbound_protocol(self, port: int) -> str:
+        """The protocol of inbound service ``port`` (:mod:`tsunagi.protocols` names)."""
+        return self.inbound_protocols.get(port, protocols.DEFAULT)
 
     @classmethod
     def from_metadata(cls, node_id: str, meta: Mapping[str, Any]) -> Node:
         """The node as its agent described it in the bootstrap (``tsunagi.proxy_contract``)."""
         inbound = {
             int(p): (int(v[pc.META_INBOUND_LISTEN]), int(v[pc.META_INBOUND_APP]))
+            for p, v in (meta.get(pc.META_INBOUND) or {}).items()
+        }
+        # An unknown name (a newer agent's) is not trusted to mean HTTP: it is TCP, which
+        # gets no HTTP handling the app might not speak.
+        inbound_protocols = {
+            int(p): _known_protocol(str(v.get(pc.META_INBOUND_PROTOCOL) or protocols.DEFAULT))
             for p, v in (meta.get(pc.META_INBOUND) or {}).items()
         }
         return cls(
@@ -87,7 +110,17 @@ class Node:
             inbound=MappingProxyType(inbound),
             kind=str(meta.get(pc.META_KIND) or pc.DEFAULT_KIND),
             locality=str(meta.get(pc.META_LOCALITY) or ""),
+            inbound_protocols=MappingProxyType(
+                {p: v for p, v in inbound_protocols.items() if v != protocols.DEFAULT}
+            ),
         )
+
+
+def _known_protocol(name: str) -> str:
+    try:
+        return protocols.canonical(name)
+    except ValueError:
+        return protocols.TCP
 
 
 @dataclass(frozen=True, order=True)
@@ -114,6 +147,20 @@ def _by_age(resources: list[ResourceOf[S]]) -> list[ResourceOf[S]]:
     return sorted(resources, key=lambda r: (r.namespace, r.name))
 
 
+def _policy_parts(dr: DestinationRuleSpec) -> list[TrafficPolicy | PortTrafficPolicy]:
+    """Every traffic policy of ``dr``: top level, subsets, and their port-level settings."""
+    tops = [dr.traffic_policy] + [s.traffic_policy for s in dr.subsets]
+    parts: list[TrafficPolicy | PortTrafficPolicy] = []
+    for tp in tops:
+        if tp is not None:
+            parts += [tp, *tp.port_level_settings]
+    return parts
+
+
+def _load_balancers(dr: DestinationRuleSpec) -> list[LoadBalancerSettings]:
+    return [p.load_balancer for p in _policy_parts(dr) if p.load_balancer is not None]
+
+
 @dataclass(frozen=True)
 class World:
     """Config plus endpoints at one revision. Build with :meth:`build`; never mutate."""
@@ -128,6 +175,8 @@ class World:
     service_entries: Mapping[str, tuple[ResourceOf[ServiceEntrySpec], ...]]
     """host → the ServiceEntries that declare it, in the order given."""
     resources: tuple[Resource, ...]
+    rule_lookup: DestinationRuleLookup | None = field(default=None, compare=False, repr=False)
+    """Istio's DestinationRule lookup by client namespace (see :meth:`destination_rule`)."""
 
     @classmethod
     def build(
@@ -137,9 +186,12 @@ class World:
         ports: dict[str, set[int]] = {}
         namespaces: dict[str, str] = {}
         endpoints: dict[tuple[str, int], list[Endpoint]] = {}
+        # (host, port) → the protocol each instance or ServiceEntry declares for it.
+        declared_protocols: dict[tuple[str, int], list[str]] = {}
         for inst in instances:
             host = fqdn(inst.service, inst.namespace)
             ports.setdefault(host, set()).add(inst.port)
+            declared_protocols.setdefault((host, inst.port), []).append(inst.protocol)
             namespaces[host] = inst.namespace
             endpoints.setdefault((host, inst.port), []).append(
                 Endpoint(inst.address, inst.target_port, inst.labels, inst.locality, inst.healthy)
@@ -159,6 +211,10 @@ class World:
                     resolutions[host] = spec.resolution
                 for p in spec.ports:
                     ports.setdefault(host, set()).add(p.number)
+                    if p.protocol:
+                        declared_protocols.setdefault((host, p.number), []).append(
+                            _known_protocol(p.protocol)
+                        )
                     if dns and not spec.endpoints and "*" not in host:
                         # No endpoints: Envoy resolves the host name itself.
                         endpoints.setdefault((host, p.number), []).append(
@@ -170,22 +226,38 @@ class World:
                         endpoints.setdefault((host, p.number), []).append(
                             Endpoint(ep.address, target, dict(ep.labels), ep.locality or "")
                         )
+        # Instances of one service may disagree on a port's protocol: every proxy must
+        # still see one answer, whatever the order they registered in (the agent of the
+        # odd one out is told so when it registers).
+        chosen = {key: protocols.pick(names)[0] for key, names in declared_protocols.items()}
         services = {
-            h: Service(h, namespaces[h], tuple(sorted(ps)), resolutions.get(h, ""))
+            h: Service(
+                h,
+                namespaces[h],
+                tuple(sorted(ps)),
+                resolutions.get(h, ""),
+                tuple(
+                    (p, chosen[h, p])
+                    for p in sorted(ps)
+                    if chosen.get((h, p), protocols.DEFAULT) != protocols.DEFAULT
+                ),
+            )
             for h, ps in sorted(ports.items())
         }
         vs_index: dict[str, list[ResourceOf[VirtualServiceSpec]]] = {}
         for vs in _by_age(of_spec(resources, VirtualServiceSpec)):
             for h in vs.spec.hosts:
                 vs_index.setdefault(fqdn(h, vs.namespace), []).append(vs)
-        dr_index: dict[str, ResourceOf[DestinationRuleSpec]] = {}
-        for dr in _by_age(of_spec(resources, DestinationRuleSpec)):
-            host = fqdn(dr.spec.host, dr.namespace)
-            current = dr_index.get(host)
-            # Istio looks in the service's own namespace before others: a rule there wins
-            # over one elsewhere that names the same host.
-            if current is None or (dr.namespace == namespaces.get(host) != current.namespace):
-                dr_index[host] = dr
+        # Istio's lookup (mesh/visibility.py): the index holds what a client namespace with
+        # no rules of its own sees; World.destination_rule answers for any namespace.
+        by_namespace = index_rules(_by_age(of_spec(resources, DestinationRuleSpec)))
+        lookup = DestinationRuleLookup(by_namespace, namespaces.get)
+        rule_hosts = {name for hosts in by_namespace.values() for name in hosts if "*" not in name}
+        dr_index = {
+            name: dr
+            for name in sorted({*services, *rule_hosts})
+            if (dr := lookup.rule_for(name, "")) is not None
+        }
         return cls(
             revision=revision,
             services=MappingProxyType(services),
@@ -194,6 +266,7 @@ class World:
             destination_rules=MappingProxyType(dr_index),
             service_entries=MappingProxyType({k: tuple(v) for k, v in se_index.items()}),
             resources=resources,
+            rule_lookup=lookup,
         )
 
     def subset_labels(self, host: str, subset: str) -> Mapping[str, str] | None:
@@ -213,6 +286,62 @@ class World:
             return ()
         return tuple((s.name, tuple(sorted(s.labels.items()))) for s in dr.spec.subsets)
 
+    def destination_rule(self, host: str, namespace: str) -> ResourceOf[DestinationRuleSpec] | None:
+        """The DestinationRule that clients in ``namespace`` apply to ``host``: Istio looks in
+        their own namespace, then the service's, then the root namespace (exportTo obeyed)."""
+        lookup = self.rule_lookup
+        if lookup is None or not lookup.may_differ(namespace):
+            return self.destination_rules.get(host)
+        return lookup.rule_for(host, namespace)
+
+    @cached_property
+    def _per_namespace(self) -> dict[tuple[str, str], Any]:
+        return {}  # answers by (what, namespace); the World never changes, so they hold
+
+    def rule_overrides(
+        self, namespace: str
+    ) -> Mapping[str, ResourceOf[DestinationRuleSpec] | None]:
+        """Services whose DestinationRule for clients in ``namespace`` is not the shared one
+        (:attr:`destination_rules`), with the rule they see (None: no rule). Empty for most
+        namespaces, so that their sidecars share every cluster."""
+        key = ("rules", namespace)
+        if key not in self._per_namespace:
+            out: dict[str, ResourceOf[DestinationRuleSpec] | None] = {}
+            if self.rule_lookup is not None and self.rule_lookup.may_differ(namespace):
+                for host in self.services:
+                    rule = self.rule_lookup.rule_for(host, namespace)
+                    if rule is not self.destination_rules.get(host):
+                        out[host] = rule
+            self._per_namespace[key] = MappingProxyType(out)
+        overrides: Mapping[str, ResourceOf[DestinationRuleSpec] | None] = self._per_namespace[key]
+        return overrides
+
+    def hidden_services(self, namespace: str) -> frozenset[str]:
+        """Services that clients in ``namespace`` do not see: declared only by
+        ServiceEntries none of which is exported to it."""
+        key = ("hidden", namespace)
+        if key not in self._per_namespace:
+            self._per_namespace[key] = frozenset(
+                host
+                for host, entries in self.service_entries.items()
+                if host in self.services
+                and not any(exported_to(e.spec.export_to, e.namespace, namespace) for e in entries)
+            )
+        hidden: frozenset[str] = self._per_namespace[key]
+        return hidden
+
+    @cached_property
+    def delegates(self) -> Mapping[tuple[str, str], ResourceOf[VirtualServiceSpec]]:
+        """VirtualServices without hosts, by ``(namespace, name)``: they only serve as the
+        ``delegate`` of another VirtualService's route."""
+        return MappingProxyType(
+            {
+                (vs.namespace, vs.name): vs
+                for vs in of_spec(self.resources, VirtualServiceSpec)
+                if not vs.spec.hosts
+            }
+        )
+
     @cached_property
     def source_label_keys(self) -> frozenset[str]:
         """Label keys that some VirtualService's ``match.sourceLabels`` names."""
@@ -225,13 +354,57 @@ class World:
         )
 
     @cached_property
+    def failover_label_keys(self) -> frozenset[str]:
+        """Label keys whose client value some DestinationRule's ``failoverPriority``
+        compares with its endpoints' (``key=value`` entries need no client value)."""
+        return frozenset(
+            entry
+            for dr in of_spec(self.resources, DestinationRuleSpec)
+            for lb in _load_balancers(dr.spec)
+            if lb.locality_lb_setting is not None
+            for entry in lb.locality_lb_setting.failover_priority
+            if "=" not in entry
+        )
+
+    @cached_property
     def locality_aware(self) -> bool:
-        """Whether some cluster's endpoints depend on the client's locality."""
+        """Whether some cluster's endpoints may depend on the client's locality (Istio's
+        locality load balancing): a DestinationRule with ``distribute`` for a service with
+        endpoints, or with outlier detection (which enables failover) for one whose
+        endpoints span several localities (or, with ``failoverPriority``, are several).
+        May say yes for a cluster that turns out not to depend on it (translation decides
+        exactly, per cluster); never says no for one that does."""
+        # Every rule, not only the shared index: a namespace may see a rule of its own.
+        for dr in of_spec(self.resources, DestinationRuleSpec):
+            outlier = distribute = priority = False
+            for part in _policy_parts(dr.spec):
+                outlier = outlier or part.outlier_detection is not None
+                lb = part.load_balancer
+                s = lb.locality_lb_setting if lb is not None else None
+                distribute = distribute or bool(s is not None and s.distribute)
+                priority = priority or bool(s is not None and s.failover_priority)
+            if not (outlier or distribute):
+                continue
+            host = fqdn(dr.spec.host, dr.namespace)
+            hosts = [host] if "*" not in host else list(self.services)  # wildcard: any
+            for h in hosts:
+                svc = self.services.get(h)
+                if svc is None or svc.resolution:
+                    continue
+                eps = [e for p in svc.ports for e in self.endpoints.get((h, p), ())]
+                if eps and distribute:
+                    return True
+                if len({e.locality for e in eps}) > 1 or (priority and len(eps) > 1):
+                    return True
         return False
+
+    @cached_property
+    def _client_label_keys(self) -> frozenset[str]:
+        return self.source_label_keys | self.failover_label_keys
 
     def scope_of(self, node: Node) -> ClientScope:
         """The part of ``node`` its outbound config depends on, in this World."""
-        keys = self.source_label_keys
+        keys = self._client_label_keys
         labels = tuple(sorted((k, v) for k, v in node.labels.items() if k in keys))
         return ClientScope(node.namespace, labels, node.locality if self.locality_aware else "")
 
@@ -241,7 +414,8 @@ class World:
         routing resources. Endpoints are not in it, so an endpoint change keeps it."""
         h = hashlib.blake2b(digest_size=16)
         for svc in self.services.values():
-            h.update(f"{svc.hostname} {svc.namespace} {svc.ports}\n".encode())
+            line = f"{svc.hostname} {svc.namespace} {svc.ports} {svc.port_protocols}\n"
+            h.update(line.encode())
         for r in sorted(self.resources, key=lambda r: r.key):
             if r.kind in ("VirtualService", "DestinationRule", "ServiceEntry", "Gateway"):
                 h.update(json.dumps([r.key, r.document], sort_keys=True, default=str).encode())

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
+from tsunagi import protocols
 from tsunagi.api.names import DNS1123_LABEL_PATTERN
 from tsunagi.store import Key, Store
 
@@ -41,6 +43,9 @@ class Instance:
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     locality: str = ""
     healthy: bool = True
+    protocol: str = protocols.DEFAULT
+    """The service port's protocol as the instance declared it (``tsunagi run --port
+    9080/grpc``), canonical (upper case); absent in older registrations, so HTTP."""
 
     @property
     def key(self) -> Key:
@@ -65,6 +70,7 @@ class Instance:
                 ),
                 locality=str(doc.get("locality") or ""),
                 healthy=bool(doc.get("healthy", True)),
+                protocol=protocols.canonical(str(doc.get("protocol") or protocols.DEFAULT)),
             )
         except KeyError as e:
             raise InvalidInstance(f"missing field {e.args[0]!r}") from None
@@ -79,6 +85,23 @@ class Instance:
         if inst.locality and inst.locality.count("/") > 2:
             raise InvalidInstance("locality must be REGION[/ZONE[/SUBZONE]]")
         return inst
+
+
+def protocol_disagreement(inst: Instance, others: Iterable[str]) -> str | None:
+    """What to tell ``inst``'s agent when the other instances of its service port declared
+    the protocols ``others`` (None when all agree): which protocol the mesh uses for all of
+    them (:func:`tsunagi.protocols.pick`) and what to do about it."""
+    declared = [*others, inst.protocol]
+    chosen, disagree = protocols.pick(declared)
+    if not disagree:
+        return None
+    counts = Counter(declared)
+    seen = ", ".join(f"{p.lower()} ({counts[p]})" for p in sorted(counts))
+    return (
+        f"instances of {inst.service}.{inst.namespace}:{inst.port} disagree on its protocol "
+        f"({seen}); the mesh uses {chosen.lower()} for all of them. Run every instance with "
+        f"the same --port {inst.port}/PROTOCOL"
+    )
 
 
 class Registry:
@@ -97,6 +120,21 @@ class Registry:
 
     def instances(self) -> list[Instance]:
         return [Instance.from_document(r.document) for r in self._store.contents().of_kind(KIND)]
+
+    def peer_protocols(self, inst: Instance) -> list[str]:
+        """The protocols the other registered instances of ``inst``'s service port declare
+        (read from the stored documents: no instance is parsed)."""
+        out = []
+        for r in self._store.contents().of_kind(KIND):
+            doc = r.document
+            if (
+                r.key != inst.key
+                and r.key[1] == inst.namespace
+                and doc.get("service") == inst.service
+                and doc.get("port") == inst.port
+            ):
+                out.append(str(doc.get("protocol") or protocols.DEFAULT).upper())
+        return out
 
     def restore_leases(self) -> None:
         """Give every stored instance a fresh lease (call once after the store opens)."""

@@ -1,7 +1,9 @@
 """Command line: ``python -m tsunagi.demo.bookinfo SERVICE``.
 
-Environment: ``PORT`` (required), ``SERVICE_VERSION`` (default ``v1``),
-``DOWNSTREAM_TIMEOUT`` (seconds, default 5), ``HTTP_PROXY`` (the sidecar).
+Environment: ``PORT`` (required), ``SERVICE_VERSION`` (default ``v1``), ``POD_NAME``,
+``DOWNSTREAM_TIMEOUT`` (seconds; overrides Istio's per-call timeouts), ``HTTP_PROXY`` (the
+sidecar); ratings also reads ``RATINGS_DELAY``, ``RATINGS_DELAY_PERCENT`` and
+``RATINGS_FAIL_PERCENT`` (see :mod:`.ratings`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args[0]
     try:
         config = ServiceConfig.from_env(name)
+        app = SERVICES[name](config)
     except ValueError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s {config.served_by} %(levelname)s %(message)s",
     )
     try:
-        asyncio.run(serve(SERVICES[name](config), config))
+        asyncio.run(serve(app, config))
     except OSError as exc:  # typically "address already in use"
         print(f"{name}: cannot listen on 127.0.0.1:{config.port}: {exc}", file=sys.stderr)
         return 1

@@ -13,7 +13,8 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,9 @@ log = logging.getLogger("tsunagi.demo.bookinfo")
 #: Headers a service copies from its inbound request onto every outbound call.
 #: Envoy can only stitch spans into one trace, and route on ``end-user``, if the
 #: application carries these across its own hop - the sidecar cannot do it.
+#: The list is Istio's Bookinfo list (tracing headers of every common tracer, then the
+#: user's identity and session: ``end-user``, ``cookie``, ``authorization``, ``jwt``), so
+#: rules that match or hash on any of them work two hops deep, as with Istio's sample.
 FORWARDED_HEADERS: tuple[str, ...] = (
     "x-request-id",
     "traceparent",
@@ -36,15 +40,25 @@ FORWARDED_HEADERS: tuple[str, ...] = (
     "x-b3-flags",
     "b3",
     "x-ot-span-context",
+    "x-datadog-trace-id",
+    "x-datadog-parent-id",
+    "x-datadog-sampling-priority",
+    "x-cloud-trace-context",
+    "grpc-trace-bin",
+    "sw8",
     "end-user",
     "user-agent",
+    "cookie",
+    "authorization",
+    "jwt",
 )
 
 #: Every service listens on this port *inside the mesh*; the sidecar maps the
 #: short name (``details:9080``) to wherever the instance really listens.
 MESH_PORT = 9080
 
-DEFAULT_TIMEOUT_S = 5.0
+#: How many recent requests ``GET /stats`` shows.
+RECENT_REQUESTS = 50
 
 
 @dataclass(frozen=True)
@@ -55,7 +69,11 @@ class ServiceConfig:
     version: str
     port: int
     hostname: str
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    #: Overrides every downstream call's timeout when set (``DOWNSTREAM_TIMEOUT``); by
+    #: default each call uses the timeout Istio's Bookinfo hard-codes for it.
+    timeout_s: float | None = None
+    #: The instance's name (``POD_NAME``, which ``tsunagi run`` sets), else the host name.
+    pod: str = ""
 
     @property
     def served_by(self) -> str:
@@ -69,8 +87,8 @@ class ServiceConfig:
 
     @classmethod
     def from_env(cls, name: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
-        """Build the config from ``PORT`` (required), ``SERVICE_VERSION`` and
-        ``DOWNSTREAM_TIMEOUT`` (seconds, default 5).
+        """Build the config from ``PORT`` (required), ``SERVICE_VERSION``, ``POD_NAME`` and
+        ``DOWNSTREAM_TIMEOUT`` (seconds; default: Istio's per-call timeouts).
 
         Raises ``ValueError`` with a readable message when ``PORT`` is missing
         or malformed.
@@ -87,20 +105,43 @@ class ServiceConfig:
             raise ValueError(f"PORT out of range: {port}")
         raw_timeout = env.get("DOWNSTREAM_TIMEOUT", "").strip()
         try:
-            timeout_s = float(raw_timeout) if raw_timeout else DEFAULT_TIMEOUT_S
+            timeout_s = float(raw_timeout) if raw_timeout else None
         except ValueError:
             raise ValueError(f"DOWNSTREAM_TIMEOUT must be a number, got {raw_timeout!r}") from None
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"DOWNSTREAM_TIMEOUT must be positive, got {raw_timeout!r}")
+        hostname = socket.gethostname()
         return cls(
             name=name,
             version=env.get("SERVICE_VERSION", "").strip() or "v1",
             port=port,
-            hostname=socket.gethostname(),
+            hostname=hostname,
             timeout_s=timeout_s,
+            pod=env.get("POD_NAME", "").strip() or hostname,
         )
 
 
+class Stats:
+    """What this instance received: a request count and the most recent requests."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.by_path: dict[str, int] = {}
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_REQUESTS)
+
+    def record(self, request: web.Request) -> None:
+        """Count ``request`` and remember its method, path and headers."""
+        self.requests += 1
+        self.by_path[request.path] = self.by_path.get(request.path, 0) + 1
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.recent.append({"method": request.method, "path": request.path_qs, "headers": headers})
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 CONFIG_KEY = web.AppKey("config", ServiceConfig)
 SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
+STATS_KEY = web.AppKey("stats", Stats)
 
 
 def service_url(service: str, path: str) -> str:
@@ -115,9 +156,11 @@ def forwarded_headers(request: web.Request) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Downstream:
-    """Outcome of one downstream call: either ``data`` or an ``error`` text."""
+    """Outcome of one downstream call: either ``data`` or an ``error`` saying why not."""
 
     data: Any = None
+    #: Why the call failed, for people: ``"HTTP 503: no healthy upstream"``,
+    #: ``"timed out after 3 s"``. The page shows Istio's message and this as the cause.
     error: str | None = None
     status: int | None = None
     served_by: str | None = None
@@ -129,46 +172,58 @@ class Downstream:
 
 
 async def get_json(
-    request: web.Request, url: str, what: str, extra_headers: Mapping[str, str] | None = None
+    request: web.Request,
+    url: str,
+    extra_headers: Mapping[str, str] | None = None,
+    *,
+    timeout_s: float,
+    attempts: int = 1,
 ) -> Downstream:
-    """GET ``url`` with the propagated headers (plus ``extra_headers``, which
-    win); never raises for network or HTTP failures.
-
-    A failed dependency must degrade one section of the page, not turn the
-    whole response into a 500 - so every failure becomes a short, friendly
-    ``error`` string such as ``"Reviews unavailable (HTTP 503: no healthy
-    upstream)"``.
+    """GET ``url`` with the propagated headers (plus ``extra_headers``, which win), giving
+    each attempt ``timeout_s`` seconds (``DOWNSTREAM_TIMEOUT`` overrides it) and trying up
+    to ``attempts`` times while the answer is not a 2xx; never raises for network or HTTP
+    failures, so a failed dependency degrades one section of a page, not the whole page.
     """
     session = request.app[SESSION_KEY]
-    timeout_s = request.app[CONFIG_KEY].timeout_s
+    timeout_s = request.app[CONFIG_KEY].timeout_s or timeout_s
     headers = forwarded_headers(request)
     headers.update(extra_headers or {})
+    result = Downstream(error="not tried")
+    for _ in range(max(1, attempts)):
+        result = await _get_once(session, url, headers, timeout_s)
+        if result.ok:
+            break
+    return result
+
+
+async def _get_once(
+    session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], timeout_s: float
+) -> Downstream:
     try:
-        async with session.get(url, headers=headers) as resp:
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        async with session.get(url, headers=headers, timeout=timeout) as resp:
             served_by = resp.headers.get("x-served-by")
-            if resp.status >= 400:
+            if resp.status >= 300:
                 body = (await resp.text(errors="replace")).strip().splitlines()
                 detail = f"HTTP {resp.status}"
                 if body and body[0]:
                     detail += f": {body[0][:120]}"
-                return Downstream(
-                    error=f"{what} unavailable ({detail})", status=resp.status, served_by=served_by
-                )
+                return Downstream(error=detail, status=resp.status, served_by=served_by)
             data = await resp.json(content_type=None)
             return Downstream(data=data, status=resp.status, served_by=served_by)
     except TimeoutError:
-        return Downstream(error=f"{what} unavailable (timed out after {timeout_s:g} s)")
+        return Downstream(error=f"timed out after {timeout_s:g} s")
     except aiohttp.ClientError as exc:
-        return Downstream(error=f"{what} unavailable ({type(exc).__name__}: {exc})")
+        return Downstream(error=f"{type(exc).__name__}: {exc}")
     except ValueError:  # a 2xx whose body is not JSON
-        return Downstream(error=f"{what} unavailable (malformed response)")
+        return Downstream(error="malformed response")
 
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     """Own one pooled client per process; ``trust_env`` makes it honour
-    ``HTTP_PROXY``/``NO_PROXY``, which is how traffic enters the sidecar."""
-    timeout = aiohttp.ClientTimeout(total=app[CONFIG_KEY].timeout_s)
-    async with aiohttp.ClientSession(trust_env=True, timeout=timeout) as session:
+    ``HTTP_PROXY``/``NO_PROXY``, which is how traffic enters the sidecar. Timeouts are per
+    call (see :func:`get_json`)."""
+    async with aiohttp.ClientSession(trust_env=True) as session:
         app[SESSION_KEY] = session
         yield
 
@@ -176,6 +231,32 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 async def _stamp_served_by(request: web.Request, response: web.StreamResponse) -> None:
     """Tag every response - including 404s and errors - with who produced it."""
     response.headers["x-served-by"] = request.app[CONFIG_KEY].served_by
+
+
+@web.middleware
+async def _count(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Record every request but the ones asking for the record."""
+    if request.path != "/stats":
+        request.app[STATS_KEY].record(request)
+    return await handler(request)
+
+
+async def stats(request: web.Request) -> web.Response:
+    """``GET /stats``: how many requests this instance received (in all and per path) and
+    the last few, with their headers: what the mesh delivered, seen from the app (mirrored
+    copies, rewritten paths, edited headers)."""
+    config = request.app[CONFIG_KEY]
+    record = request.app[STATS_KEY]
+    return web.json_response(
+        {
+            "service": config.name,
+            "version": config.version,
+            "pod": config.pod,
+            "requests": record.requests,
+            "by_path": record.by_path,
+            "recent": list(record.recent),
+        }
+    )
 
 
 async def health(request: web.Request) -> web.Response:
@@ -186,12 +267,14 @@ async def health(request: web.Request) -> web.Response:
 
 def base_app(config: ServiceConfig) -> web.Application:
     """An application with the shared pieces wired in: config, HTTP client,
-    ``x-served-by`` and ``GET /health``."""
-    app = web.Application()
+    ``x-served-by``, ``GET /health`` and ``GET /stats``."""
+    app = web.Application(middlewares=[_count])
     app[CONFIG_KEY] = config
+    app[STATS_KEY] = Stats()
     app.cleanup_ctx.append(_client_session)
     app.on_response_prepare.append(_stamp_served_by)
     app.router.add_get("/health", health)
+    app.router.add_get("/stats", stats)
     return app
 
 

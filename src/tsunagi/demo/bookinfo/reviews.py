@@ -10,6 +10,7 @@ what makes them useful for demonstrating traffic shifting.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +34,16 @@ REVIEWS: tuple[tuple[str, str], ...] = (
 #: Star colour per version; versions not listed do not call ratings at all.
 STAR_COLOR: dict[str, str] = {"v2": "black", "v3": "red"}
 
+#: Istio's reviews waits 10 s for ratings when its stars are black (v2) and 2.5 s otherwise
+#: (v3). The fault-injection task turns on it: a 7 s delay fits in v2's 10 s but not in
+#: productpage's two 3 s attempts at reviews.
+RATINGS_TIMEOUT_S: dict[str, float] = {"black": 10.0, "red": 2.5}
+
+#: What a review shows instead of stars when ratings failed (Istio's words).
+RATINGS_UNAVAILABLE = "Ratings service is currently unavailable"
+
+log = logging.getLogger("tsunagi.demo.bookinfo")
+
 
 async def get_reviews(request: web.Request) -> web.Response:
     """``GET /reviews/{id}``."""
@@ -43,17 +54,21 @@ async def get_reviews(request: web.Request) -> web.Response:
     rating_for: dict[str, Any] = {}
     if color is not None:
         ratings = await get_json(
-            request, service_url("ratings", f"/ratings/{product_id}"), "Ratings"
+            request,
+            service_url("ratings", f"/ratings/{product_id}"),
+            timeout_s=RATINGS_TIMEOUT_S[color],
         )
         stars = ratings.data.get("ratings") if isinstance(ratings.data, dict) else None
-        if isinstance(stars, dict):
-            rating_for = {
-                name: {"stars": stars[name], "color": color} for name, _ in REVIEWS if name in stars
-            }
-        else:
-            # Keep the reviews; only the stars are missing.
-            err = ratings.error or "Ratings unavailable (malformed response)"
-            rating_for = {name: {"error": err} for name, _ in REVIEWS}
+        if not isinstance(stars, dict):
+            log.warning("ratings unavailable: %s", ratings.error or "malformed response")
+            stars = {}
+        # Keep the reviews; a reviewer without a rating shows Istio's message instead.
+        rating_for = {
+            name: {"stars": stars[name], "color": color}
+            if isinstance(stars.get(name), int)
+            else {"error": RATINGS_UNAVAILABLE}
+            for name, _ in REVIEWS
+        }
 
     reviews: list[dict[str, Any]] = []
     for name, text in REVIEWS:
@@ -65,7 +80,7 @@ async def get_reviews(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "id": product_id,
-            "podname": config.hostname,
+            "podname": config.pod,
             "clustername": "null",
             "reviews": reviews,
             "version": config.version,

@@ -21,13 +21,17 @@ from typing import Any, TypeVar
 
 from tsunagi.api import DestinationRuleSpec
 from tsunagi.mesh import ClientScope, Endpoint, Node, Service, World
+from tsunagi.mesh.visibility import subset_definitions
 from tsunagi.xds import resources as rs
 from tsunagi.xds.resources import Resource, Snapshot
+from tsunagi.xds.translate import locality, upstream
 from tsunagi.xds.translate.clusters import dns_cluster, inbound_clusters, service_clusters
 from tsunagi.xds.translate.endpoints import Subsets, service_load_assignments
+from tsunagi.xds.translate.envoyfilter import Parts, Patched, patch_parts
 from tsunagi.xds.translate.isolation import LastGood, ResourceKey, TranslationError, isolated
+from tsunagi.xds.translate.layers import Layered
 from tsunagi.xds.translate.listeners import inbound_listeners, outbound_listener
-from tsunagi.xds.translate.policy import apply, cluster_policy, policy_key
+from tsunagi.xds.translate.policy import ClusterPolicy, apply, cluster_policy, policy_key
 from tsunagi.xds.translate.protos import (
     Cluster,
     ClusterLoadAssignment,
@@ -41,9 +45,11 @@ __all__ = [
     "Local",
     "Memo",
     "Outbound",
+    "Patched",
     "Shared",
     "TranslationError",
     "assemble",
+    "assemble_patched",
     "translate",
     "translate_local",
     "translate_outbound",
@@ -164,31 +170,87 @@ def _dns_clusters_of(
     dr: DestinationRuleSpec | None,
 ) -> list[Resource]:
     docs = service_load_assignments(svc.hostname, port, endpoints, subsets)
-    clusters = [
-        apply(
-            dns_cluster(d["cluster_name"], d, svc.resolution),
-            cluster_policy(dr, port, d["cluster_name"].split("|")[2]),
-        )
-        for d in docs
-    ]
+    clusters = []
+    for d in docs:
+        policy = cluster_policy(dr, port, d["cluster_name"].split("|")[2])
+        cluster = apply(dns_cluster(d["cluster_name"], d, svc.resolution), policy)
+        clusters.append(upstream.outbound(cluster, svc.protocol(port), policy))
     return _pack_all(Cluster, clusters, "name")
 
 
 def _assignments_of(
-    host: str, port: int, endpoints: Sequence[Endpoint], subsets: Subsets
+    host: str,
+    port: int,
+    endpoints: Sequence[Endpoint],
+    subsets: Subsets,
+    dr: DestinationRuleSpec | None = None,
 ) -> list[Resource]:
-    docs = service_load_assignments(host, port, endpoints, subsets)
+    if dr is None:
+        docs = service_load_assignments(host, port, endpoints, subsets)
+    else:  # locality load balancing may set priorities and weights
+        docs = locality.service_assignments(host, port, endpoints, subsets, dr)
     return _pack_all(ClusterLoadAssignment, docs, "cluster_name")
+
+
+def _client_assignment(
+    name: str,
+    endpoints: Sequence[Endpoint],
+    policy: ClusterPolicy,
+    client: locality.Client,
+    cluster_version: str,
+) -> Resource:
+    doc = locality.localize(name, endpoints, policy, client)
+    cla = Resource.pack(name, build(ClusterLoadAssignment, doc))
+    # The cluster's version folded in, as translate_shared does.
+    return Resource(cla.name, cla.body, f"{cla.version}.{cluster_version}")
+
+
+def _client_endpoints(
+    world: World, scope: ClientScope, memo: Memo, shared: Shared
+) -> Mapping[str, Resource]:
+    """The shared endpoint assignments, with those that depend on the client's locality
+    (or labels, for ``failoverPriority``) made for this scope's client; each memoized by
+    its cluster's inputs and the part of the client it reads."""
+    own: dict[str, Resource] = {}
+    labels = dict(scope.labels)
+    for svc in world.services.values():
+        dr = world.destination_rule(svc.hostname, scope.namespace)
+        if dr is None or svc.resolution:
+            continue
+        subsets = subset_definitions(dr.spec)
+        policies = memo.get(("policy", id(dr)), _policy_key_of, dr)[1]
+        for port in svc.ports:
+            eps = world.endpoints.get((svc.hostname, port), ())
+            for name, policy, chosen in locality.client_dependent(
+                svc.hostname, port, eps, subsets, dr.spec
+            ):
+                if name not in shared.endpoints or name not in shared.clusters:  # failed
+                    continue
+                client = locality.client_of(policy, scope.locality, labels)
+                if client == locality.NEUTRAL:  # the shared assignment is made for it
+                    continue
+                cluster = shared.clusters[name].version
+                key = ("eds-client", name, policies, _endpoint_key(chosen), client, cluster)
+                own[name] = memo.get(key, _client_assignment, name, chosen, policy, client, cluster)
+    return _Overlay(shared.endpoints, own) if own else shared.endpoints
 
 
 def _policy_key_of(dr: Any) -> tuple[Any, str]:
     return dr, policy_key(dr.spec)
 
 
-def _service_parts(world: World, svc: Service, memo: Memo) -> tuple[list[Resource], list[Resource]]:
-    """One service's clusters and endpoint assignments (memoized by their inputs)."""
-    subsets = world.subset_definitions(svc.hostname)
-    dr = world.destination_rules.get(svc.hostname)
+def _service_parts(
+    world: World, svc: Service, memo: Memo, namespace: str | None = None
+) -> tuple[list[Resource], list[Resource]]:
+    """One service's clusters and endpoint assignments (memoized by their inputs), as every
+    sidecar sees them, or (``namespace``) as sidecars of a namespace whose DestinationRule
+    for it differs (see :func:`_namespace_view`)."""
+    if namespace is None:
+        subsets = world.subset_definitions(svc.hostname)
+        dr = world.destination_rules.get(svc.hostname)
+    else:
+        dr = world.destination_rule(svc.hostname, namespace)
+        subsets = () if dr is None else subset_definitions(dr.spec)
     spec = dr.spec if dr is not None else None
     # A changed trafficPolicy must re-pack the clusters. The key is computed once per parsed
     # rule: the World builder reuses an unchanged rule's object, and the memo holds it, so
@@ -206,16 +268,16 @@ def _service_parts(world: World, svc: Service, memo: Memo) -> tuple[list[Resourc
     clusters += memo.get(("cds", svc, names, policies), _clusters_of, svc, names, spec)
     for port in svc.ports:
         eps = world.endpoints.get((svc.hostname, port), ())
-        key = ("eds", svc.hostname, port, subsets, _endpoint_key(eps))
-        endpoints += memo.get(key, _assignments_of, svc.hostname, port, eps, subsets)
+        key = ("eds", svc.hostname, port, subsets, policies, _endpoint_key(eps))
+        endpoints += memo.get(key, _assignments_of, svc.hostname, port, eps, subsets, spec)
     return clusters, endpoints
 
 
-def _blame_service(world: World, host: str) -> tuple[ResourceKey, ...]:
-    """The applied resources a service's clusters come from: its DestinationRule and the
-    ServiceEntries that declare it."""
+def _blame_service(world: World, host: str, namespace: str = "") -> tuple[ResourceKey, ...]:
+    """The applied resources a service's clusters come from: its DestinationRule (as
+    ``namespace`` sees it) and the ServiceEntries that declare it."""
     keys = [se.key for se in world.service_entries.get(host, ())]
-    dr = world.destination_rules.get(host)
+    dr = world.destination_rule(host, namespace)
     return (*([dr.key] if dr is not None else []), *keys)
 
 
@@ -261,6 +323,56 @@ def translate_shared(world: World, memo: Memo | None = None) -> Shared:
     return Shared(MappingProxyType(clusters), MappingProxyType(folded), tuple(errors))
 
 
+def _routing_scope(world: World, scope: ClientScope) -> ClientScope:
+    if not scope.locality and all(k in world.source_label_keys for k, _ in scope.labels):
+        return scope
+    keys = world.source_label_keys
+    return ClientScope(scope.namespace, tuple((k, v) for k, v in scope.labels if k in keys))
+
+
+def _namespace_view(
+    world: World, namespace: str, memo: Memo, shared: Shared
+) -> tuple[Shared, tuple[TranslationError, ...]]:
+    """The shared clusters and endpoints as sidecars of ``namespace`` see them: services
+    whose DestinationRule differs there (Istio looks in the client's namespace first) get
+    their own clusters, services not exported there are left out, all else is shared.
+    Most namespaces need neither, and get ``shared`` itself. Also returns what failed."""
+    overrides = world.rule_overrides(namespace)
+    hidden = world.hidden_services(namespace)
+    if not overrides and not hidden:
+        return shared, ()
+    clusters: dict[str, Resource] = {}
+    endpoints: dict[str, Resource] = {}
+    errors: list[TranslationError] = []
+    empty: tuple[list[Resource], list[Resource]] = ([], [])
+    for host in overrides:
+        if host in hidden:
+            continue
+        svc_clusters, svc_endpoints = isolated(
+            errors,
+            memo.last_good,
+            ("service", host, namespace),
+            host,
+            partial(_blame_service, world, host, namespace),
+            partial("clusters and endpoints of {} for namespace {}".format, host, namespace),
+            partial(_service_parts, world, world.services[host], memo, namespace),
+            empty,
+        )
+        clusters.update((c.name, c) for c in svc_clusters)
+        for cla in svc_endpoints:  # the cluster's version folded in, as translate_shared does
+            c = clusters.get(cla.name)
+            endpoints[cla.name] = (
+                cla if c is None else Resource(cla.name, cla.body, f"{cla.version}.{c.version}")
+            )
+    replaced = frozenset({*overrides, *hidden})
+    view = Shared(
+        Layered(shared.clusters, clusters, replaced),
+        Layered(shared.endpoints, endpoints, replaced),
+        shared.errors,
+    )
+    return view, tuple(errors)
+
+
 def translate_outbound(
     world: World,
     scope: ClientScope | str,
@@ -273,19 +385,22 @@ def translate_outbound(
         scope = ClientScope(scope)
     memo = memo or Memo()
     shared = shared or translate_shared(world, memo)
-    client = scope
+    shared, namespace_errors = _namespace_view(world, scope.namespace, memo, shared)
+    # Routes read the namespace and the labels sourceLabels names, never the locality (nor
+    # labels only failoverPriority reads): scopes that differ only there share routes.
+    client = _routing_scope(world, scope)
 
     def routes() -> tuple[Resource, tuple[TranslationError, ...]]:
         errors: list[TranslationError] = []
         rc = outbound_route_configuration(world, client, errors, memo.last_good)
         return Resource.pack(rc["name"], build(RouteConfiguration, rc)), tuple(errors)
 
-    route, errors = memo.get(("rds", scope, world.routing_fingerprint), routes)
+    route, errors = memo.get(("rds", client, world.routing_fingerprint), routes)
     return Outbound(
         shared.clusters,
-        shared.endpoints,
+        _client_endpoints(world, scope, memo, shared) if world.locality_aware else shared.endpoints,
         MappingProxyType({route.name: route}),
-        errors,
+        (*errors, *namespace_errors),
     )
 
 
@@ -315,8 +430,33 @@ def assemble(outbound: Outbound, local: Local, revision: int) -> Snapshot:
     )
 
 
+def assemble_patched(
+    world: World,
+    node: Node,
+    outbound: Outbound,
+    local: Local,
+    revision: int,
+    memo: Memo | None = None,
+) -> tuple[Snapshot, Patched]:
+    """:func:`assemble`, then the EnvoyFilters that select ``node`` (see :mod:`.envoyfilter`).
+
+    A node no EnvoyFilter selects gets exactly :func:`assemble`'s snapshot, sharing every
+    mapping; the :class:`Patched` says what failed and which filters changed what.
+    """
+    snapshot = assemble(outbound, local, revision)
+    of = snapshot.of
+    parts = Parts(of(rs.CLUSTER), of(rs.ENDPOINT), of(rs.LISTENER), of(rs.ROUTE))
+    patched = patch_parts(world, node, parts, memo or Memo())
+    if patched.parts is parts:
+        return snapshot, patched
+    p = patched.parts
+    resources = {**snapshot.resources, rs.CLUSTER: p.clusters, rs.ENDPOINT: p.endpoints}
+    resources.update({rs.LISTENER: p.listeners, rs.ROUTE: p.routes})
+    return Snapshot(resources=MappingProxyType(resources), revision=revision), patched
+
+
 def translate(world: World, node: Node) -> Snapshot:
     """Everything ``node`` should run, given ``world``."""
-    return assemble(
-        translate_outbound(world, world.scope_of(node)), translate_local(node), world.revision
-    )
+    memo = Memo()
+    outbound = translate_outbound(world, world.scope_of(node), memo)
+    return assemble_patched(world, node, outbound, translate_local(node), world.revision, memo)[0]

@@ -7,6 +7,7 @@ from typing import Any
 
 from tsunagi.api import DestinationRuleSpec
 from tsunagi.mesh import Node, Service
+from tsunagi.xds.translate import locality, upstream
 from tsunagi.xds.translate.names import inbound_cluster, outbound_cluster
 from tsunagi.xds.translate.policy import apply, cluster_policy
 
@@ -63,21 +64,24 @@ def service_clusters(
     svc: Service, subsets: Sequence[str], dr: DestinationRuleSpec | None = None
 ) -> list[dict[str, Any]]:
     """One cluster per port of ``svc``, and one per port and subset, each with the
-    DestinationRule's traffic policy for it."""
+    DestinationRule's traffic policy for it, speaking the port protocol's HTTP version."""
     out = []
     for port in svc.ports:
         for subset in ("", *subsets):
             cluster = eds_cluster(outbound_cluster(svc.hostname, port, subset))
-            out.append(apply(cluster, cluster_policy(dr, port, subset)))
+            policy = cluster_policy(dr, port, subset)
+            cluster = upstream.outbound(apply(cluster, policy), svc.protocol(port), policy)
+            out.append(locality.cluster_config(cluster, policy))
     return out
 
 
 def inbound_clusters(node: Node) -> list[dict[str, Any]]:
-    """The local app behind each inbound port: a static address, nothing to discover."""
+    """The local app behind each inbound port: a static address, nothing to discover; h2c
+    for HTTP/2 and gRPC ports."""
     out = []
     for port, (_listen, app) in sorted(node.inbound.items()):
         name = inbound_cluster(port)
-        out.append(
+        cluster = upstream.inbound(
             {
                 "name": name,
                 "type": "STATIC",
@@ -102,6 +106,8 @@ def inbound_clusters(node: Node) -> list[dict[str, Any]]:
                         }
                     ],
                 },
-            }
+            },
+            node.inbound_protocol(port),
         )
+        out.append(cluster)
     return out

@@ -14,11 +14,22 @@ def _matches(ep: Endpoint, labels: Mapping[str, str]) -> bool:
     return all(ep.labels.get(k) == v for k, v in labels.items())
 
 
+def select(endpoints: Sequence[Endpoint], labels: Mapping[str, str]) -> list[Endpoint]:
+    """The endpoints a subset with ``labels`` contains."""
+    return [ep for ep in endpoints if _matches(ep, labels)]
+
+
+def by_locality(endpoints: Sequence[Endpoint]) -> list[tuple[str, list[Endpoint]]]:
+    """Endpoints grouped by locality, in a stable order so equal input hashes equal (the
+    order of :func:`load_assignment`'s groups)."""
+    groups: dict[str, list[Endpoint]] = {}
+    for ep in sorted(endpoints, key=lambda e: (e.locality, e.address, e.port)):
+        groups.setdefault(ep.locality, []).append(ep)
+    return list(groups.items())
+
+
 def load_assignment(name: str, endpoints: list[Endpoint]) -> dict[str, Any]:
     """Group endpoints by locality, in a stable order so equal input hashes equal."""
-    by_locality: dict[str, list[Endpoint]] = {}
-    for ep in sorted(endpoints, key=lambda e: (e.locality, e.address, e.port)):
-        by_locality.setdefault(ep.locality, []).append(ep)
     return {
         "cluster_name": name,
         "endpoints": [
@@ -36,7 +47,7 @@ def load_assignment(name: str, endpoints: list[Endpoint]) -> dict[str, Any]:
                     for ep in eps
                 ],
             }
-            for loc, eps in by_locality.items()
+            for loc, eps in by_locality(endpoints)
         ],
     }
 
@@ -50,6 +61,6 @@ def service_load_assignments(
     """The assignment of one service port, and of each of its subsets."""
     out = [load_assignment(outbound_cluster(host, port), list(endpoints))]
     for subset, labels in subsets:
-        chosen = [ep for ep in endpoints if _matches(ep, dict(labels))]
+        chosen = select(endpoints, dict(labels))
         out.append(load_assignment(outbound_cluster(host, port, subset), chosen))
     return out

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from tsunagi import protocols
 from tsunagi.mesh import Node
 from tsunagi.proxy_contract import inbound_stat_prefix
 from tsunagi.xds.translate.names import (
@@ -14,6 +17,8 @@ from tsunagi.xds.translate.names import (
     inbound_listener,
 )
 from tsunagi.xds.translate.protos import CORS_TYPE, FAULT_TYPE, HCM_TYPE, ROUTER_TYPE
+
+TCP_PROXY_TYPE = "type.googleapis.com/" + tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name
 
 ROUTER = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
 # Istio puts CORS and fault injection in every sidecar's outbound connection manager; both
@@ -50,6 +55,17 @@ def _listener(name: str, port: int, hcm: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _tcp_proxy(port: int) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": TCP_PROXY_TYPE,
+            "stat_prefix": inbound_stat_prefix(port),
+            "cluster": inbound_cluster(port),
+        },
+    }
+
+
 def outbound_listener(node: Node) -> dict[str, Any]:
     """Where the app's HTTP_PROXY points; its routes come over RDS."""
     rds = {
@@ -63,9 +79,15 @@ def outbound_listener(node: Node) -> dict[str, Any]:
 
 def inbound_listeners(node: Node) -> list[dict[str, Any]]:
     """Requests from other sidecars to this workload. Routes are inline: they never change
-    independently of the listener, so a separate RDS resource would only add a round trip."""
+    independently of the listener, so a separate RDS resource would only add a round trip.
+
+    A port whose protocol is not HTTP (``--port 5432/tcp``) gets a TCP proxy to the app
+    instead: parsing its bytes as HTTP would only break them."""
     out = []
     for port, (listen, _app) in sorted(node.inbound.items()):
+        if not protocols.is_http(node.inbound_protocol(port)):
+            out.append(_listener(inbound_listener(port), listen, _tcp_proxy(port)))
+            continue
         route_config = {
             "name": inbound_listener(port),
             "virtual_hosts": [

@@ -9,9 +9,11 @@ inherits: what it leaves out gets the default (Istio's documented rule).
 
 Enforced here: load balancing (simple algorithms, consistent hashing, warmup), connection
 pools (circuit-breaker thresholds, HTTP protocol options, TCP keepalive) and outlier
-detection. Not yet: ``tls``, ``localityLbSetting``, ``PASSTHROUGH``, ``tunnel``,
-``proxyProtocol`` and ``tcp.idleTimeout`` (``tsunagi apply`` warns about those, see
-:mod:`tsunagi.mesh.analysis`).
+detection; ``localityLbSetting`` in :mod:`.locality`, from the merged policy. Not yet:
+``tls``, ``tunnel``, ``proxyProtocol`` and ``tcp.idleTimeout``; and ``PASSTHROUGH`` has no
+meaning here (apps reach services by name through the sidecar's HTTP proxy, so there is no
+original destination address to pass through to). ``tsunagi apply`` warns about those, see
+:mod:`tsunagi.mesh.analysis`.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def _load_balancer(cluster: dict[str, Any], lb: LoadBalancerSettings) -> None:
             cluster["lb_policy"] = "RING_HASH"
             cluster["ring_hash_lb_config"] = {"minimum_ring_size": str(size)}
         return
-    # UNSPECIFIED and PASSTHROUGH (not supported yet; apply warns) keep the default.
+    # UNSPECIFIED and PASSTHROUGH (no original destination here; apply warns) keep the default.
     if lb.simple in _SIMPLE:
         cluster["lb_policy"] = _SIMPLE[lb.simple]
     if lb.warmup_duration_secs:
@@ -265,13 +267,16 @@ def hash_policy(policy: ClusterPolicy) -> list[dict[str, Any]] | None:
     return None
 
 
-def route_hash_policy(world: World, clusters: Sequence[str]) -> list[dict[str, Any]] | None:
+def route_hash_policy(
+    world: World, clusters: Sequence[str], namespace: str = ""
+) -> list[dict[str, Any]] | None:
     """The ``hash_policy`` for a route to ``clusters`` (outbound cluster names): the one their
-    consistent hashing needs, when they all agree on it."""
+    consistent hashing needs, when they all agree on it. ``namespace``: the client's, whose
+    DestinationRule lookup applies ("" for the shared view)."""
     policies = []
     for name in clusters:
         kind, port, subset, host = name.split("|", 3)
-        dr = world.destination_rules.get(host)
+        dr = world.destination_rule(host, namespace)
         if kind != "outbound" or dr is None or not port.isdigit():
             return None
         policies.append(hash_policy(cluster_policy(dr.spec, int(port), subset)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from tsunagi import protocols
 from tsunagi.api import (
     CorsPolicy,
     Destination,
@@ -20,8 +21,10 @@ from tsunagi.api import (
     format_duration,
     fqdn,
 )
-from tsunagi.api.checks_networking import GRPC_STATUS_NAMES
+from tsunagi.api.checks_networking import GRPC_STATUS_NAMES, MAX_DIRECT_RESPONSE_BODY
 from tsunagi.mesh import ClientScope, World
+from tsunagi.mesh.delegation import delegates_of, expand
+from tsunagi.mesh.visibility import exported_to
 from tsunagi.xds.translate.isolation import LastGood, TranslationError, isolated
 from tsunagi.xds.translate.names import (
     OUTBOUND_ROUTE,
@@ -363,7 +366,7 @@ class RouteBuilder:
             if "cluster" in action
             else [c["name"] for c in action["weighted_clusters"]["clusters"]]
         )
-        if hashing := route_hash_policy(self.world, targets):  # DestinationRule consistentHash
+        if hashing := route_hash_policy(self.world, targets, self.namespace):  # consistentHash
             action["hash_policy"] = hashing
         policy = retry_policy(http.retries, hashing=bool(hashing))
         if policy is not None:
@@ -404,11 +407,11 @@ class RouteBuilder:
     def vs_routes(
         self, vs: ResourceOf[VirtualServiceSpec], host: str, port: int | None
     ) -> list[dict[str, Any]]:
-        """The routes of one VirtualService for one host (and port, if a service port)."""
+        """The routes of one VirtualService for one host (and port, if a service port), with
+        delegating routes replaced by their delegate's (see :mod:`tsunagi.mesh.delegation`)."""
         routes: list[dict[str, Any]] = []
-        for i, http in enumerate(vs.spec.http):
-            if http.delegate is not None:
-                continue  # delegation is not supported yet; apply warns about it
+        for expanded in expand(self.world.delegates, vs):
+            http = expanded.http
             if (rd := http.redirect) is not None and (
                 rd.redirect_code or 301
             ) not in REDIRECT_CODES:
@@ -421,28 +424,32 @@ class RouteBuilder:
                     **self.action(http, vs.namespace, host, port or 80),
                     **self.route_extras(http),
                 }
-                route["name"] = http.name or f"{vs.namespace}/{vs.name}/{i}"
+                route["name"] = http.name or expanded.default_name
                 routes.append(route)
                 if is_catch_all(match):
                     return routes
         return routes
 
     def _applies(self, match: HTTPMatchRequest, port: int | None) -> bool:
-        """Whether a match can hold for sidecars of this namespace on this port.
+        """Whether a match can hold for sidecars of this scope on this port.
 
-        Source labels would need a route configuration per workload; until then such a
-        match never applies (apply warns), which is safer than applying it to everyone.
+        As Istio's sourceMatchHTTP: a match naming gateways applies to sidecars when it names
+        ``mesh`` (and its source fields are then not consulted); otherwise the sidecar's
+        labels must include ``sourceLabels`` and its namespace equal ``sourceNamespace``.
+        The scope keeps every label key that some ``sourceLabels`` names, so the labels
+        compared here are the sidecar's own.
         """
         if match.port is not None and match.port != port:
             return False
-        if match.gateways and "mesh" not in match.gateways:
+        if match.gateways:
+            return "mesh" in match.gateways
+        labels = dict(self.scope.labels)
+        if any(labels.get(k) != v for k, v in match.source_labels.items()):
             return False
-        if match.source_namespace and match.source_namespace != self.namespace:
-            return False
-        return not match.source_labels
+        return not match.source_namespace or match.source_namespace == self.namespace
 
     def default_route(self, host: str, port: int) -> dict[str, Any]:
-        hashing = route_hash_policy(self.world, [outbound_cluster(host, port)])
+        hashing = route_hash_policy(self.world, [outbound_cluster(host, port)], self.namespace)
         route: dict[str, Any] = {
             "name": "default",
             "match": {"prefix": "/"},
@@ -468,7 +475,10 @@ class RouteBuilder:
         for h in candidates:
             for vs in self.world.virtual_services.get(h, ()):
                 gateways = vs.spec.gateways or ("mesh",)
-                if "mesh" in gateways:
+                # exportTo: a VirtualService not exported to this namespace does not exist here.
+                if "mesh" in gateways and exported_to(
+                    vs.spec.export_to, vs.namespace, self.namespace
+                ):
                     return vs
         return None
 
@@ -507,7 +517,7 @@ def outbound_route_configuration(
             last_good,
             ("routes", scope, vs.key, host, port),
             vs.key,
-            lambda: (vs.key,),
+            lambda: (vs.key, *delegates_of(world.delegates, vs)),  # a delegate may be at fault
             lambda: (
                 f"routes of {vs.kind} {vs.qualified_name} for {where} "
                 f"(clients in namespace {namespace})"
@@ -516,9 +526,16 @@ def outbound_route_configuration(
             None,
         )
 
+    hidden = world.hidden_services(namespace)  # ServiceEntries not exported here
     for svc in world.services.values():
+        if svc.hostname in hidden:
+            continue
         vs = builder.virtual_service_for(svc.hostname, wildcards=True)
         for port in svc.ports:
+            if not protocols.is_http(svc.protocol(port)):
+                # No HTTP route pretends to serve a TCP port (TCP routing is not applied
+                # yet): a request for it gets the proxy's 404, not a garbled upstream.
+                continue
             routes = routes_of(vs, svc.hostname, port) if vs is not None else None
             if routes is None:
                 routes = [builder.default_route(svc.hostname, port)]
@@ -533,4 +550,6 @@ def outbound_route_configuration(
         "name": OUTBOUND_ROUTE,
         "virtual_hosts": vhosts,
         "validate_clusters": False,
+        # Envoy's default (4 KiB) would NACK directResponse bodies that validation allows.
+        "max_direct_response_body_size_bytes": MAX_DIRECT_RESPONSE_BODY,
     }

@@ -1,0 +1,162 @@
+"""Istio's rules for EnvoyFilter, plus the combinations Istio would silently ignore.
+
+Istio accepts a few patches that then do nothing (REPLACE on a cluster, ADD on a route
+configuration); those are refused here, with what to use instead, because a rule that never
+applies is worse than an error. INSERT_* on object kinds that are not ordered lists Istio
+turns into ADD; so do we (accepted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .checks_common import Issue, Path, check_labels
+from .envoy_values import PatchValueError, build_value
+from .envoyfilter import EnvoyConfigObjectPatch, EnvoyFilterSpec
+
+HCM_NAMES = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")
+LISTENER_CLASS = frozenset({"LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER"})
+ROUTE_CLASS = frozenset({"ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE"})
+_INSERTS = ("INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST")
+
+#: applyTo → operations that do something (Istio's patchers ignore the others).
+OPERATIONS: dict[str, tuple[str, ...]] = {
+    "LISTENER": ("MERGE", "ADD", "REMOVE", *_INSERTS),
+    "FILTER_CHAIN": ("MERGE", "ADD", "REMOVE", *_INSERTS),
+    "NETWORK_FILTER": ("MERGE", "ADD", "REMOVE", *_INSERTS, "REPLACE"),
+    "HTTP_FILTER": ("MERGE", "ADD", "REMOVE", *_INSERTS, "REPLACE"),
+    "ROUTE_CONFIGURATION": ("MERGE",),
+    "VIRTUAL_HOST": ("MERGE", "ADD", "REMOVE", *_INSERTS, "REPLACE"),
+    "HTTP_ROUTE": ("MERGE", "ADD", "REMOVE", *_INSERTS),
+    "CLUSTER": ("MERGE", "ADD", "REMOVE", *_INSERTS),
+    "EXTENSION_CONFIG": ("MERGE", "ADD", "REMOVE"),
+}
+
+
+def check_envoy_filter(spec: EnvoyFilterSpec) -> Iterator[Issue]:
+    """Istio's EnvoyFilter validation, with field paths."""
+    if spec.workload_selector is not None:
+        if spec.target_refs:
+            yield Issue(("targetRefs",), "only one of targetRefs or workloadSelector can be set")
+        yield from check_labels(spec.workload_selector.labels, ("workloadSelector", "labels"))
+    for i, cp in enumerate(spec.config_patches):
+        yield from _check_patch(cp, ("configPatches", i))
+
+
+def _check_patch(cp: EnvoyConfigObjectPatch, at: Path) -> Iterator[Issue]:
+    if cp.apply_to is None:
+        yield Issue((*at, "applyTo"), "missing applyTo (e.g. HTTP_FILTER, CLUSTER)")
+        return
+    if cp.patch is None:
+        yield Issue((*at, "patch"), "missing patch")
+        return
+    op = cp.patch.operation
+    if op is None:
+        yield Issue((*at, "patch", "operation"), "missing patch operation")
+        return
+    if op != "REMOVE" and cp.patch.value is None:
+        yield Issue((*at, "patch", "value"), f"missing patch value for operation {op}")
+        return
+    allowed = OPERATIONS[cp.apply_to]
+    if op not in allowed:
+        yield Issue(
+            (*at, "patch", "operation"),
+            f"operation {op} does nothing with applyTo {cp.apply_to} (Istio ignores it); "
+            f"use one of {', '.join(allowed)}",
+        )
+    yield from _check_match(cp, at)
+    if cp.patch.value is not None:
+        try:
+            # Lenient, as Istio: unknown fields are dropped here and warned about at apply
+            build_value(cp.apply_to, cp.patch.value, strict=False)
+        except PatchValueError as e:
+            yield Issue((*at, "patch", "value"), str(e))
+
+
+def _check_match(cp: EnvoyConfigObjectPatch, at: Path) -> Iterator[Issue]:
+    m = cp.match
+    if m is None:
+        return
+    at = (*at, "match")
+    objects = [
+        n
+        for n, v in (
+            ("listener", m.listener),
+            ("routeConfiguration", m.route_configuration),
+            ("cluster", m.cluster),
+        )
+        if v is not None
+    ]
+    if len(objects) > 1:
+        yield Issue(
+            at, f"only one of listener, routeConfiguration, cluster may be set, got {objects}"
+        )
+        return
+    apply_to = cp.apply_to or ""
+    if objects:
+        want = (
+            "listener"
+            if apply_to in LISTENER_CLASS
+            else "routeConfiguration"
+            if apply_to in ROUTE_CLASS
+            else "cluster"
+            if apply_to == "CLUSTER"
+            else None
+        )
+        if want is not None and objects[0] != want:
+            yield Issue(
+                (*at, objects[0]),
+                f"applyTo {apply_to} needs a {want} match, not {objects[0]}",
+            )
+    lm = m.listener
+    fc = lm.filter_chain if lm is not None else None
+    f = fc.filter if fc is not None else None
+    if f is None:
+        return
+    fat: Path = (*at, "listener", "filterChain", "filter")
+    if not f.name:
+        yield Issue((*fat, "name"), "filter match has no name to match on")
+    if f.sub_filter is not None:
+        if apply_to != "HTTP_FILTER":
+            yield Issue(
+                (*fat, "subFilter"), "subFilter match can be used with applyTo HTTP_FILTER only"
+            )
+        elif f.name not in HCM_NAMES:
+            yield Issue(
+                (*fat, "subFilter"),
+                f"subFilter match requires filter name {HCM_NAMES[0]}, got {f.name!r}",
+            )
+        elif not f.sub_filter.name:
+            yield Issue((*fat, "subFilter", "name"), "subFilter match has no name to match on")
+
+
+def envoy_filter_warnings(where: str, spec: EnvoyFilterSpec) -> list[str]:
+    """What ``tsunagi apply`` should say about a valid EnvoyFilter: the parts that do not
+    apply to Tsunagi's proxies, and unknown fields Envoy would reject."""
+    out = []
+    if spec.target_refs:
+        out.append(
+            f"{where}: spec.targetRefs is not applied yet (Tsunagi has no Gateway API "
+            "gateways or waypoints); this EnvoyFilter applies to no proxy"
+        )
+    for i, cp in enumerate(spec.config_patches):
+        at = f"spec.configPatches[{i}]"
+        m = cp.match
+        if cp.apply_to == "EXTENSION_CONFIG":
+            out.append(f"{where}: {at} applyTo EXTENSION_CONFIG is not applied yet (no ECDS)")
+        if m is not None and m.context == "GATEWAY":
+            out.append(f"{where}: {at}.match.context GATEWAY is not applied yet (sidecars only)")
+        if m is not None and m.proxy is not None and (m.proxy.proxy_version or m.proxy.metadata):
+            out.append(
+                f"{where}: {at}.match.proxy: Tsunagi proxies report no Istio version or "
+                "metadata, so, as in Istio for such proxies, this patch matches no proxy"
+            )
+        if cp.apply_to is not None and cp.patch is not None and cp.patch.value is not None:
+            try:
+                build_value(cp.apply_to, cp.patch.value, strict=True)
+            except PatchValueError as e:
+                out.append(
+                    f"{where}: {at}.patch.value: {e}; Envoy would reject it, so proxies keep "
+                    "their config without this EnvoyFilter until it is fixed"
+                )
+    return out

@@ -1,0 +1,177 @@
+"""Which namespaces see a rule (``exportTo``), and which DestinationRule a client sees.
+
+Istio's rules, as implemented in its push context:
+
+- ``exportTo`` lists ``.`` (the rule's own namespace), ``*`` (every namespace), ``~`` (none)
+  or namespace names. Empty means Istio's default, ``*``.
+- A client looks for a DestinationRule of a host in three places, and the first that has one
+  wins: its own namespace (rules there that are exported to it), then the service's
+  namespace, then the root namespace (``istio-system``), each time only rules exported to
+  the client. A rule in any other namespace does not apply. Within a namespace the most
+  specific host wins (exact, then the longest ``*.`` wildcard), and several rules for the
+  same host merge: the subsets of all (the first of a name wins) and the first top-level
+  traffic policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from tsunagi.api import DestinationRuleSpec, ResourceOf, Subset, fqdn
+
+ROOT_NAMESPACE = "istio-system"
+"""Istio's default root (config) namespace: its exported rules apply mesh-wide."""
+
+DestinationRule = ResourceOf[DestinationRuleSpec]
+
+
+def exported_to(export_to: Sequence[str], owner: str, client: str) -> bool:
+    """Whether a rule of namespace ``owner`` with this ``exportTo`` is visible in ``client``."""
+    if not export_to:
+        return True
+    return any(e == "*" or e == client or (e == "." and client == owner) for e in export_to)
+
+
+def _private(export_to: Sequence[str], owner: str) -> bool:
+    """Exported to its own namespace only (Istio keeps such rules out of the exported index)."""
+    return len(export_to) == 1 and export_to[0] in (".", owner)
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """Whether a rule host (possibly ``*.suffix`` or ``*``) covers ``host``."""
+    if pattern == host or pattern == "*":
+        return True
+    return pattern.startswith("*.") and host.endswith(pattern[1:])
+
+
+def merge(rules: Sequence[DestinationRule]) -> DestinationRule:
+    """Several rules for one host in one namespace, merged as Istio does; the first one's
+    name and namespace stand for the result."""
+    first = rules[0]
+    if len(rules) == 1:
+        return first
+    subsets: list[Subset] = []
+    names: set[str] = set()
+    policy = None
+    for r in rules:
+        for s in r.spec.subsets:
+            if s.name not in names:
+                names.add(s.name)
+                subsets.append(s)
+        policy = policy or r.spec.traffic_policy
+    spec = first.spec.model_copy(update={"subsets": tuple(subsets), "traffic_policy": policy})
+    return dataclasses.replace(first, spec=spec)  # type: ignore[type-var]
+
+
+RulesByNamespace = Mapping[str, Mapping[str, Sequence[DestinationRule]]]
+"""namespace → rule host (FQDN or wildcard) → its rules there, oldest first."""
+
+
+class DestinationRuleLookup:
+    """Istio's DestinationRule lookup over one World's rules, remembering its answers (the
+    World is immutable, so an answer never changes; merged rules keep one identity)."""
+
+    def __init__(
+        self, rules: RulesByNamespace, service_namespace: Callable[[str], str | None]
+    ) -> None:
+        self._rules = rules
+        self._service_namespace = service_namespace
+        # Wildcard hosts of each namespace, most specific first; exact hosts are looked up.
+        self._wildcards = {
+            ns: sorted((h for h in hosts if h.startswith("*")), key=len, reverse=True)
+            for ns, hosts in rules.items()
+        }
+        self._merged: dict[tuple[tuple[str, str, str], ...], DestinationRule] = {}
+        self._answers: dict[tuple[str, str], DestinationRule | None] = {}
+        self.namespaces_named: frozenset[str] = frozenset(
+            e
+            for hosts in rules.values()
+            for rs in hosts.values()
+            for r in rs
+            for e in r.spec.export_to
+        )
+        """Namespaces that some rule names in its ``exportTo``."""
+
+    def _merged_rule(self, rules: Sequence[DestinationRule]) -> DestinationRule:
+        key = tuple(r.key for r in rules)
+        found = self._merged.get(key)
+        if found is None:
+            found = self._merged[key] = merge(rules)
+        return found
+
+    def _patterns(self, namespace: str, host: str) -> Iterator[Sequence[DestinationRule]]:
+        """The rules of ``namespace`` by host pattern covering ``host``, most specific first."""
+        by_host = self._rules.get(namespace, {})
+        if host in by_host:
+            yield by_host[host]
+        for pattern in self._wildcards.get(namespace, ()):
+            if host_matches(pattern, host):
+                yield by_host[pattern]
+
+    def _first(
+        self, namespace: str, host: str, take: Callable[[DestinationRule], bool]
+    ) -> list[DestinationRule]:
+        """The rules ``take`` keeps of the most specific pattern that has any."""
+        for rules in self._patterns(namespace, host):
+            kept = [r for r in rules if take(r)]
+            if kept:
+                return kept
+        return []
+
+    def _local(self, namespace: str, host: str) -> DestinationRule | None:
+        # The client's own namespace: only rules visible there take part.
+        found = self._first(
+            namespace, host, lambda r: exported_to(r.spec.export_to, namespace, namespace)
+        )
+        return self._merged_rule(found) if found else None
+
+    def _exported(self, namespace: str, host: str, client: str) -> DestinationRule | None:
+        # Istio picks the most specific host among the rules exported beyond their own
+        # namespace first, then keeps those the client may see.
+        found = self._first(namespace, host, lambda r: not _private(r.spec.export_to, namespace))
+        seen = [r for r in found if exported_to(r.spec.export_to, namespace, client)]
+        return self._merged_rule(seen) if seen else None
+
+    def rule_for(self, host: str, client: str) -> DestinationRule | None:
+        """The (merged) DestinationRule that clients in namespace ``client`` apply to
+        ``host``; None if none applies. ``client`` "" is a namespace with no rules of its
+        own that no rule names: the view shared by most sidecars."""
+        key = (host, client)
+        if key in self._answers:
+            return self._answers[key]
+        found = None
+        if client == ROOT_NAMESPACE:
+            # Istio: in the root namespace only its private rules come first, so that the
+            # mesh-wide rules there do not shadow a service namespace's own rule.
+            private = self._first(client, host, lambda r: _private(r.spec.export_to, client))
+            found = self._merged_rule(private) if private else None
+        elif client:
+            found = self._local(client, host)
+        service_ns = self._service_namespace(host)
+        if found is None and service_ns:
+            found = self._exported(service_ns, host, client)
+        if found is None:
+            found = self._exported(ROOT_NAMESPACE, host, client)
+        self._answers[key] = found
+        return found
+
+    def may_differ(self, client: str) -> bool:
+        """Whether clients in ``client`` could see other rules than the shared view: only
+        when the namespace has rules of its own, or some rule names it."""
+        return client in self._rules or client in self.namespaces_named
+
+
+def subset_definitions(
+    spec: DestinationRuleSpec,
+) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    """``(name, sorted labels)`` of each subset a rule defines: hashable, for memo keys."""
+    return tuple((s.name, tuple(sorted(s.labels.items()))) for s in spec.subsets)
+
+
+def index_rules(rules: Sequence[DestinationRule]) -> RulesByNamespace:
+    """``rules`` (oldest first) by namespace and resolved host."""
+    out: dict[str, dict[str, list[DestinationRule]]] = {}
+    for r in rules:
+        out.setdefault(r.namespace, {}).setdefault(fqdn(r.spec.host, r.namespace), []).append(r)
+    return out

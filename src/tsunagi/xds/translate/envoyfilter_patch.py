@@ -1,0 +1,435 @@
+"""Applying one EnvoyFilter's patches to one Envoy resource, following Istio's patchers
+(``pilot/pkg/networking/core/envoyfilter``): which object a match selects and what each
+operation does at each level.
+
+How Istio's matches read on Tsunagi's resources (see README, "EnvoyFilter"):
+
+- ``listener.portNumber`` is the service port of an inbound listener (``inbound|PORT``, the
+  port ``tsunagi run --port`` names), and the listening port of the outbound listener;
+- the outbound route configuration holds one virtual host per service port, named
+  ``HOST:PORT`` as in Istio; ``routeConfiguration.portNumber`` selects those of that port;
+- an inbound route configuration (``inbound|PORT``) answers to ``portNumber`` PORT and its
+  virtual host to Istio's name ``inbound|http|PORT`` as well as its own;
+- clusters are matched by their Istio names ``outbound|PORT|SUBSET|HOST``.
+
+Every function works on a copy the caller owns and returns the result (``None``: removed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf.message import Message
+
+from tsunagi.api.envoyfilter import EnvoyConfigObjectMatch, RouteConfigurationMatch
+from tsunagi.xds.translate.proto_merge import merge, merge_any
+
+HCM = "envoy.filters.network.http_connection_manager"
+HCM_NAMES = (HCM, "envoy.http_connection_manager")
+INBOUND_VHOST = "inbound|http|{}"
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One config patch, ready to apply: its value built as the Envoy message it names."""
+
+    apply_to: str
+    operation: str
+    context: str
+    match: EnvoyConfigObjectMatch | None
+    value: Any  # the Envoy message, or None for REMOVE
+
+
+def _copy(message: M) -> M:
+    out: M = type(message)()
+    out.CopyFrom(message)
+    return out
+
+
+def _set_list(field: Any, items: Sequence[Message]) -> None:
+    kept = [_copy(i) for i in items]
+    del field[:]
+    field.extend(kept)
+
+
+def _insert(
+    items: list[M], value: M, op: str, matches: Callable[[M], bool], has_match: bool
+) -> list[M]:
+    """ADD / INSERT_* on an ordered list, as Istio: without a match, INSERT_BEFORE and
+    INSERT_FIRST put the value first and INSERT_AFTER last; with one, nothing happens when
+    no element matches."""
+    if op == "ADD" or (op == "INSERT_AFTER" and not has_match):
+        return [*items, _copy(value)]
+    if op in ("INSERT_BEFORE", "INSERT_FIRST") and not has_match:
+        return [_copy(value), *items]
+    for i, item in enumerate(items):
+        if matches(item):
+            if op == "INSERT_AFTER":
+                return [*items[: i + 1], _copy(value), *items[i + 1 :]]
+            if op == "INSERT_FIRST":
+                return [_copy(value), *items]
+            return [*items[:i], _copy(value), *items[i:]]
+    return items
+
+
+def _replace(items: list[M], value: M, matches: Callable[[M], bool]) -> list[M]:
+    for i, item in enumerate(items):
+        if matches(item):
+            return [*items[:i], _copy(value), *items[i + 1 :]]
+    return items
+
+
+# ------------------------------------------------------------------------------ listeners
+
+
+def listener_port(lis: listener_pb2.Listener) -> int:
+    """The port a listener match names: the service port of ``inbound|PORT``, else the
+    listening port."""
+    if lis.name.startswith("inbound|"):
+        return int(lis.name.split("|")[1])
+    return int(lis.address.socket_address.port_value)
+
+
+def _listener_match(p: Prepared, lis: listener_pb2.Listener) -> bool:
+    lm = p.match.listener if p.match is not None else None
+    if lm is None:
+        return True
+    if lm.name and lm.name != lis.name:
+        return False
+    return not lm.port_number or lm.port_number == listener_port(lis)
+
+
+def _chain_match(p: Prepared, fc: listener_components_pb2.FilterChain) -> bool:
+    lm = p.match.listener if p.match is not None else None
+    m = lm.filter_chain if lm is not None else None
+    if m is None:
+        return True
+    fcm = fc.filter_chain_match
+    if m.name and m.name != fc.name:
+        return False
+    if m.sni and m.sni not in fcm.server_names:
+        return False
+    if m.transport_protocol and m.transport_protocol != fcm.transport_protocol:
+        return False
+    if m.application_protocols and not all(
+        a in fcm.application_protocols for a in m.application_protocols.split(",")
+    ):
+        return False
+    return not m.destination_port or (
+        fcm.HasField("destination_port") and fcm.destination_port.value == m.destination_port
+    )
+
+
+def _filter_name(p: Prepared) -> str:
+    lm = p.match.listener if p.match is not None else None
+    fc = lm.filter_chain if lm is not None else None
+    return fc.filter.name if fc is not None and fc.filter is not None else ""
+
+
+def _sub_filter_name(p: Prepared) -> str:
+    lm = p.match.listener if p.match is not None else None
+    fc = lm.filter_chain if lm is not None else None
+    f = fc.filter if fc is not None else None
+    return f.sub_filter.name if f is not None and f.sub_filter is not None else ""
+
+
+def _named(name: str) -> Callable[[Any], bool]:
+    return lambda item: not name or item.name == name
+
+
+def patch_listener(
+    lis: listener_pb2.Listener, patches: Sequence[Prepared]
+) -> listener_pb2.Listener | None:
+    """LISTENER (MERGE, REMOVE) and everything below it for one listener."""
+    for p in patches:
+        if p.apply_to != "LISTENER" or not _listener_match(p, lis):
+            continue
+        if p.operation == "REMOVE":
+            return None
+        if p.operation == "MERGE":
+            merge(lis, p.value)
+    chains = []
+    for fc in lis.filter_chains:
+        patched = _patch_chain(lis, _copy(fc), patches)
+        if patched is not None:
+            chains.append(patched)
+    for p in patches:
+        if p.apply_to == "FILTER_CHAIN" and p.operation == "ADD" and _listener_match(p, lis):
+            chains.append(_copy(p.value))
+    _set_list(lis.filter_chains, chains)
+    return lis
+
+
+def _patch_chain(
+    lis: listener_pb2.Listener,
+    fc: listener_components_pb2.FilterChain,
+    patches: Sequence[Prepared],
+) -> listener_components_pb2.FilterChain | None:
+    for p in patches:
+        if p.apply_to != "FILTER_CHAIN" or not _listener_match(p, lis) or not _chain_match(p, fc):
+            continue
+        if p.operation == "REMOVE":
+            return None
+        if p.operation == "MERGE":
+            merge(fc, p.value)
+    filters = list(fc.filters)
+    for p in patches:
+        if p.apply_to != "NETWORK_FILTER" or not _listener_match(p, lis) or not _chain_match(p, fc):
+            continue
+        name = _filter_name(p)
+        if p.operation in ("ADD", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST"):
+            # INSERT_FIRST on filters puts the value first whatever the match says
+            has_match = bool(name) and p.operation != "INSERT_FIRST"
+            filters = _insert(filters, p.value, p.operation, _named(name), has_match)
+        elif p.operation == "REPLACE" and name:
+            filters = _replace(filters, p.value, _named(name))
+        elif p.operation == "REMOVE" and name:
+            filters = [f for f in filters if f.name != name]
+    out = []
+    for f in filters:
+        f = _copy(f)
+        for p in patches:
+            if (
+                p.apply_to == "NETWORK_FILTER"
+                and p.operation == "MERGE"
+                and _listener_match(p, lis)
+                and _chain_match(p, fc)
+                and _named(_filter_name(p))(f)
+            ):
+                _merge_filter(f, p.value)
+        if f.name in HCM_NAMES and f.HasField("typed_config"):
+            _patch_hcm(lis, fc, f, patches)
+        out.append(f)
+    _set_list(fc.filters, out)
+    return fc
+
+
+def _merge_filter(dst: Any, src: Any) -> None:
+    """MERGE of a network or HTTP filter: a new name replaces the old one, and the typed
+    configs are merged as messages (Istio skips filters without a typed config)."""
+    if not dst.HasField("typed_config"):
+        return
+    if src.name:
+        dst.name = src.name
+    if src.HasField("typed_config"):
+        merge_any(dst.typed_config, src.typed_config)
+
+
+def _patch_hcm(
+    lis: listener_pb2.Listener,
+    fc: listener_components_pb2.FilterChain,
+    f: listener_components_pb2.Filter,
+    patches: Sequence[Prepared],
+) -> None:
+    hcm = hcm_pb2.HttpConnectionManager()
+    f.typed_config.Unpack(hcm)
+    http = list(hcm.http_filters)
+    applicable = [
+        p
+        for p in patches
+        if p.apply_to == "HTTP_FILTER"
+        and _listener_match(p, lis)
+        and _chain_match(p, fc)
+        and _named(_filter_name(p))(f)
+    ]
+    for p in applicable:
+        name = _sub_filter_name(p)
+        if p.operation in ("ADD", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST"):
+            has_match = bool(name) and p.operation != "INSERT_FIRST"
+            http = _insert(http, p.value, p.operation, _named(name), has_match)
+        elif p.operation == "REPLACE" and name:
+            http = _replace(http, p.value, _named(name))
+        elif p.operation == "REMOVE" and name:
+            http = [h for h in http if h.name != name]
+    merged = []
+    for h in http:
+        h = _copy(h)
+        for p in applicable:
+            if p.operation == "MERGE" and _named(_sub_filter_name(p))(h):
+                _merge_filter(h, p.value)
+        merged.append(h)
+    _set_list(hcm.http_filters, merged)
+    if hcm.HasField("route_config"):
+        # Inline routes (inbound listeners) are patched where Istio builds them
+        patched = patch_route_configuration(_copy(hcm.route_config), patches)
+        hcm.route_config.CopyFrom(patched)
+    f.typed_config.Pack(hcm)
+
+
+# --------------------------------------------------------------------------------- routes
+
+
+def _vhost_port(rc: route_pb2.RouteConfiguration, vh: route_components_pb2.VirtualHost) -> int:
+    if rc.name.startswith("inbound|"):
+        return int(rc.name.split("|")[1])
+    _, sep, port = vh.name.rpartition(":")
+    return int(port) if sep and port.isdigit() else 0
+
+
+def _rc_port(rm: RouteConfigurationMatch, rc: route_pb2.RouteConfiguration) -> int | None:
+    """The port a route configuration match asks for (0: any), or None if its name rules
+    ``rc`` out. Istio names outbound route configurations by port ("9080") and inbound ones
+    ``inbound|PORT||``; ours are ``outbound`` (every port) and ``inbound|PORT``, so Istio's
+    names are read as what they stand for."""
+    port = rm.port_number
+    if rm.name and rm.name != rc.name:
+        inbound = rc.name.startswith("inbound|")
+        if not inbound and rm.name.isdigit():
+            named = int(rm.name)
+        elif inbound and rm.name == rc.name + "||":
+            named = 0
+        else:
+            return None
+        if port and named and port != named:
+            return None
+        port = port or named
+    return port
+
+
+def _rc_match(p: Prepared, rc: route_pb2.RouteConfiguration) -> bool:
+    rm = p.match.route_configuration if p.match is not None else None
+    if rm is None:
+        return True
+    port = _rc_port(rm, rc)
+    if port is None:
+        return False
+    return not port or any(_vhost_port(rc, vh) == port for vh in rc.virtual_hosts)
+
+
+def _vhost_match(
+    p: Prepared, rc: route_pb2.RouteConfiguration, vh: route_components_pb2.VirtualHost
+) -> bool:
+    rm = p.match.route_configuration if p.match is not None else None
+    if rm is None:
+        return True
+    wanted = _rc_port(rm, rc)
+    port = _vhost_port(rc, vh)
+    if wanted is None or (wanted and port != wanted):
+        return False
+    m = rm.vhost
+    if m is None:
+        return True
+    names = {vh.name}
+    if rc.name.startswith("inbound|"):
+        names.add(INBOUND_VHOST.format(port))
+    if m.name and m.name not in names:
+        return False
+    return not m.domain_name or m.domain_name in vh.domains
+
+
+_ACTIONS = {"ROUTE": "route", "REDIRECT": "redirect", "DIRECT_RESPONSE": "direct_response"}
+
+
+def _route_match(p: Prepared, r: route_components_pb2.Route) -> bool:
+    rm = p.match.route_configuration if p.match is not None else None
+    m = rm.vhost.route if rm is not None and rm.vhost is not None else None
+    if m is None:
+        return True
+    if m.name and m.name != r.name:
+        return False
+    return m.action == "ANY" or r.WhichOneof("action") == _ACTIONS[m.action]
+
+
+def _has_route_match(p: Prepared) -> bool:
+    rm = p.match.route_configuration if p.match is not None else None
+    return rm is not None and rm.vhost is not None and rm.vhost.route is not None
+
+
+def patch_route_configuration(
+    rc: route_pb2.RouteConfiguration, patches: Sequence[Prepared]
+) -> route_pb2.RouteConfiguration:
+    """ROUTE_CONFIGURATION (MERGE), VIRTUAL_HOST and HTTP_ROUTE patches."""
+    for p in patches:
+        if p.apply_to == "ROUTE_CONFIGURATION" and p.operation == "MERGE" and _rc_match(p, rc):
+            merge(rc, p.value)
+    vhosts = []
+    for vh in rc.virtual_hosts:
+        patched = _patch_vhost(rc, _copy(vh), patches)
+        if patched is not None:
+            vhosts.append(patched)
+    for p in patches:
+        if p.apply_to == "VIRTUAL_HOST" and p.operation == "ADD" and _rc_match(p, rc):
+            vhosts.append(_copy(p.value))
+    _set_list(rc.virtual_hosts, vhosts)
+    return rc
+
+
+def _patch_vhost(
+    rc: route_pb2.RouteConfiguration,
+    vh: route_components_pb2.VirtualHost,
+    patches: Sequence[Prepared],
+) -> route_components_pb2.VirtualHost | None:
+    for p in patches:
+        if p.apply_to != "VIRTUAL_HOST" or not _vhost_match(p, rc, vh):
+            continue
+        if p.operation == "REMOVE":
+            return None
+        if p.operation == "MERGE":
+            merge(vh, p.value)
+        elif p.operation == "REPLACE":
+            vh = _copy(p.value)
+    route_patches = [p for p in patches if p.apply_to == "HTTP_ROUTE" and _vhost_match(p, rc, vh)]
+    routes = []
+    for r in vh.routes:
+        r = _copy(r)
+        removed = False
+        for p in route_patches:
+            if not _route_match(p, r):
+                continue
+            if p.operation == "REMOVE":
+                removed = True
+                break
+            if p.operation == "MERGE":
+                merge(r, p.value)
+        if not removed:
+            routes.append(r)
+    for p in route_patches:
+        if p.operation in ("ADD", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST"):
+            routes = _insert(
+                routes, p.value, p.operation, partial(_route_match, p), _has_route_match(p)
+            )
+    _set_list(vh.routes, routes)
+    return vh
+
+
+# ------------------------------------------------------------------------------- clusters
+
+
+def _cluster_match(p: Prepared, c: cluster_pb2.Cluster) -> bool:
+    cm = p.match.cluster if p.match is not None else None
+    if cm is None:
+        return True
+    if cm.name and cm.name != c.name:
+        return False
+    parts = c.name.split("|")
+    _, port, subset, host = parts if len(parts) == 4 else ("", "", "", "")
+    if cm.port_number and str(cm.port_number) != port:
+        return False
+    if cm.service and cm.service != host:
+        return False
+    return not cm.subset or cm.subset == subset
+
+
+def patch_cluster(
+    c: cluster_pb2.Cluster, patches: Sequence[Prepared]
+) -> cluster_pb2.Cluster | None:
+    """CLUSTER MERGE and REMOVE for one cluster (ADD is done once per proxy)."""
+    for p in patches:
+        if p.apply_to != "CLUSTER" or not _cluster_match(p, c):
+            continue
+        if p.operation == "REMOVE":
+            return None
+        if p.operation == "MERGE":
+            merge(c, p.value)
+    return c

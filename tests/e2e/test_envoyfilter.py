@@ -1,0 +1,225 @@
+"""EnvoyFilter, end to end: Istio's local rate limit sample, a patch a client can see, and a
+bad patch that is reported while traffic keeps flowing.
+
+Requests go app → client sidecar → server sidecar → echo app, all real, on loopback.
+"""
+
+# ruff: noqa: E501 (Envoy type URLs in patch values are long)
+from __future__ import annotations
+
+import http.client
+import json
+
+import pytest
+import yaml
+
+from .mesh import Mesh, Workload
+
+pytestmark = pytest.mark.e2e
+
+# Istio's samples/ratelimit/local-rate-limit-service.yaml in its structure (the sample's
+# server port is 8000): a local rate limit filter first in the inbound connection manager;
+# its per-route config gives /productpage a bucket of 10 per minute, everything 100.
+LOCAL_RATE_LIMIT = """
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata:
+  name: filter-local-ratelimit-svc
+  namespace: istio-system
+spec:
+  workloadSelector:
+    labels:
+      app: productpage
+  configPatches:
+    - applyTo: HTTP_FILTER
+      match:
+        context: SIDECAR_INBOUND
+        listener:
+          filterChain:
+            filter:
+              name: "envoy.filters.network.http_connection_manager"
+      patch:
+        operation: INSERT_BEFORE
+        value:
+          name: envoy.filters.http.local_ratelimit
+          typed_config:
+            "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+            type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+            value:
+              stat_prefix: http_local_rate_limiter
+    - applyTo: HTTP_ROUTE
+      match:
+        context: SIDECAR_INBOUND
+        routeConfiguration:
+          vhost:
+            name: "inbound|http|8000"
+            route:
+              action: ANY
+      patch:
+        operation: MERGE
+        value:
+          route:
+            rate_limits:
+              - actions:
+                  - remote_address: {}
+              - actions:
+                  - header_value_match:
+                      descriptor_value: "productpage"
+                      expect_match: true
+                      headers:
+                        - name: :path
+                          string_match:
+                            prefix: /productpage
+                            ignore_case: true
+          typed_per_filter_config:
+            envoy.filters.http.local_ratelimit:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: test_enabled
+              token_bucket:
+                max_tokens: 100
+                tokens_per_fill: 100
+                fill_interval: 60s
+              enable_x_ratelimit_headers: DRAFT_VERSION_03
+              filter_enabled:
+                runtime_key: test_enabled
+                default_value:
+                  numerator: 100
+                  denominator: HUNDRED
+              filter_enforced:
+                runtime_key: test_enabled
+                default_value:
+                  numerator: 100
+                  denominator: HUNDRED
+              response_headers_to_add:
+                - append: false
+                  header:
+                    key: x-local-rate-limit
+                    value: "true"
+              descriptors:
+                - entries:
+                    - key: header_match
+                      value: productpage
+                  token_bucket:
+                    max_tokens: 10
+                    tokens_per_fill: 10
+                    fill_interval: 60s
+"""
+
+
+def route_header_filter(extra: str = "") -> str:
+    """A response header on the client side's routes to reviews:9080 (``extra`` goes into
+    the header option, to make it bad)."""
+    return f"""
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: reviews-header, namespace: default}}
+spec:
+  configPatches:
+    - applyTo: HTTP_ROUTE
+      match:
+        context: SIDECAR_OUTBOUND
+        routeConfiguration:
+          vhost: {{name: "reviews.default.svc.cluster.local:9080"}}
+      patch:
+        operation: MERGE
+        value:
+          response_headers_to_add:
+            - header: {{key: x-patched, value: by-envoyfilter}}
+              {extra}
+"""
+
+
+def fetch(client: Workload, host: str, path: str = "/") -> tuple[int, dict[str, str], str]:
+    """One GET through the client's sidecar: status, headers (lower-case), body."""
+    c = http.client.HTTPConnection("127.0.0.1", client.outbound_port, timeout=10)
+    try:
+        c.request("GET", path, headers={"Host": host})
+        resp = c.getresponse()
+        body = resp.read().decode(errors="replace")
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        c.close()
+
+
+def test_istio_local_rate_limit_sample_gives_429_past_the_bucket(mesh: Mesh) -> None:
+    mesh.run("productpage", "v1", 8000)
+    applied = mesh.apply(LOCAL_RATE_LIMIT, "--wait")
+    assert applied.returncode == 0, applied.stderr
+    # A client started after the change, so its connections reach the patched listener
+    client = mesh.client()
+    answers = [fetch(client, "productpage:8000", "/productpage") for _ in range(12)]
+    statuses = [status for status, _, _ in answers]
+    assert statuses[:10] == [200] * 10, answers
+    assert statuses[10:] == [429, 429], answers
+    status, headers, _ = answers[10]
+    assert headers.get("x-local-rate-limit") == "true"
+    served = json.loads(answers[0][2])
+    assert served["service"] == "productpage"
+    # Other paths have their own, larger bucket
+    status, _, body = fetch(client, "productpage:8000", "/details")
+    assert status == 200, body
+
+
+def test_route_patch_is_seen_and_a_bad_patch_is_reported_while_traffic_flows(
+    mesh: Mesh,
+) -> None:
+    mesh.run("reviews", "v1", 9080)
+    client = mesh.client()
+    status, headers, _ = fetch(client, "reviews:9080")
+    assert status == 200 and "x-patched" not in headers
+
+    applied = mesh.apply(route_header_filter(), "--wait")
+    assert applied.returncode == 0, applied.stderr
+    status, headers, body = fetch(client, "reviews:9080")
+    assert status == 200, body
+    assert headers.get("x-patched") == "by-envoyfilter"
+    assert json.loads(body)["service"] == "reviews"
+
+    # A field Envoy does not know: accepted with a warning (as Istio), then reported against
+    # the EnvoyFilter, which is left out; the routes without it keep serving.
+    applied = mesh.apply(route_header_filter("bogus_option: true"), "--wait")
+    assert applied.returncode == 0, applied.stderr
+    assert "bogus_option" in applied.stderr
+    shown = mesh.cli("get", "envoyfilter", "reviews-header", "-o", "yaml")
+    assert shown.returncode == 0, shown.stderr
+    messages = yaml.safe_load(shown.stdout)["status"]["validationMessages"]
+    assert any("bogus_option" in m["description"] for m in messages), shown.stdout
+    status, headers, body = fetch(client, "reviews:9080")
+    assert status == 200, body
+    assert "x-patched" not in headers
+    proxies = mesh.cli("proxy-status")
+    assert "EnvoyFilter default/reviews-header" in proxies.stdout, proxies.stdout
+    listed = mesh.cli("get", "envoyfilters")
+    assert "reviews-header" in listed.stdout, listed.stdout + listed.stderr
+
+
+ZERO_CONNECT_TIMEOUT = """
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: zero-timeout, namespace: default}
+spec:
+  configPatches:
+    - applyTo: CLUSTER
+      match:
+        context: SIDECAR_OUTBOUND
+        cluster: {service: reviews.default.svc.cluster.local}
+      patch:
+        operation: MERGE
+        value: {connect_timeout: 0s}
+"""
+
+
+def test_a_patch_envoy_rejects_is_named_in_proxy_status(mesh: Mesh) -> None:
+    mesh.run("reviews", "v1", 9080)
+    client = mesh.client()
+    # Well-formed, so it translates; but Envoy requires a positive connect timeout
+    applied = mesh.apply(ZERO_CONNECT_TIMEOUT, "--wait")
+    assert "zero-timeout" in applied.stdout, applied.stdout + applied.stderr
+    proxies = mesh.cli("proxy-status")
+    assert "Rejected by Envoy:" in proxies.stdout, proxies.stdout
+    rejected = proxies.stdout.split("Rejected by Envoy:")[1]
+    assert f"{client.name}.default CDS:" in rejected, proxies.stdout
+    assert "(patched by EnvoyFilter default/zero-timeout)" in rejected, proxies.stdout
+    # Envoy keeps its last good clusters, so traffic still flows
+    status, _, body = fetch(client, "reviews:9080")
+    assert status == 200, body
