@@ -75,16 +75,6 @@ def test_a_valid_filter_parses_to_typed_patches() -> None:
             "missing patch value for operation ADD",
         ),
         (
-            "- {applyTo: CLUSTER, patch: {operation: REPLACE, value: {name: x}}}",
-            "spec.configPatches[0].patch.operation",
-            "operation REPLACE does nothing with applyTo CLUSTER",
-        ),
-        (
-            "- {applyTo: ROUTE_CONFIGURATION, patch: {operation: ADD, value: {name: x}}}",
-            "spec.configPatches[0].patch.operation",
-            "use one of MERGE",
-        ),
-        (
             "- {applyTo: CLUSTER, match: {listener: {portNumber: 80}}, patch: {operation: REMOVE}}",
             "spec.configPatches[0].match.listener",
             "applyTo CLUSTER needs a cluster match",
@@ -176,7 +166,7 @@ def test_warnings_for_what_does_not_apply_to_tsunagi_proxies() -> None:
     joined = "\n".join(warnings)
     assert "EnvoyFilter default/ef: spec.targetRefs is not applied yet" in joined
     assert "spec.configPatches[0].patch.value: Failed to parse response_headers_to_add" in joined
-    assert 'no field named "bogus"' in joined
+    assert 'no field named "bogus" at "Route.response_headers_to_add[0]"; ignored' in joined
     assert "spec.configPatches[1] applyTo EXTENSION_CONFIG is not applied yet" in joined
     assert "spec.configPatches[2].match.context GATEWAY is not applied yet" in joined
     assert "spec.configPatches[3].match.proxy" in joined
@@ -185,3 +175,25 @@ def test_warnings_for_what_does_not_apply_to_tsunagi_proxies() -> None:
 def test_a_clean_filter_has_no_warnings() -> None:
     text = doc("- {applyTo: CLUSTER, patch: {operation: MERGE, value: {connect_timeout: 2s}}}")
     assert not_yet_enforced(load_documents(text, "ef.yaml")) == []
+
+
+@pytest.mark.parametrize(
+    ("patch", "reason"),
+    [
+        (
+            "- {applyTo: CLUSTER, patch: {operation: REPLACE, value: {name: x}}}",
+            "operation REPLACE does nothing with applyTo CLUSTER",
+        ),
+        (
+            "- {applyTo: ROUTE_CONFIGURATION, patch: {operation: ADD, value: {name: x}}}",
+            "use one of MERGE",
+        ),
+    ],
+)
+def test_operations_istio_ignores_load_with_a_warning(patch: str, reason: str) -> None:
+    # Istio's API server accepts them (only `istioctl analyze` objects), so existing YAML
+    # must load; the patch is ignored and apply says so.
+    resources = load_documents(doc(patch), "f")
+    [warning] = not_yet_enforced(resources)
+    assert "spec.configPatches[0].patch.operation" in warning and reason in warning
+    assert "ignored" in warning

@@ -362,3 +362,17 @@ def test_sidecar_bootstrap_carries_the_validated_program_size_limit() -> None:
     [layer] = doc["layered_runtime"]["layers"]
     assert layer["static_layer"] == {"re2.max_program_size.error_level": 32768}
     assert pc.RE2_MAX_PROGRAM_SIZE == 32768
+
+
+def test_header_value_with_a_single_percent_is_refused() -> None:
+    # Envoy would NACK the route: a lone % starts a variable that never ends.
+    errs = _errors(
+        "hosts: [a]\nhttp:\n- headers: {response: {set: {x-off: 50%}}}\n"
+        "  route: [{destination: {host: a, subset: v1}, headers: {request: {add: {x-b: '%%%'}}}}]\n"
+    )
+    assert "single %" in errs["spec.http[0].headers.response.set.x-off"]
+    assert "%%" in errs["spec.http[0].route[0].headers.request.add.x-b"]
+    _load(
+        "hosts: [a]\nhttp:\n- headers: {response: {set: {x-off: 50%%, x-host: '%HOSTNAME%'}}}\n  "
+        + ROUTE
+    )

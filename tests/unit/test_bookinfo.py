@@ -591,7 +591,8 @@ def test_demo_help_says_where_the_task_rules_are() -> None:
         timeout=20,
     )
     assert done.returncode == 0
-    assert str(RULES) in done.stdout and "--tasks" in done.stdout
+    assert "tsunagi/demo/rules" in done.stdout and "--tasks" in done.stdout
+    assert RULES.parts[-3:] == ("tsunagi", "demo", "rules")
     tasks = subprocess.run(
         [sys.executable, "-m", "tsunagi.cli.main", "demo", "--tasks"],
         env=child_env(),

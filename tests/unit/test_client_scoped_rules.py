@@ -234,6 +234,22 @@ def test_rules_for_one_host_in_one_namespace_merge() -> None:
     assert _subsets(world, "b", REVIEWS) == {"v1", "v2"}
 
 
+def test_rules_with_different_export_to_stay_apart_and_the_last_one_seen_wins() -> None:
+    # Istio merges rules of one host and namespace only when their exportTo are equal (or
+    # the later one's covers the earlier one's); a client uses the last entry it sees.
+    world = _world(
+        _dr("a1", "default", "reviews", "v1") + _dr("a2", "default", "reviews", "v2", '"."')
+    )
+    assert _subsets(world, "default", REVIEWS) == {"v2"}
+    assert _subsets(world, "b", REVIEWS) == {"v1"}  # the private rule is not exported
+    covering = _world(
+        _dr("a1", "default", "reviews", "v1", "a") + _dr("a2", "default", "reviews", "v2", "a, b")
+    )
+    assert _subsets(covering, "a", REVIEWS) == {"v2"}
+    assert _subsets(covering, "b", REVIEWS) == {"v2"}
+    assert _subsets(covering, "c", REVIEWS) == set()
+
+
 def test_the_most_specific_host_wins_within_a_namespace() -> None:
     world = _world(
         EXPORTED.replace('exportTo: ["."]', 'exportTo: ["*"]')
@@ -414,3 +430,23 @@ spec:
     routes = _routes(World.build(1, docs, INSTANCES), "default")[f"{REVIEWS}:80"]
     assert routes[0][2] == {"safe_regex": {"regex": "/Api/.*"}, "case_sensitive": False}
     assert routes[1][2] == {"prefix": "/Api", "case_sensitive": False}
+
+
+def test_scopes_of_one_namespace_share_its_view_of_the_clusters() -> None:
+    # Sidecars of one namespace that differ in labels some rule reads have scopes of their
+    # own, but the namespace's clusters and endpoints are made once, not once per scope.
+    world = _world(
+        _dr("svc", "default", "reviews", "v1")
+        + _dr("mine", "a", REVIEWS, "v2")
+        + "---\n"
+        + SOURCE_RULES
+    )
+    memo = Memo()
+    shared = translate_shared(world, memo)
+    v1, v2 = (world.scope_of(_node({"version": v}, "a")) for v in ("v1", "v2"))
+    assert v1 != v2
+    one, two = (translate_outbound(world, s, memo, shared) for s in (v1, v2))
+    assert one.clusters is two.clusters is not shared.clusters
+    assert one.endpoints is two.endpoints
+    assert one.routes["outbound"] is not two.routes["outbound"]
+    assert f"outbound|80|v2|{REVIEWS}" in one.clusters

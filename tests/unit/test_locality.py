@@ -419,3 +419,42 @@ def test_a_warm_memo_translates_like_a_fresh_one_for_every_locality() -> None:
                 n: (r.body.SerializeToString(), r.version) for n, r in cold.items()
             }
         memo.rotate()
+
+
+def test_only_services_a_locality_rule_reaches_are_looked_at_per_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One failover rule in a mesh of two services: a client scope's endpoints look at the
+    # one service the rule names, not every service in the mesh.
+    w = world(FAILOVER_RULE, ["r1/z1", "r2/z1"])
+    r = "r.default.svc.cluster.local"
+    assert w.locality_hosts == {r}  # s has no rule
+    memo = Memo()
+    shared = translate_shared(w, memo)
+    translate_outbound(w, "default", memo, shared)  # the routes, which every locality shares
+    looked_at: list[str] = []
+    lookup = World.destination_rule
+
+    def counting(self: World, host: str, namespace: str) -> Any:
+        looked_at.append(host)
+        return lookup(self, host, namespace)
+
+    monkeypatch.setattr(World, "destination_rule", counting)
+    here = translate_outbound(w, w.scope_of(Node("a", locality="r2/z1")), memo, shared)
+    assert looked_at == [r]
+    name = f"outbound|80||{r}"
+    assert here.endpoints[name].body != shared.endpoints[name].body
+
+
+def test_failover_priority_labels_split_scopes_only_when_some_endpoints_depend_on_them() -> None:
+    rule = _dr(
+        """
+outlierDetection: {consecutive5xxErrors: 1}
+loadBalancer: {localityLbSetting: {failoverPriority: [team]}}
+"""
+    )
+    a, b = (Node(n, labels={"team": n}) for n in ("a", "b"))
+    lone = world(rule, ["r1/z1"])  # one endpoint per service: no order to choose
+    assert lone.scope_of(a) == lone.scope_of(b) == ClientScope("default")
+    pair = world(rule, ["r1/z1", "r1/z1"])
+    assert pair.scope_of(a) != pair.scope_of(b)

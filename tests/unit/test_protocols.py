@@ -3,6 +3,9 @@ the protocol the World settles on per service port."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from tsunagi import protocols
@@ -174,3 +177,19 @@ spec:
         "ServiceEntry default/db: spec.ports[0] (TCP 5432): TCP routing is not applied yet; "
         "the sidecar has no route for this port"
     ]
+
+
+def test_the_sidecar_agent_loads_only_what_it_uses() -> None:
+    # `tsunagi run` builds the whole CLI parser; the agent's memory counts against the
+    # sidecar's budget (docs/benchmarks.md), so neither the API models, the translation,
+    # the demo nor heavy standard modules may come in with it.
+    probe = (
+        "import sys, tsunagi.cli.main as m, tsunagi.agent.run\n"
+        "m.parser().parse_args(['run', '--service', 's', '--port', '9090/grpc', '--', 'x'])\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+    loaded = set(done.stdout.split())
+    assert "tsunagi.agent.run" in loaded
+    heavy = {"tsunagi.api", "tsunagi.mesh", "tsunagi.xds", "tsunagi.demo", "pydantic", "inspect"}
+    assert not loaded & heavy, loaded & heavy

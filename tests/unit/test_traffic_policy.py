@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from tsunagi.api import DestinationRuleSpec, load_documents
-from tsunagi.mesh.analysis import not_yet_enforced
+from tsunagi.mesh import World
+from tsunagi.mesh.analysis import not_yet_enforced, passthrough_without_dns
 from tsunagi.xds.translate.clusters import eds_cluster
 from tsunagi.xds.translate.policy import apply, cluster_policy, hash_policy
 
@@ -125,7 +126,7 @@ def test_apply_warns_only_about_what_is_not_enforced() -> None:
     warnings = not_yet_enforced(docs)
     text = "\n".join(warnings)
     assert "spec.trafficPolicy.tls is not applied yet" in text
-    assert "spec.trafficPolicy.loadBalancer.simple PASSTHROUGH is not applied: Istio" in text
+    assert "PASSTHROUGH" not in text  # enforced (tests/e2e/test_passthrough.py)
     assert "spec.trafficPolicy.connectionPool.tcp.idleTimeout is not applied yet" in text
     assert "localityLbSetting" not in text  # enforced (tests/unit/test_locality.py)
     assert (
@@ -135,3 +136,24 @@ def test_apply_warns_only_about_what_is_not_enforced() -> None:
     assert not any("maxConnections" in w or "trafficPolicy is not" in w for w in warnings)
     enforced = load_documents(RULE, "rule.yaml")
     assert not_yet_enforced(enforced) == []
+
+
+def test_passthrough_is_a_forward_proxy_and_warns_for_mesh_services() -> None:
+    rule = load_documents(
+        destination_rule("  trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}")
+    )
+    spec = rule[0].spec
+    assert isinstance(spec, DestinationRuleSpec)
+    c = apply(eds_cluster("outbound|9080||reviews"), cluster_policy(spec, 9080))
+    assert c["lb_policy"] == "CLUSTER_PROVIDED"
+    assert c["cluster_type"]["name"] == "envoy.clusters.dynamic_forward_proxy"
+    assert "eds_cluster_config" not in c and "type" not in c
+    mesh_service = World.build(1, rule, [])
+    [warning] = passthrough_without_dns(mesh_service, rule)
+    assert "no ServiceEntry declares it" in warning
+    entry = load_documents(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: r}\n"
+        "spec: {hosts: [reviews], resolution: STATIC, endpoints: [{address: 10.0.0.1}],\n"
+        "  ports: [{number: 9080, name: http, protocol: HTTP}]}\n"
+    )
+    assert passthrough_without_dns(World.build(1, [*rule, *entry], []), rule) == []

@@ -6,16 +6,18 @@ resources, and a patch Envoy would reject reported against its filter."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from google.protobuf import json_format
 
 from tsunagi.api import load_documents
-from tsunagi.controlplane.push import PushErrors, _collect
+from tsunagi.controlplane.push import Pusher, PushErrors, _collect
 from tsunagi.controlplane.status import node_status
 from tsunagi.mesh import Node, World
+from tsunagi.store import MemoryStore
 from tsunagi.xds import resources as rs
-from tsunagi.xds.cache import NodeEntry
+from tsunagi.xds.cache import NodeEntry, SnapshotCache
 from tsunagi.xds.protocol import SotwStream
 from tsunagi.xds.translate import (
     Memo,
@@ -109,6 +111,7 @@ def test_http_filter_insert_before_without_sub_filter_goes_first() -> None:
     assert http_filters(snap, "outbound") == [
         "envoy.filters.http.cors",
         "envoy.filters.http.fault",
+        "envoy.filters.http.dynamic_forward_proxy",
         "envoy.filters.http.router",
     ]
     assert p.errors == ()
@@ -125,6 +128,7 @@ def test_http_filter_insert_after_and_before_a_sub_filter() -> None:
         "envoy.filters.http.cors",
         "envoy.filters.http.fault",
         "envoy.filters.http.fault",
+        "envoy.filters.http.dynamic_forward_proxy",
         "envoy.filters.http.cors",
         "envoy.filters.http.router",
     ]
@@ -140,12 +144,13 @@ def test_http_filter_insert_first_replace_and_remove() -> None:
     assert http_filters(snap, "outbound") == [
         "envoy.filters.http.cors",
         "envoy.filters.http.fault",
+        "envoy.filters.http.dynamic_forward_proxy",
         "envoy.filters.http.router",
     ]
     assert [
         f["typed_config"]["@type"].rsplit(".", 1)[1]
         for f in hcm(dicts(snap, rs.LISTENER)["outbound"])["http_filters"]
-    ] == ["Cors", "HTTPFault", "Router"]
+    ] == ["Cors", "HTTPFault", "FilterConfig", "Router"]
 
 
 def test_http_filter_merge_merges_typed_config_of_the_same_type() -> None:
@@ -183,16 +188,18 @@ def test_listener_merge_by_service_port_and_remove() -> None:
     assert set(snap.of(rs.LISTENER)) == {"inbound|8000"}
 
 
-def test_listener_add_only_outbound_or_any() -> None:
+def test_listener_add_in_every_sidecar_context() -> None:
+    # Istio adds a LISTENER ADD on its outbound pass (context ANY or SIDECAR_OUTBOUND) and on
+    # its inbound pass (SIDECAR_INBOUND): once either way
     value = "{name: extra, address: {socket_address: {address: 127.0.0.1, port_value: 18000}}}"
-    added, _ = run(ef(f"  - {{applyTo: LISTENER, patch: {{operation: ADD, value: {value}}}}}\n"))
-    assert "extra" in added.of(rs.LISTENER)
-    inbound_only = ef(
-        f"  - {{applyTo: LISTENER, match: {{context: SIDECAR_INBOUND}}, "
-        f"patch: {{operation: ADD, value: {value}}}}}\n"
-    )
-    skipped, _ = run(inbound_only)
-    assert "extra" not in skipped.of(rs.LISTENER)
+    for context in ("ANY", "SIDECAR_OUTBOUND", "SIDECAR_INBOUND"):
+        added, _ = run(
+            ef(
+                f"  - {{applyTo: LISTENER, match: {{context: {context}}}, "
+                f"patch: {{operation: ADD, value: {value}}}}}\n"
+            )
+        )
+        assert set(added.of(rs.LISTENER)) == {"outbound", "inbound|8000", "extra"}, context
 
 
 def test_network_filter_insert_first_merge_and_remove() -> None:
@@ -412,18 +419,35 @@ def test_unselected_nodes_share_everything_and_patched_ones_share_results() -> N
     assert a.of(rs.ROUTE) is out_a.routes
 
 
-def test_a_patch_envoy_would_reject_is_reported_and_left_out() -> None:
-    bad = ef(
-        "  - {applyTo: CLUSTER, patch: {operation: MERGE, value: {connect_timeout: 1s, nonsense: 1}}}\n",
-        "bad",
+def test_unknown_fields_are_dropped_and_the_rest_of_the_patch_applies() -> None:
+    # As Istio, which builds patch values leniently (and warns at apply, see test_api_envoyfilter)
+    config = ef(
+        "  - {applyTo: CLUSTER, patch: {operation: MERGE, value: {connect_timeout: 1s, nonsense: 1}}}\n"
     )
-    good = ef(ADD_CORS_FIRST, "good")
-    snap, p = run(bad + good)
+    snap, p = run(config)
+    assert dicts(snap, rs.CLUSTER)[REVIEWS]["connect_timeout"] == "1s"
+    assert p.errors == ()
+
+
+def test_a_filter_whose_value_cannot_be_built_is_reported_and_left_out() -> None:
+    # Validation refuses such a value; one stored before the installed protos changed gets here
+    merge = "  - {applyTo: CLUSTER, patch: {operation: MERGE, value: {connect_timeout: 1s}}}\n"
+    [bad] = load_documents(ef(merge, "bad"), "ef.yaml")
+    [cp] = bad.spec.config_patches
+    nope = {"@type": "type.googleapis.com/envoy.nothing.v3.Nope"}
+    unknown = {"cluster_type": {"name": "x", "typed_config": nope}}
+    patch = cp.patch.model_copy(update={"value": unknown})
+    spec = bad.spec.model_copy(update={"config_patches": (cp.model_copy(update={"patch": patch}),)})
+    good = load_documents(ef(ADD_CORS_FIRST, "good"), "ef.yaml")
+    w = World.build(1, [replace(bad, spec=spec), *good], [instance("reviews-1")])
+    n, memo = node(), Memo()
+    out = translate_outbound(w, w.scope_of(n), memo, translate_shared(w, memo))
+    snap, p = assemble_patched(w, n, out, translate_local(n), 1, memo)
     assert dicts(snap, rs.CLUSTER)[REVIEWS]["connect_timeout"] == "10s"
     assert http_filters(snap, "inbound|8000")[0] == "envoy.filters.http.cors"
     [error] = p.errors
     assert error.resources == (("EnvoyFilter", "default", "bad"),)
-    assert 'no field named "nonsense"' in error.message
+    assert "referenced type unknown: type.googleapis.com/envoy.nothing.v3.Nope" in error.message
     errors = _collect({}, translate_shared(world("")), {}, {}, {"pp.default": p})
     assert errors.by_resource[("EnvoyFilter", "default", "bad")] == (error.describe(),)
     assert errors.for_node("pp.default", "default") == [error.describe()]
@@ -534,3 +558,95 @@ def test_virtual_host_remove() -> None:
     )
     [rc] = dicts(run(config)[0], rs.ROUTE).values()
     assert rc.get("virtual_hosts", []) == []
+
+
+async def test_proxies_connecting_between_pushes_share_patched_resources() -> None:
+    store = MemoryStore()
+    config = ef("  - {applyTo: CLUSTER, patch: {operation: MERGE, value: {connect_timeout: 1s}}}\n")
+    inst = instance("reviews-1")
+    docs = [(r.key, dict(r.document)) for r in load_documents(config)]
+    await store.commit([(inst.key, inst.to_document()), *docs])
+    pusher = Pusher(store, SnapshotCache())
+    meta = {"namespace": "default", "labels": {"app": "productpage"}, "outbound_port": 15001}
+    a, b = (pusher.resolve(f"{n}.default", meta) for n in ("a", "b"))
+    # patched once, not once per connecting proxy
+    assert a.of(rs.CLUSTER)[REVIEWS] is b.of(rs.CLUSTER)[REVIEWS]
+    assert dicts(a, rs.CLUSTER)[REVIEWS]["connect_timeout"] == "1s"
+
+
+class CountingMemo(Memo):
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list[Any] = []
+
+    def get(self, key: Any, make: Any, *args: Any) -> Any:
+        self.keys.append(key)
+        return super().get(key, make, *args)
+
+
+def test_shared_clusters_are_patched_once_for_all_proxies_and_match_a_fresh_translation() -> None:
+    config = ef(
+        "  - {applyTo: CLUSTER, match: {context: SIDECAR_OUTBOUND}, patch: {operation: MERGE, value: {connect_timeout: 1s}}}\n"
+        "  - {applyTo: CLUSTER, match: {cluster: {service: ratings.default.svc.cluster.local}}, patch: {operation: REMOVE}}\n",
+        namespace="istio-system",
+    )
+    w = World.build(
+        1, load_documents(config, "ef.yaml"), [instance("reviews-1"), instance("r-1", "ratings")]
+    )
+    memo = CountingMemo()
+    shared = translate_shared(w, memo)  # once per push, as the Pusher does
+
+    def snapshot(n: Node, memo: Memo, shared: Any) -> Any:
+        out = translate_outbound(w, w.scope_of(n), memo, shared)
+        return assemble_patched(w, n, out, translate_local(n), 1, memo)[0]
+
+    first = snapshot(node("a"), memo, shared)
+    memo.keys.clear()
+    second = snapshot(node("b"), memo, shared)
+    per_resource = [k for k in memo.keys if k[0] == "ef" and k[1] == rs.CLUSTER]
+    assert [k[3] for k in per_resource] == ["inbound|8000||"]  # its own cluster only
+    assert first.of(rs.CLUSTER)[REVIEWS] is second.of(rs.CLUSTER)[REVIEWS]
+    fresh_memo = Memo()
+    fresh = snapshot(node("b"), fresh_memo, translate_shared(w, fresh_memo))
+    for type_url in (rs.CLUSTER, rs.ENDPOINT, rs.LISTENER, rs.ROUTE):
+        got = {n: (r.version, r.body.value) for n, r in second.of(type_url).items()}
+        want = {n: (r.version, r.body.value) for n, r in fresh.of(type_url).items()}
+        assert got == want, type_url
+    assert dicts(second, rs.CLUSTER)[REVIEWS]["connect_timeout"] == "1s"
+    ratings = "outbound|9080||ratings.default.svc.cluster.local"
+    assert ratings not in second.of(rs.CLUSTER) and ratings not in second.of(rs.ENDPOINT)
+    # the patched cluster's endpoints carry its new version, so Envoy gets them again
+    assert second.of(rs.ENDPOINT)[REVIEWS].version.endswith(second.of(rs.CLUSTER)[REVIEWS].version)
+
+
+def test_filters_that_do_not_patch_clusters_do_not_split_the_shared_cluster_patching() -> None:
+    # Every proxy gets the root CLUSTER patch; each app also has an HTTP_FILTER patch of its own
+    timeout = "  - {applyTo: CLUSTER, patch: {operation: MERGE, value: {connect_timeout: 1s}}}\n"
+    config = ef(timeout, "timeout", "istio-system") + "".join(
+        ef(ADD_CORS_FIRST, f"cors-{app}", spec=f"  workloadSelector: {{labels: {{app: {app}}}}}\n")
+        for app in ("a", "b")
+    )
+    w = World.build(1, load_documents(config, "ef.yaml"), [instance("reviews-1")])
+    memo = CountingMemo()
+    shared = translate_shared(w, memo)
+    snaps = []
+    for app in ("a", "b"):
+        n = node(app, app=app)
+        out = translate_outbound(w, w.scope_of(n), memo, shared)
+        memo.keys.clear()
+        snaps.append(assemble_patched(w, n, out, translate_local(n), 1, memo)[0])
+    assert [k[3] for k in memo.keys if k[0] == "ef" and k[1] == rs.CLUSTER] == ["inbound|8000||"]
+    assert snaps[0].of(rs.CLUSTER)[REVIEWS] is snaps[1].of(rs.CLUSTER)[REVIEWS]
+    assert dicts(snaps[1], rs.CLUSTER)[REVIEWS]["connect_timeout"] == "1s"
+    assert http_filters(snaps[1], "inbound|8000")[0] == "envoy.filters.http.cors"
+
+
+def test_an_operation_istio_ignores_changes_nothing() -> None:
+    # REPLACE is for filters only: Istio's cluster patcher skips it, so a cluster survives.
+    plain, _ = run(ef("  - {applyTo: CLUSTER, patch: {operation: MERGE, value: {}}}"))
+    snap, p = run(
+        ef("  - {applyTo: CLUSTER, patch: {operation: REPLACE, value: {name: gone, type: STATIC}}}")
+    )
+    assert dicts(snap, rs.CLUSTER) == dicts(plain, rs.CLUSTER)
+    assert "gone" not in dicts(snap, rs.CLUSTER)
+    assert p.errors == ()

@@ -38,8 +38,6 @@ spec:
     host = "reviews.default.svc.cluster.local"
     assert world.destination_rules[host].qualified_name == "default/reviews"
     assert world.subset_definitions(host) == (("v1", (("version", "v1"),)),)
-    assert world.subset_labels(host, "v1") == {"version": "v1"}
-    assert world.subset_labels(host, "other") is None
 
 
 def test_indexes_hold_only_their_kind_in_name_order() -> None:
@@ -151,3 +149,20 @@ spec: {mtls: {mode: STRICT}}
     assert not any(".fault is" in w for w in pending)  # enforced by Envoy now
     assert not any("sourceLabels" in w for w in pending)  # enforced per client scope now
     assert any("PeerAuthentication default/default" in w for w in pending)
+
+
+def test_a_destination_rule_workload_selector_is_reported_as_not_applied() -> None:
+    docs = load_documents("""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  workloadSelector: {labels: {app: web}}
+  subsets: [{name: v1, labels: {version: v1}}]
+""")
+    pending = not_yet_enforced(docs)
+    assert [w for w in pending if "workloadSelector" in w] == [
+        "DestinationRule default/reviews: spec.workloadSelector is not applied yet; the rule "
+        "applies to every sidecar it is exported to, selected or not"
+    ]

@@ -28,6 +28,7 @@ from tsunagi import protocols
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.children import die_with_parent
 from tsunagi.agent.envoy import EnvoyProcess, admin
+from tsunagi.agent.memory import release_startup_memory
 from tsunagi.agent.ports import free_ports, wait_listening
 from tsunagi.client import Client, Rejected, Unreachable
 from tsunagi.proxy_contract import inbound_active_requests_stat
@@ -276,6 +277,7 @@ class Sidecar:
                     for warning in reply.get("warnings", ()):
                         log.warning("%s: %s", self.name, warning)
                     self.registered = True
+                    release_startup_memory()
                     log.info(
                         "%s: registered as %s:%d/%s",
                         self.name,

@@ -12,25 +12,21 @@ from collections.abc import Iterator
 
 from .checks_common import Issue, Path, check_labels
 from .envoy_values import PatchValueError, build_value
-from .envoyfilter import EnvoyConfigObjectPatch, EnvoyFilterSpec
+from .envoyfilter import (
+    HCM_NAMES,
+    LISTENER_CLASS,
+    OPERATIONS,
+    ROUTE_CLASS,
+    EnvoyConfigObjectPatch,
+    EnvoyFilterSpec,
+)
 
-HCM_NAMES = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")
-LISTENER_CLASS = frozenset({"LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER"})
-ROUTE_CLASS = frozenset({"ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE"})
-_INSERTS = ("INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST")
-
-#: applyTo → operations that do something (Istio's patchers ignore the others).
-OPERATIONS: dict[str, tuple[str, ...]] = {
-    "LISTENER": ("MERGE", "ADD", "REMOVE", *_INSERTS),
-    "FILTER_CHAIN": ("MERGE", "ADD", "REMOVE", *_INSERTS),
-    "NETWORK_FILTER": ("MERGE", "ADD", "REMOVE", *_INSERTS, "REPLACE"),
-    "HTTP_FILTER": ("MERGE", "ADD", "REMOVE", *_INSERTS, "REPLACE"),
-    "ROUTE_CONFIGURATION": ("MERGE",),
-    "VIRTUAL_HOST": ("MERGE", "ADD", "REMOVE", *_INSERTS, "REPLACE"),
-    "HTTP_ROUTE": ("MERGE", "ADD", "REMOVE", *_INSERTS),
-    "CLUSTER": ("MERGE", "ADD", "REMOVE", *_INSERTS),
-    "EXTENSION_CONFIG": ("MERGE", "ADD", "REMOVE"),
+_MATCH_FOR = {
+    **dict.fromkeys(LISTENER_CLASS, "listener"),
+    **dict.fromkeys(ROUTE_CLASS, "routeConfiguration"),
+    "CLUSTER": "cluster",
 }
+"""``applyTo`` → the only object match Istio allows with it (EXTENSION_CONFIG: any)."""
 
 
 def check_envoy_filter(spec: EnvoyFilterSpec) -> Iterator[Issue]:
@@ -57,13 +53,6 @@ def _check_patch(cp: EnvoyConfigObjectPatch, at: Path) -> Iterator[Issue]:
     if op != "REMOVE" and cp.patch.value is None:
         yield Issue((*at, "patch", "value"), f"missing patch value for operation {op}")
         return
-    allowed = OPERATIONS[cp.apply_to]
-    if op not in allowed:
-        yield Issue(
-            (*at, "patch", "operation"),
-            f"operation {op} does nothing with applyTo {cp.apply_to} (Istio ignores it); "
-            f"use one of {', '.join(allowed)}",
-        )
     yield from _check_match(cp, at)
     if cp.patch.value is not None:
         try:
@@ -94,15 +83,7 @@ def _check_match(cp: EnvoyConfigObjectPatch, at: Path) -> Iterator[Issue]:
         return
     apply_to = cp.apply_to or ""
     if objects:
-        want = (
-            "listener"
-            if apply_to in LISTENER_CLASS
-            else "routeConfiguration"
-            if apply_to in ROUTE_CLASS
-            else "cluster"
-            if apply_to == "CLUSTER"
-            else None
-        )
+        want = _MATCH_FOR.get(apply_to)
         if want is not None and objects[0] != want:
             yield Issue(
                 (*at, objects[0]),
@@ -132,7 +113,8 @@ def _check_match(cp: EnvoyConfigObjectPatch, at: Path) -> Iterator[Issue]:
 
 def envoy_filter_warnings(where: str, spec: EnvoyFilterSpec) -> list[str]:
     """What ``tsunagi apply`` should say about a valid EnvoyFilter: the parts that do not
-    apply to Tsunagi's proxies, and unknown fields Envoy would reject."""
+    apply to Tsunagi's proxies, and fields Envoy's API does not have (dropped, as Istio
+    drops them)."""
     out = []
     if spec.target_refs:
         out.append(
@@ -142,6 +124,14 @@ def envoy_filter_warnings(where: str, spec: EnvoyFilterSpec) -> list[str]:
     for i, cp in enumerate(spec.config_patches):
         at = f"spec.configPatches[{i}]"
         m = cp.match
+        op = cp.patch.operation if cp.patch is not None else None
+        if cp.apply_to is not None and op is not None and op not in OPERATIONS[cp.apply_to]:
+            # Istio accepts such a patch and never applies it; existing YAML must still load.
+            out.append(
+                f"{where}: {at}.patch.operation {op} does nothing with applyTo {cp.apply_to}, "
+                f"as in Istio; this patch is ignored (use one of "
+                f"{', '.join(OPERATIONS[cp.apply_to])})"
+            )
         if cp.apply_to == "EXTENSION_CONFIG":
             out.append(f"{where}: {at} applyTo EXTENSION_CONFIG is not applied yet (no ECDS)")
         if m is not None and m.context == "GATEWAY":
@@ -156,7 +146,7 @@ def envoy_filter_warnings(where: str, spec: EnvoyFilterSpec) -> list[str]:
                 build_value(cp.apply_to, cp.patch.value, strict=True)
             except PatchValueError as e:
                 out.append(
-                    f"{where}: {at}.patch.value: {e}; Envoy would reject it, so proxies keep "
-                    "their config without this EnvoyFilter until it is fixed"
+                    f"{where}: {at}.patch.value: {e}; ignored, as Istio ignores it (the rest "
+                    "of the patch applies): check the spelling against Envoy's API"
                 )
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from .checks_common import (
     Issue,
@@ -231,15 +231,25 @@ def check_weights(
 
 
 def check_headers(headers: Headers | None, path: Path) -> Iterator[Issue]:
-    """Header manipulation: valid names, no pseudo headers."""
+    """Header manipulation: valid names, no pseudo headers, values Envoy can format."""
     if headers is None:
         return
     for side in ("request", "response"):
         ops = getattr(headers, side)
         if ops is None:
             continue
-        yield from check_header_names(ops.set, (*path, side, "set"))
-        yield from check_header_names(ops.add, (*path, side, "add"))
+        for verb in ("set", "add"):
+            values: Mapping[str, str] = getattr(ops, verb)
+            yield from check_header_names(values, (*path, side, verb))
+            for name, value in values.items():
+                # Envoy reads %...% as a variable (%DOWNSTREAM_REMOTE_ADDRESS%); a lone %
+                # makes it NACK the route. Istio refuses an odd count; so do we.
+                if value.count("%") % 2:
+                    yield Issue(
+                        (*path, side, verb, name),
+                        f"value {value!r} has a single %: write %% for a literal percent "
+                        "sign, or enclose an Envoy variable in a pair of % (%HOSTNAME%)",
+                    )
         yield from check_header_names(ops.remove, (*path, side, "remove"))
 
 

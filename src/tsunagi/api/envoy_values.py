@@ -4,6 +4,12 @@ Istio turns the ``Struct`` into the typed message with the proto JSON rules; so 
 ``@type`` in ``typed_config`` resolved against the Envoy protos installed with Tsunagi. Their
 modules are imported on first use (there are hundreds), so only the types a patch names are
 loaded.
+
+It lives in ``api`` because validating a patch value *is* building it: ``apply`` refuses a
+wrong type or an unknown ``@type`` the way Istio's validation does, by parsing. Translation
+builds the same values with the same function (as Istio's validation and its patchers share
+one builder); in ``xds.translate`` it would make ``api`` import from ``xds``. The Envoy protos
+are a third-party library, which ``api`` may use.
 """
 
 from __future__ import annotations

@@ -29,6 +29,30 @@ Operation = Literal[
     "MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "REPLACE"
 ]
 PatchContext = Literal["ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"]
+
+LISTENER_CLASS = frozenset({"LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER"})
+"""``applyTo`` values that patch a listener or something in it (they take a listener match)."""
+ROUTE_CLASS = frozenset({"ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE"})
+"""``applyTo`` values that patch a route configuration or something in it."""
+INSERTS = ("INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST")
+ORDERED = frozenset({"NETWORK_FILTER", "HTTP_FILTER", "HTTP_ROUTE"})
+"""``applyTo`` values whose objects sit in ordered lists; on the others Istio reads an
+INSERT_* operation as ADD."""
+#: applyTo → operations that do something (Istio's patchers ignore the others).
+OPERATIONS: dict[str, tuple[str, ...]] = {
+    "LISTENER": ("MERGE", "ADD", "REMOVE", *INSERTS),
+    "FILTER_CHAIN": ("MERGE", "ADD", "REMOVE", *INSERTS),
+    "NETWORK_FILTER": ("MERGE", "ADD", "REMOVE", *INSERTS, "REPLACE"),
+    "HTTP_FILTER": ("MERGE", "ADD", "REMOVE", *INSERTS, "REPLACE"),
+    "ROUTE_CONFIGURATION": ("MERGE",),
+    "VIRTUAL_HOST": ("MERGE", "ADD", "REMOVE", *INSERTS, "REPLACE"),
+    "HTTP_ROUTE": ("MERGE", "ADD", "REMOVE", *INSERTS),
+    "CLUSTER": ("MERGE", "ADD", "REMOVE", *INSERTS),
+    "EXTENSION_CONFIG": ("MERGE", "ADD", "REMOVE"),
+}
+
+HCM_NAMES = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")
+"""The HTTP connection manager's filter name, and the deprecated one Istio still accepts."""
 Port = int
 """Match ports are uint32 in Istio; 0 means "any"."""
 

@@ -35,7 +35,12 @@ from tsunagi.controlplane.openapi import (
 )
 from tsunagi.controlplane.status import proxy_statuses, wait_for_acks
 from tsunagi.mesh import World
-from tsunagi.mesh.analysis import delegation_problems, not_yet_enforced, undefined_subsets
+from tsunagi.mesh.analysis import (
+    delegation_problems,
+    not_yet_enforced,
+    passthrough_without_dns,
+    undefined_subsets,
+)
 from tsunagi.registry import KIND as INSTANCE_KIND
 from tsunagi.registry import Instance, InvalidInstance, Registry
 from tsunagi.registry.instances import protocol_disagreement
@@ -347,6 +352,7 @@ class Api:
         return (
             undefined_subsets(candidate, applied)
             + delegation_problems(candidate, applied)
+            + passthrough_without_dns(candidate, applied)
             + not_yet_enforced(applied)
         )
 

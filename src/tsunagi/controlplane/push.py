@@ -198,6 +198,9 @@ class Pusher:
         self._locals: dict[str, _NodeLocal] = {}
         self._patched: dict[str, Patched] = {}
         """Each node's EnvoyFilter outcome (failures, which filters changed what)."""
+        self._resolve_memo = Memo(self._memo.last_good)
+        """EnvoyFilter results for nodes resolved on the loop, shared until the next World
+        (so proxies connecting in a burst are patched once, not once each)."""
         self._made: dict[Hashable, Any] = {}
         """Translations made on the loop since the last push, for the worker's memo."""
         self.errors = _collect(self._builder.errors, self._shared, {}, {})
@@ -223,7 +226,7 @@ class Pusher:
             cached = self._locals[node_id] = _NodeLocal.of(node)
         outbound = self._outbound_for(self.world.scope_of(node))
         snapshot, self._patched[node_id] = assemble_patched(
-            self.world, node, outbound, cached.local, self.world.revision
+            self.world, node, outbound, cached.local, self.world.revision, self._resolve_memo
         )
         return snapshot
 
@@ -271,6 +274,7 @@ class Pusher:
         """Swap in what a push computed (on the loop, so a node connecting now gets a
         snapshot consistent with its revision)."""
         self.world, self._shared, self._outbound = done.world, done.shared, done.outbound
+        self._resolve_memo = Memo(self._memo.last_good)
         self._locals.update(done.locals)
         self._patched.update(done.patched)
         for gone in self._locals.keys() - self.cache.nodes.keys():

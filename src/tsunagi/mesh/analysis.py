@@ -22,7 +22,31 @@ from tsunagi.api import (
 from tsunagi.api.checks_envoyfilter import envoy_filter_warnings
 from tsunagi.api.envoyfilter import EnvoyFilterSpec
 from tsunagi.mesh.delegation import delegation_warnings
-from tsunagi.mesh.world import World, of_spec
+from tsunagi.mesh.world import World, of_spec, policy_parts
+
+
+def _passes_through(spec: DestinationRuleSpec) -> bool:
+    return any(
+        p.load_balancer is not None and p.load_balancer.simple == "PASSTHROUGH"
+        for p in policy_parts(spec)
+    )
+
+
+def passthrough_without_dns(world: World, resources: Iterable[Resource]) -> list[str]:
+    """Warnings for ``loadBalancer.simple: PASSTHROUGH`` on hosts that no ServiceEntry
+    declares. A PASSTHROUGH cluster sends each request where its host name resolves in DNS
+    (see ``xds/translate/passthrough.py``); mesh services have no DNS name on this host."""
+    out = []
+    for dr in of_spec(resources, DestinationRuleSpec):
+        host = fqdn(dr.spec.host, dr.namespace)
+        if _passes_through(dr.spec) and not world.service_entries.get(host):
+            out.append(
+                f"DestinationRule {dr.namespace}/{dr.name}: loadBalancer.simple PASSTHROUGH "
+                f"sends requests for {host} where that name resolves in DNS, and no "
+                "ServiceEntry declares it: requests to a mesh service will fail (503, DNS "
+                "lookup). Use ROUND_ROBIN, LEAST_REQUEST or RANDOM for mesh services"
+            )
+    return out
 
 
 def delegation_problems(world: World, resources: Iterable[Resource]) -> list[str]:
@@ -80,7 +104,6 @@ _PENDING_KINDS = (
     "AuthorizationPolicy",
     "WorkloadEntry",
 )
-_PENDING_HTTP: dict[str, str] = {}  # http[] field → its name, for fields not applied yet
 
 
 def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
@@ -94,9 +117,6 @@ def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
             out.append(f"{where}: stored and validated; {r.kind} is not enforced yet")
         elif isinstance(spec, VirtualServiceSpec):
             for i, http in enumerate(spec.http):
-                for attr, name in _PENDING_HTTP.items():
-                    if getattr(http, attr, None):
-                        out.append(f"{where}: spec.http[{i}].{name} is not applied yet")
                 code = http.redirect.redirect_code if http.redirect is not None else None
                 if code is not None and code not in (301, 302, 303, 307, 308):
                     out.append(
@@ -114,6 +134,11 @@ def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
                 if getattr(spec, field, None):
                     out.append(f"{where}: spec.{field} routes are not applied yet")
         elif isinstance(spec, DestinationRuleSpec):
+            if spec.workload_selector is not None:
+                out.append(
+                    f"{where}: spec.workloadSelector is not applied yet; the rule applies to "
+                    "every sidecar it is exported to, selected or not"
+                )
             out += _traffic_policy_warnings(where, spec)
         elif isinstance(spec, ServiceEntrySpec):
             out += _tcp_port_warnings(where, spec)
@@ -150,14 +175,6 @@ def _traffic_policy_warnings(where: str, spec: DestinationRuleSpec) -> list[str]
             # settings inherit nothing (see xds/translate/policy.py).
             inherited = top.outlier_detection if part is tp and tp is not top and top else None
             out += _failover_warnings(f"{where}: {at}", lb, outlier or inherited)
-            if lb is not None and lb.simple == "PASSTHROUGH":
-                out.append(
-                    f"{where}: {at}.loadBalancer.simple PASSTHROUGH is not applied: Istio "
-                    "forwards to the address the caller connected to (an ORIGINAL_DST "
-                    "cluster), but apps here reach services by name through the sidecar's "
-                    "HTTP proxy, so there is no such address; the endpoints are balanced with "
-                    "LEAST_REQUEST instead (set ROUND_ROBIN, LEAST_REQUEST or RANDOM to choose)"
-                )
             ch = lb.consistent_hash if lb is not None else None
             if ch is not None and ch.minimum_ring_size is not None:
                 out.append(

@@ -8,9 +8,14 @@ Istio's rules, as implemented in its push context:
   wins: its own namespace (rules there that are exported to it), then the service's
   namespace, then the root namespace (``istio-system``), each time only rules exported to
   the client. A rule in any other namespace does not apply. Within a namespace the most
-  specific host wins (exact, then the longest ``*.`` wildcard), and several rules for the
-  same host merge: the subsets of all (the first of a name wins) and the first top-level
-  traffic policy.
+  specific host wins (exact, then the longest ``*.`` wildcard).
+- Several rules for that host in that namespace are consolidated oldest first (Istio's
+  ``mergeDestinationRule`` with ``ENABLE_ENHANCED_DESTINATIONRULE_MERGE``, on by default):
+  a rule with the same ``exportTo`` as an entry merges into it (the subsets of all, the
+  first of a name winning, and the first top-level traffic policy); a rule whose
+  ``exportTo`` covers a non-empty one of an entry also merges into that entry; a rule that
+  did not merge into the last entry it met stays an entry of its own. A client uses the
+  last entry it sees (Istio's sidecar scope keeps the last rule without a selector).
 """
 
 from __future__ import annotations
@@ -43,6 +48,27 @@ def host_matches(pattern: str, host: str) -> bool:
     if pattern == host or pattern == "*":
         return True
     return pattern.startswith("*.") and host.endswith(pattern[1:])
+
+
+def consolidate(rules: Sequence[DestinationRule]) -> list[list[DestinationRule]]:
+    """Rules for one host in one namespace (oldest first) as Istio's consolidated entries:
+    each entry lists the rules merged into it, its own first (see the module docstring)."""
+    entries: list[tuple[frozenset[str], list[DestinationRule]]] = []
+    for r in rules:
+        export = frozenset(r.spec.export_to)
+        separate = True
+        for seen, members in entries:
+            if seen == export:
+                separate = False
+            elif seen and export >= seen:
+                separate = True  # merged, and an entry of its own as well
+            else:
+                separate = True
+                continue
+            members.append(r)
+        if separate:
+            entries.append((export, [r]))
+    return [members for _, members in entries]
 
 
 def merge(rules: Sequence[DestinationRule]) -> DestinationRule:
@@ -111,27 +137,32 @@ class DestinationRuleLookup:
 
     def _first(
         self, namespace: str, host: str, take: Callable[[DestinationRule], bool]
-    ) -> list[DestinationRule]:
-        """The rules ``take`` keeps of the most specific pattern that has any."""
+    ) -> list[list[DestinationRule]]:
+        """The consolidated entries of the rules ``take`` keeps of the most specific
+        pattern that has any."""
         for rules in self._patterns(namespace, host):
             kept = [r for r in rules if take(r)]
             if kept:
-                return kept
+                return consolidate(kept)
         return []
+
+    def _last(self, entries: Sequence[list[DestinationRule]]) -> DestinationRule | None:
+        return self._merged_rule(entries[-1]) if entries else None
 
     def _local(self, namespace: str, host: str) -> DestinationRule | None:
         # The client's own namespace: only rules visible there take part.
-        found = self._first(
-            namespace, host, lambda r: exported_to(r.spec.export_to, namespace, namespace)
+        return self._last(
+            self._first(
+                namespace, host, lambda r: exported_to(r.spec.export_to, namespace, namespace)
+            )
         )
-        return self._merged_rule(found) if found else None
 
     def _exported(self, namespace: str, host: str, client: str) -> DestinationRule | None:
         # Istio picks the most specific host among the rules exported beyond their own
-        # namespace first, then keeps those the client may see.
+        # namespace first, then keeps the entries the client may see (an entry is as
+        # visible as its first rule).
         found = self._first(namespace, host, lambda r: not _private(r.spec.export_to, namespace))
-        seen = [r for r in found if exported_to(r.spec.export_to, namespace, client)]
-        return self._merged_rule(seen) if seen else None
+        return self._last([e for e in found if exported_to(e[0].spec.export_to, namespace, client)])
 
     def rule_for(self, host: str, client: str) -> DestinationRule | None:
         """The (merged) DestinationRule that clients in namespace ``client`` apply to
@@ -144,8 +175,9 @@ class DestinationRuleLookup:
         if client == ROOT_NAMESPACE:
             # Istio: in the root namespace only its private rules come first, so that the
             # mesh-wide rules there do not shadow a service namespace's own rule.
-            private = self._first(client, host, lambda r: _private(r.spec.export_to, client))
-            found = self._merged_rule(private) if private else None
+            found = self._last(
+                self._first(client, host, lambda r: _private(r.spec.export_to, client))
+            )
         elif client:
             found = self._local(client, host)
         service_ns = self._service_namespace(host)

@@ -30,7 +30,13 @@ from tsunagi.api import (
     VirtualServiceSpec,
     fqdn,
 )
-from tsunagi.mesh.visibility import DestinationRuleLookup, exported_to, index_rules
+from tsunagi.mesh.visibility import (
+    DestinationRuleLookup,
+    exported_to,
+    host_matches,
+    index_rules,
+    subset_definitions,
+)
 from tsunagi.registry.instances import Instance
 
 S = TypeVar("S", bound=BaseModel)
@@ -143,11 +149,11 @@ def of_spec(resources: Iterable[Resource], model: type[S]) -> list[ResourceOf[S]
     return cast("list[ResourceOf[S]]", matching)  # sound: each spec's type was just checked
 
 
-def _by_age(resources: list[ResourceOf[S]]) -> list[ResourceOf[S]]:
+def _in_name_order(resources: list[ResourceOf[S]]) -> list[ResourceOf[S]]:
     return sorted(resources, key=lambda r: (r.namespace, r.name))
 
 
-def _policy_parts(dr: DestinationRuleSpec) -> list[TrafficPolicy | PortTrafficPolicy]:
+def policy_parts(dr: DestinationRuleSpec) -> list[TrafficPolicy | PortTrafficPolicy]:
     """Every traffic policy of ``dr``: top level, subsets, and their port-level settings."""
     tops = [dr.traffic_policy] + [s.traffic_policy for s in dr.subsets]
     parts: list[TrafficPolicy | PortTrafficPolicy] = []
@@ -158,7 +164,81 @@ def _policy_parts(dr: DestinationRuleSpec) -> list[TrafficPolicy | PortTrafficPo
 
 
 def _load_balancers(dr: DestinationRuleSpec) -> list[LoadBalancerSettings]:
-    return [p.load_balancer for p in _policy_parts(dr) if p.load_balancer is not None]
+    return [p.load_balancer for p in policy_parts(dr) if p.load_balancer is not None]
+
+
+@dataclass
+class _Catalog:
+    """The services that exist and their endpoints, as registered instances and
+    ServiceEntries declare them: the first step of :meth:`World.build`."""
+
+    ports: dict[str, set[int]] = field(default_factory=dict)
+    namespaces: dict[str, str] = field(default_factory=dict)
+    endpoints: dict[tuple[str, int], list[Endpoint]] = field(default_factory=dict)
+    entries: dict[str, list[ResourceOf[ServiceEntrySpec]]] = field(default_factory=dict)
+    """host → the ServiceEntries that declare it, in the order given."""
+    resolutions: dict[str, str] = field(default_factory=dict)
+    declared_protocols: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+    """(host, port) → the protocol each instance or ServiceEntry declares for it."""
+
+    def add_instance(self, inst: Instance) -> None:
+        host = fqdn(inst.service, inst.namespace)
+        self.ports.setdefault(host, set()).add(inst.port)
+        self.declared_protocols.setdefault((host, inst.port), []).append(inst.protocol)
+        self.namespaces[host] = inst.namespace
+        self.endpoints.setdefault((host, inst.port), []).append(
+            Endpoint(inst.address, inst.target_port, inst.labels, inst.locality, inst.healthy)
+        )
+
+    def add_service_entry(self, se: ResourceOf[ServiceEntrySpec]) -> None:
+        spec = se.spec
+        dns = spec.resolution in ("DNS", "DNS_ROUND_ROBIN")
+        for h in spec.hosts:
+            host = fqdn(h, se.namespace)
+            declared = self.entries.setdefault(host, [])
+            if not declared or declared[-1] is not se:  # a host may be listed twice
+                declared.append(se)
+            self.namespaces.setdefault(host, se.namespace)
+            if dns:
+                self.resolutions[host] = spec.resolution
+            for p in spec.ports:
+                self.ports.setdefault(host, set()).add(p.number)
+                if p.protocol:
+                    self.declared_protocols.setdefault((host, p.number), []).append(
+                        _known_protocol(p.protocol)
+                    )
+                if dns and not spec.endpoints and "*" not in host:
+                    # No endpoints: Envoy resolves the host name itself.
+                    self.endpoints.setdefault((host, p.number), []).append(
+                        Endpoint(host, p.target_port or p.number, {})
+                    )
+                for ep in spec.endpoints:
+                    named = ep.ports.get(p.name) if p.name is not None else None
+                    target = named or p.target_port or p.number
+                    self.endpoints.setdefault((host, p.number), []).append(
+                        Endpoint(ep.address, target, dict(ep.labels), ep.locality or "")
+                    )
+
+    def services(self) -> dict[str, Service]:
+        """Every declared host as a :class:`Service`, in host order."""
+        # Instances of one service may disagree on a port's protocol: every proxy must
+        # still see one answer, whatever the order they registered in (the agent of the
+        # odd one out is told so when it registers).
+        chosen = {k: protocols.pick(names)[0] for k, names in self.declared_protocols.items()}
+        return {
+            h: Service(
+                h,
+                self.namespaces[h],
+                tuple(sorted(ps)),
+                self.resolutions.get(h, ""),
+                tuple(
+                    (p, chosen[h, p])
+                    for p in sorted(ps)
+                    if chosen.get((h, p), protocols.DEFAULT) != protocols.DEFAULT
+                ),
+            )
+            for h, ps in sorted(self.ports.items())
+        }
 
 
 @dataclass(frozen=True)
@@ -182,76 +262,23 @@ class World:
     def build(
         cls, revision: int, resources: Iterable[Resource], instances: Iterable[Instance]
     ) -> World:
+        """The World of ``resources`` (applied config) and ``instances`` (registered
+        workloads): services and endpoints, then the indexes rules are looked up by."""
         resources = tuple(resources)
-        ports: dict[str, set[int]] = {}
-        namespaces: dict[str, str] = {}
-        endpoints: dict[tuple[str, int], list[Endpoint]] = {}
-        # (host, port) → the protocol each instance or ServiceEntry declares for it.
-        declared_protocols: dict[tuple[str, int], list[str]] = {}
+        catalog = _Catalog()
         for inst in instances:
-            host = fqdn(inst.service, inst.namespace)
-            ports.setdefault(host, set()).add(inst.port)
-            declared_protocols.setdefault((host, inst.port), []).append(inst.protocol)
-            namespaces[host] = inst.namespace
-            endpoints.setdefault((host, inst.port), []).append(
-                Endpoint(inst.address, inst.target_port, inst.labels, inst.locality, inst.healthy)
-            )
-        resolutions: dict[str, str] = {}
-        se_index: dict[str, list[ResourceOf[ServiceEntrySpec]]] = {}
+            catalog.add_instance(inst)
         for se in of_spec(resources, ServiceEntrySpec):
-            spec = se.spec
-            dns = spec.resolution in ("DNS", "DNS_ROUND_ROBIN")
-            for h in spec.hosts:
-                host = fqdn(h, se.namespace)
-                declared = se_index.setdefault(host, [])
-                if not declared or declared[-1] is not se:  # a host may be listed twice
-                    declared.append(se)
-                namespaces.setdefault(host, se.namespace)
-                if dns:
-                    resolutions[host] = spec.resolution
-                for p in spec.ports:
-                    ports.setdefault(host, set()).add(p.number)
-                    if p.protocol:
-                        declared_protocols.setdefault((host, p.number), []).append(
-                            _known_protocol(p.protocol)
-                        )
-                    if dns and not spec.endpoints and "*" not in host:
-                        # No endpoints: Envoy resolves the host name itself.
-                        endpoints.setdefault((host, p.number), []).append(
-                            Endpoint(host, p.target_port or p.number, {})
-                        )
-                    for ep in spec.endpoints:
-                        named = ep.ports.get(p.name) if p.name is not None else None
-                        target = named or p.target_port or p.number
-                        endpoints.setdefault((host, p.number), []).append(
-                            Endpoint(ep.address, target, dict(ep.labels), ep.locality or "")
-                        )
-        # Instances of one service may disagree on a port's protocol: every proxy must
-        # still see one answer, whatever the order they registered in (the agent of the
-        # odd one out is told so when it registers).
-        chosen = {key: protocols.pick(names)[0] for key, names in declared_protocols.items()}
-        services = {
-            h: Service(
-                h,
-                namespaces[h],
-                tuple(sorted(ps)),
-                resolutions.get(h, ""),
-                tuple(
-                    (p, chosen[h, p])
-                    for p in sorted(ps)
-                    if chosen.get((h, p), protocols.DEFAULT) != protocols.DEFAULT
-                ),
-            )
-            for h, ps in sorted(ports.items())
-        }
+            catalog.add_service_entry(se)
+        services = catalog.services()
         vs_index: dict[str, list[ResourceOf[VirtualServiceSpec]]] = {}
-        for vs in _by_age(of_spec(resources, VirtualServiceSpec)):
+        for vs in _in_name_order(of_spec(resources, VirtualServiceSpec)):
             for h in vs.spec.hosts:
                 vs_index.setdefault(fqdn(h, vs.namespace), []).append(vs)
         # Istio's lookup (mesh/visibility.py): the index holds what a client namespace with
         # no rules of its own sees; World.destination_rule answers for any namespace.
-        by_namespace = index_rules(_by_age(of_spec(resources, DestinationRuleSpec)))
-        lookup = DestinationRuleLookup(by_namespace, namespaces.get)
+        by_namespace = index_rules(_in_name_order(of_spec(resources, DestinationRuleSpec)))
+        lookup = DestinationRuleLookup(by_namespace, catalog.namespaces.get)
         rule_hosts = {name for hosts in by_namespace.values() for name in hosts if "*" not in name}
         dr_index = {
             name: dr
@@ -261,30 +288,20 @@ class World:
         return cls(
             revision=revision,
             services=MappingProxyType(services),
-            endpoints=MappingProxyType({k: tuple(v) for k, v in endpoints.items()}),
+            endpoints=MappingProxyType({k: tuple(v) for k, v in catalog.endpoints.items()}),
             virtual_services=MappingProxyType({k: tuple(v) for k, v in vs_index.items()}),
             destination_rules=MappingProxyType(dr_index),
-            service_entries=MappingProxyType({k: tuple(v) for k, v in se_index.items()}),
+            service_entries=MappingProxyType({k: tuple(v) for k, v in catalog.entries.items()}),
             resources=resources,
             rule_lookup=lookup,
         )
 
-    def subset_labels(self, host: str, subset: str) -> Mapping[str, str] | None:
-        """The labels a DestinationRule gives ``subset`` of ``host``; None if undefined."""
-        dr = self.destination_rules.get(host)
-        if dr is None:
-            return None
-        for s in dr.spec.subsets:
-            if s.name == subset:
-                return dict(s.labels)
-        return None
-
     def subset_definitions(self, host: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
-        """``(name, sorted labels)`` of each subset of ``host``: hashable, for memo keys."""
+        """``(name, sorted labels)`` of each subset of ``host`` in the shared rule index
+        (:attr:`destination_rules`; a client namespace may see another rule, see
+        :meth:`destination_rule`): hashable, for memo keys."""
         dr = self.destination_rules.get(host)
-        if dr is None:
-            return ()
-        return tuple((s.name, tuple(sorted(s.labels.items()))) for s in dr.spec.subsets)
+        return () if dr is None else subset_definitions(dr.spec)
 
     def destination_rule(self, host: str, namespace: str) -> ResourceOf[DestinationRuleSpec] | None:
         """The DestinationRule that clients in ``namespace`` apply to ``host``: Istio looks in
@@ -356,7 +373,10 @@ class World:
     @cached_property
     def failover_label_keys(self) -> frozenset[str]:
         """Label keys whose client value some DestinationRule's ``failoverPriority``
-        compares with its endpoints' (``key=value`` entries need no client value)."""
+        compares with its endpoints' (``key=value`` entries need no client value); none
+        when no service's endpoints depend on the client."""
+        if not self.locality_hosts:
+            return frozenset()
         return frozenset(
             entry
             for dr in of_spec(self.resources, DestinationRuleSpec)
@@ -367,17 +387,18 @@ class World:
         )
 
     @cached_property
-    def locality_aware(self) -> bool:
-        """Whether some cluster's endpoints may depend on the client's locality (Istio's
-        locality load balancing): a DestinationRule with ``distribute`` for a service with
-        endpoints, or with outlier detection (which enables failover) for one whose
-        endpoints span several localities (or, with ``failoverPriority``, are several).
-        May say yes for a cluster that turns out not to depend on it (translation decides
-        exactly, per cluster); never says no for one that does."""
+    def locality_hosts(self) -> frozenset[str]:
+        """Services whose endpoints may depend on the client's locality (Istio's locality
+        load balancing): those a DestinationRule gives ``distribute`` and that have
+        endpoints, or outlier detection (which enables failover) and endpoints that span
+        several localities (or, with ``failoverPriority``, are several). May name a service
+        that turns out not to depend on it (translation decides exactly, per cluster);
+        never leaves out one that does."""
+        found: set[str] = set()
         # Every rule, not only the shared index: a namespace may see a rule of its own.
         for dr in of_spec(self.resources, DestinationRuleSpec):
             outlier = distribute = priority = False
-            for part in _policy_parts(dr.spec):
+            for part in policy_parts(dr.spec):
                 outlier = outlier or part.outlier_detection is not None
                 lb = part.load_balancer
                 s = lb.locality_lb_setting if lb is not None else None
@@ -385,18 +406,28 @@ class World:
                 priority = priority or bool(s is not None and s.failover_priority)
             if not (outlier or distribute):
                 continue
-            host = fqdn(dr.spec.host, dr.namespace)
-            hosts = [host] if "*" not in host else list(self.services)  # wildcard: any
+            pattern = fqdn(dr.spec.host, dr.namespace)
+            # An exact host is looked up: a mesh with a rule per service stays linear.
+            hosts = (
+                [pattern]
+                if "*" not in pattern
+                else [h for h in self.services if host_matches(pattern, h)]
+            )
             for h in hosts:
                 svc = self.services.get(h)
-                if svc is None or svc.resolution:
+                if svc is None or svc.resolution or h in found:
                     continue
                 eps = [e for p in svc.ports for e in self.endpoints.get((h, p), ())]
-                if eps and distribute:
-                    return True
-                if len({e.locality for e in eps}) > 1 or (priority and len(eps) > 1):
-                    return True
-        return False
+                spread = len({e.locality for e in eps}) > 1 or (priority and len(eps) > 1)
+                if (eps and distribute) or spread:
+                    found.add(h)
+        return frozenset(found)
+
+    @property
+    def locality_aware(self) -> bool:
+        """Whether some service's endpoints may depend on the client's locality, so that
+        sidecars' scopes carry their locality (see :attr:`locality_hosts`)."""
+        return bool(self.locality_hosts)
 
     @cached_property
     def _client_label_keys(self) -> frozenset[str]:

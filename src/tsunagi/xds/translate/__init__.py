@@ -4,7 +4,11 @@ No sockets, clocks or globals: every input is an argument. The work is split by 
 depends on, so a push does each part once and only where its inputs changed:
 
 - per service (clusters and endpoint assignments): the service, its subsets, its endpoints;
-- per client namespace (the outbound route configuration): services and routing resources;
+- per client namespace: the few services whose DestinationRule differs there, or that are
+  not exported there (Istio's lookup starts in the client's namespace);
+- per client scope (:class:`~tsunagi.mesh.ClientScope`): the outbound route configuration
+  (namespace and the labels ``sourceLabels`` reads) and the endpoint assignments that
+  locality load balancing makes relative to the client;
 - per node (listeners, inbound clusters): the node alone.
 
 A :class:`Memo` passed in by the caller remembers packed resources by those inputs; it only
@@ -213,7 +217,9 @@ def _client_endpoints(
     its cluster's inputs and the part of the client it reads."""
     own: dict[str, Resource] = {}
     labels = dict(scope.labels)
-    for svc in world.services.values():
+    # Only the few services some locality rule may reach: this runs once per client scope.
+    for host in sorted(world.locality_hosts):
+        svc = world.services[host]
         dr = world.destination_rule(svc.hostname, scope.namespace)
         if dr is None or svc.resolution:
             continue
@@ -385,7 +391,12 @@ def translate_outbound(
         scope = ClientScope(scope)
     memo = memo or Memo()
     shared = shared or translate_shared(world, memo)
-    shared, namespace_errors = _namespace_view(world, scope.namespace, memo, shared)
+    # Made once per namespace and push, whatever the number of scopes in it. The key holds
+    # the shared mappings' ids; the view holds the mappings, so no other object has them.
+    view_key = ("namespace-view", scope.namespace, id(shared.clusters), id(shared.endpoints))
+    shared, namespace_errors = memo.get(
+        view_key, _namespace_view, world, scope.namespace, memo, shared
+    )
     # Routes read the namespace and the labels sourceLabels names, never the locality (nor
     # labels only failoverPriority reads): scopes that differ only there share routes.
     client = _routing_scope(world, scope)
@@ -444,8 +455,9 @@ def assemble_patched(
     mapping; the :class:`Patched` says what failed and which filters changed what.
     """
     snapshot = assemble(outbound, local, revision)
-    of = snapshot.of
-    parts = Parts(of(rs.CLUSTER), of(rs.ENDPOINT), of(rs.LISTENER), of(rs.ROUTE))
+    parts = Parts(
+        outbound.clusters, outbound.endpoints, local.listeners, outbound.routes, local.clusters
+    )
     patched = patch_parts(world, node, parts, memo or Memo())
     if patched.parts is parts:
         return snapshot, patched

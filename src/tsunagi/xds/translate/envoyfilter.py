@@ -5,18 +5,21 @@ those in the root namespace (``istio-system``) and in the proxy's namespace whos
 ``workloadSelector`` matches the proxy's labels (no selector: every proxy there), ordered
 by ``priority``, then root namespace first, then name (Tsunagi keeps no creation time; Istio
 orders by creation time there). They are applied one EnvoyFilter at a time, so one whose
-patch fails is left out alone and reported against itself.
+patch fails is left out alone and reported against itself. (Istio first merges the patches
+of all of them level by level; the two differ only where one filter's patch matches
+something another one adds or renames.)
 
-Proxies no filter selects keep the shared resources untouched; patched resources are
-memoized by (the applicable filters, the resource's name and version), so proxies with the
-same filters share them too.
+Proxies no filter selects keep the shared resources untouched. Patched resources are
+memoized by (the applicable filters, the resource's name and version), and a mapping many
+proxies share (a scope's routes, the shared clusters and their endpoints) is patched once
+per set of filters, so a push costs a proxy with filters little more than its own resources.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
@@ -29,7 +32,14 @@ from google.protobuf.message import Message
 
 from tsunagi.api import ResourceOf
 from tsunagi.api.envoy_values import PatchValueError, build_value
-from tsunagi.api.envoyfilter import EnvoyFilterSpec
+from tsunagi.api.envoyfilter import (
+    INSERTS,
+    LISTENER_CLASS,
+    OPERATIONS,
+    ORDERED,
+    ROUTE_CLASS,
+    EnvoyFilterSpec,
+)
 from tsunagi.mesh import Node, World
 from tsunagi.mesh.world import of_spec
 from tsunagi.xds import resources as rs
@@ -42,15 +52,12 @@ from tsunagi.xds.translate.envoyfilter_patch import (
 )
 from tsunagi.xds.translate.isolation import ResourceKey, TranslationError
 from tsunagi.xds.translate.names import OUTBOUND_LISTENER
+from tsunagi.xds.translate.proto_merge import copied
 
 ROOT_NAMESPACE = "istio-system"
 """Istio's default config root namespace: its EnvoyFilters apply in every namespace."""
 
 INBOUND, OUTBOUND = "SIDECAR_INBOUND", "SIDECAR_OUTBOUND"
-_ORDERED = frozenset({"NETWORK_FILTER", "HTTP_FILTER", "HTTP_ROUTE"})
-_INSERTS = frozenset({"INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST"})
-_ROUTE_LEVELS = frozenset({"ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE"})
-_LISTENER_LEVELS = frozenset({"LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER"})
 
 T = TypeVar("T")
 
@@ -74,9 +81,13 @@ class Parts:
     """One proxy's resources by type, before or after patching."""
 
     clusters: Mapping[str, Resource]
+    """Before patching, the clusters many proxies share (so they are patched once for all
+    proxies with the same filters); after, every cluster."""
     endpoints: Mapping[str, Resource]
     listeners: Mapping[str, Resource]
     routes: Mapping[str, Resource]
+    own_clusters: Mapping[str, Resource] = field(default_factory=dict)
+    """Before patching, the proxy's own clusters (they win over shared ones of that name)."""
 
 
 @dataclass(frozen=True)
@@ -127,8 +138,9 @@ def applicable(
 
 
 def prepare(r: ResourceOf[EnvoyFilterSpec]) -> tuple[Filter | None, str]:
-    """The filter's patches with their values built strictly (as Envoy will read them), or
-    the reason it cannot be applied."""
+    """The filter's patches with their values built as Envoy messages, or the reason it
+    cannot be applied. Fields Envoy's API does not have are dropped, as Istio does (so a
+    filter written for another Envoy version still applies); ``apply`` warns about them."""
     patches = []
     for i, cp in enumerate(r.spec.config_patches):
         if cp.apply_to is None or cp.patch is None or cp.patch.operation is None:
@@ -139,38 +151,43 @@ def prepare(r: ResourceOf[EnvoyFilterSpec]) -> tuple[Filter | None, str]:
         if m is not None and m.proxy is not None and (m.proxy.proxy_version or m.proxy.metadata):
             continue  # matches proxies by Istio version/metadata: ours report none
         op = cp.patch.operation
-        if op in _INSERTS and cp.apply_to not in _ORDERED:
+        if op in INSERTS and cp.apply_to not in ORDERED:
             op = "ADD"  # as Istio: only filters and routes are ordered
+        elif op not in OPERATIONS[cp.apply_to]:
+            continue  # Istio ignores it (REPLACE on a cluster, ...); apply warns
         value = None
         if op != "REMOVE":
             try:
-                value = build_value(cp.apply_to, cp.patch.value, strict=True)
-            except PatchValueError as e:
+                value = build_value(cp.apply_to, cp.patch.value, strict=False)
+            except PatchValueError as e:  # validation refuses these: stored by another version
                 return None, (
-                    f"spec.configPatches[{i}].patch.value: {e}; Envoy would reject it, so "
-                    "proxies run without this EnvoyFilter until the value is fixed"
+                    f"spec.configPatches[{i}].patch.value: {e}; proxies run without this "
+                    "EnvoyFilter until the value is fixed"
                 )
         context = m.context if m is not None else "ANY"
         patches.append(Prepared(cp.apply_to, op, context, m, value))
     return Filter(r.key, r.qualified_name, tuple(patches)), ""
 
 
-def _for(filter_: Filter, context: str, levels: frozenset[str]) -> list[Prepared]:
+def _patches_for(filter_: Filter, context: str, levels: frozenset[str]) -> list[Prepared]:
     return [p for p in filter_.patches if p.apply_to in levels and p.context in ("ANY", context)]
-
-
-def _copy(message: Message) -> Message:
-    out = type(message)()
-    out.CopyFrom(message)
-    return out
 
 
 _Patcher = Callable[[Any, Sequence[Prepared]], Any]
 _KINDS: dict[str, tuple[type[Message], frozenset[str], _Patcher]] = {
-    rs.LISTENER: (listener_pb2.Listener, _LISTENER_LEVELS | _ROUTE_LEVELS, patch_listener),
-    rs.ROUTE: (route_pb2.RouteConfiguration, _ROUTE_LEVELS, patch_route_configuration),
+    # listeners hold inbound route configurations inline
+    rs.LISTENER: (listener_pb2.Listener, LISTENER_CLASS | ROUTE_CLASS, patch_listener),
+    rs.ROUTE: (route_pb2.RouteConfiguration, ROUTE_CLASS, patch_route_configuration),
     rs.CLUSTER: (cluster_pb2.Cluster, frozenset({"CLUSTER"}), patch_cluster),
 }
+
+
+_CONTEXT_OF: Mapping[str, Callable[[str], str]] = {
+    rs.LISTENER: lambda n: OUTBOUND if n == OUTBOUND_LISTENER else INBOUND,
+    rs.ROUTE: lambda n: OUTBOUND,  # inbound ones are inline, in their listener
+    rs.CLUSTER: lambda n: INBOUND if n.startswith("inbound|") else OUTBOUND,
+}
+"""Resource type → the patch context of a resource of that type, by its name."""
 
 
 def _patch_one(
@@ -181,16 +198,16 @@ def _patch_one(
     message_type, levels, patcher = _KINDS[type_url]
     message = message_type()
     res.body.Unpack(message)
-    before = message.SerializeToString(deterministic=True)
+    serialized = before = message.SerializeToString(deterministic=True)
     errors: list[TranslationError] = []
     touched: list[str] = []
     kind = rs.SHORT_NAMES[type_url]
     for f in filters:
-        patches = _for(f, context, levels)
+        patches = _patches_for(f, context, levels)
         if not patches:
             continue
         try:
-            out = patcher(_copy(message), patches)
+            out = patcher(copied(message), patches)
             if out is not None:
                 json_format.MessageToDict(out)  # every Any in it must resolve
         except Exception as e:  # a patch Envoy cannot take stays in its filter
@@ -205,35 +222,49 @@ def _patch_one(
             continue
         if out is None:
             return None, tuple(errors), (*touched, f.name)
-        if out.SerializeToString(deterministic=True) != message.SerializeToString(
-            deterministic=True
-        ):
+        now = out.SerializeToString(deterministic=True)
+        if now != serialized:
             touched.append(f.name)
-        message = out
-    if message.SerializeToString(deterministic=True) == before:
+        message, serialized = out, now
+    if serialized == before:
         return res, tuple(errors), ()
     return Resource.pack(res.name, message), tuple(errors), tuple(dict.fromkeys(touched))
 
 
-def _added(
-    apply_to: str, contexts: tuple[str, ...], filters: Sequence[Filter]
-) -> list[tuple[str, Message]]:
-    """LISTENER and CLUSTER ADD patches, once per proxy: (filter name, value)."""
+def _added(apply_to: str, filters: Sequence[Filter]) -> list[tuple[str, Message]]:
+    """LISTENER and CLUSTER ADD patches, once per proxy: (filter name, value). Istio adds
+    those of context ANY or SIDECAR_OUTBOUND on its outbound pass and SIDECAR_INBOUND ones on
+    its inbound pass, so a sidecar gets each once (GATEWAY ones are dropped by :func:`prepare`)."""
     return [
         (f.name, p.value)
         for f in filters
         for p in f.patches
-        if p.apply_to == apply_to and p.operation == "ADD" and p.context in contexts
+        if p.apply_to == apply_to and p.operation == "ADD"
     ]
 
 
-def patch_parts(world: World, node: Node, parts: Parts, memo: _Memo) -> Patched:
-    """``parts`` with the EnvoyFilters that select ``node`` applied."""
-    chosen = applicable(world, node, memo)
-    if not chosen:
-        return Patched(parts)
-    errors: list[TranslationError] = []
+def _with_added(
+    type_url: str,
+    items: Mapping[str, Resource],
+    added: Sequence[tuple[str, Message]],
+    touched: dict[str, list[str]],
+) -> Mapping[str, Resource]:
+    """``items`` plus the resources ADD patches make (a name already there is replaced)."""
+    if not added:
+        return items
+    out = dict(items)
+    for who, value in added:
+        out[value.name] = Resource.pack(value.name, value)
+        touched.setdefault(type_url, []).append(who)
+    return out
+
+
+def _prepared_filters(
+    chosen: Sequence[tuple[ResourceOf[EnvoyFilterSpec], str]], memo: _Memo
+) -> tuple[list[Filter], list[TranslationError]]:
+    """The chosen EnvoyFilters ready to apply, and those that are not (with why)."""
     filters: list[Filter] = []
+    errors: list[TranslationError] = []
     for r, digest in chosen:
         prepared, reason = memo.get(("ef-prep", r.key, digest), prepare, r)
         if prepared is None:
@@ -244,73 +275,165 @@ def patch_parts(world: World, node: Node, parts: Parts, memo: _Memo) -> Patched:
             )
         else:
             filters.append(prepared)
+    return filters, errors
+
+
+_Outcome = tuple[Mapping[str, Resource], tuple[TranslationError, ...], tuple[str, ...]]
+"""Patched resources of one type, what failed, and the filters that changed any of them."""
+
+
+def _patch_map(
+    type_url: str,
+    items: Mapping[str, Resource],
+    context_of: Callable[[str], str],
+    filters: Sequence[Filter],
+    filters_key: Hashable,
+    memo: _Memo,
+) -> _Outcome:
+    """Every resource of one type through ``filters`` (those with patches for that type;
+    ``items`` itself if none changes), each memoized by the filters and the resource's name
+    and version."""
+    if not items:
+        return items, (), ()
+    out: dict[str, Resource] = {}
+    errors: list[TranslationError] = []
+    touched: list[str] = []
+    changed = False
+    for name, res in items.items():
+        key = ("ef", type_url, filters_key, name, res.version)
+        new, errs, by = memo.get(key, _patch_one, type_url, res, context_of(name), filters)
+        errors.extend(errs)
+        touched.extend(by)
+        changed = changed or new is not res
+        if new is not None:
+            out[name] = new
+    result = MappingProxyType(out) if changed else items
+    return result, tuple(dict.fromkeys(errors)), tuple(dict.fromkeys(touched))
+
+
+def _holding(held: Any, make: Callable[..., T], *args: Any) -> tuple[Any, T]:
+    """``make(*args)`` with ``held`` beside it: a memo entry keyed by ``id(held)`` keeps it
+    alive, so the id is not reused while the entry exists."""
+    return held, make(*args)
+
+
+def _patch_shared(
+    type_url: str,
+    items: Mapping[str, Resource],
+    context_of: Callable[[str], str],
+    filters: Sequence[Filter],
+    filters_key: Hashable,
+    memo: _Memo,
+) -> _Outcome:
+    """:func:`_patch_map` of a mapping many proxies share (a client scope's routes, the
+    clusters every sidecar gets): made once for all proxies with the same filters, rather
+    than a lookup per resource per proxy."""
+    key = ("ef-map", type_url, filters_key, id(items))
+    args = (type_url, items, context_of, filters, filters_key, memo)
+    outcome: _Outcome = memo.get(key, _holding, items, _patch_map, *args)[1]
+    return outcome
+
+
+def _refold(
+    endpoints: Mapping[str, Resource],
+    before: Mapping[str, Resource | None],
+    after: Mapping[str, Resource],
+    names: Iterable[str],
+) -> dict[str, Resource | None]:
+    """For each of ``names`` with endpoints whose cluster patching changed: its assignment
+    with the new cluster version folded in (as translate_shared does, so Envoy gets them
+    again and the cluster finishes warming), or None if the cluster was removed (every EDS
+    name must be a CDS name)."""
+    out: dict[str, Resource | None] = {}
+    for n in names:
+        cla = endpoints.get(n)
+        if cla is None or after.get(n) is before.get(n):
+            continue
+        cluster = after.get(n)
+        folded = f"{cla.version}.{cluster.version}" if cluster is not None else ""
+        out[n] = Resource(cla.name, cla.body, folded) if cluster is not None else None
+    return out
+
+
+def _shared_refold(
+    endpoints: Mapping[str, Resource], before: Mapping[str, Resource], after: Mapping[str, Resource]
+) -> dict[str, Resource | None]:
+    """:func:`_refold` over every endpoint assignment, for the shared clusters."""
+    return _refold(endpoints, before, after, endpoints)
+
+
+def _with_refold(
+    endpoints: Mapping[str, Resource], refold: Mapping[str, Resource | None]
+) -> Mapping[str, Resource]:
+    if not refold:
+        return endpoints
+    out = {n: cla for n, cla in endpoints.items() if refold.get(n, cla) is not None}
+    out.update((n, cla) for n, cla in refold.items() if cla is not None)
+    return MappingProxyType(out)
+
+
+def patch_parts(world: World, node: Node, parts: Parts, memo: _Memo) -> Patched:
+    """``parts`` with the EnvoyFilters that select ``node`` applied."""
+    chosen = applicable(world, node, memo)
+    if not chosen:
+        return Patched(parts)
+    filters, errors = _prepared_filters(chosen, memo)
     if not filters:
         return Patched(parts, tuple(errors))
-    fp = tuple((r.key, digest) for r, digest in chosen)
     touched: dict[str, list[str]] = {}
+    digests = {r.key: digest for r, digest in chosen}
 
-    def run(
-        type_url: str, items: Mapping[str, Resource], context_of: Callable[[str], str]
+    def patch(
+        patcher: Callable[..., _Outcome], type_url: str, items: Mapping[str, Resource]
     ) -> Mapping[str, Resource]:
-        _, levels, _ = _KINDS[type_url]
-        if not any(p.apply_to in levels for f in filters for p in f.patches):
+        # Keyed by the filters that patch this type only, so proxies that differ in others
+        # (say, an HTTP filter of their app's) still share the patched resources
+        levels = _KINDS[type_url][1]
+        mine = [f for f in filters if any(p.apply_to in levels for p in f.patches)]
+        if not mine:
             return items
-        out: dict[str, Resource] = {}
-        changed = False
-        for name, res in items.items():
-            key = ("ef", type_url, fp, name, res.version)
-            ctx = context_of(name)
-            new, errs, who = memo.get(key, _patch_one, type_url, res, ctx, filters)
-            errors.extend(errs)
-            if who:
-                touched.setdefault(type_url, []).extend(who)
-            if new is not res:
-                changed = True
-            if new is not None:
-                out[name] = new
-        return MappingProxyType(out) if changed else items
+        key = tuple((f.key, digests[f.key]) for f in mine)
+        out, errs, by = patcher(type_url, items, _CONTEXT_OF[type_url], mine, key, memo)
+        errors.extend(errs)
+        touched.setdefault(type_url, []).extend(by)
+        return out
 
-    listeners = run(
-        rs.LISTENER, parts.listeners, lambda n: OUTBOUND if n == OUTBOUND_LISTENER else INBOUND
-    )
-    routes = run(rs.ROUTE, parts.routes, lambda n: OUTBOUND)
-    clusters = run(
-        rs.CLUSTER, parts.clusters, lambda n: INBOUND if n.startswith("inbound|") else OUTBOUND
-    )
-    adds = {
-        rs.LISTENER: _added("LISTENER", ("ANY", OUTBOUND), filters),
-        rs.CLUSTER: _added("CLUSTER", ("ANY", OUTBOUND, INBOUND), filters),
-    }
-    if adds[rs.LISTENER]:
-        listeners = dict(listeners)
-        for who, value in adds[rs.LISTENER]:
-            listeners[value.name] = Resource.pack(value.name, value)
-            touched.setdefault(rs.LISTENER, []).append(who)
-    if adds[rs.CLUSTER]:
-        clusters = dict(clusters)
-        for who, value in adds[rs.CLUSTER]:
-            clusters[value.name] = Resource.pack(value.name, value)
-            touched.setdefault(rs.CLUSTER, []).append(who)
-    endpoints = parts.endpoints
-    if clusters is not parts.clusters:
-        # A changed cluster needs its endpoints re-sent to finish warming (see translate_shared)
-        refold = {
-            n: Resource(cla.name, cla.body, f"{cla.version}.{clusters[n].version}")
-            for n, cla in endpoints.items()
-            if n in clusters and clusters[n] is not parts.clusters.get(n)
-        }
-        # ...and a removed cluster's endpoints go too, so every EDS name is a CDS name
-        gone = [n for n in endpoints if n not in clusters]
-        if refold or gone:
-            kept = {n: cla for n, cla in endpoints.items() if n in clusters}
-            endpoints = MappingProxyType({**kept, **refold})
+    listeners = patch(_patch_map, rs.LISTENER, parts.listeners)
+    routes = patch(_patch_shared, rs.ROUTE, parts.routes)
+    shared = patch(_patch_shared, rs.CLUSTER, parts.clusters)
+    own = patch(_patch_map, rs.CLUSTER, parts.own_clusters)
+    listeners = _with_added(rs.LISTENER, listeners, _added("LISTENER", filters), touched)
+    own = _with_added(rs.CLUSTER, own, _added("CLUSTER", filters), touched)
+    if (
+        listeners is parts.listeners
+        and routes is parts.routes
+        and shared is parts.clusters
+        and own is parts.own_clusters
+    ):
+        return Patched(parts, tuple(dict.fromkeys(errors)))
+    clusters = {**shared, **own}
+    refold = memo.get(
+        ("ef-eds", id(parts.endpoints), id(shared)),
+        _holding,
+        (parts.endpoints, shared),
+        _shared_refold,
+        parts.endpoints,
+        parts.clusters,
+        shared,
+    )[1]
+    # The proxy's own and added clusters (few) win over shared ones of their name
+    names = own.keys() | parts.own_clusters.keys()
+    before = {n: parts.own_clusters.get(n, parts.clusters.get(n)) for n in names}
+    if any(n in refold for n in names):
+        refold = {n: v for n, v in refold.items() if n not in names}
+    mine = _refold(parts.endpoints, before, clusters, names)
     return Patched(
         Parts(
-            MappingProxyType(dict(clusters)) if clusters is not parts.clusters else clusters,
-            endpoints,
+            MappingProxyType(clusters),
+            _with_refold(parts.endpoints, {**refold, **mine}),
             MappingProxyType(dict(listeners)) if listeners is not parts.listeners else listeners,
             routes,
         ),
         tuple(dict.fromkeys(errors)),
-        MappingProxyType({t: tuple(dict.fromkeys(w)) for t, w in touched.items()}),
+        MappingProxyType({t: tuple(dict.fromkeys(w)) for t, w in touched.items() if w}),
     )

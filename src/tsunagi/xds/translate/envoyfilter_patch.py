@@ -17,10 +17,10 @@ Every function works on a copy the caller owns and returns the result (``None``:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -30,14 +30,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf.message import Message
 
-from tsunagi.api.envoyfilter import EnvoyConfigObjectMatch, RouteConfigurationMatch
-from tsunagi.xds.translate.proto_merge import merge, merge_any
+from tsunagi.api.envoyfilter import HCM_NAMES, EnvoyConfigObjectMatch, RouteConfigurationMatch
+from tsunagi.xds.translate.proto_merge import M, copied, merge, merge_any
 
-HCM = "envoy.filters.network.http_connection_manager"
-HCM_NAMES = (HCM, "envoy.http_connection_manager")
 INBOUND_VHOST = "inbound|http|{}"
-
-M = TypeVar("M", bound=Message)
+_ADDS = ("ADD", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST")
 
 
 @dataclass(frozen=True)
@@ -51,16 +48,49 @@ class Prepared:
     value: Any  # the Envoy message, or None for REMOVE
 
 
-def _copy(message: M) -> M:
-    out: M = type(message)()
-    out.CopyFrom(message)
-    return out
-
-
 def _set_list(field: Any, items: Sequence[Message]) -> None:
-    kept = [_copy(i) for i in items]
+    kept = [copied(i) for i in items]  # items may be the field's own elements
     del field[:]
     field.extend(kept)
+
+
+def _patch_object(
+    obj: M, patches: Sequence[Prepared], level: str, matches: Callable[[Prepared, M], bool]
+) -> M | None:
+    """REMOVE, MERGE and REPLACE patches of ``level`` on one object, in order, each match
+    read on the object as the patches before it left it, as Istio does (None: removed)."""
+    for p in patches:
+        if p.apply_to != level or not matches(p, obj):
+            continue
+        if p.operation == "REMOVE":
+            return None
+        if p.operation == "MERGE":
+            merge(obj, p.value)
+        elif p.operation == "REPLACE":
+            obj = copied(p.value)
+    return obj
+
+
+def _each(items: Iterable[M], patch_one: Callable[[M], M | None]) -> list[M]:
+    """A copy of each item through ``patch_one``, without those it removed."""
+    return [r for r in (patch_one(copied(item)) for item in items) if r is not None]
+
+
+def _patch_children(
+    field: Any,
+    patch_one: Callable[[Any], Any],
+    patches: Sequence[Prepared],
+    level: str,
+    parent_matches: Callable[[Prepared], bool],
+) -> None:
+    """A repeated field's elements through ``patch_one`` (None: removed), then the values of
+    ``level``'s ADD patches whose match selects the parent appended (unpatched, as Istio)."""
+    added = [
+        p.value
+        for p in patches
+        if p.apply_to == level and p.operation == "ADD" and parent_matches(p)
+    ]
+    _set_list(field, [*_each(field, patch_one), *added])
 
 
 def _insert(
@@ -70,24 +100,50 @@ def _insert(
     INSERT_FIRST put the value first and INSERT_AFTER last; with one, nothing happens when
     no element matches."""
     if op == "ADD" or (op == "INSERT_AFTER" and not has_match):
-        return [*items, _copy(value)]
+        return [*items, copied(value)]
     if op in ("INSERT_BEFORE", "INSERT_FIRST") and not has_match:
-        return [_copy(value), *items]
+        return [copied(value), *items]
     for i, item in enumerate(items):
         if matches(item):
             if op == "INSERT_AFTER":
-                return [*items[: i + 1], _copy(value), *items[i + 1 :]]
+                return [*items[: i + 1], copied(value), *items[i + 1 :]]
             if op == "INSERT_FIRST":
-                return [_copy(value), *items]
-            return [*items[:i], _copy(value), *items[i:]]
+                return [copied(value), *items]
+            return [*items[:i], copied(value), *items[i:]]
     return items
 
 
 def _replace(items: list[M], value: M, matches: Callable[[M], bool]) -> list[M]:
     for i, item in enumerate(items):
         if matches(item):
-            return [*items[:i], _copy(value), *items[i + 1 :]]
+            return [*items[:i], copied(value), *items[i + 1 :]]
     return items
+
+
+def _patch_filters(
+    items: list[M], patches: Sequence[Prepared], name_of: Callable[[Prepared], str]
+) -> list[M]:
+    """Network or HTTP filter patches (already matched down to the list's parent) on a
+    filter list, as Istio: first ADD, INSERT_*, REPLACE and REMOVE in order, then MERGE on
+    each filter left. ``name_of`` is the filter name a patch matches (empty: any); INSERT_FIRST
+    puts the value first whatever it names, REPLACE and REMOVE need a name."""
+    for p in patches:
+        name = name_of(p)
+        if p.operation in _ADDS:
+            has_match = bool(name) and p.operation != "INSERT_FIRST"
+            items = _insert(items, p.value, p.operation, _named(name), has_match)
+        elif p.operation == "REPLACE" and name:
+            items = _replace(items, p.value, _named(name))
+        elif p.operation == "REMOVE" and name:
+            items = [i for i in items if i.name != name]
+    out = []
+    for item in items:
+        item = copied(item)
+        for p in patches:
+            if p.operation == "MERGE" and _named(name_of(p))(item):
+                _merge_filter(item, p.value)
+        out.append(item)
+    return out
 
 
 # ------------------------------------------------------------------------------ listeners
@@ -152,23 +208,17 @@ def patch_listener(
     lis: listener_pb2.Listener, patches: Sequence[Prepared]
 ) -> listener_pb2.Listener | None:
     """LISTENER (MERGE, REMOVE) and everything below it for one listener."""
-    for p in patches:
-        if p.apply_to != "LISTENER" or not _listener_match(p, lis):
-            continue
-        if p.operation == "REMOVE":
-            return None
-        if p.operation == "MERGE":
-            merge(lis, p.value)
-    chains = []
-    for fc in lis.filter_chains:
-        patched = _patch_chain(lis, _copy(fc), patches)
-        if patched is not None:
-            chains.append(patched)
-    for p in patches:
-        if p.apply_to == "FILTER_CHAIN" and p.operation == "ADD" and _listener_match(p, lis):
-            chains.append(_copy(p.value))
-    _set_list(lis.filter_chains, chains)
-    return lis
+    patched = _patch_object(lis, patches, "LISTENER", _listener_match)
+    if patched is None:
+        return None
+    _patch_children(
+        patched.filter_chains,
+        lambda fc: _patch_chain(patched, fc, patches),
+        patches,
+        "FILTER_CHAIN",
+        lambda p: _listener_match(p, patched),
+    )
+    return patched
 
 
 def _patch_chain(
@@ -176,43 +226,19 @@ def _patch_chain(
     fc: listener_components_pb2.FilterChain,
     patches: Sequence[Prepared],
 ) -> listener_components_pb2.FilterChain | None:
-    for p in patches:
-        if p.apply_to != "FILTER_CHAIN" or not _listener_match(p, lis) or not _chain_match(p, fc):
-            continue
-        if p.operation == "REMOVE":
-            return None
-        if p.operation == "MERGE":
-            merge(fc, p.value)
-    filters = list(fc.filters)
-    for p in patches:
-        if p.apply_to != "NETWORK_FILTER" or not _listener_match(p, lis) or not _chain_match(p, fc):
-            continue
-        name = _filter_name(p)
-        if p.operation in ("ADD", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST"):
-            # INSERT_FIRST on filters puts the value first whatever the match says
-            has_match = bool(name) and p.operation != "INSERT_FIRST"
-            filters = _insert(filters, p.value, p.operation, _named(name), has_match)
-        elif p.operation == "REPLACE" and name:
-            filters = _replace(filters, p.value, _named(name))
-        elif p.operation == "REMOVE" and name:
-            filters = [f for f in filters if f.name != name]
-    out = []
+    def selects(p: Prepared, chain: listener_components_pb2.FilterChain) -> bool:
+        return _listener_match(p, lis) and _chain_match(p, chain)
+
+    patched = _patch_object(fc, patches, "FILTER_CHAIN", selects)
+    if patched is None:
+        return None
+    mine = [p for p in patches if p.apply_to == "NETWORK_FILTER" and selects(p, patched)]
+    filters = _patch_filters(list(patched.filters), mine, _filter_name)
     for f in filters:
-        f = _copy(f)
-        for p in patches:
-            if (
-                p.apply_to == "NETWORK_FILTER"
-                and p.operation == "MERGE"
-                and _listener_match(p, lis)
-                and _chain_match(p, fc)
-                and _named(_filter_name(p))(f)
-            ):
-                _merge_filter(f, p.value)
         if f.name in HCM_NAMES and f.HasField("typed_config"):
-            _patch_hcm(lis, fc, f, patches)
-        out.append(f)
-    _set_list(fc.filters, out)
-    return fc
+            _patch_hcm(lis, patched, f, patches)
+    _set_list(patched.filters, filters)
+    return patched
 
 
 def _merge_filter(dst: Any, src: Any) -> None:
@@ -234,8 +260,7 @@ def _patch_hcm(
 ) -> None:
     hcm = hcm_pb2.HttpConnectionManager()
     f.typed_config.Unpack(hcm)
-    http = list(hcm.http_filters)
-    applicable = [
+    mine = [
         p
         for p in patches
         if p.apply_to == "HTTP_FILTER"
@@ -243,26 +268,10 @@ def _patch_hcm(
         and _chain_match(p, fc)
         and _named(_filter_name(p))(f)
     ]
-    for p in applicable:
-        name = _sub_filter_name(p)
-        if p.operation in ("ADD", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST"):
-            has_match = bool(name) and p.operation != "INSERT_FIRST"
-            http = _insert(http, p.value, p.operation, _named(name), has_match)
-        elif p.operation == "REPLACE" and name:
-            http = _replace(http, p.value, _named(name))
-        elif p.operation == "REMOVE" and name:
-            http = [h for h in http if h.name != name]
-    merged = []
-    for h in http:
-        h = _copy(h)
-        for p in applicable:
-            if p.operation == "MERGE" and _named(_sub_filter_name(p))(h):
-                _merge_filter(h, p.value)
-        merged.append(h)
-    _set_list(hcm.http_filters, merged)
+    _set_list(hcm.http_filters, _patch_filters(list(hcm.http_filters), mine, _sub_filter_name))
     if hcm.HasField("route_config"):
         # Inline routes (inbound listeners) are patched where Istio builds them
-        patched = patch_route_configuration(_copy(hcm.route_config), patches)
+        patched = patch_route_configuration(copied(hcm.route_config), patches)
         hcm.route_config.CopyFrom(patched)
     f.typed_config.Pack(hcm)
 
@@ -351,17 +360,16 @@ def patch_route_configuration(
 ) -> route_pb2.RouteConfiguration:
     """ROUTE_CONFIGURATION (MERGE), VIRTUAL_HOST and HTTP_ROUTE patches."""
     for p in patches:
+        # Istio applies only MERGE at this level (validation refuses the others)
         if p.apply_to == "ROUTE_CONFIGURATION" and p.operation == "MERGE" and _rc_match(p, rc):
             merge(rc, p.value)
-    vhosts = []
-    for vh in rc.virtual_hosts:
-        patched = _patch_vhost(rc, _copy(vh), patches)
-        if patched is not None:
-            vhosts.append(patched)
-    for p in patches:
-        if p.apply_to == "VIRTUAL_HOST" and p.operation == "ADD" and _rc_match(p, rc):
-            vhosts.append(_copy(p.value))
-    _set_list(rc.virtual_hosts, vhosts)
+    _patch_children(
+        rc.virtual_hosts,
+        lambda vh: _patch_vhost(rc, vh, patches),
+        patches,
+        "VIRTUAL_HOST",
+        lambda p: _rc_match(p, rc),
+    )
     return rc
 
 
@@ -370,37 +378,19 @@ def _patch_vhost(
     vh: route_components_pb2.VirtualHost,
     patches: Sequence[Prepared],
 ) -> route_components_pb2.VirtualHost | None:
-    for p in patches:
-        if p.apply_to != "VIRTUAL_HOST" or not _vhost_match(p, rc, vh):
-            continue
-        if p.operation == "REMOVE":
-            return None
-        if p.operation == "MERGE":
-            merge(vh, p.value)
-        elif p.operation == "REPLACE":
-            vh = _copy(p.value)
-    route_patches = [p for p in patches if p.apply_to == "HTTP_ROUTE" and _vhost_match(p, rc, vh)]
-    routes = []
-    for r in vh.routes:
-        r = _copy(r)
-        removed = False
-        for p in route_patches:
-            if not _route_match(p, r):
-                continue
-            if p.operation == "REMOVE":
-                removed = True
-                break
-            if p.operation == "MERGE":
-                merge(r, p.value)
-        if not removed:
-            routes.append(r)
-    for p in route_patches:
-        if p.operation in ("ADD", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST"):
+    patched = _patch_object(vh, patches, "VIRTUAL_HOST", lambda p, v: _vhost_match(p, rc, v))
+    if patched is None:
+        return None
+    mine = [p for p in patches if p.apply_to == "HTTP_ROUTE" and _vhost_match(p, rc, patched)]
+    # As Istio: MERGE and REMOVE on the routes there are, then the inserts
+    routes = _each(patched.routes, lambda r: _patch_object(r, mine, "HTTP_ROUTE", _route_match))
+    for p in mine:
+        if p.operation in _ADDS:
             routes = _insert(
                 routes, p.value, p.operation, partial(_route_match, p), _has_route_match(p)
             )
-    _set_list(vh.routes, routes)
-    return vh
+    _set_list(patched.routes, routes)
+    return patched
 
 
 # ------------------------------------------------------------------------------- clusters
@@ -425,11 +415,4 @@ def patch_cluster(
     c: cluster_pb2.Cluster, patches: Sequence[Prepared]
 ) -> cluster_pb2.Cluster | None:
     """CLUSTER MERGE and REMOVE for one cluster (ADD is done once per proxy)."""
-    for p in patches:
-        if p.apply_to != "CLUSTER" or not _cluster_match(p, c):
-            continue
-        if p.operation == "REMOVE":
-            return None
-        if p.operation == "MERGE":
-            merge(c, p.value)
-    return c
+    return _patch_object(c, patches, "CLUSTER", _cluster_match)

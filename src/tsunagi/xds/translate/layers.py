@@ -27,7 +27,7 @@ class Layered(Mapping[str, Resource]):
         self, base: Mapping[str, Resource], extra: Mapping[str, Resource], hosts: frozenset[str]
     ) -> None:
         self._base, self._extra, self._hosts = base, extra, hosts
-        self._len = sum(1 for _ in self)
+        self._len = -1  # counted when first asked: counting walks the whole shared mapping
 
     def _hidden(self, name: str) -> bool:
         return name not in self._extra and host_of(name) in self._hosts
@@ -44,4 +44,6 @@ class Layered(Mapping[str, Resource]):
         yield from self._extra
 
     def __len__(self) -> int:
+        if self._len < 0:
+            self._len = sum(1 for _ in self)
         return self._len

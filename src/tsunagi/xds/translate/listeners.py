@@ -10,6 +10,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from tsunagi import protocols
 from tsunagi.mesh import Node
 from tsunagi.proxy_contract import inbound_stat_prefix
+from tsunagi.xds.translate import passthrough
 from tsunagi.xds.translate.names import (
     OUTBOUND_LISTENER,
     OUTBOUND_ROUTE,
@@ -21,13 +22,15 @@ from tsunagi.xds.translate.protos import CORS_TYPE, FAULT_TYPE, HCM_TYPE, ROUTER
 TCP_PROXY_TYPE = "type.googleapis.com/" + tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name
 
 ROUTER = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
-# Istio puts CORS and fault injection in every sidecar's outbound connection manager; both
-# act only on routes that carry their per-route config (typed_per_filter_config), so routes
-# without one pay a lookup and nothing more. CORS first, so a preflight is answered even on
-# a route that injects faults.
+# Istio puts CORS and fault injection in every sidecar's outbound connection manager. Here
+# both are off unless a route turns them on (with its per-route config, see
+# ``routes.enabled_filter``): an idle filter still costs each request about 2 % of a hop's
+# CPU (callgrind, docs/benchmarks.md), and most routes use neither. CORS first, so a
+# preflight is answered even on a route that injects faults.
 OUTBOUND_FILTERS = (
-    {"name": "envoy.filters.http.cors", "typed_config": {"@type": CORS_TYPE}},
-    {"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT_TYPE}},
+    {"name": "envoy.filters.http.cors", "typed_config": {"@type": CORS_TYPE}, "disabled": True},
+    {"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT_TYPE}, "disabled": True},
+    passthrough.FILTER,
     ROUTER,
 )
 

@@ -10,10 +10,8 @@ inherits: what it leaves out gets the default (Istio's documented rule).
 Enforced here: load balancing (simple algorithms, consistent hashing, warmup), connection
 pools (circuit-breaker thresholds, HTTP protocol options, TCP keepalive) and outlier
 detection; ``localityLbSetting`` in :mod:`.locality`, from the merged policy. Not yet:
-``tls``, ``tunnel``, ``proxyProtocol`` and ``tcp.idleTimeout``; and ``PASSTHROUGH`` has no
-meaning here (apps reach services by name through the sidecar's HTTP proxy, so there is no
-original destination address to pass through to). ``tsunagi apply`` warns about those, see
-:mod:`tsunagi.mesh.analysis`.
+``tls``, ``tunnel``, ``proxyProtocol`` and ``tcp.idleTimeout``; ``tsunagi apply`` warns
+about those, see :mod:`tsunagi.mesh.analysis`. ``PASSTHROUGH`` is in :mod:`.passthrough`.
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ from tsunagi.api import (
     format_duration,
 )
 from tsunagi.mesh import World
+from tsunagi.xds.translate.passthrough import make_passthrough
 
 DEFAULT_RING_SIZE = 1024
 """Istio's ring size when consistent hashing names none."""
@@ -138,7 +137,9 @@ def _load_balancer(cluster: dict[str, Any], lb: LoadBalancerSettings) -> None:
             cluster["lb_policy"] = "RING_HASH"
             cluster["ring_hash_lb_config"] = {"minimum_ring_size": str(size)}
         return
-    # UNSPECIFIED and PASSTHROUGH (no original destination here; apply warns) keep the default.
+    if lb.simple == "PASSTHROUGH":
+        make_passthrough(cluster)
+        return
     if lb.simple in _SIMPLE:
         cluster["lb_policy"] = _SIMPLE[lb.simple]
     if lb.warmup_duration_secs:
@@ -267,18 +268,34 @@ def hash_policy(policy: ClusterPolicy) -> list[dict[str, Any]] | None:
     return None
 
 
+def _route_policies(world: World, clusters: Sequence[str], namespace: str) -> list[ClusterPolicy]:
+    """The policy of each of ``clusters`` (outbound cluster names) for clients of
+    ``namespace`` (its DestinationRule lookup; "" for the shared view)."""
+    policies = []
+    for name in clusters:
+        kind, port, subset, host = name.split("|", 3)
+        dr = world.destination_rule(host, namespace)
+        if kind != "outbound" or not port.isdigit():
+            policies.append(NO_POLICY)
+        else:
+            policies.append(cluster_policy(dr.spec if dr else None, int(port), subset))
+    return policies
+
+
 def route_hash_policy(
     world: World, clusters: Sequence[str], namespace: str = ""
 ) -> list[dict[str, Any]] | None:
     """The ``hash_policy`` for a route to ``clusters`` (outbound cluster names): the one their
     consistent hashing needs, when they all agree on it. ``namespace``: the client's, whose
     DestinationRule lookup applies ("" for the shared view)."""
-    policies = []
-    for name in clusters:
-        kind, port, subset, host = name.split("|", 3)
-        dr = world.destination_rule(host, namespace)
-        if kind != "outbound" or dr is None or not port.isdigit():
-            return None
-        policies.append(hash_policy(cluster_policy(dr.spec, int(port), subset)))
-    first = policies[0] if policies else None
-    return first if all(p == first for p in policies) else None
+    hashes = [hash_policy(p) for p in _route_policies(world, clusters, namespace)]
+    first = hashes[0] if hashes else None
+    return first if all(h == first for h in hashes) else None
+
+
+def route_passes_through(world: World, clusters: Sequence[str], namespace: str = "") -> bool:
+    """Whether a route to ``clusters`` reaches a PASSTHROUGH cluster (see :mod:`.passthrough`)."""
+    return any(
+        p.load_balancer is not None and p.load_balancer.simple == "PASSTHROUGH"
+        for p in _route_policies(world, clusters, namespace)
+    )

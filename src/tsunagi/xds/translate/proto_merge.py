@@ -1,4 +1,4 @@
-"""Protobuf merge as Istio's EnvoyFilter MERGE does it.
+"""Protobuf merge as Istio's EnvoyFilter MERGE does it (and copying, for patches).
 
 Plain protobuf merge semantics (set scalars overwrite, messages merge field by field, lists
 append, map entries are replaced), except that a ``Duration`` is replaced rather than merged
@@ -8,11 +8,22 @@ messages of the same type by their contents, as Istio does for filter ``typed_co
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from google.protobuf import any_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 _REPLACED = frozenset({"google.protobuf.Duration"})
+
+M = TypeVar("M", bound=Message)
+
+
+def copied(message: M) -> M:
+    """A deep copy of ``message``, for a patch to change without touching the original."""
+    out: M = type(message)()
+    out.CopyFrom(message)
+    return out
 
 
 def merge(dst: Message, src: Message) -> None:
@@ -42,7 +53,7 @@ def merge(dst: Message, src: Message) -> None:
             setattr(dst, fd.name, value)
 
 
-def unpack(body: any_pb2.Any) -> Message:
+def _unpack(body: any_pb2.Any) -> Message:
     """The message inside ``body`` (its type must be registered)."""
     name = body.type_url.rsplit("/", 1)[-1]
     descriptor = descriptor_pool.Default().FindMessageTypeByName(name)
@@ -55,7 +66,7 @@ def unpack(body: any_pb2.Any) -> Message:
 def merge_any(dst: any_pb2.Any, src: any_pb2.Any) -> None:
     """Merge the message in ``src`` into the one in ``dst``. As Istio, ``src`` is read as
     ``dst``'s type (a patch may name another version of it)."""
-    inner = unpack(dst)
+    inner = _unpack(dst)
     patch = type(inner)()
     patch.ParseFromString(src.value)
     merge(inner, patch)

@@ -10,8 +10,12 @@ from typing import Any, TypeVar
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import (
+    dynamic_forward_proxy_pb2,
+)
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -35,6 +39,14 @@ HCM_TYPE = (
 ROUTER_TYPE = "type.googleapis.com/" + router_pb2.Router.DESCRIPTOR.full_name
 FAULT_TYPE = "type.googleapis.com/" + fault_pb2.HTTPFault.DESCRIPTOR.full_name
 CORS_TYPE = "type.googleapis.com/" + cors_pb2.Cors.DESCRIPTOR.full_name
+FILTER_CONFIG_TYPE = "type.googleapis.com/" + route_components_pb2.FilterConfig.DESCRIPTOR.full_name
+DFP_FILTER_TYPE = (
+    "type.googleapis.com/" + dynamic_forward_proxy_pb2.FilterConfig.DESCRIPTOR.full_name
+)
+DFP_ROUTE_TYPE = (
+    "type.googleapis.com/" + dynamic_forward_proxy_pb2.PerRouteConfig.DESCRIPTOR.full_name
+)
+DFP_CLUSTER_TYPE = "type.googleapis.com/" + dfp_cluster_pb2.ClusterConfig.DESCRIPTOR.full_name
 CORS_POLICY_TYPE = "type.googleapis.com/" + cors_pb2.CorsPolicy.DESCRIPTOR.full_name
 PREVIOUS_HOSTS_TYPE = (
     "type.googleapis.com/" + previous_hosts_pb2.PreviousHostsPredicate.DESCRIPTOR.full_name

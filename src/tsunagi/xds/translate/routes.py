@@ -25,6 +25,7 @@ from tsunagi.api.checks_networking import GRPC_STATUS_NAMES, MAX_DIRECT_RESPONSE
 from tsunagi.mesh import ClientScope, World
 from tsunagi.mesh.delegation import delegates_of, expand
 from tsunagi.mesh.visibility import exported_to
+from tsunagi.xds.translate import passthrough
 from tsunagi.xds.translate.isolation import LastGood, TranslationError, isolated
 from tsunagi.xds.translate.names import (
     OUTBOUND_ROUTE,
@@ -32,10 +33,11 @@ from tsunagi.xds.translate.names import (
     service_domains,
     virtual_host_domains,
 )
-from tsunagi.xds.translate.policy import route_hash_policy
+from tsunagi.xds.translate.policy import route_hash_policy, route_passes_through
 from tsunagi.xds.translate.protos import (
     CORS_POLICY_TYPE,
     FAULT_TYPE,
+    FILTER_CONFIG_TYPE,
     PREVIOUS_HOSTS_TYPE,
     PREVIOUS_PRIORITIES_TYPE,
 )
@@ -110,6 +112,12 @@ REDIRECT_CODES = {
 
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
+
+
+def enabled_filter(config: dict[str, Any]) -> dict[str, Any]:
+    """Per-route config for an HTTP filter that the listener leaves disabled (CORS and fault
+    injection, see ``listeners.OUTBOUND_FILTERS``): turns it on for this route only."""
+    return {"@type": FILTER_CONFIG_TYPE, "config": config}
 
 
 def fractional_percent(value: float) -> dict[str, Any]:
@@ -284,6 +292,13 @@ def is_catch_all(match: HTTPMatchRequest | None) -> bool:
     )
 
 
+def _targets(action: dict[str, Any]) -> list[str]:
+    """The clusters a route action forwards to."""
+    if "cluster" in action:
+        return [action["cluster"]]
+    return [c["name"] for c in action["weighted_clusters"]["clusters"]]
+
+
 class RouteBuilder:
     """Routes for the sidecars of one client scope; looks services up in the World."""
 
@@ -361,11 +376,7 @@ class RouteBuilder:
             if rw.authority:
                 action["host_rewrite_literal"] = rw.authority
         action["timeout"] = format_duration(http.timeout) if http.timeout is not None else "0s"
-        targets = (
-            [action["cluster"]]
-            if "cluster" in action
-            else [c["name"] for c in action["weighted_clusters"]["clusters"]]
-        )
+        targets = _targets(action)
         if hashing := route_hash_policy(self.world, targets, self.namespace):  # consistentHash
             action["hash_policy"] = hashing
         policy = retry_policy(http.retries, hashing=bool(hashing))
@@ -397,9 +408,9 @@ class RouteBuilder:
             header_operations(dests[0].headers, out, ROUTE_HEADERS)
         per_filter: dict[str, Any] = {}
         if http.cors_policy is not None:
-            per_filter[CORS_FILTER] = cors_config(http.cors_policy)
+            per_filter[CORS_FILTER] = enabled_filter(cors_config(http.cors_policy))
         if http.fault is not None:
-            per_filter[FAULT_FILTER] = fault_config(http.fault)
+            per_filter[FAULT_FILTER] = enabled_filter(fault_config(http.fault))
         if per_filter:
             out["typed_per_filter_config"] = per_filter
         return out
@@ -425,7 +436,7 @@ class RouteBuilder:
                     **self.route_extras(http),
                 }
                 route["name"] = http.name or expanded.default_name
-                routes.append(route)
+                routes.append(self._with_passthrough(route))
                 if is_catch_all(match):
                     return routes
         return routes
@@ -461,6 +472,19 @@ class RouteBuilder:
         }
         if hashing:
             route["route"]["hash_policy"] = hashing  # DestinationRule consistentHash
+        return self._with_passthrough(route)
+
+    def _with_passthrough(self, route: dict[str, Any]) -> dict[str, Any]:
+        """``route``, turning on the dynamic forward proxy filter when it forwards to a
+        PASSTHROUGH cluster (see :mod:`.passthrough`)."""
+        action = route.get("route")
+        if action is None:
+            return route
+        targets = _targets(action)
+        if route_passes_through(self.world, targets, self.namespace):
+            route.setdefault("typed_per_filter_config", {})[passthrough.FILTER_NAME] = (
+                passthrough.ROUTE_CONFIG
+            )
         return route
 
     def virtual_service_for(
