@@ -219,3 +219,84 @@ def test_a_patch_envoy_rejects_is_named_in_proxy_status(mesh: Mesh) -> None:
     # Envoy keeps its last good clusters, so traffic still flows
     status, _, body = fetch(client, "reviews:9080")
     assert status == 200, body
+
+
+def ecds_rate_limit(tokens: int, marker: str) -> str:
+    """A local rate limit of ``tokens`` per minute on productpage's inbound side, its config
+    served over ECDS (EXTENSION_CONFIG) and loaded by name by the filter the second patch
+    inserts; rate-limited answers carry ``x-limited: marker``."""
+    return f"""
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: ratelimit-ecds, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: productpage}}}}
+  configPatches:
+    - applyTo: EXTENSION_CONFIG
+      patch:
+        operation: ADD
+        value:
+          name: local-ratelimit
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+            stat_prefix: ecds_rate_limiter
+            token_bucket: {{max_tokens: {tokens}, tokens_per_fill: {tokens}, fill_interval: 3600s}}
+            filter_enabled: {{default_value: {{numerator: 100, denominator: HUNDRED}}}}
+            filter_enforced: {{default_value: {{numerator: 100, denominator: HUNDRED}}}}
+            response_headers_to_add:
+              - header: {{key: x-limited, value: {marker}}}
+    - applyTo: HTTP_FILTER
+      match:
+        context: SIDECAR_INBOUND
+        listener:
+          filterChain:
+            filter: {{name: envoy.filters.network.http_connection_manager}}
+      patch:
+        operation: INSERT_FIRST
+        value:
+          name: local-ratelimit
+          config_discovery:
+            config_source: {{ads: {{}}}}
+            type_urls: [type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit]
+"""
+
+
+def listener_changes(w: Workload) -> dict[str, str]:
+    """The Envoy's counters of listener updates (LDS responses taken, listeners added or
+    modified): unchanged when only an extension config changed."""
+    stats = w.envoy_admin("/stats?filter=listener_manager")
+    wanted = ("listener_manager.lds.update_success", "listener_manager.listener_added")
+    wanted += ("listener_manager.listener_modified",)
+    lines = (line.split(": ", 1) for line in stats.splitlines() if ": " in line)
+    return {k: v for k, v in lines if k in wanted}
+
+
+@pytest.mark.parametrize("protocol", ["delta", "sotw"])
+def test_an_extension_config_over_ecds_limits_and_a_new_one_applies_without_a_listener_change(
+    mesh: Mesh, protocol: str
+) -> None:
+    mesh.xds_protocol = protocol
+    server = mesh.run("productpage", "v1", 8000)
+    applied = mesh.apply(ecds_rate_limit(3, "first"), "--wait")
+    assert applied.returncode == 0, applied.stderr
+    assert "not applied" not in applied.stderr, applied.stderr
+    client = mesh.client()
+    answers = [fetch(client, "productpage:8000", "/productpage") for _ in range(5)]
+    assert [status for status, _, _ in answers] == [200, 200, 200, 429, 429], answers
+    assert json.loads(answers[0][2])["service"] == "productpage"
+    assert answers[3][1].get("x-limited") == "first", answers[3]
+    shown = mesh.cli("proxy-status")
+    header = shown.stdout.splitlines()[0].split()
+    assert "ECDS" in header, shown.stdout
+    row = next(line.split() for line in shown.stdout.splitlines() if server.name in line)
+    assert row[header.index("ECDS")] == "SYNCED", shown.stdout
+
+    # A new bucket and marker: only the extension config changes, the listener stays
+    before = listener_changes(server)
+    assert len(before) == 3, before
+    applied = mesh.apply(ecds_rate_limit(6, "second"), "--wait")
+    assert applied.returncode == 0, applied.stderr
+    answers = [fetch(client, "productpage:8000", "/productpage") for _ in range(7)]
+    assert [status for status, _, _ in answers] == [200] * 6 + [429], answers
+    assert answers[6][1].get("x-limited") == "second", answers[6]
+    assert listener_changes(server) == before

@@ -1,7 +1,8 @@
 """Every golden output is accepted by real Envoy (`envoy --mode validate`).
 
 xDS-only references are made static for validation: EDS clusters get their assignment
-inline and the outbound listener gets its route configuration inline. Everything else is
+inline, the outbound listener gets its route configuration inline, and a filter that loads
+its config over ECDS gets that extension config's inline. Everything else is
 exactly what translation produced. The runtime is the sidecar bootstrap's, so that limits
 it sets (RE2 program size) are those Envoy validates against.
 """
@@ -35,13 +36,23 @@ def static_bootstrap(expected: dict[str, Any]) -> dict[str, Any]:
             c["type"] = "STATIC"
             c["load_assignment"] = assignments[c["name"]]
         clusters.append(c)
+    extensions = {e["name"]: e["typed_config"] for e in expected.get("extension_configs", [])}
+
+    def inline(filters: list[dict[str, Any]]) -> None:
+        for f in filters:
+            if "config_discovery" in f:
+                f.pop("config_discovery")
+                f["typed_config"] = extensions[f["name"]]
+
     listeners = []
     for lst in map(plain, expected["listeners"]):
         for chain in lst["filter_chains"]:
+            inline(chain["filters"])
             for f in chain["filters"]:
                 hcm = f["typed_config"]
                 if "rds" in hcm:
                     hcm["route_config"] = routes[hcm.pop("rds")["route_config_name"]]
+                inline(hcm.get("http_filters", []))
         listeners.append(lst)
     sidecar = bootstrap(ProxyIdentity("golden", "golden", "default"), "127.0.0.1", 1, 1)
     return {

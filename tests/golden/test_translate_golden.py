@@ -30,6 +30,8 @@ NAMES = {
     rs.LISTENER: "listeners",
     rs.ROUTE: "routes",
 }
+# Listed only when a case has some, so the other cases' files need not mention them
+OPTIONAL_NAMES = {rs.EXTENSION_CONFIG: "extension_configs"}
 
 
 def render(case: Path) -> dict[str, Any]:
@@ -43,7 +45,9 @@ def render(case: Path) -> dict[str, Any]:
     node = Node.from_metadata(node_doc["id"], node_doc.get("metadata") or {})
     snapshot = translate(World.build(1, resources, instances), node)
     out: dict[str, Any] = {}
-    for type_url, key in NAMES.items():
+    for type_url, key in {**NAMES, **OPTIONAL_NAMES}.items():
+        if type_url in OPTIONAL_NAMES and not snapshot.of(type_url):
+            continue
         items = []
         for name in sorted(snapshot.of(type_url)):
             any_msg = snapshot.of(type_url)[name].body

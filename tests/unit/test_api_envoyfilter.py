@@ -123,6 +123,17 @@ def test_a_valid_filter_parses_to_typed_patches() -> None:
             "spec.configPatches[0].applyTo",
             "LISTENER",
         ),
+        (
+            "- {applyTo: EXTENSION_CONFIG, patch: {operation: ADD, value: {typed_config: "
+            '{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}',
+            "spec.configPatches[0].patch.value.name",
+            "config_discovery loads it by name",
+        ),
+        (
+            "- {applyTo: EXTENSION_CONFIG, patch: {operation: ADD, value: {name: rl}}}",
+            "spec.configPatches[0].patch.value.typed_config",
+            "needs a typed_config with an @type",
+        ),
     ],
 )
 def test_istio_refusals_name_the_field(patch: str, path: str, reason: str) -> None:
@@ -151,7 +162,7 @@ def test_warnings_for_what_does_not_apply_to_tsunagi_proxies() -> None:
         - applyTo: HTTP_ROUTE
           patch: {operation: MERGE, value: {response_headers_to_add: [{header: {key: a, value: b}, bogus: 1}]}}
         - applyTo: EXTENSION_CONFIG
-          patch: {operation: ADD, value: {name: x}}
+          patch: {operation: MERGE, value: {name: x}}
         - applyTo: CLUSTER
           match: {context: GATEWAY}
           patch: {operation: REMOVE}
@@ -167,13 +178,21 @@ def test_warnings_for_what_does_not_apply_to_tsunagi_proxies() -> None:
     assert "EnvoyFilter default/ef: spec.targetRefs is not applied yet" in joined
     assert "spec.configPatches[0].patch.value: Failed to parse response_headers_to_add" in joined
     assert 'no field named "bogus" at "Route.response_headers_to_add[0]"; ignored' in joined
-    assert "spec.configPatches[1] applyTo EXTENSION_CONFIG is not applied yet" in joined
+    assert "[1].patch.operation MERGE does nothing with applyTo EXTENSION_CONFIG" in joined
     assert "spec.configPatches[2].match.context GATEWAY is not applied yet" in joined
     assert "spec.configPatches[3].match.proxy" in joined
 
 
 def test_a_clean_filter_has_no_warnings() -> None:
     text = doc("- {applyTo: CLUSTER, patch: {operation: MERGE, value: {connect_timeout: 2s}}}")
+    assert not_yet_enforced(load_documents(text, "ef.yaml")) == []
+
+
+def test_an_extension_config_add_is_applied_so_not_warned_about() -> None:
+    text = doc(
+        "- {applyTo: EXTENSION_CONFIG, patch: {operation: ADD, value: {name: rl, typedConfig: "
+        '{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}'
+    )
     assert not_yet_enforced(load_documents(text, "ef.yaml")) == []
 
 

@@ -73,3 +73,25 @@ def test_missing_field() -> None:
     del doc["service"]
     with pytest.raises(InvalidInstance, match="service"):
         Instance.from_document(doc)
+
+
+async def test_peer_protocols_follow_registrations_expiry_and_restarts() -> None:
+    store = MemoryStore()
+    clock = Clock()
+    reg = Registry(store, ttl=10, clock=clock)
+    grpc = Instance.from_document({**DOC, "name": "a", "protocol": "GRPC"})
+    http = Instance.from_document({**DOC, "name": "b"})
+    await reg.register(grpc)
+    await reg.register(http)
+    assert reg.peer_protocols(http) == ["GRPC"]
+    assert reg.peer_protocols(grpc) == ["HTTP"]
+    await reg.register(Instance.from_document({**DOC, "name": "a", "port": 9999}))
+    assert reg.peer_protocols(http) == []  # a moved to another port
+    restarted = Registry(store, ttl=10, clock=clock)
+    restarted.restore_leases()
+    assert restarted.peer_protocols(Instance.from_document({**DOC, "name": "c"})) == ["HTTP"]
+    assert await restarted.deregister("default", "b")
+    assert restarted.peer_protocols(grpc) == []
+    clock.now += 11
+    assert len(await reg.expire()) == 1  # b is gone already; a lapses
+    assert reg.peer_protocols(http) == []

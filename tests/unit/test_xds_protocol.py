@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -39,6 +39,7 @@ from tsunagi.xds.protocol import (
 from tsunagi.xds.resources import (
     CLUSTER,
     ENDPOINT,
+    EXTENSION_CONFIG,
     LISTENER,
     ROUTE,
     SECRET,
@@ -141,6 +142,7 @@ _MESSAGES: dict[str, Any] = {
     ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
     LISTENER: listener_pb2.Listener,
     ROUTE: route_pb2.RouteConfiguration,
+    EXTENSION_CONFIG: extension_pb2.TypedExtensionConfig,
 }
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from envoy.config.core.v3 import extension_pb2
+
 from .checks_common import Issue, Path, check_labels
 from .envoy_values import PatchValueError, build_value
 from .envoyfilter import (
@@ -57,9 +59,26 @@ def _check_patch(cp: EnvoyConfigObjectPatch, at: Path) -> Iterator[Issue]:
     if cp.patch.value is not None:
         try:
             # Lenient, as Istio: unknown fields are dropped here and warned about at apply
-            build_value(cp.apply_to, cp.patch.value, strict=False)
+            value = build_value(cp.apply_to, cp.patch.value, strict=False)
         except PatchValueError as e:
             yield Issue((*at, "patch", "value"), str(e))
+            return
+        if isinstance(value, extension_pb2.TypedExtensionConfig) and op == "ADD":
+            yield from _check_extension_config(value, (*at, "patch", "value"))
+
+
+def _check_extension_config(value: extension_pb2.TypedExtensionConfig, at: Path) -> Iterator[Issue]:
+    """An ECDS resource Envoy can load: filters find it by name, and it needs a config."""
+    if not value.name:
+        yield Issue(
+            (*at, "name"),
+            "an extension config needs a name (the filter's config_discovery loads it by name)",
+        )
+    if not value.typed_config.type_url:
+        yield Issue(
+            (*at, "typed_config"),
+            "an extension config needs a typed_config with an @type (the filter's config)",
+        )
 
 
 def _check_match(cp: EnvoyConfigObjectPatch, at: Path) -> Iterator[Issue]:
@@ -132,8 +151,6 @@ def envoy_filter_warnings(where: str, spec: EnvoyFilterSpec) -> list[str]:
                 f"as in Istio; this patch is ignored (use one of "
                 f"{', '.join(OPERATIONS[cp.apply_to])})"
             )
-        if cp.apply_to == "EXTENSION_CONFIG":
-            out.append(f"{where}: {at} applyTo EXTENSION_CONFIG is not applied yet (no ECDS)")
         if m is not None and m.context == "GATEWAY":
             out.append(f"{where}: {at}.match.context GATEWAY is not applied yet (sidecars only)")
         if m is not None and m.proxy is not None and (m.proxy.proxy_version or m.proxy.metadata):

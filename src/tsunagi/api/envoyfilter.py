@@ -48,7 +48,8 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "VIRTUAL_HOST": ("MERGE", "ADD", "REMOVE", *INSERTS, "REPLACE"),
     "HTTP_ROUTE": ("MERGE", "ADD", "REMOVE", *INSERTS),
     "CLUSTER": ("MERGE", "ADD", "REMOVE", *INSERTS),
-    "EXTENSION_CONFIG": ("MERGE", "ADD", "REMOVE"),
+    # Istio makes an extension config from ADD only (InsertedExtensionConfigurations)
+    "EXTENSION_CONFIG": ("ADD",),
 }
 
 HCM_NAMES = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")

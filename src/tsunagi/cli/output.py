@@ -61,7 +61,10 @@ def resources(items: list[dict[str, Any]], fmt: str) -> str:
 def proxy_status(proxies: list[dict[str, Any]]) -> str:
     if not proxies:
         return "No proxies connected."
-    headers = ["NAME", "SERVICE", "CDS", "EDS", "LDS", "RDS", "REVISION"]
+    # ECDS only when some proxy loads extension configs (EnvoyFilter EXTENSION_CONFIG)
+    ecds = ("ECDS",) if any("ECDS" in p["types"] for p in proxies) else ()
+    kinds = ("CDS", "EDS", *ecds, "LDS", "RDS")
+    headers = ["NAME", "SERVICE", *kinds, "REVISION"]
     rows = []
     errors = []
     for p in proxies:
@@ -70,7 +73,7 @@ def proxy_status(proxies: list[dict[str, Any]]) -> str:
             [
                 p["id"],
                 p.get("service", ""),
-                *(types.get(t, {}).get("state", "-") for t in ("CDS", "EDS", "LDS", "RDS")),
+                *(types.get(t, {}).get("state", "-") for t in kinds),
                 str(p.get("revision", "")),
             ]
         )

@@ -114,6 +114,9 @@ class Registry:
         self.ttl = ttl
         self._clock = clock
         self._leases: dict[Key, float] = {}
+        self._protocols: dict[tuple[str, str, int], dict[str, str]] = {}
+        """(namespace, service, port) → instance name → the protocol it declared."""
+        self._port_of: dict[Key, tuple[str, str, int]] = {}
         # Register, deregister and expire decide from the store's contents and then write:
         # without a lock, an expiry in flight could delete an instance that just registered.
         self._lock = asyncio.Lock()
@@ -122,25 +125,32 @@ class Registry:
         return [Instance.from_document(r.document) for r in self._store.contents().of_kind(KIND)]
 
     def peer_protocols(self, inst: Instance) -> list[str]:
-        """The protocols the other registered instances of ``inst``'s service port declare
-        (read from the stored documents: no instance is parsed)."""
-        out = []
-        for r in self._store.contents().of_kind(KIND):
-            doc = r.document
-            if (
-                r.key != inst.key
-                and r.key[1] == inst.namespace
-                and doc.get("service") == inst.service
-                and doc.get("port") == inst.port
-            ):
-                out.append(str(doc.get("protocol") or protocols.DEFAULT).upper())
-        return out
+        """The protocols the other registered instances of ``inst``'s service port declare."""
+        peers = self._protocols.get((inst.namespace, inst.service, inst.port), {})
+        return [p for name, p in peers.items() if name != inst.name]
+
+    def _index(self, key: Key, doc: Mapping[str, Any] | None) -> None:
+        """Keep the protocol index in step with the instance stored under ``key`` (``doc``
+        None: removed). An index, so that a registration costs the same in a mesh of five
+        instances as in one of five thousand."""
+        old = self._port_of.pop(key, None)
+        if old is not None:
+            peers = self._protocols[old]
+            del peers[key[2]]
+            if not peers:
+                del self._protocols[old]
+        if doc is not None:
+            port = (key[1], str(doc.get("service")), int(doc.get("port") or 0))
+            protocol = str(doc.get("protocol") or protocols.DEFAULT).upper()
+            self._protocols.setdefault(port, {})[key[2]] = protocol
+            self._port_of[key] = port
 
     def restore_leases(self) -> None:
         """Give every stored instance a fresh lease (call once after the store opens)."""
         deadline = self._clock() + self.ttl
         for rec in self._store.contents().of_kind(KIND):
             self._leases[rec.key] = deadline
+            self._index(rec.key, rec.document)
 
     async def register(self, inst: Instance) -> int:
         async with self._lock:
@@ -148,7 +158,9 @@ class Registry:
             current = self._store.contents().records.get(inst.key)
             if current is not None and current.document == inst.to_document():
                 return self._store.contents().revision
-            return await self._store.commit([(inst.key, inst.to_document())])
+            revision = await self._store.commit([(inst.key, inst.to_document())])
+            self._index(inst.key, inst.to_document())
+            return revision
 
     def heartbeat(self, namespace: str, name: str) -> bool:
         """Extend a lease; ``False`` means the instance is unknown and must register again."""
@@ -165,6 +177,7 @@ class Registry:
             if key not in self._store.contents().records:
                 return False
             await self._store.commit([], [key])
+            self._index(key, None)
             return True
 
     async def expire(self) -> list[Key]:
@@ -177,4 +190,6 @@ class Registry:
                 for k in lapsed:
                     self._leases.pop(k, None)
                 await self._store.commit([], lapsed)
+                for k in lapsed:
+                    self._index(k, None)
             return lapsed

@@ -21,15 +21,28 @@ ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 
 # Make before break: a cluster exists before an endpoint set names it, endpoints before a
-# listener can send to them, a listener before the routes it loads.
-PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# listener can send to them, a listener before the routes it loads. Extension configs (ECDS)
+# go after the clusters a filter config may name (ext_authz, rate limit services) and before
+# the listeners whose filters load them, so a changed config is in place before a listener
+# uses it. Envoy asks for an ECDS name only once it applied a listener naming it; such a new
+# name still goes while LDS awaits its answer (it comes earlier in this order), which is what
+# the warming listener waits for.
+PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE)
 
 # Types whose subscription is a wildcard ("everything for this node") in Envoy's ADS.
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 
-SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
+SHORT_NAMES = {
+    CLUSTER: "CDS",
+    ENDPOINT: "EDS",
+    EXTENSION_CONFIG: "ECDS",
+    LISTENER: "LDS",
+    ROUTE: "RDS",
+    SECRET: "SDS",
+}
 
 
 def _digest(data: bytes) -> str:

@@ -18,8 +18,8 @@ What the machine guarantees, for both variants:
   after applying CDS).
 * Removals last: a resource that vanishes from the snapshot stays, at the content the client
   last got, until every type is ACKed (none NACKed) and every dependent subscription caught
-  up; only then do the removals go out, one type at a time, listeners first (LDS, RDS, CDS,
-  EDS), so nothing is removed while something Envoy runs may still use it.
+  up; only then do the removals go out, one type at a time, listeners first (LDS, ECDS, RDS,
+  CDS, EDS), so nothing is removed while something Envoy runs may still use it.
 * Latest wins: responses are computed when they are taken, from the newest snapshot.
 
 SotW responses of CDS and LDS hold every resource of the type; those of EDS and RDS (and

@@ -1,6 +1,6 @@
 """Make-before-break ordering: which type may be sent next, and what it should hold.
 
-Types go out in :data:`PUSH_ORDER` (CDS, EDS, LDS, RDS), one un-answered response per type;
+Types go out in :data:`PUSH_ORDER` (CDS, EDS, ECDS, LDS, RDS), one un-answered response per type;
 no type is sent while an earlier one awaits its answer, except the dependent type of the one
 outstanding (EDS while CDS waits, RDS while LDS waits: Envoy ACKs clusters and listeners only
 once they warmed, which needs those). A later type also waits until Envoy subscribed to every
@@ -20,6 +20,7 @@ from tsunagi.xds.protocol._state import _NO_NAMES, _TypeState
 from tsunagi.xds.resources import (
     CLUSTER,
     ENDPOINT,
+    EXTENSION_CONFIG,
     LISTENER,
     PUSH_ORDER,
     ROUTE,
@@ -30,13 +31,16 @@ from tsunagi.xds.resources import (
 
 # Removals, once everything else is in place, go listeners first: a listener that goes away
 # stops taking traffic before the routes and clusters it may still use go too, and each
-# parent goes before its dependents, which Envoy then simply unsubscribes from.
-_BREAK_ORDER = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
+# parent goes before its dependents, which Envoy then simply unsubscribes from. Extension
+# configs go right after the listeners whose filters load them.
+_BREAK_ORDER = (LISTENER, EXTENSION_CONFIG, ROUTE, CLUSTER, ENDPOINT)
 
 # What each type's resources can point at, directly or through another type: a listener
-# loads route configs and names clusters, routes name clusters, clusters load endpoints.
+# loads route configs and extension configs and names clusters, routes and extension configs
+# (a filter's config) name clusters, clusters load endpoints.
 _REFERENCED_BY: dict[str, frozenset[str]] = {
-    LISTENER: frozenset({ROUTE, CLUSTER, ENDPOINT}),
+    LISTENER: frozenset({EXTENSION_CONFIG, ROUTE, CLUSTER, ENDPOINT}),
+    EXTENSION_CONFIG: frozenset({CLUSTER, ENDPOINT}),
     ROUTE: frozenset({CLUSTER, ENDPOINT}),
     CLUSTER: frozenset({ENDPOINT}),
 }
@@ -55,6 +59,9 @@ _PARENT_TYPE = {child: parent for parent, child in DEPENDENT_TYPE.items()}
 # names must be sent even if unchanged ("How the client specifies what resources to
 # return"), so names dropped from the subscription are forgotten (see ``known``).
 # ``version_info`` stays the version of the whole subscribed set, so ACKs mean the same.
+# Extension configs are not among them: Envoy gives each ECDS name its own watch and a SotW
+# update leaving a watched name out reaches that watch as "no resource", which its filter
+# config subscription rejects (it wants exactly one); every subscribed one goes every time.
 _PARTIAL_SOTW_TYPES = frozenset({ENDPOINT, ROUTE})
 
 

@@ -343,8 +343,11 @@ def _namespace_view(
     whose DestinationRule differs there (Istio looks in the client's namespace first) get
     their own clusters, services not exported there are left out, all else is shared.
     Most namespaces need neither, and get ``shared`` itself. Also returns what failed."""
-    overrides = world.rule_overrides(namespace)
-    hidden = world.hidden_services(namespace)
+    # What a namespace sees depends on services and routing resources only: remembered
+    # across endpoint-only pushes, where scanning every service per namespace would dominate.
+    seen = (namespace, world.routing_fingerprint)
+    overrides = memo.get(("rule-overrides", *seen), world.rule_overrides, namespace)
+    hidden = memo.get(("hidden-services", *seen), world.hidden_services, namespace)
     if not overrides and not hidden:
         return shared, ()
     clusters: dict[str, Resource] = {}
@@ -464,6 +467,8 @@ def assemble_patched(
     p = patched.parts
     resources = {**snapshot.resources, rs.CLUSTER: p.clusters, rs.ENDPOINT: p.endpoints}
     resources.update({rs.LISTENER: p.listeners, rs.ROUTE: p.routes})
+    if p.extension_configs:
+        resources[rs.EXTENSION_CONFIG] = p.extension_configs
     return Snapshot(resources=MappingProxyType(resources), revision=revision), patched
 
 

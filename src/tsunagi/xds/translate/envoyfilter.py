@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
@@ -44,6 +44,7 @@ from tsunagi.mesh import Node, World
 from tsunagi.mesh.world import of_spec
 from tsunagi.xds import resources as rs
 from tsunagi.xds.resources import Resource
+from tsunagi.xds.translate.envoyfilter_ecds import extension_configs, loaded_names, missing
 from tsunagi.xds.translate.envoyfilter_patch import (
     Prepared,
     patch_cluster,
@@ -88,6 +89,8 @@ class Parts:
     routes: Mapping[str, Resource]
     own_clusters: Mapping[str, Resource] = field(default_factory=dict)
     """Before patching, the proxy's own clusters (they win over shared ones of that name)."""
+    extension_configs: Mapping[str, Resource] = field(default_factory=dict)
+    """After patching, the extension configs (ECDS) EXTENSION_CONFIG patches add."""
 
 
 @dataclass(frozen=True)
@@ -146,8 +149,8 @@ def prepare(r: ResourceOf[EnvoyFilterSpec]) -> tuple[Filter | None, str]:
         if cp.apply_to is None or cp.patch is None or cp.patch.operation is None:
             continue
         m = cp.match
-        if cp.apply_to == "EXTENSION_CONFIG" or (m is not None and m.context == "GATEWAY"):
-            continue  # no ECDS and no gateways here (an apply warning says so)
+        if m is not None and m.context == "GATEWAY":
+            continue  # no gateways here (an apply warning says so)
         if m is not None and m.proxy is not None and (m.proxy.proxy_version or m.proxy.metadata):
             continue  # matches proxies by Istio version/metadata: ours report none
         op = cp.patch.operation
@@ -372,6 +375,59 @@ def _with_refold(
     return MappingProxyType(out)
 
 
+def _extension_configs(
+    filters: Sequence[Filter],
+    digests: Mapping[ResourceKey, str],
+    memo: _Memo,
+    errors: list[TranslationError],
+    touched: dict[str, list[str]],
+) -> Mapping[str, Resource]:
+    """The extension configs the filters' EXTENSION_CONFIG patches add, made once per set
+    of such filters (most proxies of a namespace share it); records errors and who added."""
+    mine = [f for f in filters if any(p.apply_to == "EXTENSION_CONFIG" for p in f.patches)]
+    if not mine:
+        return {}
+    key = ("ef-ecds", tuple((f.key, digests[f.key]) for f in mine))
+    made = memo.get(key, extension_configs, [(f.key, f.name, f.patches) for f in mine])
+    errors.extend(made.errors)
+    if made.by:
+        touched.setdefault(rs.EXTENSION_CONFIG, []).extend(made.by)
+    return made.configs
+
+
+def _unserved(
+    listeners: Mapping[str, Resource],
+    extensions: Mapping[str, Resource],
+    filters: Sequence[Filter],
+    touched: Mapping[str, Sequence[str]],
+    memo: _Memo,
+) -> list[TranslationError]:
+    """An error per extension config a patched listener loads over ECDS that no filter of
+    this proxy adds, blamed on the filters that patched its listeners."""
+
+    def loads(res: Resource) -> frozenset[str]:
+        key = ("ef-ecds-loads", res.name, res.version)
+        names: frozenset[str] = memo.get(key, loaded_names, res)
+        return names
+
+    gaps = missing(listeners, extensions, loads)
+    if not gaps:
+        return []
+    by = set(touched.get(rs.LISTENER, ()))
+    keys = tuple(f.key for f in filters if f.name in by)
+    return [
+        TranslationError(
+            keys,
+            f"extension config {ext!r} that LDS {listener} loads over ECDS",
+            "no EnvoyFilter selecting this proxy adds it (applyTo EXTENSION_CONFIG, operation "
+            "ADD, value.name the filter's name), so the filter answers 500: add one or fix "
+            "the name",
+            kept_last_good=False,
+        )
+        for listener, ext in gaps
+    ]
+
+
 def patch_parts(world: World, node: Node, parts: Parts, memo: _Memo) -> Patched:
     """``parts`` with the EnvoyFilters that select ``node`` applied."""
     chosen = applicable(world, node, memo)
@@ -404,13 +460,22 @@ def patch_parts(world: World, node: Node, parts: Parts, memo: _Memo) -> Patched:
     own = patch(_patch_map, rs.CLUSTER, parts.own_clusters)
     listeners = _with_added(rs.LISTENER, listeners, _added("LISTENER", filters), touched)
     own = _with_added(rs.CLUSTER, own, _added("CLUSTER", filters), touched)
+    extensions = _extension_configs(filters, digests, memo, errors, touched)
+    if listeners is not parts.listeners:  # only patches make filters that load over ECDS
+        errors.extend(_unserved(listeners, extensions, filters, touched, memo))
     if (
         listeners is parts.listeners
         and routes is parts.routes
         and shared is parts.clusters
         and own is parts.own_clusters
     ):
-        return Patched(parts, tuple(dict.fromkeys(errors)))
+        if not extensions:
+            return Patched(parts, tuple(dict.fromkeys(errors)))
+        return Patched(
+            replace(parts, extension_configs=extensions),
+            tuple(dict.fromkeys(errors)),
+            MappingProxyType({t: tuple(dict.fromkeys(w)) for t, w in touched.items() if w}),
+        )
     clusters = {**shared, **own}
     refold = memo.get(
         ("ef-eds", id(parts.endpoints), id(shared)),
@@ -433,6 +498,7 @@ def patch_parts(world: World, node: Node, parts: Parts, memo: _Memo) -> Patched:
             _with_refold(parts.endpoints, {**refold, **mine}),
             MappingProxyType(dict(listeners)) if listeners is not parts.listeners else listeners,
             routes,
+            extension_configs=extensions,
         ),
         tuple(dict.fromkeys(errors)),
         MappingProxyType({t: tuple(dict.fromkeys(w)) for t, w in touched.items() if w}),
