@@ -118,6 +118,10 @@ class _Overlay(Mapping[str, Resource]):
     def __len__(self) -> int:
         return len(self._base) + sum(1 for n in self._extra if n not in self._base)
 
+    def layered_version(self) -> str:
+        """The version, without walking the shared mapping (see :func:`layered_version`)."""
+        return rs.layered_version(self._base, self._extra)
+
 
 @dataclass(frozen=True)
 class Shared:

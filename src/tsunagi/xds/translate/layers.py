@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from tsunagi.xds.resources import Resource
+from tsunagi.xds.resources import Resource, layered_version
 
 
 def host_of(name: str) -> str:
@@ -47,3 +47,7 @@ class Layered(Mapping[str, Resource]):
         if self._len < 0:
             self._len = sum(1 for _ in self)
         return self._len
+
+    def layered_version(self) -> str:
+        """The version, without walking the shared mapping (see :func:`layered_version`)."""
+        return layered_version(self._base, self._extra, self._hosts)
