@@ -3,7 +3,7 @@
 1. direct            client → upstream                       (the physical limit)
 2. tsunagi           client → client sidecar → server sidecar → upstream, set up by
                      `tsunagi up` / `tsunagi run` exactly as a user would
-3. tsunagi-policy    the same through the same client sidecar to a second service (its own
+3. tsunagi-policy    the same through a second client sidecar to a second service (its own
                      server sidecar and upstream) that carries the policy a typical user
                      writes: a DestinationRule and a VirtualService (:data:`POLICY`)
 4. envoy-pair        the same two hops, minimal hand-written static Envoy configs
@@ -262,24 +262,22 @@ class Setup:
             self.cp.env,
         ).pid
 
-    def _tsunagi(self) -> list[Case]:
-        """The two tsunagi cases: one client sidecar, a server sidecar per service."""
-        self.cp = ControlPlane(self.procs, self.workdir)
-        server = self._server("upstream", "bench-server")
-        policy_server = self._server(POLICY_HOST, "bench-policy-server")
+    def _client(self, name: str) -> tuple[int, int]:
+        """`tsunagi run` of an app that only calls out; (agent pid, its outbound port)."""
+        assert self.cp is not None
         outbound = free_port()
-        client = self.procs.start(
-            "tsunagi-client",
+        agent = self.procs.start(
+            name,
             tsunagi(
                 "run",
                 "--service",
-                "bench-client",
+                name,
                 "--port",
                 "80",
                 "--concurrency",
                 "1",
                 "--name",
-                "bench-client",
+                name,
                 "--outbound-port",
                 str(outbound),
                 "--",
@@ -289,17 +287,29 @@ class Setup:
             ),
             self.cp.env,
         ).pid
+        return agent, outbound
+
+    def _tsunagi(self) -> list[Case]:
+        """The two tsunagi cases, each with its own client sidecar and a server sidecar per
+        service: the plain case's client is the one whose memory is measured, so the policy
+        case's traffic (its connection pools and buffers) must not run through it."""
+        self.cp = ControlPlane(self.procs, self.workdir)
+        server = self._server("upstream", "bench-server")
+        policy_server = self._server(POLICY_HOST, "bench-policy-server")
+        client, outbound = self._client("bench-client")
+        policy_client, policy_outbound = self._client("bench-policy-client")
         case = Case("tsunagi", outbound, "upstream", [])
-        policy = Case("tsunagi-policy", outbound, POLICY_HOST, [])
+        policy = Case("tsunagi-policy", policy_outbound, POLICY_HOST, [])
         _wait_answers(case)
         _wait_answers(policy)
         self.cp.apply_and_wait(POLICY)
         client_envoy = _sidecar_envoy(client)
-        check_policy(client_envoy)
+        policy_envoy = _sidecar_envoy(policy_client)
+        check_policy(policy_envoy)
         case.pids = [client_envoy, _sidecar_envoy(server)]
         case.agent_pids = [client, server]
-        policy.pids = [client_envoy, _sidecar_envoy(policy_server)]
-        policy.agent_pids = [client, policy_server]
+        policy.pids = [policy_envoy, _sidecar_envoy(policy_server)]
+        policy.agent_pids = [policy_client, policy_server]
         self.tsunagi_client = (client, client_envoy)
         return [case, policy]
 
@@ -521,7 +531,7 @@ def markdown(res: dict[str, Any]) -> str:
         "answering 200 itself (`direct_response`), not counted in any case. CPU: process time "
         "(all threads, user + system) during the fixed-rate run, per 1,000 requests answered "
         "(= CPU s per second at 1k req/s), per proxy; tsunagi's includes its Python agent "
-        "(split out in the last two columns). tsunagi-policy: the same path through the same "
+        "(split out in the last two columns). tsunagi-policy: the same path through its own "
         "client sidecar to a second service that has a DestinationRule (LEAST_REQUEST, "
         "connection-pool limits of 10,000, outlier detection after 5 consecutive 5xx) and a "
         "VirtualService (retries: 3 attempts, 2 s per try; one request header set), checked "
