@@ -157,6 +157,37 @@ def request(
             c.close()
 
 
+def concurrent_gets(
+    client: Workload, host: str, path: str, threads: int, each: int
+) -> list[tuple[int, str]]:
+    """``threads`` callers at once (they start together), each sending ``each`` requests one
+    after another on its own keep-alive connection to ``client``'s sidecar: (status,
+    x-envoy-overloaded) of every answer."""
+    results: list[tuple[int, str]] = []
+    lock = threading.Lock()
+    go = threading.Barrier(threads)
+
+    def caller() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", client.outbound_port, timeout=30)
+        go.wait()
+        try:
+            for _ in range(each):
+                conn.request("GET", path, headers={"Host": host})
+                resp = conn.getresponse()
+                resp.read()
+                with lock:
+                    results.append((resp.status, resp.headers.get("x-envoy-overloaded", "")))
+        finally:
+            conn.close()
+
+    workers = [threading.Thread(target=caller) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return results
+
+
 @dataclass
 class Mesh:
     """A control plane in ``state_dir`` and the workloads started against it."""

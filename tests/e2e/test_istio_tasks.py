@@ -11,7 +11,6 @@ import http.client
 import re
 import subprocess
 import sys
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import yaml
 
 import tsunagi.demo
 
-from .mesh import Mesh, Workload, request, stop, wait_until
+from .mesh import Mesh, Workload, concurrent_gets, request, stop, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -221,42 +220,14 @@ def test_request_timeouts(tasks: Bookinfo) -> None:
     assert REVIEWS_SORRY in page and "HTTP 504" in page, page
 
 
-def concurrent_gets(client: Workload, path: str, threads: int, each: int) -> list[tuple[int, str]]:
-    """``threads`` callers at once, each sending ``each`` requests to ratings through the
-    client's sidecar: (status, x-envoy-overloaded) of every answer."""
-    results: list[tuple[int, str]] = []
-    lock = threading.Lock()
-    go = threading.Barrier(threads)
-
-    def caller() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", client.outbound_port, timeout=30)
-        go.wait()
-        try:
-            for _ in range(each):
-                conn.request("GET", path, headers={"Host": "ratings:9080"})
-                resp = conn.getresponse()
-                resp.read()
-                with lock:
-                    results.append((resp.status, resp.headers.get("x-envoy-overloaded", "")))
-        finally:
-            conn.close()
-
-    workers = [threading.Thread(target=caller) for _ in range(threads)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
-    return results
-
-
 def test_circuit_breaking(tasks: Bookinfo) -> None:
     slow = "/ratings/0?delay=0.2"  # ratings' own knob: keeps each request in flight
-    results = concurrent_gets(tasks.client, slow, threads=10, each=4)
+    results = concurrent_gets(tasks.client, "ratings:9080", slow, threads=10, each=4)
     assert {status for status, _ in results} == {200}, results  # no limits: all get through
 
     tasks.apply("destination-rule-ratings-circuit-breaking.yaml")
     marked = slow + "&from=circuit-breaking"  # tells these apart in what ratings received
-    results = concurrent_gets(tasks.client, marked, threads=10, each=4)
+    results = concurrent_gets(tasks.client, "ratings:9080", marked, threads=10, each=4)
     assert len(results) == 40
     tripped = [r for r in results if r[0] == 503]
     assert tripped and all(overloaded == "true" for _, overloaded in tripped), results

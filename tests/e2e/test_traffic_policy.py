@@ -3,12 +3,9 @@ task): what a client actually receives."""
 
 from __future__ import annotations
 
-import http.client
-import threading
-
 import pytest
 
-from .mesh import Mesh, Workload, wait_until
+from .mesh import Mesh, Workload, concurrent_gets, wait_until
 from .rules import destination_rule
 
 pytestmark = pytest.mark.e2e
@@ -28,31 +25,8 @@ SLOW = "/?sleep=0.2"  # keeps each request in flight, so concurrent ones pile up
 
 
 def load(client: Workload) -> list[tuple[int, str]]:
-    """``THREADS`` clients, each sending ``REQUESTS`` requests one after another on its own
-    keep-alive connection to the client's sidecar: (status, x-envoy-overloaded) of each."""
-    results: list[tuple[int, str]] = []
-    lock = threading.Lock()
-    start = threading.Barrier(THREADS)
-
-    def worker() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", client.outbound_port, timeout=30)
-        start.wait()
-        try:
-            for _ in range(REQUESTS):
-                conn.request("GET", SLOW, headers={"Host": "reviews:9080"})
-                resp = conn.getresponse()
-                resp.read()
-                with lock:
-                    results.append((resp.status, resp.headers.get("x-envoy-overloaded", "")))
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
+    """``THREADS`` callers of reviews at once, ``REQUESTS`` each: (status, x-envoy-overloaded)."""
+    return concurrent_gets(client, "reviews:9080", SLOW, THREADS, REQUESTS)
 
 
 def limit(client: Workload, name: str) -> str:
