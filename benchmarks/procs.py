@@ -124,7 +124,8 @@ def rss_bytes(pid: int) -> int:
 
 
 def children(pid: int, comm: str | None = None) -> list[int]:
-    """Direct children of ``pid`` (optionally only those whose command name is ``comm``)."""
+    """Live (not zombie) children of ``pid``, optionally only those whose command name is
+    ``comm``; the e2e tests use it too."""
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -134,8 +135,9 @@ def children(pid: int, comm: str | None = None) -> list[int]:
         except OSError:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and (comm is None or name == comm):
+        # Fields after the command name, which is in parentheses and may hold anything.
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z" and (comm is None or name == comm):
             out.append(int(entry.name))
     return out
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from benchmarks.procs import children
+
 from tsunagi.agent.ports import free_ports
 
 APPS = Path(__file__).parent / "apps"
@@ -47,23 +49,6 @@ def wait_until(check: Callable[[], object], timeout: float = 20.0, what: str = "
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def children(pid: int) -> list[int]:
-    """Pids of the live processes whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the command name, which is in parentheses and may hold anything.
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == pid and state != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 def cmdline(pid: int) -> list[str]:
