@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
+from collections import deque
 from pathlib import Path
 
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -26,6 +28,14 @@ def _listen_range() -> range:
     return range(_LOWEST, low) if low - _LOWEST >= 1000 else range(0)
 
 
+# Ports this process handed out lately. A port is free again once released, so a caller
+# that asks for one port at a time (before anything binds the last) could get the same one
+# twice: ``bind(0)`` rarely repeats itself, but random picks do (50 picks among 22,000
+# ports repeat one in 20 times).
+_recent: deque[int] = deque(maxlen=4096)
+_recent_lock = threading.Lock()
+
+
 def _bound(port: int) -> socket.socket | None:
     s = socket.socket()
     try:
@@ -43,13 +53,18 @@ def free_ports(count: int) -> list[int]:
     candidates = _listen_range()
     try:
         tries = 0
-        while len(socks) < count:
-            tries += 1
-            port = random.choice(candidates) if candidates and tries <= 50 * count else 0
-            s = _bound(port)
-            if s is not None:
-                socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+        with _recent_lock:
+            while len(socks) < count:
+                tries += 1
+                port = random.choice(candidates) if candidates and tries <= 50 * count else 0
+                if port in _recent:
+                    continue
+                s = _bound(port)
+                if s is not None:
+                    socks.append(s)
+            ports = [s.getsockname()[1] for s in socks]
+            _recent.extend(ports)
+        return ports
     finally:
         for s in socks:
             s.close()
