@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit e2e bench bench-quick lint format clean tools
+.PHONY: demo test unit e2e bench bench-quick lint format clean tools vendor-ui
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/tsunagi demo
 
-# Programs the benchmarks drive (the quick benchmark run is part of `make test`). Debian's
+# Programs the benchmarks and e2e tests drive (prometheus: /usr/bin/prometheus, for
+# tests/e2e/test_prometheus.py; the quick benchmark run is part of `make test`). Debian's
 # packages; skipped with a note where apt-get is not available.
-TOOLS := wrk hey haproxy
+TOOLS := wrk hey haproxy chromium prometheus
 tools:
 	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
@@ -49,6 +50,18 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
+
+# The dashboard's vendored Cytoscape.js: fetched from the npm registry, checked against the
+# sha256 in src/tsunagi/ui/static/vendor/README.md (bump both there to upgrade).
+CYTOSCAPE := 3.34.4
+VENDOR := src/tsunagi/ui/static/vendor
+vendor-ui:
+	rm -rf build/vendor-ui && mkdir -p build/vendor-ui
+	cd build/vendor-ui && npm pack --silent cytoscape@$(CYTOSCAPE) >/dev/null && tar xzf cytoscape-$(CYTOSCAPE).tgz
+	cp build/vendor-ui/package/dist/cytoscape.min.js build/vendor-ui/package/LICENSE build/vendor-ui/
+	cd build/vendor-ui && grep -E '^[0-9a-f]{64}  ' $(CURDIR)/$(VENDOR)/README.md | sha256sum --check --strict
+	cp build/vendor-ui/cytoscape.min.js build/vendor-ui/LICENSE $(VENDOR)/
+	rm -rf build/vendor-ui
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -26,6 +26,13 @@ def up_command(state: Path, api_port: int, xds_port: int) -> list[str]:
         str(xds_port),
         "--instance-ttl",
         "100000",
+        # The trace collector's ports: any free ones, so benchmarks never collide on 9411.
+        "--zipkin-port",
+        "0",
+        "--otlp-port",
+        "0",
+        "--dashboard-port",  # likewise for the dashboard's 20001
+        "0",
     )
 
 

@@ -9,6 +9,8 @@ and that any package may import. A name changed here changes on both sides at on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 DEFAULT_OUTBOUND_PORT = 15001
 """Istio's outbound port: where the app's ``HTTP_PROXY`` points unless one is allocated."""
 
@@ -43,6 +45,11 @@ def inbound_active_requests_stat(port: int) -> str:
     return f"http.{inbound_stat_prefix(port)}.downstream_rq_active"
 
 
+INBOUND_ACTIVE_REQUESTS_STAT_REGEX = r"^http\.inbound_\d+\.downstream_rq_active$"
+"""Matches every :func:`inbound_active_requests_stat`: the only ``http.`` stat a sidecar's
+Envoy keeps (its stats inclusion list)."""
+
+
 def locality_fields(locality: str) -> dict[str, str]:
     """``region/zone/sub_zone`` as Envoy's ``Locality`` fields, empty parts left out.
 
@@ -59,3 +66,60 @@ default is 100, which refuses regexes Istio accepts; Istio's bootstrap raises it
 does the agent's (``RE2_MAX_PROGRAM_SIZE_KEY`` in the runtime), and validation refuses what
 is larger, so that Envoy never NACKs a regex that ``apply`` accepted."""
 RE2_MAX_PROGRAM_SIZE_KEY = "re2.max_program_size.error_level"
+
+
+# Istio's standard metrics: Envoy writes one access-log line per request (and TCP events)
+# to a FIFO the agent reads; the agent aggregates them (docs/design/metrics.md, option b).
+META_METRICS_LOG = "metrics_log"
+"""The FIFO the agent reads metric lines from; absent: the proxy gets no metrics logger."""
+PEER_HEADER = "x-tsunagi-peer"
+"""Added to every outbound request by the client sidecar (its :func:`workload_metadata`),
+read and removed by the server sidecar: how the ``destination`` reporter learns its
+``source_*`` labels."""
+PEER_ENV = "TSUNAGI_PEER"
+"""Envoy's environment variable holding this proxy's :func:`workload_metadata`; outbound
+routes are shared by a namespace's sidecars, so their header value reads it per process."""
+CLUSTER_ID = "Kubernetes"
+"""Istio's default cluster id: the ``source_cluster`` / ``destination_cluster`` label."""
+METRICS_LINE_SOURCE = "s"
+"""First field of a metric line from the outbound listener (``reporter="source"``):
+``TOKEN, upstream cluster, endpoint workload metadata, code, flags, gRPC status, duration
+ms, request bytes, response bytes`` (tab-separated)."""
+METRICS_LINE_DESTINATION = "d"
+"""Inbound HTTP (``reporter="destination"``): ``TOKEN, peer (the PEER_HEADER value), code,
+flags, gRPC status, duration ms, request bytes, response bytes``."""
+METRICS_LINE_TCP = "t"
+"""Inbound TCP: ``TOKEN, log type, connection id, received bytes, sent bytes, flags`` with
+cumulative byte counts (Envoy's periodic and end-of-connection entries)."""
+METRICS_TOKEN_SEP = "|"
+"""A line's token is ``KIND`` then, per Telemetry metric override, ``|METRIC!`` (metric
+disabled) or ``|METRIC-tag`` (label removed); the agent parses each distinct token once."""
+
+
+def workload_name(labels: Mapping[str, str], service: str) -> str:
+    """The workload a proxy belongs to, named as a Kubernetes Deployment in Istio's samples
+    (Bookinfo's ``reviews-v1`` for ``app=reviews, version=v1``)."""
+    app = labels.get("app") or service
+    version = labels.get("version")
+    return f"{app}-{version}" if version else app
+
+
+def workload_metadata(labels: Mapping[str, str], service: str, namespace: str) -> str:
+    """Istio's endpoint metadata ``istio.workload`` value:
+    ``workload;namespace;canonical service;canonical revision;cluster``."""
+    name = workload_name(labels, service)
+    canonical = (
+        labels.get("service.istio.io/canonical-name")
+        or labels.get("app.kubernetes.io/name")
+        or labels.get("app")
+        or name
+    )
+    revision = (
+        labels.get("service.istio.io/canonical-revision")
+        or labels.get("app.kubernetes.io/version")
+        or labels.get("version")
+        or "latest"
+    )
+    # ';' separates the fields and tabs/newlines separate log fields: keep them out.
+    parts = (name, namespace, canonical, revision, CLUSTER_ID)
+    return ";".join(p.replace(";", "_").replace("\t", " ").replace("\n", " ") for p in parts)

@@ -180,6 +180,11 @@ class Mesh:
     state_dir: Path
     api_port: int = field(default_factory=free_port)
     xds_port: int = field(default_factory=free_port)
+    zipkin_port: int = field(default_factory=free_port)
+    otlp_port: int = field(default_factory=free_port)
+    dashboard_port: int = field(default_factory=free_port)
+    up_args: tuple[str, ...] = ()
+    """More ``tsunagi up`` flags (``--trace-export URL``, ...)."""
     control_plane: subprocess.Popen[bytes] | None = None
     workloads: list[Workload] = field(default_factory=list)
     instance_ttl: float = 15.0
@@ -210,6 +215,13 @@ class Mesh:
             str(self.xds_port),
             "--instance-ttl",
             str(self.instance_ttl),
+            "--zipkin-port",
+            str(self.zipkin_port),
+            "--otlp-port",
+            str(self.otlp_port),
+            "--dashboard-port",
+            str(self.dashboard_port),
+            *self.up_args,
         ]
 
     def up(self) -> None:

@@ -19,6 +19,7 @@ from google.protobuf import json_format
 
 from tsunagi.api import load_documents
 from tsunagi.mesh import Node, World
+from tsunagi.mesh.telemetry import MeshTelemetry
 from tsunagi.registry import Instance
 from tsunagi.xds import resources as rs
 from tsunagi.xds.translate import translate
@@ -43,7 +44,10 @@ def render(case: Path) -> dict[str, Any]:
     ]
     node_doc = yaml.safe_load((case / "node.yaml").read_text())
     node = Node.from_metadata(node_doc["id"], node_doc.get("metadata") or {})
-    snapshot = translate(World.build(1, resources, instances), node)
+    # Optional mesh-wide telemetry (the `tsunagi up` flags), e.g. {access_log: TEXT}
+    mesh_file = case / "mesh_telemetry.yaml"
+    mesh = MeshTelemetry(**yaml.safe_load(mesh_file.read_text())) if mesh_file.exists() else None
+    snapshot = translate(World.build(1, resources, instances, mesh), node)
     out: dict[str, Any] = {}
     for type_url, key in {**NAMES, **OPTIONAL_NAMES}.items():
         if type_url in OPTIONAL_NAMES and not snapshot.of(type_url):

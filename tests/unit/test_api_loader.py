@@ -43,6 +43,7 @@ MINIMAL_SPECS: dict[str, str] = {
     """,
     "PeerAuthentication": "mtls: {mode: STRICT}",
     "AuthorizationPolicy": "action: ALLOW",
+    "Telemetry": "tracing: [{randomSamplingPercentage: 10}]",
     "EnvoyFilter": """
         configPatches:
         - applyTo: CLUSTER
@@ -60,9 +61,10 @@ GROUP_VERSIONS = {
     "PeerAuthentication": "security.istio.io",
     "AuthorizationPolicy": "security.istio.io",
     "EnvoyFilter": "networking.istio.io",
+    "Telemetry": "telemetry.istio.io",
 }
 #: Kinds Istio serves at fewer versions than the rest of their group.
-ONLY_VERSIONS = {"EnvoyFilter": ["v1alpha3"]}
+ONLY_VERSIONS = {"EnvoyFilter": ["v1alpha3"], "Telemetry": ["v1alpha1", "v1beta1", "v1"]}
 
 
 def _doc(kind: str, api: str, spec: str, name: str = "x", namespace: str = "") -> str:

@@ -26,6 +26,8 @@ class ProxyIdentity(NamedTuple):
     kind: str = pc.DEFAULT_KIND
     inbound_protocols: Mapping[int, str] = MappingProxyType({})
     """service port → its protocol, when not HTTP."""
+    metrics_log: str = ""
+    """The FIFO the agent reads metric lines from; empty: no metrics loggers."""
 
 
 def bootstrap(
@@ -56,6 +58,7 @@ def bootstrap(
                 },
                 pc.META_KIND: ident.kind,
                 pc.META_LOCALITY: ident.locality,
+                **({pc.META_METRICS_LOG: ident.metrics_log} if ident.metrics_log else {}),
             },
         },
         "admin": {
@@ -142,7 +145,9 @@ def bootstrap(
                         {"prefix": "server."},
                         {"prefix": "cluster_manager."},
                         {"prefix": "listener_manager."},
-                        {"prefix": "http."},
+                        # Of ~80 stats per connection manager, draining reads one; Istio's
+                        # metrics come from the access log (agent/metrics.py), not these.
+                        {"safe_regex": {"regex": pc.INBOUND_ACTIVE_REQUESTS_STAT_REGEX}},
                         {"prefix": "cluster.xds."},
                         {"prefix": "control_plane."},
                     ]

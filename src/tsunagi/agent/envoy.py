@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from tsunagi import httpwire
@@ -40,6 +41,7 @@ class EnvoyProcess:
         admin_port: int,
         concurrency: int = 2,
         log_level: str = "warning",
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.admin_port = admin_port
@@ -48,6 +50,8 @@ class EnvoyProcess:
         self.config = workdir / "envoy.json"
         self.config.write_text(json.dumps(bootstrap, indent=1))
         self.log = workdir / "envoy.log"
+        self.env = {**os.environ, **env} if env else None
+        """Envoy's environment (``None``: the agent's), e.g. ``proxy_contract.PEER_ENV``."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -67,9 +71,15 @@ class EnvoyProcess:
                     "2",
                     "--parent-shutdown-time-s",
                     "3",
+                    # Metric lines reach the agent within a second (Envoy's default: 10 s).
+                    "--file-flush-interval-msec",
+                    "1000",
                 ],
+                env=self.env,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                # Envoy's stdout carries only access log lines: they go to the user's
+                # terminal with the app's output. Envoy's own log (stderr) stays in the file.
+                stdout=None,
                 stderr=log,
                 # Its own process group: a Ctrl-C meant for `tsunagi run` must not stop Envoy
                 # before the agent has deregistered and drained.

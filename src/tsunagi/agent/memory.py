@@ -18,5 +18,10 @@ def release_startup_memory() -> None:
     heartbeats and never needs them again. ``malloc_trim`` returns them to the kernel.
     """
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Return the C heap's free pages to the kernel (``malloc_trim``; glibc only)."""
     if _libc is not None and hasattr(_libc, "malloc_trim"):
         _libc.malloc_trim(0)

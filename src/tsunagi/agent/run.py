@@ -25,10 +25,14 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from tsunagi import protocols
+from tsunagi import proxy_contract as pc
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.children import die_with_parent
 from tsunagi.agent.envoy import EnvoyProcess, admin
 from tsunagi.agent.memory import release_startup_memory
+from tsunagi.agent.metrics import Aggregator, Identity
+from tsunagi.agent.metrics_server import PATH as METRICS_PATH
+from tsunagi.agent.metrics_server import MetricsPipe, MetricsServer
 from tsunagi.agent.ports import free_ports, wait_listening
 from tsunagi.client import Client, Rejected, Unreachable
 from tsunagi.proxy_contract import inbound_active_requests_stat
@@ -51,6 +55,10 @@ class RunOptions(NamedTuple):
     locality: str = ""
     outbound_port: int = 0
     inbound_port: int = 0
+    metrics_port: int = 0
+    """Where ``/stats/prometheus`` is served; 0: a free port."""
+    app_metrics: str = ""
+    """The app's own metrics path on its port (``--app-metrics``), merged into ours."""
     name: str = ""
     concurrency: int = 2
     delta: bool = False
@@ -80,6 +88,9 @@ class Sidecar:
         self.registered = False
         self.stop = threading.Event()
         self._envoy: EnvoyProcess | None = None
+        self.aggregator = Aggregator(Identity(opts.service, opts.namespace, labels))
+        self._pipe: MetricsPipe | None = None
+        self._metrics: MetricsServer | None = None
 
     def _pick_ports(self) -> None:
         outbound, inbound, admin, app = free_ports(4)
@@ -91,6 +102,7 @@ class Sidecar:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stop.set())
         try:
+            self._start_metrics()
             xds = self.client.request("GET", "/v1/bootstrap")["xds"]
             # Ports are picked free but can be taken before Envoy binds them (many sidecars
             # start at once): a proxy whose listeners did not bind gets new ports.
@@ -120,9 +132,37 @@ class Sidecar:
         finally:
             if self._envoy is not None:
                 self._envoy.stop()
+            if self._metrics is not None:
+                self._metrics.close()
+            if self._pipe is not None:
+                self._pipe.close()
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def _start_metrics(self) -> None:
+        """The metric pipe (before Envoy, which opens it) and the metrics endpoint."""
+        self._pipe = MetricsPipe(self.workdir / "metrics.fifo", self.aggregator)
+        self._pipe.start()
+        try:
+            self._metrics = MetricsServer(
+                self.opts.metrics_port,
+                self.aggregator,
+                self.admin_port,
+                self.app_port,
+                self.opts.app_metrics,
+            )
+        except OSError as e:
+            raise RuntimeError(
+                f"cannot serve metrics on port {self.opts.metrics_port}: {e}; choose another "
+                "--metrics-port (or 0 for a free one)"
+            ) from None
+        self._metrics.start()
+        log.info(
+            "%s: metrics on http://127.0.0.1:%d%s", self.name, self._metrics.port, METRICS_PATH
+        )
+
     def _start_envoy(self, xds_host: str, xds_port: int) -> None:
+        if self._metrics is not None:  # ports change when a bind failed and we retry
+            self._metrics.envoy_admin_port, self._metrics.app_port = self.admin_port, self.app_port
         ident = ProxyIdentity(
             node_id=f"{self.name}.{self.opts.namespace}",
             service=self.opts.service,
@@ -136,9 +176,18 @@ class Sidecar:
                 if self.opts.protocol != protocols.DEFAULT
                 else {}
             ),
+            metrics_log=str(self._pipe.path) if self._pipe is not None else "",
         )
         config = bootstrap(ident, xds_host, xds_port, self.admin_port, self.opts.delta)
-        self._envoy = EnvoyProcess(self.workdir, config, self.admin_port, self.opts.concurrency)
+        # Who this proxy is, for the peer header its outbound routes add (read per process).
+        peer = pc.workload_metadata(self.labels, self.opts.service, self.opts.namespace)
+        self._envoy = EnvoyProcess(
+            self.workdir,
+            config,
+            self.admin_port,
+            self.opts.concurrency,
+            env={pc.PEER_ENV: peer},
+        )
         self._envoy.start()
 
     @property
@@ -226,6 +275,9 @@ class Sidecar:
         ]
         for t in threads:
             t.start()
+        # Start-up is over for Envoy and the app; an app that never listens is never
+        # registered (where the trim otherwise happens), and would keep start-up's heap.
+        release_startup_memory()
         self.stop.wait()
         self._deregister()
         if app.poll() is None:
@@ -254,6 +306,7 @@ class Sidecar:
             "labels": self.labels,
             "locality": self.opts.locality,
             "protocol": self.opts.protocol,
+            "metrics_port": self._metrics.port if self._metrics is not None else 0,
         }
 
     def _register_and_heartbeat(self, app: subprocess.Popen[bytes]) -> None:

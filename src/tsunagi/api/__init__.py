@@ -71,6 +71,7 @@ from .networking import (
     WorkloadEntrySpec,
 )
 from .security import AuthorizationPolicySpec, PeerAuthenticationSpec, Rule
+from .telemetry import TelemetrySpec
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -123,6 +124,7 @@ __all__ = [
     "Subset",
     "TCPRoute",
     "TLSRoute",
+    "TelemetrySpec",
     "TrafficPolicy",
     "ValidationFailed",
     "VirtualServiceSpec",

@@ -13,6 +13,7 @@ from . import checks_networking as cn
 from . import checks_security as cs
 from .checks_common import Issue
 from .checks_envoyfilter import check_envoy_filter
+from .checks_telemetry import check_telemetry
 from .envoyfilter import EnvoyFilterSpec
 from .networking import (
     DestinationRuleSpec,
@@ -23,11 +24,14 @@ from .networking import (
     WorkloadEntrySpec,
 )
 from .security import AuthorizationPolicySpec, PeerAuthenticationSpec
+from .telemetry import TelemetrySpec
 
 NETWORKING_GROUP = "networking.istio.io"
 SECURITY_GROUP = "security.istio.io"
 NETWORKING_VERSIONS = ("v1alpha3", "v1beta1", "v1")
 SECURITY_VERSIONS = ("v1beta1", "v1")
+TELEMETRY_GROUP = "telemetry.istio.io"
+TELEMETRY_VERSIONS = ("v1alpha1", "v1beta1", "v1")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,9 @@ KIND_INFO: Mapping[str, KindInfo] = MappingProxyType(
             ),
             _sec("PeerAuthentication", PeerAuthenticationSpec, cs.check_peer_authentication),
             _sec("AuthorizationPolicy", AuthorizationPolicySpec, cs.check_authorization_policy),
+            KindInfo(
+                "Telemetry", TELEMETRY_GROUP, TELEMETRY_VERSIONS, TelemetrySpec, check_telemetry
+            ),
         )
     }
 )

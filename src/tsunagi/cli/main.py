@@ -33,6 +33,21 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _positive_duration(text: str) -> float:
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 (e.g. 5s)")
+    return seconds
+
+
+def _http_url(text: str) -> str:
+    if not text:  # the default: none
+        return text
+    if not text.startswith(("http://", "https://")) or len(text.split("//", 1)[1]) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
+    return text
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -41,6 +56,34 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return value
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage from 0 to 100")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 lets the OS choose)")
+    return int(text)
+
+
+def _trace_export(text: str) -> str:
+    from tsunagi.telemetry.export import parse_target
+
+    if not text:  # the default: no export
+        return text
+    try:
+        parse_target(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _service_port(text: str) -> tuple[int, str]:
@@ -67,14 +110,52 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="tsunagi", description="Istio's API on real Envoy.")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="run the control plane")
+    up = sub.add_parser(
+        "up",
+        help="run the control plane",
+        description="Run the control plane. It writes STATE_DIR/prometheus.yml, a complete "
+        "Prometheus config for the mesh (prometheus --config.file STATE_DIR/prometheus.yml): "
+        "targets come from GET /v1/prometheus/targets, the control plane's pilot_* metrics "
+        "from GET /metrics (both need the API token, which the config reads from "
+        "STATE_DIR/token).",
+    )
     up.add_argument("--state-dir")
     up.add_argument(
         "--store", default="", help="sqlite:PATH (default: STATE_DIR/tsunagi.db) or memory:"
     )
     up.add_argument("--xds-port", type=int, default=15010)
     up.add_argument("--api-port", type=int, default=15014)
-    up.add_argument("--dashboard-port", type=int, default=20001)
+    up.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=20001,
+        help="the dashboard's web server, loopback clients with the token only (default "
+        "20001, Kiali's; 0: the OS chooses); `tsunagi dashboard` opens it",
+    )
+    up.add_argument(
+        "--scrape-interval",
+        type=_positive_duration,
+        default=5.0,
+        metavar="DURATION",
+        help="how often the control plane scrapes every sidecar's metrics for the dashboard "
+        "(default 5s; it keeps the last hour)",
+    )
+    up.add_argument(
+        "--scrape-max-series",
+        type=_positive_int,
+        default=20_000,
+        metavar="N",
+        help="most series the dashboard's metrics store keeps (default 20000; each costs "
+        "4 bytes per scrape in the hour kept, 2.9 kB at 5s); new ones beyond are dropped",
+    )
+    up.add_argument(
+        "--prometheus",
+        type=_http_url,
+        default="",
+        metavar="URL",
+        help="compute the dashboard's graph and charts with PromQL against this Prometheus "
+        "(e.g. http://127.0.0.1:9090) instead of the built-in scraper",
+    )
     up.add_argument(
         "--instance-ttl",
         type=float,
@@ -111,6 +192,58 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="concurrent API connections one client address may hold (default 256: every "
         "agent of a local mesh connects from 127.0.0.1)",
+    )
+
+    up.add_argument(
+        "--trace-sampling",
+        type=_percent,
+        default=1.0,
+        metavar="PCT",
+        help="percent of requests the sidecars trace, 0 to 100 (default 1, Istio's); "
+        "a Telemetry resource overrides it per namespace or workload",
+    )
+    up.add_argument(
+        "--access-log",
+        nargs="?",
+        const="text",
+        default="",
+        type=str.lower,
+        choices=["text", "json"],
+        help="every sidecar logs every request to its `tsunagi run` output, in Istio's "
+        "default text format (or JSON: --access-log json); a Telemetry resource can turn "
+        "it on or off per namespace or workload",
+    )
+
+    up.add_argument(
+        "--zipkin-port",
+        type=_port,
+        default=9411,
+        metavar="PORT",
+        help="the trace collector's Zipkin v2 API: sidecars send spans here; Zipkin's UI, "
+        "Grafana or curl read /api/v2/traces (default 9411; 0: the OS chooses)",
+    )
+    up.add_argument(
+        "--otlp-port",
+        type=_port,
+        default=4317,
+        metavar="PORT",
+        help="OTLP/gRPC trace ingest for apps using the OpenTelemetry SDK (default 4317; "
+        "0: the OS chooses)",
+    )
+    up.add_argument(
+        "--trace-max-spans",
+        type=_positive_int,
+        default=10_000,
+        metavar="N",
+        help="the collector keeps the newest N spans in memory (default 10000)",
+    )
+    up.add_argument(
+        "--trace-export",
+        type=_trace_export,
+        default="",
+        metavar="URL",
+        help="also forward every span: to a Zipkin collector (http://HOST:9411/api/v2/spans) "
+        "or an OTLP/gRPC one (otlp://HOST:4317)",
     )
 
     run = sub.add_parser(
@@ -166,6 +299,21 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         help="fix the inbound listener's port (so a browser can reach the app)",
     )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="where the agent serves Istio's merged metrics (GET /stats/prometheus: "
+        "istio_requests_total and friends, Envoy's own, the app's); default: a free port, "
+        "logged and registered for Prometheus discovery",
+    )
+    run.add_argument(
+        "--app-metrics",
+        default="",
+        metavar="PATH",
+        help="also serve the app's own Prometheus metrics, fetched from PATH on the app's "
+        "port at each scrape (e.g. /metrics), merged as Istio's agent does",
+    )
     run.add_argument("--name", default="")
     run.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
     run.add_argument("--xds-protocol", choices=["sotw", "delta"], default="delta")
@@ -186,7 +334,7 @@ def parser() -> argparse.ArgumentParser:
         "kind",
         help="virtualservice (vs), destinationrule (dr), serviceentry (se), gateway (gw), "
         "sidecar, envoyfilter, workloadentry (we), peerauthentication (pa), "
-        "authorizationpolicy (ap), workloads; plurals work too",
+        "authorizationpolicy (ap), telemetry, workloads; plurals work too",
     )
     get.add_argument("name", nargs="?")
     get.add_argument("-n", "--namespace", default="")
@@ -203,6 +351,20 @@ def parser() -> argparse.ArgumentParser:
 
     ps = sub.add_parser("proxy-status", help="which proxies have which config")
     _connection_args(ps)
+
+    dash = sub.add_parser(
+        "dashboard",
+        help="print the dashboard's URL and open it in a browser",
+        description="Print the URL of the running control plane's dashboard (it carries the "
+        "token once; the page then keeps a session cookie) and open it in a browser when "
+        "one is available, like `istioctl dashboard kiali`.",
+    )
+    dash.add_argument(
+        "--state-dir",
+        help="where `tsunagi up` keeps state (env TSUNAGI_STATE_DIR, default ~/.tsunagi)",
+    )
+    dash.add_argument("--token", help="API token (env TSUNAGI_TOKEN, default: the state dir's)")
+    dash.add_argument("--no-browser", action="store_true", help="only print the URL")
 
     # The rules' folder is named without importing the demo: every `tsunagi run` builds this
     # parser, and the sidecar's memory budget has no room for modules it never uses.
@@ -341,6 +503,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         debounce=Debounce(quiet=args.debounce_after, max_delay=args.debounce_max),
         api_max_body=args.api_max_body_mib * 1024 * 1024,
         api_connections_per_client=args.api_connections_per_client,
+        trace_sampling=args.trace_sampling,
+        access_log=args.access_log.upper(),
+        zipkin_port=args.zipkin_port,
+        otlp_port=args.otlp_port,
+        trace_max_spans=args.trace_max_spans,
+        trace_export=args.trace_export,
+        dashboard_port=args.dashboard_port,
+        scrape_interval=args.scrape_interval,
+        scrape_max_series=args.scrape_max_series,
+        prometheus=args.prometheus,
     )
     import asyncio
 
@@ -366,6 +538,16 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if args.app_metrics and not args.app_metrics.startswith("/"):
+        print(
+            f"error: --app-metrics {args.app_metrics!r} must be a path on the app's port, "
+            "starting with /, e.g. --app-metrics /metrics",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if not 0 <= args.metrics_port <= 65535:
+        print("error: --metrics-port must be 0..65535 (0: a free port)", file=sys.stderr)
+        return EXIT_USAGE
     opts = RunOptions(
         service=args.service,
         command=tuple(cmd),
@@ -377,6 +559,8 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
         locality=args.locality,
         outbound_port=args.outbound_port,
         inbound_port=args.inbound_port,
+        metrics_port=args.metrics_port,
+        app_metrics=args.app_metrics,
         name=args.name,
         concurrency=args.concurrency,
         delta=args.xds_protocol == "delta",
@@ -397,6 +581,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "up":
         return cmd_up(args)
+    if args.command == "dashboard":
+        from tsunagi.cli.dashboard import cmd_dashboard
+
+        return cmd_dashboard(args)
     if args.command == "demo":
         from tsunagi.demo.runner import run_demo
         from tsunagi.demo.tasks import walkthrough

@@ -24,15 +24,20 @@ from tsunagi.api import KINDS, Resource, ValidationFailed, load_documents
 from tsunagi.api.checks_common import quote
 from tsunagi.controlplane import openapi
 from tsunagi.controlplane.connections import LimitedSite
+from tsunagi.controlplane.metrics import CONTENT_TYPE, ControlPlaneMetrics
 from tsunagi.controlplane.openapi import (
     MIB,
     ROUTES,
     ApplyRequest,
     DeleteRequest,
+    GraphQuery,
     InstanceRequest,
     ResourcesQuery,
+    SeriesQuery,
     WaitQuery,
 )
+from tsunagi.controlplane.prometheus import host_port
+from tsunagi.controlplane.prometheus import targets as prometheus_targets
 from tsunagi.controlplane.status import proxy_statuses, wait_for_acks
 from tsunagi.mesh import World
 from tsunagi.mesh.analysis import (
@@ -41,10 +46,15 @@ from tsunagi.mesh.analysis import (
     passthrough_without_dns,
     undefined_subsets,
 )
+from tsunagi.mesh.telemetry_analysis import telemetry_conflicts
 from tsunagi.registry import KIND as INSTANCE_KIND
 from tsunagi.registry import Instance, InvalidInstance, Registry
 from tsunagi.registry.instances import protocol_disagreement
 from tsunagi.store import Key, Store
+from tsunagi.telemetry.graph import graph_view
+from tsunagi.telemetry.panels import panel
+from tsunagi.telemetry.promviews import PrometheusError
+from tsunagi.telemetry.views import MetricsViews
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
@@ -90,6 +100,7 @@ _ALIASES = {
     "gw": "Gateway",
     "pa": "PeerAuthentication",
     "ap": "AuthorizationPolicy",
+    "telemetries": "Telemetry",
     "workload": INSTANCE_KIND,
     "workloads": INSTANCE_KIND,
     "instance": INSTANCE_KIND,
@@ -157,11 +168,13 @@ class Api:
         idle_timeout: float = 30.0,
         body_timeout: float = 30.0,
         max_wait_timeout: float = 300.0,
+        metrics: ControlPlaneMetrics | None = None,
     ) -> None:
         """The limits: request bodies up to ``max_body_size`` bytes, read within
         ``body_timeout`` seconds; at most ``max_connections_per_client`` concurrent
         connections per client address; connections idle (or sending headers) for
-        ``idle_timeout`` seconds are closed; ``/v1/wait`` waits at most ``max_wait_timeout``."""
+        ``idle_timeout`` seconds are closed; ``/v1/wait`` waits at most ``max_wait_timeout``.
+        ``metrics`` is what ``/metrics`` serves (a fresh one when not given)."""
         self.store = store
         self.registry = registry
         self.pusher = pusher
@@ -173,6 +186,12 @@ class Api:
         self.idle_timeout = idle_timeout
         self.body_timeout = body_timeout
         self.max_wait_timeout = max_wait_timeout
+        self.views: MetricsViews | None = None
+        """Where ``/v1/graph`` and ``/v1/metrics/series`` get their numbers (set by the
+        control plane: its own scraper's store, or Prometheus)."""
+        self.metrics = metrics if metrics is not None else ControlPlaneMetrics()
+        self.address = ""
+        """``host:port`` this API listens on, once :meth:`serve` bound it."""
         self.spec = openapi.build_spec(
             openapi.Limits(
                 max_body_size=max_body_size,
@@ -262,7 +281,9 @@ class Api:
         except BaseException:
             await runner.cleanup()
             raise
-        return runner, (runner.addresses[0][1] if runner.addresses else port)
+        bound = runner.addresses[0][1] if runner.addresses else port
+        self.address = host_port(host, bound)
+        return runner, bound
 
     async def _read_body(self, request: web.Request) -> bytes:
         size = request.content_length
@@ -335,6 +356,10 @@ class Api:
         revision = contents.revision
         if puts and not body.dry_run:
             revision = await self.store.commit(puts)
+            for item in results:
+                if item["action"] != "unchanged":
+                    event = "add" if item["action"] == "created" else "update"
+                    self.metrics.config_event(item["kind"], event)
         return web.json_response(
             {
                 "revision": revision,
@@ -353,6 +378,7 @@ class Api:
             undefined_subsets(candidate, applied)
             + delegation_problems(candidate, applied)
             + passthrough_without_dns(candidate, applied)
+            + telemetry_conflicts(candidate, applied)
             + not_yet_enforced(applied)
         )
 
@@ -377,6 +403,8 @@ class Api:
                 [f"{k[0]} {k[1]}/{k[2]} not found" for k in missing],
             )
         revision = await self.store.commit([], keys)
+        for key in keys:
+            self.metrics.config_event(key[0], "delete")
         return web.json_response(
             {
                 "revision": revision,
@@ -415,7 +443,12 @@ class Api:
             inst = Instance.from_document(body.model_dump())
         except InvalidInstance as e:
             return _error(400, f"invalid instance: {e}")
+        known = self.store.contents().records.get(inst.key)
         revision = await self.registry.register(inst)
+        if known is None:
+            self.metrics.registry_event(INSTANCE_KIND, "add")
+        elif known.document != inst.to_document():
+            self.metrics.registry_event(INSTANCE_KIND, "update")
         reply: dict[str, Any] = {"revision": revision, "ttl": self.registry.ttl}
         disagreement = protocol_disagreement(inst, self.registry.peer_protocols(inst))
         if disagreement is not None:
@@ -433,10 +466,20 @@ class Api:
         ns, name = request.match_info["namespace"], request.match_info["name"]
         if not await self.registry.deregister(ns, name):
             return _error(404, f"instance {ns}/{name} is not registered")
+        self.metrics.registry_event(INSTANCE_KIND, "delete")
         return web.json_response({"revision": self.store.contents().revision})
 
     async def proxies(self, request: web.Request) -> web.Response:
         return web.json_response({"proxies": proxy_statuses(self.cache, self.pusher)})
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        """istiod-style ``pilot_*`` metrics, in Prometheus' text format."""
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def prometheus_targets(self, request: web.Request) -> web.Response:
+        """Prometheus HTTP service discovery: this control plane and every sidecar that
+        serves metrics."""
+        return web.json_response(prometheus_targets(self.registry.instances(), self.address))
 
     async def wait(self, request: web.Request) -> web.Response:
         q = self._query(request, WaitQuery)
@@ -470,6 +513,53 @@ class Api:
             },
             status=504,
         )
+
+    def _metrics(self) -> MetricsViews:
+        if self.views is None:
+            raise ApiError(502, "this control plane keeps no metrics")
+        return self.views
+
+    async def graph(self, request: web.Request) -> web.Response:
+        q = self._query(request, GraphQuery)
+        try:
+            return web.json_response(await graph_view(self._metrics(), q.window))
+        except PrometheusError as e:
+            raise ApiError(502, str(e)) from None
+
+    async def metrics_series(self, request: web.Request) -> web.Response:
+        q = self._query(request, SeriesQuery)
+        try:
+            doc = await panel(self._metrics(), q.kind, q.namespace, q.name, q.window, q.step)
+        except PrometheusError as e:
+            raise ApiError(502, str(e)) from None
+        return web.json_response(doc)
+
+    def config_view(self) -> list[dict[str, Any]]:
+        """Every stored resource with its warnings (as ``apply`` gives them, against the
+        current config) and translation errors: the dashboard's config view."""
+        world: World = self.pusher.world
+        errors = self.pusher.errors.by_resource
+        out = []
+        for r in sorted(world.resources, key=lambda r: r.key):
+            warnings = (
+                undefined_subsets(world, [r])
+                + delegation_problems(world, [r])
+                + passthrough_without_dns(world, [r])
+                + telemetry_conflicts(world, [r])
+                + not_yet_enforced([r])
+            )
+            record = self.store.contents().records.get(r.key)
+            out.append(
+                {
+                    "kind": r.kind,
+                    "namespace": r.namespace,
+                    "name": r.name,
+                    "revision": record.revision if record is not None else 0,
+                    "warnings": warnings,
+                    "errors": list(errors.get(r.key, ())),
+                }
+            )
+        return out
 
 
 async def _load(text: str, filename: str, verb: str) -> list[Resource]:

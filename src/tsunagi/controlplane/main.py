@@ -9,12 +9,18 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tsunagi.controlplane.auth import ensure_token
+from tsunagi.controlplane.auth import TOKEN_FILE, ensure_token
+from tsunagi.controlplane.dashboard import start as start_dashboard
 from tsunagi.controlplane.http_api import Api
 from tsunagi.controlplane.lock import StateDirLock
+from tsunagi.controlplane.metrics import ControlPlaneMetrics
+from tsunagi.controlplane.prometheus import host_port, write_config
 from tsunagi.controlplane.push import Debounce, Pusher
+from tsunagi.controlplane.status import proxy_statuses
+from tsunagi.mesh.telemetry import DEFAULT_TRACE_SAMPLING, MeshTelemetry
 from tsunagi.registry import Registry
 from tsunagi.store import open_store
+from tsunagi.telemetry.collector import CollectorSettings, TraceCollector
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.server import start_server
 
@@ -37,6 +43,26 @@ class Settings:
     """Largest API request body, in bytes (an apply's YAML)."""
     api_connections_per_client: int = 256
     """Concurrent API connections one client address may hold."""
+    trace_sampling: float = DEFAULT_TRACE_SAMPLING
+    """Percent of requests sidecars trace, unless a Telemetry resource says otherwise."""
+    access_log: str = ""
+    """``TEXT`` or ``JSON``: every sidecar logs every request; empty: off."""
+    zipkin_port: int = 9411
+    """The trace collector's Zipkin v2 API (0: the OS chooses)."""
+    otlp_port: int = 4317
+    """The trace collector's OTLP/gRPC ingest (0: the OS chooses)."""
+    trace_max_spans: int = 10_000
+    """How many of the newest spans the collector keeps."""
+    trace_export: str = ""
+    """Forward every span to this Zipkin URL or ``otlp://HOST:PORT`` ("" : nowhere)."""
+    dashboard_port: int = 20001
+    """The dashboard's web server (0: the OS chooses)."""
+    scrape_interval: float = 5.0
+    """Seconds between two scrapes of every sidecar's metrics, for the dashboard."""
+    scrape_max_series: int = 20_000
+    """Most series the dashboard's store keeps (4 bytes per series per tick kept)."""
+    prometheus: str = ""
+    """Compute the dashboard's views with PromQL against this Prometheus instead."""
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
@@ -51,13 +77,38 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
 
 async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     token = ensure_token(settings.state_dir)
+    token_file = settings.state_dir / TOKEN_FILE
     store = open_store(settings.store, settings.state_dir)
     await store.open()
     registry = Registry(store, ttl=settings.instance_ttl)
     registry.restore_leases()
     cache = SnapshotCache()
-    pusher = Pusher(store, cache, settings.debounce)
-    grpc_server, xds_port = await start_server(cache, settings.host, settings.xds_port)
+    # The trace collector starts first: sidecars are told its bound Zipkin port
+    # (``traces.zipkin_port``); the dashboard reads ``traces.store``.
+    traces = TraceCollector(
+        CollectorSettings(
+            host=settings.host,
+            zipkin_port=settings.zipkin_port,
+            otlp_port=settings.otlp_port,
+            max_spans=settings.trace_max_spans,
+            export=settings.trace_export,
+        )
+    )
+    await traces.start()
+    # Sidecars send spans to the collector's bound Zipkin port (a wildcard host is reached
+    # on loopback).
+    zipkin_host = "127.0.0.1" if settings.host in ("", "0.0.0.0", "::") else settings.host
+    mesh_telemetry = MeshTelemetry(
+        trace_sampling=settings.trace_sampling,
+        access_log=settings.access_log,
+        collector=(zipkin_host, traces.zipkin_port) if traces.zipkin_port else None,
+    )
+    pusher = Pusher(store, cache, settings.debounce, mesh_telemetry)
+    metrics = ControlPlaneMetrics(lambda: pusher.world)
+    pusher.hooks = metrics
+    grpc_server, xds_port = await start_server(
+        cache, settings.host, settings.xds_port, observer=metrics
+    )
     api = Api(
         store,
         registry,
@@ -67,9 +118,28 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         (settings.host, xds_port),
         max_body_size=settings.api_max_body,
         max_connections_per_client=settings.api_connections_per_client,
+        metrics=metrics,
     )
     runner, api_port = await api.serve(settings.host, settings.api_port)
     (settings.state_dir / "server").write_text(f"http://{settings.host}:{api_port}\n")
+    # Written once the API port is bound (it may have been 0): Prometheus needs the real one.
+    prometheus_yml = write_config(
+        settings.state_dir, f"http://{host_port(settings.host, api_port)}", token_file
+    )
+    log.info("Prometheus: prometheus --config.file %s", prometheus_yml)
+    dashboard = await start_dashboard(
+        state_dir=settings.state_dir,
+        host=settings.host,
+        port=settings.dashboard_port,
+        scrape_interval=settings.scrape_interval,
+        max_series=settings.scrape_max_series,
+        prometheus=settings.prometheus,
+        token=token,
+        api=api,
+        registry=registry,
+        proxies=lambda: proxy_statuses(cache, pusher),
+        spans=traces.store,
+    )
     contents = store.contents()
     log.info(
         "control plane up: API http://%s:%d, xDS %s:%d, %d resources at revision %d, state in %s",
@@ -92,6 +162,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
             await asyncio.sleep(min(1.0, settings.instance_ttl / 3))
             for key in await registry.expire():
                 log.info("instance %s/%s missed its heartbeats; removed", key[1], key[2])
+                metrics.registry_event(key[0], "delete")
 
     tasks = [asyncio.create_task(pusher.run()), asyncio.create_task(expire())]
     if ready is not None:
@@ -102,6 +173,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     finally:
         for t in tasks:
             t.cancel()
+        await dashboard.stop()
         await runner.cleanup()
         await grpc_server.stop(grace=0.5)
+        await traces.stop()
         await store.close()

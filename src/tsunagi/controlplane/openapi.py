@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.json_schema import models_json_schema
 
 from tsunagi.api.names import DNS1123_LABEL_PATTERN
@@ -111,6 +119,11 @@ class InstanceRequest(_Body):
         description="The service port's protocol, one of Istio's names (case-insensitive): "
         "HTTP, HTTP2, GRPC, GRPC-WEB, HTTP_PROXY, HTTPS, TCP, TLS, MONGO, MYSQL, REDIS, UDP.",
     )
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        0,
+        description="Where the sidecar serves `/stats/prometheus` at `address` (Istio's "
+        "metrics); 0: none. Listed by `GET /v1/prometheus/targets`.",
+    )
 
 
 class _Query(BaseModel):
@@ -137,6 +150,22 @@ class WaitQuery(_Query):
         allow_inf_nan=False,
         description="Unix time the caller started (for `elapsed_ms`); 0 means now.",
     )
+
+
+class GraphQuery(_Query):
+    window: float = Field(
+        60.0, ge=1, le=3600, allow_inf_nan=False, description="Seconds of traffic to draw."
+    )
+
+
+class SeriesQuery(_Query):
+    kind: Literal["service", "workload"] = Field(
+        "service", description="A service's or a workload's inbound requests."
+    )
+    namespace: str = Field("default", description="Its namespace.")
+    name: str = Field(min_length=1, description="The service's or the workload's name.")
+    window: float = Field(600.0, ge=10, le=3600, allow_inf_nan=False, description="Seconds back.")
+    step: float = Field(10.0, ge=1, le=3600, allow_inf_nan=False, description="Seconds per point.")
 
 
 # ----------------------------------------------------------------------------- responses
@@ -249,6 +278,79 @@ class WaitResponse(BaseModel):
     proxies: list[ProxyStatus]
 
 
+class MetricsText(RootModel[str]):
+    """Prometheus' text exposition format 0.0.4: istiod's ``pilot_*`` metrics (pushes,
+    push time, ACK/NACK, connected proxies, convergence time) and ``process_*``."""
+
+
+class TargetGroup(BaseModel):
+    """One group of Prometheus' HTTP service discovery."""
+
+    targets: list[str] = Field(description="`host:port` to scrape.")
+    labels: dict[str, str] = Field(
+        description="`__metrics_path__`, `__meta_tsunagi_role` (`control-plane` or `sidecar`), "
+        "and Istio's pod labels: `namespace`, `pod`, `app`, `version`."
+    )
+
+
+class TargetGroups(RootModel[list[TargetGroup]]):
+    """Prometheus HTTP SD: the control plane, then each sidecar with a metrics port."""
+
+
+class GraphNode(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    type: Literal["app", "workload", "service", "unknown"] = Field(
+        description="`app`: a workload by app and version; `unknown`: callers outside the mesh."
+    )
+    label: str
+    health: Literal["healthy", "degraded", "failure", "idle"]
+
+
+class GraphEdge(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    source: str
+    target: str
+    rate: float = Field(description="Requests per second over the window.")
+    requests: float
+    error_pct: float = Field(description="% of requests with 5xx, no response, or Envoy flags.")
+    p99_ms: float | None
+    health: Literal["healthy", "degraded", "failure", "idle"] = Field(
+        description="Kiali's defaults: any 5xx degrades, 10 % fails; 4xx: 10 % / 20 %."
+    )
+
+
+class GraphResponse(BaseModel):
+    """Kiali's versioned-app graph from `istio_requests_total` and
+    `istio_request_duration_milliseconds`."""
+
+    window: float
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+
+
+class SeriesResponse(BaseModel):
+    """Per step: requests per second, success rate (%) and latency percentiles (ms); null
+    where there were no requests."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+    namespace: str
+    name: str
+    window: float
+    step: float
+    times: list[float] = Field(description="Each step's end, Unix seconds.")
+    rps: list[float]
+    success_pct: list[float | None]
+    p50_ms: list[float | None]
+    p90_ms: list[float | None]
+    p99_ms: list[float | None]
+
+
 class OpenApiDocument(BaseModel):
     """This description."""
 
@@ -272,6 +374,8 @@ class Route:
     """Error statuses besides those every route can answer (401, 403, 503)."""
     other: Mapping[int, tuple[str, type[BaseModel]]] = field(default_factory=dict)
     """Non-error answers besides 200."""
+    content_type: str = "application/json"
+    """The media type of the 200 answer."""
 
     @property
     def operation_id(self) -> str:
@@ -304,6 +408,17 @@ ROUTES: tuple[Route, ...] = (
           "Wait until every connected proxy has ACKed (or NACKed) a revision.", WaitResponse,
           query=WaitQuery, errors=(400,),
           other={504: ("Timed out; `proxies` shows who is not in sync.", WaitResponse)}),
+    Route("GET", "/v1/graph", "graph", "The service graph: workloads, services, and calls with "
+          "rate, error % and p99.", GraphResponse, query=GraphQuery, errors=(400, 502)),
+    Route("GET", "/v1/metrics/series", "metrics_series", "A service's or workload's request "
+          "volume, success rate and latency percentiles over time.", SeriesResponse,
+          query=SeriesQuery, errors=(400, 502)),
+    Route("GET", "/metrics", "metrics_text",
+          "The control plane's own metrics for Prometheus (istiod's `pilot_*` names).",
+          MetricsText, content_type="text/plain; version=0.0.4"),
+    Route("GET", "/v1/prometheus/targets", "prometheus_targets",
+          "Prometheus HTTP service discovery: what to scrape, with Istio's labels.",
+          TargetGroups),
 )  # fmt: skip
 
 
@@ -317,6 +432,8 @@ _ERROR_DESCRIPTIONS = {
     404: "Not found.",
     408: "The request body did not arrive in time.",
     413: "The request body is over the size limit.",
+    502: "The metrics backend (the Prometheus given with `tsunagi up --prometheus`) did not "
+    "answer or refused the query.",
     503: "Too many concurrent connections from this client address; sent as soon as the "
     "connection opens, which is then closed.",
 }
@@ -384,7 +501,10 @@ def build_spec(limits: Limits, version: str = "") -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for r in ROUTES:
         responses: dict[str, Any] = {
-            "200": {"description": "OK", "content": _json(_ref(r.ok.__name__))}
+            "200": {
+                "description": "OK",
+                "content": {r.content_type: {"schema": _ref(r.ok.__name__)}},
+            }
         }
         for status, (description, model) in r.other.items():
             responses[str(status)] = {

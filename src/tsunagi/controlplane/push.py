@@ -31,10 +31,11 @@ import time
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from tsunagi.controlplane.world_builder import WorldBuilder
 from tsunagi.mesh import ClientScope, Node, World
+from tsunagi.mesh.telemetry import MeshTelemetry, ProxyTelemetry
 from tsunagi.store import Contents, Key, Store
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.resources import Snapshot
@@ -66,6 +67,27 @@ class Debounce:
     """Push once no change arrived for this many seconds..."""
     max_delay: float = 0.05
     """...or once the first change is this old, whichever comes first."""
+
+
+class PushHooks(Protocol):
+    """What the push path reports as it goes (the control plane's metrics listen). Called on
+    the event loop; each returns at once."""
+
+    def debounced(self, changed_at: float) -> None:
+        """A burst of changes that began at ``changed_at`` (``time.monotonic()``) settled."""
+        ...
+
+    def pushed(self, changed_at: float, node_ids: Iterable[str]) -> None:
+        """New snapshots for ``node_ids`` were handed to their streams."""
+        ...
+
+
+class _NoHooks:
+    def debounced(self, changed_at: float) -> None:
+        pass
+
+    def pushed(self, changed_at: float, node_ids: Iterable[str]) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -121,9 +143,14 @@ class _NodeLocal:
     node: Node
     local: Local
     error: TranslationError | None = None
+    telemetry: ProxyTelemetry = field(default_factory=ProxyTelemetry)
+
+    def fits(self, node: Node, telemetry: ProxyTelemetry) -> bool:
+        """Whether this is still the node's local part."""
+        return self.node == node and self.telemetry == telemetry
 
     @classmethod
-    def of(cls, node: Node) -> _NodeLocal:
+    def of(cls, node: Node, telemetry: ProxyTelemetry) -> _NodeLocal:
         """Translate the node's own part, isolated like every other piece: one odd node must
         not stop the others' push (it gets no listeners, and the error is reported)."""
         errors: list[TranslationError] = []
@@ -134,10 +161,10 @@ class _NodeLocal:
             node.id,
             tuple,
             partial("listeners and inbound clusters of proxy {}".format, node.id),
-            partial(translate_local, node),
+            partial(translate_local, node, telemetry),
             _NO_LOCAL,
         )
-        return cls(node, local, errors[0] if errors else None)
+        return cls(node, local, errors[0] if errors else None, telemetry)
 
 
 def _collect(
@@ -184,12 +211,16 @@ class Pusher:
     """Keeps every connected node's snapshot in step with the store."""
 
     def __init__(
-        self, store: Store, cache: SnapshotCache, debounce: Debounce | None = None
+        self,
+        store: Store,
+        cache: SnapshotCache,
+        debounce: Debounce | None = None,
+        mesh_telemetry: MeshTelemetry | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
         self.debounce = debounce or Debounce()
-        self._builder = WorldBuilder()
+        self._builder = WorldBuilder(mesh_telemetry)
         self._memo = Memo()
         self.world = self._builder.build(store.contents())
         self.processed = self.world.revision
@@ -204,6 +235,8 @@ class Pusher:
         self._made: dict[Hashable, Any] = {}
         """Translations made on the loop since the last push, for the worker's memo."""
         self.errors = _collect(self._builder.errors, self._shared, {}, {})
+        self.hooks: PushHooks = _NoHooks()
+        """Told of every push (set by whoever wants to know, e.g. the metrics)."""
         cache.resolver = self.resolve
 
     def _outbound_for(self, scope: ClientScope) -> Outbound:
@@ -222,8 +255,9 @@ class Pusher:
         """The snapshot for a node that just connected (its metadata comes from bootstrap)."""
         node = Node.from_metadata(node_id, metadata or {})
         cached = self._locals.get(node_id)
-        if cached is None or cached.node != node:
-            cached = self._locals[node_id] = _NodeLocal.of(node)
+        telemetry = self.world.telemetry_for(node)
+        if cached is None or not cached.fits(node, telemetry):
+            cached = self._locals[node_id] = _NodeLocal.of(node, telemetry)
         outbound = self._outbound_for(self.world.scope_of(node))
         snapshot, self._patched[node_id] = assemble_patched(
             self.world, node, outbound, cached.local, self.world.revision, self._resolve_memo
@@ -234,7 +268,9 @@ class Pusher:
         """Push forever; cancel to stop."""
         while True:
             await self.store.wait_for_change(self.processed)
+            changed = time.monotonic()
             await self._settle()
+            self.hooks.debounced(changed)
             contents = self.store.contents()
             started = time.perf_counter()
             nodes = {
@@ -262,6 +298,7 @@ class Pusher:
                 if node_id not in done.snapshots:  # connected while we computed: catch it up
                     self.cache.set_snapshot(node_id, self.resolve(node_id, entry.metadata))
             self.processed = done.world.revision
+            self.hooks.pushed(changed, done.snapshots.keys())
             await self.cache.notify()
             log.info(
                 "revision %d: pushed to %d proxies in %.1f ms",
@@ -321,9 +358,10 @@ class Pusher:
         locals_: dict[str, _NodeLocal] = {}
         for node_id, node in nodes.items():
             cached = known.get(node_id)
-            locals_[node_id] = (
-                cached if cached is not None and cached.node == node else _NodeLocal.of(node)
-            )
+            telemetry = world.telemetry_for(node)
+            if cached is None or not cached.fits(node, telemetry):
+                cached = _NodeLocal.of(node, telemetry)
+            locals_[node_id] = cached
         snapshots: dict[str, Snapshot] = {}
         patched: dict[str, Patched] = {}
         for node_id, node in nodes.items():

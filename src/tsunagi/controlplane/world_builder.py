@@ -7,6 +7,7 @@ from types import MappingProxyType
 
 from tsunagi.api import Resource, parse_document
 from tsunagi.mesh import World
+from tsunagi.mesh.telemetry import MeshTelemetry
 from tsunagi.registry import KIND as INSTANCE_KIND
 from tsunagi.registry import Instance
 from tsunagi.store import Contents, Key, Record
@@ -26,7 +27,8 @@ class WorldBuilder:
     it out if there is none, and :attr:`errors` says why.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mesh_telemetry: MeshTelemetry | None = None) -> None:
+        self.mesh_telemetry = mesh_telemetry or MeshTelemetry()
         self._parsed: dict[Key, tuple[int, Resource | Instance]] = {}
         self.errors: Mapping[Key, str] = MappingProxyType({})
         """Stored documents that did not parse at the last build, with the reason."""
@@ -54,4 +56,4 @@ class WorldBuilder:
                 resources.append(item)
         self._parsed = fresh
         self.errors = MappingProxyType(errors)
-        return World.build(contents.revision, resources, instances)
+        return World.build(contents.revision, resources, instances, self.mesh_telemetry)

@@ -123,6 +123,7 @@ Tsunagi is running Bookinfo with {len(WORKLOADS)} sidecars.
 {walkthrough()}
 
   See it:  tsunagi proxy-status      tsunagi get virtualservices -o yaml
+  Watch:   tsunagi dashboard         (service graph, request charts, traces, config)
   State:   {state_dir}   (TSUNAGI_STATE_DIR)
 
 Press Ctrl-C to stop everything.

@@ -21,7 +21,9 @@ from tsunagi.api import (
 )
 from tsunagi.api.checks_envoyfilter import envoy_filter_warnings
 from tsunagi.api.envoyfilter import EnvoyFilterSpec
+from tsunagi.api.telemetry import TelemetrySpec
 from tsunagi.mesh.delegation import delegation_warnings
+from tsunagi.mesh.telemetry_analysis import telemetry_warnings
 from tsunagi.mesh.world import World, of_spec, policy_parts
 
 
@@ -144,6 +146,8 @@ def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
             out += _tcp_port_warnings(where, spec)
         elif isinstance(spec, EnvoyFilterSpec):
             out += envoy_filter_warnings(where, spec)
+        elif isinstance(spec, TelemetrySpec):
+            out += telemetry_warnings(where, spec)
     return out
 
 

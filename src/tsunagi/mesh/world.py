@@ -26,10 +26,13 @@ from tsunagi.api import (
     Resource,
     ResourceOf,
     ServiceEntrySpec,
+    TelemetrySpec,
     TrafficPolicy,
     VirtualServiceSpec,
     fqdn,
 )
+from tsunagi.mesh import telemetry as tm
+from tsunagi.mesh.telemetry_policy import TelemetryPolicies
 from tsunagi.mesh.visibility import (
     DestinationRuleLookup,
     exported_to,
@@ -51,6 +54,9 @@ class Endpoint:
     labels: Mapping[str, str]
     locality: str = ""
     healthy: bool = True
+    workload: str = ""
+    """Istio's ``istio.workload`` endpoint metadata (``proxy_contract.workload_metadata``)
+    for registered instances; empty for ServiceEntry endpoints."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class Node:
     """``region/zone/subzone`` of the proxy (``tsunagi run --locality``); empty if unknown."""
     inbound_protocols: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
     """service port → its protocol (``tsunagi run --port 9080/grpc``); HTTP when absent."""
+    metrics_log: str = ""
+    """The FIFO its agent reads metric lines from (``pc.META_METRICS_LOG``); empty: none."""
 
     def inbound_protocol(self, port: int) -> str:
         """The protocol of inbound service ``port`` (:mod:`tsunagi.protocols` names)."""
@@ -119,6 +127,7 @@ class Node:
             inbound_protocols=MappingProxyType(
                 {p: v for p, v in inbound_protocols.items() if v != protocols.DEFAULT}
             ),
+            metrics_log=str(meta.get(pc.META_METRICS_LOG) or ""),
         )
 
 
@@ -187,7 +196,14 @@ class _Catalog:
         self.declared_protocols.setdefault((host, inst.port), []).append(inst.protocol)
         self.namespaces[host] = inst.namespace
         self.endpoints.setdefault((host, inst.port), []).append(
-            Endpoint(inst.address, inst.target_port, inst.labels, inst.locality, inst.healthy)
+            Endpoint(
+                inst.address,
+                inst.target_port,
+                inst.labels,
+                inst.locality,
+                inst.healthy,
+                pc.workload_metadata(inst.labels, inst.service, inst.namespace),
+            )
         )
 
     def add_service_entry(self, se: ResourceOf[ServiceEntrySpec]) -> None:
@@ -257,10 +273,22 @@ class World:
     resources: tuple[Resource, ...]
     rule_lookup: DestinationRuleLookup | None = field(default=None, compare=False, repr=False)
     """Istio's DestinationRule lookup by client namespace (see :meth:`destination_rule`)."""
+    mesh_telemetry: tm.MeshTelemetry = field(default_factory=tm.MeshTelemetry)
+    """Mesh-wide telemetry defaults (``tsunagi up`` flags); see :meth:`telemetry_for`."""
+    telemetry_policies: TelemetryPolicies = field(
+        default_factory=lambda: TelemetryPolicies(tm.MeshTelemetry(), ()),
+        compare=False,
+        repr=False,
+    )
+    """The Telemetry resources, resolved per proxy (see :meth:`telemetry_for`)."""
 
     @classmethod
     def build(
-        cls, revision: int, resources: Iterable[Resource], instances: Iterable[Instance]
+        cls,
+        revision: int,
+        resources: Iterable[Resource],
+        instances: Iterable[Instance],
+        mesh_telemetry: tm.MeshTelemetry | None = None,
     ) -> World:
         """The World of ``resources`` (applied config) and ``instances`` (registered
         workloads): services and endpoints, then the indexes rules are looked up by."""
@@ -294,7 +322,15 @@ class World:
             service_entries=MappingProxyType({k: tuple(v) for k, v in catalog.entries.items()}),
             resources=resources,
             rule_lookup=lookup,
+            mesh_telemetry=mesh_telemetry or tm.MeshTelemetry(),
+            telemetry_policies=TelemetryPolicies(
+                mesh_telemetry or tm.MeshTelemetry(), of_spec(resources, TelemetrySpec)
+            ),
         )
+
+    def telemetry_for(self, node: Node) -> tm.ProxyTelemetry:
+        """What ``node`` reports: access log, tracing and metrics settings."""
+        return self.telemetry_policies.for_proxy(node.namespace, node.service, node.labels)
 
     def subset_definitions(self, host: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
         """``(name, sorted labels)`` of each subset of ``host`` in the shared rule index

@@ -46,6 +46,9 @@ class Instance:
     protocol: str = protocols.DEFAULT
     """The service port's protocol as the instance declared it (``tsunagi run --port
     9080/grpc``), canonical (upper case); absent in older registrations, so HTTP."""
+    metrics_port: int = 0
+    """Where the sidecar's agent serves ``/stats/prometheus`` on ``address`` (Istio's merged
+    metrics); 0 when it serves none, so Prometheus discovery leaves the instance out."""
 
     @property
     def key(self) -> Key:
@@ -71,6 +74,7 @@ class Instance:
                 locality=str(doc.get("locality") or ""),
                 healthy=bool(doc.get("healthy", True)),
                 protocol=protocols.canonical(str(doc.get("protocol") or protocols.DEFAULT)),
+                metrics_port=int(doc.get("metrics_port") or 0),
             )
         except KeyError as e:
             raise InvalidInstance(f"missing field {e.args[0]!r}") from None
@@ -82,6 +86,8 @@ class Instance:
         for what in ("port", "target_port"):
             if not 1 <= getattr(inst, what) <= 65535:
                 raise InvalidInstance(f"{what} must be 1..65535")
+        if not 0 <= inst.metrics_port <= 65535:
+            raise InvalidInstance("metrics_port must be 0..65535 (0: no metrics endpoint)")
         if inst.locality and inst.locality.count("/") > 2:
             raise InvalidInstance("locality must be REGION[/ZONE[/SUBZONE]]")
         return inst

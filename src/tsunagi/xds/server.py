@@ -1,7 +1,8 @@
 """A thin grpc.aio adapter around the sans-I/O ADS streams (SotW and delta).
 
 All protocol decisions live in :mod:`tsunagi.xds.protocol`; this module only moves messages
-between gRPC and that state machine, tells the cache when something was ACKed, and keeps
+between gRPC and that state machine, tells the cache when something was ACKed (and an
+injected :class:`~tsunagi.xds.observer.StreamObserver` what happened, for metrics), and keeps
 one client from taking the server for itself (stream limits, gRPC transport limits).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +21,7 @@ from google.protobuf import json_format
 
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.dependencies import DependencyCache
+from tsunagi.xds.observer import NO_OBSERVER, StreamObserver
 from tsunagi.xds.protocol import DeltaStream, Nack, SotwStream
 
 log = logging.getLogger("tsunagi.xds")
@@ -102,10 +105,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         cache: SnapshotCache,
         limits: StreamLimits | None = None,
         first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
+        observer: StreamObserver = NO_OBSERVER,
     ) -> None:
         self.cache = cache
         self.limits = limits if limits is not None else StreamLimits()
         self.first_request_timeout = first_request_timeout
+        self.observer = observer
         # One cache of "which EDS/RDS names does this resource reference" for every stream:
         # every sidecar gets the same clusters, so each is decoded once, not once per stream.
         self.deps = DependencyCache()
@@ -184,26 +189,34 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         wake = entry.wake
         kind = "delta" if isinstance(stream, DeltaStream) else "sotw"
         log.info("proxy %s connected (%s ADS)", node.id, kind)
+        observer = self.observer
+        observer.connected(entry, _build_version(node))
 
         async def read() -> None:
             async for request in requests:
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("%s <- %s", node.id, json_format.MessageToDict(request))
-                for event in stream.receive(request):
+                events = stream.receive(request)
+                for event in events:
                     if isinstance(event, Nack):
                         log.warning(
                             "proxy %s rejected %s: %s", node.id, event.type_url, event.message
                         )
+                observer.received(entry, events)
                 wake.set()
                 await self.cache.notify()
 
         reader = asyncio.create_task(read())
         try:
             while not reader.done():
+                started = time.perf_counter()
                 while (response := stream.next_response()) is not None:
                     if log.isEnabledFor(logging.DEBUG):
                         log.debug("%s -> %s %s", node.id, response.type_url, response.nonce)
                     await context.write(response)
+                    now = time.perf_counter()
+                    observer.sent(entry, response.type_url, now - started)
+                    started = now
                 wake.clear()
                 waiter = asyncio.create_task(wake.wait())
                 await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -213,9 +226,18 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             pass
         finally:
             reader.cancel()
+            observer.disconnected(entry)
             self.cache.disconnect(entry)
             await self.cache.notify()
             log.info("proxy %s disconnected", node.id)
+
+
+def _build_version(node: Any) -> str:
+    """The client's build version as ``major.minor.patch`` ("" when it sent none)."""
+    if not node.HasField("user_agent_build_version"):
+        return ""
+    v = node.user_agent_build_version.version
+    return f"{v.major_number}.{v.minor_number}.{v.patch}"
 
 
 async def start_server(
@@ -226,12 +248,14 @@ async def start_server(
     max_streams_per_peer: int = MAX_STREAMS_PER_PEER,
     max_streams: int = MAX_STREAMS,
     first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
+    observer: StreamObserver = NO_OBSERVER,
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving ADS on ``host:port`` (0 picks a free port); return the server and port.
 
     Streams past ``max_streams_per_peer`` on one client connection, or past ``max_streams``
     in total, are refused with ``RESOURCE_EXHAUSTED`` naming the limit; a stream that sends
     nothing for ``first_request_timeout`` seconds is closed with ``DEADLINE_EXCEEDED``.
+    ``observer`` hears of every connection, request and response (for metrics).
     """
     limits = StreamLimits(max_streams_per_peer, max_streams)
     server = grpc.aio.server(
@@ -249,10 +273,13 @@ async def start_server(
             ("grpc.http2.max_pings_without_data", 0),
             # A connection with no stream for 5 minutes serves nobody; Envoy always has one.
             ("grpc.max_connection_idle_ms", 300_000),
+            # gRPC sets SO_REUSEPORT by default: a second control plane on the same port
+            # would share it silently (proxies split between two configs) instead of failing.
+            ("grpc.so_reuseport", 0),
         ]
     )
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        AdsServicer(cache, limits, first_request_timeout), server
+        AdsServicer(cache, limits, first_request_timeout, observer), server
     )
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()

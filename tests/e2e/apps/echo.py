@@ -1,6 +1,7 @@
 """A test backend: answers every request with JSON saying who it is and what it received.
 
-``/status/NNN`` answers with status NNN; ``GET /_seen`` lists the requests it received
+``/status/NNN`` answers with status NNN; ``GET /metrics`` is Prometheus text (how many
+requests it received); ``GET /_seen`` lists the requests it received
 (method, path, headers; the last 1000, not counting ``/_seen`` itself). A ``sleep=SECONDS``
 query parameter (at most 10) delays the answer, to keep requests in flight; ``fail=VERSION``
 makes the instances of that version answer 503.
@@ -40,6 +41,15 @@ class Handler(BaseHTTPRequestHandler):
             "headers": {k.lower(): v for k, v in self.headers.items()},
         }
         status = 200
+        if self.path == "/metrics":  # its own Prometheus metrics (tsunagi run --app-metrics)
+            with SEEN_LOCK:
+                text = f"# TYPE echo_requests_total counter\necho_requests_total {len(SEEN)}\n"
+            self.send_response(200)
+            self.send_header("content-type", "text/plain; version=0.0.4")
+            self.send_header("content-length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text.encode())
+            return
         if self.path == "/_seen":
             with SEEN_LOCK:
                 received["requests"] = list(SEEN)

@@ -25,10 +25,11 @@ from typing import Any, TypeVar
 
 from tsunagi.api import DestinationRuleSpec
 from tsunagi.mesh import ClientScope, Endpoint, Node, Service, World
+from tsunagi.mesh.telemetry import ProxyTelemetry
 from tsunagi.mesh.visibility import subset_definitions
 from tsunagi.xds import resources as rs
 from tsunagi.xds.resources import Resource, Snapshot
-from tsunagi.xds.translate import locality, upstream
+from tsunagi.xds.translate import locality, tracing, upstream
 from tsunagi.xds.translate.clusters import dns_cluster, inbound_clusters, service_clusters
 from tsunagi.xds.translate.endpoints import Subsets, service_load_assignments
 from tsunagi.xds.translate.envoyfilter import Parts, Patched, patch_parts
@@ -422,13 +423,14 @@ def translate_outbound(
     )
 
 
-def translate_local(node: Node) -> Local:
-    """The node's outbound listener, inbound listeners and the clusters for its app."""
-    listeners = [outbound_listener(node), *inbound_listeners(node)]
+def translate_local(node: Node, telemetry: ProxyTelemetry | None = None) -> Local:
+    """The node's outbound listener, inbound listeners and the clusters for its app (and
+    for its tracer), reporting as ``telemetry`` says."""
+    telemetry = telemetry or ProxyTelemetry()
+    listeners = [outbound_listener(node, telemetry), *inbound_listeners(node, telemetry)]
+    clusters = [*inbound_clusters(node), *tracing.tracing_clusters(telemetry)]
     return Local(
-        clusters=MappingProxyType(
-            {r.name: r for r in _pack_all(Cluster, inbound_clusters(node), "name")}
-        ),
+        clusters=MappingProxyType({r.name: r for r in _pack_all(Cluster, clusters, "name")}),
         listeners=MappingProxyType({r.name: r for r in _pack_all(Listener, listeners, "name")}),
     )
 
@@ -480,4 +482,5 @@ def translate(world: World, node: Node) -> Snapshot:
     """Everything ``node`` should run, given ``world``."""
     memo = Memo()
     outbound = translate_outbound(world, world.scope_of(node), memo)
-    return assemble_patched(world, node, outbound, translate_local(node), world.revision, memo)[0]
+    local = translate_local(node, world.telemetry_for(node))
+    return assemble_patched(world, node, outbound, local, world.revision, memo)[0]

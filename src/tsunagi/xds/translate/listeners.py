@@ -9,8 +9,9 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from tsunagi import protocols
 from tsunagi.mesh import Node
+from tsunagi.mesh.telemetry import ProxyTelemetry
 from tsunagi.proxy_contract import inbound_stat_prefix
-from tsunagi.xds.translate import passthrough
+from tsunagi.xds.translate import accesslog, passthrough, tracing
 from tsunagi.xds.translate.names import (
     OUTBOUND_LISTENER,
     OUTBOUND_ROUTE,
@@ -36,7 +37,10 @@ OUTBOUND_FILTERS = (
 
 
 def _hcm(
-    stat_prefix: str, routes: dict[str, Any], filters: tuple[dict[str, Any], ...] = (ROUTER,)
+    stat_prefix: str,
+    routes: dict[str, Any],
+    filters: tuple[dict[str, Any], ...] = (ROUTER,),
+    telemetry: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "name": "envoy.filters.network.http_connection_manager",
@@ -46,8 +50,20 @@ def _hcm(
             "codec_type": "AUTO",
             **routes,
             "http_filters": list(filters),
+            **(telemetry or {}),
         },
     }
+
+
+def _hcm_telemetry(
+    node: Node, telemetry: ProxyTelemetry, direction: str, port: int = 0
+) -> dict[str, Any]:
+    """The connection manager's access loggers and tracing, for one direction."""
+    out = dict(tracing.hcm_tracing(telemetry, direction))
+    loggers = accesslog.http_access_loggers(node, telemetry, direction, port)
+    if loggers:
+        out["access_log"] = loggers
+    return out
 
 
 def _listener(name: str, port: int, hcm: dict[str, Any]) -> dict[str, Any]:
@@ -58,38 +74,49 @@ def _listener(name: str, port: int, hcm: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _tcp_proxy(port: int) -> dict[str, Any]:
+def _tcp_proxy(node: Node, telemetry: ProxyTelemetry, port: int) -> dict[str, Any]:
+    loggers = accesslog.tcp_access_loggers(node, telemetry, port)
     return {
         "name": "envoy.filters.network.tcp_proxy",
         "typed_config": {
             "@type": TCP_PROXY_TYPE,
             "stat_prefix": inbound_stat_prefix(port),
             "cluster": inbound_cluster(port),
+            **({"access_log": loggers} if loggers else {}),
+            **(
+                {"access_log_options": accesslog.TCP_ACCESS_LOG_OPTIONS}
+                if accesslog.has_metrics_logger(loggers)
+                else {}
+            ),
         },
     }
 
 
-def outbound_listener(node: Node) -> dict[str, Any]:
+def outbound_listener(node: Node, telemetry: ProxyTelemetry | None = None) -> dict[str, Any]:
     """Where the app's HTTP_PROXY points; its routes come over RDS."""
+    telemetry = telemetry or ProxyTelemetry()
     rds = {
         "rds": {
             "route_config_name": OUTBOUND_ROUTE,
             "config_source": {"ads": {}, "resource_api_version": "V3"},
         }
     }
-    return _listener(OUTBOUND_LISTENER, node.outbound_port, _hcm("outbound", rds, OUTBOUND_FILTERS))
+    extra = _hcm_telemetry(node, telemetry, accesslog.OUTBOUND)
+    hcm = _hcm("outbound", rds, OUTBOUND_FILTERS, extra)
+    return tracing.directed(_listener(OUTBOUND_LISTENER, node.outbound_port, hcm), extra)
 
 
-def inbound_listeners(node: Node) -> list[dict[str, Any]]:
+def inbound_listeners(node: Node, telemetry: ProxyTelemetry | None = None) -> list[dict[str, Any]]:
     """Requests from other sidecars to this workload. Routes are inline: they never change
     independently of the listener, so a separate RDS resource would only add a round trip.
 
     A port whose protocol is not HTTP (``--port 5432/tcp``) gets a TCP proxy to the app
     instead: parsing its bytes as HTTP would only break them."""
+    telemetry = telemetry or ProxyTelemetry()
     out = []
     for port, (listen, _app) in sorted(node.inbound.items()):
         if not protocols.is_http(node.inbound_protocol(port)):
-            out.append(_listener(inbound_listener(port), listen, _tcp_proxy(port)))
+            out.append(_listener(inbound_listener(port), listen, _tcp_proxy(node, telemetry, port)))
             continue
         route_config = {
             "name": inbound_listener(port),
@@ -101,11 +128,15 @@ def inbound_listeners(node: Node) -> list[dict[str, Any]]:
                         {
                             "match": {"prefix": "/"},
                             "route": {"cluster": inbound_cluster(port), "timeout": "0s"},
+                            **accesslog.PEER_HEADER_REMOVAL,
                         }
                     ],
                 }
             ],
         }
-        hcm = _hcm(inbound_stat_prefix(port), {"route_config": route_config})
-        out.append(_listener(inbound_listener(port), listen, hcm))
+        extra = _hcm_telemetry(node, telemetry, accesslog.INBOUND, port)
+        # The caller's identity header leaves the request before the app sees it.
+        filters = (accesslog.PEER_FILTER, ROUTER)
+        hcm = _hcm(inbound_stat_prefix(port), {"route_config": route_config}, filters, extra)
+        out.append(tracing.directed(_listener(inbound_listener(port), listen, hcm), extra))
     return out

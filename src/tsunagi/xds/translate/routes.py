@@ -25,6 +25,7 @@ from tsunagi.api.checks_networking import GRPC_STATUS_NAMES, MAX_DIRECT_RESPONSE
 from tsunagi.mesh import ClientScope, World
 from tsunagi.mesh.delegation import delegates_of, expand
 from tsunagi.mesh.visibility import exported_to
+from tsunagi.proxy_contract import PEER_ENV, PEER_HEADER
 from tsunagi.xds.translate import passthrough
 from tsunagi.xds.translate.isolation import LastGood, TranslationError, isolated
 from tsunagi.xds.translate.names import (
@@ -574,6 +575,14 @@ def outbound_route_configuration(
         "name": OUTBOUND_ROUTE,
         "virtual_hosts": vhosts,
         "validate_clusters": False,
+        # Who is calling, for the server sidecar's metrics (its source_* labels). This route
+        # config is shared by a namespace's sidecars; each Envoy fills in its own identity.
+        "request_headers_to_add": [
+            {
+                "header": {"key": PEER_HEADER, "value": f"%ENVIRONMENT({PEER_ENV})%"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
         # Envoy's default (4 KiB) would NACK directResponse bodies that validation allows.
         "max_direct_response_body_size_bytes": MAX_DIRECT_RESPONSE_BODY,
     }

@@ -1,0 +1,198 @@
+"""What the control plane's own scrape of every sidecar costs (issue 8: "the scale benchmark
+reports the control plane's cost of scraping 1,000 sidecars").
+
+A separate process serves ``sidecars`` metrics pages, one path per sidecar, each as a
+sidecar of a mesh calling a few services would serve it: Istio's request metrics for both
+reporters (a counter and three histograms with Envoy's default buckets per series) plus the
+Envoy stats the merged endpoint carries. This process runs the control plane's own
+:class:`~tsunagi.telemetry.scrape.Scraper` against them for several rounds, each page's
+counters growing between rounds, and reports per round: wall time, this process's CPU time
+(the fetches and the parsing; the serving process is not counted), samples kept; and the
+series store's memory (``tracemalloc``) once steady.
+
+Run: ``python -m benchmarks.scrape [--sidecars N] [--rounds R]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
+from typing import Any
+
+from benchmarks import procs
+
+BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+"""Envoy's default histogram bounds (ms), as the sidecars' Istio histograms use them."""
+
+CALLEES = 3
+"""Services each simulated sidecar calls (and the callers each one serves)."""
+
+ENVOY_LINES = 120
+"""Envoy's own stats in a sidecar's merged page (the inclusion list keeps ~100-150)."""
+
+
+def _labels(reporter: str, me: int, peer: int, code: int) -> str:
+    src, dst = (me, peer) if reporter == "source" else (peer, me)
+    return (
+        f'reporter="{reporter}",source_workload="svc-{src}-v1",source_workload_namespace="ns",'
+        f'source_principal="unknown",source_app="svc-{src}",source_version="v1",'
+        f'destination_workload="svc-{dst}-v1",destination_workload_namespace="ns",'
+        f'destination_principal="unknown",destination_app="svc-{dst}",destination_version="v1",'
+        f'destination_service="svc-{dst}.ns.svc.cluster.local",destination_service_name='
+        f'"svc-{dst}",destination_service_namespace="ns",request_protocol="http",'
+        f'response_code="{code}",grpc_response_status="",response_flags="-",'
+        f'connection_security_policy="unknown"'
+    )
+
+
+def page(sidecar: int, scale: int) -> str:
+    """One sidecar's metrics page after ``scale`` units of traffic."""
+    out = []
+    for family in ("istio_requests_total",):
+        out.append(f"# TYPE {family} counter")
+    for reporter in ("source", "destination"):
+        for k in range(1, CALLEES + 1):
+            for code, share in ((200, 95), (503, 5)):
+                labels = _labels(reporter, sidecar, sidecar + k, code)
+                n = share * scale
+                out.append(f"istio_requests_total{{{labels}}} {n}")
+                for hist in (
+                    "istio_request_duration_milliseconds",
+                    "istio_request_bytes",
+                    "istio_response_bytes",
+                ):
+                    for i, le in enumerate(BUCKETS):
+                        out.append(f'{hist}_bucket{{{labels},le="{le}"}} {n * (i + 1) // 16}')
+                    out.append(f'{hist}_bucket{{{labels},le="+Inf"}} {n}')
+                    out.append(f"{hist}_sum{{{labels}}} {n * 7}")
+                    out.append(f"{hist}_count{{{labels}}} {n}")
+    for i in range(ENVOY_LINES):
+        out.append(f'envoy_cluster_upstream_rq{{envoy_cluster_name="c{i}"}} {i * scale}')
+    return "\n".join(out) + "\n"
+
+
+SERVER = textwrap.dedent(
+    """
+    import sys
+    from aiohttp import web
+    from benchmarks.scrape import page
+    scale = {"n": 1}
+    async def metrics(request):
+        return web.Response(text=page(int(request.match_info["i"]), scale["n"]))
+    async def bump(request):
+        scale["n"] += 1
+        return web.Response(text="ok")
+    app = web.Application()
+    app.router.add_get("/{i}/stats/prometheus", metrics)
+    app.router.add_post("/bump", bump)
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+    """
+)
+
+
+async def _wait_serving(url: str, timeout: float = 20) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            try:
+                async with s.get(url) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"fake sidecars did not start at {url}")
+
+
+async def measure(sidecars: int, rounds: int) -> dict[str, Any]:
+    """Scrape ``sidecars`` pages ``rounds`` times; the first round warms the caches."""
+    import aiohttp
+
+    from tsunagi.telemetry.scrape import Scraper, Target
+    from tsunagi.telemetry.series import SeriesStore
+
+    port = procs.free_port() if hasattr(procs, "free_port") else 0
+    if not port:
+        from tsunagi.agent.ports import free_ports
+
+        port = free_ports(1)[0]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await _wait_serving(f"{base}/0/stats/prometheus")
+        targets = [Target(f"ns/sidecar-{i}", f"{base}/{i}/stats/prometheus") for i in range(sidecars)]
+        tracemalloc.start()
+        store = SeriesStore()
+        scraper = Scraper(store, concurrency=64, timeout=10.0)
+        per_round = []
+        async with aiohttp.ClientSession() as bumper:
+            for r in range(rounds):
+                cpu, wall = time.process_time(), time.perf_counter()
+                result = await scraper.scrape_once(targets)
+                per_round.append(
+                    {
+                        "wall_ms": round((time.perf_counter() - wall) * 1000, 1),
+                        "cpu_ms": round((time.process_time() - cpu) * 1000, 1),
+                        "scraped": result.scraped,
+                        "failed": result.failed,
+                        "samples": result.samples,
+                    }
+                )
+                async with bumper.post(f"{base}/bump") as resp:
+                    await resp.read()
+                if r == 0:
+                    tracemalloc.reset_peak()
+        current, _peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        await scraper.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+    steady = per_round[1:] or per_round
+    page_bytes = len(page(0, 1000).encode())
+    return {
+        "sidecars": sidecars,
+        "rounds": per_round,
+        "page_kb": round(page_bytes / 1024, 1),
+        "series_kept": store.series_count,
+        "cpu_ms_per_round": round(sum(r["cpu_ms"] for r in steady) / len(steady), 1),
+        "wall_ms_per_round": round(sum(r["wall_ms"] for r in steady) / len(steady), 1),
+        "python_heap_mb": round(current / 1e6, 1),
+    }
+
+
+def markdown(res: dict[str, Any], interval: float = 5.0) -> str:
+    """A short paragraph for docs/benchmarks.md."""
+    share = res["cpu_ms_per_round"] / (interval * 1000) * 100
+    return (
+        f"Scraping {res['sidecars']} sidecars (the control plane's own scraper, in-process; "
+        f"pages of {res['page_kb']} KB, {CALLEES} callees and callers each): "
+        f"{res['cpu_ms_per_round']} ms CPU and {res['wall_ms_per_round']} ms wall per round, "
+        f"{share:.0f} % of one core at the default 5 s interval; {res['series_kept']} series "
+        f"kept, {res['python_heap_mb']} MB of Python heap (scraper and store) once steady.\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="benchmarks.scrape", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sidecars", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=4)
+    args = p.parse_args(argv)
+    res = asyncio.run(measure(args.sidecars, args.rounds))
+    print(json.dumps(res, indent=1))
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,353 @@
+"""Istio's standard metrics, aggregated from the metric lines Envoy writes per request.
+
+Envoy's access loggers (``xds/translate/accesslog.py``) write one tab-separated line per
+HTTP request and per TCP connection event; :class:`Aggregator` turns them into
+``istio_requests_total``, the three request histograms and ``istio_tcp_*``, with Istio's
+names, labels and label order (docs/design/metrics.md), and renders them in Prometheus'
+text format. Feeding keeps raw line fields as series keys (no label work per request);
+labels are built once per series, at the first scrape that sees it.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+from tsunagi import proxy_contract as pc
+
+BUCKETS: tuple[float, ...] = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+BUCKETS += (10000, 30000, 60000, 300000, 600000, 1800000, 3600000)
+"""Envoy's default histogram bounds, which Istio's histograms use."""
+
+LABELS = (
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+)
+"""Istio's labels, in the order its stats filter emits them."""
+TCP_LABELS = tuple(x for x in LABELS if x not in ("response_code", "grpc_response_status"))
+
+HTTP_METRICS = (
+    ("REQUEST_COUNT", "istio_requests_total", "counter"),
+    ("REQUEST_DURATION", "istio_request_duration_milliseconds", "histogram"),
+    ("REQUEST_SIZE", "istio_request_bytes", "histogram"),
+    ("RESPONSE_SIZE", "istio_response_bytes", "histogram"),
+)
+TCP_METRICS = (
+    ("TCP_OPENED_CONNECTIONS", "istio_tcp_connections_opened_total"),
+    ("TCP_CLOSED_CONNECTIONS", "istio_tcp_connections_closed_total"),
+    ("TCP_SENT_BYTES", "istio_tcp_sent_bytes_total"),
+    ("TCP_RECEIVED_BYTES", "istio_tcp_received_bytes_total"),
+)
+_WIDTH = len(BUCKETS) + 2
+"""Slots per histogram: a count per bound, the count above the last bound, the sum."""
+UNKNOWN = "unknown"
+MAX_OPEN_CONNECTIONS = 10000
+"""TCP connections remembered for byte deltas; beyond, the oldest are forgotten (a
+connection whose end Envoy never logged, e.g. across an Envoy restart)."""
+
+
+class Profile(NamedTuple):
+    """A line token parsed: the line's kind and the proxy's metric overrides."""
+
+    kind: str
+    disabled: frozenset[str]
+    removed: Mapping[str, frozenset[str]]
+
+
+def parse_token(token: str) -> Profile:
+    """``s|REQUEST_SIZE!|REQUEST_COUNT-source_app`` → kind ``s``, REQUEST_SIZE disabled,
+    ``source_app`` removed from REQUEST_COUNT (``proxy_contract.METRICS_TOKEN_SEP``)."""
+    kind, *parts = token.split(pc.METRICS_TOKEN_SEP)
+    if kind not in (pc.METRICS_LINE_SOURCE, pc.METRICS_LINE_DESTINATION, pc.METRICS_LINE_TCP):
+        raise ValueError(f"unknown metric line kind {kind!r}")
+    disabled = set()
+    removed: dict[str, set[str]] = {}
+    for p in parts:
+        if p.endswith("!"):
+            disabled.add(p[:-1])
+        elif "-" in p:
+            metric, tag = p.split("-", 1)
+            removed.setdefault(metric, set()).add(tag)
+        else:
+            raise ValueError(f"bad metric override {p!r}")
+    return Profile(kind, frozenset(disabled), {m: frozenset(t) for m, t in removed.items()})
+
+
+class Identity(NamedTuple):
+    """This proxy, as its own side of every metric."""
+
+    service: str
+    namespace: str
+    labels: Mapping[str, str]
+
+
+def _peer(metadata: str) -> tuple[str, str, str, str, str]:
+    """``workload;namespace;canonical service;canonical revision;cluster`` (Istio's
+    ``istio.workload`` format) → those five, ``unknown`` when absent."""
+    parts = metadata.split(";") if metadata not in ("", "-") else []
+    if len(parts) != 5:
+        return (UNKNOWN,) * 5
+    return tuple(p or UNKNOWN for p in parts)  # type: ignore[return-value]
+
+
+def _service(cluster: str) -> tuple[str, str, str]:
+    """``destination_service``, ``_name`` and ``_namespace`` from an upstream cluster name
+    (``outbound|port|subset|host``; Istio reports BlackHole/Passthrough by name)."""
+    parts = cluster.split("|")
+    if len(parts) == 4:
+        host = parts[3]
+        labels = host.split(".")
+        if host.endswith(".svc.cluster.local") and len(labels) == 5:
+            return host, labels[0], labels[1]
+        return host, host, UNKNOWN
+    if cluster in ("", "-"):
+        return UNKNOWN, UNKNOWN, UNKNOWN
+    return cluster, cluster, UNKNOWN
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(names: tuple[str, ...], values: Mapping[str, str], drop: frozenset[str]) -> str:
+    return ",".join(f'{n}="{_escape(values[n])}"' for n in names if n not in drop)
+
+
+class Aggregator:
+    """Counters and histograms of one sidecar; :meth:`feed` from the reader thread,
+    :meth:`render` from scrapes (a lock keeps each consistent)."""
+
+    def __init__(self, me: Identity) -> None:
+        own = pc.workload_metadata(me.labels, me.service, me.namespace).split(";")
+        self._own = {
+            "workload": own[0],
+            "workload_namespace": own[1],
+            "canonical_service": own[2],
+            "canonical_revision": own[3],
+            "cluster": own[4],
+            "app": me.labels.get("app") or UNKNOWN,
+            "version": me.labels.get("version") or UNKNOWN,
+            "principal": UNKNOWN,  # until mTLS (issue 10)
+        }
+        self._host = f"{me.service}.{me.namespace}.svc.cluster.local"
+        self._service = me.service
+        self._namespace = me.namespace
+        self._lock = threading.Lock()
+        self._profiles: dict[str, Profile | None] = {}
+        # HTTP series: raw label fields → [count, 3 x (count per bucket, count above the
+        # last bound, sum)].
+        self._http: dict[tuple[str, ...], list[float]] = {}
+        # TCP series: (token, flags) → [opened, closed, sent, received].
+        self._tcp: dict[tuple[str, str], list[int]] = {}
+        self._conns: dict[str, tuple[int, int]] = {}
+        self.bad_lines = 0
+        """Lines that could not be parsed (counted, then skipped)."""
+
+    def _profile(self, token: str) -> Profile | None:
+        profile = self._profiles.get(token, False)
+        if profile is False:
+            try:
+                profile = parse_token(token)
+            except ValueError:
+                profile = None
+            self._profiles[token] = profile
+        return profile  # type: ignore[return-value]
+
+    def feed(self, lines: Iterable[str]) -> None:
+        """Account for Envoy's metric ``lines`` (without their newline)."""
+        with self._lock:
+            for line in lines:
+                if not line:
+                    continue
+                try:
+                    self._feed_one(line)
+                except (ValueError, IndexError):
+                    self.bad_lines += 1
+
+    def _feed_one(self, line: str) -> None:
+        f = line.split("\t")
+        profile = self._profile(f[0])
+        if profile is None:
+            raise ValueError(line)
+        if profile.kind == pc.METRICS_LINE_TCP:
+            self._feed_tcp(f)
+            return
+        n = 9 if profile.kind == pc.METRICS_LINE_SOURCE else 8
+        if len(f) != n:
+            raise ValueError(line)
+        key = tuple(f[: n - 3])
+        values = (float(f[n - 3]), float(f[n - 2]), float(f[n - 1]))
+        series = self._http.get(key)
+        if series is None:
+            series = self._http[key] = [0.0] * (1 + 3 * _WIDTH)
+        series[0] += 1
+        for i, v in enumerate(values):
+            base = 1 + i * _WIDTH
+            series[base + bisect_left(BUCKETS, v)] += 1  # first bound >= v (Prometheus' le)
+            series[base + _WIDTH - 1] += v
+
+    def _feed_tcp(self, f: list[str]) -> None:
+        if len(f) != 6:
+            raise ValueError("\t".join(f))
+        token, kind, conn, rx, tx, flags = f
+        received, sent = int(rx), int(tx)
+        series = self._tcp.get((token, flags))
+        if series is None:
+            series = self._tcp[(token, flags)] = [0, 0, 0, 0]
+        last = self._conns.pop(conn, None)
+        if last is None:
+            series[0] += 1  # first news of this connection: connected, or ended at once
+            last = (0, 0)
+            if len(self._conns) >= MAX_OPEN_CONNECTIONS:
+                self._conns.pop(next(iter(self._conns)))
+        series[2] += max(0, sent - last[1])
+        series[3] += max(0, received - last[0])
+        if kind == "TcpConnectionEnd":
+            series[1] += 1
+        else:
+            self._conns[conn] = (received, sent)
+
+    def _http_labels(self, profile: Profile, key: tuple[str, ...]) -> dict[str, str]:
+        own = self._own
+        if profile.kind == pc.METRICS_LINE_SOURCE:
+            cluster, peer, code, flags, grpc = key
+            w, ns, cs, cr, cl = _peer(peer)
+            service, name, namespace = _service(cluster)
+            values = {
+                "reporter": "source",
+                **{f"source_{k}": v for k, v in own.items()},
+                "destination_workload": w,
+                "destination_workload_namespace": ns,
+                "destination_principal": UNKNOWN,
+                "destination_app": cs,
+                "destination_version": cr,
+                "destination_service": service,
+                "destination_canonical_service": cs,
+                "destination_canonical_revision": cr,
+                "destination_service_name": name,
+                "destination_service_namespace": namespace,
+                "destination_cluster": cl,
+                "connection_security_policy": UNKNOWN,
+            }
+        else:
+            _token, peer, code, flags, grpc = key
+            w, ns, cs, cr, cl = _peer(peer)
+            values = {
+                "reporter": "destination",
+                "source_workload": w,
+                "source_canonical_service": cs,
+                "source_canonical_revision": cr,
+                "source_workload_namespace": ns,
+                "source_principal": UNKNOWN,
+                "source_app": cs,
+                "source_version": cr,
+                "source_cluster": cl,
+                **{f"destination_{k}": v for k, v in own.items()},
+                "destination_service": self._host,
+                "destination_service_name": self._service,
+                "destination_service_namespace": self._namespace,
+                "connection_security_policy": "none",
+            }
+        values["request_protocol"] = "http" if grpc == "-" else "grpc"
+        values["response_code"] = code if code != "-" else "0"
+        values["grpc_response_status"] = "" if grpc == "-" else grpc
+        values["response_flags"] = flags
+        return values
+
+    def _tcp_labels(self, flags: str) -> dict[str, str]:
+        values = {
+            "reporter": "destination",
+            **{f"source_{k}": UNKNOWN for k in self._own},
+            **{f"destination_{k}": v for k, v in self._own.items()},
+            "destination_service": self._host,
+            "destination_service_name": self._service,
+            "destination_service_namespace": self._namespace,
+            "request_protocol": "tcp",
+            "response_flags": flags,
+            "connection_security_policy": "none",
+        }
+        return values
+
+    def render(self) -> str:
+        """The metrics in Prometheus' text exposition format."""
+        with self._lock:
+            http = [(k, list(v)) for k, v in self._http.items()]
+            tcp = [(k, list(v)) for k, v in self._tcp.items()]
+        # metric name → rendered labels → accumulated values (a removed label merges series)
+        out: dict[str, dict[str, list[float]]] = {}
+        for key, series in http:
+            profile = self._profile(key[0])
+            if profile is None:
+                continue
+            values = self._http_labels(profile, key[1:] if profile.kind == "s" else key)
+            for i, (metric, name, _kind) in enumerate(HTTP_METRICS):
+                if metric in profile.disabled:
+                    continue
+                labels = _labels(LABELS, values, profile.removed.get(metric, frozenset()))
+                part = [series[0]] if i == 0 else series[1 + (i - 1) * _WIDTH : 1 + i * _WIDTH]
+                acc = out.setdefault(name, {}).setdefault(labels, [0.0] * len(part))
+                for j, v in enumerate(part):
+                    acc[j] += v
+        for (token, flags), counts in tcp:
+            profile = self._profile(token)
+            if profile is None:
+                continue
+            values = self._tcp_labels(flags)
+            for (metric, name), v in zip(TCP_METRICS, counts, strict=True):
+                if metric in profile.disabled:
+                    continue
+                labels = _labels(TCP_LABELS, values, profile.removed.get(metric, frozenset()))
+                acc = out.setdefault(name, {}).setdefault(labels, [0.0])
+                acc[0] += v
+        return _exposition(out)
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if v == int(v) else repr(v)
+
+
+def _exposition(out: dict[str, dict[str, list[float]]]) -> str:
+    lines = []
+    for name, series in out.items():
+        histogram = not name.endswith("_total")
+        lines.append(f"# TYPE {name} {'histogram' if histogram else 'counter'}")
+        for labels, values in series.items():
+            sep = "," if labels else ""
+            if not histogram:
+                lines.append(f"{name}{{{labels}}} {_number(values[0])}")
+                continue
+            cumulative = 0.0
+            for bound, count in zip(BUCKETS, values, strict=False):
+                cumulative += count
+                le = f'le="{_number(bound)}"'
+                lines.append(f"{name}_bucket{{{labels}{sep}{le}}} {_number(cumulative)}")
+            total = _number(sum(values[:-1]))
+            lines.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {total}')
+            lines.append(f"{name}_sum{{{labels}}} {_number(values[-1])}")
+            lines.append(f"{name}_count{{{labels}}} {total}")
+    return "\n".join(lines) + "\n" if lines else ""

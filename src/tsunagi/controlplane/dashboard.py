@@ -1,0 +1,104 @@
+"""Wires the dashboard into ``tsunagi up``: the metrics source (the built-in scraper and
+store, or ``--prometheus``), the dashboard server, and the ``dashboard`` file in the state
+directory that ``tsunagi dashboard`` reads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from tsunagi.controlplane.http_api import Api
+from tsunagi.controlplane.prometheus import host_port
+from tsunagi.registry import Registry
+from tsunagi.telemetry.promviews import PrometheusViews
+from tsunagi.telemetry.scrape import METRICS_PATH, Scraper, Target
+from tsunagi.telemetry.series import SeriesStore
+from tsunagi.telemetry.views import StoreViews
+from tsunagi.ui.server import Dashboard, Sources
+
+log = logging.getLogger("tsunagi.dashboard")
+
+URL_FILE = "dashboard"
+"""In the state directory: the dashboard's base URL (``tsunagi dashboard`` adds the token)."""
+
+HOUR = 3600.0
+
+
+def scrape_targets(registry: Registry) -> Iterator[Target]:
+    """Every registered sidecar that serves metrics (``metrics_port`` > 0)."""
+    for inst in registry.instances():
+        if inst.metrics_port > 0:
+            url = f"http://{host_port(inst.address, inst.metrics_port)}{METRICS_PATH}"
+            yield Target(f"{inst.namespace}/{inst.name}", url)
+
+
+@dataclass
+class Running:
+    """The dashboard's parts while ``tsunagi up`` runs."""
+
+    port: int
+    runner: web.AppRunner
+    scraper: Scraper | None
+    task: asyncio.Task[None] | None
+
+    async def stop(self) -> None:
+        """Stop scraping and serving."""
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        if self.scraper is not None:
+            await self.scraper.close()
+        await self.runner.cleanup()
+
+
+async def start(
+    *,
+    state_dir: Path,
+    host: str,
+    port: int,
+    scrape_interval: float,
+    prometheus: str,
+    max_series: int = 20_000,
+    token: str,
+    api: Api,
+    registry: Registry,
+    proxies: Any,
+    spans: Any,
+) -> Running:
+    """Start the metrics source and the dashboard server on ``host:port`` (0: any)."""
+    scraper = None
+    task = None
+    if prometheus:
+        views: Any = PrometheusViews(prometheus)
+        log.info("dashboard metrics: queried from Prometheus at %s", prometheus)
+    else:
+        # One hour at the scrape resolution (at least two ticks).
+        store = SeriesStore(capacity=max(2, int(HOUR / scrape_interval) + 1), max_series=max_series)
+        scraper = Scraper(store)
+        views = StoreViews(store)
+        task = asyncio.create_task(
+            scraper.run(lambda: list(scrape_targets(registry)), scrape_interval)
+        )
+    api.views = views
+    dashboard = Dashboard(
+        token,
+        Sources(views=views, config=api.config_view, proxies=proxies, spans=spans),
+    )
+    try:
+        runner, bound = await dashboard.serve(host, port)
+    except BaseException:
+        if task is not None:
+            task.cancel()
+        if scraper is not None:
+            await scraper.close()
+        raise
+    url = f"http://{host_port(host, bound)}/"
+    (state_dir / URL_FILE).write_text(url + "\n")
+    log.info("dashboard on %s (open it with `tsunagi dashboard`)", url)
+    return Running(bound, runner, scraper, task)

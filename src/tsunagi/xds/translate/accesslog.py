@@ -1,0 +1,273 @@
+"""Access loggers on a sidecar's listeners: the line the agent turns into Istio's metrics,
+and Istio's access log when the proxy's telemetry asks for one.
+
+The metric line (docs/design/metrics.md, option b) is a short tab-separated record written
+to the FIFO the agent named in the node metadata; its first field is a literal token
+(``proxy_contract.METRICS_TOKEN_SEP``) that carries the line's kind and the proxy's metric
+overrides, so everything the agent needs to know arrives in the line itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2
+
+from tsunagi import proxy_contract as pc
+from tsunagi.mesh import Node
+from tsunagi.mesh.telemetry import (
+    ACCESS_LOG_JSON,
+    ACCESS_LOG_TEXT,
+    CLIENT,
+    CLIENT_AND_SERVER,
+    SERVER,
+    MetricOverride,
+    ProxyTelemetry,
+)
+
+OUTBOUND = "outbound"
+INBOUND = "inbound"
+
+FILE_TYPE = "type.googleapis.com/" + file_pb2.FileAccessLog.DESCRIPTOR.full_name
+STDOUT_TYPE = "type.googleapis.com/" + stream_pb2.StdoutAccessLog.DESCRIPTOR.full_name
+CEL_TYPE = "type.googleapis.com/" + cel_pb2.ExpressionFilter.DESCRIPTOR.full_name
+SET_FILTER_STATE_TYPE = "type.googleapis.com/" + set_filter_state_pb2.Config.DESCRIPTOR.full_name
+
+PEER_STATE = "tsunagi.peer"
+"""Where the server sidecar keeps the caller's identity for its metrics logger
+(``%FILTER_STATE(tsunagi.peer:PLAIN)%``)."""
+
+PEER_FILTER = {
+    "name": "envoy.filters.http.set_filter_state",
+    "typed_config": {
+        "@type": SET_FILTER_STATE_TYPE,
+        "on_request_headers": [
+            {
+                "object_key": PEER_STATE,
+                "factory_key": "envoy.string",
+                "format_string": {
+                    "text_format_source": {"inline_string": f"%REQ({pc.PEER_HEADER})%"}
+                },
+            }
+        ],
+    },
+}
+"""First HTTP filter of every inbound connection manager: keeps the caller's
+``proxy_contract.PEER_HEADER`` for the metrics line. The inbound route then removes the
+header (:data:`PEER_HEADER_REMOVAL`), so the app never sees it; a removed header is gone for
+``%REQ()%`` at log time too, hence the copy. Measured cheaper than
+``header_to_metadata`` (a protobuf Struct per request, and a costlier log operator)."""
+
+PEER_HEADER_REMOVAL = {"request_headers_to_remove": [pc.PEER_HEADER]}
+"""On every inbound route."""
+
+TCP_REPORT_INTERVAL = "15s"
+"""How often a long TCP connection reports its bytes (Istio's filter reports periodically
+too, not only at close)."""
+
+TCP_ACCESS_LOG_OPTIONS = {
+    "flush_access_log_on_connected": True,
+    "access_log_flush_interval": TCP_REPORT_INTERVAL,
+}
+"""``access_log_options`` of an inbound TCP proxy that has a metrics logger."""
+
+HTTP_METRICS = ("REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE")
+TCP_METRICS = (
+    "TCP_OPENED_CONNECTIONS",
+    "TCP_CLOSED_CONNECTIONS",
+    "TCP_SENT_BYTES",
+    "TCP_RECEIVED_BYTES",
+)
+
+# 8 operators on the source side, as measured (docs/design/metrics.md, "filelog8").
+_SOURCE_FIELDS = (
+    "%UPSTREAM_CLUSTER%",
+    "%UPSTREAM_METADATA(istio:workload)%",
+    "%RESPONSE_CODE%",
+    "%RESPONSE_FLAGS%",
+    # "-" unless the request was gRPC: also what tells request_protocol grpc from http.
+    "%GRPC_STATUS_NUMBER%",
+    "%DURATION%",
+    "%DOWNSTREAM_WIRE_BYTES_RECEIVED%",
+    "%DOWNSTREAM_WIRE_BYTES_SENT%",
+)
+_DESTINATION_FIELDS = (
+    f"%FILTER_STATE({PEER_STATE}:PLAIN)%",
+    *_SOURCE_FIELDS[2:],
+)
+_TCP_FIELDS = (
+    "%ACCESS_LOG_TYPE%",
+    "%CONNECTION_ID%",
+    "%BYTES_RECEIVED%",
+    "%BYTES_SENT%",
+    "%RESPONSE_FLAGS%",
+)
+
+ISTIO_TEXT_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% "
+    '%CONNECTION_TERMINATION_DETAILS% "%UPSTREAM_TRANSPORT_FAILURE_REASON%" '
+    "%BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "
+    '"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" '
+    '"%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% '
+    "%DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% "
+    "%ROUTE_NAME%\n"
+)
+"""Istio's default text access log (``EnvoyTextLogFormat``, pilot/pkg/model/
+telemetry_logging.go)."""
+
+ISTIO_JSON_FORMAT = {
+    "start_time": "%START_TIME%",
+    "route_name": "%ROUTE_NAME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration": "%DURATION%",
+    "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER_RAW%",
+    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
+    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "requested_server_name": "%REQUESTED_SERVER_NAME%",
+    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+}
+"""Istio's default JSON access log keys (``EnvoyJSONLogFormatIstio``)."""
+
+SIDECAR_KEY = "sidecar"
+"""The JSON access log's extra key naming the sidecar: what tells its lines apart from the
+app's own output on ``tsunagi run``'s stdout (text lines start with ``[sidecar NAME] ``)."""
+
+
+def access_log_marker(node: Node) -> str:
+    """The prefix of this proxy's text access log lines."""
+    return f"[sidecar {node.id}] "
+
+
+def metrics_token(kind: str, overrides: tuple[MetricOverride, ...], mode: str) -> str | None:
+    """The literal first field of a metric line of ``kind`` for a proxy with ``overrides``
+    (``mode`` is CLIENT or SERVER); ``None`` when every metric of the kind is disabled."""
+    metrics = TCP_METRICS if kind == pc.METRICS_LINE_TCP else HTTP_METRICS
+    disabled = dict.fromkeys(metrics, False)
+    removed: dict[str, list[str]] = {m: [] for m in metrics}
+    for o in overrides:
+        if o.mode not in (mode, CLIENT_AND_SERVER):
+            continue
+        for m in metrics if o.metric == "ALL_METRICS" else (o.metric,):
+            if m not in disabled:
+                continue  # a metric of the other kind (or one never produced here)
+            if o.disabled or not o.removed_tags:
+                disabled[m] = o.disabled  # a later entry wins; tag removals keep the state
+            removed[m].extend(t for t in o.removed_tags if t not in removed[m])
+    if all(disabled.values()):
+        return None
+    parts = [kind]
+    for m in metrics:
+        if disabled[m]:
+            parts.append(f"{m}!")
+        elif removed[m]:
+            parts.extend(f"{m}-{t}" for t in removed[m])
+    return pc.METRICS_TOKEN_SEP.join(parts)
+
+
+def _line(token: str, fields: tuple[str, ...]) -> str:
+    return "\t".join((token, *fields)) + "\n"
+
+
+def _file_logger(path: str, line: str) -> dict[str, Any]:
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": FILE_TYPE,
+            "path": path,
+            "log_format": {"text_format_source": {"inline_string": line}},
+        },
+    }
+
+
+def _user_logger(
+    node: Node, telemetry: ProxyTelemetry, direction: str, tcp: bool
+) -> list[dict[str, Any]]:
+    """Istio's access log on Envoy's stdout (which the agent passes on to its own)."""
+    encoding = telemetry.access_log_for(direction)
+    if encoding == ACCESS_LOG_TEXT:
+        fmt: dict[str, Any] = {
+            "text_format_source": {"inline_string": access_log_marker(node) + ISTIO_TEXT_FORMAT}
+        }
+    elif encoding == ACCESS_LOG_JSON:
+        fmt = {
+            "json_format": {SIDECAR_KEY: node.id, **ISTIO_JSON_FORMAT},
+            "json_format_options": {"sort_properties": False},
+        }
+    else:
+        return []
+    filters: list[dict[str, Any]] = []
+    if telemetry.access_log_filter:
+        filters.append(
+            {
+                "extension_filter": {
+                    "name": "envoy.access_loggers.extension_filters.cel",
+                    "typed_config": {"@type": CEL_TYPE, "expression": telemetry.access_log_filter},
+                }
+            }
+        )
+    if tcp:
+        # One line per connection, at its end: not the periodic entries the metrics need.
+        filters.append({"log_type_filter": {"types": ["TcpConnectionEnd"]}})
+    logger: dict[str, Any] = {
+        "name": "envoy.access_loggers.stdout",
+        "typed_config": {"@type": STDOUT_TYPE, "log_format": fmt},
+    }
+    if len(filters) == 1:
+        logger["filter"] = filters[0]
+    elif filters:
+        logger["filter"] = {"and_filter": {"filters": filters}}
+    return [logger]
+
+
+def http_access_loggers(
+    node: Node, telemetry: ProxyTelemetry, direction: str, port: int = 0
+) -> list[dict[str, Any]]:
+    """The ``access_log`` list of an HTTP connection manager; ``direction`` is
+    :data:`OUTBOUND` (the ``source`` reporter) or :data:`INBOUND` (``destination``, for
+    service ``port``)."""
+    out = []
+    if node.metrics_log:
+        if direction == OUTBOUND:
+            token = metrics_token(pc.METRICS_LINE_SOURCE, telemetry.metric_overrides, CLIENT)
+            fields: tuple[str, ...] = _SOURCE_FIELDS
+        else:
+            token = metrics_token(pc.METRICS_LINE_DESTINATION, telemetry.metric_overrides, SERVER)
+            fields = _DESTINATION_FIELDS
+        if token is not None:
+            out.append(_file_logger(node.metrics_log, _line(token, fields)))
+    return out + _user_logger(node, telemetry, direction, tcp=False)
+
+
+def tcp_access_loggers(node: Node, telemetry: ProxyTelemetry, port: int) -> list[dict[str, Any]]:
+    """The ``access_log`` list of an inbound TCP proxy for service ``port``."""
+    out = []
+    if node.metrics_log:
+        token = metrics_token(pc.METRICS_LINE_TCP, telemetry.metric_overrides, SERVER)
+        if token is not None:
+            out.append(_file_logger(node.metrics_log, _line(token, _TCP_FIELDS)))
+    return out + _user_logger(node, telemetry, INBOUND, tcp=True)
+
+
+def has_metrics_logger(loggers: list[dict[str, Any]]) -> bool:
+    """Whether ``loggers`` include the metrics line (a TCP proxy then needs
+    :data:`TCP_ACCESS_LOG_OPTIONS`)."""
+    return any(lg["name"] == "envoy.access_loggers.file" for lg in loggers)

@@ -1,0 +1,341 @@
+"""The sidecar's Istio metrics: the line token both sides agree on, the agent's aggregator
+and its Prometheus exposition, the metrics endpoint's merge, and the translation of metric
+overrides and access log settings into loggers."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tsunagi import proxy_contract as pc
+from tsunagi.agent.metrics import BUCKETS, LABELS, Aggregator, Identity, parse_token
+from tsunagi.agent.metrics_server import MetricsPipe, MetricsServer
+from tsunagi.agent.ports import free_ports
+from tsunagi.mesh import Node
+from tsunagi.mesh.telemetry import (
+    CLIENT,
+    SERVER,
+    MetricOverride,
+    ProxyTelemetry,
+)
+from tsunagi.xds.translate import accesslog
+
+ME = Identity("productpage", "default", {"app": "productpage", "version": "v1"})
+REVIEWS = "outbound|9080||reviews.default.svc.cluster.local"
+PEER = "reviews-v2;default;reviews;v2;Kubernetes"
+
+
+def src(
+    code: str = "200", flags: str = "-", grpc: str = "-", ms: str = "3", token: str = "s"
+) -> str:
+    return "\t".join((token, REVIEWS, PEER, code, flags, grpc, ms, "80", "300"))
+
+
+def dst(peer: str = PEER, code: str = "200", token: str = "d") -> str:
+    return "\t".join((token, peer, code, "-", "-", "7", "90", "200"))
+
+
+_SAMPLE = re.compile(r"^(\w+)\{(.*)\} (\S+)$")
+
+
+def parsed(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    out = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and m.group(1) == name:
+            out.append((dict(re.findall(r'(\w+)="([^"]*)"', m.group(2))), float(m.group(3))))
+    return out
+
+
+def test_workload_metadata_is_istios_format_from_labels() -> None:
+    labels = {"app": "reviews", "version": "v1"}
+    assert pc.workload_name(labels, "reviews") == "reviews-v1"
+    assert (
+        pc.workload_metadata(labels, "reviews", "shop") == "reviews-v1;shop;reviews;v1;Kubernetes"
+    )
+    # No version: the app's name, revision "latest"; canonical labels win.
+    assert pc.workload_metadata({}, "db", "default") == "db;default;db;latest;Kubernetes"
+    canon = {"app": "db", "service.istio.io/canonical-name": "pg"}
+    assert pc.workload_metadata(canon, "db", "d").split(";")[2] == "pg"
+    assert ";" not in pc.workload_metadata({"app": "a;b"}, "x", "d").split(";", 1)[0][2:]
+
+
+def test_node_reads_the_metrics_fifo_from_its_metadata() -> None:
+    node = Node.from_metadata("n.default", {pc.META_METRICS_LOG: "/run/x.fifo"})
+    assert node.metrics_log == "/run/x.fifo"
+    assert Node.from_metadata("n.default", {}).metrics_log == ""
+
+
+def test_source_lines_become_istio_series_with_istio_labels_in_order() -> None:
+    agg = Aggregator(ME)
+    agg.feed([src(), src(), src("503", "UF")])
+    text = agg.render()
+    series = parsed(text, "istio_requests_total")
+    assert sorted(v for _, v in series) == [1, 2]
+    ok = next(lb for lb, v in series if v == 2)
+    assert list(ok) == list(LABELS)  # Istio's order
+    assert ok["reporter"] == "source"
+    assert ok["source_workload"] == "productpage-v1" and ok["source_app"] == "productpage"
+    assert ok["destination_workload"] == "reviews-v2" and ok["destination_version"] == "v2"
+    assert ok["destination_service"] == "reviews.default.svc.cluster.local"
+    assert ok["destination_service_name"] == "reviews"
+    assert ok["destination_service_namespace"] == "default"
+    assert ok["request_protocol"] == "http" and ok["grpc_response_status"] == ""
+    assert ok["connection_security_policy"] == "unknown" and ok["response_flags"] == "-"
+    assert "# TYPE istio_request_duration_milliseconds histogram" in text
+
+
+def test_histograms_use_envoys_buckets_cumulatively() -> None:
+    agg = Aggregator(ME)
+    agg.feed([src(ms="3"), src(ms="3"), src(ms="700"), src(ms="99999999")])
+    buckets = parsed(agg.render(), "istio_request_duration_milliseconds_bucket")
+    by_le = {lb["le"]: v for lb, v in buckets}
+    assert list(by_le)[:-1] == [
+        str(int(b)) if b == int(b) else str(b) for b in BUCKETS
+    ]  # every bound, then +Inf
+    assert by_le["1"] == 0 and by_le["5"] == 2 and by_le["500"] == 2 and by_le["1000"] == 3
+    assert by_le["3600000"] == 3 and by_le["+Inf"] == 4  # one above the last bound
+    text = agg.render()
+    assert parsed(text, "istio_request_duration_milliseconds_count")[0][1] == 4
+    assert parsed(text, "istio_request_duration_milliseconds_sum")[0][1] == 3 + 3 + 700 + 99999999
+    assert parsed(text, "istio_request_bytes_sum")[0][1] == 320
+
+
+def test_destination_lines_name_the_caller_or_unknown() -> None:
+    agg = Aggregator(ME)
+    agg.feed([dst(), dst(peer="-"), dst(peer="garbage")])
+    series = parsed(agg.render(), "istio_requests_total")
+    known = [lb for lb, _ in series if lb["source_workload"] == "reviews-v2"]
+    unknown = [v for lb, v in series if lb["source_workload"] == "unknown"]
+    assert len(known) == 1 and unknown == [2]
+    lb = known[0]
+    assert lb["reporter"] == "destination" and lb["source_app"] == "reviews"
+    assert lb["destination_workload"] == "productpage-v1"
+    assert lb["destination_service"] == "productpage.default.svc.cluster.local"
+    assert lb["connection_security_policy"] == "none"
+
+
+def test_grpc_and_passthrough_lines() -> None:
+    agg = Aggregator(ME)
+    agg.feed([src(grpc="14", code="200")])
+    agg.feed(["\t".join(("s", "PassthroughCluster", "-", "200", "-", "-", "1", "1", "1"))])
+    series = parsed(agg.render(), "istio_requests_total")
+    grpc = next(lb for lb, _ in series if lb["request_protocol"] == "grpc")
+    assert grpc["grpc_response_status"] == "14"
+    passthrough = next(lb for lb, _ in series if lb["destination_service"] == "PassthroughCluster")
+    assert passthrough["destination_service_name"] == "PassthroughCluster"
+    assert passthrough["destination_workload"] == "unknown"
+
+
+def test_bad_lines_are_counted_not_fatal() -> None:
+    agg = Aggregator(ME)
+    agg.feed(["", "nonsense", "s\tshort", "x\t1\t2", src(ms="not-a-number"), "s|BAD\t1", src()])
+    assert agg.bad_lines == 5  # an empty line (between two newlines) is no line
+    assert sum(v for _, v in parsed(agg.render(), "istio_requests_total")) == 1
+
+
+def test_tcp_cumulative_bytes_become_deltas_per_connection() -> None:
+    agg = Aggregator(ME)
+    agg.feed(
+        [
+            "t\tTcpUpstreamConnected\t7\t0\t0\t-",
+            "t\tTcpPeriodic\t7\t100\t40\t-",
+            "t\tTcpUpstreamConnected\t8\t0\t0\t-",
+            "t\tTcpConnectionEnd\t7\t150\t90\t-",
+            "t\tTcpConnectionEnd\t9\t0\t0\tUF",  # never connected upstream
+        ]
+    )
+    text = agg.render()
+
+    def total(name: str) -> float:
+        return sum(v for _, v in parsed(text, name))
+
+    assert total("istio_tcp_connections_opened_total") == 3
+    assert total("istio_tcp_connections_closed_total") == 2
+    assert total("istio_tcp_received_bytes_total") == 150
+    assert total("istio_tcp_sent_bytes_total") == 90
+    (labels, _), *_ = parsed(text, "istio_tcp_sent_bytes_total")
+    assert labels["request_protocol"] == "tcp" and "response_code" not in labels
+
+
+def test_overrides_in_the_token_disable_metrics_and_remove_labels() -> None:
+    token = "s|REQUEST_SIZE!|RESPONSE_SIZE!|REQUEST_COUNT-source_app|REQUEST_COUNT-response_code"
+    assert parse_token(token).disabled == {"REQUEST_SIZE", "RESPONSE_SIZE"}
+    agg = Aggregator(ME)
+    agg.feed([src(token=token), src(token=token, code="503")])
+    text = agg.render()
+    # Two codes merge into one series once response_code is removed.
+    (labels, value), *rest = parsed(text, "istio_requests_total")
+    assert not rest and value == 2
+    assert "source_app" not in labels and "response_code" not in labels
+    assert "istio_request_bytes" not in text and "istio_response_bytes" not in text
+    # The duration keeps its labels: one series per code.
+    durations = parsed(text, "istio_request_duration_milliseconds_count")
+    assert sorted((lb["response_code"], v) for lb, v in durations) == [("200", 1), ("503", 1)]
+
+
+def test_counts_are_exact_under_concurrent_scrapes() -> None:
+    agg = Aggregator(ME)
+    lines = [src(code=str(200 + i % 3)) for i in range(100)]
+    stop = threading.Event()
+    seen: list[list[float]] = [[], [], []]
+
+    def scraper(mine: list[float]) -> None:
+        while not stop.is_set():
+            mine.append(sum(v for _, v in parsed(agg.render(), "istio_requests_total")))
+
+    threads = [threading.Thread(target=scraper, args=(seen[i],)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for _ in range(50):
+        agg.feed(lines)
+    stop.set()
+    for t in threads:
+        t.join()
+    text = agg.render()
+    assert sum(v for _, v in parsed(text, "istio_requests_total")) == 5000
+    assert sum(v for _, v in parsed(text, "istio_request_bytes_count")) == 5000
+    # Each scrape saw whole batches: never a count torn between two lines of a batch.
+    for mine in seen:
+        assert all(v % 100 == 0 for v in mine) and mine == sorted(mine), mine
+
+
+def test_metrics_token_resolves_overrides_per_mode() -> None:
+    t = accesslog.metrics_token
+    assert t("s", (), CLIENT) == "s"
+    off = (MetricOverride(disabled=True),)
+    assert t("s", off, CLIENT) is None and t("d", off, SERVER) is None
+    server_only = (MetricOverride(mode=SERVER, disabled=True),)
+    assert t("s", server_only, CLIENT) == "s" and t("d", server_only, SERVER) is None
+    overrides = (
+        MetricOverride(disabled=True),
+        MetricOverride(metric="REQUEST_COUNT", disabled=False),
+        MetricOverride(metric="REQUEST_COUNT", removed_tags=("source_app",)),
+    )
+    token = t("s", overrides, CLIENT)
+    assert token == "s|REQUEST_COUNT-source_app|REQUEST_DURATION!|REQUEST_SIZE!|RESPONSE_SIZE!"
+    assert parse_token(token).removed == {"REQUEST_COUNT": {"source_app"}}
+    # A TCP metric override leaves HTTP alone, and the other way round.
+    assert t("s", (MetricOverride(metric="TCP_SENT_BYTES", disabled=True),), CLIENT) == "s"
+    assert t("t", (MetricOverride(metric="TCP_SENT_BYTES", disabled=True),), SERVER) == (
+        "t|TCP_SENT_BYTES!"
+    )
+
+
+def test_loggers_follow_the_fifo_overrides_and_access_log_settings() -> None:
+    node = Node.from_metadata("w.default", {pc.META_METRICS_LOG: "/x.fifo"})
+    plain = accesslog.http_access_loggers(node, ProxyTelemetry(), accesslog.OUTBOUND)
+    assert [lg["name"] for lg in plain] == ["envoy.access_loggers.file"]
+    line = plain[0]["typed_config"]["log_format"]["text_format_source"]["inline_string"]
+    assert line.startswith("s\t%UPSTREAM_CLUSTER%\t") and line.count("%") == 16  # 8 operators
+    off = ProxyTelemetry(metric_overrides=(MetricOverride(mode=CLIENT, disabled=True),))
+    assert accesslog.http_access_loggers(node, off, accesslog.OUTBOUND) == []
+    assert accesslog.http_access_loggers(node, off, accesslog.INBOUND, 9080)
+    assert accesslog.http_access_loggers(Node("x"), ProxyTelemetry(), accesslog.OUTBOUND) == []
+    text = ProxyTelemetry(access_log="TEXT", access_log_filter="response.code >= 400")
+    (stdout,) = accesslog.http_access_loggers(Node("x.default"), text, accesslog.INBOUND, 1)
+    fmt = stdout["typed_config"]["log_format"]["text_format_source"]["inline_string"]
+    assert fmt.startswith("[sidecar x.default] [%START_TIME%]")
+    cel = stdout["filter"]["extension_filter"]
+    assert cel["typed_config"]["expression"] == "response.code >= 400"
+    (tcp,) = accesslog.tcp_access_loggers(Node("x.default"), text, 1)
+    assert tcp["filter"]["and_filter"]["filters"][1] == {
+        "log_type_filter": {"types": ["TcpConnectionEnd"]}
+    }
+
+
+def _serve_once(body: bytes, status: int = 200) -> tuple[int, threading.Thread]:
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+
+    def answer() -> None:
+        conn, _ = sock.accept()
+        with conn:
+            conn.recv(65536)
+            head = (
+                f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            conn.sendall(head.encode() + body)
+        sock.close()
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    return sock.getsockname()[1], t
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        c.close()
+
+
+def test_endpoint_merges_ours_envoys_and_the_apps_and_survives_failures() -> None:
+    agg = Aggregator(ME)
+    agg.feed([src()])
+    envoy_port, _ = _serve_once(b"# TYPE envoy_server_live gauge\nenvoy_server_live 1\n")
+    app_port, _ = _serve_once(b"# TYPE app_hits counter\napp_hits 5\n# EOF\n")
+    server = MetricsServer(0, agg, envoy_port, app_port, "/metrics")
+    server.start()
+    try:
+        status, text = _get(server.port, "/stats/prometheus")
+        assert status == 200
+        order = [
+            text.index(s) for s in ("istio_requests_total{", "envoy_server_live 1", "app_hits 5")
+        ]
+        assert order == sorted(order)  # Istio's agent's order: its own, Envoy's, the app's
+        assert "# EOF" not in text
+        # Now neither Envoy nor the app answers: the rest is still served, failures counted.
+        status, text = _get(server.port, "/stats/prometheus")
+        assert status == 200 and "istio_requests_total{" in text
+        assert 'istio_agent_scrape_failures_total{type="envoy"} 1' in text
+        assert 'istio_agent_scrape_failures_total{type="application"} 1' in text
+        assert _get(server.port, "/other")[0] == 404
+    finally:
+        server.close()
+
+
+def test_pipe_feeds_the_aggregator_and_never_blocks_the_writer() -> None:
+    agg = Aggregator(ME)
+    with tempfile.TemporaryDirectory() as d:
+        pipe = MetricsPipe(Path(d) / "m.fifo", agg)
+        pipe.start()
+        # A writer opening it (as Envoy does) neither blocks nor needs the reader first.
+        fd = os.open(pipe.path, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(fd, ("\n".join([src()] * 10) + "\n" + src()[:20]).encode())
+            os.write(fd, (src()[20:] + "\n").encode())  # a line split across two writes
+        finally:
+            os.close(fd)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if sum(v for _, v in parsed(agg.render(), "istio_requests_total")) == 11:
+                break
+            time.sleep(0.02)
+        assert sum(v for _, v in parsed(agg.render(), "istio_requests_total")) == 11
+        assert agg.bad_lines == 0
+        pipe.close()
+
+
+def test_a_fixed_metrics_port_in_use_is_a_clear_error() -> None:
+    import socket
+
+    (port,) = free_ports(1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen(1)
+        with pytest.raises(OSError):
+            MetricsServer(port, Aggregator(ME), 1)
