@@ -2,9 +2,10 @@
 reports the control plane's cost of scraping 1,000 sidecars").
 
 A separate process serves ``sidecars`` metrics pages, one path per sidecar, each as a
-sidecar of a mesh calling a few services would serve it: Istio's request metrics for both
-reporters (a counter and three histograms with Envoy's default buckets per series) plus the
-Envoy stats the merged endpoint carries. This process runs the control plane's own
+sidecar of a mesh calling a few services serves its lean ``/stats/istio`` page (what the
+control plane scrapes): Istio's request count and duration histogram (Envoy's default
+buckets) for both reporters, with Istio's full label set (canonical and cluster labels
+included), as the agent renders them. This process runs the control plane's own
 :class:`~tsunagi.telemetry.scrape.Scraper` against them for several rounds, each page's
 counters growing between rounds, and reports per round: wall time, this process's CPU time
 (the fetches and the parsing; the serving process is not counted), samples kept; and the
@@ -22,59 +23,58 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import tracemalloc
 from typing import Any
 
 from benchmarks import procs
 
-BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+BUCKETS: tuple[float, ...] = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+BUCKETS += (10000, 30000, 60000, 300000, 600000, 1800000, 3600000)
 """Envoy's default histogram bounds (ms), as the sidecars' Istio histograms use them."""
 
 CALLEES = 3
 """Services each simulated sidecar calls (and the callers each one serves)."""
 
-ENVOY_LINES = 120
-"""Envoy's own stats in a sidecar's merged page (the inclusion list keeps ~100-150)."""
-
 
 def _labels(reporter: str, me: int, peer: int, code: int) -> str:
     src, dst = (me, peer) if reporter == "source" else (peer, me)
     return (
-        f'reporter="{reporter}",source_workload="svc-{src}-v1",source_workload_namespace="ns",'
-        f'source_principal="unknown",source_app="svc-{src}",source_version="v1",'
+        f'reporter="{reporter}",source_workload="svc-{src}-v1",'
+        f'source_canonical_service="svc-{src}",source_canonical_revision="v1",'
+        f'source_workload_namespace="ns",source_principal="spiffe://cluster.local/ns/ns/sa/'
+        f'svc-{src}",source_app="svc-{src}",source_version="v1",source_cluster="Kubernetes",'
         f'destination_workload="svc-{dst}-v1",destination_workload_namespace="ns",'
-        f'destination_principal="unknown",destination_app="svc-{dst}",destination_version="v1",'
-        f'destination_service="svc-{dst}.ns.svc.cluster.local",destination_service_name='
-        f'"svc-{dst}",destination_service_namespace="ns",request_protocol="http",'
-        f'response_code="{code}",grpc_response_status="",response_flags="-",'
-        f'connection_security_policy="unknown"'
+        f'destination_principal="spiffe://cluster.local/ns/ns/sa/svc-{dst}",'
+        f'destination_app="svc-{dst}",destination_version="v1",'
+        f'destination_service="svc-{dst}.ns.svc.cluster.local",'
+        f'destination_canonical_service="svc-{dst}",destination_canonical_revision="v1",'
+        f'destination_service_name="svc-{dst}",destination_service_namespace="ns",'
+        f'destination_cluster="Kubernetes",request_protocol="http",response_code="{code}",'
+        f'grpc_response_status="",response_flags="-",connection_security_policy="mutual_tls"'
     )
 
 
 def page(sidecar: int, scale: int) -> str:
-    """One sidecar's metrics page after ``scale`` units of traffic."""
-    out = []
-    for family in ("istio_requests_total",):
-        out.append(f"# TYPE {family} counter")
-    for reporter in ("source", "destination"):
-        for k in range(1, CALLEES + 1):
-            for code, share in ((200, 95), (503, 5)):
-                labels = _labels(reporter, sidecar, sidecar + k, code)
-                n = share * scale
-                out.append(f"istio_requests_total{{{labels}}} {n}")
-                for hist in (
-                    "istio_request_duration_milliseconds",
-                    "istio_request_bytes",
-                    "istio_response_bytes",
-                ):
-                    for i, le in enumerate(BUCKETS):
-                        out.append(f'{hist}_bucket{{{labels},le="{le}"}} {n * (i + 1) // 16}')
-                    out.append(f'{hist}_bucket{{{labels},le="+Inf"}} {n}')
-                    out.append(f"{hist}_sum{{{labels}}} {n * 7}")
-                    out.append(f"{hist}_count{{{labels}}} {n}")
-    for i in range(ENVOY_LINES):
-        out.append(f'envoy_cluster_upstream_rq{{envoy_cluster_name="c{i}"}} {i * scale}')
+    """One sidecar's ``/stats/istio`` page after ``scale`` units of traffic."""
+    rows = [
+        (_labels(reporter, sidecar, sidecar + k, code), share * scale)
+        for reporter in ("source", "destination")
+        for k in range(1, CALLEES + 1)
+        for code, share in ((200, 95), (503, 5))
+    ]
+    out = ["# TYPE istio_requests_total counter"]
+    out += [f"istio_requests_total{{{labels}}} {n}" for labels, n in rows]
+    hist = "istio_request_duration_milliseconds"
+    out.append(f"# TYPE {hist} histogram")
+    for labels, n in rows:
+        for i, le in enumerate(BUCKETS):
+            bound = int(le) if le == int(le) else le  # as the agent writes it: 1, 0.5, 300000
+            out.append(f'{hist}_bucket{{{labels},le="{bound}"}} {n * (i + 1) // len(BUCKETS)}')
+        out.append(f'{hist}_bucket{{{labels},le="+Inf"}} {n}')
+        out.append(f"{hist}_sum{{{labels}}} {n * 7}")
+        out.append(f"{hist}_count{{{labels}}} {n}")
     return "\n".join(out) + "\n"
 
 
@@ -90,7 +90,7 @@ SERVER = textwrap.dedent(
         scale["n"] += 1
         return web.Response(text="ok")
     app = web.Application()
-    app.router.add_get("/{i}/stats/prometheus", metrics)
+    app.router.add_get("/{i}/stats/istio", metrics)
     app.router.add_post("/bump", bump)
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
     """
@@ -113,6 +113,29 @@ async def _wait_serving(url: str, timeout: float = 20) -> None:
     raise RuntimeError(f"fake sidecars did not start at {url}")
 
 
+class StallProbe:
+    """The longest the event loop went without running a 1 ms timer: what an xDS push
+    waiting on the same loop would have waited, at worst."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.worst = max(self.worst, time.perf_counter() - before - 0.001)
+
+    def __enter__(self) -> StallProbe:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
 async def measure(sidecars: int, rounds: int) -> dict[str, Any]:
     """Scrape ``sidecars`` pages ``rounds`` times; the first round warms the caches."""
     import aiohttp
@@ -129,20 +152,30 @@ async def measure(sidecars: int, rounds: int) -> dict[str, Any]:
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        await _wait_serving(f"{base}/0/stats/prometheus")
-        targets = [Target(f"ns/sidecar-{i}", f"{base}/{i}/stats/prometheus") for i in range(sidecars)]
+        await _wait_serving(f"{base}/0/stats/istio")
+        targets = [Target(f"ns/sidecar-{i}", f"{base}/{i}/stats/istio") for i in range(sidecars)]
         tracemalloc.start()
         store = SeriesStore()
         scraper = Scraper(store, concurrency=64, timeout=10.0)
+        # As in `tsunagi up` (ScrapeThread): the scraper has its own thread and loop, and the
+        # probe watches this loop, which stands for the one serving xDS.
+        scrape_loop = asyncio.new_event_loop()
+        threading.Thread(target=scrape_loop.run_forever, daemon=True).start()
+
+        async def on_scrape_loop(coro: Any) -> Any:
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, scrape_loop))
+
         per_round = []
         async with aiohttp.ClientSession() as bumper:
             for r in range(rounds):
                 cpu, wall = time.process_time(), time.perf_counter()
-                result = await scraper.scrape_once(targets)
+                with StallProbe() as probe:
+                    result = await on_scrape_loop(scraper.scrape_once(targets))
                 per_round.append(
                     {
                         "wall_ms": round((time.perf_counter() - wall) * 1000, 1),
                         "cpu_ms": round((time.process_time() - cpu) * 1000, 1),
+                        "worst_loop_stall_ms": round(probe.worst * 1000, 1),
                         "scraped": result.scraped,
                         "failed": result.failed,
                         "samples": result.samples,
@@ -154,7 +187,10 @@ async def measure(sidecars: int, rounds: int) -> dict[str, Any]:
                     tracemalloc.reset_peak()
         current, _peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        await scraper.close()
+        queries = await _queries(store)
+        await on_scrape_loop(scraper.close())
+        scrape_loop.call_soon_threadsafe(scrape_loop.stop)
+        store.close()
     finally:
         server.terminate()
         server.wait(10)
@@ -168,6 +204,35 @@ async def measure(sidecars: int, rounds: int) -> dict[str, Any]:
         "cpu_ms_per_round": round(sum(r["cpu_ms"] for r in steady) / len(steady), 1),
         "wall_ms_per_round": round(sum(r["wall_ms"] for r in steady) / len(steady), 1),
         "python_heap_mb": round(current / 1e6, 1),
+        "queries": queries,
+    }
+
+
+async def _queries(store: Any) -> dict[str, float]:
+    """A dashboard refresh (the graph and one service's panel) over the full store: its
+    time, the worst stall of this loop meanwhile, and the time of the same refresh again
+    before the next scrape (answered from the views' cache)."""
+    from tsunagi.telemetry.graph import graph_view
+    from tsunagi.telemetry.panels import panel
+    from tsunagi.telemetry.views import StoreViews
+
+    views = StoreViews(store)
+
+    async def refresh() -> None:
+        await graph_view(views, 60)
+        await panel(views, "service", "ns", "svc-1", 600, 10)
+
+    with StallProbe() as probe:
+        started = time.perf_counter()
+        await refresh()
+        first = time.perf_counter() - started
+    started = time.perf_counter()
+    await refresh()
+    again = time.perf_counter() - started
+    return {
+        "refresh_ms": round(first * 1000, 1),
+        "refresh_worst_loop_stall_ms": round(probe.worst * 1000, 1),
+        "cached_refresh_ms": round(again * 1000, 2),
     }
 
 

@@ -8,6 +8,7 @@ control plane and to Envoy's admin port on loopback.
 from __future__ import annotations
 
 import socket
+import time
 
 
 class WireError(OSError):
@@ -22,16 +23,25 @@ def request(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
+    deadline: float | None = None,
 ) -> tuple[int, bytes]:
-    """Send one request (``Connection: close``) and return ``(status, body)``."""
+    """Send one request (``Connection: close``) and return ``(status, body)``.
+
+    ``timeout`` bounds each socket operation; ``deadline`` (a ``time.monotonic()`` value), if
+    given, bounds the whole exchange: a peer that trickles its answer raises ``TimeoutError``.
+    """
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     lines.append(f"Content-Length: {len(body or b'')}")
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with socket.create_connection((host, port), timeout=_left(timeout, deadline)) as sock:
         sock.sendall(raw)
         chunks = []
-        while data := sock.recv(65536):
+        while True:
+            if deadline is not None:
+                sock.settimeout(_left(timeout, deadline))
+            if not (data := sock.recv(65536)):
+                break
             chunks.append(data)
     response = b"".join(chunks)
     head, sep, payload = response.partition(b"\r\n\r\n")
@@ -45,6 +55,15 @@ def request(
     if fields.get("transfer-encoding", "").lower() == "chunked":
         payload = _unchunk(payload)
     return int(parts[1]), payload
+
+
+def _left(timeout: float, deadline: float | None) -> float:
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    return min(timeout, left)
 
 
 def _unchunk(data: bytes) -> bytes:

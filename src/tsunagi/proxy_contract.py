@@ -73,9 +73,9 @@ RE2_MAX_PROGRAM_SIZE_KEY = "re2.max_program_size.error_level"
 META_METRICS_LOG = "metrics_log"
 """The FIFO the agent reads metric lines from; absent: the proxy gets no metrics logger."""
 PEER_HEADER = "x-tsunagi-peer"
-"""Added to every outbound request by the client sidecar (its :func:`workload_metadata`),
-read and removed by the server sidecar: how the ``destination`` reporter learns its
-``source_*`` labels."""
+"""Added by the client sidecar (its :func:`workload_metadata`) to requests toward in-mesh
+destinations only, read and removed by the server sidecar: how the ``destination`` reporter
+learns its ``source_*`` labels. Taken as sent until mTLS binds it to the caller (issue 10)."""
 PEER_ENV = "TSUNAGI_PEER"
 """Envoy's environment variable holding this proxy's :func:`workload_metadata`; outbound
 routes are shared by a namespace's sidecars, so their header value reads it per process."""
@@ -94,6 +94,9 @@ cumulative byte counts (Envoy's periodic and end-of-connection entries)."""
 METRICS_TOKEN_SEP = "|"
 """A line's token is ``KIND`` then, per Telemetry metric override, ``|METRIC!`` (metric
 disabled) or ``|METRIC-tag`` (label removed); the agent parses each distinct token once."""
+METRICS_TOKEN_GRPC = "grpc"
+"""A token part (``s|grpc``) on the lines of gRPC requests: a second logger whose filter
+matches the request's gRPC content type writes them (Istio's ``request_protocol`` rule)."""
 
 
 def workload_name(labels: Mapping[str, str], service: str) -> str:
@@ -104,15 +107,17 @@ def workload_name(labels: Mapping[str, str], service: str) -> str:
     return f"{app}-{version}" if version else app
 
 
-def workload_metadata(labels: Mapping[str, str], service: str, namespace: str) -> str:
-    """Istio's endpoint metadata ``istio.workload`` value:
-    ``workload;namespace;canonical service;canonical revision;cluster``."""
-    name = workload_name(labels, service)
+def canonical_names(labels: Mapping[str, str], service: str) -> tuple[str, str]:
+    """Istio's canonical service and revision of a workload, as its injector derives them:
+    label ``service.istio.io/canonical-name``, else ``app.kubernetes.io/name``, else
+    ``app``, else the workload's name; revision ``service.istio.io/canonical-revision``, else
+    ``app.kubernetes.io/version``, else ``version``, else ``latest``. One rule for metrics
+    labels and span tags alike."""
     canonical = (
         labels.get("service.istio.io/canonical-name")
         or labels.get("app.kubernetes.io/name")
         or labels.get("app")
-        or name
+        or workload_name(labels, service)
     )
     revision = (
         labels.get("service.istio.io/canonical-revision")
@@ -120,6 +125,20 @@ def workload_metadata(labels: Mapping[str, str], service: str, namespace: str) -
         or labels.get("version")
         or "latest"
     )
+    return canonical, revision
+
+
+def workload_metadata(labels: Mapping[str, str], service: str, namespace: str) -> str:
+    """Istio's endpoint metadata ``istio.workload`` value:
+    ``workload;namespace;canonical service;canonical revision;cluster``."""
+    name = workload_name(labels, service)
+    canonical, revision = canonical_names(labels, service)
     # ';' separates the fields and tabs/newlines separate log fields: keep them out.
     parts = (name, namespace, canonical, revision, CLUSTER_ID)
     return ";".join(p.replace(";", "_").replace("\t", " ").replace("\n", " ") for p in parts)
+
+
+ISTIO_METRICS_PATH = "/stats/istio"
+"""On a sidecar's metrics port: only Istio's request count and duration (no Envoy or app
+metrics), which the control plane's own scraper reads. Prometheus reads the full, merged
+``/stats/prometheus``."""

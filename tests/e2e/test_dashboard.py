@@ -46,7 +46,7 @@ class FakeSidecarMetrics:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path != "/stats/prometheus":
+                if self.path not in ("/stats/prometheus", "/stats/istio"):
                     self.send_error(404)
                     return
                 outer.scrapes += 1
@@ -110,9 +110,10 @@ def signed_in(mesh: Mesh, page: Any) -> None:
     done = mesh.cli("dashboard", "--no-browser")
     assert done.returncode == 0, done.stderr
     url = done.stdout.strip()
-    assert url.startswith(f"http://127.0.0.1:{mesh.dashboard_port}/?token="), url
+    assert url.startswith(f"http://127.0.0.1:{mesh.dashboard_port}/?code="), url
+    assert mesh.token() not in url  # the API token never goes into a URL
     page.goto(url)
-    assert page.url == f"http://127.0.0.1:{mesh.dashboard_port}/"  # the token left the URL
+    assert page.url == f"http://127.0.0.1:{mesh.dashboard_port}/"  # the code left the URL
 
 
 def drawn(page: Any) -> dict[str, Any]:
@@ -183,8 +184,10 @@ def test_graph_panels_traces_and_config_in_a_browser(mesh: Mesh, tmp_path: Path)
         assert status == 202, body
 
         with chromium(tmp_path / "chromium") as page:
-            # Without the token: nothing.
+            # Without signing in, or with the API token in the URL: nothing.
             assert page.goto(f"http://127.0.0.1:{mesh.dashboard_port}/").status == 401
+            token_url = f"http://127.0.0.1:{mesh.dashboard_port}/?token={mesh.token()}"
+            assert page.goto(token_url).status == 401
             assert page.goto(f"http://127.0.0.1:{mesh.dashboard_port}/api/graph").status == 401
             signed_in(mesh, page)
 

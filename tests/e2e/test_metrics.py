@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .mesh import Mesh, Workload, wait_until
+from .mesh import APPS, Mesh, Workload, free_port, stop, wait_until
 from .test_protocols import call
 
 pytestmark = pytest.mark.e2e
@@ -333,3 +336,52 @@ def test_telemetry_resources_filter_the_log_and_override_metrics(mesh: Mesh) -> 
     assert not any(
         ln.startswith(f"[sidecar {client.name}") for ln in log_of(mesh, client).splitlines()
     )
+
+
+def _entries(port: int) -> str:
+    """The same app outside the mesh, named once as an external host and once as a host
+    inside the mesh (a VM, say)."""
+    entry = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{host}]
+  location: {location}
+  resolution: STATIC
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1}}]
+"""
+    return "---".join(
+        entry.format(name=n, host=h, location=loc, port=port)
+        for n, h, loc in (
+            ("api", "api.example.com", "MESH_EXTERNAL"),
+            ("vm", "vm.example.internal", "MESH_INTERNAL"),
+        )
+    )
+
+
+def test_the_peer_header_never_leaves_the_mesh(mesh: Mesh) -> None:
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "POD_NAME": "outside"}
+    app = subprocess.Popen([sys.executable, str(APPS / "echo.py")], env=env)
+    try:
+        client = mesh.client()
+        applied = mesh.apply(_entries(port), "--wait")
+        assert applied.returncode == 0, applied.stderr
+
+        def headers(host: str) -> dict[str, str]:
+            status, body = client.get(f"{host}:{port}")
+            assert status == 200 and isinstance(body, dict), (status, body)
+            return body["headers"]
+
+        wait_until(lambda: client.get(f"api.example.com:{port}")[0] == 200, 20, "the entry")
+        # An external host never learns who in the mesh is calling...
+        assert "x-tsunagi-peer" not in headers("api.example.com")
+        # ...while a host inside the mesh does (no sidecar here removes it): the identity
+        # its metrics would name the caller by.
+        assert headers("vm.example.internal")["x-tsunagi-peer"] == (
+            "client-v1;default;client;v1;Kubernetes"
+        )
+    finally:
+        stop(app)

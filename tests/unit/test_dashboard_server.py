@@ -17,7 +17,8 @@ from aiohttp import web
 from tsunagi.telemetry.promviews import PrometheusViews
 from tsunagi.telemetry.series import SeriesStore
 from tsunagi.telemetry.views import StoreViews
-from tsunagi.ui.server import COOKIE, Dashboard, Sources, session_value
+from tsunagi.ui.server import Dashboard, Sources, cookie_name
+from tsunagi.ui.sessions import SignIns
 
 TOKEN = "s3cret-token"
 
@@ -35,17 +36,36 @@ def _sources() -> Sources:
     )
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _code(base: str, token: str = TOKEN) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(base + "/api/login-code", headers=headers) as r,
+    ):
+        return r.status, ((await r.json())["code"] if r.status == 200 else "")
+
+
 def test_sign_in_by_url_then_cookie_and_nothing_without_it() -> None:
     async def main() -> dict[str, Any]:
         dashboard = Dashboard(TOKEN, _sources())
         runner, port = await dashboard.serve("127.0.0.1", 0)
         base = f"http://127.0.0.1:{port}"
-        seen: dict[str, Any] = {}
+        seen: dict[str, Any] = {"port": port}
         try:
             async with aiohttp.ClientSession() as anonymous:
-                for path in ("/", "/api/graph", "/api/config", "/?token=wrong"):
+                for path in ("/", "/api/graph", "/api/config", "/?code=wrong", f"/?token={TOKEN}"):
                     async with anonymous.get(base + path, allow_redirects=False) as r:
                         seen[path] = r.status
+                async with anonymous.get(base + "/api/login-code") as r:
+                    seen["code by GET"] = r.status
                 async with anonymous.get(base + "/static/vendor/cytoscape.min.js") as r:
                     seen["static"] = r.status
                 escape = yarl.URL(base + "/static/%2E%2E/server.py", encoded=True)
@@ -53,8 +73,11 @@ def test_sign_in_by_url_then_cookie_and_nothing_without_it() -> None:
                     seen["escape"] = r.status
             # unsafe: keep cookies of an IP address host, as browsers do
             async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
-                async with browser.get(f"{base}/?token={TOKEN}", allow_redirects=False) as r:
-                    seen["login"] = (r.status, r.headers["Location"], r.cookies[COOKIE])
+                seen["wrong token code"] = await _code(base, "wrong")
+                status, code = await _code(base)
+                assert status == 200
+                async with browser.get(f"{base}/?code={code}", allow_redirects=False) as r:
+                    seen["login"] = (r.status, r.headers["Location"], r.cookies[cookie_name(port)])
                 async with browser.get(base + "/") as r:
                     seen["page"] = (r.status, "cytoscape.min.js" in await r.text())
                 async with browser.get(base + "/api/config") as r:
@@ -73,16 +96,68 @@ def test_sign_in_by_url_then_cookie_and_nothing_without_it() -> None:
 
     seen = asyncio.run(main())
     assert seen["/"] == seen["/api/graph"] == seen["/api/config"] == 401
-    assert seen["/?token=wrong"] == 401
+    assert seen["/?code=wrong"] == 401
+    assert seen[f"/?token={TOKEN}"] == 401  # the API token itself no longer signs in
+    assert seen["code by GET"] == 401 and seen["wrong token code"] == (401, "")
     assert seen["static"] == 200 and seen["escape"] == 404
     status, location, cookie = seen["login"]
     assert (status, location) == (302, "/")
-    assert cookie.value == session_value(TOKEN) != TOKEN  # the token itself is not stored
-    assert cookie["httponly"] and cookie["samesite"] == "Strict"
+    assert cookie.key == f"tsunagi_dashboard_{seen['port']}"  # browsers share cookies across ports
+    assert TOKEN not in cookie.value and len(cookie.value) >= 40  # random, not the token
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/"
     assert seen["page"] == (200, True)
     assert seen["config"]["items"][0]["warnings"] == ["w"]
     assert seen["bad"] == 400
     assert seen["bearer"] == {"window": 30.0, "nodes": [], "edges": []}
+
+
+def test_a_code_signs_in_once_and_only_within_a_minute() -> None:
+    clock = Clock()
+
+    async def sign_in(base: str, code: str) -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser,
+            browser.get(f"{base}/?code={code}", allow_redirects=False) as r,
+        ):
+            return r.status, await r.text()
+
+    async def main() -> dict[str, Any]:
+        dashboard = Dashboard(TOKEN, _sources(), SignIns(clock=clock))
+        runner, port = await dashboard.serve("127.0.0.1", 0)
+        base = f"http://127.0.0.1:{port}"
+        seen: dict[str, Any] = {}
+        try:
+            _, code = await _code(base)
+            seen["first"] = (await sign_in(base, code))[0]
+            seen["reused"] = await sign_in(base, code)
+            _, late = await _code(base)
+            clock.now += 61
+            seen["expired"] = (await sign_in(base, late))[0]
+            _, fresh = await _code(base)
+            clock.now += 59
+            seen["within"] = (await sign_in(base, fresh))[0]
+        finally:
+            await runner.cleanup()
+        return seen
+
+    seen = asyncio.run(main())
+    assert seen["first"] == 302 and seen["within"] == 302
+    status, text = seen["reused"]
+    assert status == 401 and "tsunagi dashboard" in text
+    assert seen["expired"] == 401
+
+
+def test_a_session_expires_after_12_idle_hours() -> None:
+    clock = Clock()
+    sign_ins = SignIns(clock=clock)
+    session = sign_ins.redeem(sign_ins.new_code())
+    assert session is not None and sign_ins.check(session)
+    clock.now += 11 * 3600
+    assert sign_ins.check(session)  # used: its idle time starts over
+    clock.now += 11 * 3600
+    assert sign_ins.check(session)
+    clock.now += 12 * 3600
+    assert not sign_ins.check(session) and not sign_ins.check("made-up")
 
 
 def test_prometheus_views_send_kiali_style_promql() -> None:
@@ -147,19 +222,60 @@ def test_tsunagi_dashboard_prints_the_sign_in_url(tmp_path: Path) -> None:
     missing = cli()
     assert missing.returncode == 3 and "tsunagi up" in missing.stderr
 
-    async def listening() -> subprocess.CompletedProcess[str]:
-        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        (tmp_path / "dashboard").write_text(f"http://127.0.0.1:{port}/\n")
+    async def listening() -> tuple[subprocess.CompletedProcess[str], ...]:
+        dashboard = Dashboard("a/b+c", _sources())
+        runner, port = await dashboard.serve("127.0.0.1", 0)
+        base = f"http://127.0.0.1:{port}"
+        (tmp_path / "dashboard").write_text(f"{base}/\n")
         (tmp_path / "token").write_text("a/b+c\n")
         try:
-            return await asyncio.to_thread(cli)
+            done = await asyncio.to_thread(cli)
+            wrong = await asyncio.to_thread(cli, "--token", "other")
+            url = done.stdout.strip()
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as b:
+                async with b.get(url) as r:
+                    statuses = [r.status, r.url.path]
+                async with b.get(url) as r:  # the same URL again: used up
+                    statuses.append(r.status)
+            return done, wrong, statuses  # type: ignore[return-value]
         finally:
-            server.close()
-            await server.wait_closed()
+            await runner.cleanup()
 
-    done = asyncio.run(listening())
+    done, wrong, statuses = asyncio.run(listening())
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().endswith("/?token=a%2Fb%2Bc")
+    assert "/?code=" in done.stdout
+    assert "a%2Fb%2Bc" not in done.stdout and "a/b+c" not in done.stdout
+    assert statuses == [200, "/", 401]  # signed in once, then the code is spent
+    assert wrong.returncode == 1 and "refused the token" in wrong.stderr
     gone = cli()  # the URL file is there but nothing listens any more
     assert gone.returncode == 3 and "does not answer" in gone.stderr
+
+
+def test_a_busy_port_names_the_flag_to_change() -> None:
+    from tsunagi.telemetry.collector import CollectorSettings, TraceCollector
+
+    async def main() -> list[str]:
+        holder = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = holder.sockets[0].getsockname()[1]
+        errors = []
+        try:
+            with pytest.raises(OSError) as dash:
+                await Dashboard(TOKEN, _sources()).serve("127.0.0.1", port)
+            errors.append(str(dash.value))
+            for settings in (
+                CollectorSettings(host="127.0.0.1", zipkin_port=port, otlp_port=None),
+                CollectorSettings(host="127.0.0.1", zipkin_port=None, otlp_port=port),
+            ):
+                with pytest.raises(OSError) as trace:
+                    await TraceCollector(settings).start()
+                errors.append(str(trace.value))
+        finally:
+            holder.close()
+            await holder.wait_closed()
+        return [e.replace(str(port), "N") for e in errors]
+
+    assert asyncio.run(main()) == [
+        "port N is in use: choose another --dashboard-port (0 lets the OS choose)",
+        "port N is in use: choose another --zipkin-port (0 lets the OS choose)",
+        "port N is in use: choose another --otlp-port (0 lets the OS choose)",
+    ]

@@ -192,4 +192,7 @@ def test_the_sidecar_agent_loads_only_what_it_uses() -> None:
     loaded = set(done.stdout.split())
     assert "tsunagi.agent.run" in loaded
     heavy = {"tsunagi.api", "tsunagi.mesh", "tsunagi.xds", "tsunagi.demo", "pydantic", "inspect"}
+    # Event loops, gRPC and the telemetry libraries belong to the control plane.
+    heavy |= {"asyncio", "aiohttp", "grpc", "prometheus_client", "opentelemetry"}
     assert not loaded & heavy, loaded & heavy
+    assert not {m for m in loaded if m.split(".")[0] in heavy}, "a submodule of a heavy one"

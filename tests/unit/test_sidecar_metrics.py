@@ -110,11 +110,27 @@ def test_histograms_use_envoys_buckets_cumulatively() -> None:
 
 def test_destination_lines_name_the_caller_or_unknown() -> None:
     agg = Aggregator(ME)
-    agg.feed([dst(), dst(peer="-"), dst(peer="garbage")])
+    malformed = [
+        "garbage",
+        "a;b;c;d",  # four fields
+        "a;b;c;d;e;f",
+        "a b;default;reviews;v2;Kubernetes",  # not a Kubernetes name
+        'x";default;reviews;v2;Kubernetes',
+        "a;;c;d;e",
+        "a" * 60 + ";" + ";".join(["b" * 60] * 4),  # each field fine, but 304 characters
+    ]
+    agg.feed([dst(), dst(peer="-"), *(dst(peer=p) for p in malformed)])
     series = parsed(agg.render(), "istio_requests_total")
     known = [lb for lb, _ in series if lb["source_workload"] == "reviews-v2"]
-    unknown = [v for lb, v in series if lb["source_workload"] == "unknown"]
-    assert len(known) == 1 and unknown == [2]
+    unknown = [(lb, v) for lb, v in series if lb["source_workload"] == "unknown"]
+    assert len(known) == 1 and [v for _, v in unknown] == [1 + len(malformed)]
+    # Istio's values for a caller it cannot identify: the revision is "latest".
+    (nobody, _), *_ = unknown
+    assert nobody["source_canonical_service"] == "unknown"
+    assert nobody["source_canonical_revision"] == "latest"
+    assert nobody["source_app"] == "unknown" and nobody["source_version"] == "unknown"
+    assert nobody["source_workload_namespace"] == "unknown"
+    assert agg.folded == len(malformed)  # a malformed peer never opens a series
     lb = known[0]
     assert lb["reporter"] == "destination" and lb["source_app"] == "reviews"
     assert lb["destination_workload"] == "productpage-v1"
@@ -124,11 +140,15 @@ def test_destination_lines_name_the_caller_or_unknown() -> None:
 
 def test_grpc_and_passthrough_lines() -> None:
     agg = Aggregator(ME)
-    agg.feed([src(grpc="14", code="200")])
+    assert parse_token("s|grpc").grpc and not parse_token("s").grpc
+    agg.feed([src(grpc="14", code="200", token="s|grpc")])
+    # A gRPC request that got no response: no status, still gRPC (the request said so).
+    agg.feed([src(grpc="-", code="0", flags="DC", token="s|grpc")])
     agg.feed(["\t".join(("s", "PassthroughCluster", "-", "200", "-", "-", "1", "1", "1"))])
     series = parsed(agg.render(), "istio_requests_total")
-    grpc = next(lb for lb, _ in series if lb["request_protocol"] == "grpc")
-    assert grpc["grpc_response_status"] == "14"
+    grpc = [lb for lb, _ in series if lb["request_protocol"] == "grpc"]
+    assert sorted(lb["grpc_response_status"] for lb in grpc) == ["", "14"]
+    assert {lb["response_code"] for lb in grpc} == {"0", "200"}
     passthrough = next(lb for lb, _ in series if lb["destination_service"] == "PassthroughCluster")
     assert passthrough["destination_service_name"] == "PassthroughCluster"
     assert passthrough["destination_workload"] == "unknown"
@@ -232,9 +252,17 @@ def test_metrics_token_resolves_overrides_per_mode() -> None:
 def test_loggers_follow_the_fifo_overrides_and_access_log_settings() -> None:
     node = Node.from_metadata("w.default", {pc.META_METRICS_LOG: "/x.fifo"})
     plain = accesslog.http_access_loggers(node, ProxyTelemetry(), accesslog.OUTBOUND)
-    assert [lg["name"] for lg in plain] == ["envoy.access_loggers.file"]
-    line = plain[0]["typed_config"]["log_format"]["text_format_source"]["inline_string"]
-    assert line.startswith("s\t%UPSTREAM_CLUSTER%\t") and line.count("%") == 16  # 8 operators
+    assert [lg["name"] for lg in plain] == ["envoy.access_loggers.file"] * 2
+    http, grpc = (
+        lg["typed_config"]["log_format"]["text_format_source"]["inline_string"] for lg in plain
+    )
+    # Other requests: 7 operators, a literal "-" for the gRPC status.
+    assert http.startswith("s\t%UPSTREAM_CLUSTER%\t") and http.count("%") == 14
+    assert "%GRPC_STATUS_NUMBER%" not in http and "\t-\t%DURATION%" in http
+    # gRPC requests (by the request's content type, Istio's rule): the status too.
+    assert grpc.startswith("s|grpc\t%UPSTREAM_CLUSTER%\t") and grpc.count("%") == 16
+    assert plain[0]["filter"] == accesslog.NOT_GRPC_REQUEST
+    assert plain[1]["filter"] == accesslog.GRPC_REQUEST
     off = ProxyTelemetry(metric_overrides=(MetricOverride(mode=CLIENT, disabled=True),))
     assert accesslog.http_access_loggers(node, off, accesslog.OUTBOUND) == []
     assert accesslog.http_access_loggers(node, off, accesslog.INBOUND, 9080)
@@ -339,3 +367,145 @@ def test_a_fixed_metrics_port_in_use_is_a_clear_error() -> None:
         taken.listen(1)
         with pytest.raises(OSError):
             MetricsServer(port, Aggregator(ME), 1)
+
+
+def test_series_are_capped_and_the_excess_is_counted_with_the_peer_unknown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tsunagi.agent import metrics
+
+    monkeypatch.setattr(metrics, "MAX_HTTP_SERIES", 5)
+    monkeypatch.setattr(metrics, "FOLDED_HEADROOM", 2)
+    monkeypatch.setattr(metrics, "MAX_TCP_SERIES", 1)
+    agg = Aggregator(ME)
+    # A caller forging a new identity per request: 5 series, then one with the peer unknown.
+    forged = [dst(peer=f"w{i};default;w{i};v1;Kubernetes") for i in range(50)]
+    agg.feed(forged)
+    text = agg.render()
+    series = parsed(text, "istio_requests_total")
+    assert len(series) == 6 and sum(v for _, v in series) == 50  # every request counted
+    assert total_of(series, source_workload="unknown") == 45 and agg.folded == 45
+    # Folded series may still open up to the headroom (codes differ), then lines drop.
+    agg.feed([dst(peer=f"x{i};default;x;v1;Kubernetes", code=str(500 + i)) for i in range(3)])
+    assert len(parsed(agg.render(), "istio_requests_total")) == 7
+    assert agg.dropped == {"http": 2, "tcp": 0}
+    # An existing series keeps counting whatever the cap.
+    agg.feed([dst(peer="w0;default;w0;v1;Kubernetes")])
+    assert total_of(parsed(agg.render(), "istio_requests_total"), source_workload="w0") == 2
+    agg.feed(["t\tTcpConnectionEnd\t1\t0\t0\t-", "t\tTcpConnectionEnd\t2\t0\t0\tUF"])
+    assert agg.dropped["tcp"] == 1
+    assert len(parsed(agg.render(), "istio_tcp_connections_closed_total")) == 1
+
+
+def total_of(series: list[tuple[dict[str, str], float]], **labels: str) -> float:
+    return sum(v for lb, v in series if all(lb.get(k) == x for k, x in labels.items()))
+
+
+def test_the_cap_is_reported_by_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tsunagi.agent import metrics
+
+    monkeypatch.setattr(metrics, "MAX_HTTP_SERIES", 1)
+    monkeypatch.setattr(metrics, "FOLDED_HEADROOM", 0)
+    agg = Aggregator(ME)
+    agg.feed([dst(peer=f"w{i};default;w;v1;Kubernetes") for i in range(3)])
+    server = MetricsServer(0, agg, _closed_port(), 0, "")
+    server.start()
+    try:
+        text = _get(server.port, "/stats/prometheus")[1]
+    finally:
+        server.close()
+    assert parsed(text, "istio_agent_metric_lines_dropped_total") == [
+        ({"protocol": "http"}, 2),
+        ({"protocol": "tcp"}, 0),
+    ]
+    assert "istio_agent_metric_requests_folded_total 0" in text  # nothing could be folded into
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on."""
+    (port,) = free_ports(1)
+    return port
+
+
+def test_lean_path_serves_istios_request_metrics_without_fetching_anything() -> None:
+    agg = Aggregator(ME)
+    agg.feed([src(), dst()])
+    # Envoy's and the app's ports answer nothing: the lean path must not need them.
+    server = MetricsServer(0, agg, _closed_port(), _closed_port(), "/metrics")
+    server.start()
+    try:
+        status, text = _get(server.port, pc.ISTIO_METRICS_PATH)
+        full = _get(server.port, "/stats/prometheus")[1]
+    finally:
+        server.close()
+    assert status == 200
+    families = {ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE")}
+    assert families == {"istio_requests_total", "istio_request_duration_milliseconds"}
+    assert sum(v for _, v in parsed(text, "istio_requests_total")) == 2
+    assert "istio_agent" not in text and "istio_request_bytes" not in text
+    # Nothing was fetched for it: only the full scrape tried (and failed) Envoy and the app.
+    assert "istio_agent_scrapes_total 1" in full
+    assert 'istio_agent_scrape_failures_total{type="envoy"} 1' in full
+
+
+def _trickler() -> tuple[int, threading.Event]:
+    """An app that answers its metrics a byte at a time, forever (until the event)."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+    stop = threading.Event()
+
+    def serve() -> None:
+        with sock:
+            conn, _ = sock.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+                while not stop.wait(0.1):
+                    try:
+                        conn.sendall(b"#")
+                    except OSError:
+                        return
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock.getsockname()[1], stop
+
+
+def test_a_trickling_app_cannot_hold_a_scrape_past_its_budget() -> None:
+    # Each byte arrives well within a socket timeout: only a bound on the whole fetch ends it.
+    agg = Aggregator(ME)
+    agg.feed([src()])
+    envoy_port, _ = _serve_once(b"envoy_server_live 1\n")
+    app_port, stop = _trickler()
+    server = MetricsServer(0, agg, envoy_port, app_port, "/metrics")
+    server.start()
+    try:
+        status, text = _get(server.port, "/stats/prometheus")  # the client waits 5 s at most
+    finally:
+        stop.set()
+        server.close()
+    assert status == 200 and "envoy_server_live 1" in text and "istio_requests_total{" in text
+    assert 'istio_agent_scrape_failures_total{type="application"} 1' in text
+
+
+def test_close_ends_the_pipe_reader_and_the_server_thread() -> None:
+    import socket
+
+    with tempfile.TemporaryDirectory() as d:
+        pipe = MetricsPipe(Path(d) / "m.fifo", Aggregator(ME))
+        pipe.start()
+        reader = pipe._thread
+        assert reader.is_alive()  # blocked in read(): nothing was written
+        pipe.close()
+        assert not reader.is_alive()
+    server = MetricsServer(0, Aggregator(ME), _closed_port())
+    server.start()
+    serving = server._thread
+    port = server.port
+    assert serving.is_alive()  # blocked in accept()
+    server.close()
+    assert not serving.is_alive()
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), 5):
+        pass

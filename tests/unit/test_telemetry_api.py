@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
+from tsunagi.agent.envoy import envoy_binary
 from tsunagi.api import TelemetrySpec, ValidationFailed, load_documents
+from tsunagi.api.cel import check_expression
 from tsunagi.controlplane.http_api import resolve_kind
-from tsunagi.mesh import World
+from tsunagi.mesh import Node, World
 from tsunagi.mesh.analysis import not_yet_enforced
+from tsunagi.mesh.telemetry import ProxyTelemetry
 from tsunagi.mesh.telemetry_analysis import telemetry_conflicts
+from tsunagi.xds.translate.accesslog import OUTBOUND, http_access_loggers
 
 
 def _doc(spec: str, name: str = "t", namespace: str = "foo", version: str = "v1") -> str:
@@ -204,4 +211,92 @@ def test_warning_when_two_telemetries_compete() -> None:
     # app=x and version=v1 can be one workload; app=x and app=y cannot
     assert "may select the same workloads as d;" in by_name["Telemetry foo/c"]
     assert "may select the same workloads as c, e;" in by_name["Telemetry foo/d"]
+    assert "all apply to such a workload" in by_name["Telemetry foo/d"]
     assert "Telemetry bar/f" not in by_name
+
+
+@pytest.mark.parametrize(
+    ("expression", "reason"),
+    [
+        ("response.code >= ", "not valid CEL: 1:18: Syntax error"),
+        ('request.headers["x"] == "a', "not valid CEL"),
+        ("lower(request.path) == 'a'", "undeclared reference to 'lower'"),
+        ("request.headers.exists(k, k == 'a')", "without the macros all, exists"),
+        ("reqest.path == '/'", "undeclared reference to 'reqest.path'"),
+    ],
+)
+def test_malformed_access_log_filter_is_refused_at_apply(expression: str, reason: str) -> None:
+    spec = f"accessLogging:\n- filter: {{expression: {json.dumps(expression)}}}"
+    with pytest.raises(ValidationFailed) as info:
+        load_documents(_doc(spec), filename="t.yaml")
+    [error] = info.value.errors
+    assert error.path == "spec.accessLogging[0].filter.expression"
+    assert reason in error.reason
+    assert "t.yaml" in str(info.value) and "Telemetry foo/t" in str(info.value)
+
+
+ACCEPTED = (
+    "response.code >= 400",
+    'request.url_path.startsWith("/admin") && response.code != 404',
+    "response.code in [500, 503] || response.flags != 0u",
+    'has(request.headers.authorization) && request.headers["x-debug"] == "1"',
+    "size(request.path) > 2u && request.duration > duration('1s')",
+    'connection.mtls && source.address != "" && xds.cluster_name.endsWith("9080")',
+    'request.path.matches("^/v[0-9]+/") && !(upstream.port == 9080)',
+)
+REFUSED = (
+    "response.code >= ",
+    "lower(request.path) == 'a'",
+    "request.headers.exists(k, k == 'a')",
+)
+
+
+def _envoy_validates(expressions: tuple[str, ...], tmp_path: Path) -> bool:
+    """Whether real Envoy loads a listener whose access loggers filter on ``expressions``
+    (the loggers exactly as translation writes them)."""
+    loggers = []
+    for expression in expressions:
+        telemetry = ProxyTelemetry(access_log="TEXT", access_log_filter=expression)
+        loggers += http_access_loggers(Node("x.default"), telemetry, OUTBOUND)
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+        "http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "t",
+        "route_config": {"name": "r"},
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+        "access_log": loggers,
+    }
+    listener = {
+        "name": "l",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+    config = tmp_path / "bootstrap.json"
+    config.write_text(json.dumps({"static_resources": {"listeners": [listener]}}))
+    command = [envoy_binary(), "--mode", "validate", "-c", str(config), "--use-dynamic-base-id"]
+    result = subprocess.run([*command, "--log-level", "error"], capture_output=True, timeout=60)
+    return result.returncode == 0
+
+
+def test_what_apply_accepts_envoy_accepts_and_what_it_refuses_envoy_refuses(
+    tmp_path: Path,
+) -> None:
+    for expression in ACCEPTED:
+        assert check_expression(expression) is None, expression
+    assert _envoy_validates(ACCEPTED, tmp_path)
+    for expression in REFUSED:
+        assert check_expression(expression) is not None, expression
+        assert not _envoy_validates((expression,), tmp_path), expression

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import textwrap
 
+from tsunagi import proxy_contract as pc
 from tsunagi.api import load_documents
 from tsunagi.mesh import Node, World
 from tsunagi.mesh import telemetry as tm
+from tsunagi.xds.translate.accesslog import INBOUND, OUTBOUND, http_access_loggers, metrics_token
 
 COLLECTOR = ("127.0.0.1", 9411)
 MESH = tm.MeshTelemetry(trace_sampling=1.0, collector=COLLECTOR)
@@ -53,6 +55,18 @@ def test_no_collector_no_tracing() -> None:
         mesh=tm.MeshTelemetry(),
     )
     assert t.tracing is None and t.server_tracing is None
+
+
+def test_mesh_sampling_zero_leaves_the_tracer_out_but_an_explicit_zero_keeps_it() -> None:
+    off = tm.MeshTelemetry(trace_sampling=0.0, collector=COLLECTOR)
+    t = _for("", mesh=off)
+    assert t.tracing is None and t.server_tracing is None
+    # A Telemetry's own 0 keeps the tracer: its "not sampled" travels with the request.
+    explicit = _telemetry("quiet", "shop", "tracing: [{randomSamplingPercentage: 0}]")
+    assert _sampling(_for(explicit, mesh=off)) == (0.0, 0.0)
+    # A namespace that asks for tracing gets it over a mesh default of 0.
+    on = _telemetry("traced", "shop", "tracing: [{randomSamplingPercentage: 5}]")
+    assert _sampling(_for(on, mesh=off)) == (5.0, 5.0)
 
 
 def test_precedence_root_then_namespace_then_workload() -> None:
@@ -230,3 +244,117 @@ def test_answers_are_memoized_per_namespace_service_and_labels() -> None:
     world = World.build(1, load_documents(_telemetry("ns", "shop", "tracing: [{}]")), [], MESH)
     twin = Node(id="pp-2", namespace="shop", service="productpage", labels=dict(PRODUCTPAGE.labels))
     assert world.telemetry_for(PRODUCTPAGE) is world.telemetry_for(twin)
+
+
+def test_all_metrics_disabled_for_one_side_leaves_the_other_on() -> None:
+    client_off = _telemetry(
+        "mesh",
+        "istio-system",
+        "metrics: [{overrides: [{match: {metric: ALL_METRICS, mode: CLIENT}, disabled: true}]}]",
+    )
+    t = _for(client_off)
+    assert t.metric_overrides == (tm.MetricOverride(mode=tm.CLIENT, disabled=True),)
+    # What the sidecar's Envoy gets: no metrics line on the client side, all on the server's.
+    assert metrics_token(pc.METRICS_LINE_SOURCE, t.metric_overrides, tm.CLIENT) is None
+    assert metrics_token(pc.METRICS_LINE_DESTINATION, t.metric_overrides, tm.SERVER) == "d"
+    assert metrics_token(pc.METRICS_LINE_TCP, t.metric_overrides, tm.SERVER) == "t"
+    # A later server-side override does not turn the client side back on...
+    server = _telemetry(
+        "ns",
+        "shop",
+        "metrics: [{overrides: [{match: {metric: REQUEST_COUNT, mode: SERVER}, disabled: true}]}]",
+    )
+    assert _for(client_off + server).metric_overrides == (
+        tm.MetricOverride(mode=tm.CLIENT, disabled=True),
+        tm.MetricOverride("REQUEST_COUNT", tm.SERVER, True),
+    )
+    # ...a later client-side one does (Istio: any override for that provider and mode).
+    client = _telemetry(
+        "ns",
+        "shop",
+        "metrics: [{overrides: [{match: {metric: REQUEST_SIZE, mode: CLIENT}, disabled: true}]}]",
+    )
+    t = _for(client_off + client)
+    assert t.metric_overrides == (tm.MetricOverride("REQUEST_SIZE", tm.CLIENT, True),)
+    assert metrics_token(pc.METRICS_LINE_SOURCE, t.metric_overrides, tm.CLIENT) == "s|REQUEST_SIZE!"
+    # Both sides off, one side at a time, is the provider off.
+    server_off = client_off.replace("mode: CLIENT", "mode: SERVER").replace("mesh", "ns")
+    server_off = server_off.replace("istio-system", "shop")
+    assert _for(client_off + server_off).metric_overrides == (tm.MetricOverride(disabled=True),)
+
+
+def _selected(name: str, labels: str, spec: str) -> str:
+    return _telemetry(name, "shop", f"selector: {{matchLabels: {labels}}}\n{spec}")
+
+
+def test_every_matching_workload_telemetry_applies_in_order() -> None:
+    first = _selected(
+        "a",
+        "{app: productpage}",
+        "tracing: [{randomSamplingPercentage: 10, customTags: {team: {literal: {value: x}}}}]",
+    )
+    second = _selected("b", "{version: v1}", "tracing: [{randomSamplingPercentage: 20}]")
+    other = _selected("c", "{app: reviews}", "tracing: [{randomSamplingPercentage: 30}]")
+    t = _for(first + second + other)
+    # b (later by name) overrides a's sampling; a's tags, which b leaves unset, stay.
+    assert _sampling(t) == (20.0, 20.0)
+    assert _tags(t.tracing)["team"] == ("literal", "x", "")
+    world = World.build(1, load_documents(first + second + other), [], MESH)
+    chain = world.telemetry_policies.chain("shop", PRODUCTPAGE.labels)
+    assert [c.name for c in chain] == ["a", "b"]
+
+
+def test_access_log_mode_is_matched_before_providers_and_filters() -> None:
+    client = _telemetry(
+        "ns",
+        "shop",
+        "accessLogging: [{providers: [{name: envoy}], match: {mode: CLIENT}, "
+        "filter: {expression: 'response.code >= 500'}}]",
+    )
+    server = _selected(
+        "pp",
+        "{app: productpage}",
+        "accessLogging: [{providers: [{name: envoy}], match: {mode: SERVER}, "
+        "filter: {expression: 'request.url_path == \"/admin\"'}}]",
+    )
+    t = _for(client + server)
+    assert t.access_log_for("outbound") == "TEXT" and t.access_log_for("inbound") == "TEXT"
+    assert t.access_log_filter_for("outbound") == "response.code >= 500"
+    assert t.access_log_filter_for("inbound") == 'request.url_path == "/admin"'
+    node = Node(id="pp", namespace="shop", service="productpage")
+    [outbound] = http_access_loggers(node, t, OUTBOUND)
+    [inbound] = http_access_loggers(node, t, INBOUND)
+    cel = "extension_filter"
+    assert outbound["filter"][cel]["typed_config"]["expression"] == "response.code >= 500"
+    assert inbound["filter"][cel]["typed_config"]["expression"] == 'request.url_path == "/admin"'
+    # A server-side entry naming another provider leaves the client side's envoy logging.
+    otel = server.replace("name: envoy", "name: otel")
+    t = _for(client + otel)
+    assert t.access_log_for("outbound") == "TEXT" and t.access_log_for("inbound") == ""
+    # A client-side "disabled" does not turn the server side off.
+    on = tm.MeshTelemetry(access_log="JSON")
+    off = _telemetry("ns", "shop", "accessLogging: [{disabled: true, match: {mode: CLIENT}}]")
+    t = _for(off, mesh=on)
+    assert t.access_log_for("outbound") == "" and t.access_log_for("inbound") == "JSON"
+    assert t.access_log_filter_for("inbound") == ""
+
+
+def test_span_tags_and_metrics_share_the_canonical_names() -> None:
+    # No app label: Istio falls back to the workload's name, for metrics and spans alike.
+    node = Node(id="r", namespace="shop", service="reviews", labels={"version": "v2"})
+    tags = _tags(_for("", node=node).tracing)
+    meta = pc.workload_metadata(node.labels, node.service, node.namespace).split(";")
+    assert meta[2:4] == ["reviews-v2", "v2"]
+    assert tags["istio.canonical_service"] == ("literal", "reviews-v2", "")
+    assert tags["istio.canonical_revision"] == ("literal", "v2", "")
+    labels = {
+        "service.istio.io/canonical-name": "shop-reviews",
+        "app.kubernetes.io/name": "k8s-reviews",
+        "app": "reviews",
+        "app.kubernetes.io/version": "2.0",
+        "version": "v2",
+    }
+    assert pc.canonical_names(labels, "reviews") == ("shop-reviews", "2.0")
+    del labels["service.istio.io/canonical-name"], labels["app.kubernetes.io/version"]
+    assert pc.canonical_names(labels, "reviews") == ("k8s-reviews", "v2")
+    assert pc.canonical_names({}, "reviews") == ("reviews", "latest")

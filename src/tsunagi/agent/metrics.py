@@ -5,17 +5,27 @@ HTTP request and per TCP connection event; :class:`Aggregator` turns them into
 ``istio_requests_total``, the three request histograms and ``istio_tcp_*``, with Istio's
 names, labels and label order (docs/design/metrics.md), and renders them in Prometheus'
 text format. Feeding keeps raw line fields as series keys (no label work per request);
-labels are built once per series, at the first scrape that sees it.
+labels are built from a series' key at each scrape (a scrape's work, not a request's), and
+kept nowhere: caching the rendered label strings would cost ~1 KB per series for a saving
+only scrapes see.
+
+The number of series is capped (:data:`MAX_HTTP_SERIES`, :data:`MAX_TCP_SERIES`): a caller
+that reaches an inbound port directly chooses the ``x-tsunagi-peer`` value it sends, and
+each value would otherwise be a new series.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from tsunagi import proxy_contract as pc
+
+log = logging.getLogger("tsunagi.agent")
 
 BUCKETS: tuple[float, ...] = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 BUCKETS += (10000, 30000, 60000, 300000, 600000, 1800000, 3600000)
@@ -69,6 +79,20 @@ UNKNOWN = "unknown"
 MAX_OPEN_CONNECTIONS = 10000
 """TCP connections remembered for byte deltas; beyond, the oldest are forgotten (a
 connection whose end Envoy never logged, e.g. across an Envoy restart)."""
+MAX_HTTP_SERIES = 2000
+"""HTTP series kept (each key: peer, cluster, code, flags, gRPC status). Beyond, a new label
+set is folded into the series with the peer ``unknown``, so every request is still counted
+and only who called is lost (what Istio reports for a caller it cannot identify)."""
+MAX_TCP_SERIES = 500
+"""TCP series kept (token and flags, both bounded by config); beyond, lines are dropped."""
+FOLDED_HEADROOM = 200
+"""Series that folded label sets may still open beyond the cap (response codes and flags
+are bounded, so this is rarely reached); beyond it, lines are dropped and counted."""
+_PEER_SHAPE = re.compile(r"[A-Za-z0-9._-]{1,63}(;[A-Za-z0-9._-]{1,63}){4}")
+"""A peer's ``workload;namespace;canonical service;canonical revision;cluster``: Kubernetes
+names and label values. The header is trusted as sent until mTLS binds it to the caller's
+certificate (issue 10); checked when a series is created, never per request."""
+MAX_PEER_LENGTH = 256
 
 
 class Profile(NamedTuple):
@@ -77,6 +101,8 @@ class Profile(NamedTuple):
     kind: str
     disabled: frozenset[str]
     removed: Mapping[str, frozenset[str]]
+    grpc: bool = False
+    """Lines of gRPC requests (the logger's filter matched the request's content type)."""
 
 
 def parse_token(token: str) -> Profile:
@@ -87,15 +113,19 @@ def parse_token(token: str) -> Profile:
         raise ValueError(f"unknown metric line kind {kind!r}")
     disabled = set()
     removed: dict[str, set[str]] = {}
+    grpc = False
     for p in parts:
-        if p.endswith("!"):
+        if p == pc.METRICS_TOKEN_GRPC:
+            grpc = True
+        elif p.endswith("!"):
             disabled.add(p[:-1])
         elif "-" in p:
             metric, tag = p.split("-", 1)
             removed.setdefault(metric, set()).add(tag)
         else:
             raise ValueError(f"bad metric override {p!r}")
-    return Profile(kind, frozenset(disabled), {m: frozenset(t) for m, t in removed.items()})
+    removed_tags = {m: frozenset(t) for m, t in removed.items()}
+    return Profile(kind, frozenset(disabled), removed_tags, grpc)
 
 
 class Identity(NamedTuple):
@@ -106,13 +136,22 @@ class Identity(NamedTuple):
     labels: Mapping[str, str]
 
 
+def valid_peer(metadata: str) -> bool:
+    """Whether ``metadata`` has the shape of :func:`proxy_contract.workload_metadata`."""
+    return len(metadata) <= MAX_PEER_LENGTH and _PEER_SHAPE.fullmatch(metadata) is not None
+
+
+UNKNOWN_PEER = (UNKNOWN, UNKNOWN, UNKNOWN, "latest", UNKNOWN)
+"""An unidentified peer: Istio's ``unknown`` everywhere but the canonical revision,
+``latest``."""
+
+
 def _peer(metadata: str) -> tuple[str, str, str, str, str]:
     """``workload;namespace;canonical service;canonical revision;cluster`` (Istio's
-    ``istio.workload`` format) → those five, ``unknown`` when absent."""
-    parts = metadata.split(";") if metadata not in ("", "-") else []
-    if len(parts) != 5:
-        return (UNKNOWN,) * 5
-    return tuple(p or UNKNOWN for p in parts)  # type: ignore[return-value]
+    ``istio.workload`` format) → those five; :data:`UNKNOWN_PEER` when absent or malformed."""
+    if not valid_peer(metadata):
+        return UNKNOWN_PEER
+    return tuple(metadata.split(";"))  # type: ignore[return-value]
 
 
 def _service(cluster: str) -> tuple[str, str, str]:
@@ -167,6 +206,12 @@ class Aggregator:
         self._conns: dict[str, tuple[int, int]] = {}
         self.bad_lines = 0
         """Lines that could not be parsed (counted, then skipped)."""
+        self.folded = 0
+        """HTTP lines counted with the peer ``unknown``: the series cap was reached, or the
+        peer was malformed when its series would have been created."""
+        self.dropped = {"http": 0, "tcp": 0}
+        """Lines not counted at all, by protocol: even the folded series were full."""
+        self._warned = False
 
     def _profile(self, token: str) -> Profile | None:
         profile = self._profiles.get(token, False)
@@ -204,12 +249,41 @@ class Aggregator:
         values = (float(f[n - 3]), float(f[n - 2]), float(f[n - 1]))
         series = self._http.get(key)
         if series is None:
-            series = self._http[key] = [0.0] * (1 + 3 * _WIDTH)
+            series = self._new_http_series(key, n - 7)
+            if series is None:
+                return
         series[0] += 1
         for i, v in enumerate(values):
             base = 1 + i * _WIDTH
             series[base + bisect_left(BUCKETS, v)] += 1  # first bound >= v (Prometheus' le)
             series[base + _WIDTH - 1] += v
+
+    def _new_http_series(self, key: tuple[str, ...], at: int) -> list[float] | None:
+        """The series for a key not seen yet (``key[at]`` is the peer): a new one, or the
+        one with the peer unknown when the peer is malformed or the cap is reached;
+        ``None`` (the line is dropped) when even that one would exceed the headroom."""
+        peer = key[at]
+        full = len(self._http) >= MAX_HTTP_SERIES
+        if full or (peer != "-" and not valid_peer(peer)):
+            if full and not self._warned:
+                self._warned = True
+                log.warning(
+                    "metrics: %d HTTP series reached; new ones are counted with the peer "
+                    "unknown (a caller sending many distinct %s values?)",
+                    MAX_HTTP_SERIES,
+                    pc.PEER_HEADER,
+                )
+            self.folded += 1
+            key = (*key[:at], "-", *key[at + 1 :])
+            series = self._http.get(key)
+            if series is not None:
+                return series
+            if len(self._http) >= MAX_HTTP_SERIES + FOLDED_HEADROOM:
+                self.folded -= 1
+                self.dropped["http"] += 1
+                return None
+        series = self._http[key] = [0.0] * (1 + 3 * _WIDTH)
+        return series
 
     def _feed_tcp(self, f: list[str]) -> None:
         if len(f) != 6:
@@ -218,6 +292,9 @@ class Aggregator:
         received, sent = int(rx), int(tx)
         series = self._tcp.get((token, flags))
         if series is None:
+            if len(self._tcp) >= MAX_TCP_SERIES:
+                self.dropped["tcp"] += 1
+                return
             series = self._tcp[(token, flags)] = [0, 0, 0, 0]
         last = self._conns.pop(conn, None)
         if last is None:
@@ -236,7 +313,9 @@ class Aggregator:
         own = self._own
         if profile.kind == pc.METRICS_LINE_SOURCE:
             cluster, peer, code, flags, grpc = key
-            w, ns, cs, cr, cl = _peer(peer)
+            known = _peer(peer)
+            w, ns, cs, cr, cl = known
+            app, version = (cs, cr) if known is not UNKNOWN_PEER else (UNKNOWN, UNKNOWN)
             service, name, namespace = _service(cluster)
             values = {
                 "reporter": "source",
@@ -244,8 +323,8 @@ class Aggregator:
                 "destination_workload": w,
                 "destination_workload_namespace": ns,
                 "destination_principal": UNKNOWN,
-                "destination_app": cs,
-                "destination_version": cr,
+                "destination_app": app,
+                "destination_version": version,
                 "destination_service": service,
                 "destination_canonical_service": cs,
                 "destination_canonical_revision": cr,
@@ -256,7 +335,9 @@ class Aggregator:
             }
         else:
             _token, peer, code, flags, grpc = key
-            w, ns, cs, cr, cl = _peer(peer)
+            known = _peer(peer)
+            w, ns, cs, cr, cl = known
+            app, version = (cs, cr) if known is not UNKNOWN_PEER else (UNKNOWN, UNKNOWN)
             values = {
                 "reporter": "destination",
                 "source_workload": w,
@@ -264,8 +345,8 @@ class Aggregator:
                 "source_canonical_revision": cr,
                 "source_workload_namespace": ns,
                 "source_principal": UNKNOWN,
-                "source_app": cs,
-                "source_version": cr,
+                "source_app": app,
+                "source_version": version,
                 "source_cluster": cl,
                 **{f"destination_{k}": v for k, v in own.items()},
                 "destination_service": self._host,
@@ -273,7 +354,9 @@ class Aggregator:
                 "destination_service_namespace": self._namespace,
                 "connection_security_policy": "none",
             }
-        values["request_protocol"] = "http" if grpc == "-" else "grpc"
+        # From the request's content type (Istio's rule), so a gRPC call that got no
+        # response is still gRPC: the token says which logger's filter matched.
+        values["request_protocol"] = "grpc" if profile.grpc else "http"
         values["response_code"] = code if code != "-" else "0"
         values["grpc_response_status"] = "" if grpc == "-" else grpc
         values["response_flags"] = flags
@@ -293,8 +376,9 @@ class Aggregator:
         }
         return values
 
-    def render(self) -> str:
-        """The metrics in Prometheus' text exposition format."""
+    def render(self, names: frozenset[str] | None = None) -> str:
+        """The metrics in Prometheus' text exposition format; only the families ``names``
+        lists, if given (Prometheus names without the histogram suffixes)."""
         with self._lock:
             http = [(k, list(v)) for k, v in self._http.items()]
             tcp = [(k, list(v)) for k, v in self._tcp.items()]
@@ -306,7 +390,7 @@ class Aggregator:
                 continue
             values = self._http_labels(profile, key[1:] if profile.kind == "s" else key)
             for i, (metric, name, _kind) in enumerate(HTTP_METRICS):
-                if metric in profile.disabled:
+                if metric in profile.disabled or (names is not None and name not in names):
                     continue
                 labels = _labels(LABELS, values, profile.removed.get(metric, frozenset()))
                 part = [series[0]] if i == 0 else series[1 + (i - 1) * _WIDTH : 1 + i * _WIDTH]
@@ -319,7 +403,7 @@ class Aggregator:
                 continue
             values = self._tcp_labels(flags)
             for (metric, name), v in zip(TCP_METRICS, counts, strict=True):
-                if metric in profile.disabled:
+                if metric in profile.disabled or (names is not None and name not in names):
                     continue
                 labels = _labels(TCP_LABELS, values, profile.removed.get(metric, frozenset()))
                 acc = out.setdefault(name, {}).setdefault(labels, [0.0])

@@ -13,18 +13,31 @@ import logging
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 from tsunagi import httpwire
-from tsunagi.agent.envoy import admin
 from tsunagi.agent.metrics import Aggregator
+from tsunagi.proxy_contract import ISTIO_METRICS_PATH
 
 log = logging.getLogger("tsunagi.agent")
 
 PATH = "/stats/prometheus"
+LEAN_PATH = ISTIO_METRICS_PATH
+# Read from every sidecar every few seconds by the control plane: a fraction of the full
+# page's bytes, and no load on Envoy's admin or the app.
+LEAN_FAMILIES = frozenset({"istio_requests_total", "istio_request_duration_milliseconds"})
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-APP_TIMEOUT = 2.0
-"""Seconds to wait for the app's metrics at scrape time; a slow app costs only its part."""
+ENVOY_TIMEOUT = 1.0
+"""Seconds Envoy's stats may take at scrape time, from connecting to the last byte."""
+APP_TIMEOUT = 1.0
+"""The same for the app's metrics: a slow app costs only its part, and a whole scrape stays
+within ~2 s, well inside Prometheus' scrape timeout (the default 10 s, and the 5 s interval
+of the generated prometheus.yml)."""
+HEAD_TIMEOUT = 1.0
+"""Seconds a client may take to send its request: connections are served one at a time."""
+CLOSE_TIMEOUT = 3.0
+"""Seconds :meth:`MetricsPipe.close` / :meth:`MetricsServer.close` wait for their thread."""
 SCRAPE_TYPES = ("envoy", "application")
 READ_SIZE = 8192
 
@@ -41,6 +54,7 @@ class MetricsPipe:
         self.aggregator = aggregator
         os.mkfifo(path, 0o600)
         self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self._closing = False
         self._thread = threading.Thread(target=self._read, name="metrics-pipe", daemon=True)
 
     def start(self) -> None:
@@ -58,7 +72,7 @@ class MetricsPipe:
                 chunk = os.read(self._fd, READ_SIZE)
             except OSError:
                 return  # closed: the sidecar is stopping
-            if not chunk:
+            if not chunk or self._closing:
                 return
             data = rest + chunk
             cut = data.rfind(b"\n")
@@ -69,13 +83,24 @@ class MetricsPipe:
             self.aggregator.feed(data[:cut].decode("utf-8", "replace").split("\n"))
 
     def close(self) -> None:
+        """Stop the reader and close the pipe. Closing a descriptor does not wake a thread
+        blocked reading it, so a newline (an empty line, never a metric) wakes it first.
+        Non-blocking from here: a full pipe must not block this write, and the reader's next
+        read of an empty pipe then fails and ends it too."""
+        self._closing = True
+        with contextlib.suppress(OSError):
+            os.set_blocking(self._fd, False)
+            os.write(self._fd, b"\n")
+        if self._thread.is_alive():
+            self._thread.join(CLOSE_TIMEOUT)
         with contextlib.suppress(OSError):
             os.close(self._fd)
 
 
 class MetricsServer:
-    """``GET /stats/prometheus`` on 127.0.0.1:``port`` (0: the OS chooses; see
-    :attr:`port`)."""
+    """``GET /stats/prometheus`` (everything, merged) and ``GET /stats/istio`` (Istio's
+    request count and duration only, fetching nothing) on 127.0.0.1:``port`` (0: the OS
+    chooses; see :attr:`port`)."""
 
     def __init__(
         self,
@@ -102,6 +127,12 @@ class MetricsServer:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop serving: shutting the listening socket down wakes the blocked ``accept()``
+        (closing it alone would not); a scrape in progress may finish first."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        if self._thread.is_alive():
+            self._thread.join(CLOSE_TIMEOUT)
         self._sock.close()
 
     def _serve(self) -> None:
@@ -113,7 +144,7 @@ class MetricsServer:
             # One at a time: scrapes are rare, and a thread per connection costs memory.
             with conn:
                 try:
-                    conn.settimeout(5.0)
+                    conn.settimeout(HEAD_TIMEOUT)
                     self._handle(conn)
                 except OSError:
                     pass
@@ -127,10 +158,13 @@ class MetricsServer:
             head += chunk
         method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
         target = rest.split(" ", 1)[0].split("?", 1)[0]
-        if method != "GET" or target != PATH:
-            status, body = "404 Not Found", f"only GET {PATH} is served here\n".encode()
-        else:
+        if method == "GET" and target == PATH:
             status, body = "200 OK", self.scrape().encode()
+        elif method == "GET" and target == LEAN_PATH:
+            status, body = "200 OK", self.aggregator.render(LEAN_FAMILIES).encode()
+        else:
+            status = "404 Not Found"
+            body = f"only GET {PATH} and {LEAN_PATH} are served here\n".encode()
         conn.sendall(
             f"HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
@@ -144,29 +178,30 @@ class MetricsServer:
         are still served. Names are not rewritten: a clash stays the app's to fix, as in
         Istio."""
         self.scrapes += 1
-        status, envoy = admin(self.envoy_admin_port, PATH, timeout=APP_TIMEOUT)
-        if status != 200:
-            self.failures["envoy"] += 1
-            log.warning("metrics: Envoy's %s failed: %s", PATH, envoy[:200] or status)
-            envoy = ""
+        envoy = self._fetch("envoy", self.envoy_admin_port, PATH, ENVOY_TIMEOUT)
         app = ""
         if self.app_path:
             app = self._app_metrics()
         parts = [self.aggregator.render(), self._agent_metrics(), envoy, app]
         return "".join(p if p.endswith("\n") or not p else p + "\n" for p in parts)
 
-    def _app_metrics(self) -> str:
+    def _fetch(self, part: str, port: int, path: str, budget: float) -> str:
+        """``GET path`` on ``port`` within ``budget`` seconds in all; "" (logged and counted
+        as a failure of ``part``) when it fails or is late."""
         try:
             status, body = httpwire.request(
-                "127.0.0.1", self.app_port, "GET", self.app_path, timeout=APP_TIMEOUT
+                "127.0.0.1", port, "GET", path, timeout=budget, deadline=time.monotonic() + budget
             )
         except OSError as e:
-            status, body = 0, str(e).encode()
+            status, body = 0, (str(e) or type(e).__name__).encode()
         if status != 200:
-            self.failures["application"] += 1
-            log.warning("metrics: the app's %s failed: %s", self.app_path, status or body[:200])
+            self.failures[part] += 1
+            log.warning("metrics: %s %s failed: %s", part, path, status or body[:200])
             return ""
-        text = body.decode("utf-8", "replace")
+        return body.decode("utf-8", "replace")
+
+    def _app_metrics(self) -> str:
+        text = self._fetch("application", self.app_port, self.app_path, APP_TIMEOUT)
         # OpenMetrics ends with "# EOF"; it is last here, but Envoy's part is text format.
         return "".join(ln for ln in text.splitlines(True) if ln.strip() != "# EOF")
 
@@ -181,5 +216,14 @@ class MetricsServer:
             ),
             "# TYPE tsunagi_agent_metric_lines_invalid_total counter",
             f"tsunagi_agent_metric_lines_invalid_total {self.aggregator.bad_lines}",
+            # Requests counted with the peer unknown (series cap reached, or a malformed
+            # peer header), and requests not counted at all (even those series were full).
+            "# TYPE istio_agent_metric_requests_folded_total counter",
+            f"istio_agent_metric_requests_folded_total {self.aggregator.folded}",
+            "# TYPE istio_agent_metric_lines_dropped_total counter",
+            *(
+                f'istio_agent_metric_lines_dropped_total{{protocol="{k}"}} {v}'
+                for k, v in self.aggregator.dropped.items()
+            ),
         ]
         return "\n".join(lines) + "\n"

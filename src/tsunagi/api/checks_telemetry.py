@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from .cel import check_expression
 from .checks_common import Issue, Path, check_labels
 from .names import check_header_name
 from .telemetry import CustomTag, MetricsOverrides, TelemetrySpec
@@ -22,7 +23,8 @@ METRICS_PROVIDERS = (PROMETHEUS,)
 
 def check_telemetry(spec: TelemetrySpec) -> Iterator[Issue]:
     """Istio's Telemetry rules: one of selector and targetRef(s), one provider per tracing
-    entry, well-formed custom tags and metric overrides."""
+    entry, well-formed custom tags and metric overrides; and access log filters Envoy can
+    load (Istio leaves those to Envoy, which then refuses the whole listener)."""
     if spec.selector is not None:
         yield from check_labels(spec.selector.match_labels, ("selector", "matchLabels"))
         if spec.target_ref is not None or spec.target_refs:
@@ -47,10 +49,12 @@ def check_telemetry(spec: TelemetrySpec) -> Iterator[Issue]:
             yield from _check_override(o, ("metrics", i, "overrides", j))
     for i, a in enumerate(spec.access_logging):
         yield from _check_providers(a.providers, ("accessLogging", i, "providers"))
-        if a.filter is not None and not a.filter.expression.strip():
-            yield Issue(
-                ("accessLogging", i, "filter", "expression"), "must not be empty; omit filter"
-            )
+        if a.filter is not None:
+            where: Path = ("accessLogging", i, "filter", "expression")
+            if not a.filter.expression.strip():
+                yield Issue(where, "must not be empty; omit filter")
+            elif (why := check_expression(a.filter.expression)) is not None:
+                yield Issue(where, why)
 
 
 def _check_providers(providers: tuple[object, ...], path: Path) -> Iterator[Issue]:

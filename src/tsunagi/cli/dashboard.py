@@ -3,21 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
+import urllib.error
+import urllib.request
 import webbrowser
 from urllib.parse import quote, urlsplit
 
 from tsunagi.client import find_token, state_dir
 
-EXIT_OK, EXIT_UNREACHABLE = 0, 3
+EXIT_OK, EXIT_REJECTED, EXIT_UNREACHABLE = 0, 1, 3
 URL_FILE = "dashboard"  # written by tsunagi.controlplane.dashboard
 
 
+class SignInRefused(Exception):
+    """The dashboard refused the API token (it belongs to another control plane)."""
+
+
+def login_code(base: str, token: str, timeout: float = 5.0) -> str:
+    """A fresh single-use login code from the dashboard at ``base``, asked for with the API
+    token in a header. Raises :class:`SignInRefused`, or OSError when it does not answer."""
+    request = urllib.request.Request(
+        f"{base.rstrip('/')}/api/login-code",
+        method="POST",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+    try:
+        with opener.open(request, timeout=timeout) as reply:
+            return str(json.load(reply)["code"])
+    except urllib.error.HTTPError as e:
+        raise SignInRefused(f"the dashboard at {base} refused the token (HTTP {e.code})") from e
+
+
 def dashboard_url(base: str, token: str) -> str:
-    """The one-time sign-in URL: the dashboard swaps the token for a session cookie."""
-    return f"{base.rstrip('/')}/?token={quote(token, safe='')}"
+    """A sign-in URL for the dashboard at ``base``: it carries a login code that works once,
+    within a minute (the API token never goes into a URL). Raises like :func:`login_code`."""
+    return f"{base.rstrip('/')}/?code={quote(login_code(base, token), safe='')}"
 
 
 def _listening(base: str) -> bool:
@@ -60,7 +84,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_UNREACHABLE
-    url = dashboard_url(base, find_token(args.token, where))
+    try:
+        url = dashboard_url(base, find_token(args.token, where))
+    except SignInRefused as e:
+        print(f"error: {e}: pass the --token or --state-dir of that control plane", file=sys.stderr)
+        return EXIT_REJECTED
+    except OSError as e:
+        print(f"error: the dashboard at {base} did not answer: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     print(url)
     if not args.no_browser:
         if _has_browser():

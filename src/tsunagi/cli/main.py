@@ -129,8 +129,8 @@ def parser() -> argparse.ArgumentParser:
         "--dashboard-port",
         type=int,
         default=20001,
-        help="the dashboard's web server, loopback clients with the token only (default "
-        "20001, Kiali's; 0: the OS chooses); `tsunagi dashboard` opens it",
+        help="the dashboard's web server, loopback clients signed in by `tsunagi dashboard` "
+        "only (default 20001, Kiali's; 0: the OS chooses)",
     )
     up.add_argument(
         "--scrape-interval",
@@ -200,7 +200,8 @@ def parser() -> argparse.ArgumentParser:
         default=1.0,
         metavar="PCT",
         help="percent of requests the sidecars trace, 0 to 100 (default 1, Istio's); "
-        "a Telemetry resource overrides it per namespace or workload",
+        "a Telemetry resource overrides it per namespace or workload; 0 leaves Envoy's "
+        "tracer out entirely, and with it its per-request cost",
     )
     up.add_argument(
         "--access-log",
@@ -355,9 +356,10 @@ def parser() -> argparse.ArgumentParser:
     dash = sub.add_parser(
         "dashboard",
         help="print the dashboard's URL and open it in a browser",
-        description="Print the URL of the running control plane's dashboard (it carries the "
-        "token once; the page then keeps a session cookie) and open it in a browser when "
-        "one is available, like `istioctl dashboard kiali`.",
+        description="Print the URL of the running control plane's dashboard and open it in a "
+        "browser when one is available, like `istioctl dashboard kiali`. The URL carries a "
+        "login code that works once, within a minute (never the API token); the page then "
+        "keeps a session cookie for 12 hours of idleness. Run it again for a new code.",
     )
     dash.add_argument(
         "--state-dir",
@@ -378,6 +380,19 @@ def parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--state-dir")
     demo.add_argument("--port", type=int, default=9080, help="productpage's local port")
+    demo.add_argument(
+        "--traffic",
+        type=float,
+        default=0.0,
+        metavar="RPS",
+        help="send this many requests a second to the product page, so the dashboard's graph "
+        "and charts fill in (default 0: only what you send)",
+    )
+    demo.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="keep the sidecars' access log lines out of the terminal (on by default)",
+    )
     demo.add_argument(
         "--tasks",
         action="store_true",
@@ -593,7 +608,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(walkthrough())
             return EXIT_OK
 
-        return run_demo(state_dir(args.state_dir), args.port)
+        return run_demo(
+            state_dir(args.state_dir),
+            args.port,
+            traffic=args.traffic,
+            access_log=not args.no_access_log,
+        )
     client = Client.from_env(args.server, args.token, args.state_dir)
     commands = {
         "apply": cmd_apply,

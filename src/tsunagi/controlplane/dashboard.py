@@ -4,7 +4,6 @@ directory that ``tsunagi dashboard`` reads."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,9 +14,10 @@ from aiohttp import web
 
 from tsunagi.controlplane.http_api import Api
 from tsunagi.controlplane.prometheus import host_port
+from tsunagi.proxy_contract import ISTIO_METRICS_PATH
 from tsunagi.registry import Registry
 from tsunagi.telemetry.promviews import PrometheusViews
-from tsunagi.telemetry.scrape import METRICS_PATH, Scraper, Target
+from tsunagi.telemetry.scrape import Scraper, ScrapeThread, Target
 from tsunagi.telemetry.series import SeriesStore
 from tsunagi.telemetry.views import StoreViews
 from tsunagi.ui.server import Dashboard, Sources
@@ -34,7 +34,7 @@ def scrape_targets(registry: Registry) -> Iterator[Target]:
     """Every registered sidecar that serves metrics (``metrics_port`` > 0)."""
     for inst in registry.instances():
         if inst.metrics_port > 0:
-            url = f"http://{host_port(inst.address, inst.metrics_port)}{METRICS_PATH}"
+            url = f"http://{host_port(inst.address, inst.metrics_port)}{ISTIO_METRICS_PATH}"
             yield Target(f"{inst.namespace}/{inst.name}", url)
 
 
@@ -44,17 +44,16 @@ class Running:
 
     port: int
     runner: web.AppRunner
-    scraper: Scraper | None
-    task: asyncio.Task[None] | None
+    scraping: ScrapeThread | None
+    store: SeriesStore | None
 
     async def stop(self) -> None:
         """Stop scraping and serving."""
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-        if self.scraper is not None:
-            await self.scraper.close()
+        if self.scraping is not None:
+            await self.scraping.stop()
         await self.runner.cleanup()
+        if self.store is not None:
+            self.store.close()
 
 
 async def start(
@@ -72,18 +71,18 @@ async def start(
     spans: Any,
 ) -> Running:
     """Start the metrics source and the dashboard server on ``host:port`` (0: any)."""
-    scraper = None
-    task = None
+    scraping = None
+    store = None
     if prometheus:
         views: Any = PrometheusViews(prometheus)
         log.info("dashboard metrics: queried from Prometheus at %s", prometheus)
     else:
         # One hour at the scrape resolution (at least two ticks).
         store = SeriesStore(capacity=max(2, int(HOUR / scrape_interval) + 1), max_series=max_series)
-        scraper = Scraper(store)
         views = StoreViews(store)
-        task = asyncio.create_task(
-            scraper.run(lambda: list(scrape_targets(registry)), scrape_interval)
+        # Off the loop that serves xDS: see tsunagi.telemetry.scrape.
+        scraping = ScrapeThread(
+            Scraper(store), lambda: list(scrape_targets(registry)), scrape_interval
         )
     api.views = views
     dashboard = Dashboard(
@@ -93,12 +92,12 @@ async def start(
     try:
         runner, bound = await dashboard.serve(host, port)
     except BaseException:
-        if task is not None:
-            task.cancel()
-        if scraper is not None:
-            await scraper.close()
+        if store is not None:
+            store.close()
         raise
+    if scraping is not None:
+        scraping.start()
     url = f"http://{host_port(host, bound)}/"
     (state_dir / URL_FILE).write_text(url + "\n")
     log.info("dashboard on %s (open it with `tsunagi dashboard`)", url)
-    return Running(bound, runner, scraper, task)
+    return Running(bound, runner, scraping, store)

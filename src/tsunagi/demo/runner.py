@@ -10,7 +10,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from tsunagi.client import Client, Rejected, Unreachable
@@ -59,12 +61,38 @@ def _apply(client: Client, path: Path) -> None:
     print(f"  applied {path.name}")
 
 
-def run_demo(state_dir: Path, port: int) -> int:
-    """Run until Ctrl-C; return the exit code."""
+def _drive_traffic(url: str, rate: float, stop: threading.Event) -> None:
+    """GET ``url`` ``rate`` times a second until ``stop``, so the dashboard has something
+    to draw; failures are part of the picture (a fault rule), so they are not reported."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    while not stop.wait(1.0 / rate):
+        try:
+            with opener.open(url, timeout=5) as reply:
+                reply.read()
+        except OSError:
+            pass
+
+
+def _dashboard_url(state_dir: Path, token: str) -> str:
+    from tsunagi.cli.dashboard import URL_FILE, dashboard_url
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            return dashboard_url((state_dir / URL_FILE).read_text().strip(), token)
+        except OSError:
+            time.sleep(0.1)
+    return "(not started: see the control plane's log above)"
+
+
+def run_demo(state_dir: Path, port: int, traffic: float = 0.0, access_log: bool = True) -> int:
+    """Run until Ctrl-C; return the exit code. ``traffic``: requests per second the demo
+    sends to the product page itself (0: none)."""
     env = {**os.environ, "TSUNAGI_STATE_DIR": str(state_dir)}
     env.pop("TSUNAGI_SERVER", None)
     children: list[subprocess.Popen[bytes]] = []
     stop = False
+    quit_traffic = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stop
@@ -75,8 +103,10 @@ def run_demo(state_dir: Path, port: int) -> int:
     try:
         print(f"starting the control plane (state in {state_dir})")
         # Own process groups: Ctrl-C reaches only us, and we stop the children in order.
+        # Every request traced and logged: a demo is for looking at what happens.
+        up = ["up", "--state-dir", str(state_dir), "--trace-sampling", "100"]
         cp = subprocess.Popen(
-            _tsunagi("up", "--state-dir", str(state_dir)), env=env, process_group=0
+            _tsunagi(*up, *(["--access-log"] if access_log else [])), env=env, process_group=0
         )
         children.append(cp)
         client = Client.from_env(state=str(state_dir))
@@ -109,11 +139,20 @@ def run_demo(state_dir: Path, port: int) -> int:
                 raise RuntimeError("a workload failed to start; see the log above")
             time.sleep(0.2)
         _apply(client, RULES / "reviews-50-50.yaml")
+        page = f"http://127.0.0.1:{port}/productpage"
+        if traffic > 0:
+            threading.Thread(
+                target=_drive_traffic, args=(page, traffic, quit_traffic), daemon=True
+            ).start()
+            sending = f"\n  Traffic: the demo sends {traffic:g} requests a second to the page."
+        else:
+            sending = "\n  Traffic: reload the page, or restart with `tsunagi demo --traffic 5`."
+        dashboard = _dashboard_url(state_dir, client.token)
         print(
             f"""
 Tsunagi is running Bookinfo with {len(WORKLOADS)} sidecars.
 
-  Open   http://127.0.0.1:{port}/productpage   and reload a few times:
+  Open   {page}   and reload a few times:
          reviews alternate between v1 (no stars) and v3 (red stars) — a 50/50 split.
 
   Next, route the user "jason" to reviews v2 (black stars):
@@ -123,7 +162,10 @@ Tsunagi is running Bookinfo with {len(WORKLOADS)} sidecars.
 {walkthrough()}
 
   See it:  tsunagi proxy-status      tsunagi get virtualservices -o yaml
-  Watch:   tsunagi dashboard         (service graph, request charts, traces, config)
+  Watch:   {dashboard}
+           the service graph, request charts, traces and config (`tsunagi dashboard`
+           prints this URL again). Each sidecar's access log lines go to this terminal,
+           marked with its name; traces are at http://127.0.0.1:9411/api/v2/traces.{sending}
   State:   {state_dir}   (TSUNAGI_STATE_DIR)
 
 Press Ctrl-C to stop everything.
@@ -137,6 +179,7 @@ Press Ctrl-C to stop everything.
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
+        quit_traffic.set()
         print("stopping…", flush=True)
         for c in reversed(children[1:]):
             if c.poll() is None:

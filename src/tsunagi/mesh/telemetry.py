@@ -85,6 +85,10 @@ class ProxyTelemetry:
     access_log_mode: str = CLIENT_AND_SERVER
     """Which side logs (Telemetry ``accessLogging[].match.mode``): ``CLIENT`` (outbound),
     ``SERVER`` (inbound) or both; see :meth:`access_log_for`."""
+    server_access_log_filter: str | None = None
+    """The inbound side's filter when it differs from :attr:`access_log_filter` (Telemetry
+    entries with ``match.mode`` may set the sides apart); ``None``: the same; see
+    :meth:`access_log_filter_for`."""
 
     def tracing_for(self, direction: str) -> Tracing | None:
         """Tracing on the ``"outbound"`` or ``"inbound"`` listeners."""
@@ -95,10 +99,17 @@ class ProxyTelemetry:
         side = SERVER if direction == "inbound" else CLIENT
         return self.access_log if self.access_log_mode in (side, CLIENT_AND_SERVER) else ""
 
+    def access_log_filter_for(self, direction: str) -> str:
+        """The CEL filter of the access log on the ``"outbound"`` or ``"inbound"`` listeners
+        ("": none)."""
+        if direction == "inbound" and self.server_access_log_filter is not None:
+            return self.server_access_log_filter
+        return self.access_log_filter
+
 
 def defaults(mesh: MeshTelemetry) -> ProxyTelemetry:
     """A proxy's telemetry when no Telemetry resource applies to it."""
     tracing = None
-    if mesh.collector is not None:
+    if mesh.collector is not None and mesh.trace_sampling > 0:  # see telemetry_policy
         tracing = Tracing(sampling=mesh.trace_sampling, collector=mesh.collector)
     return ProxyTelemetry(access_log=mesh.access_log, tracing=tracing, server_tracing=tracing)

@@ -87,7 +87,9 @@ def _may_overlap(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
 
 def telemetry_conflicts(world: World, applied: Iterable[Resource]) -> list[str]:
     """Warnings for Telemetries in ``applied`` that compete with another at the same level:
-    Istio uses the oldest; Tsunagi keeps no creation time and uses the first by name."""
+    of two namespace-wide ones Istio uses the oldest, Tsunagi the first by name; workload
+    ones that may select the same workload all apply, Istio's in creation order, Tsunagi's
+    in name order, so where both set a field the two may disagree."""
     everything = [t for t in of_spec(world.resources, TelemetrySpec) if applies_to_sidecars(t)]
     out = []
     for t in of_spec(applied, TelemetrySpec):
@@ -105,14 +107,17 @@ def telemetry_conflicts(world: World, applied: Iterable[Resource]) -> list[str]:
         if not rivals:
             continue
         first = min([t.name, *rivals])
-        what = (
-            "may select the same workloads as"
-            if mine
-            else "is a second namespace-wide Telemetry (no selector) beside"
-        )
+        if mine:
+            out.append(
+                f"Telemetry {t.namespace}/{t.name}: may select the same workloads as "
+                f"{', '.join(rivals)}; all apply to such a workload, a later one over the "
+                "earlier ones where both set a field: Istio orders them by creation time, "
+                "Tsunagi by name. Merge them, or set each field in one only"
+            )
+            continue
         out.append(
-            f"Telemetry {t.namespace}/{t.name}: {what} {', '.join(rivals)}; only one applies "
-            f"to a workload: Istio takes the oldest, Tsunagi the first by name ({first}). "
-            "Merge them into one"
+            f"Telemetry {t.namespace}/{t.name}: is a second namespace-wide Telemetry (no "
+            f"selector) beside {', '.join(rivals)}; only one applies: Istio takes the oldest, "
+            f"Tsunagi the first by name ({first}). Merge them into one"
         )
     return out

@@ -2,16 +2,18 @@
 
 Three levels apply, each overriding the one before (Istio's ``applicableTelemetries``):
 the root namespace's Telemetry without a selector, the proxy's namespace's without a
-selector, and the first in the proxy's namespace whose ``selector.matchLabels`` the proxy's
-labels contain. Istio picks among several at one level by creation time; Tsunagi keeps none,
-so it picks by name (``apply`` warns, see ``mesh/analysis.py``). Under all three are the
+selector, and every one in the proxy's namespace whose ``selector.matchLabels`` the proxy's
+labels contain, a later one overriding the earlier ones. Istio orders them by creation time
+(and takes the oldest namespace-wide one); Tsunagi keeps none, so it orders by name
+(``apply`` warns, see ``mesh/telemetry_analysis.py``). Under all three are the
 mesh-wide defaults of ``tsunagi up`` (:class:`~tsunagi.mesh.telemetry.MeshTelemetry`).
 
 Merging follows Istio's ``pilot/pkg/model/telemetry.go``: tracing fields set at a level
 replace the parent's (``customTags`` as a whole), per direction (``match.mode``); access
-logging keeps the providers a level names (or inherits them) and ``disabled`` removes them;
-metric overrides apply in order per metric and direction, ``ALL_METRICS`` disabled turns
-the provider off unless a later override turns something back on.
+logging is merged once per direction, from the entries matching it, keeping the providers a
+level names (or inherits them) with their filter, and ``disabled`` removes them; metric
+overrides apply in order per metric and direction, ``ALL_METRICS`` disabled turns a
+direction off unless a later override for that direction turns something back on.
 
 Resources with ``targetRef``/``targetRefs`` attach to gateways, which Tsunagi has none of:
 they apply to no sidecar (as in Istio)."""
@@ -35,6 +37,7 @@ from tsunagi.api.telemetry import (
 from tsunagi.api.telemetry import Tracing as TracingRule
 from tsunagi.mesh import telemetry as tm
 from tsunagi.mesh.visibility import ROOT_NAMESPACE
+from tsunagi.proxy_contract import canonical_names
 
 STANDARD_METRICS = tuple(m for m in get_args(IstioMetric) if m != "ALL_METRICS")
 _MODES = (tm.CLIENT, tm.SERVER)
@@ -68,21 +71,10 @@ class _TraceSide:
 
 
 def _istio_tags(namespace: str, service: str, labels: Mapping[str, str]) -> list[tuple[str, str]]:
-    """Istio's ``istio.*`` span tags (``buildServiceTags``), from the proxy's labels as
-    Istio's injector derives its canonical names."""
-    name = (
-        labels.get("service.istio.io/canonical-name")
-        or labels.get("app.kubernetes.io/name")
-        or labels.get("app")
-        or service
-        or "unknown"
-    )
-    revision = (
-        labels.get("service.istio.io/canonical-revision")
-        or labels.get("app.kubernetes.io/version")
-        or labels.get("version")
-        or "latest"
-    )
+    """Istio's ``istio.*`` span tags (``buildServiceTags``), with the canonical names the
+    proxy's metrics carry too."""
+    name, revision = canonical_names(labels, service)
+    name = name or "unknown"  # a proxy with no service or app label; Envoy needs a literal
     return [
         ("istio.canonical_revision", revision),
         ("istio.canonical_service", name),
@@ -122,7 +114,14 @@ def _tracing(
                 side.istio_tags = rule.enable_istio_tags
     out: dict[str, tm.Tracing | None] = {}
     for mode, side in sides.items():
-        if side.disabled or side.provider is None or mesh.collector is None:
+        sampling = mesh.trace_sampling if side.sampling is None else side.sampling
+        # `tsunagi up --trace-sampling 0` leaves the tracer out altogether where no
+        # Telemetry asks for tracing: with a tracer, Envoy makes (and propagates) a span for
+        # every request, sampled or not, which costs ~10 % of its CPU per request
+        # (docs/benchmarks.md). A Telemetry's explicit 0 keeps the tracer, as in Istio: its
+        # "not sampled" decision travels with the request, so later hops do not trace it.
+        off = side.sampling is None and mesh.trace_sampling == 0
+        if side.disabled or side.provider is None or mesh.collector is None or off:
             out[mode] = None
             continue
         tags: list[tuple[str, str, str, str]] = []
@@ -132,7 +131,7 @@ def _tracing(
             if tag.formatter is None:  # not applied yet (apply warns)
                 tags.append(_custom_tag(name, tag))
         out[mode] = tm.Tracing(
-            sampling=mesh.trace_sampling if side.sampling is None else side.sampling,
+            sampling=sampling,
             collector=mesh.collector,
             custom_tags=tuple(sorted(tags)),
             use_request_id=side.use_request_id,
@@ -154,40 +153,48 @@ def _access_log(
     mesh: tm.MeshTelemetry, levels: Sequence[Sequence[AccessLogging]]
 ) -> dict[str, str | None]:
     """Per side: the ``envoy`` provider's filter ("" none) if it logs, else ``None``
-    (Istio's ``mergeLogs``)."""
+    (Istio's ``mergeLogs``, run once per side: an entry whose ``match.mode`` names the other
+    side does not count, neither for which providers are in scope nor for the filter)."""
     defaults = [ENVOY] if mesh.access_log else []
     levels = [lv for lv in levels if lv]
     if not levels:
         on: str | None = "" if defaults else None
         return {m: on for m in _MODES}
+    return {mode: _access_log_side(defaults, levels, mode) for mode in _MODES}
+
+
+def _access_log_side(
+    defaults: list[str], levels: Sequence[Sequence[AccessLogging]], mode: str
+) -> str | None:
+    def matches(entry: AccessLogging) -> bool:
+        return mode in _modes(entry.match.mode if entry.match else tm.CLIENT_AND_SERVER)
+
     in_scope = list(defaults)
     filters: dict[str, str] = {}
     for level in levels:
         named: list[str] = []
-        for entry in level:
+        for entry in filter(matches, level):
             for p in _names(entry.providers):
                 named.append(p)
                 filters[p] = entry.filter.expression if entry.filter else ""
         if named:
             in_scope = named
-    out: dict[str, str | None] = {}
-    for mode in _MODES:
-        providers: dict[str, str] = {}
-        parent = list(defaults)
-        for level in levels:
-            for entry in level:
-                names = _names(entry.providers) or parent
-                parent = names
-                entry_mode = entry.match.mode if entry.match else tm.CLIENT_AND_SERVER
-                for p in names:
-                    if p not in in_scope or mode not in _modes(entry_mode):
-                        continue
-                    if entry.disabled:
-                        providers.pop(p, None)
-                    else:
-                        providers[p] = filters.get(p, "")
-        out[mode] = providers.get(ENVOY)
-    return out
+    providers: dict[str, str | None] = {}  # None: disabled
+    parent = list(defaults)
+    for level in levels:
+        for entry in level:
+            names = _names(entry.providers) or parent
+            parent = names
+            if not matches(entry):
+                continue
+            for p in names:
+                if p in in_scope:
+                    providers[p] = None if entry.disabled else filters.get(p, "")
+    if not providers:
+        # Nothing speaks for this side: Istio falls back to the mesh's own access log
+        # (``meshConfig.accessLogFile``, here ``tsunagi up --access-log``).
+        return "" if defaults else None
+    return providers.get(ENVOY)
 
 
 @dataclass
@@ -206,7 +213,8 @@ def _metrics(rules: Sequence[Metrics]) -> tuple[tm.MetricOverride, ...]:
     if rules and PROMETHEUS not in in_scope:
         return (tm.MetricOverride(disabled=True),)
     state: dict[tuple[str, str], _MetricState] = {}
-    all_disabled = False
+    # Per side, as Istio keys it by provider and mode (only ``prometheus`` is in scope here).
+    all_disabled: set[str] = set()
     parent = [PROMETHEUS]
     for rule in rules:
         names = _names(rule.providers) or parent
@@ -217,21 +225,25 @@ def _metrics(rules: Sequence[Metrics]) -> tuple[tm.MetricOverride, ...]:
             match = o.match
             metric = (match.custom_metric or match.metric or "ALL_METRICS") if match else ""
             metric = metric or "ALL_METRICS"
+            modes = _modes(match.mode if match else tm.CLIENT_AND_SERVER)
             if metric == "ALL_METRICS" and o.disabled:
-                all_disabled = True
+                all_disabled.update(modes)
                 continue
-            all_disabled = False  # a later override turns the provider back on
+            all_disabled.difference_update(modes)  # a later override turns the side back on
             metrics = STANDARD_METRICS if metric == "ALL_METRICS" else (metric,)
-            for mode in _modes(match.mode if match else tm.CLIENT_AND_SERVER):
+            for mode in modes:
                 for m in metrics:
                     s = state.setdefault((m, mode), _MetricState())
                     if o.disabled is not None:
                         s.disabled = o.disabled
                     for tag, t in o.tag_overrides.items():
                         s.tags[tag] = t.operation
-    if all_disabled:
+    if all_disabled == set(_MODES):
         return (tm.MetricOverride(disabled=True),)
-    return tuple(
+    # A side with every metric off gets one entry (accesslog.py then leaves its metrics
+    # logger out); the other side keeps its per-metric entries.
+    off = tuple(tm.MetricOverride(mode=m, disabled=True) for m in _MODES if m in all_disabled)
+    return off + tuple(
         tm.MetricOverride(
             metric=m,
             mode=mode,
@@ -239,7 +251,8 @@ def _metrics(rules: Sequence[Metrics]) -> tuple[tm.MetricOverride, ...]:
             removed_tags=tuple(sorted(k for k, op in s.tags.items() if op == "REMOVE")),
         )
         for (m, mode), s in sorted(state.items())
-        if s.disabled or any(op == "REMOVE" for op in s.tags.values())
+        if mode not in all_disabled
+        and (s.disabled or any(op == "REMOVE" for op in s.tags.values()))
     )
 
 
@@ -263,6 +276,8 @@ def resolve(
     return tm.ProxyTelemetry(
         access_log=(mesh.access_log or tm.ACCESS_LOG_TEXT) if on is not None else "",
         access_log_filter=on or "",
+        # Istio takes each side's filter from the entries that match that side.
+        server_access_log_filter=server if server != on else None,
         tracing=tracing[tm.CLIENT],
         server_tracing=tracing[tm.SERVER],
         metric_overrides=_metrics([m for s in chain for m in s.metrics]),
@@ -291,7 +306,9 @@ class TelemetryPolicies:
         return None
 
     def chain(self, namespace: str, labels: Mapping[str, str]) -> list[Telemetry]:
-        """The Telemetry resources that apply to a proxy, parent first."""
+        """The Telemetry resources that apply to a proxy, parent first: the root
+        namespace's and the proxy's namespace-wide ones, then every one whose selector
+        matches, in order (Istio's ``applicableTelemetries``)."""
         out = []
         if namespace != ROOT_NAMESPACE and (root := self.namespace_wide(ROOT_NAMESPACE)):
             out.append(root)
@@ -300,8 +317,7 @@ class TelemetryPolicies:
         for t in self._by_namespace.get(namespace, ()):
             sel = t.spec.selector.match_labels if t.spec.selector is not None else {}
             if sel and all(labels.get(k) == v for k, v in sel.items()):
-                out.append(t)
-                break
+                out.append(t)  # every match applies, a later one over the earlier ones
         return out
 
     def for_proxy(

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from tsunagi.telemetry import zipkin_api
 from tsunagi.telemetry.export import Exporter, make_exporter
+from tsunagi.telemetry.listen import listen_error
 from tsunagi.telemetry.otlp_server import start_otlp
 from tsunagi.telemetry.spans import DEFAULT_MAX_SPANS, Span, SpanStore
 
@@ -65,13 +66,13 @@ class TraceCollector:
                         self.store, self.ingest, s.host, s.zipkin_port
                     )
                 except OSError as e:
-                    raise OSError(f"{e}; choose another with --zipkin-port (0: any)") from e
+                    raise listen_error(e, s.zipkin_port, "--zipkin-port") from e
                 self._runner = runner
             if s.otlp_port is not None:
                 try:
                     self._grpc, self.otlp_port = await start_otlp(self.ingest, s.host, s.otlp_port)
                 except (OSError, RuntimeError) as e:
-                    raise OSError(f"{e}; choose another with --otlp-port (0: any)") from e
+                    raise listen_error(e, s.otlp_port, "--otlp-port") from e
         except BaseException:
             await self.stop()
             raise

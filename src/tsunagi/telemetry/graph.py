@@ -18,6 +18,7 @@ than ``-``, e.g. ``UF``, ``UO``, ``NR``, or response code 0) counts as an error 
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -193,5 +194,8 @@ def build_graph(requests: Iterable[Row], buckets: Iterable[Row], window: float) 
 
 
 async def graph_view(views: MetricsViews, window: float) -> dict[str, Any]:
-    """The graph of the last ``window`` seconds, from ``views`` (the store or Prometheus)."""
-    return build_graph(await views.requests(window), await views.buckets(window), window)
+    """The graph of the last ``window`` seconds, from ``views`` (the store or Prometheus).
+    Built on a worker thread: a large mesh's rows take tens of ms, too long for the loop
+    that also serves xDS."""
+    requests, buckets = await views.requests(window), await views.buckets(window)
+    return await asyncio.to_thread(build_graph, requests, buckets, window)

@@ -1,4 +1,4 @@
-"""The control plane's own scraper: every sidecar's ``/stats/prometheus``, the ``istio_*``
+"""The control plane's own scraper: every sidecar's ``/stats/istio``, the ``istio_*``
 families the dashboard needs, into a :class:`~tsunagi.telemetry.series.SeriesStore`.
 
 Cheap per sidecar: lines of other families are skipped by a prefix test before any parsing;
@@ -6,13 +6,21 @@ a line's series (name and labels) is parsed with ``prometheus_client.parser`` on
 remembered by its text, so a steady sidecar costs one dict lookup and one ``float()`` per
 kept line per scrape. Fetches run concurrently, at most ``concurrency`` at a time, each
 within ``timeout`` seconds; a sidecar that fails is skipped until the next round.
+
+Nothing runs on the control plane's event loop (which also serves xDS pushes):
+:class:`ScrapeThread` gives the fetches their own thread and loop, and each page is parsed
+and added on the store's own thread (:meth:`SeriesStore.call`, which also serializes the
+dashboard's queries). A fetch keeps its concurrency slot until its page is stored, so at most
+``concurrency`` pages are held in memory however slow the parsing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -160,15 +168,18 @@ class Scraper:
         async with self._client().get(target.url) as response:
             if response.status != 200:
                 raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
-            body = await response.content.read(self.max_body + 1)
-            if len(body) > self.max_body:
-                raise ValueError(f"metrics over {self.max_body} bytes")
-            return body.decode("utf-8", "replace")
+            # Chunk by chunk: one read() returns only what has arrived, not the whole body.
+            chunks, size = [], 0
+            async for chunk in response.content.iter_any():
+                size += len(chunk)
+                if size > self.max_body:
+                    raise ValueError(f"metrics over {self.max_body} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks).decode("utf-8", "replace")
 
     async def scrape_once(self, targets: Sequence[Target]) -> RoundResult:
         """One round: a new tick in the store, then every target's increases since its
         previous scrape. Sidecars no longer listed lose their baselines."""
-        self.store.tick(self.clock())
         result = RoundResult()
         gate = asyncio.Semaphore(self.concurrency)
 
@@ -180,13 +191,14 @@ class Scraper:
                     result.failed += 1
                     log.debug("scrape of %s (%s) failed: %s", target.key, target.url, e)
                     return
-            samples = parse(text, self.cache)
-            self.deltas.ingest(target.key, samples)
+                kept = await self.store.call(lambda: self._ingest(target.key, text))
             result.scraped += 1
-            result.samples += len(samples)
+            result.samples += kept
 
+        await self.store.call(lambda: self.store.tick(self.clock()))
         await asyncio.gather(*(one(t) for t in targets))
-        self.deltas.forget(t.key for t in targets)
+        keys = [t.key for t in targets]
+        await self.store.call(lambda: self.deltas.forget(keys))
         if self.store.dropped and not self._warned_full:
             self._warned_full = True
             log.warning(
@@ -195,6 +207,12 @@ class Scraper:
                 self.store.max_series,
             )
         return result
+
+    def _ingest(self, key: str, text: str) -> int:
+        """On the store's thread: parse one page and add its increases; samples kept."""
+        samples = parse(text, self.cache)
+        self.deltas.ingest(key, samples)
+        return len(samples)
 
     async def run(self, targets: Callable[[], Iterable[Target]], interval: float) -> None:
         """Scrape ``targets()`` every ``interval`` seconds until cancelled."""
@@ -205,3 +223,62 @@ class Scraper:
             except Exception:
                 log.exception("scrape round failed")
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+class ScrapeThread:
+    """Runs a :class:`Scraper` on a thread with its own event loop, so that the fetches'
+    own work (hundreds of responses a second, each read in chunks) never queues behind or
+    ahead of the control plane's loop; that loop then only shares the GIL, which a busy
+    thread hands over within the interpreter's switch interval (5 ms). ``targets`` is
+    called on the loop that called :meth:`start` (the registry belongs to that loop)."""
+
+    def __init__(
+        self, scraper: Scraper, targets: Callable[[], Iterable[Target]], interval: float
+    ) -> None:
+        self.scraper = scraper
+        self.targets = targets
+        self.interval = interval
+        self._home: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+
+    def start(self) -> None:
+        """Start scraping every ``interval`` seconds; call from the control plane's loop."""
+        self._home = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._main, name="tsunagi-scrape", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # how stop() ends it
+            asyncio.run(self._body())
+
+    async def _body(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._started.set()
+        try:
+            await self.scraper.run(self._listed, self.interval)
+        finally:
+            await self.scraper.close()
+
+    def _listed(self) -> list[Target]:
+        """``targets()``, run on the home loop and waited for here (a moment per round)."""
+        assert self._home is not None
+
+        async def collect() -> list[Target]:
+            return list(self.targets())
+
+        return asyncio.run_coroutine_threadsafe(collect(), self._home).result(timeout=30)
+
+    async def stop(self) -> None:
+        """Cancel the scraping and wait for the thread (without blocking this loop)."""
+        if self._thread is None:
+            return
+        await asyncio.to_thread(self._started.wait, 10)
+        if self._loop is not None and self._task is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already ended
+                self._loop.call_soon_threadsafe(self._task.cancel)
+        await asyncio.to_thread(self._thread.join, 10)
+        self._thread = None

@@ -9,14 +9,23 @@ the same label set therefore share one series, and queries are plain sums over t
 Memory bound: ``max_series * capacity * 4`` bytes for the rings (defaults: 20,000 series * 720
 ticks (1 h at 5 s) * 4 B = 57.6 MB at most) plus one small object per series; label sets
 beyond ``max_series`` are counted in :attr:`SeriesStore.dropped` and not stored.
+
+Off the event loop: the control plane's loop also serves xDS, and a query over 20,000 series
+or the parsing of a scrape round takes far longer than a push may wait. :meth:`SeriesStore.call`
+runs work on the store's one thread, which also serializes every read and write (no locks).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from array import array
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 Labels = tuple[str, ...]
 """A series' label values, in the order its metric's label names are declared."""
@@ -56,6 +65,22 @@ class SeriesStore:
         self._tick = -1
         self._times = array("d", [math.nan] * capacity)
         self._series: dict[str, dict[Labels, _Ring]] = {}
+        self.version = 0
+        """Bumped by every write: a query's answer holds while it is unchanged."""
+        self._worker: ThreadPoolExecutor | None = None
+
+    async def call(self, work: Callable[[], T]) -> T:
+        """``work()`` on the store's own thread (one thread: calls never overlap, so reads
+        and writes need no lock), leaving the caller's event loop free meanwhile."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="tsunagi-series")
+        return await asyncio.get_running_loop().run_in_executor(self._worker, work)
+
+    def close(self) -> None:
+        """Stop the store's thread (after the work already queued)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=False)
+            self._worker = None
 
     @property
     def series_count(self) -> int:
@@ -71,11 +96,13 @@ class SeriesStore:
         """Start a new tick at ``when``; :meth:`add` writes into it until the next one."""
         self._tick += 1
         self._times[self._tick % self.capacity] = when
+        self.version += 1
 
     def add(self, metric: str, labels: Labels, increment: float) -> None:
         """Add ``increment`` to ``metric{labels}`` at the current tick."""
         if self._tick < 0:
             raise RuntimeError("call tick() before add()")
+        self.version += 1
         by_labels = self._series.setdefault(metric, {})
         ring = by_labels.get(labels)
         if ring is None:

@@ -1,16 +1,18 @@
 """The dashboard's web server (``tsunagi up --dashboard-port``): the page, its static files
 and the JSON it polls.
 
-Who may look: only loopback clients, and only with the control plane's token. The browser
-gets it once, in the URL ``tsunagi dashboard`` prints (``/?token=...``, as Jupyter does);
-the server answers with a cookie (HttpOnly, SameSite=Strict) holding an HMAC of the token,
-not the token itself, and redirects to ``/`` so the token leaves the address bar and
-history. Scripts and other tools can send ``Authorization: Bearer <token>`` instead.
+Who may look: only loopback clients that signed in. ``tsunagi dashboard`` asks this server
+for a login code (``POST /api/login-code`` with ``Authorization: Bearer <API token>``) and
+opens ``/?code=...``: the code is random, single use and expires in a minute (see
+:mod:`tsunagi.ui.sessions`), so the API token, which controls the whole mesh, never appears
+in a URL or a browser's command line. The page swaps the code for a random session id in a
+cookie (HttpOnly, SameSite=Strict, named after this port because browsers do not separate
+cookies by port) and redirects to ``/`` so the code leaves the address bar. The API token
+itself no longer signs a browser in; scripts may still send it as a bearer header.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import json
@@ -25,12 +27,14 @@ from typing import Any
 from aiohttp import web
 
 from tsunagi.telemetry.graph import graph_view
+from tsunagi.telemetry.listen import listen_error
 from tsunagi.telemetry.panels import panel
 from tsunagi.telemetry.views import MetricsViews
+from tsunagi.ui.sessions import SignIns
 
 log = logging.getLogger("tsunagi.dashboard")
 
-COOKIE = "tsunagi_dashboard"
+COOKIE_PREFIX = "tsunagi_dashboard_"
 STATIC = resources.files("tsunagi.ui") / "static"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -48,9 +52,9 @@ class Sources:
     """A :class:`~tsunagi.telemetry.spans.SpanStore`, or None when tracing is off."""
 
 
-def session_value(token: str) -> str:
-    """The cookie's value: proves the browser was given the token, without storing it."""
-    return hmac.new(token.encode(), b"tsunagi-dashboard-session", hashlib.sha256).hexdigest()
+def cookie_name(port: int) -> str:
+    """The session cookie's name for the dashboard on ``port``."""
+    return f"{COOKIE_PREFIX}{port}"
 
 
 def _is_loopback(remote: str | None) -> bool:
@@ -76,31 +80,40 @@ def _number(request: web.Request, name: str, default: float, low: float, high: f
 class Dashboard:
     """The dashboard app for one control plane."""
 
-    def __init__(self, token: str, sources: Sources) -> None:
+    def __init__(self, token: str, sources: Sources, sign_ins: SignIns | None = None) -> None:
         self.token = token
         self.sources = sources
-        self._session = session_value(token)
+        self.sign_ins = sign_ins or SignIns()
+        self.cookie = cookie_name(0)
+        """Set to the bound port's name by :meth:`serve`."""
+
+    def _bearer_ok(self, request: web.Request) -> bool:
+        scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            bearer.strip().encode(), self.token.encode()
+        )
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Loopback clients with the token (query, cookie or bearer header) only."""
+        """Loopback clients with a session (from a login code) or the bearer token only."""
         if not _is_loopback(request.remote):
             return web.Response(status=403, text="the dashboard answers loopback clients only\n")
         if request.path.startswith("/static/"):
             return await handler(request)  # the page's scripts and styles hold no data
-        given = request.query.get("token")
-        if given is not None and request.path == "/":
-            if not hmac.compare_digest(given.encode(), self.token.encode()):
-                return self._denied("wrong token for this control plane")
-            redirect = web.HTTPFound("/")  # drops the token from the address bar and history
-            redirect.set_cookie(COOKIE, self._session, httponly=True, samesite="Strict", path="/")
+        code = request.query.get("code")
+        if code is not None and request.path == "/":
+            session = self.sign_ins.redeem(code)
+            if session is None:
+                return self._denied("this sign-in code is expired or was used already")
+            redirect = web.HTTPFound("/")  # drops the code from the address bar and history
+            redirect.set_cookie(self.cookie, session, httponly=True, samesite="Strict", path="/")
             raise redirect
-        cookie = request.cookies.get(COOKIE, "")
-        scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
-        if hmac.compare_digest(cookie.encode(), self._session.encode()) or (
-            scheme.lower() == "bearer"
-            and hmac.compare_digest(bearer.strip().encode(), self.token.encode())
-        ):
+        if request.path == "/api/login-code":
+            # Codes only for the API token's holder, sent as a header (never in a URL).
+            if request.method != "POST" or not self._bearer_ok(request):
+                return self._denied("a login code needs POST with the API token as bearer")
+            return await handler(request)
+        if self.sign_ins.check(request.cookies.get(self.cookie, "")) or self._bearer_ok(request):
             return await handler(request)
         return self._denied("not signed in")
 
@@ -108,13 +121,19 @@ class Dashboard:
     def _denied(why: str) -> web.Response:
         return web.Response(
             status=401,
-            text=f"{why}: open the URL that `tsunagi dashboard` prints (it carries the token)\n",
+            text=f"{why}: run `tsunagi dashboard` and open the URL it prints "
+            "(its code works once, within a minute)\n",
         )
+
+    async def login_code(self, request: web.Request) -> web.Response:
+        """A fresh single-use code for ``/?code=``."""
+        return _json({"code": self.sign_ins.new_code(), "expires_in": self.sign_ins.code_ttl})
 
     def app(self) -> web.Application:
         """The routes."""
         app = web.Application(middlewares=[self.guard])
         app.router.add_get("/", self.index)
+        app.router.add_post("/api/login-code", self.login_code)
         app.router.add_get("/static/{path:.+}", self.static)
         app.router.add_get("/api/graph", self.graph)
         app.router.add_get("/api/panel", self.panel)
@@ -130,10 +149,15 @@ class Dashboard:
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
+        except OSError as e:
+            await runner.cleanup()
+            raise listen_error(e, port, "--dashboard-port") from e
         except BaseException:
             await runner.cleanup()
             raise
-        return runner, (runner.addresses[0][1] if runner.addresses else port)
+        bound = runner.addresses[0][1] if runner.addresses else port
+        self.cookie = cookie_name(bound)
+        return runner, bound
 
     async def index(self, request: web.Request) -> web.Response:
         html = (STATIC / "index.html").read_text()

@@ -88,7 +88,7 @@ _SOURCE_FIELDS = (
     "%UPSTREAM_METADATA(istio:workload)%",
     "%RESPONSE_CODE%",
     "%RESPONSE_FLAGS%",
-    # "-" unless the request was gRPC: also what tells request_protocol grpc from http.
+    # Only on the gRPC logger's line (:data:`GRPC_REQUEST`); the other writes a literal "-".
     "%GRPC_STATUS_NUMBER%",
     "%DURATION%",
     "%DOWNSTREAM_WIRE_BYTES_RECEIVED%",
@@ -98,6 +98,40 @@ _DESTINATION_FIELDS = (
     f"%FILTER_STATE({PEER_STATE}:PLAIN)%",
     *_SOURCE_FIELDS[2:],
 )
+_GRPC_FIELD = "%GRPC_STATUS_NUMBER%"
+
+
+def _content_type(match: dict[str, str], invert: bool) -> dict[str, Any]:
+    header: dict[str, Any] = {"name": "content-type", "string_match": match}
+    if invert:
+        header.update(invert_match=True, treat_missing_header_as_empty=True)
+    return {"header_filter": {"header": header}}
+
+
+# Istio's request_protocol is grpc when the request's content type is exactly
+# application/grpc or starts with application/grpc+ (not grpc-web), whatever the response.
+# Two metric loggers split requests that way; a header filter is a few comparisons per
+# request, and the HTTP logger skips the gRPC status operator altogether.
+GRPC_REQUEST = {
+    "or_filter": {
+        "filters": [
+            _content_type({"exact": "application/grpc"}, invert=False),
+            _content_type({"prefix": "application/grpc+"}, invert=False),
+        ]
+    }
+}
+"""The filter of the gRPC requests' metric logger (its token carries
+``proxy_contract.METRICS_TOKEN_GRPC``)."""
+NOT_GRPC_REQUEST = {
+    "and_filter": {
+        "filters": [
+            _content_type({"exact": "application/grpc"}, invert=True),
+            _content_type({"prefix": "application/grpc+"}, invert=True),
+        ]
+    }
+}
+"""The filter of the other requests' metric logger: exactly the complement."""
+
 _TCP_FIELDS = (
     "%ACCESS_LOG_TYPE%",
     "%CONNECTION_ID%",
@@ -187,8 +221,8 @@ def _line(token: str, fields: tuple[str, ...]) -> str:
     return "\t".join((token, *fields)) + "\n"
 
 
-def _file_logger(path: str, line: str) -> dict[str, Any]:
-    return {
+def _file_logger(path: str, line: str, only: dict[str, Any] | None = None) -> dict[str, Any]:
+    logger: dict[str, Any] = {
         "name": "envoy.access_loggers.file",
         "typed_config": {
             "@type": FILE_TYPE,
@@ -196,6 +230,9 @@ def _file_logger(path: str, line: str) -> dict[str, Any]:
             "log_format": {"text_format_source": {"inline_string": line}},
         },
     }
+    if only is not None:
+        logger["filter"] = only
+    return logger
 
 
 def _user_logger(
@@ -215,12 +252,12 @@ def _user_logger(
     else:
         return []
     filters: list[dict[str, Any]] = []
-    if telemetry.access_log_filter:
+    if expression := telemetry.access_log_filter_for(direction):
         filters.append(
             {
                 "extension_filter": {
                     "name": "envoy.access_loggers.extension_filters.cel",
-                    "typed_config": {"@type": CEL_TYPE, "expression": telemetry.access_log_filter},
+                    "typed_config": {"@type": CEL_TYPE, "expression": expression},
                 }
             }
         )
@@ -253,7 +290,10 @@ def http_access_loggers(
             token = metrics_token(pc.METRICS_LINE_DESTINATION, telemetry.metric_overrides, SERVER)
             fields = _DESTINATION_FIELDS
         if token is not None:
-            out.append(_file_logger(node.metrics_log, _line(token, fields)))
+            plain = tuple("-" if f == _GRPC_FIELD else f for f in fields)
+            grpc = pc.METRICS_TOKEN_SEP.join((token, pc.METRICS_TOKEN_GRPC))
+            out.append(_file_logger(node.metrics_log, _line(token, plain), NOT_GRPC_REQUEST))
+            out.append(_file_logger(node.metrics_log, _line(grpc, fields), GRPC_REQUEST))
     return out + _user_logger(node, telemetry, direction, tcp=False)
 
 

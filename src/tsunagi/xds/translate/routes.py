@@ -508,6 +508,63 @@ class RouteBuilder:
         return None
 
 
+PEER_HEADER_TO_ADD = {
+    "header": {"key": PEER_HEADER, "value": f"%ENVIRONMENT({PEER_ENV})%"},
+    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+}
+"""Who is calling, for the server sidecar's metrics (its ``source_*`` labels). Route configs
+are shared by a namespace's sidecars; each Envoy fills in its own identity."""
+
+
+def in_mesh(world: World, host: str) -> bool:
+    """Whether ``host`` is served inside the mesh: a registered service, or a host only
+    ServiceEntries declare with at least one ``location: MESH_INTERNAL``."""
+    entries = world.service_entries.get(host, ())
+    if not entries or any(se.spec.location == "MESH_INTERNAL" for se in entries):
+        return host in world.services
+    svc = world.services.get(host)
+    ports = svc.ports if svc is not None else ()
+    return any(ep.workload for p in ports for ep in world.endpoints.get((host, p), ()))
+
+
+def _to_mesh(world: World, cluster: str, namespace: str) -> bool:
+    parts = cluster.split("|")
+    return (
+        len(parts) == 4
+        and parts[0] == "outbound"
+        and in_mesh(world, parts[3])
+        and not route_passes_through(world, [cluster], namespace)
+    )
+
+
+def with_peer_header(world: World, route: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """``route`` with the caller's identity header added toward in-mesh clusters only: an
+    external host (MESH_EXTERNAL ServiceEntry) or PASSTHROUGH traffic never learns the
+    workload's name. A route that mirrors outside the mesh adds it nowhere (mirrors copy the
+    request's headers). Returns a new dict: routes may be cached last-good values."""
+    action = route.get("route")
+    if action is None:
+        return route
+    mirrors = [m["cluster"] for m in action.get("request_mirror_policies", ())]
+    if not all(_to_mesh(world, m, namespace) for m in mirrors):
+        return route
+    if "cluster" in action:
+        if not _to_mesh(world, action["cluster"], namespace):
+            return route
+        added = [*route.get("request_headers_to_add", ()), PEER_HEADER_TO_ADD]
+        return {**route, "request_headers_to_add": added}
+    weighted = action.get("weighted_clusters")
+    if weighted is None:
+        return route
+    clusters = [
+        {**c, "request_headers_to_add": [*c.get("request_headers_to_add", ()), PEER_HEADER_TO_ADD]}
+        if _to_mesh(world, c["name"], namespace)
+        else c
+        for c in weighted["clusters"]
+    ]
+    return {**route, "route": {**action, "weighted_clusters": {**weighted, "clusters": clusters}}}
+
+
 def outbound_route_configuration(
     world: World,
     scope: ClientScope | str,
@@ -531,6 +588,7 @@ def outbound_route_configuration(
         fresh = [d for d in domains if d not in seen]
         seen.update(fresh)
         if fresh:
+            routes = [with_peer_header(world, r, namespace) for r in routes]
             vhosts.append({"name": name, "domains": fresh, "routes": routes})
 
     def routes_of(
@@ -575,14 +633,6 @@ def outbound_route_configuration(
         "name": OUTBOUND_ROUTE,
         "virtual_hosts": vhosts,
         "validate_clusters": False,
-        # Who is calling, for the server sidecar's metrics (its source_* labels). This route
-        # config is shared by a namespace's sidecars; each Envoy fills in its own identity.
-        "request_headers_to_add": [
-            {
-                "header": {"key": PEER_HEADER, "value": f"%ENVIRONMENT({PEER_ENV})%"},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            }
-        ],
         # Envoy's default (4 KiB) would NACK directResponse bodies that validation allows.
         "max_direct_response_body_size_bytes": MAX_DIRECT_RESPONSE_BODY,
     }
