@@ -6,8 +6,11 @@
 3. tsunagi-policy    the same through a second client sidecar to a second service (its own
                      server sidecar and upstream) that carries the policy a typical user
                      writes: a DestinationRule and a VirtualService (:data:`POLICY`)
-4. envoy-pair        the same two hops, minimal hand-written static Envoy configs
-5. haproxy-pair      the same two hops through HAProxy
+4. tsunagi-traced    the same through a third client sidecar to a third service, both
+                     sidecars tracing 1 % of requests (a Telemetry resource: tracing is off
+                     by default) to the control plane's collector
+5. envoy-pair        the same two hops, minimal hand-written static Envoy configs
+6. haproxy-pair      the same two hops through HAProxy
 """
 
 from __future__ import annotations
@@ -176,6 +179,34 @@ def policy_problems(dump: dict[str, Any]) -> list[str]:
     ]
 
 
+TRACED_HOST = "upstream-traced"
+TRACED_CLIENT = "bench-traced-client"
+TRACING = "".join(
+    f"""\
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: {app}, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: {app}}}}}
+  tracing: [{{randomSamplingPercentage: 1}}]
+---
+"""
+    for app in (TRACED_CLIENT, TRACED_HOST)
+)
+"""Istio's default sampling (1 %) for the traced case's two sidecars only."""
+
+
+def _traces(dump: dict[str, Any]) -> bool:
+    # A tracer's own field: the dump also lists every extension the binary has, tracers too.
+    return '"collector_cluster"' in json.dumps(dump)
+
+
+def check_tracing(envoy: int) -> None:
+    """Fail the run unless the traced case's client sidecar runs a tracer."""
+    if not _traces(config_dump(envoy)):
+        raise RuntimeError("the traced case's client sidecar has no tracer")
+
+
 def check_policy(envoy: int) -> None:
     """Fail the run unless the client sidecar runs :data:`POLICY`: a benchmark of the wrong
     configuration is worthless."""
@@ -298,20 +329,28 @@ class Setup:
         policy_server = self._server(POLICY_HOST, "bench-policy-server")
         client, outbound = self._client("bench-client")
         policy_client, policy_outbound = self._client("bench-policy-client")
+        traced_server = self._server(TRACED_HOST, "bench-traced-server")
+        traced_client, traced_outbound = self._client(TRACED_CLIENT)
         case = Case("tsunagi", outbound, "upstream", [])
         policy = Case("tsunagi-policy", policy_outbound, POLICY_HOST, [])
-        _wait_answers(case)
-        _wait_answers(policy)
-        self.cp.apply_and_wait(POLICY)
+        traced = Case("tsunagi-traced", traced_outbound, TRACED_HOST, [])
+        for c in (case, policy, traced):
+            _wait_answers(c)
+        self.cp.apply_and_wait(POLICY + "---\n" + TRACING)
         client_envoy = _sidecar_envoy(client)
         policy_envoy = _sidecar_envoy(policy_client)
         check_policy(policy_envoy)
+        check_tracing(_sidecar_envoy(traced_client))
+        if _traces(config_dump(client_envoy)):
+            raise RuntimeError("the plain case's client sidecar traces: it must not")
         case.pids = [client_envoy, _sidecar_envoy(server)]
         case.agent_pids = [client, server]
         policy.pids = [policy_envoy, _sidecar_envoy(policy_server)]
         policy.agent_pids = [policy_client, policy_server]
+        traced.pids = [_sidecar_envoy(traced_client), _sidecar_envoy(traced_server)]
+        traced.agent_pids = [traced_client, traced_server]
         self.tsunagi_client = (client, client_envoy)
-        return [case, policy]
+        return [case, policy, traced]
 
     def grow_mesh(self, services: int) -> None:
         """Register ``services`` more services (one instance each) and wait for every ACK."""
@@ -369,7 +408,7 @@ def measure(case: Case, seconds: float) -> dict[str, Any]:
     }
 
 
-TSUNAGI_CASES = ("tsunagi", "tsunagi-policy")
+TSUNAGI_CASES = ("tsunagi", "tsunagi-policy", "tsunagi-traced")
 
 
 def round_order(cases: list[Case], r: int) -> list[Case]:
@@ -381,8 +420,8 @@ def round_order(cases: list[Case], r: int) -> list[Case]:
     by_name = {c.name: c for c in cases}
 
     def beside_pair(pair: Case) -> list[Case]:
-        before, after = (by_name.get(n) for n in TSUNAGI_CASES)
-        return [c for c in (before, pair, after) if c is not None]
+        before, after, last = (by_name.get(n) for n in TSUNAGI_CASES)
+        return [c for c in (before, pair, after, last) if c is not None]
 
     units = [
         beside_pair(c) if c.name == "envoy-pair" else [c]
@@ -506,6 +545,11 @@ def goals(
         own = _ratios(s, raw, "tsunagi-policy", "tsunagi")
         out.update({f"policy_{k}": v for k, v in policy.items()})
         out.update({f"policy_vs_tsunagi_{k}": v for k, v in own.items()})
+    if "tsunagi-traced" in s:
+        traced = _ratios(s, raw, "tsunagi-traced", "envoy-pair")
+        out.update({f"traced_{k}": v for k, v in traced.items()})
+        own = _ratios(s, raw, "tsunagi-traced", "tsunagi")
+        out.update({f"traced_vs_tsunagi_{k}": v for k, v in own.items()})
     return out
 
 
@@ -574,6 +618,17 @@ def markdown(res: dict[str, Any]) -> str:
             f"policy: throughput {g['policy_vs_tsunagi_throughput_ratio']:.2f}, CPU per request "
             f"{g['policy_vs_tsunagi_cpu_per_request_ratio']:.2f}",
         ]
+
+    if "traced_throughput_ratio" in g:
+        tthr = g["traced_throughput_ratio"]
+        policy.append(
+            f"- tracing 1 % (metrics on, as always): throughput ratio {tthr:.2f} (goal ≥ "
+            f"{THROUGHPUT_GOAL}): {ok(tthr >= THROUGHPUT_GOAL)}; CPU per request ratio "
+            f"{g['traced_cpu_per_request_ratio']:.2f} (Envoy alone "
+            f"{g['traced_cpu_per_request_ratio_envoy_only']:.2f}); against tsunagi without "
+            f"tracing: throughput {g['traced_vs_tsunagi_throughput_ratio']:.2f}, CPU per "
+            f"request {g['traced_vs_tsunagi_cpu_per_request_ratio']:.2f}"
+        )
 
     lines += [
         "",

@@ -47,7 +47,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks import procs
+from benchmarks import procs, scrape
 from benchmarks.adsclient import (
     INBOUND_LISTEN_PORT,
     OUTBOUND_PORT,
@@ -738,6 +738,9 @@ async def run(
     results["runs"] = {}
     for protocol in protocols:
         results["runs"][protocol] = await run_protocol(spec, protocol, workdir, profile)
+    # The control plane's own scrape of every sidecar, for the dashboard (benchmarks.scrape).
+    results["scrape"] = await scrape.measure(spec.proxies, 2 if quick else 4)
+    _log(f"scrape {results['scrape']}")
     return results
 
 
@@ -812,6 +815,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"({tr['unshared_translate_ms_per_proxy']} ms if nothing were shared). "
         f"Per proxy: {tr['resources_per_proxy']} resources, {tr['bytes_per_proxy']} bytes.",
     ]
+    if "scrape" in results:
+        lines += ["", scrape.markdown(results["scrape"])]
     return "\n".join(lines) + "\n"
 
 

@@ -197,11 +197,11 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--trace-sampling",
         type=_percent,
-        default=1.0,
+        default=0.0,
         metavar="PCT",
-        help="percent of requests the sidecars trace, 0 to 100 (default 1, Istio's); "
-        "a Telemetry resource overrides it per namespace or workload; 0 leaves Envoy's "
-        "tracer out entirely, and with it its per-request cost",
+        help="percent of requests the sidecars trace, 0 to 100 (default 0: no tracer, and "
+        "none of its per-request cost; Istio's default is 1); a Telemetry resource "
+        "overrides it per namespace or workload",
     )
     up.add_argument(
         "--access-log",

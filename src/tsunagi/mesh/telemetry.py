@@ -11,9 +11,13 @@ ACCESS_LOG_JSON = "JSON"
 ACCESS_LOG_ENCODINGS = (ACCESS_LOG_TEXT, ACCESS_LOG_JSON)
 """Istio's ``meshConfig.accessLogEncoding`` values."""
 
-DEFAULT_TRACE_SAMPLING = 1.0
-"""Percent of requests traced when nothing says otherwise: Istio's
-``meshConfig.defaultConfig.tracing.sampling`` default."""
+DEFAULT_TRACE_SAMPLING = 0.0
+"""Percent of requests traced when nothing says otherwise. Istio's default is 1 %
+(``meshConfig.defaultConfig.tracing.sampling``); here tracing is off until asked for
+(``tsunagi up --trace-sampling 1`` is Istio's default), because a tracer costs Envoy ~17 %
+more instructions on every request, sampled or not (docs/benchmarks.md), which would break
+the data plane's CPU budget for a mesh that never looks at traces. A Telemetry resource
+turns it on for a namespace or workload."""
 
 
 @dataclass(frozen=True)
