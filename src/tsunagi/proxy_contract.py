@@ -73,9 +73,15 @@ RE2_MAX_PROGRAM_SIZE_KEY = "re2.max_program_size.error_level"
 META_METRICS_LOG = "metrics_log"
 """The FIFO the agent reads metric lines from; absent: the proxy gets no metrics logger."""
 PEER_HEADER = "x-tsunagi-peer"
-"""Added by the client sidecar (its :func:`workload_metadata`) to requests toward in-mesh
-destinations only, read and removed by the server sidecar: how the ``destination`` reporter
-learns its ``source_*`` labels. Taken as sent until mTLS binds it to the caller (issue 10)."""
+"""Istio's metadata exchange, in one header each way. On requests: added by the client
+sidecar (its :func:`workload_metadata`) toward in-mesh destinations only, read and removed by
+the server sidecar, which learns its ``source_*`` labels from it. On responses: added by the
+server sidecar (its own :func:`workload_metadata`), read by the client sidecar for its
+``destination_*`` labels; it reaches the calling app (removing it would hide it from the
+access log too, and a filter to copy it costs each request more than the header). Endpoint
+metadata (Istio's fallback) would do the same at no per-request cost, but nearly tripled
+the endpoints every sidecar receives (docs/benchmarks.md). Taken as sent until mTLS binds
+it to the peer (issue 10)."""
 PEER_ENV = "TSUNAGI_PEER"
 """Envoy's environment variable holding this proxy's :func:`workload_metadata`; outbound
 routes are shared by a namespace's sidecars, so their header value reads it per process."""
@@ -83,8 +89,8 @@ CLUSTER_ID = "Kubernetes"
 """Istio's default cluster id: the ``source_cluster`` / ``destination_cluster`` label."""
 METRICS_LINE_SOURCE = "s"
 """First field of a metric line from the outbound listener (``reporter="source"``):
-``TOKEN, upstream cluster, endpoint workload metadata, code, flags, gRPC status, duration
-ms, request bytes, response bytes`` (tab-separated)."""
+``TOKEN, upstream cluster, the server's PEER_HEADER (its workload metadata), code, flags,
+gRPC status, duration ms, request bytes, response bytes`` (tab-separated)."""
 METRICS_LINE_DESTINATION = "d"
 """Inbound HTTP (``reporter="destination"``): ``TOKEN, peer (the PEER_HEADER value), code,
 flags, gRPC status, duration ms, request bytes, response bytes``."""

@@ -55,8 +55,8 @@ class Endpoint:
     locality: str = ""
     healthy: bool = True
     workload: str = ""
-    """Istio's ``istio.workload`` endpoint metadata (``proxy_contract.workload_metadata``)
-    for registered instances; empty for ServiceEntry endpoints."""
+    """The registered instance's ``proxy_contract.workload_metadata`` (what its sidecar
+    answers in ``PEER_HEADER``); empty for ServiceEntry endpoints. Not sent to Envoy."""
 
 
 @dataclass(frozen=True)

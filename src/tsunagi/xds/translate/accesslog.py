@@ -61,8 +61,17 @@ header (:data:`PEER_HEADER_REMOVAL`), so the app never sees it; a removed header
 ``%REQ()%`` at log time too, hence the copy. Measured cheaper than
 ``header_to_metadata`` (a protobuf Struct per request, and a costlier log operator)."""
 
-PEER_HEADER_REMOVAL = {"request_headers_to_remove": [pc.PEER_HEADER]}
-"""On every inbound route."""
+PEER_HEADER_REMOVAL = {
+    "request_headers_to_remove": [pc.PEER_HEADER],
+    "response_headers_to_add": [
+        {
+            "header": {"key": pc.PEER_HEADER, "value": f"%ENVIRONMENT({pc.PEER_ENV})%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ],
+}
+"""On every inbound route: the caller's identity leaves the request, this workload's own
+joins the response (the caller's sidecar reads it for its ``destination_*`` labels)."""
 
 TCP_REPORT_INTERVAL = "15s"
 """How often a long TCP connection reports its bytes (Istio's filter reports periodically
@@ -85,7 +94,7 @@ TCP_METRICS = (
 # 8 operators on the source side, as measured (docs/design/metrics.md, "filelog8").
 _SOURCE_FIELDS = (
     "%UPSTREAM_CLUSTER%",
-    "%UPSTREAM_METADATA(istio:workload)%",
+    f"%RESP({pc.PEER_HEADER})%",
     "%RESPONSE_CODE%",
     "%RESPONSE_FLAGS%",
     # Only on the gRPC logger's line (:data:`GRPC_REQUEST`); the other writes a literal "-".

@@ -23,9 +23,7 @@ def by_locality(endpoints: Sequence[Endpoint]) -> list[tuple[str, list[Endpoint]
     """Endpoints grouped by locality, in a stable order so equal input hashes equal (the
     order of :func:`load_assignment`'s groups)."""
     groups: dict[str, list[Endpoint]] = {}
-    # The workload too: two instances may share an address and port (tests, restarts),
-    # and their metadata differs.
-    for ep in sorted(endpoints, key=lambda e: (e.locality, e.address, e.port, e.workload)):
+    for ep in sorted(endpoints, key=lambda e: (e.locality, e.address, e.port)):
         groups.setdefault(ep.locality, []).append(ep)
     return list(groups.items())
 
@@ -45,13 +43,6 @@ def load_assignment(name: str, endpoints: list[Endpoint]) -> dict[str, Any]:
                             }
                         },
                         "health_status": "HEALTHY" if ep.healthy else "UNHEALTHY",
-                        # Istio's endpoint metadata: the source reporter's destination_*
-                        # labels (%UPSTREAM_METADATA(istio:workload)% in the metrics line).
-                        **(
-                            {"metadata": {"filter_metadata": {"istio": {"workload": ep.workload}}}}
-                            if ep.workload
-                            else {}
-                        ),
                     }
                     for ep in eps
                 ],
