@@ -9,7 +9,8 @@ included), as the agent renders them. This process runs the control plane's own
 :class:`~tsunagi.telemetry.scrape.Scraper` against them for several rounds, each page's
 counters growing between rounds, and reports per round: wall time, this process's CPU time
 (the fetches and the parsing; the serving process is not counted), samples kept; and the
-series store's memory (``tracemalloc``) once steady.
+series store's memory (the growth of this process's RSS: ``tracemalloc`` would triple the
+CPU figures) once steady.
 
 Run: ``python -m benchmarks.scrape [--sidecars N] [--rounds R]``.
 """
@@ -25,7 +26,6 @@ import sys
 import textwrap
 import threading
 import time
-import tracemalloc
 from typing import Any
 
 from benchmarks import procs
@@ -136,6 +136,14 @@ class StallProbe:
         self._task.cancel()
 
 
+def _rss() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 async def measure(sidecars: int, rounds: int) -> dict[str, Any]:
     """Scrape ``sidecars`` pages ``rounds`` times; the first round warms the caches."""
     import aiohttp
@@ -154,7 +162,7 @@ async def measure(sidecars: int, rounds: int) -> dict[str, Any]:
     try:
         await _wait_serving(f"{base}/0/stats/istio")
         targets = [Target(f"ns/sidecar-{i}", f"{base}/{i}/stats/istio") for i in range(sidecars)]
-        tracemalloc.start()
+        rss_before = _rss()
         store = SeriesStore()
         scraper = Scraper(store, concurrency=64, timeout=10.0)
         # As in `tsunagi up` (ScrapeThread): the scraper has its own thread and loop, and the
@@ -167,7 +175,7 @@ async def measure(sidecars: int, rounds: int) -> dict[str, Any]:
 
         per_round = []
         async with aiohttp.ClientSession() as bumper:
-            for r in range(rounds):
+            for _ in range(rounds):
                 cpu, wall = time.process_time(), time.perf_counter()
                 with StallProbe() as probe:
                     result = await on_scrape_loop(scraper.scrape_once(targets))
@@ -183,10 +191,7 @@ async def measure(sidecars: int, rounds: int) -> dict[str, Any]:
                 )
                 async with bumper.post(f"{base}/bump") as resp:
                     await resp.read()
-                if r == 0:
-                    tracemalloc.reset_peak()
-        current, _peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+        current = _rss() - rss_before
         queries = await _queries(store)
         await on_scrape_loop(scraper.close())
         scrape_loop.call_soon_threadsafe(scrape_loop.stop)
@@ -203,7 +208,7 @@ async def measure(sidecars: int, rounds: int) -> dict[str, Any]:
         "series_kept": store.series_count,
         "cpu_ms_per_round": round(sum(r["cpu_ms"] for r in steady) / len(steady), 1),
         "wall_ms_per_round": round(sum(r["wall_ms"] for r in steady) / len(steady), 1),
-        "python_heap_mb": round(current / 1e6, 1),
+        "rss_growth_mb": round(current / 1e6, 1),
         "queries": queries,
     }
 
@@ -244,7 +249,7 @@ def markdown(res: dict[str, Any], interval: float = 5.0) -> str:
         f"pages of {res['page_kb']} KB, {CALLEES} callees and callers each): "
         f"{res['cpu_ms_per_round']} ms CPU and {res['wall_ms_per_round']} ms wall per round, "
         f"{share:.0f} % of one core at the default 5 s interval; {res['series_kept']} series "
-        f"kept, {res['python_heap_mb']} MB of Python heap (scraper and store) once steady.\n"
+        f"kept, {res['rss_growth_mb']} MB more RSS (scraper and store) once steady.\n"
     )
 
 

