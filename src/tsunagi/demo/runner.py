@@ -74,7 +74,7 @@ def _drive_traffic(url: str, rate: float, stop: threading.Event) -> None:
 
 
 def _dashboard_url(state_dir: Path, token: str) -> str:
-    from tsunagi.cli.dashboard import URL_FILE, dashboard_url
+    from tsunagi.cli.dashboard import URL_FILE, SignInRefused, dashboard_url
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -82,7 +82,9 @@ def _dashboard_url(state_dir: Path, token: str) -> str:
             return dashboard_url((state_dir / URL_FILE).read_text().strip(), token)
         except OSError:
             time.sleep(0.1)
-    return "(not started: see the control plane's log above)"
+        except SignInRefused:
+            break
+    return "(not reachable: see the control plane's log above)"
 
 
 def run_demo(state_dir: Path, port: int, traffic: float = 0.0, access_log: bool = True) -> int:
@@ -163,9 +165,10 @@ Tsunagi is running Bookinfo with {len(WORKLOADS)} sidecars.
 
   See it:  tsunagi proxy-status      tsunagi get virtualservices -o yaml
   Watch:   {dashboard}
-           the service graph, request charts, traces and config (`tsunagi dashboard`
-           prints this URL again). Each sidecar's access log lines go to this terminal,
-           marked with its name; traces are at http://127.0.0.1:9411/api/v2/traces.{sending}
+           the service graph, request charts, traces and config. The link signs you
+           in once, within a minute; `tsunagi dashboard` opens a fresh one any time.
+           Each sidecar's access log lines go to this terminal, marked with its name;
+           traces are at http://127.0.0.1:9411/api/v2/traces.{sending}
   State:   {state_dir}   (TSUNAGI_STATE_DIR)
 
 Press Ctrl-C to stop everything.
