@@ -10,11 +10,8 @@ own settings.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from _serve import QuietHandler, serve
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.propagate import extract
 from opentelemetry.sdk.resources import Resource
@@ -28,7 +25,7 @@ provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(insecure=True))
 tracer = provider.get_tracer("otel_app", "1.0")
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
@@ -54,25 +51,11 @@ class Handler(BaseHTTPRequestHandler):
         self._answer(body)
 
     def _answer(self, body: bytes) -> None:
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.send_json(body)
 
 
 def main() -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
-    server.daemon_threads = True
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
-        provider.shutdown()
+    serve(Handler, on_exit=provider.shutdown)
 
 
 if __name__ == "__main__":

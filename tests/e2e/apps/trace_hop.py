@@ -15,11 +15,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
-import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
+
+from _serve import QuietHandler, serve
 
 PROPAGATED = (
     "x-request-id",
@@ -68,7 +67,7 @@ def call_next(headers: dict[str, str]) -> Any:
         conn.close()
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
@@ -87,26 +86,16 @@ class Handler(BaseHTTPRequestHandler):
         else:
             answer["next"] = call_next(seen)
         body = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.send_json(body)
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+
+def _shutdown() -> None:
+    if provider is not None:
+        provider.shutdown()
 
 
 def main() -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
-    server.daemon_threads = True
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
-        if provider is not None:
-            provider.shutdown()
+    serve(Handler, on_exit=_shutdown)
 
 
 if __name__ == "__main__":
