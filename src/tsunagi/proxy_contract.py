@@ -45,11 +45,6 @@ def inbound_active_requests_stat(port: int) -> str:
     return f"http.{inbound_stat_prefix(port)}.downstream_rq_active"
 
 
-INBOUND_ACTIVE_REQUESTS_STAT_REGEX = r"^http\.inbound_\d+\.downstream_rq_active$"
-"""Matches every :func:`inbound_active_requests_stat`: the only ``http.`` stat a sidecar's
-Envoy keeps (its stats inclusion list)."""
-
-
 def locality_fields(locality: str) -> dict[str, str]:
     """``region/zone/sub_zone`` as Envoy's ``Locality`` fields, empty parts left out.
 

@@ -29,7 +29,7 @@ from tsunagi import proxy_contract as pc
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.children import die_with_parent
 from tsunagi.agent.envoy import EnvoyProcess, admin
-from tsunagi.agent.memory import release_startup_memory
+from tsunagi.agent.memory import release_startup_memory, trim_heap
 from tsunagi.agent.metrics import Aggregator, Identity
 from tsunagi.agent.metrics_server import PATH as METRICS_PATH
 from tsunagi.agent.metrics_server import MetricsPipe, MetricsServer
@@ -341,6 +341,9 @@ class Sidecar:
                 if self.stop.wait(max(0.2, ttl / 3)):
                     return
                 self.client.request("POST", path)
+                # Parsing a burst of metric lines leaves freed blocks in the C heap that
+                # glibc keeps; hand them back between heartbeats (microseconds when idle).
+                trim_heap()
             except Rejected as e:
                 if e.status == 404:
                     self.registered = False  # the control plane forgot us: register again
