@@ -10,6 +10,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# xds-protos ships an old copy of OpenTelemetry's protos at the very paths of
+	# opentelemetry-proto, and whichever pip unpacks last wins. The newer copy is a superset
+	# that Envoy's protos load as well, so it goes last (the OTLP ingest needs it).
+	$(BIN)/pip install --quiet --no-deps --force-reinstall "$$(grep -o 'opentelemetry-proto==[0-9.]*' pyproject.toml)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -17,8 +17,18 @@ from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
+
+# xds-protos ships an old copy of these modules at the same paths; if pip unpacked it last,
+# OTLP requests would fail deep inside decoding. Say so at start-up instead.
+if not hasattr(common_pb2, "InstrumentationScope"):  # pragma: no cover - an install problem
+    raise ImportError(
+        "OpenTelemetry's protos were overwritten by xds-protos' older copy: run "
+        "`pip install --no-deps --force-reinstall opentelemetry-proto` with the version "
+        "pinned in tsunagi's pyproject.toml (`make` does this)"
+    )
 
 from tsunagi.telemetry.spans import (
     Annotation,
