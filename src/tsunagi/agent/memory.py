@@ -10,6 +10,22 @@ import sys
 _libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
 
+M_ARENA_MAX = -8
+"""glibc's ``mallopt`` parameter for the number of malloc arenas (``malloc.h``)."""
+
+
+def one_malloc_arena() -> None:
+    """Make every thread of this process allocate from glibc's main arena.
+
+    By default a thread that meets contention gets an arena of its own, which keeps what a
+    burst of allocations left behind: reading a busy sidecar's metric lines on their own
+    thread left the agent 0.7 MB larger after 3,000 requests than with one arena (measured
+    with ``MALLOC_ARENA_MAX=1``; ``malloc_trim`` did not give it back). The agent's threads
+    mostly sleep, so they lose nothing by sharing one. Call it before starting threads."""
+    if _libc is not None and hasattr(_libc, "mallopt"):
+        _libc.mallopt(M_ARENA_MAX, 1)
+
+
 def release_startup_memory() -> None:
     """Give back to the kernel what starting up used and no longer needs.
 

@@ -29,7 +29,7 @@ from tsunagi import proxy_contract as pc
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.children import die_with_parent
 from tsunagi.agent.envoy import EnvoyProcess, admin
-from tsunagi.agent.memory import release_startup_memory, trim_heap
+from tsunagi.agent.memory import one_malloc_arena, release_startup_memory, trim_heap
 from tsunagi.agent.metrics import Aggregator, Identity
 from tsunagi.agent.metrics_server import PATH as METRICS_PATH
 from tsunagi.agent.metrics_server import MetricsPipe, MetricsServer
@@ -403,4 +403,5 @@ class Sidecar:
 
 def run_sidecar(opts: RunOptions, client: Client) -> int:
     """Run ``opts.command`` with a sidecar until it exits; return its exit code."""
+    one_malloc_arena()  # before any thread starts
     return Sidecar(opts, client).run()
