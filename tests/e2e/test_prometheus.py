@@ -229,6 +229,19 @@ FLAKY = "flaky.default.svc.cluster.local"
 QREP = "source|destination"
 
 
+def latency_queries(sel: str) -> dict[str, str]:
+    """The P50/P90/P99 panels both dashboards share (milliseconds, or Istio's older seconds
+    histogram)."""
+    return {
+        f"p{q[2:]}": (
+            f"(histogram_quantile({q}, sum(irate(istio_request_duration_milliseconds_bucket"
+            f"{{{sel}}}[1m])) by (le)) / 1000) or histogram_quantile({q}, "
+            f"sum(irate(istio_request_duration_seconds_bucket{{{sel}}}[1m])) by (le))"
+        )
+        for q in ("0.50", "0.90", "0.99")
+    }
+
+
 def service_queries(service: str) -> dict[str, str]:
     """Istio's service dashboard (istio-service-dashboard.json), $__rate_interval = 1m."""
     sel = f'reporter=~"{QREP}",destination_service="{service}"'
@@ -237,13 +250,7 @@ def service_queries(service: str) -> dict[str, str]:
         "success": f'sum(irate(istio_requests_total{{{sel},response_code!~"5.*"}}[1m])) / '
         f"(sum(irate(istio_requests_total{{{sel}}}[1m])) or on () vector(1))",
     }
-    for q in ("0.50", "0.90", "0.99"):
-        out[f"p{q[2:]}"] = (
-            f"(histogram_quantile({q}, sum(irate(istio_request_duration_milliseconds_bucket"
-            f"{{{sel}}}[1m])) by (le)) / 1000) or histogram_quantile({q}, "
-            f"sum(irate(istio_request_duration_seconds_bucket{{{sel}}}[1m])) by (le))"
-        )
-    return out
+    return out | latency_queries(sel)
 
 
 def workload_queries(namespace: str, workload: str) -> dict[str, str]:
@@ -257,13 +264,7 @@ def workload_queries(namespace: str, workload: str) -> dict[str, str]:
         "success": f'sum(irate(istio_requests_total{{{sel},response_code!~"5.*"}}[5m])) / '
         f"sum(irate(istio_requests_total{{{sel}}}[5m]))",
     }
-    for q in ("0.50", "0.90", "0.99"):
-        out[f"p{q[2:]}"] = (
-            f"(histogram_quantile({q}, sum(irate(istio_request_duration_milliseconds_bucket"
-            f"{{{sel}}}[1m])) by (le)) / 1000) or histogram_quantile({q}, "
-            f"sum(irate(istio_request_duration_seconds_bucket{{{sel}}}[1m])) by (le))"
-        )
-    return out
+    return out | latency_queries(sel)
 
 
 def _check_panels(values: dict[str, float | None], success: str) -> None:

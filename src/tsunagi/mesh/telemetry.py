@@ -109,11 +109,3 @@ class ProxyTelemetry:
         if direction == "inbound" and self.server_access_log_filter is not None:
             return self.server_access_log_filter
         return self.access_log_filter
-
-
-def defaults(mesh: MeshTelemetry) -> ProxyTelemetry:
-    """A proxy's telemetry when no Telemetry resource applies to it."""
-    tracing = None
-    if mesh.collector is not None and mesh.trace_sampling > 0:  # see telemetry_policy
-        tracing = Tracing(sampling=mesh.trace_sampling, collector=mesh.collector)
-    return ProxyTelemetry(access_log=mesh.access_log, tracing=tracing, server_tracing=tracing)

@@ -54,9 +54,8 @@ class Endpoint:
     labels: Mapping[str, str]
     locality: str = ""
     healthy: bool = True
-    workload: str = ""
-    """The registered instance's ``proxy_contract.workload_metadata`` (what its sidecar
-    answers in ``PEER_HEADER``); empty for ServiceEntry endpoints. Not sent to Envoy."""
+    registered: bool = False
+    """A registered instance (its sidecar is in the mesh), not a ServiceEntry endpoint."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +201,7 @@ class _Catalog:
                 inst.labels,
                 inst.locality,
                 inst.healthy,
-                pc.workload_metadata(inst.labels, inst.service, inst.namespace),
+                registered=True,
             )
         )
 

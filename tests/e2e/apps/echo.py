@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import sys
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from _serve import QuietHandler, serve
 
 SEEN: deque[dict[str, Any]] = deque(maxlen=1000)
 SEEN_LOCK = threading.Lock()
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
     # One write per response and no Nagle: otherwise headers and body leave in two packets
     # and delayed ACKs add ~40 ms to every keep-alive request.
@@ -72,26 +71,13 @@ class Handler(BaseHTTPRequestHandler):
                 **received,
             }
         ).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.send_json(body, status)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _answer
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
 
 def main() -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
-    server.daemon_threads = True
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+    serve(Handler)
 
 
 if __name__ == "__main__":

@@ -524,7 +524,7 @@ def in_mesh(world: World, host: str) -> bool:
         return host in world.services
     svc = world.services.get(host)
     ports = svc.ports if svc is not None else ()
-    return any(ep.workload for p in ports for ep in world.endpoints.get((host, p), ()))
+    return any(ep.registered for p in ports for ep in world.endpoints.get((host, p), ()))
 
 
 def _to_mesh(world: World, cluster: str, namespace: str) -> bool:
