@@ -20,9 +20,10 @@ demo: $(STAMP)
 	$(BIN)/tsunagi demo
 
 # Programs the benchmarks and e2e tests drive (prometheus: /usr/bin/prometheus, for
-# tests/e2e/test_prometheus.py; the quick benchmark run is part of `make test`). Debian's
+# tests/e2e/test_prometheus.py; valgrind: callgrind counts instructions per request for
+# benchmarks/instructions.py; the quick benchmark run is part of `make test`). Debian's
 # packages; skipped with a note where apt-get is not available.
-TOOLS := wrk hey haproxy chromium prometheus
+TOOLS := wrk hey haproxy chromium prometheus valgrind
 tools:
 	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \

@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import dataplane, propagation
+from benchmarks import dataplane, instructions, propagation
 from benchmarks.procs import REPO, envoy_binary
 
-SUITES = {"dataplane": dataplane, "propagation": propagation}
+SUITES = {"dataplane": dataplane, "instructions": instructions, "propagation": propagation}
 try:  # the scale suite is optional until it lands
     from benchmarks import scale
 

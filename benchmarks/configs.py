@@ -62,21 +62,20 @@ def upstream(port: int, admin: int) -> dict[str, Any]:
     return _static(admin, [_listener(port, route)], [])
 
 
-def forwarder(port: int, admin: int, target: int) -> dict[str, Any]:
-    """One hop of the minimal Envoy pair: listen, route everything to ``target``."""
-    cluster = {
-        "name": "next",
+def _cluster(name: str, port: int) -> dict[str, Any]:
+    return {
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {
-            "cluster_name": "next",
+            "cluster_name": name,
             "endpoints": [
                 {
                     "lb_endpoints": [
                         {
                             "endpoint": {
                                 "address": {
-                                    "socket_address": {"address": "127.0.0.1", "port_value": target}
+                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
                                 }
                             }
                         }
@@ -85,7 +84,42 @@ def forwarder(port: int, admin: int, target: int) -> dict[str, Any]:
             ],
         },
     }
-    return _static(admin, [_listener(port, {"route": {"cluster": "next"}})], [cluster])
+
+
+def forwarder(port: int, admin: int, target: int) -> dict[str, Any]:
+    """One hop of the minimal Envoy pair: listen, route everything to ``target``."""
+    route = {"route": {"cluster": "next"}}
+    return _static(admin, [_listener(port, route)], [_cluster("next", target)])
+
+
+TRACE_SAMPLING = 1.0
+"""Percent of requests the traced cases sample: Istio's default."""
+
+
+def traced(doc: dict[str, Any], collector: int, outbound: bool) -> dict[str, Any]:
+    """``doc`` (a :func:`forwarder`) with Envoy's Zipkin tracer as tsunagi configures it
+    (B3 and W3C propagation, 128-bit ids, protobuf spans) sampling :data:`TRACE_SAMPLING` %,
+    spans to ``collector``: the floor any Envoy-based mesh that traces sits on."""
+    listener = doc["static_resources"]["listeners"][0]
+    listener["traffic_direction"] = "OUTBOUND" if outbound else "INBOUND"
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["tracing"] = {
+        "provider": {
+            "name": "envoy.tracers.zipkin",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                "collector_cluster": "collector",
+                "collector_endpoint": "/api/v2/spans",
+                "collector_endpoint_version": "HTTP_PROTO",
+                "trace_id_128bit": True,
+                "shared_span_context": False,
+                "trace_context_option": "USE_B3_WITH_W3C_PROPAGATION",
+            },
+        },
+        "random_sampling": {"value": TRACE_SAMPLING},
+    }
+    doc["static_resources"]["clusters"].append(_cluster("collector", collector))
+    return doc
 
 
 def haproxy(port: int, target: int) -> str:

@@ -10,7 +10,9 @@
                      sidecars tracing 1 % of requests (a Telemetry resource: tracing is off
                      by default) to the control plane's collector
 5. envoy-pair        the same two hops, minimal hand-written static Envoy configs
-6. haproxy-pair      the same two hops through HAProxy
+6. envoy-pair-traced the minimal pair with Envoy's tracer as tsunagi-traced has it (1 %,
+                     spans to the upstream, which answers anything): what tracing alone costs
+7. haproxy-pair      the same two hops through HAProxy
 """
 
 from __future__ import annotations
@@ -188,7 +190,7 @@ kind: Telemetry
 metadata: {{name: {app}, namespace: default}}
 spec:
   selector: {{matchLabels: {{app: {app}}}}}
-  tracing: [{{randomSamplingPercentage: 1}}]
+  tracing: [{{randomSamplingPercentage: {configs.TRACE_SAMPLING:g}}}]
 ---
 """
     for app in (TRACED_CLIENT, TRACED_HOST)
@@ -226,7 +228,8 @@ def _answers(case: Case) -> bool:
         conn.close()
 
 
-def _wait_answers(case: Case, timeout: float = 30) -> None:
+def wait_answers(case: Case, timeout: float = 30) -> None:
+    """Wait until ``case`` answers 200 through its whole path."""
     deadline = time.monotonic() + timeout
     while not _answers(case):
         if time.monotonic() > deadline:
@@ -241,6 +244,8 @@ class Setup:
         self.procs, self.workdir = procs, workdir
         self.cp: ControlPlane | None = None
         self.tsunagi_client: tuple[int, int] = (0, 0)  # (agent pid, envoy pid)
+        self.sidecar_env: dict[str, str] = {}
+        """More environment for `tsunagi run` (``TSUNAGI_ENVOY``: another Envoy command)."""
 
     def cases(self) -> list[Case]:
         up = free_port()
@@ -257,6 +262,14 @@ class Setup:
             ),
         ]
         cases.append(Case("envoy-pair", c1, "upstream", pids))
+        s3, c3 = free_port(), free_port()
+        server = configs.traced(configs.forwarder(s3, free_port(), up), up, outbound=False)
+        client = configs.traced(configs.forwarder(c3, free_port(), s3), up, outbound=True)
+        pids = [
+            _envoy(self.procs, self.workdir, "envoy-traced-server", server),
+            _envoy(self.procs, self.workdir, "envoy-traced-client", client),
+        ]
+        cases.append(Case("envoy-pair-traced", c3, "upstream", pids))
         if load.have("haproxy"):
             s2, c2 = free_port(), free_port()
             pids = []
@@ -267,10 +280,10 @@ class Setup:
             cases.append(Case("haproxy-pair", c2, "upstream", pids))
         cases += self._tsunagi()
         for case in cases:
-            _wait_answers(case)
+            wait_answers(case)
         return cases
 
-    def _server(self, service: str, name: str) -> int:
+    def server(self, service: str, name: str) -> int:
         """`tsunagi run` of the benchmark upstream as ``service``; the agent's pid."""
         assert self.cp is not None
         return self.procs.start(
@@ -290,10 +303,10 @@ class Setup:
                 "-m",
                 "benchmarks.upstream",
             ),
-            self.cp.env,
+            {**self.cp.env, **self.sidecar_env},
         ).pid
 
-    def _client(self, name: str) -> tuple[int, int]:
+    def client(self, name: str) -> tuple[int, int]:
         """`tsunagi run` of an app that only calls out; (agent pid, its outbound port)."""
         assert self.cp is not None
         outbound = free_port()
@@ -316,7 +329,7 @@ class Setup:
                 "-c",
                 "import time; time.sleep(10**6)",
             ),
-            self.cp.env,
+            {**self.cp.env, **self.sidecar_env},
         ).pid
         return agent, outbound
 
@@ -325,17 +338,17 @@ class Setup:
         service: the plain case's client is the one whose memory is measured, so the policy
         case's traffic (its connection pools and buffers) must not run through it."""
         self.cp = ControlPlane(self.procs, self.workdir)
-        server = self._server("upstream", "bench-server")
-        policy_server = self._server(POLICY_HOST, "bench-policy-server")
-        client, outbound = self._client("bench-client")
-        policy_client, policy_outbound = self._client("bench-policy-client")
-        traced_server = self._server(TRACED_HOST, "bench-traced-server")
-        traced_client, traced_outbound = self._client(TRACED_CLIENT)
+        server = self.server("upstream", "bench-server")
+        policy_server = self.server(POLICY_HOST, "bench-policy-server")
+        client, outbound = self.client("bench-client")
+        policy_client, policy_outbound = self.client("bench-policy-client")
+        traced_server = self.server(TRACED_HOST, "bench-traced-server")
+        traced_client, traced_outbound = self.client(TRACED_CLIENT)
         case = Case("tsunagi", outbound, "upstream", [])
         policy = Case("tsunagi-policy", policy_outbound, POLICY_HOST, [])
         traced = Case("tsunagi-traced", traced_outbound, TRACED_HOST, [])
         for c in (case, policy, traced):
-            _wait_answers(c)
+            wait_answers(c)
         self.cp.apply_and_wait(POLICY + "---\n" + TRACING)
         client_envoy = _sidecar_envoy(client)
         policy_envoy = _sidecar_envoy(policy_client)
@@ -409,25 +422,23 @@ def measure(case: Case, seconds: float) -> dict[str, Any]:
 
 
 TSUNAGI_CASES = ("tsunagi", "tsunagi-policy", "tsunagi-traced")
+PARTNERS = {"envoy-pair": ("tsunagi", "tsunagi-policy"), "envoy-pair-traced": ("tsunagi-traced",)}
+"""The tsunagi cases each baseline is measured beside."""
 
 
 def round_order(cases: list[Case], r: int) -> list[Case]:
-    """Round ``r``'s order: the cases rotated by one each round, except that the tsunagi
-    cases are always measured right beside the envoy pair (tsunagi before it and
-    tsunagi-policy after it in even rounds, the other way round in odd ones), so the ratios
-    the goals judge compare measurements taken moments apart on a machine whose load
-    drifts."""
+    """Round ``r``'s order: the cases rotated by one each round, except that each tsunagi
+    case is always measured right beside its baseline (:data:`PARTNERS`: tsunagi before
+    the envoy pair and tsunagi-policy after it in even rounds, the other way round in odd
+    ones), so the ratios the goals judge compare measurements taken moments apart on a
+    machine whose load drifts."""
     by_name = {c.name: c for c in cases}
 
-    def beside_pair(pair: Case) -> list[Case]:
-        before, after, last = (by_name.get(n) for n in TSUNAGI_CASES)
-        return [c for c in (before, pair, after, last) if c is not None]
+    def beside(base: Case) -> list[Case]:
+        first, *rest = (by_name.get(n) for n in PARTNERS[base.name])
+        return [c for c in (first, base, *rest) if c is not None]
 
-    units = [
-        beside_pair(c) if c.name == "envoy-pair" else [c]
-        for c in cases
-        if c.name not in TSUNAGI_CASES
-    ]
+    units = [beside(c) if c.name in PARTNERS else [c] for c in cases if c.name not in TSUNAGI_CASES]
     k = r % len(units)
     return [c for u in units[k:] + units[:k] for c in (u if r % 2 == 0 else u[::-1])]
 
@@ -550,6 +561,11 @@ def goals(
         out.update({f"traced_{k}": v for k, v in traced.items()})
         own = _ratios(s, raw, "tsunagi-traced", "tsunagi")
         out.update({f"traced_vs_tsunagi_{k}": v for k, v in own.items()})
+        if "envoy-pair-traced" in s:
+            floor = _ratios(s, raw, "tsunagi-traced", "envoy-pair-traced")
+            out.update({f"traced_vs_traced_pair_{k}": v for k, v in floor.items()})
+            pair = _ratios(s, raw, "envoy-pair-traced", "envoy-pair")
+            out.update({f"traced_pair_{k}": v for k, v in pair.items()})
     return out
 
 
@@ -628,6 +644,16 @@ def markdown(res: dict[str, Any]) -> str:
             f"{g['traced_cpu_per_request_ratio_envoy_only']:.2f}); against tsunagi without "
             f"tracing: throughput {g['traced_vs_tsunagi_throughput_ratio']:.2f}, CPU per "
             f"request {g['traced_vs_tsunagi_cpu_per_request_ratio']:.2f}"
+        )
+    if "traced_pair_throughput_ratio" in g:
+        policy.append(
+            "- the same tracer in the minimal pair (envoy-pair-traced against envoy-pair): "
+            f"throughput {g['traced_pair_throughput_ratio']:.2f}, CPU per request "
+            f"{g['traced_pair_cpu_per_request_ratio']:.2f}: Envoy's tracer alone costs more "
+            "than the goal allows; tsunagi-traced against envoy-pair-traced: throughput "
+            f"{g['traced_vs_traced_pair_throughput_ratio']:.2f}, CPU per request "
+            f"{g['traced_vs_traced_pair_cpu_per_request_ratio']:.2f} (Envoy alone "
+            f"{g['traced_vs_traced_pair_cpu_per_request_ratio_envoy_only']:.2f})"
         )
 
     lines += [

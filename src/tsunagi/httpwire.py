@@ -34,7 +34,7 @@ def request(
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     lines.append(f"Content-Length: {len(body or b'')}")
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
-    with socket.create_connection((host, port), timeout=_left(timeout, deadline)) as sock:
+    with connect(host, port, _left(timeout, deadline)) as sock:
         sock.sendall(raw)
         chunks = []
         while True:
@@ -55,6 +55,16 @@ def request(
     if fields.get("transfer-encoding", "").lower() == "chunked":
         payload = _unchunk(payload)
     return int(parts[1]), payload
+
+
+def connect(host: str, port: int, timeout: float) -> socket.socket:
+    """``socket.create_connection``, with an ASCII host name passed as bytes.
+
+    Name lookup encodes a ``str`` host with the ``idna`` codec, whose first use imports
+    ``encodings.idna``, ``stringprep`` and ``unicodedata``: 0.2 MB of private memory in every
+    sidecar (measured) to connect to ``127.0.0.1``. ASCII names need no encoding."""
+    name = host.encode("ascii") if host.isascii() else host
+    return socket.create_connection((name, port), timeout=timeout)  # type: ignore[arg-type]
 
 
 def _left(timeout: float, deadline: float | None) -> float:

@@ -80,14 +80,18 @@ def test_policy_check_names_what_is_missing() -> None:
     assert "lb_policy" not in text  # least request is tsunagi's default too, as Istio's
 
 
-def test_tsunagi_cases_are_measured_beside_the_envoy_pair_every_round() -> None:
-    names = ["direct", "envoy-pair", "haproxy-pair", "tsunagi", "tsunagi-policy"]
+def test_tsunagi_cases_are_measured_beside_their_baselines_every_round() -> None:
+    names = ["direct", "envoy-pair", "envoy-pair-traced", "haproxy-pair"]
+    names += ["tsunagi", "tsunagi-policy", "tsunagi-traced"]
     cases = [Case(n, 1, "h", []) for n in names]
     for r in range(6):
         order = [c.name for c in dataplane.round_order(cases, r)]
         assert sorted(order) == sorted(names)
         pair = order.index("envoy-pair")
         assert {order[pair - 1], order[pair + 1]} == {"tsunagi", "tsunagi-policy"}, order
+        traced = order.index("envoy-pair-traced")
+        beside = order[traced - 1 : traced] + order[traced + 1 : traced + 2]
+        assert "tsunagi-traced" in beside, order
 
 
 def test_goals_judge_the_policy_case_against_the_pair_and_against_tsunagi() -> None:

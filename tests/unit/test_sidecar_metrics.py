@@ -161,6 +161,27 @@ def test_bad_lines_are_counted_not_fatal() -> None:
     assert sum(v for _, v in parsed(agg.render(), "istio_requests_total")) == 1
 
 
+def test_a_batch_of_repeats_counts_as_the_same_lines_fed_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tsunagi.agent import metrics
+
+    monkeypatch.setattr(metrics, "MAX_HTTP_SERIES", 2)
+    monkeypatch.setattr(metrics, "FOLDED_HEADROOM", 1)
+    lines = [src(ms="3"), src(ms="3"), dst(), src(ms="40"), src(ms="3"), "nonsense", "nonsense"]
+    lines += [dst(peer="w9;default;w9;v1;Kubernetes")] * 3  # over the cap: folded, 3 times
+    lines += [dst(peer="w8;default;w8;v1;Kubernetes", code="503")] * 2  # past the headroom
+    lines += ["t\tTcpPeriodic\t7\t100\t40\t-"] * 2 + ["t\tTcpConnectionEnd\t7\t150\t90\t-"]
+    batch, single = Aggregator(ME), Aggregator(ME)
+    batch.feed(lines)
+    for line in lines:
+        single.feed([line])
+    assert batch.render() == single.render()
+    assert (batch.bad_lines, batch.folded, batch.dropped) == (2, 3, {"http": 2, "tcp": 0})
+    assert (single.bad_lines, single.folded, single.dropped) == (2, 3, {"http": 2, "tcp": 0})
+    assert parsed(batch.render(), "istio_request_duration_milliseconds_sum")[0][1] == 49
+
+
 def test_tcp_cumulative_bytes_become_deltas_per_connection() -> None:
     agg = Aggregator(ME)
     agg.feed(

@@ -105,7 +105,6 @@ def test_http_filter_insert_before_without_sub_filter_goes_first() -> None:
     snap, p = run(ef(http_patch("INSERT_BEFORE")))
     assert http_filters(snap, "inbound|8000") == [
         "envoy.filters.http.cors",
-        "envoy.filters.http.set_filter_state",  # the caller's identity, for metrics
         "envoy.filters.http.router",
     ]
     # context SIDECAR_INBOUND: the outbound listener is untouched
@@ -368,7 +367,7 @@ ADD_FAULT_FIRST = http_patch("INSERT_FIRST", value=FAULT)
 def test_selector_namespace_and_root_namespace() -> None:
     selected = ef(ADD_CORS_FIRST, spec="  workloadSelector: {labels: {app: productpage}}\n")
     assert http_filters(run(selected)[0], "inbound|8000")[0] == "envoy.filters.http.cors"
-    untouched = ["envoy.filters.http.set_filter_state", "envoy.filters.http.router"]
+    untouched = ["envoy.filters.http.router"]
     other_app = ef(ADD_CORS_FIRST, spec="  workloadSelector: {labels: {app: reviews}}\n")
     assert http_filters(run(other_app)[0], "inbound|8000") == untouched
     other_ns = ef(ADD_CORS_FIRST, namespace="shop")

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple
 
 from tsunagi import proxy_contract as pc
+from tsunagi.agent.records import NamedTuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (agent/records.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ProxyIdentity(NamedTuple):

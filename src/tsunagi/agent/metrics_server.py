@@ -9,18 +9,15 @@ every sidecar's memory for one path that a scraper asks for every few seconds.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import threading
 import time
-from pathlib import Path
 
 from tsunagi import httpwire
+from tsunagi.agent.logs import log
 from tsunagi.agent.metrics import Aggregator
 from tsunagi.proxy_contract import ISTIO_METRICS_PATH
-
-log = logging.getLogger("tsunagi.agent")
 
 PATH = "/stats/prometheus"
 LEAN_PATH = ISTIO_METRICS_PATH
@@ -49,8 +46,8 @@ class MetricsPipe:
     survives Envoy restarts (the agent is always a writer too, so no reader sees EOF).
     """
 
-    def __init__(self, path: Path, aggregator: Aggregator) -> None:
-        self.path = path
+    def __init__(self, path: str | os.PathLike[str], aggregator: Aggregator) -> None:
+        self.path = os.fspath(path)
         self.aggregator = aggregator
         os.mkfifo(path, 0o600)
         self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import random
+import os
 import socket
 import threading
 from collections import deque
-from pathlib import Path
 
-_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+from tsunagi.httpwire import connect
+
+# Path strings and os.urandom, not pathlib and random: this module runs in every sidecar agent,
+# whose memory counts (agent/workdir.py).
+_EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
 _LOWEST = 10000
 """Below this, ports are more often configured for well-known services."""
 
@@ -22,7 +25,8 @@ def _listen_range() -> range:
     Ports below the range are never chosen by the kernel, so only another listener can.
     """
     try:
-        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+        with open(_EPHEMERAL_RANGE) as f:
+            low = int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         return range(0)
     return range(_LOWEST, low) if low - _LOWEST >= 1000 else range(0)
@@ -46,6 +50,10 @@ def _bound(port: int) -> socket.socket | None:
     return s
 
 
+def _pick(candidates: range) -> int:
+    return candidates[int.from_bytes(os.urandom(4), "little") % len(candidates)]
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct ports that were free a moment ago (held together, then released),
     outside the ephemeral range when the host has room for that."""
@@ -56,7 +64,7 @@ def free_ports(count: int) -> list[int]:
         with _recent_lock:
             while len(socks) < count:
                 tries += 1
-                port = random.choice(candidates) if candidates and tries <= 50 * count else 0
+                port = _pick(candidates) if candidates and tries <= 50 * count else 0
                 if port in _recent:
                     continue
                 s = _bound(port)
@@ -73,7 +81,7 @@ def free_ports(count: int) -> list[int]:
 def wait_listening(port: int) -> bool:
     """True when something accepts connections on 127.0.0.1:``port``."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        with connect("127.0.0.1", port, 0.2):
             return True
     except OSError:
         return False

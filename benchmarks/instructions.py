@@ -1,0 +1,241 @@
+"""Instructions per request: the data plane's CPU cost, counted exactly.
+
+Timed CPU on a small shared machine moves by 10-15 % from one round to the next (see the
+data-plane suite's raw rounds), more than the margins its goals judge. The number of
+instructions an Envoy executes for the same requests through the same config does not move:
+each proxy runs under Valgrind's callgrind, its counters are zeroed after a warm-up, and the
+instructions it executed for :data:`REQUESTS` requests (``hey``, 4 connections) are divided
+by the requests. The Python agent is not counted here (the data-plane suite times it).
+
+Cases, each two hops to the same upstream (an Envoy answering 200 itself, not counted):
+``envoy-pair`` and ``envoy-pair-traced`` are the minimal static pairs of the data-plane
+suite, ``tsunagi`` and ``tsunagi-traced`` real ``tsunagi run`` sidecars (the traced pair by a
+Telemetry resource at the same 1 %).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import configs, dataplane
+from benchmarks.controlplane import ControlPlane
+from benchmarks.procs import Procs, children, envoy_binary, envoy_command, free_port, wait_port
+from benchmarks.upstream import CONFIG_NAME as UPSTREAM_CONFIG
+
+REQUESTS = 2000
+QUICK_REQUESTS = 100
+WARMUP = 200
+CONNECTIONS = 4
+
+
+def _callgrind(out_dir: Path) -> list[str]:
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p"]
+
+
+def _counted(out_dir: Path, pid: int) -> int:
+    """Instructions in ``pid``'s newest dump (its counts since they were last zeroed)."""
+    dumps = sorted(out_dir.glob(f"cg.{pid}.*"), key=lambda p: int(p.suffix[1:]))
+    if not dumps:
+        raise RuntimeError(f"callgrind wrote no dump for {pid} in {out_dir}")
+    for line in dumps[-1].read_text(errors="replace").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no instruction total in {dumps[-1]}")
+
+
+def _hey(url: str, host: str, n: int) -> int:
+    """Send ``n`` requests; how many were answered 200."""
+    out = subprocess.run(
+        ["hey", "-n", str(n), "-c", str(CONNECTIONS), "-host", host, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for line in out.splitlines():
+        if line.strip().startswith("[200]"):
+            return int(line.split()[1])
+    return 0
+
+
+def _control(args: list[str]) -> None:
+    subprocess.run(["callgrind_control", *args], capture_output=True, check=False)
+
+
+def count(case: dataplane.Case, out_dir: Path, requests: int) -> float:
+    """Instructions per request per proxy for ``case`` (its pids run under callgrind)."""
+    _hey(case.url, case.host, WARMUP)
+    time.sleep(1)
+    pids = [str(p) for p in case.pids]
+    _control(["-z", *pids])
+    answered = _hey(case.url, case.host, requests)
+    if answered != requests:
+        raise RuntimeError(f"{case.name}: {answered} of {requests} requests answered 200")
+    time.sleep(1)  # the last responses' logging and accounting
+    _control(["-d", *pids])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            total = sum(_counted(out_dir, p) for p in case.pids)
+            break
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    return total / requests / len(case.pids)
+
+
+def _sidecar_under_callgrind(agent: int, out_dir: Path) -> int:
+    """The Envoy a `tsunagi run` agent started through the callgrind wrapper."""
+    found = [p for p in children(agent) if (out_dir / f"cg.{p}").exists()]
+    if len(found) != 1:
+        raise RuntimeError(f"expected one sidecar Envoy under callgrind for {agent}: {found}")
+    return found[0]
+
+
+def _static_pair(
+    procs: Procs, workdir: Path, out_dir: Path, name: str, upstream: int, traced: bool
+) -> dataplane.Case:
+    server, client = free_port(), free_port()
+    docs = [configs.forwarder(server, free_port(), upstream)]
+    docs.append(configs.forwarder(client, free_port(), server))
+    if traced:
+        docs = [configs.traced(d, upstream, outbound=i == 1) for i, d in enumerate(docs)]
+    pids = []
+    for hop, doc in zip(("server", "client"), docs, strict=True):
+        path = configs.write_json(workdir / f"{name}-{hop}.json", doc)
+        pids.append(procs.start(f"{name}-{hop}", _callgrind(out_dir) + envoy_command(path)).pid)
+    case = dataplane.Case(name, client, "upstream", pids)
+    dataplane.wait_answers(case, timeout=120)
+    return case
+
+
+def _wait_synced(cp: ControlPlane, name: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proxies = cp.call("GET", "/v1/proxies")["proxies"]
+        if any(p["id"].startswith(name) and p["synced"] for p in proxies):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{name}'s sidecar did not sync in {timeout:.0f}s")
+
+
+def _tsunagi_cases(
+    procs: Procs, workdir: Path, out_dir: Path, traced: bool
+) -> list[dataplane.Case]:
+    wrapper = workdir / "envoy-under-callgrind"
+    # The server's app, the benchmark upstream, runs Envoy through TSUNAGI_ENVOY too: not
+    # under callgrind, it is not counted and must not be slow.
+    real = envoy_binary()
+    wrapper.write_text(
+        f'#!/bin/sh\ncase "$*" in *{UPSTREAM_CONFIG}*) exec {real} "$@";; esac\n'
+        f'exec {" ".join(_callgrind(out_dir))} {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    setup = dataplane.Setup(procs, workdir)
+    setup.sidecar_env = {"TSUNAGI_ENVOY": str(wrapper)}
+    setup.cp = cp = ControlPlane(procs, workdir)
+    shapes = [("tsunagi", "upstream", "bench-server", "bench-client")]
+    if traced:
+        shape = ("tsunagi-traced", dataplane.TRACED_HOST, "bench-traced-server")
+        shapes.append((*shape, dataplane.TRACED_CLIENT))
+        cp.apply_and_wait(dataplane.TRACING)
+    cases = []
+    # One sidecar at a time: Envoy starts slowly under callgrind, and the agents give it 30 s.
+    for name, service, server_name, client_name in shapes:
+        server = setup.server(service, server_name)
+        _wait_synced(cp, server_name)
+        client, outbound = setup.client(client_name)
+        case = dataplane.Case(name, outbound, service, [])
+        dataplane.wait_answers(case, timeout=120)
+        case.pids = [_sidecar_under_callgrind(a, out_dir) for a in (client, server)]
+        cases.append(case)
+    if traced:
+        dataplane.check_tracing(cases[1].pids[0])
+    return cases
+
+
+def run(quick: bool, workdir: Path) -> dict[str, Any]:
+    """Every case's instructions per request per proxy, and the ratios the goals judge."""
+    if not (shutil.which("valgrind") and shutil.which("hey")):
+        return {"skipped": "valgrind and hey are needed: `make bench` installs them"}
+    requests = QUICK_REQUESTS if quick else REQUESTS
+    out_dir = workdir / "callgrind"
+    out_dir.mkdir()
+    procs = Procs(workdir)
+    try:
+        upstream = free_port()
+        up_doc = configs.upstream(upstream, free_port())
+        procs.start("upstream", envoy_command(configs.write_json(workdir / "up.json", up_doc)))
+        wait_port(upstream)
+        cases = [_static_pair(procs, workdir, out_dir, "envoy-pair", upstream, traced=False)]
+        if not quick:
+            cases.append(
+                _static_pair(procs, workdir, out_dir, "envoy-pair-traced", upstream, traced=True)
+            )
+        cases += _tsunagi_cases(procs, workdir, out_dir, traced=not quick)
+        per_request = {c.name: count(c, out_dir, requests) for c in cases}
+    finally:
+        procs.stop_all()
+    return {
+        "requests": requests,
+        "per_request": per_request,
+        "goals": goals(per_request),
+        "valgrind": _version(),
+    }
+
+
+def _version() -> str:
+    out = subprocess.run(["valgrind", "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip()
+
+
+def goals(per_request: dict[str, float]) -> dict[str, float]:
+    """Instruction ratios: tsunagi against the minimal pair, and the traced cases."""
+    pair = per_request["envoy-pair"]
+    out = {"cpu_per_request_ratio": per_request["tsunagi"] / pair}
+    if "tsunagi-traced" in per_request:
+        out["traced_cpu_per_request_ratio"] = per_request["tsunagi-traced"] / pair
+    if "envoy-pair-traced" in per_request:
+        traced_pair = per_request["envoy-pair-traced"]
+        out["traced_pair_cpu_per_request_ratio"] = traced_pair / pair
+        if "tsunagi-traced" in per_request:
+            out["traced_vs_traced_pair_ratio"] = per_request["tsunagi-traced"] / traced_pair
+    return out
+
+
+def markdown(res: dict[str, Any]) -> str:
+    if "skipped" in res:
+        return f"## Instructions per request\n\nSkipped: {res['skipped']}\n"
+    per, g = res["per_request"], res["goals"]
+    pair = per["envoy-pair"]
+    lines = [
+        "## Instructions per request",
+        "",
+        f"Each case's two proxies under callgrind ({res['valgrind']}); counters zeroed after "
+        f"{WARMUP} warm-up requests, then {res['requests']:,} requests (`hey`, "
+        f"{CONNECTIONS} connections); instructions per request per proxy. Exact and repeatable "
+        "where timed CPU is not; Envoy only (the agent's CPU is in the data-plane table).",
+        "",
+        "| case | instructions per request per proxy | vs envoy-pair |",
+        "|---|---|---|",
+        *(f"| {name} | {n / 1000:.1f}k | {n / pair:.3f} |" for name, n in per.items()),
+        "",
+        f"- tsunagi against the minimal pair: {g['cpu_per_request_ratio']:.3f} "
+        f"(goal ≤ {dataplane.CPU_GOAL}, the agent's share comes on top: see the data plane)",
+    ]
+    if "traced_pair_cpu_per_request_ratio" in g:
+        lines.append(
+            f"- Envoy's tracer at {configs.TRACE_SAMPLING:g} % in the minimal pair costs "
+            f"{g['traced_pair_cpu_per_request_ratio']:.3f} times the pair: more than the "
+            f"throughput goal's 1 / {dataplane.THROUGHPUT_GOAL} leaves, before any mesh feature"
+        )
+    if "traced_vs_traced_pair_ratio" in g:
+        lines.append(
+            f"- tsunagi traced against the same tracer in the minimal pair: "
+            f"{g['traced_vs_traced_pair_ratio']:.3f}"
+        )
+    return "\n".join([*lines, ""])
