@@ -639,7 +639,8 @@ def markdown(res: dict[str, Any]) -> str:
         tthr = g["traced_throughput_ratio"]
         policy.append(
             f"- tracing 1 % (metrics on, as always): throughput ratio {tthr:.2f} (goal ≥ "
-            f"{THROUGHPUT_GOAL}): {ok(tthr >= THROUGHPUT_GOAL)}; CPU per request ratio "
+            f"{THROUGHPUT_GOAL}): {ok(tthr >= THROUGHPUT_GOAL)} (see the next line); CPU per "
+            "request ratio "
             f"{g['traced_cpu_per_request_ratio']:.2f} (Envoy alone "
             f"{g['traced_cpu_per_request_ratio_envoy_only']:.2f}); against tsunagi without "
             f"tracing: throughput {g['traced_vs_tsunagi_throughput_ratio']:.2f}, CPU per "
@@ -664,8 +665,10 @@ def markdown(res: dict[str, Any]) -> str:
         f"{ok(thr_ratio >= THROUGHPUT_GOAL)}",
         f"- added p50 ratio {p50_ratio:.2f}, added p99 ratio {p99_ratio:.2f} (goal ≤ 1.1): "
         f"{ok(p50_ratio <= 1.1 and p99_ratio <= 1.1)}",
-        f"- CPU per request ratio {cpu_ratio:.2f} (goal ≤ {CPU_GOAL}): {ok(cpu_ratio <= CPU_GOAL)}"
-        f" — Envoy + agent per sidecar against one static Envoy; Envoy alone {cpu_envoy:.2f}",
+        f"- CPU per request ratio {cpu_ratio:.2f} (Envoy + agent per sidecar against one static "
+        f"Envoy; Envoy alone {cpu_envoy:.2f}): timed, and single rounds vary by 10-15 %, so the "
+        f"goal ≤ {CPU_GOAL} is judged on instruction counts (section 'Instructions per "
+        "request')",
         *policy,
         "",
         f"Memory per sidecar, idle, in a {m['services']}-service mesh (private = unshared bytes, "

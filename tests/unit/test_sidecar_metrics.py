@@ -30,12 +30,26 @@ from tsunagi.xds.translate import accesslog
 ME = Identity("productpage", "default", {"app": "productpage", "version": "v1"})
 REVIEWS = "outbound|9080||reviews.default.svc.cluster.local"
 PEER = "reviews-v2;default;reviews;v2;Kubernetes"
+HOST = "127.0.0.1:15006"
+"""The endpoint the source lines name (``%UPSTREAM_HOST%``): reviews-v2's sidecar."""
+LOOKUPS: list[list[str]] = []
+
+
+def registry(hosts: list[str]) -> dict[str, str]:
+    """The control plane's ``/v1/instances/resolve``, as the tests' mesh has it."""
+    LOOKUPS.append(sorted(hosts))
+    return {HOST: PEER} if HOST in hosts else {}
 
 
 def src(
-    code: str = "200", flags: str = "-", grpc: str = "-", ms: str = "3", token: str = "s"
+    code: str = "200",
+    flags: str = "-",
+    grpc: str = "-",
+    ms: str = "3",
+    token: str = "s",
+    host: str = HOST,
 ) -> str:
-    return "\t".join((token, REVIEWS, PEER, code, flags, grpc, ms, "80", "300"))
+    return "\t".join((token, REVIEWS, host, code, flags, grpc, ms, "80", "300"))
 
 
 def dst(peer: str = PEER, code: str = "200", token: str = "d") -> str:
@@ -74,7 +88,7 @@ def test_node_reads_the_metrics_fifo_from_its_metadata() -> None:
 
 
 def test_source_lines_become_istio_series_with_istio_labels_in_order() -> None:
-    agg = Aggregator(ME)
+    agg = Aggregator(ME, registry)
     agg.feed([src(), src(), src("503", "UF")])
     text = agg.render()
     series = parsed(text, "istio_requests_total")
@@ -92,8 +106,44 @@ def test_source_lines_become_istio_series_with_istio_labels_in_order() -> None:
     assert "# TYPE istio_request_duration_milliseconds histogram" in text
 
 
+def test_destinations_are_named_from_the_endpoint_by_the_registry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tsunagi.agent import metrics
+
+    now = [1000.0]
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: now[0])
+    LOOKUPS.clear()
+    agg = Aggregator(ME, registry)
+    outside = "93.184.216.34:443"
+    agg.feed([src(), src(host=outside), src(host="-", code="503", flags="UF")])
+
+    def destinations() -> list[tuple[str, str]]:
+        series = parsed(agg.render(), "istio_requests_total")
+        return sorted((lb["response_code"], lb["destination_workload"]) for lb, _ in series)
+
+    assert destinations() == [("200", "reviews-v2"), ("200", "unknown"), ("503", "unknown")]
+    assert [sorted([HOST, outside])] == LOOKUPS  # "-" (no endpoint) is never asked about
+    agg.render()
+    assert len(LOOKUPS) == 1  # known hosts are remembered, unknown ones for a while
+    now[0] += metrics.UNKNOWN_HOST_TTL + 1
+    agg.render()
+    assert LOOKUPS[1:] == [[outside]]
+    now[0] += metrics.KNOWN_HOST_TTL
+    agg.render()
+    assert LOOKUPS[2:] == [sorted([HOST, outside])]  # an address may change hands
+
+    def down(hosts: list[str]) -> dict[str, str]:
+        raise OSError("control plane unreachable")
+
+    lost = Aggregator(ME, down)
+    lost.feed([src()])
+    (labels, count), *_ = parsed(lost.render(), "istio_requests_total")
+    assert labels["destination_workload"] == "unknown" and count == 1  # still rendered
+
+
 def test_histograms_use_envoys_buckets_cumulatively() -> None:
-    agg = Aggregator(ME)
+    agg = Aggregator(ME, registry)
     agg.feed([src(ms="3"), src(ms="3"), src(ms="700"), src(ms="99999999")])
     buckets = parsed(agg.render(), "istio_request_duration_milliseconds_bucket")
     by_le = {lb["le"]: v for lb, v in buckets}
@@ -109,7 +159,7 @@ def test_histograms_use_envoys_buckets_cumulatively() -> None:
 
 
 def test_destination_lines_name_the_caller_or_unknown() -> None:
-    agg = Aggregator(ME)
+    agg = Aggregator(ME, registry)
     malformed = [
         "garbage",
         "a;b;c;d",  # four fields
@@ -139,7 +189,7 @@ def test_destination_lines_name_the_caller_or_unknown() -> None:
 
 
 def test_grpc_and_passthrough_lines() -> None:
-    agg = Aggregator(ME)
+    agg = Aggregator(ME, registry)
     assert parse_token("s|grpc").grpc and not parse_token("s").grpc
     agg.feed([src(grpc="14", code="200", token="s|grpc")])
     # A gRPC request that got no response: no status, still gRPC (the request said so).
@@ -155,7 +205,7 @@ def test_grpc_and_passthrough_lines() -> None:
 
 
 def test_bad_lines_are_counted_not_fatal() -> None:
-    agg = Aggregator(ME)
+    agg = Aggregator(ME, registry)
     agg.feed(["", "nonsense", "s\tshort", "x\t1\t2", src(ms="not-a-number"), "s|BAD\t1", src()])
     assert agg.bad_lines == 5  # an empty line (between two newlines) is no line
     assert sum(v for _, v in parsed(agg.render(), "istio_requests_total")) == 1
@@ -172,7 +222,7 @@ def test_a_batch_of_repeats_counts_as_the_same_lines_fed_one_by_one(
     lines += [dst(peer="w9;default;w9;v1;Kubernetes")] * 3  # over the cap: folded, 3 times
     lines += [dst(peer="w8;default;w8;v1;Kubernetes", code="503")] * 2  # past the headroom
     lines += ["t\tTcpPeriodic\t7\t100\t40\t-"] * 2 + ["t\tTcpConnectionEnd\t7\t150\t90\t-"]
-    batch, single = Aggregator(ME), Aggregator(ME)
+    batch, single = Aggregator(ME, registry), Aggregator(ME, registry)
     batch.feed(lines)
     for line in lines:
         single.feed([line])
@@ -183,7 +233,7 @@ def test_a_batch_of_repeats_counts_as_the_same_lines_fed_one_by_one(
 
 
 def test_tcp_cumulative_bytes_become_deltas_per_connection() -> None:
-    agg = Aggregator(ME)
+    agg = Aggregator(ME, registry)
     agg.feed(
         [
             "t\tTcpUpstreamConnected\t7\t0\t0\t-",
@@ -209,7 +259,7 @@ def test_tcp_cumulative_bytes_become_deltas_per_connection() -> None:
 def test_overrides_in_the_token_disable_metrics_and_remove_labels() -> None:
     token = "s|REQUEST_SIZE!|RESPONSE_SIZE!|REQUEST_COUNT-source_app|REQUEST_COUNT-response_code"
     assert parse_token(token).disabled == {"REQUEST_SIZE", "RESPONSE_SIZE"}
-    agg = Aggregator(ME)
+    agg = Aggregator(ME, registry)
     agg.feed([src(token=token), src(token=token, code="503")])
     text = agg.render()
     # Two codes merge into one series once response_code is removed.
@@ -223,7 +273,7 @@ def test_overrides_in_the_token_disable_metrics_and_remove_labels() -> None:
 
 
 def test_counts_are_exact_under_concurrent_scrapes() -> None:
-    agg = Aggregator(ME)
+    agg = Aggregator(ME, registry)
     lines = [src(code=str(200 + i % 3)) for i in range(100)]
     stop = threading.Event()
     seen: list[list[float]] = [[], [], []]
@@ -333,7 +383,7 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 
 def test_endpoint_merges_ours_envoys_and_the_apps_and_survives_failures() -> None:
-    agg = Aggregator(ME)
+    agg = Aggregator(ME, registry)
     agg.feed([src()])
     envoy_port, _ = _serve_once(b"# TYPE envoy_server_live gauge\nenvoy_server_live 1\n")
     app_port, _ = _serve_once(b"# TYPE app_hits counter\napp_hits 5\n# EOF\n")
@@ -358,7 +408,7 @@ def test_endpoint_merges_ours_envoys_and_the_apps_and_survives_failures() -> Non
 
 
 def test_pipe_feeds_the_aggregator_and_never_blocks_the_writer() -> None:
-    agg = Aggregator(ME)
+    agg = Aggregator(ME, registry)
     with tempfile.TemporaryDirectory() as d:
         pipe = MetricsPipe(Path(d) / "m.fifo", agg)
         pipe.start()
@@ -387,7 +437,7 @@ def test_a_fixed_metrics_port_in_use_is_a_clear_error() -> None:
         taken.bind(("127.0.0.1", port))
         taken.listen(1)
         with pytest.raises(OSError):
-            MetricsServer(port, Aggregator(ME), 1)
+            MetricsServer(port, Aggregator(ME, registry), 1)
 
 
 def test_series_are_capped_and_the_excess_is_counted_with_the_peer_unknown(
@@ -398,7 +448,7 @@ def test_series_are_capped_and_the_excess_is_counted_with_the_peer_unknown(
     monkeypatch.setattr(metrics, "MAX_HTTP_SERIES", 5)
     monkeypatch.setattr(metrics, "FOLDED_HEADROOM", 2)
     monkeypatch.setattr(metrics, "MAX_TCP_SERIES", 1)
-    agg = Aggregator(ME)
+    agg = Aggregator(ME, registry)
     # A caller forging a new identity per request: 5 series, then one with the peer unknown.
     forged = [dst(peer=f"w{i};default;w{i};v1;Kubernetes") for i in range(50)]
     agg.feed(forged)
@@ -427,7 +477,7 @@ def test_the_cap_is_reported_by_the_endpoint(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(metrics, "MAX_HTTP_SERIES", 1)
     monkeypatch.setattr(metrics, "FOLDED_HEADROOM", 0)
-    agg = Aggregator(ME)
+    agg = Aggregator(ME, registry)
     agg.feed([dst(peer=f"w{i};default;w;v1;Kubernetes") for i in range(3)])
     server = MetricsServer(0, agg, _closed_port(), 0, "")
     server.start()
@@ -449,7 +499,7 @@ def _closed_port() -> int:
 
 
 def test_lean_path_serves_istios_request_metrics_without_fetching_anything() -> None:
-    agg = Aggregator(ME)
+    agg = Aggregator(ME, registry)
     agg.feed([src(), dst()])
     # Envoy's and the app's ports answer nothing: the lean path must not need them.
     server = MetricsServer(0, agg, _closed_port(), _closed_port(), "/metrics")
@@ -496,7 +546,7 @@ def _trickler() -> tuple[int, threading.Event]:
 
 def test_a_trickling_app_cannot_hold_a_scrape_past_its_budget() -> None:
     # Each byte arrives well within a socket timeout: only a bound on the whole fetch ends it.
-    agg = Aggregator(ME)
+    agg = Aggregator(ME, registry)
     agg.feed([src()])
     envoy_port, _ = _serve_once(b"envoy_server_live 1\n")
     app_port, stop = _trickler()
@@ -515,13 +565,13 @@ def test_close_ends_the_pipe_reader_and_the_server_thread() -> None:
     import socket
 
     with tempfile.TemporaryDirectory() as d:
-        pipe = MetricsPipe(Path(d) / "m.fifo", Aggregator(ME))
+        pipe = MetricsPipe(Path(d) / "m.fifo", Aggregator(ME, registry))
         pipe.start()
         reader = pipe._thread
         assert reader.is_alive()  # blocked in read(): nothing was written
         pipe.close()
         assert not reader.is_alive()
-    server = MetricsServer(0, Aggregator(ME), _closed_port())
+    server = MetricsServer(0, Aggregator(ME, registry), _closed_port())
     server.start()
     serving = server._thread
     port = server.port

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from tsunagi import proxy_contract as pc
 from tsunagi.agent.logs import log
@@ -92,6 +93,19 @@ _PEER_SHAPE = re.compile(r"[A-Za-z0-9._-]{1,63}(;[A-Za-z0-9._-]{1,63}){4}")
 names and label values. The header is trusted as sent until mTLS binds it to the caller's
 certificate (issue 10); checked when a series is created, never per request."""
 MAX_PEER_LENGTH = 256
+_HOST_SHAPE = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[0-9.]{7,15}):[0-9]{1,5}")
+"""An upstream host as Envoy logs it (``%UPSTREAM_HOST%``): IPv4 or bracketed IPv6, port."""
+KNOWN_HOST_TTL = 300.0
+"""Seconds a resolved upstream host keeps its workload before it is asked again (an address
+can be reused by another workload once the first is gone)."""
+UNKNOWN_HOST_TTL = 30.0
+"""Seconds before a host the registry did not know (outside the mesh, or not registered
+yet) is asked about again."""
+MAX_RESOLVE = 256
+"""Hosts asked about in one call to the resolver."""
+
+Resolver = Callable[[list[str]], Mapping[str, str]]
+"""Upstream hosts → the ``istio.workload`` metadata of those the registry knows."""
 
 
 class Profile(NamedTuple):
@@ -180,7 +194,7 @@ class Aggregator:
     """Counters and histograms of one sidecar; :meth:`feed` from the reader thread,
     :meth:`render` from scrapes (a lock keeps each consistent)."""
 
-    def __init__(self, me: Identity) -> None:
+    def __init__(self, me: Identity, resolve: Resolver | None = None) -> None:
         own = pc.workload_metadata(me.labels, me.service, me.namespace).split(";")
         self._own = {
             "workload": own[0],
@@ -211,6 +225,9 @@ class Aggregator:
         self.dropped = {"http": 0, "tcp": 0}
         """Lines not counted at all, by protocol: even the folded series were full."""
         self._warned = False
+        self._resolve = resolve
+        # Upstream host → (its workload's metadata, or "" if unknown; when to ask again).
+        self._hosts: dict[str, tuple[str, float]] = {}
 
     def _profile(self, token: str) -> Profile | None:
         profile = self._profiles.get(token, False)
@@ -271,7 +288,8 @@ class Aggregator:
         the headroom."""
         peer = key[at]
         full = len(self._http) >= MAX_HTTP_SERIES
-        if full or (peer != "-" and not valid_peer(peer)):
+        valid = _HOST_SHAPE.fullmatch if key[0][:1] == pc.METRICS_LINE_SOURCE else valid_peer
+        if full or (peer != "-" and not valid(peer)):
             if full and not self._warned:
                 self._warned = True
                 log.warning(
@@ -319,8 +337,8 @@ class Aggregator:
     def _http_labels(self, profile: Profile, key: tuple[str, ...]) -> dict[str, str]:
         own = self._own
         if profile.kind == pc.METRICS_LINE_SOURCE:
-            cluster, peer, code, flags, grpc = key
-            known = _peer(peer)
+            cluster, host, code, flags, grpc = key
+            known = _peer(self._hosts.get(host, ("", 0.0))[0])
             w, ns, cs, cr, cl = known
             app, version = (cs, cr) if known is not UNKNOWN_PEER else (UNKNOWN, UNKNOWN)
             service, name, namespace = _service(cluster)
@@ -389,6 +407,7 @@ class Aggregator:
         with self._lock:
             http = [(k, list(v)) for k, v in self._http.items()]
             tcp = [(k, list(v)) for k, v in self._tcp.items()]
+        self._resolve_hosts({k[2] for k, _ in http if k[0][:1] == pc.METRICS_LINE_SOURCE})
         # metric name → rendered labels → accumulated values (a removed label merges series)
         out: dict[str, dict[str, list[float]]] = {}
         for key, series in http:
@@ -416,6 +435,30 @@ class Aggregator:
                 acc = out.setdefault(name, {}).setdefault(labels, [0.0])
                 acc[0] += v
         return _exposition(out)
+
+    def _resolve_hosts(self, hosts: set[str]) -> None:
+        """Learn the workloads behind upstream hosts not known yet (or due again): source
+        lines name the endpoint Envoy picked, and the registry knows whose it is. Asked at
+        render time, so only hosts actually called are ever looked up; a failed lookup leaves
+        them unknown until the next render."""
+        if self._resolve is None:
+            return
+        now = time.monotonic()
+        due = [h for h in hosts if h != "-" and self._hosts.get(h, ("", 0.0))[1] <= now]
+        for i in range(0, len(due), MAX_RESOLVE):
+            batch = due[i : i + MAX_RESOLVE]
+            try:
+                found = self._resolve(batch)
+            except Exception as e:  # metrics render whatever the lookup does
+                log.warning("metrics: could not look up upstream workloads: %s", e)
+                return
+            for h in batch:
+                meta = found.get(h, "")
+                ok = valid_peer(meta)
+                self._hosts[h] = (
+                    meta if ok else "",
+                    now + (KNOWN_HOST_TTL if ok else UNKNOWN_HOST_TTL),
+                )
 
 
 def _number(v: float) -> str:

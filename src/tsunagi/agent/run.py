@@ -39,6 +39,9 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (agent/re
 if TYPE_CHECKING:
     from typing import Any
 
+RESOLVE_TIMEOUT = 1.0
+"""Seconds a scrape may wait for the control plane to name upstream workloads."""
+
 
 class RunOptions(NamedTuple):
     """What ``tsunagi run`` was asked to do (a NamedTuple: ``dataclasses`` would pull
@@ -90,9 +93,19 @@ class Sidecar:
         self.registered = False
         self.stop = threading.Event()
         self._envoy: EnvoyProcess | None = None
-        self.aggregator = Aggregator(Identity(opts.service, opts.namespace, labels))
+        self.aggregator = Aggregator(
+            Identity(opts.service, opts.namespace, labels), resolve=self._resolve_hosts
+        )
         self._pipe: MetricsPipe | None = None
         self._metrics: MetricsServer | None = None
+
+    def _resolve_hosts(self, hosts: list[str]) -> dict[str, str]:
+        """Upstream hosts → their workloads' metadata, from the registry (see
+        :class:`~tsunagi.agent.metrics.Aggregator`); a scrape waits at most a second."""
+        reply = self.client.request(
+            "POST", "/v1/instances/resolve", {"addresses": hosts}, timeout=RESOLVE_TIMEOUT
+        )
+        return dict(reply["workloads"])
 
     def _pick_ports(self) -> None:
         outbound, inbound, admin, app = free_ports(4)

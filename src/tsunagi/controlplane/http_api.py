@@ -32,6 +32,7 @@ from tsunagi.controlplane.openapi import (
     DeleteRequest,
     GraphQuery,
     InstanceRequest,
+    ResolveRequest,
     ResourcesQuery,
     SeriesQuery,
     WaitQuery,
@@ -47,6 +48,7 @@ from tsunagi.mesh.analysis import (
     undefined_subsets,
 )
 from tsunagi.mesh.telemetry_analysis import telemetry_conflicts
+from tsunagi.proxy_contract import workload_metadata
 from tsunagi.registry import KIND as INSTANCE_KIND
 from tsunagi.registry import Instance, InvalidInstance, Registry
 from tsunagi.registry.instances import protocol_disagreement
@@ -455,6 +457,18 @@ class Api:
             log.warning("%s", disagreement)
             reply["warnings"] = [disagreement]
         return web.json_response(reply)
+
+    async def resolve(self, request: web.Request) -> web.Response:
+        """The workload metadata of registered instances at the addresses asked about: a
+        sidecar's agent names its requests' destinations from the endpoint Envoy picked."""
+        body = await self._model(request, ResolveRequest)
+        wanted = set(body.addresses)
+        found = {}
+        for inst in self.registry.instances():
+            address = host_port(inst.address, inst.target_port)
+            if address in wanted:
+                found[address] = workload_metadata(inst.labels, inst.service, inst.namespace)
+        return web.json_response({"workloads": found})
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["namespace"], request.match_info["name"]

@@ -231,6 +231,23 @@ class ResourceList(BaseModel):
     items: list[ResourceItem]
 
 
+class ResolveRequest(_Body):
+    """Upstream hosts as a sidecar's Envoy logs them (``%UPSTREAM_HOST%``)."""
+
+    addresses: list[Annotated[str, Field(max_length=64)]] = Field(
+        max_length=256, description="`IP:PORT` (or `[IPv6]:PORT`) of endpoints a sidecar called."
+    )
+
+
+class ResolveResponse(BaseModel):
+    workloads: dict[str, str] = Field(
+        description="Of the addresses asked about, those of registered instances, each with "
+        "its workload in Istio's `istio.workload` form "
+        "(`workload;namespace;canonical service;canonical revision;cluster`); others are left "
+        "out."
+    )
+
+
 class RegisterResponse(BaseModel):
     revision: int
     ttl: float = Field(description="Heartbeat at least this often (seconds) or be removed.")
@@ -398,6 +415,9 @@ ROUTES: tuple[Route, ...] = (
           ResourceList, query=ResourcesQuery, errors=(400, 404)),
     Route("POST", "/v1/instances", "register", "Register (or refresh) a workload instance.",
           RegisterResponse, body=InstanceRequest, errors=_BODY_ERRORS),
+    Route("POST", "/v1/instances/resolve", "resolve", "The workloads behind endpoint "
+          "addresses (what a sidecar's metrics name as destination).", ResolveResponse,
+          body=ResolveRequest, errors=_BODY_ERRORS),
     Route("POST", "/v1/instances/{namespace}/{name}/heartbeat", "heartbeat",
           "Extend an instance's lease; 404 means register again.", OkResponse, errors=(404,)),
     Route("DELETE", "/v1/instances/{namespace}/{name}", "deregister",

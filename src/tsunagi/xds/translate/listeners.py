@@ -128,7 +128,6 @@ def inbound_listeners(node: Node, telemetry: ProxyTelemetry | None = None) -> li
                         {
                             "match": {"prefix": "/"},
                             "route": {"cluster": inbound_cluster(port), "timeout": "0s"},
-                            **accesslog.PEER_RESPONSE_HEADER,
                         }
                     ],
                 }

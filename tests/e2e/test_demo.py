@@ -1,0 +1,161 @@
+"""`tsunagi demo --traffic`, as `make demo` runs it: the page answers, the dashboard link it
+prints signs in, its own traffic fills the graph and the trace store, the sidecars' access
+log lines reach its terminal, and Ctrl-C stops every process it started.
+
+The demo listens on its documented fixed ports (API 15014, xDS 15010, Zipkin 9411, OTLP
+4317, dashboard 20001, the page on 9080): the test fails up front, naming the port, when one
+is taken."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from benchmarks.procs import children
+
+from .mesh import wait_until
+
+PORTS = {"API": 15014, "xDS": 15010, "Zipkin": 9411, "OTLP": 4317, "dashboard": 20001}
+PAGE_PORT = 9080
+DEMO = [sys.executable, "-m", "tsunagi.cli.main", "demo"]
+BOOKINFO_EDGES = {
+    ("app:default:productpage:v1", "service:default:details"),
+    ("app:default:productpage:v1", "service:default:reviews"),
+    ("service:default:reviews", "app:default:reviews:v1"),
+    ("service:default:reviews", "app:default:reviews:v3"),
+    ("app:default:reviews:v3", "service:default:ratings"),
+}
+"""The calls the demo's own traffic makes (reviews split 50/50 between v1 and v3)."""
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        reply = conn.getresponse()
+        return reply.status, reply.headers, reply.read()
+    finally:
+        conn.close()
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children(todo.pop()):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_make_demo_serves_the_page_fills_the_dashboard_and_stops_cleanly(tmp_path: Path) -> None:
+    taken = [f"{name} {port}" for name, port in PORTS.items() if not _free(port)]
+    taken += [f"page {PAGE_PORT}"] if not _free(PAGE_PORT) else []
+    assert not taken, f"the demo's fixed ports are in use: {taken}; stop what holds them"
+    state = tmp_path / "state"
+    out_path = tmp_path / "demo.out"
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.pop("TSUNAGI_SERVER", None)
+    env.pop("TSUNAGI_TOKEN", None)
+    with out_path.open("wb") as out:
+        demo = subprocess.Popen(
+            [*DEMO, "--state-dir", str(state), "--traffic", "5"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    started: set[int] = set()
+    try:
+
+        def printed() -> str:
+            assert demo.poll() is None, out_path.read_text()
+            return out_path.read_text(errors="replace")
+
+        wait_until(lambda: "Press Ctrl-C" in printed(), 120, "the demo's banner")
+        started = _descendants(demo.pid)
+        banner = printed()
+
+        status, _, body = _get(PAGE_PORT, "/productpage")
+        assert status == 200 and b"reviews" in body.lower(), body[:300]
+
+        # The dashboard link it printed signs in once and sets the session cookie.
+        link = re.search(r"Watch:\s+(\S+)", banner)
+        assert link is not None, banner
+        url = urlsplit(link.group(1))
+        assert url.port == PORTS["dashboard"] and url.query.startswith("code="), link.group(1)
+        status, headers, _ = _get(url.port, f"{url.path}?{url.query}")
+        assert status in (302, 303), status
+        cookie = headers["Set-Cookie"].split(";", 1)[0]
+        assert cookie.startswith("tsunagi_dashboard_"), cookie
+        assert _get(url.port, "/", {"Cookie": cookie})[0] == 200
+        assert _get(url.port, f"{url.path}?{url.query}")[0] not in (302, 303)  # used once
+
+        # Its own traffic fills the graph and the trace store.
+        token = (state / "token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+
+        def graph_edges() -> set[tuple[str, str]]:
+            status, _, body = _get(PORTS["API"], "/v1/graph?window=60", auth)
+            assert status == 200, body
+            return {(e["source"], e["target"]) for e in json.loads(body)["edges"]}
+
+        wait_until(lambda: graph_edges() >= BOOKINFO_EDGES, 120, "Bookinfo's calls in the graph")
+
+        def traced_services() -> list[str]:
+            status, _, body = _get(PORTS["Zipkin"], "/api/v2/services")
+            assert status == 200, body
+            return list(json.loads(body))
+
+        wait_until(
+            lambda: any(s.startswith("productpage") for s in traced_services()),
+            60,
+            "productpage's spans",
+        )
+        assert "[sidecar productpage" in printed()  # access log lines, marked
+    finally:
+        if demo.poll() is None:
+            demo.send_signal(signal.SIGINT)  # Ctrl-C
+        try:
+            code = demo.wait(60)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            demo.wait()
+            for pid in started:
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            raise
+    assert code == 0, out_path.read_text()[-3000:]
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in started if _alive(p)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes the demo started outlived it: {left}"
