@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from benchmarks.procs import children
 
-from .mesh import wait_until
+from .mesh import alive, wait_until
 
 PORTS = {"API": 15014, "xDS": 15010, "Zipkin": 9411, "OTLP": 4317, "dashboard": 20001}
 PAGE_PORT = 9080
@@ -65,14 +65,6 @@ def _descendants(pid: int) -> set[int]:
             found.add(child)
             todo.append(child)
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_make_demo_serves_the_page_fills_the_dashboard_and_stops_cleanly(tmp_path: Path) -> None:
@@ -148,14 +140,14 @@ def test_make_demo_serves_the_page_fills_the_dashboard_and_stops_cleanly(tmp_pat
             demo.kill()
             demo.wait()
             for pid in started:
-                if _alive(pid):
+                if alive(pid):
                     os.kill(pid, signal.SIGKILL)
             raise
     assert code == 0, out_path.read_text()[-3000:]
     deadline = time.monotonic() + 10
-    while any(_alive(p) for p in started) and time.monotonic() < deadline:
+    while any(alive(p) for p in started) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = [p for p in started if _alive(p)]
+    left = [p for p in started if alive(p)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"processes the demo started outlived it: {left}"
