@@ -16,6 +16,9 @@ DEFAULT_OUTBOUND_PORT = 15001
 
 DEFAULT_KIND = "sidecar"
 """A proxy beside an app; the other kind is ``gateway``."""
+GATEWAY_KIND = "gateway"
+"""A standalone proxy with no app (``tsunagi gateway``): it serves the ``Gateway`` resources
+whose selector matches its labels, on the ports their servers name."""
 
 # Keys of the xDS node metadata the agent writes into the bootstrap.
 META_NAMESPACE = "namespace"
@@ -30,6 +33,18 @@ META_INBOUND_PROTOCOL = "protocol"
 """The service port's protocol (``tsunagi.protocols`` names); absent means HTTP. HTTP/2
 protocols make the inbound cluster speak h2c to the app; non-HTTP ones get a TCP proxy."""
 META_KIND = "kind"
+META_GATEWAY_ADDRESS = "gateway_address"
+"""A gateway's listen address (``tsunagi gateway --address``, default 127.0.0.1): its
+listeners bind there, on the port numbers its Gateways' servers name."""
+META_UPSTREAMS = "upstreams"
+"""``tsunagi run --upstream``: a list of ``{META_UPSTREAM_SERVICE: host as the user wrote it,
+META_UPSTREAM_PORT: service port, META_UPSTREAM_LISTEN: local port}``; each gets a TCP
+listener on 127.0.0.1:listen that proxies to the service port (Consul's and Kuma's
+upstreams), for clients that cannot use an HTTP proxy."""
+META_UPSTREAM_SERVICE = "service"
+META_UPSTREAM_PORT = "port"
+META_UPSTREAM_LISTEN = "listen"
+UPSTREAM_ENV_PREFIX = "TSUNAGI_UPSTREAM_"
 META_LOCALITY = "locality"
 """``region/zone/subzone`` (also in the node's Envoy ``locality``; the metadata copy is what
 the control plane reads, as it reads nothing else of the node)."""
@@ -43,6 +58,15 @@ def inbound_stat_prefix(port: int) -> str:
 def inbound_active_requests_stat(port: int) -> str:
     """Requests in flight on the inbound listener of ``port``: what draining waits on."""
     return f"http.{inbound_stat_prefix(port)}.downstream_rq_active"
+
+
+def upstream_env(service: str, port: int) -> str:
+    """The app's environment variable holding ``127.0.0.1:LOCALPORT`` of an upstream:
+    ``TSUNAGI_UPSTREAM_<SERVICE>_<PORT>``, the service name upper-cased with every character
+    that is not a letter or digit as ``_``: ``tcp-echo.ns`` port 9000 gives
+    ``TSUNAGI_UPSTREAM_TCP_ECHO_NS_9000``."""
+    name = "".join(c if c.isascii() and c.isalnum() else "_" for c in service.upper())
+    return f"{UPSTREAM_ENV_PREFIX}{name}_{port}"
 
 
 def locality_fields(locality: str) -> dict[str, str]:
@@ -92,6 +116,9 @@ flags, gRPC status, duration ms, request bytes, response bytes``."""
 METRICS_LINE_TCP = "t"
 """Inbound TCP: ``TOKEN, log type, connection id, received bytes, sent bytes, flags`` with
 cumulative byte counts (Envoy's periodic and end-of-connection entries)."""
+METRICS_LINE_TCP_SOURCE = "u"
+"""Outbound TCP (``tsunagi run --upstream`` listeners, ``reporter="source"``): the
+:data:`METRICS_LINE_TCP` fields, then the upstream cluster and the endpoint Envoy picked."""
 METRICS_TOKEN_SEP = "|"
 """A line's token is ``KIND`` then, per Telemetry metric override, ``|METRIC!`` (metric
 disabled) or ``|METRIC-tag`` (label removed); the agent parses each distinct token once."""

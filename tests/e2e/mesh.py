@@ -362,6 +362,63 @@ class Mesh:
     def client(self) -> Workload:
         return self.run("client", "v1", 80, "idle.py", False)
 
+    def gateway(
+        self, name: str, labels: dict[str, str], *extra: str, namespace: str = "default"
+    ) -> Workload:
+        """Start ``tsunagi gateway --name NAME --label K=V...``; return once its proxy has
+        ACKed its config and it is registered. It listens on the ports its Gateways' servers
+        name (tests take them from :func:`free_port`); ``outbound_port`` is unused (0)."""
+        log_name = f"gateway-{name}-{len(self.workloads)}"
+        log = (self.state_dir / f"{log_name}.log").open("ab")
+        labels_args = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tsunagi.cli.main",
+                "gateway",
+                "--name",
+                name,
+                "--namespace",
+                namespace,
+                *labels_args,
+                "--concurrency",
+                "1",
+                "--xds-protocol",
+                self.xds_protocol,
+                *extra,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+        )
+        gw = Workload(proc, "", 0)
+        self.workloads.append(gw)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (self.state_dir / f"{log_name}.log").read_text()
+            mine = [
+                i["name"]
+                for i in self.api("GET", f"/v1/resources?kind=workloads&namespace={namespace}")[
+                    "items"
+                ]
+                if i["document"].get("kind") == "gateway" and i["document"]["service"] == name
+            ]
+            synced = {
+                p["id"].rsplit(".", 1)[0]
+                for p in self.api("GET", "/v1/proxies")["proxies"]
+                if p["kind"] == "gateway" and p["synced"]
+            }
+            taken = {w.name for w in self.workloads}
+            ready = [n for n in mine if n in synced and n not in taken]
+            if ready and gw.envoy_pid():
+                gw.name = ready[0]
+                return gw
+            time.sleep(0.1)
+        raise AssertionError(
+            f"gateway {name} did not start:\n" + (self.state_dir / f"{log_name}.log").read_text()
+        )
+
     def close(self) -> None:
         for w in reversed(self.workloads):
             stop(w.proc)

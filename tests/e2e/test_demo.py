@@ -1,10 +1,11 @@
-"""`tsunagi demo --traffic`, as `make demo` runs it: the page answers, the dashboard link it
-prints signs in, its own traffic fills the graph and the trace store, the sidecars' access
-log lines reach its terminal, and Ctrl-C stops every process it started.
+"""`tsunagi demo --traffic`, as `make demo` runs it: the page answers (directly and through
+the ingress gateway), the dashboard link it prints signs in, its own traffic fills the graph
+and the trace store, the sidecars' access log lines reach its terminal, and Ctrl-C stops
+every process it started.
 
 The demo listens on its documented fixed ports (API 15014, xDS 15010, Zipkin 9411, OTLP
-4317, dashboard 20001, the page on 9080): the test fails up front, naming the port, when one
-is taken."""
+4317, dashboard 20001, the page on 9080, the ingress gateway on 8080): the test fails up
+front, naming the port, when one is taken."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from .mesh import alive, wait_until
 
 PORTS = {"API": 15014, "xDS": 15010, "Zipkin": 9411, "OTLP": 4317, "dashboard": 20001}
 PAGE_PORT = 9080
+GATEWAY_PORT = 8080
+"""The ingress gateway's port (bookinfo-gateway.yaml's server)."""
 DEMO = [sys.executable, "-m", "tsunagi.cli.main", "demo"]
 BOOKINFO_EDGES = {
     ("app:default:productpage:v1", "service:default:details"),
@@ -70,6 +73,7 @@ def _descendants(pid: int) -> set[int]:
 def test_make_demo_serves_the_page_fills_the_dashboard_and_stops_cleanly(tmp_path: Path) -> None:
     taken = [f"{name} {port}" for name, port in PORTS.items() if not _free(port)]
     taken += [f"page {PAGE_PORT}"] if not _free(PAGE_PORT) else []
+    taken += [f"gateway {GATEWAY_PORT}"] if not _free(GATEWAY_PORT) else []
     assert not taken, f"the demo's fixed ports are in use: {taken}; stop what holds them"
     state = tmp_path / "state"
     out_path = tmp_path / "demo.out"
@@ -96,6 +100,16 @@ def test_make_demo_serves_the_page_fills_the_dashboard_and_stops_cleanly(tmp_pat
 
         status, _, body = _get(PAGE_PORT, "/productpage")
         assert status == 200 and b"reviews" in body.lower(), body[:300]
+        # Through the ingress gateway, as Istio's bookinfo-gateway.yaml routes it: the page
+        # and its API; a path the VirtualService does not match gets the gateway's 404.
+        through = f"http://127.0.0.1:{GATEWAY_PORT}/productpage"
+        assert through in banner, banner
+        status, headers, body = _get(GATEWAY_PORT, "/productpage", {"Host": "bookinfo.local"})
+        assert status == 200 and b"reviews" in body.lower(), body[:300]
+        assert headers["x-served-by"] == "productpage-v1"
+        status, _, body = _get(GATEWAY_PORT, "/api/v1/products/0")
+        assert status == 200 and b"Natsume Soseki" in body, body[:300]
+        assert _get(GATEWAY_PORT, "/not-routed")[0] == 404
 
         # The dashboard link it printed signs in once and sets the session cookie.
         link = re.search(r"Watch:\s+(\S+)", banner)

@@ -186,4 +186,4 @@ def test_tcp_port_is_registered_without_an_http_route(mesh: Mesh) -> None:
     assert set(answer["headers"]) == {"host", "x-probe", "accept-encoding"}, answer["headers"]
 
     log = (mesh.state_dir / f"{db.name}.log").read_text()
-    assert "routing TCP from other workloads to it is not applied yet" in log
+    assert "other workloads reach it with tsunagi run --upstream db:5432" in log

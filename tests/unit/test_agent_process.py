@@ -31,6 +31,7 @@ def test_the_handoff_carries_every_option_and_the_token() -> None:
         outbound_port=15001,
         metrics_port=15020,
         app_metrics="/metrics",
+        upstreams=(("tcp-echo", 9000, 19000), ("db.data", 5432, 0)),
         name="reviews-1",
         concurrency=1,
         delta=True,

@@ -163,8 +163,8 @@ def test_warnings_for_what_does_not_apply_to_tsunagi_proxies() -> None:
           patch: {operation: MERGE, value: {response_headers_to_add: [{header: {key: a, value: b}, bogus: 1}]}}
         - applyTo: EXTENSION_CONFIG
           patch: {operation: MERGE, value: {name: x}}
-        - applyTo: CLUSTER
-          match: {context: GATEWAY}
+        - applyTo: VIRTUAL_HOST
+          match: {context: GATEWAY, routeConfiguration: {gateway: default/g}}
           patch: {operation: REMOVE}
         - applyTo: CLUSTER
           match: {proxy: {proxyVersion: '^1\\..*'}}
@@ -179,7 +179,7 @@ def test_warnings_for_what_does_not_apply_to_tsunagi_proxies() -> None:
     assert "spec.configPatches[0].patch.value: Failed to parse response_headers_to_add" in joined
     assert 'no field named "bogus" at "Route.response_headers_to_add[0]"; ignored' in joined
     assert "[1].patch.operation MERGE does nothing with applyTo EXTENSION_CONFIG" in joined
-    assert "spec.configPatches[2].match.context GATEWAY is not applied yet" in joined
+    assert "spec.configPatches[2].match.routeConfiguration.gateway is not applied yet" in joined
     assert "spec.configPatches[3].match.proxy" in joined
 
 

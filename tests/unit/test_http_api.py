@@ -271,7 +271,14 @@ BAD_BODIES: dict[str, tuple[str, Any, str]] = {
     "delete: empty name": ("/v1/delete", {"kind": "vs", "name": ""}, "body name"),
     "delete: bad YAML": ("/v1/delete", {"text": "a: [b"}, "nothing was deleted"),
     "instance: port is a string": ("/v1/instances", {**INSTANCE, "port": "80"}, "body port"),
-    "instance: port 0": ("/v1/instances", {**INSTANCE, "port": 0}, "body port"),
+    # 0 is a gateway's port (kind gateway), never a sidecar's
+    "instance: port 0": ("/v1/instances", {**INSTANCE, "port": 0}, "port must be 1..65535"),
+    "instance: gateway port": (
+        "/v1/instances",
+        {**INSTANCE, "kind": "gateway", "target_port": 0},
+        "port must be 0 for a gateway",
+    ),
+    "instance: kind": ("/v1/instances", {**INSTANCE, "kind": "waypoint"}, "body kind"),
     "instance: port true": ("/v1/instances", {**INSTANCE, "target_port": True}, "target_port"),
     "instance: labels not a map": ("/v1/instances", {**INSTANCE, "labels": "x"}, "body labels"),
     "instance: label value": ("/v1/instances", {**INSTANCE, "labels": {"a": 1}}, "labels.a"),

@@ -174,8 +174,9 @@ spec:
 """
     warnings = not_yet_enforced(load_documents(config, "db.yaml"))
     assert warnings == [
-        "ServiceEntry default/db: spec.ports[0] (TCP 5432): TCP routing is not applied yet; "
-        "the sidecar has no route for this port"
+        "ServiceEntry default/db: spec.ports[0] (TCP 5432) is not HTTP: the app's HTTP proxy "
+        "has no route for it; reach it through a local TCP listener with "
+        "`tsunagi run --upstream db.example.com:5432`"
     ]
 
 

@@ -1,9 +1,10 @@
-"""``python -m tsunagi.agent``: the sidecar agent, as ``tsunagi run`` execs it.
+"""``python -m tsunagi.agent``: the sidecar agent, as ``tsunagi run`` execs it (and the
+gateway's, as ``tsunagi gateway`` does).
 
-Not a command for people: ``tsunagi run`` parses and checks the command line, then replaces
-itself with this (``agent/handoff.py``). Exit codes are ``tsunagi run``'s: the app's own,
-1 if the sidecar could not start or the control plane refused it, 3 if the control plane is
-unreachable.
+Not a command for people: ``tsunagi run`` (or ``gateway``) parses and checks the command
+line, then replaces itself with this (``agent/handoff.py``). Exit codes are ``tsunagi
+run``'s: the app's own (a gateway's: 0 once stopped), 1 if the proxy could not start or the
+control plane refused it, 3 if the control plane is unreachable.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 from tsunagi.agent import handoff
 from tsunagi.agent.logs import configure
-from tsunagi.agent.run import run_sidecar
+from tsunagi.agent.run import RunOptions, run_sidecar
 from tsunagi.client import Client, Rejected, Unreachable
 
 EXIT_INVALID, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 3, 130
@@ -27,7 +28,11 @@ def main(argv: list[str]) -> int:
     configure()
     opts, server, token = handoff.receive(argv)
     try:
-        return run_sidecar(opts, Client(server, token))
+        if isinstance(opts, RunOptions):
+            return run_sidecar(opts, Client(server, token))
+        from tsunagi.agent.gateway import run_gateway
+
+        return run_gateway(opts, Client(server, token))
     except (RuntimeError, TimeoutError, OSError, Unreachable) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_UNREACHABLE if isinstance(e, Unreachable) else EXIT_INVALID

@@ -32,12 +32,16 @@ class ProxyIdentity(NamedTuple):
     """service port → its protocol, when not HTTP."""
     metrics_log: str = ""
     """The FIFO the agent reads metric lines from; empty: no metrics loggers."""
+    upstreams: tuple[tuple[str, int, int], ...] = ()
+    """``--upstream``: ``(service, port, local port)``."""
+    gateway_address: str = ""
+    """A gateway's listen address (``pc.META_GATEWAY_ADDRESS``); empty for a sidecar."""
 
 
 def bootstrap(
     ident: ProxyIdentity, xds_host: str, xds_port: int, admin_port: int, delta: bool = False
 ) -> dict[str, Any]:
-    """The bootstrap document (JSON-ready) for one sidecar."""
+    """The bootstrap document (JSON-ready) for one sidecar or gateway."""
     return {
         "node": {
             "id": ident.node_id,
@@ -63,6 +67,25 @@ def bootstrap(
                 pc.META_KIND: ident.kind,
                 pc.META_LOCALITY: ident.locality,
                 **({pc.META_METRICS_LOG: ident.metrics_log} if ident.metrics_log else {}),
+                **(
+                    {
+                        pc.META_UPSTREAMS: [
+                            {
+                                pc.META_UPSTREAM_SERVICE: service,
+                                pc.META_UPSTREAM_PORT: port,
+                                pc.META_UPSTREAM_LISTEN: local,
+                            }
+                            for service, port, local in ident.upstreams
+                        ]
+                    }
+                    if ident.upstreams
+                    else {}
+                ),
+                **(
+                    {pc.META_GATEWAY_ADDRESS: ident.gateway_address}
+                    if ident.gateway_address
+                    else {}
+                ),
             },
         },
         "admin": {
@@ -160,6 +183,9 @@ def bootstrap(
                         ),
                         {"prefix": "cluster.xds."},
                         {"prefix": "control_plane."},
+                        # A gateway drains on its way out until its listeners have no
+                        # connection left (agent/gateway.py); it has a listener per port.
+                        *([{"prefix": "listener."}] if ident.kind == pc.GATEWAY_KIND else []),
                     ]
                 }
             }

@@ -1,4 +1,5 @@
-"""From ``tsunagi run`` to the sidecar agent: the same process, a fresh interpreter.
+"""From ``tsunagi run`` (or ``tsunagi gateway``) to the agent: the same process, a fresh
+interpreter.
 
 The command line is parsed by the CLI, which imports what every other command needs too
 (``argparse``, the whole parser, ``pathlib``, the wheel's Envoy locator). None of that is
@@ -22,26 +23,46 @@ import sys
 
 from tsunagi.agent.run import RunOptions
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (agent/records.py)
+if TYPE_CHECKING:
+    from tsunagi.agent.gateway import GatewayOptions
+
 FD_FLAG = "--handoff-fd"
+_GATEWAY = "gateway"
+"""The handoff's ``mode`` for ``tsunagi gateway`` (absent: ``tsunagi run``)."""
 
 
-def encode(opts: RunOptions, server: str, token: str) -> bytes:
-    """The handoff document: the run options and how to reach the control plane."""
+def encode(opts: RunOptions | GatewayOptions, server: str, token: str) -> bytes:
+    """The handoff document: the run (or gateway) options and how to reach the control
+    plane."""
     fields = opts._asdict()
-    fields["command"] = list(opts.command)
     fields["labels"] = dict(opts.labels)
-    return json.dumps({"options": fields, "server": server, "token": token}).encode()
+    doc = {"options": fields, "server": server, "token": token}
+    if isinstance(opts, RunOptions):
+        fields["command"] = list(opts.command)
+    else:
+        doc["mode"] = _GATEWAY
+    return json.dumps(doc).encode()
 
 
-def decode(data: bytes) -> tuple[RunOptions, str, str]:
+def decode(data: bytes) -> tuple[RunOptions | GatewayOptions, str, str]:
     """``(options, server, token)`` from :func:`encode`'s bytes."""
     doc = json.loads(data)
     fields = doc["options"]
-    fields["command"] = tuple(fields["command"])
-    return RunOptions(**fields), str(doc["server"]), str(doc["token"])
+    opts: RunOptions | GatewayOptions
+    if doc.get("mode") == _GATEWAY:
+        # Only a gateway's agent loads the gateway's module.
+        from tsunagi.agent.gateway import GatewayOptions
+
+        opts = GatewayOptions(**fields)
+    else:
+        fields["command"] = tuple(fields["command"])
+        fields["upstreams"] = tuple(tuple(u) for u in fields.get("upstreams", ()))
+        opts = RunOptions(**fields)
+    return opts, str(doc["server"]), str(doc["token"])
 
 
-def exec_agent(opts: RunOptions, server: str, token: str) -> None:
+def exec_agent(opts: RunOptions | GatewayOptions, server: str, token: str) -> None:
     """Replace this process with the agent's interpreter; returns only when that cannot be
     done here (no ``memfd_create``, or no interpreter path), and the caller runs the sidecar
     in this process instead."""
@@ -53,16 +74,18 @@ def exec_agent(opts: RunOptions, server: str, token: str) -> None:
         os.lseek(fd, 0, os.SEEK_SET)
         sys.stdout.flush()
         sys.stderr.flush()
-        # The service name only makes the process recognisable in `ps`.
-        os.execv(
-            sys.executable,
-            [sys.executable, "-m", "tsunagi.agent", FD_FLAG, str(fd), "--service", opts.service],
+        # The service (or gateway) name only makes the process recognisable in `ps`.
+        who = (
+            ["--service", opts.service]
+            if isinstance(opts, RunOptions)
+            else ["--gateway", opts.name]
         )
+        os.execv(sys.executable, [sys.executable, "-m", "tsunagi.agent", FD_FLAG, str(fd), *who])
     except OSError:
         os.close(fd)
 
 
-def receive(argv: list[str]) -> tuple[RunOptions, str, str]:
+def receive(argv: list[str]) -> tuple[RunOptions | GatewayOptions, str, str]:
     """In the agent: read and close the handoff whose descriptor ``argv`` names."""
     fd = int(argv[argv.index(FD_FLAG) + 1])
     chunks = []

@@ -118,11 +118,20 @@ class Profile(NamedTuple):
     """Lines of gRPC requests (the logger's filter matched the request's content type)."""
 
 
+_KINDS = (
+    pc.METRICS_LINE_SOURCE,
+    pc.METRICS_LINE_DESTINATION,
+    pc.METRICS_LINE_TCP,
+    pc.METRICS_LINE_TCP_SOURCE,
+)
+_TCP_KINDS = (pc.METRICS_LINE_TCP, pc.METRICS_LINE_TCP_SOURCE)
+
+
 def parse_token(token: str) -> Profile:
     """``s|REQUEST_SIZE!|REQUEST_COUNT-source_app`` → kind ``s``, REQUEST_SIZE disabled,
     ``source_app`` removed from REQUEST_COUNT (``proxy_contract.METRICS_TOKEN_SEP``)."""
     kind, *parts = token.split(pc.METRICS_TOKEN_SEP)
-    if kind not in (pc.METRICS_LINE_SOURCE, pc.METRICS_LINE_DESTINATION, pc.METRICS_LINE_TCP):
+    if kind not in _KINDS:
         raise ValueError(f"unknown metric line kind {kind!r}")
     disabled = set()
     removed: dict[str, set[str]] = {}
@@ -214,8 +223,9 @@ class Aggregator:
         # HTTP series: raw label fields → [count, 3 x (count per bucket, count above the
         # last bound, sum)].
         self._http: dict[tuple[str, ...], list[float]] = {}
-        # TCP series: (token, flags) → [opened, closed, sent, received].
-        self._tcp: dict[tuple[str, str], list[int]] = {}
+        # TCP series: (token, flags) inbound, (token, flags, cluster, upstream host)
+        # outbound → [opened, closed, sent, received].
+        self._tcp: dict[tuple[str, ...], list[int]] = {}
         self._conns: dict[str, tuple[int, int]] = {}
         self.bad_lines = 0
         """Lines that could not be parsed (counted, then skipped)."""
@@ -259,7 +269,7 @@ class Aggregator:
         profile = self._profile(f[0])
         if profile is None:
             raise ValueError(line)
-        if profile.kind == pc.METRICS_LINE_TCP:
+        if profile.kind in _TCP_KINDS:
             # Each line moves a connection's state. Repeats are processed where the first
             # one was: a TCP line can only repeat before its connection's bytes change.
             for _ in range(n):
@@ -311,16 +321,18 @@ class Aggregator:
         return series
 
     def _feed_tcp(self, f: list[str]) -> None:
-        if len(f) != 6:
+        outbound = f[0][:1] == pc.METRICS_LINE_TCP_SOURCE
+        if len(f) != (8 if outbound else 6):
             raise ValueError("\t".join(f))
-        token, kind, conn, rx, tx, flags = f
+        token, kind, conn, rx, tx, flags = f[:6]
         received, sent = int(rx), int(tx)
-        series = self._tcp.get((token, flags))
+        key = (token, flags, *f[6:])  # outbound: the cluster and the endpoint, too
+        series = self._tcp.get(key)
         if series is None:
             if len(self._tcp) >= MAX_TCP_SERIES:
                 self.dropped["tcp"] += 1
                 return
-            series = self._tcp[(token, flags)] = [0, 0, 0, 0]
+            series = self._tcp[key] = [0, 0, 0, 0]
         last = self._conns.pop(conn, None)
         if last is None:
             series[0] += 1  # first news of this connection: connected, or ended at once
@@ -387,7 +399,30 @@ class Aggregator:
         values["response_flags"] = flags
         return values
 
-    def _tcp_labels(self, flags: str) -> dict[str, str]:
+    def _tcp_labels(self, flags: str, cluster: str = "", host: str = "") -> dict[str, str]:
+        if cluster:  # an outbound connection (an --upstream listener): reporter=source
+            known = _peer(self._hosts.get(host, ("", 0.0))[0])
+            w, ns, cs, cr, cl = known
+            app, version = (cs, cr) if known is not UNKNOWN_PEER else (UNKNOWN, UNKNOWN)
+            service, name, namespace = _service(cluster)
+            return {
+                "reporter": "source",
+                **{f"source_{k}": v for k, v in self._own.items()},
+                "destination_workload": w,
+                "destination_workload_namespace": ns,
+                "destination_principal": UNKNOWN,
+                "destination_app": app,
+                "destination_version": version,
+                "destination_service": service,
+                "destination_canonical_service": cs,
+                "destination_canonical_revision": cr,
+                "destination_service_name": name,
+                "destination_service_namespace": namespace,
+                "destination_cluster": cl,
+                "request_protocol": "tcp",
+                "response_flags": flags,
+                "connection_security_policy": UNKNOWN,
+            }
         values = {
             "reporter": "destination",
             **{f"source_{k}": UNKNOWN for k in self._own},
@@ -407,7 +442,8 @@ class Aggregator:
         with self._lock:
             http = [(k, list(v)) for k, v in self._http.items()]
             tcp = [(k, list(v)) for k, v in self._tcp.items()]
-        self._resolve_hosts({k[2] for k, _ in http if k[0][:1] == pc.METRICS_LINE_SOURCE})
+        hosts = {k[2] for k, _ in http if k[0][:1] == pc.METRICS_LINE_SOURCE}
+        self._resolve_hosts(hosts | {k[3] for k, _ in tcp if len(k) == 4})
         # metric name → rendered labels → accumulated values (a removed label merges series)
         out: dict[str, dict[str, list[float]]] = {}
         for key, series in http:
@@ -423,11 +459,11 @@ class Aggregator:
                 acc = out.setdefault(name, {}).setdefault(labels, [0.0] * len(part))
                 for j, v in enumerate(part):
                     acc[j] += v
-        for (token, flags), counts in tcp:
+        for (token, flags, *upstream), counts in tcp:
             profile = self._profile(token)
             if profile is None:
                 continue
-            values = self._tcp_labels(flags)
+            values = self._tcp_labels(flags, *upstream)
             for (metric, name), v in zip(TCP_METRICS, counts, strict=True):
                 if metric in profile.disabled or (names is not None and name not in names):
                     continue

@@ -24,15 +24,16 @@ from tsunagi import proxy_contract as pc
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.children import die_with_parent
 from tsunagi.agent.envoy import EnvoyProcess, admin
+from tsunagi.agent.lifecycle import Registration, deregister, supervise_envoy
 from tsunagi.agent.logs import log
-from tsunagi.agent.memory import one_malloc_arena, release_startup_memory, trim_heap
+from tsunagi.agent.memory import one_malloc_arena, release_startup_memory
 from tsunagi.agent.metrics import Aggregator, Identity
 from tsunagi.agent.metrics_server import PATH as METRICS_PATH
 from tsunagi.agent.metrics_server import MetricsPipe, MetricsServer
 from tsunagi.agent.ports import free_ports, wait_listening
 from tsunagi.agent.records import NamedTuple
 from tsunagi.agent.workdir import make_workdir, remove_workdir
-from tsunagi.client import Client, Rejected, Unreachable
+from tsunagi.client import Client
 from tsunagi.proxy_contract import inbound_active_requests_stat
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (agent/records.py)
@@ -62,6 +63,8 @@ class RunOptions(NamedTuple):
     """Where ``/stats/prometheus`` is served; 0: a free port."""
     app_metrics: str = ""
     """The app's own metrics path on its port (``--app-metrics``), merged into ours."""
+    upstreams: tuple[tuple[str, int, int], ...] = ()
+    """``--upstream``: ``(service, port, local port)``; local port 0: a free one."""
     name: str = ""
     concurrency: int = 2
     delta: bool = False
@@ -90,7 +93,6 @@ class Sidecar:
         self.name = opts.name or f"{opts.service}-{opts.version or 'x'}-{os.urandom(3).hex()}"
         self._pick_ports()
         self.workdir = make_workdir(f"tsunagi-{self.name}-")
-        self.registered = False
         self.stop = threading.Event()
         self._envoy: EnvoyProcess | None = None
         self.aggregator = Aggregator(
@@ -108,10 +110,15 @@ class Sidecar:
         return dict(reply["workloads"])
 
     def _pick_ports(self) -> None:
-        outbound, inbound, admin, app = free_ports(4)
+        outbound, inbound, admin, app, *spare = free_ports(4 + len(self.opts.upstreams))
         self.outbound_port = self.opts.outbound_port or outbound
         self.inbound_port = self.opts.inbound_port or inbound
         self.admin_port, self.app_port = admin, app
+        self.upstreams = tuple(
+            (service, port, local or free)
+            for (service, port, local), free in zip(self.opts.upstreams, spare, strict=True)
+        )
+        """``(service, port, local port)`` of each ``--upstream``, free ports picked."""
 
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -130,11 +137,13 @@ class Sidecar:
                 if not unbound:
                     return self._run_app()
                 self.envoy.stop()
-                fixed = {self.opts.outbound_port, self.opts.inbound_port} & set(unbound) - {0}
+                fixed = {self.opts.outbound_port, self.opts.inbound_port}
+                fixed |= {local for _s, _p, local in self.opts.upstreams}
+                fixed = fixed & set(unbound) - {0}
                 if fixed:
                     raise RuntimeError(
                         f"port {min(fixed)} is already in use: choose another "
-                        "--outbound-port / --inbound-port"
+                        "--outbound-port / --inbound-port / --upstream LOCALPORT"
                     )
                 log.warning(
                     "%s: port %s was taken before Envoy bound it; retrying", self.name, unbound[0]
@@ -192,6 +201,7 @@ class Sidecar:
                 else {}
             ),
             metrics_log=self._pipe.path if self._pipe is not None else "",
+            upstreams=self.upstreams,
         )
         config = bootstrap(ident, xds_host, xds_port, self.admin_port, self.opts.delta)
         # Who this proxy is, for the peer header its outbound routes add (read per process).
@@ -221,7 +231,8 @@ class Sidecar:
             for lst in json.loads(body).get("listener_statuses", []):
                 address = lst.get("local_address", {}).get("socket_address", {})
                 active.add(int(address.get("port_value", 0)))
-        return [p for p in (self.outbound_port, self.inbound_port) if p not in active]
+        ports = (self.outbound_port, self.inbound_port, *(u[2] for u in self.upstreams))
+        return [p for p in ports if p not in active]
 
     def _wait_ready_or_stop(self) -> None:
         """Wait for Envoy's first config; a Ctrl-C meanwhile ends the wait early."""
@@ -248,15 +259,25 @@ class Sidecar:
             self.app_port,
         )
         if not protocols.is_http(self.opts.protocol):
-            # Said here because nothing else would: other apps' requests to this port find
-            # no HTTP route, and there is no TCP route yet.
-            log.warning(
-                "%s: port %d is %s: its inbound listener passes TCP connections to the app, "
-                "but routing TCP from other workloads to it is not applied yet (their HTTP "
-                "proxy has no route for it)",
+            # Said here because nothing else would: other apps' HTTP proxies have no route
+            # to this port; their sidecars' --upstream listeners do.
+            log.info(
+                "%s: port %d is %s: its inbound listener passes TCP connections to the app; "
+                "other workloads reach it with tsunagi run --upstream %s:%d",
                 self.name,
                 self.opts.port,
                 self.opts.protocol,
+                self.opts.service,
+                self.opts.port,
+            )
+        for service, port, local in self.upstreams:
+            log.info(
+                "%s: upstream %s:%d on 127.0.0.1:%d ($%s)",
+                self.name,
+                service,
+                port,
+                local,
+                pc.upstream_env(service, port),
             )
         proxy = f"http://127.0.0.1:{self.outbound_port}"
         env = {
@@ -275,6 +296,7 @@ class Sidecar:
             "SERVICE_NAME": self.opts.service,
             "SERVICE_VERSION": self.opts.version or "v1",
             "POD_NAME": self.name,
+            **{pc.upstream_env(s, p): f"127.0.0.1:{local}" for s, p, local in self.upstreams},
         }
         # Own process group: the agent decides when the app stops (after deregistering). No
         # terminal input: a background process group reading it would be stopped (SIGTTIN).
@@ -336,76 +358,22 @@ class Sidecar:
             waited += pause
             if waited >= 2.0:
                 pause = min(pause * 2, 1.0)
-        ttl = 15.0
-        path = f"/v1/instances/{self.opts.namespace}/{self.name}/heartbeat"
-        while not self.stop.is_set():
-            try:
-                if not self.registered:
-                    reply = self.client.request("POST", "/v1/instances", self._instance())
-                    ttl = float(reply.get("ttl", ttl))
-                    for warning in reply.get("warnings", ()):
-                        log.warning("%s: %s", self.name, warning)
-                    self.registered = True
-                    release_startup_memory()
-                    log.info(
-                        "%s: registered as %s:%d/%s",
-                        self.name,
-                        self.opts.service,
-                        self.opts.port,
-                        self.opts.protocol.lower(),
-                    )
-                if self.stop.wait(max(0.2, ttl / 3)):
-                    return
-                self.client.request("POST", path)
-                # Parsing a burst of metric lines leaves freed blocks in the C heap that
-                # glibc keeps; hand them back between heartbeats (microseconds when idle).
-                trim_heap()
-            except Rejected as e:
-                if e.status == 404:
-                    self.registered = False  # the control plane forgot us: register again
-                else:
-                    log.warning("%s: %s; retrying in 1s", self.name, e)
-                    self.stop.wait(1.0)
-            except Unreachable:
-                self.stop.wait(0.5)  # it will be back; Envoy keeps its config meanwhile
+        Registration(self.client, self.stop, self._instance, self._registered).keep()
+
+    def _registered(self) -> None:
+        log.info(
+            "%s: registered as %s:%d/%s",
+            self.name,
+            self.opts.service,
+            self.opts.port,
+            self.opts.protocol.lower(),
+        )
 
     def _supervise_envoy(self, app: subprocess.Popen[bytes]) -> None:
-        backoff = 0.1
-        while not self.stop.is_set():
-            assert self.envoy.proc is not None
-            code = self.envoy.proc.wait()
-            if self.stop.is_set():
-                return
-            log.warning(
-                "%s: Envoy exited with %s; restarting it in %.1fs", self.name, code, backoff
-            )
-            if self.stop.wait(backoff):
-                return
-            self.envoy.start()
-            try:
-                self.envoy.wait_ready(self.opts.ready_timeout)
-                backoff = 0.1
-            except (RuntimeError, TimeoutError) as e:
-                log.warning("%s: %s", self.name, e)
-                backoff = min(backoff * 2, 10.0)
+        supervise_envoy(self.envoy, self.stop, self.name, self.opts.ready_timeout)
 
     def _deregister(self) -> None:
-        # Always ask, even if we never saw the reply: a registration in flight when the stop
-        # came may have landed, and would otherwise live on for a whole TTL.
-        try:
-            reply = self.client.request(
-                "DELETE", f"/v1/instances/{self.opts.namespace}/{self.name}", ok=(200, 404)
-            )
-            # Wait (briefly) until every proxy has stopped sending here.
-            self.client.request(
-                "GET",
-                "/v1/wait",
-                query={"revision": reply.get("revision", 0), "timeout": self.opts.drain_timeout},
-                timeout=self.opts.drain_timeout + 2,
-                ok=(200, 504),
-            )
-        except (Rejected, Unreachable) as e:
-            log.warning("%s: could not deregister cleanly: %s", self.name, e)
+        deregister(self.client, self.opts.namespace, self.name, self.opts.drain_timeout)
 
     def _drain(self) -> None:
         """Let requests already inside the inbound listener finish."""

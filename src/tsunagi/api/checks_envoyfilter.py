@@ -151,8 +151,13 @@ def envoy_filter_warnings(where: str, spec: EnvoyFilterSpec) -> list[str]:
                 f"as in Istio; this patch is ignored (use one of "
                 f"{', '.join(OPERATIONS[cp.apply_to])})"
             )
-        if m is not None and m.context == "GATEWAY":
-            out.append(f"{where}: {at}.match.context GATEWAY is not applied yet (sidecars only)")
+        rc = m.route_configuration if m is not None else None
+        for name, value in (("gateway", rc and rc.gateway), ("portName", rc and rc.port_name)):
+            if value:
+                out.append(
+                    f"{where}: {at}.match.routeConfiguration.{name} is not applied yet; this "
+                    "patch matches no route configuration (match by portNumber instead)"
+                )
         if m is not None and m.proxy is not None and (m.proxy.proxy_version or m.proxy.metadata):
             out.append(
                 f"{where}: {at}.match.proxy: Tsunagi proxies report no Istio version or "

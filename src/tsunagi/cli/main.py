@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tsunagi.client import Client, Rejected, Unreachable, state_dir
@@ -21,6 +21,49 @@ def _label(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"labels look like KEY=VALUE, got {text!r}")
     return key, value
+
+
+def _gateway_label(text: str) -> tuple[str, str]:
+    """A ``--label`` of ``tsunagi gateway``: a Kubernetes label, as Gateway selectors match."""
+    from tsunagi.api.names import check_label_key, check_label_value
+
+    key, value = _label(text)
+    problem = check_label_key(key) or check_label_value(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem}; e.g. --label istio=ingressgateway")
+    return key, value
+
+
+def _dns_label(what: str) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        from tsunagi.api.names import check_dns_label
+
+        problem = check_dns_label(text, what)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return text
+
+    return check
+
+
+def _gateway_name(text: str) -> str:
+    """``--name`` of ``tsunagi gateway``: each copy registers as NAME-<6 characters>, which
+    must still be a DNS label."""
+    name = _dns_label("--name")(text)
+    if len(name) > 56:
+        raise argparse.ArgumentTypeError(f"--name must be at most 56 characters, got {len(name)}")
+    return name
+
+
+def _ip_address(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IP address (e.g. 127.0.0.1, or 0.0.0.0 for every interface)"
+        ) from None
 
 
 def _duration(text: str) -> float:
@@ -93,6 +136,23 @@ def _service_port(text: str) -> tuple[int, str]:
         return parse_port(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _upstream(text: str) -> tuple[str, int, int]:
+    """``SERVICE:PORT[@LOCALPORT]`` of ``tsunagi run --upstream``; LOCALPORT 0: a free one."""
+    target, _, local = text.partition("@")
+    service, sep, port = target.rpartition(":")
+    example = "e.g. --upstream tcp-echo:9000 or --upstream db.data:5432@15432"
+    if not sep or not service or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(
+            f"upstreams look like SERVICE:PORT[@LOCALPORT], got {text!r}; {example}"
+        )
+    if local and (not local.isdigit() or not 0 < int(local) < 65536):
+        raise argparse.ArgumentTypeError(
+            f"LOCALPORT in {text!r} must be a port number 1..65535 (leave it out for a free "
+            f"one); {example}"
+        )
+    return service, int(port), int(local or 0)
 
 
 def _connection_args(p: argparse.ArgumentParser) -> None:
@@ -265,7 +325,19 @@ def parser() -> argparse.ArgumentParser:
         help="the service port clients use, and its protocol (Istio's names, any case): http "
         "(the default), http2 or grpc (HTTP/2 to the app, h2c), grpc-web, http_proxy; tcp, "
         "https, tls, mongo, mysql, redis, udp (not HTTP: the inbound listener passes TCP "
-        "connections through; routing to them is not applied yet)",
+        "connections through; other apps reach it with --upstream)",
+    )
+    run.add_argument(
+        "--upstream",
+        type=_upstream,
+        action="append",
+        default=[],
+        metavar="SERVICE:PORT[@LOCALPORT]",
+        help="repeatable: a local TCP listener on 127.0.0.1:LOCALPORT (a free port when left "
+        "out) that proxies connections to SERVICE's PORT, for clients that cannot use an HTTP "
+        "proxy (databases, brokers); VirtualService tcp routes (weights, subsets) apply. The "
+        "app finds it in TSUNAGI_UPSTREAM_<SERVICE>_<PORT>=127.0.0.1:LOCALPORT (SERVICE "
+        "upper-cased, other characters as _)",
     )
     run.add_argument(
         "--version", default="", help="the version label (subsets and sourceLabels match it)"
@@ -319,6 +391,49 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
     run.add_argument("--xds-protocol", choices=["sotw", "delta"], default="delta")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+
+    gw = sub.add_parser(
+        "gateway",
+        help="run an ingress gateway: Envoy with no app, serving the mesh's Gateways",
+        description="Run Envoy as a gateway until Ctrl-C: it serves every Gateway whose "
+        "selector matches its labels, listening at --address on the port numbers the "
+        "Gateways' servers name (a port opens when a Gateway naming it is applied, and "
+        "closes when none names it), and routes with the VirtualServices bound to those "
+        "Gateways (`gateways: [NAME]`). Istio's Bookinfo: tsunagi gateway --name "
+        "istio-ingressgateway --label istio=ingressgateway. It registers as a workload of "
+        "kind gateway (`tsunagi get workloads`), never as an endpoint of a service, and "
+        "shows in `tsunagi proxy-status`.",
+    )
+    _connection_args(gw)
+    gw.add_argument(
+        "--name",
+        required=True,
+        type=_gateway_name,
+        help="the gateway's name (e.g. istio-ingressgateway): its service in proxy-status",
+    )
+    gw.add_argument(
+        "--label",
+        type=_gateway_label,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a label Gateway selectors match (e.g. istio=ingressgateway), repeatable",
+    )
+    gw.add_argument(
+        "--namespace",
+        "-n",
+        type=_dns_label("--namespace"),
+        default="default",
+        help="the gateway's namespace (default: default)",
+    )
+    gw.add_argument(
+        "--address",
+        type=_ip_address,
+        default="127.0.0.1",
+        help="where the listeners bind (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    gw.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
+    gw.add_argument("--xds-protocol", choices=["sotw", "delta"], default="delta")
 
     apply = sub.add_parser("apply", help="create or update resources from YAML")
     _connection_args(apply)
@@ -542,6 +657,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _upstream_conflict(upstreams: Sequence[tuple[str, int, int]]) -> str:
+    """Why these ``--upstream`` values cannot all hold ('' when they can)."""
+    targets: set[tuple[str, int]] = set()
+    locals_: set[int] = set()
+    for service, port, local in upstreams:
+        if (service, port) in targets:
+            return f"--upstream {service}:{port} is given twice; give each service port once"
+        if local and local in locals_:
+            return f"two --upstream values use local port {local}; give each its own (or none)"
+        targets.add((service, port))
+        locals_.add(local)
+    return ""
+
+
 def cmd_run(args: argparse.Namespace, client: Client) -> int:
     from tsunagi.agent.envoy import envoy_binary
     from tsunagi.agent.handoff import exec_agent
@@ -565,6 +694,10 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
     if not 0 <= args.metrics_port <= 65535:
         print("error: --metrics-port must be 0..65535 (0: a free port)", file=sys.stderr)
         return EXIT_USAGE
+    problem = _upstream_conflict(args.upstream)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     opts = RunOptions(
         service=args.service,
         command=tuple(cmd),
@@ -578,6 +711,7 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
         inbound_port=args.inbound_port,
         metrics_port=args.metrics_port,
         app_metrics=args.app_metrics,
+        upstreams=tuple(args.upstream),
         name=args.name,
         concurrency=args.concurrency,
         delta=args.xds_protocol == "delta",
@@ -588,6 +722,40 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
     exec_agent(opts, client.server, client.token)
     try:
         return run_sidecar(opts, client)
+    except (RuntimeError, TimeoutError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def cmd_gateway(args: argparse.Namespace, client: Client) -> int:
+    from tsunagi.agent.envoy import envoy_binary
+    from tsunagi.agent.gateway import GatewayOptions, run_gateway
+    from tsunagi.agent.handoff import exec_agent
+
+    labels = dict(args.label)
+    if len(labels) != len(args.label):
+        keys = [k for k, _ in args.label]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        print(f"error: --label {twice[0]} is given more than once", file=sys.stderr)
+        return EXIT_USAGE
+    if not labels:
+        logging.getLogger("tsunagi").warning(
+            "no --label: only Gateways with an empty selector select this gateway "
+            "(Istio's Bookinfo needs --label istio=ingressgateway)"
+        )
+    opts = GatewayOptions(
+        name=args.name,
+        labels=labels,
+        namespace=args.namespace,
+        address=args.address,
+        concurrency=args.concurrency,
+        delta=args.xds_protocol == "delta",
+        envoy=envoy_binary(),
+    )
+    # As `tsunagi run`: the gateway's agent runs in a fresh, lean interpreter.
+    exec_agent(opts, client.server, client.token)
+    try:
+        return run_gateway(opts, client)
     except (RuntimeError, TimeoutError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
@@ -627,6 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "delete": cmd_delete,
         "proxy-status": cmd_proxy_status,
         "run": cmd_run,
+        "gateway": cmd_gateway,
     }
     try:
         return commands[args.command](args, client)

@@ -23,6 +23,10 @@ def _summary(item: dict[str, Any]) -> str:
     spec = item["document"].get("spec") or {}
     if item["kind"] == "WorkloadInstance":
         doc = item["document"]
+        if doc.get("kind") == "gateway":
+            # No service port: it listens on its Gateways' ports, selected by its labels.
+            labels = ",".join(f"{k}={v}" for k, v in sorted((doc.get("labels") or {}).items()))
+            return f"gateway {doc['service']} at {doc['address']} ({labels or 'no labels'})"
         return f"{doc['service']}:{doc['port']} → {doc['address']}:{doc['target_port']}"
     hosts = spec.get("hosts") or ([spec["host"]] if "host" in spec else [])
     return ",".join(str(h) for h in hosts)
@@ -72,7 +76,7 @@ def proxy_status(proxies: list[dict[str, Any]]) -> str:
         rows.append(
             [
                 p["id"],
-                p.get("service", ""),
+                p.get("service", "") + (" (gateway)" if p.get("kind") == "gateway" else ""),
                 *(types.get(t, {}).get("state", "-") for t in kinds),
                 str(p.get("revision", "")),
             ]

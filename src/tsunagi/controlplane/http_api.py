@@ -14,7 +14,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -47,6 +47,7 @@ from tsunagi.mesh.analysis import (
     passthrough_without_dns,
     undefined_subsets,
 )
+from tsunagi.mesh.gateway_analysis import gateway_problems
 from tsunagi.mesh.telemetry_analysis import telemetry_conflicts
 from tsunagi.proxy_contract import workload_metadata
 from tsunagi.registry import KIND as INSTANCE_KIND
@@ -371,16 +372,23 @@ class Api:
             }
         )
 
+    def _gateway_labels(self) -> list[Mapping[str, str]]:
+        """The labels of the registered gateways (``tsunagi gateway``), which Gateways select."""
+        return [i.labels for i in self.registry.instances() if not i.serves]
+
     def _warnings(self, applied: list[Resource]) -> list[str]:
         world: World = self.pusher.world
         keys = {r.key for r in applied}
         others = [r for r in world.resources if r.key not in keys]
-        candidate = World.build(world.revision, [*others, *applied], self.registry.instances())
+        candidate = World.build(
+            world.revision, [*others, *applied], self.registry.service_instances()
+        )
         return (
             undefined_subsets(candidate, applied)
             + delegation_problems(candidate, applied)
             + passthrough_without_dns(candidate, applied)
             + telemetry_conflicts(candidate, applied)
+            + gateway_problems(candidate, applied, self._gateway_labels())
             + not_yet_enforced(applied)
         )
 
@@ -560,6 +568,7 @@ class Api:
                 + delegation_problems(world, [r])
                 + passthrough_without_dns(world, [r])
                 + telemetry_conflicts(world, [r])
+                + gateway_problems(world, [r], self._gateway_labels())
                 + not_yet_enforced([r])
             )
             record = self.store.contents().records.get(r.key)

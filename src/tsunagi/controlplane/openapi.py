@@ -81,6 +81,7 @@ class DeleteRequest(_Body):
 DNS_LABEL = DNS1123_LABEL_PATTERN
 _DnsLabel = Annotated[str, Field(pattern=DNS_LABEL)]
 _Port = Annotated[int, Field(ge=1, le=65535)]
+_PortOrZero = Annotated[int, Field(ge=0, le=65535)]
 
 
 def _check_ip(text: str) -> str:
@@ -106,9 +107,13 @@ class InstanceRequest(_Body):
     name: _DnsLabel = Field(description="Unique within the namespace.")
     service: _DnsLabel
     namespace: _DnsLabel = "default"
-    port: _Port = Field(description="The service port clients use.")
-    address: _Ip = Field("127.0.0.1", description="Where the workload's sidecar listens.")
-    target_port: _Port = Field(description="The sidecar's inbound port at `address`.")
+    port: _PortOrZero = Field(description="The service port clients use (0 for a gateway).")
+    address: _Ip = Field(
+        "127.0.0.1", description="Where the workload's sidecar (or the gateway) listens."
+    )
+    target_port: _PortOrZero = Field(
+        description="The sidecar's inbound port at `address` (0 for a gateway)."
+    )
     labels: dict[str, str] = Field(default_factory=dict)
     locality: Annotated[str, Field(pattern=r"^[^/]*(/[^/]*){0,2}$")] = Field(
         "", description="`REGION[/ZONE[/SUBZONE]]`."
@@ -123,6 +128,11 @@ class InstanceRequest(_Body):
         0,
         description="Where the sidecar serves `/stats/prometheus` at `address` (Istio's "
         "metrics); 0: none. Listed by `GET /v1/prometheus/targets`.",
+    )
+    kind: Literal["sidecar", "gateway"] = Field(
+        "sidecar",
+        description="`gateway` for `tsunagi gateway`: no service port, never a service's "
+        "endpoint; it listens on the ports its Gateways' servers name.",
     )
 
 

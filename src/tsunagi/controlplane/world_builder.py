@@ -51,7 +51,8 @@ class WorldBuilder:
             fresh[key] = cached
             item = cached[1]
             if isinstance(item, Instance):
-                instances.append(item)
+                if item.serves:  # a gateway is no service's endpoint
+                    instances.append(item)
             else:
                 resources.append(item)
         self._parsed = fresh

@@ -26,6 +26,10 @@ WORKLOADS = [
     ("reviews", "v3"),
     ("productpage", "v1"),
 ]
+GATEWAY = ("istio-ingressgateway", "istio=ingressgateway")
+"""The ingress gateway's name and label, as Istio's Bookinfo expects them."""
+GATEWAY_PORT = 8080
+"""The port ``bookinfo-gateway.yaml``'s server names: where the gateway serves the page."""
 
 
 def _tsunagi(*args: str) -> list[str]:
@@ -59,6 +63,21 @@ def _apply(client: Client, path: Path) -> None:
         ok=(200, 504),
     )
     print(f"  applied {path.name}")
+
+
+def _gateway_listening(timeout: float = 10) -> bool:
+    """Whether the ingress gateway accepts connections on :data:`GATEWAY_PORT` (it binds
+    the port once its Gateway is pushed to it)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", GATEWAY_PORT), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
 
 
 def _drive_traffic(url: str, rate: float, stop: threading.Event) -> None:
@@ -133,28 +152,41 @@ def run_demo(state_dir: Path, port: int, traffic: float = 0.0, access_log: bool 
                 service,
             )
             children.append(subprocess.Popen(cmd, env=env, process_group=0))
+        # The ingress gateway: an Envoy with no app, serving bookinfo-gateway.yaml's port.
+        name, label = GATEWAY
+        gateway = _tsunagi("gateway", "--name", name, "--label", label)
+        children.append(subprocess.Popen(gateway, env=env, process_group=0))
         deadline = time.monotonic() + 60
-        while len(
-            client.request("GET", "/v1/resources", query={"kind": "workloads"})["items"]
-        ) < len(WORKLOADS):
+        while (
+            len(client.request("GET", "/v1/resources", query={"kind": "workloads"})["items"])
+            < len(WORKLOADS) + 1
+        ):
             if stop or time.monotonic() > deadline or any(c.poll() is not None for c in children):
                 raise RuntimeError("a workload failed to start; see the log above")
             time.sleep(0.2)
         _apply(client, RULES / "reviews-50-50.yaml")
+        _apply(client, RULES / "bookinfo-gateway.yaml")
         page = f"http://127.0.0.1:{port}/productpage"
+        if _gateway_listening():
+            through = entry = f"http://127.0.0.1:{GATEWAY_PORT}/productpage"
+        else:
+            through = f"(port {GATEWAY_PORT} did not open: is it in use? see the log above)"
+            entry = page
         if traffic > 0:
             threading.Thread(
-                target=_drive_traffic, args=(page, traffic, quit_traffic), daemon=True
+                target=_drive_traffic, args=(entry, traffic, quit_traffic), daemon=True
             ).start()
-            sending = f"\n  Traffic: the demo sends {traffic:g} requests a second to the page."
+            sending = f"\n  Traffic: the demo sends {traffic:g} requests a second to {entry}."
         else:
             sending = "\n  Traffic: reload the page, or restart with `tsunagi demo --traffic 5`."
         dashboard = _dashboard_url(state_dir, client.token)
         print(
             f"""
-Tsunagi is running Bookinfo with {len(WORKLOADS)} sidecars.
+Tsunagi is running Bookinfo with {len(WORKLOADS)} sidecars and Istio's ingress gateway.
 
-  Open   {page}   and reload a few times:
+  Open   {through}   (through the ingress gateway, as Istio's
+         bookinfo-gateway.yaml routes it; directly: {page})
+         and reload a few times:
          reviews alternate between v1 (no stars) and v3 (red stars) — a 50/50 split.
 
   Next, route the user "jason" to reviews v2 (black stars):

@@ -100,7 +100,6 @@ def undefined_subsets(world: World, resources: Iterable[Resource]) -> list[str]:
 
 
 _PENDING_KINDS = (
-    "Gateway",
     "Sidecar",
     "PeerAuthentication",
     "AuthorizationPolicy",
@@ -132,9 +131,7 @@ def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
                             f"{where}: spec.http[{i}].match[{j}].ignoreUriCase has no effect on "
                             "a regex uri match, as in Istio; start the regex with (?i) instead"
                         )
-            for field in ("tcp", "tls"):
-                if getattr(spec, field, None):
-                    out.append(f"{where}: spec.{field} routes are not applied yet")
+            out += _l4_route_warnings(where, spec)
         elif isinstance(spec, DestinationRuleSpec):
             if spec.workload_selector is not None:
                 out.append(
@@ -148,6 +145,37 @@ def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
             out += envoy_filter_warnings(where, spec)
         elif isinstance(spec, TelemetrySpec):
             out += telemetry_warnings(where, spec)
+    return out
+
+
+def _l4_route_warnings(where: str, spec: VirtualServiceSpec) -> list[str]:
+    """tcp and tls routes apply on sidecars' ``tsunagi run --upstream`` listeners
+    (``xds/translate/upstream_listeners.py``); say what of them does not."""
+    out = []
+    if spec.gateways and "mesh" not in spec.gateways:
+        out += [
+            f"{where}: spec.{field} routes are not applied yet on gateways (only on "
+            "sidecars' --upstream listeners)"
+            for field, routes in (("tcp", spec.tcp), ("tls", spec.tls))
+            if routes
+        ]
+    matches = [
+        ("tcp", i, j, m.destination_subnets)
+        for i, r in enumerate(spec.tcp)
+        for j, m in enumerate(r.match)
+    ]
+    matches += [
+        ("tls", i, j, m.destination_subnets)
+        for i, r in enumerate(spec.tls)
+        for j, m in enumerate(r.match)
+    ]
+    for field, i, j, subnets in matches:
+        if subnets:
+            out.append(
+                f"{where}: spec.{field}[{i}].match[{j}].destinationSubnets is not applied "
+                "yet: an --upstream listener has no destination address, so this match "
+                "never holds"
+            )
     return out
 
 
@@ -214,12 +242,13 @@ def _failover_warnings(
 
 
 def _tcp_port_warnings(where: str, spec: ServiceEntrySpec) -> list[str]:
-    """Ports that are not HTTP get clusters and endpoints but no route yet: an app's HTTP
-    proxy (the sidecar) cannot reach them, which a user would otherwise find out the hard
-    way."""
+    """Ports that are not HTTP have no route on the app's HTTP proxy (the sidecar): say how
+    an app reaches them instead, which a user would otherwise find out the hard way."""
+    host = spec.hosts[0] if spec.hosts else "HOST"
     return [
-        f"{where}: spec.ports[{i}] ({p.protocol} {p.number}): TCP routing is not applied yet; "
-        "the sidecar has no route for this port"
+        f"{where}: spec.ports[{i}] ({p.protocol} {p.number}) is not HTTP: the app's HTTP "
+        f"proxy has no route for it; reach it through a local TCP listener with "
+        f"`tsunagi run --upstream {host}:{p.number}`"
         for i, p in enumerate(spec.ports)
         if p.protocol and not protocols.is_http(p.protocol.upper())
     ]

@@ -44,6 +44,9 @@ from tsunagi.registry.instances import Instance
 
 S = TypeVar("S", bound=BaseModel)
 
+DEFAULT_GATEWAY_ADDRESS = "127.0.0.1"
+"""Where a gateway listens when its agent names no address (``tsunagi gateway``'s default)."""
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -76,6 +79,17 @@ class Service:
         return next((p for n, p in self.port_protocols if n == port), protocols.DEFAULT)
 
 
+@dataclass(frozen=True, order=True)
+class Upstream:
+    """A local TCP listener of a sidecar that proxies to one service port."""
+
+    host: str
+    """The service's full host name (a short name is relative to the proxy's namespace)."""
+    port: int
+    listen: int
+    """The loopback port the app connects to."""
+
+
 @dataclass(frozen=True)
 class Node:
     """What the control plane knows about one proxy, from its xDS node and metadata."""
@@ -94,6 +108,15 @@ class Node:
     """service port → its protocol (``tsunagi run --port 9080/grpc``); HTTP when absent."""
     metrics_log: str = ""
     """The FIFO its agent reads metric lines from (``pc.META_METRICS_LOG``); empty: none."""
+    upstreams: tuple[Upstream, ...] = ()
+    """``tsunagi run --upstream``: local TCP listeners to service ports (``pc.META_UPSTREAMS``)."""
+    gateway_address: str = ""
+    """Where a gateway's listeners bind (``pc.META_GATEWAY_ADDRESS``); empty for a sidecar."""
+
+    @property
+    def is_gateway(self) -> bool:
+        """A standalone gateway (``tsunagi gateway``), not a sidecar beside an app."""
+        return self.kind == pc.GATEWAY_KIND
 
     def inbound_protocol(self, port: int) -> str:
         """The protocol of inbound service ``port`` (:mod:`tsunagi.protocols` names)."""
@@ -112,9 +135,10 @@ class Node:
             int(p): _known_protocol(str(v.get(pc.META_INBOUND_PROTOCOL) or protocols.DEFAULT))
             for p, v in (meta.get(pc.META_INBOUND) or {}).items()
         }
+        namespace = str(meta.get(pc.META_NAMESPACE) or "default")
         return cls(
             id=node_id,
-            namespace=str(meta.get(pc.META_NAMESPACE) or "default"),
+            namespace=namespace,
             service=str(meta.get(pc.META_SERVICE) or ""),
             labels=MappingProxyType(
                 {str(k): str(v) for k, v in (meta.get(pc.META_LABELS) or {}).items()}
@@ -127,7 +151,24 @@ class Node:
                 {p: v for p, v in inbound_protocols.items() if v != protocols.DEFAULT}
             ),
             metrics_log=str(meta.get(pc.META_METRICS_LOG) or ""),
+            gateway_address=str(meta.get(pc.META_GATEWAY_ADDRESS) or ""),
+            upstreams=_upstreams(meta.get(pc.META_UPSTREAMS), namespace),
         )
+
+
+def _upstreams(entries: Any, namespace: str) -> tuple[Upstream, ...]:
+    """``pc.META_UPSTREAMS`` as :class:`Upstream` entries; one that is not (another
+    agent version's) is left out rather than failing the whole node."""
+    out = []
+    for u in entries if isinstance(entries, list) else ():
+        try:
+            host = fqdn(str(u[pc.META_UPSTREAM_SERVICE]), namespace)
+            out.append(
+                Upstream(host, int(u[pc.META_UPSTREAM_PORT]), int(u[pc.META_UPSTREAM_LISTEN]))
+            )
+        except (TypeError, KeyError, ValueError):
+            continue
+    return tuple(out)
 
 
 def _known_protocol(name: str) -> str:
@@ -148,6 +189,9 @@ class ClientScope:
     namespace: str
     labels: tuple[tuple[str, str], ...] = ()
     locality: str = ""
+    gateway: str = ""
+    """For a gateway (whose config depends on all its labels, which select its Gateways):
+    the address its listeners bind. Empty for sidecars."""
 
 
 def of_spec(resources: Iterable[Resource], model: type[S]) -> list[ResourceOf[S]]:
@@ -470,6 +514,11 @@ class World:
 
     def scope_of(self, node: Node) -> ClientScope:
         """The part of ``node`` its outbound config depends on, in this World."""
+        if node.is_gateway:
+            address = node.gateway_address or DEFAULT_GATEWAY_ADDRESS
+            labels = tuple(sorted(node.labels.items()))
+            locality = node.locality if self.locality_aware else ""
+            return ClientScope(node.namespace, labels, locality, gateway=address)
         keys = self._client_label_keys
         labels = tuple(sorted((k, v) for k, v in node.labels.items() if k in keys))
         return ClientScope(node.namespace, labels, node.locality if self.locality_aware else "")

@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from tsunagi import protocols
+from tsunagi import proxy_contract as pc
 from tsunagi.api.names import DNS1123_LABEL_PATTERN
 from tsunagi.store import Key, Store
 
@@ -49,10 +50,20 @@ class Instance:
     metrics_port: int = 0
     """Where the sidecar's agent serves ``/stats/prometheus`` on ``address`` (Istio's merged
     metrics); 0 when it serves none, so Prometheus discovery leaves the instance out."""
+    kind: str = pc.DEFAULT_KIND
+    """``sidecar``, or ``gateway`` for a ``tsunagi gateway``: no service port (``port`` and
+    ``target_port`` are 0) and never an endpoint of a service (see :attr:`serves`)."""
 
     @property
     def key(self) -> Key:
         return (KIND, self.namespace, self.name)
+
+    @property
+    def serves(self) -> bool:
+        """True when the instance is an endpoint of its service (every sidecar). A gateway
+        is not: clients outside the mesh reach it at its address, on the ports its Gateways
+        name, and sidecars must never pick it as a ``service`` endpoint."""
+        return self.kind != pc.GATEWAY_KIND
 
     def to_document(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"labels": dict(self.labels)}
@@ -75,6 +86,7 @@ class Instance:
                 healthy=bool(doc.get("healthy", True)),
                 protocol=protocols.canonical(str(doc.get("protocol") or protocols.DEFAULT)),
                 metrics_port=int(doc.get("metrics_port") or 0),
+                kind=str(doc.get("kind") or pc.DEFAULT_KIND),
             )
         except KeyError as e:
             raise InvalidInstance(f"missing field {e.args[0]!r}") from None
@@ -83,8 +95,16 @@ class Instance:
         for what in ("name", "service", "namespace"):
             if not _DNS_LABEL.match(getattr(inst, what)):
                 raise InvalidInstance(f"{what} {getattr(inst, what)!r} is not a DNS label")
+        if inst.kind not in (pc.DEFAULT_KIND, pc.GATEWAY_KIND):
+            raise InvalidInstance(
+                f"kind {inst.kind!r} is not {pc.DEFAULT_KIND!r} or {pc.GATEWAY_KIND!r}"
+            )
         for what in ("port", "target_port"):
-            if not 1 <= getattr(inst, what) <= 65535:
+            if inst.kind == pc.GATEWAY_KIND and getattr(inst, what) != 0:
+                raise InvalidInstance(
+                    f"{what} must be 0 for a gateway (it listens on its Gateways' ports)"
+                )
+            if inst.kind != pc.GATEWAY_KIND and not 1 <= getattr(inst, what) <= 65535:
                 raise InvalidInstance(f"{what} must be 1..65535")
         if not 0 <= inst.metrics_port <= 65535:
             raise InvalidInstance("metrics_port must be 0..65535 (0: no metrics endpoint)")
@@ -128,7 +148,16 @@ class Registry:
         self._lock = asyncio.Lock()
 
     def instances(self) -> list[Instance]:
+        """Every registered instance, gateways included."""
         return [Instance.from_document(r.document) for r in self._store.contents().of_kind(KIND)]
+
+    def service_instances(self) -> list[Instance]:
+        """The instances that are endpoints of their service (gateways are not)."""
+        return [inst for inst in self.instances() if inst.serves]
+
+    def gateways(self) -> list[Instance]:
+        """The running gateways (``tsunagi gateway``)."""
+        return [inst for inst in self.instances() if not inst.serves]
 
     def peer_protocols(self, inst: Instance) -> list[str]:
         """The protocols the other registered instances of ``inst``'s service port declare."""

@@ -17,8 +17,9 @@ saves work — the output is the same with a fresh memo.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -29,7 +30,7 @@ from tsunagi.mesh.telemetry import ProxyTelemetry
 from tsunagi.mesh.visibility import subset_definitions
 from tsunagi.xds import resources as rs
 from tsunagi.xds.resources import Resource, Snapshot
-from tsunagi.xds.translate import locality, tracing, upstream
+from tsunagi.xds.translate import gateway, locality, tracing, upstream
 from tsunagi.xds.translate.clusters import dns_cluster, inbound_clusters, service_clusters
 from tsunagi.xds.translate.endpoints import Subsets, service_load_assignments
 from tsunagi.xds.translate.envoyfilter import Parts, Patched, patch_parts
@@ -45,6 +46,7 @@ from tsunagi.xds.translate.protos import (
     build,
 )
 from tsunagi.xds.translate.routes import outbound_route_configuration
+from tsunagi.xds.translate.upstream_listeners import upstream_key, upstream_listeners
 
 __all__ = [
     "Local",
@@ -144,6 +146,9 @@ class Outbound:
     errors: tuple[TranslationError, ...] = ()
     """Routes that could not be translated for this namespace (the shared parts' failures
     are in :attr:`Shared.errors`)."""
+    listeners: Mapping[str, Resource] = field(default_factory=lambda: MappingProxyType({}))
+    """A gateway's listeners (one per Gateway server port): like its routes, they depend on
+    the Gateways, which a gateway's labels select. Sidecars' listeners are their own."""
 
 
 @dataclass(frozen=True)
@@ -334,7 +339,22 @@ def translate_shared(world: World, memo: Memo | None = None) -> Shared:
     return Shared(MappingProxyType(clusters), MappingProxyType(folded), tuple(errors))
 
 
+def _gateway_parts(
+    world: World, scope: ClientScope, memo: Memo
+) -> tuple[Mapping[str, Resource], Mapping[str, Resource], tuple[TranslationError, ...]]:
+    """A gateway's listeners and route configurations, packed, with what failed."""
+    errors: list[TranslationError] = []
+    listeners, routes = gateway.gateway_parts(world, scope, errors, memo.last_good)
+    return (
+        MappingProxyType({r.name: r for r in _pack_all(Listener, listeners, "name")}),
+        MappingProxyType({r.name: r for r in _pack_all(RouteConfiguration, routes, "name")}),
+        tuple(errors),
+    )
+
+
 def _routing_scope(world: World, scope: ClientScope) -> ClientScope:
+    if scope.gateway:
+        return ClientScope(scope.namespace, scope.labels, gateway=scope.gateway)
     if not scope.locality and all(k in world.source_label_keys for k, _ in scope.labels):
         return scope
     keys = world.source_label_keys
@@ -414,6 +434,18 @@ def translate_outbound(
         rc = outbound_route_configuration(world, client, errors, memo.last_good)
         return Resource.pack(rc["name"], build(RouteConfiguration, rc)), tuple(errors)
 
+    if scope.gateway:
+        key = ("gateway", client, world.routing_fingerprint)
+        listeners, gateway_routes, errors = memo.get(key, _gateway_parts, world, client, memo)
+        return Outbound(
+            shared.clusters,
+            _client_endpoints(world, scope, memo, shared)
+            if world.locality_aware
+            else shared.endpoints,
+            gateway_routes,
+            (*errors, *namespace_errors),
+            listeners,
+        )
     route, errors = memo.get(("rds", client, world.routing_fingerprint), routes)
     return Outbound(
         shared.clusters,
@@ -428,11 +460,19 @@ def translate_local(node: Node, telemetry: ProxyTelemetry | None = None) -> Loca
     for its tracer), reporting as ``telemetry`` says."""
     telemetry = telemetry or ProxyTelemetry()
     listeners = [outbound_listener(node, telemetry), *inbound_listeners(node, telemetry)]
+    if node.is_gateway:  # no app: its listeners come with its Gateways (translate_outbound)
+        listeners = []
     clusters = [*inbound_clusters(node), *tracing.tracing_clusters(telemetry)]
     return Local(
         clusters=MappingProxyType({r.name: r for r in _pack_all(Cluster, clusters, "name")}),
         listeners=MappingProxyType({r.name: r for r in _pack_all(Listener, listeners, "name")}),
     )
+
+
+def _listeners(outbound: Outbound, local: Local) -> Mapping[str, Resource]:
+    if not outbound.listeners:
+        return local.listeners
+    return _Overlay(outbound.listeners, local.listeners)
 
 
 def assemble(outbound: Outbound, local: Local, revision: int) -> Snapshot:
@@ -442,12 +482,46 @@ def assemble(outbound: Outbound, local: Local, revision: int) -> Snapshot:
             {
                 rs.CLUSTER: _Overlay(outbound.clusters, local.clusters),
                 rs.ENDPOINT: outbound.endpoints,
-                rs.LISTENER: local.listeners,
+                rs.LISTENER: _listeners(outbound, local),
                 rs.ROUTE: outbound.routes,
             }
         ),
         revision=revision,
     )
+
+
+def _upstream_listeners_of(world: World, node: Node) -> dict[str, Resource]:
+    return {r.name: r for r in _pack_all(Listener, upstream_listeners(world, node), "name")}
+
+
+def _with_upstream_listeners(
+    world: World, node: Node, local: Local, memo: Memo, errors: list[TranslationError]
+) -> Local:
+    """``local`` plus the node's upstream listeners (see :mod:`.upstream_listeners`),
+    memoized by what they read. A failure leaves them out and is reported as the node's,
+    like a failure of its other listeners."""
+    key = (
+        "upstream-listeners",
+        upstream_key(node),
+        world.routing_fingerprint,
+        world.telemetry_for(node),
+    )
+    none: dict[str, Resource] = {}
+    own = isolated(
+        errors,
+        None,
+        ("upstream-listeners", node.id),
+        node.id,
+        partial(_blame_upstreams, world, node),
+        partial("upstream listeners of proxy {}".format, node.id),
+        partial(memo.get, key, _upstream_listeners_of, world, node),
+        none,
+    )
+    return Local(local.clusters, _Overlay(local.listeners, own)) if own else local
+
+
+def _blame_upstreams(world: World, node: Node) -> tuple[ResourceKey, ...]:
+    return tuple(vs.key for up in node.upstreams for vs in world.virtual_services.get(up.host, ()))
 
 
 def assemble_patched(
@@ -462,12 +536,23 @@ def assemble_patched(
 
     A node no EnvoyFilter selects gets exactly :func:`assemble`'s snapshot, sharing every
     mapping; the :class:`Patched` says what failed and which filters changed what.
+    A node with ``--upstream`` listeners gets them here: they follow the World's TCP routes.
     """
+    memo = memo or Memo()
+    upstream_errors: list[TranslationError] = []
+    if node.upstreams:
+        local = _with_upstream_listeners(world, node, local, memo, upstream_errors)
     snapshot = assemble(outbound, local, revision)
     parts = Parts(
-        outbound.clusters, outbound.endpoints, local.listeners, outbound.routes, local.clusters
+        outbound.clusters,
+        outbound.endpoints,
+        _listeners(outbound, local),
+        outbound.routes,
+        local.clusters,
     )
-    patched = patch_parts(world, node, parts, memo or Memo())
+    patched = patch_parts(world, node, parts, memo)
+    if upstream_errors:
+        patched = dataclasses.replace(patched, errors=(*upstream_errors, *patched.errors))
     if patched.parts is parts:
         return snapshot, patched
     p = patched.parts

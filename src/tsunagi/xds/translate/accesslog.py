@@ -112,6 +112,8 @@ _TCP_FIELDS = (
     "%RESPONSE_FLAGS%",
 )
 
+_TCP_SOURCE_FIELDS = (*_TCP_FIELDS, "%UPSTREAM_CLUSTER%", "%UPSTREAM_HOST%")
+
 ISTIO_TEXT_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
     "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% "
@@ -166,7 +168,8 @@ def access_log_marker(node: Node) -> str:
 def metrics_token(kind: str, overrides: tuple[MetricOverride, ...], mode: str) -> str | None:
     """The literal first field of a metric line of ``kind`` for a proxy with ``overrides``
     (``mode`` is CLIENT or SERVER); ``None`` when every metric of the kind is disabled."""
-    metrics = TCP_METRICS if kind == pc.METRICS_LINE_TCP else HTTP_METRICS
+    tcp = kind in (pc.METRICS_LINE_TCP, pc.METRICS_LINE_TCP_SOURCE)
+    metrics = TCP_METRICS if tcp else HTTP_METRICS
     disabled = dict.fromkeys(metrics, False)
     removed: dict[str, list[str]] = {m: [] for m in metrics}
     for o in overrides:
@@ -277,6 +280,16 @@ def tcp_access_loggers(node: Node, telemetry: ProxyTelemetry, port: int) -> list
         if token is not None:
             out.append(_file_logger(node.metrics_log, _line(token, _TCP_FIELDS)))
     return out + _user_logger(node, telemetry, INBOUND, tcp=True)
+
+
+def upstream_tcp_access_loggers(node: Node, telemetry: ProxyTelemetry) -> list[dict[str, Any]]:
+    """The ``access_log`` list of an upstream listener's TCP proxy (``reporter="source"``)."""
+    out = []
+    if node.metrics_log:
+        token = metrics_token(pc.METRICS_LINE_TCP_SOURCE, telemetry.metric_overrides, CLIENT)
+        if token is not None:
+            out.append(_file_logger(node.metrics_log, _line(token, _TCP_SOURCE_FIELDS)))
+    return out + _user_logger(node, telemetry, OUTBOUND, tcp=True)
 
 
 def has_metrics_logger(loggers: list[dict[str, Any]]) -> bool:

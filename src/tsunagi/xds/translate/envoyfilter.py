@@ -58,7 +58,7 @@ from tsunagi.xds.translate.proto_merge import copied
 ROOT_NAMESPACE = "istio-system"
 """Istio's default config root namespace: its EnvoyFilters apply in every namespace."""
 
-INBOUND, OUTBOUND = "SIDECAR_INBOUND", "SIDECAR_OUTBOUND"
+INBOUND, OUTBOUND, GATEWAY = "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"
 
 T = TypeVar("T")
 
@@ -149,8 +149,6 @@ def prepare(r: ResourceOf[EnvoyFilterSpec]) -> tuple[Filter | None, str]:
         if cp.apply_to is None or cp.patch is None or cp.patch.operation is None:
             continue
         m = cp.match
-        if m is not None and m.context == "GATEWAY":
-            continue  # no gateways here (an apply warning says so)
         if m is not None and m.proxy is not None and (m.proxy.proxy_version or m.proxy.metadata):
             continue  # matches proxies by Istio version/metadata: ours report none
         op = cp.patch.operation
@@ -190,7 +188,22 @@ _CONTEXT_OF: Mapping[str, Callable[[str], str]] = {
     rs.ROUTE: lambda n: OUTBOUND,  # inbound ones are inline, in their listener
     rs.CLUSTER: lambda n: INBOUND if n.startswith("inbound|") else OUTBOUND,
 }
-"""Resource type → the patch context of a resource of that type, by its name."""
+"""Resource type → the patch context of a resource of that type, by its name (sidecars)."""
+
+
+def _gateway_context(name: str) -> str:
+    return GATEWAY  # every resource of a gateway proxy, as in Istio
+
+
+def _node_context(node: Node, type_url: str) -> Callable[[str], str]:
+    return _gateway_context if node.is_gateway else _CONTEXT_OF[type_url]
+
+
+def _in_context(context: str, node: Node) -> bool:
+    """Whether a patch of ``context`` may apply to ``node`` at all."""
+    if node.is_gateway:
+        return context in ("ANY", GATEWAY)
+    return context != GATEWAY
 
 
 def _patch_one(
@@ -234,15 +247,15 @@ def _patch_one(
     return Resource.pack(res.name, message), tuple(errors), tuple(dict.fromkeys(touched))
 
 
-def _added(apply_to: str, filters: Sequence[Filter]) -> list[tuple[str, Message]]:
+def _added(apply_to: str, filters: Sequence[Filter], node: Node) -> list[tuple[str, Message]]:
     """LISTENER and CLUSTER ADD patches, once per proxy: (filter name, value). Istio adds
     those of context ANY or SIDECAR_OUTBOUND on its outbound pass and SIDECAR_INBOUND ones on
-    its inbound pass, so a sidecar gets each once (GATEWAY ones are dropped by :func:`prepare`)."""
+    its inbound pass, so a sidecar gets each once; a gateway gets ANY and GATEWAY ones."""
     return [
         (f.name, p.value)
         for f in filters
         for p in f.patches
-        if p.apply_to == apply_to and p.operation == "ADD"
+        if p.apply_to == apply_to and p.operation == "ADD" and _in_context(p.context, node)
     ]
 
 
@@ -448,8 +461,10 @@ def patch_parts(world: World, node: Node, parts: Parts, memo: _Memo) -> Patched:
         mine = [f for f in filters if any(p.apply_to in levels for p in f.patches)]
         if not mine:
             return items
-        key = tuple((f.key, digests[f.key]) for f in mine)
-        out, errs, by = patcher(type_url, items, _CONTEXT_OF[type_url], mine, key, memo)
+        # The proxy kind too: the same resource is patched in another context on a gateway
+        key = (node.is_gateway, *((f.key, digests[f.key]) for f in mine))
+        context_of = _node_context(node, type_url)
+        out, errs, by = patcher(type_url, items, context_of, mine, key, memo)
         errors.extend(errs)
         touched.setdefault(type_url, []).extend(by)
         return out
@@ -458,8 +473,8 @@ def patch_parts(world: World, node: Node, parts: Parts, memo: _Memo) -> Patched:
     routes = patch(_patch_shared, rs.ROUTE, parts.routes)
     shared = patch(_patch_shared, rs.CLUSTER, parts.clusters)
     own = patch(_patch_map, rs.CLUSTER, parts.own_clusters)
-    listeners = _with_added(rs.LISTENER, listeners, _added("LISTENER", filters), touched)
-    own = _with_added(rs.CLUSTER, own, _added("CLUSTER", filters), touched)
+    listeners = _with_added(rs.LISTENER, listeners, _added("LISTENER", filters, node), touched)
+    own = _with_added(rs.CLUSTER, own, _added("CLUSTER", filters, node), touched)
     extensions = _extension_configs(filters, digests, memo, errors, touched)
     if listeners is not parts.listeners:  # only patches make filters that load over ECDS
         errors.extend(_unserved(listeners, extensions, filters, touched, memo))

