@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -127,6 +128,13 @@ def test_server_host_forms(host: str, parsed: tuple[str, str]) -> None:
 def test_gateway_refs_resolve_in_the_virtual_service_namespace() -> None:
     assert gw.gateway_ref("edge", "shop") == ("shop", "edge")
     assert gw.gateway_ref("istio-system/edge", "shop") == ("istio-system", "edge")
+    assert gw.gateway_ref("./edge", "shop") == ("shop", "edge")
+    # Istio's older forms: name.namespace, and the gateway's service FQDN.
+    assert gw.gateway_ref("edge.infra", "shop") == ("infra", "edge")
+    assert gw.gateway_ref("edge.infra.svc.cluster.local", "shop") == ("infra", "edge")
+    world = _world(_gateway("edge", 80, ["*"]), _vs("web", ["a.example.com"], ["./edge"]))
+    assert _domains(world)["http.80"] == ["a.example.com"]
+    assert not [w for w in gateway_problems(world, world.resources) if "IST0101" in w]
 
 
 def test_namespace_forms_restrict_which_virtual_services_bind() -> None:
@@ -136,22 +144,21 @@ def test_namespace_forms_restrict_which_virtual_services_bind() -> None:
         _vs("theirs", ["own.example.com", "prod.example.com"], ["default/edge"], ns="prod"),
     )
     domains = _domains(world)["http.80"]
-    assert domains == [
-        "own.example.com",
-        "own.example.com:80",
-        "any.example.com",
-        "any.example.com:80",
-        "prod.example.com",
-        "prod.example.com:80",
-    ]
+    assert domains == ["own.example.com", "any.example.com", "prod.example.com"]
+    # Any port in the Host header: what a client sees of the port may not be the listener's.
+    assert _of(world, GATEWAY_NODE, rs.ROUTE)["http.80"]["ignore_port_in_host_matching"]
 
 
-def test_export_to_hides_a_virtual_service_from_the_gateway_namespace() -> None:
+def test_export_to_is_judged_from_the_gateway_proxys_namespace() -> None:
     hidden = _vs("hidden", ["a.example.com"], ["default/edge"], ns="team").replace(
         "spec:\n", "spec:\n  exportTo: [.]\n"
     )
     world = _world(_gateway("edge", 80, ["*"]), hidden)
-    assert _domains(world)["http.80"] == []
+    assert _domains(world)["http.80"] == []  # the proxy runs in default
+    # The same VirtualService, seen by a gateway proxy running in its own namespace (Istio
+    # asks for the VirtualServices visible to the proxy, not to the Gateway resource).
+    in_team = replace(GATEWAY_NODE, namespace="team")
+    assert _domains(world, in_team)["http.80"] == ["a.example.com"]
 
 
 def test_gateway_gets_only_its_listeners_and_follows_server_ports() -> None:
@@ -191,6 +198,16 @@ def test_https_redirect_requires_tls_on_the_virtual_host() -> None:
     world = _world(redirect, _vs("web", ["*"], ["edge"]))
     [vhost] = _of(world, GATEWAY_NODE, rs.ROUTE)["http.80"]["virtual_hosts"]
     assert vhost["require_tls"] == "ALL"
+    # The usual http → https Gateway binds nothing and still redirects every host it names.
+    alone = _gateway("edge", 80, ["a.example.com", "./b.example.com"]).replace(
+        "    hosts: ['a.example.com', './b.example.com']\n",
+        "    hosts: ['a.example.com', './b.example.com']\n    tls: {httpsRedirect: true}\n",
+    )
+    vhosts = _of(_world(alone), GATEWAY_NODE, rs.ROUTE)["http.80"]["virtual_hosts"]
+    assert [(v["domains"], v["require_tls"]) for v in vhosts] == [
+        (["a.example.com"], "ALL"),
+        (["b.example.com"], "ALL"),
+    ]
 
 
 def test_sidecars_ignore_virtual_services_bound_only_to_gateways() -> None:
@@ -202,12 +219,7 @@ def test_sidecars_ignore_virtual_services_bound_only_to_gateways() -> None:
     sidecar = _domains(world, SIDECAR_NODE)["outbound"]
     assert "both.example.com" in sidecar
     assert "gw.example.com" not in sidecar
-    assert _domains(world)["http.80"] == [
-        "both.example.com",
-        "both.example.com:80",
-        "gw.example.com",
-        "gw.example.com:80",
-    ]
+    assert _domains(world)["http.80"] == ["both.example.com", "gw.example.com"]
 
 
 def test_two_virtual_services_for_one_host_merge_catch_all_last() -> None:

@@ -38,12 +38,17 @@ def test_bad_upstream_flags_say_the_form(text: str) -> None:
 
 
 def test_conflicting_upstreams_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _upstream_conflict([("a", 1, 0), ("a", 1, 5)]).startswith("--upstream a:1 is given")
-    assert "local port 5" in _upstream_conflict([("a", 1, 5), ("b", 1, 5)])
-    assert _upstream_conflict([("a", 1, 0), ("b", 1, 0)]) == ""
-    code = main(["run", "--service", "c", "--upstream", "a:1", "--upstream", "a:1", "--", "x"])
-    assert code == 2
-    assert "given twice" in capsys.readouterr().err
+    same = "names the same service port"
+    assert same in _upstream_conflict([("a", 1, 0), ("a", 1, 5)], "default")
+    # One service, named several ways: short, other case, with namespace, as an FQDN.
+    for other in ("A", "a.default", "a.default.svc", "a.default.svc.cluster.local"):
+        assert same in _upstream_conflict([("a", 1, 0), (other, 1, 0)], "default"), other
+    assert _upstream_conflict([("a", 1, 0), ("a.shop", 1, 0)], "default") == ""
+    assert "local port 5" in _upstream_conflict([("a", 1, 5), ("b", 1, 5)], "default")
+    assert _upstream_conflict([("a", 1, 0), ("b", 1, 0)], "default") == ""
+    argv = ["run", "--service", "c", "--upstream", "a:1", "--upstream", "A.default:1", "--", "x"]
+    assert main(argv) == 2
+    assert same in capsys.readouterr().err
 
 
 def test_the_app_variable_names_service_and_port() -> None:

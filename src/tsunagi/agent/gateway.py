@@ -23,7 +23,7 @@ from types import MappingProxyType
 from tsunagi import proxy_contract as pc
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.envoy import EnvoyProcess, admin
-from tsunagi.agent.lifecycle import Registration, deregister, supervise_envoy
+from tsunagi.agent.lifecycle import Registration, deregister, supervise_envoy, wait_ready_or_stop
 from tsunagi.agent.logs import log
 from tsunagi.agent.memory import one_malloc_arena, release_startup_memory
 from tsunagi.agent.ports import free_ports
@@ -76,7 +76,7 @@ class Gateway:
         try:
             xds = self.client.request("GET", "/v1/bootstrap")["xds"]
             envoy = self._start_envoy(str(xds["host"]), int(xds["port"]))
-            if not self._wait_ready_or_stop(envoy):
+            if not wait_ready_or_stop(envoy, self.stop, self.opts.ready_timeout):
                 return 130
             log.info(
                 "%s: gateway ready (node %s, labels %s, listening on %s at the ports its "
@@ -135,23 +135,6 @@ class Gateway:
         )
         self._envoy.start()
         return self._envoy
-
-    def _wait_ready_or_stop(self, envoy: EnvoyProcess) -> bool:
-        """Wait for Envoy's first config; False when a stop came first."""
-        import time
-
-        deadline = time.monotonic() + self.opts.ready_timeout
-        while not self.stop.is_set():
-            try:
-                envoy.wait_ready(min(0.5, max(0.0, deadline - time.monotonic())))
-                return True
-            except TimeoutError:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(
-                        f"Envoy was not ready after {self.opts.ready_timeout:.0f}s: is the "
-                        f"control plane's xDS port reachable? See {envoy.log}"
-                    ) from None
-        return False
 
     def _drain(self, envoy: EnvoyProcess) -> None:
         """Let requests in flight finish: Envoy drains its listeners (asking clients to close

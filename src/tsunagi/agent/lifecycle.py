@@ -16,6 +16,25 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+def wait_ready_or_stop(envoy: EnvoyProcess, stop: threading.Event, timeout: float) -> bool:
+    """Wait for Envoy's first config, at most ``timeout`` seconds; False when ``stop`` (a
+    Ctrl-C, a SIGTERM) came first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not stop.is_set():
+        try:
+            envoy.wait_ready(min(0.5, max(0.0, deadline - time.monotonic())))
+            return True
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"Envoy was not ready after {timeout:.0f}s: is the control plane's xDS "
+                    f"port reachable? See {envoy.log}"
+                ) from None
+    return False
+
+
 def supervise_envoy(
     envoy: EnvoyProcess, stop: threading.Event, name: str, ready_timeout: float
 ) -> None:

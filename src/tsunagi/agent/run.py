@@ -24,7 +24,7 @@ from tsunagi import proxy_contract as pc
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.children import die_with_parent
 from tsunagi.agent.envoy import EnvoyProcess, admin
-from tsunagi.agent.lifecycle import Registration, deregister, supervise_envoy
+from tsunagi.agent.lifecycle import Registration, deregister, supervise_envoy, wait_ready_or_stop
 from tsunagi.agent.logs import log
 from tsunagi.agent.memory import one_malloc_arena, release_startup_memory
 from tsunagi.agent.metrics import Aggregator, Identity
@@ -236,19 +236,7 @@ class Sidecar:
 
     def _wait_ready_or_stop(self) -> None:
         """Wait for Envoy's first config; a Ctrl-C meanwhile ends the wait early."""
-        import time
-
-        deadline = time.monotonic() + self.opts.ready_timeout
-        while not self.stop.is_set():
-            try:
-                self.envoy.wait_ready(min(0.5, max(0.0, deadline - time.monotonic())))
-                return
-            except TimeoutError:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(
-                        f"Envoy was not ready after {self.opts.ready_timeout:.0f}s: is the "
-                        f"control plane's xDS port reachable? See {self.envoy.log}"
-                    ) from None
+        wait_ready_or_stop(self.envoy, self.stop, self.opts.ready_timeout)
 
     def _run_app(self) -> int:
         log.info(

@@ -172,11 +172,11 @@ def check_port_name(name: str | None, path: Path, *, required: bool) -> Iterator
 
 
 def check_gateway_ref(ref: str, path: Path) -> Iterator[Issue]:
-    """``mesh`` or ``[namespace/]gateway-name``."""
+    """``mesh`` or ``[namespace/]gateway-name`` (``./name``: the resource's own namespace)."""
     if ref == "mesh":
         return
     ns, slash, name = ref.rpartition("/")
-    if slash:
+    if slash and ns != ".":
         err = check_dns_label(ns, "gateway namespace")
         if err:
             yield Issue(path, err)

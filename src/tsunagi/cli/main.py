@@ -657,16 +657,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _upstream_conflict(upstreams: Sequence[tuple[str, int, int]]) -> str:
-    """Why these ``--upstream`` values cannot all hold ('' when they can)."""
-    targets: set[tuple[str, int]] = set()
+def _upstream_conflict(upstreams: Sequence[tuple[str, int, int]], namespace: str) -> str:
+    """Why these ``--upstream`` values cannot all hold ('' when they can); a service named
+    two ways (``db``, ``DB.default``, ``db.default.svc.cluster.local``) is one service."""
+    targets: dict[tuple[str, int], str] = {}
     locals_: set[int] = set()
     for service, port, local in upstreams:
-        if (service, port) in targets:
-            return f"--upstream {service}:{port} is given twice; give each service port once"
+        name = service.lower().removesuffix(".svc.cluster.local").removesuffix(".svc")
+        key = (name if "." in name else f"{name}.{namespace}", port)
+        if key in targets:
+            return (
+                f"--upstream {service}:{port} names the same service port as "
+                f"{targets[key]}:{port}; give each service port once"
+            )
         if local and local in locals_:
             return f"two --upstream values use local port {local}; give each its own (or none)"
-        targets.add((service, port))
+        targets[key] = service
         locals_.add(local)
     return ""
 
@@ -694,7 +700,7 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
     if not 0 <= args.metrics_port <= 65535:
         print("error: --metrics-port must be 0..65535 (0: a free port)", file=sys.stderr)
         return EXIT_USAGE
-    problem = _upstream_conflict(args.upstream)
+    problem = _upstream_conflict(args.upstream, args.namespace)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE

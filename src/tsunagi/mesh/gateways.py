@@ -39,9 +39,16 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 
 
 def gateway_ref(ref: str, namespace: str) -> tuple[str, str]:
-    """``(namespace, name)`` of a ``gateways:`` entry of a VirtualService in ``namespace``."""
+    """``(namespace, name)`` of a ``gateways:`` entry of a VirtualService in ``namespace``:
+    ``name``, ``namespace/name``, ``./name`` (its own namespace), or Istio's older
+    ``name.namespace[.svc.cluster.local]``."""
     ns, slash, name = ref.partition("/")
-    return (ns, name) if slash else (namespace, ref)
+    if slash:
+        return (namespace if ns == "." else ns), name
+    name, dot, rest = ref.partition(".")
+    if dot:
+        return rest.split(".", 1)[0], name
+    return namespace, ref
 
 
 def binds(vs: ResourceOf[VirtualServiceSpec], gateway: tuple[str, str]) -> bool:
@@ -106,16 +113,18 @@ def server_bindings(
     gateway: ResourceOf[GatewaySpec],
     server: Server,
     virtual_services: Iterable[ResourceOf[VirtualServiceSpec]],
+    proxy_namespace: str | None = None,
 ) -> list[Binding]:
     """The VirtualServices (in the given order) bound to ``server`` of ``gateway``, each with
-    the hosts it serves there; those serving none are left out."""
+    the hosts it serves there; those serving none are left out. ``exportTo`` is judged
+    against the gateway proxy's namespace, as Istio does (the Gateway's own when no proxy is
+    in question, as in ``apply``'s analysis)."""
     gw_key = (gateway.namespace, gateway.name)
     allowed = [server_host(h, gateway.namespace) for h in server.hosts]
+    viewer = gateway.namespace if proxy_namespace is None else proxy_namespace
     out = []
     for vs in virtual_services:
-        if not binds(vs, gw_key) or not exported_to(
-            vs.spec.export_to, vs.namespace, gateway.namespace
-        ):
+        if not binds(vs, gw_key) or not exported_to(vs.spec.export_to, vs.namespace, viewer):
             continue
         hosts: dict[str, str] = {}
         for vh in vs_hosts(vs):

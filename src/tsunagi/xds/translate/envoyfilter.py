@@ -458,7 +458,11 @@ def patch_parts(world: World, node: Node, parts: Parts, memo: _Memo) -> Patched:
         # Keyed by the filters that patch this type only, so proxies that differ in others
         # (say, an HTTP filter of their app's) still share the patched resources
         levels = _KINDS[type_url][1]
-        mine = [f for f in filters if any(p.apply_to in levels for p in f.patches)]
+        mine = [
+            f
+            for f in filters
+            if any(p.apply_to in levels and _in_context(p.context, node) for p in f.patches)
+        ]
         if not mine:
             return items
         # The proxy kind too: the same resource is patched in another context on a gateway

@@ -99,11 +99,6 @@ class GatewayRouteBuilder(RouteBuilder):
         return super().destination_cluster(dest, rule_ns, "", port)
 
 
-def _vhost_domains(host: str, port: int) -> list[str]:
-    """Istio's gateway domains: the host, and host:port unless the host is ``*``."""
-    return [host] if host == "*" else [host, f"{host}:{port}"]
-
-
 def _combine(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Routes of two VirtualServices for one host on a gateway (Istio merges them there):
     each one's catch-all routes after every other route, so neither hides the other."""
@@ -130,7 +125,7 @@ def route_configuration(
     )
     for g, server in ps.servers:
         redirect = server.tls is not None and server.tls.https_redirect
-        for binding in gw.server_bindings(g, server, every_vs):
+        for binding in gw.server_bindings(g, server, every_vs, scope.namespace):
             vs = binding.vs
             builder.gateway = (g.namespace, g.name)
             builder.rule_namespace = vs.namespace
@@ -157,13 +152,23 @@ def route_configuration(
                 if vhost is None:
                     vhost = vhosts[host] = {
                         "name": f"{host}:{ps.port}",
-                        "domains": _vhost_domains(host, ps.port),
+                        "domains": [host],  # any port: ignore_port_in_host_matching
                         "routes": routes,
                     }
                 else:
                     vhost["routes"] = _combine(vhost["routes"], routes)
                 if redirect:
                     vhost["require_tls"] = "ALL"  # Envoy answers 301 to https://
+        if redirect:
+            # A redirect-only server (nothing bound, the usual http → https Gateway) still
+            # redirects every host it names, as Istio's gateway code does.
+            for host in server.hosts:
+                name = gw.server_host(host, g.namespace)[1]
+                vhosts.setdefault(
+                    name,
+                    {"name": f"{name}:{ps.port}", "domains": [name], "routes": [],
+                     "require_tls": "ALL"},
+                )  # fmt: skip
     for vhost in vhosts.values():
         vhost["routes"] = [
             {k: v for k, v in r.items() if k != "_catch_all"} for r in vhost["routes"]
@@ -171,6 +176,9 @@ def route_configuration(
     return {
         "name": gateway_route(ps.port),
         "virtual_hosts": list(vhosts.values()),
+        # Istio's gateways: a Host header's port (the client's view of the port, which a
+        # load balancer in front may change) does not decide the virtual host.
+        "ignore_port_in_host_matching": True,
         "validate_clusters": False,
         "max_direct_response_body_size_bytes": MAX_DIRECT_RESPONSE_BODY,
     }
