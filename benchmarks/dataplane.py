@@ -348,7 +348,10 @@ class Setup:
         policy = Case("tsunagi-policy", policy_outbound, POLICY_HOST, [])
         traced = Case("tsunagi-traced", traced_outbound, TRACED_HOST, [])
         for c in (case, policy, traced):
-            wait_answers(c)
+            try:
+                wait_answers(c)
+            except TimeoutError as e:
+                raise TimeoutError(f"{e}\n{self._logs()}") from None
         self.cp.apply_and_wait(POLICY + "---\n" + TRACING)
         client_envoy = _sidecar_envoy(client)
         policy_envoy = _sidecar_envoy(policy_client)
@@ -364,6 +367,15 @@ class Setup:
         traced.agent_pids = [traced_client, traced_server]
         self.tsunagi_client = (client, client_envoy)
         return [case, policy, traced]
+
+    def _logs(self, lines: int = 15) -> str:
+        """The last lines of every process log, to say why a case never answered (the
+        workdir is gone once the run fails)."""
+        out = []
+        for log in sorted(self.workdir.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {log.name}\n" + "\n".join(tail))
+        return "\n".join(out)
 
     def grow_mesh(self, services: int) -> None:
         """Register ``services`` more services (one instance each) and wait for every ACK."""
