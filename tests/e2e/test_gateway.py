@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from .mesh import Mesh, Workload, alive, free_port, wait_until
+from .test_metrics import metrics_port, samples, scrape, total
 
 pytestmark = pytest.mark.e2e
 
@@ -89,13 +90,15 @@ def applied(mesh: Mesh, text: str) -> None:
     assert "in sync after" in result.stdout, result.stdout
 
 
-def backends(mesh: Mesh) -> None:
-    mesh.run("reviews", "v1")
+def backends(mesh: Mesh) -> Workload:
+    """Start reviews and ratings; reviews' workload."""
+    reviews = mesh.run("reviews", "v1")
     mesh.run("ratings", "v1")
+    return reviews
 
 
 def test_routes_by_host_and_path_and_answers_404_for_unknown_hosts(mesh: Mesh) -> None:
-    backends(mesh)
+    reviews = backends(mesh)
     gw = mesh.gateway("edge", {"edge": "one"})
     port = free_port()
     applied(
@@ -130,6 +133,14 @@ spec:
     # A host no server and no VirtualService of this gateway serves: a clear 404.
     assert answered_by(port, "unknown.example.com", "/") == "404"
     assert answered_by(port, "ratings.example", "/") == "404"  # '*.' needs a label more
+
+    # The backend's sidecar counts the gateway as its caller: the gateway sends its identity
+    # as sidecars do (Istio's graph has the ingress gateway as a node).
+    def from_gateway() -> float:
+        series = samples(scrape(metrics_port(mesh, reviews)), "istio_requests_total")
+        return total(series, reporter="destination", source_workload="edge")
+
+    wait_until(lambda: from_gateway() == 1, what="reviews counting one request from the gateway")
 
     # It is a workload of kind gateway, and no service's endpoint: a sidecar in the mesh
     # has no cluster for it.

@@ -31,7 +31,7 @@ from tsunagi.mesh.delegation import delegates_of
 from tsunagi.xds.translate.isolation import LastGood, ResourceKey, TranslationError, isolated
 from tsunagi.xds.translate.listeners import OUTBOUND_FILTERS
 from tsunagi.xds.translate.protos import HCM_TYPE
-from tsunagi.xds.translate.routes import RouteBuilder
+from tsunagi.xds.translate.routes import PEER_HEADER_TO_ADD, RouteBuilder, without_peer_header
 
 CATCH_ALL = {"prefix": "/"}
 """The Envoy match of a route that takes every request."""
@@ -171,7 +171,10 @@ def route_configuration(
                 )  # fmt: skip
     for vhost in vhosts.values():
         vhost["routes"] = [
-            {k: v for k, v in r.items() if k != "_catch_all"} for r in vhost["routes"]
+            without_peer_header(
+                world, {k: v for k, v in r.items() if k != "_catch_all"}, scope.namespace
+            )
+            for r in vhost["routes"]
         ]
     return {
         "name": gateway_route(ps.port),
@@ -179,6 +182,10 @@ def route_configuration(
         # Istio's gateways: a Host header's port (the client's view of the port, which a
         # load balancer in front may change) does not decide the virtual host.
         "ignore_port_in_host_matching": True,
+        # The gateway's identity to in-mesh backends, as a sidecar's (their metrics name it
+        # as the caller); removed on routes that leave the mesh, the removal winning.
+        "request_headers_to_add": [PEER_HEADER_TO_ADD],
+        "most_specific_header_mutations_wins": True,
         "validate_clusters": False,
         "max_direct_response_body_size_bytes": MAX_DIRECT_RESPONSE_BODY,
     }
