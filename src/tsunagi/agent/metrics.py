@@ -350,26 +350,7 @@ class Aggregator:
         own = self._own
         if profile.kind == pc.METRICS_LINE_SOURCE:
             cluster, host, code, flags, grpc = key
-            known = _peer(self._hosts.get(host, ("", 0.0))[0])
-            w, ns, cs, cr, cl = known
-            app, version = (cs, cr) if known is not UNKNOWN_PEER else (UNKNOWN, UNKNOWN)
-            service, name, namespace = _service(cluster)
-            values = {
-                "reporter": "source",
-                **{f"source_{k}": v for k, v in own.items()},
-                "destination_workload": w,
-                "destination_workload_namespace": ns,
-                "destination_principal": UNKNOWN,
-                "destination_app": app,
-                "destination_version": version,
-                "destination_service": service,
-                "destination_canonical_service": cs,
-                "destination_canonical_revision": cr,
-                "destination_service_name": name,
-                "destination_service_namespace": namespace,
-                "destination_cluster": cl,
-                "connection_security_policy": UNKNOWN,
-            }
+            values = self._source_side(cluster, host)
         else:
             _token, peer, code, flags, grpc = key
             known = _peer(peer)
@@ -399,29 +380,36 @@ class Aggregator:
         values["response_flags"] = flags
         return values
 
+    def _source_side(self, cluster: str, host: str) -> dict[str, str]:
+        """This proxy as the caller, the destination named from the upstream ``host`` (what
+        the registry said of it) and ``cluster``: the labels of ``reporter="source"``."""
+        known = _peer(self._hosts.get(host, ("", 0.0))[0])
+        w, ns, cs, cr, cl = known
+        app, version = (cs, cr) if known is not UNKNOWN_PEER else (UNKNOWN, UNKNOWN)
+        service, name, namespace = _service(cluster)
+        return {
+            "reporter": "source",
+            **{f"source_{k}": v for k, v in self._own.items()},
+            "destination_workload": w,
+            "destination_workload_namespace": ns,
+            "destination_principal": UNKNOWN,
+            "destination_app": app,
+            "destination_version": version,
+            "destination_service": service,
+            "destination_canonical_service": cs,
+            "destination_canonical_revision": cr,
+            "destination_service_name": name,
+            "destination_service_namespace": namespace,
+            "destination_cluster": cl,
+            "connection_security_policy": UNKNOWN,
+        }
+
     def _tcp_labels(self, flags: str, cluster: str = "", host: str = "") -> dict[str, str]:
         if cluster:  # an outbound connection (an --upstream listener): reporter=source
-            known = _peer(self._hosts.get(host, ("", 0.0))[0])
-            w, ns, cs, cr, cl = known
-            app, version = (cs, cr) if known is not UNKNOWN_PEER else (UNKNOWN, UNKNOWN)
-            service, name, namespace = _service(cluster)
             return {
-                "reporter": "source",
-                **{f"source_{k}": v for k, v in self._own.items()},
-                "destination_workload": w,
-                "destination_workload_namespace": ns,
-                "destination_principal": UNKNOWN,
-                "destination_app": app,
-                "destination_version": version,
-                "destination_service": service,
-                "destination_canonical_service": cs,
-                "destination_canonical_revision": cr,
-                "destination_service_name": name,
-                "destination_service_namespace": namespace,
-                "destination_cluster": cl,
+                **self._source_side(cluster, host),
                 "request_protocol": "tcp",
                 "response_flags": flags,
-                "connection_security_policy": UNKNOWN,
             }
         values = {
             "reporter": "destination",
