@@ -344,7 +344,7 @@ def test_loggers_follow_the_fifo_overrides_and_access_log_settings() -> None:
     assert fmt.startswith("[sidecar x.default] [%START_TIME%]")
     cel = stdout["filter"]["extension_filter"]
     assert cel["typed_config"]["expression"] == "response.code >= 400"
-    (tcp,) = accesslog.tcp_access_loggers(Node("x.default"), text, 1)
+    (tcp,) = accesslog.tcp_access_loggers(Node("x.default"), text)
     assert tcp["filter"]["and_filter"]["filters"][1] == {
         "log_type_filter": {"types": ["TcpConnectionEnd"]}
     }

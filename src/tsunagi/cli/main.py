@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tsunagi.client import Client, Rejected, Unreachable, state_dir
 
@@ -677,9 +678,21 @@ def _upstream_conflict(upstreams: Sequence[tuple[str, int, int]], namespace: str
     return ""
 
 
+def _run_agent(opts: Any, client: Client, run: Callable[[Any, Client], int]) -> int:
+    """Run a proxy's agent (sidecar or gateway) in a fresh interpreter that loads only the
+    agent (agent/handoff.py); where that cannot be done, it runs right here."""
+    from tsunagi.agent.handoff import exec_agent
+
+    exec_agent(opts, client.server, client.token)
+    try:
+        return run(opts, client)
+    except (RuntimeError, TimeoutError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+
+
 def cmd_run(args: argparse.Namespace, client: Client) -> int:
     from tsunagi.agent.envoy import envoy_binary
-    from tsunagi.agent.handoff import exec_agent
     from tsunagi.agent.run import RunOptions, run_sidecar
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -723,20 +736,12 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
         delta=args.xds_protocol == "delta",
         envoy=envoy_binary(),
     )
-    # The sidecar runs in a fresh interpreter that loads only the agent (agent/handoff.py);
-    # this returns only where that cannot be done, and the sidecar then runs right here.
-    exec_agent(opts, client.server, client.token)
-    try:
-        return run_sidecar(opts, client)
-    except (RuntimeError, TimeoutError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_INVALID
+    return _run_agent(opts, client, run_sidecar)
 
 
 def cmd_gateway(args: argparse.Namespace, client: Client) -> int:
     from tsunagi.agent.envoy import envoy_binary
     from tsunagi.agent.gateway import GatewayOptions, run_gateway
-    from tsunagi.agent.handoff import exec_agent
 
     labels = dict(args.label)
     if len(labels) != len(args.label):
@@ -758,13 +763,7 @@ def cmd_gateway(args: argparse.Namespace, client: Client) -> int:
         delta=args.xds_protocol == "delta",
         envoy=envoy_binary(),
     )
-    # As `tsunagi run`: the gateway's agent runs in a fresh, lean interpreter.
-    exec_agent(opts, client.server, client.token)
-    try:
-        return run_gateway(opts, client)
-    except (RuntimeError, TimeoutError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_INVALID
+    return _run_agent(opts, client, run_gateway)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socketserver
 import sys
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,9 +26,19 @@ class QuietHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def serve(handler: type[BaseHTTPRequestHandler], on_exit: Callable[[], None] | None = None) -> None:
-    """Serve ``handler`` on 127.0.0.1:$PORT until SIGTERM; then ``on_exit``."""
-    server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), handler)
+class _TCPServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True  # as HTTPServer: a restarted app rebinds at once
+
+
+def serve(
+    handler: type[socketserver.BaseRequestHandler],
+    on_exit: Callable[[], None] | None = None,
+    http: bool = True,
+) -> None:
+    """Serve ``handler`` on 127.0.0.1:$PORT until SIGTERM; then ``on_exit``. ``http=False``
+    serves raw TCP connections (a ``socketserver`` stream handler)."""
+    server_type = ThreadingHTTPServer if http else _TCPServer
+    server = server_type(("127.0.0.1", int(os.environ["PORT"])), handler)
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import socketserver
 import struct
-import sys
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x4, 0x6, 0x7
@@ -131,19 +129,7 @@ def _literal_new(name: str, value: str) -> bytes:
     return bytes([0x00, len(n)]) + n + bytes([len(v)]) + v
 
 
-class Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-def main() -> None:
-    server = Server(("127.0.0.1", int(os.environ["PORT"])), Handler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
-
-
 if __name__ == "__main__":
-    main()
+    from _serve import serve  # as a script only: the tests import this module
+
+    serve(Handler, http=False)

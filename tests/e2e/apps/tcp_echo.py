@@ -6,10 +6,10 @@ a space. Listens on 127.0.0.1:$PORT until SIGTERM. With ``TCP_ECHO_CERT`` and
 from __future__ import annotations
 
 import os
-import signal
 import socketserver
 import ssl
-import sys
+
+from _serve import serve
 
 
 def _tls() -> ssl.SSLContext | None:
@@ -37,19 +37,5 @@ class Handler(socketserver.StreamRequestHandler):
             self.wfile.flush()
 
 
-class Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-def main() -> None:
-    server = Server(("127.0.0.1", int(os.environ["PORT"])), Handler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
-
-
 if __name__ == "__main__":
-    main()
+    serve(Handler, http=False)

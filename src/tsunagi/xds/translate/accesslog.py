@@ -272,24 +272,22 @@ def http_access_loggers(
     return out + _user_logger(node, telemetry, direction, tcp=False)
 
 
-def tcp_access_loggers(node: Node, telemetry: ProxyTelemetry, port: int) -> list[dict[str, Any]]:
-    """The ``access_log`` list of an inbound TCP proxy for service ``port``."""
+def tcp_access_loggers(
+    node: Node, telemetry: ProxyTelemetry, outbound: bool = False
+) -> list[dict[str, Any]]:
+    """The ``access_log`` list of a TCP proxy: an inbound service port's
+    (``reporter="destination"``), or with ``outbound`` an upstream listener's (``"source"``)."""
+    kind, fields, mode, direction = (
+        (pc.METRICS_LINE_TCP_SOURCE, _TCP_SOURCE_FIELDS, CLIENT, OUTBOUND)
+        if outbound
+        else (pc.METRICS_LINE_TCP, _TCP_FIELDS, SERVER, INBOUND)
+    )
     out = []
     if node.metrics_log:
-        token = metrics_token(pc.METRICS_LINE_TCP, telemetry.metric_overrides, SERVER)
+        token = metrics_token(kind, telemetry.metric_overrides, mode)
         if token is not None:
-            out.append(_file_logger(node.metrics_log, _line(token, _TCP_FIELDS)))
-    return out + _user_logger(node, telemetry, INBOUND, tcp=True)
-
-
-def upstream_tcp_access_loggers(node: Node, telemetry: ProxyTelemetry) -> list[dict[str, Any]]:
-    """The ``access_log`` list of an upstream listener's TCP proxy (``reporter="source"``)."""
-    out = []
-    if node.metrics_log:
-        token = metrics_token(pc.METRICS_LINE_TCP_SOURCE, telemetry.metric_overrides, CLIENT)
-        if token is not None:
-            out.append(_file_logger(node.metrics_log, _line(token, _TCP_SOURCE_FIELDS)))
-    return out + _user_logger(node, telemetry, OUTBOUND, tcp=True)
+            out.append(_file_logger(node.metrics_log, _line(token, fields)))
+    return out + _user_logger(node, telemetry, direction, tcp=True)
 
 
 def has_metrics_logger(loggers: list[dict[str, Any]]) -> bool:

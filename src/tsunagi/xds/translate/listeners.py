@@ -75,7 +75,7 @@ def _listener(name: str, port: int, hcm: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tcp_proxy(node: Node, telemetry: ProxyTelemetry, port: int) -> dict[str, Any]:
-    loggers = accesslog.tcp_access_loggers(node, telemetry, port)
+    loggers = accesslog.tcp_access_loggers(node, telemetry)
     return {
         "name": "envoy.filters.network.tcp_proxy",
         "typed_config": {

@@ -184,7 +184,7 @@ def _is_tls(world: World, up: Upstream) -> bool:
 def upstream_listeners(world: World, node: Node) -> list[dict[str, Any]]:
     """One TCP proxy listener per ``--upstream`` of ``node``, reporting as its telemetry
     says."""
-    loggers = accesslog.upstream_tcp_access_loggers(node, world.telemetry_for(node))
+    loggers = accesslog.tcp_access_loggers(node, world.telemetry_for(node), outbound=True)
     out = []
     for up in sorted(node.upstreams):
         name = upstream_listener_name(up)
