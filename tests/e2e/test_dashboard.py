@@ -379,12 +379,20 @@ def test_bookinfo_graph_and_trace_in_a_browser(tmp_path: Path) -> None:
 
             wait_until(productpage_service, timeout=60, what="productpage's spans")
             page.select_option("#trace-service", productpage_service())
-            page.click("#trace-search")
-            row = page.locator("#trace-list tbody tr", has_text="reviews").first
-            row.wait_for()
-            row.click()
-            page.locator("#waterfall .span-row").first.wait_for()
-            spans = page.locator("#waterfall .span-row").all_inner_texts()
+            spans: list[str] = []
+
+            def whole_trace() -> bool:
+                # Each sidecar reports its spans on its own flush: search again until the
+                # callees' spans have joined the trace.
+                page.click("#trace-search")
+                row = page.locator("#trace-list tbody tr", has_text="reviews").first
+                row.wait_for()
+                row.click()
+                page.locator("#waterfall .span-row").first.wait_for()
+                spans[:] = page.locator("#waterfall .span-row").all_inner_texts()
+                return len(spans) >= 3
+
+            wait_until(whole_trace, timeout=60, what="a trace with the callees' spans")
             # productpage's sidecar (inbound), its calls out, and the callees' sidecars.
             assert len(spans) >= 3, spans
             assert any(s.lstrip().startswith("productpage") for s in spans), spans
