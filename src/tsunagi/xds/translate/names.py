@@ -21,6 +21,18 @@ def inbound_listener(port: int) -> str:
     return f"inbound|{port}"
 
 
+def credential_secret(credential_name: str) -> str:
+    """The SDS name of a ``credentialName``'s certificate and key: ``kubernetes://NAME``."""
+    return f"kubernetes://{credential_name}"
+
+
+def credential_ca_secret(credential_name: str) -> str:
+    """The SDS name of the CA that verifies clients for ``credentialName`` (MUTUAL):
+    ``kubernetes://NAME-cacert``, served from the ``NAME-cacert`` secret or from the CA key
+    (``ca.crt``/``cacert``) of ``NAME`` itself, as Istio does."""
+    return f"kubernetes://{credential_name}-cacert"
+
+
 def host_aliases(host: str, node_namespace: str) -> list[str]:
     """Every way a client may write ``host``: FQDN, ``name.ns.svc``, ``name.ns`` and, from the
     same namespace, the short name."""
