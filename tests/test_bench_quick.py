@@ -31,6 +31,8 @@ def test_quick_benchmarks_run_and_report(tmp_path: Path) -> None:
     assert all(v["n"] == prop["changes"] for v in prop["sizes"].values())
     dp = json.loads((tmp_path / "dataplane-quick.json").read_text())["results"]
     if "skipped" not in dp:
-        assert dp["summary"]["tsunagi"]["errors"] == 0
-        assert dp["summary"]["tsunagi"]["rps"] > 0
+        for case in ("tsunagi", "tsunagi-ingress", "envoy-ingress"):
+            assert dp["summary"][case]["errors"] == 0, case
+            assert dp["summary"][case]["rps"] > 0, case
+        assert dp["memory"]["gateway_envoy_private"] > 0
     assert "## Propagation" in result.stdout

@@ -36,6 +36,29 @@ META_KIND = "kind"
 META_GATEWAY_ADDRESS = "gateway_address"
 """A gateway's listen address (``tsunagi gateway --address``, default 127.0.0.1): its
 listeners bind there, on the port numbers its Gateways' servers name."""
+META_GATEWAY_PORTS = "gateway_ports"
+"""``tsunagi gateway --port SERVICEPORT:LISTENPORT``: ``{"SERVICEPORT": LISTENPORT}``. The
+gateway is then also its service's endpoint at those ports (Kubernetes' Service port and
+targetPort), and a server whose ``port.number`` is a SERVICEPORT listens on LISTENPORT, as
+Istio translates a Gateway's port to its gateway Service's targetPort."""
+
+
+def parse_gateway_ports(value: object) -> dict[int, int]:
+    """:data:`META_GATEWAY_PORTS` as service port → listen port (numbers may arrive as a
+    protobuf Struct's doubles); an entry that is not two port numbers (another agent
+    version's) is left out rather than failing the node. Empty for a sidecar. (No
+    ``typing`` here: the agent imports this module and does without it.)"""
+    out = {}
+    for service_port, listen in (value if isinstance(value, dict) else {}).items():
+        try:
+            sp, lp = int(service_port), int(listen)
+        except (TypeError, ValueError):
+            continue
+        if 0 < sp < 65536 and 0 < lp < 65536:
+            out[sp] = lp
+    return out
+
+
 META_UPSTREAMS = "upstreams"
 """``tsunagi run --upstream``: a list of ``{META_UPSTREAM_SERVICE: host as the user wrote it,
 META_UPSTREAM_PORT: service port, META_UPSTREAM_LISTEN: local port}``; each gets a TCP
@@ -118,7 +141,13 @@ METRICS_LINE_TCP = "t"
 cumulative byte counts (Envoy's periodic and end-of-connection entries)."""
 METRICS_LINE_TCP_SOURCE = "u"
 """Outbound TCP (``tsunagi run --upstream`` listeners, ``reporter="source"``): the
-:data:`METRICS_LINE_TCP` fields, then the upstream cluster and the endpoint Envoy picked."""
+:data:`METRICS_LINE_TCP` fields, then the upstream cluster and the endpoint Envoy picked.
+A CONNECT tunnel's line (from the outbound HTTP listener, once, at its end: log type
+``DownstreamEnd``) adds the CONNECT's authority."""
+CONNECT_CLUSTER_PREFIX = "connect|"
+"""Clusters that carry a CONNECT tunnel to a TLS port's internal listener (``connect|PORT|
+HOST``, xds/translate/connect.py). The tunnel's own metric line is not counted: the
+internal listener reports the connection as outbound TCP, to the cluster it really reached."""
 METRICS_TOKEN_SEP = "|"
 """A line's token is ``KIND`` then, per Telemetry metric override, ``|METRIC!`` (metric
 disabled) or ``|METRIC-tag`` (label removed); the agent parses each distinct token once."""

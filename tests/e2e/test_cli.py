@@ -68,6 +68,8 @@ def test_get_shapes_and_delete(mesh: Mesh) -> None:
     assert mesh.apply(GOOD).returncode == 0
     table = mesh.cli("get", "virtualservices")
     assert table.returncode == 0 and "reviews" in table.stdout and "HOSTS" in table.stdout
+    assert mesh.cli("get", "virtualservices", "-A").stdout == table.stdout
+    assert mesh.cli("get", "vs", "reviews", "-A").returncode == 2
     as_yaml = mesh.cli("get", "vs", "reviews", "-o", "yaml")
     assert "kind: VirtualService" in as_yaml.stdout
     again = mesh.apply(as_yaml.stdout)  # what get prints can be applied again

@@ -4,7 +4,10 @@ xDS-only references are made static for validation: EDS clusters get their assig
 inline, the outbound listener gets its route configuration inline, and a filter that loads
 its config over ECDS gets that extension config's inline. Everything else is
 exactly what translation produced. The runtime is the sidecar bootstrap's, so that limits
-it sets (RE2 program size) are those Envoy validates against.
+it sets (RE2 program size) are those Envoy validates against. Certificates a listener names
+over SDS (a gateway's ``credentialName``) become static secrets of those names, holding a
+throwaway certificate made for the test run (no key is kept in the repository), so that
+Envoy builds every TLS context it would build at run time (cipher names, versions, SANs).
 """
 
 from __future__ import annotations
@@ -58,14 +61,75 @@ def static_bootstrap(expected: dict[str, Any]) -> dict[str, Any]:
     return {
         "static_resources": {"clusters": clusters, "listeners": listeners},
         "layered_runtime": sidecar["layered_runtime"],
+        # Internal listeners (CONNECT's SNI routing) need the sidecar's bootstrap extension.
+        "bootstrap_extensions": sidecar["bootstrap_extensions"],
     }
 
 
+def static_secrets(boot: dict[str, Any], cert: Path, key: Path) -> None:
+    """Make every SDS secret the listeners name static, with ``cert`` and ``key`` (or
+    ``cert`` as the trusted CA, for a validation context)."""
+    secrets: dict[str, dict[str, Any]] = {}
+
+    def walk(node: Any, field: str = "") -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item, field)
+        elif isinstance(node, dict):
+            if "sds_config" in node and "name" in node:
+                node.pop("sds_config")
+                name = node["name"]
+                if field == "validation_context_sds_secret_config":
+                    ca = {"trusted_ca": {"filename": str(cert)}}
+                    secrets[name] = {"name": name, "validation_context": ca}
+                else:
+                    pair = {"filename": str(cert)}, {"filename": str(key)}
+                    chain = {"certificate_chain": pair[0], "private_key": pair[1]}
+                    secrets[name] = {"name": name, "tls_certificate": chain}
+            for k, v in node.items():
+                walk(v, k)
+
+    walk(boot["static_resources"]["listeners"])
+    if secrets:
+        boot["static_resources"]["secrets"] = list(secrets.values())
+
+
+GOLDEN_FILES = "/etc/tsunagi-golden"
+"""Where golden cases put the certificate files a DestinationRule's ``tls`` names (MUTUAL's
+``clientCertificate`` and ``privateKey``): Envoy reads them, and no key is checked in."""
+
+
+def with_golden_files(config: str, cert: Path, key: Path) -> str:
+    """``config`` with :data:`GOLDEN_FILES` paths pointing at ``cert`` and ``key``."""
+    config = config.replace(f"{GOLDEN_FILES}/client.pem", str(cert))
+    return config.replace(f"{GOLDEN_FILES}/client.key", str(key))
+
+
+@pytest.fixture(scope="module")
+def throwaway_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    where = tmp_path_factory.mktemp("golden-cert")
+    cert, key = where / "cert.pem", where / "key.pem"
+    made = subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=golden.example"),
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    return cert, key
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_envoy_accepts_translation(case: Path, tmp_path: Path) -> None:
+def test_envoy_accepts_translation(
+    case: Path, tmp_path: Path, throwaway_cert: tuple[Path, Path]
+) -> None:
     expected = yaml.safe_load((case / "expected.yaml").read_text())
     config = tmp_path / "bootstrap.json"
-    config.write_text(json.dumps(static_bootstrap(expected)))
+    boot = static_bootstrap(expected)
+    static_secrets(boot, *throwaway_cert)
+    config.write_text(with_golden_files(json.dumps(boot), *throwaway_cert))
     result = subprocess.run(
         [
             envoy_binary(),

@@ -31,6 +31,8 @@ NAMES = {
     rs.LISTENER: "listeners",
     rs.ROUTE: "routes",
 }
+# SDS secrets (a gateway's credentials) are left out on purpose: golden files are checked in
+# and must hold no private key; tests/unit/test_api_secrets.py tests them with fresh ones.
 # Listed only when a case has some, so the other cases' files need not mention them
 OPTIONAL_NAMES = {rs.EXTENSION_CONFIG: "extension_configs"}
 

@@ -223,6 +223,33 @@ def test_gateway_simple_tls_needs_certs() -> None:
     assert "spec.servers[0].tls.privateKey" in errs
 
 
+def test_gateway_tls_versions_must_leave_some_version_and_crl_needs_files() -> None:
+    errs = _errors(
+        "Gateway",
+        """
+        servers:
+        - port: {number: 443, name: https, protocol: HTTPS}
+          hosts: [a.example.com]
+          tls: {mode: SIMPLE, credentialName: c, maxProtocolVersion: TLSV1_1}
+        - port: {number: 443, name: https-b, protocol: HTTPS}
+          hosts: [b.example.com]
+          tls: {mode: MUTUAL, credentialName: c, minProtocolVersion: TLSV1_3,
+                maxProtocolVersion: TLSV1_2, caCrl: /crl.pem}
+        - port: {number: 443, name: https-c, protocol: HTTPS}
+          hosts: [c.example.com]
+          tls: {mode: SIMPLE, credentialName: c, minProtocolVersion: TLSV1_0,
+                maxProtocolVersion: TLSV1_1}
+        """,
+    )
+    assert errs["spec.servers[0].tls.maxProtocolVersion"] == (
+        "maxProtocolVersion TLSV1_1 is below minProtocolVersion TLSV1_2 (the default); raise "
+        "it or lower minProtocolVersion"
+    )
+    assert "below minProtocolVersion TLSV1_3;" in errs["spec.servers[1].tls.maxProtocolVersion"]
+    assert "not supported with credentialName" in errs["spec.servers[1].tls.caCrl"]
+    assert not [k for k in errs if k.startswith("spec.servers[2]")]
+
+
 # --------------------------------------------------------------------------- Sidecar
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks import dataplane
+from benchmarks import configs, dataplane
 from benchmarks.dataplane import POLICY, POLICY_HOST, Case
 from google.protobuf import json_format
 
@@ -81,17 +81,30 @@ def test_policy_check_names_what_is_missing() -> None:
 
 
 def test_tsunagi_cases_are_measured_beside_their_baselines_every_round() -> None:
-    names = ["direct", "envoy-pair", "envoy-pair-traced", "haproxy-pair"]
-    names += ["tsunagi", "tsunagi-policy", "tsunagi-traced"]
+    names = ["direct", "envoy-pair", "envoy-pair-traced", "haproxy-pair", "envoy-ingress"]
+    names += ["tsunagi", "tsunagi-policy", "tsunagi-traced", "tsunagi-ingress"]
     cases = [Case(n, 1, "h", []) for n in names]
     for r in range(6):
         order = [c.name for c in dataplane.round_order(cases, r)]
         assert sorted(order) == sorted(names)
         pair = order.index("envoy-pair")
         assert {order[pair - 1], order[pair + 1]} == {"tsunagi", "tsunagi-policy"}, order
-        traced = order.index("envoy-pair-traced")
-        beside = order[traced - 1 : traced] + order[traced + 1 : traced + 2]
-        assert "tsunagi-traced" in beside, order
+        for base, partner in (
+            ("envoy-pair-traced", "tsunagi-traced"),
+            ("envoy-ingress", "tsunagi-ingress"),
+        ):
+            at = order.index(base)
+            assert partner in order[at - 1 : at] + order[at + 1 : at + 2], order
+
+
+def test_a_run_of_some_cases_measures_each_of_them() -> None:
+    # `--cases tsunagi-ingress` without its baseline: measured anyway, every round.
+    cases = [Case(n, 1, "h", []) for n in ("direct", "tsunagi-ingress")]
+    for r in range(3):
+        assert sorted(c.name for c in dataplane.round_order(cases, r)) == [
+            "direct",
+            "tsunagi-ingress",
+        ]
 
 
 def test_goals_judge_the_policy_case_against_the_pair_and_against_tsunagi() -> None:
@@ -119,3 +132,71 @@ def test_goals_judge_the_policy_case_against_the_pair_and_against_tsunagi() -> N
     # Results from before the policy case still render.
     del summary["tsunagi-policy"]
     assert "policy_throughput_ratio" not in dataplane.goals(summary)
+    assert "ingress_throughput_ratio" not in dataplane.goals(summary)
+
+
+def test_ingress_is_judged_against_the_static_front_proxy_alone() -> None:
+    def case(rps: float, p50: float, cpu: float) -> dict[str, Any]:
+        return {
+            "rps": rps,
+            "p50_ms": p50,
+            "p90_ms": p50,
+            "p99_ms": 2 * p50,
+            "cpu_per_1k_rps_per_sidecar": cpu,
+            "proxy_cpu_per_1k_rps_per_sidecar": cpu,
+            "agent_cpu_per_1k_rps_per_sidecar": 0.0,
+            "errors": 0,
+            "commands": ["wrk", "hey"],
+        }
+
+    # A run of only the ingress cases (`--cases envoy-ingress,tsunagi-ingress`).
+    summary = {
+        "direct": case(50000, 0.5, 0.0),
+        "envoy-ingress": case(10000, 1.5, 0.10),
+        "tsunagi-ingress": case(9000, 2.5, 0.11),
+    }
+    g = dataplane.goals(summary)
+    assert round(g["ingress_throughput_ratio"], 3) == 0.9
+    assert round(g["ingress_added_p50_ratio"], 3) == 2.0
+    assert round(g["ingress_cpu_per_request_ratio"], 3) == 1.1
+    assert "throughput_ratio" not in g  # no tsunagi sidecar pair in this run
+    memory = {"services": 10, "gateway_envoy_private": 17e6, "gateway_agent_private": 7e6}
+    memory |= {"gateway_envoy_rss": 70e6, "gateway_agent_rss": 14e6}
+    memory |= {"front_proxy_private": 15e6, "front_proxy_rss": 68e6}
+    text = dataplane.markdown({"rounds": 1, "seconds": 1, "summary": summary, "memory": memory})
+    assert "throughput ratio 0.90 (goal ≥ 0.95): **NOT met**" in text
+    assert "| **tsunagi gateway total** | **24.0 MB** | |" in text
+    assert "| minimal static front proxy (baseline) | 15.0 MB | 68.0 MB |" in text
+
+
+def test_ingress_yaml_routes_its_host_to_the_service_at_the_benchmark_gateway() -> None:
+    """What tsunagi-ingress applies binds :data:`INGRESS_HOST` to the service at a gateway
+    with the benchmark's labels (and nowhere else), as the static front proxy does."""
+    port = 20999
+    upstream = Instance.from_document(
+        {
+            "name": "up-a",
+            "service": dataplane.INGRESS_SERVICE,
+            "namespace": "default",
+            "port": 80,
+            "address": "127.0.0.1",
+            "target_port": 20001,
+        }
+    )
+    world = World.build(1, load_documents(dataplane.ingress_yaml(port), "b.yaml"), [upstream])
+    key, value = dataplane.INGRESS_LABEL
+    meta = {"kind": "gateway", "namespace": "default", "service": dataplane.INGRESS_GATEWAY}
+    meta |= {"labels": {key: value}, "gateway_address": "127.0.0.1"}
+    routes = {
+        name: json_format.MessageToDict(r.body, preserving_proto_field_name=True)
+        for name, r in translate(world, Node.from_metadata("gw-1", meta)).of(rs.ROUTE).items()
+    }
+    (vhost,) = routes[f"http.{port}"]["virtual_hosts"]
+    assert vhost["domains"] == [dataplane.INGRESS_HOST]
+    cluster = f"outbound|80||{dataplane.INGRESS_SERVICE}.default.svc.cluster.local"
+    assert [r["route"]["cluster"] for r in vhost["routes"]] == [cluster]
+    # The static front proxy routes the same host to its sidecar, and no other.
+    front = configs.front_proxy(port, 1, dataplane.INGRESS_HOST, 2)
+    hcm = front["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    (static_vhost,) = hcm["typed_config"]["route_config"]["virtual_hosts"]
+    assert static_vhost["domains"] == [dataplane.INGRESS_HOST]

@@ -80,8 +80,10 @@ def test_a_sidecars_bootstrap_names_no_gateway_address() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"port": 8080}, "port must be 0 for a gateway"),
-        ({"target_port": 8080}, "target_port must be 0 for a gateway"),
+        # A gateway's service port (tsunagi gateway --port) has both numbers, or neither.
+        ({"port": 8080}, "target_port must be 1..65535"),
+        ({"target_port": 8080}, "target_port must be 0 for a gateway without a service port"),
+        ({"port": 70000, "target_port": 8080}, "port must be 1..65535"),
         ({"kind": "waypoint"}, "kind 'waypoint' is not 'sidecar' or 'gateway'"),
     ],
 )

@@ -275,8 +275,8 @@ BAD_BODIES: dict[str, tuple[str, Any, str]] = {
     "instance: port 0": ("/v1/instances", {**INSTANCE, "port": 0}, "port must be 1..65535"),
     "instance: gateway port": (
         "/v1/instances",
-        {**INSTANCE, "kind": "gateway", "target_port": 0},
-        "port must be 0 for a gateway",
+        {**INSTANCE, "kind": "gateway", "port": 0},
+        "target_port must be 0 for a gateway without a service port",
     ),
     "instance: kind": ("/v1/instances", {**INSTANCE, "kind": "waypoint"}, "body kind"),
     "instance: port true": ("/v1/instances", {**INSTANCE, "target_port": True}, "target_port"),

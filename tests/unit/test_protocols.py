@@ -171,7 +171,10 @@ spec:
   - {number: 5432, name: pg, protocol: TCP}
   - {number: 80, name: http, protocol: HTTP}
   - {number: 7070, name: grpc, protocol: GRPC}
+  - {number: 443, name: tls, protocol: TLS}
+  - {number: 8443, name: https, protocol: HTTPS}
 """
+    # TLS and HTTPS ports are reached with HTTPS through HTTPS_PROXY (CONNECT): no warning.
     warnings = not_yet_enforced(load_documents(config, "db.yaml"))
     assert warnings == [
         "ServiceEntry default/db: spec.ports[0] (TCP 5432) is not HTTP: the app's HTTP proxy "

@@ -323,8 +323,8 @@ def test_metrics_token_resolves_overrides_per_mode() -> None:
 def test_loggers_follow_the_fifo_overrides_and_access_log_settings() -> None:
     node = Node.from_metadata("w.default", {pc.META_METRICS_LOG: "/x.fifo"})
     plain = accesslog.http_access_loggers(node, ProxyTelemetry(), accesslog.OUTBOUND)
-    assert [lg["name"] for lg in plain] == ["envoy.access_loggers.file"] * 2
-    http, grpc = (
+    assert [lg["name"] for lg in plain] == ["envoy.access_loggers.file"] * 3
+    http, grpc, tunnel = (
         lg["typed_config"]["log_format"]["text_format_source"]["inline_string"] for lg in plain
     )
     # Other requests: 7 operators, a literal "-" for the gRPC status.
@@ -332,8 +332,16 @@ def test_loggers_follow_the_fifo_overrides_and_access_log_settings() -> None:
     assert "%GRPC_STATUS_NUMBER%" not in http and "\t-\t%DURATION%" in http
     # gRPC requests (by the request's content type, Istio's rule): the status too.
     assert grpc.startswith("s|grpc\t%UPSTREAM_CLUSTER%\t") and grpc.count("%") == 16
-    assert plain[0]["filter"] == accesslog.NOT_GRPC_REQUEST
+    assert plain[0]["filter"] == accesslog.NOT_GRPC_NOR_CONNECT
     assert plain[1]["filter"] == accesslog.GRPC_REQUEST
+    # CONNECT tunnels (HTTPS_PROXY): an outbound TCP line with the CONNECT's target.
+    assert tunnel.startswith("u\t%ACCESS_LOG_TYPE%\t") and tunnel.endswith("%REQ(:AUTHORITY)%\n")
+    assert plain[2]["filter"] == accesslog.CONNECT_REQUEST
+    inbound = accesslog.http_access_loggers(node, ProxyTelemetry(), accesslog.INBOUND, 9080)
+    assert [lg["filter"] for lg in inbound] == [
+        accesslog.NOT_GRPC_REQUEST,
+        accesslog.GRPC_REQUEST,
+    ]
     off = ProxyTelemetry(metric_overrides=(MetricOverride(mode=CLIENT, disabled=True),))
     assert accesslog.http_access_loggers(node, off, accesslog.OUTBOUND) == []
     assert accesslog.http_access_loggers(node, off, accesslog.INBOUND, 9080)
@@ -580,3 +588,38 @@ def test_close_ends_the_pipe_reader_and_the_server_thread() -> None:
     assert not serving.is_alive()
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), 5):
         pass
+
+
+def test_a_connect_tunnel_to_a_tls_port_counts_only_as_tcp() -> None:
+    """The CONNECT stream's own line (to the internal listener's cluster) is not a request:
+    the listener behind it reports the connection as outbound TCP to where it went."""
+    agg = Aggregator(ME, registry)
+    tunnel = f"{pc.CONNECT_CLUSTER_PREFIX}443|api.example.test"
+    agg.feed(["\t".join(("s", tunnel, "-", "200", "-", "-", "40", "900", "4000"))])
+    cluster = "outbound|443|a|api.example.test"
+    agg.feed(["\t".join(("u", "TcpConnectionEnd", "7", "900", "4000", "-", cluster, HOST))])
+    text = agg.render()
+    assert parsed(text, "istio_requests_total") == [] and agg.bad_lines == 0
+    ((labels, value),) = parsed(text, "istio_tcp_connections_opened_total")
+    assert labels["destination_service"] == "api.example.test" and value == 1
+
+
+def test_a_tunnel_through_passthrough_counts_as_tcp_to_the_host_asked_for() -> None:
+    """A CONNECT to a host the mesh does not know (ALLOW_ANY): the outbound listener's tunnel
+    line becomes Istio's istio_tcp_* to PassthroughCluster, destination_service the host;
+    a refused CONNECT (no upstream) and one to an internal listener count as nothing."""
+    agg = Aggregator(ME, registry)
+    tunnel = ("u", "DownstreamEnd", "9", "517", "3100", "-", "PassthroughCluster")
+    agg.feed(["\t".join((*tunnel, "127.0.0.1:8443", "secure.localhost:8443"))])
+    agg.feed(["\t".join(("u", "DownstreamEnd", "10", "0", "0", "-", "-", "-", "x.test:443"))])
+    internal = f"{pc.CONNECT_CLUSTER_PREFIX}443|api.example.test"
+    agg.feed(["\t".join(("u", "DownstreamEnd", "11", "5", "5", "-", internal, "-", "a:443"))])
+    text = agg.render()
+    assert agg.bad_lines == 0 and parsed(text, "istio_requests_total") == []
+    ((labels, value),) = parsed(text, "istio_tcp_connections_opened_total")
+    assert value == 1 and labels["reporter"] == "source"
+    assert labels["destination_service"] == "secure.localhost"
+    assert labels["destination_service_name"] == "PassthroughCluster"
+    ((_, closed),) = parsed(text, "istio_tcp_connections_closed_total")
+    ((_, sent),) = parsed(text, "istio_tcp_sent_bytes_total")
+    assert closed == 1 and sent == 3100

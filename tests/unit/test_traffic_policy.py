@@ -112,7 +112,7 @@ def test_apply_warns_only_about_what_is_not_enforced() -> None:
       simple: PASSTHROUGH
     connectionPool: {tcp: {maxConnections: 1, idleTimeout: 1h}}
     outlierDetection: {consecutiveErrors: 5}
-    tls: {mode: SIMPLE}
+    tls: {mode: SIMPLE, credentialName: api-cert}
   subsets:
   - name: v1
     labels: {version: v1}
@@ -125,7 +125,8 @@ def test_apply_warns_only_about_what_is_not_enforced() -> None:
     )
     warnings = not_yet_enforced(docs)
     text = "\n".join(warnings)
-    assert "spec.trafficPolicy.tls is not applied yet" in text
+    # SIMPLE is TLS origination (tests/e2e/test_egress.py); a credentialName is not.
+    assert "spec.trafficPolicy.tls.credentialName is not applied yet on sidecars" in text
     assert "PASSTHROUGH" not in text  # enforced (tests/e2e/test_passthrough.py)
     assert "spec.trafficPolicy.connectionPool.tcp.idleTimeout is not applied yet" in text
     assert "localityLbSetting" not in text  # enforced (tests/unit/test_locality.py)

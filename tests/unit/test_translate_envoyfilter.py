@@ -293,7 +293,8 @@ def test_route_remove_and_virtual_host_remove_and_replace() -> None:
     )
     snap, _ = run(config)
     [rc] = dicts(snap, rs.ROUTE).values()
-    assert [v.get("routes", []) for v in rc["virtual_hosts"]] == [[]]
+    # The outbound policy's catch-all (allow_any) is not the patched virtual host.
+    assert [v.get("routes", []) for v in rc["virtual_hosts"] if v["name"] != "allow_any"] == [[]]
     replaced, _ = run(
         ef(
             "  - applyTo: VIRTUAL_HOST\n"
@@ -302,7 +303,7 @@ def test_route_remove_and_virtual_host_remove_and_replace() -> None:
         )
     )
     [rc] = dicts(replaced, rs.ROUTE).values()
-    assert [v["name"] for v in rc["virtual_hosts"]] == ["new"]
+    assert [v["name"] for v in rc["virtual_hosts"]] == ["new", "allow_any"]
 
 
 def test_inbound_virtual_host_answers_to_istios_name() -> None:
@@ -337,7 +338,7 @@ def test_cluster_merge_replaces_durations_remove_and_add() -> None:
     plain, _ = run("")
     snap, _ = run(config)
     clusters = dicts(snap, rs.CLUSTER)
-    assert set(clusters) == {REVIEWS, "extra"}
+    assert set(clusters) == {REVIEWS, "extra", "PassthroughCluster"}
     assert clusters[REVIEWS]["connect_timeout"] == "1.500s"
     # the patched cluster's endpoints get a new version, so Envoy is sent them again
     assert snap.of(rs.ENDPOINT)[REVIEWS].version != plain.of(rs.ENDPOINT)[REVIEWS].version
@@ -465,7 +466,8 @@ def test_istio_route_configuration_names_read_as_ports() -> None:
         return [v["name"] for v in rc["virtual_hosts"] if "response_headers_to_add" in v]
 
     assert patched_vhosts("9080") == [REVIEWS_VHOST]
-    assert patched_vhosts("outbound") == [REVIEWS_VHOST]
+    # The whole table: the service's virtual host and the outbound policy's catch-all.
+    assert patched_vhosts("outbound") == [REVIEWS_VHOST, "allow_any"]
     assert patched_vhosts("80") == []
     inbound = ef(
         "  - applyTo: VIRTUAL_HOST\n"
@@ -557,7 +559,7 @@ def test_virtual_host_remove() -> None:
         "    patch: {operation: REMOVE}\n"
     )
     [rc] = dicts(run(config)[0], rs.ROUTE).values()
-    assert rc.get("virtual_hosts", []) == []
+    assert [v["name"] for v in rc.get("virtual_hosts", [])] == ["allow_any"]  # outbound policy
 
 
 async def test_proxies_connecting_between_pushes_share_patched_resources() -> None:

@@ -178,17 +178,99 @@ def test_gateway_gets_only_its_listeners_and_follows_server_ports() -> None:
     assert _of(other, GATEWAY_NODE, rs.LISTENER) == {}
 
 
-def test_https_servers_open_no_listener_yet_and_apply_says_so() -> None:
+def test_https_servers_get_a_tls_listener_and_apply_no_longer_warns() -> None:
     tls = """  - port: {number: 443, name: https, protocol: HTTPS}
     hosts: ["*"]
     tls: {mode: SIMPLE, credentialName: cert}
 """
-    world = _world(_gateway("edge", 80, ["*"], extra=tls))
-    assert sorted(_of(world, GATEWAY_NODE, rs.LISTENER)) == ["gateway|80"]
+    world = _world(_gateway("edge", 80, ["*"], extra=tls), _vs("web", ["*"], ["edge"]))
+    listeners = _of(world, GATEWAY_NODE, rs.LISTENER)
+    assert sorted(listeners) == ["gateway|443", "gateway|80"]
+    [chain] = listeners["gateway|443"]["filter_chains"]
+    context = chain["transport_socket"]["typed_config"]["common_tls_context"]
+    # The listener names the certificate; the key itself never rides in listener config.
+    assert context["tls_certificate_sds_secret_configs"][0]["name"] == "kubernetes://cert"
+    assert "private_key" not in str(listeners)
+    hcm = chain["filters"][0]["typed_config"]
+    assert hcm["rds"]["route_config_name"] == "https.443.https.edge.default"
+    assert "https.443.https.edge.default" in _of(world, GATEWAY_NODE, rs.ROUTE)
     warnings = gateway_problems(world, world.resources)
-    assert any("spec.servers[1] (HTTPS 443)" in w and "not applied yet" in w for w in warnings)
-    # The Gateway kind itself is enforced now: no blanket "not enforced" warning.
+    assert not [w for w in warnings if "spec.servers[1]" in w], warnings
     assert not [w for w in not_yet_enforced(world.resources) if "Gateway" in w]
+
+
+@pytest.mark.parametrize(
+    ("tls", "says"),
+    [
+        ("{mode: ISTIO_MUTUAL}", "tls.mode ISTIO_MUTUAL is not supported yet"),
+        ("{mode: AUTO_PASSTHROUGH}", "tls.mode AUTO_PASSTHROUGH is not supported yet"),
+        (
+            "{mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}",
+            "tls.serverCertificate/privateKey is not supported",
+        ),
+    ],
+)
+def test_unsupported_tls_modes_open_nothing_and_apply_says_what_to_use(tls: str, says: str) -> None:
+    extra = f"""  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: ["*"]
+    tls: {tls}
+"""
+    world = _world(_gateway("edge", 80, ["*"], extra=extra), _vs("web", ["*"], ["edge"]))
+    assert sorted(_of(world, GATEWAY_NODE, rs.LISTENER)) == ["gateway|80"]
+    [warning] = [w for w in gateway_problems(world, world.resources) if "servers[1]" in w]
+    assert warning.startswith("Gateway default/edge: spec.servers[1] (HTTPS 443): " + says)
+
+
+def test_servers_left_out_of_a_port_are_reported_with_the_server_that_holds_it() -> None:
+    extra = """  - port: {number: 80, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, credentialName: cert}
+  - port: {number: 443, name: https-a, protocol: HTTPS}
+    hosts: [a.example.com]
+    tls: {mode: SIMPLE, credentialName: a}
+  - port: {number: 443, name: https-b, protocol: HTTPS}
+    hosts: [b.example.com, a.example.com]
+    tls: {mode: SIMPLE, credentialName: b}
+  - port: {number: 443, name: tls-c, protocol: TLS}
+    hosts: [c.example.com]
+    tls: {mode: PASSTHROUGH, minProtocolVersion: TLSV1_3}
+"""
+    world = _world(_gateway("edge", 80, ["*"], extra=extra), _vs("web", ["*"], ["edge"]))
+    listeners = _of(world, GATEWAY_NODE, rs.LISTENER)
+    assert "transport_socket" not in listeners["gateway|80"]["filter_chains"][0]
+    names = [
+        c["filter_chain_match"]["server_names"] for c in listeners["gateway|443"]["filter_chains"]
+    ]
+    assert names == [["a.example.com"]]  # c: no tls route binds it, so no chain
+    warnings = gateway_problems(world, world.resources, running=[{"istio": "ingressgateway"}])
+    [https_on_80] = [w for w in warnings if "spec.servers[1]" in w]
+    assert "port 80 already serves plain-text HTTP for servers[0] of Gateway default/edge" in (
+        https_on_80
+    )
+    [b] = [w for w in warnings if "spec.servers[3]" in w]
+    assert "port 443 already serves a.example.com over TLS (servers[2] of" in b
+
+
+def test_cipher_suites_envoy_does_not_know_are_left_out_with_a_warning() -> None:
+    extra = """  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls:
+      mode: SIMPLE
+      credentialName: cert
+      cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256, RC4-MD5, ECDHE-RSA-AES128-GCM-SHA256]
+"""
+    world = _world(_gateway("edge", 80, ["*"], extra=extra), _vs("web", ["*"], ["edge"]))
+    [chain] = _of(world, GATEWAY_NODE, rs.LISTENER)["gateway|443"]["filter_chains"]
+    params = chain["transport_socket"]["typed_config"]["common_tls_context"]["tls_params"]
+    assert params == {
+        "tls_minimum_protocol_version": "TLSv1_2",
+        "cipher_suites": ["ECDHE-RSA-AES128-GCM-SHA256"],
+    }
+    [warning] = [w for w in gateway_problems(world, world.resources) if "cipherSuites" in w]
+    assert (
+        "ignoring unknown or repeated cipher suites ['RC4-MD5', 'ECDHE-RSA-AES128-GCM-SHA256']"
+        in (warning)
+    )
 
 
 def test_https_redirect_requires_tls_on_the_virtual_host() -> None:
@@ -345,3 +427,43 @@ class _Recorder:
 async def _until(check: Callable[[], bool]) -> None:
     while not check():
         await asyncio.sleep(0.005)
+
+
+def test_tcp_servers_need_tcp_routes_and_one_port_has_one() -> None:
+    extra = """  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ["*"]
+  - port: {number: 31400, name: tcp-again, protocol: TCP}
+    hosts: ["*"]
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: ["*"]
+    tls: {mode: PASSTHROUGH}
+"""
+    world = _world(_gateway("edge", 80, ["*"], extra=extra), _vs("web", ["*"], ["edge"]))
+    # Nothing routes TCP or TLS yet: those ports stay closed, and apply says why.
+    assert sorted(_of(world, GATEWAY_NODE, rs.LISTENER)) == ["gateway|80"]
+    warnings = gateway_problems(world, world.resources)
+    [tcp] = [w for w in warnings if "spec.servers[1]" in w]
+    assert "no VirtualService bound to it" in tcp and "has tcp: routes" in tcp
+    [tls] = [w for w in warnings if "spec.servers[3]" in w]
+    assert "has tls: routes" in tls
+    [again] = [w for w in warnings if "spec.servers[2]" in w and "already serves" in w]
+    assert "a TCP port has one server" in again
+    routed = """
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: bytes, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  tcp:
+  - route: [{destination: {host: web.default.svc.cluster.local, port: {number: 80}}}]
+"""
+    world = _world(_gateway("edge", 80, ["*"], extra=extra), _vs("web", ["*"], ["edge"]), routed)
+    listeners = _of(world, GATEWAY_NODE, rs.LISTENER)
+    [chain] = listeners["gateway|31400"]["filter_chains"]
+    assert (
+        chain["filters"][0]["typed_config"]["cluster"]
+        == "outbound|80||web.default.svc.cluster.local"
+    )
+    assert "listener_filters" not in listeners["gateway|31400"]  # the server may speak first
+    assert not [w for w in gateway_problems(world, world.resources) if "has tcp: routes" in w]

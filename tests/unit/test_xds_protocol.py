@@ -1364,6 +1364,25 @@ def test_secrets_are_not_ordered_and_do_not_block() -> None:
     assert (sds.type_url, list(sds.resources)) == (SECRET, [secret.body])
 
 
+def test_delta_sends_the_secrets_asked_for_and_a_renewed_one_again() -> None:
+    def snap(content: str, revision: int) -> Snapshot:
+        cred = Resource.pack("kubernetes://cred", cluster_pb2.Cluster(name=content))
+        other = Resource.pack("kubernetes://other", cluster_pb2.Cluster(name="other"))
+        return Snapshot.build({SECRET: [cred, other]}, revision)
+
+    s = DeltaStream()
+    s.set_snapshot(snap("first", 1))
+    s.receive(delta_req(SECRET, ["kubernetes://cred"]))
+    first = s.next_response()
+    assert [r.name for r in first.resources] == ["kubernetes://cred"]  # only what it asked
+    s.receive(delta_req(SECRET, nonce=first.nonce))  # ACK
+    assert s.next_response() is None
+    s.set_snapshot(snap("renewed", 2))
+    renewed = s.next_response()
+    assert [r.name for r in renewed.resources] == ["kubernetes://cred"]
+    assert renewed.resources[0].version != first.resources[0].version
+
+
 def test_node_is_the_first_non_empty_one() -> None:
     s = SotwStream()
     assert s.receive(sotw_req(CLUSTER)) == [Subscribed(CLUSTER, frozenset({"*"}))]

@@ -36,12 +36,33 @@ class ProxyIdentity(NamedTuple):
     """``--upstream``: ``(service, port, local port)``."""
     gateway_address: str = ""
     """A gateway's listen address (``pc.META_GATEWAY_ADDRESS``); empty for a sidecar."""
+    gateway_ports: Mapping[int, int] = MappingProxyType({})
+    """A gateway's service port → listen port (``pc.META_GATEWAY_PORTS``)."""
+
+
+TICKET_METADATA = "x-tsunagi-ticket"
+"""The gRPC metadata that carries the ticket (``tsunagi.xds.tickets.METADATA_KEY``; not
+imported: the agent stays free of the control plane's modules)."""
+
+INTERNAL_LISTENER_EXTENSION = {
+    "name": "envoy.bootstrap.internal_listener",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3."
+        "InternalListener"
+    },
+}
 
 
 def bootstrap(
-    ident: ProxyIdentity, xds_host: str, xds_port: int, admin_port: int, delta: bool = False
+    ident: ProxyIdentity,
+    xds_host: str,
+    xds_port: int,
+    admin_port: int,
+    delta: bool = False,
+    ticket: str = "",
 ) -> dict[str, Any]:
-    """The bootstrap document (JSON-ready) for one sidecar or gateway."""
+    """The bootstrap document (JSON-ready) for one sidecar or gateway. ``ticket`` (from
+    ``GET /v1/bootstrap``) is sent on the ADS stream: without it a gateway gets no Secrets."""
     return {
         "node": {
             "id": ident.node_id,
@@ -86,6 +107,11 @@ def bootstrap(
                     if ident.gateway_address
                     else {}
                 ),
+                **(
+                    {pc.META_GATEWAY_PORTS: {str(p): lp for p, lp in ident.gateway_ports.items()}}
+                    if ident.gateway_ports
+                    else {}
+                ),
             },
         },
         "admin": {
@@ -105,7 +131,14 @@ def bootstrap(
                             "retry_policy": {
                                 "retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"}
                             },
-                        }
+                        },
+                        # Proves the node's id and namespace (tsunagi.xds.tickets) until
+                        # xDS uses mTLS; sent once per stream, as gRPC metadata.
+                        **(
+                            {"initial_metadata": [{"key": TICKET_METADATA, "value": ticket}]}
+                            if ticket
+                            else {}
+                        ),
                     }
                 ],
             },
@@ -147,6 +180,14 @@ def bootstrap(
                 }
             ]
         },
+        # Internal listeners: where a sidecar's CONNECT routes hand HTTPS tunnels for SNI
+        # routing (xds/translate/connect.py). Measured cost: none (an idle Envoy's dirty
+        # private memory 13.80 MB with and without it); a gateway has no CONNECT routes.
+        **(
+            {}
+            if ident.kind == pc.GATEWAY_KIND
+            else {"bootstrap_extensions": [INTERNAL_LISTENER_EXTENSION]}
+        ),
         # Regexes up to the size validation allows (as Istio's bootstrap does); Envoy's
         # default limit (100) would NACK many a regex that apply accepted.
         "layered_runtime": {

@@ -9,6 +9,13 @@ Gateways selecting its labels name, and takes it away when no server names it an
 The registration is an instance of kind ``gateway`` with no service port: it shows in
 ``tsunagi get workloads``, and the control plane never makes it an endpoint of a service
 (a gateway is reached from outside the mesh, at its listen address).
+
+With ``--port SERVICEPORT:LISTENPORT`` the gateway is also a mesh service, as Istio's
+gateways are Kubernetes Services (``istio-egressgateway.istio-system``, port 80 → targetPort
+8080): it registers one instance per port, an endpoint of ``NAME.NAMESPACE`` at SERVICEPORT
+whose target is LISTENPORT, so sidecars route to it by name (Istio's egress-gateway task);
+and a Gateway server on SERVICEPORT listens on LISTENPORT (the mapping reaches the control
+plane in the node metadata), so Gateways may keep ``port: 80`` without binding port 80.
 """
 
 from __future__ import annotations
@@ -18,14 +25,25 @@ import os
 import signal
 import threading
 from collections.abc import Mapping
+from functools import partial
 from types import MappingProxyType
 
+from tsunagi import protocols
 from tsunagi import proxy_contract as pc
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.envoy import EnvoyProcess, admin
-from tsunagi.agent.lifecycle import Registration, deregister, supervise_envoy, wait_ready_or_stop
+from tsunagi.agent.lifecycle import (
+    Registration,
+    deregister,
+    resolve_upstreams,
+    supervise_envoy,
+    wait_ready_or_stop,
+)
 from tsunagi.agent.logs import log
 from tsunagi.agent.memory import one_malloc_arena, release_startup_memory
+from tsunagi.agent.metrics import Aggregator, Identity
+from tsunagi.agent.metrics_server import PATH as METRICS_PATH
+from tsunagi.agent.metrics_server import MetricsPipe, MetricsServer
 from tsunagi.agent.ports import free_ports
 from tsunagi.agent.records import NamedTuple
 from tsunagi.agent.workdir import make_workdir, remove_workdir
@@ -49,6 +67,16 @@ class GatewayOptions(NamedTuple):
     namespace: str = "default"
     address: str = DEFAULT_ADDRESS
     """Where the listeners bind (the port numbers come from the Gateways' servers)."""
+    ports: tuple[tuple[int, int, str], ...] = ()
+    """``--port``: ``(service port, listen port, protocol)`` of each port at which the gateway
+    is an endpoint of its service; empty: no service port (the default)."""
+    metrics_port: int = 0
+    """Where ``/stats/prometheus`` is served (Istio's metrics with the gateway as the source,
+    merged with Envoy's); 0: a free port. Registered, so Prometheus and the dashboard find
+    it."""
+    metrics_address: str = DEFAULT_ADDRESS
+    """Where the metrics endpoint binds: loopback by default, whatever ``address`` is, so a
+    gateway listening on 0.0.0.0 does not expose its stats at the edge."""
     concurrency: int = 2
     delta: bool = False
     ready_timeout: float = 30.0
@@ -68,28 +96,45 @@ class Gateway:
         self.stop = threading.Event()
         self.workdir = make_workdir(f"tsunagi-{self.instance_name}-")
         self._envoy: EnvoyProcess | None = None
+        # Istio's metrics with the gateway as their source (reporter="source"), from the
+        # metric lines its listeners write (xds/translate/gateway_telemetry.py).
+        self.aggregator = Aggregator(
+            Identity(opts.name, opts.namespace, opts.labels),
+            resolve=partial(resolve_upstreams, client),
+        )
+        self._pipe: MetricsPipe | None = None
+        self._metrics: MetricsServer | None = None
 
     def run(self) -> int:
         """Serve until SIGINT or SIGTERM; the exit code."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stop.set())
         try:
-            xds = self.client.request("GET", "/v1/bootstrap")["xds"]
-            envoy = self._start_envoy(str(xds["host"]), int(xds["port"]))
+            # The ticket proves this node's id and namespace on its ADS stream: only then
+            # does the control plane send it its credentials (Secrets).
+            query = {"node": self.node_id, "namespace": self.opts.namespace}
+            xds = self.client.request("GET", "/v1/bootstrap", query=query)["xds"]
+            envoy = self._start_envoy(
+                str(xds["host"]), int(xds["port"]), str(xds.get("ticket") or "")
+            )
             if not wait_ready_or_stop(envoy, self.stop, self.opts.ready_timeout):
                 return 130
             log.info(
                 "%s: gateway ready (node %s, labels %s, listening on %s at the ports its "
-                "Gateways' servers name; admin 127.0.0.1:%d)",
+                "Gateways' servers name%s; admin 127.0.0.1:%d)",
                 self.instance_name,
                 self.node_id,
                 ",".join(f"{k}={v}" for k, v in sorted(self.opts.labels.items())) or "none",
                 self.opts.address,
+                "".join(f", server port {p} on {lp}" for p, lp, _ in self.opts.ports),
                 envoy.admin_port,
             )
-            registration = Registration(self.client, self.stop, self._instance, self._registered)
+            registrations = [
+                Registration(self.client, self.stop, partial(self._instance, i), self._registered)
+                for i in range(max(1, len(self.opts.ports)))
+            ]
             threads = [
-                threading.Thread(target=registration.keep, daemon=True),
+                *(threading.Thread(target=r.keep, daemon=True) for r in registrations),
                 threading.Thread(
                     target=supervise_envoy,
                     args=(envoy, self.stop, self.instance_name, self.opts.ready_timeout),
@@ -100,19 +145,52 @@ class Gateway:
                 t.start()
             release_startup_memory()
             self.stop.wait()
-            deregister(
-                self.client, self.opts.namespace, self.instance_name, self.opts.drain_timeout
-            )
+            for name in self._instance_names():
+                deregister(self.client, self.opts.namespace, name, self.opts.drain_timeout)
             self._drain(envoy)
             log.info("%s: gateway stopped", self.instance_name)
             return 0
         finally:
             if self._envoy is not None:
                 self._envoy.stop()
+            if self._metrics is not None:
+                self._metrics.close()
+            if self._pipe is not None:
+                self._pipe.close()
             remove_workdir(self.workdir)
 
-    def _start_envoy(self, xds_host: str, xds_port: int) -> EnvoyProcess:
+    def _start_metrics(self, admin_port: int) -> str:
+        """The metric pipe (before Envoy, which opens it) and the metrics endpoint, as a
+        sidecar's (agent/run.py); the pipe's path, for the bootstrap."""
+        self._pipe = MetricsPipe(os.path.join(self.workdir, "metrics.fifo"), self.aggregator)
+        self._pipe.start()
+        try:
+            self._metrics = MetricsServer(
+                self.opts.metrics_port,
+                self.aggregator,
+                admin_port,
+                address=self.opts.metrics_address,
+            )
+        except OSError as e:
+            raise RuntimeError(
+                f"cannot serve metrics on port {self.opts.metrics_port}: {e}; choose another "
+                "--metrics-port (or 0 for a free one)"
+            ) from None
+        self._metrics.start()
+        log.info(
+            "%s: metrics on http://%s:%d%s",
+            self.instance_name,
+            f"[{self.opts.metrics_address}]"
+            if ":" in self.opts.metrics_address
+            else self.opts.metrics_address,
+            self._metrics.port,
+            METRICS_PATH,
+        )
+        return self._pipe.path
+
+    def _start_envoy(self, xds_host: str, xds_port: int, ticket: str = "") -> EnvoyProcess:
         (admin_port,) = free_ports(1)
+        metrics_log = self._start_metrics(admin_port)
         ident = ProxyIdentity(
             node_id=self.node_id,
             service=self.opts.name,
@@ -121,8 +199,10 @@ class Gateway:
             outbound_port=0,  # a gateway has no outbound listener
             kind=pc.GATEWAY_KIND,
             gateway_address=self.opts.address,
+            metrics_log=metrics_log,
+            gateway_ports={p: listen for p, listen, _ in self.opts.ports},
         )
-        config = bootstrap(ident, xds_host, xds_port, admin_port, self.opts.delta)
+        config = bootstrap(ident, xds_host, xds_port, admin_port, self.opts.delta, ticket)
         # Who this proxy is, should its routes name it toward the mesh (as sidecars' do).
         peer = pc.workload_metadata(self.opts.labels, self.opts.name, self.opts.namespace)
         self._envoy = EnvoyProcess(
@@ -149,16 +229,29 @@ class Gateway:
         while time.monotonic() < deadline and _open_connections(envoy) > 0:
             time.sleep(0.05)
 
-    def _instance(self) -> dict[str, Any]:
+    def _instance_names(self) -> list[str]:
+        """The registrations' names: the first port's (or the only, portless one) is the
+        gateway's own, which its proxy id carries; each further port's is ``NAME-PORT``."""
+        ports = [p for p, _, _ in self.opts.ports]
+        return [self.instance_name] + [f"{self.instance_name}-{p}" for p in ports[1:]]
+
+    def _instance(self, index: int = 0) -> dict[str, Any]:
+        """The registration of the ``index``-th ``--port`` (or the portless one)."""
+        port, listen, protocol = (
+            self.opts.ports[index] if self.opts.ports else (0, 0, protocols.DEFAULT)
+        )
         return {
-            "name": self.instance_name,
+            "name": self._instance_names()[index],
             "service": self.opts.name,
             "namespace": self.opts.namespace,
             "kind": pc.GATEWAY_KIND,
-            "port": 0,
-            "target_port": 0,
+            "port": port,
+            "target_port": listen,
+            "protocol": protocol,
             "address": self.opts.address,
             "labels": dict(self.opts.labels),
+            "metrics_port": self._metrics.port if self._metrics is not None else 0,
+            "metrics_address": self.opts.metrics_address,
         }
 
     def _registered(self) -> None:

@@ -54,6 +54,7 @@ def decode(data: bytes) -> tuple[RunOptions | GatewayOptions, str, str]:
         # Only a gateway's agent loads the gateway's module.
         from tsunagi.agent.gateway import GatewayOptions
 
+        fields["ports"] = tuple(tuple(p) for p in fields.get("ports", ()))
         opts = GatewayOptions(**fields)
     else:
         fields["command"] = tuple(fields["command"])

@@ -109,6 +109,20 @@ class Registration:
                 self.stop.wait(0.5)  # it will be back; Envoy keeps its config meanwhile
 
 
+RESOLVE_TIMEOUT = 1.0
+"""Seconds a scrape may wait for the control plane to name upstream workloads."""
+
+
+def resolve_upstreams(client: Client, hosts: list[str]) -> dict[str, str]:
+    """Upstream hosts → their workloads' metadata, from the registry: the metrics'
+    resolver (:class:`~tsunagi.agent.metrics.Aggregator`) of every proxy that reports as a
+    source, sidecar or gateway. A scrape waits at most :data:`RESOLVE_TIMEOUT`."""
+    reply = client.request(
+        "POST", "/v1/instances/resolve", {"addresses": hosts}, timeout=RESOLVE_TIMEOUT
+    )
+    return dict(reply["workloads"])
+
+
 def deregister(client: Client, namespace: str, name: str, drain_timeout: float) -> None:
     """Remove the instance and wait (at most ``drain_timeout``) until every proxy has the
     change, so that none still sends here when Envoy stops."""

@@ -125,6 +125,16 @@ _KINDS = (
     pc.METRICS_LINE_TCP_SOURCE,
 )
 _TCP_KINDS = (pc.METRICS_LINE_TCP, pc.METRICS_LINE_TCP_SOURCE)
+_END_TYPES = ("TcpConnectionEnd", "DownstreamEnd")
+"""A connection's last line: a TCP proxy's, or a CONNECT tunnel's (the request's end)."""
+PASSTHROUGH_CLUSTER = "PassthroughCluster"
+"""Where ``ALLOW_ANY`` sends unknown hosts (xds/translate/passthrough.py)."""
+
+
+def _host_of(authority: str) -> str:
+    """``example.com`` of ``example.com:443`` (and ``[::1]`` of ``[::1]:443``)."""
+    host, sep, port = authority.rpartition(":")
+    return host if sep and port.isdigit() and not host.endswith(":") else authority
 
 
 def parse_token(token: str) -> Profile:
@@ -278,6 +288,8 @@ class Aggregator:
         k = 9 if profile.kind == pc.METRICS_LINE_SOURCE else 8
         if len(f) != k:
             raise ValueError(line)
+        if k == 9 and f[1].startswith(pc.CONNECT_CLUSTER_PREFIX):
+            return  # a CONNECT tunnel: counted as TCP by the listener behind it
         key = tuple(f[: k - 3])
         values = (float(f[k - 3]), float(f[k - 2]), float(f[k - 1]))
         series = self._http.get(key)
@@ -322,11 +334,20 @@ class Aggregator:
 
     def _feed_tcp(self, f: list[str]) -> None:
         outbound = f[0][:1] == pc.METRICS_LINE_TCP_SOURCE
-        if len(f) != (8 if outbound else 6):
+        if len(f) == 9 and outbound:  # a CONNECT tunnel, from the outbound HTTP listener
+            if f[6] in ("", "-") or f[6].startswith(pc.CONNECT_CLUSTER_PREFIX):
+                # No tunnel (refused: the access log says why), or one to a TLS port's
+                # internal listener, which reports the connection it makes itself.
+                return
+            target = f.pop()
+            if f[6] == PASSTHROUGH_CLUSTER:  # Istio names the host the client asked for
+                f.append(_host_of(target))
+        elif len(f) != (8 if outbound else 6):
             raise ValueError("\t".join(f))
         token, kind, conn, rx, tx, flags = f[:6]
         received, sent = int(rx), int(tx)
-        key = (token, flags, *f[6:])  # outbound: the cluster and the endpoint, too
+        # outbound: the cluster and the endpoint, too (and a tunnel's target host)
+        key = (token, flags, *f[6:])
         series = self._tcp.get(key)
         if series is None:
             if len(self._tcp) >= MAX_TCP_SERIES:
@@ -341,7 +362,7 @@ class Aggregator:
                 self._conns.pop(next(iter(self._conns)))
         series[2] += max(0, sent - last[1])
         series[3] += max(0, received - last[0])
-        if kind == "TcpConnectionEnd":
+        if kind in _END_TYPES:
             series[1] += 1
         else:
             self._conns[conn] = (received, sent)
@@ -404,13 +425,18 @@ class Aggregator:
             "connection_security_policy": UNKNOWN,
         }
 
-    def _tcp_labels(self, flags: str, cluster: str = "", host: str = "") -> dict[str, str]:
-        if cluster:  # an outbound connection (an --upstream listener): reporter=source
-            return {
+    def _tcp_labels(
+        self, flags: str, cluster: str = "", host: str = "", target: str = ""
+    ) -> dict[str, str]:
+        if cluster:  # an outbound connection (an --upstream listener, a tunnel): source
+            values = {
                 **self._source_side(cluster, host),
                 "request_protocol": "tcp",
                 "response_flags": flags,
             }
+            if target:  # through PassthroughCluster: the host the CONNECT asked for
+                values["destination_service"] = target
+            return values
         values = {
             "reporter": "destination",
             **{f"source_{k}": UNKNOWN for k in self._own},
@@ -431,7 +457,7 @@ class Aggregator:
             http = [(k, list(v)) for k, v in self._http.items()]
             tcp = [(k, list(v)) for k, v in self._tcp.items()]
         hosts = {k[2] for k, _ in http if k[0][:1] == pc.METRICS_LINE_SOURCE}
-        self._resolve_hosts(hosts | {k[3] for k, _ in tcp if len(k) == 4})
+        self._resolve_hosts(hosts | {k[3] for k, _ in tcp if len(k) >= 4})
         # metric name → rendered labels → accumulated values (a removed label merges series)
         out: dict[str, dict[str, list[float]]] = {}
         for key, series in http:

@@ -96,8 +96,9 @@ class MetricsPipe:
 
 class MetricsServer:
     """``GET /stats/prometheus`` (everything, merged) and ``GET /stats/istio`` (Istio's
-    request count and duration only, fetching nothing) on 127.0.0.1:``port`` (0: the OS
-    chooses; see :attr:`port`)."""
+    request count and duration only, fetching nothing) on ``address``:``port`` (0: the OS
+    chooses; see :attr:`port`). The address is the one the proxy registers, where scrapers
+    look: 127.0.0.1 for a sidecar, a gateway's ``--metrics-address`` (127.0.0.1 by default)."""
 
     def __init__(
         self,
@@ -106,6 +107,7 @@ class MetricsServer:
         envoy_admin_port: int,
         app_port: int = 0,
         app_path: str = "",
+        address: str = "127.0.0.1",
     ) -> None:
         self.aggregator = aggregator
         self.envoy_admin_port = envoy_admin_port
@@ -113,9 +115,9 @@ class MetricsServer:
         self.app_path = app_path
         self.scrapes = 0
         self.failures = dict.fromkeys(SCRAPE_TYPES, 0)
-        self._sock = socket.socket()
+        self._sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", port))
+        self._sock.bind((address, port))
         self._sock.listen(16)
         self.port: int = self._sock.getsockname()[1]
         self._thread = threading.Thread(target=self._serve, name="metrics-http", daemon=True)

@@ -24,7 +24,13 @@ from tsunagi import proxy_contract as pc
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.children import die_with_parent
 from tsunagi.agent.envoy import EnvoyProcess, admin
-from tsunagi.agent.lifecycle import Registration, deregister, supervise_envoy, wait_ready_or_stop
+from tsunagi.agent.lifecycle import (
+    Registration,
+    deregister,
+    resolve_upstreams,
+    supervise_envoy,
+    wait_ready_or_stop,
+)
 from tsunagi.agent.logs import log
 from tsunagi.agent.memory import one_malloc_arena, release_startup_memory
 from tsunagi.agent.metrics import Aggregator, Identity
@@ -39,9 +45,6 @@ from tsunagi.proxy_contract import inbound_active_requests_stat
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (agent/records.py)
 if TYPE_CHECKING:
     from typing import Any
-
-RESOLVE_TIMEOUT = 1.0
-"""Seconds a scrape may wait for the control plane to name upstream workloads."""
 
 
 class RunOptions(NamedTuple):
@@ -104,10 +107,7 @@ class Sidecar:
     def _resolve_hosts(self, hosts: list[str]) -> dict[str, str]:
         """Upstream hosts → their workloads' metadata, from the registry (see
         :class:`~tsunagi.agent.metrics.Aggregator`); a scrape waits at most a second."""
-        reply = self.client.request(
-            "POST", "/v1/instances/resolve", {"addresses": hosts}, timeout=RESOLVE_TIMEOUT
-        )
-        return dict(reply["workloads"])
+        return resolve_upstreams(self.client, hosts)
 
     def _pick_ports(self) -> None:
         outbound, inbound, admin, app, *spare = free_ports(4 + len(self.opts.upstreams))
@@ -273,10 +273,15 @@ class Sidecar:
             "PORT": str(self.app_port),
             "HTTP_PROXY": proxy,
             "http_proxy": proxy,
-            # gRPC reads http_proxy too, and would tunnel through it with CONNECT, which the
-            # sidecar's HTTP listener does not route: an empty grpc_proxy (read first) turns
-            # that off. A gRPC client in the mesh dials TSUNAGI_OUTBOUND instead, with the
-            # service as :authority (README, "Port protocols, gRPC and HTTP/2").
+            # HTTPS too: the client sends CONNECT host:443 to the same listener, which routes
+            # the tunnelled TLS by SNI (tls routes) or by the outbound policy (README).
+            "HTTPS_PROXY": proxy,
+            "https_proxy": proxy,
+            # gRPC reads https_proxy and http_proxy too, and would tunnel through them with
+            # CONNECT, which the sidecar routes only for TLS ports and unknown hosts: an empty
+            # grpc_proxy (read first) turns that off. A gRPC client in the mesh dials
+            # TSUNAGI_OUTBOUND instead, with the service as :authority (README, "Port
+            # protocols, gRPC and HTTP/2").
             "grpc_proxy": "",
             "TSUNAGI_OUTBOUND": f"127.0.0.1:{self.outbound_port}",
             "NO_PROXY": "localhost,127.0.0.1",

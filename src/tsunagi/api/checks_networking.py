@@ -907,6 +907,21 @@ def _check_server_tls(tls: ServerTLSSettings, path: Path) -> Iterator[Issue]:
             )
     if tls.credential_name and tls.credential_names:
         yield Issue(path, "only one of credentialName and credentialNames may be set")
+    if tls.ca_crl and has_cred:
+        yield Issue(
+            (*path, "caCrl"),
+            "CRL is not supported with credentialName (as in Istio); put the CRL in the credential",
+        )
+    # Envoy refuses a TLS context whose maximum is below its minimum (TLSV1_2 when unset).
+    low = tls.min_protocol_version if tls.min_protocol_version not in (None, "TLS_AUTO") else ""
+    high = tls.max_protocol_version if tls.max_protocol_version not in (None, "TLS_AUTO") else ""
+    if high and high < (low or "TLSV1_2"):
+        yield Issue(
+            (*path, "maxProtocolVersion"),
+            f"maxProtocolVersion {high} is below minProtocolVersion {low or 'TLSV1_2'}"
+            + ("" if low else " (the default)")
+            + "; raise it or lower minProtocolVersion",
+        )
 
 
 def check_gateway(spec: GatewaySpec) -> Iterator[Issue]:
@@ -914,7 +929,7 @@ def check_gateway(spec: GatewaySpec) -> Iterator[Issue]:
     yield from check_labels(spec.selector, ("selector",))
     if not spec.servers:
         yield Issue(("servers",), "at least one server is required")
-    port_numbers_by_name: dict[str, int] = {}
+    first_by_name: dict[str, int] = {}
     server_names: list[tuple[Path, object]] = []
     for i, server in enumerate(spec.servers):
         sp: Path = ("servers", i)
@@ -922,11 +937,15 @@ def check_gateway(spec: GatewaySpec) -> Iterator[Issue]:
         yield from check_port_name(port.name, (*sp, "port", "name"), required=True)
         yield from check_protocol(port.protocol, (*sp, "port", "protocol"), required=True)
         if port.name:
-            seen = port_numbers_by_name.setdefault(port.name, port.number)
-            if seen != port.number:
+            # As Istio's validation: port names are unique among a Gateway's servers, on
+            # any port and protocol (HTTPS route tables are named after them, too).
+            first = first_by_name.setdefault(port.name, i)
+            if first != i:
                 yield Issue(
                     (*sp, "port", "name"),
-                    f"port name {port.name!r} is already used for port {seen}",
+                    f"port name {port.name!r} is already used by servers[{first}] (port "
+                    f"{spec.servers[first].port.number}); port names in a Gateway's servers "
+                    "must be unique: rename one",
                 )
         if not server.hosts:
             yield Issue((*sp, "hosts"), "at least one host is required")

@@ -23,6 +23,7 @@ from .networking import (
     VirtualServiceSpec,
     WorkloadEntrySpec,
 )
+from .secrets import SECRET_FIELDS, SecretSpec, check_secret
 from .security import AuthorizationPolicySpec, PeerAuthenticationSpec
 from .telemetry import TelemetrySpec
 
@@ -32,6 +33,8 @@ NETWORKING_VERSIONS = ("v1alpha3", "v1beta1", "v1")
 SECURITY_VERSIONS = ("v1beta1", "v1")
 TELEMETRY_GROUP = "telemetry.istio.io"
 TELEMETRY_VERSIONS = ("v1alpha1", "v1beta1", "v1")
+CORE_GROUP = ""
+"""Kubernetes' core group: its kinds' apiVersion is the bare version (``v1``)."""
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,15 @@ class KindInfo:
     versions: tuple[str, ...]
     spec_model: type[BaseModel]
     check: Callable[[Any], Iterator[Issue]]
+    top_level: tuple[str, ...] = ()
+    """For kinds without a ``spec`` (Kubernetes' Secret): the top-level fields that make
+    up what :attr:`spec_model` parses. Empty: the document's ``spec`` does."""
 
     @property
     def api_versions(self) -> tuple[str, ...]:
-        """All accepted ``apiVersion`` strings, e.g. ``networking.istio.io/v1``."""
-        return tuple(f"{self.group}/{v}" for v in self.versions)
+        """All accepted ``apiVersion`` strings, e.g. ``networking.istio.io/v1`` (or ``v1``
+        for the core group)."""
+        return tuple(f"{self.group}/{v}" if self.group else v for v in self.versions)
 
 
 def _net(kind: str, model: type[BaseModel], check: Callable[[Any], Iterator[Issue]]) -> KindInfo:
@@ -76,6 +83,10 @@ KIND_INFO: Mapping[str, KindInfo] = MappingProxyType(
             _sec("AuthorizationPolicy", AuthorizationPolicySpec, cs.check_authorization_policy),
             KindInfo(
                 "Telemetry", TELEMETRY_GROUP, TELEMETRY_VERSIONS, TelemetrySpec, check_telemetry
+            ),
+            # What a Gateway's credentialName names, as kubectl writes it
+            KindInfo(
+                "Secret", CORE_GROUP, ("v1",), SecretSpec, check_secret, top_level=SECRET_FIELDS
             ),
         )
     }

@@ -59,8 +59,10 @@ class Resource:
     namespace: str
     spec: BaseModel
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    document: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # Not in repr: a Secret's document holds its keys, and kubectl's last-applied annotation
+    # a copy of the whole document; a repr ends up in logs and tracebacks.
+    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    document: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), repr=False)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -238,13 +240,21 @@ def _parse(
     info = _resolve_kind(doc, errs)
     api_version = _check_api_version(doc, info, errs)
     name, namespace, labels, annotations = _parse_metadata(doc, errs)
+    known: tuple[str, ...] = _TOP_LEVEL_FIELDS
+    shown: tuple[str, ...] = _TOP_LEVEL_FIELDS[:4]
+    if info is not None and info.top_level:
+        known = shown = (*_TOP_LEVEL_FIELDS[:3], *info.top_level)
     for key in doc:
-        if key not in _TOP_LEVEL_FIELDS:
-            errs.add(render_path((key,)), unknown_field_reason(key, _TOP_LEVEL_FIELDS[:4]))
+        if key not in known:
+            errs.add(render_path((key,)), unknown_field_reason(key, shown))
     if info is None:
         return None, errs.errors
 
     raw_spec = doc.get("spec")
+    prefix: Path = ("spec",)
+    if info.top_level:  # no spec (a Secret): its top-level fields are what is parsed
+        raw_spec = {k: doc[k] for k in info.top_level if k in doc}
+        prefix = ()
     if raw_spec is None:
         raw_spec = {}  # Istio treats a missing spec as empty (e.g. allow-nothing policies)
     spec: BaseModel | None = None
@@ -255,10 +265,10 @@ def _parse(
             spec = info.spec_model.model_validate(raw_spec, by_alias=True, by_name=False)
         except ValidationError as exc:
             for issue in issues_from_validation_error(exc, info.spec_model):
-                errs.add_issue(("spec",), issue)
+                errs.add_issue(prefix, issue)
         else:
             for issue in info.check(spec):
-                errs.add_issue(("spec",), issue)
+                errs.add_issue(prefix, issue)
     if errs.errors or spec is None:
         return None, errs.errors
     resource = Resource(

@@ -139,6 +139,24 @@ def _service_port(text: str) -> tuple[int, str]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _gateway_port(text: str) -> tuple[int, int, str]:
+    """``SERVICEPORT[:LISTENPORT][/PROTOCOL]`` of ``tsunagi gateway --port``:
+    ``(service port, listen port, protocol)``; LISTENPORT defaults to SERVICEPORT."""
+    from tsunagi.protocols import parse_port
+
+    ports, slash, protocol = text.partition("/")
+    service, colon, listen = ports.partition(":")
+    example = "e.g. --port 80:8080 or --port 443:8443/https"
+    try:
+        port, proto = parse_port(f"{service}{slash}{protocol}")
+        listen_port = parse_port(listen)[0] if colon else port
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"ports look like SERVICEPORT[:LISTENPORT][/PROTOCOL], got {text!r} ({e}); {example}"
+        ) from None
+    return port, listen_port, proto
+
+
 def _upstream(text: str) -> tuple[str, int, int]:
     """``SERVICE:PORT[@LOCALPORT]`` of ``tsunagi run --upstream``; LOCALPORT 0: a free one."""
     target, _, local = text.partition("@")
@@ -277,6 +295,16 @@ def parser() -> argparse.ArgumentParser:
     )
 
     up.add_argument(
+        "--outbound-policy",
+        type=str.upper,
+        default="ALLOW_ANY",
+        choices=["ALLOW_ANY", "REGISTRY_ONLY"],
+        help="what sidecars do with a request for a host that is neither a mesh service nor "
+        "declared by a ServiceEntry: ALLOW_ANY (default, as Istio's) passes it through to "
+        "where its name resolves; REGISTRY_ONLY answers 502 (route block_all); a Sidecar "
+        "resource's outboundTrafficPolicy overrides it per namespace or workload",
+    )
+    up.add_argument(
         "--zipkin-port",
         type=_port,
         default=9411,
@@ -311,7 +339,9 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="run a command with a sidecar",
-        description="Start Envoy, then CMD; register CMD's instance while it runs. When CMD "
+        description="Start Envoy, then CMD; register CMD's instance while it runs. CMD gets "
+        "PORT (where to listen) and HTTP_PROXY and HTTPS_PROXY (its sidecar: HTTPS goes "
+        "through CONNECT, routed by SNI with tls routes). When CMD "
         "exits (or crashes) the instance is deregistered and the sidecar stops. Exit status: "
         "CMD's own, or 128+N if a signal N killed it (as a shell reports it: kill -9 gives "
         "137); 1 if the sidecar could not start, 3 if the control plane is unreachable.",
@@ -365,7 +395,10 @@ def parser() -> argparse.ArgumentParser:
         "endpoints nearby when a DestinationRule has outlierDetection or localityLbSetting",
     )
     run.add_argument(
-        "--outbound-port", type=int, default=0, help="fix the outbound (HTTP_PROXY) listener's port"
+        "--outbound-port",
+        type=int,
+        default=0,
+        help="fix the outbound (HTTP_PROXY and HTTPS_PROXY) listener's port",
     )
     run.add_argument(
         "--inbound-port",
@@ -400,10 +433,16 @@ def parser() -> argparse.ArgumentParser:
         "selector matches its labels, listening at --address on the port numbers the "
         "Gateways' servers name (a port opens when a Gateway naming it is applied, and "
         "closes when none names it), and routes with the VirtualServices bound to those "
-        "Gateways (`gateways: [NAME]`). Istio's Bookinfo: tsunagi gateway --name "
+        "Gateways (`gateways: [NAME]`). HTTPS and TLS servers use the certificate of "
+        "their tls.credentialName (`tsunagi create secret tls NAME --cert F --key F` in "
+        "the gateway's namespace): SIMPLE, MUTUAL, PASSTHROUGH by SNI with tls routes; TCP "
+        "servers take tcp routes. Istio's Bookinfo: tsunagi gateway --name "
         "istio-ingressgateway --label istio=ingressgateway. It registers as a workload of "
-        "kind gateway (`tsunagi get workloads`), never as an endpoint of a service, and "
-        "shows in `tsunagi proxy-status`.",
+        "kind gateway (`tsunagi get workloads`) and shows in `tsunagi proxy-status`; "
+        "without --port it is no endpoint of a service. With --port SERVICEPORT:LISTENPORT "
+        "it is also the mesh service NAME.NAMESPACE.svc.cluster.local at SERVICEPORT, as "
+        "Istio's gateways are Kubernetes Services (sidecars route to it by name: Istio's "
+        "egress-gateway task), and Gateway servers on SERVICEPORT listen on LISTENPORT.",
     )
     _connection_args(gw)
     gw.add_argument(
@@ -425,13 +464,46 @@ def parser() -> argparse.ArgumentParser:
         "-n",
         type=_dns_label("--namespace"),
         default="default",
-        help="the gateway's namespace (default: default)",
+        help="the gateway's namespace (default: default); its servers' credentialName "
+        "secrets are read from it, as Istio's gateways read theirs",
     )
     gw.add_argument(
         "--address",
         type=_ip_address,
         default="127.0.0.1",
         help="where the listeners bind (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    gw.add_argument(
+        "--port",
+        type=_gateway_port,
+        action="append",
+        default=[],
+        metavar="SERVICEPORT[:LISTENPORT][/PROTOCOL]",
+        help="repeatable: make the gateway an endpoint of its service NAME.NAMESPACE at "
+        "SERVICEPORT (Kubernetes' Service port; protocol http by default), reached at "
+        "LISTENPORT (its targetPort; default SERVICEPORT); a Gateway server with port.number "
+        "SERVICEPORT listens on LISTENPORT (e.g. --port 80:8080 keeps `port: 80` in "
+        "Gateways without binding port 80)",
+    )
+    gw.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="where the agent serves Istio's metrics with the gateway as the source "
+        "(GET /stats/prometheus: istio_requests_total reporter=source and friends, merged "
+        "with Envoy's own), at --metrics-address; default: a free port, logged and "
+        "registered for Prometheus discovery and the dashboard. Access logs (tsunagi up "
+        "--access-log or a Telemetry selecting its labels) go to stdout as [gateway "
+        "NAME-xxxxxx.NAMESPACE] lines; with tracing on it starts the trace of each request "
+        "it receives",
+    )
+    gw.add_argument(
+        "--metrics-address",
+        type=_ip_address,
+        default="127.0.0.1",
+        help="where the metrics endpoint binds (default 127.0.0.1 whatever --address is, so "
+        "a gateway on 0.0.0.0 does not expose its stats at the edge; give an interface "
+        "address for a Prometheus on another host); registered for Prometheus discovery",
     )
     gw.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
     gw.add_argument("--xds-protocol", choices=["sotw", "delta"], default="delta")
@@ -451,10 +523,19 @@ def parser() -> argparse.ArgumentParser:
         "kind",
         help="virtualservice (vs), destinationrule (dr), serviceentry (se), gateway (gw), "
         "sidecar, envoyfilter, workloadentry (we), peerauthentication (pa), "
-        "authorizationpolicy (ap), telemetry, workloads; plurals work too",
+        "authorizationpolicy (ap), telemetry, secrets (never their keys), workloads; plurals "
+        "work too",
     )
     get.add_argument("name", nargs="?")
-    get.add_argument("-n", "--namespace", default="")
+    get.add_argument(
+        "-n", "--namespace", default="", help="only this namespace (default: every namespace)"
+    )
+    get.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="every namespace (kubectl's habit; also what no -n does)",
+    )
     get.add_argument("-o", "--output", choices=["yaml", "json", "wide"], default="")
 
     delete = sub.add_parser("delete", help="delete resources")
@@ -466,8 +547,16 @@ def parser() -> argparse.ArgumentParser:
     delete.add_argument("--wait", action="store_true")
     delete.add_argument("--timeout", type=float, default=30.0)
 
+    from tsunagi.cli import secrets
+
+    secrets.add_parser(sub, _connection_args)
+
     ps = sub.add_parser("proxy-status", help="which proxies have which config")
     _connection_args(ps)
+
+    from tsunagi.cli import proxy_config
+
+    proxy_config.add_parser(sub, _connection_args)
 
     dash = sub.add_parser(
         "dashboard",
@@ -602,6 +691,9 @@ def cmd_delete(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_get(args: argparse.Namespace, client: Client) -> int:
     query = {"kind": args.kind}
+    if args.all_namespaces and (args.name or args.namespace):
+        print("error: -A lists every namespace; it takes no NAME and no -n", file=sys.stderr)
+        return EXIT_USAGE
     if args.name:
         query["name"] = args.name
         query["namespace"] = args.namespace or "default"
@@ -610,8 +702,26 @@ def cmd_get(args: argparse.Namespace, client: Client) -> int:
     reply = client.request("GET", "/v1/resources", query=query)
     from tsunagi.cli import output
 
-    print(output.resources(reply["items"], args.output))
+    items = reply["items"]
+    if items and args.output in ("", "wide") and all(i["kind"] == "Secret" for i in items):
+        from tsunagi.cli.secrets import secrets_table
+
+        print(secrets_table(items, args.output == "wide"))
+        return EXIT_OK
+    print(output.resources(items, args.output))
     return EXIT_OK
+
+
+def _cmd_create(args: argparse.Namespace, client: Client) -> int:
+    from tsunagi.cli.secrets import cmd_create
+
+    return cmd_create(args, client)
+
+
+def _cmd_proxy_config(args: argparse.Namespace, client: Client) -> int:
+    from tsunagi.cli.proxy_config import cmd_proxy_config
+
+    return cmd_proxy_config(args, client)
 
 
 def cmd_proxy_status(args: argparse.Namespace, client: Client) -> int:
@@ -644,6 +754,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         scrape_interval=args.scrape_interval,
         scrape_max_series=args.scrape_max_series,
         prometheus=args.prometheus,
+        outbound_policy=args.outbound_policy,
     )
     import asyncio
 
@@ -749,6 +860,13 @@ def cmd_gateway(args: argparse.Namespace, client: Client) -> int:
         twice = sorted({k for k in keys if keys.count(k) > 1})
         print(f"error: --label {twice[0]} is given more than once", file=sys.stderr)
         return EXIT_USAGE
+    problem = _gateway_port_conflict(args.port)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if not 0 <= args.metrics_port <= 65535:
+        print("error: --metrics-port must be 0..65535 (0: a free port)", file=sys.stderr)
+        return EXIT_USAGE
     if not labels:
         logging.getLogger("tsunagi").warning(
             "no --label: only Gateways with an empty selector select this gateway "
@@ -759,11 +877,31 @@ def cmd_gateway(args: argparse.Namespace, client: Client) -> int:
         labels=labels,
         namespace=args.namespace,
         address=args.address,
+        ports=tuple(args.port),
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
         concurrency=args.concurrency,
         delta=args.xds_protocol == "delta",
         envoy=envoy_binary(),
     )
     return _run_agent(opts, client, run_gateway)
+
+
+def _gateway_port_conflict(ports: list[tuple[int, int, str]]) -> str:
+    """Why the ``tsunagi gateway --port`` values cannot all hold, or ""."""
+    services: set[int] = set()
+    listens: dict[int, int] = {}
+    for port, listen, _ in ports:
+        if port in services:
+            return f"--port {port} is given more than once; give each service port once"
+        services.add(port)
+        if listen in listens:
+            return (
+                f"--port {listens[listen]}:{listen} and --port {port}:{listen} listen on the "
+                "same port; give each service port its own LISTENPORT"
+            )
+        listens[listen] = port
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -799,6 +937,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "get": cmd_get,
         "delete": cmd_delete,
         "proxy-status": cmd_proxy_status,
+        "proxy-config": _cmd_proxy_config,
+        "create": _cmd_create,
         "run": cmd_run,
         "gateway": cmd_gateway,
     }

@@ -24,9 +24,11 @@ def _summary(item: dict[str, Any]) -> str:
     if item["kind"] == "WorkloadInstance":
         doc = item["document"]
         if doc.get("kind") == "gateway":
-            # No service port: it listens on its Gateways' ports, selected by its labels.
+            # It listens on its Gateways' ports, selected by its labels; with `--port` it is
+            # also an endpoint of its service at that port.
             labels = ",".join(f"{k}={v}" for k, v in sorted((doc.get("labels") or {}).items()))
-            return f"gateway {doc['service']} at {doc['address']} ({labels or 'no labels'})"
+            port = f":{doc['port']} → :{doc['target_port']}" if doc.get("port") else ""
+            return f"gateway {doc['service']}{port} at {doc['address']} ({labels or 'no labels'})"
         return f"{doc['service']}:{doc['port']} → {doc['address']}:{doc['target_port']}"
     hosts = spec.get("hosts") or ([spec["host"]] if "host" in spec else [])
     return ",".join(str(h) for h in hosts)
@@ -62,12 +64,21 @@ def resources(items: list[dict[str, Any]], fmt: str) -> str:
     return out
 
 
+def _gateway_note(proxy: dict[str, Any]) -> str:
+    """`` (gateway)``, with the ports of ``tsunagi gateway --port`` (``80→8080``)."""
+    ports = proxy.get("gateway_ports") or {}
+    listed = ",".join(f"{p}→{lp}" for p, lp in sorted(ports.items(), key=lambda i: int(i[0])))
+    return f" (gateway {listed})" if listed else " (gateway)"
+
+
 def proxy_status(proxies: list[dict[str, Any]]) -> str:
     if not proxies:
         return "No proxies connected."
     # ECDS only when some proxy loads extension configs (EnvoyFilter EXTENSION_CONFIG)
     ecds = ("ECDS",) if any("ECDS" in p["types"] for p in proxies) else ()
-    kinds = ("CDS", "EDS", *ecds, "LDS", "RDS")
+    # SDS only when some gateway holds credentials (Gateway credentialName)
+    sds = ("SDS",) if any("SDS" in p["types"] for p in proxies) else ()
+    kinds = ("CDS", "EDS", *ecds, "LDS", "RDS", *sds)
     headers = ["NAME", "SERVICE", *kinds, "REVISION"]
     rows = []
     errors = []
@@ -76,7 +87,7 @@ def proxy_status(proxies: list[dict[str, Any]]) -> str:
         rows.append(
             [
                 p["id"],
-                p.get("service", "") + (" (gateway)" if p.get("kind") == "gateway" else ""),
+                p.get("service", "") + (_gateway_note(p) if p.get("kind") == "gateway" else ""),
                 *(types.get(t, {}).get("state", "-") for t in kinds),
                 str(p.get("revision", "")),
             ]

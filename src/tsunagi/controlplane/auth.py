@@ -10,12 +10,16 @@ TOKEN_FILE = "token"
 
 
 def ensure_token(state_dir: Path) -> str:
-    """Return the token in ``state_dir``, creating it (mode 0600) on first start.
+    """Return the token in ``state_dir``, creating it (mode 0600) on first start; the
+    directory is made (or set) 0700.
 
     The file appears whole or not at all (written aside, then renamed), so a crash while
     creating it never leaves an empty token behind; an empty one found anyway is replaced.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
+    # Only its owner may enter it: it holds the token, the xDS ticket key and the store
+    # (private keys of Secrets). Made private if it exists already (an older tsunagi's).
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
     path = state_dir / TOKEN_FILE
     if path.exists():
         token = path.read_text().strip()

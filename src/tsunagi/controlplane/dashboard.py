@@ -31,11 +31,16 @@ HOUR = 3600.0
 
 
 def scrape_targets(registry: Registry) -> Iterator[Target]:
-    """Every registered sidecar that serves metrics (``metrics_port`` > 0)."""
-    for inst in registry.instances():
+    """Every registered sidecar that serves metrics (``metrics_port`` > 0), once per URL: a
+    proxy that registered several instances (a gateway's ``--port``s, a sidecar's services)
+    is scraped once, or its counters would be summed twice."""
+    seen: set[str] = set()
+    for inst in sorted(registry.instances(), key=lambda i: (i.namespace, i.name)):
         if inst.metrics_port > 0:
-            url = f"http://{host_port(inst.address, inst.metrics_port)}{ISTIO_METRICS_PATH}"
-            yield Target(f"{inst.namespace}/{inst.name}", url)
+            url = f"http://{host_port(inst.metrics_host, inst.metrics_port)}{ISTIO_METRICS_PATH}"
+            if url not in seen:
+                seen.add(url)
+                yield Target(f"{inst.namespace}/{inst.name}", url)
 
 
 @dataclass

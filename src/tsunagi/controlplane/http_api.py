@@ -10,6 +10,7 @@ from one address. The routes, their inputs and answers are declared once, in
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hmac
 import json
 import logging
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from tsunagi.api import KINDS, Resource, ValidationFailed, load_documents
 from tsunagi.api.checks_common import quote
+from tsunagi.api.secrets import LAST_APPLIED, redact, without_last_applied
 from tsunagi.controlplane import openapi
 from tsunagi.controlplane.connections import LimitedSite
 from tsunagi.controlplane.metrics import CONTENT_TYPE, ControlPlaneMetrics
@@ -32,6 +34,7 @@ from tsunagi.controlplane.openapi import (
     DeleteRequest,
     GraphQuery,
     InstanceRequest,
+    ProxySecretsQuery,
     ResolveRequest,
     ResourcesQuery,
     SeriesQuery,
@@ -39,14 +42,17 @@ from tsunagi.controlplane.openapi import (
 )
 from tsunagi.controlplane.prometheus import host_port
 from tsunagi.controlplane.prometheus import targets as prometheus_targets
+from tsunagi.controlplane.proxy_secrets import proxy_secrets
 from tsunagi.controlplane.status import proxy_statuses, wait_for_acks
 from tsunagi.mesh import World
 from tsunagi.mesh.analysis import (
     delegation_problems,
     not_yet_enforced,
     passthrough_without_dns,
+    tls_file_problems,
     undefined_subsets,
 )
+from tsunagi.mesh.credential_analysis import credential_problems
 from tsunagi.mesh.gateway_analysis import gateway_problems
 from tsunagi.mesh.telemetry_analysis import telemetry_conflicts
 from tsunagi.proxy_contract import workload_metadata
@@ -58,6 +64,7 @@ from tsunagi.telemetry.graph import graph_view
 from tsunagi.telemetry.panels import panel
 from tsunagi.telemetry.promviews import PrometheusError
 from tsunagi.telemetry.views import MetricsViews
+from tsunagi.xds import tickets
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
@@ -147,7 +154,9 @@ def _record_json(key: Key, record: Any, errors: tuple[str, ...] = ()) -> dict[st
         "namespace": ns,
         "name": name,
         "revision": record.revision,
-        "document": record.document,
+        # The API never returns a Secret's private keys (its certificates it does); only
+        # gateways with an xDS ticket get keys, over SDS (README "Security notes")
+        "document": redact(record.document) if kind == "Secret" else record.document,
     }
     if errors:
         out["status"] = _status(errors)
@@ -172,6 +181,7 @@ class Api:
         body_timeout: float = 30.0,
         max_wait_timeout: float = 300.0,
         metrics: ControlPlaneMetrics | None = None,
+        ticket_key: bytes | None = None,
     ) -> None:
         """The limits: request bodies up to ``max_body_size`` bytes, read within
         ``body_timeout`` seconds; at most ``max_connections_per_client`` concurrent
@@ -184,6 +194,8 @@ class Api:
         self.cache = cache
         self.token = token
         self.xds_address = xds_address
+        self.ticket_key = ticket_key
+        """Signs the xDS tickets ``/v1/bootstrap`` hands out (:mod:`tsunagi.xds.tickets`)."""
         self.max_body_size = max_body_size
         self.max_connections_per_client = max_connections_per_client
         self.idle_timeout = idle_timeout
@@ -328,8 +340,15 @@ class Api:
         return web.json_response({"ok": True, "revision": self.store.contents().revision})
 
     async def bootstrap(self, request: web.Request) -> web.Response:
+        query = self._query(request, openapi.BootstrapQuery)
         host, port = self.xds_address
-        return web.json_response({"xds": {"host": host, "port": port}})
+        xds: dict[str, Any] = {"host": host, "port": port}
+        if query.node and self.ticket_key is not None:
+            # Bound to the id and namespace the proxy will claim on its ADS stream; the
+            # caller holds the API token, which is what lets it run a gateway at all.
+            namespace = query.namespace or "default"
+            xds["ticket"] = tickets.ticket(self.ticket_key, query.node, namespace)
+        return web.json_response({"xds": xds})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(self.spec)
@@ -341,9 +360,17 @@ class Api:
         contents = self.store.contents()
         results = []
         puts = []
+        dropped: list[str] = []
         for r in resources:
             current = contents.records.get(r.key)
             doc = dict(r.document)
+            if r.kind == "Secret" and LAST_APPLIED in r.annotations:
+                doc = without_last_applied(doc)  # it holds the whole Secret, keys and all
+                dropped.append(
+                    f"Secret {r.namespace}/{r.name}: metadata.annotations[{LAST_APPLIED}] "
+                    "was dropped: kubectl keeps a copy of the whole Secret there, private "
+                    "key included, and Tsunagi stores no such copy"
+                )
             if current is None:
                 action = "created"
             elif current.document == doc:
@@ -355,7 +382,7 @@ class Api:
             )
             if action != "unchanged":
                 puts.append((r.key, doc))
-        warnings = self._warnings(resources)
+        warnings = dropped + self._warnings(resources)
         revision = contents.revision
         if puts and not body.dry_run:
             revision = await self.store.commit(puts)
@@ -374,7 +401,11 @@ class Api:
 
     def _gateway_labels(self) -> list[Mapping[str, str]]:
         """The labels of the registered gateways (``tsunagi gateway``), which Gateways select."""
-        return [i.labels for i in self.registry.instances() if not i.serves]
+        return [i.labels for i in self.registry.instances() if i.is_gateway]
+
+    def _gateway_workloads(self) -> list[tuple[str, Mapping[str, str]]]:
+        """``(namespace, labels)`` of the registered gateways: whose Secrets they read."""
+        return [(i.namespace, i.labels) for i in self.registry.instances() if i.is_gateway]
 
     def _warnings(self, applied: list[Resource]) -> list[str]:
         world: World = self.pusher.world
@@ -389,6 +420,8 @@ class Api:
             + passthrough_without_dns(candidate, applied)
             + telemetry_conflicts(candidate, applied)
             + gateway_problems(candidate, applied, self._gateway_labels())
+            + credential_problems(candidate, applied, self._gateway_workloads())
+            + tls_file_problems(applied)
             + not_yet_enforced(applied)
         )
 
@@ -494,6 +527,18 @@ class Api:
     async def proxies(self, request: web.Request) -> web.Response:
         return web.json_response({"proxies": proxy_statuses(self.cache, self.pusher)})
 
+    async def proxy_secrets(self, request: web.Request) -> web.Response:
+        """The certificates one proxy holds (``tsunagi proxy-config secret``)."""
+        q = self._query(request, ProxySecretsQuery)
+        name = request.match_info["proxy"]
+        nodes = self.cache.nodes
+        # As proxy-status names it (NAME.NAMESPACE), or NAME with its namespace apart
+        entry = nodes.get(name) or nodes.get(f"{name}.{q.namespace or 'default'}")
+        if entry is None:
+            raise ApiError(404, _unknown_proxy(name, q.namespace, sorted(nodes)))
+        now = datetime.datetime.now(datetime.UTC)
+        return web.json_response(proxy_secrets(entry, now))
+
     async def metrics_text(self, request: web.Request) -> web.Response:
         """istiod-style ``pilot_*`` metrics, in Prometheus' text format."""
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
@@ -569,6 +614,8 @@ class Api:
                 + passthrough_without_dns(world, [r])
                 + telemetry_conflicts(world, [r])
                 + gateway_problems(world, [r], self._gateway_labels())
+                + credential_problems(world, [r], self._gateway_workloads())
+                + tls_file_problems([r])
                 + not_yet_enforced([r])
             )
             record = self.store.contents().records.get(r.key)
@@ -583,6 +630,19 @@ class Api:
                 }
             )
         return out
+
+
+def _unknown_proxy(name: str, namespace: str, connected: list[str], shown: int = 10) -> str:
+    """Says which proxies there are, as ``tsunagi proxy-status`` names them."""
+    where = f"{name}.{namespace}" if namespace else name
+    if not connected:
+        return f"no proxy {quote(where)} is connected: no proxy is connected at all"
+    names = ", ".join(connected[:shown])
+    more = f" and {len(connected) - shown} more" if len(connected) > shown else ""
+    return (
+        f"no proxy {quote(where)} is connected; give a NAME that `tsunagi proxy-status` "
+        f"lists: {names}{more}"
+    )
 
 
 async def _load(text: str, filename: str, verb: str) -> list[Resource]:

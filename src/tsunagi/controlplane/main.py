@@ -17,10 +17,12 @@ from tsunagi.controlplane.metrics import ControlPlaneMetrics
 from tsunagi.controlplane.prometheus import host_port, write_config
 from tsunagi.controlplane.push import Debounce, Pusher
 from tsunagi.controlplane.status import proxy_statuses
+from tsunagi.mesh.outbound_policy import ALLOW_ANY, Mode
 from tsunagi.mesh.telemetry import DEFAULT_TRACE_SAMPLING, MeshTelemetry
 from tsunagi.registry import Registry
 from tsunagi.store import open_store
 from tsunagi.telemetry.collector import CollectorSettings, TraceCollector
+from tsunagi.xds import tickets
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.server import start_server
 
@@ -63,6 +65,9 @@ class Settings:
     """Most series the dashboard's store keeps (4 bytes per series per tick kept)."""
     prometheus: str = ""
     """Compute the dashboard's views with PromQL against this Prometheus instead."""
+    outbound_policy: Mode = ALLOW_ANY
+    """What sidecars do with requests for hosts the mesh does not know: ``ALLOW_ANY`` (pass
+    them through) or ``REGISTRY_ONLY`` (answer 502); a Sidecar resource overrides it."""
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
@@ -103,11 +108,14 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         access_log=settings.access_log,
         collector=(zipkin_host, traces.zipkin_port) if traces.zipkin_port else None,
     )
-    pusher = Pusher(store, cache, settings.debounce, mesh_telemetry)
+    pusher = Pusher(store, cache, settings.debounce, mesh_telemetry, settings.outbound_policy)
     metrics = ControlPlaneMetrics(lambda: pusher.world)
     pusher.hooks = metrics
+    # Signs the tickets that let gateways receive Secrets (xds/tickets.py); kept in the state
+    # directory, so tickets stay valid across a restart.
+    ticket_key = tickets.ensure_key(settings.state_dir)
     grpc_server, xds_port = await start_server(
-        cache, settings.host, settings.xds_port, observer=metrics
+        cache, settings.host, settings.xds_port, observer=metrics, ticket_key=ticket_key
     )
     api = Api(
         store,
@@ -119,6 +127,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         max_body_size=settings.api_max_body,
         max_connections_per_client=settings.api_connections_per_client,
         metrics=metrics,
+        ticket_key=ticket_key,
     )
     runner, api_port = await api.serve(settings.host, settings.api_port)
     (settings.state_dir / "server").write_text(f"http://{settings.host}:{api_port}\n")

@@ -48,7 +48,9 @@ class _Body(BaseModel):
 class ApplyRequest(_Body):
     """Create or update every resource in ``text``; all or nothing."""
 
-    text: str = Field(description="One or more YAML documents (Istio resources), `---` apart.")
+    text: str = Field(
+        description="One or more YAML documents (Istio resources, Kubernetes Secrets), `---` apart."
+    )
     filename: str = Field("", description="Named in error messages (default `<stdin>`).")
     dry_run: bool = Field(False, description="Validate and report, but store nothing.")
 
@@ -134,6 +136,11 @@ class InstanceRequest(_Body):
         description="`gateway` for `tsunagi gateway`: no service port, never a service's "
         "endpoint; it listens on the ports its Gateways' servers name.",
     )
+    metrics_address: _Ip | Literal[""] = Field(
+        "",
+        description="Where `metrics_port` listens when not at `address` (a gateway's "
+        "`--metrics-address`, 127.0.0.1 by default); empty: `address`.",
+    )
 
 
 class _Query(BaseModel):
@@ -159,6 +166,44 @@ class WaitQuery(_Query):
         ge=0,
         allow_inf_nan=False,
         description="Unix time the caller started (for `elapsed_ms`); 0 means now.",
+    )
+
+
+def _check_node_id(text: str) -> str:
+    if not text.isprintable():
+        raise ValueError(
+            f"{text!r} holds a control character; use the proxy's node id as Envoy sends it "
+            "(printable characters only)"
+        )
+    return text
+
+
+def _check_bootstrap_namespace(text: str) -> str:
+    if text and not re.fullmatch(DNS_LABEL, text):
+        raise ValueError(
+            f"{text!r} is not a namespace: use a DNS label (lower-case letters, digits and "
+            "inner '-', at most 63 characters)"
+        )
+    return text
+
+
+class BootstrapQuery(_Query):
+    node: Annotated[str, AfterValidator(_check_node_id)] = Field(
+        "",
+        max_length=1024,
+        description="The proxy's xDS node id: with it, the reply holds `xds.ticket`, which a "
+        "gateway needs to receive its Secrets.",
+    )
+    namespace: Annotated[str, AfterValidator(_check_bootstrap_namespace)] = Field(
+        "", max_length=63, description="The proxy's namespace (default `default`), a DNS label."
+    )
+
+
+class ProxySecretsQuery(_Query):
+    namespace: str = Field(
+        "",
+        description="With a proxy name without its namespace (`NAME` rather than "
+        "`NAME.NAMESPACE`): its namespace (default `default`).",
     )
 
 
@@ -198,6 +243,12 @@ class HealthResponse(BaseModel):
 class XdsAddress(BaseModel):
     host: str
     port: int
+    ticket: str | None = Field(
+        None,
+        description="With `node`: the ticket Envoy sends as gRPC metadata "
+        "`x-tsunagi-ticket` on its ADS stream (HMAC of node id and namespace). Until xDS "
+        "uses mTLS, only a gateway whose ticket matches gets Secrets.",
+    )
 
 
 class BootstrapResponse(BaseModel):
@@ -230,7 +281,11 @@ class ResourceItem(BaseModel):
     namespace: str
     name: str
     revision: int = Field(description="The store revision that last changed this resource.")
-    document: dict[str, Any] = Field(description="The resource as applied (or registered).")
+    document: dict[str, Any] = Field(
+        description="The resource as applied (or registered). A Secret's values other than "
+        "certificates (tls.crt, ca.crt, cert, cacert) read `<redacted>`: this API never "
+        "returns private keys (gateways holding an xDS ticket receive them over SDS)."
+    )
     status: dict[str, Any] | None = Field(
         None, description="Istio-style `validationMessages`, when translating it failed."
     )
@@ -284,6 +339,10 @@ class ProxyStatus(BaseModel):
     namespace: str
     kind: str
     outbound_port: Any = Field(description="From the proxy's bootstrap metadata.")
+    gateway_ports: dict[str, int] = Field(
+        default_factory=dict,
+        description="A gateway's service port → the port it listens on (tsunagi gateway --port).",
+    )
     revision: int
     connected_at: float
     synced: bool
@@ -297,6 +356,57 @@ class ProxyStatus(BaseModel):
 
 class ProxyList(BaseModel):
     proxies: list[ProxyStatus]
+
+
+class CertificateInfo(BaseModel):
+    """One certificate's public facts (never a key)."""
+
+    serial_number: str = Field(description="Hex, as `openssl x509 -serial` and istioctl show it.")
+    not_before: str = Field(description="UTC, `2006-01-02T15:04:05Z`.")
+    not_after: str = Field(description="UTC, `2006-01-02T15:04:05Z`.")
+    valid: bool = Field(description="Now is between not-before and not-after.")
+    subject: str
+    issuer: str
+    sans: list[str] = Field(description="`DNS:…`, `IP:…`, `URI:…`.")
+
+
+class ProxySecret(BaseModel):
+    """One SDS secret of a proxy; its columns are those of its first certificate (the leaf
+    of a chain), as `istioctl proxy-config secret` shows them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="The SDS resource name (`kubernetes://NAME`, `…-cacert`).")
+    type: Literal["Cert Chain", "CA", ""] = Field(
+        description="`Cert Chain`: a certificate and its key; `CA`: certificates that verify "
+        "peers; empty when the control plane has nothing of this name."
+    )
+    status: Literal["ACTIVE", "WARMING", "PENDING"] = Field(
+        description="`ACTIVE`: the proxy ACKed this version; `WARMING`: it asked for it and "
+        "has not ACKed this version (yet); `PENDING`: it has not asked for it yet."
+    )
+    source: Literal["control-plane", "agent"] = Field(
+        description="Who serves it to Envoy: the control plane over ADS, or the proxy's agent "
+        "over local SDS (workload certificates)."
+    )
+    version: str | None = Field(description="The version the control plane has for it.")
+    acked_version: str | None = Field(description="The version the proxy last ACKed of it.")
+    valid: bool
+    serial_number: str
+    not_after: str
+    not_before: str
+    subject: str
+    issuer: str
+    sans: list[str]
+    certificates: list[CertificateInfo] = Field(description="Every certificate, in order.")
+    message: str | None = Field(description="Why a row lacks certificates.")
+
+
+class ProxySecrets(BaseModel):
+    proxy: str = Field(description="The proxy's name, as `GET /v1/proxies` gives its `id`.")
+    kind: str
+    namespace: str
+    secrets: list[ProxySecret] = Field(description="Sorted by name; empty: the proxy holds none.")
 
 
 class WaitResponse(BaseModel):
@@ -415,8 +525,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", "healthz", "The control plane is up; its store revision.",
           HealthResponse),
     Route("GET", "/v1/openapi.json", "openapi", "This description of the API.", OpenApiDocument),
-    Route("GET", "/v1/bootstrap", "bootstrap", "Where sidecars find the xDS server.",
-          BootstrapResponse),
+    Route("GET", "/v1/bootstrap", "bootstrap", "Where sidecars find the xDS server, and "
+          "(with `node`) the ticket a gateway needs to receive its Secrets.",
+          BootstrapResponse, query=BootstrapQuery, errors=(400,)),
     Route("POST", "/v1/apply", "apply", "Create or update resources from YAML (all or nothing).",
           ApplyResponse, body=ApplyRequest, errors=_BODY_ERRORS),
     Route("POST", "/v1/delete", "delete", "Delete resources (all or nothing).", DeleteResponse,
@@ -434,6 +545,9 @@ ROUTES: tuple[Route, ...] = (
           "Remove a workload instance.", RevisionResponse, errors=(404,)),
     Route("GET", "/v1/proxies", "proxies", "Connected proxies and what config each has ACKed.",
           ProxyList),
+    Route("GET", "/v1/proxies/{proxy}/secrets", "proxy_secrets",
+          "The certificates one proxy holds, and whether it ACKed them (never a key).",
+          ProxySecrets, query=ProxySecretsQuery, errors=(400, 404)),
     Route("GET", "/v1/wait", "wait",
           "Wait until every connected proxy has ACKed (or NACKed) a revision.", WaitResponse,
           query=WaitQuery, errors=(400,),

@@ -76,7 +76,7 @@ def targets(
     for inst in sorted(instances, key=lambda i: (i.namespace, i.name)):
         if inst.metrics_port <= 0:
             continue
-        target = host_port(inst.address, inst.metrics_port)
+        target = host_port(inst.metrics_host, inst.metrics_port)
         if target in seen:
             continue
         seen.add(target)

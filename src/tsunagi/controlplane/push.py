@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from tsunagi.controlplane.world_builder import WorldBuilder
 from tsunagi.mesh import ClientScope, Node, World
+from tsunagi.mesh.outbound_policy import ALLOW_ANY, Mode
 from tsunagi.mesh.telemetry import MeshTelemetry, ProxyTelemetry
 from tsunagi.store import Contents, Key, Store
 from tsunagi.xds.cache import SnapshotCache
@@ -167,6 +168,15 @@ class _NodeLocal:
         return cls(node, local, errors[0] if errors else None, telemetry)
 
 
+def _scope_order(item: tuple[ClientScope, Outbound]) -> tuple[Any, ...]:
+    """A scope's place in error reports. Not the scopes' own order: two replicas of a
+    gateway differ only in ``reporting``, which has none (comparing them raised, and the
+    push loop died)."""
+    s = item[0]
+    proxy = s.reporting.proxy if s.reporting is not None else ""
+    return (s.namespace, s.labels, s.locality, s.gateway, s.gateway_ports, proxy, s.verified)
+
+
 def _collect(
     parse_errors: Mapping[Key, str],
     shared: Shared,
@@ -189,7 +199,7 @@ def _collect(
     shared_lines = blame(shared.errors)
     parse_lines = tuple(f"{k[0]} {k[1]}/{k[2]}: {m}" for k, m in sorted(parse_errors.items()))
     namespaces: dict[str, tuple[str, ...]] = {}
-    for scope, out in sorted(outbound.items()):
+    for scope, out in sorted(outbound.items(), key=_scope_order):
         lines = namespaces.get(scope.namespace, ()) + blame(out.errors)
         namespaces[scope.namespace] = tuple(dict.fromkeys(lines))
     by_node: dict[str, tuple[str, ...]] = {
@@ -216,11 +226,12 @@ class Pusher:
         cache: SnapshotCache,
         debounce: Debounce | None = None,
         mesh_telemetry: MeshTelemetry | None = None,
+        outbound_policy: Mode = ALLOW_ANY,
     ) -> None:
         self.store = store
         self.cache = cache
         self.debounce = debounce or Debounce()
-        self._builder = WorldBuilder(mesh_telemetry)
+        self._builder = WorldBuilder(mesh_telemetry, outbound_policy)
         self._memo = Memo()
         self.world = self._builder.build(store.contents())
         self.processed = self.world.revision
@@ -251,9 +262,10 @@ class Pusher:
             self._outbound[scope] = out
         return out
 
-    def resolve(self, node_id: str, metadata: Any) -> Snapshot:
-        """The snapshot for a node that just connected (its metadata comes from bootstrap)."""
-        node = Node.from_metadata(node_id, metadata or {})
+    def resolve(self, node_id: str, metadata: Any, verified: bool = False) -> Snapshot:
+        """The snapshot for a node that just connected (its metadata comes from bootstrap;
+        ``verified``: its stream carried its ticket, see :mod:`tsunagi.xds.tickets`)."""
+        node = Node.from_metadata(node_id, metadata or {}, verified)
         cached = self._locals.get(node_id)
         telemetry = self.world.telemetry_for(node)
         if cached is None or not cached.fits(node, telemetry):
@@ -274,7 +286,8 @@ class Pusher:
             contents = self.store.contents()
             started = time.perf_counter()
             nodes = {
-                e.id: Node.from_metadata(e.id, e.metadata or {}) for e in self.cache.nodes.values()
+                e.id: Node.from_metadata(e.id, e.metadata or {}, e.verified)
+                for e in self.cache.nodes.values()
             }
             try:
                 made, self._made = self._made, {}
@@ -296,7 +309,9 @@ class Pusher:
             self._publish(done)
             for node_id, entry in list(self.cache.nodes.items()):
                 if node_id not in done.snapshots:  # connected while we computed: catch it up
-                    self.cache.set_snapshot(node_id, self.resolve(node_id, entry.metadata))
+                    self.cache.set_snapshot(
+                        node_id, self.resolve(node_id, entry.metadata, entry.verified)
+                    )
             self.processed = done.world.revision
             self.hooks.pushed(changed, done.snapshots.keys())
             await self.cache.notify()

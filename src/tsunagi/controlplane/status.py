@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from tsunagi.controlplane.push import PushErrors
+from tsunagi.proxy_contract import META_GATEWAY_PORTS, parse_gateway_ports
 from tsunagi.xds.cache import NodeEntry, SnapshotCache
 from tsunagi.xds.protocol import TypeStatus
 from tsunagi.xds.resources import SHORT_NAMES, Snapshot
@@ -73,6 +74,10 @@ def node_status(entry: NodeEntry, errors: PushErrors | None = None) -> dict[str,
         "namespace": meta.get("namespace", ""),
         "kind": meta.get("kind", "sidecar"),
         "outbound_port": meta.get("outbound_port"),
+        "gateway_ports": {
+            str(port): listen
+            for port, listen in parse_gateway_ports(meta.get(META_GATEWAY_PORTS)).items()
+        },
         "revision": snap.revision,
         "connected_at": entry.connected_at,
         "synced": entry.stream.synced(snap),

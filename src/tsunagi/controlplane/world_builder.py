@@ -7,6 +7,7 @@ from types import MappingProxyType
 
 from tsunagi.api import Resource, parse_document
 from tsunagi.mesh import World
+from tsunagi.mesh.outbound_policy import ALLOW_ANY, Mode
 from tsunagi.mesh.telemetry import MeshTelemetry
 from tsunagi.registry import KIND as INSTANCE_KIND
 from tsunagi.registry import Instance
@@ -27,8 +28,12 @@ class WorldBuilder:
     it out if there is none, and :attr:`errors` says why.
     """
 
-    def __init__(self, mesh_telemetry: MeshTelemetry | None = None) -> None:
+    def __init__(
+        self, mesh_telemetry: MeshTelemetry | None = None, outbound_policy: Mode = ALLOW_ANY
+    ) -> None:
         self.mesh_telemetry = mesh_telemetry or MeshTelemetry()
+        self.outbound_policy = outbound_policy
+        """``tsunagi up --outbound-policy`` (see :mod:`tsunagi.mesh.outbound_policy`)."""
         self._parsed: dict[Key, tuple[int, Resource | Instance]] = {}
         self.errors: Mapping[Key, str] = MappingProxyType({})
         """Stored documents that did not parse at the last build, with the reason."""
@@ -51,10 +56,12 @@ class WorldBuilder:
             fresh[key] = cached
             item = cached[1]
             if isinstance(item, Instance):
-                if item.serves:  # a gateway is no service's endpoint
+                if item.serves:  # a gateway without --port is no service's endpoint
                     instances.append(item)
             else:
                 resources.append(item)
         self._parsed = fresh
         self.errors = MappingProxyType(errors)
-        return World.build(contents.revision, resources, instances, self.mesh_telemetry)
+        return World.build(
+            contents.revision, resources, instances, self.mesh_telemetry, self.outbound_policy
+        )

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from tsunagi.client import Client, Rejected, Unreachable
+from tsunagi.demo import certificates
 from tsunagi.demo.tasks import RULES, walkthrough
 
 WORKLOADS = [
@@ -30,6 +31,8 @@ GATEWAY = ("istio-ingressgateway", "istio=ingressgateway")
 """The ingress gateway's name and label, as Istio's Bookinfo expects them."""
 GATEWAY_PORT = 8080
 """The port ``bookinfo-gateway.yaml``'s server names: where the gateway serves the page."""
+HTTPS_PORT = 8443
+"""The port ``bookinfo-gateway-https.yaml``'s server names: the page over HTTPS."""
 
 
 def _tsunagi(*args: str) -> list[str]:
@@ -53,8 +56,9 @@ def _wait_up(client: Client, proc: subprocess.Popen[bytes], timeout: float = 20)
     raise RuntimeError("the control plane did not come up")
 
 
-def _apply(client: Client, path: Path) -> None:
-    reply = client.request("POST", "/v1/apply", {"text": path.read_text(), "filename": str(path)})
+def _apply(client: Client, path: Path, text: str = "") -> None:
+    body = {"text": text or path.read_text(), "filename": str(path)}
+    reply = client.request("POST", "/v1/apply", body)
     client.request(
         "GET",
         "/v1/wait",
@@ -65,15 +69,15 @@ def _apply(client: Client, path: Path) -> None:
     print(f"  applied {path.name}")
 
 
-def _gateway_listening(timeout: float = 10) -> bool:
-    """Whether the ingress gateway accepts connections on :data:`GATEWAY_PORT` (it binds
-    the port once its Gateway is pushed to it)."""
+def _gateway_listening(port: int = GATEWAY_PORT, timeout: float = 10) -> bool:
+    """Whether the ingress gateway accepts connections on ``port`` (it binds the port once
+    its Gateway is pushed to it)."""
     import socket
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", GATEWAY_PORT), timeout=1):
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return True
         except OSError:
             time.sleep(0.1)
@@ -166,6 +170,18 @@ def run_demo(state_dir: Path, port: int, traffic: float = 0.0, access_log: bool 
             time.sleep(0.2)
         _apply(client, RULES / "reviews-50-50.yaml")
         _apply(client, RULES / "bookinfo-gateway.yaml")
+        # HTTPS at the gateway, with a certificate of the demo's own CA.
+        tls = certificates.write_demo_certificates(state_dir / "demo-tls")
+        _apply(client, tls["cert"], certificates.secret_yaml(tls))
+        _apply(client, RULES / "bookinfo-gateway-https.yaml")
+        host = certificates.HOST
+        if _gateway_listening(HTTPS_PORT):
+            https = (
+                f"curl --resolve {host}:{HTTPS_PORT}:127.0.0.1 --cacert {tls['ca']} "
+                f"https://{host}:{HTTPS_PORT}/productpage"
+            )
+        else:
+            https = f"(port {HTTPS_PORT} did not open: is it in use? see the log above)"
         page = f"http://127.0.0.1:{port}/productpage"
         if _gateway_listening():
             through = entry = f"http://127.0.0.1:{GATEWAY_PORT}/productpage"
@@ -188,6 +204,10 @@ Tsunagi is running Bookinfo with {len(WORKLOADS)} sidecars and Istio's ingress g
          bookinfo-gateway.yaml routes it; directly: {page})
          and reload a few times:
          reviews alternate between v1 (no stars) and v3 (red stars) — a 50/50 split.
+  HTTPS  {https}
+         (bookinfo-gateway-https.yaml; the certificate is the Secret
+         {certificates.SECRET}: tsunagi get secrets; which one the gateway holds:
+         tsunagi proxy-config secret NAME, NAME from tsunagi proxy-status)
 
   Next, route the user "jason" to reviews v2 (black stars):
          tsunagi apply -f {RULES / "virtual-service-reviews-test-v2.yaml"} --wait

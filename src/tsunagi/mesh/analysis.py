@@ -3,20 +3,25 @@ even though each resource is valid on its own."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ipaddress
+import os
+from collections.abc import Callable, Iterable
 
 from pydantic.alias_generators import to_camel
 
 from tsunagi import protocols
 from tsunagi.api import (
+    ClientTLSSettings,
     DestinationRuleSpec,
     LoadBalancerSettings,
     OutlierDetection,
     PortTrafficPolicy,
     Resource,
     ServiceEntrySpec,
+    SidecarSpec,
     TrafficPolicy,
     VirtualServiceSpec,
+    WorkloadEntrySpec,
     fqdn,
 )
 from tsunagi.api.checks_envoyfilter import envoy_filter_warnings
@@ -48,6 +53,61 @@ def passthrough_without_dns(world: World, resources: Iterable[Resource]) -> list
                 "ServiceEntry declares it: requests to a mesh service will fail (503, DNS "
                 "lookup). Use ROUND_ROBIN, LEAST_REQUEST or RANDOM for mesh services"
             )
+    return out
+
+
+def _readable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.R_OK)
+
+
+def _tls_parts(spec: DestinationRuleSpec) -> list[tuple[str, ClientTLSSettings]]:
+    """Each ``tls`` of a DestinationRule with its field path."""
+    policies: list[tuple[str, TrafficPolicy]] = []
+    if spec.traffic_policy is not None:
+        policies.append(("spec.trafficPolicy", spec.traffic_policy))
+    policies += [
+        (f"spec.subsets[{i}].trafficPolicy", s.traffic_policy)
+        for i, s in enumerate(spec.subsets)
+        if s.traffic_policy is not None
+    ]
+    out: list[tuple[str, ClientTLSSettings]] = []
+    for path, tp in policies:
+        if tp.tls is not None:
+            out.append((f"{path}.tls", tp.tls))
+        out += [
+            (f"{path}.portLevelSettings[{j}].tls", p.tls)
+            for j, p in enumerate(tp.port_level_settings)
+            if p.tls is not None
+        ]
+    return out
+
+
+def tls_file_problems(
+    resources: Iterable[Resource], readable: Callable[[str], bool] = _readable
+) -> list[str]:
+    """Warnings for TLS origination files (``caCertificates``, ``clientCertificate``,
+    ``privateKey``) that are not readable files on this host. Envoy reads them on the proxy's
+    host, and rejects a cluster naming a missing one together with every other cluster of
+    the same update; sidecars usually share this host, so a typo shows here first."""
+    out = []
+    for dr in of_spec(resources, DestinationRuleSpec):
+        for at, tls in _tls_parts(dr.spec):
+            if tls.mode not in ("SIMPLE", "MUTUAL") or tls.credential_name:
+                continue
+            files = [("caCertificates", tls.ca_certificates)]
+            if tls.mode == "MUTUAL":
+                files += [
+                    ("clientCertificate", tls.client_certificate),
+                    ("privateKey", tls.private_key),
+                ]
+            out += [
+                f"DestinationRule {dr.namespace}/{dr.name}: {at}.{name} {path!r} is not a "
+                "readable file on the control plane's host; the path is read on each "
+                "proxy's host, and a proxy that cannot read it rejects its cluster updates "
+                "(every service's). Fix the path, or make the file readable there"
+                for name, path in files
+                if path and not readable(path)
+            ]
     return out
 
 
@@ -100,10 +160,8 @@ def undefined_subsets(world: World, resources: Iterable[Resource]) -> list[str]:
 
 
 _PENDING_KINDS = (
-    "Sidecar",
     "PeerAuthentication",
     "AuthorizationPolicy",
-    "WorkloadEntry",
 )
 
 
@@ -141,6 +199,14 @@ def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
             out += _traffic_policy_warnings(where, spec)
         elif isinstance(spec, ServiceEntrySpec):
             out += _tcp_port_warnings(where, spec)
+            out += _ipv6_range_warnings(where, spec)
+        elif isinstance(spec, SidecarSpec):
+            out += _sidecar_warnings(where, spec)
+        elif isinstance(spec, WorkloadEntrySpec) and not spec.labels:
+            out.append(
+                f"{where}: has no labels, so no ServiceEntry's workloadSelector selects it: a "
+                "WorkloadEntry is applied only as an endpoint of the entries that select it"
+            )
         elif isinstance(spec, EnvoyFilterSpec):
             out += envoy_filter_warnings(where, spec)
         elif isinstance(spec, TelemetrySpec):
@@ -150,15 +216,10 @@ def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
 
 def _l4_route_warnings(where: str, spec: VirtualServiceSpec) -> list[str]:
     """tcp and tls routes apply on sidecars' ``tsunagi run --upstream`` listeners
-    (``xds/translate/upstream_listeners.py``); say what of them does not."""
+    (``xds/translate/upstream_listeners.py``), tls routes also to HTTPS_PROXY's CONNECTs
+    (``xds/translate/connect.py``), and on gateways' TCP and TLS servers
+    (``xds/translate/gateway_chains.py``); say what of them does not."""
     out = []
-    if spec.gateways and "mesh" not in spec.gateways:
-        out += [
-            f"{where}: spec.{field} routes are not applied yet on gateways (only on "
-            "sidecars' --upstream listeners)"
-            for field, routes in (("tcp", spec.tcp), ("tls", spec.tls))
-            if routes
-        ]
     matches = [
         ("tcp", i, j, m.destination_subnets)
         for i, r in enumerate(spec.tcp)
@@ -201,8 +262,7 @@ def _traffic_policy_warnings(where: str, spec: DestinationRuleSpec) -> list[str]
         ]
         for at, part in parts:
             lb, pool, outlier = part.load_balancer, part.connection_pool, part.outlier_detection
-            if part.tls is not None:
-                out.append(f"{where}: {at}.tls is not applied yet")
+            out += _tls_warnings(f"{where}: {at}.tls", part.tls)
             # A subset's own policy inherits the top level's outlier detection; port-level
             # settings inherit nothing (see xds/translate/policy.py).
             inherited = top.outlier_detection if part is tp and tp is not top and top else None
@@ -224,6 +284,41 @@ def _traffic_policy_warnings(where: str, spec: DestinationRuleSpec) -> list[str]
     return out
 
 
+def _sidecar_warnings(where: str, spec: SidecarSpec) -> list[str]:
+    """A Sidecar's ``outboundTrafficPolicy.mode`` is enforced (mesh/outbound_policy.py);
+    say which of its other fields are not."""
+    out = [
+        f"{where}: spec.{name} is not applied yet"
+        for name, value in (
+            ("ingress", spec.ingress),
+            ("egress", spec.egress),
+            ("inboundConnectionPool", spec.inbound_connection_pool),
+        )
+        if value
+    ]
+    policy = spec.outbound_traffic_policy
+    if policy is not None and policy.egress_proxy is not None:
+        out.append(f"{where}: spec.outboundTrafficPolicy.egressProxy is not applied yet")
+    if policy is None and not out:
+        out.append(f"{where}: stored and validated; only outboundTrafficPolicy is applied yet")
+    return out
+
+
+def _tls_warnings(at: str, tls: ClientTLSSettings | None) -> list[str]:
+    """TLS origination (SIMPLE and MUTUAL with files) is applied (xds/translate/
+    origination.py); say what of ``tls`` is not."""
+    if tls is None or tls.mode == "DISABLE":
+        return []
+    if tls.mode == "ISTIO_MUTUAL":
+        return [f"{at}: mode ISTIO_MUTUAL is not applied yet (no mesh mTLS): plain text is sent"]
+    if tls.credential_name:
+        return [
+            f"{at}.credentialName is not applied yet on sidecars: plain text is sent; "
+            "use caCertificates (and clientCertificate/privateKey) files"
+        ]
+    return [f"{at}.caCrl is not applied yet"] if tls.ca_crl else []
+
+
 def _failover_warnings(
     where: str, lb: LoadBalancerSettings | None, outlier: OutlierDetection | None
 ) -> list[str]:
@@ -243,12 +338,34 @@ def _failover_warnings(
 
 def _tcp_port_warnings(where: str, spec: ServiceEntrySpec) -> list[str]:
     """Ports that are not HTTP have no route on the app's HTTP proxy (the sidecar): say how
-    an app reaches them instead, which a user would otherwise find out the hard way."""
+    an app reaches them instead, which a user would otherwise find out the hard way. TLS and
+    HTTPS ports need no warning: apps reach them with HTTPS through ``HTTPS_PROXY``
+    (CONNECT, routed by SNI)."""
     host = spec.hosts[0] if spec.hosts else "HOST"
     return [
         f"{where}: spec.ports[{i}] ({p.protocol} {p.number}) is not HTTP: the app's HTTP "
         f"proxy has no route for it; reach it through a local TCP listener with "
         f"`tsunagi run --upstream {host}:{p.number}`"
         for i, p in enumerate(spec.ports)
-        if p.protocol and not protocols.is_http(p.protocol.upper())
+        if p.protocol
+        and not protocols.is_http(p.protocol.upper())
+        and p.protocol.upper() not in (protocols.TLS, protocols.HTTPS)
     ]
+
+
+def _ipv6_range_warnings(where: str, spec: ServiceEntrySpec) -> list[str]:
+    """IPv6 CIDR ``addresses`` are not matched (``xds/translate/egress.py`` matches IPv4
+    ranges and single addresses of either version)."""
+    out = []
+    for i, a in enumerate(spec.addresses):
+        try:
+            net = ipaddress.ip_network(a, strict=False)
+        except ValueError:
+            continue  # not an address: checks_*.py report it
+        if net.version == 6 and net.num_addresses > 1:
+            out.append(
+                f"{where}: spec.addresses[{i}] {a}: IPv6 ranges are not applied yet; requests "
+                "to addresses in it follow the outbound traffic policy. List single IPv6 "
+                "addresses instead"
+            )
+    return out

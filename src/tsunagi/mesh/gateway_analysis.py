@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from tsunagi.api import GatewaySpec, Resource, ResourceOf, VirtualServiceSpec
+from tsunagi.api import GatewaySpec, Resource, ResourceOf, Server, VirtualServiceSpec
+from tsunagi.mesh import gateway_ports as ports
 from tsunagi.mesh import gateways as gw
 from tsunagi.mesh.world import World, of_spec
 
@@ -25,8 +26,10 @@ def gateway_problems(
     out: list[str] = []
     for vs in of_spec(resources, VirtualServiceSpec):
         out += _binding_problems(vs, by_key)
+    every_vs = sorted(of_spec(world.resources, VirtualServiceSpec), key=lambda v: v.key)
     for g in of_spec(resources, GatewaySpec):
         out += _server_warnings(g)
+        out += _unrouted(g, every_vs)
         if labels is not None and not any(gw.selects(g.spec.selector, ls) for ls in labels):
             selector = ",".join(f"{k}={v}" for k, v in sorted(g.spec.selector.items()))
             out.append(
@@ -36,6 +39,7 @@ def gateway_problems(
                 + " ".join(f"--label {k}={v}" for k, v in sorted(g.spec.selector.items()))
                 + "`)"
             )
+        out += _left_out(g, every, labels)
         out += _conflicts(g, every)
     return out
 
@@ -77,15 +81,89 @@ def _server_warnings(g: ResourceOf[GatewaySpec]) -> list[str]:
     for i, s in enumerate(g.spec.servers):
         proto = gw.server_protocol(s)
         at = f"{where}: spec.servers[{i}] ({proto} {s.port.number})"
-        if proto in ("HTTPS", "TLS"):
-            out.append(f"{at}: TLS at the gateway is not applied yet; no listener is opened")
-        elif not gw.is_http_server(s):
-            out.append(f"{at}: {proto} servers are not applied yet; no listener is opened")
+        why = ports.unsupported(s)
+        if why is not None:
+            out.append(f"{at}: {why}")
+        out += _tls_field_warnings(at, s)
         for field in ("bind", "default_endpoint"):
             if getattr(s, field) is not None:
                 name = "defaultEndpoint" if field == "default_endpoint" else field
                 out.append(f"{where}: spec.servers[{i}].{name} is not applied yet")
     return out
+
+
+def _tls_field_warnings(at: str, s: Server) -> list[str]:
+    """What of a served TLS server's settings Envoy does not get, as Istio warns."""
+    tls = s.tls
+    if tls is None or ports.unsupported(s) is not None or not ports.terminates(s):
+        return []
+    out = []
+    _, ignored = ports.cipher_suites(s)
+    if ignored:
+        out.append(
+            f"{at}: tls.cipherSuites: ignoring unknown or repeated cipher suites {ignored}, as "
+            f"Istio does; known ones: {', '.join(sorted(ports.CIPHER_SUITES))}, ALL, and "
+            "OpenSSL expressions ([A|B], -A, !A, +A)"
+        )
+    if tls.min_protocol_version in ("TLSV1_0", "TLSV1_1") and not tls.cipher_suites:
+        out.append(
+            f"{at}: tls.minProtocolVersion {tls.min_protocol_version}: TLS versions below "
+            "TLSV1_2 need compatible ciphers set in cipherSuites (the default ones are not)"
+        )
+    if tls.ca_certificates:
+        first = ports.credentials(s)[0]
+        out.append(
+            f"{at}: tls.caCertificates (a file) is not applied; the client CA comes from "
+            f"the {first}-cacert secret or the ca.crt of {first}"
+        )
+    return out
+
+
+def _unrouted(
+    g: ResourceOf[GatewaySpec], every_vs: list[ResourceOf[VirtualServiceSpec]]
+) -> list[str]:
+    """TCP servers, TLS servers that end the TLS, and PASSTHROUGH servers forward along
+    routes of the VirtualServices bound to them (``tcp:``, ``tls:``); with none, their
+    connections have nowhere to go, and Envoy gets no filter chain for them."""
+    out = []
+    for i, s in enumerate(g.spec.servers):
+        kind = ports.server_kind(s)
+        if kind == "http" or ports.unsupported(s) is not None:
+            continue
+        if kind == "tls" and ports.terminates(s) and gw.server_protocol(s) == "HTTPS":
+            continue  # HTTP routes, as on a plain-text port (IST0132 covers their hosts)
+        field = "tls" if kind == "tls" and not ports.terminates(s) else "tcp"
+        bound = gw.server_bindings(g, s, every_vs)
+        if not any(getattr(b.vs.spec, field) for b in bound):
+            at = f"Gateway {g.namespace}/{g.name}: spec.servers[{i}]"
+            out.append(
+                f"{at} ({gw.server_protocol(s)} {s.port.number}): no VirtualService bound to "
+                f"it (gateways: [{g.name}], a host it serves) has {field}: routes, so its "
+                f"connections have nowhere to go and the gateway closes them (the port "
+                f"stays closed if nothing else serves it). Add {field}: routes"
+            )
+    return out
+
+
+def _left_out(
+    g: ResourceOf[GatewaySpec],
+    every: list[ResourceOf[GatewaySpec]],
+    running: list[dict[str, str]] | None,
+) -> list[str]:
+    """Servers of ``g`` that a gateway proxy serving it leaves out (another server holds
+    their port or name), judged for each running proxy that serves ``g`` (else for the
+    Gateways with ``g``'s selector)."""
+    groups = [gw.selected(every, ls) for ls in running or () if gw.selects(g.spec.selector, ls)]
+    if not groups:
+        groups = [[o for o in every if dict(o.spec.selector) == dict(g.spec.selector)]]
+    out: dict[str, None] = {}
+    for group in groups:
+        for lo in ports.merge_ports(group)[1]:
+            if lo.gateway.key == g.key:
+                s = g.spec.servers[lo.index]
+                where = f"Gateway {g.namespace}/{g.name}: spec.servers[{lo.index}]"
+                out[f"{where} ({gw.server_protocol(s)} {s.port.number}): {lo.reason}"] = None
+    return list(out)
 
 
 def _conflicts(g: ResourceOf[GatewaySpec], every: list[ResourceOf[GatewaySpec]]) -> list[str]:

@@ -31,6 +31,12 @@ class MeshTelemetry:
     collector: tuple[str, int] | None = None
     """Where sidecars send spans (the control plane's Zipkin port); ``None``: no tracing."""
 
+    def __post_init__(self) -> None:
+        # Hashable whatever it was given as (a YAML list, say): a gateway's telemetry is
+        # part of its scope, a memo key (mesh/world.py, ClientScope.reporting).
+        if self.collector is not None and not isinstance(self.collector, tuple):
+            object.__setattr__(self, "collector", tuple(self.collector))
+
 
 @dataclass(frozen=True)
 class Tracing:
@@ -109,3 +115,18 @@ class ProxyTelemetry:
         if direction == "inbound" and self.server_access_log_filter is not None:
             return self.server_access_log_filter
         return self.access_log_filter
+
+
+@dataclass(frozen=True)
+class GatewayReporting:
+    """What a gateway's listeners report, and where: a gateway's listeners come with its
+    Gateways (one config per :class:`~tsunagi.mesh.ClientScope`), so what the sidecars'
+    listeners read from their node travels in the gateway's scope."""
+
+    proxy: str
+    """The proxy's id (``NAME-xxxxxx.NAMESPACE``): its access log lines' marker."""
+    metrics_log: str
+    """The FIFO its agent reads metric lines from; empty: no metric lines."""
+    telemetry: ProxyTelemetry
+    """Its Telemetry, resolved as for any proxy (namespace, labels); a gateway reports on
+    the client side (Istio's ``CLIENT`` workload mode, ``reporter="source"``)."""

@@ -33,8 +33,9 @@ def telemetry_warnings(where: str, spec: TelemetrySpec) -> list[str]:
     if spec.target_ref is not None or spec.target_refs:
         field = "targetRef" if spec.target_ref is not None else "targetRefs"
         out.append(
-            f"{where}: spec.{field} is not applied yet (Tsunagi has no gateways or services "
-            "to attach a policy to); this Telemetry applies to no sidecar"
+            f"{where}: spec.{field} is not applied yet (it attaches to Kubernetes Gateway API "
+            "gateways and services, which Tsunagi has none of); this Telemetry applies to no "
+            "proxy: select a `tsunagi gateway` by its labels with spec.selector instead"
         )
     for i, t in enumerate(spec.tracing):
         for name, ctag in (t.custom_tags or {}).items():

@@ -15,8 +15,9 @@ level names (or inherits them) with their filter, and ``disabled`` removes them;
 overrides apply in order per metric and direction, ``ALL_METRICS`` disabled turns a
 direction off unless a later override for that direction turns something back on.
 
-Resources with ``targetRef``/``targetRefs`` attach to gateways, which Tsunagi has none of:
-they apply to no sidecar (as in Istio)."""
+Resources with ``targetRef``/``targetRefs`` attach to Kubernetes Gateway API gateways,
+which Tsunagi has none of: they apply to no sidecar (as in Istio). A ``tsunagi gateway`` is
+selected like a sidecar, by its labels (Istio's gateway deployments are too)."""
 
 from __future__ import annotations
 

@@ -22,16 +22,21 @@ from tsunagi import proxy_contract as pc
 from tsunagi.api import (
     DestinationRuleSpec,
     LoadBalancerSettings,
+    Port,
     PortTrafficPolicy,
     Resource,
     ResourceOf,
     ServiceEntrySpec,
+    SidecarSpec,
     TelemetrySpec,
     TrafficPolicy,
     VirtualServiceSpec,
+    WorkloadEntrySpec,
     fqdn,
 )
+from tsunagi.mesh import outbound_policy as op
 from tsunagi.mesh import telemetry as tm
+from tsunagi.mesh.credentials import Credential, credentials_of
 from tsunagi.mesh.telemetry_policy import TelemetryPolicies
 from tsunagi.mesh.visibility import (
     DestinationRuleLookup,
@@ -59,6 +64,8 @@ class Endpoint:
     healthy: bool = True
     registered: bool = False
     """A registered instance (its sidecar is in the mesh), not a ServiceEntry endpoint."""
+    weight: int = 0
+    """ServiceEntry endpoint ``weight`` (Envoy's load balancing weight); 0: unweighted."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,15 @@ class Service:
     resolves itself; empty when the control plane knows the endpoint addresses."""
     port_protocols: tuple[tuple[int, str], ...] = ()
     """``(port, protocol)`` for ports whose protocol is not HTTP (see :meth:`protocol`)."""
+    addresses: tuple[str, ...] = ()
+    """ServiceEntry ``addresses`` (IPs or CIDR ranges): requests whose authority is one of
+    them go to this service."""
+    passthrough: bool = False
+    """ServiceEntry ``resolution: NONE`` without endpoints: each request goes where its
+    authority resolves (Istio's original destination), see ``xds/translate/passthrough.py``."""
+    subject_alt_names: tuple[str, ...] = ()
+    """ServiceEntry ``subjectAltNames``: what TLS origination checks the server's certificate
+    against when the DestinationRule's ``tls`` names none (Istio's rule)."""
 
     def protocol(self, port: int) -> str:
         """The protocol of ``port`` (:mod:`tsunagi.protocols` names): HTTP unless declared."""
@@ -112,6 +128,12 @@ class Node:
     """``tsunagi run --upstream``: local TCP listeners to service ports (``pc.META_UPSTREAMS``)."""
     gateway_address: str = ""
     """Where a gateway's listeners bind (``pc.META_GATEWAY_ADDRESS``); empty for a sidecar."""
+    gateway_ports: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
+    """A gateway's service port → the port it listens on for it (``pc.META_GATEWAY_PORTS``)."""
+    verified: bool = False
+    """Whether its xDS stream carried the ticket of its id and namespace
+    (:mod:`tsunagi.xds.tickets`). Set by the xDS server, never read from the node's own
+    metadata; only a verified gateway gets Secrets."""
 
     @property
     def is_gateway(self) -> bool:
@@ -123,8 +145,9 @@ class Node:
         return self.inbound_protocols.get(port, protocols.DEFAULT)
 
     @classmethod
-    def from_metadata(cls, node_id: str, meta: Mapping[str, Any]) -> Node:
-        """The node as its agent described it in the bootstrap (``tsunagi.proxy_contract``)."""
+    def from_metadata(cls, node_id: str, meta: Mapping[str, Any], verified: bool = False) -> Node:
+        """The node as its agent described it in the bootstrap (``tsunagi.proxy_contract``);
+        ``verified`` is what the xDS server found of its ticket."""
         inbound = {
             int(p): (int(v[pc.META_INBOUND_LISTEN]), int(v[pc.META_INBOUND_APP]))
             for p, v in (meta.get(pc.META_INBOUND) or {}).items()
@@ -152,7 +175,9 @@ class Node:
             ),
             metrics_log=str(meta.get(pc.META_METRICS_LOG) or ""),
             gateway_address=str(meta.get(pc.META_GATEWAY_ADDRESS) or ""),
+            gateway_ports=MappingProxyType(pc.parse_gateway_ports(meta.get(pc.META_GATEWAY_PORTS))),
             upstreams=_upstreams(meta.get(pc.META_UPSTREAMS), namespace),
+            verified=verified,
         )
 
 
@@ -169,6 +194,14 @@ def _upstreams(entries: Any, namespace: str) -> tuple[Upstream, ...]:
         except (TypeError, KeyError, ValueError):
             continue
     return tuple(out)
+
+
+def endpoint_port(port: Port, named: Mapping[str, int] | None = None) -> int:
+    """The port an endpoint of a ServiceEntry ``port`` serves it on, as Istio picks it: the
+    endpoint's own ``ports`` entry for the port's name (``named``: a ServiceEntry endpoint's
+    or a WorkloadEntry's), else the port's ``targetPort``, else its number."""
+    by_name = named.get(port.name) if named and port.name is not None else None
+    return by_name or port.target_port or port.number
 
 
 def _known_protocol(name: str) -> str:
@@ -192,6 +225,15 @@ class ClientScope:
     gateway: str = ""
     """For a gateway (whose config depends on all its labels, which select its Gateways):
     the address its listeners bind. Empty for sidecars."""
+    gateway_ports: tuple[tuple[int, int], ...] = ()
+    """For a gateway: ``(service port, listen port)`` pairs (:attr:`Node.gateway_ports`),
+    sorted; a server on a service port listens on its listen port."""
+    reporting: tm.GatewayReporting | None = None
+    """For a gateway: what its listeners report (access log, metric lines, tracing), which
+    sidecars' listeners take from their node. ``None`` for sidecars."""
+    verified: bool = False
+    """For a gateway: whether it proved its identity with a ticket (:attr:`Node.verified`),
+    so may receive its credentials' private keys. Always False for sidecars."""
 
 
 def of_spec(resources: Iterable[Resource], model: type[S]) -> list[ResourceOf[S]]:
@@ -232,8 +274,19 @@ class _Catalog:
     resolutions: dict[str, str] = field(default_factory=dict)
     declared_protocols: dict[tuple[str, int], list[str]] = field(default_factory=dict)
     """(host, port) → the protocol each instance or ServiceEntry declares for it."""
+    addresses: dict[str, list[str]] = field(default_factory=dict)
+    """host → ServiceEntry ``addresses`` (VIPs and CIDR ranges)."""
+    passthrough: set[str] = field(default_factory=set)
+    """Hosts of ServiceEntries with ``resolution: NONE``."""
+    subject_alt_names: dict[str, list[str]] = field(default_factory=dict)
+    """host → ServiceEntry ``subjectAltNames``."""
+    instances: list[Instance] = field(default_factory=list)
+    """Registered instances, for ServiceEntries' ``workloadSelector``."""
+    workload_entries: list[ResourceOf[WorkloadEntrySpec]] = field(default_factory=list)
+    """WorkloadEntry resources, for ServiceEntries' ``workloadSelector``."""
 
     def add_instance(self, inst: Instance) -> None:
+        self.instances.append(inst)
         host = fqdn(inst.service, inst.namespace)
         self.ports.setdefault(host, set()).add(inst.port)
         self.declared_protocols.setdefault((host, inst.port), []).append(inst.protocol)
@@ -260,6 +313,15 @@ class _Catalog:
             self.namespaces.setdefault(host, se.namespace)
             if dns:
                 self.resolutions[host] = spec.resolution
+            if spec.resolution == "NONE":
+                # Istio: an ORIGINAL_DST cluster, whatever else the entry says.
+                self.passthrough.add(host)
+            if spec.addresses:
+                known = self.addresses.setdefault(host, [])
+                known += [a for a in spec.addresses if a not in known]
+            if spec.subject_alt_names:
+                sans = self.subject_alt_names.setdefault(host, [])
+                sans += [n for n in spec.subject_alt_names if n not in sans]
             for p in spec.ports:
                 self.ports.setdefault(host, set()).add(p.number)
                 if p.protocol:
@@ -269,14 +331,68 @@ class _Catalog:
                 if dns and not spec.endpoints and "*" not in host:
                     # No endpoints: Envoy resolves the host name itself.
                     self.endpoints.setdefault((host, p.number), []).append(
-                        Endpoint(host, p.target_port or p.number, {})
+                        Endpoint(host, endpoint_port(p), {})
                     )
                 for ep in spec.endpoints:
-                    named = ep.ports.get(p.name) if p.name is not None else None
-                    target = named or p.target_port or p.number
                     self.endpoints.setdefault((host, p.number), []).append(
-                        Endpoint(ep.address, target, dict(ep.labels), ep.locality or "")
+                        Endpoint(
+                            ep.address,
+                            endpoint_port(p, ep.ports),
+                            dict(ep.labels),
+                            ep.locality or "",
+                            weight=ep.weight or 0,
+                        )
                     )
+                if spec.workload_selector is not None:
+                    self.endpoints.setdefault((host, p.number), []).extend(
+                        self._selected(se, endpoint_port(p))
+                    )
+                    self.endpoints[host, p.number].extend(self._selected_entries(se, p))
+
+    def _selected_entries(self, se: ResourceOf[ServiceEntrySpec], port: Port) -> list[Endpoint]:
+        """WorkloadEntries of ``se``'s namespace that its ``workloadSelector`` selects, as
+        endpoints of ``port`` (the entry's ``ports`` by the port's name, else its
+        targetPort, else its number), as Istio makes them."""
+        selector = se.spec.workload_selector
+        wanted = selector.labels if selector is not None else {}
+        out = []
+        for we in self.workload_entries:
+            spec = we.spec
+            if we.namespace != se.namespace or not spec.address:
+                continue
+            if any(spec.labels.get(k) != v for k, v in wanted.items()):
+                continue
+            out.append(
+                Endpoint(
+                    spec.address,
+                    endpoint_port(port, spec.ports),
+                    dict(spec.labels),
+                    spec.locality or "",
+                    weight=spec.weight or 0,
+                )
+            )
+        return out
+
+    def _selected(self, se: ResourceOf[ServiceEntrySpec], port: int) -> list[Endpoint]:
+        """Registered instances of ``se``'s namespace that its ``workloadSelector`` selects,
+        serving ``port`` (the entry port's targetPort, else its number), as endpoints: their
+        sidecars' inbound listeners, as for the service they registered."""
+        selector = se.spec.workload_selector
+        wanted = selector.labels if selector is not None else {}
+        return [
+            Endpoint(
+                inst.address,
+                inst.target_port,
+                inst.labels,
+                inst.locality,
+                inst.healthy,
+                registered=True,
+            )
+            for inst in self.instances
+            if inst.namespace == se.namespace
+            and inst.port == port
+            and all(inst.labels.get(k) == v for k, v in wanted.items())
+        ]
 
     def services(self) -> dict[str, Service]:
         """Every declared host as a :class:`Service`, in host order."""
@@ -295,9 +411,16 @@ class _Catalog:
                     for p in sorted(ps)
                     if chosen.get((h, p), protocols.DEFAULT) != protocols.DEFAULT
                 ),
+                tuple(self.addresses.get(h, ())),
+                h in self.passthrough,
+                tuple(self.subject_alt_names.get(h, ())),
             )
             for h, ps in sorted(self.ports.items())
         }
+
+
+_ROUTING_KINDS = ("VirtualService", "DestinationRule", "ServiceEntry", "Gateway", "Sidecar")
+"""Kinds whose content outbound routes depend on (see :attr:`World.routing_fingerprint`)."""
 
 
 @dataclass(frozen=True)
@@ -324,6 +447,14 @@ class World:
         repr=False,
     )
     """The Telemetry resources, resolved per proxy (see :meth:`telemetry_for`)."""
+    mesh_outbound_policy: op.Mode = op.DEFAULT
+    """``tsunagi up --outbound-policy``: ``ALLOW_ANY`` or ``REGISTRY_ONLY`` for sidecars whose
+    Sidecar resource sets none (see :func:`tsunagi.mesh.outbound_policy.outbound_policy`)."""
+    credentials: Mapping[tuple[str, str], Credential] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False, repr=False
+    )
+    """``(namespace, name)`` → the TLS credential a Secret gives a ``credentialName``
+    (Istio's key rules: :mod:`tsunagi.mesh.credentials`)."""
 
     @classmethod
     def build(
@@ -332,6 +463,7 @@ class World:
         resources: Iterable[Resource],
         instances: Iterable[Instance],
         mesh_telemetry: tm.MeshTelemetry | None = None,
+        mesh_outbound_policy: op.Mode = op.DEFAULT,
     ) -> World:
         """The World of ``resources`` (applied config) and ``instances`` (registered
         workloads): services and endpoints, then the indexes rules are looked up by."""
@@ -339,6 +471,7 @@ class World:
         catalog = _Catalog()
         for inst in instances:
             catalog.add_instance(inst)
+        catalog.workload_entries = of_spec(resources, WorkloadEntrySpec)
         for se in of_spec(resources, ServiceEntrySpec):
             catalog.add_service_entry(se)
         services = catalog.services()
@@ -369,6 +502,8 @@ class World:
             telemetry_policies=TelemetryPolicies(
                 mesh_telemetry or tm.MeshTelemetry(), of_spec(resources, TelemetrySpec)
             ),
+            mesh_outbound_policy=mesh_outbound_policy,
+            credentials=credentials_of(resources),
         )
 
     def telemetry_for(self, node: Node) -> tm.ProxyTelemetry:
@@ -425,6 +560,17 @@ class World:
             )
         hidden: frozenset[str] = self._per_namespace[key]
         return hidden
+
+    @cached_property
+    def virtual_services_in_order(self) -> tuple[ResourceOf[VirtualServiceSpec], ...]:
+        """Every VirtualService with hosts, each once, by namespace then name (Istio's order
+        among those bound to a gateway's server); sorted once per World, not per port."""
+        return tuple(
+            sorted(
+                {vs.key: vs for vss in self.virtual_services.values() for vs in vss}.values(),
+                key=lambda v: (v.namespace, v.name),
+            )
+        )
 
     @cached_property
     def delegates(self) -> Mapping[tuple[str, str], ResourceOf[VirtualServiceSpec]]:
@@ -509,8 +655,19 @@ class World:
         return bool(self.locality_hosts)
 
     @cached_property
+    def sidecars(self) -> tuple[ResourceOf[SidecarSpec], ...]:
+        """The Sidecar resources, in (namespace, name) order (see :mod:`.outbound_policy`)."""
+        return op.sidecars(self.resources)
+
+    @cached_property
+    def routing_label_keys(self) -> frozenset[str]:
+        """Label keys a sidecar's outbound routes read: ``sourceLabels`` matches, and the
+        selectors of Sidecars that set an ``outboundTrafficPolicy``."""
+        return self.source_label_keys | op.selector_keys(self.sidecars)
+
+    @cached_property
     def _client_label_keys(self) -> frozenset[str]:
-        return self.source_label_keys | self.failover_label_keys
+        return self.routing_label_keys | self.failover_label_keys
 
     def scope_of(self, node: Node) -> ClientScope:
         """The part of ``node`` its outbound config depends on, in this World."""
@@ -518,7 +675,17 @@ class World:
             address = node.gateway_address or DEFAULT_GATEWAY_ADDRESS
             labels = tuple(sorted(node.labels.items()))
             locality = node.locality if self.locality_aware else ""
-            return ClientScope(node.namespace, labels, locality, gateway=address)
+            ports = tuple(sorted(node.gateway_ports.items()))
+            reporting = tm.GatewayReporting(node.id, node.metrics_log, self.telemetry_for(node))
+            return ClientScope(
+                node.namespace,
+                labels,
+                locality,
+                gateway=address,
+                gateway_ports=ports,
+                reporting=reporting,
+                verified=node.verified,
+            )
         keys = self._client_label_keys
         labels = tuple(sorted((k, v) for k, v in node.labels.items() if k in keys))
         return ClientScope(node.namespace, labels, node.locality if self.locality_aware else "")
@@ -528,10 +695,14 @@ class World:
         """A digest of everything outbound routes depend on: services, their ports, and the
         routing resources. Endpoints are not in it, so an endpoint change keeps it."""
         h = hashlib.blake2b(digest_size=16)
+        h.update(f"outbound-policy {self.mesh_outbound_policy}\n".encode())
         for svc in self.services.values():
-            line = f"{svc.hostname} {svc.namespace} {svc.ports} {svc.port_protocols}\n"
+            line = (
+                f"{svc.hostname} {svc.namespace} {svc.ports} {svc.port_protocols} "
+                f"{svc.addresses} {svc.passthrough}\n"
+            )
             h.update(line.encode())
         for r in sorted(self.resources, key=lambda r: r.key):
-            if r.kind in ("VirtualService", "DestinationRule", "ServiceEntry", "Gateway"):
+            if r.kind in _ROUTING_KINDS:
                 h.update(json.dumps([r.key, r.document], sort_keys=True, default=str).encode())
         return h.hexdigest()

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from ipaddress import ip_address
 from types import MappingProxyType
 from typing import Any
 
@@ -51,19 +52,35 @@ class Instance:
     """Where the sidecar's agent serves ``/stats/prometheus`` on ``address`` (Istio's merged
     metrics); 0 when it serves none, so Prometheus discovery leaves the instance out."""
     kind: str = pc.DEFAULT_KIND
-    """``sidecar``, or ``gateway`` for a ``tsunagi gateway``: no service port (``port`` and
-    ``target_port`` are 0) and never an endpoint of a service (see :attr:`serves`)."""
+    """``sidecar``, or ``gateway`` for a ``tsunagi gateway``: with no service port (``port``
+    and ``target_port`` 0) it is no endpoint of a service (see :attr:`serves`); with
+    ``--port SERVICEPORT:LISTENPORT`` it registers one instance per port, an endpoint of its
+    own service ``NAME.NAMESPACE`` as a sidecar is (Kubernetes' gateway Service)."""
+    metrics_address: str = ""
+    """Where ``metrics_port`` listens when not at ``address``: a gateway serves traffic at
+    ``--address`` (perhaps 0.0.0.0) but its metrics at ``--metrics-address`` (127.0.0.1 by
+    default), so its stats are not exposed at the edge; empty: ``address``."""
+
+    @property
+    def metrics_host(self) -> str:
+        """The address Prometheus and the dashboard scrape ``metrics_port`` at."""
+        return self.metrics_address or self.address
 
     @property
     def key(self) -> Key:
         return (KIND, self.namespace, self.name)
 
     @property
+    def is_gateway(self) -> bool:
+        """A ``tsunagi gateway`` (whose labels Gateways select), with or without ports."""
+        return self.kind == pc.GATEWAY_KIND
+
+    @property
     def serves(self) -> bool:
-        """True when the instance is an endpoint of its service (every sidecar). A gateway
-        is not: clients outside the mesh reach it at its address, on the ports its Gateways
-        name, and sidecars must never pick it as a ``service`` endpoint."""
-        return self.kind != pc.GATEWAY_KIND
+        """True when the instance is an endpoint of its service: every sidecar, and a
+        gateway's ``--port`` registrations. A gateway without one is not: clients outside
+        the mesh reach it at its address, on the ports its Gateways name."""
+        return not self.is_gateway or self.port != 0
 
     def to_document(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"labels": dict(self.labels)}
@@ -87,6 +104,7 @@ class Instance:
                 protocol=protocols.canonical(str(doc.get("protocol") or protocols.DEFAULT)),
                 metrics_port=int(doc.get("metrics_port") or 0),
                 kind=str(doc.get("kind") or pc.DEFAULT_KIND),
+                metrics_address=str(doc.get("metrics_address") or ""),
             )
         except KeyError as e:
             raise InvalidInstance(f"missing field {e.args[0]!r}") from None
@@ -99,18 +117,32 @@ class Instance:
             raise InvalidInstance(
                 f"kind {inst.kind!r} is not {pc.DEFAULT_KIND!r} or {pc.GATEWAY_KIND!r}"
             )
+        portless = inst.is_gateway and inst.port == 0
         for what in ("port", "target_port"):
-            if inst.kind == pc.GATEWAY_KIND and getattr(inst, what) != 0:
+            if portless and getattr(inst, what) != 0:
                 raise InvalidInstance(
-                    f"{what} must be 0 for a gateway (it listens on its Gateways' ports)"
+                    f"{what} must be 0 for a gateway without a service port (or give both "
+                    "port and target_port, as tsunagi gateway --port does)"
                 )
-            if inst.kind != pc.GATEWAY_KIND and not 1 <= getattr(inst, what) <= 65535:
+            if not portless and not 1 <= getattr(inst, what) <= 65535:
                 raise InvalidInstance(f"{what} must be 1..65535")
         if not 0 <= inst.metrics_port <= 65535:
             raise InvalidInstance("metrics_port must be 0..65535 (0: no metrics endpoint)")
+        if inst.metrics_address and not _is_ip(inst.metrics_address):
+            raise InvalidInstance(
+                f"metrics_address {inst.metrics_address!r} is not an IPv4 or IPv6 address"
+            )
         if inst.locality and inst.locality.count("/") > 2:
             raise InvalidInstance("locality must be REGION[/ZONE[/SUBZONE]]")
         return inst
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def protocol_disagreement(inst: Instance, others: Iterable[str]) -> str | None:
@@ -156,8 +188,8 @@ class Registry:
         return [inst for inst in self.instances() if inst.serves]
 
     def gateways(self) -> list[Instance]:
-        """The running gateways (``tsunagi gateway``)."""
-        return [inst for inst in self.instances() if not inst.serves]
+        """The running gateways' registrations (``tsunagi gateway``; one per ``--port``)."""
+        return [inst for inst in self.instances() if inst.is_gateway]
 
     def peer_protocols(self, inst: Instance) -> list[str]:
         """The protocols the other registered instances of ``inst``'s service port declare."""

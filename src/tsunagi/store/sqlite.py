@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,22 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
+def _private(path: Path) -> None:
+    """Make the database readable by its owner only: it holds Secrets (private keys).
+
+    A missing directory is made 0700 (an existing one is left as it is: it may be shared,
+    like /tmp; the state directory is made private by the control plane). The database file
+    is made, or set, 0600 before SQLite opens it; SQLite gives its -wal and -shm files the
+    database's mode, and any left from before are set 0600 too.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if p.exists():
+            os.chmod(p, 0o600)
+
+
 class SqliteStore(CachedStore):
     """Persists every commit to ``path`` and serves reads from memory."""
 
@@ -36,7 +53,7 @@ class SqliteStore(CachedStore):
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(_private, self._path)
         self._db = await asyncio.to_thread(self._connect)
         contents = await asyncio.to_thread(self._load)
         await self._publish(contents)

@@ -16,8 +16,9 @@ from typing import Any, Protocol
 from tsunagi.xds.protocol import TypeStatus
 from tsunagi.xds.resources import Snapshot
 
-Resolver = Callable[[str, Any], Snapshot]
-"""Makes the snapshot for a newly connected node from its id and metadata."""
+Resolver = Callable[[str, Any, bool], Snapshot]
+"""Makes the snapshot for a newly connected node from its id, metadata and whether its
+stream carried a valid ticket (:mod:`.tickets`)."""
 
 
 class ProxyStream(Protocol):
@@ -33,6 +34,10 @@ class ProxyStream(Protocol):
 
     def status(self) -> Mapping[str, TypeStatus]:
         """Per-type protocol state, keyed by type URL."""
+        ...
+
+    def acked_versions(self, type_url: str) -> dict[str, str]:
+        """Name → version of each resource of a type as the proxy last ACKed it."""
         ...
 
     def synced(self, snapshot: Snapshot | None = None) -> bool:
@@ -51,6 +56,8 @@ class NodeEntry:
     connected_at: float = field(default_factory=time.time)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     nacks: list[tuple[str, str]] = field(default_factory=list)
+    verified: bool = False
+    """Whether the stream carried the node's ticket (set by the server, never by the node)."""
 
 
 class SnapshotCache:
@@ -61,11 +68,14 @@ class SnapshotCache:
         self.resolver: Resolver | None = None
         self.changed = asyncio.Condition()
 
-    def connect(self, node_id: str, metadata: Any, stream: ProxyStream) -> NodeEntry:
+    def connect(
+        self, node_id: str, metadata: Any, stream: ProxyStream, verified: bool = False
+    ) -> NodeEntry:
         """Register a newly connected node and give its stream the resolver's snapshot."""
         if self.resolver is None:
             raise RuntimeError("no resolver: the control plane has not started pushing yet")
-        entry = NodeEntry(node_id, metadata, self.resolver(node_id, metadata), stream)
+        snapshot = self.resolver(node_id, metadata, verified)
+        entry = NodeEntry(node_id, metadata, snapshot, stream, verified=verified)
         stream.set_snapshot(entry.snapshot)
         self.nodes[node_id] = entry
         return entry

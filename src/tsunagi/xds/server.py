@@ -19,6 +19,8 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf import json_format
 
+from tsunagi import proxy_contract as pc
+from tsunagi.xds import tickets
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.dependencies import DependencyCache
 from tsunagi.xds.observer import NO_OBSERVER, StreamObserver
@@ -106,8 +108,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         limits: StreamLimits | None = None,
         first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
         observer: StreamObserver = NO_OBSERVER,
+        ticket_key: bytes | None = None,
     ) -> None:
         self.cache = cache
+        self.ticket_key = ticket_key
+        """What checks each stream's ticket (:mod:`.tickets`); None: no node is verified."""
         self.limits = limits if limits is not None else StreamLimits()
         self.first_request_timeout = first_request_timeout
         self.observer = observer
@@ -185,7 +190,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             )
             return
         metadata = json_format.MessageToDict(node.metadata)
-        entry = self.cache.connect(node.id, metadata, stream)
+        verified = self._verified(node.id, metadata, context)
+        entry = self.cache.connect(node.id, metadata, stream, verified)
         wake = entry.wake
         kind = "delta" if isinstance(stream, DeltaStream) else "sotw"
         log.info("proxy %s connected (%s ADS)", node.id, kind)
@@ -231,6 +237,33 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             await self.cache.notify()
             log.info("proxy %s disconnected", node.id)
 
+    def _verified(
+        self, node_id: str, metadata: dict[str, Any], context: grpc.aio.ServicerContext
+    ) -> bool:
+        """Whether the stream carries the ticket of ``node_id`` in the namespace it claims
+        (checked once per stream). A node claiming to be a gateway without one is named in
+        a warning: it gets no Secrets, so its TLS servers have no certificate."""
+        presented = next(
+            (str(v) for k, v in context.invocation_metadata() or () if k == tickets.METADATA_KEY),
+            None,
+        )
+        namespace = str(metadata.get(pc.META_NAMESPACE) or "default")
+        ok = self.ticket_key is not None and tickets.matches(
+            self.ticket_key, presented, node_id, namespace
+        )
+        if not ok and metadata.get(pc.META_KIND) == pc.GATEWAY_KIND:
+            why = "no" if presented is None else "a wrong"
+            log.warning(
+                "proxy %s claims to be a gateway of namespace %s but sent %s xDS ticket (%s); "
+                "it gets no Secrets. Start it with `tsunagi gateway`, whose agent gets one "
+                "from GET /v1/bootstrap?node=ID&namespace=NS",
+                node_id,
+                namespace,
+                why,
+                tickets.METADATA_KEY,
+            )
+        return ok
+
 
 def _build_version(node: Any) -> str:
     """The client's build version as ``major.minor.patch`` ("" when it sent none)."""
@@ -249,6 +282,7 @@ async def start_server(
     max_streams: int = MAX_STREAMS,
     first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
     observer: StreamObserver = NO_OBSERVER,
+    ticket_key: bytes | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving ADS on ``host:port`` (0 picks a free port); return the server and port.
 
@@ -256,6 +290,8 @@ async def start_server(
     in total, are refused with ``RESOURCE_EXHAUSTED`` naming the limit; a stream that sends
     nothing for ``first_request_timeout`` seconds is closed with ``DEADLINE_EXCEEDED``.
     ``observer`` hears of every connection, request and response (for metrics).
+    ``ticket_key`` checks the tickets (:mod:`.tickets`) that let a gateway receive Secrets;
+    without it, no proxy gets any.
     """
     limits = StreamLimits(max_streams_per_peer, max_streams)
     server = grpc.aio.server(
@@ -279,7 +315,7 @@ async def start_server(
         ]
     )
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        AdsServicer(cache, limits, first_request_timeout, observer), server
+        AdsServicer(cache, limits, first_request_timeout, observer, ticket_key), server
     )
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()

@@ -58,6 +58,12 @@ class _Stream(_Ordering):
         """Whether ``next_response()`` would return a response right now."""
         return self._next_type() is not None
 
+    def acked_versions(self, type_url: str) -> dict[str, str]:
+        """Name → version of each resource of a type as Envoy last ACKed it (empty when
+        it ACKed none): what ``proxy-config`` reports as active, per resource."""
+        st = self._types.get(type_url)
+        return {} if st is None else {name: r.version for name, r in st.acked.items()}
+
     def status(self) -> Mapping[str, TypeStatus]:
         """Per-type protocol state, keyed by type URL, for every type Envoy has requested."""
         return {

@@ -18,6 +18,7 @@ saves work — the output is the same with a fresh memo.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,17 +27,42 @@ from typing import Any, TypeVar
 
 from tsunagi.api import DestinationRuleSpec
 from tsunagi.mesh import ClientScope, Endpoint, Node, Service, World
+from tsunagi.mesh.credentials import Credential
+from tsunagi.mesh.outbound_policy import outbound_policy
 from tsunagi.mesh.telemetry import ProxyTelemetry
 from tsunagi.mesh.visibility import subset_definitions
 from tsunagi.xds import resources as rs
 from tsunagi.xds.resources import Resource, Snapshot
-from tsunagi.xds.translate import gateway, locality, tracing, upstream
-from tsunagi.xds.translate.clusters import dns_cluster, inbound_clusters, service_clusters
+from tsunagi.xds.translate import (
+    gateway,
+    gateway_telemetry,
+    locality,
+    origination,
+    passthrough,
+    secrets,
+    tracing,
+    upstream,
+)
+from tsunagi.xds.translate.clusters import (
+    PASSTHROUGH,
+    dns_cluster,
+    inbound_clusters,
+    service_clusters,
+)
+from tsunagi.xds.translate.connect_listeners import (
+    connect_listener_docs,
+    connect_loggers,
+    internal_clusters,
+    sni_routed_ports,
+    tls_source_label_keys,
+    with_loggers,
+)
 from tsunagi.xds.translate.endpoints import Subsets, service_load_assignments
 from tsunagi.xds.translate.envoyfilter import Parts, Patched, patch_parts
 from tsunagi.xds.translate.isolation import LastGood, ResourceKey, TranslationError, isolated
 from tsunagi.xds.translate.layers import Layered
 from tsunagi.xds.translate.listeners import inbound_listeners, outbound_listener
+from tsunagi.xds.translate.passthrough import PASSTHROUGH_CLUSTER
 from tsunagi.xds.translate.policy import ClusterPolicy, apply, cluster_policy, policy_key
 from tsunagi.xds.translate.protos import (
     Cluster,
@@ -149,6 +175,9 @@ class Outbound:
     listeners: Mapping[str, Resource] = field(default_factory=lambda: MappingProxyType({}))
     """A gateway's listeners (one per Gateway server port): like its routes, they depend on
     the Gateways, which a gateway's labels select. Sidecars' listeners are their own."""
+    secrets: Mapping[str, Resource] = field(default_factory=lambda: MappingProxyType({}))
+    """A gateway's SDS secrets: the credentials its servers name (:mod:`.secrets`). Empty
+    for sidecars, and for a gateway without a valid ticket (``ClientScope.verified``)."""
 
 
 @dataclass(frozen=True)
@@ -165,7 +194,7 @@ def _pack_all(message_type: Any, docs: list[dict[str, Any]], name_key: str) -> l
 
 def _endpoint_key(endpoints: Sequence[Endpoint]) -> tuple[Any, ...]:
     return tuple(
-        (e.address, e.port, tuple(sorted(e.labels.items())), e.locality, e.healthy)
+        (e.address, e.port, tuple(sorted(e.labels.items())), e.locality, e.healthy, e.weight)
         for e in endpoints
     )
 
@@ -188,7 +217,9 @@ def _dns_clusters_of(
     for d in docs:
         policy = cluster_policy(dr, port, d["cluster_name"].split("|")[2])
         cluster = apply(dns_cluster(d["cluster_name"], d, svc.resolution), policy)
-        clusters.append(upstream.outbound(cluster, svc.protocol(port), policy))
+        cluster = upstream.outbound(cluster, svc.protocol(port), policy)
+        cluster = origination.originate(cluster, policy.tls, svc.subject_alt_names)
+        clusters.append(passthrough.settle_options(cluster, policy.tls))
     return _pack_all(Cluster, clusters, "name")
 
 
@@ -324,6 +355,9 @@ def translate_shared(world: World, memo: Memo | None = None) -> Shared:
             clusters[c.name] = c
         for cla in svc_endpoints:
             endpoints[cla.name] = cla
+    # Where ALLOW_ANY sends unknown hosts (egress.py); one small cluster, same for everyone.
+    packed = memo.get(("passthrough-cluster",), _pack_all, Cluster, [PASSTHROUGH], "name")
+    clusters[PASSTHROUGH_CLUSTER] = packed[0]
     memo.last_good.retain(
         lambda: {*world.services, *(r.key for r in world.resources)}, world.routing_fingerprint
     )
@@ -339,25 +373,53 @@ def translate_shared(world: World, memo: Memo | None = None) -> Shared:
     return Shared(MappingProxyType(clusters), MappingProxyType(folded), tuple(errors))
 
 
-def _gateway_parts(
-    world: World, scope: ClientScope, memo: Memo
-) -> tuple[Mapping[str, Resource], Mapping[str, Resource], tuple[TranslationError, ...]]:
-    """A gateway's listeners and route configurations, packed, with what failed."""
+@dataclass(frozen=True)
+class _GatewayParts:
+    """A gateway's listeners and route configurations for its routing scope, shared by the
+    gateways of that scope (replicas), with what failed."""
+
+    listener_docs: tuple[dict[str, Any], ...]
+    """The listeners as built, which each node's reporting is added to."""
+    listeners: Mapping[str, Resource]
+    """The same, packed: what a gateway with nothing to report gets."""
+    routes: Mapping[str, Resource]
+    errors: tuple[TranslationError, ...]
+
+
+def _gateway_parts(world: World, scope: ClientScope, memo: Memo) -> _GatewayParts:
     errors: list[TranslationError] = []
     listeners, routes = gateway.gateway_parts(world, scope, errors, memo.last_good)
-    return (
+    return _GatewayParts(
+        tuple(listeners),
         MappingProxyType({r.name: r for r in _pack_all(Listener, listeners, "name")}),
         MappingProxyType({r.name: r for r in _pack_all(RouteConfiguration, routes, "name")}),
         tuple(errors),
     )
 
 
+def _reported_listeners(parts: _GatewayParts, scope: ClientScope) -> Mapping[str, Resource]:
+    """The gateway listeners of ``parts`` reporting as the node of ``scope`` says (its
+    loggers, metric FIFO and tracer), packed; the shared ones when it reports nothing."""
+    docs = list(parts.listener_docs)
+    reported = gateway_telemetry.report(docs, scope)
+    if reported is docs:
+        return parts.listeners
+    return MappingProxyType({r.name: r for r in _pack_all(Listener, reported, "name")})
+
+
 def _routing_scope(world: World, scope: ClientScope) -> ClientScope:
     if scope.gateway:
-        return ClientScope(scope.namespace, scope.labels, gateway=scope.gateway)
-    if not scope.locality and all(k in world.source_label_keys for k, _ in scope.labels):
+        # Not the node's reporting (its id, FIFO, Telemetry) nor its locality: replicas of a
+        # gateway share listeners and routes, and nothing memoized per piece names a node.
+        return ClientScope(
+            scope.namespace,
+            scope.labels,
+            gateway=scope.gateway,
+            gateway_ports=scope.gateway_ports,
+        )
+    if not scope.locality and all(k in world.routing_label_keys for k, _ in scope.labels):
         return scope
-    keys = world.source_label_keys
+    keys = world.routing_label_keys
     return ClientScope(scope.namespace, tuple((k, v) for k, v in scope.labels if k in keys))
 
 
@@ -436,15 +498,29 @@ def translate_outbound(
 
     if scope.gateway:
         key = ("gateway", client, world.routing_fingerprint)
-        listeners, gateway_routes, errors = memo.get(key, _gateway_parts, world, client, memo)
+        parts = memo.get(key, _gateway_parts, world, client, memo)
+        # Per node, in the memo only (which forgets what a push did not use): never in
+        # last_good, whose entries live as long as the Gateway.
+        listeners = (
+            parts.listeners
+            if scope.reporting is None
+            else memo.get(
+                ("gateway-reported", key, scope.reporting), _reported_listeners, parts, scope
+            )
+        )
+        gateway_routes, errors = parts.routes, parts.errors
+        sds_errors: list[TranslationError] = []
+        # Private keys only to a gateway that proved who it is (xds/tickets.py)
+        sds = _gateway_secrets(world, client, memo, sds_errors) if scope.verified else {}
         return Outbound(
             shared.clusters,
             _client_endpoints(world, scope, memo, shared)
             if world.locality_aware
             else shared.endpoints,
             gateway_routes,
-            (*errors, *namespace_errors),
+            (*errors, *sds_errors, *namespace_errors),
             listeners,
+            MappingProxyType(sds),
         )
     route, errors = memo.get(("rds", client, world.routing_fingerprint), routes)
     return Outbound(
@@ -453,6 +529,41 @@ def translate_outbound(
         MappingProxyType({route.name: route}),
         (*errors, *namespace_errors),
     )
+
+
+def _gateway_secrets(
+    world: World, scope: ClientScope, memo: Memo, errors: list[TranslationError]
+) -> dict[str, Resource]:
+    """A gateway's SDS secrets, each credential isolated: one that fails keeps its last good
+    secrets (or is left out) and is reported, the others are delivered as usual."""
+    nothing: tuple[Credential, ...] = ()
+    wanted = isolated(
+        errors,
+        None,
+        ("credentials", scope),
+        scope.namespace,
+        tuple,
+        partial("credentials of the gateway in namespace {}".format, scope.namespace),
+        partial(secrets.wanted_credentials, world, scope),
+        nothing,
+    )
+    out: dict[str, Resource] = {}
+    none: dict[str, Resource] = {}
+    for c in wanted:
+        key: ResourceKey = ("Secret", c.namespace, c.name)
+        out.update(
+            isolated(
+                errors,
+                memo.last_good,
+                ("sds", *key),
+                key,
+                partial(tuple, [key]),
+                partial("SDS secrets of credential {}/{}".format, c.namespace, c.name),
+                partial(memo.get, ("sds", c), secrets.gateway_secrets, (c,)),
+                none,
+            )
+        )
+    return out
 
 
 def translate_local(node: Node, telemetry: ProxyTelemetry | None = None) -> Local:
@@ -477,17 +588,15 @@ def _listeners(outbound: Outbound, local: Local) -> Mapping[str, Resource]:
 
 def assemble(outbound: Outbound, local: Local, revision: int) -> Snapshot:
     """One node's snapshot from its shared and local parts (sharing, not copying, them)."""
-    return Snapshot(
-        resources=MappingProxyType(
-            {
-                rs.CLUSTER: _Overlay(outbound.clusters, local.clusters),
-                rs.ENDPOINT: outbound.endpoints,
-                rs.LISTENER: _listeners(outbound, local),
-                rs.ROUTE: outbound.routes,
-            }
-        ),
-        revision=revision,
-    )
+    resources = {
+        rs.CLUSTER: _Overlay(outbound.clusters, local.clusters),
+        rs.ENDPOINT: outbound.endpoints,
+        rs.LISTENER: _listeners(outbound, local),
+        rs.ROUTE: outbound.routes,
+    }
+    if outbound.secrets:  # a gateway's credentials; nothing at all for the others
+        resources[rs.SECRET] = outbound.secrets
+    return Snapshot(resources=MappingProxyType(resources), revision=revision)
 
 
 def _upstream_listeners_of(world: World, node: Node) -> dict[str, Resource]:
@@ -520,6 +629,81 @@ def _with_upstream_listeners(
     return Local(local.clusters, _Overlay(local.listeners, own)) if own else local
 
 
+def _pack_connect_listener(doc: str, loggers: list[dict[str, Any]]) -> Resource:
+    return _pack_all(Listener, [with_loggers(doc, loggers)], "name")[0]
+
+
+def _connect_parts_of(
+    docs: tuple[str, ...],
+    loggers: list[dict[str, Any]],
+    logged: str,
+    ports: tuple[tuple[str, int], ...],
+    memo: Memo,
+) -> Local:
+    # One packing per listener and distinct loggers: a change to one port's routing leaves
+    # the other ports' listeners as they were.
+    listeners = [
+        memo.get(("connect-listener", d, logged), _pack_connect_listener, d, loggers) for d in docs
+    ]
+    made = internal_clusters(ports)
+    clusters = memo.get(("connect-clusters", ports), _pack_all, Cluster, made, "name")
+    return Local(
+        clusters=MappingProxyType({r.name: r for r in clusters}),
+        listeners=MappingProxyType({r.name: r for r in listeners}),
+    )
+
+
+def _with_connect(
+    world: World, node: Node, local: Local, memo: Memo, errors: list[TranslationError]
+) -> Local:
+    """``local`` plus the internal listeners and clusters behind the node's CONNECT routes
+    (see :mod:`.connect`); nothing when the mesh has no TLS port. A failure leaves them out
+    and is reported as the node's.
+
+    Their routing is made once per namespace, ``tls`` source labels and outbound policy, and
+    packed once per distinct access loggers (proxies without their own share the very same
+    resources); a routing change that leaves a listener equal re-packs nothing."""
+    if node.is_gateway:
+        return local
+    none = Local(MappingProxyType({}), MappingProxyType({}))
+
+    def make() -> Local:
+        fp = world.routing_fingerprint
+        ports_key = ("connect-ports", node.namespace, fp)
+        ports = memo.get(ports_key, sni_routed_ports, world, node.namespace)
+        if not ports:
+            return none
+        keys = memo.get(("tls-source-label-keys", fp), tls_source_label_keys, world)
+        labels = tuple(sorted((k, v) for k, v in node.labels.items() if k in keys))
+        policy = outbound_policy(world, node)
+        scope = (node.namespace, labels, policy, ports)
+        docs = memo.get(("connect-docs", *scope, fp), connect_listener_docs, world, *scope)
+        loggers = connect_loggers(world, node)
+        logged = json.dumps(loggers, sort_keys=True) if loggers else ""
+        # Not memoized as a whole: each push must ask for every part, or the memo would
+        # forget (at its next rotation) the parts a later change leaves as they are.
+        return _connect_parts_of(docs, loggers, logged, ports, memo)
+
+    own = isolated(
+        errors,
+        None,
+        ("connect", node.id),
+        node.id,
+        partial(_blame_tls_routes, world),
+        partial("CONNECT listeners of proxy {}".format, node.id),
+        make,
+        none,
+    )
+    if not own.listeners:
+        return local
+    return Local(_Overlay(local.clusters, own.clusters), _Overlay(local.listeners, own.listeners))
+
+
+def _blame_tls_routes(world: World) -> tuple[ResourceKey, ...]:
+    keys = {vs.key for vss in world.virtual_services.values() for vs in vss if vs.spec.tls}
+    return tuple(sorted(keys))
+
+
 def _blame_upstreams(world: World, node: Node) -> tuple[ResourceKey, ...]:
     return tuple(vs.key for up in node.upstreams for vs in world.virtual_services.get(up.host, ()))
 
@@ -542,6 +726,7 @@ def assemble_patched(
     upstream_errors: list[TranslationError] = []
     if node.upstreams:
         local = _with_upstream_listeners(world, node, local, memo, upstream_errors)
+    local = _with_connect(world, node, local, memo, upstream_errors)
     snapshot = assemble(outbound, local, revision)
     parts = Parts(
         outbound.clusters,

@@ -104,6 +104,20 @@ NOT_GRPC_REQUEST = {
 }
 """The filter of the other requests' metric logger: exactly the complement."""
 
+_CONNECT = {"header": {"name": ":method", "string_match": {"exact": "CONNECT"}}}
+CONNECT_REQUEST = {"header_filter": _CONNECT}
+"""The filter of the outbound tunnels' metric logger: Istio reports a tunnel (HTTPS through
+``HTTPS_PROXY``) as a TCP connection, not as an HTTP request."""
+NOT_GRPC_NOR_CONNECT = {
+    "and_filter": {
+        "filters": [
+            *NOT_GRPC_REQUEST["and_filter"]["filters"],
+            {"header_filter": {"header": {**_CONNECT["header"], "invert_match": True}}},
+        ]
+    }
+}
+"""The filter of the outbound plain requests' metric logger."""
+
 _TCP_FIELDS = (
     "%ACCESS_LOG_TYPE%",
     "%CONNECTION_ID%",
@@ -113,6 +127,11 @@ _TCP_FIELDS = (
 )
 
 _TCP_SOURCE_FIELDS = (*_TCP_FIELDS, "%UPSTREAM_CLUSTER%", "%UPSTREAM_HOST%")
+
+_TUNNEL_FIELDS = (*_TCP_SOURCE_FIELDS, "%REQ(:AUTHORITY)%")
+"""A CONNECT tunnel's line, written by the outbound connection manager when the tunnel ends:
+an outbound TCP line plus the CONNECT's target (Istio's ``destination_service`` of a
+connection through PassthroughCluster)."""
 
 ISTIO_TEXT_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
@@ -160,9 +179,14 @@ SIDECAR_KEY = "sidecar"
 app's own output on ``tsunagi run``'s stdout (text lines start with ``[sidecar NAME] ``)."""
 
 
+GATEWAY_KEY = "gateway"
+"""The same key of a gateway's JSON access log (text lines start with ``[gateway NAME] ``)."""
+
+
 def access_log_marker(node: Node) -> str:
-    """The prefix of this proxy's text access log lines."""
-    return f"[sidecar {node.id}] "
+    """The prefix of this proxy's text access log lines (``[sidecar ID] ``, or
+    ``[gateway ID] `` for a gateway)."""
+    return f"[{GATEWAY_KEY if node.is_gateway else SIDECAR_KEY} {node.id}] "
 
 
 def metrics_token(kind: str, overrides: tuple[MetricOverride, ...], mode: str) -> str | None:
@@ -221,7 +245,10 @@ def _user_logger(
         }
     elif encoding == ACCESS_LOG_JSON:
         fmt = {
-            "json_format": {SIDECAR_KEY: node.id, **ISTIO_JSON_FORMAT},
+            "json_format": {
+                GATEWAY_KEY if node.is_gateway else SIDECAR_KEY: node.id,
+                **ISTIO_JSON_FORMAT,
+            },
             "json_format_options": {"sort_properties": False},
         }
     else:
@@ -267,8 +294,17 @@ def http_access_loggers(
         if token is not None:
             plain = tuple("-" if f == _GRPC_FIELD else f for f in fields)
             grpc = pc.METRICS_TOKEN_SEP.join((token, pc.METRICS_TOKEN_GRPC))
-            out.append(_file_logger(node.metrics_log, _line(token, plain), NOT_GRPC_REQUEST))
+            # Only a sidecar's outbound side takes CONNECT (HTTPS_PROXY); its tunnels are TCP.
+            tunnels = direction == OUTBOUND and not node.is_gateway
+            only = NOT_GRPC_NOR_CONNECT if tunnels else NOT_GRPC_REQUEST
+            out.append(_file_logger(node.metrics_log, _line(token, plain), only))
             out.append(_file_logger(node.metrics_log, _line(grpc, fields), GRPC_REQUEST))
+        if direction == OUTBOUND and not node.is_gateway:
+            kind, overrides = pc.METRICS_LINE_TCP_SOURCE, telemetry.metric_overrides
+            tunnel = metrics_token(kind, overrides, CLIENT)
+            if tunnel is not None:
+                line = _line(tunnel, _TUNNEL_FIELDS)
+                out.append(_file_logger(node.metrics_log, line, CONNECT_REQUEST))
     return out + _user_logger(node, telemetry, direction, tcp=False)
 
 

@@ -9,6 +9,12 @@ from tsunagi.api import DestinationRuleSpec
 from tsunagi.mesh import Node, Service
 from tsunagi.xds.translate import locality, upstream
 from tsunagi.xds.translate.names import inbound_cluster, outbound_cluster
+from tsunagi.xds.translate.origination import originate
+from tsunagi.xds.translate.passthrough import (
+    make_passthrough,
+    passthrough_cluster,
+    settle_options,
+)
 from tsunagi.xds.translate.policy import apply, cluster_policy
 
 MAX = 4294967295
@@ -26,6 +32,10 @@ _UNLIMITED = {
         }
     ]
 }
+
+
+PASSTHROUGH = passthrough_cluster(CONNECT_TIMEOUT, _UNLIMITED)
+"""Istio's PassthroughCluster (see :mod:`.egress`)."""
 
 
 def eds_cluster(name: str) -> dict[str, Any]:
@@ -54,6 +64,9 @@ def dns_cluster(name: str, assignment: dict[str, Any], resolution: str) -> dict[
         "name": name,
         "type": "LOGICAL_DNS" if logical else "STRICT_DNS",
         "connect_timeout": CONNECT_TIMEOUT,
+        # Envoy's default (AUTO) tries IPv6 first; sidecars here connect over IPv4, as an
+        # IPv4-only Istio proxy does (V4_ONLY there), still reaching IPv6-only names.
+        "dns_lookup_family": "V4_PREFERRED",
         "lb_policy": "LEAST_REQUEST" if resolution == "DNS" else "ROUND_ROBIN",
         "circuit_breakers": _UNLIMITED,
         "load_assignment": assignment,
@@ -71,6 +84,10 @@ def service_clusters(
             cluster = eds_cluster(outbound_cluster(svc.hostname, port, subset))
             policy = cluster_policy(dr, port, subset)
             cluster = upstream.outbound(apply(cluster, policy), svc.protocol(port), policy)
+            originate(cluster, policy.tls, svc.subject_alt_names)
+            if svc.passthrough:  # resolution NONE: where the request's authority points
+                make_passthrough(cluster)
+            settle_options(cluster, policy.tls)
             out.append(locality.cluster_config(cluster, policy))
     return out
 

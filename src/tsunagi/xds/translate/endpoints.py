@@ -43,6 +43,7 @@ def load_assignment(name: str, endpoints: list[Endpoint]) -> dict[str, Any]:
                             }
                         },
                         "health_status": "HEALTHY" if ep.healthy else "UNHEALTHY",
+                        **({"load_balancing_weight": ep.weight} if ep.weight else {}),
                     }
                     for ep in eps
                 ],

@@ -52,7 +52,6 @@ from tsunagi.xds.translate.envoyfilter_patch import (
     patch_route_configuration,
 )
 from tsunagi.xds.translate.isolation import ResourceKey, TranslationError
-from tsunagi.xds.translate.names import OUTBOUND_LISTENER
 from tsunagi.xds.translate.proto_merge import copied
 
 ROOT_NAMESPACE = "istio-system"
@@ -184,7 +183,9 @@ _KINDS: dict[str, tuple[type[Message], frozenset[str], _Patcher]] = {
 
 
 _CONTEXT_OF: Mapping[str, Callable[[str], str]] = {
-    rs.LISTENER: lambda n: OUTBOUND if n == OUTBOUND_LISTENER else INBOUND,
+    # inbound|PORT listeners are inbound; the outbound listener, --upstream listeners and
+    # CONNECT's internal listeners carry the app's outbound traffic (Istio's outbound ones).
+    rs.LISTENER: lambda n: INBOUND if n.startswith("inbound|") else OUTBOUND,
     rs.ROUTE: lambda n: OUTBOUND,  # inbound ones are inline, in their listener
     rs.CLUSTER: lambda n: INBOUND if n.startswith("inbound|") else OUTBOUND,
 }

@@ -1,37 +1,34 @@
 """A gateway proxy's listeners and routes: one listener per Gateway server port, on the
-gateway's address, with its routes over RDS (``http.PORT``, as Istio names them).
+gateway's address (at the listen port ``tsunagi gateway --port`` maps it to). Plain-text
+HTTP ports have one route table over RDS (``http.PORT``, as Istio names it); TLS and TCP
+ports have filter chains by SNI (``gateway_chains.py``), an HTTPS server's chain with its
+own route table (``https.PORT.PORTNAME.GATEWAY.NS``).
 
-Which Gateways, VirtualServices and hosts apply is :mod:`tsunagi.mesh.gateways` (Istio's
-rules); the routes themselves are the sidecars' route translation (:class:`RouteBuilder`),
-judged for a gateway: a match naming ``gateways`` must name this one. Clusters and endpoints
+Which Gateways, servers, VirtualServices and hosts apply is :mod:`tsunagi.mesh.gateways` and
+:mod:`tsunagi.mesh.gateway_ports` (Istio's rules); the routes themselves are the sidecars'
+route translation, judged for a gateway (``gateway_routing.py``). Clusters and endpoints
 are the shared ones every proxy gets. A request for a host no virtual host serves gets
 Envoy's 404, as from an Istio gateway.
-
-Servers that need TLS (HTTPS, TLS) and non-HTTP ones are not served yet: ``apply`` says so.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 from functools import partial
 from typing import Any
 
-from tsunagi.api import (
-    Destination,
-    GatewaySpec,
-    HTTPMatchRequest,
-    ResourceOf,
-    Server,
-    VirtualServiceSpec,
-)
+from tsunagi.api import GatewaySpec, ResourceOf, Server, VirtualServiceSpec
 from tsunagi.api.checks_networking import MAX_DIRECT_RESPONSE_BODY
 from tsunagi.mesh import ClientScope, World
 from tsunagi.mesh import gateways as gw
 from tsunagi.mesh.delegation import delegates_of
+from tsunagi.mesh.gateway_ports import PortServers, merge_ports
+from tsunagi.xds.translate import gateway_chains, gateway_telemetry
+from tsunagi.xds.translate.gateway_routing import GatewayRouteBuilder, bound_candidates
 from tsunagi.xds.translate.isolation import LastGood, ResourceKey, TranslationError, isolated
 from tsunagi.xds.translate.listeners import OUTBOUND_FILTERS
 from tsunagi.xds.translate.protos import HCM_TYPE
-from tsunagi.xds.translate.routes import PEER_HEADER_TO_ADD, RouteBuilder, without_peer_header
+from tsunagi.xds.translate.routes import PEER_HEADER_TO_ADD, without_peer_header
 
 CATCH_ALL = {"prefix": "/"}
 """The Envoy match of a route that takes every request."""
@@ -47,56 +44,9 @@ def gateway_route(port: int) -> str:
     return f"http.{port}"
 
 
-@dataclass(frozen=True)
-class PortServers:
-    """The servers of the selected Gateways on one port, in Gateway order."""
-
-    port: int
-    servers: tuple[tuple[ResourceOf[GatewaySpec], Server], ...]
-
-
 def served_ports(world: World, scope: ClientScope) -> list[PortServers]:
-    """The ports a gateway of ``scope`` listens on, with the HTTP servers on each (servers
-    that need TLS or are not HTTP are left out until they are supported)."""
-    by_port: dict[int, list[tuple[ResourceOf[GatewaySpec], Server]]] = {}
-    for g in gw.selected(gw.gateways_of(world.resources), dict(scope.labels)):
-        for server in g.spec.servers:
-            if gw.is_http_server(server):
-                by_port.setdefault(server.port.number, []).append((g, server))
-    return [PortServers(p, tuple(s)) for p, s in sorted(by_port.items())]
-
-
-class GatewayRouteBuilder(RouteBuilder):
-    """Routes as a gateway runs them: a match that names ``gateways`` applies when it names
-    the Gateway being served; ``sourceLabels``/``sourceNamespace`` compare the gateway's."""
-
-    def __init__(self, world: World, scope: ClientScope) -> None:
-        super().__init__(world, scope)
-        self.gateway: tuple[str, str] = ("", "")
-        """The Gateway ``(namespace, name)`` whose server the routes are for."""
-        self.rule_namespace = ""
-        """The namespace of the VirtualService being translated (its ``gateways`` are
-        relative to it)."""
-
-    def _applies(self, match: HTTPMatchRequest, port: int | None) -> bool:
-        if match.port is not None and match.port != port:
-            return False
-        if match.gateways:
-            return any(
-                g != gw.MESH and gw.gateway_ref(g, self.rule_namespace) == self.gateway
-                for g in match.gateways
-            )
-        labels = dict(self.scope.labels)
-        if any(labels.get(k) != v for k, v in match.source_labels.items()):
-            return False
-        return not match.source_namespace or match.source_namespace == self.namespace
-
-    def destination_cluster(
-        self, dest: Destination, rule_ns: str, vhost_host: str, port: int
-    ) -> str:
-        # The gateway's port is no service port: a destination without one takes the
-        # service's only (or lowest) port, as Istio requires a port when there are several.
-        return super().destination_cluster(dest, rule_ns, "", port)
+    """The ports a gateway of ``scope`` listens on, with the servers each serves."""
+    return merge_ports(gw.selected(gw.gateways_of(world.resources), dict(scope.labels)))[0]
 
 
 def _combine(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -113,22 +63,20 @@ def route_configuration(
     ps: PortServers,
     errors: list[TranslationError] | None = None,
     last_good: LastGood | None = None,
+    route_name: str | None = None,
 ) -> dict[str, Any]:
-    """The RouteConfiguration of one HTTP server port: one virtual host per host that the
-    servers there and their bound VirtualServices both serve."""
+    """The RouteConfiguration ``route_name`` (``http.PORT`` by default) of the HTTP servers
+    ``ps`` holds (all of a plain-text port's, or one HTTPS server): one virtual host per
+    host that the servers and their bound VirtualServices both serve."""
     errors = [] if errors is None else errors
     builder = GatewayRouteBuilder(world, scope)
     vhosts: dict[str, dict[str, Any]] = {}
-    every_vs = sorted(
-        {vs.key: vs for vss in world.virtual_services.values() for vs in vss}.values(),
-        key=lambda v: (v.namespace, v.name),
-    )
+    every_vs = bound_candidates(world)
     for g, server in ps.servers:
         redirect = server.tls is not None and server.tls.https_redirect
         for binding in gw.server_bindings(g, server, every_vs, scope.namespace):
             vs = binding.vs
-            builder.gateway = (g.namespace, g.name)
-            builder.rule_namespace = vs.namespace
+            builder.serve((g.namespace, g.name), vs)
             for host in binding.hosts:
                 routes = isolated(
                     errors,
@@ -177,7 +125,7 @@ def route_configuration(
             for r in vhost["routes"]
         ]
     return {
-        "name": gateway_route(ps.port),
+        "name": route_name or gateway_route(ps.port),
         "virtual_hosts": list(vhosts.values()),
         # Istio's gateways: a Host header's port (the client's view of the port, which a
         # load balancer in front may change) does not decide the virtual host.
@@ -203,28 +151,85 @@ def _marked_routes(
     return [{**r, "_catch_all": True} if r.get("match") == CATCH_ALL else r for r in routes]
 
 
-def listener(scope: ClientScope, port: int) -> dict[str, Any]:
-    """The listener of one HTTP server port, on the gateway's address."""
-    hcm = {
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": HCM_TYPE,
-            "stat_prefix": f"gateway_{port}",
-            "codec_type": "AUTO",
-            "rds": {
-                "route_config_name": gateway_route(port),
-                "config_source": {"ads": {}, "resource_api_version": "V3"},
-            },
-            "http_filters": list(OUTBOUND_FILTERS),
-            # The gateway is the edge: the client's address is the peer's, not a header's.
-            "use_remote_address": True,
+def _hcm(port: int, route_name: str, tls: bool = False) -> dict[str, Any]:
+    """The HTTP connection manager of a server port, on route table ``route_name`` (its
+    access loggers and tracing are the node's, added by :func:`.gateway_telemetry.report`)."""
+    config: dict[str, Any] = {
+        "@type": HCM_TYPE,
+        "stat_prefix": f"gateway_{port}",
+        "codec_type": "AUTO",
+        "rds": {
+            "route_config_name": route_name,
+            "config_source": {"ads": {}, "resource_api_version": "V3"},
         },
+        "http_filters": list(OUTBOUND_FILTERS),
+        # The gateway is the edge: the client's address is the peer's, not a header's.
+        "use_remote_address": True,
     }
+    if tls:
+        # Istio's gateway default: backends learn the client certificate (MUTUAL) in
+        # x-forwarded-client-cert, and a client cannot forge that header.
+        config["forward_client_cert_details"] = "SANITIZE_SET"
+        config["set_current_client_cert_details"] = {
+            "subject": True,
+            "cert": True,
+            "dns": True,
+            "uri": True,
+        }
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": config}
+
+
+def listen_port(scope: ClientScope, port: int) -> int:
+    """Where a gateway of ``scope`` listens for its servers on ``port``: the listen port of
+    ``tsunagi gateway --port PORT:LISTENPORT``, as Istio binds a Gateway's service port's
+    targetPort; the port itself when no ``--port`` names it. Names (listener, route table,
+    stats) and VirtualService port matches keep the server's own ``port.number``."""
+    return dict(scope.gateway_ports).get(port, port)
+
+
+def listener(scope: ClientScope, port: int) -> dict[str, Any]:
+    """The listener of one plain-text HTTP server port, on the gateway's address."""
     return {
         "name": gateway_listener(port),
-        "address": {"socket_address": {"address": scope.gateway, "port_value": port}},
-        "filter_chains": [{"filters": [hcm]}],
+        "address": {
+            "socket_address": {"address": scope.gateway, "port_value": listen_port(scope, port)}
+        },
+        "filter_chains": [{"filters": [_hcm(port, gateway_route(port))]}],
     }
+
+
+def chained_listener(
+    world: World, scope: ClientScope, ps: PortServers
+) -> tuple[dict[str, Any], list[tuple[str, PortServers]]] | None:
+    """The listener of a TLS or TCP port, with ``(name, the one server it is for)`` of each
+    route table its HTTPS chains read; None when no server there has a chain (Envoy
+    refuses a listener without one, so the port stays closed, as in Istio)."""
+    every_vs = bound_candidates(world)
+
+    def bindings(g: ResourceOf[GatewaySpec], server: Server) -> list[gw.Binding]:
+        return gw.server_bindings(g, server, every_vs, scope.namespace)
+
+    builder = GatewayRouteBuilder(world, scope)
+    http = partial(_hcm, ps.port, tls=True)
+    made = gateway_chains.port_chains(builder, ps, bindings, http)
+    chains = made.chains
+    if not chains:
+        return None
+    out: dict[str, Any] = {
+        "name": gateway_listener(ps.port),
+        "address": {
+            "socket_address": {
+                "address": scope.gateway,
+                "port_value": listen_port(scope, ps.port),
+            }
+        },
+    }
+    inspector = gateway_chains.listener_filters(chains)
+    if inspector:
+        out["listener_filters"] = inspector
+    out["filter_chains"] = chains
+    tables = [(t, PortServers(ps.port, "tls", ((g, s),))) for t, g, s in made.route_tables]
+    return out, tables
 
 
 def gateway_parts(
@@ -233,8 +238,64 @@ def gateway_parts(
     errors: list[TranslationError] | None = None,
     last_good: LastGood | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``(listeners, route configurations)`` of a gateway of ``scope``."""
-    ports = served_ports(world, scope)
-    listeners = [listener(scope, ps.port) for ps in ports]
-    routes = [route_configuration(world, scope, ps, errors, last_good) for ps in ports]
-    return listeners, routes
+    """``(listeners, route configurations)`` of a gateway of ``scope``: both are made for
+    its routing scope (without :attr:`~ClientScope.reporting`, which names the node), so
+    what ``last_good`` keeps per piece is shared by replicas and bounded; the listeners then
+    report as ``scope`` says (:func:`.gateway_telemetry.report`)."""
+    errors = [] if errors is None else errors
+    reporting_scope, scope = scope, routing_scope(scope)
+    listeners, routes = [], []
+    bound: dict[int, int] = {}  # listen port → the server port listening there
+    for ps in served_ports(world, scope):
+        taken = bound.setdefault(listen_port(scope, ps.port), ps.port)
+        if taken != ps.port:
+            errors.append(_listen_port_taken(scope, ps, taken))
+            continue
+        if ps.kind == "http":
+            listeners.append(listener(scope, ps.port))
+            routes.append(route_configuration(world, scope, ps, errors, last_good))
+            continue
+        chained = isolated(
+            errors,
+            last_good,
+            ("gateway-listener", scope, ps.port, _port_blame(ps)),
+            _port_blame(ps),
+            partial(_port_blame, ps),
+            partial("the listener of gateway port {}".format, ps.port),
+            partial(chained_listener, world, scope, ps),
+            None,
+        )
+        if chained is None:
+            continue
+        port_listener, tables = chained
+        listeners.append(port_listener)
+        for name, one in tables:
+            routes.append(route_configuration(world, scope, one, errors, last_good, name))
+    return gateway_telemetry.report(listeners, reporting_scope), routes
+
+
+def routing_scope(scope: ClientScope) -> ClientScope:
+    """What a gateway's listeners and routes depend on: ``scope`` without what is the
+    node's own (``reporting``: its id, metrics FIFO, Telemetry; ``verified``, which only
+    decides its Secrets), so replicas of a gateway share them."""
+    if scope.reporting is None and not scope.verified:
+        return scope
+    return dataclasses.replace(scope, reporting=None, verified=False)
+
+
+def _listen_port_taken(scope: ClientScope, ps: PortServers, taken: int) -> TranslationError:
+    """Servers on ``ps.port`` cannot listen: ``--port taken:LISTEN`` already put server port
+    ``taken`` where ``ps.port`` itself listens (one socket cannot be two listeners)."""
+    lp = listen_port(scope, ps.port)
+    return TranslationError(
+        _port_blame(ps),
+        f"the listener of gateway port {ps.port}",
+        f"port {lp} already listens for server port {taken} (tsunagi gateway --port "
+        f"{taken}:{dict(scope.gateway_ports).get(taken, taken)}); give the servers on port "
+        f"{ps.port} another port, or map it elsewhere with --port {ps.port}:FREEPORT",
+        False,
+    )
+
+
+def _port_blame(ps: PortServers) -> tuple[ResourceKey, ...]:
+    return tuple(dict.fromkeys(g.key for g, _ in ps.servers))

@@ -99,7 +99,14 @@ def outbound_listener(node: Node, telemetry: ProxyTelemetry | None = None) -> di
         "rds": {
             "route_config_name": OUTBOUND_ROUTE,
             "config_source": {"ads": {}, "resource_api_version": "V3"},
-        }
+        },
+        # HTTPS_PROXY clients that send CONNECT as HTTP/1.0 (Python's http.client before
+        # 3.12, openssl s_client) would get Envoy's 426 otherwise (see :mod:`.connect`).
+        "http_protocol_options": {"accept_http_10": True},
+        # CONNECT allowed, so a route may also refuse it with its own answer (REGISTRY_ONLY's
+        # 502); only CONNECT routes (connect_matcher) terminate it. Costs other requests
+        # nothing: Envoy looks at it only for a request that asks for an upgrade.
+        "upgrade_configs": [{"upgrade_type": "CONNECT"}],
     }
     extra = _hcm_telemetry(node, telemetry, accesslog.OUTBOUND)
     hcm = _hcm("outbound", rds, OUTBOUND_FILTERS, extra)

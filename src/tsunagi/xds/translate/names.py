@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from tsunagi.mesh import Service
 
 OUTBOUND_LISTENER = "outbound"
@@ -11,6 +13,23 @@ OUTBOUND_ROUTE = "outbound"
 def outbound_cluster(host: str, port: int, subset: str = "") -> str:
     """``outbound|9080|v1|reviews.default.svc.cluster.local``."""
     return f"outbound|{port}|{subset}|{host}"
+
+
+class OutboundCluster(NamedTuple):
+    """What an outbound cluster's name (:func:`outbound_cluster`) says."""
+
+    host: str
+    port: int
+    subset: str
+
+
+def parse_outbound_cluster(name: str) -> OutboundCluster | None:
+    """The host, port and subset in an :func:`outbound_cluster` name; None for any other
+    cluster (inbound, PassthroughCluster, a CONNECT's internal one)."""
+    parts = name.split("|", 3)
+    if len(parts) != 4 or parts[0] != "outbound" or not parts[1].isdigit():
+        return None
+    return OutboundCluster(parts[3], int(parts[1]), parts[2])
 
 
 def inbound_cluster(port: int) -> str:
@@ -51,10 +70,22 @@ def service_domains(svc: Service, port: int, node_namespace: str) -> list[str]:
     names go to port 80 when the service has it, else to its lowest port."""
     bare = port == 80 or (80 not in svc.ports and port == svc.ports[0])
     out: list[str] = []
-    for alias in host_aliases(svc.hostname, node_namespace):
+    for alias in [*host_aliases(svc.hostname, node_namespace), *_vips(svc)]:
         if bare:
             out.append(alias)
         out.append(f"{alias}:{port}")
+    return out
+
+
+def _vips(svc: Service) -> list[str]:
+    """A ServiceEntry's single ``addresses`` as an authority spells them (IPv6 in
+    brackets); ranges are matched by :mod:`.egress`."""
+    out = []
+    for address in svc.addresses:
+        ip, _, length = address.partition("/")
+        if length and length not in ("32", "128"):
+            continue
+        out.append(f"[{ip}]" if ":" in ip else ip)
     return out
 
 

@@ -9,8 +9,9 @@ inherits: what it leaves out gets the default (Istio's documented rule).
 
 Enforced here: load balancing (simple algorithms, consistent hashing, warmup), connection
 pools (circuit-breaker thresholds, HTTP protocol options, TCP keepalive) and outlier
-detection; ``localityLbSetting`` in :mod:`.locality`, from the merged policy. Not yet:
-``tls``, ``tunnel``, ``proxyProtocol`` and ``tcp.idleTimeout``; ``tsunagi apply`` warns
+detection; ``localityLbSetting`` in :mod:`.locality`, from the merged policy; ``tls`` (modes
+SIMPLE and MUTUAL) in :mod:`.origination`. Not yet: ISTIO_MUTUAL and ``credentialName``,
+``tunnel``, ``proxyProtocol`` and ``tcp.idleTimeout``; ``tsunagi apply`` warns
 about those, see :mod:`tsunagi.mesh.analysis`. ``PASSTHROUGH`` is in :mod:`.passthrough`.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from tsunagi.api import (
+    ClientTLSSettings,
     ConnectionPoolSettings,
     DestinationRuleSpec,
     LoadBalancerSettings,
@@ -32,6 +34,7 @@ from tsunagi.api import (
     format_duration,
 )
 from tsunagi.mesh import World
+from tsunagi.xds.translate.names import parse_outbound_cluster
 from tsunagi.xds.translate.passthrough import make_passthrough
 
 DEFAULT_RING_SIZE = 1024
@@ -50,6 +53,8 @@ class ClusterPolicy:
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPoolSettings | None = None
     outlier_detection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
+    """Upstream TLS (TLS origination), applied by :mod:`.origination`."""
 
 
 NO_POLICY = ClusterPolicy()
@@ -58,7 +63,9 @@ NO_POLICY = ClusterPolicy()
 def _at_port(tp: TrafficPolicy, port: int) -> ClusterPolicy | None:
     for pls in tp.port_level_settings:
         if pls.port is not None and pls.port.number == port:
-            return ClusterPolicy(pls.load_balancer, pls.connection_pool, pls.outlier_detection)
+            return ClusterPolicy(
+                pls.load_balancer, pls.connection_pool, pls.outlier_detection, pls.tls
+            )
     return None
 
 
@@ -70,7 +77,7 @@ def cluster_policy(dr: DestinationRuleSpec | None, port: int, subset: str = "") 
     top = dr.traffic_policy
     if top is not None:
         merged = _at_port(top, port) or ClusterPolicy(
-            top.load_balancer, top.connection_pool, top.outlier_detection
+            top.load_balancer, top.connection_pool, top.outlier_detection, top.tls
         )
     if not subset:
         return merged
@@ -81,6 +88,7 @@ def cluster_policy(dr: DestinationRuleSpec | None, port: int, subset: str = "") 
         sub.load_balancer or merged.load_balancer,
         sub.connection_pool or merged.connection_pool,
         sub.outlier_detection or merged.outlier_detection,
+        sub.tls or merged.tls,
     )
     return _at_port(sub, port) or merged
 
@@ -273,12 +281,12 @@ def _route_policies(world: World, clusters: Sequence[str], namespace: str) -> li
     ``namespace`` (its DestinationRule lookup; "" for the shared view)."""
     policies = []
     for name in clusters:
-        kind, port, subset, host = name.split("|", 3)
-        dr = world.destination_rule(host, namespace)
-        if kind != "outbound" or not port.isdigit():
+        ref = parse_outbound_cluster(name)
+        if ref is None:
             policies.append(NO_POLICY)
-        else:
-            policies.append(cluster_policy(dr.spec if dr else None, int(port), subset))
+            continue
+        dr = world.destination_rule(ref.host, namespace)
+        policies.append(cluster_policy(dr.spec if dr else None, ref.port, ref.subset))
     return policies
 
 
@@ -294,7 +302,13 @@ def route_hash_policy(
 
 
 def route_passes_through(world: World, clusters: Sequence[str], namespace: str = "") -> bool:
-    """Whether a route to ``clusters`` reaches a PASSTHROUGH cluster (see :mod:`.passthrough`)."""
+    """Whether a route to ``clusters`` reaches a PASSTHROUGH cluster (see :mod:`.passthrough`):
+    a DestinationRule's, or one of a ServiceEntry with ``resolution: NONE``."""
+    for name in clusters:
+        ref = parse_outbound_cluster(name)
+        svc = world.services.get(ref.host) if ref is not None else None
+        if svc is not None and svc.passthrough:
+            return True
     return any(
         p.load_balancer is not None and p.load_balancer.simple == "PASSTHROUGH"
         for p in _route_policies(world, clusters, namespace)

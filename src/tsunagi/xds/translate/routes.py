@@ -26,11 +26,12 @@ from tsunagi.mesh import ClientScope, World
 from tsunagi.mesh.delegation import delegates_of, expand
 from tsunagi.mesh.visibility import exported_to
 from tsunagi.proxy_contract import PEER_ENV, PEER_HEADER
-from tsunagi.xds.translate import passthrough
+from tsunagi.xds.translate import connect, egress, passthrough
 from tsunagi.xds.translate.isolation import LastGood, TranslationError, isolated
 from tsunagi.xds.translate.names import (
     OUTBOUND_ROUTE,
     outbound_cluster,
+    parse_outbound_cluster,
     service_domains,
     virtual_host_domains,
 )
@@ -528,11 +529,10 @@ def in_mesh(world: World, host: str) -> bool:
 
 
 def _to_mesh(world: World, cluster: str, namespace: str) -> bool:
-    parts = cluster.split("|")
+    ref = parse_outbound_cluster(cluster)
     return (
-        len(parts) == 4
-        and parts[0] == "outbound"
-        and in_mesh(world, parts[3])
+        ref is not None
+        and in_mesh(world, ref.host)
         and not route_passes_through(world, [cluster], namespace)
     )
 
@@ -633,8 +633,29 @@ def outbound_route_configuration(
         if host in world.services:
             continue
         vs = builder.virtual_service_for(host)
-        if vs is not None and (routes := routes_of(vs, host, None)) is not None:
+        if vs is None or not vs.spec.http:
+            # Only tls/tcp routes: no virtual host, which would claim the name (and its
+            # CONNECTs, see :mod:`.connect`) from the catch-all with no route at all.
+            continue
+        if (routes := routes_of(vs, host, None)) is not None:
             add(host, virtual_host_domains(host, namespace), routes)
+    # CONNECTs to TLS ports (see :mod:`.connect`), before the catch-alls claim their domains.
+    for name, domains, routes in connect.connect_virtual_hosts(world, namespace, hidden):
+        add(name, domains, routes)
+    # Last, what no service's virtual host owns (see :mod:`.egress`).
+    if not_http := egress.not_http_domains(world, namespace, hidden):
+        add(egress.NOT_HTTP_ROUTE, not_http, [egress.not_http_route()])
+    name, last = egress.catch_all_route(world, scope)
+    passes = partial(route_passes_through, world, namespace=namespace)
+    add(
+        name,
+        ["*"],
+        [
+            connect.unknown_host_route(world, scope),
+            *egress.cidr_routes(world, hidden, passes),
+            last,
+        ],
+    )
     return {
         "name": OUTBOUND_ROUTE,
         "virtual_hosts": vhosts,

@@ -73,33 +73,43 @@ def _route_holds(route: TCPRoute, port: int, node: Node) -> bool:
     return not route.match or any(_match_holds(m, port, node) for m in route.match)
 
 
-def _destinations(
-    builder: RouteBuilder, dests: Sequence[RouteDestination], rule_ns: str, up: Upstream
+def route_targets(
+    builder: RouteBuilder, dests: Sequence[RouteDestination], rule_ns: str, host: str, port: int
 ) -> list[tuple[str, int]]:
-    """``(cluster, weight)`` of each destination Envoy can take: a zero weight is left out
-    (Envoy requires at least 1), and a single destination takes everything."""
+    """``(cluster, weight)`` of each destination of a tcp or tls route to ``host:port`` that
+    Envoy can take: a zero weight is left out (Envoy requires at least 1), and a single
+    destination takes everything. Gateways use it too (``gateway_chains.py``)."""
     out = []
     for d in dests:
-        cluster = builder.destination_cluster(d.destination, rule_ns, up.host, up.port)
+        cluster = builder.destination_cluster(d.destination, rule_ns, host, port)
         weight = 100 if len(dests) == 1 else (d.weight or 0)
         if weight > 0:
             out.append((cluster, weight))
     return out
 
 
-def _tcp_proxy(
+def tcp_proxy(
     stat_prefix: str, targets: list[tuple[str, int]], loggers: list[dict[str, Any]]
 ) -> dict[str, Any]:
+    """A ``tcp_proxy`` filter to ``targets`` (one cluster, or weighted ones)."""
     config: dict[str, Any] = {"@type": TCP_PROXY_TYPE, "stat_prefix": stat_prefix}
     if len(targets) == 1:
         config["cluster"] = targets[0][0]
     else:
         config["weighted_clusters"] = {"clusters": [{"name": c, "weight": w} for c, w in targets]}
-    if loggers:  # Istio's outbound TCP metrics (reporter=source) and access log
-        config["access_log"] = loggers
-        if accesslog.has_metrics_logger(loggers):
-            config["access_log_options"] = accesslog.TCP_ACCESS_LOG_OPTIONS
+    config.update(tcp_proxy_logging(loggers))
     return {"name": "envoy.filters.network.tcp_proxy", "typed_config": config}
+
+
+def tcp_proxy_logging(loggers: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ``tcp_proxy``'s ``access_log`` (Istio's outbound TCP metrics, reporter=source, and
+    access log) and the options its metric line needs; {} without loggers."""
+    if not loggers:
+        return {}
+    out: dict[str, Any] = {"access_log": loggers}
+    if accesslog.has_metrics_logger(loggers):
+        out["access_log_options"] = accesslog.TCP_ACCESS_LOG_OPTIONS
+    return out
 
 
 def resolved(world: World, up: Upstream) -> Upstream:
@@ -122,14 +132,14 @@ def upstream_targets(world: World, node: Node, up: Upstream) -> list[tuple[str, 
     if vs is not None:
         for route in vs.spec.tcp:
             if _route_holds(route, up.port, node):
-                targets = _destinations(builder, route.route, vs.namespace, up)
+                targets = route_targets(builder, route.route, vs.namespace, up.host, up.port)
                 if targets:
                     return targets
                 break  # every weight zero: Istio sends nothing there; the default serves
     return [(outbound_cluster(up.host, up.port), 100)]
 
 
-def _server_names(sni_hosts: Sequence[str]) -> list[str] | None:
+def sni_server_names(sni_hosts: Sequence[str]) -> list[str] | None:
     """Envoy's ``server_names`` for ``sniHosts``; None for a catch-all (``*``). A bare
     prefix wildcard (``*bar.com``) has no Envoy spelling and is left out."""
     names = [h.lower() for h in sni_hosts]
@@ -156,11 +166,12 @@ def tls_chains(
         for m in route.match:
             if catch_all or not _match_holds(m, up.port, node):
                 continue
-            targets = _destinations(builder, route.route, vs.namespace if vs else "", up)
+            rule_ns = vs.namespace if vs else ""
+            targets = route_targets(builder, route.route, rule_ns, up.host, up.port)
             if not targets:
                 continue
-            names = _server_names(m.sni_hosts)
-            chain: dict[str, Any] = {"filters": [_tcp_proxy(stat_prefix, targets, loggers or [])]}
+            names = sni_server_names(m.sni_hosts)
+            chain: dict[str, Any] = {"filters": [tcp_proxy(stat_prefix, targets, loggers or [])]}
             if names is None:
                 catch_all = True
             else:
@@ -172,7 +183,7 @@ def tls_chains(
             chains.append(chain)
     if not chains:
         default = [(stat_prefix, 100)]
-        chains.append({"filters": [_tcp_proxy(stat_prefix, default, loggers or [])]})
+        chains.append({"filters": [tcp_proxy(stat_prefix, default, loggers or [])]})
     return chains
 
 
@@ -199,8 +210,7 @@ def upstream_listeners(world: World, node: Node) -> list[dict[str, Any]]:
         else:
             targets = upstream_targets(world, node, up)
             stat_prefix = outbound_cluster(up.host, up.port)
-            tcp_proxy = _tcp_proxy(stat_prefix, targets, loggers)
-            listener["filter_chains"] = [{"filters": [tcp_proxy]}]
+            listener["filter_chains"] = [{"filters": [tcp_proxy(stat_prefix, targets, loggers)]}]
         out.append(listener)
     return out
 

@@ -1,0 +1,71 @@
+"""Issue X.509 certificates: a self-signed CA, or a certificate signed by one.
+
+ECDSA P-256 keys (what Istio's workload certificates use), PKCS#8 PEM. The demo's gateway
+certificate and the tests' throwaway certificates come from here; the control plane's own
+CA builds on it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate, its private key (both PEM) and its serial number."""
+
+    cert: bytes
+    key: bytes = field(repr=False)
+    serial: int
+
+
+def issue(
+    common_name: str,
+    *,
+    dns_names: tuple[str, ...] = (),
+    issuer: Issued | None = None,
+    is_ca: bool = False,
+    now: datetime.datetime,
+    lifetime: datetime.timedelta = datetime.timedelta(days=1),
+) -> Issued:
+    """A certificate for ``common_name`` with ``dns_names`` as DNS SANs, signed by
+    ``issuer`` (self-signed without one), valid from five minutes before ``now`` (clocks
+    differ a little) for ``lifetime``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    if issuer is not None:
+        signer = serialization.load_pem_private_key(issuer.key, password=None)
+        issuer_name = x509.load_pem_x509_certificate(issuer.cert).subject
+    else:
+        signer, issuer_name = key, name
+    serial = x509.random_serial_number()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+    )
+    if dns_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
+        )
+    cert = builder.sign(signer, hashes.SHA256())  # type: ignore[arg-type]
+    return Issued(
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        serial,
+    )

@@ -1,0 +1,139 @@
+"""``GET /v1/proxies/{proxy}/secrets``: the certificates one proxy holds, as ``istioctl
+proxy-config secret`` lists them, from what the control plane sent it and what it ACKed.
+
+A row per SDS secret: every secret of the proxy's current snapshot, plus any name its Envoy
+asked for that the control plane does not have (a listener names a credential that is
+missing). Its status says where the proxy is with it:
+
+* ``ACTIVE``: Envoy ACKed this very version of it;
+* ``WARMING``: Envoy asked for it and has not ACKed this version yet (in flight, rejected,
+  or not there at all: then ``message`` says so);
+* ``PENDING``: Envoy has not asked for it yet (no listener it applied names it so far).
+
+Only certificates are read out of a secret, never its private key. ``source`` says who
+serves the secret to Envoy: ``control-plane`` (over ADS) for every row today; a workload's
+own certificate, served by its agent over local SDS, will say ``agent``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+
+from tsunagi.ca.summary import CertificateSummary, summarize
+from tsunagi.xds.cache import NodeEntry
+from tsunagi.xds.resources import SECRET, Resource
+
+CONTROL_PLANE = "control-plane"
+CERT_CHAIN, CA = "Cert Chain", "CA"  # istioctl's names for the two kinds of SDS secret
+ACTIVE, WARMING, PENDING = "ACTIVE", "WARMING", "PENDING"
+
+
+def proxy_secrets(entry: NodeEntry, now: datetime.datetime) -> dict[str, Any]:
+    """The proxy's secrets, sorted by name, with their certificates' public facts."""
+    held = entry.snapshot.of(SECRET)
+    sds = entry.stream.status().get(SECRET)
+    asked: frozenset[str] = sds.names if sds is not None else frozenset()
+    everything = sds is not None and sds.wildcard
+    acked = entry.stream.acked_versions(SECRET)
+    meta = entry.metadata or {}
+    namespace = str(meta.get("namespace") or "default")
+    rows = []
+    for name in sorted(held.keys() | asked):
+        res = held.get(name)
+        if res is None:
+            rows.append(_missing(name, namespace))
+            continue
+        if acked.get(name) == res.version:
+            state = ACTIVE
+        elif everything or name in asked:
+            state = WARMING
+        else:
+            state = PENDING
+        rows.append(_row(res, state, acked.get(name), now))
+    return {
+        "proxy": entry.id,
+        "kind": meta.get("kind", "sidecar"),
+        "namespace": namespace,
+        "secrets": rows,
+    }
+
+
+def _blank(name: str, status: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "",
+        "status": status,
+        "source": CONTROL_PLANE,
+        "version": None,
+        "acked_version": None,
+        "valid": False,
+        "serial_number": "",
+        "not_after": "",
+        "not_before": "",
+        "subject": "",
+        "issuer": "",
+        "sans": [],
+        "certificates": [],
+        "message": None,
+    }
+
+
+def _missing(name: str, namespace: str) -> dict[str, Any]:
+    row = _blank(name, WARMING)
+    secret = name.removeprefix("kubernetes://")
+    if secret.endswith("-cacert"):  # a MUTUAL server's CA
+        row["message"] = (
+            f"the proxy asked for this CA and there is none: give Secret "
+            f"{secret.removesuffix('-cacert')} in namespace {namespace} a ca.crt (or cacert), "
+            f"or create Secret {secret} there"
+        )
+    else:
+        row["message"] = (
+            f"the proxy asked for this secret and there is none: no usable Secret {secret} in "
+            f"namespace {namespace} (`tsunagi get secrets -n {namespace}`)"
+        )
+    return row
+
+
+def _row(res: Resource, state: str, acked: str | None, now: datetime.datetime) -> dict[str, Any]:
+    row = _blank(res.name, state)
+    row["version"], row["acked_version"] = res.version, acked
+    secret = secret_pb2.Secret()
+    if not res.body.Unpack(secret):
+        row["message"] = f"not an SDS Secret but {res.body.type_url}"
+        return row
+    if secret.HasField("tls_certificate"):
+        row["type"] = CERT_CHAIN
+        pem = _data(secret.tls_certificate.certificate_chain)
+    elif secret.HasField("validation_context"):
+        row["type"] = CA
+        pem = _data(secret.validation_context.trusted_ca)
+    else:
+        row["message"] = "holds no certificate"
+        return row
+    certs, problem = summarize(pem, now)
+    row["message"] = problem
+    row["certificates"] = [c.to_json() for c in certs]
+    if certs:
+        row.update(_first(certs[0]))
+    return row
+
+
+def _first(cert: CertificateSummary) -> dict[str, Any]:
+    """The row's columns: its first certificate's (the leaf of a chain), as istioctl's."""
+    out = cert.to_json()
+    columns = ("valid", "serial_number", "not_after", "not_before", "subject", "issuer", "sans")
+    return {k: out[k] for k in columns}
+
+
+def _data(source: Any) -> bytes:
+    """The bytes of an inline DataSource (files and env vars are the agent's, not ours)."""
+    kind = source.WhichOneof("specifier")
+    if kind == "inline_bytes":
+        return bytes(source.inline_bytes)
+    if kind == "inline_string":
+        return str(source.inline_string).encode()
+    return b""

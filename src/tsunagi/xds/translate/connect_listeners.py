@@ -1,0 +1,132 @@
+"""The internal listeners behind CONNECT routes (see :mod:`.connect`): one per TLS or HTTPS
+service port, reading the tunnelled client hello's SNI and routing it with ``tls:`` routes, and
+the static clusters whose one endpoint is that listener (``envoy_internal_address``).
+
+The routing part is the same for every proxy of a namespace (up to the labels that ``tls``
+matches' ``sourceLabels`` read, and the outbound policy), so it is made once per such scope
+(:func:`connect_listener_docs`); only the access loggers are the proxy's own (they name it and
+write to its metrics pipe), added by :func:`with_loggers`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tsunagi.mesh import Node, Upstream, World
+from tsunagi.mesh.outbound_policy import ALLOW_ANY
+from tsunagi.xds.translate import accesslog
+from tsunagi.xds.translate.connect import connect_name, tls_ports
+from tsunagi.xds.translate.listeners import TCP_PROXY_TYPE
+from tsunagi.xds.translate.names import outbound_cluster
+from tsunagi.xds.translate.upstream_listeners import TLS_INSPECTOR, tcp_proxy, tls_chains
+
+
+def _internal_cluster(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "envoy_internal_address": {"server_listener_name": name}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def sni_routed_ports(world: World, namespace: str) -> tuple[tuple[str, int], ...]:
+    """``(host, port)`` of the TLS ports whose CONNECTs from ``namespace`` go to an internal
+    listener (those that pass through need none): the same for every proxy of a namespace,
+    so a mesh without them costs each proxy nothing more."""
+    every = tls_ports(world, namespace, world.hidden_services(namespace))
+    return tuple((p.service.hostname, p.port) for p in every if not p.passes_through)
+
+
+def tls_source_label_keys(world: World) -> frozenset[str]:
+    """Label keys that some VirtualService's ``tls`` match names in ``sourceLabels``: the
+    only labels of a proxy its internal listeners depend on."""
+    return frozenset(
+        key
+        for vss in world.virtual_services.values()
+        for vs in vss
+        for route in vs.spec.tls
+        for m in route.match
+        for key in m.source_labels
+    )
+
+
+def connect_listener_docs(
+    world: World,
+    namespace: str,
+    labels: tuple[tuple[str, str], ...],
+    policy: str,
+    ports: tuple[tuple[str, int], ...],
+) -> tuple[str, ...]:
+    """Each port's internal listener without access loggers, as canonical JSON: the same for
+    every proxy of ``namespace`` whose labels agree on ``labels`` (those in
+    :func:`tls_source_label_keys`) and whose outbound policy is ``policy``, so proxies share
+    it, and a change that leaves it equal leaves their packed listeners alone.
+
+    A hello whose SNI no ``tls`` route claims: with ``ALLOW_ANY`` it goes on to the CONNECT
+    target (the listener's own host, through its cluster), as Istio's outbound listener
+    sends what no filter chain matches to PassthroughCluster; with ``REGISTRY_ONLY`` no chain
+    takes it and Envoy closes the tunnel (Istio's BlackHoleCluster)."""
+    who = Node(id="", namespace=namespace, labels=dict(labels))
+    out = []
+    for host, port in ports:
+        name = connect_name(host, port)
+        chains = tls_chains(world, who, Upstream(host, port, 0), [])
+        listener: dict[str, Any] = {
+            "name": name,
+            "internal_listener": {},
+            "listener_filters": [TLS_INSPECTOR],
+            "filter_chains": chains,
+        }
+        if policy == ALLOW_ANY and all("filter_chain_match" in c for c in chains):
+            cluster = outbound_cluster(host, port)
+            default = tcp_proxy(cluster, [(cluster, 100)], [])
+            listener["default_filter_chain"] = {"filters": [default]}
+        out.append(json.dumps(listener, sort_keys=True))
+    return tuple(out)
+
+
+def with_loggers(doc: str, loggers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The listener of :func:`connect_listener_docs` with ``loggers`` (the proxy's own: its
+    metrics pipe, its access log) on every TCP proxy."""
+    listener: dict[str, Any] = json.loads(doc)
+    if not loggers:
+        return listener
+    chains = [*listener["filter_chains"]]
+    if "default_filter_chain" in listener:
+        chains.append(listener["default_filter_chain"])
+    for chain in chains:
+        for f in chain["filters"]:
+            config = f["typed_config"]
+            if config.get("@type") == TCP_PROXY_TYPE:
+                config["access_log"] = loggers
+                if accesslog.has_metrics_logger(loggers):
+                    config["access_log_options"] = accesslog.TCP_ACCESS_LOG_OPTIONS
+    return listener
+
+
+def internal_clusters(ports: tuple[tuple[str, int], ...]) -> list[dict[str, Any]]:
+    """The clusters that reach the internal listeners of ``ports``: the same for every
+    proxy."""
+    return [_internal_cluster(connect_name(host, port)) for host, port in ports]
+
+
+def connect_loggers(world: World, node: Node) -> list[dict[str, Any]]:
+    """The access loggers of ``node``'s internal listeners (outbound TCP metrics and log)."""
+    return accesslog.tcp_access_loggers(node, world.telemetry_for(node), outbound=True)

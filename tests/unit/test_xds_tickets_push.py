@@ -1,0 +1,139 @@
+"""The push path carries each stream's ticket check: when a Secret rotates, the push that
+follows sends the new key to the gateway that proved who it is, and to no other proxy.
+
+A real ``grpc.aio`` ADS server, the real :class:`Pusher` loop (store → World → translation
+→ cache) and hand-made ADS clients that ask for the credential's SDS secret as Envoy does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import struct_pb2
+
+from tests.certs import make_cert
+from tsunagi import proxy_contract as pc
+from tsunagi.api import load_documents
+from tsunagi.controlplane.push import Debounce, Pusher
+from tsunagi.store.memory import MemoryStore
+from tsunagi.xds import resources as rs
+from tsunagi.xds import tickets
+from tsunagi.xds.cache import SnapshotCache
+from tsunagi.xds.server import start_server
+
+from .test_xds_tickets import _SOTW, CONFIG, KEY, NS, SECRET, SERVER, _b64
+
+_BOUND = 30.0  # generous: a bug hangs the test for seconds, not until pytest's timeout
+ROTATED = make_cert("bookinfo.example.com")
+
+
+class _Ads:
+    """One SotW ADS stream asking for :data:`SECRET`, as Envoy's SDS subscription does."""
+
+    def __init__(self, channel: grpc.aio.Channel, node_id: str, kind: str, ticket: str) -> None:
+        meta = struct_pb2.Struct()
+        fields: dict[str, Any] = {pc.META_NAMESPACE: NS, pc.META_SERVICE: "ingress"}
+        if kind == pc.GATEWAY_KIND:
+            fields |= {pc.META_KIND: kind, pc.META_LABELS: {"istio": "ingressgateway"}}
+        meta.update(fields)
+        self.node = base_pb2.Node(id=node_id, cluster="ingress", metadata=meta)
+        self.call = channel.stream_stream(
+            _SOTW,
+            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+        )(metadata=((tickets.METADATA_KEY, ticket),))
+
+    async def ask(self, last: discovery_pb2.DiscoveryResponse | None = None) -> None:
+        """Subscribe (or ACK ``last``), asking for the credential's secret."""
+        request = discovery_pb2.DiscoveryRequest(
+            type_url=rs.SECRET, resource_names=[SECRET], node=self.node
+        )
+        if last is not None:
+            request.version_info, request.response_nonce = last.version_info, last.nonce
+        await self.call.write(request)
+
+    async def next_keys(self) -> tuple[discovery_pb2.DiscoveryResponse, dict[str, bytes]]:
+        """The next SDS response and its secrets: name → private key."""
+        async with asyncio.timeout(_BOUND):
+            response = await self.call.read()
+        assert response is not grpc.aio.EOF and response.type_url == rs.SECRET
+        out = {}
+        for any_msg in response.resources:
+            msg = secret_pb2.Secret()
+            assert any_msg.Unpack(msg)
+            out[msg.name] = msg.tls_certificate.private_key.inline_bytes
+        return response, out
+
+
+@pytest.fixture
+async def mesh() -> AsyncIterator[tuple[MemoryStore, SnapshotCache, Pusher, int]]:
+    store = MemoryStore()
+    docs = load_documents("\n---\n".join(json.dumps(d) for d in CONFIG), "test.yaml")
+    await store.commit([(r.key, dict(r.document)) for r in docs])
+    cache = SnapshotCache()
+    pusher = Pusher(store, cache, Debounce(quiet=0.001, max_delay=0.01))
+    server, port = await start_server(cache, "127.0.0.1", 0, ticket_key=KEY)
+    task = asyncio.create_task(pusher.run())
+    try:
+        yield store, cache, pusher, port
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.stop(None)
+
+
+async def test_a_rotated_secret_reaches_only_the_verified_gateway(
+    mesh: tuple[MemoryStore, SnapshotCache, Pusher, int],
+) -> None:
+    store, cache, pusher, port = mesh
+    verified, impostor = "ingress-aaaaaa.istio-system", "ingress-bbbbbb.istio-system"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        good = _Ads(channel, verified, pc.GATEWAY_KIND, tickets.ticket(KEY, verified, NS))
+        bad = _Ads(channel, impostor, pc.GATEWAY_KIND, tickets.ticket(KEY, verified, NS))
+        await good.ask()
+        await bad.ask()
+        first, keys = await good.next_keys()
+        assert keys == {SECRET: SERVER.key}
+        bad_first, bad_keys = await bad.next_keys()
+        assert bad_keys == {}
+        await good.ask(first)  # ACK, so the next version may come
+        await bad.ask(bad_first)
+
+        rotated = dict(CONFIG[1])
+        rotated["data"] = {"tls.crt": _b64(ROTATED.cert), "tls.key": _b64(ROTATED.key)}
+        revision = await store.commit([(("Secret", NS, "cred"), rotated)])
+
+        _, keys = await good.next_keys()  # the push, not a reconnect, brings the new key
+        assert keys == {SECRET: ROTATED.key}
+        assert cache.nodes[verified].verified and not cache.nodes[impostor].verified
+        # the same push made the impostor's snapshot, at the new revision, without secrets
+        async with asyncio.timeout(_BOUND):
+            while pusher.processed < revision:
+                await asyncio.sleep(0.01)
+        snapshot = cache.nodes[impostor].snapshot
+        assert snapshot.revision >= revision and dict(snapshot.of(rs.SECRET)) == {}
+        assert dict(cache.nodes[verified].snapshot.of(rs.SECRET)).keys() == {SECRET}
+        good.call.cancel()
+        bad.call.cancel()
+
+
+async def test_a_sidecar_with_a_valid_ticket_gets_no_secret(
+    mesh: tuple[MemoryStore, SnapshotCache, Pusher, int],
+) -> None:
+    _, cache, _, port = mesh
+    node = "app-1.istio-system"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        sidecar = _Ads(channel, node, pc.DEFAULT_KIND, tickets.ticket(KEY, node, NS))
+        await sidecar.ask()
+        _, keys = await sidecar.next_keys()
+        assert keys == {}
+        assert cache.nodes[node].verified  # the ticket held; being a sidecar, it gets no keys
+        sidecar.call.cancel()
