@@ -16,7 +16,9 @@ HCM = (
 )
 
 
-def _listener(port: int, route: dict[str, Any]) -> dict[str, Any]:
+def _listener(
+    port: int, route: dict[str, Any], domains: tuple[str, ...] = ("*",)
+) -> dict[str, Any]:
     return {
         "name": f"l{port}",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
@@ -33,7 +35,7 @@ def _listener(port: int, route: dict[str, Any]) -> dict[str, Any]:
                                 "virtual_hosts": [
                                     {
                                         "name": "all",
-                                        "domains": ["*"],
+                                        "domains": list(domains),
                                         "routes": [{"match": {"prefix": "/"}, **route}],
                                     }
                                 ]
@@ -90,6 +92,18 @@ def forwarder(port: int, admin: int, target: int) -> dict[str, Any]:
     """One hop of the minimal Envoy pair: listen, route everything to ``target``."""
     route = {"route": {"cluster": "next"}}
     return _static(admin, [_listener(port, route)], [_cluster("next", target)])
+
+
+def front_proxy(port: int, admin: int, host: str, target: int) -> dict[str, Any]:
+    """The minimal static ingress: listen, route requests for ``host`` (any other host gets
+    Envoy's 404, as from a gateway) to ``target``, the next hop's sidecar."""
+    route = {"route": {"cluster": "sidecar"}}
+    listener = _listener(port, route, (host,))
+    # An edge proxy trusts the connection's peer, not a client-sent X-Forwarded-For, and
+    # appends it for the next hop: Envoy's edge-proxy best practice, and what Istio's (and
+    # tsunagi's) gateways do. Without it the baseline would be an unsafe edge, not a minimal one.
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["use_remote_address"] = True
+    return _static(admin, [listener], [_cluster("sidecar", target)])
 
 
 TRACE_SAMPLING = 1.0

@@ -12,6 +12,7 @@ from pathlib import Path
 from tsunagi.controlplane.auth import TOKEN_FILE, ensure_token
 from tsunagi.controlplane.dashboard import start as start_dashboard
 from tsunagi.controlplane.http_api import Api
+from tsunagi.controlplane.http_logs import quiet_malformed_requests
 from tsunagi.controlplane.lock import StateDirLock
 from tsunagi.controlplane.metrics import ControlPlaneMetrics
 from tsunagi.controlplane.prometheus import host_port, write_config
@@ -81,6 +82,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
 
 
 async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
+    quiet_malformed_requests()
     token = ensure_token(settings.state_dir)
     token_file = settings.state_dir / TOKEN_FILE
     store = open_store(settings.store, settings.state_dir)

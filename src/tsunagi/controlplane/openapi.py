@@ -190,7 +190,9 @@ def _check_bootstrap_namespace(text: str) -> str:
 class BootstrapQuery(_Query):
     node: Annotated[str, AfterValidator(_check_node_id)] = Field(
         "",
-        max_length=1024,
+        # A node id is NAME-RANDOM.NAMESPACE; 253 (a DNS name's limit) also keeps the request
+        # line within the HTTP server's limit, whatever the characters' encoded length.
+        max_length=253,
         description="The proxy's xDS node id: with it, the reply holds `xds.ticket`, which a "
         "gateway needs to receive its Secrets.",
     )
