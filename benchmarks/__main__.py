@@ -1,5 +1,5 @@
-"""``python -m benchmarks [--quick] [--only NAME] [--rounds N --seconds S]``: run the suite,
-write results and report."""
+"""``python -m benchmarks [--quick] [--only NAME] [--rounds N --seconds S] [--cases A,B]``: run
+the suite, write results and report."""
 
 from __future__ import annotations
 
@@ -52,6 +52,17 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _cases(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in dataplane.CASES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown case {unknown[0] if unknown else text!r}; "
+            f"choose from {', '.join(dataplane.CASES)}"
+        )
+    return names
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: proves it still runs")
@@ -64,10 +75,20 @@ def main() -> int:
     parser.add_argument(
         "--seconds", type=float, help="data plane only: seconds per measurement (default 4)"
     )
+    parser.add_argument(
+        "--cases",
+        type=_cases,
+        help="data plane or instructions only: run only these cases, comma-separated (the "
+        "data plane's direct always runs): " + ", ".join(dataplane.CASES),
+    )
     args = parser.parse_args()
     sizes = {k: v for k in ("rounds", "seconds") if (v := getattr(args, k)) is not None}
     if sizes and args.only != ["dataplane"]:
         parser.error("--rounds and --seconds need --only dataplane")
+    if args.cases is not None:
+        if args.only not in (["dataplane"], ["instructions"]):
+            parser.error("--cases needs --only dataplane or --only instructions")
+        sizes["cases"] = args.cases
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine()
     sections = []

@@ -13,6 +13,15 @@
 6. envoy-pair-traced the minimal pair with Envoy's tracer as tsunagi-traced has it (1 %,
                      spans to the upstream, which answers anything): what tracing alone costs
 7. haproxy-pair      the same two hops through HAProxy
+8. envoy-ingress     the ingress path: client → front proxy → server sidecar → upstream,
+                     minimal hand-written static Envoy configs (the front proxy routes
+                     requests for :data:`INGRESS_HOST` to the sidecar, 404 for other hosts)
+9. tsunagi-ingress   the same path through a real `tsunagi gateway` serving a Gateway with a
+                     VirtualService bound to it (:func:`ingress_yaml`) and the server sidecar
+                     of a third service under `tsunagi run`
+
+``--cases`` (``python -m benchmarks --only dataplane --cases envoy-ingress,tsunagi-ingress``)
+starts and measures only some cases (and ``direct``, which the added latencies need).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import http.client
 import json
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +208,41 @@ spec:
 """Istio's default sampling (1 %) for the traced case's two sidecars only."""
 
 
+INGRESS_HOST = "ingress.bench.example"
+"""The host both ingress cases route (the client sends it as ``Host``)."""
+INGRESS_SERVICE = "upstream-ingress"
+INGRESS_GATEWAY = "bench-gateway"
+"""The gateway's name (`tsunagi gateway --name`) and its Gateway resource's."""
+INGRESS_LABEL = ("bench", "ingress")
+
+
+def ingress_yaml(port: int) -> str:
+    """A Gateway serving :data:`INGRESS_HOST` over plain HTTP on ``port`` at the benchmark's
+    gateway, and a VirtualService bound to it routing every request to
+    :data:`INGRESS_SERVICE`: the least a user writes to expose one service."""
+    key, value = INGRESS_LABEL
+    return f"""\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {INGRESS_GATEWAY}, namespace: default}}
+spec:
+  selector: {{{key}: {value}}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: [{INGRESS_HOST}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {INGRESS_SERVICE}, namespace: default}}
+spec:
+  hosts: [{INGRESS_HOST}]
+  gateways: [{INGRESS_GATEWAY}]
+  http:
+  - route:
+    - destination: {{host: {INGRESS_SERVICE}}}
+"""
+
+
 def _traces(dump: dict[str, Any]) -> bool:
     # A tracer's own field: the dump also lists every extension the binary has, tracers too.
     return '"collector_cluster"' in json.dumps(dump)
@@ -246,31 +291,50 @@ class Setup:
         self.tsunagi_client: tuple[int, int] = (0, 0)  # (agent pid, envoy pid)
         self.sidecar_env: dict[str, str] = {}
         """More environment for `tsunagi run` (``TSUNAGI_ENVOY``: another Envoy command)."""
+        self.gateway: tuple[int, int] = (0, 0)  # (agent pid, envoy pid) of tsunagi-ingress
+        self.front_proxy = 0
+        """The envoy-ingress front proxy's pid (its memory is the gateway's baseline)."""
 
-    def cases(self) -> list[Case]:
+    def control_plane(self) -> ControlPlane:
+        """The run's `tsunagi up`, started the first time a case needs it."""
+        if self.cp is None:
+            self.cp = ControlPlane(self.procs, self.workdir)
+        return self.cp
+
+    def cases(self, only: Collection[str] | None = None) -> list[Case]:
+        """Start every case (only those named in ``only``, and ``direct``, when given) and
+        return once each answers through its whole path."""
+
+        def want(*names: str) -> bool:
+            return only is None or any(n in only for n in names)
+
         up = free_port()
         _envoy(self.procs, self.workdir, "upstream", configs.upstream(up, free_port()))
         wait_port(up)
         cases = [Case("direct", up, "upstream", [])]
-        s1, c1 = free_port(), free_port()
-        pids = [
-            _envoy(
-                self.procs, self.workdir, "envoy-server", configs.forwarder(s1, free_port(), up)
-            ),
-            _envoy(
-                self.procs, self.workdir, "envoy-client", configs.forwarder(c1, free_port(), s1)
-            ),
-        ]
-        cases.append(Case("envoy-pair", c1, "upstream", pids))
-        s3, c3 = free_port(), free_port()
-        server = configs.traced(configs.forwarder(s3, free_port(), up), up, outbound=False)
-        client = configs.traced(configs.forwarder(c3, free_port(), s3), up, outbound=True)
-        pids = [
-            _envoy(self.procs, self.workdir, "envoy-traced-server", server),
-            _envoy(self.procs, self.workdir, "envoy-traced-client", client),
-        ]
-        cases.append(Case("envoy-pair-traced", c3, "upstream", pids))
-        if load.have("haproxy"):
+        if want("envoy-pair"):
+            s1, c1 = free_port(), free_port()
+            pids = [
+                _envoy(
+                    self.procs, self.workdir, "envoy-server", configs.forwarder(s1, free_port(), up)
+                ),
+                _envoy(
+                    self.procs, self.workdir, "envoy-client", configs.forwarder(c1, free_port(), s1)
+                ),
+            ]
+            cases.append(Case("envoy-pair", c1, "upstream", pids))
+        if want("envoy-pair-traced"):
+            s3, c3 = free_port(), free_port()
+            server = configs.traced(configs.forwarder(s3, free_port(), up), up, outbound=False)
+            client = configs.traced(configs.forwarder(c3, free_port(), s3), up, outbound=True)
+            pids = [
+                _envoy(self.procs, self.workdir, "envoy-traced-server", server),
+                _envoy(self.procs, self.workdir, "envoy-traced-client", client),
+            ]
+            cases.append(Case("envoy-pair-traced", c3, "upstream", pids))
+        if want("envoy-ingress"):
+            cases.append(self._envoy_ingress(up))
+        if want("haproxy-pair") and load.have("haproxy"):
             s2, c2 = free_port(), free_port()
             pids = []
             for name, port, target in (("haproxy-server", s2, up), ("haproxy-client", c2, s2)):
@@ -278,10 +342,49 @@ class Setup:
                 cfg.write_text(configs.haproxy(port, target))
                 pids.append(self.procs.start(name, ["haproxy", "-f", str(cfg)]).pid)
             cases.append(Case("haproxy-pair", c2, "upstream", pids))
-        cases += self._tsunagi()
+        if want("tsunagi", "tsunagi-policy", "tsunagi-traced"):
+            # Started together: the plain case's client is also the policy check's reference.
+            cases += [c for c in self._tsunagi() if want(c.name)]
+        if want("tsunagi-ingress"):
+            cases.append(self._tsunagi_ingress())
         for case in cases:
             wait_answers(case)
         return cases
+
+    def _envoy_ingress(self, upstream: int) -> Case:
+        """The minimal static ingress path: front proxy → server-side sidecar → upstream."""
+        sidecar, front = free_port(), free_port()
+        doc = configs.forwarder(sidecar, free_port(), upstream)
+        pids = [_envoy(self.procs, self.workdir, "envoy-ingress-server", doc)]
+        doc = configs.front_proxy(front, free_port(), INGRESS_HOST, sidecar)
+        self.front_proxy = _envoy(self.procs, self.workdir, "envoy-ingress-front", doc)
+        return Case("envoy-ingress", front, INGRESS_HOST, [self.front_proxy, *pids])
+
+    def start_gateway(self) -> int:
+        """`tsunagi gateway` with :data:`INGRESS_LABEL`, one worker thread; the agent's pid."""
+        key, value = INGRESS_LABEL
+        args = ["--name", INGRESS_GATEWAY, "--label", f"{key}={value}", "--concurrency", "1"]
+        env = {**self.control_plane().env, **self.sidecar_env}
+        return self.procs.start(INGRESS_GATEWAY, tsunagi("gateway", *args), env).pid
+
+    def _tsunagi_ingress(self) -> Case:
+        """The ingress path as a user sets it up: `tsunagi gateway`, a Gateway and a bound
+        VirtualService (:func:`ingress_yaml`), the service under `tsunagi run`."""
+        cp = self.control_plane()
+        server = self.server(INGRESS_SERVICE, "bench-ingress-server")
+        gateway = self.start_gateway()
+        port = free_port()
+        cp.apply_and_wait(ingress_yaml(port))
+        case = Case("tsunagi-ingress", port, INGRESS_HOST, [])
+        try:
+            wait_answers(case)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}\n{self._logs()}") from None
+        envoy = _sidecar_envoy(gateway)  # the gateway's only child: its Envoy
+        case.pids = [envoy, _sidecar_envoy(server)]
+        case.agent_pids = [gateway, server]
+        self.gateway = (gateway, envoy)
+        return case
 
     def server(self, service: str, name: str) -> int:
         """`tsunagi run` of the benchmark upstream as ``service``; the agent's pid."""
@@ -337,7 +440,7 @@ class Setup:
         """The two tsunagi cases, each with its own client sidecar and a server sidecar per
         service: the plain case's client is the one whose memory is measured, so the policy
         case's traffic (its connection pools and buffers) must not run through it."""
-        self.cp = ControlPlane(self.procs, self.workdir)
+        cp = self.control_plane()
         server = self.server("upstream", "bench-server")
         policy_server = self.server(POLICY_HOST, "bench-policy-server")
         client, outbound = self.client("bench-client")
@@ -352,7 +455,7 @@ class Setup:
                 wait_answers(c)
             except TimeoutError as e:
                 raise TimeoutError(f"{e}\n{self._logs()}") from None
-        self.cp.apply_and_wait(POLICY + "---\n" + TRACING)
+        cp.apply_and_wait(POLICY + "---\n" + TRACING)
         client_envoy = _sidecar_envoy(client)
         policy_envoy = _sidecar_envoy(policy_client)
         check_policy(policy_envoy)
@@ -376,6 +479,30 @@ class Setup:
             tail = log.read_text(errors="replace").splitlines()[-lines:]
             out.append(f"--- {log.name}\n" + "\n".join(tail))
         return "\n".join(out)
+
+    def memory(self, cases: list[Case], services: int) -> dict[str, Any]:
+        """Private memory and RSS of the proxies the run has, idle once the mesh has grown by
+        ``services``: tsunagi's client sidecar (Envoy and agent) against the minimal pair's
+        client Envoy, and the ingress gateway (Envoy and agent) against the static front
+        proxy."""
+        if self.cp is not None:
+            self.grow_mesh(services)
+        time.sleep(2)  # idle
+        out: dict[str, Any] = {"services": services if self.cp is not None else 0}
+        pair = next((c for c in cases if c.name == "envoy-pair"), None)
+        measured = {
+            "tsunagi_envoy": self.tsunagi_client[1],
+            "tsunagi_agent": self.tsunagi_client[0],
+            "minimal_envoy": pair.pids[1] if pair else 0,
+            "gateway_envoy": self.gateway[1],
+            "gateway_agent": self.gateway[0],
+            "front_proxy": self.front_proxy,
+        }
+        for key, pid in measured.items():
+            if pid:
+                out[f"{key}_private"] = private_bytes(pid)
+                out[f"{key}_rss"] = rss_bytes(pid)
+        return out
 
     def grow_mesh(self, services: int) -> None:
         """Register ``services`` more services (one instance each) and wait for every ACK."""
@@ -433,8 +560,21 @@ def measure(case: Case, seconds: float) -> dict[str, Any]:
     }
 
 
-TSUNAGI_CASES = ("tsunagi", "tsunagi-policy", "tsunagi-traced")
-PARTNERS = {"envoy-pair": ("tsunagi", "tsunagi-policy"), "envoy-pair-traced": ("tsunagi-traced",)}
+TSUNAGI_CASES = ("tsunagi", "tsunagi-policy", "tsunagi-traced", "tsunagi-ingress")
+CASES = (
+    "direct",
+    "envoy-pair",
+    "envoy-pair-traced",
+    "haproxy-pair",
+    "envoy-ingress",
+    *TSUNAGI_CASES,
+)
+"""Every case's name, for ``--cases``."""
+PARTNERS = {
+    "envoy-pair": ("tsunagi", "tsunagi-policy"),
+    "envoy-pair-traced": ("tsunagi-traced",),
+    "envoy-ingress": ("tsunagi-ingress",),
+}
 """The tsunagi cases each baseline is measured beside."""
 
 
@@ -450,16 +590,23 @@ def round_order(cases: list[Case], r: int) -> list[Case]:
         first, *rest = (by_name.get(n) for n in PARTNERS[base.name])
         return [c for c in (first, base, *rest) if c is not None]
 
-    units = [beside(c) if c.name in PARTNERS else [c] for c in cases if c.name not in TSUNAGI_CASES]
+    # A tsunagi case whose baseline is not in the run (``--cases``) is a unit of its own.
+    partnered = {n for base, names in PARTNERS.items() if base in by_name for n in names}
+    units = [beside(c) if c.name in PARTNERS else [c] for c in cases if c.name not in partnered]
     k = r % len(units)
     return [c for u in units[k:] + units[:k] for c in (u if r % 2 == 0 else u[::-1])]
 
 
 def run(
-    quick: bool, workdir: Path, rounds: int | None = None, seconds: float | None = None
+    quick: bool,
+    workdir: Path,
+    rounds: int | None = None,
+    seconds: float | None = None,
+    cases: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """All cases, ``rounds`` times each, interleaved (see :func:`round_order`); ``rounds`` and
-    ``seconds`` override the sizes ``quick`` picks (shorter runs while developing)."""
+    """All cases (or only ``cases``, and ``direct``), ``rounds`` times each, interleaved (see
+    :func:`round_order`); ``rounds`` and ``seconds`` override the sizes ``quick`` picks
+    (shorter runs while developing)."""
     if not (load.have("wrk") and load.have("hey")):
         return {"skipped": "wrk and hey are needed: `make bench` installs them"}
     rounds = rounds or (1 if quick else 5)
@@ -467,10 +614,10 @@ def run(
     procs = Procs(workdir)
     try:
         setup = Setup(procs, workdir)
-        cases = setup.cases()
-        raw: dict[str, list[dict[str, Any]]] = {c.name: [] for c in cases}
+        measured = setup.cases(cases)
+        raw: dict[str, list[dict[str, Any]]] = {c.name: [] for c in measured}
         for r in range(rounds):
-            for case in round_order(cases, r):
+            for case in round_order(measured, r):
                 result = measure(case, seconds)
                 raw[case.name].append(result)
                 print(
@@ -478,19 +625,7 @@ def run(
                     f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms",
                     flush=True,
                 )
-        agent, envoy = setup.tsunagi_client
-        envoy_pair_client = next(c for c in cases if c.name == "envoy-pair").pids[1]
-        setup.grow_mesh(10 if quick else SERVICES_FOR_MEMORY)
-        time.sleep(2)  # idle
-        memory = {
-            "services": 10 if quick else SERVICES_FOR_MEMORY,
-            "tsunagi_envoy_private": private_bytes(envoy),
-            "tsunagi_agent_private": private_bytes(agent),
-            "tsunagi_envoy_rss": rss_bytes(envoy),
-            "tsunagi_agent_rss": rss_bytes(agent),
-            "minimal_envoy_private": private_bytes(envoy_pair_client),
-            "minimal_envoy_rss": rss_bytes(envoy_pair_client),
-        }
+        memory = setup.memory(measured, 10 if quick else SERVICES_FOR_MEMORY)
     finally:
         procs.stop_all()
     summary = {
@@ -561,8 +696,16 @@ def goals(
 ) -> dict[str, float]:
     """Tsunagi against the minimal Envoy pair, from one run's medians (see :func:`_ratios`);
     with ``policy_*`` the same for tsunagi-policy, and ``policy_vs_tsunagi_*`` what the
-    policy itself costs (tsunagi-policy against tsunagi), when the run has that case."""
-    out = {**_ratios(s, raw, "tsunagi", "envoy-pair"), "cpu_per_request_goal": CPU_GOAL}
+    policy itself costs (tsunagi-policy against tsunagi), when the run has that case; with
+    ``ingress_*`` tsunagi-ingress against envoy-ingress. A run of some cases (``--cases``)
+    has the ratios of the pairs it measured."""
+    out: dict[str, float] = {"cpu_per_request_goal": CPU_GOAL}
+    if "tsunagi-ingress" in s and "envoy-ingress" in s:
+        ingress = _ratios(s, raw, "tsunagi-ingress", "envoy-ingress")
+        out.update({f"ingress_{k}": v for k, v in ingress.items()})
+    if "tsunagi" not in s or "envoy-pair" not in s:
+        return out
+    out.update(_ratios(s, raw, "tsunagi", "envoy-pair"))
     if "tsunagi-policy" in s:
         policy = _ratios(s, raw, "tsunagi-policy", "envoy-pair")
         own = _ratios(s, raw, "tsunagi-policy", "tsunagi")
@@ -607,7 +750,10 @@ def markdown(res: dict[str, Any]) -> str:
         "client sidecar to a second service that has a DestinationRule (LEAST_REQUEST, "
         "connection-pool limits of 10,000, outlier detection after 5 consecutive 5xx) and a "
         "VirtualService (retries: 3 attempts, 2 s per try; one request header set), checked "
-        "in the client sidecar's `/config_dump` before measuring.",
+        "in the client sidecar's `/config_dump` before measuring. envoy-ingress and "
+        "tsunagi-ingress: client → front proxy (a minimal static Envoy, or `tsunagi gateway` "
+        "with a Gateway and a bound VirtualService) → server sidecar → upstream, Host "
+        f"`{INGRESS_HOST}`.",
         "",
         "| case | max req/s | vs direct | p50 ms | p90 ms | p99 ms | added p50 ms | added p99 ms "
         "| CPU s per 1k req/s per proxy | of which proxy | of which agent | errors |",
@@ -623,13 +769,8 @@ def markdown(res: dict[str, Any]) -> str:
             f"{added(name, 'p99_ms'):.2f} | {total:.3f} | {proxy:.3f} | {agent:.3f} | "
             f"{v['errors']} |"
         )
-    t = s["tsunagi"]
     g = goals(s, res.get("raw"))
-    thr_ratio, p50_ratio = g["throughput_ratio"], g["added_p50_ratio"]
-    p99_ratio = g["added_p99_ratio"]
-    cpu_ratio, cpu_envoy = g["cpu_per_request_ratio"], g["cpu_per_request_ratio_envoy_only"]
     m = res["memory"]
-    total = m["tsunagi_envoy_private"] + m["tsunagi_agent_private"]
 
     def ok(good: bool) -> str:
         return "met" if good else "**NOT met**"
@@ -669,36 +810,98 @@ def markdown(res: dict[str, Any]) -> str:
             f"{g['traced_vs_traced_pair_cpu_per_request_ratio_envoy_only']:.2f})"
         )
 
-    lines += [
+    if "throughput_ratio" in g:
+        thr_ratio, p50_ratio = g["throughput_ratio"], g["added_p50_ratio"]
+        p99_ratio = g["added_p99_ratio"]
+        cpu_ratio, cpu_envoy = g["cpu_per_request_ratio"], g["cpu_per_request_ratio_envoy_only"]
+        lines += [
+            "",
+            "Goals (tsunagi against the minimal Envoy pair, same run):",
+            "",
+            f"- throughput ratio {thr_ratio:.2f} (goal ≥ {THROUGHPUT_GOAL}): "
+            f"{ok(thr_ratio >= THROUGHPUT_GOAL)}",
+            f"- added p50 ratio {p50_ratio:.2f}, added p99 ratio {p99_ratio:.2f} (goal ≤ 1.1): "
+            f"{ok(p50_ratio <= 1.1 and p99_ratio <= 1.1)}",
+            f"- CPU per request ratio {cpu_ratio:.2f} (Envoy + agent per sidecar against one "
+            f"static Envoy; Envoy alone {cpu_envoy:.2f}): timed, and single rounds vary by "
+            f"10-15 %, so the goal ≤ {CPU_GOAL} is judged on instruction counts (section "
+            "'Instructions per request')",
+            *policy,
+        ]
+    lines += _ingress_goals(g)
+    if "tsunagi_envoy_private" in m:
+        total = m["tsunagi_envoy_private"] + m["tsunagi_agent_private"]
+        rows = [
+            f"| tsunagi Envoy | {_mb(m['tsunagi_envoy_private'])} | "
+            f"{_mb(m['tsunagi_envoy_rss'])} |",
+            f"| tsunagi agent (Python) | {_mb(m['tsunagi_agent_private'])} | "
+            f"{_mb(m['tsunagi_agent_rss'])} |",
+            f"| **tsunagi sidecar total** | **{_mb(total)}** | |",
+        ]
+        if "minimal_envoy_private" in m:
+            rows.append(
+                f"| minimal static Envoy (baseline) | {_mb(m['minimal_envoy_private'])} | "
+                f"{_mb(m['minimal_envoy_rss'])} |"
+            )
+        lines += [
+            "",
+            f"Memory per sidecar, idle, in a {m['services']}-service mesh (private = unshared "
+            "bytes, from `/proc/PID/smaps_rollup`):",
+            "",
+            "| process | private | RSS |",
+            "|---|---|---|",
+            *rows,
+            "",
+            f"Goal ≤ 30 MB private: {ok(total <= 30e6)}. Published anchors: Istio 1.24 sidecar "
+            "~60 MB, Linkerd 2.11 proxy ~26 MB.",
+        ]
+    lines += _gateway_memory(m)
+    t = s.get("tsunagi") or s.get("tsunagi-ingress") or direct
+    lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in t["commands"]), ""]
+    return "\n".join(lines)
+
+
+def _ingress_goals(g: dict[str, float]) -> list[str]:
+    """The ingress case's goal lines, when the run has both ingress cases."""
+    if "ingress_throughput_ratio" not in g:
+        return []
+    thr = g["ingress_throughput_ratio"]
+    verdict = "met" if thr >= THROUGHPUT_GOAL else "**NOT met**"
+    return [
         "",
-        "Goals (tsunagi against the minimal Envoy pair, same run):",
+        "Ingress (client → `tsunagi gateway` → server sidecar → upstream, against a minimal "
+        "static Envoy front proxy → static sidecar → upstream; same run):",
         "",
-        f"- throughput ratio {thr_ratio:.2f} (goal ≥ {THROUGHPUT_GOAL}): "
-        f"{ok(thr_ratio >= THROUGHPUT_GOAL)}",
-        f"- added p50 ratio {p50_ratio:.2f}, added p99 ratio {p99_ratio:.2f} (goal ≤ 1.1): "
-        f"{ok(p50_ratio <= 1.1 and p99_ratio <= 1.1)}",
-        f"- CPU per request ratio {cpu_ratio:.2f} (Envoy + agent per sidecar against one static "
-        f"Envoy; Envoy alone {cpu_envoy:.2f}): timed, and single rounds vary by 10-15 %, so the "
-        f"goal ≤ {CPU_GOAL} is judged on instruction counts (section 'Instructions per "
-        "request')",
-        *policy,
+        f"- throughput ratio {thr:.2f} (goal ≥ {THROUGHPUT_GOAL}): {verdict}",
+        f"- added p50 ratio {g['ingress_added_p50_ratio']:.2f}, added p99 ratio "
+        f"{g['ingress_added_p99_ratio']:.2f}; CPU per request ratio "
+        f"{g['ingress_cpu_per_request_ratio']:.2f} (Envoy + agent per proxy; Envoy alone "
+        f"{g['ingress_cpu_per_request_ratio_envoy_only']:.2f})",
+    ]
+
+
+def _gateway_memory(m: dict[str, Any]) -> list[str]:
+    """The ingress gateway's memory (Envoy + agent) against the static front proxy's."""
+    if "gateway_envoy_private" not in m:
+        return []
+    total = m["gateway_envoy_private"] + m["gateway_agent_private"]
+    rows = [
+        f"| gateway Envoy | {_mb(m['gateway_envoy_private'])} | {_mb(m['gateway_envoy_rss'])} |",
+        f"| gateway agent (Python) | {_mb(m['gateway_agent_private'])} | "
+        f"{_mb(m['gateway_agent_rss'])} |",
+        f"| **tsunagi gateway total** | **{_mb(total)}** | |",
+    ]
+    if "front_proxy_private" in m:
+        rows.append(
+            f"| minimal static front proxy (baseline) | {_mb(m['front_proxy_private'])} | "
+            f"{_mb(m['front_proxy_rss'])} |"
+        )
+    return [
         "",
-        f"Memory per sidecar, idle, in a {m['services']}-service mesh (private = unshared bytes, "
-        "from `/proc/PID/smaps_rollup`):",
+        f"Memory of the ingress gateway, idle, in the same {m['services']}-service mesh (one "
+        "Gateway, one VirtualService bound to it):",
         "",
         "| process | private | RSS |",
         "|---|---|---|",
-        f"| tsunagi Envoy | {_mb(m['tsunagi_envoy_private'])} | {_mb(m['tsunagi_envoy_rss'])} |",
-        f"| tsunagi agent (Python) | {_mb(m['tsunagi_agent_private'])} | "
-        f"{_mb(m['tsunagi_agent_rss'])} |",
-        f"| **tsunagi sidecar total** | **{_mb(total)}** | |",
-        f"| minimal static Envoy (baseline) | {_mb(m['minimal_envoy_private'])} | "
-        f"{_mb(m['minimal_envoy_rss'])} |",
-        "",
-        f"Goal ≤ 30 MB private: {ok(total <= 30e6)}. Published anchors: Istio 1.24 sidecar "
-        "~60 MB, Linkerd 2.11 proxy ~26 MB.",
-        "",
-        "Commands: " + "; ".join(f"`{c}`" for c in t["commands"]),
-        "",
+        *rows,
     ]
-    return "\n".join(lines)

@@ -10,7 +10,9 @@ by the requests. The Python agent is not counted here (the data-plane suite time
 Cases, each two hops to the same upstream (an Envoy answering 200 itself, not counted):
 ``envoy-pair`` and ``envoy-pair-traced`` are the minimal static pairs of the data-plane
 suite, ``tsunagi`` and ``tsunagi-traced`` real ``tsunagi run`` sidecars (the traced pair by a
-Telemetry resource at the same 1 %).
+Telemetry resource at the same 1 %). The ingress path, front proxy and server sidecar:
+``envoy-ingress`` static, ``tsunagi-ingress`` a real ``tsunagi gateway`` and ``tsunagi run``
+sidecar (the data-plane suite's cases of the same names).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,16 @@ from benchmarks.upstream import CONFIG_NAME as UPSTREAM_CONFIG
 
 REQUESTS = 2000
 QUICK_REQUESTS = 100
+CASES = (
+    "envoy-pair",
+    "envoy-pair-traced",
+    "envoy-ingress",
+    "tsunagi",
+    "tsunagi-traced",
+    "tsunagi-ingress",
+)
+QUICK_CASES = ("envoy-pair", "tsunagi")
+"""What a quick run counts (``make test`` proves the suite runs, within its time limit)."""
 WARMUP = 200
 CONNECTIONS = 4
 
@@ -65,8 +78,9 @@ def _control(args: list[str]) -> None:
     subprocess.run(["callgrind_control", *args], capture_output=True, check=False)
 
 
-def count(case: dataplane.Case, out_dir: Path, requests: int) -> float:
-    """Instructions per request per proxy for ``case`` (its pids run under callgrind)."""
+def count(case: dataplane.Case, out_dir: Path, requests: int) -> list[float]:
+    """Instructions per request of each of ``case``'s proxies, in its pids' order (they run
+    under callgrind)."""
     _hey(case.url, case.host, WARMUP)
     time.sleep(1)
     pids = [str(p) for p in case.pids]
@@ -79,13 +93,13 @@ def count(case: dataplane.Case, out_dir: Path, requests: int) -> float:
     deadline = time.monotonic() + 30
     while True:
         try:
-            total = sum(_counted(out_dir, p) for p in case.pids)
+            totals = [_counted(out_dir, p) for p in case.pids]
             break
         except RuntimeError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
-    return total / requests / len(case.pids)
+    return [n / requests for n in totals]
 
 
 def _sidecar_under_callgrind(agent: int, out_dir: Path) -> int:
@@ -104,11 +118,34 @@ def _static_pair(
     docs.append(configs.forwarder(client, free_port(), server))
     if traced:
         docs = [configs.traced(d, upstream, outbound=i == 1) for i, d in enumerate(docs)]
+    return _static_case(procs, workdir, out_dir, name, client, "upstream", docs)
+
+
+def _static_ingress(procs: Procs, workdir: Path, out_dir: Path, upstream: int) -> dataplane.Case:
+    """The data-plane suite's ``envoy-ingress``: static front proxy → static sidecar."""
+    server, front = free_port(), free_port()
+    docs = [configs.forwarder(server, free_port(), upstream)]
+    docs.append(configs.front_proxy(front, free_port(), dataplane.INGRESS_HOST, server))
+    name = "envoy-ingress"
+    return _static_case(procs, workdir, out_dir, name, front, dataplane.INGRESS_HOST, docs)
+
+
+def _static_case(
+    procs: Procs,
+    workdir: Path,
+    out_dir: Path,
+    name: str,
+    port: int,
+    host: str,
+    docs: list[dict[str, Any]],
+) -> dataplane.Case:
+    """Two static Envoys under callgrind (``docs``: the server's, then the client's), the
+    client listening on ``port``; the case's pids are the client's, then the server's."""
     pids = []
     for hop, doc in zip(("server", "client"), docs, strict=True):
         path = configs.write_json(workdir / f"{name}-{hop}.json", doc)
         pids.append(procs.start(f"{name}-{hop}", _callgrind(out_dir) + envoy_command(path)).pid)
-    case = dataplane.Case(name, client, "upstream", pids)
+    case = dataplane.Case(name, port, host, pids[::-1])
     dataplane.wait_answers(case, timeout=120)
     return case
 
@@ -124,7 +161,11 @@ def _wait_synced(cp: ControlPlane, name: str, timeout: float = 120) -> None:
 
 
 def _tsunagi_cases(
-    procs: Procs, workdir: Path, out_dir: Path, traced: bool
+    procs: Procs,
+    workdir: Path,
+    out_dir: Path,
+    traced: bool,
+    names: Collection[str] = ("tsunagi", "tsunagi-ingress"),
 ) -> list[dataplane.Case]:
     wrapper = workdir / "envoy-under-callgrind"
     # The server's app, the benchmark upstream, runs Envoy through TSUNAGI_ENVOY too: not
@@ -138,7 +179,9 @@ def _tsunagi_cases(
     setup = dataplane.Setup(procs, workdir)
     setup.sidecar_env = {"TSUNAGI_ENVOY": str(wrapper)}
     setup.cp = cp = ControlPlane(procs, workdir)
-    shapes = [("tsunagi", "upstream", "bench-server", "bench-client")]
+    shapes = []
+    if "tsunagi" in names:
+        shapes.append(("tsunagi", "upstream", "bench-server", "bench-client"))
     if traced:
         shape = ("tsunagi-traced", dataplane.TRACED_HOST, "bench-traced-server")
         shapes.append((*shape, dataplane.TRACED_CLIENT))
@@ -154,12 +197,35 @@ def _tsunagi_cases(
         case.pids = [_sidecar_under_callgrind(a, out_dir) for a in (client, server)]
         cases.append(case)
     if traced:
-        dataplane.check_tracing(cases[1].pids[0])
+        dataplane.check_tracing(cases[-1].pids[0])
+    if "tsunagi-ingress" in names:
+        cases.append(_tsunagi_ingress(setup, cp, out_dir))
     return cases
 
 
-def run(quick: bool, workdir: Path) -> dict[str, Any]:
-    """Every case's instructions per request per proxy, and the ratios the goals judge."""
+def _tsunagi_ingress(setup: dataplane.Setup, cp: ControlPlane, out_dir: Path) -> dataplane.Case:
+    """The data-plane suite's ``tsunagi-ingress``, its gateway and sidecar under callgrind."""
+    server = setup.server(dataplane.INGRESS_SERVICE, "bench-ingress-server")
+    _wait_synced(cp, "bench-ingress-server")
+    gateway = setup.start_gateway()
+    _wait_synced(cp, dataplane.INGRESS_GATEWAY)
+    port = free_port()
+    cp.apply_and_wait(dataplane.ingress_yaml(port))
+    case = dataplane.Case("tsunagi-ingress", port, dataplane.INGRESS_HOST, [])
+    dataplane.wait_answers(case, timeout=120)
+    case.pids = [_sidecar_under_callgrind(a, out_dir) for a in (gateway, server)]
+    return case
+
+
+def run(quick: bool, workdir: Path, cases: Collection[str] | None = None) -> dict[str, Any]:
+    """Every case's (or only ``cases``') instructions per request per proxy, and the ratios
+    the goals judge. Quick runs count only :data:`QUICK_CASES` unless ``cases`` says more:
+    each sidecar or gateway under callgrind takes ~20 s to start on this machine."""
+    chosen = set(cases if cases is not None else QUICK_CASES if quick else CASES)
+
+    def want(name: str) -> bool:
+        return name in chosen
+
     if not (shutil.which("valgrind") and shutil.which("hey")):
         return {"skipped": "valgrind and hey are needed: `make bench` installs them"}
     requests = QUICK_REQUESTS if quick else REQUESTS
@@ -171,18 +237,28 @@ def run(quick: bool, workdir: Path) -> dict[str, Any]:
         up_doc = configs.upstream(upstream, free_port())
         procs.start("upstream", envoy_command(configs.write_json(workdir / "up.json", up_doc)))
         wait_port(upstream)
-        cases = [_static_pair(procs, workdir, out_dir, "envoy-pair", upstream, traced=False)]
-        if not quick:
-            cases.append(
+        started = []
+        if want("envoy-pair"):
+            pair = _static_pair(procs, workdir, out_dir, "envoy-pair", upstream, traced=False)
+            started.append(pair)
+        if want("envoy-pair-traced"):
+            started.append(
                 _static_pair(procs, workdir, out_dir, "envoy-pair-traced", upstream, traced=True)
             )
-        cases += _tsunagi_cases(procs, workdir, out_dir, traced=not quick)
-        per_request = {c.name: count(c, out_dir, requests) for c in cases}
+        if want("envoy-ingress"):
+            started.append(_static_ingress(procs, workdir, out_dir, upstream))
+        names = [n for n in ("tsunagi", "tsunagi-ingress") if want(n)]
+        traced = want("tsunagi-traced")
+        if names or traced:
+            started += _tsunagi_cases(procs, workdir, out_dir, traced, names)
+        per_proxy = {c.name: count(c, out_dir, requests) for c in started}
     finally:
         procs.stop_all()
+    per_request = {name: sum(n) / len(n) for name, n in per_proxy.items()}
     return {
         "requests": requests,
         "per_request": per_request,
+        "per_proxy": per_proxy,
         "goals": goals(per_request),
         "valgrind": _version(),
     }
@@ -194,9 +270,17 @@ def _version() -> str:
 
 
 def goals(per_request: dict[str, float]) -> dict[str, float]:
-    """Instruction ratios: tsunagi against the minimal pair, and the traced cases."""
+    """Instruction ratios: tsunagi against the minimal pair, the traced cases, and
+    tsunagi-ingress against envoy-ingress (``ingress_cpu_per_request_ratio``), of the cases
+    the run has."""
+    out = {}
+    if "tsunagi-ingress" in per_request and "envoy-ingress" in per_request:
+        ingress = per_request["tsunagi-ingress"] / per_request["envoy-ingress"]
+        out["ingress_cpu_per_request_ratio"] = ingress
+    if "envoy-pair" not in per_request or "tsunagi" not in per_request:
+        return out
     pair = per_request["envoy-pair"]
-    out = {"cpu_per_request_ratio": per_request["tsunagi"] / pair}
+    out["cpu_per_request_ratio"] = per_request["tsunagi"] / pair
     if "tsunagi-traced" in per_request:
         out["traced_cpu_per_request_ratio"] = per_request["tsunagi-traced"] / pair
     if "envoy-pair-traced" in per_request:
@@ -223,7 +307,18 @@ def markdown(res: dict[str, Any], dataplane_result: dict[str, Any] | None = None
     if "skipped" in res:
         return f"## Instructions per request\n\nSkipped: {res['skipped']}\n"
     per, g = res["per_request"], res["goals"]
-    pair = per["envoy-pair"]
+    pair = per.get("envoy-pair")
+
+    def vs_pair(n: float) -> str:
+        return f"{n / pair:.3f}" if pair else "-"
+
+    # Each hop's count, where the results have them (older ones have only the mean).
+    hops = {
+        name: " | ".join(f"{n / 1000:.1f}k" for n in each)
+        for name, each in res.get("per_proxy", {}).items()
+        if len(each) == 2
+    }
+
     lines = [
         "## Instructions per request",
         "",
@@ -232,14 +327,20 @@ def markdown(res: dict[str, Any], dataplane_result: dict[str, Any] | None = None
         f"{CONNECTIONS} connections); instructions per request per proxy. Exact and repeatable "
         "where timed CPU is not; Envoy only (the agent's CPU is in the data-plane table).",
         "",
-        "| case | instructions per request per proxy | vs envoy-pair |",
-        "|---|---|---|",
-        *(f"| {name} | {n / 1000:.1f}k | {n / pair:.3f} |" for name, n in per.items()),
+        "| case | instructions per request per proxy | vs envoy-pair | first hop (client "
+        "sidecar or front proxy) | second hop (server sidecar) |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | {n / 1000:.1f}k | {vs_pair(n)} | {hops.get(name, '- | -')} |"
+            for name, n in per.items()
+        ),
         "",
     ]
     share = agent_share(dataplane_result)
-    envoy = g["cpu_per_request_ratio"]
-    if share is None:
+    envoy = g.get("cpu_per_request_ratio")
+    if envoy is None:
+        pass  # a run without tsunagi or the pair (--cases)
+    elif share is None:
         lines.append(
             f"- tsunagi's Envoy against the minimal pair: {envoy:.3f} (goal ≤ "
             f"{dataplane.CPU_GOAL} with the agent's share, which the data-plane suite times)"
@@ -262,5 +363,12 @@ def markdown(res: dict[str, Any], dataplane_result: dict[str, Any] | None = None
         lines.append(
             f"- tsunagi traced against the same tracer in the minimal pair: "
             f"{g['traced_vs_traced_pair_ratio']:.3f}"
+        )
+    if "ingress_cpu_per_request_ratio" in g:
+        lines.append(
+            "- ingress, `tsunagi gateway` + sidecar against the static front proxy + sidecar "
+            f"(tsunagi-ingress against envoy-ingress): {g['ingress_cpu_per_request_ratio']:.3f} "
+            f"(the throughput goal ≥ {dataplane.THROUGHPUT_GOAL} leaves about "
+            f"{1 / dataplane.THROUGHPUT_GOAL:.3f})"
         )
     return "\n".join([*lines, ""])
