@@ -5,15 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from .mesh import Mesh
+from .mesh import Mesh, started_mesh
 
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    m = Mesh(tmp_path / "state")
-    m.state_dir.mkdir(parents=True)
-    m.up()
-    try:
-        yield m
-    finally:
-        m.close()
+    yield from started_mesh(tmp_path)

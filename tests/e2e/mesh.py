@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -363,16 +363,23 @@ class Mesh:
         return self.run("client", "v1", 80, "idle.py", False)
 
     def gateway(
-        self, name: str, labels: dict[str, str], *extra: str, namespace: str = "default"
+        self,
+        name: str,
+        labels: dict[str, str],
+        *extra: str,
+        namespace: str = "default",
+        launcher: tuple[str, ...] = (),
     ) -> Workload:
-        """Start ``tsunagi gateway --name NAME --label K=V...``; return once its proxy has
-        ACKed its config and it is registered. It listens on the ports its Gateways' servers
-        name (tests take them from :func:`free_port`); ``outbound_port`` is unused (0)."""
+        """Start ``tsunagi gateway --name NAME --label K=V...`` (under ``launcher``, e.g. a
+        ``setpriv`` that drops a capability); return once its proxy has ACKed its config and
+        it is registered. It listens on the ports its Gateways' servers name (tests take them
+        from :func:`free_port`); ``outbound_port`` is unused (0)."""
         log_name = f"gateway-{name}-{len(self.workloads)}"
         log = (self.state_dir / f"{log_name}.log").open("ab")
         labels_args = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
         proc = subprocess.Popen(
             [
+                *launcher,
                 sys.executable,
                 "-m",
                 "tsunagi.cli.main",
@@ -423,6 +430,39 @@ class Mesh:
         for w in reversed(self.workloads):
             stop(w.proc)
         self.down()
+
+
+def outside_echo(name: str, port: int) -> subprocess.Popen[bytes]:
+    """A plain echo app outside the mesh (no sidecar), answering as ``name`` on
+    127.0.0.1:``port``; the caller stops it by its pid (:func:`stop`)."""
+    env = {**os.environ, "PORT": str(port), "POD_NAME": name}
+    return subprocess.Popen([sys.executable, str(APPS / "echo.py")], env=env)
+
+
+def outside_https_echo(
+    name: str, port: int, cert: Path, key: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    """``apps/https_echo.py`` outside the mesh: HTTPS on 127.0.0.1:``port`` with ``cert`` and
+    ``key``, answering with ``name`` and the SNI it saw; its output goes to ``log``. The
+    caller stops it by its pid (:func:`stop`)."""
+    env = {**os.environ, "PORT": str(port), "NAME": name}
+    env |= {"TLS_CERT": str(cert), "TLS_KEY": str(key)}
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, str(APPS / "https_echo.py")], env=env, stdout=out, stderr=out
+        )
+
+
+def started_mesh(tmp_path: Path, *up_args: str) -> Iterator[Mesh]:
+    """A mesh in ``tmp_path/state`` started with ``tsunagi up UP_ARGS``, closed (every
+    process by its pid) when the caller is done: a fixture's body, as ``yield from``."""
+    m = Mesh(tmp_path / "state", up_args=up_args)
+    m.state_dir.mkdir(parents=True)
+    m.up()
+    try:
+        yield m
+    finally:
+        m.close()
 
 
 class Background:

@@ -27,7 +27,7 @@ import pytest
 from tests.unit.test_telemetry_graph import istio_text
 
 from .browser import chromium
-from .mesh import Background, Mesh, request, wait_until
+from .mesh import Background, Mesh, request, started_mesh, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -147,13 +147,7 @@ RED, GREEN, AMBER = "rgb(201,25,11)", "rgb(63,156,53)", "rgb(240,171,0)"
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    m = Mesh(tmp_path / "state", up_args=("--scrape-interval", "1s"))
-    m.state_dir.mkdir(parents=True)
-    m.up()
-    try:
-        yield m
-    finally:
-        m.close()
+    yield from started_mesh(tmp_path, "--scrape-interval", "1s")
 
 
 def test_graph_panels_traces_and_config_in_a_browser(mesh: Mesh, tmp_path: Path) -> None:

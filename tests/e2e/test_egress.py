@@ -8,39 +8,29 @@ ServiceEntry gives a STATIC endpoint on 127.0.0.1.
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
 import ssl
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from .mesh import APPS, Mesh, free_port, stop, wait_until
+from tests.certs import make_ca, make_cert
+
+from .mesh import Mesh, free_port, outside_echo, started_mesh, stop, wait_until
+from .tls_helpers import write_pem
 
 pytestmark = pytest.mark.e2e
-
-
-def _server(name: str, port: int) -> subprocess.Popen[bytes]:
-    """A plain echo app outside the mesh, answering as ``name`` on 127.0.0.1:``port``."""
-    env = {**os.environ, "PORT": str(port), "POD_NAME": name}
-    return subprocess.Popen([sys.executable, str(APPS / "echo.py")], env=env)
 
 
 @pytest.fixture
 def outside() -> Iterator[tuple[int, int]]:
     """Two plain HTTP servers outside the mesh: ``outside-1`` and ``outside-2``, by port."""
     ports = free_port(), free_port()
-    procs = [_server(f"outside-{i + 1}", p) for i, p in enumerate(ports)]
+    procs = [outside_echo(f"outside-{i + 1}", p) for i, p in enumerate(ports)]
     try:
         yield ports
     finally:
@@ -48,26 +38,16 @@ def outside() -> Iterator[tuple[int, int]]:
             stop(p)
 
 
-def _mesh(tmp_path: Path, *up_args: str) -> Iterator[Mesh]:
-    m = Mesh(tmp_path / "state", up_args=up_args)
-    m.state_dir.mkdir(parents=True)
-    m.up()
-    try:
-        yield m
-    finally:
-        m.close()
-
-
 @pytest.fixture
 def locked_mesh(tmp_path: Path) -> Iterator[Mesh]:
     """A mesh whose sidecars only reach hosts the registry knows, logging every request."""
-    yield from _mesh(tmp_path, "--outbound-policy", "REGISTRY_ONLY", "--access-log", "text")
+    yield from started_mesh(tmp_path, "--outbound-policy", "REGISTRY_ONLY", "--access-log", "text")
 
 
 @pytest.fixture
 def logged_mesh(tmp_path: Path) -> Iterator[Mesh]:
     """A mesh whose sidecars log every request (Istio's text access log)."""
-    yield from _mesh(tmp_path, "--access-log", "text")
+    yield from started_mesh(tmp_path, "--access-log", "text")
 
 
 def _name(answer: tuple[int, object]) -> str:
@@ -194,51 +174,13 @@ spec:
 # --------------------------------------------------------------------------- TLS origination
 
 
-def _ca(tmp: Path, name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (tmp / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key, cert
-
-
 def _server_cert(tmp: Path, host: str, ca_name: str) -> tuple[Path, Path, Path]:
     """(CA file, certificate file, key file) for ``host``, signed by a new CA."""
-    ca_key, ca_cert = _ca(tmp, ca_name)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp / f"{host}.pem", tmp / f"{host}.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return tmp / f"{ca_name}.pem", cert_file, key_file
+    ca = make_ca(ca_name)
+    ca_file = tmp / f"{ca_name}.pem"
+    ca_file.write_bytes(ca.cert)
+    cert_file, key_file = write_pem(tmp, host, make_cert(host, issuer=ca))
+    return ca_file, cert_file, key_file
 
 
 class _TLSServer:
@@ -347,12 +289,10 @@ def _headers(answer: tuple[int, object]) -> dict[str, str]:
     return headers
 
 
-def test_external_hosts_never_learn_the_caller(mesh: Mesh, outside: tuple[int, int]) -> None:
-    # A STATIC MESH_EXTERNAL entry and a request by an address of its CIDR range leave the
-    # mesh: the caller's identity header is removed there, and kept toward a mesh service.
-    mesh.run("inside", "v1", 9080, "echo.py", True)
-    client = mesh.client()
-    entry = f"""
+def _api_entry(port: int) -> str:
+    """A STATIC MESH_EXTERNAL ServiceEntry: ``api.example.test`` and the addresses of
+    240.1.0.0/16, port 80, sent to 127.0.0.1:``port``."""
+    return f"""
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: api}}
@@ -361,10 +301,17 @@ spec:
   addresses: [240.1.0.0/16]
   location: MESH_EXTERNAL
   resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {outside[0]}}}]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
   endpoints: [{{address: 127.0.0.1}}]
 """
-    assert mesh.apply(entry, "--wait").returncode == 0
+
+
+def test_external_hosts_never_learn_the_caller(mesh: Mesh, outside: tuple[int, int]) -> None:
+    # A STATIC MESH_EXTERNAL entry and a request by an address of its CIDR range leave the
+    # mesh: the caller's identity header is removed there, and kept toward a mesh service.
+    mesh.run("inside", "v1", 9080, "echo.py", True)
+    client = mesh.client()
+    assert mesh.apply(_api_entry(outside[0]), "--wait").returncode == 0
     assert "x-tsunagi-peer" in _headers(client.get("inside:9080"))  # the test can see it
     assert _name(client.get("api.example.test")) == "outside-1"
     assert "x-tsunagi-peer" not in _headers(client.get("api.example.test"))
@@ -377,19 +324,7 @@ def test_registry_only_refuses_what_an_entry_does_not_declare(
 ) -> None:
     mesh = locked_mesh
     client = mesh.client()
-    entry = f"""
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: api}}
-spec:
-  hosts: [api.example.test]
-  addresses: [240.1.0.0/16]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {outside[0]}}}]
-  endpoints: [{{address: 127.0.0.1}}]
-"""
-    assert mesh.apply(entry, "--wait").returncode == 0
+    assert mesh.apply(_api_entry(outside[0]), "--wait").returncode == 0
     # What the entry declares passes: its host on its port, an address in its range.
     assert _name(client.get("api.example.test")) == "outside-1"
     assert _name(client.get("240.1.255.255")) == "outside-1"

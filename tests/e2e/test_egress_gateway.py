@@ -11,14 +11,11 @@ the listen port, with real ``curl``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from .mesh import APPS, Mesh, Workload, free_port, stop, wait_until
+from .mesh import Mesh, Workload, free_port, outside_echo, stop, wait_until
 from .test_gateway import accepts, curl
 
 pytestmark = pytest.mark.e2e
@@ -31,8 +28,7 @@ EGRESS = "istio-egressgateway"
 def external() -> Iterator[int]:
     """A plain HTTP server outside the mesh (answering as ``edition``); its port."""
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "POD_NAME": "edition"}
-    proc = subprocess.Popen([sys.executable, str(APPS / "echo.py")], env=env)
+    proc = outside_echo("edition", port)
     try:
         wait_until(lambda: accepts(port), what="the external server")
         yield port

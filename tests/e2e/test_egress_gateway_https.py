@@ -13,10 +13,8 @@ app, under either outbound traffic policy.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +25,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.certs import make_ca, make_cert
 
-from .mesh import APPS, Mesh, Workload, free_port, stop, wait_until
+from .mesh import Mesh, Workload, free_port, outside_https_echo, started_mesh, stop, wait_until
 from .test_gateway import accepts
 from .test_gateway_telemetry import gateway_log
 from .test_https_proxy import app_environ, python_client
+from .tls_helpers import write_pem
 
 pytestmark = [
     pytest.mark.e2e,
@@ -57,14 +56,7 @@ def logged_mesh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mesh
     """A mesh whose proxies, the gateway too, log every connection (Istio's text log), with
     the outbound traffic policy the test names (the task works with both: its host is in
     the registry)."""
-    up_args = ("--access-log", "text", "--outbound-policy", request.param)
-    m = Mesh(tmp_path / "state", up_args=up_args)
-    m.state_dir.mkdir(parents=True)
-    m.up()
-    try:
-        yield m
-    finally:
-        m.close()
+    yield from started_mesh(tmp_path, "--access-log", "text", "--outbound-policy", request.param)
 
 
 @pytest.fixture
@@ -74,16 +66,9 @@ def external(tmp_path: Path) -> Iterator[External]:
     ca = make_ca("edition test CA")
     leaf = make_cert(EXTERNAL, issuer=ca)
     (tmp_path / "ca.pem").write_bytes(ca.cert)
-    (tmp_path / "edition.pem").write_bytes(leaf.cert)
-    (tmp_path / "edition.key").write_bytes(leaf.key)
-    (tmp_path / "edition.key").chmod(0o600)
+    cert, key = write_pem(tmp_path, "edition", leaf)
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "NAME": "edition"}
-    env |= {"TLS_CERT": str(tmp_path / "edition.pem"), "TLS_KEY": str(tmp_path / "edition.key")}
-    log = (tmp_path / "edition.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, str(APPS / "https_echo.py")], env=env, stdout=log, stderr=log
-    )
+    proc = outside_https_echo("edition", port, cert, key, tmp_path / "edition.log")
     try:
         wait_until(lambda: accepts(port), what="the external HTTPS server")
         der = x509.load_pem_x509_certificate(leaf.cert).public_bytes(Encoding.DER)

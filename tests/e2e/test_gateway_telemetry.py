@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .mesh import Mesh, Workload, free_port, wait_until
+from .mesh import Mesh, Workload, free_port, started_mesh, wait_until
 from .test_gateway import accepts, curl
 from .test_metrics import samples, scrape, total
 from .test_tcp import answers, exchange
@@ -35,13 +35,7 @@ SENT = 5
 
 @pytest.fixture
 def traced(tmp_path: Path) -> Iterator[Mesh]:
-    m = Mesh(tmp_path / "state", up_args=("--trace-sampling", "100", "--access-log"))
-    m.state_dir.mkdir(parents=True)
-    m.up()
-    try:
-        yield m
-    finally:
-        m.close()
+    yield from started_mesh(tmp_path, "--trace-sampling", "100", "--access-log")
 
 
 def gateway_log(mesh: Mesh) -> str:

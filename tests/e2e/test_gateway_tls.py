@@ -17,25 +17,12 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.certs import Pem, make_ca, make_cert
+from tests.certs import make_ca, make_cert
 
 from .mesh import Mesh, free_port, wait_until
+from .tls_helpers import create_tls_secret, write_pem
 
 pytestmark = pytest.mark.e2e
-
-
-def write(tmp: Path, name: str, pem: Pem) -> tuple[Path, Path]:
-    """``name.crt`` and ``name.key`` in ``tmp``."""
-    cert, key = tmp / f"{name}.crt", tmp / f"{name}.key"
-    cert.write_bytes(pem.cert)
-    key.write_bytes(pem.key)
-    return cert, key
-
-
-def create_secret(mesh: Mesh, name: str, cert: Path, key: Path, ca: Path | None = None) -> None:
-    extra = ["--ca", str(ca)] if ca else []
-    done = mesh.cli("create", "secret", "tls", name, "--cert", str(cert), "--key", str(key), *extra)
-    assert done.returncode == 0, done.stderr
 
 
 def applied(mesh: Mesh, text: str) -> str:
@@ -122,12 +109,12 @@ def test_simple_serves_each_host_its_certificate_and_renews_it_in_place(
     # Two CAs: a client trusting one of them can only reach the host whose certificate it
     # signed, so a success says which certificate the gateway chose by SNI.
     shop_ca, blog_ca = make_ca("shop-ca"), make_ca("blog-ca")
-    shop_ca_file, _ = write(tmp_path, "shop-ca", shop_ca)
-    blog_ca_file, _ = write(tmp_path, "blog-ca", blog_ca)
+    shop_ca_file, _ = write_pem(tmp_path, "shop-ca", shop_ca)
+    blog_ca_file, _ = write_pem(tmp_path, "blog-ca", blog_ca)
     shop = make_cert("shop.example.com", issuer=shop_ca)
-    create_secret(mesh, "shop-credential", *write(tmp_path, "shop", shop))
+    create_tls_secret(mesh, "shop-credential", *write_pem(tmp_path, "shop", shop))
     blog = make_cert("blog.example.com", ("blog.example.com", "modern.example.com"), blog_ca)
-    create_secret(mesh, "blog-credential", *write(tmp_path, "blog", blog))
+    create_tls_secret(mesh, "blog-credential", *write_pem(tmp_path, "blog", blog))
     port = free_port()
     stderr = applied(
         mesh,
@@ -189,7 +176,7 @@ spec:
     first = served_certificate(port, "shop.example.com")
     assert first is not None and first.serial_number == shop.serial
     renewed = make_cert("shop.example.com", issuer=shop_ca)
-    cert, key = write(tmp_path, "shop-renewed", renewed)
+    cert, key = write_pem(tmp_path, "shop-renewed", renewed)
     made = mesh.cli(
         *("create", "secret", "tls", "shop-credential", "--cert", str(cert), "--key", str(key)),
         *("--dry-run=client", "-o", "yaml"),
@@ -212,12 +199,14 @@ def test_mutual_requires_a_client_certificate_from_the_credential_ca(
     mesh.run("reviews", "v1")
     mesh.gateway("edge", {"edge": "tls-mutual"})
     server_ca, client_ca, stranger_ca = make_ca("server-ca"), make_ca("client-ca"), make_ca()
-    server_ca_file, _ = write(tmp_path, "server-ca", server_ca)
-    client_ca_file, _ = write(tmp_path, "client-ca", client_ca)
+    server_ca_file, _ = write_pem(tmp_path, "server-ca", server_ca)
+    client_ca_file, _ = write_pem(tmp_path, "client-ca", client_ca)
     server = make_cert("bank.example.com", issuer=server_ca)
-    create_secret(mesh, "bank-credential", *write(tmp_path, "bank", server), client_ca_file)
-    client_cert, client_key = write(tmp_path, "client", make_cert("client", issuer=client_ca))
-    stranger_cert, stranger_key = write(tmp_path, "stranger", make_cert("x", issuer=stranger_ca))
+    create_tls_secret(mesh, "bank-credential", *write_pem(tmp_path, "bank", server), client_ca_file)
+    client_cert, client_key = write_pem(tmp_path, "client", make_cert("client", issuer=client_ca))
+    stranger_cert, stranger_key = write_pem(
+        tmp_path, "stranger", make_cert("x", issuer=stranger_ca)
+    )
     port = free_port()
     applied(
         mesh,
@@ -259,9 +248,9 @@ def test_passthrough_routes_by_sni_to_the_backends_own_tls(
     mesh: Mesh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ca = make_ca("backend-ca")
-    ca_file, _ = write(tmp_path, "backend-ca", ca)
+    ca_file, _ = write_pem(tmp_path, "backend-ca", ca)
     backend = make_cert("nginx.example.com", issuer=ca)
-    cert, key = write(tmp_path, "nginx", backend)
+    cert, key = write_pem(tmp_path, "nginx", backend)
     monkeypatch.setenv("TCP_ECHO_CERT", str(cert))
     monkeypatch.setenv("TCP_ECHO_KEY", str(key))
     mesh.run("nginx", "v1", "443/tls", "tcp_echo.py")  # type: ignore[arg-type]
@@ -310,9 +299,11 @@ def test_tcp_and_tls_servers_forward_bytes_along_tcp_routes(mesh: Mesh, tmp_path
     mesh.run("tcp-echo", "v1", "9000/tcp", "tcp_echo.py")  # type: ignore[arg-type]
     mesh.gateway("edge", {"edge": "tcp"})
     ca = make_ca("echo-ca")
-    ca_file, _ = write(tmp_path, "echo-ca", ca)
-    create_secret(
-        mesh, "echo-credential", *write(tmp_path, "echo", make_cert("echo.example.com", issuer=ca))
+    ca_file, _ = write_pem(tmp_path, "echo-ca", ca)
+    create_tls_secret(
+        mesh,
+        "echo-credential",
+        *write_pem(tmp_path, "echo", make_cert("echo.example.com", issuer=ca)),
     )
     plain, tls = free_port(), free_port()
     applied(

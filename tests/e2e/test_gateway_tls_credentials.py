@@ -18,7 +18,8 @@ from cryptography.x509.oid import NameOID
 from tests.certs import make_ca, make_cert
 
 from .mesh import Mesh, free_port, wait_until
-from .test_gateway_tls import applied, create_secret, service, write
+from .test_gateway_tls import applied, service
+from .tls_helpers import create_tls_secret, write_pem
 
 pytestmark = pytest.mark.e2e
 
@@ -80,10 +81,10 @@ def test_credential_names_serve_rsa_and_ecdsa_clients_each_their_certificate(
     mesh.run("reviews", "v1")
     mesh.gateway("edge", {"edge": "tls-two-certs"})
     ca = make_ca("shop-ca")
-    ca_file, _ = write(tmp_path, "shop-ca", ca)
-    create_secret(mesh, "shop-rsa", *rsa_cert("shop.example.com", ca.cert, ca.key, tmp_path))
+    ca_file, _ = write_pem(tmp_path, "shop-ca", ca)
+    create_tls_secret(mesh, "shop-rsa", *rsa_cert("shop.example.com", ca.cert, ca.key, tmp_path))
     ecdsa = make_cert("shop.example.com", issuer=ca)
-    create_secret(mesh, "shop-ecdsa", *write(tmp_path, "ecdsa", ecdsa))
+    create_tls_secret(mesh, "shop-ecdsa", *write_pem(tmp_path, "ecdsa", ecdsa))
     port = free_port()
     stderr = applied(
         mesh,

@@ -10,7 +10,6 @@ clients are nobody's here: curl, openssl s_client, Python's requests and httpx.
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import re
 import shutil
@@ -22,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from .mesh import APPS, Mesh, Workload, free_port, stop, wait_until
+from tests.certs import make_ca, make_cert
+
+from .mesh import Mesh, Workload, free_port, outside_https_echo, started_mesh, stop, wait_until
+from .tls_helpers import write_pem
 
 pytestmark = pytest.mark.e2e
 
@@ -43,65 +41,19 @@ class Pki:
     key: Path
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
     """A CA and a server certificate for :data:`NAMES`, made here (no key is checked in)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("tsunagi test CA"))
-        .issuer_name(_name("tsunagi test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(NAMES[0]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in NAMES]), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    out = Pki(tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key")
-    out.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    out.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    out.key.chmod(0o600)
+    ca = make_ca("tsunagi test CA")
+    out = Pki(tmp_path / "ca.pem", *write_pem(tmp_path, "server", make_cert(NAMES[0], NAMES, ca)))
+    out.ca.write_bytes(ca.cert)
     return out
 
 
 @pytest.fixture
 def logged_mesh(tmp_path: Path) -> Iterator[Mesh]:
     """A mesh whose sidecars log every request and connection (Istio's text access log)."""
-    m = Mesh(tmp_path / "state", up_args=("--access-log", "text"))
-    m.state_dir.mkdir(parents=True)
-    m.up()
-    try:
-        yield m
-    finally:
-        m.close()
+    yield from started_mesh(tmp_path, "--access-log", "text")
 
 
 @pytest.fixture
@@ -112,17 +64,8 @@ def servers(pki: Pki, tmp_path: Path) -> Iterator[dict[str, int]]:
     try:
         for name in ("a", "b"):
             port = free_port()
-            env = {"PORT": str(port), "NAME": name, "TLS_CERT": str(pki.cert)}
-            env["TLS_KEY"] = str(pki.key)
-            log = (tmp_path / f"https-{name}.log").open("ab")
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, str(APPS / "https_echo.py")],
-                    env=env,
-                    stdout=log,
-                    stderr=log,
-                )
-            )
+            log = tmp_path / f"https-{name}.log"
+            procs.append(outside_https_echo(name, port, pki.cert, pki.key, log))
             ports[name] = port
         for name, port in ports.items():
             wait_until(lambda p=port: _listening(p), what=f"https server {name}")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .mesh import APPS, Mesh, Workload, free_port, stop, wait_until
+from .mesh import APPS, Mesh, Workload, free_port, started_mesh, stop, wait_until
 from .test_protocols import call
 
 pytestmark = pytest.mark.e2e
@@ -33,24 +33,14 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
-def _mesh(tmp_path: Path, *up_args: str) -> Iterator[Mesh]:
-    m = Mesh(tmp_path / "state", up_args=up_args)
-    m.state_dir.mkdir(parents=True)
-    m.up()
-    try:
-        yield m
-    finally:
-        m.close()
-
-
 @pytest.fixture
 def text_mesh(tmp_path: Path) -> Iterator[Mesh]:
-    yield from _mesh(tmp_path, "--access-log", "text")
+    yield from started_mesh(tmp_path, "--access-log", "text")
 
 
 @pytest.fixture
 def json_mesh(tmp_path: Path) -> Iterator[Mesh]:
-    yield from _mesh(tmp_path, "--access-log", "json")
+    yield from started_mesh(tmp_path, "--access-log", "json")
 
 
 def log_of(mesh: Mesh, w: Workload) -> str:

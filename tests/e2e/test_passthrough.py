@@ -3,29 +3,20 @@ name points in DNS, not to the endpoints the mesh knows. What a client receives 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from .mesh import APPS, Mesh, free_port, stop, wait_until
+from .mesh import Mesh, free_port, outside_echo, stop, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def _server(name: str, port: int) -> subprocess.Popen[bytes]:
-    """A plain echo app outside the mesh, answering as ``name`` on 127.0.0.1:``port``."""
-    env = {**os.environ, "PORT": str(port), "POD_NAME": name}
-    return subprocess.Popen([sys.executable, str(APPS / "echo.py")], env=env)
 
 
 @pytest.fixture
 def servers() -> Iterator[tuple[int, int]]:
     """(the port `localhost` is asked for, the port of the endpoint the mesh knows)."""
     named, known = free_port(), free_port()
-    procs = [_server("by-name", named), _server("known-endpoint", known)]
+    procs = [outside_echo("by-name", named), outside_echo("known-endpoint", known)]
     try:
         yield named, known
     finally:

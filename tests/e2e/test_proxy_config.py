@@ -15,7 +15,8 @@ import yaml
 from tests.certs import make_cert
 
 from .mesh import Mesh, free_port, wait_until
-from .test_secrets import _no_key, _serials, _write
+from .test_secrets import _no_key, _serials
+from .tls_helpers import create_tls_secret, write_pem
 
 pytestmark = pytest.mark.e2e
 
@@ -35,12 +36,8 @@ def _active_serial(mesh: Mesh, proxy: str) -> str:
 
 def test_proxy_config_secret_lists_what_the_gateway_holds(mesh: Mesh, tmp_path: Path) -> None:
     first, renewed = make_cert("tls.example.com"), make_cert("tls.example.com")
-    cert, key = _write(tmp_path, "first", first)
-    made = mesh.cli(
-        "create", "secret", "tls", "edge-cred", "--cert", str(cert), "--key", str(key),
-        "-n", "edge",
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    cert, key = write_pem(tmp_path, "first", first)
+    create_tls_secret(mesh, "edge-cred", cert, key, namespace="edge")
     gw = mesh.gateway("edge", {"edge": "tls"}, namespace="edge")
     proxy = f"{gw.name}.edge"  # as proxy-status names it
     applied = mesh.apply(
@@ -85,7 +82,7 @@ spec:
         assert _no_key(out.stdout + out.stderr, first)
 
     # Renewed in place: the row follows, once the gateway ACKed the new certificate
-    rcert, rkey = _write(tmp_path, "renewed", renewed)
+    rcert, rkey = write_pem(tmp_path, "renewed", renewed)
     printed = mesh.cli(
         "create", "secret", "tls", "edge-cred", "--cert", str(rcert), "--key", str(rkey),
         "-n", "edge", "--dry-run=client", "-o", "yaml",

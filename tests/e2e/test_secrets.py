@@ -14,16 +14,9 @@ import pytest
 from tests.certs import Pem, make_ca, make_cert
 
 from .mesh import Mesh, Workload, free_port, wait_until
+from .tls_helpers import create_tls_secret, write_pem
 
 pytestmark = pytest.mark.e2e
-
-
-def _write(tmp: Path, name: str, pem: Pem) -> tuple[Path, Path]:
-    cert, key = tmp / f"{name}.crt", tmp / f"{name}.key"
-    cert.write_bytes(pem.cert)
-    key.write_bytes(pem.key)
-    key.chmod(0o600)
-    return cert, key
 
 
 def _key_lines(pem: Pem) -> list[str]:
@@ -40,7 +33,7 @@ def test_create_get_and_delete_a_tls_secret_without_showing_its_key(
     mesh: Mesh, tmp_path: Path
 ) -> None:
     server, ca = make_cert("shop.example.com"), make_ca("shop-clients")
-    cert, key = _write(tmp_path, "shop", server)
+    cert, key = write_pem(tmp_path, "shop", server)
     (tmp_path / "ca.crt").write_bytes(ca.cert)
     made = mesh.cli(
         "create", "secret", "tls", "shop-cred", "--cert", str(cert), "--key", str(key),
@@ -89,8 +82,8 @@ def test_a_key_that_is_not_the_certificates_is_refused_naming_its_field(
     mesh: Mesh, tmp_path: Path
 ) -> None:
     server, other = make_cert("a.example.com"), make_cert("b.example.com")
-    cert, _ = _write(tmp_path, "a", server)
-    _, wrong = _write(tmp_path, "b", other)
+    cert, _ = write_pem(tmp_path, "a", server)
+    _, wrong = write_pem(tmp_path, "b", other)
     refused = mesh.cli(
         "create", "secret", "tls", "a-cred", "--cert", str(cert), "--key", str(wrong)
     )
@@ -114,7 +107,7 @@ def test_a_key_that_is_not_the_certificates_is_refused_naming_its_field(
 
 def test_kubectl_yaml_and_generic_secrets_apply(mesh: Mesh, tmp_path: Path) -> None:
     server, ca = make_cert("g.example.com"), make_ca()
-    cert, key = _write(tmp_path, "g", server)
+    cert, key = write_pem(tmp_path, "g", server)
     (tmp_path / "ca.pem").write_bytes(ca.cert)
     # `kubectl create secret tls ... --dry-run=client -o yaml`, which ours prints too
     printed = mesh.cli(
@@ -149,15 +142,11 @@ def test_the_gateway_that_names_a_credential_holds_it_and_gets_a_renewal(
 ) -> None:
     mesh.xds_protocol = xds
     first, renewed = make_cert("tls.example.com"), make_cert("tls.example.com")
-    cert, key = _write(tmp_path, "first", first)
-    made = mesh.cli(
-        "create", "secret", "tls", "edge-cred", "--cert", str(cert), "--key", str(key),
-        "-n", "edge",
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    cert, key = write_pem(tmp_path, "first", first)
+    create_tls_secret(mesh, "edge-cred", cert, key, namespace="edge")
     # The same name in another namespace: a gateway in `edge` must never get this one
     other = make_cert("elsewhere.example.com")
-    ocert, okey = _write(tmp_path, "other", other)
+    ocert, okey = write_pem(tmp_path, "other", other)
     assert (
         mesh.cli("create", "secret", "tls", "edge-cred", "--cert", str(ocert), "--key", str(okey))
     ).returncode == 0
@@ -192,7 +181,7 @@ spec:
 
     # Renewed in place (kubectl's idiom): the running gateway takes it, no restart
     envoy = gw.envoy_pid()
-    rcert, rkey = _write(tmp_path, "renewed", renewed)
+    rcert, rkey = write_pem(tmp_path, "renewed", renewed)
     printed = mesh.cli(
         "create", "secret", "tls", "edge-cred", "--cert", str(rcert), "--key", str(rkey),
         "-n", "edge", "--dry-run=client", "-o", "yaml",

@@ -334,7 +334,7 @@ def test_the_config_discovers_with_the_token_file_and_scrapes_sidecars_without_i
     assert cp["authorization"]["credentials_file"] == str(token.resolve())
     assert "authorization" not in sidecars  # the control plane's token stays with it
     assert cp["relabel_configs"][0]["regex"] == "control-plane"
-    assert sidecars["relabel_configs"][0]["regex"] == "sidecar"
+    assert sidecars["relabel_configs"][0]["regex"] == "sidecar|gateway"  # every Envoy
 
 
 def test_prometheus_accepts_the_written_config(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from google.protobuf import json_format, struct_pb2
@@ -156,3 +157,13 @@ def test_the_gateway_agent_stays_lean() -> None:
     heavy = {"argparse", "logging", "pathlib", "typing", "asyncio", "ssl", "inspect"}
     heavy |= {"tsunagi.cli", "tsunagi.api", "tsunagi.mesh", "tsunagi.xds", "tempfile", "shutil"}
     assert not loaded & heavy, sorted(loaded & heavy)
+
+
+def test_the_bind_capability_is_read_from_the_effective_set(tmp_path: Path) -> None:
+    from tsunagi.agent.gateway import binds_privileged_ports
+
+    status = tmp_path / "status"
+    status.write_text("Name:\tenvoy\nCapEff:\t0000000000000400\n")  # bit 10 only
+    assert binds_privileged_ports(str(status)) is True
+    status.write_text("Name:\tenvoy\nCapEff:\t00000000a80421fb\n")
+    assert binds_privileged_ports(str(status)) is False  # bit 10 cleared

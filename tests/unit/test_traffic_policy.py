@@ -128,7 +128,7 @@ def test_apply_warns_only_about_what_is_not_enforced() -> None:
     # SIMPLE is TLS origination (tests/e2e/test_egress.py); a credentialName is not.
     assert "spec.trafficPolicy.tls.credentialName is not applied yet on sidecars" in text
     assert "PASSTHROUGH" not in text  # enforced (tests/e2e/test_passthrough.py)
-    assert "spec.trafficPolicy.connectionPool.tcp.idleTimeout is not applied yet" in text
+    assert "idleTimeout" not in text  # enforced (tests/golden/cases/tcp-idle-timeout)
     assert "localityLbSetting" not in text  # enforced (tests/unit/test_locality.py)
     assert (
         "spec.trafficPolicy.outlierDetection.consecutiveErrors is deprecated; "

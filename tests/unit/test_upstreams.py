@@ -177,8 +177,9 @@ def test_tcp_routes_are_no_longer_reported_as_not_applied() -> None:
     warnings = not_yet_enforced(load_documents(rule(tcp), "t.yaml"))
     assert warnings == [
         "VirtualService default/tcp-echo: spec.tcp[0].match[0].destinationSubnets is not "
-        "applied yet: an --upstream listener has no destination address, so this match "
-        "never holds"
+        "applied yet: on sidecars (--upstream listeners, HTTPS_PROXY CONNECT tunnels) a "
+        "connection names a service, not a destination address, so this match never holds; "
+        "on gateways it is ignored, as in Istio. Match on port or sniHosts instead"
     ]
 
 

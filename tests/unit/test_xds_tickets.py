@@ -17,6 +17,7 @@ import os
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -36,6 +37,9 @@ from tsunagi.xds import tickets
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.server import start_server
 from tsunagi.xds.translate.names import credential_secret
+
+if TYPE_CHECKING:
+    from tsunagi.controlplane.http_api import Api
 
 _SOTW = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 _BOUND = 30.0  # generous: a bug hangs the test for seconds, not until pytest's timeout
@@ -117,7 +121,14 @@ async def _secrets_sent(port: int, node_id: str, ticket: str | None) -> dict[str
         async with asyncio.timeout(_BOUND):
             response = await call.read()
         call.cancel()
-    assert response is not grpc.aio.EOF and response.type_url == rs.SECRET
+    return private_keys(response)
+
+
+def private_keys(response: object) -> dict[str, bytes]:
+    """The secrets an SDS response holds: name → private key."""
+    assert response is not grpc.aio.EOF
+    assert isinstance(response, discovery_pb2.DiscoveryResponse)
+    assert response.type_url == rs.SECRET
     out = {}
     for any_msg in response.resources:
         msg = secret_pb2.Secret()
@@ -170,16 +181,16 @@ def test_the_bootstrap_sends_the_ticket_on_the_ads_stream() -> None:
     assert "initial_metadata" not in plain
 
 
-async def test_bootstrap_hands_out_the_ticket_of_the_node_it_names() -> None:
-    from aiohttp.test_utils import TestClient, TestServer
-
+async def _ticketing_api() -> Api:
+    """The control plane's HTTP API over an empty store, signing tickets with ``KEY``;
+    its token is ``t``."""
     from tsunagi.controlplane.http_api import Api
     from tsunagi.registry import Registry
 
     store = MemoryStore()
     await store.open()
     cache = SnapshotCache()
-    api = Api(
+    return Api(
         store,
         Registry(store, ttl=15.0),
         Pusher(store, cache),
@@ -188,6 +199,12 @@ async def test_bootstrap_hands_out_the_ticket_of_the_node_it_names() -> None:
         ("127.0.0.1", 1),
         ticket_key=KEY,
     )
+
+
+async def test_bootstrap_hands_out_the_ticket_of_the_node_it_names() -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    api = await _ticketing_api()
     auth = {"Authorization": "Bearer t"}
     async with TestClient(TestServer(api.app())) as client:
         query = {"node": "gw-1.istio-system", "namespace": NS}
@@ -219,21 +236,7 @@ def test_a_control_character_cannot_shift_the_id_namespace_boundary() -> None:
 async def test_bootstrap_rejects_a_node_or_namespace_a_ticket_cannot_bind() -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
-    from tsunagi.controlplane.http_api import Api
-    from tsunagi.registry import Registry
-
-    store = MemoryStore()
-    await store.open()
-    cache = SnapshotCache()
-    api = Api(
-        store,
-        Registry(store, ttl=15.0),
-        Pusher(store, cache),
-        cache,
-        "t",
-        ("127.0.0.1", 1),
-        ticket_key=KEY,
-    )
+    api = await _ticketing_api()
     auth = {"Authorization": "Bearer t"}
     async with TestClient(TestServer(api.app())) as client:
         for query, field in (

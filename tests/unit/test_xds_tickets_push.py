@@ -15,7 +15,6 @@ from typing import Any
 import grpc
 import pytest
 from envoy.config.core.v3 import base_pb2
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import struct_pb2
 
@@ -29,7 +28,7 @@ from tsunagi.xds import tickets
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.server import start_server
 
-from .test_xds_tickets import _SOTW, CONFIG, KEY, NS, SECRET, SERVER, _b64
+from .test_xds_tickets import _SOTW, CONFIG, KEY, NS, SECRET, SERVER, _b64, private_keys
 
 _BOUND = 30.0  # generous: a bug hangs the test for seconds, not until pytest's timeout
 ROTATED = make_cert("bookinfo.example.com")
@@ -64,13 +63,8 @@ class _Ads:
         """The next SDS response and its secrets: name → private key."""
         async with asyncio.timeout(_BOUND):
             response = await self.call.read()
-        assert response is not grpc.aio.EOF and response.type_url == rs.SECRET
-        out = {}
-        for any_msg in response.resources:
-            msg = secret_pb2.Secret()
-            assert any_msg.Unpack(msg)
-            out[msg.name] = msg.tls_certificate.private_key.inline_bytes
-        return response, out
+        assert response is not grpc.aio.EOF
+        return response, private_keys(response)
 
 
 @pytest.fixture

@@ -252,10 +252,28 @@ class Gateway:
             "labels": dict(self.opts.labels),
             "metrics_port": self._metrics.port if self._metrics is not None else 0,
             "metrics_address": self.opts.metrics_address,
+            "binds_privileged_ports": binds_privileged_ports(),
         }
 
     def _registered(self) -> None:
         log.info("%s: registered as gateway %s", self.instance_name, self.opts.name)
+
+
+_CAP_NET_BIND_SERVICE = 10
+"""The capability's bit in /proc's ``CapEff`` mask (linux/capability.h)."""
+
+
+def binds_privileged_ports(status: str = "/proc/self/status") -> bool:
+    """Whether this process (and so the Envoy it starts, with the same credentials) may bind
+    ports below 1024: its effective capabilities hold ``CAP_NET_BIND_SERVICE`` (root's do)."""
+    try:
+        with open(status) as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_NET_BIND_SERVICE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
 
 
 def _open_connections(envoy: EnvoyProcess) -> int:

@@ -54,6 +54,12 @@ from tsunagi.mesh.analysis import (
 )
 from tsunagi.mesh.credential_analysis import credential_problems
 from tsunagi.mesh.gateway_analysis import gateway_problems
+from tsunagi.mesh.gateway_bind_analysis import (
+    RunningGateway,
+    privileged_port_problems,
+    running_gateways,
+    unprivileged_port_start,
+)
 from tsunagi.mesh.telemetry_analysis import telemetry_conflicts
 from tsunagi.proxy_contract import workload_metadata
 from tsunagi.registry import KIND as INSTANCE_KIND
@@ -199,6 +205,7 @@ class Api:
         self.max_body_size = max_body_size
         self.max_connections_per_client = max_connections_per_client
         self.idle_timeout = idle_timeout
+        self._unprivileged = unprivileged_port_start()  # the host's; gateways bind here
         self.body_timeout = body_timeout
         self.max_wait_timeout = max_wait_timeout
         self.views: MetricsViews | None = None
@@ -403,6 +410,10 @@ class Api:
         """The labels of the registered gateways (``tsunagi gateway``), which Gateways select."""
         return [i.labels for i in self.registry.instances() if i.is_gateway]
 
+    def _running_gateways(self) -> list[RunningGateway]:
+        """The registered gateways with their ``--port`` maps (which ports they bind)."""
+        return running_gateways(self.registry.instances())
+
     def _gateway_workloads(self) -> list[tuple[str, Mapping[str, str]]]:
         """``(namespace, labels)`` of the registered gateways: whose Secrets they read."""
         return [(i.namespace, i.labels) for i in self.registry.instances() if i.is_gateway]
@@ -420,6 +431,7 @@ class Api:
             + passthrough_without_dns(candidate, applied)
             + telemetry_conflicts(candidate, applied)
             + gateway_problems(candidate, applied, self._gateway_labels())
+            + privileged_port_problems(applied, self._running_gateways(), self._unprivileged)
             + credential_problems(candidate, applied, self._gateway_workloads())
             + tls_file_problems(applied)
             + not_yet_enforced(applied)
@@ -614,6 +626,7 @@ class Api:
                 + passthrough_without_dns(world, [r])
                 + telemetry_conflicts(world, [r])
                 + gateway_problems(world, [r], self._gateway_labels())
+                + privileged_port_problems([r], self._running_gateways(), self._unprivileged)
                 + credential_problems(world, [r], self._gateway_workloads())
                 + tls_file_problems([r])
                 + not_yet_enforced([r])

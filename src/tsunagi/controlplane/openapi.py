@@ -141,6 +141,11 @@ class InstanceRequest(_Body):
         description="Where `metrics_port` listens when not at `address` (a gateway's "
         "`--metrics-address`, 127.0.0.1 by default); empty: `address`.",
     )
+    binds_privileged_ports: bool = Field(
+        False,
+        description="A gateway that runs as root or with CAP_NET_BIND_SERVICE, so it may "
+        "bind ports below 1024: `apply` does not warn about its Gateways' low ports.",
+    )
 
 
 class _Query(BaseModel):
@@ -427,7 +432,8 @@ class TargetGroup(BaseModel):
 
     targets: list[str] = Field(description="`host:port` to scrape.")
     labels: dict[str, str] = Field(
-        description="`__metrics_path__`, `__meta_tsunagi_role` (`control-plane` or `sidecar`), "
+        description="`__metrics_path__`, `__meta_tsunagi_role` (`control-plane`, `sidecar` or "
+        "`gateway`), "
         "and Istio's pod labels: `namespace`, `pod`, `app`, `version`."
     )
 

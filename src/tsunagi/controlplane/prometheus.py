@@ -4,8 +4,9 @@
 ``{"targets": ["host:port"], "labels": {...}}``): one group for this control plane and one
 per registered instance whose sidecar serves metrics. Each group carries the labels Istio's
 Kubernetes pod discovery gives (``namespace``, ``pod``, ``app``, ``version``), which is what
-Istio's dashboards, recording rules and Kiali select on, and ``__meta_tsunagi_role`` for the
-jobs of :func:`config` to keep their own targets.
+Istio's dashboards, recording rules and Kiali select on, and ``__meta_tsunagi_role``
+(``control-plane``, ``sidecar`` or ``gateway``) for the jobs of :func:`config` to keep their
+own targets.
 
 ``tsunagi up`` writes :func:`config` to ``STATE_DIR/prometheus.yml``: two jobs,
 ``tsunagi-control-plane`` (``/metrics``, like istiod's monitoring port, with the API token)
@@ -81,7 +82,7 @@ def targets(
             continue
         seen.add(target)
         labels = {
-            ROLE_LABEL: "sidecar",
+            ROLE_LABEL: "gateway" if inst.is_gateway else "sidecar",
             "__metrics_path__": SIDECAR_METRICS_PATH,
             "namespace": inst.namespace,
             "pod": inst.name,
@@ -125,7 +126,9 @@ def config(api_url: str, token_file: Path) -> dict[str, Any]:
                 # sidecars do not ask for it.
                 "job_name": SIDECAR_JOB,
                 "http_sd_configs": [discovery],
-                "relabel_configs": keep("sidecar"),
+                # Gateways too: Istio's envoy-stats job scrapes every Envoy, gateways
+                # included (their metrics say reporter="source", as in Istio).
+                "relabel_configs": keep("sidecar|gateway"),
             },
         ],
     }

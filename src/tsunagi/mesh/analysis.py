@@ -234,8 +234,9 @@ def _l4_route_warnings(where: str, spec: VirtualServiceSpec) -> list[str]:
         if subnets:
             out.append(
                 f"{where}: spec.{field}[{i}].match[{j}].destinationSubnets is not applied "
-                "yet: an --upstream listener has no destination address, so this match "
-                "never holds"
+                "yet: on sidecars (--upstream listeners, HTTPS_PROXY CONNECT tunnels) a "
+                "connection names a service, not a destination address, so this match never "
+                "holds; on gateways it is ignored, as in Istio. Match on port or sniHosts instead"
             )
     return out
 
@@ -261,7 +262,7 @@ def _traffic_policy_warnings(where: str, spec: DestinationRuleSpec) -> list[str]
             (f"{path}.portLevelSettings[{j}]", p) for j, p in enumerate(tp.port_level_settings)
         ]
         for at, part in parts:
-            lb, pool, outlier = part.load_balancer, part.connection_pool, part.outlier_detection
+            lb, outlier = part.load_balancer, part.outlier_detection
             out += _tls_warnings(f"{where}: {at}.tls", part.tls)
             # A subset's own policy inherits the top level's outlier detection; port-level
             # settings inherit nothing (see xds/translate/policy.py).
@@ -273,8 +274,6 @@ def _traffic_policy_warnings(where: str, spec: DestinationRuleSpec) -> list[str]
                     f"{where}: {at}.loadBalancer.consistentHash.minimumRingSize is "
                     "deprecated; use consistentHash.ringHash.minimumRingSize"
                 )
-            if pool is not None and pool.tcp is not None and pool.tcp.idle_timeout is not None:
-                out.append(f"{where}: {at}.connectionPool.tcp.idleTimeout is not applied yet")
             if outlier is not None and outlier.consecutive_errors is not None:
                 out.append(
                     f"{where}: {at}.outlierDetection.consecutiveErrors is deprecated; use "

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from tsunagi.api import GatewaySpec, Resource, ResourceOf, Server, VirtualServiceSpec
 from tsunagi.mesh import gateway_ports as ports
 from tsunagi.mesh import gateways as gw
+from tsunagi.mesh.vs_host_analysis import mesh_host_conflicts
 from tsunagi.mesh.world import World, of_spec
 
 
@@ -26,6 +27,7 @@ def gateway_problems(
     out: list[str] = []
     for vs in of_spec(resources, VirtualServiceSpec):
         out += _binding_problems(vs, by_key)
+    out += mesh_host_conflicts(world, resources)  # the mesh gateway's IST0109
     every_vs = sorted(of_spec(world.resources, VirtualServiceSpec), key=lambda v: v.key)
     for g in of_spec(resources, GatewaySpec):
         out += _server_warnings(g)

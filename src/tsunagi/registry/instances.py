@@ -60,6 +60,9 @@ class Instance:
     """Where ``metrics_port`` listens when not at ``address``: a gateway serves traffic at
     ``--address`` (perhaps 0.0.0.0) but its metrics at ``--metrics-address`` (127.0.0.1 by
     default), so its stats are not exposed at the edge; empty: ``address``."""
+    binds_privileged_ports: bool = False
+    """A gateway that may bind ports below the host's unprivileged start (it runs as root or
+    with ``CAP_NET_BIND_SERVICE``): ``apply`` does not warn that its Envoy cannot."""
 
     @property
     def metrics_host(self) -> str:
@@ -105,6 +108,7 @@ class Instance:
                 metrics_port=int(doc.get("metrics_port") or 0),
                 kind=str(doc.get("kind") or pc.DEFAULT_KIND),
                 metrics_address=str(doc.get("metrics_address") or ""),
+                binds_privileged_ports=bool(doc.get("binds_privileged_ports", False)),
             )
         except KeyError as e:
             raise InvalidInstance(f"missing field {e.args[0]!r}") from None

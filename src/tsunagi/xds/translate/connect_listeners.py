@@ -19,6 +19,7 @@ from tsunagi.xds.translate import accesslog
 from tsunagi.xds.translate.connect import connect_name, tls_ports
 from tsunagi.xds.translate.listeners import TCP_PROXY_TYPE
 from tsunagi.xds.translate.names import outbound_cluster
+from tsunagi.xds.translate.policy import tcp_idle_timeout
 from tsunagi.xds.translate.upstream_listeners import TLS_INSPECTOR, tcp_proxy, tls_chains
 
 
@@ -96,7 +97,8 @@ def connect_listener_docs(
         }
         if policy == ALLOW_ANY and all("filter_chain_match" in c for c in chains):
             cluster = outbound_cluster(host, port)
-            default = tcp_proxy(cluster, [(cluster, 100)], [])
+            idle = tcp_idle_timeout(world, [cluster], namespace)
+            default = tcp_proxy(cluster, [(cluster, 100)], [], idle)
             listener["default_filter_chain"] = {"filters": [default]}
         out.append(json.dumps(listener, sort_keys=True))
     return tuple(out)

@@ -35,6 +35,7 @@ from tsunagi.mesh import gateway_ports as ports
 from tsunagi.mesh import gateways as gw
 from tsunagi.xds.translate.gateway_routing import GatewayRouteBuilder
 from tsunagi.xds.translate.names import credential_ca_secret, credential_secret
+from tsunagi.xds.translate.policy import tcp_idle_timeout
 from tsunagi.xds.translate.san import san_matchers
 from tsunagi.xds.translate.upstream_listeners import (
     TLS_INSPECTOR,
@@ -157,9 +158,14 @@ def _stat_prefix(targets: list[tuple[str, int]], port: int) -> str:
 
 
 def _tcp_proxy(
-    targets: list[tuple[str, int]], port: int, loggers: list[dict[str, Any]]
+    builder: GatewayRouteBuilder,
+    targets: list[tuple[str, int]],
+    port: int,
+    loggers: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    return tcp_proxy(_stat_prefix(targets, port), targets, loggers)
+    # The DestinationRule lookup is the gateway proxy's, as for its clusters.
+    idle = tcp_idle_timeout(builder.world, [c for c, _ in targets], builder.namespace)
+    return tcp_proxy(_stat_prefix(targets, port), targets, loggers, idle)
 
 
 def _tcp_targets(
@@ -192,7 +198,7 @@ def _passthrough(
                     continue
                 targets = route_targets(builder, route.route, b.vs.namespace, "", port)
                 if targets:
-                    proxy = _tcp_proxy(targets, port, loggers)
+                    proxy = _tcp_proxy(builder, targets, port, loggers)
                     chains.add(sni_server_names(m.sni_hosts), [proxy])
 
 
@@ -224,7 +230,7 @@ def port_chains(
         if ps.kind == "tcp":
             targets = _tcp_targets(builder, bound, g, ps.port)
             if targets:
-                chains.add(None, [_tcp_proxy(targets, ps.port, loggers)])
+                chains.add(None, [_tcp_proxy(builder, targets, ps.port, loggers)])
         elif ports.https_table(server):
             table = https_route(ps.port, g, server)
             filters = [http_filter(table)]
@@ -235,7 +241,7 @@ def port_chains(
         else:  # a TLS server ending the TLS: its bytes go on along tcp routes
             targets = _tcp_targets(builder, bound, g, ps.port)
             if targets:
-                proxy = _tcp_proxy(targets, ps.port, loggers)
+                proxy = _tcp_proxy(builder, targets, ps.port, loggers)
                 chains.add(_server_names(server), [proxy], tls_context(server, http=False))
     return PortChains(chains.chains, tables)
 

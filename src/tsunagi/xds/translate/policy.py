@@ -10,8 +10,10 @@ inherits: what it leaves out gets the default (Istio's documented rule).
 Enforced here: load balancing (simple algorithms, consistent hashing, warmup), connection
 pools (circuit-breaker thresholds, HTTP protocol options, TCP keepalive) and outlier
 detection; ``localityLbSetting`` in :mod:`.locality`, from the merged policy; ``tls`` (modes
-SIMPLE and MUTUAL) in :mod:`.origination`. Not yet: ISTIO_MUTUAL and ``credentialName``,
-``tunnel``, ``proxyProtocol`` and ``tcp.idleTimeout``; ``tsunagi apply`` warns
+SIMPLE and MUTUAL) in :mod:`.origination`; ``tcp.idleTimeout`` on TCP proxies
+(:func:`tcp_idle_timeout`) and, as Istio does, as the HTTP connection idle timeout when
+``http.idleTimeout`` is unset. Not yet: ISTIO_MUTUAL and ``credentialName``,
+``tunnel`` and ``proxyProtocol``; ``tsunagi apply`` warns
 about those, see :mod:`tsunagi.mesh.analysis`. ``PASSTHROUGH`` is in :mod:`.passthrough`.
 """
 
@@ -205,6 +207,9 @@ def _connection_pool(cluster: dict[str, Any], pool: ConnectionPoolSettings) -> N
             }
         elif http.h2_upgrade_policy == "UPGRADE":
             protocol = {"explicit_http_config": {"http2_protocol_options": h2}}
+    # Istio's fallback: the HTTP connection idle timeout is the TCP one when unset.
+    if "idle_timeout" not in common and tcp is not None and tcp.idle_timeout is not None:
+        common["idle_timeout"] = format_duration(tcp.idle_timeout)
     cluster["circuit_breakers"] = {"thresholds": [thresholds]}
     upgraded = http is not None and (
         http.use_client_protocol or http.h2_upgrade_policy == "UPGRADE"
@@ -299,6 +304,20 @@ def route_hash_policy(
     hashes = [hash_policy(p) for p in _route_policies(world, clusters, namespace)]
     first = hashes[0] if hashes else None
     return first if all(h == first for h in hashes) else None
+
+
+def tcp_idle_timeout(world: World, targets: Sequence[str], namespace: str) -> str | None:
+    """A TCP proxy's ``idle_timeout`` toward ``targets`` (outbound cluster names, the first
+    decides, as in Istio): the top-level ``connectionPool.tcp.idleTimeout`` of the first
+    target host's DestinationRule for clients of ``namespace`` (Istio reads neither subsets nor
+    port-level settings here); None leaves Envoy's default (1 h, Istio's too)."""
+    ref = parse_outbound_cluster(targets[0]) if targets else None
+    dr = world.destination_rule(ref.host, namespace) if ref is not None else None
+    tp = dr.spec.traffic_policy if dr is not None else None
+    pool = tp.connection_pool if tp is not None else None
+    if pool is None or pool.tcp is None or pool.tcp.idle_timeout is None:
+        return None
+    return format_duration(pool.tcp.idle_timeout)
 
 
 def route_passes_through(world: World, clusters: Sequence[str], namespace: str = "") -> bool:

@@ -508,6 +508,22 @@ class RouteBuilder:
                     return vs
         return None
 
+    def virtual_services_for(self, host: str) -> list[ResourceOf[VirtualServiceSpec]]:
+        """Every VirtualService that binds ``host`` for sidecars (its own host or a wildcard
+        covering it), in Istio's config order (creation time; here namespace, then name, as
+        elsewhere). Istio reads the ``tcp:`` and ``tls:`` routes of all of them in that order
+        (``getConfigsForHost``), where HTTP takes the first VirtualService's only."""
+        parts = host.split(".")
+        candidates = [host, *("*." + ".".join(parts[i:]) for i in range(1, len(parts))), "*"]
+        found = {
+            vs.key: vs
+            for h in candidates
+            for vs in self.world.virtual_services.get(h, ())
+            if "mesh" in (vs.spec.gateways or ("mesh",))
+            and exported_to(vs.spec.export_to, vs.namespace, self.namespace)
+        }
+        return sorted(found.values(), key=lambda v: (v.namespace, v.name))
+
 
 PEER_HEADER_TO_ADD = {
     "header": {"key": PEER_HEADER, "value": f"%ENVIRONMENT({PEER_ENV})%"},

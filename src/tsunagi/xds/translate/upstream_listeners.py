@@ -5,7 +5,8 @@ untouched, to one service port (Consul's and Kuma's upstreams), for clients that
 an HTTP proxy: databases, brokers, anything that is not HTTP, and HTTP services too.
 
 Where a connection goes is Istio's outbound TCP routing for that service port: the
-VirtualService that binds the host for sidecars, its first ``tcp:`` route whose match holds
+VirtualServices that bind the host for sidecars (all of them, in order: Istio reads the tcp
+and tls routes of every one, unlike HTTP's), the first ``tcp:`` route whose match holds
 (``port``, ``sourceLabels``, ``sourceNamespace``, ``gateways`` naming ``mesh``), a single
 destination or weighted ones (``weighted_clusters``: the split is over new connections),
 subsets from the DestinationRule; no VirtualService or no matching route: the service port's
@@ -16,7 +17,9 @@ otherwise. A match with ``destinationSubnets`` never holds here: an upstream lis
 no destination address to compare (``apply`` says so).
 
 Cluster-level policy (connection pools, outlier detection, load balancing) is already on the
-destination clusters (:mod:`.policy`), so it holds for these connections too.
+destination clusters (:mod:`.policy`), so it holds for these connections too; the
+DestinationRule's ``connectionPool.tcp.idleTimeout`` goes on each TCP proxy (Istio's place
+for it: a connection with no bytes either way for that long is closed).
 
 The routes are inline in the listener (a TCP proxy has no route discovery): when an
 upstream's routing changes, Envoy drains the changed filter chain, and its open connections
@@ -37,6 +40,7 @@ from tsunagi.mesh import ClientScope, Node, Upstream, World
 from tsunagi.xds.translate import accesslog
 from tsunagi.xds.translate.listeners import TCP_PROXY_TYPE
 from tsunagi.xds.translate.names import outbound_cluster
+from tsunagi.xds.translate.policy import tcp_idle_timeout
 from tsunagi.xds.translate.routes import RouteBuilder
 
 UPSTREAM_LISTENER_PREFIX = "upstream|"
@@ -89,14 +93,20 @@ def route_targets(
 
 
 def tcp_proxy(
-    stat_prefix: str, targets: list[tuple[str, int]], loggers: list[dict[str, Any]]
+    stat_prefix: str,
+    targets: list[tuple[str, int]],
+    loggers: list[dict[str, Any]],
+    idle_timeout: str | None = None,
 ) -> dict[str, Any]:
-    """A ``tcp_proxy`` filter to ``targets`` (one cluster, or weighted ones)."""
+    """A ``tcp_proxy`` filter to ``targets`` (one cluster, or weighted ones), closing a
+    connection idle for ``idle_timeout`` (None: Envoy's default, 1 h)."""
     config: dict[str, Any] = {"@type": TCP_PROXY_TYPE, "stat_prefix": stat_prefix}
     if len(targets) == 1:
         config["cluster"] = targets[0][0]
     else:
         config["weighted_clusters"] = {"clusters": [{"name": c, "weight": w} for c, w in targets]}
+    if idle_timeout is not None:
+        config["idle_timeout"] = idle_timeout
     config.update(tcp_proxy_logging(loggers))
     return {"name": "envoy.filters.network.tcp_proxy", "typed_config": config}
 
@@ -128,14 +138,14 @@ def upstream_targets(world: World, node: Node, up: Upstream) -> list[tuple[str, 
     pairs (one: no split)."""
     up = resolved(world, up)
     builder = RouteBuilder(world, ClientScope(node.namespace))
-    vs = builder.virtual_service_for(up.host, wildcards=True)
-    if vs is not None:
+    for vs in builder.virtual_services_for(up.host):
         for route in vs.spec.tcp:
-            if _route_holds(route, up.port, node):
+            if route.route and _route_holds(route, up.port, node):
                 targets = route_targets(builder, route.route, vs.namespace, up.host, up.port)
                 if targets:
                     return targets
-                break  # every weight zero: Istio sends nothing there; the default serves
+                # every weight zero: Istio sends nothing there; the default serves
+                return [(outbound_cluster(up.host, up.port), 100)]
     return [(outbound_cluster(up.host, up.port), 100)]
 
 
@@ -151,27 +161,30 @@ def sni_server_names(sni_hosts: Sequence[str]) -> list[str] | None:
 def tls_chains(
     world: World, node: Node, up: Upstream, loggers: list[dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
-    """Filter chains of an upstream to a TLS or HTTPS port: Istio's ``tls:`` routes, one
+    """Filter chains of an upstream to a TLS or HTTPS port: Istio's ``tls:`` routes (of
+    every VirtualService of the host, in order), one
     chain per SNI match that holds for this sidecar (the first route to claim a name keeps
     it, as Envoy refuses two chains matching the same name); with none, one chain to the
     service port's cluster for any SNI."""
     up = resolved(world, up)
     builder = RouteBuilder(world, ClientScope(node.namespace))
-    vs = builder.virtual_service_for(up.host, wildcards=True)
     stat_prefix = outbound_cluster(up.host, up.port)
     chains: list[dict[str, Any]] = []
     claimed: set[str] = set()
     catch_all = False
-    for route in vs.spec.tls if vs is not None else ():
+    every = builder.virtual_services_for(up.host)
+    routes = [(vs.namespace, r) for vs in every for r in vs.spec.tls]
+    for rule_ns, route in routes:
         for m in route.match:
             if catch_all or not _match_holds(m, up.port, node):
                 continue
-            rule_ns = vs.namespace if vs else ""
             targets = route_targets(builder, route.route, rule_ns, up.host, up.port)
             if not targets:
                 continue
             names = sni_server_names(m.sni_hosts)
-            chain: dict[str, Any] = {"filters": [tcp_proxy(stat_prefix, targets, loggers or [])]}
+            idle = tcp_idle_timeout(world, [c for c, _ in targets], node.namespace)
+            proxy = tcp_proxy(stat_prefix, targets, loggers or [], idle)
+            chain: dict[str, Any] = {"filters": [proxy]}
             if names is None:
                 catch_all = True
             else:
@@ -183,7 +196,8 @@ def tls_chains(
             chains.append(chain)
     if not chains:
         default = [(stat_prefix, 100)]
-        chains.append({"filters": [tcp_proxy(stat_prefix, default, loggers or [])]})
+        idle = tcp_idle_timeout(world, [stat_prefix], node.namespace)
+        chains.append({"filters": [tcp_proxy(stat_prefix, default, loggers or [], idle)]})
     return chains
 
 
@@ -210,7 +224,9 @@ def upstream_listeners(world: World, node: Node) -> list[dict[str, Any]]:
         else:
             targets = upstream_targets(world, node, up)
             stat_prefix = outbound_cluster(up.host, up.port)
-            listener["filter_chains"] = [{"filters": [tcp_proxy(stat_prefix, targets, loggers)]}]
+            idle = tcp_idle_timeout(world, [c for c, _ in targets], node.namespace)
+            proxy = tcp_proxy(stat_prefix, targets, loggers, idle)
+            listener["filter_chains"] = [{"filters": [proxy]}]
         out.append(listener)
     return out
 
