@@ -588,3 +588,21 @@ async def test_hundreds_of_idle_connections_do_not_starve_other_clients(
             raise AssertionError("127.0.0.1 was not served again after closing its connections")
     finally:
         await runner.cleanup()
+
+
+async def test_an_over_long_query_value_gets_the_apis_own_400(make_api: Factory) -> None:
+    """A 20 KB query value (over aiohttp's 8 KiB request line) reaches the route and gets the
+    API's JSON 400 naming the parameter, as a short bad value does."""
+    import aiohttp
+
+    api = await make_api()
+    runner, port = await api.serve("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{port}/v1/bootstrap"
+            async with session.get(url, params={"node": "n" * 20_000}, headers=AUTH) as r:
+                assert r.status == 400 and r.content_type == "application/json", await r.text()
+                body = await r.json()
+    finally:
+        await runner.cleanup()
+    assert _is_error(body) and "node" in " ".join(body["errors"]), body

@@ -31,7 +31,13 @@ from tsunagi.xds.translate.secrets import gateway_secrets
 
 from .test_http_api import AUTH, TOKEN
 
-NOW = datetime.datetime.now(datetime.UTC)
+
+def _now() -> datetime.datetime:
+    """Now, when the test runs: certificates the tests make are valid from five minutes
+    before they are made, and collection may come long before a test runs."""
+    return datetime.datetime.now(datetime.UTC)
+
+
 CRED, CACERT, MISSING = "kubernetes://cred", "kubernetes://cred-cacert", "kubernetes://gone"
 
 
@@ -51,7 +57,7 @@ def _key_text(pem: Pem) -> list[str]:
 def test_a_certificate_summary_has_the_serial_in_hex_its_times_names_and_sans() -> None:
     ca = make_ca("edge-ca")
     leaf = make_cert("shop.example.com", ("shop.example.com", "www.example.com"), issuer=ca)
-    certs, problem = summarize(leaf.cert + ca.cert, NOW)
+    certs, problem = summarize(leaf.cert + ca.cert, _now())
     assert problem is None
     first, second = certs
     assert int(first.serial_number, 16) == leaf.serial
@@ -63,16 +69,16 @@ def test_a_certificate_summary_has_the_serial_in_hex_its_times_names_and_sans() 
 
 
 def test_validity_is_judged_at_the_time_given() -> None:
-    (cert,), _ = summarize(make_cert("a.example.com").cert, NOW)
+    (cert,), _ = summarize(make_cert("a.example.com").cert, _now())
     assert cert.valid
-    (later,), _ = summarize(make_cert("a.example.com").cert, NOW + datetime.timedelta(days=2))
+    (later,), _ = summarize(make_cert("a.example.com").cert, _now() + datetime.timedelta(days=2))
     assert not later.valid
-    (earlier,), _ = summarize(make_cert("a.example.com").cert, NOW - datetime.timedelta(hours=1))
+    (earlier,), _ = summarize(make_cert("a.example.com").cert, _now() - datetime.timedelta(hours=1))
     assert not earlier.valid
 
 
 def test_what_is_not_a_certificate_says_so() -> None:
-    certs, problem = summarize(b"hello", NOW)
+    certs, problem = summarize(b"hello", _now())
     assert certs == [] and problem is not None and "PEM" in problem
 
 
@@ -91,7 +97,7 @@ def _entry(stream: Any, snap: Snapshot) -> NodeEntry:
 
 
 def _by_name(entry: NodeEntry) -> dict[str, dict[str, Any]]:
-    return {s["name"]: s for s in proxy_secrets(entry, NOW)["secrets"]}
+    return {s["name"]: s for s in proxy_secrets(entry, _now())["secrets"]}
 
 
 def test_a_secret_is_pending_until_asked_warming_until_acked_then_active() -> None:
@@ -169,7 +175,7 @@ def test_a_ca_envoy_asks_for_that_the_credential_lacks_says_where_to_put_one() -
 
 def test_a_sidecar_holds_none() -> None:
     entry = _entry(SotwStream(), Snapshot.build({}, 1))
-    assert proxy_secrets(entry, NOW)["secrets"] == []
+    assert proxy_secrets(entry, _now())["secrets"] == []
 
 
 # ----------------------------------------------------------------------------- the route
@@ -227,7 +233,7 @@ def test_the_table_has_istioctls_columns_and_says_when_there_is_nothing() -> Non
     stream = SotwStream()
     entry = _entry(stream, _snapshot(make_cert("t.example.com"), None))
     stream.receive(_sotw(SECRET, [CRED, MISSING]))
-    out = secrets_table(proxy_secrets(entry, NOW)["secrets"])
+    out = secrets_table(proxy_secrets(entry, _now())["secrets"])
     header, cred, gone, _, note = out.splitlines()
     assert header.split("   ")[0] == "RESOURCE NAME" and all(h in header for h in HEADERS)
     assert cred.split()[:5] == [CRED, "Cert", "Chain", "WARMING", "true"]

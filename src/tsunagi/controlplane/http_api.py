@@ -77,6 +77,9 @@ M = TypeVar("M", bound=BaseModel)
 
 log = logging.getLogger("tsunagi.api")
 
+MAX_REQUEST_LINE = 64 * 1024
+"""Bytes a request line may have (aiohttp's default is 8 KiB)."""
+
 
 class ApiError(Exception):
     """An answer other than 200, raised from anywhere in a handler; sent as the JSON error
@@ -296,7 +299,14 @@ class Api:
     async def serve(self, host: str, port: int) -> tuple[web.AppRunner, int]:
         """Listen on ``host:port`` (0: any free port) with the connection limits; return the
         runner (``await runner.cleanup()`` to stop) and the port."""
-        runner = web.AppRunner(self.app(), access_log=None, keepalive_timeout=self.idle_timeout)
+        # A request line up to 64 KiB reaches the routes, so an over-long query value gets the
+        # API's own JSON 400 naming the parameter, not aiohttp's plain-text one for the line.
+        runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            keepalive_timeout=self.idle_timeout,
+            max_line_size=MAX_REQUEST_LINE,
+        )
         await runner.setup()
         try:
             await LimitedSite(runner, host, port, self.max_connections_per_client).start()
