@@ -428,7 +428,7 @@ def parser() -> argparse.ArgumentParser:
 
     gw = sub.add_parser(
         "gateway",
-        help="run an ingress gateway: Envoy with no app, serving the mesh's Gateways",
+        help="run an ingress or egress gateway: Envoy with no app, serving the mesh's Gateways",
         description="Run Envoy as a gateway until Ctrl-C: it serves every Gateway whose "
         "selector matches its labels, listening at --address on the port numbers the "
         "Gateways' servers name (a port opens when a Gateway naming it is applied, and "
