@@ -67,6 +67,18 @@ class Endpoint:
     weight: int = 0
     """ServiceEntry endpoint ``weight`` (Envoy's load balancing weight); 0: unweighted."""
 
+    @classmethod
+    def of_instance(cls, inst: Instance) -> Endpoint:
+        """A registered instance's sidecar, as an endpoint of its service port."""
+        return cls(
+            inst.address,
+            inst.target_port,
+            inst.labels,
+            inst.locality,
+            inst.healthy,
+            registered=True,
+        )
+
 
 @dataclass(frozen=True)
 class Service:
@@ -291,16 +303,7 @@ class _Catalog:
         self.ports.setdefault(host, set()).add(inst.port)
         self.declared_protocols.setdefault((host, inst.port), []).append(inst.protocol)
         self.namespaces[host] = inst.namespace
-        self.endpoints.setdefault((host, inst.port), []).append(
-            Endpoint(
-                inst.address,
-                inst.target_port,
-                inst.labels,
-                inst.locality,
-                inst.healthy,
-                registered=True,
-            )
-        )
+        self.endpoints.setdefault((host, inst.port), []).append(Endpoint.of_instance(inst))
 
     def add_service_entry(self, se: ResourceOf[ServiceEntrySpec]) -> None:
         spec = se.spec
@@ -380,14 +383,7 @@ class _Catalog:
         selector = se.spec.workload_selector
         wanted = selector.labels if selector is not None else {}
         return [
-            Endpoint(
-                inst.address,
-                inst.target_port,
-                inst.labels,
-                inst.locality,
-                inst.healthy,
-                registered=True,
-            )
+            Endpoint.of_instance(inst)
             for inst in self.instances
             if inst.namespace == se.namespace
             and inst.port == port
