@@ -30,7 +30,7 @@ import http.client
 import json
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -367,19 +367,30 @@ class Setup:
         env = {**self.control_plane().env, **self.sidecar_env}
         return self.procs.start(INGRESS_GATEWAY, tsunagi("gateway", *args), env).pid
 
-    def _tsunagi_ingress(self) -> Case:
-        """The ingress path as a user sets it up: `tsunagi gateway`, a Gateway and a bound
-        VirtualService (:func:`ingress_yaml`), the service under `tsunagi run`."""
+    def ingress(
+        self, timeout: float = 30, synced: Callable[[str], None] = lambda name: None
+    ) -> tuple[Case, int, int]:
+        """The ingress path as a user sets it up: the service under `tsunagi run`, `tsunagi
+        gateway`, a Gateway and a bound VirtualService (:func:`ingress_yaml`); once it
+        answers, the case (no pids yet), the gateway's agent pid and the server's. ``synced``
+        waits for a proxy by name (the instructions suite's, whose proxies start slowly)."""
         cp = self.control_plane()
         server = self.server(INGRESS_SERVICE, "bench-ingress-server")
+        synced("bench-ingress-server")
         gateway = self.start_gateway()
+        synced(INGRESS_GATEWAY)
         port = free_port()
         cp.apply_and_wait(ingress_yaml(port))
         case = Case("tsunagi-ingress", port, INGRESS_HOST, [])
         try:
-            wait_answers(case)
+            wait_answers(case, timeout)
         except TimeoutError as e:
             raise TimeoutError(f"{e}\n{self._logs()}") from None
+        return case, gateway, server
+
+    def _tsunagi_ingress(self) -> Case:
+        """:meth:`ingress`, its gateway's and server sidecar's Envoys measured."""
+        case, gateway, server = self.ingress()
         envoy = _sidecar_envoy(gateway)  # the gateway's only child: its Envoy
         case.pids = [envoy, _sidecar_envoy(server)]
         case.agent_pids = [gateway, server]

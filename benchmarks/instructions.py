@@ -205,14 +205,7 @@ def _tsunagi_cases(
 
 def _tsunagi_ingress(setup: dataplane.Setup, cp: ControlPlane, out_dir: Path) -> dataplane.Case:
     """The data-plane suite's ``tsunagi-ingress``, its gateway and sidecar under callgrind."""
-    server = setup.server(dataplane.INGRESS_SERVICE, "bench-ingress-server")
-    _wait_synced(cp, "bench-ingress-server")
-    gateway = setup.start_gateway()
-    _wait_synced(cp, dataplane.INGRESS_GATEWAY)
-    port = free_port()
-    cp.apply_and_wait(dataplane.ingress_yaml(port))
-    case = dataplane.Case("tsunagi-ingress", port, dataplane.INGRESS_HOST, [])
-    dataplane.wait_answers(case, timeout=120)
+    case, gateway, server = setup.ingress(120, lambda name: _wait_synced(cp, name))
     case.pids = [_sidecar_under_callgrind(a, out_dir) for a in (gateway, server)]
     return case
 

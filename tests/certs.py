@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import datetime
 
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
 from tsunagi.ca.issue import Issued, issue
 
 
@@ -23,17 +25,18 @@ def leaks(text: str, key: bytes) -> bool:
     return any(piece in text for piece in key_fragments(key))
 
 
-Pem = Issued
-"""A certificate and its private key, PEM-encoded, plus the serial number."""
-
-
-def make_ca(cn: str = "test-ca") -> Pem:
+def make_ca(cn: str = "test-ca") -> Issued:
     """A self-signed CA."""
     return issue(cn, is_ca=True, now=datetime.datetime.now(datetime.UTC))
 
 
-def make_cert(cn: str, sans: tuple[str, ...] = (), issuer: Pem | None = None) -> Pem:
-    """A leaf certificate for ``cn`` (DNS ``sans``), signed by ``issuer`` or self-signed."""
-    return issue(
-        cn, dns_names=sans or (cn,), issuer=issuer, now=datetime.datetime.now(datetime.UTC)
-    )
+def make_cert(
+    cn: str,
+    sans: tuple[str, ...] = (),
+    issuer: Issued | None = None,
+    key: CertificateIssuerPrivateKeyTypes | None = None,
+) -> Issued:
+    """A leaf certificate for ``cn`` (DNS ``sans``), signed by ``issuer`` or self-signed,
+    for ``key`` (a new ECDSA one without it)."""
+    now = datetime.datetime.now(datetime.UTC)
+    return issue(cn, dns_names=sans or (cn,), issuer=issuer, now=now, key=key)

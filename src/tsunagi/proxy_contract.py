@@ -20,6 +20,11 @@ GATEWAY_KIND = "gateway"
 """A standalone proxy with no app (``tsunagi gateway``): it serves the ``Gateway`` resources
 whose selector matches its labels, on the ports their servers name."""
 
+TICKET_METADATA = "x-tsunagi-ticket"
+"""The gRPC metadata on a proxy's ADS stream that carries its ticket (``GET /v1/bootstrap``;
+checked by :mod:`tsunagi.xds.tickets`): it proves the node's id and namespace, and only then
+does a gateway get Secrets."""
+
 # Keys of the xDS node metadata the agent writes into the bootstrap.
 META_NAMESPACE = "namespace"
 META_SERVICE = "service"

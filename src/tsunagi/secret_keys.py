@@ -10,6 +10,8 @@ Secret ``NAME-cacert`` when it exists, else in ``NAME`` itself.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 TLS_TYPE = "kubernetes.io/tls"
 """kubectl's ``create secret tls`` type; Kubernetes requires tls.crt and tls.key in it."""
 OPAQUE_TYPE = "Opaque"
@@ -28,3 +30,10 @@ CA_SUFFIX = "-cacert"
 
 PUBLIC_KEYS = frozenset({TLS_CERT, TLS_CA, GENERIC_CERT, GENERIC_CA})
 """Keys whose values are certificates (public); every other value is redacted on the way out."""
+
+
+def served_pair(values: Mapping[str, object]) -> tuple[str, str] | None:
+    """``(certificate key, private key key)`` of the pair a gateway serves from a Secret
+    holding ``values`` (key → value): the first of :data:`CERT_KEY_PAIRS` whose two values
+    are both non-empty; None when no pair is."""
+    return next(((c, k) for c, k in CERT_KEY_PAIRS if values.get(c) and values.get(k)), None)

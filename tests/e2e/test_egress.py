@@ -9,18 +9,25 @@ ServiceEntry gives a STATIC endpoint on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.certs import make_ca, make_cert
 
-from .mesh import Mesh, free_port, outside_echo, started_mesh, stop, wait_until
+from .mesh import (
+    Mesh,
+    free_port,
+    outside_echo,
+    outside_https_echo,
+    started_mesh,
+    stop,
+    wait_until,
+)
+from .test_gateway import accepts
 from .tls_helpers import write_pem
 
 pytestmark = pytest.mark.e2e
@@ -183,37 +190,18 @@ def _server_cert(tmp: Path, host: str, ca_name: str) -> tuple[Path, Path, Path]:
     return ca_file, cert_file, key_file
 
 
-class _TLSServer:
-    """An HTTPS server on loopback that answers with the SNI its client sent."""
-
-    def __init__(self, cert: Path, key: Path) -> None:
-        self.names: list[str | None] = []
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        context.sni_callback = lambda _sock, name, _ctx: self.names.append(name)
-        names = self.names
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = json.dumps({"name": "secure", "sni": names[-1] if names else None})
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+@contextmanager
+def _https_echo(tmp: Path, cert: Path, key: Path) -> Iterator[tuple[int, Path]]:
+    """``apps/https_echo.py`` as ``secure`` with ``cert`` and ``key``: its port, and its
+    output (each hello's SNI)."""
+    port = free_port()
+    log = tmp / f"secure-{port}.log"
+    proc = outside_https_echo("secure", port, cert, key, log)
+    try:
+        wait_until(lambda: accepts(port), what="the https server")
+        yield port, log
+    finally:
+        stop(proc)
 
 
 def _origination(port: int, ca: Path) -> str:
@@ -248,18 +236,17 @@ def test_tls_origination_verifies_the_server_with_the_given_ca(
     mesh = logged_mesh
     ca, cert, key = _server_cert(tmp_path, "secure.example.test", "test-ca")
     other_ca, _, _ = _server_cert(tmp_path, "elsewhere.example.test", "other-ca")
-    server = _TLSServer(cert, key)
-    try:
+    with _https_echo(tmp_path, cert, key) as (port, _):
         client = mesh.client()
-        applied = mesh.apply(_origination(server.port, ca), "--wait")
+        applied = mesh.apply(_origination(port, ca), "--wait")
         assert applied.returncode == 0, applied.stderr
         assert "tls" not in applied.stderr  # enforced: no "not applied" warning
         curl = _curl(client.outbound_port, "http://secure.example.test/")
         assert curl.returncode == 0, curl.stderr
-        assert json.loads(curl.stdout) == {"name": "secure", "sni": "secure.example.test"}
+        assert curl.stdout == "secure sni=secure.example.test\n"
 
         # A CA that did not sign the server's certificate: the sidecar refuses the server.
-        assert mesh.apply(_origination(server.port, other_ca), "--wait").returncode == 0
+        assert mesh.apply(_origination(port, other_ca), "--wait").returncode == 0
 
         wait_until(
             lambda: client.get("secure.example.test")[0] == 503, what="a 503 for a bad certificate"
@@ -275,8 +262,6 @@ def test_tls_origination_verifies_the_server_with_the_given_ca(
         flags = lines[-1].split('" 503 ', 1)[1].split()[0].split(",")
         assert "UF" in flags, lines[-1]
         assert "CERTIFICATE_VERIFY_FAILED" in lines[-1], lines[-1]
-    finally:
-        server.close()
 
 
 # --------------------------------------------------------------------------- review fixes
@@ -341,31 +326,33 @@ def test_origination_defaults_check_the_host_name_and_the_system_roots(
     # against it (auto SNI and SAN validation), as Istio does.
     good_ca, good_cert, good_key = _server_cert(tmp_path, "secure.example.test", "good-ca")
     ca, cert, key = _server_cert(tmp_path, "elsewhere.example.test", "trusted-ca")
-    right, wrong = _TLSServer(good_cert, good_key), _TLSServer(cert, key)
-    try:
+    with (
+        _https_echo(tmp_path, good_cert, good_key) as (right, _),
+        _https_echo(tmp_path, cert, key) as (wrong, wrong_log),
+    ):
         client = mesh.client()
 
         def without_sni(port: int, ca_file: Path) -> str:
             return _origination(port, ca_file).replace("sni: secure.example.test, ", "")
 
-        assert "sni:" not in without_sni(right.port, good_ca)
-        assert mesh.apply(without_sni(right.port, good_ca), "--wait").returncode == 0
+        assert "sni:" not in without_sni(right, good_ca)
+        assert mesh.apply(without_sni(right, good_ca), "--wait").returncode == 0
         status, body = client.get("secure.example.test")
-        assert (status, body) == (200, {"name": "secure", "sni": "secure.example.test"})
+        assert (status, body) == (200, "secure sni=secure.example.test\n")
         # A certificate signed by the trusted CA, for another name: refused.
-        assert mesh.apply(without_sni(wrong.port, ca), "--wait").returncode == 0
+        assert mesh.apply(without_sni(wrong, ca), "--wait").returncode == 0
         wait_until(
             lambda: client.get("secure.example.test")[0] == 503,
             what="a 503 for a certificate of another name",
         )
         # It came from the handshake with that server, which was asked for the host's name.
-        assert "secure.example.test" in wrong.names
+        assert "hello sni=secure.example.test" in wrong_log.read_text()
 
         # Without caCertificates the system's roots decide: a private CA is not one of them.
         # (With sni, so that no SAN check could refuse the server on its own.)
-        assert mesh.apply(_origination(right.port, good_ca), "--wait").returncode == 0
+        assert mesh.apply(_origination(right, good_ca), "--wait").returncode == 0
         wait_until(lambda: client.get("secure.example.test")[0] == 200, what="back to 200")
-        no_ca = _origination(right.port, good_ca).replace(f", caCertificates: {good_ca}", "")
+        no_ca = _origination(right, good_ca).replace(f", caCertificates: {good_ca}", "")
         assert "caCertificates" not in no_ca
         assert mesh.apply(no_ca, "--wait").returncode == 0
         wait_until(
@@ -374,13 +361,10 @@ def test_origination_defaults_check_the_host_name_and_the_system_roots(
         )
 
         # A CA file that is not there: `apply` says so before a sidecar rejects it.
-        typo = without_sni(right.port, tmp_path / "no-such-ca.pem")
+        typo = without_sni(right, tmp_path / "no-such-ca.pem")
         applied = mesh.apply(typo)
         assert applied.returncode == 0
         assert "caCertificates" in applied.stderr and "not a readable file" in applied.stderr
-    finally:
-        right.close()
-        wrong.close()
 
 
 def test_a_passthrough_entry_with_http2_keeps_every_cluster_update(

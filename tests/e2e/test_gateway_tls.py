@@ -1,9 +1,10 @@
 """TLS at ``tsunagi gateway``, asked with real clients: ``curl`` (``--resolve`` sends the
 name to the gateway's loopback address, ``--cacert`` verifies what it serves, ``--cert``
-for MUTUAL, ``--tls-max`` for versions) and ``openssl s_client`` (SNI, and the certificate
-a client is shown). Every certificate is made by the test (``tests/certs.py``); the
-credentials reach the control plane with ``tsunagi create secret tls`` and are renewed the
-way its help says (``--dry-run=client -o yaml | tsunagi apply -f -``)."""
+for MUTUAL, ``--tls-max``/``--tlsv1.3`` for versions, ``--ciphers`` for cipher suites) and
+``openssl s_client`` (SNI, and the certificate a client is shown). Every certificate is
+made by the test (``tests/certs.py``); the credentials reach the control plane with
+``tsunagi create secret tls`` and are renewed the way its help says
+(``--dry-run=client -o yaml | tsunagi apply -f -``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from cryptography import x509
 from tests.certs import make_ca, make_cert
 
 from .mesh import Mesh, free_port, wait_until
-from .tls_helpers import create_tls_secret, write_pem
+from .tls_helpers import create_tls_secret, renew_tls_secret, write_pem
 
 pytestmark = pytest.mark.e2e
 
@@ -58,10 +59,11 @@ def service(port: int, host: str, ca: Path, *extra: str) -> str:
     return str(body["service"]) if code == 0 and isinstance(body, dict) else f"curl {code}"
 
 
-def served_certificate(port: int, sni: str) -> x509.Certificate | None:
-    """The certificate ``openssl s_client -servername SNI`` is shown (None: no handshake)."""
+def served_certificate(port: int, sni: str, *extra: str) -> x509.Certificate | None:
+    """The certificate ``openssl s_client -servername SNI [EXTRA...]`` is shown (None: no
+    handshake)."""
     done = subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", sni],
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", sni, *extra],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=30,
@@ -113,7 +115,8 @@ def test_simple_serves_each_host_its_certificate_and_renews_it_in_place(
     blog_ca_file, _ = write_pem(tmp_path, "blog-ca", blog_ca)
     shop = make_cert("shop.example.com", issuer=shop_ca)
     create_tls_secret(mesh, "shop-credential", *write_pem(tmp_path, "shop", shop))
-    blog = make_cert("blog.example.com", ("blog.example.com", "modern.example.com"), blog_ca)
+    names = ("blog.example.com", "modern.example.com", "legacy.example.com")
+    blog = make_cert("blog.example.com", names, blog_ca)
     create_tls_secret(mesh, "blog-credential", *write_pem(tmp_path, "blog", blog))
     port = free_port()
     stderr = applied(
@@ -134,6 +137,13 @@ spec:
   - port: {{number: {port}, name: https-modern, protocol: HTTPS}}
     hosts: [modern.example.com]
     tls: {{mode: SIMPLE, credentialName: blog-credential, minProtocolVersion: TLSV1_3}}
+  - port: {{number: {port}, name: https-legacy, protocol: HTTPS}}
+    hosts: [legacy.example.com]
+    tls:
+      mode: SIMPLE
+      credentialName: blog-credential
+      maxProtocolVersion: TLSV1_2
+      cipherSuites: [ECDHE-ECDSA-AES256-GCM-SHA384]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -148,7 +158,7 @@ apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: blog}}
 spec:
-  hosts: [blog.example.com, modern.example.com]
+  hosts: [blog.example.com, modern.example.com, legacy.example.com]
   gateways: [secure]
   http:
   - route: [{{destination: {{host: ratings, port: {{number: 9080}}}}}}]
@@ -170,6 +180,16 @@ spec:
     assert service(port, "modern.example.com", blog_ca_file) == "ratings"
     assert service(port, "modern.example.com", blog_ca_file, "--tls-max", "1.2") == "curl 35"
     assert service(port, "blog.example.com", blog_ca_file, "--tls-max", "1.2") == "ratings"
+    # maxProtocolVersion TLSV1_2 and cipherSuites: a TLS 1.3-only client is refused, and a
+    # TLS 1.2 client only with the one cipher the server names (blog.example.com takes both).
+    aes128, aes256 = (
+        ("--ciphers", "ECDHE-ECDSA-AES128-GCM-SHA256"),
+        ("--ciphers", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+    )
+    assert service(port, "legacy.example.com", blog_ca_file, *aes256) == "ratings"
+    assert service(port, "legacy.example.com", blog_ca_file, "--tlsv1.3") == "curl 35"
+    assert service(port, "legacy.example.com", blog_ca_file, *aes128) == "curl 35"
+    assert service(port, "blog.example.com", blog_ca_file, "--tls-max", "1.2", *aes128) == "ratings"
 
     # Renewed in place: the next connection gets the new certificate, with no restart.
     envoy = gw.envoy_pid()
@@ -177,12 +197,7 @@ spec:
     assert first is not None and first.serial_number == shop.serial
     renewed = make_cert("shop.example.com", issuer=shop_ca)
     cert, key = write_pem(tmp_path, "shop-renewed", renewed)
-    made = mesh.cli(
-        *("create", "secret", "tls", "shop-credential", "--cert", str(cert), "--key", str(key)),
-        *("--dry-run=client", "-o", "yaml"),
-    )
-    assert made.returncode == 0, made.stderr
-    applied(mesh, made.stdout)
+    renew_tls_secret(mesh, "shop-credential", cert, key)
 
     def serial() -> int | None:
         c = served_certificate(port, "shop.example.com")

@@ -4,75 +4,27 @@ can verify with what it offers, as ``openssl s_client`` reports it."""
 
 from __future__ import annotations
 
-import datetime
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.certs import make_ca, make_cert
 
 from .mesh import Mesh, free_port, wait_until
-from .test_gateway_tls import applied, service
+from .test_gateway_tls import applied, served_certificate, service
 from .tls_helpers import create_tls_secret, write_pem
 
 pytestmark = pytest.mark.e2e
 
 
-def rsa_cert(cn: str, ca_cert: bytes, ca_key: bytes, tmp: Path) -> tuple[Path, Path]:
-    """An RSA leaf for ``cn`` signed by the CA, as ``rsa.crt``/``rsa.key`` in ``tmp``
-    (``tests/certs.py`` makes EC keys only)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    signer = serialization.load_pem_private_key(ca_key, password=None)
-    assert isinstance(signer, ec.EllipticCurvePrivateKey)
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .issuer_name(x509.load_pem_x509_certificate(ca_cert).subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
-        .sign(signer, hashes.SHA256())
-    )
-    crt, pem_key = tmp / "rsa.crt", tmp / "rsa.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem_key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return crt, pem_key
-
-
 def key_type_shown(port: int, sni: str, cipher: str) -> str:
     """The key type of the certificate a TLS 1.2 client offering only ``cipher`` is shown:
     ``RSA``, ``EC``, or ``none`` when the handshake fails."""
-    done = subprocess.run(
-        [
-            *("openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", sni),
-            *("-tls1_2", "-cipher", cipher),
-        ],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=30,
-    )
-    found = re.search(
-        rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", done.stdout, re.S
-    )
-    if not found:
+    cert = served_certificate(port, sni, "-tls1_2", "-cipher", cipher)
+    if cert is None:
         return "none"
-    public = x509.load_pem_x509_certificate(found.group(0)).public_key()
-    return "RSA" if isinstance(public, rsa.RSAPublicKey) else "EC"
+    return "RSA" if isinstance(cert.public_key(), rsa.RSAPublicKey) else "EC"
 
 
 def test_credential_names_serve_rsa_and_ecdsa_clients_each_their_certificate(
@@ -82,7 +34,9 @@ def test_credential_names_serve_rsa_and_ecdsa_clients_each_their_certificate(
     mesh.gateway("edge", {"edge": "tls-two-certs"})
     ca = make_ca("shop-ca")
     ca_file, _ = write_pem(tmp_path, "shop-ca", ca)
-    create_tls_secret(mesh, "shop-rsa", *rsa_cert("shop.example.com", ca.cert, ca.key, tmp_path))
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rsa_cert = make_cert("shop.example.com", issuer=ca, key=rsa_key)
+    create_tls_secret(mesh, "shop-rsa", *write_pem(tmp_path, "rsa", rsa_cert))
     ecdsa = make_cert("shop.example.com", issuer=ca)
     create_tls_secret(mesh, "shop-ecdsa", *write_pem(tmp_path, "ecdsa", ecdsa))
     port = free_port()

@@ -25,6 +25,7 @@ import pytest
 from tests.certs import make_ca, make_cert
 
 from .mesh import Mesh, Workload, free_port, outside_https_echo, started_mesh, stop, wait_until
+from .test_gateway import accepts
 from .tls_helpers import write_pem
 
 pytestmark = pytest.mark.e2e
@@ -68,21 +69,11 @@ def servers(pki: Pki, tmp_path: Path) -> Iterator[dict[str, int]]:
             procs.append(outside_https_echo(name, port, pki.cert, pki.key, log))
             ports[name] = port
         for name, port in ports.items():
-            wait_until(lambda p=port: _listening(p), what=f"https server {name}")
+            wait_until(lambda p=port: accepts(p), what=f"https server {name}")
         yield ports
     finally:
         for p in procs:
             stop(p)
-
-
-def _listening(port: int) -> bool:
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        c.connect()
-        c.close()
-        return True
-    except OSError:
-        return False
 
 
 def routing(ports: dict[str, int]) -> str:

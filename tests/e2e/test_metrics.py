@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .mesh import APPS, Mesh, Workload, free_port, started_mesh, stop, wait_until
+from .mesh import Mesh, Workload, free_port, outside_echo, started_mesh, stop, wait_until
 from .test_protocols import call
 
 pytestmark = pytest.mark.e2e
@@ -359,8 +356,7 @@ spec:
 
 def test_the_peer_header_never_leaves_the_mesh(mesh: Mesh) -> None:
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "POD_NAME": "outside"}
-    app = subprocess.Popen([sys.executable, str(APPS / "echo.py")], env=env)
+    app = outside_echo("outside", port)
     try:
         client = mesh.client()
         applied = mesh.apply(_entries(port), "--wait")

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.certs import make_cert
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.envoy import envoy_binary
 
@@ -109,15 +110,9 @@ def with_golden_files(config: str, cert: Path, key: Path) -> str:
 def throwaway_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     where = tmp_path_factory.mktemp("golden-cert")
     cert, key = where / "cert.pem", where / "key.pem"
-    made = subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=golden.example"),
-        ],
-        capture_output=True,
-        timeout=60,
-    )
-    assert made.returncode == 0, made.stderr
+    made = make_cert("golden.example")
+    cert.write_bytes(made.cert)
+    key.write_bytes(made.key)
     return cert, key
 
 

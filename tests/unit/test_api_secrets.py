@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.certs import Pem, leaks, make_ca, make_cert
+from tests.certs import leaks, make_ca, make_cert
 from tsunagi.api import ValidationFailed, load_documents
 from tsunagi.api.secrets import REDACTED, SecretSpec, redact
+from tsunagi.ca.issue import Issued
 from tsunagi.mesh import Node, World
 from tsunagi.mesh.credential_analysis import credential_problems
 from tsunagi.mesh.credentials import credentials_of
@@ -33,7 +34,7 @@ def b64(data: bytes) -> str:
 def tls_secret(
     name: str = "cred",
     ns: str = "istio-system",
-    pem: Pem = SERVER,
+    pem: Issued = SERVER,
     key: bytes | None = None,
     ca: bytes | None = None,
     type_: str = "kubernetes.io/tls",
@@ -64,7 +65,7 @@ def test_a_kubectl_made_tls_secret_loads() -> None:
     [r] = load_documents(tls_secret(), "s.yaml")
     assert (r.api_version, r.kind, r.namespace, r.name) == ("v1", "Secret", "istio-system", "cred")
     assert isinstance(r.spec, SecretSpec)
-    assert r.spec.decoded() == {"tls.crt": SERVER.cert, "tls.key": SERVER.key}
+    assert r.spec.decoded == {"tls.crt": SERVER.cert, "tls.key": SERVER.key}
 
 
 def test_string_data_is_plain_text_and_wins_over_data() -> None:
@@ -77,7 +78,7 @@ def test_string_data_is_plain_text_and_wins_over_data() -> None:
         + "".join(f"    {line}\n" for line in SERVER.key.decode().splitlines())
     )
     [r] = load_documents(text)
-    assert r.spec.decoded()["cert"].strip() == SERVER.cert.strip()
+    assert r.spec.decoded["cert"].strip() == SERVER.cert.strip()
 
 
 @pytest.mark.parametrize(
@@ -222,12 +223,16 @@ def test_istio_key_rules() -> None:
 def test_get_secrets_describes_the_certificate_the_gateway_serves() -> None:
     from tsunagi.cli.secrets import secrets_table
 
-    # both pairs: Istio serves cert/key; a lone tls.crt (no tls.key) is not what it serves
+    # both pairs: Istio serves cert/key; a lone cert or tls.crt (no key) is not what it serves
     both = _generic(
         "both", cert=OTHER.cert, key=OTHER.key, **{"tls.crt": SERVER.cert, "tls.key": SERVER.key}
     )
     lone = _generic("lone", cert=OTHER.cert, key=OTHER.key, **{"tls.crt": SERVER.cert})
-    creds = _credentials(both, lone)
+    lone_cert = _generic(
+        "lone-cert", cert=SERVER.cert, **{"tls.crt": OTHER.cert, "tls.key": OTHER.key}
+    )
+    docs = (both, lone, lone_cert)
+    creds = _credentials(*docs)
     items = [
         {
             "namespace": "istio-system",
@@ -235,12 +240,13 @@ def test_get_secrets_describes_the_certificate_the_gateway_serves() -> None:
             "document": redact(json.loads(doc)),
             "revision": 1,
         }
-        for doc in (both, lone)
+        for doc in docs
     ]
-    rows = secrets_table(items, wide=False).splitlines()[1:]
-    for row, name in zip(rows, ("both", "lone"), strict=True):
+    rows = secrets_table(items, wide=True).splitlines()[1:]
+    for row, name in zip(rows, ("both", "lone", "lone-cert"), strict=True):
         assert creds["istio-system", name].certificate_chain == OTHER.cert
         assert "CN=other.example.com" in row and "bookinfo" not in row, row
+        assert f"{OTHER.serial:x}" in row and "DNS:other.example.com" in row, row
 
 
 # ----------------------------------------------------------------------------- SDS
@@ -407,5 +413,7 @@ def test_no_credential_warning_where_the_gateway_ends_no_tls_with_it() -> None:
     )
     docs = load_documents(clash)
     assert credential_problems(_world(clash), docs, running) == []
+    # ... and its key is not sent: the gateway ends no TLS with it
+    assert _secrets(_world(clash, tls_secret()), _node("istio-system")) == {}
     # ... while a served one with the same missing Secret is reported
     assert credential_problems(_world(_gateway()), load_documents(_gateway()), running)

@@ -159,3 +159,21 @@ def test_a_hello_no_tls_route_claims_follows_the_outbound_policy() -> None:
     blocked = world(CONFIG + TLS_ROUTES % "front" + REGISTRY_ONLY)
     block = connect_resources(blocked, node, Memo())
     assert "default_filter_chain" not in listener(block, API)
+
+
+def test_a_sidecar_with_its_own_loggers_keeps_its_listeners_across_pushes() -> None:
+    """Each ``tsunagi run`` sidecar has its metric pipe, so its internal listeners are its
+    own (its lines go to its pipe); an unrelated change still re-packs none of them."""
+    memo = Memo()
+    node = Node(id="a.default", namespace="default", labels={"app": "a"}, metrics_log="/p/a")
+    other = Node(id="b.default", namespace="default", labels={"app": "b"}, metrics_log="/p/b")
+    first = world(CONFIG + TLS_ROUTES % "front")
+    before = connect_resources(first, node, memo)
+    theirs = connect_resources(first, other, memo)
+    assert theirs[f"{rs.LISTENER}/{API}"] is not before[f"{rs.LISTENER}/{API}"]
+    assert "/p/a" in str(listener(before, API)) and "/p/b" in str(listener(theirs, API))
+    memo.rotate()
+    second = world(CONFIG + TLS_ROUTES % "front" + UNRELATED, revision=2)
+    after = connect_resources(second, node, memo)
+    assert set(after) == set(before)
+    assert all(after[k] is before[k] for k in before)

@@ -3,6 +3,7 @@ catch-all virtual host, ServiceEntry addresses, and what ``apply`` warns about."
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from types import MappingProxyType
@@ -15,6 +16,7 @@ from tsunagi.api import load_documents
 from tsunagi.mesh import Node, World
 from tsunagi.mesh.analysis import not_yet_enforced, tls_file_problems
 from tsunagi.mesh.outbound_policy import ALLOW_ANY, REGISTRY_ONLY, outbound_policy
+from tsunagi.registry.instances import Instance
 from tsunagi.xds.translate import translate_outbound
 from tsunagi.xds.translate.egress import BLOCK_ALL_ROUTE, cidr_regex
 from tsunagi.xds.translate.passthrough import PASSTHROUGH_CLUSTER
@@ -171,10 +173,22 @@ apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: bare, namespace: shop}
 spec: {address: 10.0.0.3}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: named, namespace: shop}
+spec: {address: 10.0.0.4, labels: {app: vm}, ports: {http: 9090}, weight: 3}
 """
-    world = _world(text)
+    # Registered instances it selects too: those serving the port's targetPort.
+    vm = Instance("vm-1", "vm", "shop", 8080, "127.0.0.1", 15006, MappingProxyType({"app": "vm"}))
+    other_port = dataclasses.replace(vm, name="vm-2", port=9000)
+    world = World.build(1, load_documents(text, "t.yaml"), [vm, other_port])
     endpoints = world.endpoints["vms.internal.test", 80]
-    assert [(e.address, e.port) for e in endpoints] == [("10.0.0.1", 8080)]
+    assert [(e.address, e.port, e.weight, e.registered) for e in endpoints] == [
+        ("127.0.0.1", 15006, 0, True),
+        ("10.0.0.1", 8080, 0, False),
+        ("10.0.0.4", 9090, 3, False),  # its own port for the port's name, and its weight
+    ]
     warnings = not_yet_enforced(load_documents(text, "t.yaml"))
     assert len(warnings) == 1 and warnings[0].startswith("WorkloadEntry shop/bare: has no labels")
 

@@ -1,6 +1,7 @@
 """``apply`` warns when a running gateway would bind a Gateway server's port as a privileged
 port (no ``--port`` maps it higher), and says how to avoid it; a mapped port, a high port or
-a gateway that does not select the Gateway gets no warning."""
+a gateway that does not select the Gateway, or one that may bind low ports, gets no
+warning."""
 
 from __future__ import annotations
 
@@ -28,7 +29,12 @@ spec:
 """
 
 
-def _registration(port: int = 0, listen: int = 0, labels: dict[str, str] | None = None) -> Instance:
+def _registration(
+    port: int = 0,
+    listen: int = 0,
+    labels: dict[str, str] | None = None,
+    binds_privileged_ports: bool = False,
+) -> Instance:
     return Instance(
         name=f"ingress-abc-{port}",
         service="ingress",
@@ -38,6 +44,7 @@ def _registration(port: int = 0, listen: int = 0, labels: dict[str, str] | None 
         target_port=listen,
         labels=labels if labels is not None else {"istio": "ingressgateway"},
         kind="gateway",
+        binds_privileged_ports=binds_privileged_ports,
     )
 
 
@@ -58,6 +65,8 @@ def test_no_warning_when_mapped_or_not_selected() -> None:
     assert _warnings(_registration(80, 8080), _registration(9000, 9000)) == []
     assert _warnings(_registration(labels={"istio": "egressgateway"})) == []
     assert _warnings() == []
+    # A gateway with CAP_NET_BIND_SERVICE (root's) binds port 80 itself.
+    assert _warnings(_registration(binds_privileged_ports=True)) == []
 
 
 def test_the_hosts_unprivileged_start_is_read(tmp_path: Path) -> None:

@@ -115,9 +115,7 @@ def test_a_single_gateways_config_is_the_same_whatever_memo_made_it() -> None:
 
 
 def test_virtual_services_are_sorted_once_per_world() -> None:
-    from tsunagi.xds.translate.gateway_routing import bound_candidates
-
     world = _world()
-    first = bound_candidates(world)
-    assert first is bound_candidates(world)  # every port and route table reuses it
+    first = world.virtual_services_in_order
+    assert first is world.virtual_services_in_order  # every port and route table reuses it
     assert [vs.name for vs in first] == ["web"]

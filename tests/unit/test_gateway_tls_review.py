@@ -7,28 +7,16 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from google.protobuf import json_format
 
 from tsunagi.api import GatewaySpec, load_documents
 from tsunagi.api.errors import ValidationFailed
-from tsunagi.mesh import Node, World
+from tsunagi.mesh import World
 from tsunagi.mesh.analysis import not_yet_enforced
 from tsunagi.mesh.gateway_analysis import gateway_problems
 from tsunagi.mesh.gateway_ports import merge_ports
-from tsunagi.registry import Instance
 from tsunagi.xds import resources as rs
-from tsunagi.xds.translate import translate
 
-GATEWAY_NODE = Node.from_metadata(
-    "ingress-1",
-    {
-        "kind": "gateway",
-        "namespace": "istio-system",
-        "service": "ingress",
-        "labels": {"istio": "ingressgateway"},
-        "gateway_address": "127.0.0.3",
-    },
-)
+from .test_translate_gateway import GATEWAY_NODE, resources_of, world_of
 
 VS = """
 apiVersion: networking.istio.io/v1beta1
@@ -53,29 +41,12 @@ spec:
 {servers}"""
 
 
-def _world_of(resources: list[Any]) -> World:
-    web = Instance.from_document(
-        {
-            "name": "web-1",
-            "service": "web",
-            "namespace": "default",
-            "port": 80,
-            "address": "127.0.0.1",
-            "target_port": 20001,
-        }
-    )
-    return World.build(1, resources, [web])
-
-
 def _world(*docs: str) -> World:
-    return _world_of(load_documents("---".join(docs), "test.yaml"))
+    return world_of(load_documents("---".join(docs), "test.yaml"))
 
 
 def _of(world: World, type_url: str) -> dict[str, dict[str, Any]]:
-    return {
-        name: json_format.MessageToDict(r.body, preserving_proto_field_name=True)
-        for name, r in translate(world, GATEWAY_NODE).of(type_url).items()
-    }
+    return resources_of(world, GATEWAY_NODE, type_url)
 
 
 def _tls_context(world: World, port: int = 443) -> dict[str, Any]:
@@ -138,7 +109,7 @@ def test_a_stored_gateway_with_a_shared_https_port_name_keeps_the_first_servers_
     first, second = spec.servers
     renamed = second.model_copy(update={"port": second.port.model_copy(update={"name": "https-a"})})
     gateway = replace(gateway, spec=spec.model_copy(update={"servers": (first, renamed)}))
-    world = _world_of([gateway, vs])
+    world = world_of([gateway, vs])
     routes = _of(world, rs.ROUTE)
     assert [v["domains"] for v in routes["https.443.https-a.edge.default"]["virtual_hosts"]] == [
         ["a.example.com"]
@@ -244,3 +215,25 @@ spec:
 """
     world = _world(_gateway(servers), tcp)
     assert "alpn_protocols" not in _tls_context(world, 9443)["common_tls_context"]
+
+
+def test_tls_settings_envoy_does_not_get_are_warned_about() -> None:
+    # Istio's own warnings: a CA file is not read (the CA comes from the credential), and
+    # TLS 1.0/1.1 need ciphers of their own.
+    servers = """  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls:
+      mode: MUTUAL
+      credentialName: cert
+      caCertificates: /etc/ca.pem
+      minProtocolVersion: TLSV1_1
+"""
+    world = _world(_gateway(servers), VS)
+    warnings = gateway_problems(world, world.resources)
+    [ca] = [w for w in warnings if "tls.caCertificates" in w]
+    assert "the client CA comes from the cert-cacert secret or the ca.crt of cert" in ca
+    [old] = [w for w in warnings if "tls.minProtocolVersion TLSV1_1" in w]
+    assert "need compatible ciphers set in cipherSuites" in old
+    with_ciphers = servers + "      cipherSuites: [ECDHE-RSA-AES128-SHA]\n"
+    world = _world(_gateway(with_ciphers), VS)
+    assert not [w for w in gateway_problems(world, world.resources) if "minProtocolVersion" in w]

@@ -4,7 +4,6 @@ stream's ACK bookkeeping (SotW and delta), the API route, and the CLI's table.""
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import json
 from collections.abc import AsyncIterator, Iterable
@@ -14,7 +13,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from envoy.service.discovery.v3 import discovery_pb2
 
-from tests.certs import Pem, make_ca, make_cert
+from tests.certs import leaks, make_ca, make_cert
+from tsunagi.ca.issue import Issued
 from tsunagi.ca.summary import summarize
 from tsunagi.cli.proxy_config import HEADERS, NONE_FOUND, secrets_table
 from tsunagi.controlplane.http_api import Api
@@ -41,14 +41,9 @@ def _now() -> datetime.datetime:
 CRED, CACERT, MISSING = "kubernetes://cred", "kubernetes://cred-cacert", "kubernetes://gone"
 
 
-def _snapshot(server: Pem, ca: Pem | None, revision: int = 1) -> Snapshot:
+def _snapshot(server: Issued, ca: Issued | None, revision: int = 1) -> Snapshot:
     cred = Credential("edge", "cred", server.cert, server.key, ca.cert if ca else b"")
     return Snapshot.build({SECRET: gateway_secrets((cred,)).values()}, revision)
-
-
-def _key_text(pem: Pem) -> list[str]:
-    lines = [line.decode() for line in pem.key.splitlines()[1:-1]]
-    return [*lines, base64.b64encode(pem.key).decode()[40:100]]
 
 
 # ----------------------------------------------------------------------------- summary
@@ -123,7 +118,7 @@ def test_a_secret_is_pending_until_asked_warming_until_acked_then_active() -> No
     assert int(rows[CACERT]["serial_number"], 16) == ca.serial
     assert cred["valid"] and cred["subject"] == "CN=tls.example.com"
     assert cred["sans"] == ["DNS:tls.example.com"] and cred["source"] == "control-plane"
-    assert not any(line in json.dumps(rows) for line in _key_text(server))
+    assert not leaks(json.dumps(rows), server.key)
 
 
 @pytest.mark.parametrize("mode", ["sotw", "delta"])
@@ -208,7 +203,7 @@ async def test_the_route_answers_for_a_connected_proxy_by_either_name(api: Api) 
             reply = ProxySecrets.model_validate_json(text)
             assert reply.proxy == "edge-1a2b3c.edge" and [s.name for s in reply.secrets] == [CRED]
             assert int(reply.secrets[0].serial_number, 16) == server.serial
-            assert not any(line in text for line in _key_text(server))
+            assert not leaks(text, server.key)
 
 
 async def test_an_unknown_proxy_is_404_naming_the_connected_ones(api: Api) -> None:

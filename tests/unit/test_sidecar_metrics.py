@@ -16,7 +16,7 @@ import pytest
 
 from tsunagi import proxy_contract as pc
 from tsunagi.agent.metrics import BUCKETS, LABELS, Aggregator, Identity, parse_token
-from tsunagi.agent.metrics_server import MetricsPipe, MetricsServer
+from tsunagi.agent.metrics_server import MetricsPipe, MetricsServer, start_metrics
 from tsunagi.agent.ports import free_ports
 from tsunagi.mesh import Node
 from tsunagi.mesh.telemetry import (
@@ -590,12 +590,37 @@ def test_close_ends_the_pipe_reader_and_the_server_thread() -> None:
         pass
 
 
+def test_a_taken_metrics_port_names_the_flag_and_leaves_no_pipe_reader() -> None:
+    """Sidecar and gateway start their metrics the same way (:func:`start_metrics`): a port
+    in use is an error naming ``--metrics-port``, and the pipe already started is closed."""
+    import socket
+
+    with tempfile.TemporaryDirectory() as d, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        before = set(threading.enumerate())
+        with pytest.raises(RuntimeError, match=f"port {port}: .*--metrics-port"):
+            start_metrics(d, Aggregator(ME, registry), "x", port, _closed_port())
+        assert not [t for t in set(threading.enumerate()) - before if t.name == "metrics-pipe"]
+        again = os.path.join(d, "again")
+        os.mkdir(again)
+        pipe, server = start_metrics(again, Aggregator(ME, registry), "x", 0, _closed_port())
+        try:
+            assert server.port > 0 and pipe.path == os.path.join(again, "metrics.fifo")
+        finally:
+            server.close()
+            pipe.close()
+
+
 def test_a_connect_tunnel_to_a_tls_port_counts_only_as_tcp() -> None:
-    """The CONNECT stream's own line (to the internal listener's cluster) is not a request:
-    the listener behind it reports the connection as outbound TCP to where it went."""
+    """The CONNECT stream's own line (its tunnel logger's, to the internal listener's
+    cluster; the plain request logger skips CONNECTs) is not counted: the listener behind it
+    reports the connection as outbound TCP to where it went."""
     agg = Aggregator(ME, registry)
     tunnel = f"{pc.CONNECT_CLUSTER_PREFIX}443|api.example.test"
-    agg.feed(["\t".join(("s", tunnel, "-", "200", "-", "-", "40", "900", "4000"))])
+    line = ("u", "DownstreamEnd", "6", "900", "4000", "-", tunnel, "-", "api.example.test:443")
+    agg.feed(["\t".join(line)])
     cluster = "outbound|443|a|api.example.test"
     agg.feed(["\t".join(("u", "TcpConnectionEnd", "7", "900", "4000", "-", cluster, HOST))])
     text = agg.render()

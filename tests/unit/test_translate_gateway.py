@@ -22,7 +22,7 @@ from tsunagi.store import MemoryStore
 from tsunagi.xds import resources as rs
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.resources import Snapshot
-from tsunagi.xds.translate import translate
+from tsunagi.xds.translate import envoyfilter, translate
 
 GATEWAY_META = {
     "kind": "gateway",
@@ -64,7 +64,11 @@ spec:
 
 
 def _world(*docs: str) -> World:
-    resources = load_documents("---".join(docs), "test.yaml")
+    return world_of(load_documents("---".join(docs), "test.yaml"))
+
+
+def world_of(resources: list[Any]) -> World:
+    """A World of ``resources`` and one ``web`` instance on port 80 (the routes' backend)."""
     web = Instance.from_document(
         {
             "name": "web-1",
@@ -78,7 +82,8 @@ def _world(*docs: str) -> World:
     return World.build(1, resources, [web])
 
 
-def _of(world: World, node: Node, type_url: str) -> dict[str, dict[str, Any]]:
+def resources_of(world: World, node: Node, type_url: str) -> dict[str, dict[str, Any]]:
+    """What ``node`` is sent of ``type_url``, by resource name, as dicts."""
     snap = translate(world, node)
     return {
         name: json_format.MessageToDict(r.body, preserving_proto_field_name=True)
@@ -89,7 +94,7 @@ def _of(world: World, node: Node, type_url: str) -> dict[str, dict[str, Any]]:
 def _domains(world: World, node: Node = GATEWAY_NODE) -> dict[str, list[str]]:
     return {
         name: [d for v in rc.get("virtual_hosts", []) for d in v["domains"]]
-        for name, rc in _of(world, node, rs.ROUTE).items()
+        for name, rc in resources_of(world, node, rs.ROUTE).items()
     }
 
 
@@ -146,7 +151,7 @@ def test_namespace_forms_restrict_which_virtual_services_bind() -> None:
     domains = _domains(world)["http.80"]
     assert domains == ["own.example.com", "any.example.com", "prod.example.com"]
     # Any port in the Host header: what a client sees of the port may not be the listener's.
-    assert _of(world, GATEWAY_NODE, rs.ROUTE)["http.80"]["ignore_port_in_host_matching"]
+    assert resources_of(world, GATEWAY_NODE, rs.ROUTE)["http.80"]["ignore_port_in_host_matching"]
 
 
 def test_export_to_is_judged_from_the_gateway_proxys_namespace() -> None:
@@ -163,7 +168,7 @@ def test_export_to_is_judged_from_the_gateway_proxys_namespace() -> None:
 
 def test_gateway_gets_only_its_listeners_and_follows_server_ports() -> None:
     one = _world(_gateway("edge", 80, ["*"]), _vs("web", ["*"], ["edge"]))
-    listeners = _of(one, GATEWAY_NODE, rs.LISTENER)
+    listeners = resources_of(one, GATEWAY_NODE, rs.LISTENER)
     assert sorted(listeners) == ["gateway|80"]  # no outbound or inbound sidecar listeners
     assert listeners["gateway|80"]["address"]["socket_address"] == {
         "address": "127.0.0.3",
@@ -172,10 +177,10 @@ def test_gateway_gets_only_its_listeners_and_follows_server_ports() -> None:
     two = _world(
         _gateway("edge", 80, ["*"]), _gateway("more", 8080, ["*"]), _vs("web", ["*"], ["edge"])
     )
-    assert sorted(_of(two, GATEWAY_NODE, rs.LISTENER)) == ["gateway|80", "gateway|8080"]
+    assert sorted(resources_of(two, GATEWAY_NODE, rs.LISTENER)) == ["gateway|80", "gateway|8080"]
     # A Gateway whose selector does not match the proxy's labels is not served.
     other = _world(_gateway("edge", 80, ["*"]).replace("ingressgateway", "egressgateway"))
-    assert _of(other, GATEWAY_NODE, rs.LISTENER) == {}
+    assert resources_of(other, GATEWAY_NODE, rs.LISTENER) == {}
 
 
 def test_https_servers_get_a_tls_listener_and_apply_no_longer_warns() -> None:
@@ -184,7 +189,7 @@ def test_https_servers_get_a_tls_listener_and_apply_no_longer_warns() -> None:
     tls: {mode: SIMPLE, credentialName: cert}
 """
     world = _world(_gateway("edge", 80, ["*"], extra=tls), _vs("web", ["*"], ["edge"]))
-    listeners = _of(world, GATEWAY_NODE, rs.LISTENER)
+    listeners = resources_of(world, GATEWAY_NODE, rs.LISTENER)
     assert sorted(listeners) == ["gateway|443", "gateway|80"]
     [chain] = listeners["gateway|443"]["filter_chains"]
     context = chain["transport_socket"]["typed_config"]["common_tls_context"]
@@ -193,7 +198,7 @@ def test_https_servers_get_a_tls_listener_and_apply_no_longer_warns() -> None:
     assert "private_key" not in str(listeners)
     hcm = chain["filters"][0]["typed_config"]
     assert hcm["rds"]["route_config_name"] == "https.443.https.edge.default"
-    assert "https.443.https.edge.default" in _of(world, GATEWAY_NODE, rs.ROUTE)
+    assert "https.443.https.edge.default" in resources_of(world, GATEWAY_NODE, rs.ROUTE)
     warnings = gateway_problems(world, world.resources)
     assert not [w for w in warnings if "spec.servers[1]" in w], warnings
     assert not [w for w in not_yet_enforced(world.resources) if "Gateway" in w]
@@ -216,7 +221,7 @@ def test_unsupported_tls_modes_open_nothing_and_apply_says_what_to_use(tls: str,
     tls: {tls}
 """
     world = _world(_gateway("edge", 80, ["*"], extra=extra), _vs("web", ["*"], ["edge"]))
-    assert sorted(_of(world, GATEWAY_NODE, rs.LISTENER)) == ["gateway|80"]
+    assert sorted(resources_of(world, GATEWAY_NODE, rs.LISTENER)) == ["gateway|80"]
     [warning] = [w for w in gateway_problems(world, world.resources) if "servers[1]" in w]
     assert warning.startswith("Gateway default/edge: spec.servers[1] (HTTPS 443): " + says)
 
@@ -236,7 +241,7 @@ def test_servers_left_out_of_a_port_are_reported_with_the_server_that_holds_it()
     tls: {mode: PASSTHROUGH, minProtocolVersion: TLSV1_3}
 """
     world = _world(_gateway("edge", 80, ["*"], extra=extra), _vs("web", ["*"], ["edge"]))
-    listeners = _of(world, GATEWAY_NODE, rs.LISTENER)
+    listeners = resources_of(world, GATEWAY_NODE, rs.LISTENER)
     assert "transport_socket" not in listeners["gateway|80"]["filter_chains"][0]
     names = [
         c["filter_chain_match"]["server_names"] for c in listeners["gateway|443"]["filter_chains"]
@@ -260,7 +265,7 @@ def test_cipher_suites_envoy_does_not_know_are_left_out_with_a_warning() -> None
       cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256, RC4-MD5, ECDHE-RSA-AES128-GCM-SHA256]
 """
     world = _world(_gateway("edge", 80, ["*"], extra=extra), _vs("web", ["*"], ["edge"]))
-    [chain] = _of(world, GATEWAY_NODE, rs.LISTENER)["gateway|443"]["filter_chains"]
+    [chain] = resources_of(world, GATEWAY_NODE, rs.LISTENER)["gateway|443"]["filter_chains"]
     params = chain["transport_socket"]["typed_config"]["common_tls_context"]["tls_params"]
     assert params == {
         "tls_minimum_protocol_version": "TLSv1_2",
@@ -273,23 +278,66 @@ def test_cipher_suites_envoy_does_not_know_are_left_out_with_a_warning() -> None
     )
 
 
+def test_source_labels_match_the_gateway_proxys_own_labels() -> None:
+    # On a gateway, sourceLabels compare the gateway's labels (Istio's gateway routes do).
+    def domains_with(labels: str) -> list[str]:
+        vs = _vs("web", ["*"], ["edge"]).replace(
+            "  - route:", f"  - match: [{{sourceLabels: {labels}}}]\n    route:"
+        )
+        world = _world(_gateway("edge", 80, ["*"]), vs)
+        return _domains(world)["http.80"]
+
+    assert domains_with("{istio: ingressgateway}") == ["*"]
+    assert domains_with("{istio: egressgateway}") == []
+
+
 def test_https_redirect_requires_tls_on_the_virtual_host() -> None:
     redirect = _gateway("edge", 80, ["*"]).replace(
         "    hosts: ['*']\n", "    hosts: ['*']\n    tls: {httpsRedirect: true}\n"
     )
     world = _world(redirect, _vs("web", ["*"], ["edge"]))
-    [vhost] = _of(world, GATEWAY_NODE, rs.ROUTE)["http.80"]["virtual_hosts"]
+    [vhost] = resources_of(world, GATEWAY_NODE, rs.ROUTE)["http.80"]["virtual_hosts"]
     assert vhost["require_tls"] == "ALL"
     # The usual http → https Gateway binds nothing and still redirects every host it names.
     alone = _gateway("edge", 80, ["a.example.com", "./b.example.com"]).replace(
         "    hosts: ['a.example.com', './b.example.com']\n",
         "    hosts: ['a.example.com', './b.example.com']\n    tls: {httpsRedirect: true}\n",
     )
-    vhosts = _of(_world(alone), GATEWAY_NODE, rs.ROUTE)["http.80"]["virtual_hosts"]
+    vhosts = resources_of(_world(alone), GATEWAY_NODE, rs.ROUTE)["http.80"]["virtual_hosts"]
     assert [(v["domains"], v["require_tls"]) for v in vhosts] == [
         (["a.example.com"], "ALL"),
         (["b.example.com"], "ALL"),
     ]
+
+
+def test_gateway_only_envoy_filters_patch_gateways_and_cost_sidecars_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = """
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: timeouts, namespace: istio-system}
+spec:
+  configPatches:
+  - applyTo: CLUSTER
+    match: {context: GATEWAY}
+    patch: {operation: MERGE, value: {connect_timeout: 7s}}
+"""
+    world = _world(_gateway("edge", 80, ["*"]), _vs("web", ["*"], ["edge"]), config)
+    calls: list[str] = []
+    for name in ("_patch_map", "_patch_shared"):
+        real = getattr(envoyfilter, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            calls.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(envoyfilter, name, counted)
+    sidecar = resources_of(world, SIDECAR_NODE, rs.CLUSTER)
+    assert calls == []  # selected, but nothing of it applies to a sidecar: not even a pass
+    assert "7s" not in {c.get("connect_timeout") for c in sidecar.values()}
+    gateway = resources_of(world, GATEWAY_NODE, rs.CLUSTER)
+    assert calls and {c.get("connect_timeout") for c in gateway.values()} == {"7s"}
 
 
 def test_sidecars_ignore_virtual_services_bound_only_to_gateways() -> None:
@@ -310,7 +358,7 @@ def test_two_virtual_services_for_one_host_merge_catch_all_last() -> None:
         "  - route:\n", "  - match: [{uri: {prefix: /b}}]\n    route:\n"
     )
     world = _world(_gateway("edge", 80, ["*"]), catch_all, prefixed)
-    [vhost] = _of(world, GATEWAY_NODE, rs.ROUTE)["http.80"]["virtual_hosts"]
+    [vhost] = resources_of(world, GATEWAY_NODE, rs.ROUTE)["http.80"]["virtual_hosts"]
     assert [r["match"] for r in vhost["routes"]] == [{"prefix": "/b"}, {"prefix": "/"}]
 
 
@@ -363,7 +411,7 @@ spec:
 def _added_headers(world: World, node: Node) -> set[str]:
     return {
         h["header"]["key"]
-        for rc in _of(world, node, rs.ROUTE).values()
+        for rc in resources_of(world, node, rs.ROUTE).values()
         for h in rc.get("response_headers_to_add", [])
     }
 
@@ -440,7 +488,7 @@ def test_tcp_servers_need_tcp_routes_and_one_port_has_one() -> None:
 """
     world = _world(_gateway("edge", 80, ["*"], extra=extra), _vs("web", ["*"], ["edge"]))
     # Nothing routes TCP or TLS yet: those ports stay closed, and apply says why.
-    assert sorted(_of(world, GATEWAY_NODE, rs.LISTENER)) == ["gateway|80"]
+    assert sorted(resources_of(world, GATEWAY_NODE, rs.LISTENER)) == ["gateway|80"]
     warnings = gateway_problems(world, world.resources)
     [tcp] = [w for w in warnings if "spec.servers[1]" in w]
     assert "no VirtualService bound to it" in tcp and "has tcp: routes" in tcp
@@ -459,7 +507,7 @@ spec:
   - route: [{destination: {host: web.default.svc.cluster.local, port: {number: 80}}}]
 """
     world = _world(_gateway("edge", 80, ["*"], extra=extra), _vs("web", ["*"], ["edge"]), routed)
-    listeners = _of(world, GATEWAY_NODE, rs.LISTENER)
+    listeners = resources_of(world, GATEWAY_NODE, rs.LISTENER)
     [chain] = listeners["gateway|31400"]["filter_chains"]
     assert (
         chain["filters"][0]["typed_config"]["cluster"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from envoy.config.listener.v3.listener_pb2 import Listener
 
 from tsunagi import proxy_contract as pc
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
@@ -14,7 +15,13 @@ from tsunagi.cli.main import _upstream, _upstream_conflict, main
 from tsunagi.mesh import Node, Upstream, World
 from tsunagi.mesh.analysis import not_yet_enforced
 from tsunagi.registry import Instance
-from tsunagi.xds.translate.upstream_listeners import upstream_listeners, upstream_targets
+from tsunagi.xds import resources as rs
+from tsunagi.xds.translate import translate
+from tsunagi.xds.translate.upstream_listeners import (
+    upstream_listener_name,
+    upstream_listeners,
+    upstream_targets,
+)
 
 
 @pytest.mark.parametrize(
@@ -329,3 +336,24 @@ def test_upstream_connections_are_reported_by_the_source() -> None:
     overflow, _ = series[('"source"', '"UO"')]
     assert overflow["destination_workload"] == '"unknown"'
     assert series[('"destination"', '"-"')][1] == "7"
+
+
+@pytest.mark.parametrize(
+    ("context", "patched"), [("SIDECAR_OUTBOUND", True), ("ANY", True), ("SIDECAR_INBOUND", False)]
+)
+def test_envoy_filters_see_an_upstream_listener_as_outbound(context: str, patched: bool) -> None:
+    # It carries the app's outbound traffic, as Istio's outbound listeners do.
+    config = f"""
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: buffers, namespace: istio-system}}
+spec:
+  configPatches:
+  - applyTo: LISTENER
+    match: {{context: {context}}}
+    patch: {{operation: MERGE, value: {{per_connection_buffer_limit_bytes: 4096}}}}
+"""
+    listeners = translate(world(config), node()).of(rs.LISTENER)
+    listener = Listener()
+    listeners[upstream_listener_name(node().upstreams[0])].body.Unpack(listener)
+    assert (listener.per_connection_buffer_limit_bytes.value == 4096) is patched

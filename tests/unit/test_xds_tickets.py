@@ -17,7 +17,7 @@ import os
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -30,6 +30,7 @@ from tests.certs import make_cert
 from tsunagi import proxy_contract as pc
 from tsunagi.agent.bootstrap import TICKET_METADATA, ProxyIdentity, bootstrap
 from tsunagi.api import load_documents
+from tsunagi.controlplane.auth import TICKET_KEY_FILE, ensure_ticket_key
 from tsunagi.controlplane.push import Pusher
 from tsunagi.store.memory import MemoryStore
 from tsunagi.xds import resources as rs
@@ -94,34 +95,50 @@ async def xds_port() -> AsyncIterator[int]:
         await server.stop(None)
 
 
-async def _secrets_sent(port: int, node_id: str, ticket: str | None) -> dict[str, bytes]:
-    """Connect as a gateway of ``NS`` (sending ``ticket``, if any), ask for the SDS secret
-    as Envoy does, and return what the first SDS response holds: name → private key."""
-    meta = struct_pb2.Struct()
-    meta.update(
-        {
-            pc.META_KIND: pc.GATEWAY_KIND,
-            pc.META_NAMESPACE: NS,
-            pc.META_LABELS: {"istio": "ingressgateway"},
-        }
-    )
-    metadata = ((tickets.METADATA_KEY, ticket),) if ticket is not None else None
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.stream_stream(
+class _Ads:
+    """One SotW ADS stream asking for :data:`SECRET`, as Envoy's SDS subscription does,
+    sending ``ticket`` (if any) as Envoy sends the one its bootstrap holds."""
+
+    def __init__(
+        self, channel: grpc.aio.Channel, node_id: str, kind: str, ticket: str | None
+    ) -> None:
+        meta = struct_pb2.Struct()
+        fields: dict[str, Any] = {pc.META_NAMESPACE: NS, pc.META_SERVICE: "ingress"}
+        if kind == pc.GATEWAY_KIND:
+            fields |= {pc.META_KIND: kind, pc.META_LABELS: {"istio": "ingressgateway"}}
+        meta.update(fields)
+        self.node = base_pb2.Node(id=node_id, cluster="ingress", metadata=meta)
+        self.call = channel.stream_stream(
             _SOTW,
             request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
             response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
-        )(metadata=metadata)
+        )(metadata=((TICKET_METADATA, ticket),) if ticket is not None else None)
+
+    async def ask(self, last: discovery_pb2.DiscoveryResponse | None = None) -> None:
+        """Subscribe (or ACK ``last``), asking for the credential's secret."""
         request = discovery_pb2.DiscoveryRequest(
-            type_url=rs.SECRET,
-            resource_names=[SECRET],
-            node=base_pb2.Node(id=node_id, cluster="ingress", metadata=meta),
+            type_url=rs.SECRET, resource_names=[SECRET], node=self.node
         )
-        await call.write(request)
+        if last is not None:
+            request.version_info, request.response_nonce = last.version_info, last.nonce
+        await self.call.write(request)
+
+    async def next_keys(self) -> tuple[discovery_pb2.DiscoveryResponse, dict[str, bytes]]:
+        """The next SDS response and its secrets: name → private key."""
         async with asyncio.timeout(_BOUND):
-            response = await call.read()
-        call.cancel()
-    return private_keys(response)
+            response = await self.call.read()
+        return response, private_keys(response)
+
+
+async def _secrets_sent(port: int, node_id: str, ticket: str | None) -> dict[str, bytes]:
+    """Connect as a gateway of ``NS`` (sending ``ticket``, if any), ask for the SDS secret
+    as Envoy does, and return what the first SDS response holds: name → private key."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        ads = _Ads(channel, node_id, pc.GATEWAY_KIND, ticket)
+        await ads.ask()
+        _, keys = await ads.next_keys()
+        ads.call.cancel()
+    return keys
 
 
 def private_keys(response: object) -> dict[str, bytes]:
@@ -158,11 +175,11 @@ async def test_only_a_gateway_with_its_ticket_gets_the_secret(
 
 
 def test_the_ticket_key_is_made_once_and_only_its_owner_reads_it(tmp_path: Path) -> None:
-    key = tickets.ensure_key(tmp_path / "state")
-    path = tmp_path / "state" / tickets.KEY_FILE
+    key = ensure_ticket_key(tmp_path / "state")
+    path = tmp_path / "state" / TICKET_KEY_FILE
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     # a restarted control plane keeps it, so the tickets it handed out stay valid
-    assert tickets.ensure_key(tmp_path / "state") == key
+    assert ensure_ticket_key(tmp_path / "state") == key
     assert tickets.matches(key, tickets.ticket(key, "n.ns", "ns"), "n.ns", "ns")
     # the id and namespace are bound separately: "a.b"+"c" is not "a"+"b.c"
     assert not tickets.matches(key, tickets.ticket(key, "a.b", "c"), "a", "b.c")
@@ -173,8 +190,7 @@ def test_the_bootstrap_sends_the_ticket_on_the_ads_stream() -> None:
     [service] = bootstrap(ident, "127.0.0.1", 15010, 15000, ticket="abc")["dynamic_resources"][
         "ads_config"
     ]["grpc_services"]
-    assert service["initial_metadata"] == [{"key": tickets.METADATA_KEY, "value": "abc"}]
-    assert TICKET_METADATA == tickets.METADATA_KEY
+    assert service["initial_metadata"] == [{"key": TICKET_METADATA, "value": "abc"}]
     [plain] = bootstrap(ident, "127.0.0.1", 15010, 15000)["dynamic_resources"]["ads_config"][
         "grpc_services"
     ]

@@ -10,13 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import struct_pb2
 
 from tests.certs import make_cert
 from tsunagi import proxy_contract as pc
@@ -28,43 +24,9 @@ from tsunagi.xds import tickets
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.server import start_server
 
-from .test_xds_tickets import _SOTW, CONFIG, KEY, NS, SECRET, SERVER, _b64, private_keys
+from .test_xds_tickets import _BOUND, CONFIG, KEY, NS, SECRET, SERVER, _Ads, _b64
 
-_BOUND = 30.0  # generous: a bug hangs the test for seconds, not until pytest's timeout
 ROTATED = make_cert("bookinfo.example.com")
-
-
-class _Ads:
-    """One SotW ADS stream asking for :data:`SECRET`, as Envoy's SDS subscription does."""
-
-    def __init__(self, channel: grpc.aio.Channel, node_id: str, kind: str, ticket: str) -> None:
-        meta = struct_pb2.Struct()
-        fields: dict[str, Any] = {pc.META_NAMESPACE: NS, pc.META_SERVICE: "ingress"}
-        if kind == pc.GATEWAY_KIND:
-            fields |= {pc.META_KIND: kind, pc.META_LABELS: {"istio": "ingressgateway"}}
-        meta.update(fields)
-        self.node = base_pb2.Node(id=node_id, cluster="ingress", metadata=meta)
-        self.call = channel.stream_stream(
-            _SOTW,
-            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
-        )(metadata=((tickets.METADATA_KEY, ticket),))
-
-    async def ask(self, last: discovery_pb2.DiscoveryResponse | None = None) -> None:
-        """Subscribe (or ACK ``last``), asking for the credential's secret."""
-        request = discovery_pb2.DiscoveryRequest(
-            type_url=rs.SECRET, resource_names=[SECRET], node=self.node
-        )
-        if last is not None:
-            request.version_info, request.response_nonce = last.version_info, last.nonce
-        await self.call.write(request)
-
-    async def next_keys(self) -> tuple[discovery_pb2.DiscoveryResponse, dict[str, bytes]]:
-        """The next SDS response and its secrets: name → private key."""
-        async with asyncio.timeout(_BOUND):
-            response = await self.call.read()
-        assert response is not grpc.aio.EOF
-        return response, private_keys(response)
 
 
 @pytest.fixture

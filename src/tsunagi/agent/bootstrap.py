@@ -10,6 +10,7 @@ from types import MappingProxyType
 
 from tsunagi import proxy_contract as pc
 from tsunagi.agent.records import NamedTuple
+from tsunagi.proxy_contract import TICKET_METADATA
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (agent/records.py)
 if TYPE_CHECKING:
@@ -39,10 +40,6 @@ class ProxyIdentity(NamedTuple):
     gateway_ports: Mapping[int, int] = MappingProxyType({})
     """A gateway's service port → listen port (``pc.META_GATEWAY_PORTS``)."""
 
-
-TICKET_METADATA = "x-tsunagi-ticket"
-"""The gRPC metadata that carries the ticket (``tsunagi.xds.tickets.METADATA_KEY``; not
-imported: the agent stays free of the control plane's modules)."""
 
 INTERNAL_LISTENER_EXTENSION = {
     "name": "envoy.bootstrap.internal_listener",

@@ -42,8 +42,7 @@ from tsunagi.agent.lifecycle import (
 from tsunagi.agent.logs import log
 from tsunagi.agent.memory import one_malloc_arena, release_startup_memory
 from tsunagi.agent.metrics import Aggregator, Identity
-from tsunagi.agent.metrics_server import PATH as METRICS_PATH
-from tsunagi.agent.metrics_server import MetricsPipe, MetricsServer
+from tsunagi.agent.metrics_server import MetricsPipe, MetricsServer, start_metrics
 from tsunagi.agent.ports import free_ports
 from tsunagi.agent.records import NamedTuple
 from tsunagi.agent.workdir import make_workdir, remove_workdir
@@ -104,6 +103,7 @@ class Gateway:
         )
         self._pipe: MetricsPipe | None = None
         self._metrics: MetricsServer | None = None
+        self._privileged = binds_privileged_ports()  # read once: fixed for the process
 
     def run(self) -> int:
         """Serve until SIGINT or SIGTERM; the exit code."""
@@ -160,31 +160,14 @@ class Gateway:
             remove_workdir(self.workdir)
 
     def _start_metrics(self, admin_port: int) -> str:
-        """The metric pipe (before Envoy, which opens it) and the metrics endpoint, as a
-        sidecar's (agent/run.py); the pipe's path, for the bootstrap."""
-        self._pipe = MetricsPipe(os.path.join(self.workdir, "metrics.fifo"), self.aggregator)
-        self._pipe.start()
-        try:
-            self._metrics = MetricsServer(
-                self.opts.metrics_port,
-                self.aggregator,
-                admin_port,
-                address=self.opts.metrics_address,
-            )
-        except OSError as e:
-            raise RuntimeError(
-                f"cannot serve metrics on port {self.opts.metrics_port}: {e}; choose another "
-                "--metrics-port (or 0 for a free one)"
-            ) from None
-        self._metrics.start()
-        log.info(
-            "%s: metrics on http://%s:%d%s",
+        """The metric pipe and endpoint (:func:`start_metrics`); the pipe's path."""
+        self._pipe, self._metrics = start_metrics(
+            self.workdir,
+            self.aggregator,
             self.instance_name,
-            f"[{self.opts.metrics_address}]"
-            if ":" in self.opts.metrics_address
-            else self.opts.metrics_address,
-            self._metrics.port,
-            METRICS_PATH,
+            self.opts.metrics_port,
+            admin_port,
+            address=self.opts.metrics_address,
         )
         return self._pipe.path
 
@@ -252,7 +235,7 @@ class Gateway:
             "labels": dict(self.opts.labels),
             "metrics_port": self._metrics.port if self._metrics is not None else 0,
             "metrics_address": self.opts.metrics_address,
-            "binds_privileged_ports": binds_privileged_ports(),
+            "binds_privileged_ports": self._privileged,
         }
 
     def _registered(self) -> None:

@@ -288,8 +288,6 @@ class Aggregator:
         k = 9 if profile.kind == pc.METRICS_LINE_SOURCE else 8
         if len(f) != k:
             raise ValueError(line)
-        if k == 9 and f[1].startswith(pc.CONNECT_CLUSTER_PREFIX):
-            return  # a CONNECT tunnel: counted as TCP by the listener behind it
         key = tuple(f[: k - 3])
         values = (float(f[k - 3]), float(f[k - 2]), float(f[k - 1]))
         series = self._http.get(key)

@@ -226,3 +226,32 @@ class MetricsServer:
             ),
         ]
         return "\n".join(lines) + "\n"
+
+
+def start_metrics(
+    workdir: str,
+    aggregator: Aggregator,
+    name: str,
+    port: int,
+    envoy_admin_port: int,
+    app_port: int = 0,
+    app_path: str = "",
+    address: str = "127.0.0.1",
+) -> tuple[MetricsPipe, MetricsServer]:
+    """A proxy's metric pipe (started before Envoy, which opens it; its path goes in the
+    bootstrap) and its metrics endpoint, sidecar or gateway alike; a port that cannot be
+    bound is a :class:`RuntimeError` naming the flag that chose it."""
+    pipe = MetricsPipe(os.path.join(workdir, "metrics.fifo"), aggregator)
+    pipe.start()
+    try:
+        server = MetricsServer(port, aggregator, envoy_admin_port, app_port, app_path, address)
+    except OSError as e:
+        pipe.close()
+        raise RuntimeError(
+            f"cannot serve metrics on port {port}: {e}; choose another --metrics-port (or 0 "
+            "for a free one)"
+        ) from None
+    server.start()
+    host = f"[{address}]" if ":" in address else address
+    log.info("%s: metrics on http://%s:%d%s", name, host, server.port, PATH)
+    return pipe, server

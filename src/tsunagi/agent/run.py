@@ -17,6 +17,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Mapping
+from functools import partial
 from types import MappingProxyType
 
 from tsunagi import protocols
@@ -34,8 +35,7 @@ from tsunagi.agent.lifecycle import (
 from tsunagi.agent.logs import log
 from tsunagi.agent.memory import one_malloc_arena, release_startup_memory
 from tsunagi.agent.metrics import Aggregator, Identity
-from tsunagi.agent.metrics_server import PATH as METRICS_PATH
-from tsunagi.agent.metrics_server import MetricsPipe, MetricsServer
+from tsunagi.agent.metrics_server import MetricsPipe, MetricsServer, start_metrics
 from tsunagi.agent.ports import free_ports, wait_listening
 from tsunagi.agent.records import NamedTuple
 from tsunagi.agent.workdir import make_workdir, remove_workdir
@@ -99,15 +99,11 @@ class Sidecar:
         self.stop = threading.Event()
         self._envoy: EnvoyProcess | None = None
         self.aggregator = Aggregator(
-            Identity(opts.service, opts.namespace, labels), resolve=self._resolve_hosts
+            Identity(opts.service, opts.namespace, labels),
+            resolve=partial(resolve_upstreams, client),
         )
         self._pipe: MetricsPipe | None = None
         self._metrics: MetricsServer | None = None
-
-    def _resolve_hosts(self, hosts: list[str]) -> dict[str, str]:
-        """Upstream hosts → their workloads' metadata, from the registry (see
-        :class:`~tsunagi.agent.metrics.Aggregator`); a scrape waits at most a second."""
-        return resolve_upstreams(self.client, hosts)
 
     def _pick_ports(self) -> None:
         outbound, inbound, admin, app, *spare = free_ports(4 + len(self.opts.upstreams))
@@ -130,7 +126,7 @@ class Sidecar:
             # start at once): a proxy whose listeners did not bind gets new ports.
             for _attempt in range(3):
                 self._start_envoy(str(xds["host"]), int(xds["port"]))
-                self._wait_ready_or_stop()
+                wait_ready_or_stop(self.envoy, self.stop, self.opts.ready_timeout)
                 if self.stop.is_set():
                     return 130  # interrupted before the app started
                 unbound = self._unbound_listeners()
@@ -163,25 +159,15 @@ class Sidecar:
             remove_workdir(self.workdir)
 
     def _start_metrics(self) -> None:
-        """The metric pipe (before Envoy, which opens it) and the metrics endpoint."""
-        self._pipe = MetricsPipe(os.path.join(self.workdir, "metrics.fifo"), self.aggregator)
-        self._pipe.start()
-        try:
-            self._metrics = MetricsServer(
-                self.opts.metrics_port,
-                self.aggregator,
-                self.admin_port,
-                self.app_port,
-                self.opts.app_metrics,
-            )
-        except OSError as e:
-            raise RuntimeError(
-                f"cannot serve metrics on port {self.opts.metrics_port}: {e}; choose another "
-                "--metrics-port (or 0 for a free one)"
-            ) from None
-        self._metrics.start()
-        log.info(
-            "%s: metrics on http://127.0.0.1:%d%s", self.name, self._metrics.port, METRICS_PATH
+        """The metric pipe and endpoint (:func:`start_metrics`)."""
+        self._pipe, self._metrics = start_metrics(
+            self.workdir,
+            self.aggregator,
+            self.name,
+            self.opts.metrics_port,
+            self.admin_port,
+            self.app_port,
+            self.opts.app_metrics,
         )
 
     def _start_envoy(self, xds_host: str, xds_port: int) -> None:
@@ -233,10 +219,6 @@ class Sidecar:
                 active.add(int(address.get("port_value", 0)))
         ports = (self.outbound_port, self.inbound_port, *(u[2] for u in self.upstreams))
         return [p for p in ports if p not in active]
-
-    def _wait_ready_or_stop(self) -> None:
-        """Wait for Envoy's first config; a Ctrl-C meanwhile ends the wait early."""
-        wait_ready_or_stop(self.envoy, self.stop, self.opts.ready_timeout)
 
     def _run_app(self) -> int:
         log.info(

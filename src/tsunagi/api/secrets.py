@@ -15,6 +15,8 @@ import base64
 import binascii
 import re
 from collections.abc import Iterator, Mapping
+from functools import cached_property
+from types import MappingProxyType
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
@@ -69,9 +71,11 @@ class SecretSpec(IstioModel):
     """Plain-text values; they win over ``data`` for the same key, as in Kubernetes."""
     immutable: StrictBool | None = None
 
-    def decoded(self) -> dict[str, bytes]:
-        """Every key's bytes (``data`` decoded, ``stringData`` over it). Call on a checked
-        spec only: a value that is not base64 is left out."""
+    @cached_property
+    def decoded(self) -> Mapping[str, bytes]:
+        """Every key's bytes (``data`` decoded, ``stringData`` over it), decoded once per
+        parsed Secret (every World build reads it). A value that is not base64 is left out
+        (the checks refuse such a Secret)."""
         out: dict[str, bytes] = {}
         for key, text in self.data.items():
             decoded = _b64(text)
@@ -79,7 +83,7 @@ class SecretSpec(IstioModel):
                 out[key] = decoded
         for key, text in self.string_data.items():
             out[key] = text.encode()
-        return out
+        return MappingProxyType(out)
 
 
 SECRET_FIELDS = ("type", "data", "stringData", "immutable")
@@ -121,7 +125,7 @@ def check_secret(spec: SecretSpec) -> Iterator[Issue]:
                     "is not valid base64 (data values are base64-encoded; put plain text "
                     "under stringData instead)",
                 )
-    values = spec.decoded()
+    values = spec.decoded
     if spec.type == TLS_TYPE:
         for key in (TLS_CERT, TLS_KEY):
             if key not in spec.data and key not in spec.string_data:

@@ -1,8 +1,8 @@
 """Issue X.509 certificates: a self-signed CA, or a certificate signed by one.
 
-ECDSA P-256 keys (what Istio's workload certificates use), PKCS#8 PEM. The demo's gateway
-certificate and the tests' throwaway certificates come from here; the control plane's own
-CA builds on it.
+ECDSA P-256 keys (what Istio's workload certificates use) unless given one, PKCS#8 PEM.
+The demo's gateway certificate and the tests' throwaway certificates come from here (the
+control plane has no CA of its own yet).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 
@@ -33,11 +34,12 @@ def issue(
     is_ca: bool = False,
     now: datetime.datetime,
     lifetime: datetime.timedelta = datetime.timedelta(days=1),
+    key: CertificateIssuerPrivateKeyTypes | None = None,
 ) -> Issued:
     """A certificate for ``common_name`` with ``dns_names`` as DNS SANs, signed by
     ``issuer`` (self-signed without one), valid from five minutes before ``now`` (clocks
-    differ a little) for ``lifetime``."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    differ a little) for ``lifetime``; its key is ``key``, else a new ECDSA P-256 one."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     if issuer is not None:
         signer = serialization.load_pem_private_key(issuer.key, password=None)

@@ -408,7 +408,7 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         default=0,
         help="where the agent serves Istio's merged metrics (GET /stats/prometheus: "
         "istio_requests_total and friends, Envoy's own, the app's); default: a free port, "
@@ -487,7 +487,7 @@ def parser() -> argparse.ArgumentParser:
     )
     gw.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         default=0,
         help="where the agent serves Istio's metrics with the gateway as the source "
         "(GET /stats/prometheus: istio_requests_total reporter=source and friends, merged "
@@ -821,9 +821,6 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    if not 0 <= args.metrics_port <= 65535:
-        print("error: --metrics-port must be 0..65535 (0: a free port)", file=sys.stderr)
-        return EXIT_USAGE
     problem = _upstream_conflict(args.upstream, args.namespace)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -863,9 +860,6 @@ def cmd_gateway(args: argparse.Namespace, client: Client) -> int:
     problem = _gateway_port_conflict(args.port)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
-        return EXIT_USAGE
-    if not 0 <= args.metrics_port <= 65535:
-        print("error: --metrics-port must be 0..65535 (0: a free port)", file=sys.stderr)
         return EXIT_USAGE
     if not labels:
         logging.getLogger("tsunagi").warning(

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tsunagi.client import Client, Rejected
 from tsunagi.secret_keys import (
@@ -24,7 +25,11 @@ from tsunagi.secret_keys import (
     TLS_CERT,
     TLS_KEY,
     TLS_TYPE,
+    served_pair,
 )
+
+if TYPE_CHECKING:
+    from tsunagi.ca.summary import CertificateSummary
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -181,22 +186,16 @@ def cmd_create(args: argparse.Namespace, client: Client) -> int:
 # ----------------------------------------------------------------------------- get secrets
 
 
-def _described_keys(keys: set[str]) -> list[str]:
-    """The certificate keys to describe, best first: the certificate of the first pair Istio
-    would serve (both keys there; the API redacts the key's value, not its name), then any
-    certificate, then a CA (a ``NAME-cacert`` Secret has only that)."""
-    served = [cert for cert, key in CERT_KEY_PAIRS if cert in keys and key in keys]
-    return [*served, *(cert for cert, _ in CERT_KEY_PAIRS), *CA_KEYS]
-
-
-def _certificate(doc: dict[str, Any]) -> Any:
-    """The certificate the gateway serves from this Secret (else any it holds), parsed; None
-    if none."""
-    from cryptography import x509
+def _certificate(doc: dict[str, Any], now: datetime.datetime) -> CertificateSummary | None:
+    """The certificate the gateway serves from this Secret (Istio's pair: both keys there;
+    the API redacts the key's value, not its name), else any certificate it holds, else its
+    CA (a ``NAME-cacert`` Secret has only that); None if none parses."""
+    from tsunagi.ca.summary import summarize
 
     data = doc.get("data") or {}
     plain = doc.get("stringData") or {}
-    for key in _described_keys({*data, *plain}):
+    served = served_pair({**data, **plain}) or ()
+    for key in (*served[:1], *(cert for cert, _ in CERT_KEY_PAIRS), *CA_KEYS):
         raw: bytes | None = None
         if isinstance(plain.get(key), str):
             raw = plain[key].encode()
@@ -206,24 +205,10 @@ def _certificate(doc: dict[str, Any]) -> Any:
             except ValueError:
                 raw = None
         if raw:
-            try:
-                return x509.load_pem_x509_certificates(raw)[0]
-            except ValueError:
-                continue
+            certs, _ = summarize(raw, now)
+            if certs:
+                return certs[0]
     return None
-
-
-def _sans(cert: Any) -> str:
-    from cryptography import x509
-
-    try:
-        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return ""
-    names = [f"DNS:{n}" for n in ext.get_values_for_type(x509.DNSName)]
-    names += [f"IP:{n}" for n in ext.get_values_for_type(x509.IPAddress)]
-    names += [f"URI:{n}" for n in ext.get_values_for_type(x509.UniformResourceIdentifier)]
-    return ",".join(names)
 
 
 def secrets_table(items: list[dict[str, Any]], wide: bool) -> str:
@@ -236,24 +221,22 @@ def secrets_table(items: list[dict[str, Any]], wide: bool) -> str:
     headers = ["NAMESPACE", "NAME", "TYPE", "DATA", "SUBJECT", "SANS", "NOT AFTER"]
     if wide:
         headers += ["ISSUER", "SERIAL", "REVISION"]
+    now = datetime.datetime.now(datetime.UTC)
     rows = []
     for item in items:
         doc = item["document"]
         keys = sorted({*(doc.get("data") or {}), *(doc.get("stringData") or {})})
-        cert = _certificate(doc)
+        cert = _certificate(doc, now)
         row = [
             item["namespace"],
             item["name"],
             str(doc.get("type") or OPAQUE_TYPE),
             ",".join(keys) or "<none>",
-            cert.subject.rfc4514_string() if cert is not None else "",
-            _sans(cert) if cert is not None else "",
-            cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ") if cert is not None else "",
+            *((cert.subject, ",".join(cert.sans), cert.not_after) if cert else ("", "", "")),
         ]
         if wide:
             row += [
-                cert.issuer.rfc4514_string() if cert is not None else "",
-                f"{cert.serial_number:x}" if cert is not None else "",
+                *((cert.issuer, cert.serial_number) if cert else ("", "")),
                 str(item["revision"]),
             ]
         rows.append(row)

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from tsunagi.controlplane.http_api import Api
-from tsunagi.controlplane.prometheus import host_port
+from tsunagi.controlplane.prometheus import host_port, scraped
 from tsunagi.proxy_contract import ISTIO_METRICS_PATH
 from tsunagi.registry import Registry
 from tsunagi.telemetry.promviews import PrometheusViews
@@ -31,16 +31,9 @@ HOUR = 3600.0
 
 
 def scrape_targets(registry: Registry) -> Iterator[Target]:
-    """Every registered sidecar that serves metrics (``metrics_port`` > 0), once per URL: a
-    proxy that registered several instances (a gateway's ``--port``s, a sidecar's services)
-    is scraped once, or its counters would be summed twice."""
-    seen: set[str] = set()
-    for inst in sorted(registry.instances(), key=lambda i: (i.namespace, i.name)):
-        if inst.metrics_port > 0:
-            url = f"http://{host_port(inst.metrics_host, inst.metrics_port)}{ISTIO_METRICS_PATH}"
-            if url not in seen:
-                seen.add(url)
-                yield Target(f"{inst.namespace}/{inst.name}", url)
+    """Every registered proxy that serves metrics, once per URL (:func:`scraped`)."""
+    for inst, target in scraped(registry.instances()):
+        yield Target(f"{inst.namespace}/{inst.name}", f"http://{target}{ISTIO_METRICS_PATH}")
 
 
 @dataclass

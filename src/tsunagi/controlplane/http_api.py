@@ -15,7 +15,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -55,7 +55,6 @@ from tsunagi.mesh.analysis import (
 from tsunagi.mesh.credential_analysis import credential_problems
 from tsunagi.mesh.gateway_analysis import gateway_problems
 from tsunagi.mesh.gateway_bind_analysis import (
-    RunningGateway,
     privileged_port_problems,
     running_gateways,
     unprivileged_port_start,
@@ -416,18 +415,6 @@ class Api:
             }
         )
 
-    def _gateway_labels(self) -> list[Mapping[str, str]]:
-        """The labels of the registered gateways (``tsunagi gateway``), which Gateways select."""
-        return [i.labels for i in self.registry.instances() if i.is_gateway]
-
-    def _running_gateways(self) -> list[RunningGateway]:
-        """The registered gateways with their ``--port`` maps (which ports they bind)."""
-        return running_gateways(self.registry.instances())
-
-    def _gateway_workloads(self) -> list[tuple[str, Mapping[str, str]]]:
-        """``(namespace, labels)`` of the registered gateways: whose Secrets they read."""
-        return [(i.namespace, i.labels) for i in self.registry.instances() if i.is_gateway]
-
     def _warnings(self, applied: list[Resource]) -> list[str]:
         world: World = self.pusher.world
         keys = {r.key for r in applied}
@@ -435,16 +422,24 @@ class Api:
         candidate = World.build(
             world.revision, [*others, *applied], self.registry.service_instances()
         )
+        return self._problems(candidate, applied, self.registry.gateways())
+
+    def _problems(
+        self, world: World, resources: list[Resource], gateways: list[Instance]
+    ) -> list[str]:
+        """What ``apply`` warns of in ``resources``, judged against ``world`` and the
+        registered ``gateways`` (``tsunagi gateway``: the labels Gateways select, the ports
+        they bind, the namespaces whose Secrets they read)."""
         return (
-            undefined_subsets(candidate, applied)
-            + delegation_problems(candidate, applied)
-            + passthrough_without_dns(candidate, applied)
-            + telemetry_conflicts(candidate, applied)
-            + gateway_problems(candidate, applied, self._gateway_labels())
-            + privileged_port_problems(applied, self._running_gateways(), self._unprivileged)
-            + credential_problems(candidate, applied, self._gateway_workloads())
-            + tls_file_problems(applied)
-            + not_yet_enforced(applied)
+            undefined_subsets(world, resources)
+            + delegation_problems(world, resources)
+            + passthrough_without_dns(world, resources)
+            + telemetry_conflicts(world, resources)
+            + gateway_problems(world, resources, [g.labels for g in gateways])
+            + privileged_port_problems(resources, running_gateways(gateways), self._unprivileged)
+            + credential_problems(world, resources, [(g.namespace, g.labels) for g in gateways])
+            + tls_file_problems(resources)
+            + not_yet_enforced(resources)
         )
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -628,20 +623,12 @@ class Api:
         current config) and translation errors: the dashboard's config view."""
         world: World = self.pusher.world
         errors = self.pusher.errors.by_resource
+        gateways = self.registry.gateways()
+        records = self.store.contents().records
         out = []
         for r in sorted(world.resources, key=lambda r: r.key):
-            warnings = (
-                undefined_subsets(world, [r])
-                + delegation_problems(world, [r])
-                + passthrough_without_dns(world, [r])
-                + telemetry_conflicts(world, [r])
-                + gateway_problems(world, [r], self._gateway_labels())
-                + privileged_port_problems([r], self._running_gateways(), self._unprivileged)
-                + credential_problems(world, [r], self._gateway_workloads())
-                + tls_file_problems([r])
-                + not_yet_enforced([r])
-            )
-            record = self.store.contents().records.get(r.key)
+            warnings = self._problems(world, [r], gateways)
+            record = records.get(r.key)
             out.append(
                 {
                     "kind": r.kind,

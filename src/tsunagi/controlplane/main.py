@@ -9,7 +9,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tsunagi.controlplane.auth import TOKEN_FILE, ensure_token
+from tsunagi.controlplane.auth import TOKEN_FILE, ensure_ticket_key, ensure_token
 from tsunagi.controlplane.dashboard import start as start_dashboard
 from tsunagi.controlplane.http_api import Api
 from tsunagi.controlplane.http_logs import quiet_malformed_requests
@@ -23,7 +23,6 @@ from tsunagi.mesh.telemetry import DEFAULT_TRACE_SAMPLING, MeshTelemetry
 from tsunagi.registry import Registry
 from tsunagi.store import open_store
 from tsunagi.telemetry.collector import CollectorSettings, TraceCollector
-from tsunagi.xds import tickets
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.server import start_server
 
@@ -115,7 +114,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     pusher.hooks = metrics
     # Signs the tickets that let gateways receive Secrets (xds/tickets.py); kept in the state
     # directory, so tickets stay valid across a restart.
-    ticket_key = tickets.ensure_key(settings.state_dir)
+    ticket_key = ensure_ticket_key(settings.state_dir)
     grpc_server, xds_port = await start_server(
         cache, settings.host, settings.xds_port, observer=metrics, ticket_key=ticket_key
     )

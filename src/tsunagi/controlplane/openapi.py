@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic.json_schema import models_json_schema
 
 from tsunagi.api.names import DNS1123_LABEL_PATTERN
+from tsunagi.xds import tickets
 
 MIB = 1024 * 1024
 
@@ -109,12 +110,15 @@ class InstanceRequest(_Body):
     name: _DnsLabel = Field(description="Unique within the namespace.")
     service: _DnsLabel
     namespace: _DnsLabel = "default"
-    port: _PortOrZero = Field(description="The service port clients use (0 for a gateway).")
+    port: _PortOrZero = Field(
+        description="The service port clients use (0 for a gateway without `--port`)."
+    )
     address: _Ip = Field(
         "127.0.0.1", description="Where the workload's sidecar (or the gateway) listens."
     )
     target_port: _PortOrZero = Field(
-        description="The sidecar's inbound port at `address` (0 for a gateway)."
+        description="The sidecar's inbound port at `address` (a gateway's listen port for "
+        "`port`; 0 for a gateway without `--port`)."
     )
     labels: dict[str, str] = Field(default_factory=dict)
     locality: Annotated[str, Field(pattern=r"^[^/]*(/[^/]*){0,2}$")] = Field(
@@ -128,13 +132,15 @@ class InstanceRequest(_Body):
     )
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
         0,
-        description="Where the sidecar serves `/stats/prometheus` at `address` (Istio's "
-        "metrics); 0: none. Listed by `GET /v1/prometheus/targets`.",
+        description="Where the proxy serves `/stats/prometheus` at `metrics_address` (else "
+        "`address`; Istio's metrics); 0: none. Listed by `GET /v1/prometheus/targets`.",
     )
     kind: Literal["sidecar", "gateway"] = Field(
         "sidecar",
-        description="`gateway` for `tsunagi gateway`: no service port, never a service's "
-        "endpoint; it listens on the ports its Gateways' servers name.",
+        description="`gateway` for `tsunagi gateway`: it listens on the ports its Gateways' "
+        "servers name; with no service port (`port` 0) it is no service's endpoint, with one "
+        "(`--port SERVICEPORT:LISTENPORT`, one registration each) an endpoint of its own "
+        "service at `port`.",
     )
     metrics_address: _Ip | Literal[""] = Field(
         "",
@@ -175,7 +181,7 @@ class WaitQuery(_Query):
 
 
 def _check_node_id(text: str) -> str:
-    if not text.isprintable():
+    if not tickets.bindable(text):
         raise ValueError(
             f"{text!r} holds a control character; use the proxy's node id as Envoy sends it "
             "(printable characters only)"

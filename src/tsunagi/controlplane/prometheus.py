@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,20 @@ def host_port(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+def scraped(instances: Iterable[Instance]) -> Iterator[tuple[Instance, str]]:
+    """Every instance that serves metrics (``metrics_port`` > 0) with its ``host:port``, in
+    namespace and name order, once per ``host:port``: a proxy that registered several
+    instances (a gateway's ``--port``s, a sidecar's services) is scraped once, or its
+    counters would be summed twice."""
+    seen: set[str] = set()
+    for inst in sorted(instances, key=lambda i: (i.namespace, i.name)):
+        if inst.metrics_port > 0:
+            target = host_port(inst.metrics_host, inst.metrics_port)
+            if target not in seen:
+                seen.add(target)
+                yield inst, target
+
+
 def targets(
     instances: Iterable[Instance], control_plane: str, root_namespace: str = "istio-system"
 ) -> list[dict[str, Any]]:
@@ -73,14 +87,7 @@ def targets(
             },
         }
     ]
-    seen: set[str] = set()
-    for inst in sorted(instances, key=lambda i: (i.namespace, i.name)):
-        if inst.metrics_port <= 0:
-            continue
-        target = host_port(inst.metrics_host, inst.metrics_port)
-        if target in seen:
-            continue
-        seen.add(target)
+    for inst, target in scraped(instances):
         labels = {
             ROLE_LABEL: "gateway" if inst.is_gateway else "sidecar",
             "__metrics_path__": SIDECAR_METRICS_PATH,

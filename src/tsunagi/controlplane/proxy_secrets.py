@@ -22,13 +22,15 @@ from typing import Any
 
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
-from tsunagi.ca.summary import CertificateSummary, summarize
+from tsunagi.ca.summary import summarize
+from tsunagi.secret_keys import CA_SUFFIX
 from tsunagi.xds.cache import NodeEntry
 from tsunagi.xds.resources import SECRET, Resource
 
 CONTROL_PLANE = "control-plane"
 CERT_CHAIN, CA = "Cert Chain", "CA"  # istioctl's names for the two kinds of SDS secret
 ACTIVE, WARMING, PENDING = "ACTIVE", "WARMING", "PENDING"
+_COLUMNS = ("valid", "serial_number", "not_after", "not_before", "subject", "issuer", "sans")
 
 
 def proxy_secrets(entry: NodeEntry, now: datetime.datetime) -> dict[str, Any]:
@@ -84,10 +86,10 @@ def _blank(name: str, status: str) -> dict[str, Any]:
 def _missing(name: str, namespace: str) -> dict[str, Any]:
     row = _blank(name, WARMING)
     secret = name.removeprefix("kubernetes://")
-    if secret.endswith("-cacert"):  # a MUTUAL server's CA
+    if secret.endswith(CA_SUFFIX):  # a MUTUAL server's CA
         row["message"] = (
             f"the proxy asked for this CA and there is none: give Secret "
-            f"{secret.removesuffix('-cacert')} in namespace {namespace} a ca.crt (or cacert), "
+            f"{secret.removesuffix(CA_SUFFIX)} in namespace {namespace} a ca.crt (or cacert), "
             f"or create Secret {secret} there"
         )
     else:
@@ -117,16 +119,9 @@ def _row(res: Resource, state: str, acked: str | None, now: datetime.datetime) -
     certs, problem = summarize(pem, now)
     row["message"] = problem
     row["certificates"] = [c.to_json() for c in certs]
-    if certs:
-        row.update(_first(certs[0]))
+    if certs:  # the row's columns are its first certificate's (a chain's leaf), as istioctl's
+        row.update({k: row["certificates"][0][k] for k in _COLUMNS})
     return row
-
-
-def _first(cert: CertificateSummary) -> dict[str, Any]:
-    """The row's columns: its first certificate's (the leaf of a chain), as istioctl's."""
-    out = cert.to_json()
-    columns = ("valid", "serial_number", "not_after", "not_before", "subject", "issuer", "sans")
-    return {k: out[k] for k in columns}
 
 
 def _data(source: Any) -> bytes:

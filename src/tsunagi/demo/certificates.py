@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tsunagi.ca.issue import issue
+from tsunagi.secret_keys import TLS_CERT, TLS_KEY
 
 HOST = "bookinfo.example.test"
 SECRET = "bookinfo-credential"
@@ -41,6 +42,6 @@ def secret_yaml(paths: dict[str, Path], namespace: str = "default") -> str:
 
     from tsunagi.cli.secrets import secret_document
 
-    values = {"tls.crt": paths["cert"].read_bytes(), "tls.key": paths["key"].read_bytes()}
+    values = {TLS_CERT: paths["cert"].read_bytes(), TLS_KEY: paths["key"].read_bytes()}
     doc: dict[str, Any] = secret_document(SECRET, namespace, "tls", values)
     return yaml.safe_dump(doc)

@@ -56,7 +56,8 @@ def _wait_up(client: Client, proc: subprocess.Popen[bytes], timeout: float = 20)
     raise RuntimeError("the control plane did not come up")
 
 
-def _apply(client: Client, path: Path, text: str = "") -> None:
+def _apply(client: Client, path: Path, text: str = "", what: str = "") -> None:
+    """Apply ``path`` (or ``text``, reported as ``what``) and wait for the proxies."""
     body = {"text": text or path.read_text(), "filename": str(path)}
     reply = client.request("POST", "/v1/apply", body)
     client.request(
@@ -66,7 +67,7 @@ def _apply(client: Client, path: Path, text: str = "") -> None:
         timeout=25,
         ok=(200, 504),
     )
-    print(f"  applied {path.name}")
+    print(f"  applied {what or path.name}")
 
 
 def _gateway_listening(port: int = GATEWAY_PORT, timeout: float = 10) -> bool:
@@ -172,7 +173,8 @@ def run_demo(state_dir: Path, port: int, traffic: float = 0.0, access_log: bool 
         _apply(client, RULES / "bookinfo-gateway.yaml")
         # HTTPS at the gateway, with a certificate of the demo's own CA.
         tls = certificates.write_demo_certificates(state_dir / "demo-tls")
-        _apply(client, tls["cert"], certificates.secret_yaml(tls))
+        secret = certificates.secret_yaml(tls)
+        _apply(client, tls["cert"], secret, f"the Secret {certificates.SECRET}")
         _apply(client, RULES / "bookinfo-gateway-https.yaml")
         host = certificates.HOST
         if _gateway_listening(HTTPS_PORT):

@@ -60,8 +60,8 @@ def _readable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.R_OK)
 
 
-def _tls_parts(spec: DestinationRuleSpec) -> list[tuple[str, ClientTLSSettings]]:
-    """Each ``tls`` of a DestinationRule with its field path."""
+def _policies(spec: DestinationRuleSpec) -> list[tuple[str, TrafficPolicy]]:
+    """The rule's traffic policies (top level, then each subset's) with their field paths."""
     policies: list[tuple[str, TrafficPolicy]] = []
     if spec.traffic_policy is not None:
         policies.append(("spec.trafficPolicy", spec.traffic_policy))
@@ -70,16 +70,25 @@ def _tls_parts(spec: DestinationRuleSpec) -> list[tuple[str, ClientTLSSettings]]
         for i, s in enumerate(spec.subsets)
         if s.traffic_policy is not None
     ]
-    out: list[tuple[str, ClientTLSSettings]] = []
-    for path, tp in policies:
-        if tp.tls is not None:
-            out.append((f"{path}.tls", tp.tls))
-        out += [
-            (f"{path}.portLevelSettings[{j}].tls", p.tls)
-            for j, p in enumerate(tp.port_level_settings)
-            if p.tls is not None
-        ]
-    return out
+    return policies
+
+
+def _parts(path: str, tp: TrafficPolicy) -> list[tuple[str, PortTrafficPolicy | TrafficPolicy]]:
+    """A traffic policy and its port-level settings, with their field paths."""
+    return [
+        (path, tp),
+        *((f"{path}.portLevelSettings[{j}]", p) for j, p in enumerate(tp.port_level_settings)),
+    ]
+
+
+def _tls_parts(spec: DestinationRuleSpec) -> list[tuple[str, ClientTLSSettings]]:
+    """Each ``tls`` of a DestinationRule with its field path."""
+    return [
+        (f"{at}.tls", part.tls)
+        for path, tp in _policies(spec)
+        for at, part in _parts(path, tp)
+        if part.tls is not None
+    ]
 
 
 def tls_file_problems(
@@ -245,23 +254,13 @@ def _traffic_policy_warnings(where: str, spec: DestinationRuleSpec) -> list[str]
     """Load balancing, connection pools and outlier detection are enforced (see
     ``xds/translate/policy.py``); say which parts are not, and which deprecated fields are
     honoured under their documented meaning."""
-    policies: list[tuple[str, TrafficPolicy]] = []
-    if spec.traffic_policy is not None:
-        policies.append(("spec.trafficPolicy", spec.traffic_policy))
-    for i, s in enumerate(spec.subsets):
-        if s.traffic_policy is not None:
-            policies.append((f"spec.subsets[{i}].trafficPolicy", s.traffic_policy))
     top = spec.traffic_policy
     out = []
-    for path, tp in policies:
+    for path, tp in _policies(spec):
         for name in ("tunnel", "proxy_protocol"):
             if getattr(tp, name) is not None:
                 out.append(f"{where}: {path}.{to_camel(name)} is not applied yet")
-        parts: list[tuple[str, PortTrafficPolicy | TrafficPolicy]] = [(path, tp)]
-        parts += [
-            (f"{path}.portLevelSettings[{j}]", p) for j, p in enumerate(tp.port_level_settings)
-        ]
-        for at, part in parts:
+        for at, part in _parts(path, tp):
             lb, outlier = part.load_balancer, part.outlier_detection
             out += _tls_warnings(f"{where}: {at}.tls", part.tls)
             # A subset's own policy inherits the top level's outlier detection; port-level

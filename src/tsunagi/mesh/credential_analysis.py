@@ -9,7 +9,7 @@ that are supported, and that are not left out for a port conflict (which has its
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from tsunagi.api import GatewaySpec, Resource, ResourceOf
 from tsunagi.mesh import gateway_ports as ports
@@ -29,51 +29,43 @@ def credential_problems(
     gateways nothing, judged in the namespace of each running gateway that serves them (a
     gateway reads only its own namespace's Secrets); with none running, in the Gateway's own
     namespace. ``running``: ``(namespace, labels)`` of each gateway proxy."""
-    proxies = [(ns, dict(labels)) for ns, labels in running or ()]
-    every = gw.gateways_of(world.resources)
+    every = world.gateways
+    # Each running gateway: its namespace, labels, and the servers it leaves out because
+    # another of its servers holds their port (merged once per gateway, not per server).
+    proxies = [(ns, labels, _left_out(every, labels)) for ns, labels in running or ()]
     out: list[str] = []
     for g in of_spec(resources, GatewaySpec):
-        serving = [(ns, ls) for ns, ls in proxies if gw.selects(g.spec.selector, ls)]
+        serving = [
+            (ns, left) for ns, labels, left in proxies if gw.selects(g.spec.selector, labels)
+        ]
         for i, server in enumerate(g.spec.servers):
             if server.tls is None or not ports.terminates(server):
                 continue
             if ports.unsupported(server) is not None:
                 continue  # not served at all; its own warning says why
-            names = ports.credentials(server)
+            namespaces = (
+                sorted({ns for ns, left in serving if (g.key, i) not in left})
+                if serving
+                else [g.namespace]
+            )
+            mode = ports.tls_mode(server)
             field = "credentialNames" if server.tls.credential_names else "credentialName"
-            # Istio takes the CA of a verifying server from its first credential
-            needs_ca = ports.tls_mode(server) in VERIFYING_MODES
-            namespaces = _serving_namespaces(g, i, serving, every)
-            for j, name in enumerate(names):
+            for j, name in enumerate(ports.credentials(server)):
                 at = f"Gateway {g.namespace}/{g.name}: spec.servers[{i}].tls.{field}"
                 at += f"[{j}]" if server.tls.credential_names else ""
-                for ns in namespaces or ([g.namespace] if not serving else []):
-                    out += _warnings(
-                        world,
-                        at,
-                        name,
-                        ns,
-                        ports.tls_mode(server),
-                        needs_ca and j == 0,
-                        not serving,
-                    )
+                # Istio takes the CA of a verifying server from its first credential
+                needs_ca = mode in VERIFYING_MODES and j == 0
+                for ns in namespaces:
+                    out += _warnings(world, at, name, ns, mode, needs_ca, not serving)
     return out
 
 
-def _serving_namespaces(
-    g: ResourceOf[GatewaySpec],
-    index: int,
-    serving: list[tuple[str, dict[str, str]]],
-    every: list[ResourceOf[GatewaySpec]],
-) -> list[str]:
-    """The namespaces of the running gateways that serve ``g``'s server ``index`` (a
-    gateway leaves out a server whose port another of its servers holds)."""
-    out: dict[str, None] = {}
-    for ns, labels in serving:
-        _, left_out = ports.merge_ports(gw.selected(every, labels))
-        if not any(lo.gateway.key == g.key and lo.index == index for lo in left_out):
-            out[ns] = None
-    return sorted(out)
+def _left_out(
+    every: Sequence[ResourceOf[GatewaySpec]], labels: Mapping[str, str]
+) -> set[tuple[tuple[str, str, str], int]]:
+    """``(Gateway key, server index)`` of each server a gateway with ``labels`` leaves out."""
+    _, left_out = ports.merge_ports(gw.selected(every, labels))
+    return {(lo.gateway.key, lo.index) for lo in left_out}
 
 
 def _warnings(

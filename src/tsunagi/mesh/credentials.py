@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from tsunagi.api import Resource
 from tsunagi.api.secrets import SecretSpec
-from tsunagi.secret_keys import CA_KEYS, CA_SUFFIX, CERT_KEY_PAIRS
+from tsunagi.secret_keys import CA_KEYS, CA_SUFFIX, served_pair
 
 
 @dataclass(frozen=True)
@@ -33,13 +33,6 @@ class Credential:
         return bool(self.certificate_chain and self.private_key)
 
 
-def _pair(values: Mapping[str, bytes]) -> tuple[bytes, bytes]:
-    for cert, key in CERT_KEY_PAIRS:
-        if values.get(cert) and values.get(key):
-            return values[cert], values[key]
-    return b"", b""
-
-
 def _ca(values: Mapping[str, bytes]) -> bytes:
     return next((values[k] for k in CA_KEYS if values.get(k)), b"")
 
@@ -48,11 +41,12 @@ def credentials_of(resources: Iterable[Resource]) -> Mapping[tuple[str, str], Cr
     """Every Secret as a :class:`Credential` by ``(namespace, name)`` (empty when it holds
     none of Istio's keys), with its CA found by Istio's rules."""
     secrets = {
-        (r.namespace, r.name): r.spec.decoded() for r in resources if isinstance(r.spec, SecretSpec)
+        (r.namespace, r.name): r.spec.decoded for r in resources if isinstance(r.spec, SecretSpec)
     }
     out: dict[tuple[str, str], Credential] = {}
     for (ns, name), values in sorted(secrets.items()):
-        chain, key = _pair(values)
+        pair = served_pair(values)
+        chain, key = (values[pair[0]], values[pair[1]]) if pair else (b"", b"")
         ca_source = secrets.get((ns, name + CA_SUFFIX), values)
         out[ns, name] = Credential(ns, name, chain, key, _ca(ca_source))
     return MappingProxyType(out)

@@ -3,7 +3,7 @@ analyzer codes (``istioctl analyze``), so a user can look them up in Istio's doc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from tsunagi.api import GatewaySpec, Resource, ResourceOf, Server, VirtualServiceSpec
 from tsunagi.mesh import gateway_ports as ports
@@ -22,13 +22,13 @@ def gateway_problems(
     of the ``running`` gateway proxies (registered by ``tsunagi gateway``)."""
     labels = None if running is None else [dict(r) for r in running]
     resources = list(resources)
-    every = gw.gateways_of(world.resources)
+    every = world.gateways
     by_key = {(g.namespace, g.name): g for g in every}
     out: list[str] = []
     for vs in of_spec(resources, VirtualServiceSpec):
         out += _binding_problems(vs, by_key)
     out += mesh_host_conflicts(world, resources)  # the mesh gateway's IST0109
-    every_vs = sorted(of_spec(world.resources, VirtualServiceSpec), key=lambda v: v.key)
+    every_vs = world.virtual_services_in_order
     for g in of_spec(resources, GatewaySpec):
         out += _server_warnings(g)
         out += _unrouted(g, every_vs)
@@ -122,7 +122,7 @@ def _tls_field_warnings(at: str, s: Server) -> list[str]:
 
 
 def _unrouted(
-    g: ResourceOf[GatewaySpec], every_vs: list[ResourceOf[VirtualServiceSpec]]
+    g: ResourceOf[GatewaySpec], every_vs: Sequence[ResourceOf[VirtualServiceSpec]]
 ) -> list[str]:
     """TCP servers, TLS servers that end the TLS, and PASSTHROUGH servers forward along
     routes of the VirtualServices bound to them (``tcp:``, ``tls:``); with none, their
@@ -132,7 +132,7 @@ def _unrouted(
         kind = ports.server_kind(s)
         if kind == "http" or ports.unsupported(s) is not None:
             continue
-        if kind == "tls" and ports.terminates(s) and gw.server_protocol(s) == "HTTPS":
+        if ports.https_table(s):
             continue  # HTTP routes, as on a plain-text port (IST0132 covers their hosts)
         field = "tls" if kind == "tls" and not ports.terminates(s) else "tcp"
         bound = gw.server_bindings(g, s, every_vs)
@@ -149,7 +149,7 @@ def _unrouted(
 
 def _left_out(
     g: ResourceOf[GatewaySpec],
-    every: list[ResourceOf[GatewaySpec]],
+    every: Sequence[ResourceOf[GatewaySpec]],
     running: list[dict[str, str]] | None,
 ) -> list[str]:
     """Servers of ``g`` that a gateway proxy serving it leaves out (another server holds
@@ -168,7 +168,7 @@ def _left_out(
     return list(out)
 
 
-def _conflicts(g: ResourceOf[GatewaySpec], every: list[ResourceOf[GatewaySpec]]) -> list[str]:
+def _conflicts(g: ResourceOf[GatewaySpec], every: Sequence[ResourceOf[GatewaySpec]]) -> list[str]:
     """Istio's IST0145: another Gateway with the same selector serves an overlapping host on
     the same port; which one a gateway proxy uses for that host is not up to the user."""
     out = []

@@ -22,15 +22,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from tsunagi.api import GatewaySpec, Resource, ResourceOf, Server, VirtualServiceSpec, fqdn
+from tsunagi.api import GatewaySpec, ResourceOf, Server, VirtualServiceSpec, fqdn
 from tsunagi.mesh.visibility import exported_to
-from tsunagi.mesh.world import of_spec
 
 MESH = "mesh"
 """The ``gateways:`` entry that means the sidecars."""
 
 HTTP_SERVER_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
-"""Server protocols a gateway serves with plain-text HTTP routing today (TLS comes later)."""
+"""Server protocols a gateway serves with plain-text HTTP routing (one route table a port;
+the other kinds are :mod:`.gateway_ports`')."""
 
 
 def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
@@ -88,11 +88,6 @@ def server_protocol(server: Server) -> str:
     return (server.port.protocol or "").upper()
 
 
-def is_http_server(server: Server) -> bool:
-    """A plain-text HTTP server (HTTP, HTTP2, GRPC), which a gateway serves today."""
-    return server_protocol(server) in HTTP_SERVER_PROTOCOLS
-
-
 @dataclass(frozen=True)
 class Binding:
     """A VirtualService bound to one server, with the hosts it serves there (in its order)."""
@@ -137,11 +132,6 @@ def server_bindings(
         if hosts:
             out.append(Binding(vs, tuple(hosts), tuple(hosts.values())))
     return out
-
-
-def gateways_of(resources: Iterable[Resource]) -> list[ResourceOf[GatewaySpec]]:
-    """Every Gateway, in Istio's order here (namespace, then name: no creation times)."""
-    return sorted(of_spec(resources, GatewaySpec), key=lambda g: (g.namespace, g.name))
 
 
 def selected(

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from tsunagi.api import Resource, ResourceOf, VirtualServiceSpec
 from tsunagi.api.hosts import fqdn
+from tsunagi.mesh.gateways import intersect
 from tsunagi.mesh.world import World, of_spec
 
 ALL = "*"
@@ -26,13 +27,6 @@ def _scopes(vs: ResourceOf[VirtualServiceSpec]) -> set[str]:
     return {vs.namespace if e == "." else e for e in export}
 
 
-def _overlap(a: str, b: str) -> bool:
-    """Whether two host names can name the same host (a wildcard covering the other)."""
-    if a == b or ALL in (a, b):
-        return True
-    return (a.startswith("*.") and b.endswith(a[1:])) or (b.startswith("*.") and a.endswith(b[1:]))
-
-
 def _on_mesh(vs: ResourceOf[VirtualServiceSpec]) -> bool:
     return bool(vs.spec.hosts) and "mesh" in (vs.spec.gateways or ("mesh",))
 
@@ -40,10 +34,7 @@ def _on_mesh(vs: ResourceOf[VirtualServiceSpec]) -> bool:
 def mesh_host_conflicts(world: World, resources: Iterable[Resource]) -> list[str]:
     """IST0109 for each VirtualService of ``resources`` that shares a host with another one
     bound to the mesh in ``world`` (the config as it will be once they are applied)."""
-    every = sorted(
-        (v for v in of_spec(world.resources, VirtualServiceSpec) if _on_mesh(v)),
-        key=lambda v: (v.namespace, v.name),
-    )
+    every = [v for v in world.virtual_services_in_order if _on_mesh(v)]
     index: dict[tuple[str, str], list[ResourceOf[VirtualServiceSpec]]] = {}
     for v in every:
         for scope in _scopes(v):
@@ -76,7 +67,10 @@ def _first_conflict(
             others = list(index.get((scope, h), []))
             if scope != ALL:  # Istio adds those exported everywhere whose host overlaps
                 others += [
-                    v for (s, h2), vs2 in index.items() if s == ALL and _overlap(h, h2) for v in vs2
+                    v
+                    for (s, h2), vs2 in index.items()
+                    if s == ALL and intersect(h, h2) is not None
+                    for v in vs2
                 ]
             names = sorted({f"{v.namespace}/{v.name}" for v in others})
             if len(names) > 1 and me in names:

@@ -21,6 +21,7 @@ from tsunagi import protocols
 from tsunagi import proxy_contract as pc
 from tsunagi.api import (
     DestinationRuleSpec,
+    GatewaySpec,
     LoadBalancerSettings,
     Port,
     PortTrafficPolicy,
@@ -77,6 +78,18 @@ class Endpoint:
             inst.locality,
             inst.healthy,
             registered=True,
+        )
+
+    @classmethod
+    def of_workload_entry(cls, entry: WorkloadEntrySpec, port: Port) -> Endpoint:
+        """A WorkloadEntry (or a ServiceEntry's ``endpoints[]`` item, the same shape) as an
+        endpoint of the ServiceEntry ``port`` (see :func:`endpoint_port`)."""
+        return cls(
+            entry.address,
+            endpoint_port(port, entry.ports),
+            dict(entry.labels),
+            entry.locality or "",
+            weight=entry.weight or 0,
         )
 
 
@@ -338,57 +351,35 @@ class _Catalog:
                     )
                 for ep in spec.endpoints:
                     self.endpoints.setdefault((host, p.number), []).append(
-                        Endpoint(
-                            ep.address,
-                            endpoint_port(p, ep.ports),
-                            dict(ep.labels),
-                            ep.locality or "",
-                            weight=ep.weight or 0,
-                        )
+                        Endpoint.of_workload_entry(ep, p)
                     )
                 if spec.workload_selector is not None:
-                    self.endpoints.setdefault((host, p.number), []).extend(
-                        self._selected(se, endpoint_port(p))
-                    )
-                    self.endpoints[host, p.number].extend(self._selected_entries(se, p))
+                    selected = self._selected(se.namespace, spec.workload_selector.labels, p)
+                    self.endpoints.setdefault((host, p.number), []).extend(selected)
 
-    def _selected_entries(self, se: ResourceOf[ServiceEntrySpec], port: Port) -> list[Endpoint]:
-        """WorkloadEntries of ``se``'s namespace that its ``workloadSelector`` selects, as
-        endpoints of ``port`` (the entry's ``ports`` by the port's name, else its
-        targetPort, else its number), as Istio makes them."""
-        selector = se.spec.workload_selector
-        wanted = selector.labels if selector is not None else {}
-        out = []
-        for we in self.workload_entries:
-            spec = we.spec
-            if we.namespace != se.namespace or not spec.address:
-                continue
-            if any(spec.labels.get(k) != v for k, v in wanted.items()):
-                continue
-            out.append(
-                Endpoint(
-                    spec.address,
-                    endpoint_port(port, spec.ports),
-                    dict(spec.labels),
-                    spec.locality or "",
-                    weight=spec.weight or 0,
-                )
-            )
-        return out
-
-    def _selected(self, se: ResourceOf[ServiceEntrySpec], port: int) -> list[Endpoint]:
-        """Registered instances of ``se``'s namespace that its ``workloadSelector`` selects,
-        serving ``port`` (the entry port's targetPort, else its number), as endpoints: their
-        sidecars' inbound listeners, as for the service they registered."""
-        selector = se.spec.workload_selector
-        wanted = selector.labels if selector is not None else {}
-        return [
+    def _selected(self, namespace: str, wanted: Mapping[str, str], port: Port) -> list[Endpoint]:
+        """What a ServiceEntry's ``workloadSelector`` (``wanted`` labels) selects in its
+        ``namespace``, as endpoints of its ``port``, as Istio makes them: registered
+        instances serving the port (the port's targetPort, else its number), which are
+        their sidecars' inbound listeners as for the service they registered; then
+        WorkloadEntries (their ``ports`` by the port's name, else its targetPort, else its
+        number)."""
+        target = endpoint_port(port)
+        instances = [
             Endpoint.of_instance(inst)
             for inst in self.instances
-            if inst.namespace == se.namespace
-            and inst.port == port
+            if inst.namespace == namespace
+            and inst.port == target
             and all(inst.labels.get(k) == v for k, v in wanted.items())
         ]
+        entries = [
+            Endpoint.of_workload_entry(we.spec, port)
+            for we in self.workload_entries
+            if we.namespace == namespace
+            and we.spec.address
+            and all(we.spec.labels.get(k) == v for k, v in wanted.items())
+        ]
+        return instances + entries
 
     def services(self) -> dict[str, Service]:
         """Every declared host as a :class:`Service`, in host order."""
@@ -569,6 +560,12 @@ class World:
         )
 
     @cached_property
+    def gateways(self) -> tuple[ResourceOf[GatewaySpec], ...]:
+        """Every Gateway, in Istio's order here (namespace, then name: no creation times);
+        sorted once per World, not per gateway proxy or analysis."""
+        return tuple(_in_name_order(of_spec(self.resources, GatewaySpec)))
+
+    @cached_property
     def delegates(self) -> Mapping[tuple[str, str], ResourceOf[VirtualServiceSpec]]:
         """VirtualServices without hosts, by ``(namespace, name)``: they only serve as the
         ``delegate`` of another VirtualService's route."""
@@ -589,6 +586,18 @@ class World:
             for http in vs.spec.http
             for m in http.match
             for key in (m.source_labels or {})
+        )
+
+    @cached_property
+    def tls_source_label_keys(self) -> frozenset[str]:
+        """Label keys that some VirtualService's ``tls`` match names in ``sourceLabels``: the
+        only labels of a sidecar its CONNECT tunnels' internal listeners depend on."""
+        return frozenset(
+            key
+            for vs in of_spec(self.resources, VirtualServiceSpec)
+            for route in vs.spec.tls
+            for m in route.match
+            for key in m.source_labels
         )
 
     @cached_property
@@ -692,11 +701,10 @@ class World:
         routing resources. Endpoints are not in it, so an endpoint change keeps it."""
         h = hashlib.blake2b(digest_size=16)
         h.update(f"outbound-policy {self.mesh_outbound_policy}\n".encode())
+        # What registered instances add to services; the rest of a Service (addresses,
+        # resolution, subjectAltNames) is its ServiceEntry's, hashed below.
         for svc in self.services.values():
-            line = (
-                f"{svc.hostname} {svc.namespace} {svc.ports} {svc.port_protocols} "
-                f"{svc.addresses} {svc.passthrough}\n"
-            )
+            line = f"{svc.hostname} {svc.namespace} {svc.ports} {svc.port_protocols}\n"
             h.update(line.encode())
         for r in sorted(self.resources, key=lambda r: r.key):
             if r.kind in _ROUTING_KINDS:

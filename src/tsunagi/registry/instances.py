@@ -13,13 +13,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from ipaddress import ip_address
 from types import MappingProxyType
 from typing import Any
 
 from tsunagi import protocols
 from tsunagi import proxy_contract as pc
-from tsunagi.api.names import DNS1123_LABEL_PATTERN
+from tsunagi.api.names import DNS1123_LABEL_PATTERN, is_ip
 from tsunagi.store import Key, Store
 
 KIND = "WorkloadInstance"
@@ -132,21 +131,13 @@ class Instance:
                 raise InvalidInstance(f"{what} must be 1..65535")
         if not 0 <= inst.metrics_port <= 65535:
             raise InvalidInstance("metrics_port must be 0..65535 (0: no metrics endpoint)")
-        if inst.metrics_address and not _is_ip(inst.metrics_address):
+        if inst.metrics_address and not is_ip(inst.metrics_address):
             raise InvalidInstance(
                 f"metrics_address {inst.metrics_address!r} is not an IPv4 or IPv6 address"
             )
         if inst.locality and inst.locality.count("/") > 2:
             raise InvalidInstance("locality must be REGION[/ZONE[/SUBZONE]]")
         return inst
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def protocol_disagreement(inst: Instance, others: Iterable[str]) -> str | None:

@@ -244,7 +244,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         (checked once per stream). A node claiming to be a gateway without one is named in
         a warning: it gets no Secrets, so its TLS servers have no certificate."""
         presented = next(
-            (str(v) for k, v in context.invocation_metadata() or () if k == tickets.METADATA_KEY),
+            (str(v) for k, v in context.invocation_metadata() or () if k == pc.TICKET_METADATA),
             None,
         )
         namespace = str(metadata.get(pc.META_NAMESPACE) or "default")
@@ -260,7 +260,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 node_id,
                 namespace,
                 why,
-                tickets.METADATA_KEY,
+                pc.TICKET_METADATA,
             )
         return ok
 

@@ -1,7 +1,8 @@
 """An HTTPS server standing for a service outside the mesh: on 127.0.0.1:$PORT, with the
 certificate and key in $TLS_CERT and $TLS_KEY, it answers every GET with
 ``NAME sni=SERVER_NAME`` (``$NAME``; the SNI of the client's hello, ``-`` when none), so a
-test sees which server answered and what name the client asked for."""
+test sees which server answered and what name the client asked for. Each hello's SNI is also
+printed (``hello sni=SERVER_NAME``), answered or not."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ CONTEXT.load_cert_chain(os.environ["TLS_CERT"], os.environ["TLS_KEY"])
 
 def _remember_sni(sock: Any, server_name: str | None, _context: ssl.SSLContext) -> None:
     sock.sni = server_name or "-"
+    # Every hello, answered or not (the client may refuse the certificate): on stdout.
+    print(f"hello sni={sock.sni}", flush=True)
 
 
 CONTEXT.sni_callback = _remember_sni

@@ -34,27 +34,24 @@ from tsunagi.mesh.visibility import subset_definitions
 from tsunagi.xds import resources as rs
 from tsunagi.xds.resources import Resource, Snapshot
 from tsunagi.xds.translate import (
+    accesslog,
     gateway,
     gateway_telemetry,
     locality,
-    origination,
-    passthrough,
     secrets,
     tracing,
-    upstream,
 )
 from tsunagi.xds.translate.clusters import (
     PASSTHROUGH,
     dns_cluster,
     inbound_clusters,
     service_clusters,
+    with_policy,
 )
 from tsunagi.xds.translate.connect_listeners import (
     connect_listener_docs,
-    connect_loggers,
     internal_clusters,
     sni_routed_ports,
-    tls_source_label_keys,
     with_loggers,
 )
 from tsunagi.xds.translate.endpoints import Subsets, service_load_assignments
@@ -63,7 +60,7 @@ from tsunagi.xds.translate.isolation import LastGood, ResourceKey, TranslationEr
 from tsunagi.xds.translate.layers import Layered
 from tsunagi.xds.translate.listeners import inbound_listeners, outbound_listener
 from tsunagi.xds.translate.passthrough import PASSTHROUGH_CLUSTER
-from tsunagi.xds.translate.policy import ClusterPolicy, apply, cluster_policy, policy_key
+from tsunagi.xds.translate.policy import ClusterPolicy, cluster_policy, policy_key
 from tsunagi.xds.translate.protos import (
     Cluster,
     ClusterLoadAssignment,
@@ -216,10 +213,8 @@ def _dns_clusters_of(
     clusters = []
     for d in docs:
         policy = cluster_policy(dr, port, d["cluster_name"].split("|")[2])
-        cluster = apply(dns_cluster(d["cluster_name"], d, svc.resolution), policy)
-        cluster = upstream.outbound(cluster, svc.protocol(port), policy)
-        cluster = origination.originate(cluster, policy.tls, svc.subject_alt_names)
-        clusters.append(passthrough.settle_options(cluster, policy.tls))
+        cluster = dns_cluster(d["cluster_name"], d, svc.resolution)
+        clusters.append(with_policy(cluster, svc, port, policy))
     return _pack_all(Cluster, clusters, "name")
 
 
@@ -633,6 +628,14 @@ def _pack_connect_listener(doc: str, loggers: list[dict[str, Any]]) -> Resource:
     return _pack_all(Listener, [with_loggers(doc, loggers)], "name")[0]
 
 
+def _connect_loggers_of(node: Node, telemetry: ProxyTelemetry) -> tuple[list[dict[str, Any]], str]:
+    """The access loggers of the node's internal listeners (outbound TCP metrics and log),
+    and their canonical JSON (what tells one proxy's packed listeners from another's; empty
+    when it has none)."""
+    loggers = accesslog.tcp_access_loggers(node, telemetry, outbound=True)
+    return loggers, json.dumps(loggers, sort_keys=True) if loggers else ""
+
+
 def _connect_parts_of(
     docs: tuple[str, ...],
     loggers: list[dict[str, Any]],
@@ -645,12 +648,15 @@ def _connect_parts_of(
     listeners = [
         memo.get(("connect-listener", d, logged), _pack_connect_listener, d, loggers) for d in docs
     ]
-    made = internal_clusters(ports)
-    clusters = memo.get(("connect-clusters", ports), _pack_all, Cluster, made, "name")
+    clusters = memo.get(("connect-clusters", ports), _pack_internal_clusters, ports)
     return Local(
         clusters=MappingProxyType({r.name: r for r in clusters}),
         listeners=MappingProxyType({r.name: r for r in listeners}),
     )
+
+
+def _pack_internal_clusters(ports: tuple[tuple[str, int], ...]) -> list[Resource]:
+    return _pack_all(Cluster, internal_clusters(ports), "name")
 
 
 def _with_connect(
@@ -661,8 +667,9 @@ def _with_connect(
     and is reported as the node's.
 
     Their routing is made once per namespace, ``tls`` source labels and outbound policy, and
-    packed once per distinct access loggers (proxies without their own share the very same
-    resources); a routing change that leaves a listener equal re-packs nothing."""
+    packed once per distinct access loggers: per proxy when it has its own (a metric pipe,
+    an access log naming it), once for all the proxies without. Each push only looks them
+    up: a routing change that leaves a listener equal re-packs nothing."""
     if node.is_gateway:
         return local
     none = Local(MappingProxyType({}), MappingProxyType({}))
@@ -673,13 +680,16 @@ def _with_connect(
         ports = memo.get(ports_key, sni_routed_ports, world, node.namespace)
         if not ports:
             return none
-        keys = memo.get(("tls-source-label-keys", fp), tls_source_label_keys, world)
+        keys = world.tls_source_label_keys
         labels = tuple(sorted((k, v) for k, v in node.labels.items() if k in keys))
         policy = outbound_policy(world, node)
         scope = (node.namespace, labels, policy, ports)
         docs = memo.get(("connect-docs", *scope, fp), connect_listener_docs, world, *scope)
-        loggers = connect_loggers(world, node)
-        logged = json.dumps(loggers, sort_keys=True) if loggers else ""
+        # What the loggers read of the node (its id names it in the access log, its pipe
+        # takes the metric lines) and its telemetry: made once, not at every push.
+        telemetry = world.telemetry_for(node)
+        loggers_key = ("connect-loggers", node.id, node.metrics_log, telemetry)
+        loggers, logged = memo.get(loggers_key, _connect_loggers_of, node, telemetry)
         # Not memoized as a whole: each push must ask for every part, or the memo would
         # forget (at its next rotation) the parts a later change leaves as they are.
         return _connect_parts_of(docs, loggers, logged, ports, memo)

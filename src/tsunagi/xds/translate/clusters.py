@@ -15,7 +15,7 @@ from tsunagi.xds.translate.passthrough import (
     passthrough_cluster,
     settle_options,
 )
-from tsunagi.xds.translate.policy import apply, cluster_policy
+from tsunagi.xds.translate.policy import ClusterPolicy, apply, cluster_policy
 
 MAX = 4294967295
 CONNECT_TIMEOUT = "10s"
@@ -83,13 +83,36 @@ def service_clusters(
         for subset in ("", *subsets):
             cluster = eds_cluster(outbound_cluster(svc.hostname, port, subset))
             policy = cluster_policy(dr, port, subset)
-            cluster = upstream.outbound(apply(cluster, policy), svc.protocol(port), policy)
-            originate(cluster, policy.tls, svc.subject_alt_names)
-            if svc.passthrough:  # resolution NONE: where the request's authority points
-                make_passthrough(cluster)
-            settle_options(cluster, policy.tls)
+            cluster = with_policy(cluster, svc, port, policy)
             out.append(locality.cluster_config(cluster, policy))
     return out
+
+
+def with_policy(
+    cluster: dict[str, Any], svc: Service, port: int, policy: ClusterPolicy
+) -> dict[str, Any]:
+    """An outbound ``cluster`` (EDS or DNS) of ``svc``'s ``port`` with the DestinationRule's
+    ``policy``: load balancing and limits, the port protocol's HTTP version, TLS origination;
+    a dynamic forward proxy (resolution NONE: where the request's authority points) with
+    options Envoy accepts."""
+    cluster = upstream.outbound(apply(cluster, policy), svc.protocol(port), policy)
+    originate(cluster, policy.tls, svc.subject_alt_names)
+    if svc.passthrough:
+        make_passthrough(cluster)
+    return settle_options(cluster, policy.tls)
+
+
+def static_cluster(
+    name: str, address: dict[str, Any], connect_timeout: str = CONNECT_TIMEOUT
+) -> dict[str, Any]:
+    """A cluster whose one endpoint is ``address`` (an Envoy ``Address``)."""
+    endpoint = {"endpoint": {"address": address}}
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": connect_timeout,
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
+    }
 
 
 def inbound_clusters(node: Node) -> list[dict[str, Any]]:
@@ -97,34 +120,7 @@ def inbound_clusters(node: Node) -> list[dict[str, Any]]:
     for HTTP/2 and gRPC ports."""
     out = []
     for port, (_listen, app) in sorted(node.inbound.items()):
-        name = inbound_cluster(port)
-        cluster = upstream.inbound(
-            {
-                "name": name,
-                "type": "STATIC",
-                "connect_timeout": CONNECT_TIMEOUT,
-                "circuit_breakers": _UNLIMITED,
-                "load_assignment": {
-                    "cluster_name": name,
-                    "endpoints": [
-                        {
-                            "lb_endpoints": [
-                                {
-                                    "endpoint": {
-                                        "address": {
-                                            "socket_address": {
-                                                "address": "127.0.0.1",
-                                                "port_value": app,
-                                            }
-                                        }
-                                    }
-                                }
-                            ]
-                        }
-                    ],
-                },
-            },
-            node.inbound_protocol(port),
-        )
-        out.append(cluster)
+        address = {"socket_address": {"address": "127.0.0.1", "port_value": app}}
+        cluster = {**static_cluster(inbound_cluster(port), address), "circuit_breakers": _UNLIMITED}
+        out.append(upstream.inbound(cluster, node.inbound_protocol(port)))
     return out

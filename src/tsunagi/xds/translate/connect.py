@@ -30,7 +30,11 @@ requests that ask for an upgrade, so a REGISTRY_ONLY route can answer its own 50
 accepts HTTP/1.0 (Python's ``http.client`` before 3.12 and ``openssl s_client`` send CONNECT
 that way); only routes with ``connect_matcher`` and ``connect_config`` terminate a CONNECT.
 Plain requests never look at the TLS ports' virtual hosts (their domains are ports that are
-not HTTP) and meet one ``connect_matcher`` test only on the catch-all. Internal listeners
+not HTTP) and meet one ``connect_matcher`` test only on the catch-all. What they do pay, on a
+sidecar with a metric pipe: the metric loggers tell a tunnel (reported as TCP) from a request
+by its ``:method``, two header tests per request (the request logger's ``NOT_GRPC_NOR_CONNECT``
+and the tunnel logger's ``CONNECT_REQUEST``, :mod:`.accesslog`); callgrind's instructions per
+request (``make bench``) show no change beyond the run-to-run drift. Internal listeners
 need Envoy's ``envoy.bootstrap.internal_listener`` extension (:mod:`tsunagi.agent.bootstrap`);
 they and their clusters are in :mod:`.connect_listeners`. A mesh without TLS ports has none.
 """
@@ -40,8 +44,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from tsunagi import protocols
-from tsunagi.mesh import ClientScope, Service, World
-from tsunagi.mesh.outbound_policy import ALLOW_ANY, outbound_policy
+from tsunagi.mesh import Service, World
+from tsunagi.mesh.outbound_policy import ALLOW_ANY, Mode
 from tsunagi.proxy_contract import CONNECT_CLUSTER_PREFIX
 from tsunagi.xds.translate import egress, passthrough
 from tsunagi.xds.translate.names import host_aliases, outbound_cluster
@@ -128,9 +132,9 @@ def tls_port_route() -> dict[str, Any]:
     }
 
 
-def unknown_host_route(world: World, scope: ClientScope) -> dict[str, Any]:
-    """The catch-all's CONNECT route (first in it), per the outbound policy."""
-    if outbound_policy(world, scope) == ALLOW_ANY:
+def unknown_host_route(policy: Mode) -> dict[str, Any]:
+    """The catch-all's CONNECT route (first in it), per the outbound ``policy``."""
+    if policy == ALLOW_ANY:
         return passthrough.route(
             ALLOW_ANY_CONNECT,
             {"connect_matcher": {}},

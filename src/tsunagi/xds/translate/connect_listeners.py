@@ -16,35 +16,12 @@ from typing import Any
 from tsunagi.mesh import Node, Upstream, World
 from tsunagi.mesh.outbound_policy import ALLOW_ANY
 from tsunagi.xds.translate import accesslog
+from tsunagi.xds.translate.clusters import static_cluster
 from tsunagi.xds.translate.connect import connect_name, tls_ports
 from tsunagi.xds.translate.listeners import TCP_PROXY_TYPE
 from tsunagi.xds.translate.names import outbound_cluster
 from tsunagi.xds.translate.policy import tcp_idle_timeout
 from tsunagi.xds.translate.upstream_listeners import TLS_INSPECTOR, tcp_proxy, tls_chains
-
-
-def _internal_cluster(name: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "envoy_internal_address": {"server_listener_name": name}
-                                }
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
-    }
 
 
 def sni_routed_ports(world: World, namespace: str) -> tuple[tuple[str, int], ...]:
@@ -53,19 +30,6 @@ def sni_routed_ports(world: World, namespace: str) -> tuple[tuple[str, int], ...
     so a mesh without them costs each proxy nothing more."""
     every = tls_ports(world, namespace, world.hidden_services(namespace))
     return tuple((p.service.hostname, p.port) for p in every if not p.passes_through)
-
-
-def tls_source_label_keys(world: World) -> frozenset[str]:
-    """Label keys that some VirtualService's ``tls`` match names in ``sourceLabels``: the
-    only labels of a proxy its internal listeners depend on."""
-    return frozenset(
-        key
-        for vss in world.virtual_services.values()
-        for vs in vss
-        for route in vs.spec.tls
-        for m in route.match
-        for key in m.source_labels
-    )
 
 
 def connect_listener_docs(
@@ -77,8 +41,9 @@ def connect_listener_docs(
 ) -> tuple[str, ...]:
     """Each port's internal listener without access loggers, as canonical JSON: the same for
     every proxy of ``namespace`` whose labels agree on ``labels`` (those in
-    :func:`tls_source_label_keys`) and whose outbound policy is ``policy``, so proxies share
-    it, and a change that leaves it equal leaves their packed listeners alone.
+    :attr:`~tsunagi.mesh.World.tls_source_label_keys`) and whose outbound policy is
+    ``policy``, so proxies share it, and a change that leaves it equal leaves their packed
+    listeners alone.
 
     A hello whose SNI no ``tls`` route claims: with ``ALLOW_ANY`` it goes on to the CONNECT
     target (the listener's own host, through its cluster), as Istio's outbound listener
@@ -126,9 +91,10 @@ def with_loggers(doc: str, loggers: list[dict[str, Any]]) -> dict[str, Any]:
 def internal_clusters(ports: tuple[tuple[str, int], ...]) -> list[dict[str, Any]]:
     """The clusters that reach the internal listeners of ``ports``: the same for every
     proxy."""
-    return [_internal_cluster(connect_name(host, port)) for host, port in ports]
-
-
-def connect_loggers(world: World, node: Node) -> list[dict[str, Any]]:
-    """The access loggers of ``node``'s internal listeners (outbound TCP metrics and log)."""
-    return accesslog.tcp_access_loggers(node, world.telemetry_for(node), outbound=True)
+    out = []
+    for host, port in ports:
+        name = connect_name(host, port)
+        out.append(
+            static_cluster(name, {"envoy_internal_address": {"server_listener_name": name}}, "1s")
+        )
+    return out

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tsunagi import protocols
-from tsunagi.mesh import ClientScope, Service, World
-from tsunagi.mesh.outbound_policy import ALLOW_ANY, outbound_policy
+from tsunagi.mesh import Service, World
+from tsunagi.mesh.outbound_policy import ALLOW_ANY, Mode
 from tsunagi.xds.translate import passthrough
 from tsunagi.xds.translate.names import host_aliases, outbound_cluster
 
@@ -122,9 +122,10 @@ def not_http_route() -> dict[str, Any]:
     }
 
 
-def catch_all_route(world: World, scope: ClientScope) -> tuple[str, dict[str, Any]]:
-    """The virtual host name and last route for unknown hosts, per the outbound policy."""
-    if outbound_policy(world, scope) == ALLOW_ANY:
+def catch_all_route(policy: Mode) -> tuple[str, dict[str, Any]]:
+    """The virtual host name and last route for unknown hosts, per the outbound ``policy``
+    (:func:`~tsunagi.mesh.outbound_policy.outbound_policy`)."""
+    if policy == ALLOW_ANY:
         return ALLOW_ANY_ROUTE, passthrough.route(ALLOW_ANY_ROUTE, {"prefix": "/"})
     return BLOCK_ALL_ROUTE, {
         "name": BLOCK_ALL_ROUTE,

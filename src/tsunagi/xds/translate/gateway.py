@@ -13,7 +13,6 @@ Envoy's 404, as from an Istio gateway.
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from typing import Any
 
@@ -23,8 +22,8 @@ from tsunagi.mesh import ClientScope, World
 from tsunagi.mesh import gateways as gw
 from tsunagi.mesh.delegation import delegates_of
 from tsunagi.mesh.gateway_ports import PortServers, merge_ports
-from tsunagi.xds.translate import gateway_chains, gateway_telemetry
-from tsunagi.xds.translate.gateway_routing import GatewayRouteBuilder, bound_candidates
+from tsunagi.xds.translate import gateway_chains
+from tsunagi.xds.translate.gateway_routing import GatewayRouteBuilder
 from tsunagi.xds.translate.isolation import LastGood, ResourceKey, TranslationError, isolated
 from tsunagi.xds.translate.listeners import OUTBOUND_FILTERS
 from tsunagi.xds.translate.protos import HCM_TYPE
@@ -46,7 +45,7 @@ def gateway_route(port: int) -> str:
 
 def served_ports(world: World, scope: ClientScope) -> list[PortServers]:
     """The ports a gateway of ``scope`` listens on, with the servers each serves."""
-    return merge_ports(gw.selected(gw.gateways_of(world.resources), dict(scope.labels)))[0]
+    return merge_ports(gw.selected(world.gateways, dict(scope.labels)))[0]
 
 
 def _combine(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -71,7 +70,7 @@ def route_configuration(
     errors = [] if errors is None else errors
     builder = GatewayRouteBuilder(world, scope)
     vhosts: dict[str, dict[str, Any]] = {}
-    every_vs = bound_candidates(world)
+    every_vs = world.virtual_services_in_order
     for g, server in ps.servers:
         redirect = server.tls is not None and server.tls.https_redirect
         for binding in gw.server_bindings(g, server, every_vs, scope.namespace):
@@ -187,13 +186,17 @@ def listen_port(scope: ClientScope, port: int) -> int:
     return dict(scope.gateway_ports).get(port, port)
 
 
+def _address(scope: ClientScope, port: int) -> dict[str, Any]:
+    """Where the listener of server port ``port`` binds: the gateway's address, at
+    :func:`listen_port`."""
+    return {"socket_address": {"address": scope.gateway, "port_value": listen_port(scope, port)}}
+
+
 def listener(scope: ClientScope, port: int) -> dict[str, Any]:
     """The listener of one plain-text HTTP server port, on the gateway's address."""
     return {
         "name": gateway_listener(port),
-        "address": {
-            "socket_address": {"address": scope.gateway, "port_value": listen_port(scope, port)}
-        },
+        "address": _address(scope, port),
         "filter_chains": [{"filters": [_hcm(port, gateway_route(port))]}],
     }
 
@@ -204,7 +207,7 @@ def chained_listener(
     """The listener of a TLS or TCP port, with ``(name, the one server it is for)`` of each
     route table its HTTPS chains read; None when no server there has a chain (Envoy
     refuses a listener without one, so the port stays closed, as in Istio)."""
-    every_vs = bound_candidates(world)
+    every_vs = world.virtual_services_in_order
 
     def bindings(g: ResourceOf[GatewaySpec], server: Server) -> list[gw.Binding]:
         return gw.server_bindings(g, server, every_vs, scope.namespace)
@@ -215,21 +218,12 @@ def chained_listener(
     chains = made.chains
     if not chains:
         return None
-    out: dict[str, Any] = {
-        "name": gateway_listener(ps.port),
-        "address": {
-            "socket_address": {
-                "address": scope.gateway,
-                "port_value": listen_port(scope, ps.port),
-            }
-        },
-    }
+    out: dict[str, Any] = {"name": gateway_listener(ps.port), "address": _address(scope, ps.port)}
     inspector = gateway_chains.listener_filters(chains)
     if inspector:
         out["listener_filters"] = inspector
     out["filter_chains"] = chains
-    tables = [(t, PortServers(ps.port, "tls", ((g, s),))) for t, g, s in made.route_tables]
-    return out, tables
+    return out, made.route_tables
 
 
 def gateway_parts(
@@ -238,12 +232,11 @@ def gateway_parts(
     errors: list[TranslationError] | None = None,
     last_good: LastGood | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``(listeners, route configurations)`` of a gateway of ``scope``: both are made for
-    its routing scope (without :attr:`~ClientScope.reporting`, which names the node), so
-    what ``last_good`` keeps per piece is shared by replicas and bounded; the listeners then
-    report as ``scope`` says (:func:`.gateway_telemetry.report`)."""
+    """``(listeners, route configurations)`` of a gateway of ``scope``, its routing scope
+    (without what names the node, so that replicas share them and what ``last_good`` keeps
+    per piece is bounded): each node's loggers and tracer are added to copies of the
+    listeners afterwards (:func:`.gateway_telemetry.report`)."""
     errors = [] if errors is None else errors
-    reporting_scope, scope = scope, routing_scope(scope)
     listeners, routes = [], []
     bound: dict[int, int] = {}  # listen port → the server port listening there
     for ps in served_ports(world, scope):
@@ -271,16 +264,7 @@ def gateway_parts(
         listeners.append(port_listener)
         for name, one in tables:
             routes.append(route_configuration(world, scope, one, errors, last_good, name))
-    return gateway_telemetry.report(listeners, reporting_scope), routes
-
-
-def routing_scope(scope: ClientScope) -> ClientScope:
-    """What a gateway's listeners and routes depend on: ``scope`` without what is the
-    node's own (``reporting``: its id, metrics FIFO, Telemetry; ``verified``, which only
-    decides its Secrets), so replicas of a gateway share them."""
-    if scope.reporting is None and not scope.verified:
-        return scope
-    return dataclasses.replace(scope, reporting=None, verified=False)
+    return listeners, routes
 
 
 def _listen_port_taken(scope: ClientScope, ps: PortServers, taken: int) -> TranslationError:
@@ -291,7 +275,7 @@ def _listen_port_taken(scope: ClientScope, ps: PortServers, taken: int) -> Trans
         _port_blame(ps),
         f"the listener of gateway port {ps.port}",
         f"port {lp} already listens for server port {taken} (tsunagi gateway --port "
-        f"{taken}:{dict(scope.gateway_ports).get(taken, taken)}); give the servers on port "
+        f"{taken}:{listen_port(scope, taken)}); give the servers on port "
         f"{ps.port} another port, or map it elsewhere with --port {ps.port}:FREEPORT",
         False,
     )

@@ -149,8 +149,7 @@ class _Chains:
 
 
 def _server_names(server: Server) -> list[str] | None:
-    hosts = list(ports.sni_hosts(server))
-    return None if "*" in hosts else hosts
+    return sni_server_names(ports.sni_hosts(server))
 
 
 def _stat_prefix(targets: list[tuple[str, int]], port: int) -> str:
@@ -158,14 +157,13 @@ def _stat_prefix(targets: list[tuple[str, int]], port: int) -> str:
 
 
 def _tcp_proxy(
-    builder: GatewayRouteBuilder,
-    targets: list[tuple[str, int]],
-    port: int,
-    loggers: list[dict[str, Any]],
+    builder: GatewayRouteBuilder, targets: list[tuple[str, int]], port: int
 ) -> dict[str, Any]:
+    """A TCP proxy to ``targets``; its access loggers are the node's, added by
+    :func:`.gateway_telemetry.report`."""
     # The DestinationRule lookup is the gateway proxy's, as for its clusters.
     idle = tcp_idle_timeout(builder.world, [c for c, _ in targets], builder.namespace)
-    return tcp_proxy(_stat_prefix(targets, port), targets, loggers, idle)
+    return tcp_proxy(_stat_prefix(targets, port), targets, [], idle)
 
 
 def _tcp_targets(
@@ -187,7 +185,6 @@ def _passthrough(
     bindings: list[gw.Binding],
     g: ResourceOf[GatewaySpec],
     port: int,
-    loggers: list[dict[str, Any]],
 ) -> None:
     """One chain per ``tls:`` route match that holds, by its ``sniHosts``."""
     for b in bindings:
@@ -198,7 +195,7 @@ def _passthrough(
                     continue
                 targets = route_targets(builder, route.route, b.vs.namespace, "", port)
                 if targets:
-                    proxy = _tcp_proxy(builder, targets, port, loggers)
+                    proxy = _tcp_proxy(builder, targets, port)
                     chains.add(sni_server_names(m.sni_hosts), [proxy])
 
 
@@ -207,8 +204,8 @@ class PortChains:
     """The filter chains of one port, and the route tables its HTTPS chains read."""
 
     chains: list[dict[str, Any]] = field(default_factory=list)
-    route_tables: list[tuple[str, ResourceOf[GatewaySpec], Server]] = field(default_factory=list)
-    """``(route table name, Gateway, server)`` of each HTTPS chain, in chain order."""
+    route_tables: list[tuple[str, ports.PortServers]] = field(default_factory=list)
+    """``(route table name, the one server it is for)`` of each HTTPS chain, in chain order."""
 
 
 def port_chains(
@@ -216,32 +213,28 @@ def port_chains(
     ps: ports.PortServers,
     bindings: Callable[[ResourceOf[GatewaySpec], Server], list[gw.Binding]],
     http_filter: HttpFilter,
-    loggers: list[dict[str, Any]] | None = None,
 ) -> PortChains:
     """The filter chains of a TLS or TCP port, with the route tables they name; ``bindings``
-    gives the VirtualServices bound to a server (with the hosts they serve there),
-    ``loggers`` the TCP proxies' access loggers (the gateway's metrics and access log,
-    :mod:`.gateway_telemetry`)."""
-    loggers = loggers or []
+    gives the VirtualServices bound to a server (with the hosts they serve there)."""
     chains = _Chains()
-    tables: list[tuple[str, ResourceOf[GatewaySpec], Server]] = []
+    tables: list[tuple[str, ports.PortServers]] = []
     for g, server in ps.servers:
         bound = bindings(g, server)
         if ps.kind == "tcp":
             targets = _tcp_targets(builder, bound, g, ps.port)
             if targets:
-                chains.add(None, [_tcp_proxy(builder, targets, ps.port, loggers)])
+                chains.add(None, [_tcp_proxy(builder, targets, ps.port)])
         elif ports.https_table(server):
             table = https_route(ps.port, g, server)
             filters = [http_filter(table)]
             if chains.add(_server_names(server), filters, tls_context(server, http=True)):
-                tables.append((table, g, server))
+                tables.append((table, ports.PortServers(ps.port, ps.kind, ((g, server),))))
         elif not ports.terminates(server):
-            _passthrough(chains, builder, bound, g, ps.port, loggers)
+            _passthrough(chains, builder, bound, g, ps.port)
         else:  # a TLS server ending the TLS: its bytes go on along tcp routes
             targets = _tcp_targets(builder, bound, g, ps.port)
             if targets:
-                proxy = _tcp_proxy(builder, targets, ps.port, loggers)
+                proxy = _tcp_proxy(builder, targets, ps.port)
                 chains.add(_server_names(server), [proxy], tls_context(server, http=False))
     return PortChains(chains.chains, tables)
 

@@ -63,9 +63,3 @@ class GatewayRouteBuilder(RouteBuilder):
         # The gateway's port is no service port: a destination without one takes the
         # service's only (or lowest) port, as Istio requires a port when there are several.
         return super().destination_cluster(dest, rule_ns, "", port)
-
-
-def bound_candidates(world: World) -> tuple[ResourceOf[VirtualServiceSpec], ...]:
-    """Every VirtualService, each once, in Istio's order here (namespace, then name);
-    sorted once per World (:attr:`World.virtual_services_in_order`)."""
-    return world.virtual_services_in_order

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from tsunagi.mesh import Service
+from tsunagi.secret_keys import CA_SUFFIX
 
 OUTBOUND_LISTENER = "outbound"
 OUTBOUND_ROUTE = "outbound"
@@ -49,7 +50,7 @@ def credential_ca_secret(credential_name: str) -> str:
     """The SDS name of the CA that verifies clients for ``credentialName`` (MUTUAL):
     ``kubernetes://NAME-cacert``, served from the ``NAME-cacert`` secret or from the CA key
     (``ca.crt``/``cacert``) of ``NAME`` itself, as Istio does."""
-    return f"kubernetes://{credential_name}-cacert"
+    return f"kubernetes://{credential_name}{CA_SUFFIX}"
 
 
 def host_aliases(host: str, node_namespace: str) -> list[str]:

@@ -3,6 +3,7 @@ VirtualService host, routes in rule order with first-match-wins."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -24,6 +25,7 @@ from tsunagi.api import (
 from tsunagi.api.checks_networking import GRPC_STATUS_NAMES, MAX_DIRECT_RESPONSE_BODY
 from tsunagi.mesh import ClientScope, World
 from tsunagi.mesh.delegation import delegates_of, expand
+from tsunagi.mesh.outbound_policy import outbound_policy
 from tsunagi.mesh.visibility import exported_to
 from tsunagi.proxy_contract import PEER_ENV, PEER_HEADER
 from tsunagi.xds.translate import connect, egress, passthrough
@@ -489,39 +491,35 @@ class RouteBuilder:
             )
         return route
 
-    def virtual_service_for(
-        self, host: str, wildcards: bool = False
-    ) -> ResourceOf[VirtualServiceSpec] | None:
-        """The VirtualService that binds ``host`` for sidecars: an exact host first, then
-        (for services) the most specific wildcard host (``*.example.com``) that covers it."""
+    def _bound(self, host: str, wildcards: bool) -> Iterator[ResourceOf[VirtualServiceSpec]]:
+        """VirtualServices that bind ``host`` for sidecars of this namespace (bound to
+        ``mesh``, exported here): the exact host's, then (``wildcards``) those of the
+        wildcard hosts that cover it, most specific first."""
         candidates = [host]
         if wildcards:
             parts = host.split(".")
             candidates += ["*." + ".".join(parts[i:]) for i in range(1, len(parts))] + ["*"]
         for h in candidates:
             for vs in self.world.virtual_services.get(h, ()):
-                gateways = vs.spec.gateways or ("mesh",)
                 # exportTo: a VirtualService not exported to this namespace does not exist here.
-                if "mesh" in gateways and exported_to(
+                if "mesh" in (vs.spec.gateways or ("mesh",)) and exported_to(
                     vs.spec.export_to, vs.namespace, self.namespace
                 ):
-                    return vs
-        return None
+                    yield vs
+
+    def virtual_service_for(
+        self, host: str, wildcards: bool = False
+    ) -> ResourceOf[VirtualServiceSpec] | None:
+        """The VirtualService that binds ``host`` for sidecars: an exact host first, then
+        (for services) the most specific wildcard host (``*.example.com``) that covers it."""
+        return next(self._bound(host, wildcards), None)
 
     def virtual_services_for(self, host: str) -> list[ResourceOf[VirtualServiceSpec]]:
         """Every VirtualService that binds ``host`` for sidecars (its own host or a wildcard
         covering it), in Istio's config order (creation time; here namespace, then name, as
         elsewhere). Istio reads the ``tcp:`` and ``tls:`` routes of all of them in that order
         (``getConfigsForHost``), where HTTP takes the first VirtualService's only."""
-        parts = host.split(".")
-        candidates = [host, *("*." + ".".join(parts[i:]) for i in range(1, len(parts))), "*"]
-        found = {
-            vs.key: vs
-            for h in candidates
-            for vs in self.world.virtual_services.get(h, ())
-            if "mesh" in (vs.spec.gateways or ("mesh",))
-            and exported_to(vs.spec.export_to, vs.namespace, self.namespace)
-        }
+        found = {vs.key: vs for vs in self._bound(host, wildcards=True)}
         return sorted(found.values(), key=lambda v: (v.namespace, v.name))
 
 
@@ -661,13 +659,14 @@ def outbound_route_configuration(
     # Last, what no service's virtual host owns (see :mod:`.egress`).
     if not_http := egress.not_http_domains(world, namespace, hidden):
         add(egress.NOT_HTTP_ROUTE, not_http, [egress.not_http_route()])
-    name, last = egress.catch_all_route(world, scope)
+    policy = outbound_policy(world, scope)
+    name, last = egress.catch_all_route(policy)
     passes = partial(route_passes_through, world, namespace=namespace)
     add(
         name,
         ["*"],
         [
-            connect.unknown_host_route(world, scope),
+            connect.unknown_host_route(policy),
             *egress.cidr_routes(world, hidden, passes),
             last,
         ],

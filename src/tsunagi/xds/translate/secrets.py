@@ -15,22 +15,30 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 
 from tsunagi.mesh import ClientScope, World
 from tsunagi.mesh import gateway_ports as ports
-from tsunagi.mesh import gateways as gw
 from tsunagi.mesh.credentials import Credential
 from tsunagi.xds.resources import Resource
+from tsunagi.xds.translate.gateway import served_ports
 from tsunagi.xds.translate.names import credential_ca_secret, credential_secret
 
 
 def credential_names(world: World, scope: ClientScope) -> tuple[str, ...]:
     """The credentials (``credentialNames``, else ``credentialName``) of the servers a
-    gateway of ``scope`` ends TLS for with them (its labels select the Gateways), sorted,
-    each once. A PASSTHROUGH server, or one not served, needs no key, so gets none."""
-    names: set[str] = set()
-    for g in gw.selected(gw.gateways_of(world.resources), dict(scope.labels)):
-        for server in g.spec.servers:
-            if ports.terminates(server) and ports.unsupported(server) is None:
-                names.update(n for n in ports.credentials(server) if n)
-    return tuple(sorted(names))
+    gateway of ``scope`` serves and ends TLS for with them (:func:`.gateway.served_ports`:
+    its labels select the Gateways), sorted, each once. A PASSTHROUGH server, one not
+    supported, or one left out for its port
+    (:func:`tsunagi.mesh.gateway_ports.merge_ports`) needs no key, so gets none."""
+    return tuple(
+        sorted(
+            {
+                name
+                for ps in served_ports(world, scope)
+                for _, server in ps.servers
+                if ports.terminates(server)
+                for name in ports.credentials(server)
+                if name
+            }
+        )
+    )
 
 
 def wanted_credentials(world: World, scope: ClientScope) -> tuple[Credential, ...]:
