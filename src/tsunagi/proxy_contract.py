@@ -48,6 +48,39 @@ targetPort), and a server whose ``port.number`` is a SERVICEPORT listens on LIST
 Istio translates a Gateway's port to its gateway Service's targetPort."""
 
 
+SDS_DIR = "sds"
+"""Where the agent writes its proxy's certificates as SDS files, relative to Envoy's working
+directory (the agent's workdir): one path for every proxy, so the clusters and listeners
+that name them are the same for all and stay shared. The agent replaces a file by renaming
+a new one into the directory, which Envoy watches (measured: the new certificate is served
+without a restart)."""
+WORKLOAD_SECRET = "default"
+"""The SDS name of the proxy's own certificate chain and key (Istio's name)."""
+ROOT_CA_SECRET = "ROOTCA"
+"""The SDS name of the mesh's trust bundle, what peers' certificates are checked against
+(Istio's name)."""
+
+
+def sds_file(name: str) -> str:
+    """The SDS file of secret ``name``, relative to Envoy's working directory."""
+    return f"{SDS_DIR}/{name}.json"
+
+
+def sds_secret_config(name: str) -> dict[str, object]:
+    """An ``SdsSecretConfig`` naming secret ``name`` from the agent's SDS files (for
+    ``tls_certificate_sds_secret_configs`` and ``validation_context_sds_secret_config``)."""
+    return {
+        "name": name,
+        "sds_config": {
+            "path_config_source": {
+                "path": sds_file(name),
+                "watched_directory": {"path": SDS_DIR},
+            },
+            "resource_api_version": "V3",
+        },
+    }
+
+
 def parse_gateway_ports(value: object) -> dict[int, int]:
     """:data:`META_GATEWAY_PORTS` as service port → listen port (numbers may arrive as a
     protobuf Struct's doubles); an entry that is not two port numbers (another agent

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from tsunagi.controlplane.world_builder import WorldBuilder
 from tsunagi.mesh import ClientScope, Node, World
 from tsunagi.mesh.outbound_policy import ALLOW_ANY, Mode
+from tsunagi.mesh.security import MeshSecurity, WorkloadSecurity
 from tsunagi.mesh.telemetry import MeshTelemetry, ProxyTelemetry
 from tsunagi.store import Contents, Key, Store
 from tsunagi.xds.cache import SnapshotCache
@@ -145,13 +146,14 @@ class _NodeLocal:
     local: Local
     error: TranslationError | None = None
     telemetry: ProxyTelemetry = field(default_factory=ProxyTelemetry)
+    security: WorkloadSecurity = field(default_factory=WorkloadSecurity)
 
-    def fits(self, node: Node, telemetry: ProxyTelemetry) -> bool:
+    def fits(self, node: Node, telemetry: ProxyTelemetry, security: WorkloadSecurity) -> bool:
         """Whether this is still the node's local part."""
-        return self.node == node and self.telemetry == telemetry
+        return self.node == node and self.telemetry == telemetry and self.security == security
 
     @classmethod
-    def of(cls, node: Node, telemetry: ProxyTelemetry) -> _NodeLocal:
+    def of(cls, node: Node, telemetry: ProxyTelemetry, security: WorkloadSecurity) -> _NodeLocal:
         """Translate the node's own part, isolated like every other piece: one odd node must
         not stop the others' push (it gets no listeners, and the error is reported)."""
         errors: list[TranslationError] = []
@@ -162,10 +164,10 @@ class _NodeLocal:
             node.id,
             tuple,
             partial("listeners and inbound clusters of proxy {}".format, node.id),
-            partial(translate_local, node, telemetry),
+            partial(translate_local, node, telemetry, security),
             _NO_LOCAL,
         )
-        return cls(node, local, errors[0] if errors else None, telemetry)
+        return cls(node, local, errors[0] if errors else None, telemetry, security)
 
 
 def _scope_order(item: tuple[ClientScope, Outbound]) -> tuple[Any, ...]:
@@ -227,11 +229,12 @@ class Pusher:
         debounce: Debounce | None = None,
         mesh_telemetry: MeshTelemetry | None = None,
         outbound_policy: Mode = ALLOW_ANY,
+        mesh_security: MeshSecurity | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
         self.debounce = debounce or Debounce()
-        self._builder = WorldBuilder(mesh_telemetry, outbound_policy)
+        self._builder = WorldBuilder(mesh_telemetry, outbound_policy, mesh_security)
         self._memo = Memo()
         self.world = self._builder.build(store.contents())
         self.processed = self.world.revision
@@ -268,8 +271,9 @@ class Pusher:
         node = Node.from_metadata(node_id, metadata or {}, verified)
         cached = self._locals.get(node_id)
         telemetry = self.world.telemetry_for(node)
-        if cached is None or not cached.fits(node, telemetry):
-            cached = self._locals[node_id] = _NodeLocal.of(node, telemetry)
+        security = self.world.security_for(node)
+        if cached is None or not cached.fits(node, telemetry, security):
+            cached = self._locals[node_id] = _NodeLocal.of(node, telemetry, security)
         outbound = self._outbound_for(self.world.scope_of(node))
         snapshot, self._patched[node_id] = assemble_patched(
             self.world, node, outbound, cached.local, self.world.revision, self._resolve_memo
@@ -374,8 +378,9 @@ class Pusher:
         for node_id, node in nodes.items():
             cached = known.get(node_id)
             telemetry = world.telemetry_for(node)
-            if cached is None or not cached.fits(node, telemetry):
-                cached = _NodeLocal.of(node, telemetry)
+            security = world.security_for(node)
+            if cached is None or not cached.fits(node, telemetry, security):
+                cached = _NodeLocal.of(node, telemetry, security)
             locals_[node_id] = cached
         snapshots: dict[str, Snapshot] = {}
         patched: dict[str, Patched] = {}

@@ -8,6 +8,7 @@ from types import MappingProxyType
 from tsunagi.api import Resource, parse_document
 from tsunagi.mesh import World
 from tsunagi.mesh.outbound_policy import ALLOW_ANY, Mode
+from tsunagi.mesh.security import MeshSecurity
 from tsunagi.mesh.telemetry import MeshTelemetry
 from tsunagi.registry import KIND as INSTANCE_KIND
 from tsunagi.registry import Instance
@@ -29,11 +30,16 @@ class WorldBuilder:
     """
 
     def __init__(
-        self, mesh_telemetry: MeshTelemetry | None = None, outbound_policy: Mode = ALLOW_ANY
+        self,
+        mesh_telemetry: MeshTelemetry | None = None,
+        outbound_policy: Mode = ALLOW_ANY,
+        mesh_security: MeshSecurity | None = None,
     ) -> None:
         self.mesh_telemetry = mesh_telemetry or MeshTelemetry()
         self.outbound_policy = outbound_policy
         """``tsunagi up --outbound-policy`` (see :mod:`tsunagi.mesh.outbound_policy`)."""
+        self.mesh_security = mesh_security or MeshSecurity()
+        """``tsunagi up --trust-domain`` and ``--root-namespace``."""
         self._parsed: dict[Key, tuple[int, Resource | Instance]] = {}
         self.errors: Mapping[Key, str] = MappingProxyType({})
         """Stored documents that did not parse at the last build, with the reason."""
@@ -63,5 +69,10 @@ class WorldBuilder:
         self._parsed = fresh
         self.errors = MappingProxyType(errors)
         return World.build(
-            contents.revision, resources, instances, self.mesh_telemetry, self.outbound_policy
+            contents.revision,
+            resources,
+            instances,
+            self.mesh_telemetry,
+            self.outbound_policy,
+            self.mesh_security,
         )

@@ -35,9 +35,11 @@ from tsunagi.api import (
     WorkloadEntrySpec,
     fqdn,
 )
+from tsunagi.mesh import authorization, peer_authentication, request_authentication
 from tsunagi.mesh import outbound_policy as op
 from tsunagi.mesh import telemetry as tm
 from tsunagi.mesh.credentials import Credential, credentials_of
+from tsunagi.mesh.security import MeshSecurity, WorkloadSecurity
 from tsunagi.mesh.telemetry_policy import TelemetryPolicies
 from tsunagi.mesh.visibility import (
     DestinationRuleLookup,
@@ -67,6 +69,9 @@ class Endpoint:
     """A registered instance (its sidecar is in the mesh), not a ServiceEntry endpoint."""
     weight: int = 0
     """ServiceEntry endpoint ``weight`` (Envoy's load balancing weight); 0: unweighted."""
+    service_account: str = ""
+    """The service account its certificate names (a registered instance's, or a
+    WorkloadEntry's ``serviceAccount``); empty when unknown."""
 
     @classmethod
     def of_instance(cls, inst: Instance) -> Endpoint:
@@ -78,6 +83,7 @@ class Endpoint:
             inst.locality,
             inst.healthy,
             registered=True,
+            service_account=inst.account,
         )
 
     @classmethod
@@ -90,6 +96,7 @@ class Endpoint:
             dict(entry.labels),
             entry.locality or "",
             weight=entry.weight or 0,
+            service_account=entry.service_account or "",
         )
 
 
@@ -437,6 +444,8 @@ class World:
     mesh_outbound_policy: op.Mode = op.DEFAULT
     """``tsunagi up --outbound-policy``: ``ALLOW_ANY`` or ``REGISTRY_ONLY`` for sidecars whose
     Sidecar resource sets none (see :func:`tsunagi.mesh.outbound_policy.outbound_policy`)."""
+    mesh_security: MeshSecurity = field(default_factory=MeshSecurity)
+    """Trust domain and root namespace (``tsunagi up`` flags)."""
     credentials: Mapping[tuple[str, str], Credential] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )
@@ -451,6 +460,7 @@ class World:
         instances: Iterable[Instance],
         mesh_telemetry: tm.MeshTelemetry | None = None,
         mesh_outbound_policy: op.Mode = op.DEFAULT,
+        mesh_security: MeshSecurity | None = None,
     ) -> World:
         """The World of ``resources`` (applied config) and ``instances`` (registered
         workloads): services and endpoints, then the indexes rules are looked up by."""
@@ -490,6 +500,7 @@ class World:
                 mesh_telemetry or tm.MeshTelemetry(), of_spec(resources, TelemetrySpec)
             ),
             mesh_outbound_policy=mesh_outbound_policy,
+            mesh_security=mesh_security or MeshSecurity(),
             credentials=credentials_of(resources),
         )
 
@@ -557,6 +568,15 @@ class World:
                 {vs.key: vs for vss in self.virtual_services.values() for vs in vss}.values(),
                 key=lambda v: (v.namespace, v.name),
             )
+        )
+
+    def security_for(self, node: Node) -> WorkloadSecurity:
+        """What PeerAuthentication, AuthorizationPolicy and RequestAuthentication ask of
+        ``node``'s inbound side (see :mod:`tsunagi.mesh.security`)."""
+        return WorkloadSecurity(
+            mtls=peer_authentication.mtls_modes(self, node),
+            authorization=authorization.policies_for(self, node),
+            authentication=request_authentication.rules_for(self, node),
         )
 
     @cached_property

@@ -18,7 +18,7 @@ from typing import Any
 
 from tsunagi import protocols
 from tsunagi import proxy_contract as pc
-from tsunagi.api.names import DNS1123_LABEL_PATTERN, is_ip
+from tsunagi.api.names import DNS1123_LABEL_PATTERN, check_dns_subdomain, is_ip
 from tsunagi.store import Key, Store
 
 KIND = "WorkloadInstance"
@@ -59,9 +59,18 @@ class Instance:
     """Where ``metrics_port`` listens when not at ``address``: a gateway serves traffic at
     ``--address`` (perhaps 0.0.0.0) but its metrics at ``--metrics-address`` (127.0.0.1 by
     default), so its stats are not exposed at the edge; empty: ``address``."""
+    service_account: str = ""
+    """The workload's service account (``tsunagi run --service-account``), the last part
+    of its SPIFFE ID; empty in older registrations: see :attr:`account`."""
     binds_privileged_ports: bool = False
     """A gateway that may bind ports below the host's unprivileged start (it runs as root or
     with ``CAP_NET_BIND_SERVICE``): ``apply`` does not warn that its Envoy cannot."""
+
+    @property
+    def account(self) -> str:
+        """The service account its certificate names: ``service_account``, else (as
+        ``tsunagi run`` defaults it) the service name."""
+        return self.service_account or self.service
 
     @property
     def metrics_host(self) -> str:
@@ -108,6 +117,7 @@ class Instance:
                 kind=str(doc.get("kind") or pc.DEFAULT_KIND),
                 metrics_address=str(doc.get("metrics_address") or ""),
                 binds_privileged_ports=bool(doc.get("binds_privileged_ports", False)),
+                service_account=str(doc.get("service_account") or ""),
             )
         except KeyError as e:
             raise InvalidInstance(f"missing field {e.args[0]!r}") from None
@@ -116,6 +126,10 @@ class Instance:
         for what in ("name", "service", "namespace"):
             if not _DNS_LABEL.match(getattr(inst, what)):
                 raise InvalidInstance(f"{what} {getattr(inst, what)!r} is not a DNS label")
+        if inst.service_account:
+            problem = check_dns_subdomain(inst.service_account, "service_account")
+            if problem:
+                raise InvalidInstance(problem)
         if inst.kind not in (pc.DEFAULT_KIND, pc.GATEWAY_KIND):
             raise InvalidInstance(
                 f"kind {inst.kind!r} is not {pc.DEFAULT_KIND!r} or {pc.GATEWAY_KIND!r}"

@@ -29,6 +29,7 @@ from tsunagi.api import DestinationRuleSpec
 from tsunagi.mesh import ClientScope, Endpoint, Node, Service, World
 from tsunagi.mesh.credentials import Credential
 from tsunagi.mesh.outbound_policy import outbound_policy
+from tsunagi.mesh.security import WorkloadSecurity
 from tsunagi.mesh.telemetry import ProxyTelemetry
 from tsunagi.mesh.visibility import subset_definitions
 from tsunagi.xds import resources as rs
@@ -561,11 +562,17 @@ def _gateway_secrets(
     return out
 
 
-def translate_local(node: Node, telemetry: ProxyTelemetry | None = None) -> Local:
+def translate_local(
+    node: Node, telemetry: ProxyTelemetry | None = None, security: WorkloadSecurity | None = None
+) -> Local:
     """The node's outbound listener, inbound listeners and the clusters for its app (and
-    for its tracer), reporting as ``telemetry`` says."""
+    for its tracer), reporting as ``telemetry`` says, guarded as ``security`` says."""
     telemetry = telemetry or ProxyTelemetry()
-    listeners = [outbound_listener(node, telemetry), *inbound_listeners(node, telemetry)]
+    security = security or WorkloadSecurity()
+    listeners = [
+        outbound_listener(node, telemetry),
+        *inbound_listeners(node, telemetry, security),
+    ]
     if node.is_gateway:  # no app: its listeners come with its Gateways (translate_outbound)
         listeners = []
     clusters = [*inbound_clusters(node), *tracing.tracing_clusters(telemetry)]
@@ -762,5 +769,5 @@ def translate(world: World, node: Node) -> Snapshot:
     """Everything ``node`` should run, given ``world``."""
     memo = Memo()
     outbound = translate_outbound(world, world.scope_of(node), memo)
-    local = translate_local(node, world.telemetry_for(node))
+    local = translate_local(node, world.telemetry_for(node), world.security_for(node))
     return assemble_patched(world, node, outbound, local, world.revision, memo)[0]

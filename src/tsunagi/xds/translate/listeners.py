@@ -9,9 +9,10 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from tsunagi import protocols
 from tsunagi.mesh import Node
+from tsunagi.mesh.security import WorkloadSecurity
 from tsunagi.mesh.telemetry import ProxyTelemetry
 from tsunagi.proxy_contract import inbound_stat_prefix
-from tsunagi.xds.translate import accesslog, passthrough, tracing
+from tsunagi.xds.translate import accesslog, inbound_filters, passthrough, tracing
 from tsunagi.xds.translate.names import (
     OUTBOUND_LISTENER,
     OUTBOUND_ROUTE,
@@ -66,11 +67,11 @@ def _hcm_telemetry(
     return out
 
 
-def _listener(name: str, port: int, hcm: dict[str, Any]) -> dict[str, Any]:
+def _listener(name: str, port: int, *filters: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [{"filters": [hcm]}],
+        "filter_chains": [{"filters": list(filters)}],
     }
 
 
@@ -113,17 +114,27 @@ def outbound_listener(node: Node, telemetry: ProxyTelemetry | None = None) -> di
     return tracing.directed(_listener(OUTBOUND_LISTENER, node.outbound_port, hcm), extra)
 
 
-def inbound_listeners(node: Node, telemetry: ProxyTelemetry | None = None) -> list[dict[str, Any]]:
+def inbound_listeners(
+    node: Node,
+    telemetry: ProxyTelemetry | None = None,
+    security: WorkloadSecurity | None = None,
+) -> list[dict[str, Any]]:
     """Requests from other sidecars to this workload. Routes are inline: they never change
     independently of the listener, so a separate RDS resource would only add a round trip.
 
     A port whose protocol is not HTTP (``--port 5432/tcp``) gets a TCP proxy to the app
-    instead: parsing its bytes as HTTP would only break them."""
+    instead: parsing its bytes as HTTP would only break them. ``security`` adds the
+    JWT and authorization filters before the router (:mod:`.inbound_filters`)."""
     telemetry = telemetry or ProxyTelemetry()
+    security = security or WorkloadSecurity()
     out = []
     for port, (listen, _app) in sorted(node.inbound.items()):
         if not protocols.is_http(node.inbound_protocol(port)):
-            out.append(_listener(inbound_listener(port), listen, _tcp_proxy(node, telemetry, port)))
+            tcp = (
+                *inbound_filters.network_filters(security, node, port),
+                _tcp_proxy(node, telemetry, port),
+            )
+            out.append(_listener(inbound_listener(port), listen, *tcp))
             continue
         route_config = {
             "name": inbound_listener(port),
@@ -141,6 +152,7 @@ def inbound_listeners(node: Node, telemetry: ProxyTelemetry | None = None) -> li
             ],
         }
         extra = _hcm_telemetry(node, telemetry, accesslog.INBOUND, port)
-        hcm = _hcm(inbound_stat_prefix(port), {"route_config": route_config}, (ROUTER,), extra)
+        filters = (*inbound_filters.http_filters(security, node, port), ROUTER)
+        hcm = _hcm(inbound_stat_prefix(port), {"route_config": route_config}, filters, extra)
         out.append(tracing.directed(_listener(inbound_listener(port), listen, hcm), extra))
     return out
