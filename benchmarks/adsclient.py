@@ -25,7 +25,14 @@ Control channel: one command per line on stdin, one JSON object per line on stdo
     report [PATH] -> {"event": "reported", "path": ...}   the full JSON report (--report)
     quit          -> {"event": "bye"}           closes every stream and exits
 
-Run: ``python -m benchmarks.adsclient --xds 127.0.0.1:15010 --count 1000 --protocol delta``.
+The xDS port takes only mutual TLS: with ``--api`` (and the admin token, ``--token`` or
+``TSUNAGI_TOKEN``) the process gets one workload certificate per namespace
+(``spiffe://TD/ns/NS/sa/adsclient``, a key made here) from ``POST /v1/certificates`` and
+opens each namespace's streams on channels that present it; every proxy claims that service
+account. Without ``--api`` it speaks plaintext (a test server without TLS).
+
+Run: ``python -m benchmarks.adsclient --xds 127.0.0.1:15012 --api http://127.0.0.1:15014
+--count 1000 --protocol delta``.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -66,6 +74,8 @@ _SOTW_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAgg
 _DELTA_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 
 STREAMS_PER_CHANNEL = 50
+SERVICE_ACCOUNT = "adsclient"
+"""The service account of every simulated proxy (one certificate per namespace)."""
 CHANGED_NAMES_LIMIT = 20
 """A response record lists the names that changed when there are at most this many."""
 
@@ -195,6 +205,7 @@ class Proxy:
                     str(SERVICE_PORT): {"listen": INBOUND_LISTEN_PORT, "app": SERVICE_PORT}
                 },
                 "kind": "sidecar",
+                "service_account": SERVICE_ACCOUNT,
             }
         )
         return base_pb2.Node(id=self.node_id, cluster=self.service, metadata=meta)
@@ -250,8 +261,16 @@ async def _responses(call: Any, p: Proxy) -> AsyncIterator[tuple[float, Any]]:
 class Client:
     """All proxies of this process, their streams, marks and the report."""
 
-    def __init__(self, xds: str, proxies: list[Proxy], protocol: str) -> None:
+    def __init__(
+        self,
+        xds: str,
+        proxies: list[Proxy],
+        protocol: str,
+        credentials: dict[str, grpc.ChannelCredentials] | None = None,
+    ) -> None:
         self.xds = xds
+        self.credentials = credentials
+        """Namespace → what its proxies' channels present (None: plaintext)."""
         self.proxies = proxies
         self.protocol = protocol
         self.decoder = Decoder()
@@ -269,10 +288,20 @@ class Client:
             # Own connections per channel: the global pool would share one socket.
             ("grpc.use_local_subchannel_pool", 1),
         ]
-        for i, proxy in enumerate(self.proxies):
-            if i % STREAMS_PER_CHANNEL == 0:
-                self._channels.append(grpc.aio.insecure_channel(self.xds, options=options))
-            self._tasks.append(asyncio.create_task(self._keep(self._channels[-1], proxy)))
+        # A channel's streams share its certificate, so each channel holds one namespace's.
+        by_namespace: dict[str, list[Proxy]] = {}
+        for proxy in self.proxies:
+            by_namespace.setdefault(proxy.namespace, []).append(proxy)
+        for namespace, proxies in by_namespace.items():
+            for i, proxy in enumerate(proxies):
+                if i % STREAMS_PER_CHANNEL == 0:
+                    if self.credentials is None:
+                        channel = grpc.aio.insecure_channel(self.xds, options=options)
+                    else:
+                        creds = self.credentials[namespace]
+                        channel = grpc.aio.secure_channel(self.xds, creds, options=options)
+                    self._channels.append(channel)
+                self._tasks.append(asyncio.create_task(self._keep(self._channels[-1], proxy)))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -471,6 +500,30 @@ def make_proxies(count: int, services: int, namespaces: Sequence[str]) -> list[P
     return out
 
 
+def namespace_credentials(
+    api: str, token: str, namespaces: Sequence[str]
+) -> dict[str, grpc.ChannelCredentials]:
+    """One workload certificate per namespace, for a key made here, from the control plane's
+    CA (the admin token may obtain any identity)."""
+    from tsunagi.agent.csr import key_and_csr
+    from tsunagi.client import Client
+    from tsunagi.spiffe import spiffe_id
+
+    client = Client(api, token)
+    trust_domain = str(client.request("GET", "/v1/bootstrap")["trust"]["trustDomain"])
+    out = {}
+    for ns in namespaces:
+        key, csr = key_and_csr(spiffe_id(trust_domain, ns, SERVICE_ACCOUNT))
+        body = {"csr": csr.decode(), "namespace": ns, "serviceAccount": SERVICE_ACCOUNT}
+        reply = client.request("POST", "/v1/certificates", body)
+        out[ns] = grpc.ssl_channel_credentials(
+            root_certificates=reply["rootCertificates"].encode(),
+            private_key=key,
+            certificate_chain=reply["certificateChain"].encode(),
+        )
+    return out
+
+
 def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -478,7 +531,12 @@ def _emit(obj: dict[str, Any]) -> None:
 
 async def main_async(args: argparse.Namespace) -> int:
     namespaces = [n for n in args.namespace.split(",") if n]
-    client = Client(args.xds, make_proxies(args.count, args.services, namespaces), args.protocol)
+    proxies = make_proxies(args.count, args.services, namespaces)
+    credentials = None
+    if args.api:
+        token = args.token or os.environ.get("TSUNAGI_TOKEN", "")
+        credentials = namespace_credentials(args.api, token, sorted({p.namespace for p in proxies}))
+    client = Client(args.xds, proxies, args.protocol, credentials)
     await client.start()
     _emit({"event": "started", "time": client.started, "streams": args.count})
     try:
@@ -514,6 +572,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--namespace", default="default", help="namespaces, comma-separated")
     p.add_argument("--services", type=int, default=1, help="services the proxies belong to")
     p.add_argument("--report", default="adsclient-report.json", help="where `report` writes")
+    p.add_argument(
+        "--api",
+        default="",
+        help="the control plane's API (http://HOST:PORT): present certificates from its CA "
+        "(needed: its xDS port takes only mutual TLS)",
+    )
+    p.add_argument("--token", default="", help="the admin token (default: $TSUNAGI_TOKEN)")
     return asyncio.run(main_async(p.parse_args(argv)))
 
 

@@ -41,11 +41,15 @@ class Procs:
         self.started: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, name: str, argv: Sequence[str], env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         log = (self.logdir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            list(argv), stdout=log, stderr=log, env=env, stdin=subprocess.DEVNULL
+            list(argv), stdout=log, stderr=log, env=env, stdin=subprocess.DEVNULL, cwd=cwd
         )
         self.started.append(proc)
         return proc

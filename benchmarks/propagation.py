@@ -17,6 +17,9 @@ from benchmarks.configs import write_json
 from benchmarks.controlplane import ControlPlane
 from benchmarks.procs import Procs, envoy_command, free_port
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
+from tsunagi.agent.csr import key_and_csr
+from tsunagi.agent.sds_files import write_secrets
+from tsunagi.spiffe import spiffe_id
 
 # The Bookinfo demo's DestinationRules: reviews has subsets v1, v2 and v3.
 SUBSETS = (Path(tsunagi.demo.__file__).parent / "rules" / "destination-rules.yaml").read_text()
@@ -36,6 +39,9 @@ spec:
 
 
 def start_sidecars(procs: Procs, workdir: Path, cp: ControlPlane, first: int, count: int) -> None:
+    """Each sidecar gets what its agent would: a certificate for a key made here, as SDS
+    files in its own directory (Envoy's working directory), and mTLS to xDS."""
+    trust = cp.call("GET", "/v1/bootstrap")
     for i in range(first, first + count):
         ident = ProxyIdentity(
             node_id=f"bench-{i}.default",
@@ -44,15 +50,25 @@ def start_sidecars(procs: Procs, workdir: Path, cp: ControlPlane, first: int, co
             labels={"app": f"bench-{i}"},
             outbound_port=free_port(),
             inbound={80: (free_port(), free_port())},
+            service_account=f"bench-{i}",
         )
-        path = write_json(
-            workdir / f"sidecar-{i}.json",
-            bootstrap(ident, "127.0.0.1", cp.xds_port, free_port(), delta=True),
+        home = workdir / f"sidecar-{i}"
+        home.mkdir(exist_ok=True)
+        identity = spiffe_id(trust["trust"]["trustDomain"], "default", ident.service_account)
+        key, csr = key_and_csr(identity)
+        signed = cp.call(
+            "POST",
+            "/v1/certificates",
+            {"csr": csr.decode(), "namespace": "default", "serviceAccount": ident.service_account},
         )
-        procs.start(
-            f"sidecar-{i}",
-            envoy_command(path),
+        write_secrets(
+            str(home), signed["certificateChain"], key.decode(), signed["rootCertificates"]
         )
+        config = bootstrap(
+            ident, "127.0.0.1", cp.xds_port, free_port(), True, trust["xds"]["identity"]
+        )
+        path = write_json(home / "envoy.json", config)
+        procs.start(f"sidecar-{i}", envoy_command(path), cwd=home)
 
 
 def _pcts(samples: list[float]) -> dict[str, float]:

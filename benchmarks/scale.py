@@ -274,9 +274,14 @@ class AdsClients:
         self.started = 0.0
 
     @classmethod
-    async def start(cls, xds: str, spec: MeshSpec, protocol: str, workdir: Path) -> AdsClients:
+    async def start(
+        cls, xds: str, spec: MeshSpec, protocol: str, workdir: Path, api: str, token: str
+    ) -> AdsClients:
+        """The simulated proxies, with certificates from the control plane at ``api`` (the
+        xDS port takes only mutual TLS) for which ``token`` is the admin token."""
         report = workdir / f"adsclient-{protocol}.json"
         env = dict(os.environ)
+        env["TSUNAGI_TOKEN"] = token  # not on the command line, where `ps` shows it
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).strip(
             os.pathsep
         )
@@ -296,6 +301,8 @@ class AdsClients:
             str(spec.services),
             "--report",
             str(report),
+            "--api",
+            api,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=REPO,
@@ -592,7 +599,14 @@ async def run_protocol(
         if profile:
             spy = await _start_profiler(cp.pid, workdir / f"profile-{protocol}")
         lines = cp.log_lines()
-        clients = await AdsClients.start(f"{HOST}:{cp.xds_port}", spec, protocol, workdir)
+        clients = await AdsClients.start(
+            f"{HOST}:{cp.xds_port}",
+            spec,
+            protocol,
+            workdir,
+            f"http://{HOST}:{cp.api_port}",
+            (cp.state_dir / "token").read_text().strip(),
+        )
         _log(f"{protocol}: {spec.proxies} proxies connecting")
 
         async def all_full() -> dict[str, Any] | None:

@@ -20,13 +20,12 @@ GATEWAY_KIND = "gateway"
 """A standalone proxy with no app (``tsunagi gateway``): it serves the ``Gateway`` resources
 whose selector matches its labels, on the ports their servers name."""
 
-TICKET_METADATA = "x-tsunagi-ticket"
-"""The gRPC metadata on a proxy's ADS stream that carries its ticket (``GET /v1/bootstrap``;
-checked by :mod:`tsunagi.xds.tickets`): it proves the node's id and namespace, and only then
-does a gateway get Secrets."""
-
 # Keys of the xDS node metadata the agent writes into the bootstrap.
 META_NAMESPACE = "namespace"
+META_SERVICE_ACCOUNT = "service_account"
+"""``tsunagi run/gateway --service-account``. With :data:`META_NAMESPACE`, what the node
+claims to be; the xDS server refuses the stream unless its client certificate's SPIFFE ID
+names the same namespace and service account (:mod:`tsunagi.xds.peer_identity`)."""
 META_SERVICE = "service"
 META_LABELS = "labels"
 META_OUTBOUND_PORT = "outbound_port"

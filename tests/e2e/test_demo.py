@@ -3,7 +3,7 @@ the ingress gateway), the dashboard link it prints signs in, its own traffic fil
 and the trace store, the sidecars' access log lines reach its terminal, and Ctrl-C stops
 every process it started.
 
-The demo listens on its documented fixed ports (API 15014, xDS 15010, Zipkin 9411, OTLP
+The demo listens on its documented fixed ports (API 15014, xDS 15012, Zipkin 9411, OTLP
 4317, dashboard 20001, the page on 9080, the ingress gateway on 8080 and 8443): the test
 fails up front, naming the port, when one is taken."""
 
@@ -26,7 +26,7 @@ from benchmarks.procs import children
 
 from .mesh import alive, wait_until
 
-PORTS = {"API": 15014, "xDS": 15010, "Zipkin": 9411, "OTLP": 4317, "dashboard": 20001}
+PORTS = {"API": 15014, "xDS": 15012, "Zipkin": 9411, "OTLP": 4317, "dashboard": 20001}
 PAGE_PORT = 9080
 GATEWAY_PORT = 8080
 """The ingress gateway's port (bookinfo-gateway.yaml's server)."""

@@ -181,7 +181,12 @@ def test_both_reporters_count_every_request_with_istio_labels(text_mesh: Mesh) -
         assert labels["reporter"] == "destination"
         assert labels["destination_workload"] == "echo-v1" and labels["destination_app"] == "echo"
         assert labels["destination_service"] == ECHO
-        assert labels["connection_security_policy"] == "none"
+        # The mesh caller came over mutual TLS with its certificate; the outsider did not.
+        mesh_caller = labels["source_workload"] == "client-v1"
+        policy = "mutual_tls" if mesh_caller else "none"
+        assert labels["connection_security_policy"] == policy, labels
+        principal = "spiffe://cluster.local/ns/default/sa/client" if mesh_caller else "unknown"
+        assert labels["source_principal"] == principal, labels
     assert total(samples(out, "istio_request_duration_milliseconds_count")) == 10
     # Merged as Istio's agent merges: Envoy's own stats and the app's metrics too.
     assert samples(out, "envoy_server_live"), out[-2000:]

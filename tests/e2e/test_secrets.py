@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.certs import leaks, make_ca, make_cert
+from tsunagi import proxy_contract as pc
 
 from .mesh import Mesh, Workload, free_port, wait_until
 from .tls_helpers import create_tls_secret, renew_tls_secret, write_pem
@@ -119,11 +120,13 @@ def test_kubectl_yaml_and_generic_secrets_apply(mesh: Mesh, tmp_path: Path) -> N
 
 
 def _sds_secrets(gw: Workload) -> dict[str, dict[str, object]]:
-    """The secrets the gateway's Envoy holds (its admin's config dump), by name."""
+    """The secrets the gateway's Envoy holds from xDS (its admin's config dump), by name;
+    not its own certificate and trust bundle, which its agent's SDS files hold."""
     dump = gw.envoy_admin("/config_dump?resource=dynamic_active_secrets")
     if not dump:
         return {}
-    return {c["name"]: c for c in json.loads(dump).get("configs", [])}
+    own = {pc.WORKLOAD_SECRET, pc.ROOT_CA_SECRET}
+    return {c["name"]: c for c in json.loads(dump).get("configs", []) if c["name"] not in own}
 
 
 @pytest.mark.parametrize("xds", ["delta", "sotw"])
@@ -178,12 +181,13 @@ spec:
     # no log of the control plane, the gateway's agent or its Envoy holds a key
     logs = "".join(p.read_text(errors="replace") for p in mesh.state_dir.rglob("*.log"))
     assert logs and all(not leaks(logs, pem.key) for pem in (first, renewed, other))
-    # the gateway's agent got its ticket from /v1/bootstrap and Envoy sent it: no warning
-    assert "claims to be a gateway" not in logs
+    # the gateway's certificate proved its namespace on xDS: no refusal
+    assert "refused an xDS stream" not in logs
 
 
 def _serials(gw: Workload) -> set[int]:
-    """The serial numbers of the certificates the gateway's Envoy serves (admin ``/certs``)."""
+    """The serial numbers of the certificates the gateway's Envoy serves (admin ``/certs``),
+    but its own workload certificate (a SPIFFE URI SAN)."""
     certs = gw.envoy_admin("/certs")
     if not certs:
         return set()
@@ -192,4 +196,8 @@ def _serials(gw: Workload) -> set[int]:
         for entry in json.loads(certs).get("certificates", [])
         for c in entry.get("cert_chain", [])
         if c.get("serial_number")
+        and not any(
+            str(san.get("uri", "")).startswith("spiffe://")
+            for san in c.get("subject_alt_names", [])
+        )
     }

@@ -8,6 +8,9 @@ it sets (RE2 program size) are those Envoy validates against. Certificates a lis
 over SDS (a gateway's ``credentialName``) become static secrets of those names, holding a
 throwaway certificate made for the test run (no key is kept in the repository), so that
 Envoy builds every TLS context it would build at run time (cipher names, versions, SANs).
+The mesh's own certificate and roots (mTLS) stay SDS files, as at run time: Envoy refuses
+a path that does not exist, so the test writes them (throwaway again) where every proxy's
+agent does, relative to Envoy's working directory.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import yaml
 from tests.certs import make_cert
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.envoy import envoy_binary
+from tsunagi.agent.sds_files import write_secrets
 
 CASES = sorted(p for p in (Path(__file__).parent / "cases").iterdir() if p.is_dir())
 
@@ -77,7 +81,8 @@ def static_secrets(boot: dict[str, Any], cert: Path, key: Path) -> None:
             for item in node:
                 walk(item, field)
         elif isinstance(node, dict):
-            if "sds_config" in node and "name" in node:
+            sds = node.get("sds_config")
+            if sds is not None and "name" in node and "path_config_source" not in sds:
                 node.pop("sds_config")
                 name = node["name"]
                 if field == "validation_context_sds_secret_config":
@@ -124,6 +129,10 @@ def test_envoy_accepts_translation(
     config = tmp_path / "bootstrap.json"
     boot = static_bootstrap(expected)
     static_secrets(boot, *throwaway_cert)
+    # File SDS subscriptions need a node; the SDS files sit where the agent writes them.
+    boot["node"] = {"id": "golden", "cluster": "golden"}
+    cert, key = (p.read_text() for p in throwaway_cert)
+    write_secrets(str(tmp_path), cert, key, cert)
     config.write_text(with_golden_files(json.dumps(boot), *throwaway_cert))
     result = subprocess.run(
         [
@@ -139,5 +148,6 @@ def test_envoy_accepts_translation(
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

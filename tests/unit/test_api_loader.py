@@ -43,6 +43,7 @@ MINIMAL_SPECS: dict[str, str] = {
     """,
     "PeerAuthentication": "mtls: {mode: STRICT}",
     "AuthorizationPolicy": "action: ALLOW",
+    "RequestAuthentication": "jwtRules: [{issuer: https://issuer.example}]",
     "Telemetry": "tracing: [{randomSamplingPercentage: 10}]",
     "EnvoyFilter": """
         configPatches:
@@ -60,6 +61,7 @@ GROUP_VERSIONS = {
     "Sidecar": "networking.istio.io",
     "PeerAuthentication": "security.istio.io",
     "AuthorizationPolicy": "security.istio.io",
+    "RequestAuthentication": "security.istio.io",
     "EnvoyFilter": "networking.istio.io",
     "Telemetry": "telemetry.istio.io",
 }

@@ -269,7 +269,8 @@ spec:
 def _node(
     ns: str, labels: dict[str, str] | None = None, kind: str = "gateway", verified: bool = True
 ) -> Node:
-    """A proxy; ``verified``: its xDS stream carried its ticket (tsunagi.xds.tickets)."""
+    """A proxy; ``verified``: its xDS client certificate proved its namespace
+    (tsunagi.xds.peer_identity)."""
     meta = {
         "kind": kind,
         "namespace": ns,
@@ -317,7 +318,7 @@ def test_sidecars_and_unselected_gateways_get_no_secrets() -> None:
     # a sidecar with the gateway's labels (which the Gateway's selector matches), verified
     sidecar = _node("istio-system", kind="sidecar")
     assert rs.SECRET not in translate(world, sidecar).resources
-    # the gateway itself, without a ticket: everything but its Secrets
+    # the gateway itself, unverified (no certificate of its namespace): all but its Secrets
     unverified = translate(world, _node("istio-system", verified=False))
     assert rs.SECRET not in unverified.resources and unverified.of(rs.LISTENER)
     assert _secrets(world, _node("istio-system", {"istio": "egress"})) == {}

@@ -141,10 +141,7 @@ spec:
     )
     warnings = not_yet_enforced(docs)
     assert not any("Sidecar" in w for w in warnings)
-    assert warnings == [
-        "DestinationRule default/api: spec.trafficPolicy.portLevelSettings[0].tls: mode "
-        "ISTIO_MUTUAL is not applied yet (no mesh mTLS): plain text is sent"
-    ]
+    assert warnings == []  # SIMPLE origination and ISTIO_MUTUAL (mesh mTLS) are both applied
 
 
 def test_a_workload_entry_is_an_endpoint_only_of_the_entries_that_select_it() -> None:

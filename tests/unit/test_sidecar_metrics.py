@@ -188,6 +188,30 @@ def test_destination_lines_name_the_caller_or_unknown() -> None:
     assert lb["connection_security_policy"] == "none"
 
 
+def test_the_callers_certificate_names_its_principal() -> None:
+    """Over mesh mTLS the destination line carries the caller certificate's URI SANs
+    (``%DOWNSTREAM_PEER_URI_SAN%``): Istio's ``source_principal`` and
+    ``connection_security_policy``; a line of an older config (no such field) still counts."""
+    agg = Aggregator(ME, registry)
+    spiffe_id = "spiffe://cluster.local/ns/default/sa/reviews"
+
+    def with_principal(principal: str) -> str:
+        token, peer, *rest = dst().split("\t")
+        return "\t".join((token, peer, principal, *rest))
+
+    agg.feed([with_principal(spiffe_id), with_principal("-"), dst()])
+    series = {
+        (lb["source_principal"], lb["connection_security_policy"]): v
+        for lb, v in parsed(agg.render(), "istio_requests_total")
+    }
+    assert series == {(spiffe_id, "mutual_tls"): 1, ("unknown", "none"): 2}
+    # Every destination metric line asks Envoy for it.
+    node = Node("productpage-1", metrics_log="/tmp/m")
+    [logger, *_] = accesslog.http_access_loggers(node, ProxyTelemetry(), accesslog.INBOUND)
+    line = logger["typed_config"]["log_format"]["text_format_source"]["inline_string"]
+    assert line.split("\t")[2] == "%DOWNSTREAM_PEER_URI_SAN%"
+
+
 def test_grpc_and_passthrough_lines() -> None:
     agg = Aggregator(ME, registry)
     assert parse_token("s|grpc").grpc and not parse_token("s").grpc

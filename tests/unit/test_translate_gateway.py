@@ -207,7 +207,6 @@ def test_https_servers_get_a_tls_listener_and_apply_no_longer_warns() -> None:
 @pytest.mark.parametrize(
     ("tls", "says"),
     [
-        ("{mode: ISTIO_MUTUAL}", "tls.mode ISTIO_MUTUAL is not supported yet"),
         ("{mode: AUTO_PASSTHROUGH}", "tls.mode AUTO_PASSTHROUGH is not supported yet"),
         (
             "{mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}",
@@ -224,6 +223,29 @@ def test_unsupported_tls_modes_open_nothing_and_apply_says_what_to_use(tls: str,
     assert sorted(resources_of(world, GATEWAY_NODE, rs.LISTENER)) == ["gateway|80"]
     [warning] = [w for w in gateway_problems(world, world.resources) if "servers[1]" in w]
     assert warning.startswith("Gateway default/edge: spec.servers[1] (HTTPS 443): " + says)
+
+
+def test_an_istio_mutual_server_ends_mesh_mtls_with_the_gateways_own_certificate() -> None:
+    extra = """  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/default/sa/sleep]}
+"""
+    world = _world(_gateway("edge", 80, ["*"], extra=extra), _vs("web", ["*"], ["edge"]))
+    listener = resources_of(world, GATEWAY_NODE, rs.LISTENER)["gateway|443"]
+    [chain] = listener["filter_chains"]
+    tls = chain["transport_socket"]["typed_config"]
+    context = tls["common_tls_context"]
+    # The SDS files its agent writes (the same for every proxy), no Secret needed.
+    assert context["tls_certificate_sds_secret_configs"][0]["name"] == "default"
+    validation = context["combined_validation_context"]
+    assert validation["validation_context_sds_secret_config"]["name"] == "ROOTCA"
+    sans = validation["default_validation_context"]["match_typed_subject_alt_names"]
+    assert {
+        "san_type": "URI",
+        "matcher": {"exact": "spiffe://cluster.local/ns/default/sa/sleep"},
+    } in sans
+    assert tls["require_client_certificate"] is True
+    assert not [w for w in gateway_problems(world, world.resources) if "servers[1]" in w]
 
 
 def test_servers_left_out_of_a_port_are_reported_with_the_server_that_holds_it() -> None:

@@ -84,8 +84,8 @@ spec:
     world = World.build(1, docs, [])
     assert world.services["db.example.com"].ports == (5432, 9000)
     assert world.endpoints[("db.example.com", 5432)] == (
-        Endpoint("10.0.0.1", 7000, {"v": "1"}, "r/z"),
-        Endpoint("10.0.0.2", 6000, {}),
+        Endpoint("10.0.0.1", 7000, {"v": "1"}, "r/z", namespace="default"),
+        Endpoint("10.0.0.2", 6000, {}, namespace="default"),
     )
     assert [e.port for e in world.endpoints[("db.example.com", 9000)]] == [9000, 9000]
 
@@ -148,7 +148,7 @@ spec: {mtls: {mode: STRICT}}
     pending = not_yet_enforced(docs)
     assert not any(".fault is" in w for w in pending)  # enforced by Envoy now
     assert not any("sourceLabels" in w for w in pending)  # enforced per client scope now
-    assert any("PeerAuthentication default/default" in w for w in pending)
+    assert not any("PeerAuthentication" in w for w in pending)  # mesh mTLS enforces it now
 
 
 def test_a_destination_rule_workload_selector_is_reported_as_not_applied() -> None:

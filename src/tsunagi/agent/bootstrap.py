@@ -10,7 +10,6 @@ from types import MappingProxyType
 
 from tsunagi import proxy_contract as pc
 from tsunagi.agent.records import NamedTuple
-from tsunagi.proxy_contract import TICKET_METADATA
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (agent/records.py)
 if TYPE_CHECKING:
@@ -39,6 +38,9 @@ class ProxyIdentity(NamedTuple):
     """A gateway's listen address (``pc.META_GATEWAY_ADDRESS``); empty for a sidecar."""
     gateway_ports: Mapping[int, int] = MappingProxyType({})
     """A gateway's service port → listen port (``pc.META_GATEWAY_PORTS``)."""
+    service_account: str = ""
+    """The service account its certificate names (``pc.META_SERVICE_ACCOUNT``); the control
+    plane refuses the node if they differ."""
 
 
 INTERNAL_LISTENER_EXTENSION = {
@@ -56,10 +58,12 @@ def bootstrap(
     xds_port: int,
     admin_port: int,
     delta: bool = False,
-    ticket: str = "",
+    xds_identity: str = "",
 ) -> dict[str, Any]:
-    """The bootstrap document (JSON-ready) for one sidecar or gateway. ``ticket`` (from
-    ``GET /v1/bootstrap``) is sent on the ADS stream: without it a gateway gets no Secrets."""
+    """The bootstrap document (JSON-ready) for one sidecar or gateway. With
+    ``xds_identity`` (the control plane's SPIFFE ID, from ``GET /v1/bootstrap``), Envoy
+    reaches xDS over mutual TLS: it presents the proxy's certificate and accepts only a
+    server certificate from the mesh's CA that names that identity (:func:`xds_tls`)."""
     return {
         "node": {
             "id": ident.node_id,
@@ -84,6 +88,11 @@ def bootstrap(
                 },
                 pc.META_KIND: ident.kind,
                 pc.META_LOCALITY: ident.locality,
+                **(
+                    {pc.META_SERVICE_ACCOUNT: ident.service_account}
+                    if ident.service_account
+                    else {}
+                ),
                 **({pc.META_METRICS_LOG: ident.metrics_log} if ident.metrics_log else {}),
                 **(
                     {
@@ -129,13 +138,6 @@ def bootstrap(
                                 "retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"}
                             },
                         },
-                        # Proves the node's id and namespace (tsunagi.xds.tickets) until
-                        # xDS uses mTLS; sent once per stream, as gRPC metadata.
-                        **(
-                            {"initial_metadata": [{"key": TICKET_METADATA, "value": ticket}]}
-                            if ticket
-                            else {}
-                        ),
                     }
                 ],
             },
@@ -155,6 +157,7 @@ def bootstrap(
                             "explicit_http_config": {"http2_protocol_options": {}},
                         }
                     },
+                    **({"transport_socket": xds_tls(xds_identity)} if xds_identity else {}),
                     "load_assignment": {
                         "cluster_name": "xds",
                         "endpoints": [
@@ -227,5 +230,32 @@ def bootstrap(
                     ]
                 }
             }
+        },
+    }
+
+
+def xds_tls(server_identity: str) -> dict[str, Any]:
+    """The ``xds`` cluster's transport socket: mutual TLS with the proxy's own certificate
+    and the mesh's trust bundle (the agent's SDS files, ``pc.sds_secret_config``), accepting
+    only a server whose certificate names ``server_identity`` as its URI SAN (a workload
+    certificate from the same CA is not the control plane)."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/"
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [pc.sds_secret_config(pc.WORKLOAD_SECRET)],
+                "combined_validation_context": {
+                    "default_validation_context": {
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "URI", "matcher": {"exact": server_identity}}
+                        ]
+                    },
+                    "validation_context_sds_secret_config": pc.sds_secret_config(pc.ROOT_CA_SECRET),
+                },
+                # gRPC is HTTP/2: say so in the handshake, as gRPC clients do.
+                "alpn_protocols": ["h2"],
+            },
         },
     }

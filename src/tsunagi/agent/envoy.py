@@ -81,6 +81,9 @@ class EnvoyProcess:
                     "1000",
                 ],
                 env=self.env,
+                # The agent's workdir: Envoy reads its certificates there, as SDS files named
+                # relative to it (proxy_contract.SDS_DIR), the same names for every proxy.
+                cwd=self.workdir,
                 stdin=subprocess.DEVNULL,
                 # Envoy's stdout carries only access log lines: they go to the user's
                 # terminal with the app's output. Envoy's own log (stderr) stays in the file.

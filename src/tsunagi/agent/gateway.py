@@ -32,6 +32,7 @@ from tsunagi import protocols
 from tsunagi import proxy_contract as pc
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.envoy import EnvoyProcess, admin
+from tsunagi.agent.identity import XdsTrust, obtain_identity, xds_trust
 from tsunagi.agent.lifecycle import (
     Registration,
     deregister,
@@ -64,6 +65,8 @@ class GatewayOptions(NamedTuple):
     labels: Mapping[str, str] = MappingProxyType({})
     """What Gateways' ``selector`` match (``istio=ingressgateway``)."""
     namespace: str = "default"
+    service_account: str = ""
+    """``--service-account``; empty: the gateway's name."""
     address: str = DEFAULT_ADDRESS
     """Where the listeners bind (the port numbers come from the Gateways' servers)."""
     ports: tuple[tuple[int, int, str], ...] = ()
@@ -92,6 +95,7 @@ class Gateway:
         self.client = client
         self.instance_name = f"{opts.name}-{os.urandom(3).hex()}"
         self.node_id = f"{self.instance_name}.{opts.namespace}"
+        self.service_account = opts.service_account or opts.name
         self.stop = threading.Event()
         self.workdir = make_workdir(f"tsunagi-{self.instance_name}-")
         self._envoy: EnvoyProcess | None = None
@@ -110,13 +114,18 @@ class Gateway:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stop.set())
         try:
-            # The ticket proves this node's id and namespace on its ADS stream: only then
-            # does the control plane send it its credentials (Secrets).
-            query = {"node": self.node_id, "namespace": self.opts.namespace}
-            xds = self.client.request("GET", "/v1/bootstrap", query=query)["xds"]
-            envoy = self._start_envoy(
-                str(xds["host"]), int(xds["port"]), str(xds.get("ticket") or "")
+            # Its certificate proves its namespace on the ADS stream: only then does the
+            # control plane send it its credentials (Secrets).
+            trust = xds_trust(self.client.request("GET", "/v1/bootstrap"))
+            identity = obtain_identity(
+                self.client,
+                self.workdir,
+                trust,
+                self.opts.namespace,
+                self.service_account,
+                self.instance_name,
             )
+            envoy = self._start_envoy(trust)
             if not wait_ready_or_stop(envoy, self.stop, self.opts.ready_timeout):
                 return 130
             log.info(
@@ -140,6 +149,7 @@ class Gateway:
                     args=(envoy, self.stop, self.instance_name, self.opts.ready_timeout),
                     daemon=True,
                 ),
+                threading.Thread(target=identity.keep, args=(self.stop,), daemon=True),
             ]
             for t in threads:
                 t.start()
@@ -171,7 +181,7 @@ class Gateway:
         )
         return self._pipe.path
 
-    def _start_envoy(self, xds_host: str, xds_port: int, ticket: str = "") -> EnvoyProcess:
+    def _start_envoy(self, trust: XdsTrust) -> EnvoyProcess:
         (admin_port,) = free_ports(1)
         metrics_log = self._start_metrics(admin_port)
         ident = ProxyIdentity(
@@ -184,8 +194,11 @@ class Gateway:
             gateway_address=self.opts.address,
             metrics_log=metrics_log,
             gateway_ports={p: listen for p, listen, _ in self.opts.ports},
+            service_account=self.service_account,
         )
-        config = bootstrap(ident, xds_host, xds_port, admin_port, self.opts.delta, ticket)
+        config = bootstrap(
+            ident, trust.host, trust.port, admin_port, self.opts.delta, trust.identity
+        )
         # Who this proxy is, should its routes name it toward the mesh (as sidecars' do).
         peer = pc.workload_metadata(self.opts.labels, self.opts.name, self.opts.namespace)
         self._envoy = EnvoyProcess(
@@ -227,6 +240,7 @@ class Gateway:
             "name": self._instance_names()[index],
             "service": self.opts.name,
             "namespace": self.opts.namespace,
+            "service_account": self.service_account,
             "kind": pc.GATEWAY_KIND,
             "port": port,
             "target_port": listen,

@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
 from tsunagi import proxy_contract as pc
+from tsunagi import spiffe
 from tsunagi.agent.logs import log
 from tsunagi.agent.records import NamedTuple
 
@@ -178,6 +179,15 @@ UNKNOWN_PEER = (UNKNOWN, UNKNOWN, UNKNOWN, "latest", UNKNOWN)
 ``latest``."""
 
 
+def _principal(uri: str) -> str:
+    """``source_principal`` from the caller certificate's URI SANs (Envoy joins several with
+    commas): its workload identity, else unknown (no certificate, or not a SPIFFE ID)."""
+    for one in uri.split(","):
+        if spiffe.parse(one) is not None:
+            return one
+    return UNKNOWN
+
+
 def _peer(metadata: str) -> tuple[str, str, str, str, str]:
     """``workload;namespace;canonical service;canonical revision;cluster`` (Istio's
     ``istio.workload`` format) → those five; :data:`UNKNOWN_PEER` when absent or malformed."""
@@ -285,14 +295,16 @@ class Aggregator:
             for _ in range(n):
                 self._feed_tcp(f)
             return
-        k = 9 if profile.kind == pc.METRICS_LINE_SOURCE else 8
-        if len(f) != k:
+        source = profile.kind == pc.METRICS_LINE_SOURCE
+        if not source and len(f) == 8:  # a line without the caller's principal (older config)
+            f.insert(2, "-")
+        if len(f) != 9:
             raise ValueError(line)
-        key = tuple(f[: k - 3])
-        values = (float(f[k - 3]), float(f[k - 2]), float(f[k - 1]))
+        key = tuple(f[:6])
+        values = (float(f[6]), float(f[7]), float(f[8]))
         series = self._http.get(key)
         if series is None:
-            series = self._new_http_series(key, k - 7, n)
+            series = self._new_http_series(key, 2 if source else 1, n)
             if series is None:
                 return
         series[0] += n
@@ -371,7 +383,7 @@ class Aggregator:
             cluster, host, code, flags, grpc = key
             values = self._source_side(cluster, host)
         else:
-            _token, peer, code, flags, grpc = key
+            _token, peer, principal, code, flags, grpc = key
             known = _peer(peer)
             w, ns, cs, cr, cl = known
             app, version = (cs, cr) if known is not UNKNOWN_PEER else (UNKNOWN, UNKNOWN)
@@ -381,7 +393,7 @@ class Aggregator:
                 "source_canonical_service": cs,
                 "source_canonical_revision": cr,
                 "source_workload_namespace": ns,
-                "source_principal": UNKNOWN,
+                "source_principal": _principal(principal),
                 "source_app": app,
                 "source_version": version,
                 "source_cluster": cl,
@@ -389,7 +401,8 @@ class Aggregator:
                 "destination_service": self._host,
                 "destination_service_name": self._service,
                 "destination_service_namespace": self._namespace,
-                "connection_security_policy": "none",
+                # The caller's certificate (mesh mTLS) says who it is, as Istio reports it.
+                "connection_security_policy": "none" if principal in ("", "-") else "mutual_tls",
             }
         # From the request's content type (Istio's rule), so a gRPC call that got no
         # response is still gRPC: the token says which logger's filter matched.

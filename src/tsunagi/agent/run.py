@@ -25,6 +25,7 @@ from tsunagi import proxy_contract as pc
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.children import die_with_parent
 from tsunagi.agent.envoy import EnvoyProcess, admin
+from tsunagi.agent.identity import WorkloadIdentity, XdsTrust, obtain_identity, xds_trust
 from tsunagi.agent.lifecycle import (
     Registration,
     deregister,
@@ -59,6 +60,8 @@ class RunOptions(NamedTuple):
     version: str = ""
     labels: Mapping[str, str] = MappingProxyType({})
     namespace: str = "default"
+    service_account: str = ""
+    """``--service-account``; empty: the service name."""
     locality: str = ""
     outbound_port: int = 0
     inbound_port: int = 0
@@ -94,8 +97,10 @@ class Sidecar:
             labels["version"] = opts.version
         self.labels = labels
         self.name = opts.name or f"{opts.service}-{opts.version or 'x'}-{os.urandom(3).hex()}"
+        self.service_account = opts.service_account or opts.service
         self._pick_ports()
         self.workdir = make_workdir(f"tsunagi-{self.name}-")
+        self.identity: WorkloadIdentity | None = None
         self.stop = threading.Event()
         self._envoy: EnvoyProcess | None = None
         self.aggregator = Aggregator(
@@ -121,11 +126,20 @@ class Sidecar:
             signal.signal(sig, lambda *_: self.stop.set())
         try:
             self._start_metrics()
-            xds = self.client.request("GET", "/v1/bootstrap")["xds"]
+            trust = xds_trust(self.client.request("GET", "/v1/bootstrap"))
+            # Its certificate before Envoy starts: Envoy needs it to reach xDS at all.
+            self.identity = obtain_identity(
+                self.client,
+                self.workdir,
+                trust,
+                self.opts.namespace,
+                self.service_account,
+                self.name,
+            )
             # Ports are picked free but can be taken before Envoy binds them (many sidecars
             # start at once): a proxy whose listeners did not bind gets new ports.
             for _attempt in range(3):
-                self._start_envoy(str(xds["host"]), int(xds["port"]))
+                self._start_envoy(trust)
                 wait_ready_or_stop(self.envoy, self.stop, self.opts.ready_timeout)
                 if self.stop.is_set():
                     return 130  # interrupted before the app started
@@ -170,7 +184,7 @@ class Sidecar:
             self.opts.app_metrics,
         )
 
-    def _start_envoy(self, xds_host: str, xds_port: int) -> None:
+    def _start_envoy(self, trust: XdsTrust) -> None:
         if self._metrics is not None:  # ports change when a bind failed and we retry
             self._metrics.envoy_admin_port, self._metrics.app_port = self.admin_port, self.app_port
         ident = ProxyIdentity(
@@ -188,8 +202,11 @@ class Sidecar:
             ),
             metrics_log=self._pipe.path if self._pipe is not None else "",
             upstreams=self.upstreams,
+            service_account=self.service_account,
         )
-        config = bootstrap(ident, xds_host, xds_port, self.admin_port, self.opts.delta)
+        config = bootstrap(
+            ident, trust.host, trust.port, self.admin_port, self.opts.delta, trust.identity
+        )
         # Who this proxy is, for the peer header its outbound routes add (read per process).
         peer = pc.workload_metadata(self.labels, self.opts.service, self.opts.namespace)
         self._envoy = EnvoyProcess(
@@ -284,7 +301,12 @@ class Sidecar:
         )
         threads = [
             threading.Thread(target=fn, args=(app,), daemon=True)
-            for fn in (self._register_and_heartbeat, self._supervise_envoy, self._watch_app)
+            for fn in (
+                self._register_and_heartbeat,
+                self._supervise_envoy,
+                self._watch_app,
+                self._renew_identity,
+            )
         ]
         for t in threads:
             t.start()
@@ -308,11 +330,16 @@ class Sidecar:
         app.wait()
         self.stop.set()
 
+    def _renew_identity(self, app: subprocess.Popen[bytes]) -> None:
+        if self.identity is not None:
+            self.identity.keep(self.stop)
+
     def _instance(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "service": self.opts.service,
             "namespace": self.opts.namespace,
+            "service_account": self.service_account,
             "port": self.opts.port,
             "address": "127.0.0.1",
             "target_port": self.inbound_port,

@@ -70,7 +70,13 @@ from .networking import (
     VirtualServiceSpec,
     WorkloadEntrySpec,
 )
-from .security import AuthorizationPolicySpec, PeerAuthenticationSpec, Rule
+from .security import (
+    AuthorizationPolicySpec,
+    JWTRule,
+    PeerAuthenticationSpec,
+    RequestAuthenticationSpec,
+    Rule,
+)
 from .telemetry import TelemetrySpec
 
 __all__ = [
@@ -101,6 +107,7 @@ __all__ = [
     "HeaderOperations",
     "Headers",
     "Issue",
+    "JWTRule",
     "KindInfo",
     "LabelSelector",
     "LoadBalancerSettings",
@@ -112,6 +119,7 @@ __all__ = [
     "Port",
     "PortSelector",
     "PortTrafficPolicy",
+    "RequestAuthenticationSpec",
     "Resource",
     "ResourceOf",
     "RouteDestination",

@@ -21,6 +21,7 @@ from .checks_common import (
     check_unique,
 )
 from .durations import MILLISECOND
+from .jwt_claims import claim_path
 from .names import (
     check_dns_label,
     check_dns_subdomain,
@@ -295,6 +296,8 @@ def check_virtual_service(spec: VirtualServiceSpec) -> Iterator[Issue]:
         yield Issue((), "at least one of http, tcp or tls routes is required")
     for i, route in enumerate(spec.http):
         yield from check_http_route(route, ("http", i))
+        if binds_mesh:
+            yield from _claims_need_gateway(route, ("http", i))
     for i, tcp in enumerate(spec.tcp):
         path: Path = ("tcp", i)
         for j, m in enumerate(tcp.match):
@@ -308,6 +311,20 @@ def check_virtual_service(spec: VirtualServiceSpec) -> Iterator[Issue]:
             yield from _check_tls_match(tm, (*path, "match", j))
         yield from _check_route_destinations(tls.route, (*path, "route"), "TLS")
     yield from check_export_to(spec.export_to, ("exportTo",))
+
+
+def _claims_need_gateway(route: HTTPRoute, path: Path) -> Iterator[Issue]:
+    """Istio's rule: only a gateway verifies tokens before routing, so a route of the mesh
+    cannot match a JWT claim."""
+    for j, m in enumerate(route.match):
+        for alias, mapping in (("headers", m.headers), ("withoutHeaders", m.without_headers)):
+            for key in mapping:
+                if claim_path(key) is not None:
+                    yield Issue(
+                        (*path, "match", j, alias, key),
+                        "JWT claim based routing is only supported for gateways: bind the "
+                        "VirtualService to a gateway (gateways: [NAME], without 'mesh')",
+                    )
 
 
 def _check_route_destinations(
@@ -420,7 +437,7 @@ def check_http_match(m: HTTPMatchRequest, path: Path) -> Iterator[Issue]:
     ):
         for key, sm in mapping.items():
             # JWT claim routing uses pseudo keys such as "@request.auth.claims.group".
-            if not key.startswith("@request.auth.claims."):
+            if claim_path(key) is None:
                 err = check_header_name(key, lowercase=True)
                 if err:
                     yield Issue((*path, alias, key), err)

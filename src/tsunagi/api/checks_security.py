@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from .checks_authz import custom_issues, key_issue, path_issues
 from .checks_common import Issue, Path, check_labels
 from .names import check_ip_or_cidr
 from .security import (
@@ -44,6 +45,10 @@ def check_peer_authentication(spec: PeerAuthenticationSpec) -> Iterator[Issue]:
             ("portLevelMtls",),
             "portLevelMtls requires a workload selector (selector.matchLabels)",
         )
+    if "port_level_mtls" in spec.model_fields_set and not spec.port_level_mtls:
+        yield Issue(
+            ("portLevelMtls",), "portLevelMtls, if set, must have at least one port; omit it"
+        )
     for port in spec.port_level_mtls:
         if not 1 <= port <= 65535:
             yield Issue(
@@ -68,6 +73,7 @@ def check_authorization_policy(spec: AuthorizationPolicySpec) -> Iterator[Issue]
         yield Issue(
             ("provider",), f"provider is only allowed with action CUSTOM, not {spec.action}"
         )
+    yield from custom_issues(spec)
     for i, rule in enumerate(spec.rules):
         yield from _check_rule(rule, ("rules", i))
 
@@ -128,6 +134,7 @@ def _check_source(src: Source, path: Path) -> Iterator[Issue]:
 
 def _check_operation(op: Operation, path: Path) -> Iterator[Issue]:
     yield from _check_values(op, path)
+    yield from path_issues(op, path)
     for alias, ports in (("ports", op.ports), ("notPorts", op.not_ports)):
         for j, port in enumerate(ports):
             yield from _check_port_string(port, (*path, alias, j))
@@ -162,6 +169,8 @@ def _check_condition(cond: Condition, path: Path) -> Iterator[Issue]:
             + ", ".join(sorted(_WHEN_KEYS))
             + ", request.headers[<name>], request.auth.claims[<name>]",
         )
+    elif problem := key_issue(key):
+        yield Issue((*path, "key"), problem)
     if not cond.values and not cond.not_values:
         yield Issue(path, "at least one of values or notValues is required")
     for alias, values in (("values", cond.values), ("notValues", cond.not_values)):

@@ -13,6 +13,7 @@ from . import checks_networking as cn
 from . import checks_security as cs
 from .checks_common import Issue
 from .checks_envoyfilter import check_envoy_filter
+from .checks_request_authentication import check_request_authentication
 from .checks_telemetry import check_telemetry
 from .envoyfilter import EnvoyFilterSpec
 from .networking import (
@@ -24,7 +25,7 @@ from .networking import (
     WorkloadEntrySpec,
 )
 from .secrets import SECRET_FIELDS, SecretSpec, check_secret
-from .security import AuthorizationPolicySpec, PeerAuthenticationSpec
+from .security import AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec
 from .telemetry import TelemetrySpec
 
 NETWORKING_GROUP = "networking.istio.io"
@@ -81,6 +82,11 @@ KIND_INFO: Mapping[str, KindInfo] = MappingProxyType(
             ),
             _sec("PeerAuthentication", PeerAuthenticationSpec, cs.check_peer_authentication),
             _sec("AuthorizationPolicy", AuthorizationPolicySpec, cs.check_authorization_policy),
+            _sec(
+                "RequestAuthentication",
+                RequestAuthenticationSpec,
+                check_request_authentication,
+            ),
             KindInfo(
                 "Telemetry", TELEMETRY_GROUP, TELEMETRY_VERSIONS, TelemetrySpec, check_telemetry
             ),

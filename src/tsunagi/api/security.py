@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .common import IstioModel, LabelSelector, PolicyTargetReference
+from .common import IstioModel, LabelSelector, PolicyTargetReference, Seconds, StrictBool
 
 MTLSMode = Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]
 
@@ -99,3 +99,43 @@ class AuthorizationPolicySpec(IstioModel):
     action: Literal["ALLOW", "DENY", "AUDIT", "CUSTOM"] = "ALLOW"
     provider: ExtensionProvider | None = None
     rules: tuple[Rule, ...] = ()
+
+
+class JWTHeader(IstioModel):
+    """Where a JWT is read from a header: ``name``, and a ``prefix`` before the token."""
+
+    name: str = ""
+    prefix: str = ""
+
+
+class ClaimToHeader(IstioModel):
+    """A verified claim copied into a request header (``outputClaimToHeaders``)."""
+
+    header: str = ""
+    claim: str = ""
+
+
+class JWTRule(IstioModel):
+    """One JWT issuer a RequestAuthentication accepts (Istio's ``JWTRule``)."""
+
+    issuer: str = ""
+    audiences: tuple[str, ...] = ()
+    jwks_uri: str = ""
+    jwks: str = ""
+    from_headers: tuple[JWTHeader, ...] = ()
+    from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()
+    output_payload_to_header: str = ""
+    forward_original_token: StrictBool = False
+    output_claim_to_headers: tuple[ClaimToHeader, ...] = ()
+    space_delimited_claims: tuple[str, ...] = ()
+    timeout: Seconds | None = None
+
+
+class RequestAuthenticationSpec(IstioModel):
+    """``RequestAuthentication.spec``: which JWTs the selected workloads accept."""
+
+    selector: LabelSelector | None = None
+    target_ref: PolicyTargetReference | None = None
+    target_refs: tuple[PolicyTargetReference, ...] = ()
+    jwt_rules: tuple[JWTRule, ...] = ()

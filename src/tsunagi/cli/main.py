@@ -47,6 +47,15 @@ def _dns_label(what: str) -> Callable[[str], str]:
     return check
 
 
+def _service_account(text: str) -> str:
+    from tsunagi.api.names import check_dns_subdomain
+
+    problem = check_dns_subdomain(text, "--service-account")
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def _gateway_name(text: str) -> str:
     """``--name`` of ``tsunagi gateway``: each copy registers as NAME-<6 characters>, which
     must still be a DNS label."""
@@ -81,6 +90,22 @@ def _positive_duration(text: str) -> float:
     seconds = _duration(text)
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 (e.g. 5s)")
+    return seconds
+
+
+def _trust_domain(text: str) -> str:
+    from tsunagi.api.names import check_dns_subdomain
+
+    problem = check_dns_subdomain(text, "--trust-domain")
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem}; e.g. --trust-domain cluster.local")
+    return text
+
+
+def _cert_ttl(text: str) -> float:
+    seconds = _positive_duration(text)
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is under a second; give e.g. 1h or 24h")
     return seconds
 
 
@@ -202,7 +227,14 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--store", default="", help="sqlite:PATH (default: STATE_DIR/tsunagi.db) or memory:"
     )
-    up.add_argument("--xds-port", type=int, default=15010)
+    up.add_argument(
+        "--xds-port",
+        type=int,
+        default=15012,
+        help="where proxies get their config (ADS); mutual TLS only: a proxy presents its "
+        "workload certificate, whose namespace and service account must be those it claims "
+        "(there is no plaintext port)",
+    )
     up.add_argument("--api-port", type=int, default=15014)
     up.add_argument(
         "--dashboard-port",
@@ -336,6 +368,42 @@ def parser() -> argparse.ArgumentParser:
         "or an OTLP/gRPC one (otlp://HOST:4317)",
     )
 
+    up.add_argument(
+        "--trust-domain",
+        type=_trust_domain,
+        default="cluster.local",
+        help="the trust domain of every workload identity, "
+        "spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT (default cluster.local)",
+    )
+    up.add_argument(
+        "--root-namespace",
+        type=_dns_label("--root-namespace"),
+        default="istio-system",
+        help="PeerAuthentication and AuthorizationPolicy here apply to the whole mesh "
+        "(default istio-system)",
+    )
+    up.add_argument(
+        "--ca-cert",
+        metavar="FILE",
+        help="sign workload certificates with this CA certificate (PEM; with --ca-key), as "
+        "Istio's plug-in cacerts; default: a root made on first start in STATE_DIR/ca",
+    )
+    up.add_argument("--ca-key", metavar="FILE", help="the private key of --ca-cert (PEM)")
+    up.add_argument(
+        "--ca-chain",
+        metavar="FILE",
+        help="when --ca-cert is an intermediate: the certificates from it up to the root "
+        "(PEM); the root is the trust bundle workloads get",
+    )
+    up.add_argument(
+        "--workload-cert-ttl",
+        type=_cert_ttl,
+        default=24 * 3600.0,
+        metavar="DURATION",
+        help="lifetime of workload certificates, e.g. 90m or 24h (default 24h); a request "
+        "may ask for less, never more",
+    )
+
     run = sub.add_parser(
         "run",
         help="run a command with a sidecar",
@@ -386,6 +454,15 @@ def parser() -> argparse.ArgumentParser:
         "-n",
         default="default",
         help="the workload's namespace (sourceNamespace, exportTo and rule lookup use it)",
+    )
+    run.add_argument(
+        "--service-account",
+        type=_service_account,
+        default=None,
+        metavar="SA",
+        help="the workload's service account (default: the service name): its identity is "
+        "spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SA, in the certificate the agent gets from the "
+        "control plane's CA (the token must be allowed it) and presents on xDS and to peers",
     )
     run.add_argument(
         "--locality",
@@ -468,6 +545,15 @@ def parser() -> argparse.ArgumentParser:
         "secrets are read from it, as Istio's gateways read theirs",
     )
     gw.add_argument(
+        "--service-account",
+        type=_service_account,
+        default=None,
+        metavar="SA",
+        help="the gateway's service account (default: its --name): its certificate names "
+        "spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SA, which proves its namespace on xDS (only "
+        "then does it get its credentialName secrets)",
+    )
+    gw.add_argument(
         "--address",
         type=_ip_address,
         default="127.0.0.1",
@@ -523,8 +609,8 @@ def parser() -> argparse.ArgumentParser:
         "kind",
         help="virtualservice (vs), destinationrule (dr), serviceentry (se), gateway (gw), "
         "sidecar, envoyfilter, workloadentry (we), peerauthentication (pa), "
-        "authorizationpolicy (ap), telemetry, secrets (never their keys), workloads; plurals "
-        "work too",
+        "authorizationpolicy (ap), requestauthentication (ra), telemetry, secrets (never "
+        "their keys), workloads; plurals work too",
     )
     get.add_argument("name", nargs="?")
     get.add_argument(
@@ -551,12 +637,19 @@ def parser() -> argparse.ArgumentParser:
 
     secrets.add_parser(sub, _connection_args)
 
-    ps = sub.add_parser("proxy-status", help="which proxies have which config")
+    ps = sub.add_parser(
+        "proxy-status",
+        help="which proxies have which config, and each sidecar's inbound mTLS mode",
+    )
     _connection_args(ps)
 
     from tsunagi.cli import proxy_config
 
     proxy_config.add_parser(sub, _connection_args)
+
+    from tsunagi.cli import token
+
+    token.add_parser(sub, _connection_args)
 
     dash = sub.add_parser(
         "dashboard",
@@ -718,6 +811,12 @@ def _cmd_create(args: argparse.Namespace, client: Client) -> int:
     return cmd_create(args, client)
 
 
+def _cmd_token(args: argparse.Namespace, client: Client) -> int:
+    from tsunagi.cli.token import cmd_token
+
+    return cmd_token(args, client)
+
+
 def _cmd_proxy_config(args: argparse.Namespace, client: Client) -> int:
     from tsunagi.cli.proxy_config import cmd_proxy_config
 
@@ -732,9 +831,21 @@ def cmd_proxy_status(args: argparse.Namespace, client: Client) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    import datetime
+
     from tsunagi.controlplane.main import Settings, serve
     from tsunagi.controlplane.push import Debounce
 
+    if bool(args.ca_cert) != bool(args.ca_key):
+        given, missing = ("--ca-cert", "--ca-key") if args.ca_cert else ("--ca-key", "--ca-cert")
+        print(
+            f"error: {given} needs {missing}: give the CA's certificate and key together",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.ca_chain and not args.ca_cert:
+        print("error: --ca-chain goes with --ca-cert and --ca-key", file=sys.stderr)
+        return EXIT_USAGE
     settings = Settings(
         state_dir=state_dir(args.state_dir),
         store=args.store,
@@ -755,6 +866,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         scrape_max_series=args.scrape_max_series,
         prometheus=args.prometheus,
         outbound_policy=args.outbound_policy,
+        trust_domain=args.trust_domain,
+        root_namespace=args.root_namespace,
+        ca_cert=Path(args.ca_cert) if args.ca_cert else None,
+        ca_key=Path(args.ca_key) if args.ca_key else None,
+        ca_chain=Path(args.ca_chain) if args.ca_chain else None,
+        workload_cert_ttl=datetime.timedelta(seconds=args.workload_cert_ttl),
     )
     import asyncio
 
@@ -833,6 +950,7 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
         version=args.version,
         labels=dict(args.label),
         namespace=args.namespace,
+        service_account=args.service_account or args.service,
         locality=args.locality,
         outbound_port=args.outbound_port,
         inbound_port=args.inbound_port,
@@ -870,6 +988,7 @@ def cmd_gateway(args: argparse.Namespace, client: Client) -> int:
         name=args.name,
         labels=labels,
         namespace=args.namespace,
+        service_account=args.service_account or args.name,
         address=args.address,
         ports=tuple(args.port),
         metrics_port=args.metrics_port,
@@ -933,6 +1052,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "proxy-status": cmd_proxy_status,
         "proxy-config": _cmd_proxy_config,
         "create": _cmd_create,
+        "token": _cmd_token,
         "run": cmd_run,
         "gateway": cmd_gateway,
     }

@@ -79,7 +79,9 @@ def proxy_status(proxies: list[dict[str, Any]]) -> str:
     # SDS only when some gateway holds credentials (Gateway credentialName)
     sds = ("SDS",) if any("SDS" in p["types"] for p in proxies) else ()
     kinds = ("CDS", "EDS", *ecds, "LDS", "RDS", *sds)
-    headers = ["NAME", "SERVICE", *kinds, "REVISION"]
+    # Each sidecar's inbound mTLS mode (PeerAuthentication), when the control plane says
+    mtls = ("MTLS",) if any("mtls" in p for p in proxies) else ()
+    headers = ["NAME", "SERVICE", *mtls, *kinds, "REVISION"]
     rows = []
     errors = []
     for p in proxies:
@@ -88,6 +90,7 @@ def proxy_status(proxies: list[dict[str, Any]]) -> str:
             [
                 p["id"],
                 p.get("service", "") + (_gateway_note(p) if p.get("kind") == "gateway" else ""),
+                *(str(p.get("mtls", "-")) for _ in mtls),
                 *(types.get(t, {}).get("state", "-") for t in kinds),
                 str(p.get("revision", "")),
             ]

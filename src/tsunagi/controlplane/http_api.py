@@ -23,14 +23,18 @@ from pydantic import BaseModel, ValidationError
 
 from tsunagi.api import KINDS, Resource, ValidationFailed, load_documents
 from tsunagi.api.checks_common import quote
+from tsunagi.api.durations import parse_duration
 from tsunagi.api.secrets import LAST_APPLIED, redact, without_last_applied
-from tsunagi.controlplane import openapi
+from tsunagi.ca.authority import Authority, CsrRejected
+from tsunagi.controlplane import openapi, workload_tokens
+from tsunagi.controlplane.callers import Caller
 from tsunagi.controlplane.connections import LimitedSite
 from tsunagi.controlplane.metrics import CONTENT_TYPE, ControlPlaneMetrics
 from tsunagi.controlplane.openapi import (
     MIB,
     ROUTES,
     ApplyRequest,
+    CertificateRequest,
     DeleteRequest,
     GraphQuery,
     InstanceRequest,
@@ -38,13 +42,14 @@ from tsunagi.controlplane.openapi import (
     ResolveRequest,
     ResourcesQuery,
     SeriesQuery,
+    TokenRequest,
     WaitQuery,
 )
 from tsunagi.controlplane.prometheus import host_port
 from tsunagi.controlplane.prometheus import targets as prometheus_targets
 from tsunagi.controlplane.proxy_secrets import proxy_secrets
 from tsunagi.controlplane.status import proxy_statuses, wait_for_acks
-from tsunagi.mesh import World
+from tsunagi.mesh import Node, World
 from tsunagi.mesh.analysis import (
     delegation_problems,
     not_yet_enforced,
@@ -52,6 +57,7 @@ from tsunagi.mesh.analysis import (
     tls_file_problems,
     undefined_subsets,
 )
+from tsunagi.mesh.authorization_analysis import principal_problems
 from tsunagi.mesh.credential_analysis import credential_problems
 from tsunagi.mesh.gateway_analysis import gateway_problems
 from tsunagi.mesh.gateway_bind_analysis import (
@@ -59,22 +65,29 @@ from tsunagi.mesh.gateway_bind_analysis import (
     running_gateways,
     unprivileged_port_start,
 )
+from tsunagi.mesh.peer_authentication import mtls_modes
+from tsunagi.mesh.peer_authentication import summary as mtls_summary
+from tsunagi.mesh.peer_authentication_analysis import mtls_problems
+from tsunagi.mesh.request_authentication_analysis import claim_routing_problems
 from tsunagi.mesh.telemetry_analysis import telemetry_conflicts
 from tsunagi.proxy_contract import workload_metadata
 from tsunagi.registry import KIND as INSTANCE_KIND
 from tsunagi.registry import Instance, InvalidInstance, Registry
 from tsunagi.registry.instances import protocol_disagreement
+from tsunagi.spiffe import spiffe_id
 from tsunagi.store import Key, Store
 from tsunagi.telemetry.graph import graph_view
 from tsunagi.telemetry.panels import panel
 from tsunagi.telemetry.promviews import PrometheusError
 from tsunagi.telemetry.views import MetricsViews
-from tsunagi.xds import tickets
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
 
 log = logging.getLogger("tsunagi.api")
+
+CALLER = web.RequestKey("caller", Caller)
+"""Who sent the request (set by the auth middleware before any handler runs)."""
 
 MAX_REQUEST_LINE = 64 * 1024
 """Bytes a request line may have (aiohttp's default is 8 KiB)."""
@@ -118,6 +131,7 @@ _ALIASES = {
     "gw": "Gateway",
     "pa": "PeerAuthentication",
     "ap": "AuthorizationPolicy",
+    "ra": "RequestAuthentication",
     "telemetries": "Telemetry",
     "workload": INSTANCE_KIND,
     "workloads": INSTANCE_KIND,
@@ -163,7 +177,7 @@ def _record_json(key: Key, record: Any, errors: tuple[str, ...] = ()) -> dict[st
         "name": name,
         "revision": record.revision,
         # The API never returns a Secret's private keys (its certificates it does); only
-        # gateways with an xDS ticket get keys, over SDS (README "Security notes")
+        # gateways whose xDS certificate proves their namespace get keys, over SDS
         "document": redact(record.document) if kind == "Secret" else record.document,
     }
     if errors:
@@ -189,7 +203,10 @@ class Api:
         body_timeout: float = 30.0,
         max_wait_timeout: float = 300.0,
         metrics: ControlPlaneMetrics | None = None,
-        ticket_key: bytes | None = None,
+        authority: Authority | None = None,
+        workload_cert_ttl: datetime.timedelta = datetime.timedelta(hours=24),
+        workload_token_key: bytes | None = None,
+        xds_identity: str = "",
     ) -> None:
         """The limits: request bodies up to ``max_body_size`` bytes, read within
         ``body_timeout`` seconds; at most ``max_connections_per_client`` concurrent
@@ -202,8 +219,17 @@ class Api:
         self.cache = cache
         self.token = token
         self.xds_address = xds_address
-        self.ticket_key = ticket_key
-        """Signs the xDS tickets ``/v1/bootstrap`` hands out (:mod:`tsunagi.xds.tickets`)."""
+        self.xds_identity = xds_identity
+        """The SPIFFE ID of the xDS port's serving certificate, which proxies require
+        (``/v1/bootstrap``; :mod:`tsunagi.controlplane.xds_tls`). Empty: a plaintext port."""
+        self.authority = authority
+        """The CA that signs workload certificates (``POST /v1/certificates``); None: this
+        control plane signs none."""
+        self.workload_cert_ttl = workload_cert_ttl
+        """The longest lifetime of a workload certificate (``--workload-cert-ttl``)."""
+        self.workload_token_key = workload_token_key
+        """Signs and checks workload tokens (:mod:`.workload_tokens`); None: only the admin
+        token is accepted."""
         self.max_body_size = max_body_size
         self.max_connections_per_client = max_connections_per_client
         self.idle_timeout = idle_timeout
@@ -282,9 +308,41 @@ class Api:
             )
             response.headers["WWW-Authenticate"] = 'Bearer realm="tsunagi"'
             return response
-        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-            return _error(403, "wrong token for this control plane")
+        caller = self._caller(given.strip())
+        if not isinstance(caller, Caller):
+            response = _error(
+                401,
+                caller
+                or "unknown token: it is neither this control plane's admin token nor a "
+                "workload token it made; pass the right --token or --state-dir",
+            )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="tsunagi", error="invalid_token"'
+            return response
+        resource = request.match_info.route.resource
+        # An unknown path is left to the router (404), whoever asks.
+        if resource is not None and not caller.may_call(request.method, resource.canonical):
+            return _error(403, caller.refusal(f"{request.method} {resource.canonical}"))
+        request[CALLER] = caller
         return await handler(request)
+
+    def _caller(self, token: str) -> Caller | str | None:
+        """Who holds ``token``: a :class:`Caller`, why a workload token of ours is no longer
+        good (expired), or None for a token this control plane does not know."""
+        if hmac.compare_digest(token.encode(), self.token.encode()):
+            return Caller()
+        key = self.workload_token_key
+        if key is None or not workload_tokens.is_workload_token(token):
+            return None
+        try:
+            return Caller(workload_tokens.verify(key, token, time.time()))
+        except workload_tokens.Expired as e:
+            claims = e.claims
+            return (
+                f"{e}: make a new one with `tsunagi token create --namespace "
+                f"{claims.namespace} --service-account {claims.service_account}`"
+            )
+        except workload_tokens.TokenError:
+            return None
 
     def app(self) -> web.Application:
         """The routes of :data:`~tsunagi.controlplane.openapi.ROUTES`, nothing else."""
@@ -356,18 +414,95 @@ class Api:
         return web.json_response({"ok": True, "revision": self.store.contents().revision})
 
     async def bootstrap(self, request: web.Request) -> web.Response:
-        query = self._query(request, openapi.BootstrapQuery)
         host, port = self.xds_address
         xds: dict[str, Any] = {"host": host, "port": port}
-        if query.node and self.ticket_key is not None:
-            # Bound to the id and namespace the proxy will claim on its ADS stream; the
-            # caller holds the API token, which is what lets it run a gateway at all.
-            namespace = query.namespace or "default"
-            xds["ticket"] = tickets.ticket(self.ticket_key, query.node, namespace)
-        return web.json_response({"xds": xds})
+        reply: dict[str, Any] = {"xds": xds}
+        if self.xds_identity:
+            # What a proxy needs to reach xDS over mutual TLS: whom to expect there, and
+            # the bundle its certificate and the server's chain up to.
+            xds["identity"] = self.xds_identity
+        authority = getattr(self, "authority", None)
+        if authority is not None:
+            reply["trust"] = {
+                "trustDomain": authority.trust_domain,
+                "rootCertificates": authority.root_pem.decode(),
+            }
+        return web.json_response(reply)
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(self.spec)
+
+    async def certificates(self, request: web.Request) -> web.Response:
+        """Sign a workload's CSR for the identity its token may obtain."""
+        self.metrics.csr_received()
+        body = await self._model(request, CertificateRequest)
+        caller = request[CALLER]
+        if self.authority is None:
+            raise ApiError(400, "this control plane has no certificate authority")
+        wanted = spiffe_id(self.authority.trust_domain, body.namespace, body.serviceAccount)
+        if wanted == self.xds_identity:
+            # Proxies trust the xDS server by this identity: whoever held it could serve
+            # them any config. Only the control plane itself holds it, admin or not.
+            raise ApiError(
+                403,
+                f"{wanted} is the control plane's own identity (proxies trust xDS by it); "
+                "no token may obtain it: run the workload under another service account",
+            )
+        if not caller.may_be(body.namespace, body.serviceAccount):
+            assert caller.workload is not None
+            own = spiffe_id(
+                self.authority.trust_domain,
+                caller.workload.namespace,
+                caller.workload.service_account,
+            )
+            raise ApiError(
+                403,
+                f"{caller.describe()} may not obtain {wanted}; it may obtain only {own} "
+                "(make a token for the other identity with `tsunagi token create`)",
+            )
+        ttl = self.workload_cert_ttl
+        if body.ttl:
+            ttl = min(ttl, datetime.timedelta(seconds=parse_duration(body.ttl)))
+        now = datetime.datetime.now(datetime.UTC)
+        try:
+            # In a thread: checking an RSA CSR and signing take a few milliseconds each.
+            signed = await asyncio.to_thread(
+                self.authority.sign_csr, body.csr.encode(), wanted, ttl, now
+            )
+        except CsrRejected as e:
+            raise ApiError(400, f"body csr: {e}") from None
+        self.metrics.certificate_issued()
+        log.debug("signed %s, serial %x, until %s", wanted, signed.serial, signed.not_after)
+        return web.json_response(
+            {
+                "certificateChain": signed.chain.decode(),
+                "rootCertificates": signed.root.decode(),
+                "spiffeId": signed.spiffe_id,
+                "serial": f"{signed.serial:x}",
+                "notBefore": int(signed.not_before.timestamp()),
+                "notAfter": int(signed.not_after.timestamp()),
+            }
+        )
+
+    async def tokens(self, request: web.Request) -> web.Response:
+        """A workload token (the admin's alone: a workload token may not call this)."""
+        body = await self._model(request, TokenRequest)
+        if self.workload_token_key is None:
+            raise ApiError(400, "this control plane makes no workload tokens")
+        seconds = parse_duration(body.ttl) if body.ttl else workload_tokens.DEFAULT_TTL
+        claims = workload_tokens.WorkloadClaims(
+            body.namespace, body.serviceAccount, time.time() + seconds
+        )
+        trust_domain = self.pusher.world.mesh_security.trust_domain
+        return web.json_response(
+            {
+                "token": workload_tokens.create(self.workload_token_key, claims),
+                "namespace": claims.namespace,
+                "serviceAccount": claims.service_account,
+                "spiffeId": spiffe_id(trust_domain, claims.namespace, claims.service_account),
+                "expires": int(claims.expires),
+            }
+        )
 
     async def apply(self, request: web.Request) -> web.Response:
         body = await self._model(request, ApplyRequest)
@@ -420,7 +555,10 @@ class Api:
         keys = {r.key for r in applied}
         others = [r for r in world.resources if r.key not in keys]
         candidate = World.build(
-            world.revision, [*others, *applied], self.registry.service_instances()
+            world.revision,
+            [*others, *applied],
+            self.registry.service_instances(),
+            mesh_security=world.mesh_security,
         )
         return self._problems(candidate, applied, self.registry.gateways())
 
@@ -438,7 +576,15 @@ class Api:
             + gateway_problems(world, resources, [g.labels for g in gateways])
             + privileged_port_problems(resources, running_gateways(gateways), self._unprivileged)
             + credential_problems(world, resources, [(g.namespace, g.labels) for g in gateways])
+            + claim_routing_problems(world, resources, [(g.namespace, g.labels) for g in gateways])
             + tls_file_problems(resources)
+            + principal_problems(
+                world,
+                resources,
+                self.registry.instances(),
+                [Node.from_metadata(e.id, e.metadata or {}) for e in self.cache.nodes.values()],
+            )
+            + mtls_problems(world, resources)
             + not_yet_enforced(resources)
         )
 
@@ -503,6 +649,17 @@ class Api:
             inst = Instance.from_document(body.model_dump())
         except InvalidInstance as e:
             return _error(400, f"invalid instance: {e}")
+        caller = request[CALLER]
+        if not caller.may_be(inst.namespace, inst.account):
+            raise ApiError(
+                403,
+                caller.refusal(
+                    f"registering instance {inst.namespace}/{inst.name} (service account "
+                    f"{inst.account!r})"
+                ),
+            )
+        # Nor may it take over a name another identity registered.
+        self._check_own_instance(caller, inst.namespace, inst.name, "replacing")
         known = self.store.contents().records.get(inst.key)
         revision = await self.registry.register(inst)
         if known is None:
@@ -528,21 +685,49 @@ class Api:
                 found[address] = workload_metadata(inst.labels, inst.service, inst.namespace)
         return web.json_response({"workloads": found})
 
+    def _check_own_instance(self, caller: Caller, ns: str, name: str, verb: str) -> None:
+        """403 unless ``caller`` may act on instance ``ns/name``: a workload token only on
+        instances of its namespace and service account (or on none registered yet)."""
+        w = caller.workload
+        if w is None:
+            return
+        record = self.store.contents().records.get((INSTANCE_KIND, ns, name))
+        account = w.service_account
+        if record is not None:
+            try:
+                account = Instance.from_document(record.document).account
+            except InvalidInstance:
+                account = ""
+        if ns != w.namespace or account != w.service_account:
+            raise ApiError(403, caller.refusal(f"{verb} instance {ns}/{name}"))
+
     async def heartbeat(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["namespace"], request.match_info["name"]
+        self._check_own_instance(request[CALLER], ns, name, "heartbeating")
         if not self.registry.heartbeat(ns, name):
             return _error(404, f"instance {ns}/{name} is not registered; register again")
         return web.json_response({"ok": True})
 
     async def deregister(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["namespace"], request.match_info["name"]
+        self._check_own_instance(request[CALLER], ns, name, "deregistering")
         if not await self.registry.deregister(ns, name):
             return _error(404, f"instance {ns}/{name} is not registered")
         self.metrics.registry_event(INSTANCE_KIND, "delete")
         return web.json_response({"revision": self.store.contents().revision})
 
     async def proxies(self, request: web.Request) -> web.Response:
-        return web.json_response({"proxies": proxy_statuses(self.cache, self.pusher)})
+        statuses = proxy_statuses(self.cache, self.pusher)
+        world: World = self.pusher.world
+        for status in statuses:  # each inbound port's PeerAuthentication mode
+            entry = self.cache.nodes.get(status["id"])
+            try:
+                node = Node.from_metadata(entry.id, entry.metadata or {}) if entry else None
+            except (ValueError, TypeError, KeyError, AttributeError):
+                node = None  # metadata push could not read either: its status says so
+            if node is not None:
+                status["mtls"] = mtls_summary(mtls_modes(world, node))
+        return web.json_response({"proxies": statuses})
 
     async def proxy_secrets(self, request: web.Request) -> web.Response:
         """The certificates one proxy holds (``tsunagi proxy-config secret``)."""

@@ -4,29 +4,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tsunagi.controlplane.auth import TOKEN_FILE, ensure_ticket_key, ensure_token
+from tsunagi.ca.authority import Authority
+from tsunagi.ca.keystore import plugged_in, self_signed
+from tsunagi.controlplane import workload_tokens
+from tsunagi.controlplane.auth import TOKEN_FILE, ensure_token
 from tsunagi.controlplane.dashboard import start as start_dashboard
 from tsunagi.controlplane.http_api import Api
 from tsunagi.controlplane.http_logs import quiet_malformed_requests
+from tsunagi.controlplane.jwks import JwksFetcher
 from tsunagi.controlplane.lock import StateDirLock
 from tsunagi.controlplane.metrics import ControlPlaneMetrics
 from tsunagi.controlplane.prometheus import host_port, write_config
 from tsunagi.controlplane.push import Debounce, Pusher
 from tsunagi.controlplane.status import proxy_statuses
+from tsunagi.controlplane.xds_tls import (
+    ServingCertificate,
+    control_plane_identity,
+    serving_hosts,
+)
 from tsunagi.mesh.outbound_policy import ALLOW_ANY, Mode
+from tsunagi.mesh.security import DEFAULT_ROOT_NAMESPACE, MeshSecurity
 from tsunagi.mesh.telemetry import DEFAULT_TRACE_SAMPLING, MeshTelemetry
 from tsunagi.registry import Registry
+from tsunagi.spiffe import DEFAULT_TRUST_DOMAIN
 from tsunagi.store import open_store
 from tsunagi.telemetry.collector import CollectorSettings, TraceCollector
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.server import start_server
 
 log = logging.getLogger("tsunagi")
+
+DEFAULT_WORKLOAD_CERT_TTL = datetime.timedelta(hours=24)
+"""Istio's default workload certificate lifetime."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +51,8 @@ class Settings:
     state_dir: Path
     store: str = ""
     host: str = "127.0.0.1"
-    xds_port: int = 15010
+    xds_port: int = 15012
+    """Istio's port for xDS over mutual TLS (15010 is its plaintext one; there is none here)."""
     api_port: int = 15014
     instance_ttl: float = 15.0
     debounce: Debounce = field(default_factory=Debounce)
@@ -68,6 +84,41 @@ class Settings:
     outbound_policy: Mode = ALLOW_ANY
     """What sidecars do with requests for hosts the mesh does not know: ``ALLOW_ANY`` (pass
     them through) or ``REGISTRY_ONLY`` (answer 502); a Sidecar resource overrides it."""
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    """The first part of every workload's SPIFFE ID."""
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    """Where mesh-wide PeerAuthentication and AuthorizationPolicy live."""
+    ca_cert: Path | None = None
+    """The operator's CA certificate (with ``ca_key``); None: the state directory's root."""
+    ca_key: Path | None = None
+    ca_chain: Path | None = None
+    """The chain from ``ca_cert`` up to the root, when ``ca_cert`` is an intermediate."""
+    workload_cert_ttl: datetime.timedelta = DEFAULT_WORKLOAD_CERT_TTL
+    """The longest lifetime of a workload certificate (a CSR may ask for less)."""
+
+
+def load_authority(settings: Settings) -> Authority:
+    """The CA ``settings`` name: the operator's (``--ca-cert``/``--ca-key``), else the state
+    directory's own root, made on first start. Raises
+    :class:`~tsunagi.ca.keystore.CaFileError` (a ValueError) naming the file at fault."""
+    now = datetime.datetime.now(datetime.UTC)
+    if settings.ca_cert is not None and settings.ca_key is not None:
+        authority = plugged_in(
+            settings.ca_cert, settings.ca_key, settings.ca_chain, settings.trust_domain, now
+        )
+        where = str(settings.ca_cert)
+    else:
+        authority = self_signed(settings.state_dir, settings.trust_domain, now)
+        where = str(settings.state_dir / "ca")
+    log.info(
+        "CA: %s (%s), expires %s; workload certificates spiffe://%s/..., %s each",
+        authority.cert.subject.rfc4514_string(),
+        where,
+        authority.expires.strftime("%Y-%m-%d"),
+        settings.trust_domain,
+        settings.workload_cert_ttl,
+    )
+    return authority
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
@@ -83,6 +134,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
 async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     quiet_malformed_requests()
     token = ensure_token(settings.state_dir)
+    # Before any port opens: a CA file that does not fit stops the start with its reason.
+    authority = load_authority(settings)
     token_file = settings.state_dir / TOKEN_FILE
     store = open_store(settings.store, settings.state_dir)
     await store.open()
@@ -109,14 +162,29 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         access_log=settings.access_log,
         collector=(zipkin_host, traces.zipkin_port) if traces.zipkin_port else None,
     )
-    pusher = Pusher(store, cache, settings.debounce, mesh_telemetry, settings.outbound_policy)
+    mesh_security = MeshSecurity(settings.trust_domain, settings.root_namespace)
+    pusher = Pusher(
+        store,
+        cache,
+        settings.debounce,
+        mesh_telemetry,
+        settings.outbound_policy,
+        mesh_security=mesh_security,
+    )
     metrics = ControlPlaneMetrics(lambda: pusher.world)
     pusher.hooks = metrics
-    # Signs the tickets that let gateways receive Secrets (xds/tickets.py); kept in the state
-    # directory, so tickets stay valid across a restart.
-    ticket_key = ensure_ticket_key(settings.state_dir)
+    metrics.ca_loaded(authority.roots[-1].not_valid_after_utc.timestamp())
+    # The xDS port takes only mutual TLS: a proxy proves with its workload certificate who
+    # it is, and only then gets config (gateways: Secrets). There is no plaintext port.
+    xds_identity = control_plane_identity(settings.trust_domain, settings.root_namespace)
+    serving = ServingCertificate(authority, xds_identity, serving_hosts(settings.host))
     grpc_server, xds_port = await start_server(
-        cache, settings.host, settings.xds_port, observer=metrics, ticket_key=ticket_key
+        cache,
+        settings.host,
+        settings.xds_port,
+        observer=metrics,
+        credentials=serving.credentials(),
+        trust_domain=settings.trust_domain,
     )
     api = Api(
         store,
@@ -128,7 +196,11 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         max_body_size=settings.api_max_body,
         max_connections_per_client=settings.api_connections_per_client,
         metrics=metrics,
-        ticket_key=ticket_key,
+        xds_identity=xds_identity,
+        authority=authority,
+        workload_cert_ttl=settings.workload_cert_ttl,
+        # Signs workload tokens (tsunagi token create); kept, so tokens outlive a restart.
+        workload_token_key=workload_tokens.ensure_key(settings.state_dir),
     )
     runner, api_port = await api.serve(settings.host, settings.api_port)
     (settings.state_dir / "server").write_text(f"http://{settings.host}:{api_port}\n")
@@ -175,6 +247,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
                 metrics.registry_event(key[0], "delete")
 
     tasks = [asyncio.create_task(pusher.run()), asyncio.create_task(expire())]
+    # RequestAuthentications' jwksUri: fetched here, pushed inline (proxies never reach them)
+    tasks.append(asyncio.create_task(JwksFetcher(store, pusher.use_jwks).run()))
     if ready is not None:
         ready.set()
     try:

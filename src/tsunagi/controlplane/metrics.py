@@ -16,6 +16,9 @@ Istio's control-plane dashboard and alerts work unchanged:
 - ``pilot_k8s_cfg_events{type,event}`` / ``pilot_k8s_reg_events{type,event}``: config applied
   or deleted, workload instances registered or removed (``add``, ``update``, ``delete``);
 - ``pilot_services``, ``pilot_virt_services``: what the mesh knows now;
+- ``citadel_server_csr_count`` / ``citadel_server_success_cert_issuance_count``: workload
+  certificate requests received, and certificates signed (``POST /v1/certificates``);
+- ``citadel_server_root_cert_expiry_timestamp``: when the CA's root expires (Unix seconds);
 - ``istio_build{component="pilot",tag}`` and the ``process_*`` metrics.
 
 istiod's exporter drops the ``_total`` suffix of counters (``pilot_xds_pushes``, not
@@ -206,7 +209,16 @@ class ControlPlaneMetrics:
         self.reg_events = _Counter(
             "pilot_k8s_reg_events", "Events from k8s registry.", ("type", "event")
         )
+        self.csrs = _Counter(
+            "citadel_server_csr_count", "Workload certificate signing requests received."
+        )
+        self.issued = _Counter(
+            "citadel_server_success_cert_issuance_count",
+            "Workload certificates signed.",
+        )
         self._counters = (
+            self.csrs,
+            self.issued,
             self.pushes,
             self.rejects,
             self.expired_nonce,
@@ -235,6 +247,22 @@ class ControlPlaneMetrics:
     def registry_event(self, kind: str, event: str) -> None:
         """A workload instance (``kind``) was ``add``-ed, ``update``-d or ``delete``-d."""
         self.reg_events.inc(kind, event)
+
+    def ca_loaded(self, root_expires: float) -> None:
+        """The CA is up; its root expires at ``root_expires`` (Unix seconds). Called once."""
+        Gauge(
+            "citadel_server_root_cert_expiry_timestamp",
+            "Unix time the CA's root certificate expires.",
+            registry=self.registry,
+        ).set(root_expires)
+
+    def csr_received(self) -> None:
+        """A workload asked for a certificate."""
+        self.csrs.inc()
+
+    def certificate_issued(self) -> None:
+        """The CA signed a workload certificate."""
+        self.issued.inc()
 
     # --------------------------------------------------------------- PushHooks
 

@@ -31,8 +31,8 @@ from pydantic import (
 )
 from pydantic.json_schema import models_json_schema
 
-from tsunagi.api.names import DNS1123_LABEL_PATTERN
-from tsunagi.xds import tickets
+from tsunagi.api.durations import DurationError, parse_duration
+from tsunagi.api.names import DNS1123_LABEL_PATTERN, check_dns_subdomain
 
 MIB = 1024 * 1024
 
@@ -95,6 +95,19 @@ def _check_ip(text: str) -> str:
     return text
 
 
+def _check_service_account(text: str) -> str:
+    problem = check_dns_subdomain(text, "service account")
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+_ServiceAccount = Annotated[
+    str,
+    AfterValidator(_check_service_account),
+    WithJsonSchema({"type": "string", "maxLength": 253}, mode="validation"),
+]
+
 _Ip = Annotated[
     str,
     AfterValidator(_check_ip),
@@ -152,6 +165,52 @@ class InstanceRequest(_Body):
         description="A gateway that runs as root or with CAP_NET_BIND_SERVICE, so it may "
         "bind ports below 1024: `apply` does not warn about its Gateways' low ports.",
     )
+    service_account: _ServiceAccount | Literal[""] = Field(
+        "",
+        description="The workload's service account (`tsunagi run --service-account`), the "
+        "last part of its SPIFFE ID; empty: the service name. A workload token registers "
+        "only instances of its own namespace and service account.",
+    )
+
+
+def _check_duration(text: str) -> str:
+    try:
+        seconds = parse_duration(text)
+    except DurationError as e:
+        raise ValueError(str(e)) from None
+    if seconds < 1:
+        raise ValueError(f"{text!r} is under a second; give e.g. 1h")
+    return text
+
+
+_Duration = Annotated[str, AfterValidator(_check_duration)]
+
+
+class CertificateRequest(_Body):
+    """A workload asks the CA to sign its key."""
+
+    csr: str = Field(
+        min_length=1,
+        max_length=64 * 1024,
+        description="PEM certificate signing request. Its key: ECDSA P-256 (or RSA of at "
+        "least 2048 bits); its only SAN, if any, the SPIFFE ID asked for. Its subject and "
+        "other extensions are ignored.",
+    )
+    namespace: _DnsLabel
+    serviceAccount: _ServiceAccount
+    ttl: _Duration | Literal[""] = Field(
+        "",
+        description="Lifetime asked for, e.g. `1h`; at most (and by default) `tsunagi up "
+        "--workload-cert-ttl`.",
+    )
+
+
+class TokenRequest(_Body):
+    """A workload token for one identity."""
+
+    namespace: _DnsLabel
+    serviceAccount: _ServiceAccount
+    ttl: _Duration | Literal[""] = Field("", description="Lifetime, e.g. `8h` (default 24h).")
 
 
 class _Query(BaseModel):
@@ -177,38 +236,6 @@ class WaitQuery(_Query):
         ge=0,
         allow_inf_nan=False,
         description="Unix time the caller started (for `elapsed_ms`); 0 means now.",
-    )
-
-
-def _check_node_id(text: str) -> str:
-    if not tickets.bindable(text):
-        raise ValueError(
-            f"{text!r} holds a control character; use the proxy's node id as Envoy sends it "
-            "(printable characters only)"
-        )
-    return text
-
-
-def _check_bootstrap_namespace(text: str) -> str:
-    if text and not re.fullmatch(DNS_LABEL, text):
-        raise ValueError(
-            f"{text!r} is not a namespace: use a DNS label (lower-case letters, digits and "
-            "inner '-', at most 63 characters)"
-        )
-    return text
-
-
-class BootstrapQuery(_Query):
-    node: Annotated[str, AfterValidator(_check_node_id)] = Field(
-        "",
-        # A node id is NAME-RANDOM.NAMESPACE; 253 (a DNS name's limit) also keeps the request
-        # line within the HTTP server's limit, whatever the characters' encoded length.
-        max_length=253,
-        description="The proxy's xDS node id: with it, the reply holds `xds.ticket`, which a "
-        "gateway needs to receive its Secrets.",
-    )
-    namespace: Annotated[str, AfterValidator(_check_bootstrap_namespace)] = Field(
-        "", max_length=63, description="The proxy's namespace (default `default`), a DNS label."
     )
 
 
@@ -256,11 +283,20 @@ class HealthResponse(BaseModel):
 class XdsAddress(BaseModel):
     host: str
     port: int
-    ticket: str | None = Field(
+    identity: str | None = Field(
         None,
-        description="With `node`: the ticket Envoy sends as gRPC metadata "
-        "`x-tsunagi-ticket` on its ADS stream (HMAC of node id and namespace). Until xDS "
-        "uses mTLS, only a gateway whose ticket matches gets Secrets.",
+        description="The SPIFFE ID the xDS port's serving certificate names: the only "
+        "server a proxy accepts there. The port takes only mutual TLS; a proxy presents its "
+        "workload certificate (`POST /v1/certificates`), whose namespace and service account "
+        "must be those its node metadata claims.",
+    )
+
+
+class Trust(BaseModel):
+    trustDomain: str = Field(description="The first part of every workload's SPIFFE ID.")
+    rootCertificates: str = Field(
+        description="The trust bundle (PEM): the xDS server's and every workload's "
+        "certificate chain up to one of these."
     )
 
 
@@ -268,6 +304,7 @@ class BootstrapResponse(BaseModel):
     """What a sidecar needs besides the API address and token."""
 
     xds: XdsAddress
+    trust: Trust | None = None
 
 
 class ResultItem(BaseModel):
@@ -297,7 +334,7 @@ class ResourceItem(BaseModel):
     document: dict[str, Any] = Field(
         description="The resource as applied (or registered). A Secret's values other than "
         "certificates (tls.crt, ca.crt, cert, cacert) read `<redacted>`: this API never "
-        "returns private keys (gateways holding an xDS ticket receive them over SDS)."
+        "returns private keys (gateways receive them over SDS, on their mutual-TLS xDS stream)."
     )
     status: dict[str, Any] | None = Field(
         None, description="Istio-style `validationMessages`, when translating it failed."
@@ -329,6 +366,27 @@ class ResolveResponse(BaseModel):
 class RegisterResponse(BaseModel):
     revision: int
     ttl: float = Field(description="Heartbeat at least this often (seconds) or be removed.")
+
+
+class CertificateResponse(BaseModel):
+    """A signed workload certificate."""
+
+    certificateChain: str = Field(description="PEM: the leaf, then intermediates.")
+    rootCertificates: str = Field(description="PEM: the trust bundle.")
+    spiffeId: str = Field(description="`spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.")
+    serial: str = Field(description="Hex, lower case.")
+    notBefore: int = Field(description="Unix seconds.")
+    notAfter: int = Field(description="Unix seconds.")
+
+
+class TokenResponse(BaseModel):
+    """A workload token: pass it as `--token` or `TSUNAGI_TOKEN` to `tsunagi run`."""
+
+    token: str
+    namespace: str
+    serviceAccount: str
+    spiffeId: str = Field(description="The one identity the token may obtain.")
+    expires: int = Field(description="Unix seconds.")
 
 
 class OkResponse(BaseModel):
@@ -364,6 +422,11 @@ class ProxyStatus(BaseModel):
     types: dict[str, TypeState] = Field(description="Keyed by short xDS type name (CDS, EDS…).")
     translation_errors: list[str] = Field(
         default_factory=list, description="Config left out of this proxy's: it failed to translate."
+    )
+    mtls: str = Field(
+        default="-",
+        description="Its inbound ports' PeerAuthentication mode (STRICT, PERMISSIVE, DISABLE; "
+        "PORT:MODE pairs when they differ; - without inbound ports).",
     )
 
 
@@ -539,15 +602,20 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", "healthz", "The control plane is up; its store revision.",
           HealthResponse),
     Route("GET", "/v1/openapi.json", "openapi", "This description of the API.", OpenApiDocument),
-    Route("GET", "/v1/bootstrap", "bootstrap", "Where sidecars find the xDS server, and "
-          "(with `node`) the ticket a gateway needs to receive its Secrets.",
-          BootstrapResponse, query=BootstrapQuery, errors=(400,)),
+    Route("GET", "/v1/bootstrap", "bootstrap", "Where sidecars find the xDS server, whom "
+          "to expect there, and the mesh's trust domain and trust bundle.",
+          BootstrapResponse),
     Route("POST", "/v1/apply", "apply", "Create or update resources from YAML (all or nothing).",
           ApplyResponse, body=ApplyRequest, errors=_BODY_ERRORS),
     Route("POST", "/v1/delete", "delete", "Delete resources (all or nothing).", DeleteResponse,
           body=DeleteRequest, errors=(*_BODY_ERRORS, 404)),
     Route("GET", "/v1/resources", "list_resources", "Stored resources and workload instances.",
           ResourceList, query=ResourcesQuery, errors=(400, 404)),
+    Route("POST", "/v1/certificates", "certificates", "Sign a workload's CSR: its SPIFFE "
+          "certificate and the trust bundle (403 for an identity the token may not obtain).",
+          CertificateResponse, body=CertificateRequest, errors=_BODY_ERRORS),
+    Route("POST", "/v1/tokens", "tokens", "Make a workload token for one identity (admin "
+          "token only).", TokenResponse, body=TokenRequest, errors=_BODY_ERRORS),
     Route("POST", "/v1/instances", "register", "Register (or refresh) a workload instance.",
           RegisterResponse, body=InstanceRequest, errors=_BODY_ERRORS),
     Route("POST", "/v1/instances/resolve", "resolve", "The workloads behind endpoint "
@@ -585,8 +653,10 @@ ROUTES: tuple[Route, ...] = (
 _ERROR_DESCRIPTIONS = {
     400: "Invalid input: not JSON, a wrong type, an unknown field, a bad query parameter, an "
     "invalid resource. `errors` lists every problem (for resources: file, document, field path).",
-    401: "No `Authorization: Bearer <token>` header.",
-    403: "The token is not this control plane's.",
+    401: "No `Authorization: Bearer <token>` header, or a token this control plane does not "
+    "know or that has expired.",
+    403: "A workload token asking for more than its identity may: another identity, another "
+    "namespace's instances, or an admin route.",
     404: "Not found.",
     408: "The request body did not arrive in time.",
     413: "The request body is over the size limit.",
@@ -693,8 +763,11 @@ def build_spec(limits: Limits, version: str = "") -> dict[str, Any]:
             "version": version or "1",
             "description": (
                 "The JSON API the `tsunagi` CLI and sidecar agents use. Every request needs "
-                "`Authorization: Bearer <token>` (the token `tsunagi up` writes in its state "
-                'directory). Every error is `{"error": str, "errors": [str]}`.\n\n'
+                "`Authorization: Bearer <token>`: the admin token `tsunagi up` writes in its "
+                "state directory, or a workload token (`tsunagi token create`, `POST "
+                "/v1/tokens`), which may only run its own identity's sidecars: `/healthz`, "
+                "`/v1/bootstrap`, its own certificates and instances, `/v1/instances/resolve` "
+                'and `/v1/wait`. Every error is `{"error": str, "errors": [str]}`.\n\n'
                 f"Limits: request bodies up to {limits.max_body_size} bytes (413 beyond), "
                 f"read within {limits.body_timeout:g} s (408); at most "
                 f"{limits.max_connections_per_client} concurrent connections per client "

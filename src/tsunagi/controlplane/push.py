@@ -252,6 +252,8 @@ class Pusher:
         self.hooks: PushHooks = _NoHooks()
         """Told of every push (set by whoever wants to know, e.g. the metrics)."""
         cache.resolver = self.resolve
+        self._wanted = asyncio.Event()
+        """Set by :meth:`use_jwks`: push even though the store did not change."""
 
     def _outbound_for(self, scope: ClientScope) -> Outbound:
         out = self._outbound.get(scope)
@@ -267,7 +269,7 @@ class Pusher:
 
     def resolve(self, node_id: str, metadata: Any, verified: bool = False) -> Snapshot:
         """The snapshot for a node that just connected (its metadata comes from bootstrap;
-        ``verified``: its stream carried its ticket, see :mod:`tsunagi.xds.tickets`)."""
+        ``verified``: its certificate proved its claims, see :mod:`tsunagi.xds.peer_identity`)."""
         node = Node.from_metadata(node_id, metadata or {}, verified)
         cached = self._locals.get(node_id)
         telemetry = self.world.telemetry_for(node)
@@ -283,7 +285,7 @@ class Pusher:
     async def run(self) -> None:
         """Push forever; cancel to stop."""
         while True:
-            await self.store.wait_for_change(self.processed)
+            await self._next_change()
             changed = time.monotonic()
             await self._settle()
             self.hooks.debounced(changed)
@@ -325,6 +327,23 @@ class Pusher:
                 len(done.snapshots),
                 (time.perf_counter() - started) * 1000,
             )
+
+    def use_jwks(self, documents: Mapping[str, str]) -> None:
+        """Key sets fetched for RequestAuthentications (:mod:`tsunagi.controlplane.jwks`):
+        the next World has them, and that push starts now."""
+        self._builder.jwks = documents
+        self._wanted.set()
+
+    async def _next_change(self) -> None:
+        """Until the store moves past what was pushed, or a push is wanted without it."""
+        change = asyncio.ensure_future(self.store.wait_for_change(self.processed))
+        wanted = asyncio.ensure_future(self._wanted.wait())
+        try:
+            await asyncio.wait((change, wanted), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            change.cancel()
+            wanted.cancel()
+        self._wanted.clear()
 
     def _publish(self, done: _Computed) -> None:
         """Swap in what a push computed (on the loop, so a node connecting now gets a

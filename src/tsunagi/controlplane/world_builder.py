@@ -40,6 +40,9 @@ class WorldBuilder:
         """``tsunagi up --outbound-policy`` (see :mod:`tsunagi.mesh.outbound_policy`)."""
         self.mesh_security = mesh_security or MeshSecurity()
         """``tsunagi up --trust-domain`` and ``--root-namespace``."""
+        self.jwks: Mapping[str, str] = MappingProxyType({})
+        """JWK sets fetched for RequestAuthentications (:mod:`tsunagi.controlplane.jwks`
+        replaces the whole mapping; the next build reads it)."""
         self._parsed: dict[Key, tuple[int, Resource | Instance]] = {}
         self.errors: Mapping[Key, str] = MappingProxyType({})
         """Stored documents that did not parse at the last build, with the reason."""
@@ -75,4 +78,5 @@ class WorldBuilder:
             self.mesh_telemetry,
             self.outbound_policy,
             self.mesh_security,
+            self.jwks,
         )

@@ -43,7 +43,7 @@ def _wait_up(client: Client, proc: subprocess.Popen[bytes], timeout: float = 20)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("the control plane exited; is port 15014 or 15010 in use?")
+            raise RuntimeError("the control plane exited; is port 15014 or 15012 in use?")
         try:
             client.request("GET", "/healthz", timeout=1)
             return

@@ -11,11 +11,13 @@ from pydantic.alias_generators import to_camel
 
 from tsunagi import protocols
 from tsunagi.api import (
+    AuthorizationPolicySpec,
     ClientTLSSettings,
     DestinationRuleSpec,
     LoadBalancerSettings,
     OutlierDetection,
     PortTrafficPolicy,
+    RequestAuthenticationSpec,
     Resource,
     ServiceEntrySpec,
     SidecarSpec,
@@ -27,7 +29,9 @@ from tsunagi.api import (
 from tsunagi.api.checks_envoyfilter import envoy_filter_warnings
 from tsunagi.api.envoyfilter import EnvoyFilterSpec
 from tsunagi.api.telemetry import TelemetrySpec
+from tsunagi.mesh.authorization import target_ref_warnings
 from tsunagi.mesh.delegation import delegation_warnings
+from tsunagi.mesh.request_authentication_analysis import request_authentication_warnings
 from tsunagi.mesh.telemetry_analysis import telemetry_warnings
 from tsunagi.mesh.world import World, of_spec, policy_parts
 
@@ -168,10 +172,7 @@ def undefined_subsets(world: World, resources: Iterable[Resource]) -> list[str]:
     return warnings
 
 
-_PENDING_KINDS = (
-    "PeerAuthentication",
-    "AuthorizationPolicy",
-)
+_PENDING_KINDS: tuple[str, ...] = ()
 
 
 def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
@@ -220,6 +221,10 @@ def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
             out += envoy_filter_warnings(where, spec)
         elif isinstance(spec, TelemetrySpec):
             out += telemetry_warnings(where, spec)
+        elif isinstance(spec, RequestAuthenticationSpec):
+            out += request_authentication_warnings(where, spec)
+        elif isinstance(spec, AuthorizationPolicySpec):
+            out += target_ref_warnings(where, spec)
     return out
 
 
@@ -307,8 +312,8 @@ def _tls_warnings(at: str, tls: ClientTLSSettings | None) -> list[str]:
     origination.py); say what of ``tls`` is not."""
     if tls is None or tls.mode == "DISABLE":
         return []
-    if tls.mode == "ISTIO_MUTUAL":
-        return [f"{at}: mode ISTIO_MUTUAL is not applied yet (no mesh mTLS): plain text is sent"]
+    if tls.mode == "ISTIO_MUTUAL":  # mesh mTLS (xds/translate/mesh_tls.py)
+        return []
     if tls.credential_name:
         return [
             f"{at}.credentialName is not applied yet on sidecars: plain text is sent; "

@@ -26,8 +26,9 @@ from tsunagi.mesh.gateways import HTTP_SERVER_PROTOCOLS, server_host, server_pro
 Kind = Literal["http", "tls", "tcp"]
 
 TLS_SERVER_PROTOCOLS = frozenset({"HTTPS", "TLS"})
-TERMINATING_MODES = frozenset({"SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL"})
-"""TLS modes in which the gateway holds the certificate and ends the TLS."""
+TERMINATING_MODES = frozenset({"SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL"})
+"""TLS modes in which the gateway holds the certificate and ends the TLS (ISTIO_MUTUAL:
+the gateway's own mesh certificate, peers checked against the mesh's roots)."""
 
 
 def server_kind(server: Server) -> Kind:
@@ -114,18 +115,12 @@ def unsupported(server: Server) -> str | None:
     if server_kind(server) != "tls" or server.tls is None:
         return None
     mode = tls_mode(server)
-    if mode == "ISTIO_MUTUAL":
-        return (
-            "tls.mode ISTIO_MUTUAL is not supported yet (it needs the mesh's own certificates "
-            "at the gateway); no listener serves this server. Use SIMPLE or MUTUAL with a "
-            "credentialName"
-        )
     if mode == "AUTO_PASSTHROUGH":
         return (
             "tls.mode AUTO_PASSTHROUGH is not supported yet (it routes by the mesh's mTLS "
             "SNI names); no listener serves this server. Use PASSTHROUGH with tls routes"
         )
-    if mode in TERMINATING_MODES and not credentials(server):
+    if mode in TERMINATING_MODES and mode != "ISTIO_MUTUAL" and not credentials(server):
         return (
             "tls.serverCertificate/privateKey is not supported; no listener serves this "
             "server. Create a secret "

@@ -1,16 +1,96 @@
 """RequestAuthentication: which JWT rules apply to a workload (root namespace, its
-namespace, ``selector``)."""
+namespace, ``selector``), and where each rule's keys come from.
+
+Istio's selection: the RequestAuthentications of the workload's namespace and of the root
+namespace, those without a selector for every workload there, those with one for the
+workloads whose labels it matches. One with a ``targetRef`` attaches to a Kubernetes
+Gateway API gateway, which Tsunagi has none of, so it selects nothing (``apply`` warns).
+
+Keys: a rule's inline ``jwks``; else the document at its ``jwksUri``; else the one its
+issuer's OpenID discovery document names. The control plane fetches those
+(:mod:`tsunagi.controlplane.jwks`) and hands them to the World (:attr:`World.jwks`), keyed
+by :func:`jwks_key`, so that proxies never reach the issuer themselves.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from tsunagi.api import Resource
+from tsunagi.api import JWTRule, RequestAuthenticationSpec, Resource, ResourceOf
 
 if TYPE_CHECKING:
     from tsunagi.mesh.world import Node, World
 
+OPENID_DISCOVERY = "/.well-known/openid-configuration"
+"""Where an issuer publishes its OpenID configuration (its ``jwks_uri`` among it)."""
+
+
+def index(
+    resources: Iterable[Resource],
+) -> dict[str, tuple[ResourceOf[RequestAuthenticationSpec], ...]]:
+    """Namespace → its RequestAuthentications in name order (Istio orders by creation time,
+    which a store without one cannot)."""
+    by_ns: dict[str, list[ResourceOf[RequestAuthenticationSpec]]] = {}
+    for r in sorted(resources, key=lambda r: (r.namespace, r.name)):
+        if isinstance(r.spec, RequestAuthenticationSpec):
+            by_ns.setdefault(r.namespace, []).append(r)  # type: ignore[arg-type]
+    return {ns: tuple(rs) for ns, rs in by_ns.items()}
+
+
+def selects(spec: RequestAuthenticationSpec, labels: Mapping[str, str]) -> bool:
+    """Whether ``spec`` applies to a workload with ``labels`` in a namespace it covers."""
+    if spec.target_ref is not None or spec.target_refs:
+        return False
+    wanted = spec.selector.match_labels if spec.selector is not None else {}
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def for_workload(
+    world: World, namespace: str, labels: Mapping[str, str]
+) -> tuple[ResourceOf[RequestAuthenticationSpec], ...]:
+    """The RequestAuthentications that apply to a workload (or gateway) in ``namespace``
+    with ``labels``: its namespace's, then the root namespace's."""
+    root = world.mesh_security.root_namespace
+    return tuple(
+        ra
+        for ns in dict.fromkeys((namespace, root))
+        for ra in world.request_authentications.get(ns, ())
+        if selects(ra.spec, labels)
+    )
+
 
 def rules_for(world: World, node: Node) -> tuple[Resource, ...]:
     """The RequestAuthentications that apply to ``node``."""
-    return ()
+    return for_workload(world, node.namespace, node.labels)  # type: ignore[return-value]
+
+
+def jwks_key(rule: JWTRule) -> str | None:
+    """Where ``rule``'s keys are fetched from: its ``jwksUri``, else its issuer's OpenID
+    discovery URL; None when they are inline (``jwks``)."""
+    if rule.jwks:
+        return None
+    if rule.jwks_uri:
+        return rule.jwks_uri
+    return rule.issuer.rstrip("/") + OPENID_DISCOVERY
+
+
+def fetched_keys(resources: Iterable[ResourceOf[RequestAuthenticationSpec]]) -> set[str]:
+    """Every :func:`jwks_key` the rules of ``resources`` need fetched."""
+    return {
+        key for ra in resources for rule in ra.spec.jwt_rules if (key := jwks_key(rule)) is not None
+    }
+
+
+def jwks_of(
+    world: World, applied: Iterable[ResourceOf[RequestAuthenticationSpec]]
+) -> tuple[tuple[str, str], ...]:
+    """``(jwks_key, document)`` the control plane has fetched for ``applied``'s rules,
+    sorted (a key not fetched yet is left out: translation stands in a set that fails every
+    token, as Istio does)."""
+    return tuple(sorted((k, world.jwks[k]) for k in fetched_keys(applied) if k in world.jwks))
+
+
+def jwks_for(world: World, node: Node) -> tuple[tuple[str, str], ...]:
+    """:func:`jwks_of` the rules that apply to ``node``."""
+    return jwks_of(world, for_workload(world, node.namespace, node.labels))

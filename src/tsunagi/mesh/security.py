@@ -44,7 +44,8 @@ class WorkloadSecurity:
     """The RequestAuthentications that select the workload (:mod:`.request_authentication`)."""
     jwks: tuple[tuple[str, str], ...] = ()
     """``(jwksUri, JWKS document)`` the control plane fetched for ``authentication``'s rules,
-    so proxies need not reach the issuer."""
+    so proxies need not reach the issuer (a rule without ``jwksUri`` is keyed by its
+    issuer's OpenID discovery URL: :func:`.request_authentication.jwks_key`)."""
 
     def mtls_mode(self, port: int) -> str:
         """The mTLS mode of inbound service ``port``."""

@@ -20,11 +20,13 @@ from pydantic import BaseModel
 from tsunagi import protocols
 from tsunagi import proxy_contract as pc
 from tsunagi.api import (
+    AuthorizationPolicySpec,
     DestinationRuleSpec,
     GatewaySpec,
     LoadBalancerSettings,
     Port,
     PortTrafficPolicy,
+    RequestAuthenticationSpec,
     Resource,
     ResourceOf,
     ServiceEntrySpec,
@@ -39,6 +41,7 @@ from tsunagi.mesh import authorization, peer_authentication, request_authenticat
 from tsunagi.mesh import outbound_policy as op
 from tsunagi.mesh import telemetry as tm
 from tsunagi.mesh.credentials import Credential, credentials_of
+from tsunagi.mesh.peer_authentication import PeerAuthentications
 from tsunagi.mesh.security import MeshSecurity, WorkloadSecurity
 from tsunagi.mesh.telemetry_policy import TelemetryPolicies
 from tsunagi.mesh.visibility import (
@@ -53,6 +56,9 @@ from tsunagi.registry.instances import Instance
 S = TypeVar("S", bound=BaseModel)
 
 DEFAULT_GATEWAY_ADDRESS = "127.0.0.1"
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
+"""The label that says a WorkloadEntry runs a sidecar taking mesh mTLS (Istio's)."""
+TLS_MODE_ISTIO = "istio"
 """Where a gateway listens when its agent names no address (``tsunagi gateway``'s default)."""
 
 
@@ -72,10 +78,19 @@ class Endpoint:
     service_account: str = ""
     """The service account its certificate names (a registered instance's, or a
     WorkloadEntry's ``serviceAccount``); empty when unknown."""
+    namespace: str = ""
+    """The namespace of the workload behind it (its identity's); empty when unknown."""
+    tls_mode: str = ""
+    """Istio's ``security.istio.io/tlsMode``: :data:`TLS_MODE_ISTIO` when it accepts mesh
+    mTLS (a sidecar its PeerAuthentication does not DISABLE on this port, or a
+    WorkloadEntry so labelled), so clients originate it (auto mTLS); empty otherwise."""
 
     @classmethod
-    def of_instance(cls, inst: Instance) -> Endpoint:
-        """A registered instance's sidecar, as an endpoint of its service port."""
+    def of_instance(cls, inst: Instance, mtls: bool = True) -> Endpoint:
+        """A registered instance's sidecar, as an endpoint of its service port; ``mtls``:
+        its PeerAuthentication leaves mTLS on for the port. A gateway's listeners are its
+        Gateways' servers, which take no mesh mTLS (as Istio's gateways carry no tlsMode)."""
+        sidecar = mtls and inst.kind != pc.GATEWAY_KIND
         return cls(
             inst.address,
             inst.target_port,
@@ -84,19 +99,27 @@ class Endpoint:
             inst.healthy,
             registered=True,
             service_account=inst.account,
+            namespace=inst.namespace,
+            tls_mode=TLS_MODE_ISTIO if sidecar else "",
         )
 
     @classmethod
-    def of_workload_entry(cls, entry: WorkloadEntrySpec, port: Port) -> Endpoint:
-        """A WorkloadEntry (or a ServiceEntry's ``endpoints[]`` item, the same shape) as an
-        endpoint of the ServiceEntry ``port`` (see :func:`endpoint_port`)."""
+    def of_workload_entry(
+        cls, entry: WorkloadEntrySpec, port: Port, namespace: str = ""
+    ) -> Endpoint:
+        """A WorkloadEntry (or a ServiceEntry's ``endpoints[]`` item, the same shape) in
+        ``namespace`` as an endpoint of the ServiceEntry ``port`` (see
+        :func:`endpoint_port`)."""
+        labels = dict(entry.labels)
         return cls(
             entry.address,
             endpoint_port(port, entry.ports),
-            dict(entry.labels),
+            labels,
             entry.locality or "",
             weight=entry.weight or 0,
             service_account=entry.service_account or "",
+            namespace=namespace,
+            tls_mode=TLS_MODE_ISTIO if labels.get(TLS_MODE_LABEL) == TLS_MODE_ISTIO else "",
         )
 
 
@@ -162,10 +185,13 @@ class Node:
     """Where a gateway's listeners bind (``pc.META_GATEWAY_ADDRESS``); empty for a sidecar."""
     gateway_ports: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
     """A gateway's service port → the port it listens on for it (``pc.META_GATEWAY_PORTS``)."""
+    service_account: str = ""
+    """The service account it claims (``pc.META_SERVICE_ACCOUNT``); empty from an older agent."""
     verified: bool = False
-    """Whether its xDS stream carried the ticket of its id and namespace
-    (:mod:`tsunagi.xds.tickets`). Set by the xDS server, never read from the node's own
-    metadata; only a verified gateway gets Secrets."""
+    """Whether its xDS stream presented a client certificate whose SPIFFE ID names this
+    namespace (and service account, when claimed) (:mod:`tsunagi.xds.peer_identity`). Set
+    by the xDS server, never read from the node's own metadata; only a verified gateway gets
+    Secrets."""
 
     @property
     def is_gateway(self) -> bool:
@@ -179,7 +205,7 @@ class Node:
     @classmethod
     def from_metadata(cls, node_id: str, meta: Mapping[str, Any], verified: bool = False) -> Node:
         """The node as its agent described it in the bootstrap (``tsunagi.proxy_contract``);
-        ``verified`` is what the xDS server found of its ticket."""
+        ``verified``: the xDS server checked its certificate against its claims."""
         inbound = {
             int(p): (int(v[pc.META_INBOUND_LISTEN]), int(v[pc.META_INBOUND_APP]))
             for p, v in (meta.get(pc.META_INBOUND) or {}).items()
@@ -209,6 +235,7 @@ class Node:
             gateway_address=str(meta.get(pc.META_GATEWAY_ADDRESS) or ""),
             gateway_ports=MappingProxyType(pc.parse_gateway_ports(meta.get(pc.META_GATEWAY_PORTS))),
             upstreams=_upstreams(meta.get(pc.META_UPSTREAMS), namespace),
+            service_account=str(meta.get(pc.META_SERVICE_ACCOUNT) or ""),
             verified=verified,
         )
 
@@ -264,8 +291,8 @@ class ClientScope:
     """For a gateway: what its listeners report (access log, metric lines, tracing), which
     sidecars' listeners take from their node. ``None`` for sidecars."""
     verified: bool = False
-    """For a gateway: whether it proved its identity with a ticket (:attr:`Node.verified`),
-    so may receive its credentials' private keys. Always False for sidecars."""
+    """For a gateway: whether its certificate proved its namespace (:attr:`Node.verified`),
+    so it may receive its credentials' private keys. Always False for sidecars."""
 
 
 def of_spec(resources: Iterable[Resource], model: type[S]) -> list[ResourceOf[S]]:
@@ -316,6 +343,13 @@ class _Catalog:
     """Registered instances, for ServiceEntries' ``workloadSelector``."""
     workload_entries: list[ResourceOf[WorkloadEntrySpec]] = field(default_factory=list)
     """WorkloadEntry resources, for ServiceEntries' ``workloadSelector``."""
+    peers: PeerAuthentications = field(default_factory=PeerAuthentications)
+    """The PeerAuthentications: which sidecars take mTLS on which port."""
+
+    def _of_instance(self, inst: Instance) -> Endpoint:
+        return Endpoint.of_instance(
+            inst, self.peers.accepts_mtls(inst.namespace, inst.labels, inst.port)
+        )
 
     def add_instance(self, inst: Instance) -> None:
         self.instances.append(inst)
@@ -323,7 +357,7 @@ class _Catalog:
         self.ports.setdefault(host, set()).add(inst.port)
         self.declared_protocols.setdefault((host, inst.port), []).append(inst.protocol)
         self.namespaces[host] = inst.namespace
-        self.endpoints.setdefault((host, inst.port), []).append(Endpoint.of_instance(inst))
+        self.endpoints.setdefault((host, inst.port), []).append(self._of_instance(inst))
 
     def add_service_entry(self, se: ResourceOf[ServiceEntrySpec]) -> None:
         spec = se.spec
@@ -358,7 +392,7 @@ class _Catalog:
                     )
                 for ep in spec.endpoints:
                     self.endpoints.setdefault((host, p.number), []).append(
-                        Endpoint.of_workload_entry(ep, p)
+                        Endpoint.of_workload_entry(ep, p, se.namespace)
                     )
                 if spec.workload_selector is not None:
                     selected = self._selected(se.namespace, spec.workload_selector.labels, p)
@@ -373,14 +407,14 @@ class _Catalog:
         number)."""
         target = endpoint_port(port)
         instances = [
-            Endpoint.of_instance(inst)
+            self._of_instance(inst)
             for inst in self.instances
             if inst.namespace == namespace
             and inst.port == target
             and all(inst.labels.get(k) == v for k, v in wanted.items())
         ]
         entries = [
-            Endpoint.of_workload_entry(we.spec, port)
+            Endpoint.of_workload_entry(we.spec, port, we.namespace)
             for we in self.workload_entries
             if we.namespace == namespace
             and we.spec.address
@@ -446,6 +480,15 @@ class World:
     Sidecar resource sets none (see :func:`tsunagi.mesh.outbound_policy.outbound_policy`)."""
     mesh_security: MeshSecurity = field(default_factory=MeshSecurity)
     """Trust domain and root namespace (``tsunagi up`` flags)."""
+    peer_authentications: PeerAuthentications = field(
+        default_factory=PeerAuthentications, compare=False, repr=False
+    )
+    """The PeerAuthentications, indexed (see :mod:`tsunagi.mesh.peer_authentication`)."""
+    jwks: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False, repr=False
+    )
+    """JWK sets the control plane fetched for RequestAuthentications, by where it fetched
+    them (:func:`tsunagi.mesh.request_authentication.jwks_key`)."""
     credentials: Mapping[tuple[str, str], Credential] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )
@@ -461,11 +504,14 @@ class World:
         mesh_telemetry: tm.MeshTelemetry | None = None,
         mesh_outbound_policy: op.Mode = op.DEFAULT,
         mesh_security: MeshSecurity | None = None,
+        jwks: Mapping[str, str] | None = None,
     ) -> World:
         """The World of ``resources`` (applied config) and ``instances`` (registered
         workloads): services and endpoints, then the indexes rules are looked up by."""
         resources = tuple(resources)
-        catalog = _Catalog()
+        mesh_security = mesh_security or MeshSecurity()
+        peers = PeerAuthentications.of(resources, mesh_security.root_namespace)
+        catalog = _Catalog(peers=peers)
         for inst in instances:
             catalog.add_instance(inst)
         catalog.workload_entries = of_spec(resources, WorkloadEntrySpec)
@@ -500,7 +546,9 @@ class World:
                 mesh_telemetry or tm.MeshTelemetry(), of_spec(resources, TelemetrySpec)
             ),
             mesh_outbound_policy=mesh_outbound_policy,
-            mesh_security=mesh_security or MeshSecurity(),
+            mesh_security=mesh_security,
+            peer_authentications=peers,
+            jwks=MappingProxyType(dict(jwks or {})),
             credentials=credentials_of(resources),
         )
 
@@ -570,6 +618,22 @@ class World:
             )
         )
 
+    @cached_property
+    def authorization_policies(
+        self,
+    ) -> Mapping[str, tuple[ResourceOf[AuthorizationPolicySpec], ...]]:
+        """AuthorizationPolicies that can select sidecars, by namespace, once per World
+        (see :mod:`tsunagi.mesh.authorization`)."""
+        return MappingProxyType(authorization.index(self.resources))
+
+    @cached_property
+    def request_authentications(
+        self,
+    ) -> Mapping[str, tuple[ResourceOf[RequestAuthenticationSpec], ...]]:
+        """RequestAuthentications by namespace, once per World (see
+        :mod:`tsunagi.mesh.request_authentication`)."""
+        return MappingProxyType(request_authentication.index(self.resources))
+
     def security_for(self, node: Node) -> WorkloadSecurity:
         """What PeerAuthentication, AuthorizationPolicy and RequestAuthentication ask of
         ``node``'s inbound side (see :mod:`tsunagi.mesh.security`)."""
@@ -577,6 +641,7 @@ class World:
             mtls=peer_authentication.mtls_modes(self, node),
             authorization=authorization.policies_for(self, node),
             authentication=request_authentication.rules_for(self, node),
+            jwks=request_authentication.jwks_for(self, node),
         )
 
     @cached_property

@@ -18,7 +18,7 @@ from tsunagi.xds.resources import Snapshot
 
 Resolver = Callable[[str, Any, bool], Snapshot]
 """Makes the snapshot for a newly connected node from its id, metadata and whether its
-stream carried a valid ticket (:mod:`.tickets`)."""
+client certificate proved its namespace (:mod:`.peer_identity`)."""
 
 
 class ProxyStream(Protocol):
@@ -57,7 +57,8 @@ class NodeEntry:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     nacks: list[tuple[str, str]] = field(default_factory=list)
     verified: bool = False
-    """Whether the stream carried the node's ticket (set by the server, never by the node)."""
+    """Whether its client certificate proved its claims (set by the server, never by the
+    node; :mod:`.peer_identity`)."""
 
 
 class SnapshotCache:

@@ -19,8 +19,8 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf import json_format
 
-from tsunagi import proxy_contract as pc
-from tsunagi.xds import tickets
+from tsunagi.spiffe import DEFAULT_TRUST_DOMAIN
+from tsunagi.xds import peer_identity
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.dependencies import DependencyCache
 from tsunagi.xds.observer import NO_OBSERVER, StreamObserver
@@ -108,11 +108,13 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         limits: StreamLimits | None = None,
         first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
         observer: StreamObserver = NO_OBSERVER,
-        ticket_key: bytes | None = None,
+        trust_domain: str | None = None,
     ) -> None:
         self.cache = cache
-        self.ticket_key = ticket_key
-        """What checks each stream's ticket (:mod:`.tickets`); None: no node is verified."""
+        self.trust_domain = trust_domain
+        """Set when the port takes only mutual TLS: every node must then prove its claims
+        with its certificate (:mod:`.peer_identity`). None (a plaintext port, for tests):
+        no node is verified."""
         self.limits = limits if limits is not None else StreamLimits()
         self.first_request_timeout = first_request_timeout
         self.observer = observer
@@ -121,6 +123,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         self.deps = DependencyCache()
         # Peers refused since a stream last ended: logged once, not once per attempt.
         self._refused: set[str] = set()
+        # Identity refusals logged already: Envoy retries every second.
+        self._impostors: set[str] = set()
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
@@ -190,7 +194,15 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             )
             return
         metadata = json_format.MessageToDict(node.metadata)
-        verified = self._verified(node.id, metadata, context)
+        verified = False
+        if self.trust_domain is not None:
+            presented = peer_identity.presented_identity(context.auth_context())
+            why = peer_identity.refusal(node.id, metadata, presented, self.trust_domain)
+            if why is not None:
+                self._log_refusal(why)
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+                return
+            verified = True
         entry = self.cache.connect(node.id, metadata, stream, verified)
         wake = entry.wake
         kind = "delta" if isinstance(stream, DeltaStream) else "sotw"
@@ -237,32 +249,15 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             await self.cache.notify()
             log.info("proxy %s disconnected", node.id)
 
-    def _verified(
-        self, node_id: str, metadata: dict[str, Any], context: grpc.aio.ServicerContext
-    ) -> bool:
-        """Whether the stream carries the ticket of ``node_id`` in the namespace it claims
-        (checked once per stream). A node claiming to be a gateway without one is named in
-        a warning: it gets no Secrets, so its TLS servers have no certificate."""
-        presented = next(
-            (str(v) for k, v in context.invocation_metadata() or () if k == pc.TICKET_METADATA),
-            None,
-        )
-        namespace = str(metadata.get(pc.META_NAMESPACE) or "default")
-        ok = self.ticket_key is not None and tickets.matches(
-            self.ticket_key, presented, node_id, namespace
-        )
-        if not ok and metadata.get(pc.META_KIND) == pc.GATEWAY_KIND:
-            why = "no" if presented is None else "a wrong"
-            log.warning(
-                "proxy %s claims to be a gateway of namespace %s but sent %s xDS ticket (%s); "
-                "it gets no Secrets. Start it with `tsunagi gateway`, whose agent gets one "
-                "from GET /v1/bootstrap?node=ID&namespace=NS",
-                node_id,
-                namespace,
-                why,
-                pc.TICKET_METADATA,
-            )
-        return ok
+    def _log_refusal(self, why: str) -> None:
+        """Log an identity refusal once (the set is bounded: a flood of distinct ones
+        starts it afresh rather than growing it)."""
+        if why in self._impostors:
+            return
+        if len(self._impostors) >= 1000:
+            self._impostors.clear()
+        self._impostors.add(why)
+        log.warning("refused an xDS stream: %s", why)
 
 
 def _build_version(node: Any) -> str:
@@ -282,7 +277,8 @@ async def start_server(
     max_streams: int = MAX_STREAMS,
     first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
     observer: StreamObserver = NO_OBSERVER,
-    ticket_key: bytes | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving ADS on ``host:port`` (0 picks a free port); return the server and port.
 
@@ -290,8 +286,11 @@ async def start_server(
     in total, are refused with ``RESOURCE_EXHAUSTED`` naming the limit; a stream that sends
     nothing for ``first_request_timeout`` seconds is closed with ``DEADLINE_EXCEEDED``.
     ``observer`` hears of every connection, request and response (for metrics).
-    ``ticket_key`` checks the tickets (:mod:`.tickets`) that let a gateway receive Secrets;
-    without it, no proxy gets any.
+    ``credentials``: mutual-TLS server credentials that require a client certificate
+    (``grpc.ssl_server_credentials(..., require_client_auth=True)``); every node must then
+    be what its certificate in ``trust_domain`` says (:mod:`.peer_identity`), and is
+    ``verified``. Without them the port is plaintext and no node is verified (tests only:
+    ``tsunagi up`` always passes them).
     """
     limits = StreamLimits(max_streams_per_peer, max_streams)
     server = grpc.aio.server(
@@ -315,8 +314,19 @@ async def start_server(
         ]
     )
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        AdsServicer(cache, limits, first_request_timeout, observer, ticket_key), server
+        AdsServicer(
+            cache,
+            limits,
+            first_request_timeout,
+            observer,
+            trust_domain if credentials is not None else None,
+        ),
+        server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if credentials is not None:
+        bound = server.add_secure_port(address, credentials)
+    else:
+        bound = server.add_insecure_port(address)
     await server.start()
     return server, bound

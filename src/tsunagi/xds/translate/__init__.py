@@ -36,8 +36,10 @@ from tsunagi.xds import resources as rs
 from tsunagi.xds.resources import Resource, Snapshot
 from tsunagi.xds.translate import (
     accesslog,
+    authz,
     gateway,
     gateway_telemetry,
+    jwt_authn,
     locality,
     secrets,
     tracing,
@@ -60,6 +62,7 @@ from tsunagi.xds.translate.envoyfilter import Parts, Patched, patch_parts
 from tsunagi.xds.translate.isolation import LastGood, ResourceKey, TranslationError, isolated
 from tsunagi.xds.translate.layers import Layered
 from tsunagi.xds.translate.listeners import inbound_listeners, outbound_listener
+from tsunagi.xds.translate.mesh_tls import Peers, peers_of
 from tsunagi.xds.translate.passthrough import PASSTHROUGH_CLUSTER
 from tsunagi.xds.translate.policy import ClusterPolicy, cluster_policy, policy_key
 from tsunagi.xds.translate.protos import (
@@ -175,7 +178,8 @@ class Outbound:
     the Gateways, which a gateway's labels select. Sidecars' listeners are their own."""
     secrets: Mapping[str, Resource] = field(default_factory=lambda: MappingProxyType({}))
     """A gateway's SDS secrets: the credentials its servers name (:mod:`.secrets`). Empty
-    for sidecars, and for a gateway without a valid ticket (``ClientScope.verified``)."""
+    for sidecars, and for a gateway whose certificate did not prove its namespace
+    (``ClientScope.verified``)."""
 
 
 @dataclass(frozen=True)
@@ -192,15 +196,23 @@ def _pack_all(message_type: Any, docs: list[dict[str, Any]], name_key: str) -> l
 
 def _endpoint_key(endpoints: Sequence[Endpoint]) -> tuple[Any, ...]:
     return tuple(
-        (e.address, e.port, tuple(sorted(e.labels.items())), e.locality, e.healthy, e.weight)
+        (
+            e.address,
+            e.port,
+            tuple(sorted(e.labels.items())),
+            e.locality,
+            e.healthy,
+            e.weight,
+            e.tls_mode,
+        )
         for e in endpoints
     )
 
 
 def _clusters_of(
-    svc: Service, subsets: tuple[str, ...], dr: DestinationRuleSpec | None
+    svc: Service, subsets: tuple[str, ...], dr: DestinationRuleSpec | None, peers: Peers
 ) -> list[Resource]:
-    return _pack_all(Cluster, service_clusters(svc, subsets, dr), "name")
+    return _pack_all(Cluster, service_clusters(svc, subsets, dr, peers), "name")
 
 
 def _dns_clusters_of(
@@ -209,14 +221,23 @@ def _dns_clusters_of(
     endpoints: Sequence[Endpoint],
     subsets: Subsets,
     dr: DestinationRuleSpec | None,
+    peers: Peers,
 ) -> list[Resource]:
     docs = service_load_assignments(svc.hostname, port, endpoints, subsets)
     clusters = []
     for d in docs:
-        policy = cluster_policy(dr, port, d["cluster_name"].split("|")[2])
+        subset = d["cluster_name"].split("|")[2]
+        policy = cluster_policy(dr, port, subset)
         cluster = dns_cluster(d["cluster_name"], d, svc.resolution)
-        clusters.append(with_policy(cluster, svc, port, policy))
+        clusters.append(with_policy(cluster, svc, port, policy, peers, subset))
     return _pack_all(Cluster, clusters, "name")
+
+
+def _peers_of(world: World, svc: Service) -> Peers:
+    """Whom ``svc``'s clusters speak mesh mTLS to (:mod:`.mesh_tls`): changes only when a
+    service account or a sidecar comes or goes, so clusters are re-packed only then."""
+    eps = (e for port in svc.ports for e in world.endpoints.get((svc.hostname, port), ()))
+    return peers_of(svc, eps, world.mesh_security.trust_domain)
 
 
 def _assignments_of(
@@ -301,14 +322,16 @@ def _service_parts(
     policies = "" if dr is None else memo.get(("policy", id(dr)), _policy_key_of, dr)[1]
     clusters: list[Resource] = []
     endpoints: list[Resource] = []
+    peers = _peers_of(world, svc)
     if svc.resolution:
         for port in svc.ports:
             eps = world.endpoints.get((svc.hostname, port), ())
-            dns_key = ("dns", svc, port, subsets, policies, _endpoint_key(eps))
-            clusters += memo.get(dns_key, _dns_clusters_of, svc, port, eps, subsets, spec)
+            dns_key = ("dns", svc, port, subsets, policies, _endpoint_key(eps), peers)
+            clusters += memo.get(dns_key, _dns_clusters_of, svc, port, eps, subsets, spec, peers)
         return clusters, endpoints
     names = tuple(s[0] for s in subsets)
-    clusters += memo.get(("cds", svc, names, policies), _clusters_of, svc, names, spec)
+    cds_key = ("cds", svc, names, policies, peers)
+    clusters += memo.get(cds_key, _clusters_of, svc, names, spec, peers)
     for port in svc.ports:
         eps = world.endpoints.get((svc.hostname, port), ())
         key = ("eds", svc.hostname, port, subsets, policies, _endpoint_key(eps))
@@ -493,7 +516,15 @@ def translate_outbound(
         return Resource.pack(rc["name"], build(RouteConfiguration, rc)), tuple(errors)
 
     if scope.gateway:
-        key = ("gateway", client, world.routing_fingerprint)
+        # Its JWT and RBAC filters read what the routing fingerprint leaves out
+        # (RequestAuthentications, fetched key sets, AuthorizationPolicies): both are in the key.
+        key = (
+            "gateway",
+            client,
+            world.routing_fingerprint,
+            jwt_authn.gateway_key(world, client),
+            authz.gateway_key(world, client),
+        )
         parts = memo.get(key, _gateway_parts, world, client, memo)
         # Per node, in the memo only (which forgets what a push did not use): never in
         # last_good, whose entries live as long as the Gateway.
@@ -506,7 +537,7 @@ def translate_outbound(
         )
         gateway_routes, errors = parts.routes, parts.errors
         sds_errors: list[TranslationError] = []
-        # Private keys only to a gateway that proved who it is (xds/tickets.py)
+        # Private keys only to a gateway that proved who it is (xds/peer_identity.py)
         sds = _gateway_secrets(world, client, memo, sds_errors) if scope.verified else {}
         return Outbound(
             shared.clusters,

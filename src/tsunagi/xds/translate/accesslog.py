@@ -68,6 +68,9 @@ _SOURCE_FIELDS = (
 )
 _DESTINATION_FIELDS = (
     f"%REQ({pc.PEER_HEADER})%",
+    # The caller's identity from its mTLS certificate ("-" over plain text): Istio's
+    # source_principal and connection_security_policy.
+    "%DOWNSTREAM_PEER_URI_SAN%",
     *_SOURCE_FIELDS[2:],
 )
 _GRPC_FIELD = "%GRPC_STATUS_NUMBER%"

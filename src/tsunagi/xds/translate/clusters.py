@@ -8,6 +8,7 @@ from typing import Any
 from tsunagi.api import DestinationRuleSpec
 from tsunagi.mesh import Node, Service
 from tsunagi.xds.translate import locality, upstream
+from tsunagi.xds.translate.mesh_tls import NO_PEERS, Peers, mesh_sni, secure
 from tsunagi.xds.translate.names import inbound_cluster, outbound_cluster
 from tsunagi.xds.translate.origination import originate
 from tsunagi.xds.translate.passthrough import (
@@ -74,29 +75,40 @@ def dns_cluster(name: str, assignment: dict[str, Any], resolution: str) -> dict[
 
 
 def service_clusters(
-    svc: Service, subsets: Sequence[str], dr: DestinationRuleSpec | None = None
+    svc: Service,
+    subsets: Sequence[str],
+    dr: DestinationRuleSpec | None = None,
+    peers: Peers = NO_PEERS,
 ) -> list[dict[str, Any]]:
     """One cluster per port of ``svc``, and one per port and subset, each with the
-    DestinationRule's traffic policy for it, speaking the port protocol's HTTP version."""
+    DestinationRule's traffic policy for it, speaking the port protocol's HTTP version,
+    with mesh mTLS to ``peers`` (see :mod:`.mesh_tls`)."""
     out = []
     for port in svc.ports:
         for subset in ("", *subsets):
             cluster = eds_cluster(outbound_cluster(svc.hostname, port, subset))
             policy = cluster_policy(dr, port, subset)
-            cluster = with_policy(cluster, svc, port, policy)
+            cluster = with_policy(cluster, svc, port, policy, peers, subset)
             out.append(locality.cluster_config(cluster, policy))
     return out
 
 
 def with_policy(
-    cluster: dict[str, Any], svc: Service, port: int, policy: ClusterPolicy
+    cluster: dict[str, Any],
+    svc: Service,
+    port: int,
+    policy: ClusterPolicy,
+    peers: Peers = NO_PEERS,
+    subset: str = "",
 ) -> dict[str, Any]:
-    """An outbound ``cluster`` (EDS or DNS) of ``svc``'s ``port`` with the DestinationRule's
-    ``policy``: load balancing and limits, the port protocol's HTTP version, TLS origination;
-    a dynamic forward proxy (resolution NONE: where the request's authority points) with
-    options Envoy accepts."""
+    """An outbound ``cluster`` (EDS or DNS) of ``svc``'s ``port`` (``subset``) with the
+    DestinationRule's ``policy``: load balancing and limits, the port protocol's HTTP
+    version, mesh mTLS to sidecar ``peers`` or TLS origination; a dynamic forward proxy
+    (resolution NONE: where the request's authority points) with options Envoy accepts."""
     cluster = upstream.outbound(apply(cluster, policy), svc.protocol(port), policy)
-    originate(cluster, policy.tls, svc.subject_alt_names)
+    sni = mesh_sni(svc.hostname, port, subset)
+    if svc.passthrough or not secure(cluster, policy.tls, peers, sni):
+        originate(cluster, policy.tls, svc.subject_alt_names)
     if svc.passthrough:
         make_passthrough(cluster)
     return settle_options(cluster, policy.tls)

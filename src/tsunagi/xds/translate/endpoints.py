@@ -7,6 +7,7 @@ from typing import Any
 
 from tsunagi.mesh import Endpoint
 from tsunagi.proxy_contract import locality_fields
+from tsunagi.xds.translate.mesh_tls import endpoint_metadata
 from tsunagi.xds.translate.names import outbound_cluster
 
 
@@ -28,8 +29,14 @@ def by_locality(endpoints: Sequence[Endpoint]) -> list[tuple[str, list[Endpoint]
     return list(groups.items())
 
 
+def _tls_metadata(ep: Endpoint) -> dict[str, Any]:
+    metadata = endpoint_metadata(ep)
+    return {"metadata": metadata} if metadata is not None else {}
+
+
 def load_assignment(name: str, endpoints: list[Endpoint]) -> dict[str, Any]:
-    """Group endpoints by locality, in a stable order so equal input hashes equal."""
+    """Group endpoints by locality, in a stable order so equal input hashes equal. A sidecar
+    endpoint is marked for auto mTLS (:func:`.mesh_tls.endpoint_metadata`)."""
     return {
         "cluster_name": name,
         "endpoints": [
@@ -44,6 +51,7 @@ def load_assignment(name: str, endpoints: list[Endpoint]) -> dict[str, Any]:
                         },
                         "health_status": "HEALTHY" if ep.healthy else "UNHEALTHY",
                         **({"load_balancing_weight": ep.weight} if ep.weight else {}),
+                        **_tls_metadata(ep),
                     }
                     for ep in eps
                 ],

@@ -22,7 +22,7 @@ from tsunagi.mesh import ClientScope, World
 from tsunagi.mesh import gateways as gw
 from tsunagi.mesh.delegation import delegates_of
 from tsunagi.mesh.gateway_ports import PortServers, merge_ports
-from tsunagi.xds.translate import gateway_chains
+from tsunagi.xds.translate import authz, gateway_chains, jwt_authn
 from tsunagi.xds.translate.gateway_routing import GatewayRouteBuilder
 from tsunagi.xds.translate.isolation import LastGood, ResourceKey, TranslationError, isolated
 from tsunagi.xds.translate.listeners import OUTBOUND_FILTERS
@@ -150,9 +150,12 @@ def _marked_routes(
     return [{**r, "_catch_all": True} if r.get("match") == CATCH_ALL else r for r in routes]
 
 
-def _hcm(port: int, route_name: str, tls: bool = False) -> dict[str, Any]:
+def _hcm(
+    port: int, route_name: str, tls: bool = False, security: tuple[dict[str, Any], ...] = ()
+) -> dict[str, Any]:
     """The HTTP connection manager of a server port, on route table ``route_name`` (its
-    access loggers and tracing are the node's, added by :func:`.gateway_telemetry.report`)."""
+    access loggers and tracing are the node's, added by :func:`.gateway_telemetry.report`),
+    with the ``security`` filters first (JWT validation: :func:`.jwt_authn.gateway_filters`)."""
     config: dict[str, Any] = {
         "@type": HCM_TYPE,
         "stat_prefix": f"gateway_{port}",
@@ -161,7 +164,7 @@ def _hcm(port: int, route_name: str, tls: bool = False) -> dict[str, Any]:
             "route_config_name": route_name,
             "config_source": {"ads": {}, "resource_api_version": "V3"},
         },
-        "http_filters": list(OUTBOUND_FILTERS),
+        "http_filters": [*security, *OUTBOUND_FILTERS],
         # The gateway is the edge: the client's address is the peer's, not a header's.
         "use_remote_address": True,
     }
@@ -192,13 +195,21 @@ def _address(scope: ClientScope, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": scope.gateway, "port_value": listen_port(scope, port)}}
 
 
-def listener(scope: ClientScope, port: int) -> dict[str, Any]:
+def listener(
+    scope: ClientScope, port: int, security: tuple[dict[str, Any], ...] = ()
+) -> dict[str, Any]:
     """The listener of one plain-text HTTP server port, on the gateway's address."""
+    hcm = _hcm(port, gateway_route(port), security=security)
     return {
         "name": gateway_listener(port),
         "address": _address(scope, port),
-        "filter_chains": [{"filters": [_hcm(port, gateway_route(port))]}],
+        "filter_chains": [{"filters": [hcm]}],
     }
+
+
+def _security(world: World, scope: ClientScope, port: int) -> tuple[dict[str, Any], ...]:
+    """JWT validation, then authorization, as on a sidecar's inbound side."""
+    return (*jwt_authn.gateway_filters(world, scope), *authz.gateway_filters(world, scope, port))
 
 
 def chained_listener(
@@ -213,7 +224,7 @@ def chained_listener(
         return gw.server_bindings(g, server, every_vs, scope.namespace)
 
     builder = GatewayRouteBuilder(world, scope)
-    http = partial(_hcm, ps.port, tls=True)
+    http = partial(_hcm, ps.port, tls=True, security=_security(world, scope, ps.port))
     made = gateway_chains.port_chains(builder, ps, bindings, http)
     chains = made.chains
     if not chains:
@@ -245,7 +256,7 @@ def gateway_parts(
             errors.append(_listen_port_taken(scope, ps, taken))
             continue
         if ps.kind == "http":
-            listeners.append(listener(scope, ps.port))
+            listeners.append(listener(scope, ps.port, _security(world, scope, ps.port)))
             routes.append(route_configuration(world, scope, ps, errors, last_good))
             continue
         chained = isolated(

@@ -9,6 +9,9 @@ On a TLS port (HTTPS and TLS servers) the client's SNI picks the chain:
   with the gateway's snapshot, never inside the listener). An HTTPS server's chain is an HTTP
   connection manager on the server's own route table (``https.PORT.PORTNAME.GATEWAY.NS``, as
   Istio names it); a TLS server's is a TCP proxy along its VirtualServices' ``tcp:`` routes;
+- an ``ISTIO_MUTUAL`` server ends mesh mTLS: the gateway's own workload certificate, and a
+  client certificate the mesh's roots sign (the SDS files every proxy's agent writes, see
+  :mod:`tsunagi.proxy_contract`), checked against ``subjectAltNames`` when set;
 - a ``PASSTHROUGH`` server leaves the TLS alone: one chain per ``tls:`` route match of its
   VirtualServices, by the match's ``sniHosts``, to a TCP proxy.
 
@@ -30,6 +33,7 @@ from typing import Any
 
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
+from tsunagi import proxy_contract as pc
 from tsunagi.api import GatewaySpec, ResourceOf, Server
 from tsunagi.mesh import gateway_ports as ports
 from tsunagi.mesh import gateways as gw
@@ -72,7 +76,8 @@ def tls_context(server: Server, http: bool) -> dict[str, Any]:
     """The DownstreamTlsContext of a server that ends TLS with its ``credentialName`` (or
     ``credentialNames``: one certificate each, the CA from the first)."""
     tls, names = server.tls, ports.credentials(server)
-    assert tls is not None and names  # ports.unsupported() keeps others out
+    mode = ports.tls_mode(server)
+    assert tls is not None and (names or mode == "ISTIO_MUTUAL")  # see ports.unsupported()
     params: dict[str, Any] = {"tls_minimum_protocol_version": MIN_TLS}
     if tls.min_protocol_version not in (None, "TLS_AUTO"):
         params["tls_minimum_protocol_version"] = _version(tls.min_protocol_version)
@@ -85,7 +90,8 @@ def tls_context(server: Server, http: bool) -> dict[str, Any]:
         "tls_params": params,
         "tls_certificate_sds_secret_configs": [
             {"name": credential_secret(n), "sds_config": ADS} for n in names
-        ],
+        ]
+        or [pc.sds_secret_config(pc.WORKLOAD_SECRET)],
     }
     # Istio offers h2,http/1.1 on every server it ends TLS for, TLS servers forwarding bytes
     # along tcp routes too. Not here: such a server does not know its backend's protocol,
@@ -94,8 +100,7 @@ def tls_context(server: Server, http: bool) -> dict[str, Any]:
     if http:
         common["alpn_protocols"] = ALPN_HTTP
     ctx: dict[str, Any] = {"@type": DOWNSTREAM_TLS_TYPE, "common_tls_context": common}
-    mode = ports.tls_mode(server)
-    if mode in ("MUTUAL", "OPTIONAL_MUTUAL"):
+    if mode in ("MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL"):
         checks: dict[str, Any] = {}
         if tls.subject_alt_names:
             checks["match_typed_subject_alt_names"] = san_matchers(tls.subject_alt_names)
@@ -105,13 +110,14 @@ def tls_context(server: Server, http: bool) -> dict[str, Any]:
             checks["verify_certificate_hash"] = list(tls.verify_certificate_hash)
         common["combined_validation_context"] = {
             "default_validation_context": checks,
-            "validation_context_sds_secret_config": {
-                "name": credential_ca_secret(names[0]),
-                "sds_config": ADS,
-            },
+            "validation_context_sds_secret_config": (
+                {"name": credential_ca_secret(names[0]), "sds_config": ADS}
+                if names
+                else pc.sds_secret_config(pc.ROOT_CA_SECRET)
+            ),
         }
         # OPTIONAL_MUTUAL: a certificate, when sent, must verify; none is fine too.
-        ctx["require_client_certificate"] = mode == "MUTUAL"
+        ctx["require_client_certificate"] = mode != "OPTIONAL_MUTUAL"
     return ctx
 
 

@@ -12,7 +12,7 @@ from tsunagi.mesh import Node
 from tsunagi.mesh.security import WorkloadSecurity
 from tsunagi.mesh.telemetry import ProxyTelemetry
 from tsunagi.proxy_contract import inbound_stat_prefix
-from tsunagi.xds.translate import accesslog, inbound_filters, passthrough, tracing
+from tsunagi.xds.translate import accesslog, inbound_filters, inbound_tls, passthrough, tracing
 from tsunagi.xds.translate.names import (
     OUTBOUND_LISTENER,
     OUTBOUND_ROUTE,
@@ -123,8 +123,9 @@ def inbound_listeners(
     independently of the listener, so a separate RDS resource would only add a round trip.
 
     A port whose protocol is not HTTP (``--port 5432/tcp``) gets a TCP proxy to the app
-    instead: parsing its bytes as HTTP would only break them. ``security`` adds the
-    JWT and authorization filters before the router (:mod:`.inbound_filters`)."""
+    instead: parsing its bytes as HTTP would only break them. ``security`` says which
+    connections each port takes (mesh mTLS, plain text or both: :mod:`.inbound_tls`) and
+    adds the JWT and authorization filters before the router (:mod:`.inbound_filters`)."""
     telemetry = telemetry or ProxyTelemetry()
     security = security or WorkloadSecurity()
     out = []
@@ -134,7 +135,8 @@ def inbound_listeners(
                 *inbound_filters.network_filters(security, node, port),
                 _tcp_proxy(node, telemetry, port),
             )
-            out.append(_listener(inbound_listener(port), listen, *tcp))
+            plain = _listener(inbound_listener(port), listen, *tcp)
+            out.append(inbound_tls.with_mode(plain, security.mtls_mode(port), tcp=True))
             continue
         route_config = {
             "name": inbound_listener(port),
@@ -153,6 +155,9 @@ def inbound_listeners(
         }
         extra = _hcm_telemetry(node, telemetry, accesslog.INBOUND, port)
         filters = (*inbound_filters.http_filters(security, node, port), ROUTER)
-        hcm = _hcm(inbound_stat_prefix(port), {"route_config": route_config}, filters, extra)
-        out.append(tracing.directed(_listener(inbound_listener(port), listen, hcm), extra))
+        routes = {"route_config": route_config, **inbound_tls.XFCC}
+        hcm = _hcm(inbound_stat_prefix(port), routes, filters, extra)
+        plain = _listener(inbound_listener(port), listen, hcm)
+        listener = inbound_tls.with_mode(plain, security.mtls_mode(port), tcp=False)
+        out.append(tracing.directed(listener, extra))
     return out

@@ -13,7 +13,8 @@ Istio's rules (``buildUpstreamTLSContext`` and its auto-SNI helper):
 - An HTTP/2 cluster offers ALPN ``h2`` only (Istio's ``ALPNH2Only``).
 - ``MUTUAL`` also presents ``clientCertificate`` and ``privateKey`` (files).
 
-Not here: ``ISTIO_MUTUAL`` (mesh mTLS) and ``credentialName`` (a Secret; ``apply`` warns).
+Not here: ``ISTIO_MUTUAL`` (mesh mTLS, :mod:`.mesh_tls`) and ``credentialName`` (a Secret;
+``apply`` warns).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def originates(tls: ClientTLSSettings | None) -> bool:
     return tls is not None and tls.mode in ("SIMPLE", "MUTUAL") and not tls.credential_name
 
 
-def _is_http2(cluster: dict[str, Any]) -> bool:
+def is_http2(cluster: dict[str, Any]) -> bool:
+    """Whether ``cluster`` speaks HTTP/2 to its endpoints (its protocol options say so)."""
     options = cluster.get("typed_extension_protocol_options", {}).get(_HTTP_OPTIONS, {})
     return "http2_protocol_options" in options.get("explicit_http_config", {})
 
@@ -89,7 +91,7 @@ def originate(
         return cluster
     cluster["transport_socket"] = {
         "name": "envoy.transport_sockets.tls",
-        "typed_config": upstream_tls_context(tls, service_sans, _is_http2(cluster)),
+        "typed_config": upstream_tls_context(tls, service_sans, is_http2(cluster)),
     }
     # Istio decides auto SNI and SAN validation from the rule's own settings alone.
     if tls.sni:

@@ -10,9 +10,10 @@ inherits: what it leaves out gets the default (Istio's documented rule).
 Enforced here: load balancing (simple algorithms, consistent hashing, warmup), connection
 pools (circuit-breaker thresholds, HTTP protocol options, TCP keepalive) and outlier
 detection; ``localityLbSetting`` in :mod:`.locality`, from the merged policy; ``tls`` (modes
-SIMPLE and MUTUAL) in :mod:`.origination`; ``tcp.idleTimeout`` on TCP proxies
+SIMPLE and MUTUAL) in :mod:`.origination`, ISTIO_MUTUAL and DISABLE (over auto mTLS) in
+:mod:`.mesh_tls`; ``tcp.idleTimeout`` on TCP proxies
 (:func:`tcp_idle_timeout`) and, as Istio does, as the HTTP connection idle timeout when
-``http.idleTimeout`` is unset. Not yet: ISTIO_MUTUAL and ``credentialName``,
+``http.idleTimeout`` is unset. Not yet: ``credentialName`` on sidecars,
 ``tunnel`` and ``proxyProtocol``; ``tsunagi apply`` warns
 about those, see :mod:`tsunagi.mesh.analysis`. ``PASSTHROUGH`` is in :mod:`.passthrough`.
 """

@@ -23,12 +23,13 @@ from tsunagi.api import (
     fqdn,
 )
 from tsunagi.api.checks_networking import GRPC_STATUS_NAMES, MAX_DIRECT_RESPONSE_BODY
+from tsunagi.api.jwt_claims import claim_path
 from tsunagi.mesh import ClientScope, World
 from tsunagi.mesh.delegation import delegates_of, expand
 from tsunagi.mesh.outbound_policy import outbound_policy
 from tsunagi.mesh.visibility import exported_to
 from tsunagi.proxy_contract import PEER_ENV, PEER_HEADER
-from tsunagi.xds.translate import connect, egress, passthrough
+from tsunagi.xds.translate import connect, egress, jwt_authn, passthrough
 from tsunagi.xds.translate.isolation import LastGood, TranslationError, isolated
 from tsunagi.xds.translate.names import (
     OUTBOUND_ROUTE,
@@ -237,6 +238,14 @@ def _header(name: str, m: StringMatch | None, invert: bool = False) -> dict[str,
     return h
 
 
+def _claim(path: list[str], m: StringMatch | None, invert: bool) -> dict[str, Any]:
+    if m is None or m.is_empty:
+        out = jwt_authn.claim_present(path)
+    else:
+        out = jwt_authn.claim_matcher(path, _string_match(m))
+    return {**out, "invert": True} if invert else out
+
+
 def route_match(match: HTTPMatchRequest | None) -> dict[str, Any]:
     """An Envoy RouteMatch for one Istio HTTPMatchRequest (``None`` matches everything)."""
     if match is None:
@@ -251,11 +260,14 @@ def route_match(match: HTTPMatchRequest | None) -> dict[str, Any]:
         out["safe_regex"] = {"regex": uri.regex}
     if match.ignore_uri_case:
         out["case_sensitive"] = False
-    headers = []
-    for name, m in (match.headers or {}).items():
-        headers.append(_header(name, m))
-    for name, m in (match.without_headers or {}).items():
-        headers.append(_header(name, m, invert=True))
+    headers, claims = [], []
+    for invert, mapping in ((False, match.headers), (True, match.without_headers)):
+        for name, m in (mapping or {}).items():
+            path = claim_path(name)
+            if path is None:
+                headers.append(_header(name, m, invert))
+            else:  # a claim of the token the gateway's jwt_authn filter verified
+                claims.append(_claim(path, m, invert))
     for pseudo, pm in (
         (":method", match.method),
         (":authority", match.authority),
@@ -265,6 +277,8 @@ def route_match(match: HTTPMatchRequest | None) -> dict[str, Any]:
             headers.append(_header(pseudo, pm))
     if headers:
         out["headers"] = headers
+    if claims:
+        out["dynamic_metadata"] = claims
     params = []
     for name, m in (match.query_params or {}).items():
         if m is None or (m.exact is None and m.prefix is None and m.regex is None):

@@ -1,0 +1,21 @@
+"""JWT claims as a VirtualService names them: the match key ``@request.auth.claims.NAME``
+(nested: ``@request.auth.claims.a.b`` or ``@request.auth.claims[a][b]``), Istio's syntax
+for routing on a claim of the token a gateway verified."""
+
+from __future__ import annotations
+
+CLAIM_HEADER = "@request.auth.claims"
+"""The pseudo header that names a claim."""
+
+
+def claim_path(key: str) -> list[str] | None:
+    """The claim names ``key`` spells (outermost first), as Istio reads them; None when
+    ``key`` is an ordinary header name."""
+    if not key.lower().startswith(CLAIM_HEADER):
+        return None
+    rest = key[len(CLAIM_HEADER) :]
+    if rest.startswith(".") and len(rest) > 1:
+        return rest[1:].split(".")
+    if rest.startswith("[") and rest.endswith("]") and len(rest) > 2:
+        return rest[1:-1].split("][")
+    return None

@@ -1,0 +1,80 @@
+"""Who is on the other end of an ADS stream: the SPIFFE ID of its client certificate, and
+whether the node is what that certificate says.
+
+The xDS port takes only mutual TLS from certificates of the mesh's CA, so the certificate is
+proof; the node's metadata is only a claim. As Istio's xDS server does, a node whose
+metadata names another namespace, or another service account, than its certificate is
+refused (``PERMISSION_DENIED``); so is a certificate of another trust domain or with no
+workload identity, and a node id that is not ``NAME.NAMESPACE`` of its own namespace (the id
+keys a node's config, so it must not reach across namespaces). Pure: the server hands in
+gRPC's auth context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from tsunagi import proxy_contract as pc
+from tsunagi import spiffe
+
+SPIFFE_PROPERTY = "peer_spiffe_id"
+"""The auth-context property where gRPC puts the client certificate's SPIFFE ID (set only
+when the certificate holds exactly one URI SAN and it is a SPIFFE ID)."""
+
+
+def presented_identity(auth_context: Mapping[str, Sequence[bytes]]) -> str | None:
+    """The SPIFFE ID the client certificate proves, or None (no TLS, no certificate, or not
+    exactly one SPIFFE ID in it)."""
+    values = auth_context.get(SPIFFE_PROPERTY) or ()
+    if len(values) != 1:
+        return None
+    return values[0].decode(errors="replace")
+
+
+def claimed(metadata: Mapping[str, object]) -> tuple[str, str]:
+    """``(namespace, service account)`` the node claims, the namespace defaulted as
+    :meth:`tsunagi.mesh.Node.from_metadata` does (what its config would be made for); an
+    empty service account claims none."""
+    namespace = str(metadata.get(pc.META_NAMESPACE) or "default")
+    return namespace, str(metadata.get(pc.META_SERVICE_ACCOUNT) or "")
+
+
+def refusal(
+    node_id: str, metadata: Mapping[str, object], presented: str | None, trust_domain: str
+) -> str | None:
+    """Why node ``node_id`` with ``metadata`` may not have a stream, given the identity its
+    certificate proves (``presented``); None when it may."""
+    namespace, account = claimed(metadata)
+    claim = f"namespace {namespace!r}" + (f", service account {account!r}" if account else "")
+    if presented is None:
+        return (
+            f"proxy {node_id} ({claim}) presented no client certificate with a workload "
+            "identity (one spiffe://TD/ns/NS/sa/SA URI SAN); its agent gets one from "
+            "POST /v1/certificates"
+        )
+    parts = spiffe.parse(presented)
+    if parts is None:
+        return (
+            f"proxy {node_id} ({claim}) presented {presented}, which is not a workload "
+            "identity (spiffe://TD/ns/NS/sa/SA)"
+        )
+    td, cert_ns, cert_sa = parts
+    if td != trust_domain:
+        return (
+            f"proxy {node_id} presented {presented} of trust domain {td!r}; this mesh's is "
+            f"{trust_domain!r}"
+        )
+    if cert_ns != namespace or (account and cert_sa != account):
+        return (
+            f"proxy {node_id} claims {claim} but its certificate is {presented} (namespace "
+            f"{cert_ns!r}, service account {cert_sa!r}): start it with --namespace "
+            f"{cert_ns} --service-account {cert_sa}, or with a token for the identity it claims"
+        )
+    if not node_id.endswith(f".{namespace}"):
+        # The id keys the node's config and status: a proxy of one namespace must not be
+        # able to take over the id (and so the pushes) of a proxy of another.
+        return (
+            f"proxy id {node_id!r} does not end in '.{namespace}': a proxy's id is "
+            f"NAME.NAMESPACE, here NAME.{namespace}"
+        )
+    return None

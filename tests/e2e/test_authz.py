@@ -1,0 +1,374 @@
+"""AuthorizationPolicy end to end, in the shape of Istio's "Authorization for HTTP traffic"
+task: real sidecars, real Envoy RBAC filters, and what a client then receives.
+
+One mesh for the module (a ``web`` echo server and an idle client, both with sidecars);
+every test applies the policies it needs with ``--wait`` and deletes them afterwards.
+
+A policy change reaches new connections at once; a connection the client's sidecar already
+holds keeps the listener config it was accepted with until Envoy drains it (``tsunagi run``
+gives Envoy ``--drain-time-s 2``; Istio's sidecars drain the same way). So after each change
+the tests wait (a generous bound, not a measurement) until the client sees the new answer,
+then assert everything else.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .mesh import Mesh, Workload, free_port, request, wait_until
+
+pytestmark = pytest.mark.e2e
+
+DENIED = (403, "RBAC: access denied")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, Workload]]:
+    mesh = Mesh(Path(tmp_path_factory.mktemp("authz")) / "state")
+    mesh.state_dir.mkdir(parents=True)
+    mesh.up()
+    try:
+        mesh.run("web", "v1")
+        yield mesh, mesh.client()
+    finally:
+        mesh.close()
+
+
+@pytest.fixture
+def policies(live: tuple[Mesh, Workload]) -> Iterator[list[str]]:
+    """Policies a test applies (YAML texts); deleted afterwards, so the next test starts
+    from a mesh without any."""
+    mesh, _ = live
+    applied: list[str] = []
+    yield applied
+    for text in applied:
+        done = mesh.cli("delete", "-f", "-", "--wait", stdin=text)
+        assert done.returncode == 0, done.stderr
+
+
+def apply(mesh: Mesh, applied: list[str], text: str) -> str:
+    result = mesh.apply(text, "--wait")
+    assert result.returncode == 0, result.stderr
+    assert "in sync after" in result.stdout, result.stdout
+    applied.append(text)
+    return result.stdout + result.stderr
+
+
+def send(
+    client: Workload, method: str = "GET", path: str = "/", headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """One request to ``web`` through the client's sidecar: (status, JSON body or text)."""
+    if method == "GET":
+        return request(client.outbound_port, "web:9080", path, headers)
+    c = http.client.HTTPConnection("127.0.0.1", client.outbound_port, timeout=10)
+    try:
+        c.request(method, path, body=b"", headers={"Host": "web:9080", **(headers or {})})
+        resp = c.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        c.close()
+
+
+def answered_by_web(answer: tuple[int, Any]) -> bool:
+    status, body = answer
+    return status == 200 and isinstance(body, dict) and body["service"] == "web"
+
+
+ALLOW_NOTHING = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-nothing, namespace: default}
+spec: {}
+"""
+
+ALLOW_GET_ON_PATHS = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-viewer, namespace: default}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: ALLOW
+  rules:
+  - to:
+    - operation:
+        methods: [GET]
+        paths: [/api/*, /health, "*.json", "/books/{*}/reviews"]
+"""
+
+DENY_BY_HEADER = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-blocked, namespace: istio-system}
+spec:
+  action: DENY
+  rules:
+  - when:
+    - key: request.headers[x-block]
+      values: ["yes"]
+"""
+
+
+def test_allow_nothing_then_allow_get_by_path_then_deny_by_header(
+    live: tuple[Mesh, Workload], policies: list[str]
+) -> None:
+    mesh, client = live
+    assert answered_by_web(send(client, path="/api/books"))
+
+    # Istio's allow-nothing: an ALLOW policy without rules selects web and allows nothing.
+    apply(mesh, policies, ALLOW_NOTHING)
+    wait_until(lambda: send(client, path="/api/books") == DENIED, what="allow-nothing in force")
+    for method, path in (("GET", "/"), ("GET", "/api/books"), ("POST", "/api/books")):
+        assert send(client, method, path) == DENIED, (method, path)
+
+    # Then GET on some paths (exact, prefix, suffix, template) is allowed; nothing else.
+    apply(mesh, policies, ALLOW_GET_ON_PATHS)
+    wait_until(lambda: answered_by_web(send(client, path="/health")), what="the ALLOW policy")
+    for path in ("/api/books", "/health", "/data/list.json", "/books/7/reviews"):
+        answer = send(client, path=path)
+        assert answered_by_web(answer), (path, answer)
+        assert answer[1]["path"] == path
+    for method, path in (
+        ("GET", "/"),
+        ("GET", "/healthz"),
+        ("GET", "/books/7/8/reviews"),
+        ("POST", "/api/books"),
+        ("DELETE", "/health"),
+    ):
+        assert send(client, method, path) == DENIED, (method, path)
+
+    # A mesh-wide DENY (root namespace) wins over the ALLOW: by header.
+    apply(mesh, policies, DENY_BY_HEADER)
+    blocked = {"x-block": "yes"}
+    wait_until(lambda: send(client, path="/api/books", headers=blocked) == DENIED, what="DENY")
+    assert answered_by_web(send(client, path="/api/books", headers={"x-block": "no"}))
+    assert answered_by_web(send(client, path="/api/books"))
+
+
+def test_no_policy_again_allows_everything(
+    live: tuple[Mesh, Workload], policies: list[str]
+) -> None:
+    """Deleting the policies (the previous test's) removes the filters: all is allowed."""
+    _, client = live
+    wait_until(lambda: send(client, "POST", "/x")[0] == 200, what="the policies to be gone")
+    for method in ("GET", "POST", "DELETE"):
+        status, _ = send(client, method, "/anything")
+        assert status == 200, method
+
+
+def _web_inbound_port(mesh: Mesh) -> int:
+    items = mesh.api("GET", "/v1/resources?kind=workloads")["items"]
+    return int(next(i["document"]["target_port"] for i in items if i["name"].startswith("web-")))
+
+
+def _from(source: str, port: int, path: str = "/") -> tuple[int, Any]:
+    """A request straight to web's inbound listener from loopback address ``source``."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    try:
+        c.request("GET", path, headers={"Host": "web:9080"})
+        resp = c.getresponse()
+        raw = resp.read().decode(errors="replace")
+        return resp.status, raw
+    finally:
+        c.close()
+
+
+IP_ALLOWLIST = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: from-lab, namespace: default}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules:
+  - from:
+    - source: {ipBlocks: [127.0.0.16/28], notIpBlocks: [127.0.0.20]}
+"""
+
+
+def test_ip_blocks_judge_the_address_the_connection_comes_from(
+    live: tuple[Mesh, Workload], policies: list[str]
+) -> None:
+    mesh, client = live
+    port = _web_inbound_port(mesh)
+    assert _from("127.0.0.17", port)[0] == 200
+    apply(mesh, policies, IP_ALLOWLIST)
+    # In the block: allowed; the client's sidecar connects from 127.0.0.1: denied; a
+    # notIpBlocks address inside the block: denied.
+    status, body = _from("127.0.0.17", port)
+    assert status == 200 and '"service": "web"' in body
+    assert _from("127.0.0.30", port)[0] == 200
+    wait_until(lambda: send(client) == DENIED, what="the client's connection to be drained")
+    assert _from("127.0.0.20", port) == DENIED
+    assert _from("127.0.0.40", port) == DENIED
+
+
+PRINCIPALS = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-callers, namespace: default}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]
+    to: [{operation: {methods: [GET]}}]
+  - from: [{source: {namespaces: [ops]}}]
+"""
+
+
+def test_principals_are_the_callers_certificate_identity(
+    live: tuple[Mesh, Workload], policies: list[str]
+) -> None:
+    """Istio's "allow by principal": the client sidecar's mTLS certificate names
+    ``cluster.local/ns/default/sa/client`` (its service account defaults to the service
+    name), which the rule allows for GET; a plaintext caller has no principal at all."""
+    mesh, client = live
+    port = _web_inbound_port(mesh)
+    out = apply(mesh, policies, PRINCIPALS)
+    assert "no workload has" not in out, out
+    # Both at once: the states before (another test's policy, or none) give one answer to both.
+    wait_until(
+        lambda: send(client, "POST") == DENIED and answered_by_web(send(client)),
+        what="the principals policy",
+    )
+    answer = send(client, path="/by-principal")
+    assert answered_by_web(answer), answer
+    # What the app is told of its caller (XFCC) is the identity the rule matched.
+    assert "URI=spiffe://cluster.local/ns/default/sa/client" in answer[1]["headers"].get(
+        "x-forwarded-client-cert", ""
+    )
+    # Straight to the inbound listener in plain text (PERMISSIVE takes it): no certificate,
+    # no principal, no namespace: denied.
+    assert _from("127.0.0.1", port) == DENIED
+
+
+def _via_gateway(source: str, port: int, path: str = "/") -> tuple[int, Any]:
+    """A request to the gateway's server ``port`` from loopback address ``source``."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    try:
+        c.request("GET", path, headers={"Host": "shop.example.com"})
+        resp = c.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        c.close()
+
+
+def test_ingress_gateway_allowlist_by_client_address(
+    live: tuple[Mesh, Workload], policies: list[str]
+) -> None:
+    """Istio's ingress allowlist: an ALLOW policy selecting the gateway by its labels lets
+    only some client addresses in; a DENY on a path applies there too."""
+    mesh, _ = live
+    port = free_port()
+    mesh.gateway("edge", {"istio": "edge"})
+    routing = f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  selector: {{istio: edge}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  http:
+  - route: [{{destination: {{host: web, port: {{number: 9080}}}}}}]
+"""
+    apply(mesh, policies, routing)
+    wait_until(lambda: _via_gateway("127.0.0.40", port)[0] == 200, what="the gateway route")
+    apply(
+        mesh,
+        policies,
+        f"""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ingress-allowlist, namespace: default}}
+spec:
+  selector: {{matchLabels: {{istio: edge}}}}
+  rules:
+  - from: [{{source: {{ipBlocks: [127.0.0.16/28]}}}}]
+    to: [{{operation: {{ports: ["{port}"]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-admin, namespace: default}}
+spec:
+  selector: {{matchLabels: {{istio: edge}}}}
+  action: DENY
+  rules:
+  - to: [{{operation: {{paths: ["/admin*"]}}}}]
+""",
+    )
+    wait_until(lambda: _via_gateway("127.0.0.40", port) == DENIED, what="the allowlist")
+    status, body = _via_gateway("127.0.0.17", port, "/shop")
+    assert status == 200 and '"service": "web"' in body
+    assert _via_gateway("127.0.0.17", port, "/admin/users") == DENIED
+    assert _via_gateway("127.0.0.1", port) == DENIED
+
+
+def _echoes(port: int) -> bool:
+    """Whether a new connection to ``port`` gets its line echoed (tcp_echo.py prefixes
+    it with its version); a connection RBAC refuses is closed with nothing echoed."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"hello\n")
+            return s.makefile("rb").readline() == b"v1 hello\n"
+    except OSError:
+        return False
+
+
+def test_tcp_port_principals_and_istios_rules_for_http_fields(
+    live: tuple[Mesh, Workload], policies: list[str]
+) -> None:
+    """Istio's "Authorization for TCP traffic": a TCP port is judged by who connects (the
+    client sidecar's certificate); a DENY rule naming an HTTP method cannot be judged on
+    TCP, so it refuses every connection (Istio's rule: a DENY denies more, never less)."""
+    mesh, _ = live
+    mesh.run("tcp-echo", "v1", "9000/tcp", "tcp_echo.py")  # type: ignore[arg-type]
+    local = free_port()
+    mesh.run("tcp-client", "v1", 80, "idle.py", False, "--upstream", f"tcp-echo:9000@{local}")
+    wait_until(lambda: _echoes(local), what="tcp-echo through the client's sidecar")
+
+    allow = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: tcp-echo-callers, namespace: default}
+spec:
+  selector: {matchLabels: {app: tcp-echo}}
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/SA]}}]
+    to: [{operation: {ports: ["9000"]}}]
+"""
+    apply(mesh, policies, allow.replace("SA", "somebody-else"))
+    wait_until(lambda: not _echoes(local), what="the ALLOW policy naming another caller")
+    policies.pop()  # the next one replaces it (same name): one to delete afterwards
+    apply(mesh, policies, allow.replace("SA", "tcp-client"))
+    wait_until(lambda: _echoes(local), what="the ALLOW policy naming the client")
+    assert all(_echoes(local) for _ in range(5))
+
+    apply(
+        mesh,
+        policies,
+        """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-posts, namespace: default}
+spec:
+  selector: {matchLabels: {app: tcp-echo}}
+  action: DENY
+  rules:
+  - to: [{operation: {methods: [POST], ports: ["9000"]}}]
+""",
+    )
+    wait_until(lambda: not _echoes(local), what="the DENY rule to refuse every connection")
+    assert not any(_echoes(local) for _ in range(3))

@@ -1,0 +1,261 @@
+"""Istio's JWT tasks end to end: RequestAuthentication on a sidecar (a JWKS served on
+loopback, fetched by the control plane only), and JWT claim based routing at an ingress
+gateway. Tokens are signed here with keys made here; what is asserted is what the client
+receives and what the app sees."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from .mesh import Mesh, free_port, request, wait_until
+
+pytestmark = pytest.mark.e2e
+
+ISSUER = "testing@secure.tsunagi.example"
+
+
+class Signer:
+    """An issuer's RSA key: signs tokens, and publishes its public half as a JWK set."""
+
+    def __init__(self, kid: str) -> None:
+        self.kid = kid
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def jwks(self) -> str:
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
+        return json.dumps({"keys": [{**jwk, "kid": self.kid, "alg": "RS256", "use": "sig"}]})
+
+    def token(self, issuer: str = ISSUER, expires_in: float = 3600, **claims: Any) -> str:
+        now = int(time.time())
+        payload = {"iss": issuer, "sub": "alice", "iat": now, "exp": now + int(expires_in)}
+        payload.update(claims)
+        return jwt.encode(payload, self.key, algorithm="RS256", headers={"kid": self.kid})
+
+
+class JwksServer:
+    """A JWK set served over HTTP on loopback, remembering who asked (the User-Agent)."""
+
+    def __init__(self, document: str) -> None:
+        self.document = document
+        self.agents: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.agents.append(self.headers.get("user-agent", ""))
+                body = outer.document.encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def signer() -> Signer:
+    return Signer("key-1")
+
+
+@pytest.fixture
+def jwks_server(signer: Signer) -> Iterator[JwksServer]:
+    server = JwksServer(signer.jwks())
+    yield server
+    server.close()
+
+
+def applied(mesh: Mesh, text: str) -> None:
+    result = mesh.apply(text, "--wait")
+    assert result.returncode == 0, result.stderr + mesh.log()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_request_authentication_with_a_jwks_uri_the_control_plane_fetches(
+    mesh: Mesh, signer: Signer, jwks_server: JwksServer
+) -> None:
+    mesh.run("httpbin", "v1")
+    client = mesh.client()
+    applied(
+        mesh,
+        f"""
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  jwtRules:
+  - issuer: "{ISSUER}"
+    jwksUri: "{jwks_server.url}"
+    outputClaimToHeaders:
+    - {{header: x-jwt-sub, claim: sub}}
+    - {{header: x-jwt-group, claim: group}}
+""",
+    )
+
+    def ask(headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        return request(client.outbound_port, "httpbin", "/headers", headers)
+
+    good = signer.token(group="dev")
+    # The control plane fetches the set and pushes it; until then a token is refused.
+    wait_until(lambda: ask(bearer(good))[0] == 200, 30, "a valid token to be accepted")
+    status, body = ask(bearer(good))
+    assert status == 200
+    assert body["headers"]["x-jwt-sub"] == "alice"  # outputClaimToHeaders reached the app
+    assert body["headers"]["x-jwt-group"] == "dev"
+
+    forged = Signer("key-1").token()  # same kid, another key
+    assert ask(bearer(forged))[0] == 401
+    assert ask(bearer(signer.token(expires_in=-600)))[0] == 401  # past Envoy's 60 s skew
+    assert ask(bearer(signer.token(issuer="someone-else")))[0] == 401
+    assert ask(bearer("not-a-jwt"))[0] == 401
+    # No token: passes (only an AuthorizationPolicy can ask for one)
+    status, body = ask()
+    assert status == 200 and "x-jwt-sub" not in body["headers"]
+
+    # Only the control plane fetched it (aiohttp), never a proxy; proxies need it no more.
+    assert jwks_server.agents and all("aiohttp" in a for a in jwks_server.agents)
+    jwks_server.close()
+    assert ask(bearer(signer.token()))[0] == 200
+
+
+def test_claim_based_routing_at_the_ingress_gateway(mesh: Mesh, signer: Signer) -> None:
+    mesh.run("httpbin", "v1")
+    mesh.run("httpbin", "v2")
+    mesh.gateway("ingress", {"istio": "ingressgateway"})
+    port = free_port()
+    applied(
+        mesh,
+        f"""
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: ingress-jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules:
+  - issuer: "{ISSUER}"
+    jwks: '{signer.jwks()}'
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: httpbin-gateway}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin}}
+spec:
+  hosts: ["*"]
+  gateways: [httpbin-gateway]
+  http:
+  - match:
+    - uri: {{prefix: /headers}}
+      headers:
+        "@request.auth.claims.group": {{exact: dev}}
+    route: [{{destination: {{host: httpbin, port: {{number: 9080}}, subset: v2}}}}]
+  - match:
+    - uri: {{prefix: /headers}}
+      headers:
+        "@request.auth.claims.groups": {{exact: beta}}
+    route: [{{destination: {{host: httpbin, port: {{number: 9080}}, subset: v2}}}}]
+  - route: [{{destination: {{host: httpbin, port: {{number: 9080}}, subset: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: httpbin}}
+spec:
+  host: httpbin
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+""",
+    )
+
+    def version(headers: dict[str, str] | None = None) -> str:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            c.request("GET", "/headers", headers={"Host": "httpbin.example.com", **(headers or {})})
+            resp = c.getresponse()
+            raw = resp.read()
+            return json.loads(raw)["version"] if resp.status == 200 else str(resp.status)
+        finally:
+            c.close()
+
+    wait_until(lambda: version() == "v1", 30, "the gateway to route")
+    for _ in range(5):  # each answer, not a share of them
+        assert version(bearer(signer.token(group="dev"))) == "v2"
+        assert version(bearer(signer.token(groups=["ops", "beta"]))) == "v2"  # a list claim
+        assert version(bearer(signer.token(group="ops"))) == "v1"
+        assert version() == "v1"
+    assert version(bearer(Signer("key-1").token(group="dev"))) == "401"
+
+
+def test_an_authorization_policy_requires_a_token_and_reads_its_claims(
+    mesh: Mesh, signer: Signer
+) -> None:
+    """Istio's task "Authorization with JWT": the RBAC filter reads what the JWT filter
+    verified (``requestPrincipals`` is ``ISS/SUB``; ``request.auth.claims[...]``)."""
+    mesh.run("httpbin", "v1")
+    client = mesh.client()
+    applied(
+        mesh,
+        f"""
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt-example, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  jwtRules:
+  - issuer: "{ISSUER}"
+    jwks: '{signer.jwks()}'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: require-jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{requestPrincipals: ["{ISSUER}/alice"]}}}}]
+    when:
+    - key: request.auth.claims[groups]
+      values: ["group1"]
+""",
+    )
+
+    def status(headers: dict[str, str] | None = None) -> int:
+        return request(client.outbound_port, "httpbin", "/headers", headers)[0]
+
+    wait_until(lambda: status() == 403, 30, "the policy to be in force")
+    assert status(bearer(signer.token(groups=["group1", "group2"]))) == 200
+    assert status(bearer(signer.token(groups=["group2"]))) == 403  # the claim is not there
+    assert status(bearer(signer.token(sub="bob", groups=["group1"]))) == 403  # another principal
+    assert status(bearer(Signer("key-1").token(groups=["group1"]))) == 401  # not verified
