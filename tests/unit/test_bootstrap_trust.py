@@ -52,8 +52,3 @@ async def test_bootstrap_names_the_xds_identity_and_the_trust_bundle(tmp_path: P
         # what the agent reads of it
         trust = xds_trust(body)
         assert (trust.port, trust.identity, trust.trust_domain) == (15012, identity, "example.org")
-        # the tickets' parameters are gone: an unknown parameter is a clear 400
-        params = {"node": "gw-1.istio-system"}
-        async with client.get("/v1/bootstrap", headers=headers, params=params) as r:
-            assert r.status == 400
-            assert "unknown parameter" in (await r.json())["error"]

@@ -599,10 +599,10 @@ async def test_an_over_long_query_value_gets_the_apis_own_400(make_api: Factory)
     runner, port = await api.serve("127.0.0.1", 0)
     try:
         async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{port}/v1/bootstrap"
-            async with session.get(url, params={"node": "n" * 20_000}, headers=AUTH) as r:
+            url = f"http://127.0.0.1:{port}/v1/wait"
+            async with session.get(url, params={"since": "n" * 20_000}, headers=AUTH) as r:
                 assert r.status == 400 and r.content_type == "application/json", await r.text()
                 body = await r.json()
     finally:
         await runner.cleanup()
-    assert _is_error(body) and "node" in " ".join(body["errors"]), body
+    assert _is_error(body) and "since" in " ".join(body["errors"]), body
