@@ -53,6 +53,7 @@ def start(mesh: Mesh, service: str, version: str, env: dict[str, str] | None = N
         [
             *(sys.executable, "-m", "tsunagi.cli.main", "run"),
             *("--service", service, "--port", "9080", "--version", version, "--name", name),
+            *("--service-account", f"bookinfo-{service}"),
             *("--concurrency", "1", "--xds-protocol", mesh.xds_protocol),
             *("--", sys.executable, "-m", "tsunagi.demo.bookinfo", service),
         ],
@@ -352,3 +353,92 @@ def test_header_edits_and_rewrites(tasks: Bookinfo) -> None:
     assert body["ratings"] == {"Reviewer1": 5, "Reviewer2": 4}
     assert tasks.stats("ratings-v1")["recent"][-1]["path"] == "/ratings/0"
     assert tasks.client.get("ratings:9080", "/ratings/0")[0] == 200  # the old path still works
+
+
+# ------------------------------------------------------------------------------- security
+
+DETAILS_SORRY = "Sorry, product details are currently unavailable for this book."
+
+
+def _delete(tasks: Bookinfo, *names: str) -> None:
+    for name in names:
+        done = tasks.mesh.cli("delete", "-f", str(RULES / name), "--wait")
+        assert done.returncode == 0, done.stderr
+
+
+def _direct(tasks: Bookinfo) -> tuple[int, str] | None:
+    """``GET /productpage`` from a client without a sidecar (a browser on the demo's direct
+    link): status and body, or None when the connection is refused or closed unanswered."""
+    port = tasks.inbound_port(tasks.apps["productpage-v1"])
+    try:
+        status, body = request(port, "productpage:9080", "/productpage", timeout=30)
+    except (OSError, http.client.HTTPException):
+        return None
+    return status, str(body)
+
+
+def test_mutual_tls_migration(tasks: Bookinfo) -> None:
+    """PERMISSIVE by default: a client without a sidecar and sidecar clients both reach
+    productpage. STRICT: only sidecar clients, which never notice the change (the page,
+    fetched through a sidecar, still has productpage's mTLS calls to reviews in it)."""
+    assert _direct(tasks) is not None and ANSWERED_BY.search(tasks.page())
+    tasks.apply("peer-authentication-strict.yaml")
+    try:
+        wait_until(lambda: _direct(tasks) is None, timeout=30, what="plain text refused")
+        status, body = tasks.client.get("productpage:9080", "/productpage", timeout=30)
+        assert status == 200 and ANSWERED_BY.search(str(body)), (status, body)
+    finally:
+        _delete(tasks, "peer-authentication-strict.yaml")
+    wait_until(lambda: _direct(tasks) is not None, timeout=30, what="plain text accepted again")
+
+
+def _page_shows(tasks: Bookinfo, check: Any) -> bool:
+    got = _direct(tasks)
+    return got is not None and got[0] == 200 and bool(check(got[1]))
+
+
+def test_authorization_for_http_traffic(tasks: Bookinfo) -> None:
+    """Istio's task: allow nothing, then let anyone GET productpage, then productpage's
+    identity GET details and reviews, then reviews' identity GET ratings."""
+    files = (
+        "authorization-allow-nothing.yaml",
+        "authorization-productpage-viewer.yaml",
+        "authorization-details-reviews-viewer.yaml",
+        "authorization-ratings-viewer.yaml",
+    )
+
+    def with_stars(page: str) -> bool:  # v2 or v3 answered, and ratings too
+        found = ANSWERED_BY.search(page)
+        return bool(found) and found.group(1) != "v1" and RATINGS_SORRY not in page
+
+    try:
+        tasks.apply(files[0])
+        wait_until(
+            lambda: _direct(tasks) == (403, "RBAC: access denied"),
+            timeout=30,
+            what="productpage denied",
+        )
+        tasks.apply(files[1])
+        wait_until(
+            lambda: _page_shows(tasks, lambda p: DETAILS_SORRY in p and REVIEWS_SORRY in p),
+            timeout=30,
+            what="the page without details and reviews",
+        )
+        tasks.apply(files[2])
+        wait_until(
+            lambda: _page_shows(
+                tasks,
+                lambda p: (
+                    DETAILS_SORRY not in p
+                    and (found := ANSWERED_BY.search(p)) is not None
+                    and found.group(1) != "v1"
+                    and RATINGS_SORRY in p
+                ),
+            ),
+            timeout=30,
+            what="details and reviews, but no ratings",
+        )
+        tasks.apply(files[3])
+        wait_until(lambda: _page_shows(tasks, with_stars), timeout=30, what="the stars")
+    finally:
+        _delete(tasks, *reversed(files))

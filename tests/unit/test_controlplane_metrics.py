@@ -82,6 +82,10 @@ async def test_a_stream_is_counted_as_istiod_counts_it(
         async with asyncio.timeout(_BOUND):
             await call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=_node("p1")))
             cds = await call.read()
+            # The server counts a push once its write returned, which can be after the
+            # client read it.
+            while not value(metrics.render().decode(), 'pilot_xds_pushes{type="cds"}'):
+                await asyncio.sleep(0.01)
             text = metrics.render().decode()
             assert value(text, 'pilot_xds{version="1.40.2"}') == 1.0
             assert value(text, 'pilot_xds_pushes{type="cds"}') == 1.0

@@ -149,6 +149,9 @@ def run_demo(state_dir: Path, port: int, traffic: float = 0.0, access_log: bool 
                 "9080",
                 "--version",
                 version,
+                # Istio's Bookinfo service accounts, so its security tasks' YAML works as is.
+                "--service-account",
+                f"bookinfo-{service}",
                 *extra,
                 "--",
                 sys.executable,

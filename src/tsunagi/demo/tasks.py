@@ -85,14 +85,31 @@ TASKS: tuple[Task, ...] = (
         ),
         "preflights answered by the caller's sidecar; edited headers; /v1/bookRatings/0",
     ),
+    Task(
+        "Mutual TLS migration (the sidecars already talk mTLS: PERMISSIVE by default)",
+        ("peer-authentication-strict.yaml",),
+        "the page through the gateway still works; the direct link (your browser has no "
+        "sidecar) is refused",
+    ),
+    Task(
+        "Authorization for HTTP traffic",
+        (
+            "authorization-allow-nothing.yaml",
+            "authorization-productpage-viewer.yaml",
+            "authorization-details-reviews-viewer.yaml",
+            "authorization-ratings-viewer.yaml",
+        ),
+        '"RBAC: access denied", then the page without details and reviews, then with them '
+        "(no stars), then with stars",
+    ),
 )
 
 
 def walkthrough(rules: Path = RULES) -> str:
     """The tasks as a user runs them: one ``tsunagi apply`` per file, then what to look at."""
     lines = [
-        f"Istio's traffic tasks (rule files in {rules}; they need destination-rule-all.yaml,"
-        " which the demo applies):",
+        f"Istio's traffic and security tasks (rule files in {rules}; they need"
+        " destination-rule-all.yaml, which the demo applies):",
     ]
     for task in TASKS:
         lines.append(f"  {task.name}:")
