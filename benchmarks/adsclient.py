@@ -25,11 +25,12 @@ Control channel: one command per line on stdin, one JSON object per line on stdo
     report [PATH] -> {"event": "reported", "path": ...}   the full JSON report (--report)
     quit          -> {"event": "bye"}           closes every stream and exits
 
-The xDS port takes only mutual TLS: with ``--api`` (and the admin token, ``--token`` or
-``TSUNAGI_TOKEN``) the process gets one workload certificate per namespace
-(``spiffe://TD/ns/NS/sa/adsclient``, a key made here) from ``POST /v1/certificates`` and
-opens each namespace's streams on channels that present it; every proxy claims that service
-account. Without ``--api`` it speaks plaintext (a test server without TLS).
+The xDS port takes only mutual TLS: with ``--api`` (and the admin token from
+``TSUNAGI_TOKEN`` or ``--token-file``, never the command line, where ``ps`` shows it) the
+process gets one workload certificate per namespace (``spiffe://TD/ns/NS/sa/adsclient``, a
+key made here) from ``POST /v1/certificates`` and opens each namespace's streams on channels
+that present it; every proxy claims that service account. Without ``--api`` it speaks
+plaintext (a test server without TLS).
 
 Run: ``python -m benchmarks.adsclient --xds 127.0.0.1:15012 --api http://127.0.0.1:15014
 --count 1000 --protocol delta``.
@@ -534,7 +535,9 @@ async def main_async(args: argparse.Namespace) -> int:
     proxies = make_proxies(args.count, args.services, namespaces)
     credentials = None
     if args.api:
-        token = args.token or os.environ.get("TSUNAGI_TOKEN", "")
+        token = os.environ.get("TSUNAGI_TOKEN", "")
+        if args.token_file:
+            token = Path(args.token_file).read_text().strip()
         credentials = namespace_credentials(args.api, token, sorted({p.namespace for p in proxies}))
     client = Client(args.xds, proxies, args.protocol, credentials)
     await client.start()
@@ -578,7 +581,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the control plane's API (http://HOST:PORT): present certificates from its CA "
         "(needed: its xDS port takes only mutual TLS)",
     )
-    p.add_argument("--token", default="", help="the admin token (default: $TSUNAGI_TOKEN)")
+    p.add_argument(
+        "--token-file",
+        default="",
+        help="a file holding the admin token (default: $TSUNAGI_TOKEN; never the token "
+        "itself on the command line, where every user's `ps` shows it)",
+    )
     return asyncio.run(main_async(p.parse_args(argv)))
 
 

@@ -1,24 +1,32 @@
-"""Data plane: one upstream reached five ways, measured in interleaved rounds.
+"""Data plane: one upstream reached several ways, measured in interleaved rounds.
 
-1. direct            client → upstream                       (the physical limit)
-2. tsunagi           client → client sidecar → server sidecar → upstream, set up by
-                     `tsunagi up` / `tsunagi run` exactly as a user would
-3. tsunagi-policy    the same through a second client sidecar to a second service (its own
-                     server sidecar and upstream) that carries the policy a typical user
-                     writes: a DestinationRule and a VirtualService (:data:`POLICY`)
-4. tsunagi-traced    the same through a third client sidecar to a third service, both
-                     sidecars tracing 1 % of requests (a Telemetry resource: tracing is off
-                     by default) to the control plane's collector
-5. envoy-pair        the same two hops, minimal hand-written static Envoy configs
-6. envoy-pair-traced the minimal pair with Envoy's tracer as tsunagi-traced has it (1 %,
-                     spans to the upstream, which answers anything): what tracing alone costs
-7. haproxy-pair      the same two hops through HAProxy
-8. envoy-ingress     the ingress path: client → front proxy → server sidecar → upstream,
-                     minimal hand-written static Envoy configs (the front proxy routes
-                     requests for :data:`INGRESS_HOST` to the sidecar, 404 for other hosts)
-9. tsunagi-ingress   the same path through a real `tsunagi gateway` serving a Gateway with a
-                     VirtualService bound to it (:func:`ingress_yaml`) and the server sidecar
-                     of a third service under `tsunagi run`
+Every tsunagi case speaks mTLS between its two proxies, as shipped (auto mTLS; the server
+sidecar PERMISSIVE); the static Envoy baselines they are judged against have the same mTLS
+(:func:`configs.mtls_client`, :func:`configs.mtls_server`), checked before measuring
+(:func:`check_mtls`).
+
+1.  direct            client → upstream                       (the physical limit)
+2.  tsunagi           client → client sidecar → server sidecar → upstream, set up by
+                      `tsunagi up` / `tsunagi run` exactly as a user would
+3.  tsunagi-policy    the same through a second client sidecar to a second service (its own
+                      server sidecar and upstream) that carries the policy a typical user
+                      writes: a DestinationRule and a VirtualService (:data:`POLICY`)
+4.  tsunagi-traced    the same through a third client sidecar to a third service, both
+                      sidecars tracing 1 % of requests (a Telemetry resource: tracing is off
+                      by default) to the control plane's collector
+5.  envoy-pair-mtls   the same two hops, minimal hand-written static Envoy configs with the
+                      sidecars' mTLS between them: the baseline of 2-4
+6.  envoy-pair        the same, plain text: what mTLS costs (a reference row)
+7.  envoy-pair-traced the mTLS pair with Envoy's tracer as tsunagi-traced has it (1 %,
+                      spans to the upstream, which answers anything): what tracing alone costs
+8.  haproxy-pair      the same two hops through HAProxy, plain text
+9.  envoy-ingress     the ingress path: client → front proxy → server sidecar → upstream,
+                      minimal hand-written static Envoy configs (the front proxy routes
+                      requests for :data:`INGRESS_HOST` to the sidecar, 404 for other hosts,
+                      over mTLS as a gateway does)
+10. tsunagi-ingress   the same path through a real `tsunagi gateway` serving a Gateway with a
+                      VirtualService bound to it (:func:`ingress_yaml`) and the server sidecar
+                      of a third service under `tsunagi run`
 
 ``--cases`` (``python -m benchmarks --only dataplane --cases envoy-ingress,tsunagi-ingress``)
 starts and measures only some cases (and ``direct``, which the added latencies need).
@@ -126,18 +134,56 @@ def _sidecar_envoy(agent: int) -> int:
     return found[0]
 
 
-def config_dump(envoy: int) -> dict[str, Any]:
-    """``/config_dump`` of a sidecar Envoy, found through the bootstrap on its command line."""
+def _admin(envoy: int, path: str) -> bytes:
+    """``GET path`` on an Envoy's admin port, found through the bootstrap (or static
+    config) on its command line: a sidecar's, a static Envoy's, under callgrind or not."""
     args = cmdline(envoy)
     boot = json.loads(Path(args[args.index("-c") + 1]).read_text())
     port = boot["admin"]["address"]["socket_address"]["port_value"]
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("GET", "/config_dump")
-        doc: dict[str, Any] = json.loads(conn.getresponse().read())
-        return doc
+        conn.request("GET", path)
+        return conn.getresponse().read()
     finally:
         conn.close()
+
+
+def config_dump(envoy: int) -> dict[str, Any]:
+    """``/config_dump`` of a sidecar Envoy."""
+    doc: dict[str, Any] = json.loads(_admin(envoy, "/config_dump"))
+    return doc
+
+
+def tls_connections(envoy: int) -> tuple[int, int]:
+    """(TLS connections, all connections) an Envoy's HTTP connection managers accepted so
+    far, the admin interface's own left out: ``http.*.downstream_cx_ssl_total`` and
+    ``downstream_cx_total``. A sidecar keeps these for its inbound ports (its stats
+    inclusion list), where the caller's mTLS ends."""
+    text = _admin(envoy, "/stats?filter=downstream_cx_(ssl_)?total$").decode()
+    tls = total = 0
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if not name.startswith("http.") or name.startswith("http.admin."):
+            continue
+        if name.endswith(".downstream_cx_ssl_total"):
+            tls += int(value)
+        elif name.endswith(".downstream_cx_total"):
+            total += int(value)
+    return tls, total
+
+
+def check_mtls(case: str, server: int, mtls: bool = True) -> None:
+    """Fail the run unless every connection ``case``'s server-side proxy accepted so far was
+    TLS (with ``mtls``; it requires a client certificate, so TLS is mTLS), or none was
+    (without): a benchmark that silently measured plain text, or mTLS where plain text was
+    meant, would compare the wrong things."""
+    tls, total = tls_connections(server)
+    if total == 0:
+        raise RuntimeError(f"{case}: its server-side proxy accepted no connection")
+    if mtls and tls < total:
+        raise RuntimeError(f"{case}: {total - tls} of {total} connections arrived in plain text")
+    if not mtls and tls:
+        raise RuntimeError(f"{case}: {tls} of {total} connections arrived over TLS")
 
 
 def policy_problems(dump: dict[str, Any]) -> list[str]:
@@ -294,6 +340,30 @@ class Setup:
         self.gateway: tuple[int, int] = (0, 0)  # (agent pid, envoy pid) of tsunagi-ingress
         self.front_proxy = 0
         """The envoy-ingress front proxy's pid (its memory is the gateway's baseline)."""
+        self.tls_checks: list[tuple[str, int, bool]] = []
+        """(case, its server-side proxy's pid, whether it must be mTLS): :func:`check_mtls`
+        once every case answers."""
+        self._ca: configs.MeshCA | None = None
+
+    def identity(self, service_account: str) -> configs.Identity:
+        """A certificate for a static Envoy from the run's :class:`configs.MeshCA`."""
+        if self._ca is None:
+            self._ca = configs.MeshCA(self.workdir)
+        return self._ca.identity(service_account)
+
+    def mtls_pair(self, upstream: int) -> tuple[dict[str, Any], dict[str, Any], int]:
+        """The minimal pair with tsunagi's mesh mTLS between its hops, as the tsunagi case's
+        sidecars have it (the same service accounts, so the same SAN and SNI): the server's
+        config, the client's, the client's port."""
+        server, client = free_port(), free_port()
+        server_id, client_id = self.identity("upstream"), self.identity("bench-client")
+        server_doc = configs.forwarder(server, free_port(), upstream)
+        client_doc = configs.forwarder(client, free_port(), server)
+        return (
+            configs.mtls_server(server_doc, server_id),
+            configs.mtls_client(client_doc, client_id, server_id, "upstream"),
+            client,
+        )
 
     def control_plane(self) -> ControlPlane:
         """The run's `tsunagi up`, started the first time a case needs it."""
@@ -323,15 +393,26 @@ class Setup:
                 ),
             ]
             cases.append(Case("envoy-pair", c1, "upstream", pids))
+            self.tls_checks.append(("envoy-pair", pids[0], False))
+        if want("envoy-pair-mtls"):
+            server, client, c4 = self.mtls_pair(up)
+            pids = [
+                _envoy(self.procs, self.workdir, "envoy-mtls-server", server),
+                _envoy(self.procs, self.workdir, "envoy-mtls-client", client),
+            ]
+            cases.append(Case("envoy-pair-mtls", c4, "upstream", pids))
+            self.tls_checks.append(("envoy-pair-mtls", pids[0], True))
         if want("envoy-pair-traced"):
-            s3, c3 = free_port(), free_port()
-            server = configs.traced(configs.forwarder(s3, free_port(), up), up, outbound=False)
-            client = configs.traced(configs.forwarder(c3, free_port(), s3), up, outbound=True)
+            # mTLS between the hops, as between tsunagi-traced's sidecars.
+            server, client, c3 = self.mtls_pair(up)
+            server = configs.traced(server, up, outbound=False)
+            client = configs.traced(client, up, outbound=True)
             pids = [
                 _envoy(self.procs, self.workdir, "envoy-traced-server", server),
                 _envoy(self.procs, self.workdir, "envoy-traced-client", client),
             ]
             cases.append(Case("envoy-pair-traced", c3, "upstream", pids))
+            self.tls_checks.append(("envoy-pair-traced", pids[0], True))
         if want("envoy-ingress"):
             cases.append(self._envoy_ingress(up))
         if want("haproxy-pair") and load.have("haproxy"):
@@ -349,15 +430,21 @@ class Setup:
             cases.append(self._tsunagi_ingress())
         for case in cases:
             wait_answers(case)
+        for name, server_pid, mtls in self.tls_checks:
+            check_mtls(name, server_pid, mtls)
         return cases
 
     def _envoy_ingress(self, upstream: int) -> Case:
-        """The minimal static ingress path: front proxy → server-side sidecar → upstream."""
+        """The minimal static ingress path: front proxy → server-side sidecar → upstream,
+        mesh mTLS between the two as from `tsunagi gateway` to its sidecar (auto mTLS)."""
         sidecar, front = free_port(), free_port()
-        doc = configs.forwarder(sidecar, free_port(), upstream)
+        server_id, gateway_id = self.identity(INGRESS_SERVICE), self.identity(INGRESS_GATEWAY)
+        doc = configs.mtls_server(configs.forwarder(sidecar, free_port(), upstream), server_id)
         pids = [_envoy(self.procs, self.workdir, "envoy-ingress-server", doc)]
         doc = configs.front_proxy(front, free_port(), INGRESS_HOST, sidecar)
+        doc = configs.mtls_client(doc, gateway_id, server_id, INGRESS_SERVICE)
         self.front_proxy = _envoy(self.procs, self.workdir, "envoy-ingress-front", doc)
+        self.tls_checks.append(("envoy-ingress", pids[0], True))
         return Case("envoy-ingress", front, INGRESS_HOST, [self.front_proxy, *pids])
 
     def start_gateway(self) -> int:
@@ -395,6 +482,7 @@ class Setup:
         case.pids = [envoy, _sidecar_envoy(server)]
         case.agent_pids = [gateway, server]
         self.gateway = (gateway, envoy)
+        self.tls_checks.append((case.name, case.pids[1], True))
         return case
 
     def server(self, service: str, name: str) -> int:
@@ -480,6 +568,8 @@ class Setup:
         traced.pids = [_sidecar_envoy(traced_client), _sidecar_envoy(traced_server)]
         traced.agent_pids = [traced_client, traced_server]
         self.tsunagi_client = (client, client_envoy)
+        # Auto mTLS, as shipped: every hop between sidecars must be mTLS.
+        self.tls_checks += [(c.name, c.pids[1], True) for c in (case, policy, traced)]
         return [case, policy, traced]
 
     def _logs(self, lines: int = 15) -> str:
@@ -500,7 +590,11 @@ class Setup:
             self.grow_mesh(services)
         time.sleep(2)  # idle
         out: dict[str, Any] = {"services": services if self.cp is not None else 0}
-        pair = next((c for c in cases if c.name == "envoy-pair"), None)
+        # The baseline with the same mTLS as the sidecar, when the run has it.
+        by_name = {c.name: c for c in cases}
+        pair = by_name.get("envoy-pair-mtls") or by_name.get("envoy-pair")
+        if pair is not None:
+            out["minimal_envoy_case"] = pair.name
         measured = {
             "tsunagi_envoy": self.tsunagi_client[1],
             "tsunagi_agent": self.tsunagi_client[0],
@@ -575,6 +669,7 @@ TSUNAGI_CASES = ("tsunagi", "tsunagi-policy", "tsunagi-traced", "tsunagi-ingress
 CASES = (
     "direct",
     "envoy-pair",
+    "envoy-pair-mtls",
     "envoy-pair-traced",
     "haproxy-pair",
     "envoy-ingress",
@@ -582,7 +677,7 @@ CASES = (
 )
 """Every case's name, for ``--cases``."""
 PARTNERS = {
-    "envoy-pair": ("tsunagi", "tsunagi-policy"),
+    "envoy-pair-mtls": ("tsunagi", "tsunagi-policy", "envoy-pair"),
     "envoy-pair-traced": ("tsunagi-traced",),
     "envoy-ingress": ("tsunagi-ingress",),
 }
@@ -592,9 +687,9 @@ PARTNERS = {
 def round_order(cases: list[Case], r: int) -> list[Case]:
     """Round ``r``'s order: the cases rotated by one each round, except that each tsunagi
     case is always measured right beside its baseline (:data:`PARTNERS`: tsunagi before
-    the envoy pair and tsunagi-policy after it in even rounds, the other way round in odd
-    ones), so the ratios the goals judge compare measurements taken moments apart on a
-    machine whose load drifts."""
+    the mTLS envoy pair and tsunagi-policy after it in even rounds, the other way round in
+    odd ones; the plaintext pair next to tsunagi-policy), so the ratios the goals judge
+    compare measurements taken moments apart on a machine whose load drifts."""
     by_name = {c.name: c for c in cases}
 
     def beside(base: Case) -> list[Case]:
@@ -705,7 +800,10 @@ def _ratios(
 def goals(
     s: dict[str, Any], raw: dict[str, list[dict[str, Any]]] | None = None
 ) -> dict[str, float]:
-    """Tsunagi against the minimal Envoy pair, from one run's medians (see :func:`_ratios`);
+    """Tsunagi against the minimal Envoy pair with the same mTLS (``envoy-pair-mtls``; the
+    plaintext ``envoy-pair`` in results from before tsunagi spoke mTLS), from one run's
+    medians (see :func:`_ratios`); ``mtls_total_*`` tsunagi against the plaintext pair (what
+    mTLS costs in all) and ``mtls_pair_*`` the mTLS pair against it (what mTLS alone costs);
     with ``policy_*`` the same for tsunagi-policy, and ``policy_vs_tsunagi_*`` what the
     policy itself costs (tsunagi-policy against tsunagi), when the run has that case; with
     ``ingress_*`` tsunagi-ingress against envoy-ingress. A run of some cases (``--cases``)
@@ -714,23 +812,31 @@ def goals(
     if "tsunagi-ingress" in s and "envoy-ingress" in s:
         ingress = _ratios(s, raw, "tsunagi-ingress", "envoy-ingress")
         out.update({f"ingress_{k}": v for k, v in ingress.items()})
-    if "tsunagi" not in s or "envoy-pair" not in s:
+    if "envoy-pair-mtls" in s and "envoy-pair" in s:
+        mtls = _ratios(s, raw, "envoy-pair-mtls", "envoy-pair")
+        out.update({f"mtls_pair_{k}": v for k, v in mtls.items()})
+    base = "envoy-pair-mtls" if "envoy-pair-mtls" in s else "envoy-pair"
+    if "tsunagi" not in s or base not in s:
         return out
-    out.update(_ratios(s, raw, "tsunagi", "envoy-pair"))
+    out.update(_ratios(s, raw, "tsunagi", base))
+    out["baseline_mtls"] = float(base == "envoy-pair-mtls")
+    if base != "envoy-pair" and "envoy-pair" in s:
+        total = _ratios(s, raw, "tsunagi", "envoy-pair")
+        out.update({f"mtls_total_{k}": v for k, v in total.items()})
     if "tsunagi-policy" in s:
-        policy = _ratios(s, raw, "tsunagi-policy", "envoy-pair")
+        policy = _ratios(s, raw, "tsunagi-policy", base)
         own = _ratios(s, raw, "tsunagi-policy", "tsunagi")
         out.update({f"policy_{k}": v for k, v in policy.items()})
         out.update({f"policy_vs_tsunagi_{k}": v for k, v in own.items()})
     if "tsunagi-traced" in s:
-        traced = _ratios(s, raw, "tsunagi-traced", "envoy-pair")
+        traced = _ratios(s, raw, "tsunagi-traced", base)
         out.update({f"traced_{k}": v for k, v in traced.items()})
         own = _ratios(s, raw, "tsunagi-traced", "tsunagi")
         out.update({f"traced_vs_tsunagi_{k}": v for k, v in own.items()})
         if "envoy-pair-traced" in s:
             floor = _ratios(s, raw, "tsunagi-traced", "envoy-pair-traced")
             out.update({f"traced_vs_traced_pair_{k}": v for k, v in floor.items()})
-            pair = _ratios(s, raw, "envoy-pair-traced", "envoy-pair")
+            pair = _ratios(s, raw, "envoy-pair-traced", base)
             out.update({f"traced_pair_{k}": v for k, v in pair.items()})
     return out
 
@@ -757,7 +863,13 @@ def markdown(res: dict[str, Any]) -> str:
         "answering 200 itself (`direct_response`), not counted in any case. CPU: process time "
         "(all threads, user + system) during the fixed-rate run, per 1,000 requests answered "
         "(= CPU s per second at 1k req/s), per proxy; tsunagi's includes its Python agent "
-        "(split out in the last two columns). tsunagi-policy: the same path through its own "
+        "(split out in the last two columns). Every tsunagi case speaks mTLS between its "
+        "two proxies, as shipped (auto mTLS, PERMISSIVE servers); envoy-pair-mtls is the "
+        "minimal static pair with the same mTLS (TLS 1.2-1.3, the same ciphers, curves, "
+        "ALPN, SNI and SPIFFE SAN check, certificates from the same kind of CA), "
+        "envoy-pair-traced and envoy-ingress have it too, envoy-pair and haproxy-pair are "
+        "plain text (reference rows); every run checks the server-side proxy's TLS "
+        "connection counts before measuring. tsunagi-policy: the same path through its own "
         "client sidecar to a second service that has a DestinationRule (LEAST_REQUEST, "
         "connection-pool limits of 10,000, outlier detection after 5 consecutive 5xx) and a "
         "VirtualService (retries: 3 attempts, 2 s per try; one request header set), checked "
@@ -786,6 +898,9 @@ def markdown(res: dict[str, Any]) -> str:
     def ok(good: bool) -> str:
         return "met" if good else "**NOT met**"
 
+    mtls = bool(g.get("baseline_mtls"))
+    pair_name = "envoy-pair-mtls" if mtls else "envoy-pair"
+    pair_words = " with the same mTLS (envoy-pair-mtls)" if mtls else ""
     policy = []
     if "policy_throughput_ratio" in g:
         pthr = g["policy_throughput_ratio"]
@@ -799,6 +914,19 @@ def markdown(res: dict[str, Any]) -> str:
             f"{g['policy_vs_tsunagi_cpu_per_request_ratio']:.2f}",
         ]
 
+    if "mtls_total_throughput_ratio" in g:
+        policy.append(
+            "- what mTLS costs in all (tsunagi against the plaintext envoy-pair): throughput "
+            f"{g['mtls_total_throughput_ratio']:.2f}, CPU per request "
+            f"{g['mtls_total_cpu_per_request_ratio']:.2f} (Envoy alone "
+            f"{g['mtls_total_cpu_per_request_ratio_envoy_only']:.2f})"
+        )
+    if "mtls_pair_throughput_ratio" in g:
+        policy.append(
+            "- mTLS alone in the minimal pair (envoy-pair-mtls against envoy-pair): throughput "
+            f"{g['mtls_pair_throughput_ratio']:.2f}, CPU per request "
+            f"{g['mtls_pair_cpu_per_request_ratio']:.2f}"
+        )
     if "traced_throughput_ratio" in g:
         tthr = g["traced_throughput_ratio"]
         policy.append(
@@ -812,7 +940,7 @@ def markdown(res: dict[str, Any]) -> str:
         )
     if "traced_pair_throughput_ratio" in g:
         policy.append(
-            "- the same tracer in the minimal pair (envoy-pair-traced against envoy-pair): "
+            f"- the same tracer in the minimal pair (envoy-pair-traced against {pair_name}): "
             f"throughput {g['traced_pair_throughput_ratio']:.2f}, CPU per request "
             f"{g['traced_pair_cpu_per_request_ratio']:.2f}: Envoy's tracer alone costs more "
             "than the goal allows; tsunagi-traced against envoy-pair-traced: throughput "
@@ -827,7 +955,7 @@ def markdown(res: dict[str, Any]) -> str:
         cpu_ratio, cpu_envoy = g["cpu_per_request_ratio"], g["cpu_per_request_ratio_envoy_only"]
         lines += [
             "",
-            "Goals (tsunagi against the minimal Envoy pair, same run):",
+            f"Goals (tsunagi against the minimal Envoy pair{pair_words}, same run):",
             "",
             f"- throughput ratio {thr_ratio:.2f} (goal ≥ {THROUGHPUT_GOAL}): "
             f"{ok(thr_ratio >= THROUGHPUT_GOAL)}",
@@ -851,7 +979,8 @@ def markdown(res: dict[str, Any]) -> str:
         ]
         if "minimal_envoy_private" in m:
             rows.append(
-                f"| minimal static Envoy (baseline) | {_mb(m['minimal_envoy_private'])} | "
+                f"| minimal static Envoy (baseline, {m.get('minimal_envoy_case', 'envoy-pair')} "
+                f"client) | {_mb(m['minimal_envoy_private'])} | "
                 f"{_mb(m['minimal_envoy_rss'])} |"
             )
         lines += [
@@ -881,7 +1010,8 @@ def _ingress_goals(g: dict[str, float]) -> list[str]:
     return [
         "",
         "Ingress (client → `tsunagi gateway` → server sidecar → upstream, against a minimal "
-        "static Envoy front proxy → static sidecar → upstream; same run):",
+        "static Envoy front proxy → static sidecar → upstream, mTLS between the two proxies "
+        "in both; same run):",
         "",
         f"- throughput ratio {thr:.2f} (goal ≥ {THROUGHPUT_GOAL}): {verdict}",
         f"- added p50 ratio {g['ingress_added_p50_ratio']:.2f}, added p99 ratio "

@@ -8,11 +8,14 @@ instructions it executed for :data:`REQUESTS` requests (``hey``, 4 connections) 
 by the requests. The Python agent is not counted here (the data-plane suite times it).
 
 Cases, each two hops to the same upstream (an Envoy answering 200 itself, not counted):
-``envoy-pair`` and ``envoy-pair-traced`` are the minimal static pairs of the data-plane
-suite, ``tsunagi`` and ``tsunagi-traced`` real ``tsunagi run`` sidecars (the traced pair by a
-Telemetry resource at the same 1 %). The ingress path, front proxy and server sidecar:
-``envoy-ingress`` static, ``tsunagi-ingress`` a real ``tsunagi gateway`` and ``tsunagi run``
-sidecar (the data-plane suite's cases of the same names).
+``envoy-pair-mtls``, ``envoy-pair`` and ``envoy-pair-traced`` are the minimal static pairs
+of the data-plane suite (mTLS between the hops, plain text, mTLS and a tracer),
+``tsunagi`` and ``tsunagi-traced`` real ``tsunagi run`` sidecars (mTLS between them, as
+shipped; the traced pair by a Telemetry resource at the same 1 %). The ingress path, front
+proxy and server sidecar, mTLS between them: ``envoy-ingress`` static, ``tsunagi-ingress`` a
+real ``tsunagi gateway`` and ``tsunagi run`` sidecar (the data-plane suite's cases of the
+same names). Each case's server-side proxy must have accepted only TLS connections (plain
+text only, for ``envoy-pair``) before anything is counted.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from benchmarks.upstream import CONFIG_NAME as UPSTREAM_CONFIG
 REQUESTS = 2000
 QUICK_REQUESTS = 100
 CASES = (
+    "envoy-pair-mtls",
     "envoy-pair",
     "envoy-pair-traced",
     "envoy-ingress",
@@ -39,14 +43,22 @@ CASES = (
     "tsunagi-traced",
     "tsunagi-ingress",
 )
-QUICK_CASES = ("envoy-pair", "tsunagi")
+QUICK_CASES = ("envoy-pair-mtls", "tsunagi")
 """What a quick run counts (``make test`` proves the suite runs, within its time limit)."""
 WARMUP = 200
 CONNECTIONS = 4
 
 
 def _callgrind(out_dir: Path) -> list[str]:
-    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p"]
+    # Not instrumented until :func:`count` switches it on: a sidecar must be ready within
+    # the agent's 30 s, and with mTLS (its xDS connection, its clusters' TLS contexts) a
+    # fully instrumented Envoy no longer always is. Counting starts from zero either way.
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out_dir}/cg.%p",
+    ]
 
 
 def _counted(out_dir: Path, pid: int) -> int:
@@ -81,9 +93,10 @@ def _control(args: list[str]) -> None:
 def count(case: dataplane.Case, out_dir: Path, requests: int) -> list[float]:
     """Instructions per request of each of ``case``'s proxies, in its pids' order (they run
     under callgrind)."""
+    pids = [str(p) for p in case.pids]
+    _control(["-i", "on", *pids])
     _hey(case.url, case.host, WARMUP)
     time.sleep(1)
-    pids = [str(p) for p in case.pids]
     _control(["-z", *pids])
     answered = _hey(case.url, case.host, requests)
     if answered != requests:
@@ -111,23 +124,36 @@ def _sidecar_under_callgrind(agent: int, out_dir: Path) -> int:
 
 
 def _static_pair(
-    procs: Procs, workdir: Path, out_dir: Path, name: str, upstream: int, traced: bool
+    setup: dataplane.Setup, out_dir: Path, name: str, upstream: int, traced: bool, mtls: bool
 ) -> dataplane.Case:
-    server, client = free_port(), free_port()
-    docs = [configs.forwarder(server, free_port(), upstream)]
-    docs.append(configs.forwarder(client, free_port(), server))
+    if mtls:
+        server_doc, client_doc, client = setup.mtls_pair(upstream)
+        docs = [server_doc, client_doc]
+    else:
+        server, client = free_port(), free_port()
+        docs = [configs.forwarder(server, free_port(), upstream)]
+        docs.append(configs.forwarder(client, free_port(), server))
     if traced:
         docs = [configs.traced(d, upstream, outbound=i == 1) for i, d in enumerate(docs)]
-    return _static_case(procs, workdir, out_dir, name, client, "upstream", docs)
+    case = _static_case(setup.procs, setup.workdir, out_dir, name, client, "upstream", docs)
+    dataplane.check_mtls(name, case.pids[1], mtls)
+    return case
 
 
-def _static_ingress(procs: Procs, workdir: Path, out_dir: Path, upstream: int) -> dataplane.Case:
-    """The data-plane suite's ``envoy-ingress``: static front proxy → static sidecar."""
+def _static_ingress(setup: dataplane.Setup, out_dir: Path, upstream: int) -> dataplane.Case:
+    """The data-plane suite's ``envoy-ingress``: static front proxy → static sidecar, mTLS
+    between them."""
     server, front = free_port(), free_port()
-    docs = [configs.forwarder(server, free_port(), upstream)]
-    docs.append(configs.front_proxy(front, free_port(), dataplane.INGRESS_HOST, server))
+    server_id = setup.identity(dataplane.INGRESS_SERVICE)
+    gateway_id = setup.identity(dataplane.INGRESS_GATEWAY)
+    docs = [configs.mtls_server(configs.forwarder(server, free_port(), upstream), server_id)]
+    doc = configs.front_proxy(front, free_port(), dataplane.INGRESS_HOST, server)
+    docs.append(configs.mtls_client(doc, gateway_id, server_id, dataplane.INGRESS_SERVICE))
     name = "envoy-ingress"
-    return _static_case(procs, workdir, out_dir, name, front, dataplane.INGRESS_HOST, docs)
+    host = dataplane.INGRESS_HOST
+    case = _static_case(setup.procs, setup.workdir, out_dir, name, front, host, docs)
+    dataplane.check_mtls(name, case.pids[1])
+    return case
 
 
 def _static_case(
@@ -195,6 +221,7 @@ def _tsunagi_cases(
         case = dataplane.Case(name, outbound, service, [])
         dataplane.wait_answers(case, timeout=120)
         case.pids = [_sidecar_under_callgrind(a, out_dir) for a in (client, server)]
+        dataplane.check_mtls(name, case.pids[1])
         cases.append(case)
     if traced:
         dataplane.check_tracing(cases[-1].pids[0])
@@ -207,6 +234,7 @@ def _tsunagi_ingress(setup: dataplane.Setup, cp: ControlPlane, out_dir: Path) ->
     """The data-plane suite's ``tsunagi-ingress``, its gateway and sidecar under callgrind."""
     case, gateway, server = setup.ingress(120, lambda name: _wait_synced(cp, name))
     case.pids = [_sidecar_under_callgrind(a, out_dir) for a in (gateway, server)]
+    dataplane.check_mtls(case.name, case.pids[1])
     return case
 
 
@@ -231,15 +259,16 @@ def run(quick: bool, workdir: Path, cases: Collection[str] | None = None) -> dic
         procs.start("upstream", envoy_command(configs.write_json(workdir / "up.json", up_doc)))
         wait_port(upstream)
         started = []
-        if want("envoy-pair"):
-            pair = _static_pair(procs, workdir, out_dir, "envoy-pair", upstream, traced=False)
-            started.append(pair)
-        if want("envoy-pair-traced"):
-            started.append(
-                _static_pair(procs, workdir, out_dir, "envoy-pair-traced", upstream, traced=True)
-            )
+        static = dataplane.Setup(procs, workdir)  # for its certificates (MeshCA)
+        for name, traced_pair, mtls in (
+            ("envoy-pair-mtls", False, True),
+            ("envoy-pair", False, False),
+            ("envoy-pair-traced", True, True),
+        ):
+            if want(name):
+                started.append(_static_pair(static, out_dir, name, upstream, traced_pair, mtls))
         if want("envoy-ingress"):
-            started.append(_static_ingress(procs, workdir, out_dir, upstream))
+            started.append(_static_ingress(static, out_dir, upstream))
         names = [n for n in ("tsunagi", "tsunagi-ingress") if want(n)]
         traced = want("tsunagi-traced")
         if names or traced:
@@ -263,17 +292,27 @@ def _version() -> str:
 
 
 def goals(per_request: dict[str, float]) -> dict[str, float]:
-    """Instruction ratios: tsunagi against the minimal pair, the traced cases, and
+    """Instruction ratios: tsunagi against the minimal pair with the same mTLS
+    (``envoy-pair-mtls``; the plaintext ``envoy-pair`` in results from before tsunagi spoke
+    mTLS), against the plaintext pair (``mtls_total_cpu_per_request_ratio``), the mTLS pair
+    against the plaintext one (``mtls_pair_cpu_per_request_ratio``), the traced cases, and
     tsunagi-ingress against envoy-ingress (``ingress_cpu_per_request_ratio``), of the cases
     the run has."""
     out = {}
     if "tsunagi-ingress" in per_request and "envoy-ingress" in per_request:
         ingress = per_request["tsunagi-ingress"] / per_request["envoy-ingress"]
         out["ingress_cpu_per_request_ratio"] = ingress
-    if "envoy-pair" not in per_request or "tsunagi" not in per_request:
+    plain = per_request.get("envoy-pair")
+    if plain and "envoy-pair-mtls" in per_request:
+        out["mtls_pair_cpu_per_request_ratio"] = per_request["envoy-pair-mtls"] / plain
+        if "tsunagi" in per_request:
+            out["mtls_total_cpu_per_request_ratio"] = per_request["tsunagi"] / plain
+    base = "envoy-pair-mtls" if "envoy-pair-mtls" in per_request else "envoy-pair"
+    if base not in per_request or "tsunagi" not in per_request:
         return out
-    pair = per_request["envoy-pair"]
+    pair = per_request[base]
     out["cpu_per_request_ratio"] = per_request["tsunagi"] / pair
+    out["baseline_mtls"] = float(base == "envoy-pair-mtls")
     if "tsunagi-traced" in per_request:
         out["traced_cpu_per_request_ratio"] = per_request["tsunagi-traced"] / pair
     if "envoy-pair-traced" in per_request:
@@ -289,9 +328,10 @@ def agent_share(dataplane_result: dict[str, Any] | None) -> float | None:
     from the data-plane suite's timed medians (the agent is Python: callgrind would count
     its interpreter start, not its work); ``None`` without those results."""
     summary = (dataplane_result or {}).get("summary", {})
+    base = "envoy-pair-mtls" if "envoy-pair-mtls" in summary else "envoy-pair"
     try:
         agent = float(summary["tsunagi"]["agent_cpu_per_1k_rps_per_sidecar"])
-        return agent / float(summary["envoy-pair"]["cpu_per_1k_rps_per_sidecar"])
+        return agent / float(summary[base]["cpu_per_1k_rps_per_sidecar"])
     except (KeyError, TypeError, ZeroDivisionError):
         return None
 
@@ -300,7 +340,8 @@ def markdown(res: dict[str, Any], dataplane_result: dict[str, Any] | None = None
     if "skipped" in res:
         return f"## Instructions per request\n\nSkipped: {res['skipped']}\n"
     per, g = res["per_request"], res["goals"]
-    pair = per.get("envoy-pair")
+    base = "envoy-pair-mtls" if "envoy-pair-mtls" in per else "envoy-pair"
+    pair = per.get(base)
 
     def vs_pair(n: float) -> str:
         return f"{n / pair:.3f}" if pair else "-"
@@ -315,12 +356,17 @@ def markdown(res: dict[str, Any], dataplane_result: dict[str, Any] | None = None
     lines = [
         "## Instructions per request",
         "",
-        f"Each case's two proxies under callgrind ({res['valgrind']}); counters zeroed after "
+        f"Each case's two proxies under callgrind ({res['valgrind']}; instrumented from the "
+        "warm-up on, `--instr-atstart=no`, so sidecars start within the agent's 30 s); "
+        "counters zeroed after "
         f"{WARMUP} warm-up requests, then {res['requests']:,} requests (`hey`, "
         f"{CONNECTIONS} connections); instructions per request per proxy. Exact and repeatable "
-        "where timed CPU is not; Envoy only (the agent's CPU is in the data-plane table).",
+        "where timed CPU is not; Envoy only (the agent's CPU is in the data-plane table). "
+        "mTLS between the two proxies in every case but envoy-pair (plain text: the "
+        "reference); connections are kept alive, so the count is mostly the per-request cost "
+        "of encryption, not handshakes.",
         "",
-        "| case | instructions per request per proxy | vs envoy-pair | first hop (client "
+        f"| case | instructions per request per proxy | vs {base} | first hop (client "
         "sidecar or front proxy) | second hop (server sidecar) |",
         "|---|---|---|---|---|",
         *(
@@ -335,16 +381,27 @@ def markdown(res: dict[str, Any], dataplane_result: dict[str, Any] | None = None
         pass  # a run without tsunagi or the pair (--cases)
     elif share is None:
         lines.append(
-            f"- tsunagi's Envoy against the minimal pair: {envoy:.3f} (goal ≤ "
+            f"- tsunagi's Envoy against the minimal pair ({base}): {envoy:.3f} (goal ≤ "
             f"{dataplane.CPU_GOAL} with the agent's share, which the data-plane suite times)"
         )
     else:
         total = envoy + share
         verdict = "met" if total <= dataplane.CPU_GOAL else "**NOT met**"
         lines.append(
-            f"- CPU per request, tsunagi against the minimal pair: Envoy {envoy:.3f} + the "
-            f"agent's timed share {share:.3f} (data-plane suite) = {total:.3f} (goal ≤ "
+            f"- CPU per request, tsunagi against the minimal pair ({base}): Envoy {envoy:.3f} "
+            f"+ the agent's timed share {share:.3f} (data-plane suite) = {total:.3f} (goal ≤ "
             f"{dataplane.CPU_GOAL}): {verdict}"
+        )
+    if "mtls_total_cpu_per_request_ratio" in g:
+        lines.append(
+            "- what mTLS costs in all: tsunagi against the plaintext envoy-pair "
+            f"{g['mtls_total_cpu_per_request_ratio']:.3f}, the mTLS pair against it "
+            f"{g['mtls_pair_cpu_per_request_ratio']:.3f}"
+        )
+    elif "mtls_pair_cpu_per_request_ratio" in g:
+        lines.append(
+            "- mTLS alone in the minimal pair (envoy-pair-mtls against envoy-pair): "
+            f"{g['mtls_pair_cpu_per_request_ratio']:.3f}"
         )
     if "traced_pair_cpu_per_request_ratio" in g:
         lines.append(

@@ -65,7 +65,7 @@ def start_sidecars(procs: Procs, workdir: Path, cp: ControlPlane, first: int, co
             str(home), signed["certificateChain"], key.decode(), signed["rootCertificates"]
         )
         config = bootstrap(
-            ident, "127.0.0.1", cp.xds_port, free_port(), True, trust["xds"]["identity"]
+            ident, "127.0.0.1", cp.xds_port, free_port(), True, trust["xds"]["serverName"]
         )
         path = write_json(home / "envoy.json", config)
         procs.start(f"sidecar-{i}", envoy_command(path), cwd=home)

@@ -1,29 +1,35 @@
 """Files only their owner may read, written whole or not at all.
 
-Shared by the control plane (its API token, token key, CA key) and anything else that keeps
-a secret on disk; imports nothing, so any part may use it.
+Shared by the control plane (its API token, token key, CA key) and the agent (its SDS files:
+the proxy's private key); imports only ``os`` (paths may be ``str`` or ``Path``), so any
+part may use it, the agent's small steady state included.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (agent/records.py)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
-def write_private(path: Path, data: bytes) -> None:
+def write_private(path: str | Path, data: bytes) -> None:
     """Write ``path`` readable by its owner only (0600), whole or not at all: written aside,
     synced, then renamed over it, so a crash never leaves a partial secret behind."""
-    aside = path.with_name(f".{path.name}.{os.getpid()}")
+    final = os.fspath(path)
+    head, name = os.path.split(final)
+    aside = os.path.join(head, f".{name}.{os.getpid()}")
     fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(aside, path)
+    os.replace(aside, final)
 
 
-def private_dir(path: Path) -> None:
+def private_dir(path: str | Path) -> None:
     """Make ``path`` (and missing parents) a directory only its owner may enter (0700),
     tightening it if it exists already."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.makedirs(path, mode=0o700, exist_ok=True)
     os.chmod(path, 0o700)

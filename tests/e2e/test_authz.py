@@ -161,6 +161,66 @@ def test_no_policy_again_allows_everything(
         assert status == 200, method
 
 
+def no_admin(selector: str) -> str:
+    """A DENY on ``/admin*`` for the workloads (or gateways) with label ``selector``."""
+    return f"""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-admin, namespace: default}}
+spec:
+  selector: {{matchLabels: {{{selector}}}}}
+  action: DENY
+  rules:
+  - to: [{{operation: {{paths: ["/admin*"]}}}}]
+"""
+
+
+def edge(name: str, port: int, protocol: str, route: str) -> str:
+    """A Gateway ``name`` (selecting ``istio: NAME``) with one server on ``port`` for any
+    host, and a VirtualService bound to it with one ``route`` (``http:`` or ``tcp:``)."""
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: default}}
+spec:
+  selector: {{istio: {name}}}
+  servers:
+  - port: {{number: {port}, name: {protocol.lower()}, protocol: {protocol}}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [{name}]
+  {route}
+"""
+
+
+# Paths that mean /admin once normalized as Istio's default (BASE) does; http.client sends
+# a path exactly as given, unlike requests/httpx.
+ADMIN_IN_DISGUISE = ("/x/../admin", "/%61dmin", "/public/./../admin/users", "/%2e%2e/admin")
+
+
+def test_deny_on_a_path_holds_for_every_spelling_of_it(
+    live: tuple[Mesh, Workload], policies: list[str]
+) -> None:
+    """Istio normalizes paths on every connection manager before RBAC looks at them: a DENY
+    on ``/admin*`` refuses ``/x/../admin`` and ``/%61dmin`` too, through the client's
+    sidecar and straight at web's inbound listener; the app sees the normalized path."""
+    mesh, client = live
+    apply(mesh, policies, no_admin("app: web"))
+    wait_until(lambda: send(client, path="/admin") == DENIED, what="the DENY policy")
+    port = _web_inbound_port(mesh)
+    for path in ADMIN_IN_DISGUISE:
+        assert send(client, path=path) == DENIED, path
+        assert _from("127.0.0.1", port, path) == DENIED, path
+    answer = send(client, path="/admin/../public/%61")
+    assert answered_by_web(answer), answer
+    assert answer[1]["path"] == "/public/a"
+
+
 def _web_inbound_port(mesh: Mesh) -> int:
     items = mesh.api("GET", "/v1/resources?kind=workloads")["items"]
     return int(next(i["document"]["target_port"] for i in items if i["name"].startswith("web-")))
@@ -265,26 +325,8 @@ def test_ingress_gateway_allowlist_by_client_address(
     mesh, _ = live
     port = free_port()
     mesh.gateway("edge", {"istio": "edge"})
-    routing = f"""
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: edge, namespace: default}}
-spec:
-  selector: {{istio: edge}}
-  servers:
-  - port: {{number: {port}, name: http, protocol: HTTP}}
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: shop, namespace: default}}
-spec:
-  hosts: ["*"]
-  gateways: [edge]
-  http:
-  - route: [{{destination: {{host: web, port: {{number: 9080}}}}}}]
-"""
-    apply(mesh, policies, routing)
+    to_web = "http: [{route: [{destination: {host: web, port: {number: 9080}}}]}]"
+    apply(mesh, policies, edge("edge", port, "HTTP", to_web))
     wait_until(lambda: _via_gateway("127.0.0.40", port)[0] == 200, what="the gateway route")
     apply(
         mesh,
@@ -299,28 +341,30 @@ spec:
   - from: [{{source: {{ipBlocks: [127.0.0.16/28]}}}}]
     to: [{{operation: {{ports: ["{port}"]}}}}]
 ---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: no-admin, namespace: default}}
-spec:
-  selector: {{matchLabels: {{istio: edge}}}}
-  action: DENY
-  rules:
-  - to: [{{operation: {{paths: ["/admin*"]}}}}]
-""",
+{no_admin("istio: edge")}""",
     )
     wait_until(lambda: _via_gateway("127.0.0.40", port) == DENIED, what="the allowlist")
     status, body = _via_gateway("127.0.0.17", port, "/shop")
     assert status == 200 and '"service": "web"' in body
     assert _via_gateway("127.0.0.17", port, "/admin/users") == DENIED
+    for path in ADMIN_IN_DISGUISE:  # the gateway normalizes the path as sidecars do
+        assert _via_gateway("127.0.0.17", port, path) == DENIED, path
     assert _via_gateway("127.0.0.1", port) == DENIED
 
 
-def _echoes(port: int) -> bool:
-    """Whether a new connection to ``port`` gets its line echoed (tcp_echo.py prefixes
-    it with its version); a connection RBAC refuses is closed with nothing echoed."""
+@pytest.fixture(scope="module")
+def tcp_echo(live: tuple[Mesh, Workload]) -> None:
+    """A ``tcp-echo`` service (TCP port 9000) for the module's TCP tests."""
+    mesh, _ = live
+    mesh.run("tcp-echo", "v1", "9000/tcp", "tcp_echo.py")  # type: ignore[arg-type]
+
+
+def _echoes(port: int, source: str = "127.0.0.1") -> bool:
+    """Whether a new connection to ``port`` from ``source`` gets its line echoed
+    (tcp_echo.py prefixes it with its version); a connection RBAC refuses is closed with
+    nothing echoed."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        with socket.create_connection(("127.0.0.1", port), 5, (source, 0)) as s:
             s.sendall(b"hello\n")
             return s.makefile("rb").readline() == b"v1 hello\n"
     except OSError:
@@ -328,13 +372,12 @@ def _echoes(port: int) -> bool:
 
 
 def test_tcp_port_principals_and_istios_rules_for_http_fields(
-    live: tuple[Mesh, Workload], policies: list[str]
+    live: tuple[Mesh, Workload], policies: list[str], tcp_echo: None
 ) -> None:
     """Istio's "Authorization for TCP traffic": a TCP port is judged by who connects (the
     client sidecar's certificate); a DENY rule naming an HTTP method cannot be judged on
     TCP, so it refuses every connection (Istio's rule: a DENY denies more, never less)."""
     mesh, _ = live
-    mesh.run("tcp-echo", "v1", "9000/tcp", "tcp_echo.py")  # type: ignore[arg-type]
     local = free_port()
     mesh.run("tcp-client", "v1", 80, "idle.py", False, "--upstream", f"tcp-echo:9000@{local}")
     wait_until(lambda: _echoes(local), what="tcp-echo through the client's sidecar")
@@ -372,3 +415,34 @@ spec:
     )
     wait_until(lambda: not _echoes(local), what="the DENY rule to refuse every connection")
     assert not any(_echoes(local) for _ in range(3))
+
+
+def test_a_gateway_tcp_server_is_judged_by_the_policies_selecting_the_gateway(
+    live: tuple[Mesh, Workload], policies: list[str], tcp_echo: None
+) -> None:
+    """As in Istio, a gateway's TCP server runs the network RBAC filters before its TCP
+    proxy: a DENY by ipBlocks selecting the gateway closes connections from that address
+    and leaves the others alone."""
+    mesh, _ = live
+    port = free_port()
+    mesh.gateway("edge-tcp", {"istio": "edge-tcp"})
+    to_echo = "tcp: [{route: [{destination: {host: tcp-echo, port: {number: 9000}}}]}]"
+    apply(mesh, policies, edge("edge-tcp", port, "TCP", to_echo))
+    wait_until(lambda: _echoes(port, "127.0.0.40"), what="the gateway's TCP server")
+    apply(
+        mesh,
+        policies,
+        """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge-tcp-blocklist, namespace: default}
+spec:
+  selector: {matchLabels: {istio: edge-tcp}}
+  action: DENY
+  rules:
+  - from: [{source: {ipBlocks: [127.0.0.40]}}]
+""",
+    )
+    wait_until(lambda: not _echoes(port, "127.0.0.40"), what="the DENY policy on the gateway")
+    assert not any(_echoes(port, "127.0.0.40") for _ in range(3))
+    assert all(_echoes(port, "127.0.0.17") for _ in range(3))

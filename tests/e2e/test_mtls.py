@@ -12,6 +12,7 @@ sidecar, TCP ports.
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import json
 import subprocess
@@ -23,6 +24,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from tsunagi.ca.keystore import self_signed
 
 from .mesh import (
     Mesh,
@@ -141,9 +144,8 @@ def s_client(port: int, tmp: Path, *cert: str) -> str:
     return done.stdout
 
 
-def mesh_certificate(mesh: Mesh, tmp: Path, account: str) -> list[str]:
-    """A certificate the mesh CA signs for ``account`` (asked with the admin token, as an
-    agent would with its own), written to ``tmp``: ``openssl s_client`` arguments."""
+def _key_and_csr(account: str) -> tuple[bytes, bytes]:
+    """A new key (PEM) and a CSR (PEM) for ``TRUST/account``, as an agent makes them."""
     key = ec.generate_private_key(ec.SECP256R1())
     spiffe = f"{TRUST}/{account}"
     csr = (
@@ -152,13 +154,17 @@ def mesh_certificate(mesh: Mesh, tmp: Path, account: str) -> list[str]:
         .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]), False)
         .sign(key, hashes.SHA256())
     )
-    body = json.dumps(
-        {
-            "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
-            "namespace": "default",
-            "serviceAccount": account,
-        }
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
+def mesh_certificate(mesh: Mesh, tmp: Path, account: str) -> list[str]:
+    """A certificate the mesh CA signs for ``account`` (asked with the admin token, as an
+    agent would with its own), written to ``tmp``: ``openssl s_client`` arguments."""
+    key_pem, csr = _key_and_csr(account)
+    body = json.dumps({"csr": csr.decode(), "namespace": "default", "serviceAccount": account})
     c = http.client.HTTPConnection("127.0.0.1", mesh.api_port, timeout=10)
     try:
         c.request(
@@ -174,11 +180,6 @@ def mesh_certificate(mesh: Mesh, tmp: Path, account: str) -> list[str]:
         c.close()
     (tmp / "chain.pem").write_text(signed["certificateChain"])
     (tmp / "roots.pem").write_text(signed["rootCertificates"])
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
     (tmp / "key.pem").write_bytes(key_pem)
     return ["-cert", "chain.pem", "-key", "key.pem", "-CAfile", "roots.pem"]
 
@@ -244,6 +245,58 @@ def test_strict_refuses_clients_without_a_sidecar_while_sidecars_never_notice(
     assert "HTTP/1.1 200" in answer and f"URI={TRUST}/outsider" in answer, answer
 
 
+def foreign_certificate(tmp: Path, account: str) -> list[str]:
+    """A certificate that names mesh identity ``TRUST/account`` (same trust domain), signed
+    by a throwaway CA of its own that the mesh never trusted, written to ``tmp``: ``openssl
+    s_client`` arguments."""
+    now = datetime.datetime.now(datetime.UTC)
+    foreign = self_signed(tmp / "foreign", "cluster.local", now)
+    key, csr = _key_and_csr(account)
+    signed = foreign.sign_csr(csr, f"{TRUST}/{account}", datetime.timedelta(hours=1), now)
+    (tmp / "foreign-chain.pem").write_bytes(signed.chain)
+    (tmp / "foreign-key.pem").write_bytes(key)
+    return ["-cert", "foreign-chain.pem", "-key", "foreign-key.pem"]
+
+
+def test_strict_refuses_a_certificate_from_another_ca(
+    live: tuple[Mesh, Workload, Workload], policies: list[str], tmp_path: Path
+) -> None:
+    """A client certificate naming a mesh identity, signed by a CA the mesh does not trust,
+    gets no answer under STRICT; one the mesh CA signed for the same identity does."""
+    mesh, web, _ = live
+    port = inbound_port(mesh, web)
+    apply(mesh, policies, MESH_STRICT)
+    wait_until(lambda: plain_get(port)[0] == 0, what="plain text refused under STRICT")
+    assert "HTTP/1.1" not in s_client(port, tmp_path, *foreign_certificate(tmp_path, "client"))
+    answer = s_client(port, tmp_path, *mesh_certificate(mesh, tmp_path, "client"))
+    assert "HTTP/1.1 200" in answer, answer
+
+
+def destination_rule_sans(*sans: str) -> str:
+    """web's DestinationRule: ISTIO_MUTUAL, the server's certificate checked for ``sans``."""
+    return (
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+        "metadata: {name: web, namespace: default}\n"
+        f"spec: {{host: web, trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL, "
+        f"subjectAltNames: {list(sans)}}}}}}}\n"
+    )
+
+
+def test_a_client_sidecar_refuses_a_server_whose_identity_is_not_in_the_san_list(
+    live: tuple[Mesh, Workload, Workload], policies: list[str]
+) -> None:
+    """Istio's secure naming: ISTIO_MUTUAL with ``subjectAltNames`` naming another identity
+    makes web's own certificate unacceptable to the client's sidecar (503, the app never
+    sees the request); naming web's identity lets it through."""
+    mesh, _, client = live
+    apply(mesh, policies, destination_rule_sans(f"{TRUST}/somebody-else"))
+    wait_until(lambda: via_sidecar(client)[0] == 503, what="the server's identity refused")
+    assert [via_sidecar(client)[0] for _ in range(3)] == [503] * 3
+    apply(mesh, policies, destination_rule_sans(f"{TRUST}/somebody-else", f"{TRUST}/web"))
+    wait_until(lambda: via_sidecar(client)[0] == 200, what="web's identity accepted")
+    assert f"By={TRUST}/web" in (xfcc(via_sidecar(client)) or "")
+
+
 def test_disable_goes_back_to_plain_text(
     live: tuple[Mesh, Workload, Workload], policies: list[str], tmp_path: Path
 ) -> None:
@@ -273,7 +326,12 @@ def test_port_level_mtls_overrides_the_workloads_mode(
         ),
     )
     assert plain_get(port)[0] == 200
-    assert f"URI={TRUST}/client" in (xfcc(via_sidecar(client)) or "")
+    # The client's sidecar learns from EDS alone that web takes mTLS again (the cluster
+    # keeps both transport sockets, as in Istio); a connection it pooled in plain text
+    # under the previous test's DISABLE lasts until web's replaced listener drains it.
+    wait_until(
+        lambda: f"URI={TRUST}/client" in (xfcc(via_sidecar(client)) or ""), what="mTLS again"
+    )
     # The port-level entry names another port now: web's port is STRICT like the workload.
     apply(
         mesh,
@@ -284,6 +342,9 @@ def test_port_level_mtls_overrides_the_workloads_mode(
     )
     wait_until(lambda: plain_get(port)[0] == 0, what="plain text refused on the STRICT port")
     assert f"URI={TRUST}/client" in (xfcc(via_sidecar(client)) or "")
+    # New connections (concurrent callers need several) speak mTLS: STRICT takes them all.
+    fresh = concurrent_gets(client, WEB, "/?sleep=0.3", threads=6, each=1)
+    assert [status for status, _ in fresh] == [200] * 6
 
 
 EXTERNAL = "edition.example.test"

@@ -14,8 +14,9 @@ import yaml
 
 from tests.certs import leaks, make_cert
 
-from .mesh import Mesh, free_port, wait_until
+from .mesh import Mesh, free_port, started_mesh, wait_until
 from .test_secrets import _serials
+from .test_workload_identity import served_serials
 from .tls_helpers import create_tls_secret, renew_tls_secret, write_pem
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +65,9 @@ spec:
     assert header.split("   ")[0] == "RESOURCE NAME"
     for column in ("TYPE", "STATUS", "VALID CERT", "SERIAL NUMBER", "NOT AFTER", "NOT BEFORE"):
         assert column in header
-    assert [r.split()[:6] for r in rows] == [
+    # its own certificate and trust bundle first (as istioctl), then the credential
+    assert [r.split()[0] for r in rows] == ["default", "ROOTCA", CRED]
+    assert [r.split()[:6] for r in rows if r.startswith(CRED)] == [
         [CRED, "Cert", "Chain", "ACTIVE", "true", f"{first.serial:x}"]
     ]
     # NAME with its namespace apart, as istioctl's -n
@@ -74,7 +77,7 @@ spec:
     as_yaml = mesh.cli("proxy-config", "secret", proxy, "-o", "yaml")
     as_json = mesh.cli("proxy-config", "secret", proxy, "-o", "json")
     for doc in (yaml.safe_load(as_yaml.stdout), json.loads(as_json.stdout)):
-        (row,) = doc["secrets"]
+        row = {s["name"]: s for s in doc["secrets"]}[CRED]
         assert doc["proxy"] == proxy and row["subject"] == "CN=tls.example.com"
         assert row["sans"] == ["DNS:tls.example.com"] and row["issuer"] == "CN=tls.example.com"
         assert row["source"] == "control-plane" and row["valid"] is True
@@ -90,7 +93,9 @@ spec:
     assert not leaks(after.stdout, renewed.key) and f"{first.serial:x}" not in after.stdout
 
 
-def test_an_unknown_proxy_is_refused_and_a_sidecar_holds_no_secrets(mesh: Mesh) -> None:
+def test_an_unknown_proxy_is_refused_and_a_sidecar_holds_only_its_own_certificate(
+    mesh: Mesh,
+) -> None:
     client = mesh.client()
     unknown = mesh.cli("proxy-config", "secret", "nope")
     assert unknown.returncode == 1 and unknown.stdout == ""
@@ -98,13 +103,15 @@ def test_an_unknown_proxy_is_refused_and_a_sidecar_holds_no_secrets(mesh: Mesh) 
     assert f"{client.name}.default" in unknown.stderr  # the names it could have given
 
     # The sidecar's name as given to `tsunagi run --name` (namespace default)
-    none = mesh.cli("proxy-config", "secret", client.name)
-    assert none.returncode == 0, none.stderr
-    assert none.stdout.strip() == "No active or warming secrets found."
-    assert (
-        json.loads(mesh.cli("proxy-config", "secret", client.name, "-o", "json").stdout)["secrets"]
-        == []
-    )
+    own = mesh.cli("proxy-config", "secret", client.name)
+    assert own.returncode == 0, own.stderr
+    assert [r.split()[:3] for r in own.stdout.splitlines()[1:]] == [
+        ["default", "Cert", "Chain"],
+        ["ROOTCA", "CA", "ACTIVE"],
+    ]
+    rows = _rows(mesh, client.name)
+    assert list(rows) == ["default", "ROOTCA"]  # no pushed Secret: a sidecar gets none
+    assert rows["default"]["sans"] == ["URI:spiffe://cluster.local/ns/default/sa/client"]
 
 
 def test_a_credential_the_gateway_asks_for_but_that_is_missing_is_warming(mesh: Mesh) -> None:
@@ -130,3 +137,36 @@ spec:
     table = mesh.cli("proxy-config", "secret", proxy).stdout
     # the note under the table
     assert f"{missing}: " in table and "no usable Secret no-such-cred in namespace edge" in table
+
+
+@pytest.fixture
+def short_lived(tmp_path: Path) -> Any:
+    """A mesh whose workload certificates live 20 seconds (renewed at 10)."""
+    yield from started_mesh(tmp_path, "--workload-cert-ttl", "20s")
+
+
+def test_proxy_config_secret_shows_the_sidecars_own_certificate_and_its_rotation(
+    short_lived: Mesh,
+) -> None:
+    """``default`` is the certificate the agent got for its proxy: the serial Envoy itself
+    serves (admin ``/certs``), its SPIFFE ID; after a renewal (20 s certificates), the new one."""
+    mesh = short_lived
+    web = mesh.run("web", "v1", 9080, "echo.py", True, "--service-account", "web-sa")
+
+    def own() -> dict[str, Any]:
+        return _rows(mesh, f"{web.name}.default")["default"]
+
+    first = own()
+    assert (first["type"], first["status"], first["valid"]) == ("Cert Chain", "ACTIVE", True)
+    assert first["sans"] == ["URI:spiffe://cluster.local/ns/default/sa/web-sa"]
+    assert first["source"] == "agent"
+    assert first["serial_number"] in served_serials(web)
+    roots = _rows(mesh, f"{web.name}.default")["ROOTCA"]
+    assert roots["type"] == "CA" and roots["serial_number"]
+
+    wait_until(
+        lambda: own()["serial_number"] != first["serial_number"], timeout=40, what="a renewal"
+    )
+    renewed = own()["serial_number"]
+    wait_until(lambda: renewed in served_serials(web), what="Envoy serving the renewal")
+    assert first["serial_number"] != renewed

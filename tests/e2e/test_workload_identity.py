@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ from tsunagi.spiffe import spiffe_id
 from tsunagi.xds import resources as rs
 from tsunagi.xds.translate.names import credential_secret
 
-from .mesh import APPS, Mesh, Traffic, Workload, cmdline, started_mesh, wait_until
+from .mesh import Mesh, Traffic, Workload, cmdline, free_port, started_mesh, stop, wait_until
+from .test_gateway_tls import served_certificate
 
 pytestmark = pytest.mark.e2e
 
@@ -61,20 +61,32 @@ def served_serials(w: Workload) -> set[str]:
     }
 
 
-def certificate(mesh: Mesh, namespace: str, account: str) -> tuple[bytes, bytes, bytes]:
-    """``(key, chain, roots)`` for ``namespace``/``account``, from ``POST /v1/certificates``
-    with the admin token (which may obtain any identity), for a key made here."""
+def ask_certificate(
+    mesh: Mesh, namespace: str, account: str, gateway: bool = False, token: str = ""
+) -> tuple[int, dict[str, Any], bytes]:
+    """``POST /v1/certificates`` for ``namespace``/``account`` and a key made here, with
+    ``token`` (the admin's, which may obtain any identity, when empty); ``gateway``: ask
+    for a gateway's certificate. ``(status, reply, key)``."""
     key, csr = key_and_csr(spiffe_id("cluster.local", namespace, account))
-    body = json.dumps({"csr": csr.decode(), "namespace": namespace, "serviceAccount": account})
+    doc = {"csr": csr.decode(), "namespace": namespace, "serviceAccount": account}
+    body = json.dumps({**doc, "gateway": True} if gateway else doc)
     c = http.client.HTTPConnection("127.0.0.1", mesh.api_port, timeout=10)
     try:
-        headers = {"Authorization": f"Bearer {mesh.token()}", "Content-Type": "application/json"}
+        bearer = token or mesh.token()
+        headers = {"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"}
         c.request("POST", "/v1/certificates", body, headers)
         resp = c.getresponse()
-        reply = json.loads(resp.read())
-        assert resp.status == 200, reply
+        return resp.status, json.loads(resp.read()), key
     finally:
         c.close()
+
+
+def certificate(
+    mesh: Mesh, namespace: str, account: str, gateway: bool = False
+) -> tuple[bytes, bytes, bytes]:
+    """``(key, chain, roots)`` for ``namespace``/``account``, with the admin token."""
+    status, reply, key = ask_certificate(mesh, namespace, account, gateway)
+    assert status == 200, reply
     return key, reply["certificateChain"].encode(), reply["rootCertificates"].encode()
 
 
@@ -197,10 +209,21 @@ def test_the_xds_port_admits_only_a_node_its_certificate_vouches_for(mesh: Mesh)
     assert "spiffe://cluster.local/ns/default/sa/ingress" in details
     wait_until(lambda: "refused an xDS stream" in mesh.log(), what="the refusal in the log")
 
-    # the control: a certificate of istio-system gets the gateway's key
+    # a workload token of istio-system, not made with --gateway: no gateway certificate...
+    made = mesh.cli("token", "create", "-n", "istio-system", "--service-account", "ingress")
+    assert made.returncode == 0, made.stderr
+    status, reply, _ = ask_certificate(mesh, "istio-system", "ingress", True, made.stdout.strip())
+    assert status == 403 and "--gateway" in reply["error"], reply
+    # ...and its ordinary one opens a stream but gets no key
     key, chain, roots = certificate(mesh, "istio-system", "ingress")
+    plain = grpc.ssl_channel_credentials(roots, key, chain)
+    response = first_response(mesh, plain, "ingress-2.istio-system", gateway)
+    assert not response.resources and served.key not in response.SerializeToString()
+
+    # the control: a gateway's certificate of istio-system gets the gateway's key
+    key, chain, roots = certificate(mesh, "istio-system", "ingress", gateway=True)
     genuine = grpc.ssl_channel_credentials(roots, key, chain)
-    response = first_response(mesh, genuine, "ingress-2.istio-system", gateway)
+    response = first_response(mesh, genuine, "ingress-3.istio-system", gateway)
     assert [r.type_url for r in response.resources] == [rs.SECRET]
     assert served.key in response.resources[0].value
 
@@ -236,22 +259,85 @@ def test_certificates_rotate_without_restarting_envoy_or_failing_requests(
     assert after == connected  # the same xDS streams
 
 
-def test_a_workload_token_gets_its_sidecar_only_its_own_identity(mesh: Mesh) -> None:
-    made = mesh.cli("token", "create", "--namespace", "default", "--service-account", "web")
+def test_a_sidecar_outlives_its_short_lived_workload_token(short_lived: Mesh) -> None:
+    """A token of 30 s, certificates of 20 s: each renewal brings a fresh token, so the
+    sidecar keeps its certificate, its registration and its traffic well past the first
+    token's expiry. (Which identities a token may obtain: test_identity_api.py.)"""
+    mesh = short_lived
+    made = mesh.cli(
+        "token", "create", "--namespace", "default", "--service-account", "web", "--ttl", "30s"
+    )
     assert made.returncode == 0, made.stderr
-    token = made.stdout.strip()
-    # another service account: the CA refuses, the agent stops before starting its app
-    refused = mesh.cli(
-        "run", "--token", token, "--service", "web", "--service-account", "admin",
-        "--", sys.executable, str(APPS / "idle.py"),
-    )  # fmt: skip
-    assert refused.returncode == 1
-    assert "may not obtain spiffe://cluster.local/ns/default/sa/admin" in refused.stderr
-    assert not mesh.api("GET", "/v1/proxies")["proxies"]
-    # its own: the sidecar runs with that identity, over the mTLS xDS port
+    token, expires = made.stdout.strip(), time.time() + 30  # at most this
     web = mesh.run("web", "v1", 9080, "echo.py", True, "--token", token)
-    cert = sds_certificate(web)
-    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [
+    sans = sds_certificate(web).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert sans.value.get_values_for_type(x509.UniformResourceIdentifier) == [
         "spiffe://cluster.local/ns/default/sa/web"
     ]
+    client = mesh.client()
+    # The first token is dead for everybody else...
+    wait_until(
+        lambda: "expired" in mesh.cli("proxy-status", "--token", token).stderr,
+        timeout=60,
+        what="the first token expired",
+    )
+    # ...and then long enough for a heartbeat-less instance to have been dropped (TTL 15 s)
+    # and for a renewal that needed the fresh token.
+    time.sleep(20)
+    assert web.name in mesh.workload_names()
+    cert = sds_certificate(web)
+    # issued (20 s before its notAfter) after the first token had expired
+    assert cert.not_valid_after_utc.timestamp() - 20 > expires, cert.not_valid_after_utc
+    status, body = client.get("web:9080")
+    assert status == 200 and isinstance(body, dict) and body["service"] == "web", body
+    stop(web.proc)
+    assert web.name not in mesh.workload_names()
+    log = (mesh.state_dir / f"{web.name}.log").read_text()
+    assert "refused this sidecar's token" not in log and "could not deregister" not in log
+
+
+def test_only_a_gateway_token_lets_tsunagi_gateway_serve_its_credential(mesh: Mesh) -> None:
+    """`tsunagi gateway` with a workload token of its namespace runs, but its TLS server has
+    no certificate (the handshake fails) and proxy-config says why; with a `--gateway` token
+    of the same identity it serves the credential."""
+    served = make_cert("shop.example.com")
+    port = free_port()
+    b64 = [base64.b64encode(pem).decode() for pem in (served.cert, served.key)]
+    applied = mesh.apply((GATEWAY_CONFIG % tuple(b64)).replace("8443", str(port)))
+    assert applied.returncode == 0, applied.stderr
+
+    def token(*extra: str) -> str:
+        made = mesh.cli(
+            "token", "create", "-n", "istio-system", "--service-account", "ingress", *extra
+        )
+        assert made.returncode == 0, made.stderr
+        return made.stdout.strip()
+
+    labels = {"istio": "ingressgateway"}
+    plain = mesh.gateway("ingress", labels, "--token", token(), namespace="istio-system")
+    proxy = f"{plain.name}.istio-system"
+
+    def cred_row() -> dict[str, Any]:
+        out = mesh.cli("proxy-config", "secret", proxy, "-o", "json")
+        assert out.returncode == 0, out.stderr
+        rows = {s["name"]: s for s in json.loads(out.stdout)["secrets"]}
+        return rows.get(credential_secret("cred"), {})
+
+    wait_until(lambda: cred_row().get("status") == "WARMING", what="Envoy asking for the key")
+    assert "--gateway" in cred_row()["message"]
+    assert served_certificate(port, "shop.example.com") is None  # no certificate to show
+    logs = "".join(f.read_text() for f in mesh.state_dir.glob("gateway-ingress-*.log"))
+    assert "may not obtain a gateway's certificate" in logs  # the agent says why
+    stop(plain.proc)
+
+    genuine = mesh.gateway(
+        "ingress", labels, "--token", token("--gateway"), namespace="istio-system"
+    )
+    wait_until(
+        lambda: (
+            (c := served_certificate(port, "shop.example.com")) is not None
+            and c.serial_number == served.serial
+        ),
+        what="the gateway serving its credential",
+    )
+    assert genuine.proc.poll() is None

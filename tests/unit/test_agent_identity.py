@@ -32,7 +32,7 @@ from tsunagi.agent.identity import (
 )
 from tsunagi.agent.sds_files import read_workload_chain, write_secrets
 from tsunagi.ca.keystore import self_signed
-from tsunagi.client import Unreachable
+from tsunagi.client import Rejected, Unreachable
 
 SPIFFE = "spiffe://cluster.local/ns/shop/sa/cart"
 
@@ -101,8 +101,8 @@ def test_envoy_accepts_the_bootstrap_with_mtls_to_xds(tmp_path: Path) -> None:
     )
     write_secrets(str(tmp_path), signed.chain.decode(), key, signed.root.decode())
     ident = ProxyIdentity("cart-1.shop", "cart", "shop", service_account="cart")
-    xds_id = "spiffe://cluster.local/ns/istio-system/sa/tsunagi"
-    doc = bootstrap(ident, "127.0.0.1", 15012, 15000, xds_identity=xds_id)
+    xds_name = "xds.tsunagi.cluster.local"
+    doc = bootstrap(ident, "127.0.0.1", 15012, 15000, xds_server_name=xds_name)
     assert doc["node"]["metadata"][pc.META_SERVICE_ACCOUNT] == "cart"
     [xds] = doc["static_resources"]["clusters"]
     tls = xds["transport_socket"]["typed_config"]["common_tls_context"]
@@ -112,7 +112,7 @@ def test_envoy_accepts_the_bootstrap_with_mtls_to_xds(tmp_path: Path) -> None:
         pc.ROOT_CA_SECRET
     )
     sans = validation["default_validation_context"]["match_typed_subject_alt_names"]
-    assert sans == [{"san_type": "URI", "matcher": {"exact": xds_id}}]
+    assert sans == [{"san_type": "DNS", "matcher": {"exact": xds_name}}]
     (tmp_path / "envoy.json").write_text(json.dumps(doc))
     done = subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", "envoy.json", "--use-dynamic-base-id"],
@@ -137,17 +137,21 @@ def test_envoy_accepts_the_bootstrap_with_mtls_to_xds(tmp_path: Path) -> None:
 def test_bootstrap_reply_without_trust_is_a_clear_error() -> None:
     with pytest.raises(IdentityError, match="upgrade it"):
         xds_trust({"xds": {"host": "127.0.0.1", "port": 15010}})
+    # one that names only the SPIFFE ID (before the DNS name): the same advice
+    with pytest.raises(IdentityError, match="upgrade it"):
+        xds_trust(
+            {
+                "xds": {"host": "127.0.0.1", "port": 15012, "identity": "spiffe://td/ns/a/sa/b"},
+                "trust": {"trustDomain": "td", "rootCertificates": "PEM"},
+            }
+        )
     trust = xds_trust(
         {
-            "xds": {"host": "127.0.0.1", "port": 15012, "identity": "spiffe://td/ns/a/sa/b"},
+            "xds": {"host": "127.0.0.1", "port": 15012, "serverName": "xds.tsunagi.td"},
             "trust": {"trustDomain": "td", "rootCertificates": "PEM"},
         }
     )
-    assert (trust.port, trust.identity, trust.trust_domain) == (
-        15012,
-        "spiffe://td/ns/a/sa/b",
-        "td",
-    )
+    assert (trust.port, trust.server_name, trust.trust_domain) == (15012, "xds.tsunagi.td", "td")
 
 
 def test_renewal_is_due_half_way_through_what_is_left() -> None:
@@ -225,3 +229,76 @@ def test_a_ca_answering_for_another_identity_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IdentityError, match="but got spiffe://x/ns/a/sa/b"):
         ident.obtain()
     assert read_workload_chain(str(tmp_path)) == ""  # nothing written
+
+
+class _RenewingCa(_FlakyCa):
+    """Answers a workload token's caller with a fresh token, as the control plane does."""
+
+    token = "tsw1.first"
+
+    def request(self, method: str, path: str, body: Any = None, **kw: Any) -> dict[str, Any]:
+        self.seen = [*getattr(self, "seen", []), self.token]
+        return {**super().request(method, path, body, **kw), "token": f"tsw1.{self.calls}"}
+
+
+def test_the_client_switches_to_the_token_each_certificate_brings(tmp_path: Path) -> None:
+    ca = _RenewingCa(tmp_path, 0, 60.0)
+    ident = WorkloadIdentity(ca, str(tmp_path), "cluster.local", "shop", "cart", "cart-1")  # type: ignore[arg-type]
+    ident.obtain()
+    assert ca.token == "tsw1.1"  # heartbeats and deregistration share this client
+    ident.obtain()
+    assert ca.seen == ["tsw1.first", "tsw1.1"] and ca.token == "tsw1.2"
+
+
+def test_a_malformed_csr_answer_is_an_identity_error_and_renewal_keeps_going(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A KeyError escaping here would end the renewal thread for good.
+    real_run = subprocess.run
+    runs = []
+
+    def run(*args: Any, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        runs.append(args)
+        if len(runs) in (2, 3):
+            return subprocess.CompletedProcess(args, 0, b'{"csr": "x"}', b"")
+        return real_run(*args, **kw)
+
+    monkeypatch.setattr(identity_module.subprocess, "run", run)
+    monkeypatch.setattr(identity_module, "RETRY_FIRST", 0.05)
+    ca = _FlakyCa(tmp_path, 0, 1.0)
+    ident = WorkloadIdentity(ca, str(tmp_path), "cluster.local", "shop", "cart", "cart-1")  # type: ignore[arg-type]
+    first = ident.obtain()
+    with pytest.raises(IdentityError, match="said something unexpected: 'key'"):
+        ident.obtain()
+    stop = threading.Event()
+    keeper = threading.Thread(target=ident.keep, args=(stop,), daemon=True)
+    keeper.start()
+    deadline = time.monotonic() + 20
+    while ca.calls < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    keeper.join(10)
+    assert ca.calls >= 2 and ident.current is not None and ident.current.serial != first.serial
+    assert "said something unexpected" in capsys.readouterr().err
+
+
+def test_a_refused_token_is_logged_with_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class _Refusing(_FlakyCa):
+        def request(self, method: str, path: str, body: Any = None, **kw: Any) -> dict[str, Any]:
+            raise Rejected(401, {"error": "the workload token ... expired"})
+
+    ident = WorkloadIdentity(
+        _Refusing(tmp_path, 0, 60.0),  # type: ignore[arg-type]
+        str(tmp_path),
+        "cluster.local",
+        "shop",
+        "cart",
+        "cart-1",
+    )
+    with pytest.raises(Rejected):
+        ident.obtain()
+    err = capsys.readouterr().err
+    assert "refused this sidecar's token" in err
+    assert "tsunagi token create --namespace shop --service-account cart" in err

@@ -486,7 +486,9 @@ def _gateway_scope(world: World) -> Any:
     return world.scope_of(node)
 
 
-def test_gateways_are_selected_by_their_labels_and_keyed_by_their_policies() -> None:
+def test_gateways_are_selected_by_their_labels_and_keyed_by_their_policies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     allow = _policy(
         "selector: {matchLabels: {istio: ingressgateway}}\n"
         "rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}], to: [{operation: {ports: ['80']}}]}]",
@@ -504,9 +506,39 @@ def test_gateways_are_selected_by_their_labels_and_keyed_by_their_policies() -> 
     assert policy["permissions"][0]["and_rules"]["rules"][0]["or_rules"]["rules"] == [
         NEVER_PERMISSION
     ]
-    # The memo key of the gateway's listeners changes with what a selected policy says.
-    changed = World.build(1, _load(allow.replace("10.0.0.0/8", "10.0.0.0/16"), other), [])
+    # The memo key of the gateway's listeners changes with a selected policy (a new revision
+    # is a new parsed object, as the control plane's WorldBuilder makes them), not with a
+    # policy that selects another workload.
+    [allow_res, other_res] = world.resources
+
+    def unserialized(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the key serializes no policy")
+
+    monkeypatch.setattr(AuthorizationPolicySpec, "model_dump_json", unserialized)
+    changed = World.build(2, [*_load(allow.replace("10.0.0.0/8", "10.0.0.0/16")), other_res], [])
     assert authz.gateway_key(world, scope) != authz.gateway_key(changed, _gateway_scope(changed))
+    unrelated = World.build(3, [allow_res, *_load(other.replace("web", "api"))], [])
+    same = authz.gateway_key(unrelated, _gateway_scope(unrelated))
+    assert authz.gateway_key(world, scope) == same
     nothing = World.build(1, _load(other), [])
-    assert authz.gateway_key(nothing, _gateway_scope(nothing)) == ""
+    assert authz.gateway_key(nothing, _gateway_scope(nothing)) == ()
     assert authz.gateway_filters(nothing, _gateway_scope(nothing), 80) == ()
+
+
+def test_a_workload_entry_without_service_account_has_no_identity() -> None:
+    """As in Istio: no ``serviceAccount``, no SPIFFE ID (the SAN lists clients check leave it
+    out too), so a principal naming ``default`` there is still nobody's."""
+    docs = _load(
+        _policy("rules: [{from: [{source: {principals: [cluster.local/ns/vms/sa/default]}}]}]"),
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n"
+        "metadata: {name: vm-1, namespace: vms}\nspec: {address: 192.0.2.30}\n",
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n"
+        "metadata: {name: vm-2, namespace: vms}\n"
+        "spec: {address: 192.0.2.31, serviceAccount: runner}\n",
+    )
+    world = World.build(1, docs, [])
+    [warning] = principal_problems(world, docs, [])
+    assert "'default'" in warning and "'vms'" in warning
+    runner = "cluster.local/ns/vms/sa/runner"
+    ok = _load(_policy(f"rules: [{{from: [{{source: {{principals: [{runner}]}}}}]}}]"))
+    assert principal_problems(world, ok, []) == []

@@ -6,6 +6,7 @@ Behaviour only, never how fast anything is.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from benchmarks import configs, dataplane
@@ -17,6 +18,8 @@ from tsunagi.mesh import Node, World
 from tsunagi.registry import Instance
 from tsunagi.xds import resources as rs
 from tsunagi.xds.translate import translate
+from tsunagi.xds.translate.inbound_tls import downstream_context
+from tsunagi.xds.translate.mesh_tls import mesh_sni, upstream_context
 
 
 def _dump(config: str) -> dict[str, Any]:
@@ -81,20 +84,88 @@ def test_policy_check_names_what_is_missing() -> None:
 
 
 def test_tsunagi_cases_are_measured_beside_their_baselines_every_round() -> None:
-    names = ["direct", "envoy-pair", "envoy-pair-traced", "haproxy-pair", "envoy-ingress"]
-    names += ["tsunagi", "tsunagi-policy", "tsunagi-traced", "tsunagi-ingress"]
+    names = ["direct", "envoy-pair", "envoy-pair-mtls", "envoy-pair-traced", "haproxy-pair"]
+    names += ["envoy-ingress", "tsunagi", "tsunagi-policy", "tsunagi-traced", "tsunagi-ingress"]
     cases = [Case(n, 1, "h", []) for n in names]
     for r in range(6):
         order = [c.name for c in dataplane.round_order(cases, r)]
         assert sorted(order) == sorted(names)
-        pair = order.index("envoy-pair")
+        pair = order.index("envoy-pair-mtls")
         assert {order[pair - 1], order[pair + 1]} == {"tsunagi", "tsunagi-policy"}, order
+        # The plaintext pair (what mTLS costs) right beside the policy case, in the same unit.
+        policy = order.index("tsunagi-policy")
+        assert "envoy-pair" in (order[policy - 1], order[(policy + 1) % len(order)]), order
         for base, partner in (
             ("envoy-pair-traced", "tsunagi-traced"),
             ("envoy-ingress", "tsunagi-ingress"),
         ):
             at = order.index(base)
             assert partner in order[at - 1 : at] + order[at + 1 : at + 2], order
+
+
+def test_goals_judge_tsunagi_against_the_mtls_pair_and_say_what_mtls_costs() -> None:
+    def case(rps: float, p50: float, cpu: float) -> dict[str, Any]:
+        return {
+            "rps": rps,
+            "p50_ms": p50,
+            "p90_ms": p50,
+            "p99_ms": 2 * p50,
+            "cpu_per_1k_rps_per_sidecar": cpu,
+            "proxy_cpu_per_1k_rps_per_sidecar": cpu,
+            "agent_cpu_per_1k_rps_per_sidecar": 0.0,
+            "errors": 0,
+            "commands": ["wrk", "hey"],
+        }
+
+    summary = {
+        "direct": case(50000, 0.5, 0.0),
+        "envoy-pair": case(10000, 1.5, 0.10),
+        "envoy-pair-mtls": case(8000, 2.0, 0.12),
+        "tsunagi": case(7600, 2.0, 0.12),
+        "tsunagi-policy": case(7200, 2.5, 0.13),
+    }
+    g = dataplane.goals(summary)
+    assert round(g["throughput_ratio"], 3) == 0.95
+    assert round(g["policy_throughput_ratio"], 3) == 0.9
+    assert round(g["mtls_total_throughput_ratio"], 3) == 0.76
+    assert round(g["mtls_pair_throughput_ratio"], 3) == 0.8
+    assert round(g["mtls_pair_cpu_per_request_ratio"], 3) == 1.2
+    memory = {"services": 10}
+    text = dataplane.markdown({"rounds": 1, "seconds": 1, "summary": summary, "memory": memory})
+    assert "Goals (tsunagi against the minimal Envoy pair with the same mTLS" in text
+    assert "what mTLS costs in all (tsunagi against the plaintext envoy-pair): throughput 0.76" in (
+        text
+    )
+
+
+def test_the_static_mtls_pair_has_the_sidecars_tls_settings(tmp_path: Path) -> None:
+    """Same TLS versions, ciphers, ALPN, SNI and SAN check as tsunagi's generated contexts;
+    only where the certificates come from differs (files, not SDS)."""
+    ca = configs.MeshCA(tmp_path)
+    server_id, client_id = ca.identity("upstream"), ca.identity("bench-client")
+    assert server_id.spiffe == "spiffe://cluster.local/ns/default/sa/upstream"
+    client = configs.mtls_client(configs.forwarder(1, 2, 3), client_id, server_id, "upstream")
+    server = configs.mtls_server(configs.forwarder(3, 4, 5), server_id)
+    up = client["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+    down = server["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"]
+    down = down["typed_config"]
+    sni = mesh_sni("upstream.default.svc.cluster.local", 80)
+    tsunagi_up = upstream_context(sni, [server_id.spiffe], h2=False)
+    tsunagi_down = downstream_context()
+    for ours, theirs in ((up, tsunagi_up), (down, tsunagi_down)):
+        assert ours["@type"] == theirs["@type"]
+        assert ours.get("sni") == theirs.get("sni")
+        assert ours.get("require_client_certificate") == theirs.get("require_client_certificate")
+        mine, generated = ours["common_tls_context"], theirs["common_tls_context"]
+        for key in ("tls_params", "alpn_protocols"):
+            assert mine[key] == generated[key], key
+    generated_san = tsunagi_up["common_tls_context"]["combined_validation_context"]
+    assert (
+        up["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"]
+        == generated_san["default_validation_context"]["match_typed_subject_alt_names"]
+    )
+    assert Path(up["common_tls_context"]["tls_certificates"][0]["certificate_chain"]["filename"])
+    assert "BEGIN CERTIFICATE" in server_id.cert.read_text()
 
 
 def test_a_run_of_some_cases_measures_each_of_them() -> None:

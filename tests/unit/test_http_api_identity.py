@@ -233,3 +233,43 @@ async def test_the_admin_makes_workload_tokens(plane: Plane) -> None:
     assert status == 200 and cert["spiffeId"] == WEB
     status, cert = await plane.certificate(got["token"], sa="db")
     assert status == 403
+
+
+async def test_a_workload_token_asking_for_the_control_planes_identity_is_403(
+    plane: Plane,
+) -> None:
+    # Even a token for that very identity, or for another one (the admin case is above).
+    for ns, sa in (("default", "web"), ("istio-system", "tsunagi")):
+        token = plane.workload_token(ns, sa)
+        status, body = await plane.certificate(token, ns="istio-system", sa="tsunagi")
+        assert status == 403 and "control plane's own identity" in body["error"], body
+        assert "token" not in body
+
+
+async def test_a_workload_token_gets_a_fresh_one_with_each_certificate(plane: Plane) -> None:
+    # Its own identity only, living one certificate lifetime past the certificate.
+    start = plane.workload_token(ttl=30)
+    status, body = await plane.certificate(start, ttl="1h")
+    assert status == 200, body
+    fresh = body["token"]
+    assert fresh != start and body["tokenExpires"] == body["notAfter"] + 3600
+    claims = wt.verify(plane.key, fresh, time.time())
+    assert (claims.namespace, claims.service_account) == ("default", "web")
+    assert claims.expires == body["tokenExpires"]
+    # The fresh token works after the first has expired, for that identity alone.
+    status, again = await plane.certificate(fresh)
+    assert status == 200 and again["spiffeId"] == WEB and "token" in again
+    status, other = await plane.certificate(fresh, sa="db")
+    assert status == 403 and "token" not in other
+    # The admin token is never replaced.
+    status, admin = await plane.certificate()
+    assert status == 200 and "token" not in admin and "tokenExpires" not in admin
+
+
+async def test_token_lifetimes_are_capped(plane: Plane) -> None:
+    body = {"namespace": "default", "serviceAccount": "web", "ttl": "9000h"}
+    status, got = await plane.call("POST", "/v1/tokens", body=body)
+    assert status == 400 and "longer than the longest token lifetime, 366 days" in got["error"]
+    body["ttl"] = "8760h"
+    status, got = await plane.call("POST", "/v1/tokens", body=body)
+    assert status == 200 and got["spiffeId"] == WEB

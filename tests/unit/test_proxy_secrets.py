@@ -88,7 +88,8 @@ def _sotw(t: str, names: Iterable[str], nonce: str = "") -> discovery_pb2.Discov
 
 def _entry(stream: Any, snap: Snapshot) -> NodeEntry:
     stream.set_snapshot(snap)
-    return NodeEntry("edge-1a2b3c.edge", {"kind": "gateway", "namespace": "edge"}, snap, stream)
+    meta = {"kind": "gateway", "namespace": "edge"}
+    return NodeEntry("edge-1a2b3c.edge", meta, snap, stream, verified=True)  # may hold keys
 
 
 def _by_name(entry: NodeEntry) -> dict[str, dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from tsunagi.api import load_documents
 from tsunagi.controlplane.push import Debounce, Pusher
 from tsunagi.mesh import Node, World
 from tsunagi.store import MemoryStore
@@ -75,6 +76,32 @@ def test_endpoint_only_change_changes_only_endpoints_of_that_service() -> None:
         if _versions(before, rs.ENDPOINT)[n] != v
     }
     assert changed == {"outbound|9080||reviews.default.svc.cluster.local"}
+
+
+# reviews v1's sidecar takes no mTLS (its endpoint carries no tlsMode); v2's does.
+V1_PLAIN = load_documents("""
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: v1-plain, namespace: default}
+spec:
+  selector: {matchLabels: {version: v1}}
+  mtls: {mode: DISABLE}
+""")
+
+
+def test_the_first_sidecar_taking_mtls_changes_endpoints_not_clusters() -> None:
+    """Auto mTLS is decided by the service (Istio's rule), so the first endpoint marked
+    ``tlsMode: istio`` (or the last one going) is an EDS-only change, as any endpoint is."""
+    node = Node.from_metadata("client.default", META)
+    base = [instance("reviews-a"), instance("ratings-a", "ratings")]
+    plain = translate(World.build(1, V1_PLAIN, base), node)
+    mixed = translate(World.build(2, V1_PLAIN, [*base, instance("reviews-b", version="v2")]), node)
+    for t in (rs.CLUSTER, rs.LISTENER, rs.ROUTE):
+        assert _versions(plain, t) == _versions(mixed, t)
+    assert _versions(plain, rs.ENDPOINT) != _versions(mixed, rs.ENDPOINT)
+    # Both transport sockets are there from the start, the plain one for v1's endpoint.
+    cluster = plain.of(rs.CLUSTER)["outbound|9080||reviews.default.svc.cluster.local"]
+    assert b"tlsMode-istio" in cluster.body.value and b"raw_buffer" in cluster.body.value
 
 
 def test_translation_is_deterministic() -> None:

@@ -498,3 +498,36 @@ def test_get_knows_istios_short_name() -> None:
 
     for name in ("ra", "requestauthentication", "RequestAuthentications"):
         assert resolve_kind(name) == "RequestAuthentication"
+
+
+def test_the_gateway_memo_key_follows_selected_rules_and_their_key_sets_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The memo key of a gateway's listeners: the selected RequestAuthentications (a new
+    revision is a new parsed object, as the control plane's WorldBuilder makes them) and
+    the key sets fetched for them; nothing else, and no filter is serialized for it."""
+    base = _world(SELECTION)
+    gw = Node.from_metadata(
+        "gw.foo",
+        {"kind": "gateway", "namespace": "foo", "service": "gw", "labels": {"app": "httpbin"}},
+    )
+
+    def key(resources: Any, jwks: dict[str, str] | None = None) -> Any:
+        world = World.build(2, resources, [], mesh_security=base.mesh_security, jwks=jwks)
+        return jwt_authn.gateway_key(world, world.scope_of(gw))
+
+    def unbuilt(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the key is computed without building the filter")
+
+    monkeypatch.setattr(jwt_authn, "jwt_filter", unbuilt)
+    first = key(base.resources)
+    assert first == key(base.resources)
+    # Another workload's rule changes, or a key set no selected rule uses arrives: same key.
+    others = [r for r in base.resources if r.name != "c"]
+    [c] = load_documents(_doc("selector: {matchLabels: {app: other}}\n" + keyed("c2"), "c"))
+    assert key([*others, c]) == first
+    assert key(base.resources, {"https://elsewhere.example/keys": JWKS}) == first
+    # A selected rule's key set is fetched (or changes), or a selected rule changes: new key.
+    assert key(base.resources, {"http://127.0.0.1:1/k": JWKS}) != first
+    [a] = load_documents(_doc(keyed("ns-wide-2"), "a", "foo"))
+    assert key([a, *(r for r in base.resources if r.name != "a")]) != first

@@ -65,3 +65,11 @@ def test_another_control_planes_token_is_refused(tmp_path: Path) -> None:
 def test_an_admin_token_is_not_a_workload_token(tmp_path: Path) -> None:
     with pytest.raises(wt.TokenError, match="not a workload token"):
         wt.verify(wt.ensure_key(tmp_path), "some-admin-token", NOW)
+
+
+def test_a_key_file_of_the_wrong_length_is_an_error_not_replaced(tmp_path: Path) -> None:
+    path = tmp_path / wt.KEY_FILE
+    path.write_bytes(b"short")
+    with pytest.raises(wt.KeyFileError, match=f"{path}: the workload token key has 5 bytes"):
+        wt.ensure_key(tmp_path)
+    assert path.read_bytes() == b"short"  # left for the operator to restore

@@ -100,13 +100,16 @@ class Mesh:
         self.pusher = Pusher(store, cache, Debounce(quiet=0.001, max_delay=0.01))
         self.port = 0
 
-    def credentials(self, namespace: str, account: str) -> grpc.ChannelCredentials:
+    def credentials(
+        self, namespace: str, account: str, gateway: bool = False
+    ) -> grpc.ChannelCredentials:
         """What a proxy of ``namespace``/``account`` presents: a key made as the agent
-        makes it, its certificate signed by this CA, and the trust bundle."""
+        makes it, its certificate signed by this CA (a gateway's, with the mark that lets
+        it hold keys, when ``gateway``), and the trust bundle."""
         key, csr = key_and_csr(spiffe_id(TD, namespace, account))
         now = datetime.datetime.now(datetime.UTC)
         signed = self.authority.sign_csr(
-            csr, spiffe_id(TD, namespace, account), datetime.timedelta(hours=1), now
+            csr, spiffe_id(TD, namespace, account), datetime.timedelta(hours=1), now, gateway
         )
         return grpc.ssl_channel_credentials(
             root_certificates=self.authority.root_pem,
@@ -194,7 +197,7 @@ async def test_a_gateway_proven_by_its_certificate_gets_its_secret_and_rotations
     mesh: Mesh,
 ) -> None:
     node = "ingress-aaaaaa.istio-system"
-    async with mesh.channel(mesh.credentials(NS, "ingress")) as channel:
+    async with mesh.channel(mesh.credentials(NS, "ingress", gateway=True)) as channel:
         gw = _Ads(channel, node, pc.GATEWAY_KIND, NS, "ingress")
         await gw.ask()
         first, keys = await gw.next_keys()
@@ -217,8 +220,22 @@ async def test_a_sidecar_proven_by_its_certificate_gets_no_secret(mesh: Mesh) ->
         await sidecar.ask()
         _, keys = await sidecar.next_keys()
         assert keys == {}
-        assert mesh.cache.nodes[node].verified  # proven; being a sidecar, it gets no keys
+        # admitted (its certificate proved its claims); without the gateway mark, no keys
+        assert node in mesh.cache.nodes and not mesh.cache.nodes[node].verified
         sidecar.call.cancel()
+
+
+async def test_a_gateway_without_the_cas_gateway_mark_gets_no_secret(mesh: Mesh) -> None:
+    """Its namespace proven, but its certificate lacks the mark only a gateway token (or
+    the admin) obtains: any workload token of the namespace could have got it, so no keys."""
+    node = "ingress-cccccc.istio-system"
+    async with mesh.channel(mesh.credentials(NS, "ingress")) as channel:
+        gw = _Ads(channel, node, pc.GATEWAY_KIND, NS, "ingress")
+        await gw.ask()
+        _, keys = await gw.next_keys()
+        assert keys == {}
+        assert node in mesh.cache.nodes and not mesh.cache.nodes[node].verified
+        gw.call.cancel()
 
 
 async def test_a_certificate_of_another_namespace_cannot_claim_this_one(
@@ -238,6 +255,43 @@ async def test_a_certificate_of_another_namespace_cannot_claim_this_one(
     assert "ingress-bbbbbb.istio-system" not in mesh.cache.nodes
     refusals = [r for r in caplog.records if "refused an xDS stream" in r.getMessage()]
     assert len(refusals) == 1
+
+
+async def test_a_connected_node_id_is_not_taken_over_by_another_identity(mesh: Mesh) -> None:
+    """Same namespace, another service account, the same node id: refused while the holder
+    is connected, naming both; the holder keeps its entry. The same identity reconnecting
+    replaces its own stream as before."""
+    node = "app-1.istio-system"
+    holder, thief = spiffe_id(TD, NS, "app"), spiffe_id(TD, NS, "thief")
+    async with (
+        mesh.channel(mesh.credentials(NS, "app")) as mine,
+        mesh.channel(mesh.credentials(NS, "thief")) as theirs,
+    ):
+        first = _Ads(mine, node, pc.DEFAULT_KIND, NS, "app")
+        await first.ask()
+        await first.next_keys()
+        held = mesh.cache.nodes[node]
+        assert held.identity == holder
+        for account in ("thief", ""):  # with its own account, or claiming none
+            error = await _Ads(theirs, node, pc.DEFAULT_KIND, NS, account).refusal()
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+            message = error.details() or ""
+            assert holder in message and thief in message, message
+            assert mesh.cache.nodes[node] is held
+        again = _Ads(mine, node, pc.DEFAULT_KIND, NS, "app")
+        await again.ask()
+        await again.next_keys()
+        assert mesh.cache.nodes[node] is not held
+        assert mesh.cache.nodes[node].identity == holder
+        first.call.cancel()
+        again.call.cancel()
+
+
+def test_the_takeover_rule() -> None:
+    a, b = spiffe_id(TD, NS, "a"), spiffe_id(TD, NS, "b")
+    assert peer_identity.takeover("x.ns", a, None) is None
+    assert peer_identity.takeover("x.ns", a, a) is None
+    assert a in (peer_identity.takeover("x.ns", b, a) or "")
 
 
 async def test_a_certificate_of_another_service_account_is_refused(mesh: Mesh) -> None:
@@ -353,7 +407,8 @@ async def test_with_a_plugged_in_intermediate_ca_chains_verify_both_ways(tmp_pat
     )
     task = asyncio.create_task(m.pusher.run())
     try:
-        async with m.channel(m.credentials(NS, "app")) as channel:
+        # a gateway's certificate: its mark is read through the intermediate's chain too
+        async with m.channel(m.credentials(NS, "app", gateway=True)) as channel:
             sidecar = _Ads(channel, "app-1.istio-system", pc.DEFAULT_KIND, NS, "app")
             await sidecar.ask()
             await sidecar.next_keys()

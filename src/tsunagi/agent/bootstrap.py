@@ -58,12 +58,12 @@ def bootstrap(
     xds_port: int,
     admin_port: int,
     delta: bool = False,
-    xds_identity: str = "",
+    xds_server_name: str = "",
 ) -> dict[str, Any]:
     """The bootstrap document (JSON-ready) for one sidecar or gateway. With
-    ``xds_identity`` (the control plane's SPIFFE ID, from ``GET /v1/bootstrap``), Envoy
+    ``xds_server_name`` (the xDS server's DNS SAN, from ``GET /v1/bootstrap``), Envoy
     reaches xDS over mutual TLS: it presents the proxy's certificate and accepts only a
-    server certificate from the mesh's CA that names that identity (:func:`xds_tls`)."""
+    server certificate from the mesh's CA that carries that name (:func:`xds_tls`)."""
     return {
         "node": {
             "id": ident.node_id,
@@ -157,7 +157,7 @@ def bootstrap(
                             "explicit_http_config": {"http2_protocol_options": {}},
                         }
                     },
-                    **({"transport_socket": xds_tls(xds_identity)} if xds_identity else {}),
+                    **({"transport_socket": xds_tls(xds_server_name)} if xds_server_name else {}),
                     "load_assignment": {
                         "cluster_name": "xds",
                         "endpoints": [
@@ -234,11 +234,12 @@ def bootstrap(
     }
 
 
-def xds_tls(server_identity: str) -> dict[str, Any]:
+def xds_tls(server_name: str) -> dict[str, Any]:
     """The ``xds`` cluster's transport socket: mutual TLS with the proxy's own certificate
     and the mesh's trust bundle (the agent's SDS files, ``pc.sds_secret_config``), accepting
-    only a server whose certificate names ``server_identity`` as its URI SAN (a workload
-    certificate from the same CA is not the control plane)."""
+    only a server whose certificate carries ``server_name`` as a DNS SAN. The CA gives
+    workloads a URI SAN only, so no workload certificate from it passes for the control
+    plane, whatever SPIFFE ID it names."""
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
@@ -249,7 +250,7 @@ def xds_tls(server_identity: str) -> dict[str, Any]:
                 "combined_validation_context": {
                     "default_validation_context": {
                         "match_typed_subject_alt_names": [
-                            {"san_type": "URI", "matcher": {"exact": server_identity}}
+                            {"san_type": "DNS", "matcher": {"exact": server_name}}
                         ]
                     },
                     "validation_context_sds_secret_config": pc.sds_secret_config(pc.ROOT_CA_SECRET),

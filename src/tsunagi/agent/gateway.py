@@ -114,8 +114,8 @@ class Gateway:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stop.set())
         try:
-            # Its certificate proves its namespace on the ADS stream: only then does the
-            # control plane send it its credentials (Secrets).
+            # A gateway's certificate (the CA's mark, which its token must allow): only then
+            # does the control plane send it its credentials' keys (Secrets).
             trust = xds_trust(self.client.request("GET", "/v1/bootstrap"))
             identity = obtain_identity(
                 self.client,
@@ -124,6 +124,7 @@ class Gateway:
                 self.opts.namespace,
                 self.service_account,
                 self.instance_name,
+                gateway=True,
             )
             envoy = self._start_envoy(trust)
             if not wait_ready_or_stop(envoy, self.stop, self.opts.ready_timeout):
@@ -197,7 +198,7 @@ class Gateway:
             service_account=self.service_account,
         )
         config = bootstrap(
-            ident, trust.host, trust.port, admin_port, self.opts.delta, trust.identity
+            ident, trust.host, trust.port, admin_port, self.opts.delta, trust.server_name
         )
         # Who this proxy is, should its routes name it toward the mesh (as sidecars' do).
         peer = pc.workload_metadata(self.opts.labels, self.opts.name, self.opts.namespace)

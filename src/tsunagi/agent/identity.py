@@ -7,6 +7,10 @@ plane (``POST /v1/certificates``, with the agent's token, which decides which id
 may obtain); the key stays in this workload: the subprocess's pipe, then the SDS file
 (:mod:`tsunagi.agent.sds_files`). Renewal makes a new key each time and Envoy picks the new
 files up by itself: no restart, connections already open keep going.
+
+A workload token comes back renewed with each certificate (``token`` in the reply): the
+agent's one :class:`~tsunagi.client.Client` switches to it, so heartbeats, renewals and the
+deregistration all use the latest, and a running sidecar outlives the token it started with.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from tsunagi.agent.records import NamedTuple
 from tsunagi.agent.sds_files import write_secrets
 from tsunagi.client import Client, Rejected, Unreachable
 from tsunagi.spiffe import spiffe_id
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the agent's memory)
+if TYPE_CHECKING:
+    from typing import Any
 
 CSR_TIMEOUT = 30.0
 """Seconds the key/CSR subprocess may take (it takes a fraction of one)."""
@@ -58,8 +66,8 @@ class XdsTrust(NamedTuple):
 
     host: str
     port: int
-    identity: str
-    """The SPIFFE ID the xDS server's certificate must name."""
+    server_name: str
+    """The DNS SAN the xDS server's certificate must carry (never in a workload's)."""
     trust_domain: str
 
 
@@ -67,21 +75,33 @@ def xds_trust(reply: dict[str, object]) -> XdsTrust:
     """:class:`XdsTrust` from ``GET /v1/bootstrap``'s reply; :class:`IdentityError` when
     the control plane does not say (one older than mutual-TLS xDS)."""
     xds, trust = reply.get("xds"), reply.get("trust")
-    if not isinstance(xds, dict) or not isinstance(trust, dict) or not xds.get("identity"):
+    if not isinstance(xds, dict) or not isinstance(trust, dict) or not xds.get("serverName"):
         raise IdentityError(
-            "the control plane's /v1/bootstrap names no xDS identity or trust domain: "
+            "the control plane's /v1/bootstrap names no xDS server name or trust domain: "
             "upgrade it (this agent reaches xDS only over mutual TLS)"
         )
-    return XdsTrust(
-        str(xds["host"]), int(xds["port"]), str(xds["identity"]), str(trust["trustDomain"])
-    )
+    try:
+        return XdsTrust(
+            str(xds["host"]), int(xds["port"]), str(xds["serverName"]), str(trust["trustDomain"])
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise IdentityError(f"the control plane's /v1/bootstrap lacks {e}: upgrade it") from None
 
 
 def obtain_identity(
-    client: Client, workdir: str, trust: XdsTrust, namespace: str, account: str, name: str
+    client: Client,
+    workdir: str,
+    trust: XdsTrust,
+    namespace: str,
+    account: str,
+    name: str,
+    gateway: bool = False,
 ) -> WorkloadIdentity:
-    """The proxy's identity, its first certificate already in ``workdir``'s SDS files."""
-    identity = WorkloadIdentity(client, workdir, trust.trust_domain, namespace, account, name)
+    """The proxy's identity, its first certificate already in ``workdir``'s SDS files;
+    ``gateway``: a gateway's certificate (see :class:`WorkloadIdentity`)."""
+    identity = WorkloadIdentity(
+        client, workdir, trust.trust_domain, namespace, account, name, gateway=gateway
+    )
     cert = identity.obtain()
     log.info(
         "%s: identity %s (certificate serial %s, renewed in %.0fs)",
@@ -108,8 +128,11 @@ def new_key_and_csr(identity: str, timeout: float = CSR_TIMEOUT) -> tuple[str, s
     if done.returncode != 0:
         why = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise IdentityError(f"could not make a key and CSR (exit {done.returncode}): {why[0]}")
-    out = json.loads(done.stdout)
-    return str(out["key"]), str(out["csr"])
+    try:
+        out = json.loads(done.stdout)
+        return str(out["key"]), str(out["csr"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise IdentityError(f"the key/CSR subprocess said something unexpected: {e}") from None
 
 
 class WorkloadIdentity:
@@ -124,13 +147,17 @@ class WorkloadIdentity:
         namespace: str,
         service_account: str,
         name: str,
+        gateway: bool = False,
     ) -> None:
         self.client = client
         self.workdir = workdir
         self.namespace = namespace
         self.service_account = service_account
         self.name = name
-        """The proxy's name, for log lines."""
+        """The proxy's name, for log lines; its node id is ``NAME.NAMESPACE``."""
+        self.gateway = gateway
+        """Ask for a gateway's certificate, which lets the proxy receive its credentials'
+        private keys (the token must allow it: ``tsunagi token create --gateway``)."""
         self.spiffe_id = spiffe_id(trust_domain, namespace, service_account)
         self.current: Certificate | None = None
 
@@ -139,11 +166,20 @@ class WorkloadIdentity:
         :class:`~tsunagi.client.Rejected` (e.g. 403: the token may not obtain this identity),
         :class:`~tsunagi.client.Unreachable` or :class:`IdentityError`."""
         key, csr = new_key_and_csr(self.spiffe_id)
-        reply = self.client.request(
-            "POST",
-            "/v1/certificates",
-            {"csr": csr, "namespace": self.namespace, "serviceAccount": self.service_account},
-        )
+        try:
+            reply = self._signed(csr)
+        except Rejected as e:
+            if e.status == 401:
+                log.error(
+                    "%s: the control plane refused this sidecar's token (%s); it cannot renew "
+                    "its certificate or stay registered. Make a new token with `tsunagi token "
+                    "create --namespace %s --service-account %s` and restart the sidecar with it",
+                    self.name,
+                    e,
+                    self.namespace,
+                    self.service_account,
+                )
+            raise
         try:
             got = str(reply["spiffeId"])
             cert = Certificate(
@@ -154,13 +190,48 @@ class WorkloadIdentity:
                 time.time(),
             )
             chain, roots = str(reply["certificateChain"]), str(reply["rootCertificates"])
-        except (KeyError, TypeError, ValueError) as e:
+            token = reply.get("token")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise IdentityError(f"the CA's reply lacks {e}: is the control plane older?") from None
         if got != self.spiffe_id:
             raise IdentityError(f"asked the CA for {self.spiffe_id} but got {got}")
         write_secrets(self.workdir, chain, key, roots)
         self.current = cert
+        if isinstance(token, str) and token:
+            # One attribute, read by each request: every thread uses the new one from now.
+            self.client.token = token
         return cert
+
+    def _signed(self, csr: str) -> dict[str, Any]:
+        """The CA's reply for ``csr``. A gateway whose token may not hold keys (403 for its
+        first certificate) goes on with a plain one: plaintext servers work, TLS ones have
+        no certificate. A renewal refused so is an error: it had the keys, it keeps asking."""
+        try:
+            return self.client.request("POST", "/v1/certificates", self._request_body(csr))
+        except Rejected as e:
+            if not (self.gateway and e.status == 403 and self.current is None):
+                raise
+            log.warning(
+                "%s: %s. Continuing without the gateway's credentials: its TLS servers have "
+                "no certificate until it runs with a token made with `tsunagi token create "
+                "--gateway` (or the admin token)",
+                self.name,
+                e,
+            )
+            self.gateway = False
+            return self.client.request("POST", "/v1/certificates", self._request_body(csr))
+
+    def _request_body(self, csr: str) -> dict[str, object]:
+        body: dict[str, object] = {
+            "csr": csr,
+            "namespace": self.namespace,
+            "serviceAccount": self.service_account,
+            # The node id (as the bootstrap writes it), so `proxy-config secret` shows it.
+            "proxy": f"{self.name}.{self.namespace}",
+        }
+        if self.gateway:
+            body["gateway"] = True
+        return body
 
     def keep(self, stop: threading.Event) -> None:
         """Renew at half the lifetime until ``stop`` is set; a failure is retried with

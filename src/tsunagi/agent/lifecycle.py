@@ -102,6 +102,17 @@ class Registration:
             except Rejected as e:
                 if e.status == 404:
                     self.registered = False  # the control plane forgot us: register again
+                elif e.status == 401:
+                    # The token expired while the control plane was away (a running sidecar
+                    # renews it with each certificate): nothing here can fix that.
+                    log.error(
+                        "%s: the control plane refused this sidecar's token (%s); make a new "
+                        "one with `tsunagi token create` and restart the sidecar with it. "
+                        "Retrying in 10s",
+                        name,
+                        e,
+                    )
+                    self.stop.wait(10.0)
                 else:
                     log.warning("%s: %s; retrying in 1s", name, e)
                     self.stop.wait(1.0)

@@ -26,7 +26,8 @@ def configure(level: str | None = None) -> None:
 
 
 class Log:
-    """What the agent's modules call: ``info`` and ``warning`` with ``%``-style arguments."""
+    """What the agent's modules call: ``info``, ``warning`` and ``error`` with ``%``-style
+    arguments."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -36,6 +37,9 @@ class Log:
 
     def warning(self, msg: str, *args: object) -> None:
         self._emit(LEVELS["WARNING"], msg, args)
+
+    def error(self, msg: str, *args: object) -> None:
+        self._emit(LEVELS["ERROR"], msg, args)
 
     def _emit(self, level: int, msg: str, args: tuple[object, ...]) -> None:
         if level < _threshold:

@@ -205,7 +205,7 @@ class Sidecar:
             service_account=self.service_account,
         )
         config = bootstrap(
-            ident, trust.host, trust.port, self.admin_port, self.opts.delta, trust.identity
+            ident, trust.host, trust.port, self.admin_port, self.opts.delta, trust.server_name
         )
         # Who this proxy is, for the peer header its outbound routes add (read per process).
         peer = pc.workload_metadata(self.labels, self.opts.service, self.opts.namespace)

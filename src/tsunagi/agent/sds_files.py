@@ -3,9 +3,10 @@
 Envoy reads ``sds/default.json`` (its certificate chain and key) and ``sds/ROOTCA.json``
 (the mesh's trust bundle) relative to its working directory, which is the agent's workdir,
 and watches ``sds/``: a file renamed into it is read again and its certificate served from
-the next handshake on, with no restart. So each file is written whole beside the directory,
-then renamed into it; Envoy never sees half a file. The key's file is its owner's only
-(0600) in a directory only its owner may enter (0700).
+the next handshake on, with no restart. So each file is written whole aside, synced, then
+renamed into place (:func:`tsunagi.private_files.write_private`); Envoy never sees half a
+file. The key's file is its owner's only (0600) in a directory only its owner may enter
+(0700).
 
 With ``json`` and ``os`` alone: the agent's steady state stays small.
 """
@@ -16,6 +17,7 @@ import json
 import os
 
 from tsunagi import proxy_contract as pc
+from tsunagi.private_files import private_dir, write_private
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
@@ -52,21 +54,13 @@ def root_secret(roots_pem: str) -> dict[str, object]:
 def write_secrets(workdir: str, chain_pem: str, key_pem: str, roots_pem: str) -> None:
     """Write (or replace) both SDS files under ``workdir``: the trust bundle first, so a
     new certificate from a new root is never served before peers' are trusted."""
-    sds = os.path.join(workdir, pc.SDS_DIR)
-    os.makedirs(sds, mode=0o700, exist_ok=True)
-    os.chmod(sds, 0o700)
+    private_dir(os.path.join(workdir, pc.SDS_DIR))
     _replace(workdir, pc.ROOT_CA_SECRET, root_secret(roots_pem))
     _replace(workdir, pc.WORKLOAD_SECRET, workload_secret(chain_pem, key_pem))
 
 
 def _replace(workdir: str, name: str, doc: dict[str, object]) -> None:
-    """Write ``doc`` beside ``sds/`` (0600 from the start), then rename it into place."""
-    final = os.path.join(workdir, pc.sds_file(name))
-    aside = os.path.join(workdir, f".{name}.json.new")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f)
-    os.replace(aside, final)
+    write_private(os.path.join(workdir, pc.sds_file(name)), json.dumps(doc).encode())
 
 
 def read_workload_chain(workdir: str) -> str:

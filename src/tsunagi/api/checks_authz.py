@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 
 from .checks_common import Issue, Path
+from .jwt_claims import authz_claim_path
 from .security import AuthorizationPolicySpec, Operation
 
 MATCH_ONE, MATCH_ANY = "{*}", "{**}"
@@ -61,11 +62,10 @@ def key_issue(key: str) -> str | None:
     ``request.auth.claims[A][B]...`` (no empty claim name); None when it is not."""
     if key.startswith("experimental.envoy.filters.") and not _ENVOY_KEY.match(key):
         return f"bad key {key!r}: should have the form experimental.envoy.filters.NAME[KEY]"
-    if key.startswith("request.auth.claims[") and key.endswith("]"):
-        names = key[len("request.auth.claims[") : -1].split("][")
-        if not all(names) or any("[" in n or "]" in n for n in names):
-            return (
-                f"bad key {key!r}: should have the form request.auth.claims[NAME], or "
-                "request.auth.claims[NAME][NESTED]... for a nested claim"
-            )
+    names = authz_claim_path(key)
+    if names is not None and (not all(names) or any("[" in n or "]" in n for n in names)):
+        return (
+            f"bad key {key!r}: should have the form request.auth.claims[NAME], or "
+            "request.auth.claims[NAME][NESTED]... for a nested claim"
+        )
     return None

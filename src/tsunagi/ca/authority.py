@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tsunagi.ca.csr_checks import CsrRejected, checked_csr
 from tsunagi.ca.issue import Issued
+from tsunagi.gateway_mark import GATEWAY_POLICY_OID
 
 __all__ = ["Authority", "CsrRejected", "Signed"]
 
@@ -80,15 +81,29 @@ class Authority:
         return self.cert.not_valid_after_utc
 
     def sign_csr(
-        self, csr_pem: bytes, spiffe_id: str, ttl: datetime.timedelta, now: datetime.datetime
+        self,
+        csr_pem: bytes,
+        spiffe_id: str,
+        ttl: datetime.timedelta,
+        now: datetime.datetime,
+        gateway: bool = False,
     ) -> Signed:
         """A workload certificate for ``spiffe_id`` and the CSR's key, valid for ``ttl``
-        from ``now`` (never past :attr:`expires`). Raises :class:`CsrRejected` when the CSR
-        does not verify, has a key a workload may not use, or asks for another SAN."""
+        from ``now`` (never past :attr:`expires`); with ``gateway``, it carries the mark that
+        lets its proxy receive private keys (:mod:`tsunagi.gateway_mark`): the caller must
+        have checked that the requester may run a gateway. Only the CSR's key is used, none
+        of its extensions. Raises :class:`CsrRejected` when the CSR does not verify, has a
+        key a workload may not use, or asks for another SAN."""
         if ttl <= datetime.timedelta(0):
             raise ValueError(f"ttl must be positive, got {ttl}")
         csr = checked_csr(csr_pem, spiffe_id)
-        cert = self._leaf(csr.public_key(), [x509.UniformResourceIdentifier(spiffe_id)], ttl, now)
+        cert = self._leaf(
+            csr.public_key(),
+            [x509.UniformResourceIdentifier(spiffe_id)],
+            ttl,
+            now,
+            policies=(GATEWAY_POLICY_OID,) if gateway else (),
+        )
         return Signed(
             chain=_pem(cert) + b"".join(_pem(c) for c in self._chain_above),
             root=self.root_pem,
@@ -128,6 +143,7 @@ class Authority:
         sans: list[x509.GeneralName],
         ttl: datetime.timedelta,
         now: datetime.datetime,
+        policies: tuple[str, ...] = (),
     ) -> x509.Certificate:
         not_after = min(now + ttl, self.expires)
         not_before = max(now - BACKDATE, self.cert.not_valid_before_utc)
@@ -174,6 +190,13 @@ class Authority:
             # An empty subject needs a critical SAN (RFC 5280 4.2.1.6).
             .add_extension(x509.SubjectAlternativeName(sans), critical=True)
         )
+        if policies:
+            builder = builder.add_extension(
+                x509.CertificatePolicies(
+                    [x509.PolicyInformation(x509.ObjectIdentifier(p), None) for p in policies]
+                ),
+                critical=False,  # peers that do not know the policy still accept the certificate
+            )
         return builder.sign(self._key, hashes.SHA256())
 
 

@@ -1,8 +1,9 @@
 """Issue X.509 certificates: a self-signed CA, or a certificate signed by one.
 
 ECDSA P-256 keys (what Istio's workload certificates use) unless given one, PKCS#8 PEM.
-The demo's gateway certificate and the tests' throwaway certificates come from here (the
-control plane has no CA of its own yet).
+The demo's gateway certificate and the tests' throwaway certificates come from here; the
+mesh's own CA, which signs workload and xDS serving certificates, is
+:mod:`tsunagi.ca.authority`.
 """
 
 from __future__ import annotations

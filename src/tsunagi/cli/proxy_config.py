@@ -1,6 +1,7 @@
 """``tsunagi proxy-config secret NAME``: the certificates a proxy holds, as ``istioctl
-proxy-config secret POD`` shows them, from the control plane's record of what it sent the
-proxy and what the proxy ACKed (``GET /v1/proxies/{proxy}/secrets``)."""
+proxy-config secret POD`` shows them, from the control plane's record of what its CA issued
+the proxy, what it sent the proxy and what the proxy ACKed
+(``GET /v1/proxies/{proxy}/secrets``)."""
 
 from __future__ import annotations
 
@@ -32,13 +33,15 @@ def add_parser(sub: Any, connection_args: Any) -> None:
         "secret",
         help="the certificates a proxy holds (never their keys)",
         description="List the certificates a proxy holds, one row per SDS secret, as "
-        "`istioctl proxy-config secret` does: a gateway holds kubernetes://NAME (certificate "
+        "`istioctl proxy-config secret` does: every proxy holds default (its own workload "
+        "certificate, whose SAN is its SPIFFE ID) and ROOTCA (the mesh's trust bundle), the "
+        "last the CA issued to it (SOURCE agent); a gateway holds kubernetes://NAME (certificate "
         "chain) and kubernetes://NAME-cacert (CA) for each credentialName its Gateways' "
         "servers name. STATUS is ACTIVE once the proxy ACKed that version, WARMING while it "
         "asked for it and has not ACKed it (a renewal in flight, or a credential that does "
         "not exist), PENDING before it asked. VALID CERT: now is between NOT BEFORE and NOT "
-        "AFTER. SOURCE: who serves it to Envoy (control-plane). -o json|yaml adds subject, "
-        "SANs, issuer and every certificate of a chain; no output carries a private key.",
+        "AFTER. SOURCE: who serves it to Envoy (agent or control-plane). -o json|yaml adds "
+        "subject, SANs, issuer and every certificate of a chain; no output carries a private key.",
     )
     secret.add_argument(
         "name",

@@ -33,7 +33,9 @@ def add_parser(sub: Any, connection_args: Callable[[argparse.ArgumentParser], No
         description="Print a workload token that may obtain only "
         "spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT and register that "
         "identity's instances. Tokens are signed, not stored: one stays valid until it "
-        "expires (delete STATE_DIR/workload-token.key and restart to void them all).",
+        "expires (delete STATE_DIR/workload-token.key and restart to void them all). A "
+        "running sidecar renews its own: each certificate it obtains comes with a fresh "
+        "token for the same identity, so --ttl need only cover the sidecar's start.",
     )
     connection_args(create)
     create.add_argument("--namespace", "-n", required=True, help="the workload's namespace")
@@ -42,7 +44,15 @@ def add_parser(sub: Any, connection_args: Callable[[argparse.ArgumentParser], No
         "--ttl",
         default="24h",
         metavar="DURATION",
-        help="how long the token is good for, e.g. 8h or 30m (default 24h)",
+        help="how long the token is good for, e.g. 8h or 30m (default 24h, at most 366 "
+        "days); a running sidecar renews it with each certificate",
+    )
+    create.add_argument(
+        "--gateway",
+        action="store_true",
+        help="it may also run `tsunagi gateway` with its credentials: the gateway's "
+        "certificate then lets it receive the private keys of the TLS credentials its "
+        "Gateways name. Without it a gateway runs, but its TLS servers have no certificate",
     )
 
 
@@ -51,9 +61,15 @@ def cmd_token(args: argparse.Namespace, client: Client) -> int:
     reply = client.request(
         "POST",
         "/v1/tokens",
-        {"namespace": args.namespace, "serviceAccount": args.service_account, "ttl": args.ttl},
+        {
+            "namespace": args.namespace,
+            "serviceAccount": args.service_account,
+            "ttl": args.ttl,
+            "gateway": args.gateway,
+        },
     )
     expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reply["expires"]))
-    print(f"workload token for {reply['spiffeId']}, expires {expires}", file=sys.stderr)
+    kind = "gateway token" if reply.get("gateway") else "workload token"
+    print(f"{kind} for {reply['spiffeId']}, expires {expires}", file=sys.stderr)
     print(reply["token"])
     return 0

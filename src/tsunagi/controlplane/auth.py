@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
-# Re-exported: callers have imported it from here.
-from tsunagi.private_files import write_private as write_private
+from tsunagi.private_files import private_dir, write_private
 
 TOKEN_FILE = "token"
 
@@ -21,8 +19,7 @@ def ensure_token(state_dir: Path) -> str:
     """
     # Only its owner may enter it: it holds the token, the CA's key and the store
     # (private keys of Secrets). Made private if it exists already (an older tsunagi's).
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(state_dir, 0o700)
+    private_dir(state_dir)
     path = state_dir / TOKEN_FILE
     if path.exists():
         token = path.read_text().strip()

@@ -50,6 +50,12 @@ class Caller:
         w = self.workload
         return w is None or (w.namespace, w.service_account) == (namespace, service_account)
 
+    @property
+    def may_run_gateway(self) -> bool:
+        """Whether this caller may obtain a gateway's certificate, whose proxy receives
+        private keys: the admin, or a token made with ``tsunagi token create --gateway``."""
+        return self.workload is None or self.workload.gateway
+
     def describe(self) -> str:
         """What the token is for, to say in a 403."""
         w = self.workload

@@ -10,6 +10,7 @@ from one address. The routes, their inputs and answers are declared once, in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import hmac
 import json
@@ -29,6 +30,7 @@ from tsunagi.ca.authority import Authority, CsrRejected
 from tsunagi.controlplane import openapi, workload_tokens
 from tsunagi.controlplane.callers import Caller
 from tsunagi.controlplane.connections import LimitedSite
+from tsunagi.controlplane.issued_certs import IssuedCertificates, IssuedRecord
 from tsunagi.controlplane.metrics import CONTENT_TYPE, ControlPlaneMetrics
 from tsunagi.controlplane.openapi import (
     MIB,
@@ -49,6 +51,7 @@ from tsunagi.controlplane.prometheus import host_port
 from tsunagi.controlplane.prometheus import targets as prometheus_targets
 from tsunagi.controlplane.proxy_secrets import proxy_secrets
 from tsunagi.controlplane.status import proxy_statuses, wait_for_acks
+from tsunagi.controlplane.xds_tls import xds_server_name
 from tsunagi.mesh import Node, World
 from tsunagi.mesh.analysis import (
     delegation_problems,
@@ -230,6 +233,8 @@ class Api:
         self.workload_token_key = workload_token_key
         """Signs and checks workload tokens (:mod:`.workload_tokens`); None: only the admin
         token is accepted."""
+        self.issued = IssuedCertificates(lambda node_id: node_id in self.cache.nodes)
+        """The last certificate issued to each proxy (``tsunagi proxy-config secret``)."""
         self.max_body_size = max_body_size
         self.max_connections_per_client = max_connections_per_client
         self.idle_timeout = idle_timeout
@@ -417,15 +422,16 @@ class Api:
         host, port = self.xds_address
         xds: dict[str, Any] = {"host": host, "port": port}
         reply: dict[str, Any] = {"xds": xds}
-        if self.xds_identity:
-            # What a proxy needs to reach xDS over mutual TLS: whom to expect there, and
-            # the bundle its certificate and the server's chain up to.
+        if self.xds_identity and self.authority is not None:
+            # What a proxy needs to reach xDS over mutual TLS: whom to expect there (the
+            # DNS SAN it requires; the SPIFFE ID for information), and the bundle its
+            # certificate and the server's chain up to.
             xds["identity"] = self.xds_identity
-        authority = getattr(self, "authority", None)
-        if authority is not None:
+            xds["serverName"] = xds_server_name(self.authority.trust_domain)
+        if self.authority is not None:
             reply["trust"] = {
-                "trustDomain": authority.trust_domain,
-                "rootCertificates": authority.root_pem.decode(),
+                "trustDomain": self.authority.trust_domain,
+                "rootCertificates": self.authority.root_pem.decode(),
             }
         return web.json_response(reply)
 
@@ -460,6 +466,21 @@ class Api:
                 f"{caller.describe()} may not obtain {wanted}; it may obtain only {own} "
                 "(make a token for the other identity with `tsunagi token create`)",
             )
+        if body.gateway and not caller.may_run_gateway:
+            # A gateway's certificate gets its credentials' private keys over xDS.
+            raise ApiError(
+                403,
+                f"{caller.describe()} may not obtain a gateway's certificate (its proxy "
+                "receives private keys): make its token with `tsunagi token create "
+                f"--namespace {body.namespace} --service-account {body.serviceAccount} "
+                "--gateway`",
+            )
+        if body.proxy and not _proxy_of(body.proxy, body.namespace):
+            raise ApiError(
+                400,
+                f"body proxy: {body.proxy!r} is not a proxy id of namespace "
+                f"{body.namespace!r}: it must be NAME.{body.namespace}",
+            )
         ttl = self.workload_cert_ttl
         if body.ttl:
             ttl = min(ttl, datetime.timedelta(seconds=parse_duration(body.ttl)))
@@ -467,33 +488,53 @@ class Api:
         try:
             # In a thread: checking an RSA CSR and signing take a few milliseconds each.
             signed = await asyncio.to_thread(
-                self.authority.sign_csr, body.csr.encode(), wanted, ttl, now
+                self.authority.sign_csr, body.csr.encode(), wanted, ttl, now, body.gateway
             )
         except CsrRejected as e:
             raise ApiError(400, f"body csr: {e}") from None
+        if body.proxy:
+            self.issued.record(body.proxy, IssuedRecord(signed.chain, signed.root))
         self.metrics.certificate_issued()
         log.debug("signed %s, serial %x, until %s", wanted, signed.serial, signed.not_after)
-        return web.json_response(
-            {
-                "certificateChain": signed.chain.decode(),
-                "rootCertificates": signed.root.decode(),
-                "spiffeId": signed.spiffe_id,
-                "serial": f"{signed.serial:x}",
-                "notBefore": int(signed.not_before.timestamp()),
-                "notAfter": int(signed.not_after.timestamp()),
-            }
-        )
+        reply: dict[str, Any] = {
+            "certificateChain": signed.chain.decode(),
+            "rootCertificates": signed.root.decode(),
+            "spiffeId": signed.spiffe_id,
+            "serial": f"{signed.serial:x}",
+            "notBefore": int(signed.not_before.timestamp()),
+            "notAfter": int(signed.not_after.timestamp()),
+        }
+        if caller.workload is not None and self.workload_token_key is not None:
+            # A fresh token for the same identity, so a running sidecar outlives the token
+            # it started with; the admin token is never replaced.
+            expires = workload_tokens.renewed_expiry(
+                signed.not_after.timestamp(), ttl.total_seconds()
+            )
+            # The caller's own claims (identity and all), later: never more than it had.
+            claims = dataclasses.replace(caller.workload, expires=expires)
+            reply["token"] = workload_tokens.create(self.workload_token_key, claims)
+            reply["tokenExpires"] = int(expires)
+        return web.json_response(reply)
 
     async def tokens(self, request: web.Request) -> web.Response:
         """A workload token (the admin's alone: a workload token may not call this)."""
         body = await self._model(request, TokenRequest)
         if self.workload_token_key is None:
             raise ApiError(400, "this control plane makes no workload tokens")
+        if self.authority is None:
+            raise ApiError(400, "this control plane has no certificate authority")
         seconds = parse_duration(body.ttl) if body.ttl else workload_tokens.DEFAULT_TTL
+        if seconds > workload_tokens.MAX_TTL:
+            raise ApiError(
+                400,
+                f"body ttl: {body.ttl} is longer than the longest token lifetime, "
+                f"{workload_tokens.MAX_TTL / 86400:.0f} days: ask for less (a running "
+                "sidecar renews its token by itself)",
+            )
         claims = workload_tokens.WorkloadClaims(
-            body.namespace, body.serviceAccount, time.time() + seconds
+            body.namespace, body.serviceAccount, time.time() + seconds, gateway=body.gateway
         )
-        trust_domain = self.pusher.world.mesh_security.trust_domain
+        trust_domain = self.authority.trust_domain
         return web.json_response(
             {
                 "token": workload_tokens.create(self.workload_token_key, claims),
@@ -501,6 +542,7 @@ class Api:
                 "serviceAccount": claims.service_account,
                 "spiffeId": spiffe_id(trust_domain, claims.namespace, claims.service_account),
                 "expires": int(claims.expires),
+                "gateway": claims.gateway,
             }
         )
 
@@ -739,7 +781,7 @@ class Api:
         if entry is None:
             raise ApiError(404, _unknown_proxy(name, q.namespace, sorted(nodes)))
         now = datetime.datetime.now(datetime.UTC)
-        return web.json_response(proxy_secrets(entry, now))
+        return web.json_response(proxy_secrets(entry, now, self.issued.get(entry.id)))
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         """istiod-style ``pilot_*`` metrics, in Prometheus' text format."""
@@ -825,6 +867,12 @@ class Api:
                 }
             )
         return out
+
+
+def _proxy_of(node_id: str, namespace: str) -> bool:
+    """Whether ``node_id`` is a proxy id of ``namespace`` (``NAME.NAMESPACE``)."""
+    name, dot, ns = node_id.rpartition(".")
+    return bool(name) and dot == "." and ns == namespace
 
 
 def _unknown_proxy(name: str, namespace: str, connected: list[str], shown: int = 10) -> str:

@@ -136,6 +136,9 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     token = ensure_token(settings.state_dir)
     # Before any port opens: a CA file that does not fit stops the start with its reason.
     authority = load_authority(settings)
+    # Signs workload tokens (tsunagi token create); kept, so tokens outlive a restart. A
+    # damaged key file stops the start here too (KeyFileError names it).
+    token_key = workload_tokens.ensure_key(settings.state_dir)
     token_file = settings.state_dir / TOKEN_FILE
     store = open_store(settings.store, settings.state_dir)
     await store.open()
@@ -199,8 +202,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         xds_identity=xds_identity,
         authority=authority,
         workload_cert_ttl=settings.workload_cert_ttl,
-        # Signs workload tokens (tsunagi token create); kept, so tokens outlive a restart.
-        workload_token_key=workload_tokens.ensure_key(settings.state_dir),
+        workload_token_key=token_key,
     )
     runner, api_port = await api.serve(settings.host, settings.api_port)
     (settings.state_dir / "server").write_text(f"http://{settings.host}:{api_port}\n")

@@ -203,6 +203,18 @@ class CertificateRequest(_Body):
         description="Lifetime asked for, e.g. `1h`; at most (and by default) `tsunagi up "
         "--workload-cert-ttl`.",
     )
+    gateway: bool = Field(
+        False,
+        description="A gateway's certificate: its proxy may receive the private keys of its "
+        "Gateways' credentials over xDS. 403 unless the token is the admin's or was made "
+        "with `tsunagi token create --gateway`.",
+    )
+    proxy: str = Field(
+        "",
+        max_length=253,
+        description="The proxy (node id `NAME.NAMESPACE`, in the identity's namespace) the "
+        "certificate is for: `tsunagi proxy-config secret` then shows it as `default`.",
+    )
 
 
 class TokenRequest(_Body):
@@ -210,7 +222,14 @@ class TokenRequest(_Body):
 
     namespace: _DnsLabel
     serviceAccount: _ServiceAccount
-    ttl: _Duration | Literal[""] = Field("", description="Lifetime, e.g. `8h` (default 24h).")
+    ttl: _Duration | Literal[""] = Field(
+        "", description="Lifetime, e.g. `8h` (default 24h, at most 366 days)."
+    )
+    gateway: bool = Field(
+        False,
+        description="The token may also obtain a gateway's certificate (`tsunagi gateway`), "
+        "whose proxy receives the private keys of its Gateways' credentials.",
+    )
 
 
 class _Query(BaseModel):
@@ -377,6 +396,15 @@ class CertificateResponse(BaseModel):
     serial: str = Field(description="Hex, lower case.")
     notBefore: int = Field(description="Unix seconds.")
     notAfter: int = Field(description="Unix seconds.")
+    token: str | None = Field(
+        None,
+        description="Only for a workload token's caller: a fresh workload token for the same "
+        "identity, to use from now on (the agent switches to it), so a running workload "
+        "outlives the token it started with.",
+    )
+    tokenExpires: int | None = Field(
+        None, description="Unix seconds: one certificate lifetime after `notAfter`."
+    )
 
 
 class TokenResponse(BaseModel):
@@ -387,6 +415,7 @@ class TokenResponse(BaseModel):
     serviceAccount: str
     spiffeId: str = Field(description="The one identity the token may obtain.")
     expires: int = Field(description="Unix seconds.")
+    gateway: bool = Field(False, description="It may obtain a gateway's certificate.")
 
 
 class OkResponse(BaseModel):
@@ -452,7 +481,9 @@ class ProxySecret(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(description="The SDS resource name (`kubernetes://NAME`, `…-cacert`).")
+    name: str = Field(
+        description="The SDS resource name: `default`, `ROOTCA`, `kubernetes://NAME`, `…-cacert`."
+    )
     type: Literal["Cert Chain", "CA", ""] = Field(
         description="`Cert Chain`: a certificate and its key; `CA`: certificates that verify "
         "peers; empty when the control plane has nothing of this name."
@@ -482,7 +513,10 @@ class ProxySecrets(BaseModel):
     proxy: str = Field(description="The proxy's name, as `GET /v1/proxies` gives its `id`.")
     kind: str
     namespace: str
-    secrets: list[ProxySecret] = Field(description="Sorted by name; empty: the proxy holds none.")
+    secrets: list[ProxySecret] = Field(
+        description="The proxy's own certificate (`default`) and trust bundle (`ROOTCA`) "
+        "first, when the CA issued them to it by name; then the pushed ones, sorted by name."
+    )
 
 
 class WaitResponse(BaseModel):

@@ -8,6 +8,10 @@ keeps them valid, and a token signed with another state directory's key is refus
 no revocation short of expiry or a new key (delete ``STATE_DIR/workload-token.key``: every
 workload token is then refused); keep lifetimes short.
 
+A running workload keeps itself in the mesh: each certificate it obtains with its token comes
+with a fresh token for the same identity (:func:`renewed_expiry`), so a token only needs to
+outlive the sidecar's start, not the sidecar.
+
 Format: ``tsw1.<base64url of the claims' JSON>.<base64url of the HMAC>``.
 """
 
@@ -28,11 +32,18 @@ PREFIX = "tsw1."
 KEY_FILE = "workload-token.key"
 DEFAULT_TTL = 24 * 3600.0
 """Seconds a token lasts unless told otherwise: a working day's sidecars, no more."""
+MAX_TTL = 366 * 24 * 3600.0
+"""The longest lifetime a token may be made with (a year): there is no revocation short of
+a new key, so a forgotten token must die on its own."""
 _KEY_BYTES = 32
 
 
 class TokenError(ValueError):
     """A workload token that cannot be accepted; ``str(err)`` says why."""
+
+
+class KeyFileError(RuntimeError):
+    """The key file exists but cannot be the key; ``str(err)`` names it and what to do."""
 
 
 class Expired(TokenError):
@@ -54,19 +65,37 @@ class WorkloadClaims:
     service_account: str
     expires: float
     """Unix seconds."""
+    gateway: bool = False
+    """It may also obtain a gateway's certificate, which receives private keys
+    (``tsunagi token create --gateway``; :mod:`tsunagi.gateway_mark`)."""
 
 
 def ensure_key(state_dir: Path) -> bytes:
-    """The key that signs workload tokens, made on first start in ``state_dir`` (0600)."""
+    """The key that signs workload tokens, made on first start in ``state_dir`` (0600).
+    A key file of another length is an error (:class:`KeyFileError`), never silently
+    replaced: a new key would void every token given out."""
     private_dir(state_dir)
     path = state_dir / KEY_FILE
     if path.exists():
         key = path.read_bytes()
-        if len(key) == _KEY_BYTES:
-            return key
+        if len(key) != _KEY_BYTES:
+            raise KeyFileError(
+                f"{path}: the workload token key has {len(key)} bytes, not {_KEY_BYTES}: "
+                "restore it from a backup, or delete it to make a new one (every workload "
+                "token given out so far is then refused)"
+            )
+        return key
     key = secrets.token_bytes(_KEY_BYTES)
     write_private(path, key)
     return key
+
+
+def renewed_expiry(cert_not_after: float, cert_lifetime: float) -> float:
+    """When the token handed out with a certificate expires: one certificate lifetime after
+    that certificate does. The agent renews at half-life, so it has the next token long
+    before this one ends, and a control plane away for less than a certificate lifetime
+    past expiry finds the sidecar's token still good."""
+    return cert_not_after + cert_lifetime
 
 
 def is_workload_token(token: str) -> bool:
@@ -76,8 +105,15 @@ def is_workload_token(token: str) -> bool:
 
 def create(key: bytes, claims: WorkloadClaims) -> str:
     """A token carrying ``claims``, signed with ``key``."""
+    doc: dict[str, object] = {
+        "ns": claims.namespace,
+        "sa": claims.service_account,
+        "exp": int(claims.expires),
+    }
+    if claims.gateway:  # only then: other tokens keep their exact form
+        doc["gw"] = True
     body = json.dumps(
-        {"ns": claims.namespace, "sa": claims.service_account, "exp": int(claims.expires)},
+        doc,
         separators=(",", ":"),
         sort_keys=True,
     ).encode()
@@ -100,7 +136,9 @@ def verify(key: bytes, token: str, now: float) -> WorkloadClaims:
         raise TokenError("not signed by this control plane")
     try:
         doc = json.loads(_unb64(payload))
-        claims = WorkloadClaims(str(doc["ns"]), str(doc["sa"]), float(doc["exp"]))
+        claims = WorkloadClaims(
+            str(doc["ns"]), str(doc["sa"]), float(doc["exp"]), doc.get("gw") is True
+        )
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise TokenError("its claims do not parse") from None
     if now >= claims.expires:

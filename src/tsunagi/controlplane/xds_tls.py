@@ -2,10 +2,11 @@
 and client certificates checked against the mesh's trust bundle.
 
 The serving certificate comes from the control plane's own CA
-(:meth:`~tsunagi.ca.authority.Authority.issue_serving`) and names
-:func:`control_plane_identity` as its URI SAN, which every proxy's bootstrap requires
-(``GET /v1/bootstrap`` says which). A workload certificate from the same CA names a
-workload, so no workload can pose as the control plane. gRPC asks for the current
+(:meth:`~tsunagi.ca.authority.Authority.issue_serving`) and names :func:`xds_server_name`
+as a DNS SAN, which every proxy's bootstrap requires (``GET /v1/bootstrap`` says which). The
+CA gives workloads a URI SAN and nothing else, so no workload certificate can pose as the
+control plane, whatever SPIFFE ID it names (an old one for the control plane's own, from
+before a ``--root-namespace`` change, included). gRPC asks for the current
 certificate at each new handshake; past half its lifetime a new one is issued, so streams
 already open keep theirs and new ones get the new certificate, with no restart.
 """
@@ -42,6 +43,12 @@ def control_plane_identity(trust_domain: str, root_namespace: str) -> str:
     return spiffe_id(trust_domain, root_namespace, CONTROL_PLANE_ACCOUNT)
 
 
+def xds_server_name(trust_domain: str) -> str:
+    """The DNS SAN proxies require of the xDS server: ``xds.tsunagi.TRUST_DOMAIN``. A name
+    no workload certificate carries (those have one URI SAN only), so it cannot be posed."""
+    return f"xds.tsunagi.{trust_domain}"
+
+
 def serving_hosts(host: str) -> tuple[str, ...]:
     """The DNS/IP SANs for a server listening on ``host``: loopback names too when it is a
     loopback or wildcard address (where local proxies reach it)."""
@@ -69,7 +76,8 @@ class ServingCertificate:
     ) -> None:
         self.authority = authority
         self.identity = identity
-        self.hosts = hosts
+        self.hosts = (*hosts, xds_server_name(authority.trust_domain))
+        """The DNS/IP SANs: where proxies reach it, and the name they require."""
         self.ttl = ttl
         self.clock = clock
         self.serial = 0

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from tsunagi.api import AuthorizationPolicySpec, Resource, ResourceOf
+from tsunagi.mesh import selectors
 
 if TYPE_CHECKING:
     from tsunagi.mesh.world import Node, World
@@ -50,19 +51,15 @@ def index(resources: Iterable[Resource]) -> Mapping[str, tuple[Policy, ...]]:
 
 def selects(policy: Policy, labels: Mapping[str, str]) -> bool:
     """Whether ``policy``'s selector picks a workload with ``labels`` (none picks all)."""
-    sel = policy.spec.selector.match_labels if policy.spec.selector is not None else {}
-    return all(labels.get(k) == v for k, v in sel.items())
+    return selectors.selects(policy.spec.selector, labels)
 
 
 def for_workload(world: World, namespace: str, labels: Mapping[str, str]) -> tuple[Resource, ...]:
     """The AuthorizationPolicies that apply to a workload (a sidecar's, or a gateway's) in
     ``namespace`` with ``labels``: the root namespace's and its own namespace's whose
     selector picks its labels, in evaluation order."""
-    by_ns = world.authorization_policies
     root = world.mesh_security.root_namespace
-    candidates = list(by_ns.get(namespace, ()))
-    if namespace != root:
-        candidates += by_ns.get(root, ())
+    candidates = selectors.own_then_root(world.authorization_policies, namespace, root)
     chosen = [p for p in candidates if selects(p, labels)]
     return tuple(sorted(chosen, key=_order))  # type: ignore[arg-type]
 

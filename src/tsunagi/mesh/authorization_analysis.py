@@ -11,20 +11,20 @@ from tsunagi.api import AuthorizationPolicySpec, Resource, WorkloadEntrySpec
 from tsunagi.mesh.world import Node, World, of_spec
 from tsunagi.registry.instances import Instance
 
-_K8S_DEFAULT_ACCOUNT = "default"
-"""A WorkloadEntry without ``serviceAccount`` runs as this one (Istio's, Kubernetes')."""
-
 
 def identities(
     world: World, instances: Iterable[Instance], proxies: Iterable[Node] = ()
 ) -> set[tuple[str, str]]:
     """``(namespace, service account)`` of every registered instance (gateways included),
-    connected proxy (a client need not register) and WorkloadEntry."""
+    connected proxy (a client need not register) and WorkloadEntry that names one. A
+    WorkloadEntry without ``serviceAccount`` has no identity, as in Istio (which gives it
+    no SPIFFE ID, so clients' SAN lists leave it out too)."""
     out = {(i.namespace, i.account) for i in instances}
     out |= {(n.namespace, n.service_account or n.service) for n in proxies}
     out |= {
-        (we.namespace, we.spec.service_account or _K8S_DEFAULT_ACCOUNT)
+        (we.namespace, we.spec.service_account)
         for we in of_spec(world.resources, WorkloadEntrySpec)
+        if we.spec.service_account
     }
     return out
 

@@ -27,6 +27,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from tsunagi.api import PeerAuthenticationSpec, Resource
+from tsunagi.mesh import selectors
 from tsunagi.mesh.security import DEFAULT_ROOT_NAMESPACE
 
 if TYPE_CHECKING:
@@ -58,10 +59,6 @@ def _mode(spec: PeerAuthenticationSpec | None) -> str:
     return spec.mtls.mode if spec is not None and spec.mtls is not None else UNSET
 
 
-def _has_selector(spec: PeerAuthenticationSpec) -> bool:
-    return spec.selector is not None and bool(spec.selector.match_labels)
-
-
 @dataclass(frozen=True)
 class PeerAuthentications:
     """A World's PeerAuthentications, indexed for :meth:`policy_for`."""
@@ -87,7 +84,7 @@ class PeerAuthentications:
         for r in found:
             spec = r.spec
             assert isinstance(spec, PeerAuthenticationSpec)  # narrowed by the filter above
-            if not _has_selector(spec):
+            if not selectors.narrows(spec.selector):
                 wide.setdefault(r.namespace, spec)
             elif r.namespace != root_namespace:  # Istio ignores these
                 selecting.setdefault(r.namespace, []).append(spec)
@@ -108,8 +105,7 @@ class PeerAuthentications:
                 (
                     s
                     for s in self.selecting.get(namespace, ())
-                    if s.selector is not None
-                    and all(labels.get(k) == v for k, v in s.selector.match_labels.items())
+                    if selectors.narrows(s.selector) and selectors.selects(s.selector, labels)
                 ),
                 None,
             )

@@ -13,6 +13,7 @@ from tsunagi.api import (
     Resource,
     fqdn,
 )
+from tsunagi.mesh import selectors
 from tsunagi.mesh.peer_authentication import STRICT
 from tsunagi.mesh.world import World, of_spec
 
@@ -38,16 +39,16 @@ def _ignored_policies(world: World, resources: list[Resource]) -> list[str]:
     wide = {
         (r.namespace, r.name)
         for r in world.resources
-        if isinstance(r.spec, PeerAuthenticationSpec) and not _selects(r.spec)
+        if isinstance(r.spec, PeerAuthenticationSpec) and not selectors.narrows(r.spec.selector)
     }
     for r in of_spec(resources, PeerAuthenticationSpec):
         where = f"PeerAuthentication {r.namespace}/{r.name}"
-        if _selects(r.spec) and r.namespace == root:
+        if selectors.narrows(r.spec.selector) and r.namespace == root:
             out.append(
                 f"{where}: spec.selector is ignored in the root namespace {root!r}, as in "
                 "Istio: this policy applies to no workload; put it in the workload's namespace"
             )
-        elif not _selects(r.spec):
+        elif not selectors.narrows(r.spec.selector):
             first = min(name for ns, name in wide if ns == r.namespace)
             if first != r.name:
                 scope = "mesh-wide" if r.namespace == root else f"namespace {r.namespace!r}"
@@ -57,10 +58,6 @@ def _ignored_policies(world: World, resources: list[Resource]) -> list[str]:
                     "the first by name); merge them"
                 )
     return out
-
-
-def _selects(spec: PeerAuthenticationSpec) -> bool:
-    return spec.selector is not None and bool(spec.selector.match_labels)
 
 
 def _port_tls(spec: DestinationRuleSpec, port: int) -> ClientTLSSettings | None:

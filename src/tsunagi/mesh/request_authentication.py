@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from tsunagi.api import JWTRule, RequestAuthenticationSpec, Resource, ResourceOf
+from tsunagi.mesh import selectors
 
 if TYPE_CHECKING:
     from tsunagi.mesh.world import Node, World
@@ -42,8 +43,7 @@ def selects(spec: RequestAuthenticationSpec, labels: Mapping[str, str]) -> bool:
     """Whether ``spec`` applies to a workload with ``labels`` in a namespace it covers."""
     if spec.target_ref is not None or spec.target_refs:
         return False
-    wanted = spec.selector.match_labels if spec.selector is not None else {}
-    return all(labels.get(k) == v for k, v in wanted.items())
+    return selectors.selects(spec.selector, labels)
 
 
 def for_workload(
@@ -52,12 +52,8 @@ def for_workload(
     """The RequestAuthentications that apply to a workload (or gateway) in ``namespace``
     with ``labels``: its namespace's, then the root namespace's."""
     root = world.mesh_security.root_namespace
-    return tuple(
-        ra
-        for ns in dict.fromkeys((namespace, root))
-        for ra in world.request_authentications.get(ns, ())
-        if selects(ra.spec, labels)
-    )
+    candidates = selectors.own_then_root(world.request_authentications, namespace, root)
+    return tuple(ra for ra in candidates if selects(ra.spec, labels))
 
 
 def rules_for(world: World, node: Node) -> tuple[Resource, ...]:

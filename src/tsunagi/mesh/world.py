@@ -37,7 +37,7 @@ from tsunagi.api import (
     WorkloadEntrySpec,
     fqdn,
 )
-from tsunagi.mesh import authorization, peer_authentication, request_authentication
+from tsunagi.mesh import authorization, peer_authentication, request_authentication, selectors
 from tsunagi.mesh import outbound_policy as op
 from tsunagi.mesh import telemetry as tm
 from tsunagi.mesh.credentials import Credential, credentials_of
@@ -56,10 +56,11 @@ from tsunagi.registry.instances import Instance
 S = TypeVar("S", bound=BaseModel)
 
 DEFAULT_GATEWAY_ADDRESS = "127.0.0.1"
+"""Where a gateway listens when its agent names no address (``tsunagi gateway``'s default)."""
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
 """The label that says a WorkloadEntry runs a sidecar taking mesh mTLS (Istio's)."""
 TLS_MODE_ISTIO = "istio"
-"""Where a gateway listens when its agent names no address (``tsunagi gateway``'s default)."""
+"""The value of :data:`TLS_MODE_LABEL` (and of an endpoint's ``tlsMode``) for mesh mTLS."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,13 @@ class Service:
     subject_alt_names: tuple[str, ...] = ()
     """ServiceEntry ``subjectAltNames``: what TLS origination checks the server's certificate
     against when the DestinationRule's ``tls`` names none (Istio's rule)."""
+    mesh_external: bool = False
+    """Declared only by ServiceEntries, none of them ``location: MESH_INTERNAL``: never
+    auto mTLS, whatever its endpoints' labels say (Istio's rule)."""
+    service_accounts: tuple[tuple[str, str], ...] = ()
+    """``(namespace, service account)`` of its endpoints that name one, sorted: the
+    identities its servers' certificates may carry (a new one changes its clusters, as
+    in Istio; other endpoint changes do not)."""
 
     def protocol(self, port: int) -> str:
         """The protocol of ``port`` (:mod:`tsunagi.protocols` names): HTTP unless declared."""
@@ -188,10 +196,11 @@ class Node:
     service_account: str = ""
     """The service account it claims (``pc.META_SERVICE_ACCOUNT``); empty from an older agent."""
     verified: bool = False
-    """Whether its xDS stream presented a client certificate whose SPIFFE ID names this
-    namespace (and service account, when claimed) (:mod:`tsunagi.xds.peer_identity`). Set
-    by the xDS server, never read from the node's own metadata; only a verified gateway gets
-    Secrets."""
+    """Whether it may receive private keys: its xDS stream presented a client certificate
+    whose SPIFFE ID names this namespace (and service account, when claimed) and that
+    carries the CA's gateway mark, written only for the admin or a ``--gateway`` token
+    (:mod:`tsunagi.xds.peer_identity`, :mod:`tsunagi.gateway_mark`). Set by the xDS server,
+    never read from the node's own metadata; only a verified gateway gets Secrets."""
 
     @property
     def is_gateway(self) -> bool:
@@ -291,8 +300,9 @@ class ClientScope:
     """For a gateway: what its listeners report (access log, metric lines, tracing), which
     sidecars' listeners take from their node. ``None`` for sidecars."""
     verified: bool = False
-    """For a gateway: whether its certificate proved its namespace (:attr:`Node.verified`),
-    so it may receive its credentials' private keys. Always False for sidecars."""
+    """For a gateway: whether its certificate proved its namespace and carries the CA's
+    gateway mark (:attr:`Node.verified`), so it may receive its credentials' private keys.
+    Always False for sidecars."""
 
 
 def of_spec(resources: Iterable[Resource], model: type[S]) -> list[ResourceOf[S]]:
@@ -411,14 +421,14 @@ class _Catalog:
             for inst in self.instances
             if inst.namespace == namespace
             and inst.port == target
-            and all(inst.labels.get(k) == v for k, v in wanted.items())
+            and selectors.labels_match(wanted, inst.labels)
         ]
         entries = [
             Endpoint.of_workload_entry(we.spec, port, we.namespace)
             for we in self.workload_entries
             if we.namespace == namespace
             and we.spec.address
-            and all(we.spec.labels.get(k) == v for k, v in wanted.items())
+            and selectors.labels_match(wanted, we.spec.labels)
         ]
         return instances + entries
 
@@ -442,9 +452,24 @@ class _Catalog:
                 tuple(self.addresses.get(h, ())),
                 h in self.passthrough,
                 tuple(self.subject_alt_names.get(h, ())),
+                self._mesh_external(h),
+                self._service_accounts(h, ps),
             )
             for h, ps in sorted(self.ports.items())
         }
+
+    def _mesh_external(self, host: str) -> bool:
+        entries = self.entries.get(host, ())
+        return bool(entries) and all(se.spec.location != "MESH_INTERNAL" for se in entries)
+
+    def _service_accounts(self, host: str, ports: set[int]) -> tuple[tuple[str, str], ...]:
+        found = {
+            (ep.namespace or self.namespaces[host], ep.service_account)
+            for p in ports
+            for ep in self.endpoints.get((host, p), ())
+            if ep.service_account
+        }
+        return tuple(sorted(found))
 
 
 _ROUTING_KINDS = ("VirtualService", "DestinationRule", "ServiceEntry", "Gateway", "Sidecar")

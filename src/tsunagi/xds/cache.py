@@ -59,6 +59,9 @@ class NodeEntry:
     verified: bool = False
     """Whether its client certificate proved its claims (set by the server, never by the
     node; :mod:`.peer_identity`)."""
+    identity: str | None = None
+    """The SPIFFE ID its client certificate proved; None on a plaintext port (tests). A
+    stream of another identity may not take this node id over (:func:`.peer_identity.takeover`)."""
 
 
 class SnapshotCache:
@@ -70,13 +73,19 @@ class SnapshotCache:
         self.changed = asyncio.Condition()
 
     def connect(
-        self, node_id: str, metadata: Any, stream: ProxyStream, verified: bool = False
+        self,
+        node_id: str,
+        metadata: Any,
+        stream: ProxyStream,
+        verified: bool = False,
+        identity: str | None = None,
     ) -> NodeEntry:
-        """Register a newly connected node and give its stream the resolver's snapshot."""
+        """Register a newly connected node and give its stream the resolver's snapshot; it
+        replaces an entry of the same id (a reconnecting Envoy)."""
         if self.resolver is None:
             raise RuntimeError("no resolver: the control plane has not started pushing yet")
         snapshot = self.resolver(node_id, metadata, verified)
-        entry = NodeEntry(node_id, metadata, snapshot, stream, verified=verified)
+        entry = NodeEntry(node_id, metadata, snapshot, stream, verified=verified, identity=identity)
         stream.set_snapshot(entry.snapshot)
         self.nodes[node_id] = entry
         return entry

@@ -8,6 +8,10 @@ refused (``PERMISSION_DENIED``); so is a certificate of another trust domain or 
 workload identity, and a node id that is not ``NAME.NAMESPACE`` of its own namespace (the id
 keys a node's config, so it must not reach across namespaces). Pure: the server hands in
 gRPC's auth context.
+
+Passing these checks earns a stream, not private keys: only a node whose certificate carries
+the CA's gateway mark (:func:`may_hold_keys`, :mod:`tsunagi.gateway_mark`) is sent SDS
+Secrets.
 """
 
 from __future__ import annotations
@@ -16,10 +20,23 @@ from collections.abc import Mapping, Sequence
 
 from tsunagi import proxy_contract as pc
 from tsunagi import spiffe
+from tsunagi.gateway_mark import has_gateway_mark
 
 SPIFFE_PROPERTY = "peer_spiffe_id"
 """The auth-context property where gRPC puts the client certificate's SPIFFE ID (set only
 when the certificate holds exactly one URI SAN and it is a SPIFFE ID)."""
+
+
+CERT_PROPERTY = "x509_pem_cert"
+"""The auth-context property where gRPC puts the client certificate (PEM), verified
+against the mesh's CA by the mutual-TLS handshake."""
+
+
+def may_hold_keys(auth_context: Mapping[str, Sequence[bytes]]) -> bool:
+    """Whether the client certificate carries the gateway mark that only the CA writes,
+    for callers allowed to run a gateway: only such a node receives private keys."""
+    values = auth_context.get(CERT_PROPERTY) or ()
+    return len(values) == 1 and has_gateway_mark(values[0])
 
 
 def presented_identity(auth_context: Mapping[str, Sequence[bytes]]) -> str | None:
@@ -78,3 +95,16 @@ def refusal(
             f"NAME.NAMESPACE, here NAME.{namespace}"
         )
     return None
+
+
+def takeover(node_id: str, presented: str, holder: str | None) -> str | None:
+    """Why a stream proving ``presented`` may not take node id ``node_id`` from the connected
+    stream that holds it and proved ``holder``; None when it may (nobody holds the id, or
+    the same identity reconnects: an Envoy restarted, or a stream the server has not yet
+    noticed is gone)."""
+    if holder is None or holder == presented:
+        return None
+    return (
+        f"proxy id {node_id!r} is held by a connected proxy of {holder}; {presented} may not "
+        "take it over: give this proxy another name (tsunagi run --name)"
+    )

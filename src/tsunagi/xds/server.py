@@ -195,15 +195,23 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             return
         metadata = json_format.MessageToDict(node.metadata)
         verified = False
+        presented: str | None = None
         if self.trust_domain is not None:
-            presented = peer_identity.presented_identity(context.auth_context())
+            auth = context.auth_context()
+            presented = peer_identity.presented_identity(auth)
             why = peer_identity.refusal(node.id, metadata, presented, self.trust_domain)
+            if why is None and presented is not None:
+                # No await from here to connect(): nobody can take the id in between.
+                held = self.cache.nodes.get(node.id)
+                holder = held.identity if held is not None else None
+                why = peer_identity.takeover(node.id, presented, holder)
             if why is not None:
                 self._log_refusal(why)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
                 return
-            verified = True
-        entry = self.cache.connect(node.id, metadata, stream, verified)
+            # Its namespace is proven; private keys need the CA's gateway mark as well.
+            verified = peer_identity.may_hold_keys(auth)
+        entry = self.cache.connect(node.id, metadata, stream, verified, presented)
         wake = entry.wake
         kind = "delta" if isinstance(stream, DeltaStream) else "sotw"
         log.info("proxy %s connected (%s ADS)", node.id, kind)
@@ -289,7 +297,8 @@ async def start_server(
     ``credentials``: mutual-TLS server credentials that require a client certificate
     (``grpc.ssl_server_credentials(..., require_client_auth=True)``); every node must then
     be what its certificate in ``trust_domain`` says (:mod:`.peer_identity`), and is
-    ``verified``. Without them the port is plaintext and no node is verified (tests only:
+    ``verified`` (may receive private keys) when that certificate carries the CA's gateway
+    mark. Without them the port is plaintext and no node is verified (tests only:
     ``tsunagi up`` always passes them).
     """
     limits = StreamLimits(max_streams_per_peer, max_streams)

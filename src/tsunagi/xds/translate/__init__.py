@@ -178,7 +178,7 @@ class Outbound:
     the Gateways, which a gateway's labels select. Sidecars' listeners are their own."""
     secrets: Mapping[str, Resource] = field(default_factory=lambda: MappingProxyType({}))
     """A gateway's SDS secrets: the credentials its servers name (:mod:`.secrets`). Empty
-    for sidecars, and for a gateway whose certificate did not prove its namespace
+    for sidecars, and for a gateway whose certificate lacks the CA's gateway mark
     (``ClientScope.verified``)."""
 
 
@@ -234,10 +234,10 @@ def _dns_clusters_of(
 
 
 def _peers_of(world: World, svc: Service) -> Peers:
-    """Whom ``svc``'s clusters speak mesh mTLS to (:mod:`.mesh_tls`): changes only when a
-    service account or a sidecar comes or goes, so clusters are re-packed only then."""
-    eps = (e for port in svc.ports for e in world.endpoints.get((svc.hostname, port), ()))
-    return peers_of(svc, eps, world.mesh_security.trust_domain)
+    """Whom ``svc``'s clusters speak mesh mTLS to (:mod:`.mesh_tls`), from the service
+    alone: changes only when a service account comes or goes, so an endpoint change
+    re-packs no cluster."""
+    return peers_of(svc, world.mesh_security.trust_domain)
 
 
 def _assignments_of(
@@ -537,7 +537,7 @@ def translate_outbound(
         )
         gateway_routes, errors = parts.routes, parts.errors
         sds_errors: list[TranslationError] = []
-        # Private keys only to a gateway that proved who it is (xds/peer_identity.py)
+        # Private keys only to a gateway whose certificate has the CA's mark (peer_identity.py)
         sds = _gateway_secrets(world, client, memo, sds_errors) if scope.verified else {}
         return Outbound(
             shared.clusters,

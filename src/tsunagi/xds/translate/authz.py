@@ -11,7 +11,8 @@ filter's shadow rules: evaluated and counted (``istio_dry_run_allow_``/``_deny_`
 never enforced.
 
 Gateways (``tsunagi gateway``) get the same HTTP filters on their HTTP and HTTPS servers
-(:func:`gateway_filters`). CUSTOM (ext_authz) is refused by validation
+(:func:`gateway_filters`), and the network ones on their TCP and TLS servers
+(:func:`gateway_network_filters`). CUSTOM (ext_authz) is refused by validation
 (``api/checks_authz.py``): no provider can be configured yet. A workload no policy selects
 gets no filter at all.
 """
@@ -28,6 +29,7 @@ from tsunagi.api import AuthorizationPolicySpec, Resource
 from tsunagi.mesh import ClientScope, Node, World, authorization
 from tsunagi.mesh.security import WorkloadSecurity
 from tsunagi.xds.translate.authz_rules import MATCH_NEVER, Target, rbac_policy
+from tsunagi.xds.translate.same import Same, same_all
 
 HTTP_RBAC_TYPE = "type.googleapis.com/" + http_rbac_pb2.RBAC.DESCRIPTOR.full_name
 NETWORK_RBAC_TYPE = "type.googleapis.com/" + network_rbac_pb2.RBAC.DESCRIPTOR.full_name
@@ -106,14 +108,16 @@ def network_filters(
     security: WorkloadSecurity, node: Node, port: int
 ) -> tuple[dict[str, Any], ...]:
     """The RBAC network filters for inbound TCP ``port``; none without policies."""
-    if not security.authorization:
-        return ()
+    return _network(security.authorization, port)
+
+
+def _network(policies: Sequence[Resource], port: int) -> tuple[dict[str, Any], ...]:
     return tuple(
         {
             "name": NETWORK_RBAC,
             "typed_config": {"@type": NETWORK_RBAC_TYPE, "stat_prefix": TCP_STAT_PREFIX, **config},
         }
-        for config in _configs(security.authorization, port, tcp=True)
+        for config in _configs(policies, port, tcp=True)
     )
 
 
@@ -128,10 +132,17 @@ def gateway_filters(world: World, scope: ClientScope, port: int) -> tuple[dict[s
     )
 
 
-def gateway_key(world: World, scope: ClientScope) -> str:
-    """What :func:`gateway_filters` depends on, for a memo of a gateway's listeners: the
-    selected policies, whole (empty when none)."""
-    policies = authorization.for_workload(world, scope.namespace, dict(scope.labels))
-    return "\n".join(
-        f"{p.namespace}/{p.name}/{dry_run(p)}:{p.spec.model_dump_json()}" for p in policies
-    )
+def gateway_network_filters(
+    world: World, scope: ClientScope, port: int
+) -> tuple[dict[str, Any], ...]:
+    """The RBAC network filters of a gateway's TCP and TLS servers on ``port`` (before their
+    TCP proxy, as Istio's gateway puts them), judged as on a sidecar's TCP port: HTTP-only
+    fields cannot match there (:mod:`.authz_rules`); none without policies."""
+    return _network(authorization.for_workload(world, scope.namespace, dict(scope.labels)), port)
+
+
+def gateway_key(world: World, scope: ClientScope) -> tuple[Same, ...]:
+    """What :func:`gateway_filters` and :func:`gateway_network_filters` depend on, for a
+    memo of a gateway's listeners: the selected policies, by identity (a changed one is a
+    new object; see :mod:`.same`), empty when none. Nothing is serialized per push."""
+    return same_all(authorization.for_workload(world, scope.namespace, dict(scope.labels)))

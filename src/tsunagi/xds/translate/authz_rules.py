@@ -11,7 +11,7 @@ Istio's value forms (pilot's authz model, taken as facts): ``*`` is any non-empt
 are matched against the peer certificate's URI SAN with ``spiffe://`` put in front;
 ``namespaces`` as the SAN regex ``.*/ns/NS/.*``; ``requestPrincipals`` as ``ISS/SUB`` of the
 verified JWT (split at the last ``/``, issuers being URLs), read from the payload the JWT
-filter leaves in dynamic metadata (namespace :data:`JWT_FILTER`, key :data:`JWT_PAYLOAD`).
+filter leaves in dynamic metadata (:mod:`.jwt_authn`'s ``FILTER_NAME``, ``PAYLOAD_KEY``).
 Hosts ignore case; ``{*}``/``{**}`` in paths are URI templates.
 
 On a TCP port the HTTP-only attributes (hosts, methods, paths, request principals,
@@ -31,13 +31,10 @@ from typing import Any
 
 from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
 
+from tsunagi.api.jwt_claims import authz_claim_path
 from tsunagi.api.security import Condition, Operation, Rule, Source
 from tsunagi.spiffe import SCHEME
-
-JWT_FILTER = "envoy.filters.http.jwt_authn"
-"""Dynamic metadata namespace the JWT filter writes the verified payload under."""
-JWT_PAYLOAD = "payload"
-"""Key of the verified JWT payload in :data:`JWT_FILTER`'s metadata."""
+from tsunagi.xds.translate.jwt_authn import FILTER_NAME, PAYLOAD_KEY, claim_matcher
 
 URI_TEMPLATE_TYPE = (
     "type.googleapis.com/" + uri_template_match_pb2.UriTemplateMatchConfig.DESCRIPTOR.full_name
@@ -123,15 +120,7 @@ def _metadata(filter_name: str, path: Sequence[str], value: Matcher) -> Matcher:
 
 def _claim(path: Sequence[str], value: str) -> Matcher:
     """A JWT claim that is ``value``, or a list holding it (``aud``, ``groups``...)."""
-    one = {"string_match": string_matcher(value)}
-    either = {"or_match": {"value_matchers": [{"list_match": {"one_of": one}}, one]}}
-    return {"metadata": _metadata(JWT_FILTER, [JWT_PAYLOAD, *path], either)}
-
-
-def claim_path(key: str) -> list[str]:
-    """``request.auth.claims[a][b]`` → ``["a", "b"]`` (a nested claim)."""
-    inner = key[key.index("[") + 1 : -1]
-    return inner.split("][")
+    return {"metadata": claim_matcher(path, string_matcher(value))}
 
 
 def _bracketed(key: str) -> str:
@@ -198,8 +187,8 @@ def _request_principal(value: str) -> Matcher:
     return {
         "and_ids": {
             "ids": [
-                {"metadata": _metadata(JWT_FILTER, [JWT_PAYLOAD, "iss"], {"string_match": m_iss})},
-                {"metadata": _metadata(JWT_FILTER, [JWT_PAYLOAD, "sub"], {"string_match": m_sub})},
+                {"metadata": _metadata(FILTER_NAME, [PAYLOAD_KEY, "iss"], {"string_match": m_iss})},
+                {"metadata": _metadata(FILTER_NAME, [PAYLOAD_KEY, "sub"], {"string_match": m_sub})},
             ]
         }
     }
@@ -237,8 +226,8 @@ def _principal_condition(key: str, namespace: str, tcp: bool) -> Make | None:
     if key.startswith("request.headers["):
         name = _bracketed(key)
         return _http_only(lambda v: {"header": _header(name, v)}, tcp)
-    if key.startswith("request.auth.claims["):
-        path = claim_path(key)
+    path = authz_claim_path(key)
+    if path is not None:
         return _http_only(lambda v: _claim(path, v), tcp)
     return None
 

@@ -25,7 +25,7 @@ from tsunagi.mesh.gateway_ports import PortServers, merge_ports
 from tsunagi.xds.translate import authz, gateway_chains, jwt_authn
 from tsunagi.xds.translate.gateway_routing import GatewayRouteBuilder
 from tsunagi.xds.translate.isolation import LastGood, ResourceKey, TranslationError, isolated
-from tsunagi.xds.translate.listeners import OUTBOUND_FILTERS
+from tsunagi.xds.translate.listeners import OUTBOUND_FILTERS, PATH_NORMALIZATION
 from tsunagi.xds.translate.protos import HCM_TYPE
 from tsunagi.xds.translate.routes import PEER_HEADER_TO_ADD, without_peer_header
 
@@ -160,6 +160,7 @@ def _hcm(
         "@type": HCM_TYPE,
         "stat_prefix": f"gateway_{port}",
         "codec_type": "AUTO",
+        **PATH_NORMALIZATION,
         "rds": {
             "route_config_name": route_name,
             "config_source": {"ads": {}, "resource_api_version": "V3"},
@@ -225,7 +226,8 @@ def chained_listener(
 
     builder = GatewayRouteBuilder(world, scope)
     http = partial(_hcm, ps.port, tls=True, security=_security(world, scope, ps.port))
-    made = gateway_chains.port_chains(builder, ps, bindings, http)
+    rbac = authz.gateway_network_filters(world, scope, ps.port)
+    made = gateway_chains.port_chains(builder, ps, bindings, http, rbac)
     chains = made.chains
     if not chains:
         return None

@@ -19,7 +19,8 @@ A TCP port (TCP, MONGO, REDIS, MYSQL servers) has one chain: a TCP proxy along t
 ``tcp:`` route that holds. On a gateway, a tcp or tls match holds by ``port`` and
 ``gateways`` only (Istio's ``l4SingleMatch``), and the first VirtualService (by namespace,
 then name) with a route that holds decides. No route: no chain, and a port with no chain is
-not opened (Envoy refuses a listener without one), as in Istio.
+not opened (Envoy refuses a listener without one), as in Istio. AuthorizationPolicy's
+network RBAC filters come before every TCP proxy (HTTPS chains get the HTTP ones).
 
 Two chains of a port never match the same name (Envoy would refuse the listener): the first,
 in server order, keeps it.
@@ -191,8 +192,10 @@ def _passthrough(
     bindings: list[gw.Binding],
     g: ResourceOf[GatewaySpec],
     port: int,
+    tcp_filters: tuple[dict[str, Any], ...],
 ) -> None:
-    """One chain per ``tls:`` route match that holds, by its ``sniHosts``."""
+    """One chain per ``tls:`` route match that holds, by its ``sniHosts``, ``tcp_filters``
+    before its TCP proxy."""
     for b in bindings:
         builder.serve((g.namespace, g.name), b.vs)
         for route in b.vs.spec.tls:
@@ -202,7 +205,7 @@ def _passthrough(
                 targets = route_targets(builder, route.route, b.vs.namespace, "", port)
                 if targets:
                     proxy = _tcp_proxy(builder, targets, port)
-                    chains.add(sni_server_names(m.sni_hosts), [proxy])
+                    chains.add(sni_server_names(m.sni_hosts), [*tcp_filters, proxy])
 
 
 @dataclass(frozen=True)
@@ -219,9 +222,11 @@ def port_chains(
     ps: ports.PortServers,
     bindings: Callable[[ResourceOf[GatewaySpec], Server], list[gw.Binding]],
     http_filter: HttpFilter,
+    tcp_filters: tuple[dict[str, Any], ...] = (),
 ) -> PortChains:
     """The filter chains of a TLS or TCP port, with the route tables they name; ``bindings``
-    gives the VirtualServices bound to a server (with the hosts they serve there)."""
+    gives the VirtualServices bound to a server (with the hosts they serve there).
+    ``tcp_filters`` (authorization) go before each TCP proxy, as in Istio's gateway."""
     chains = _Chains()
     tables: list[tuple[str, ports.PortServers]] = []
     for g, server in ps.servers:
@@ -229,19 +234,20 @@ def port_chains(
         if ps.kind == "tcp":
             targets = _tcp_targets(builder, bound, g, ps.port)
             if targets:
-                chains.add(None, [_tcp_proxy(builder, targets, ps.port)])
+                chains.add(None, [*tcp_filters, _tcp_proxy(builder, targets, ps.port)])
         elif ports.https_table(server):
             table = https_route(ps.port, g, server)
             filters = [http_filter(table)]
             if chains.add(_server_names(server), filters, tls_context(server, http=True)):
                 tables.append((table, ports.PortServers(ps.port, ps.kind, ((g, server),))))
         elif not ports.terminates(server):
-            _passthrough(chains, builder, bound, g, ps.port)
+            _passthrough(chains, builder, bound, g, ps.port, tcp_filters)
         else:  # a TLS server ending the TLS: its bytes go on along tcp routes
             targets = _tcp_targets(builder, bound, g, ps.port)
             if targets:
                 proxy = _tcp_proxy(builder, targets, ps.port)
-                chains.add(_server_names(server), [proxy], tls_context(server, http=False))
+                filters = [*tcp_filters, proxy]
+                chains.add(_server_names(server), filters, tls_context(server, http=False))
     return PortChains(chains.chains, tables)
 
 

@@ -25,6 +25,7 @@ from tsunagi.api import JWTRule, RequestAuthenticationSpec, Resource, ResourceOf
 from tsunagi.mesh import ClientScope, Node, World
 from tsunagi.mesh import request_authentication as ra
 from tsunagi.mesh.security import WorkloadSecurity
+from tsunagi.xds.translate.same import Same, same_all
 
 FILTER_NAME = "envoy.filters.http.jwt_authn"
 """The filter's name, and the dynamic metadata namespace it writes."""
@@ -184,8 +185,11 @@ def claim_present(claims: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def gateway_key(world: World, scope: ClientScope) -> str:
-    """:func:`gateway_filters` as canonical JSON: what a memo of the gateway's listeners
-    must be keyed by (empty when it has none)."""
-    filters = gateway_filters(world, scope)
-    return json.dumps(filters, sort_keys=True) if filters else ""
+def gateway_key(
+    world: World, scope: ClientScope
+) -> tuple[tuple[Same, ...], tuple[tuple[str, str], ...]]:
+    """What :func:`gateway_filters` depends on, for a memo of the gateway's listeners: the
+    selected RequestAuthentications by identity (see :mod:`.same`) and the key sets fetched
+    for them (each document's hash is computed once per fetch, by Python's str)."""
+    applied = ra.for_workload(world, scope.namespace, dict(scope.labels))
+    return same_all(applied), ra.jwks_of(world, applied)

@@ -35,6 +35,11 @@ OUTBOUND_FILTERS = (
     passthrough.FILTER,
     ROUTER,
 )
+PATH_NORMALIZATION = {"normalize_path": True, "path_with_escaped_slashes_action": "KEEP_UNCHANGED"}
+"""Istio's default path normalization (``BASE``) on every HTTP connection manager: RFC 3986
+normalization (``/a/../b`` is ``/b``, ``%61`` is ``a``) before routing, RBAC and JWT rules
+see the path, so ``/x/../admin`` cannot slip past a rule on ``/admin``; escaped slashes and
+double slashes stay as sent. Its cost: one linear pass over the path per request."""
 
 
 def _hcm(
@@ -49,6 +54,7 @@ def _hcm(
             "@type": HCM_TYPE,
             "stat_prefix": stat_prefix,
             "codec_type": "AUTO",
+            **PATH_NORMALIZATION,
             **routes,
             "http_filters": list(filters),
             **(telemetry or {}),

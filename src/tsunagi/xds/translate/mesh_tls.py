@@ -5,11 +5,13 @@ Istio's rules (``buildUpstreamTLSSettings``, ``applyUpstreamTLSSettings``):
 - A DestinationRule ``tls`` decides when it is set: ``ISTIO_MUTUAL`` always speaks mesh
   mTLS, sidecar or not; ``DISABLE`` never; ``SIMPLE``/``MUTUAL`` originate the rule's TLS
   (:mod:`.origination`).
-- Without one (auto mTLS), each endpoint decides: the cluster carries two transport sockets
-  and Envoy picks by the endpoint's metadata: mesh mTLS for endpoints marked ``tlsMode:
-  istio`` in EDS (sidecars whose PeerAuthentication does not DISABLE the port; see
-  ``Endpoint.tls_mode``), plain text for the others. A service with no such endpoint gets
-  plain clusters, as before.
+- Without one (auto mTLS), each endpoint decides: the cluster of every service that is
+  not ``MESH_EXTERNAL`` carries two transport sockets and Envoy picks by the endpoint's
+  metadata: mesh mTLS for endpoints marked ``tlsMode: istio`` in EDS (sidecars whose
+  PeerAuthentication does not DISABLE the port; see ``Endpoint.tls_mode``), plain text for
+  the others. Decided by the service, not its endpoints (Istio's rule), so the first or
+  last sidecar of a service is an EDS-only change. A ``MESH_EXTERNAL`` ServiceEntry never
+  gets auto mTLS, even for an endpoint labelled ``tlsMode: istio``.
 - Mesh mTLS presents the proxy's own certificate (SDS secret ``default``), checks the
   server's chain against the mesh roots (``ROOTCA``) and its SAN against the SPIFFE IDs of
   the service's endpoints' service accounts plus the ServiceEntry's ``subjectAltNames``
@@ -26,7 +28,7 @@ leaves it out).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,11 +57,11 @@ ALPN_IN_MESH_H2 = ["istio", "h2"]
 
 @dataclass(frozen=True)
 class Peers:
-    """What a service's clusters need to know of its endpoints for mesh mTLS (hashable, so
-    it can key the clusters' memo: it changes only when a service account comes or goes)."""
+    """What a service's clusters need to know for mesh mTLS (hashable, so it can key the
+    clusters' memo: it changes only when a service account comes or goes)."""
 
-    sidecars: bool = False
-    """Some endpoint takes mesh mTLS (``tlsMode: istio``): auto mTLS is on."""
+    auto: bool = False
+    """Auto mTLS applies: the service is not ``MESH_EXTERNAL``."""
     identities: tuple[str, ...] = ()
     """The names a server's certificate may carry, sorted: the SPIFFE IDs of the endpoints'
     service accounts and the ServiceEntry's ``subjectAltNames``."""
@@ -68,17 +70,11 @@ class Peers:
 NO_PEERS = Peers()
 
 
-def peers_of(svc: Service, endpoints: Iterable[Endpoint], trust_domain: str) -> Peers:
-    """:class:`Peers` of ``svc`` from ``endpoints`` (of all its ports)."""
-    sidecars = False
+def peers_of(svc: Service, trust_domain: str) -> Peers:
+    """:class:`Peers` of ``svc``: from the service alone, never its endpoints."""
     names = set(svc.subject_alt_names)
-    for ep in endpoints:
-        sidecars = sidecars or ep.tls_mode == TLS_MODE_ISTIO
-        if ep.service_account:
-            names.add(spiffe_id(trust_domain, ep.namespace or svc.namespace, ep.service_account))
-    if not sidecars and not names:
-        return NO_PEERS
-    return Peers(sidecars, tuple(sorted(names)))
+    names.update(spiffe_id(trust_domain, ns, sa) for ns, sa in svc.service_accounts)
+    return Peers(not svc.mesh_external, tuple(sorted(names)))
 
 
 def endpoint_metadata(ep: Endpoint) -> dict[str, Any] | None:
@@ -139,7 +135,7 @@ def secure(
     sni: str,
 ) -> bool:
     """Mesh mTLS on ``cluster`` (its HTTP version already set), in place, when ``tls`` (the
-    rule's, for this cluster) is ISTIO_MUTUAL, or unset with sidecar ``peers`` (auto mTLS);
+    rule's, for this cluster) is ISTIO_MUTUAL, or unset for in-mesh ``peers`` (auto mTLS);
     ``sni``: Istio's (:func:`mesh_sni`). Returns whether it did: otherwise the rule's
     ``tls``, if any, is the caller's to apply."""
     h2 = is_http2(cluster)
@@ -153,7 +149,7 @@ def secure(
             "typed_config": context,
         }
         return True
-    if not peers.sidecars:
+    if not peers.auto:
         return False
     context = upstream_context(sni, peers.identities, h2)
     cluster["transport_socket_matches"] = [

@@ -4,8 +4,9 @@ Istio's names (:mod:`.names`): ``kubernetes://NAME`` holds the certificate chain
 key of ``credentialName: NAME``; ``kubernetes://NAME-cacert`` the CA that verifies clients,
 when the credential has one. A gateway gets exactly the credentials its selected Gateways'
 servers end TLS with, from Secrets in its own namespace (Istio's gateways read no other), and
-only when its client certificate on the xDS stream proved its namespace
-(``ClientScope.verified``, see :mod:`tsunagi.xds.peer_identity`); sidecars get none. The
+only when its client certificate on the xDS stream proved its namespace and carries the
+CA's gateway mark (``ClientScope.verified``, see :mod:`tsunagi.xds.peer_identity`); sidecars
+get none. The
 key travels only inside these resources, never inside listener config.
 """
 
