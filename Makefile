@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit e2e bench bench-quick lint format clean tools vendor-ui
+.PHONY: demo test unit e2e bench bench-quick lint format clean tools vendor-ui bytecode
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --force-reinstall "$$(grep -o 'opentelemetry-proto==[0-9.]*' pyproject.toml)"
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Bytecode for src/: an editable install has none, and where PYTHONDONTWRITEBYTECODE is set
+# every agent would compile its modules from source at each start, which leaves ~0.7 MB of
+# private memory behind per sidecar (measured); a regular pip install compiles it too.
+bytecode: $(STAMP)
+	$(BIN)/python -m compileall -q src
+
+demo: bytecode
 	$(BIN)/tsunagi demo
 
 # Programs the benchmarks and e2e tests drive (prometheus: /usr/bin/prometheus, for
@@ -32,7 +38,7 @@ tools:
 	  else echo "note: missing$$missing (install them to run the data-plane benchmark)"; fi; \
 	fi
 
-test: $(STAMP) tools
+test: bytecode tools
 	$(BIN)/pytest -q -p no:cacheprovider
 
 unit: $(STAMP)
@@ -41,10 +47,10 @@ unit: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/pytest -q tests/e2e
 
-bench: $(STAMP) tools
+bench: bytecode tools
 	$(BIN)/python -m benchmarks
 
-bench-quick: $(STAMP) tools
+bench-quick: bytecode tools
 	$(BIN)/python -m benchmarks --quick
 
 lint: $(STAMP)

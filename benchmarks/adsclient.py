@@ -62,6 +62,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import struct_pb2
 
+from tsunagi.controlplane.heap import raise_malloc_thresholds
+
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -587,7 +589,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a file holding the admin token (default: $TSUNAGI_TOKEN; never the token "
         "itself on the command line, where every user's `ps` shows it)",
     )
-    return asyncio.run(main_async(p.parse_args(argv)))
+    args = p.parse_args(argv)
+    # It parses the same megabyte responses the control plane serializes (h14: client CPU
+    # 8.5 → 7.7 s with the thresholds raised).
+    raise_malloc_thresholds()
+    return asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

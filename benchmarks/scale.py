@@ -505,7 +505,7 @@ def translation_times(spec: MeshSpec) -> dict[str, Any]:
         for p in make_proxies(spec.proxies, spec.services, spec.namespace_names)
     ]
     t = time.perf_counter()
-    locals_ = [translate_local(n) for n in nodes]
+    locals_ = [translate_local(n, memo=memo) for n in nodes]  # as the push path does
     local_s = time.perf_counter() - t
     t = time.perf_counter()
     for node, local in zip(nodes, locals_, strict=True):

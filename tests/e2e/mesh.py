@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+import yaml
 from benchmarks.procs import children
 
 from tsunagi.agent.ports import free_ports
@@ -38,6 +39,33 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def apply_recorded(mesh: Mesh, applied: list[str], text: str) -> str:
+    """``tsunagi apply --wait`` of ``text`` until every proxy has it (its output returned),
+    remembered in ``applied`` for :func:`delete_recorded` (once: applying a changed version
+    of the same resource replaces it)."""
+    result = mesh.apply(text, "--wait")
+    assert result.returncode == 0, result.stderr
+    assert "in sync after" in result.stdout, result.stdout
+    if not any(_keys(old) == _keys(text) for old in applied):
+        applied.append(text)
+    return result.stdout + result.stderr
+
+
+def _keys(text: str) -> list[tuple[str, str, str]]:
+    """``(kind, namespace, name)`` of each resource in a YAML text."""
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    return [
+        (d["kind"], d["metadata"].get("namespace", "default"), d["metadata"]["name"]) for d in docs
+    ]
+
+
+def delete_recorded(mesh: Mesh, applied: list[str]) -> None:
+    """Delete what :func:`apply_recorded` applied, waiting for every proxy."""
+    for text in applied:
+        done = mesh.cli("delete", "-f", "-", "--wait", stdin=text)
+        assert done.returncode == 0, done.stderr
 
 
 def wait_until(check: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:

@@ -21,7 +21,16 @@ from typing import Any
 
 import pytest
 
-from .mesh import Mesh, Workload, free_port, request, wait_until
+from .mesh import (
+    Mesh,
+    Workload,
+    apply_recorded,
+    delete_recorded,
+    free_port,
+    request,
+    stop,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -44,20 +53,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, Workl
 def policies(live: tuple[Mesh, Workload]) -> Iterator[list[str]]:
     """Policies a test applies (YAML texts); deleted afterwards, so the next test starts
     from a mesh without any."""
-    mesh, _ = live
     applied: list[str] = []
     yield applied
-    for text in applied:
-        done = mesh.cli("delete", "-f", "-", "--wait", stdin=text)
-        assert done.returncode == 0, done.stderr
-
-
-def apply(mesh: Mesh, applied: list[str], text: str) -> str:
-    result = mesh.apply(text, "--wait")
-    assert result.returncode == 0, result.stderr
-    assert "in sync after" in result.stdout, result.stdout
-    applied.append(text)
-    return result.stdout + result.stderr
+    delete_recorded(live[0], applied)
 
 
 def send(
@@ -121,13 +119,13 @@ def test_allow_nothing_then_allow_get_by_path_then_deny_by_header(
     assert answered_by_web(send(client, path="/api/books"))
 
     # Istio's allow-nothing: an ALLOW policy without rules selects web and allows nothing.
-    apply(mesh, policies, ALLOW_NOTHING)
+    apply_recorded(mesh, policies, ALLOW_NOTHING)
     wait_until(lambda: send(client, path="/api/books") == DENIED, what="allow-nothing in force")
     for method, path in (("GET", "/"), ("GET", "/api/books"), ("POST", "/api/books")):
         assert send(client, method, path) == DENIED, (method, path)
 
     # Then GET on some paths (exact, prefix, suffix, template) is allowed; nothing else.
-    apply(mesh, policies, ALLOW_GET_ON_PATHS)
+    apply_recorded(mesh, policies, ALLOW_GET_ON_PATHS)
     wait_until(lambda: answered_by_web(send(client, path="/health")), what="the ALLOW policy")
     for path in ("/api/books", "/health", "/data/list.json", "/books/7/reviews"):
         answer = send(client, path=path)
@@ -143,7 +141,7 @@ def test_allow_nothing_then_allow_get_by_path_then_deny_by_header(
         assert send(client, method, path) == DENIED, (method, path)
 
     # A mesh-wide DENY (root namespace) wins over the ALLOW: by header.
-    apply(mesh, policies, DENY_BY_HEADER)
+    apply_recorded(mesh, policies, DENY_BY_HEADER)
     blocked = {"x-block": "yes"}
     wait_until(lambda: send(client, path="/api/books", headers=blocked) == DENIED, what="DENY")
     assert answered_by_web(send(client, path="/api/books", headers={"x-block": "no"}))
@@ -153,9 +151,14 @@ def test_allow_nothing_then_allow_get_by_path_then_deny_by_header(
 def test_no_policy_again_allows_everything(
     live: tuple[Mesh, Workload], policies: list[str]
 ) -> None:
-    """Deleting the policies (the previous test's) removes the filters: all is allowed."""
-    _, client = live
-    wait_until(lambda: send(client, "POST", "/x")[0] == 200, what="the policies to be gone")
+    """Deleting the policies removes the filters: all is allowed again. This test makes
+    its own allow-nothing first, so it holds when run alone too."""
+    mesh, client = live
+    apply_recorded(mesh, policies, ALLOW_NOTHING)
+    wait_until(lambda: send(client, "POST", "/x") == DENIED, what="allow-nothing in force")
+    deleted = mesh.cli("delete", "-f", "-", "--wait", stdin=policies.pop())
+    assert deleted.returncode == 0, deleted.stderr
+    wait_until(lambda: send(client, "POST", "/x")[0] == 200, what="the policy to be gone")
     for method in ("GET", "POST", "DELETE"):
         status, _ = send(client, method, "/anything")
         assert status == 200, method
@@ -210,7 +213,7 @@ def test_deny_on_a_path_holds_for_every_spelling_of_it(
     on ``/admin*`` refuses ``/x/../admin`` and ``/%61dmin`` too, through the client's
     sidecar and straight at web's inbound listener; the app sees the normalized path."""
     mesh, client = live
-    apply(mesh, policies, no_admin("app: web"))
+    apply_recorded(mesh, policies, no_admin("app: web"))
     wait_until(lambda: send(client, path="/admin") == DENIED, what="the DENY policy")
     port = _web_inbound_port(mesh)
     for path in ADMIN_IN_DISGUISE:
@@ -226,11 +229,12 @@ def _web_inbound_port(mesh: Mesh) -> int:
     return int(next(i["document"]["target_port"] for i in items if i["name"].startswith("web-")))
 
 
-def _from(source: str, port: int, path: str = "/") -> tuple[int, Any]:
-    """A request straight to web's inbound listener from loopback address ``source``."""
+def _from(source: str, port: int, path: str = "/", host: str = "web:9080") -> tuple[int, Any]:
+    """A GET to 127.0.0.1:``port`` (by default web's inbound listener) from loopback
+    address ``source``: (status, body text)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
     try:
-        c.request("GET", path, headers={"Host": "web:9080"})
+        c.request("GET", path, headers={"Host": host})
         resp = c.getresponse()
         raw = resp.read().decode(errors="replace")
         return resp.status, raw
@@ -256,7 +260,7 @@ def test_ip_blocks_judge_the_address_the_connection_comes_from(
     mesh, client = live
     port = _web_inbound_port(mesh)
     assert _from("127.0.0.17", port)[0] == 200
-    apply(mesh, policies, IP_ALLOWLIST)
+    apply_recorded(mesh, policies, IP_ALLOWLIST)
     # In the block: allowed; the client's sidecar connects from 127.0.0.1: denied; a
     # notIpBlocks address inside the block: denied.
     status, body = _from("127.0.0.17", port)
@@ -288,7 +292,7 @@ def test_principals_are_the_callers_certificate_identity(
     name), which the rule allows for GET; a plaintext caller has no principal at all."""
     mesh, client = live
     port = _web_inbound_port(mesh)
-    out = apply(mesh, policies, PRINCIPALS)
+    out = apply_recorded(mesh, policies, PRINCIPALS)
     assert "no workload has" not in out, out
     # Both at once: the states before (another test's policy, or none) give one answer to both.
     wait_until(
@@ -304,17 +308,18 @@ def test_principals_are_the_callers_certificate_identity(
     # Straight to the inbound listener in plain text (PERMISSIVE takes it): no certificate,
     # no principal, no namespace: denied.
     assert _from("127.0.0.1", port) == DENIED
+    # Over mTLS too, another identity of the same namespace is not the principal: denied.
+    intruder = mesh.run("intruder", "v1", 80, "idle.py", False)
+    try:
+        assert send(intruder) == DENIED
+        assert answered_by_web(send(client))  # the same moment, the principal still is
+    finally:
+        stop(intruder.proc)
 
 
 def _via_gateway(source: str, port: int, path: str = "/") -> tuple[int, Any]:
     """A request to the gateway's server ``port`` from loopback address ``source``."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
-    try:
-        c.request("GET", path, headers={"Host": "shop.example.com"})
-        resp = c.getresponse()
-        return resp.status, resp.read().decode(errors="replace")
-    finally:
-        c.close()
+    return _from(source, port, path, "shop.example.com")
 
 
 def test_ingress_gateway_allowlist_by_client_address(
@@ -326,9 +331,9 @@ def test_ingress_gateway_allowlist_by_client_address(
     port = free_port()
     mesh.gateway("edge", {"istio": "edge"})
     to_web = "http: [{route: [{destination: {host: web, port: {number: 9080}}}]}]"
-    apply(mesh, policies, edge("edge", port, "HTTP", to_web))
+    apply_recorded(mesh, policies, edge("edge", port, "HTTP", to_web))
     wait_until(lambda: _via_gateway("127.0.0.40", port)[0] == 200, what="the gateway route")
-    apply(
+    apply_recorded(
         mesh,
         policies,
         f"""
@@ -350,6 +355,64 @@ spec:
     for path in ADMIN_IN_DISGUISE:  # the gateway normalizes the path as sidecars do
         assert _via_gateway("127.0.0.17", port, path) == DENIED, path
     assert _via_gateway("127.0.0.1", port) == DENIED
+
+
+def _preflight(port: int) -> tuple[int, str, str]:
+    """A CORS preflight for a GET from ``https://shop.example`` to the gateway's server
+    ``port``: (status, its Access-Control-Allow-Origin, body)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {
+            "Host": "shop.example.com",
+            "Origin": "https://shop.example",
+            "Access-Control-Request-Method": "GET",
+        }
+        c.request("OPTIONS", "/shop", headers=headers)
+        resp = c.getresponse()
+        body = resp.read().decode(errors="replace")
+        return resp.status, resp.getheader("access-control-allow-origin") or "", body
+    finally:
+        c.close()
+
+
+def _edge_allows(method: str) -> str:
+    """An ALLOW policy for requests with ``method`` at the ``istio: cors`` gateway."""
+    return f"""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: edge-allows-{method.lower()}, namespace: default}}
+spec:
+  selector: {{matchLabels: {{istio: cors}}}}
+  rules:
+  - to: [{{operation: {{methods: [{method}]}}}}]
+"""
+
+
+def test_a_cors_preflight_at_the_gateway_is_judged_by_its_policies(
+    live: tuple[Mesh, Workload], policies: list[str]
+) -> None:
+    """Istio's filter order on a gateway: RBAC runs before CORS, so a preflight (OPTIONS)
+    is a request like any other: a policy allowing GET only denies it, with no CORS
+    answer; once the policy allows OPTIONS too, the route's corsPolicy answers it."""
+    mesh, _ = live
+    port = free_port()
+    gateway = mesh.gateway("cors", {"istio": "cors"})
+    try:
+        route = (
+            "http: [{corsPolicy: {allowOrigins: [{exact: 'https://shop.example'}], "
+            "allowMethods: [GET]}, route: [{destination: {host: web, port: {number: 9080}}}]}]"
+        )
+        apply_recorded(mesh, policies, edge("cors", port, "HTTP", route))
+        allowed = (200, "https://shop.example")
+        wait_until(lambda: _preflight(port)[:2] == allowed, what="the CORS route")
+        apply_recorded(mesh, policies, _edge_allows("GET"))
+        wait_until(lambda: _preflight(port) == (403, "", DENIED[1]), what="the GET policy")
+        status, body = _via_gateway("127.0.0.1", port, "/shop")
+        assert status == 200 and '"service": "web"' in body
+        apply_recorded(mesh, policies, _edge_allows("OPTIONS"))  # ALLOW policies add up
+        wait_until(lambda: _preflight(port)[:2] == allowed, what="OPTIONS allowed")
+    finally:
+        stop(gateway.proc)
 
 
 @pytest.fixture(scope="module")
@@ -392,14 +455,14 @@ spec:
   - from: [{source: {principals: [cluster.local/ns/default/sa/SA]}}]
     to: [{operation: {ports: ["9000"]}}]
 """
-    apply(mesh, policies, allow.replace("SA", "somebody-else"))
+    apply_recorded(mesh, policies, allow.replace("SA", "somebody-else"))
     wait_until(lambda: not _echoes(local), what="the ALLOW policy naming another caller")
     policies.pop()  # the next one replaces it (same name): one to delete afterwards
-    apply(mesh, policies, allow.replace("SA", "tcp-client"))
+    apply_recorded(mesh, policies, allow.replace("SA", "tcp-client"))
     wait_until(lambda: _echoes(local), what="the ALLOW policy naming the client")
     assert all(_echoes(local) for _ in range(5))
 
-    apply(
+    apply_recorded(
         mesh,
         policies,
         """
@@ -427,9 +490,9 @@ def test_a_gateway_tcp_server_is_judged_by_the_policies_selecting_the_gateway(
     port = free_port()
     mesh.gateway("edge-tcp", {"istio": "edge-tcp"})
     to_echo = "tcp: [{route: [{destination: {host: tcp-echo, port: {number: 9000}}}]}]"
-    apply(mesh, policies, edge("edge-tcp", port, "TCP", to_echo))
+    apply_recorded(mesh, policies, edge("edge-tcp", port, "TCP", to_echo))
     wait_until(lambda: _echoes(port, "127.0.0.40"), what="the gateway's TCP server")
-    apply(
+    apply_recorded(
         mesh,
         policies,
         """

@@ -5,7 +5,6 @@ receives and what the app sees."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 import time
@@ -200,14 +199,8 @@ spec:
     )
 
     def version(headers: dict[str, str] | None = None) -> str:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            c.request("GET", "/headers", headers={"Host": "httpbin.example.com", **(headers or {})})
-            resp = c.getresponse()
-            raw = resp.read()
-            return json.loads(raw)["version"] if resp.status == 200 else str(resp.status)
-        finally:
-            c.close()
+        status, body = request(port, "httpbin.example.com", "/headers", headers)
+        return body["version"] if status == 200 and isinstance(body, dict) else str(status)
 
     wait_until(lambda: version() == "v1", 30, "the gateway to route")
     for _ in range(5):  # each answer, not a share of them

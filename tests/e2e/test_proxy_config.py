@@ -160,7 +160,7 @@ def test_proxy_config_secret_shows_the_sidecars_own_certificate_and_its_rotation
     assert (first["type"], first["status"], first["valid"]) == ("Cert Chain", "ACTIVE", True)
     assert first["sans"] == ["URI:spiffe://cluster.local/ns/default/sa/web-sa"]
     assert first["source"] == "agent"
-    assert first["serial_number"] in served_serials(web)
+    assert int(first["serial_number"], 16) in served_serials(web)
     roots = _rows(mesh, f"{web.name}.default")["ROOTCA"]
     assert roots["type"] == "CA" and roots["serial_number"]
 
@@ -168,5 +168,5 @@ def test_proxy_config_secret_shows_the_sidecars_own_certificate_and_its_rotation
         lambda: own()["serial_number"] != first["serial_number"], timeout=40, what="a renewal"
     )
     renewed = own()["serial_number"]
-    wait_until(lambda: renewed in served_serials(web), what="Envoy serving the renewal")
+    wait_until(lambda: int(renewed, 16) in served_serials(web), what="Envoy serving the renewal")
     assert first["serial_number"] != renewed

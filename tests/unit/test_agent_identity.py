@@ -33,6 +33,7 @@ from tsunagi.agent.identity import (
 from tsunagi.agent.sds_files import read_workload_chain, write_secrets
 from tsunagi.ca.keystore import self_signed
 from tsunagi.client import Rejected, Unreachable
+from tsunagi.controlplane.http_api import certificate_reply
 
 SPIFFE = "spiffe://cluster.local/ns/shop/sa/cart"
 
@@ -114,24 +115,21 @@ def test_envoy_accepts_the_bootstrap_with_mtls_to_xds(tmp_path: Path) -> None:
     sans = validation["default_validation_context"]["match_typed_subject_alt_names"]
     assert sans == [{"san_type": "DNS", "matcher": {"exact": xds_name}}]
     (tmp_path / "envoy.json").write_text(json.dumps(doc))
-    done = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", "envoy.json", "--use-dynamic-base-id"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    def validate() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [envoy_binary(), "--mode", "validate", "-c", "envoy.json", "--use-dynamic-base-id"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    done = validate()
     assert done.returncode == 0, done.stderr[-2000:]
     # without the files (an agent that skipped its certificate), Envoy refuses the config
     os.rename(tmp_path / pc.SDS_DIR, tmp_path / "elsewhere")
-    done = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", "envoy.json", "--use-dynamic-base-id"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode != 0
+    assert validate().returncode != 0
 
 
 def test_bootstrap_reply_without_trust_is_a_clear_error() -> None:
@@ -178,14 +176,21 @@ class _FlakyCa:
         now = datetime.datetime.now(datetime.UTC)
         ttl = datetime.timedelta(seconds=self.lifetime)
         signed = self.authority.sign_csr(body["csr"].encode(), SPIFFE, ttl, now)
-        return {
-            "certificateChain": signed.chain.decode(),
-            "rootCertificates": signed.root.decode(),
-            "spiffeId": signed.spiffe_id,
-            "serial": f"{signed.serial:x}",
-            "notBefore": signed.not_before.timestamp(),
-            "notAfter": signed.not_after.timestamp(),
-        }
+        return certificate_reply(signed)
+
+
+def _keep_until(ident: WorkloadIdentity, ca: _FlakyCa, calls: int) -> None:
+    """Run ``ident.keep`` (the renewal loop) until ``ca`` has had ``calls`` requests, or 20 s
+    (a bound, not a measurement), then stop it; the loop must end when told."""
+    stop = threading.Event()
+    keeper = threading.Thread(target=ident.keep, args=(stop,), daemon=True)
+    keeper.start()
+    deadline = time.monotonic() + 20
+    while ca.calls < calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    keeper.join(10)
+    assert not keeper.is_alive()
 
 
 def test_renewal_retries_while_the_ca_is_away_and_then_replaces_the_files(
@@ -196,15 +201,7 @@ def test_renewal_retries_while_the_ca_is_away_and_then_replaces_the_files(
     ident = WorkloadIdentity(ca, str(tmp_path), "cluster.local", "shop", "cart", "cart-1")  # type: ignore[arg-type]
     first = ident.obtain()
     chain = read_workload_chain(str(tmp_path))
-    stop = threading.Event()
-    keeper = threading.Thread(target=ident.keep, args=(stop,), daemon=True)
-    keeper.start()
-    deadline = time.monotonic() + 20
-    while ca.calls < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
-    keeper.join(10)
-    assert not keeper.is_alive()
+    _keep_until(ident, ca, 4)
     assert ca.calls >= 4  # the first, two while away, then one that worked
     assert ident.current is not None and ident.current.serial != first.serial
     assert read_workload_chain(str(tmp_path)) not in ("", chain)
@@ -270,14 +267,7 @@ def test_a_malformed_csr_answer_is_an_identity_error_and_renewal_keeps_going(
     first = ident.obtain()
     with pytest.raises(IdentityError, match="said something unexpected: 'key'"):
         ident.obtain()
-    stop = threading.Event()
-    keeper = threading.Thread(target=ident.keep, args=(stop,), daemon=True)
-    keeper.start()
-    deadline = time.monotonic() + 20
-    while ca.calls < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
-    keeper.join(10)
+    _keep_until(ident, ca, 2)
     assert ca.calls >= 2 and ident.current is not None and ident.current.serial != first.serial
     assert "said something unexpected" in capsys.readouterr().err
 

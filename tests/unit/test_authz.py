@@ -21,6 +21,7 @@ from tsunagi.mesh.authorization_analysis import principal_problems
 from tsunagi.mesh.security import MeshSecurity, WorkloadSecurity
 from tsunagi.registry import Instance
 from tsunagi.xds.translate import authz
+from tsunagi.xds.translate import gateway as gateway_translation
 from tsunagi.xds.translate.authz_rules import (
     ANY,
     MATCH_NEVER,
@@ -523,6 +524,57 @@ def test_gateways_are_selected_by_their_labels_and_keyed_by_their_policies(
     nothing = World.build(1, _load(other), [])
     assert authz.gateway_key(nothing, _gateway_scope(nothing)) == ()
     assert authz.gateway_filters(nothing, _gateway_scope(nothing), 80) == ()
+
+
+def test_a_gateway_runs_jwt_then_rbac_before_cors_as_istio() -> None:
+    """Istio's connection manager order (``buildHTTPConnectionManager``): JWT
+    authentication, then RBAC, then fault and CORS, then the router; so a CORS preflight is
+    judged by the policies like any request (Istio's users allow ``OPTIONS`` for it), on
+    plain-text and HTTPS servers alike."""
+    gateway = textwrap.dedent(
+        """
+        apiVersion: networking.istio.io/v1
+        kind: Gateway
+        metadata: {name: gw, namespace: istio-system}
+        spec:
+          selector: {istio: ingressgateway}
+          servers:
+          - port: {number: 80, name: http, protocol: HTTP}
+            hosts: ["*"]
+          - port: {number: 443, name: https, protocol: HTTPS}
+            hosts: ["*"]
+            tls: {mode: ISTIO_MUTUAL}
+        """
+    )
+    jwt = textwrap.dedent(
+        """
+        apiVersion: security.istio.io/v1
+        kind: RequestAuthentication
+        metadata: {name: jwt, namespace: istio-system}
+        spec:
+          selector: {matchLabels: {istio: ingressgateway}}
+          jwtRules: [{issuer: "https://issuer.example", jwksUri: "https://issuer.example/k"}]
+        """
+    )
+    allow = _policy(
+        "selector: {matchLabels: {istio: ingressgateway}}\n"
+        "rules: [{to: [{operation: {methods: [GET]}}]}]",
+        "get-only",
+        "istio-system",
+    )
+    world = World.build(1, _load(gateway, jwt, allow), [])
+    listeners, _ = gateway_translation.gateway_parts(world, _gateway_scope(world))
+    orders = [
+        [f["name"] for f in chain["filters"][0]["typed_config"]["http_filters"]]
+        for listener in listeners
+        for chain in listener["filter_chains"]
+    ]
+    assert len(orders) == 2
+    for names in orders:
+        assert names[:2] == ["envoy.filters.http.jwt_authn", "envoy.filters.http.rbac"]
+        assert names.index("envoy.filters.http.rbac") < names.index("envoy.filters.http.cors")
+        assert names.index("envoy.filters.http.rbac") < names.index("envoy.filters.http.fault")
+        assert names[-1] == "envoy.filters.http.router"
 
 
 def test_a_workload_entry_without_service_account_has_no_identity() -> None:

@@ -252,6 +252,10 @@ def test_the_root_is_made_once_owner_only_and_kept(tmp_path: Path) -> None:
     root = first.cert
     assert root.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == TD
     assert root.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    usage = root.extensions.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical and usage.value.key_cert_sign and usage.value.crl_sign
+    ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(root.public_key())
     assert isinstance(root.public_key(), ec.EllipticCurvePublicKey)
     assert root.not_valid_after_utc - NOW > datetime.timedelta(days=3649)
     # A restart: the same root, so certificates signed before still verify.

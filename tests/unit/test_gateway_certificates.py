@@ -22,6 +22,7 @@ from tsunagi.ca.authority import Authority
 from tsunagi.ca.keystore import self_signed
 from tsunagi.client import Rejected
 from tsunagi.controlplane import workload_tokens as wt
+from tsunagi.controlplane.http_api import certificate_reply
 from tsunagi.controlplane.issued_certs import IssuedCertificates, IssuedRecord
 from tsunagi.controlplane.openapi import ProxySecrets
 from tsunagi.controlplane.proxy_secrets import proxy_secrets
@@ -250,21 +251,12 @@ class _Ca:
         signed = self.authority.sign_csr(
             body["csr"].encode(), GW, datetime.timedelta(hours=1), _now()
         )
-        return {
-            "certificateChain": signed.chain.decode(),
-            "rootCertificates": signed.root.decode(),
-            "spiffeId": signed.spiffe_id,
-            "serial": f"{signed.serial:x}",
-            "notBefore": signed.not_before.timestamp(),
-            "notAfter": signed.not_after.timestamp(),
-        }
+        return certificate_reply(signed)
 
 
-def test_a_gateway_agent_asks_for_the_mark_and_goes_on_without_it(
-    authority: Authority, tmp_path: Path
-) -> None:
-    ca = _Ca(authority)
-    ident = WorkloadIdentity(
+def _gateway_identity(ca: _Ca, tmp_path: Path) -> WorkloadIdentity:
+    """The identity keeper of gateway ``ingress-1a2b.istio-system``, asking ``ca``."""
+    return WorkloadIdentity(
         ca,  # type: ignore[arg-type]
         str(tmp_path),
         "cluster.local",
@@ -273,6 +265,13 @@ def test_a_gateway_agent_asks_for_the_mark_and_goes_on_without_it(
         "ingress-1a2b",
         gateway=True,
     )
+
+
+def test_a_gateway_agent_asks_for_the_mark_and_goes_on_without_it(
+    authority: Authority, tmp_path: Path
+) -> None:
+    ca = _Ca(authority)
+    ident = _gateway_identity(ca, tmp_path)
     ident.obtain()
     first, second = ca.bodies
     assert first["gateway"] is True and "gateway" not in second
@@ -309,15 +308,7 @@ def test_a_gateway_that_had_the_mark_does_not_give_it_up_at_renewal(
             return super().request(method, path, body, **kw)
 
     ca = _Revoked(authority)
-    ident = WorkloadIdentity(
-        ca,  # type: ignore[arg-type]
-        str(tmp_path),
-        "cluster.local",
-        "istio-system",
-        "ingress",
-        "ingress-1a2b",
-        gateway=True,
-    )
+    ident = _gateway_identity(ca, tmp_path)
     ident.obtain()
     with pytest.raises(Rejected):
         ident.obtain()

@@ -272,10 +272,10 @@ async def test_a_failing_proxy_does_not_stop_the_others(monkeypatch: pytest.Monk
 
     original = push.translate_local
 
-    def translate_local(node: Any, telemetry: Any, security: Any) -> Any:
+    def translate_local(node: Any, telemetry: Any, security: Any, memo: Any) -> Any:
         if node.id == "odd.default":
             raise RuntimeError("odd metadata")
-        return original(node, telemetry, security)
+        return original(node, telemetry, security, memo)
 
     monkeypatch.setattr(push, "translate_local", translate_local)
     store = MemoryStore()

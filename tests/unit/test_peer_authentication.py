@@ -329,14 +329,17 @@ def test_a_push_follows_policies_and_service_accounts() -> None:
 
     c1, e1 = parts("", first)
     [lb] = e1["endpoints"][0]["lb_endpoints"]
-    assert lb["metadata"]["filter_metadata"]["envoy.transport_socket_match"] == {"tlsMode": "istio"}
+    assert "metadata" not in lb  # a sidecar's endpoint takes the cluster's mesh mTLS
     c2, e2 = parts(_pa("plain", "foo", "mtls: {mode: DISABLE}"), first)
     [lb] = e2["endpoints"][0]["lb_endpoints"]
-    # The cluster keeps both transport sockets (decided by the service, as in Istio).
-    assert "metadata" not in lb and c2 == c1
+    # The cluster is unchanged (decided by the service, as in Istio); EDS marks the endpoint.
+    assert lb["metadata"]["filter_metadata"]["envoy.transport_socket_match"] == {
+        "tlsMode": "disabled"
+    }
+    assert c2 == c1
     second = Instance.from_document({**first.to_document(), "name": "f2", "service_account": "fin"})
     c3, _ = parts("", first, second)
-    context = c3["transport_socket_matches"][0]["transport_socket"]["typed_config"]
+    context = c3["transport_socket"]["typed_config"]
     names = context["common_tls_context"]["combined_validation_context"][
         "default_validation_context"
     ]["match_typed_subject_alt_names"]

@@ -78,7 +78,7 @@ def test_endpoint_only_change_changes_only_endpoints_of_that_service() -> None:
     assert changed == {"outbound|9080||reviews.default.svc.cluster.local"}
 
 
-# reviews v1's sidecar takes no mTLS (its endpoint carries no tlsMode); v2's does.
+# reviews v1's sidecar takes no mTLS (EDS marks its endpoint tlsMode: disabled); v2's does.
 V1_PLAIN = load_documents("""
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -101,7 +101,8 @@ def test_the_first_sidecar_taking_mtls_changes_endpoints_not_clusters() -> None:
     assert _versions(plain, rs.ENDPOINT) != _versions(mixed, rs.ENDPOINT)
     # Both transport sockets are there from the start, the plain one for v1's endpoint.
     cluster = plain.of(rs.CLUSTER)["outbound|9080||reviews.default.svc.cluster.local"]
-    assert b"tlsMode-istio" in cluster.body.value and b"raw_buffer" in cluster.body.value
+    assert b"tlsMode-disabled" in cluster.body.value and b"raw_buffer" in cluster.body.value
+    assert b"envoy.transport_sockets.tls" in cluster.body.value
 
 
 def test_translation_is_deterministic() -> None:

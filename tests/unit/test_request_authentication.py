@@ -181,6 +181,40 @@ def test_istios_rules_refuse_bad_rules(spec: str, path: str, words: str) -> None
     assert words in errs[path]
 
 
+@pytest.mark.parametrize(
+    ("api", "kind"),
+    [
+        ("security.istio.io/v1", "RequestAuthentication"),
+        ("security.istio.io/v1", "AuthorizationPolicy"),
+        ("telemetry.istio.io/v1", "Telemetry"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("spec", "path", "words"),
+    [
+        ("selector: {matchLabels: {'a b': x}}", 'spec.selector.matchLabels["a b"]', "invalid"),
+        (
+            "selector: {matchLabels: {app: a}}\ntargetRefs: [{kind: Gateway, name: g}]",
+            "spec",
+            "selector cannot be combined",
+        ),
+        (
+            "targetRef: {kind: Gateway, name: g}\ntargetRefs: [{kind: Gateway, name: h}]",
+            "spec",
+            "only one of targetRef and targetRefs",
+        ),
+    ],
+)
+def test_every_policy_kind_attaches_by_selector_or_target_refs(
+    api: str, kind: str, spec: str, path: str, words: str
+) -> None:
+    doc = f"apiVersion: {api}\nkind: {kind}\nmetadata: {{name: p, namespace: ns}}\nspec:\n"
+    with pytest.raises(ValidationFailed) as info:
+        load_documents(doc + textwrap.indent(spec, "  "))
+    errs = {e.path: e.reason for e in info.value.errors}
+    assert path in errs and words in errs[path], errs
+
+
 def test_jwks_and_jwks_uri_are_exclusive() -> None:
     spec = f"jwtRules: [{{issuer: i, jwksUri: 'https://e.com/k', jwks: '{JWKS}'}}]"
     assert "only one of jwks" in _errors(spec)["spec.jwtRules[0].jwks"]

@@ -153,6 +153,27 @@ def test_weights_split_and_zero_weights_are_left_out() -> None:
     assert targets(rule(zero)) == [(V1, 100)]
 
 
+def test_an_upstream_named_by_an_alias_is_routed_as_its_service() -> None:
+    """``--upstream tcp-echo.default:9000`` is the service's port: its listener keeps the
+    name it was given, and its routes and clusters are the full name's."""
+    tcp = """\
+  - route:
+    - {destination: {host: tcp-echo, subset: v1}, weight: 80}
+    - {destination: {host: tcp-echo, subset: v2}, weight: 20}
+"""
+    full = upstream_listeners(world(rule(tcp)), node())
+    for alias in ("tcp-echo.default", "tcp-echo.default.svc"):
+        aliased = Node(id="c", upstreams=(Upstream(alias, 9000, 19000),))
+        (listener,) = upstream_listeners(world(rule(tcp)), aliased)
+        assert listener["name"] == f"upstream|9000|{alias}"
+        assert listener["filter_chains"] == full[0]["filter_chains"], alias
+    config = full[0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert config["weighted_clusters"]["clusters"] == [
+        {"name": V1, "weight": 80},
+        {"name": V2, "weight": 20},
+    ]
+
+
 def test_the_first_matching_route_wins_and_no_match_means_the_default() -> None:
     tcp = """\
   - match: [{port: 9001}]

@@ -213,29 +213,27 @@ async def test_a_gateway_proven_by_its_certificate_gets_its_secret_and_rotations
         gw.call.cancel()
 
 
-async def test_a_sidecar_proven_by_its_certificate_gets_no_secret(mesh: Mesh) -> None:
-    node = "app-1.istio-system"
-    async with mesh.channel(mesh.credentials(NS, "app")) as channel:
-        sidecar = _Ads(channel, node, pc.DEFAULT_KIND, NS, "app")
-        await sidecar.ask()
-        _, keys = await sidecar.next_keys()
-        assert keys == {}
-        # admitted (its certificate proved its claims); without the gateway mark, no keys
-        assert node in mesh.cache.nodes and not mesh.cache.nodes[node].verified
-        sidecar.call.cancel()
-
-
-async def test_a_gateway_without_the_cas_gateway_mark_gets_no_secret(mesh: Mesh) -> None:
-    """Its namespace proven, but its certificate lacks the mark only a gateway token (or
-    the admin) obtains: any workload token of the namespace could have got it, so no keys."""
-    node = "ingress-cccccc.istio-system"
-    async with mesh.channel(mesh.credentials(NS, "ingress")) as channel:
-        gw = _Ads(channel, node, pc.GATEWAY_KIND, NS, "ingress")
-        await gw.ask()
-        _, keys = await gw.next_keys()
+@pytest.mark.parametrize(
+    ("node", "kind", "account"),
+    [
+        ("app-1.istio-system", pc.DEFAULT_KIND, "app"),
+        ("ingress-cccccc.istio-system", pc.GATEWAY_KIND, "ingress"),
+    ],
+    ids=["sidecar", "gateway-without-the-mark"],
+)
+async def test_a_proxy_without_the_cas_gateway_mark_gets_no_secret(
+    mesh: Mesh, node: str, kind: str, account: str
+) -> None:
+    """Admitted (its certificate proved its namespace and account), but the certificate
+    lacks the mark only a gateway token (or the admin) obtains: any workload token of the
+    namespace could have got it, so no keys, be it a sidecar or a gateway."""
+    async with mesh.channel(mesh.credentials(NS, account)) as channel:
+        proxy = _Ads(channel, node, kind, NS, account)
+        await proxy.ask()
+        _, keys = await proxy.next_keys()
         assert keys == {}
         assert node in mesh.cache.nodes and not mesh.cache.nodes[node].verified
-        gw.call.cancel()
+        proxy.call.cancel()
 
 
 async def test_a_certificate_of_another_namespace_cannot_claim_this_one(

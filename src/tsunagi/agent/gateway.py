@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from functools import partial
 from types import MappingProxyType
@@ -217,8 +218,6 @@ class Gateway:
         """Let requests in flight finish: Envoy drains its listeners (asking clients to close
         their connections) and the agent waits, at most ``drain_timeout``, until no
         downstream connection is left."""
-        import time
-
         if not envoy.running:
             return
         admin(envoy.admin_port, "/drain_listeners?graceful", method="POST")

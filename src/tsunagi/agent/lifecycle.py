@@ -41,8 +41,7 @@ def supervise_envoy(
     """Restart ``envoy`` whenever it exits, backing off while it keeps failing, until
     ``stop`` is set."""
     backoff = 0.1
-    while not stop.is_set():
-        assert envoy.proc is not None
+    while not stop.is_set() and envoy.proc is not None:
         code = envoy.proc.wait()
         if stop.is_set():
             return

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Mapping
 from functools import partial
 from types import MappingProxyType
@@ -222,7 +223,8 @@ class Sidecar:
     @property
     def envoy(self) -> EnvoyProcess:
         """This sidecar's Envoy (started by :meth:`run`)."""
-        assert self._envoy is not None, "Envoy is not started yet"
+        if self._envoy is None:
+            raise RuntimeError("Envoy is not started yet")
         return self._envoy
 
     def _unbound_listeners(self) -> list[int]:
@@ -379,8 +381,6 @@ class Sidecar:
 
     def _drain(self) -> None:
         """Let requests already inside the inbound listener finish."""
-        import time
-
         stat = inbound_active_requests_stat(self.opts.port)
         deadline = time.monotonic() + self.opts.drain_timeout
         while time.monotonic() < deadline and self.envoy.stat(stat) > 0:

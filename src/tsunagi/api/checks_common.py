@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from .common import StringMatch
+from .common import LabelSelector, PolicyTargetReference, StringMatch
 from .names import check_dns_label, check_header_name, check_label_key, check_label_value
 
 PathPart = str | int
@@ -48,6 +48,21 @@ def check_labels(labels: Mapping[str, str], path: Path) -> Iterator[Issue]:
             yield Issue((*path, key), err)
         elif value == "*" or "*" in key:
             yield Issue((*path, key), "wildcards are not supported in label selectors")
+
+
+def check_policy_target(
+    selector: LabelSelector | None,
+    target_ref: PolicyTargetReference | None,
+    target_refs: tuple[PolicyTargetReference, ...],
+) -> Iterator[Issue]:
+    """Istio's policy attachment: a well-formed ``selector``, or ``targetRef`` or
+    ``targetRefs``, never two of them."""
+    if selector is not None:
+        yield from check_labels(selector.match_labels, ("selector", "matchLabels"))
+        if target_ref is not None or target_refs:
+            yield Issue((), "selector cannot be combined with targetRef/targetRefs")
+    if target_ref is not None and target_refs:
+        yield Issue((), "only one of targetRef and targetRefs may be set")
 
 
 def check_export_to(values: tuple[str, ...], path: Path) -> Iterator[Issue]:

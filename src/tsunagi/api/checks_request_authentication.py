@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from .checks_common import Issue, Path, check_labels
+from .checks_common import Issue, Path, check_policy_target
 from .names import check_header_name
 from .security import JWTRule, RequestAuthenticationSpec
 
@@ -30,12 +30,7 @@ _BASE64URL = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
 
 def check_request_authentication(spec: RequestAuthenticationSpec) -> Iterator[Issue]:
     """Istio's RequestAuthentication rules."""
-    if spec.selector is not None:
-        yield from check_labels(spec.selector.match_labels, ("selector", "matchLabels"))
-        if spec.target_ref is not None or spec.target_refs:
-            yield Issue((), "selector cannot be combined with targetRef/targetRefs")
-    if spec.target_ref is not None and spec.target_refs:
-        yield Issue((), "only one of targetRef and targetRefs may be set")
+    yield from check_policy_target(spec.selector, spec.target_ref, spec.target_refs)
     for i, rule in enumerate(spec.jwt_rules):
         yield from check_jwt_rule(rule, ("jwtRules", i))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .checks_authz import custom_issues, key_issue, path_issues
-from .checks_common import Issue, Path, check_labels
+from .checks_common import Issue, Path, check_labels, check_policy_target
 from .names import check_ip_or_cidr
 from .security import (
     AuthorizationPolicySpec,
@@ -58,12 +58,7 @@ def check_peer_authentication(spec: PeerAuthenticationSpec) -> Iterator[Issue]:
 
 def check_authorization_policy(spec: AuthorizationPolicySpec) -> Iterator[Issue]:
     """Istio's AuthorizationPolicy rules."""
-    if spec.selector is not None:
-        yield from check_labels(spec.selector.match_labels, ("selector", "matchLabels"))
-        if spec.target_ref is not None or spec.target_refs:
-            yield Issue((), "selector cannot be combined with targetRef/targetRefs")
-    if spec.target_ref is not None and spec.target_refs:
-        yield Issue((), "only one of targetRef and targetRefs may be set")
+    yield from check_policy_target(spec.selector, spec.target_ref, spec.target_refs)
     if spec.action == "CUSTOM":
         if spec.provider is None:
             yield Issue(("provider",), "provider is required when action is CUSTOM")

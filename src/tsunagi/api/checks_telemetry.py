@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .cel import check_expression
-from .checks_common import Issue, Path, check_labels
+from .checks_common import Issue, Path, check_policy_target
 from .names import check_header_name
 from .telemetry import CustomTag, MetricsOverrides, TelemetrySpec
 
@@ -25,12 +25,7 @@ def check_telemetry(spec: TelemetrySpec) -> Iterator[Issue]:
     """Istio's Telemetry rules: one of selector and targetRef(s), one provider per tracing
     entry, well-formed custom tags and metric overrides; and access log filters Envoy can
     load (Istio leaves those to Envoy, which then refuses the whole listener)."""
-    if spec.selector is not None:
-        yield from check_labels(spec.selector.match_labels, ("selector", "matchLabels"))
-        if spec.target_ref is not None or spec.target_refs:
-            yield Issue((), "selector cannot be combined with targetRef/targetRefs")
-    if spec.target_ref is not None and spec.target_refs:
-        yield Issue((), "only one of targetRef and targetRefs may be set")
+    yield from check_policy_target(spec.selector, spec.target_ref, spec.target_refs)
     for i, t in enumerate(spec.tracing):
         path: Path = ("tracing", i)
         yield from _check_providers(t.providers, (*path, "providers"))

@@ -36,12 +36,18 @@ def issue(
     now: datetime.datetime,
     lifetime: datetime.timedelta = datetime.timedelta(days=1),
     key: CertificateIssuerPrivateKeyTypes | None = None,
+    organization: str = "",
 ) -> Issued:
-    """A certificate for ``common_name`` with ``dns_names`` as DNS SANs, signed by
-    ``issuer`` (self-signed without one), valid from five minutes before ``now`` (clocks
-    differ a little) for ``lifetime``; its key is ``key``, else a new ECDSA P-256 one."""
+    """A certificate for ``common_name`` (and ``O=organization`` if given) with
+    ``dns_names`` as DNS SANs, signed by ``issuer`` (self-signed without one), valid from
+    five minutes before ``now`` (clocks differ a little) for ``lifetime``; its key is
+    ``key``, else a new ECDSA P-256 one. A CA's certificate states that it signs
+    certificates (keyCertSign, cRLSign) and its key identifier, as RFC 5280 asks."""
     key = key or ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        attributes.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    name = x509.Name(attributes)
     if issuer is not None:
         signer = serialization.load_pem_private_key(issuer.key, password=None)
         issuer_name = x509.load_pem_x509_certificate(issuer.cert).subject
@@ -58,6 +64,23 @@ def issue(
         .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
     )
+    if is_ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        builder = builder.add_extension(ski, critical=False)
     if dns_names:
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False

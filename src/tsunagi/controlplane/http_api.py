@@ -26,7 +26,7 @@ from tsunagi.api import KINDS, Resource, ValidationFailed, load_documents
 from tsunagi.api.checks_common import quote
 from tsunagi.api.durations import parse_duration
 from tsunagi.api.secrets import LAST_APPLIED, redact, without_last_applied
-from tsunagi.ca.authority import Authority, CsrRejected
+from tsunagi.ca.authority import Authority, CsrRejected, Signed
 from tsunagi.controlplane import openapi, workload_tokens
 from tsunagi.controlplane.callers import Caller
 from tsunagi.controlplane.connections import LimitedSite
@@ -186,6 +186,18 @@ def _record_json(key: Key, record: Any, errors: tuple[str, ...] = ()) -> dict[st
     if errors:
         out["status"] = _status(errors)
     return out
+
+
+def certificate_reply(signed: Signed) -> dict[str, Any]:
+    """The body of ``POST /v1/certificates`` for ``signed`` (before any renewed token)."""
+    return {
+        "certificateChain": signed.chain.decode(),
+        "rootCertificates": signed.root.decode(),
+        "spiffeId": signed.spiffe_id,
+        "serial": f"{signed.serial:x}",
+        "notBefore": int(signed.not_before.timestamp()),
+        "notAfter": int(signed.not_after.timestamp()),
+    }
 
 
 class Api:
@@ -496,14 +508,7 @@ class Api:
             self.issued.record(body.proxy, IssuedRecord(signed.chain, signed.root))
         self.metrics.certificate_issued()
         log.debug("signed %s, serial %x, until %s", wanted, signed.serial, signed.not_after)
-        reply: dict[str, Any] = {
-            "certificateChain": signed.chain.decode(),
-            "rootCertificates": signed.root.decode(),
-            "spiffeId": signed.spiffe_id,
-            "serial": f"{signed.serial:x}",
-            "notBefore": int(signed.not_before.timestamp()),
-            "notAfter": int(signed.not_after.timestamp()),
-        }
+        reply = certificate_reply(signed)
         if caller.workload is not None and self.workload_token_key is not None:
             # A fresh token for the same identity, so a running sidecar outlives the token
             # it started with; the admin token is never replaced.

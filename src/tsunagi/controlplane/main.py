@@ -15,6 +15,7 @@ from tsunagi.ca.keystore import plugged_in, self_signed
 from tsunagi.controlplane import workload_tokens
 from tsunagi.controlplane.auth import TOKEN_FILE, ensure_token
 from tsunagi.controlplane.dashboard import start as start_dashboard
+from tsunagi.controlplane.heap import raise_malloc_thresholds
 from tsunagi.controlplane.http_api import Api
 from tsunagi.controlplane.http_logs import quiet_malformed_requests
 from tsunagi.controlplane.jwks import JwksFetcher
@@ -133,6 +134,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
 
 async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     quiet_malformed_requests()
+    raise_malloc_thresholds()  # before the first push allocates (see heap.py)
     token = ensure_token(settings.state_dir)
     # Before any port opens: a CA file that does not fit stops the start with its reason.
     authority = load_authority(settings)

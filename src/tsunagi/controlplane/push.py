@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
+from tsunagi.controlplane.heap import GcFreezer
 from tsunagi.controlplane.world_builder import WorldBuilder
 from tsunagi.mesh import ClientScope, Node, World
 from tsunagi.mesh.outbound_policy import ALLOW_ANY, Mode
@@ -153,7 +154,9 @@ class _NodeLocal:
         return self.node == node and self.telemetry == telemetry and self.security == security
 
     @classmethod
-    def of(cls, node: Node, telemetry: ProxyTelemetry, security: WorkloadSecurity) -> _NodeLocal:
+    def of(
+        cls, node: Node, telemetry: ProxyTelemetry, security: WorkloadSecurity, memo: Memo
+    ) -> _NodeLocal:
         """Translate the node's own part, isolated like every other piece: one odd node must
         not stop the others' push (it gets no listeners, and the error is reported)."""
         errors: list[TranslationError] = []
@@ -164,10 +167,19 @@ class _NodeLocal:
             node.id,
             tuple,
             partial("listeners and inbound clusters of proxy {}".format, node.id),
-            partial(translate_local, node, telemetry, security),
+            partial(translate_local, node, telemetry, security, memo),
             _NO_LOCAL,
         )
         return cls(node, local, errors[0] if errors else None, telemetry, security)
+
+    @classmethod
+    def reuse(cls, cached: _NodeLocal | None, world: World, node: Node, memo: Memo) -> _NodeLocal:
+        """``cached`` while it still fits ``node`` in ``world``, else a fresh translation."""
+        telemetry = world.telemetry_for(node)
+        security = world.security_for(node)
+        if cached is not None and cached.fits(node, telemetry, security):
+            return cached
+        return cls.of(node, telemetry, security, memo)
 
 
 def _scope_order(item: tuple[ClientScope, Outbound]) -> tuple[Any, ...]:
@@ -254,6 +266,8 @@ class Pusher:
         cache.resolver = self.resolve
         self._wanted = asyncio.Event()
         """Set by :meth:`use_jwks`: push even though the store did not change."""
+        self._gc = GcFreezer()
+        """Keeps what a push published out of full collections (see :mod:`.heap`)."""
 
     def _outbound_for(self, scope: ClientScope) -> Outbound:
         out = self._outbound.get(scope)
@@ -271,11 +285,9 @@ class Pusher:
         """The snapshot for a node that just connected (its metadata comes from bootstrap;
         ``verified``: its certificate proved its claims, see :mod:`tsunagi.xds.peer_identity`)."""
         node = Node.from_metadata(node_id, metadata or {}, verified)
-        cached = self._locals.get(node_id)
-        telemetry = self.world.telemetry_for(node)
-        security = self.world.security_for(node)
-        if cached is None or not cached.fits(node, telemetry, security):
-            cached = self._locals[node_id] = _NodeLocal.of(node, telemetry, security)
+        cached = self._locals[node_id] = _NodeLocal.reuse(
+            self._locals.get(node_id), self.world, node, self._resolve_memo
+        )
         outbound = self._outbound_for(self.world.scope_of(node))
         snapshot, self._patched[node_id] = assemble_patched(
             self.world, node, outbound, cached.local, self.world.revision, self._resolve_memo
@@ -313,6 +325,7 @@ class Pusher:
                 self.processed = contents.revision
                 continue
             self._publish(done)
+            self._gc.published()
             for node_id, entry in list(self.cache.nodes.items()):
                 if node_id not in done.snapshots:  # connected while we computed: catch it up
                     self.cache.set_snapshot(
@@ -393,14 +406,10 @@ class Pusher:
             scope: translate_outbound(world, scope, self._memo, shared)
             for scope in set(scopes.values())
         }
-        locals_: dict[str, _NodeLocal] = {}
-        for node_id, node in nodes.items():
-            cached = known.get(node_id)
-            telemetry = world.telemetry_for(node)
-            security = world.security_for(node)
-            if cached is None or not cached.fits(node, telemetry, security):
-                cached = _NodeLocal.of(node, telemetry, security)
-            locals_[node_id] = cached
+        locals_ = {
+            node_id: _NodeLocal.reuse(known.get(node_id), world, node, self._memo)
+            for node_id, node in nodes.items()
+        }
         snapshots: dict[str, Snapshot] = {}
         patched: dict[str, Patched] = {}
         for node_id, node in nodes.items():

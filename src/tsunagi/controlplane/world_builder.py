@@ -10,6 +10,7 @@ from tsunagi.mesh import World
 from tsunagi.mesh.outbound_policy import ALLOW_ANY, Mode
 from tsunagi.mesh.security import MeshSecurity
 from tsunagi.mesh.telemetry import MeshTelemetry
+from tsunagi.mesh.world import InstanceEndpoints
 from tsunagi.registry import KIND as INSTANCE_KIND
 from tsunagi.registry import Instance
 from tsunagi.store import Contents, Key, Record
@@ -44,6 +45,9 @@ class WorldBuilder:
         """JWK sets fetched for RequestAuthentications (:mod:`tsunagi.controlplane.jwks`
         replaces the whole mapping; the next build reads it)."""
         self._parsed: dict[Key, tuple[int, Resource | Instance]] = {}
+        # Endpoints of the parsed Instance objects above: an unchanged revision keeps its
+        # object, so its endpoint too.
+        self._endpoints = InstanceEndpoints()
         self.errors: Mapping[Key, str] = MappingProxyType({})
         """Stored documents that did not parse at the last build, with the reason."""
 
@@ -79,4 +83,5 @@ class WorldBuilder:
             self.outbound_policy,
             self.mesh_security,
             self.jwks,
+            self._endpoints,
         )

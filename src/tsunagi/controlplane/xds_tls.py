@@ -81,7 +81,6 @@ class ServingCertificate:
         self.ttl = ttl
         self.clock = clock
         self.serial = 0
-        self._renew_at = clock()
         self._initial = self._issue()
 
     def _issue(self) -> grpc.ServerCertificateConfiguration:

@@ -172,9 +172,6 @@ def undefined_subsets(world: World, resources: Iterable[Resource]) -> list[str]:
     return warnings
 
 
-_PENDING_KINDS: tuple[str, ...] = ()
-
-
 def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
     """Warnings for valid fields that are stored but not yet turned into proxy config, so
     nobody believes a rule is in force when it is not."""
@@ -182,9 +179,7 @@ def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
     for r in resources:
         spec = r.spec
         where = f"{r.kind} {r.namespace}/{r.name}"
-        if r.kind in _PENDING_KINDS:
-            out.append(f"{where}: stored and validated; {r.kind} is not enforced yet")
-        elif isinstance(spec, VirtualServiceSpec):
+        if isinstance(spec, VirtualServiceSpec):
             for i, http in enumerate(spec.http):
                 code = http.redirect.redirect_code if http.redirect is not None else None
                 if code is not None and code not in (301, 302, 303, 307, 308):

@@ -49,18 +49,13 @@ def index(resources: Iterable[Resource]) -> Mapping[str, tuple[Policy, ...]]:
     return {ns: tuple(sorted(ps, key=_order)) for ns, ps in by_ns.items()}
 
 
-def selects(policy: Policy, labels: Mapping[str, str]) -> bool:
-    """Whether ``policy``'s selector picks a workload with ``labels`` (none picks all)."""
-    return selectors.selects(policy.spec.selector, labels)
-
-
 def for_workload(world: World, namespace: str, labels: Mapping[str, str]) -> tuple[Resource, ...]:
     """The AuthorizationPolicies that apply to a workload (a sidecar's, or a gateway's) in
     ``namespace`` with ``labels``: the root namespace's and its own namespace's whose
     selector picks its labels, in evaluation order."""
     root = world.mesh_security.root_namespace
     candidates = selectors.own_then_root(world.authorization_policies, namespace, root)
-    chosen = [p for p in candidates if selects(p, labels)]
+    chosen = [p for p in candidates if selectors.selects(p.spec.selector, labels)]
     return tuple(sorted(chosen, key=_order))  # type: ignore[arg-type]
 
 

@@ -105,7 +105,7 @@ class PeerAuthentications:
                 (
                     s
                     for s in self.selecting.get(namespace, ())
-                    if selectors.narrows(s.selector) and selectors.selects(s.selector, labels)
+                    if selectors.selects(s.selector, labels)  # each narrows (see of)
                 ),
                 None,
             )

@@ -30,20 +30,17 @@ OPENID_DISCOVERY = "/.well-known/openid-configuration"
 def index(
     resources: Iterable[Resource],
 ) -> dict[str, tuple[ResourceOf[RequestAuthenticationSpec], ...]]:
-    """Namespace → its RequestAuthentications in name order (Istio orders by creation time,
-    which a store without one cannot)."""
+    """Namespace → its RequestAuthentications that can select a workload (no
+    ``targetRef``) in name order (Istio orders by creation time, which a store without one
+    cannot)."""
     by_ns: dict[str, list[ResourceOf[RequestAuthenticationSpec]]] = {}
     for r in sorted(resources, key=lambda r: (r.namespace, r.name)):
-        if isinstance(r.spec, RequestAuthenticationSpec):
+        spec = r.spec
+        if isinstance(spec, RequestAuthenticationSpec) and not (
+            spec.target_ref or spec.target_refs
+        ):
             by_ns.setdefault(r.namespace, []).append(r)  # type: ignore[arg-type]
     return {ns: tuple(rs) for ns, rs in by_ns.items()}
-
-
-def selects(spec: RequestAuthenticationSpec, labels: Mapping[str, str]) -> bool:
-    """Whether ``spec`` applies to a workload with ``labels`` in a namespace it covers."""
-    if spec.target_ref is not None or spec.target_refs:
-        return False
-    return selectors.selects(spec.selector, labels)
 
 
 def for_workload(
@@ -53,7 +50,7 @@ def for_workload(
     with ``labels``: its namespace's, then the root namespace's."""
     root = world.mesh_security.root_namespace
     candidates = selectors.own_then_root(world.request_authentications, namespace, root)
-    return tuple(ra for ra in candidates if selects(ra.spec, labels))
+    return tuple(ra for ra in candidates if selectors.selects(ra.spec.selector, labels))
 
 
 def rules_for(world: World, node: Node) -> tuple[Resource, ...]:
@@ -85,8 +82,3 @@ def jwks_of(
     sorted (a key not fetched yet is left out: translation stands in a set that fails every
     token, as Istio does)."""
     return tuple(sorted((k, world.jwks[k]) for k in fetched_keys(applied) if k in world.jwks))
-
-
-def jwks_for(world: World, node: Node) -> tuple[tuple[str, str], ...]:
-    """:func:`jwks_of` the rules that apply to ``node``."""
-    return jwks_of(world, for_workload(world, node.namespace, node.labels))

@@ -353,13 +353,11 @@ class _Catalog:
     """Registered instances, for ServiceEntries' ``workloadSelector``."""
     workload_entries: list[ResourceOf[WorkloadEntrySpec]] = field(default_factory=list)
     """WorkloadEntry resources, for ServiceEntries' ``workloadSelector``."""
-    peers: PeerAuthentications = field(default_factory=PeerAuthentications)
-    """The PeerAuthentications: which sidecars take mTLS on which port."""
+    known: InstanceEndpoints = field(default_factory=lambda: InstanceEndpoints())
+    """Registered instances' endpoints (and which PeerAuthentications they were made for)."""
 
     def _of_instance(self, inst: Instance) -> Endpoint:
-        return Endpoint.of_instance(
-            inst, self.peers.accepts_mtls(inst.namespace, inst.labels, inst.port)
-        )
+        return self.known.of(inst)
 
     def add_instance(self, inst: Instance) -> None:
         self.instances.append(inst)
@@ -472,6 +470,39 @@ class _Catalog:
         return tuple(sorted(found))
 
 
+class InstanceEndpoints:
+    """Registered instances' endpoints, kept from one build to the next: a push after one
+    instance changed makes one Endpoint, not thousands (each asks the PeerAuthentications
+    whether it takes mTLS). An entry is reused only for the very Instance object it was
+    made of (the control plane's builder keeps an instance's object while its stored
+    revision is unchanged) and only while the PeerAuthentications are equal; instances
+    that were not in the last build are forgotten. Used by one build at a time."""
+
+    def __init__(self) -> None:
+        self._peers = PeerAuthentications()
+        self._kept: dict[int, tuple[Instance, Endpoint]] = {}
+        self._used: dict[int, tuple[Instance, Endpoint]] = {}
+
+    def start(self, peers: PeerAuthentications) -> None:
+        """Begin a build under ``peers``: changed PeerAuthentications forget everything."""
+        if peers != self._peers:
+            self._peers, self._kept = peers, {}
+        self._used = {}
+
+    def of(self, inst: Instance) -> Endpoint:
+        """``inst``'s endpoint: its sidecar, with mTLS when its PeerAuthentication leaves it on."""
+        hit = self._kept.get(id(inst)) or self._used.get(id(inst))
+        if hit is None or hit[0] is not inst:  # the id of an object since freed
+            mtls = self._peers.accepts_mtls(inst.namespace, inst.labels, inst.port)
+            hit = (inst, Endpoint.of_instance(inst, mtls))
+        self._used[id(inst)] = hit
+        return hit[1]
+
+    def finish(self) -> None:
+        """End the build: keep only what it used."""
+        self._kept, self._used = self._used, {}
+
+
 _ROUTING_KINDS = ("VirtualService", "DestinationRule", "ServiceEntry", "Gateway", "Sidecar")
 """Kinds whose content outbound routes depend on (see :attr:`World.routing_fingerprint`)."""
 
@@ -530,18 +561,23 @@ class World:
         mesh_outbound_policy: op.Mode = op.DEFAULT,
         mesh_security: MeshSecurity | None = None,
         jwks: Mapping[str, str] | None = None,
+        known: InstanceEndpoints | None = None,
     ) -> World:
         """The World of ``resources`` (applied config) and ``instances`` (registered
-        workloads): services and endpoints, then the indexes rules are looked up by."""
+        workloads): services and endpoints, then the indexes rules are looked up by.
+        ``known``: endpoints kept from the last build, reused where nothing changed."""
         resources = tuple(resources)
         mesh_security = mesh_security or MeshSecurity()
         peers = PeerAuthentications.of(resources, mesh_security.root_namespace)
-        catalog = _Catalog(peers=peers)
+        known = known or InstanceEndpoints()
+        known.start(peers)
+        catalog = _Catalog(known=known)
         for inst in instances:
             catalog.add_instance(inst)
         catalog.workload_entries = of_spec(resources, WorkloadEntrySpec)
         for se in of_spec(resources, ServiceEntrySpec):
             catalog.add_service_entry(se)
+        known.finish()
         services = catalog.services()
         vs_index: dict[str, list[ResourceOf[VirtualServiceSpec]]] = {}
         for vs in _in_name_order(of_spec(resources, VirtualServiceSpec)):
@@ -662,11 +698,12 @@ class World:
     def security_for(self, node: Node) -> WorkloadSecurity:
         """What PeerAuthentication, AuthorizationPolicy and RequestAuthentication ask of
         ``node``'s inbound side (see :mod:`tsunagi.mesh.security`)."""
+        rules = request_authentication.rules_for(self, node)
         return WorkloadSecurity(
             mtls=peer_authentication.mtls_modes(self, node),
             authorization=authorization.policies_for(self, node),
-            authentication=request_authentication.rules_for(self, node),
-            jwks=request_authentication.jwks_for(self, node),
+            authentication=rules,
+            jwks=request_authentication.jwks_of(self, rules),  # type: ignore[arg-type]
         )
 
     @cached_property

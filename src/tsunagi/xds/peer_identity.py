@@ -17,6 +17,7 @@ Secrets.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 from tsunagi import proxy_contract as pc
 from tsunagi import spiffe
@@ -36,7 +37,15 @@ def may_hold_keys(auth_context: Mapping[str, Sequence[bytes]]) -> bool:
     """Whether the client certificate carries the gateway mark that only the CA writes,
     for callers allowed to run a gateway: only such a node receives private keys."""
     values = auth_context.get(CERT_PROPERTY) or ()
-    return len(values) == 1 and has_gateway_mark(values[0])
+    return len(values) == 1 and _marked(bytes(values[0]))
+
+
+@lru_cache(maxsize=2048)
+def _marked(cert_pem: bytes) -> bool:
+    # A proxy reopens its stream with the same certificate until it rotates (at half-life),
+    # and 1,000 proxies reconnect at once after a restart: parse each certificate once.
+    # Bounded: a few MB of PEM at most; rotated-out certificates fall off the end.
+    return has_gateway_mark(cert_pem)
 
 
 def presented_identity(auth_context: Mapping[str, Sequence[bytes]]) -> str | None:

@@ -194,23 +194,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             )
             return
         metadata = json_format.MessageToDict(node.metadata)
-        verified = False
-        presented: str | None = None
-        if self.trust_domain is not None:
-            auth = context.auth_context()
-            presented = peer_identity.presented_identity(auth)
-            why = peer_identity.refusal(node.id, metadata, presented, self.trust_domain)
-            if why is None and presented is not None:
-                # No await from here to connect(): nobody can take the id in between.
-                held = self.cache.nodes.get(node.id)
-                holder = held.identity if held is not None else None
-                why = peer_identity.takeover(node.id, presented, holder)
-            if why is not None:
-                self._log_refusal(why)
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
-                return
-            # Its namespace is proven; private keys need the CA's gateway mark as well.
-            verified = peer_identity.may_hold_keys(auth)
+        why, presented, verified = self._identity(node.id, metadata, context)
+        if why is not None:
+            self._log_refusal(why)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+            return
+        # No await since the check: nobody can have taken the id in between.
         entry = self.cache.connect(node.id, metadata, stream, verified, presented)
         wake = entry.wake
         kind = "delta" if isinstance(stream, DeltaStream) else "sotw"
@@ -256,6 +245,23 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             self.cache.disconnect(entry)
             await self.cache.notify()
             log.info("proxy %s disconnected", node.id)
+
+    def _identity(
+        self, node_id: str, metadata: dict[str, Any], context: grpc.aio.ServicerContext
+    ) -> tuple[str | None, str | None, bool]:
+        """What the stream's client certificate says of node ``node_id``: why it may not
+        connect (None: it may), the SPIFFE ID it proved, and whether it may hold private
+        keys (its namespace is proven and it carries the CA's gateway mark). On a plaintext
+        port (tests): nothing is proven and nothing refused."""
+        if self.trust_domain is None:
+            return None, None, False
+        auth = context.auth_context()
+        presented = peer_identity.presented_identity(auth)
+        why = peer_identity.refusal(node_id, metadata, presented, self.trust_domain)
+        if why is None and presented is not None:
+            held = self.cache.nodes.get(node_id)
+            why = peer_identity.takeover(node_id, presented, held.identity if held else None)
+        return why, presented, why is None and peer_identity.may_hold_keys(auth)
 
     def _log_refusal(self, why: str) -> None:
         """Log an identity refusal once (the set is bounded: a flood of distinct ones

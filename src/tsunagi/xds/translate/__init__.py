@@ -61,7 +61,7 @@ from tsunagi.xds.translate.endpoints import Subsets, service_load_assignments
 from tsunagi.xds.translate.envoyfilter import Parts, Patched, patch_parts
 from tsunagi.xds.translate.isolation import LastGood, ResourceKey, TranslationError, isolated
 from tsunagi.xds.translate.layers import Layered
-from tsunagi.xds.translate.listeners import inbound_listeners, outbound_listener
+from tsunagi.xds.translate.listeners import build_listener, inbound_listeners, outbound_listener
 from tsunagi.xds.translate.mesh_tls import Peers, peers_of
 from tsunagi.xds.translate.passthrough import PASSTHROUGH_CLUSTER
 from tsunagi.xds.translate.policy import ClusterPolicy, cluster_policy, policy_key
@@ -593,11 +593,33 @@ def _gateway_secrets(
     return out
 
 
+def _pack_doc(message_type: Any, doc: dict[str, Any]) -> Resource:
+    message = build_listener(doc) if message_type is Listener else build(message_type, doc)
+    return Resource.pack(doc["name"], message)
+
+
+def _pack_by_content(memo: Memo | None, message_type: Any, docs: list[dict[str, Any]]) -> Any:
+    """``docs`` packed, each once per ``memo`` generation whichever proxy it is for: keyed by
+    its content, so proxies whose translation inputs differ only in the node id share it,
+    and a proxy whose access logger names it (:mod:`.accesslog`) gets its own."""
+    if memo is None:
+        return [_pack_doc(message_type, d) for d in docs]
+    name = message_type.DESCRIPTOR.name
+    return [
+        memo.get(("local", name, json.dumps(d, sort_keys=True)), _pack_doc, message_type, d)
+        for d in docs
+    ]
+
+
 def translate_local(
-    node: Node, telemetry: ProxyTelemetry | None = None, security: WorkloadSecurity | None = None
+    node: Node,
+    telemetry: ProxyTelemetry | None = None,
+    security: WorkloadSecurity | None = None,
+    memo: Memo | None = None,
 ) -> Local:
     """The node's outbound listener, inbound listeners and the clusters for its app (and
-    for its tracer), reporting as ``telemetry`` says, guarded as ``security`` says."""
+    for its tracer), reporting as ``telemetry`` says, guarded as ``security`` says. With a
+    ``memo``, equal listeners and clusters of other proxies are parsed once and shared."""
     telemetry = telemetry or ProxyTelemetry()
     security = security or WorkloadSecurity()
     listeners = [
@@ -607,9 +629,10 @@ def translate_local(
     if node.is_gateway:  # no app: its listeners come with its Gateways (translate_outbound)
         listeners = []
     clusters = [*inbound_clusters(node), *tracing.tracing_clusters(telemetry)]
+    packed = partial(_pack_by_content, memo)
     return Local(
-        clusters=MappingProxyType({r.name: r for r in _pack_all(Cluster, clusters, "name")}),
-        listeners=MappingProxyType({r.name: r for r in _pack_all(Listener, listeners, "name")}),
+        clusters=MappingProxyType({r.name: r for r in packed(Cluster, clusters)}),
+        listeners=MappingProxyType({r.name: r for r in packed(Listener, listeners)}),
     )
 
 

@@ -94,21 +94,11 @@ def _action(policy: Resource) -> str:
     return spec.action if isinstance(spec, AuthorizationPolicySpec) else ""
 
 
-def http_filters(security: WorkloadSecurity, node: Node, port: int) -> tuple[dict[str, Any], ...]:
-    """The RBAC HTTP filters for inbound ``port``; none without policies."""
-    if not security.authorization:
-        return ()
+def _http(policies: Sequence[Resource], port: int) -> tuple[dict[str, Any], ...]:
     return tuple(
         {"name": HTTP_RBAC, "typed_config": {"@type": HTTP_RBAC_TYPE, **config}}
-        for config in _configs(security.authorization, port, tcp=False)
+        for config in _configs(policies, port, tcp=False)
     )
-
-
-def network_filters(
-    security: WorkloadSecurity, node: Node, port: int
-) -> tuple[dict[str, Any], ...]:
-    """The RBAC network filters for inbound TCP ``port``; none without policies."""
-    return _network(security.authorization, port)
 
 
 def _network(policies: Sequence[Resource], port: int) -> tuple[dict[str, Any], ...]:
@@ -121,15 +111,23 @@ def _network(policies: Sequence[Resource], port: int) -> tuple[dict[str, Any], .
     )
 
 
+def http_filters(security: WorkloadSecurity, node: Node, port: int) -> tuple[dict[str, Any], ...]:
+    """The RBAC HTTP filters for inbound ``port``; none without policies."""
+    return _http(security.authorization, port)
+
+
+def network_filters(
+    security: WorkloadSecurity, node: Node, port: int
+) -> tuple[dict[str, Any], ...]:
+    """The RBAC network filters for inbound TCP ``port``; none without policies."""
+    return _network(security.authorization, port)
+
+
 def gateway_filters(world: World, scope: ClientScope, port: int) -> tuple[dict[str, Any], ...]:
     """The RBAC HTTP filters of a gateway's HTTP server ``port`` (``ports`` in rules name
     server ports), from the policies that select its labels in its namespace (or the root
     namespace); none without."""
-    policies = authorization.for_workload(world, scope.namespace, dict(scope.labels))
-    return tuple(
-        {"name": HTTP_RBAC, "typed_config": {"@type": HTTP_RBAC_TYPE, **config}}
-        for config in _configs(policies, port, tcp=False)
-    )
+    return _http(authorization.for_workload(world, scope.namespace, dict(scope.labels)), port)
 
 
 def gateway_network_filters(

@@ -34,7 +34,7 @@ from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
 from tsunagi.api.jwt_claims import authz_claim_path
 from tsunagi.api.security import Condition, Operation, Rule, Source
 from tsunagi.spiffe import SCHEME
-from tsunagi.xds.translate.jwt_authn import FILTER_NAME, PAYLOAD_KEY, claim_matcher
+from tsunagi.xds.translate.jwt_authn import claim_matcher, payload_matcher
 
 URI_TEMPLATE_TYPE = (
     "type.googleapis.com/" + uri_template_match_pb2.UriTemplateMatchConfig.DESCRIPTOR.full_name
@@ -187,8 +187,8 @@ def _request_principal(value: str) -> Matcher:
     return {
         "and_ids": {
             "ids": [
-                {"metadata": _metadata(FILTER_NAME, [PAYLOAD_KEY, "iss"], {"string_match": m_iss})},
-                {"metadata": _metadata(FILTER_NAME, [PAYLOAD_KEY, "sub"], {"string_match": m_sub})},
+                {"metadata": payload_matcher(["iss"], {"string_match": m_iss})},
+                {"metadata": payload_matcher(["sub"], {"string_match": m_sub})},
             ]
         }
     }

@@ -15,13 +15,13 @@ from typing import Any
 
 from tsunagi.mesh import Node, Upstream, World
 from tsunagi.mesh.outbound_policy import ALLOW_ANY
-from tsunagi.xds.translate import accesslog
 from tsunagi.xds.translate.clusters import static_cluster
 from tsunagi.xds.translate.connect import connect_name, tls_ports
-from tsunagi.xds.translate.listeners import TCP_PROXY_TYPE
 from tsunagi.xds.translate.names import outbound_cluster
 from tsunagi.xds.translate.policy import tcp_idle_timeout
-from tsunagi.xds.translate.upstream_listeners import TLS_INSPECTOR, tcp_proxy, tls_chains
+from tsunagi.xds.translate.reporting import tcp_proxy_logging
+from tsunagi.xds.translate.tcp_proxies import TCP_PROXY_TYPE, tcp_proxy
+from tsunagi.xds.translate.upstream_listeners import TLS_INSPECTOR, tls_chains
 
 
 def sni_routed_ports(world: World, namespace: str) -> tuple[tuple[str, int], ...]:
@@ -78,13 +78,12 @@ def with_loggers(doc: str, loggers: list[dict[str, Any]]) -> dict[str, Any]:
     chains = [*listener["filter_chains"]]
     if "default_filter_chain" in listener:
         chains.append(listener["default_filter_chain"])
+    logging = tcp_proxy_logging(loggers)
     for chain in chains:
         for f in chain["filters"]:
             config = f["typed_config"]
             if config.get("@type") == TCP_PROXY_TYPE:
-                config["access_log"] = loggers
-                if accesslog.has_metrics_logger(loggers):
-                    config["access_log_options"] = accesslog.TCP_ACCESS_LOG_OPTIONS
+                config.update(logging)
     return listener
 
 

@@ -35,8 +35,9 @@ def _tls_metadata(ep: Endpoint) -> dict[str, Any]:
 
 
 def load_assignment(name: str, endpoints: list[Endpoint]) -> dict[str, Any]:
-    """Group endpoints by locality, in a stable order so equal input hashes equal. A sidecar
-    endpoint is marked for auto mTLS (:func:`.mesh_tls.endpoint_metadata`)."""
+    """Group endpoints by locality, in a stable order so equal input hashes equal. An
+    endpoint that is not a sidecar's is marked for plain text under auto mTLS
+    (:func:`.mesh_tls.endpoint_metadata`)."""
     return {
         "cluster_name": name,
         "endpoints": [

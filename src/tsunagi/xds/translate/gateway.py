@@ -209,7 +209,9 @@ def listener(
 
 
 def _security(world: World, scope: ClientScope, port: int) -> tuple[dict[str, Any], ...]:
-    """JWT validation, then authorization, as on a sidecar's inbound side."""
+    """JWT validation, then authorization, as on a sidecar's inbound side. Both go before
+    CORS and fault (:data:`.listeners.OUTBOUND_FILTERS`), in Istio's order
+    (``buildHTTPConnectionManager``): a CORS preflight is judged like any request."""
     return (*jwt_authn.gateway_filters(world, scope), *authz.gateway_filters(world, scope, port))
 
 

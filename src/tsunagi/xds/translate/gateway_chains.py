@@ -42,12 +42,8 @@ from tsunagi.xds.translate.gateway_routing import GatewayRouteBuilder
 from tsunagi.xds.translate.names import credential_ca_secret, credential_secret
 from tsunagi.xds.translate.policy import tcp_idle_timeout
 from tsunagi.xds.translate.san import san_matchers
-from tsunagi.xds.translate.upstream_listeners import (
-    TLS_INSPECTOR,
-    route_targets,
-    sni_server_names,
-    tcp_proxy,
-)
+from tsunagi.xds.translate.tcp_proxies import tcp_proxy
+from tsunagi.xds.translate.upstream_listeners import TLS_INSPECTOR, route_targets, sni_server_names
 
 DOWNSTREAM_TLS_TYPE = "type.googleapis.com/" + tls_pb2.DownstreamTlsContext.DESCRIPTOR.full_name
 ADS = {"ads": {}, "resource_api_version": "V3"}

@@ -32,11 +32,11 @@ from typing import Any
 from tsunagi import proxy_contract as pc
 from tsunagi.mesh import ClientScope, Node
 from tsunagi.mesh.telemetry import GatewayReporting
-from tsunagi.xds.translate import accesslog, tracing
-from tsunagi.xds.translate.upstream_listeners import tcp_proxy_logging
+from tsunagi.xds.translate import accesslog
+from tsunagi.xds.translate.reporting import hcm_telemetry, tcp_proxy_logging
+from tsunagi.xds.translate.tcp_proxies import TCP_PROXY
 
 HCM = "envoy.filters.network.http_connection_manager"
-TCP_PROXY = "envoy.filters.network.tcp_proxy"
 
 
 def reporter(reporting: GatewayReporting) -> Node:
@@ -49,12 +49,11 @@ def hcm_fields(scope: ClientScope) -> dict[str, Any]:
     r = scope.reporting
     if r is None:
         return {}
-    out = dict(tracing.hcm_tracing(r.telemetry, accesslog.OUTBOUND))
+    # A sidecar's outbound connection manager's, and the gateway's own span for each
+    # upstream request (see the module doc).
+    out = hcm_telemetry(reporter(r), r.telemetry, accesslog.OUTBOUND)
     if "tracing" in out:
         out["tracing"] = {**out["tracing"], "spawn_upstream_span": True}
-    loggers = accesslog.http_access_loggers(reporter(r), r.telemetry, accesslog.OUTBOUND)
-    if loggers:
-        out["access_log"] = loggers
     return out
 
 

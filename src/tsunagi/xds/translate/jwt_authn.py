@@ -169,19 +169,23 @@ def claim_matcher(claims: Sequence[str], string_match: dict[str, Any]) -> dict[s
     matches a string claim equal to ``string_match``, or a list claim holding one (Istio's
     form, so ``groups: [dev, ops]`` matches ``exact: dev``)."""
     value = {"string_match": string_match}
-    return {
-        "filter": FILTER_NAME,
-        "path": [{"key": k} for k in (PAYLOAD_KEY, *claims)],
-        "value": {"or_match": {"value_matchers": [{"list_match": {"one_of": value}}, value]}},
-    }
+    either = {"or_match": {"value_matchers": [{"list_match": {"one_of": value}}, value]}}
+    return payload_matcher(claims, either)
 
 
 def claim_present(claims: Sequence[str]) -> dict[str, Any]:
     """An Envoy metadata matcher for a claim at path ``claims`` that is present at all."""
+    return payload_matcher(claims, {"present_match": True})
+
+
+def payload_matcher(claims: Sequence[str], value: dict[str, Any]) -> dict[str, Any]:
+    """An Envoy metadata matcher for the claim at path ``claims`` of the verified payload
+    (where :func:`provider` puts it), whose value Envoy's ``ValueMatcher`` ``value``
+    matches."""
     return {
         "filter": FILTER_NAME,
         "path": [{"key": k} for k in (PAYLOAD_KEY, *claims)],
-        "value": {"present_match": True},
+        "value": value,
     }
 
 

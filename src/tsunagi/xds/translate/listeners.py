@@ -5,23 +5,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-
 from tsunagi import protocols
 from tsunagi.mesh import Node
 from tsunagi.mesh.security import WorkloadSecurity
 from tsunagi.mesh.telemetry import ProxyTelemetry
 from tsunagi.proxy_contract import inbound_stat_prefix
-from tsunagi.xds.translate import accesslog, inbound_filters, inbound_tls, passthrough, tracing
+from tsunagi.xds.translate import (
+    accesslog,
+    inbound_filters,
+    inbound_tls,
+    passthrough,
+    reporting,
+    tracing,
+)
 from tsunagi.xds.translate.names import (
     OUTBOUND_LISTENER,
     OUTBOUND_ROUTE,
     inbound_cluster,
     inbound_listener,
 )
-from tsunagi.xds.translate.protos import CORS_TYPE, FAULT_TYPE, HCM_TYPE, ROUTER_TYPE
-
-TCP_PROXY_TYPE = "type.googleapis.com/" + tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name
+from tsunagi.xds.translate.protos import (
+    CORS_TYPE,
+    FAULT_TYPE,
+    HCM_TYPE,
+    ROUTER_TYPE,
+    Listener,
+    build,
+)
+from tsunagi.xds.translate.tcp_proxies import tcp_proxy
 
 ROUTER = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
 # Istio puts CORS and fault injection in every sidecar's outbound connection manager. Here
@@ -62,17 +73,6 @@ def _hcm(
     }
 
 
-def _hcm_telemetry(
-    node: Node, telemetry: ProxyTelemetry, direction: str, port: int = 0
-) -> dict[str, Any]:
-    """The connection manager's access loggers and tracing, for one direction."""
-    out = dict(tracing.hcm_tracing(telemetry, direction))
-    loggers = accesslog.http_access_loggers(node, telemetry, direction, port)
-    if loggers:
-        out["access_log"] = loggers
-    return out
-
-
 def _listener(name: str, port: int, *filters: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
@@ -83,20 +83,7 @@ def _listener(name: str, port: int, *filters: dict[str, Any]) -> dict[str, Any]:
 
 def _tcp_proxy(node: Node, telemetry: ProxyTelemetry, port: int) -> dict[str, Any]:
     loggers = accesslog.tcp_access_loggers(node, telemetry)
-    return {
-        "name": "envoy.filters.network.tcp_proxy",
-        "typed_config": {
-            "@type": TCP_PROXY_TYPE,
-            "stat_prefix": inbound_stat_prefix(port),
-            "cluster": inbound_cluster(port),
-            **({"access_log": loggers} if loggers else {}),
-            **(
-                {"access_log_options": accesslog.TCP_ACCESS_LOG_OPTIONS}
-                if accesslog.has_metrics_logger(loggers)
-                else {}
-            ),
-        },
-    }
+    return tcp_proxy(inbound_stat_prefix(port), [(inbound_cluster(port), 100)], loggers)
 
 
 def outbound_listener(node: Node, telemetry: ProxyTelemetry | None = None) -> dict[str, Any]:
@@ -115,7 +102,7 @@ def outbound_listener(node: Node, telemetry: ProxyTelemetry | None = None) -> di
         # nothing: Envoy looks at it only for a request that asks for an upgrade.
         "upgrade_configs": [{"upgrade_type": "CONNECT"}],
     }
-    extra = _hcm_telemetry(node, telemetry, accesslog.OUTBOUND)
+    extra = reporting.hcm_telemetry(node, telemetry, accesslog.OUTBOUND)
     hcm = _hcm("outbound", rds, OUTBOUND_FILTERS, extra)
     return tracing.directed(_listener(OUTBOUND_LISTENER, node.outbound_port, hcm), extra)
 
@@ -159,7 +146,7 @@ def inbound_listeners(
                 }
             ],
         }
-        extra = _hcm_telemetry(node, telemetry, accesslog.INBOUND, port)
+        extra = reporting.hcm_telemetry(node, telemetry, accesslog.INBOUND, port)
         filters = (*inbound_filters.http_filters(security, node, port), ROUTER)
         routes = {"route_config": route_config, **inbound_tls.XFCC}
         hcm = _hcm(inbound_stat_prefix(port), routes, filters, extra)
@@ -167,3 +154,19 @@ def inbound_listeners(
         listener = inbound_tls.with_mode(plain, security.mtls_mode(port), tcp=False)
         out.append(tracing.directed(listener, extra))
     return out
+
+
+def build_listener(doc: dict[str, Any]) -> Listener:
+    """``doc`` as a Listener, each distinct ``filters`` list parsed once: the chains of a
+    PERMISSIVE listener share one (:mod:`.inbound_tls`), whose connection manager is most
+    of the listener's parsing."""
+    chains = doc.get("filter_chains", [])
+    bare = [{k: v for k, v in c.items() if k != "filters"} for c in chains]
+    listener = build(Listener, {**doc, "filter_chains": bare})
+    parsed: dict[int, Any] = {}
+    for chain_doc, chain in zip(chains, listener.filter_chains, strict=True):
+        filters = chain_doc.get("filters", [])
+        if id(filters) not in parsed:  # the same list object: the same filters
+            parsed[id(filters)] = build(Listener, {"filter_chains": [{"filters": filters}]})
+        chain.filters.extend(parsed[id(filters)].filter_chains[0].filters)
+    return listener

@@ -6,12 +6,16 @@ Istio's rules (``buildUpstreamTLSSettings``, ``applyUpstreamTLSSettings``):
   mTLS, sidecar or not; ``DISABLE`` never; ``SIMPLE``/``MUTUAL`` originate the rule's TLS
   (:mod:`.origination`).
 - Without one (auto mTLS), each endpoint decides: the cluster of every service that is
-  not ``MESH_EXTERNAL`` carries two transport sockets and Envoy picks by the endpoint's
-  metadata: mesh mTLS for endpoints marked ``tlsMode: istio`` in EDS (sidecars whose
-  PeerAuthentication does not DISABLE the port; see ``Endpoint.tls_mode``), plain text for
-  the others. Decided by the service, not its endpoints (Istio's rule), so the first or
-  last sidecar of a service is an EDS-only change. A ``MESH_EXTERNAL`` ServiceEntry never
-  gets auto mTLS, even for an endpoint labelled ``tlsMode: istio``.
+  not ``MESH_EXTERNAL`` speaks mesh mTLS (its ``transport_socket``) to sidecars whose
+  PeerAuthentication does not DISABLE the port (see ``Endpoint.tls_mode``) and plain text
+  to the others, which EDS marks ``tlsMode: disabled`` for the cluster's one
+  ``transport_socket_matches`` entry. Istio marks the sidecars instead (``tlsMode: istio``
+  on each); marking the few plain endpoints keeps EDS as small as it was without mTLS.
+  Not one group per tlsMode in a locality either: Envoy keys locality weights by locality,
+  so two groups of one locality would lose one's weight. Decided by the service, not its
+  endpoints (Istio's rule), so the first or last sidecar of a service is an EDS-only change.
+  A ``MESH_EXTERNAL`` ServiceEntry never gets auto mTLS, even for an endpoint labelled
+  ``tlsMode: istio``.
 - Mesh mTLS presents the proxy's own certificate (SDS secret ``default``), checks the
   server's chain against the mesh roots (``ROOTCA``) and its SAN against the SPIFFE IDs of
   the service's endpoints' service accounts plus the ServiceEntry's ``subjectAltNames``
@@ -77,11 +81,15 @@ def peers_of(svc: Service, trust_domain: str) -> Peers:
     return Peers(not svc.mesh_external, tuple(sorted(names)))
 
 
+TLS_MODE_DISABLED = "disabled"
+PLAIN_METADATA = {"filter_metadata": {TRANSPORT_SOCKET_MATCH: {TLS_MODE_KEY: TLS_MODE_DISABLED}}}
+"""The EDS metadata of an endpoint that takes no mesh mTLS (not a sidecar's)."""
+
+
 def endpoint_metadata(ep: Endpoint) -> dict[str, Any] | None:
-    """The EDS metadata that selects mesh mTLS for ``ep`` (None: plain text)."""
-    if ep.tls_mode != TLS_MODE_ISTIO:
-        return None
-    return {"filter_metadata": {TRANSPORT_SOCKET_MATCH: {TLS_MODE_KEY: TLS_MODE_ISTIO}}}
+    """The EDS metadata that selects plain text for ``ep`` under auto mTLS (None: a
+    sidecar's endpoint, which gets the cluster's mesh mTLS)."""
+    return None if ep.tls_mode == TLS_MODE_ISTIO else PLAIN_METADATA
 
 
 def mesh_sni(host: str, port: int, subset: str = "") -> str:
@@ -128,6 +136,15 @@ def upstream_context(
     }
 
 
+_PLAIN_MATCH = {
+    "name": f"{TLS_MODE_KEY}-{TLS_MODE_DISABLED}",
+    "match": {TLS_MODE_KEY: TLS_MODE_DISABLED},
+    "transport_socket": RAW_BUFFER,
+}
+"""The one transport socket match of an auto mTLS cluster: plain text for the endpoints
+EDS marks with :data:`PLAIN_METADATA`; the others take the cluster's mesh mTLS."""
+
+
 def secure(
     cluster: dict[str, Any],
     tls: ClientTLSSettings | None,
@@ -144,20 +161,11 @@ def secure(
             return False
         names = tls.subject_alt_names or peers.identities
         context = upstream_context(tls.sni or sni, names, h2, not tls.insecure_skip_verify)
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": context,
-        }
-        return True
-    if not peers.auto:
+    elif peers.auto:
+        context = upstream_context(sni, peers.identities, h2)
+        # Endpoints marked by EDS (:data:`PLAIN_METADATA`) take plain text instead.
+        cluster["transport_socket_matches"] = [_PLAIN_MATCH]
+    else:
         return False
-    context = upstream_context(sni, peers.identities, h2)
-    cluster["transport_socket_matches"] = [
-        {
-            "name": f"{TLS_MODE_KEY}-{TLS_MODE_ISTIO}",
-            "match": {TLS_MODE_KEY: TLS_MODE_ISTIO},
-            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": context},
-        },
-        {"name": f"{TLS_MODE_KEY}-disabled", "match": {}, "transport_socket": RAW_BUFFER},
-    ]
+    cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": context}
     return True

@@ -38,10 +38,10 @@ from tsunagi.api import RouteDestination, TCPRoute
 from tsunagi.api.networking import L4MatchAttributes, TLSMatchAttributes
 from tsunagi.mesh import ClientScope, Node, Upstream, World
 from tsunagi.xds.translate import accesslog
-from tsunagi.xds.translate.listeners import TCP_PROXY_TYPE
 from tsunagi.xds.translate.names import outbound_cluster
 from tsunagi.xds.translate.policy import tcp_idle_timeout
 from tsunagi.xds.translate.routes import RouteBuilder
+from tsunagi.xds.translate.tcp_proxies import tcp_proxy
 
 UPSTREAM_LISTENER_PREFIX = "upstream|"
 TLS_INSPECTOR = {
@@ -92,36 +92,6 @@ def route_targets(
     return out
 
 
-def tcp_proxy(
-    stat_prefix: str,
-    targets: list[tuple[str, int]],
-    loggers: list[dict[str, Any]],
-    idle_timeout: str | None = None,
-) -> dict[str, Any]:
-    """A ``tcp_proxy`` filter to ``targets`` (one cluster, or weighted ones), closing a
-    connection idle for ``idle_timeout`` (None: Envoy's default, 1 h)."""
-    config: dict[str, Any] = {"@type": TCP_PROXY_TYPE, "stat_prefix": stat_prefix}
-    if len(targets) == 1:
-        config["cluster"] = targets[0][0]
-    else:
-        config["weighted_clusters"] = {"clusters": [{"name": c, "weight": w} for c, w in targets]}
-    if idle_timeout is not None:
-        config["idle_timeout"] = idle_timeout
-    config.update(tcp_proxy_logging(loggers))
-    return {"name": "envoy.filters.network.tcp_proxy", "typed_config": config}
-
-
-def tcp_proxy_logging(loggers: list[dict[str, Any]]) -> dict[str, Any]:
-    """A ``tcp_proxy``'s ``access_log`` (Istio's outbound TCP metrics, reporter=source, and
-    access log) and the options its metric line needs; {} without loggers."""
-    if not loggers:
-        return {}
-    out: dict[str, Any] = {"access_log": loggers}
-    if accesslog.has_metrics_logger(loggers):
-        out["access_log_options"] = accesslog.TCP_ACCESS_LOG_OPTIONS
-    return out
-
-
 def resolved(world: World, up: Upstream) -> Upstream:
     """``up`` with its host spelled in full when it names a known service as
     ``name.namespace`` or ``name.namespace.svc`` (the aliases an HTTP client may use)."""
@@ -134,9 +104,8 @@ def resolved(world: World, up: Upstream) -> Upstream:
 
 
 def upstream_targets(world: World, node: Node, up: Upstream) -> list[tuple[str, int]]:
-    """Where new connections to ``up`` (a port that is not TLS) go: ``(cluster, weight)``
-    pairs (one: no split)."""
-    up = resolved(world, up)
+    """Where new connections to ``up`` (a port that is not TLS; its host spelled in full:
+    :func:`resolved`) go: ``(cluster, weight)`` pairs (one: no split)."""
     builder = RouteBuilder(world, ClientScope(node.namespace))
     for vs in builder.virtual_services_for(up.host):
         for route in vs.spec.tcp:
@@ -161,12 +130,11 @@ def sni_server_names(sni_hosts: Sequence[str]) -> list[str] | None:
 def tls_chains(
     world: World, node: Node, up: Upstream, loggers: list[dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
-    """Filter chains of an upstream to a TLS or HTTPS port: Istio's ``tls:`` routes (of
-    every VirtualService of the host, in order), one
-    chain per SNI match that holds for this sidecar (the first route to claim a name keeps
-    it, as Envoy refuses two chains matching the same name); with none, one chain to the
-    service port's cluster for any SNI."""
-    up = resolved(world, up)
+    """Filter chains of an upstream to a TLS or HTTPS port (its host spelled in full:
+    :func:`resolved`): Istio's ``tls:`` routes (of every VirtualService of the host, in
+    order), one chain per SNI match that holds for this sidecar (the first route to claim a
+    name keeps it, as Envoy refuses two chains matching the same name); with none, one chain
+    to the service port's cluster for any SNI."""
     builder = RouteBuilder(world, ClientScope(node.namespace))
     stat_prefix = outbound_cluster(up.host, up.port)
     chains: list[dict[str, Any]] = []
