@@ -1,7 +1,8 @@
 """`tsunagi demo --traffic`, as `make demo` runs it: the page answers (directly and through
 the ingress gateway), the dashboard link it prints signs in, its own traffic fills the graph
-and the trace store, the sidecars' access log lines reach its terminal, and Ctrl-C stops
-every process it started.
+and the trace store, the sidecars' access log lines reach its terminal, Istio's External
+Authorization task works as its walkthrough prints it, and Ctrl-C stops every process it
+started.
 
 The demo listens on its documented fixed ports (API 15014, xDS 15012, Zipkin 9411, OTLP
 4317, dashboard 20001, the page on 9080, the ingress gateway on 8080 and 8443): the test
@@ -41,10 +42,15 @@ BOOKINFO_EDGES = {
     ("app:default:reviews:v3", "service:default:ratings"),
 }
 """The calls the demo's own traffic makes (reviews split 50/50 between v1 and v3)."""
+EXT_AUTHZ_DENIED = b"denied by ext_authz for not found header `x-ext-authz: allow` in the request"
+"""What the demo's authorizer answers a denied check (Istio's sample's words)."""
 
 
 def _free(port: int) -> bool:
     with socket.socket() as s:
+        # As the demo's listeners bind: a port whose last connections wait in TIME-WAIT
+        # (a previous run's) is free for them, so it is free here too.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -166,6 +172,27 @@ def test_make_demo_serves_the_page_fills_the_dashboard_and_stops_cleanly(tmp_pat
             "productpage's spans",
         )
         assert "[sidecar productpage" in printed()  # access log lines, marked
+
+        # Istio's External Authorization task, with the apply line the walkthrough printed:
+        # the demo runs the authorizer and started the control plane with its provider.
+        apply = re.search(r"(tsunagi apply -f \S+/authorization-ext-authz\.yaml --wait)", banner)
+        assert apply is not None, banner
+        cli = [sys.executable, "-m", "tsunagi.cli.main", *apply.group(1).split()[1:]]
+        cli_env = {**env, "TSUNAGI_STATE_DIR": str(state)}
+        done = subprocess.run(cli, capture_output=True, text=True, timeout=60, env=cli_env)
+        assert done.returncode == 0 and "warning" not in done.stderr.lower(), done
+        deny, allow = {"x-ext-authz": "deny"}, {"x-ext-authz": "allow"}
+
+        def denied() -> bool:  # the authorizer's status, body and header reach the client
+            status, headers, body = _get(GATEWAY_PORT, "/productpage", deny)
+            result = headers["x-ext-authz-check-result"]
+            return status == 403 and body == EXT_AUTHZ_DENIED and result == "denied"
+
+        # Every time, not once: the gateway's pooled connections to productpage keep the old
+        # (unchecked) rules until productpage's sidecar drains them (2 s).
+        wait_until(lambda: all(denied() for _ in range(10)), 30, "the authorizer asked")
+        status, _, body = _get(GATEWAY_PORT, "/productpage", allow)
+        assert status == 200 and b"reviews" in body.lower(), body[:300]
     finally:
         if demo.poll() is None:
             demo.send_signal(signal.SIGINT)  # Ctrl-C

@@ -8,6 +8,7 @@ One mesh for the module; every test applies the rules it needs and leaves none b
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from .mesh import Mesh, Workload, concurrent_gets, request, stop, wait_until
 pytestmark = pytest.mark.e2e
 
 RULES = Path(tsunagi.demo.__file__).parent / "rules"
+MESH_CONFIG = Path(tsunagi.demo.__file__).parent / "mesh-config.yaml"
+"""The demo's MeshConfig, as ``tsunagi demo`` starts the control plane with it."""
 
 BOOKINFO = [
     ("details", "v1"),
@@ -58,6 +61,27 @@ def start(mesh: Mesh, service: str, version: str, env: dict[str, str] | None = N
             *("--", sys.executable, "-m", "tsunagi.demo.bookinfo", service),
         ],
         env={**mesh.env, **(env or {})},
+        stdout=log,
+        stderr=log,
+    )
+    workload = Workload(proc, name, 0)
+    mesh.workloads.append(workload)
+    return workload
+
+
+def start_authorizer(mesh: Mesh) -> Workload:
+    """``tsunagi run`` the demo's external authorizer as the service ext-authz, port 8000,
+    as the demo does (not waiting for it)."""
+    name = f"ext-authz-v1-{len(mesh.workloads)}"
+    log = (mesh.state_dir / f"{name}.log").open("ab")
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "tsunagi.cli.main", "run"),
+            *("--service", "ext-authz", "--port", "8000", "--version", "v1", "--name", name),
+            *("--concurrency", "1", "--xds-protocol", mesh.xds_protocol),
+            *("--", sys.executable, "-m", "tsunagi.demo.ext_authz"),
+        ],
+        env=mesh.env,
         stdout=log,
         stderr=log,
     )
@@ -135,13 +159,17 @@ class Bookinfo:
 
 @pytest.fixture(scope="module")
 def bookinfo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bookinfo]:
-    mesh = Mesh(tmp_path_factory.mktemp("istio-tasks") / "state")
+    mesh = Mesh(
+        tmp_path_factory.mktemp("istio-tasks") / "state",
+        up_args=("--mesh-config", str(MESH_CONFIG)),
+    )
     mesh.state_dir.mkdir(parents=True)
     try:
         mesh.up()
         applied = mesh.cli("apply", "-f", str(RULES / "destination-rule-all.yaml"))
         assert applied.returncode == 0, applied.stderr
         apps = {f"{s}-{v}": start(mesh, s, v) for s, v in BOOKINFO}
+        apps["ext-authz-v1"] = start_authorizer(mesh)
         client = mesh.client()
         wait_serving(mesh, list(apps.values()))
         yield Bookinfo(mesh, apps, client)
@@ -442,3 +470,57 @@ def test_authorization_for_http_traffic(tasks: Bookinfo) -> None:
         wait_until(lambda: _page_shows(tasks, with_stars), timeout=30, what="the stars")
     finally:
         _delete(tasks, *reversed(files))
+
+
+# What the demo's authorizer answers a denied check, word for word Istio's sample's.
+EXT_AUTHZ_DENIED = "denied by ext_authz for not found header `x-ext-authz: allow` in the request"
+
+
+def _direct_with(
+    tasks: Bookinfo, path: str, headers: dict[str, str]
+) -> tuple[int, str, http.client.HTTPMessage]:
+    """``GET path`` of productpage from a client without a sidecar (curl on the demo's direct
+    link), with ``headers``: status, body and response headers."""
+    port = tasks.inbound_port(tasks.apps["productpage-v1"])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Host": "productpage:9080", **headers})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace"), resp.headers
+    finally:
+        conn.close()
+
+
+def test_external_authorization(tasks: Bookinfo) -> None:
+    """Istio's External Authorization task on the demo: a CUSTOM policy sends productpage's
+    /productpage requests to the demo's authorizer (sample-ext-authz-http, from the demo's
+    mesh-config.yaml), which allows ``x-ext-authz: allow`` and denies anything else."""
+    deny, allow = {"x-ext-authz": "deny"}, {"x-ext-authz": "allow"}
+    status, page, _ = _direct_with(tasks, "/productpage", deny)
+    assert status == 200 and ANSWERED_BY.search(page), (status, page[:300])  # no policy yet
+    tasks.apply("authorization-ext-authz.yaml")
+    try:
+        wait_until(
+            lambda: _direct_with(tasks, "/productpage", deny)[0] == 403,
+            timeout=30,
+            what="the authorizer asked",
+        )
+        # Denied: the authorizer's own status, body and headers reach the client.
+        status, body, headers = _direct_with(tasks, "/productpage", {**deny, "Cookie": "user=x"})
+        assert (status, body) == (403, EXT_AUTHZ_DENIED)
+        assert headers["x-ext-authz-check-result"] == "denied"
+        # What it was sent: the path, and of the headers the one includeRequestHeadersInCheck
+        # lists, not the cookie.
+        check = json.loads(headers["x-ext-authz-check-received"])
+        assert check["path"] == "/productpage", check
+        assert check["headers"]["x-ext-authz"] == "deny" and "cookie" not in check["headers"]
+        assert _direct_with(tasks, "/productpage", {})[:2] == (403, EXT_AUTHZ_DENIED)
+
+        # Allowed: the whole page, productpage's own calls (to details, reviews) untouched.
+        status, page, _ = _direct_with(tasks, "/productpage", allow)
+        assert status == 200 and ANSWERED_BY.search(page) and DETAILS_SORRY not in page, page
+        # A path the rules do not match is not checked (the authorizer would deny it).
+        status, body, _ = _direct_with(tasks, "/api/v1/products/0", deny)
+        assert status == 200 and "Natsume Soseki" in body, body
+    finally:
+        _delete(tasks, "authorization-ext-authz.yaml")

@@ -72,7 +72,7 @@ def static_bootstrap(expected: dict[str, Any]) -> dict[str, Any]:
 
 
 def static_secrets(boot: dict[str, Any], cert: Path, key: Path) -> None:
-    """Make every SDS secret the listeners name static, with ``cert`` and ``key`` (or
+    """Make every SDS secret the listeners and clusters name static, with ``cert`` and ``key`` (or
     ``cert`` as the trusted CA, for a validation context)."""
     secrets: dict[str, dict[str, Any]] = {}
 
@@ -96,6 +96,7 @@ def static_secrets(boot: dict[str, Any], cert: Path, key: Path) -> None:
                 walk(v, k)
 
     walk(boot["static_resources"]["listeners"])
+    walk(boot["static_resources"]["clusters"])  # a DestinationRule's credentialName
     if secrets:
         boot["static_resources"]["secrets"] = list(secrets.values())
 

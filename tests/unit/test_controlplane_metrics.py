@@ -54,7 +54,7 @@ async def ads() -> AsyncIterator[tuple[int, ControlPlaneMetrics, SnapshotCache]]
     metrics = ControlPlaneMetrics()
     cache = SnapshotCache()
     snap = world(clusters=("a",))
-    cache.resolver = lambda node_id, metadata, verified: snap
+    cache.resolver = lambda node_id, metadata, verified, proven: snap
     server, port = await start_server(cache, "127.0.0.1", 0, observer=metrics)
     try:
         yield port, metrics, cache

@@ -435,9 +435,9 @@ def test_only_services_a_locality_rule_reaches_are_looked_at_per_client(
     looked_at: list[str] = []
     lookup = World.destination_rule
 
-    def counting(self: World, host: str, namespace: str) -> Any:
+    def counting(self: World, host: str, namespace: str, labels: Any = ()) -> Any:
         looked_at.append(host)
-        return lookup(self, host, namespace)
+        return lookup(self, host, namespace, labels)
 
     monkeypatch.setattr(World, "destination_rule", counting)
     here = translate_outbound(w, w.scope_of(Node("a", locality="r2/z1")), memo, shared)

@@ -125,8 +125,12 @@ def test_apply_warns_only_about_what_is_not_enforced() -> None:
     )
     warnings = not_yet_enforced(docs)
     text = "\n".join(warnings)
-    # SIMPLE is TLS origination (tests/e2e/test_egress.py); a credentialName is not.
-    assert "spec.trafficPolicy.tls.credentialName is not applied yet on sidecars" in text
+    # SIMPLE is TLS origination (tests/e2e/test_egress.py); a credentialName only where
+    # Istio applies it (tests/e2e/test_dr_credentials.py).
+    assert (
+        "spec.trafficPolicy.tls.credentialName applies only to gateways and to sidecars a "
+        "workloadSelector selects" in text
+    )
     assert "PASSTHROUGH" not in text  # enforced (tests/e2e/test_passthrough.py)
     assert "idleTimeout" not in text  # enforced (tests/golden/cases/tcp-idle-timeout)
     assert "localityLbSetting" not in text  # enforced (tests/unit/test_locality.py)

@@ -151,7 +151,7 @@ spec: {mtls: {mode: STRICT}}
     assert not any("PeerAuthentication" in w for w in pending)  # mesh mTLS enforces it now
 
 
-def test_a_destination_rule_workload_selector_is_reported_as_not_applied() -> None:
+def test_a_destination_rule_workload_selector_is_enforced_so_not_reported() -> None:
     docs = load_documents("""
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -159,10 +159,10 @@ metadata: {name: reviews}
 spec:
   host: reviews
   workloadSelector: {labels: {app: web}}
+  trafficPolicy:
+    tls: {mode: SIMPLE, credentialName: reviews-ca}
   subsets: [{name: v1, labels: {version: v1}}]
 """)
     pending = not_yet_enforced(docs)
-    assert [w for w in pending if "workloadSelector" in w] == [
-        "DestinationRule default/reviews: spec.workloadSelector is not applied yet; the rule "
-        "applies to every sidecar it is exported to, selected or not"
-    ]
+    # enforced (tests/unit/test_dr_selector.py); with a selector credentialName applies too
+    assert [w for w in pending if "workloadSelector" in w or "credentialName" in w] == []

@@ -91,7 +91,7 @@ async def serve() -> AsyncIterator[Any]:
 
     async def start(**limits: Any) -> tuple[int, list[Client]]:
         cache = SnapshotCache()
-        cache.resolver = lambda node_id, metadata, verified: snap
+        cache.resolver = lambda node_id, metadata, verified, proven: snap
         server, port = await start_server(cache, "127.0.0.1", 0, **limits)
         servers.append(server)
         return port, clients

@@ -1,5 +1,8 @@
-"""AuthorizationPolicy rules beyond the field shapes (``checks_security.py``): what
-tsunagi cannot enforce yet, and values Envoy would refuse (so the whole push would fail)."""
+"""AuthorizationPolicy rules beyond the field shapes (``checks_security.py``): values
+Envoy would refuse (so the whole push would fail). ``action: CUSTOM`` is accepted: its
+provider is judged against ``tsunagi up --mesh-config`` when applied (an ``apply``
+warning, :mod:`tsunagi.mesh.ext_authz`), since istiod too accepts an unknown provider
+name and fails closed for the requests its rules match."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections.abc import Iterator
 
 from .checks_common import Issue, Path
 from .jwt_claims import authz_claim_path
-from .security import AuthorizationPolicySpec, Operation
+from .security import Operation
 
 MATCH_ONE, MATCH_ANY = "{*}", "{**}"
 """Istio's path template operators: one path segment; any number of segments."""
@@ -17,16 +20,6 @@ MATCH_ONE, MATCH_ANY = "{*}", "{**}"
 # * or ** segments mixed into a template.
 _UNSUPPORTED_TEMPLATE = re.compile(r"/\{\w+=\*\*?\}|\{\w*\}|/\*\*?|\*\*?/")
 _ENVOY_KEY = re.compile(r"^experimental\.envoy\.filters\.[^\[\]]+\[[^\[\]]+\]$")
-
-
-def custom_issues(spec: AuthorizationPolicySpec) -> Iterator[Issue]:
-    """CUSTOM needs an ext_authz provider, and ``tsunagi up`` configures none yet."""
-    if spec.action == "CUSTOM":
-        yield Issue(
-            ("action",),
-            "action CUSTOM (an external authorizer) is not supported yet: tsunagi has no "
-            "extension providers to send requests to. Use ALLOW or DENY rules instead",
-        )
 
 
 def is_template(path: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .checks_authz import custom_issues, key_issue, path_issues
+from .checks_authz import key_issue, path_issues
 from .checks_common import Issue, Path, check_labels, check_policy_target
 from .names import check_ip_or_cidr
 from .security import (
@@ -68,7 +68,6 @@ def check_authorization_policy(spec: AuthorizationPolicySpec) -> Iterator[Issue]
         yield Issue(
             ("provider",), f"provider is only allowed with action CUSTOM, not {spec.action}"
         )
-    yield from custom_issues(spec)
     for i, rule in enumerate(spec.rules):
         yield from _check_rule(rule, ("rules", i))
 

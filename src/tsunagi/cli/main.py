@@ -10,9 +10,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tsunagi.client import Client, Rejected, Unreachable, state_dir
+
+if TYPE_CHECKING:
+    from tsunagi.api.mesh_config import MeshConfig
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -403,6 +406,13 @@ def parser() -> argparse.ArgumentParser:
         help="lifetime of workload certificates, e.g. 90m or 24h (default 24h); a request "
         "may ask for less, never more",
     )
+    up.add_argument(
+        "--mesh-config",
+        metavar="FILE",
+        help="Istio MeshConfig YAML (the istio ConfigMap's mesh key): its extensionProviders "
+        "(envoyExtAuthzHttp, envoyExtAuthzGrpc) are the external authorizers that "
+        "AuthorizationPolicy action CUSTOM names; other fields are refused as not supported yet",
+    )
 
     run = sub.add_parser(
         "run",
@@ -675,8 +685,10 @@ def parser() -> argparse.ArgumentParser:
         help="the sample app, its rules and a walkthrough",
         description="Run the control plane and Bookinfo with sidecars until Ctrl-C. The YAMLs "
         "of Istio's traffic tasks (routing, fault injection, shifting, timeouts, circuit "
-        "breaking, mirroring, outlier detection, CORS, headers) ship in tsunagi/demo/rules, "
-        "under Istio's names; --tasks prints their full paths and what each shows.",
+        "breaking, mirroring, outlier detection, CORS, headers) and security tasks (mutual "
+        "TLS, authorization, external authorization: the demo runs an authorizer that answers "
+        "as Istio's sample does, as ext-authz) ship in tsunagi/demo/rules, under Istio's "
+        "names; --tasks prints their full paths and what each shows.",
     )
     demo.add_argument("--state-dir")
     demo.add_argument("--port", type=int, default=9080, help="productpage's local port")
@@ -696,7 +708,8 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--tasks",
         action="store_true",
-        help="print the walkthrough of Istio's traffic tasks (apply commands) and exit",
+        help="print the walkthrough of Istio's traffic and security tasks (apply commands) "
+        "and exit",
     )
     return top
 
@@ -848,7 +861,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.ca_chain and not args.ca_cert:
         print("error: --ca-chain goes with --ca-cert and --ca-key", file=sys.stderr)
         return EXIT_USAGE
+    mesh_config = _mesh_config(args.mesh_config)
+    if mesh_config is None:
+        return EXIT_INVALID
     settings = Settings(
+        mesh_config=mesh_config,
         state_dir=state_dir(args.state_dir),
         store=args.store,
         xds_port=args.xds_port,
@@ -886,6 +903,28 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+def _mesh_config(path: str | None) -> MeshConfig | None:
+    """``--mesh-config``'s MeshConfig (empty without the flag); None, after saying why on
+    stderr, when the file cannot be read or holds something tsunagi does not honor."""
+    from tsunagi.api import ValidationFailed
+    from tsunagi.api.mesh_config import MeshConfig, load_mesh_config
+
+    if not path:
+        return MeshConfig()
+    try:
+        return load_mesh_config(Path(path).read_text(encoding="utf-8"), path)
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else e
+        print(
+            f"error: --mesh-config {path}: cannot read it ({why}); give the path of a "
+            "MeshConfig YAML file (extensionProviders: ...)",
+            file=sys.stderr,
+        )
+    except ValidationFailed as e:
+        print(f"error: --mesh-config: the control plane did not start:\n{e}", file=sys.stderr)
+    return None
 
 
 def _upstream_conflict(upstreams: Sequence[tuple[str, int, int]], namespace: str) -> str:

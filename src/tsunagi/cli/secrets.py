@@ -68,7 +68,10 @@ def add_parser(sub: Any, connection_args: Any) -> None:
         help="type Opaque from files: --from-file=[KEY=]PATH (Istio's keys: cert, key, cacert)",
         description="A Secret of type Opaque, one key per --from-file (KEY=PATH, or PATH for "
         "a key named after the file). Istio's gateway reads cert, key and cacert; a Secret "
-        "named NAME-cacert with only cacert gives NAME's server its CA.",
+        "named NAME-cacert with only cacert gives NAME's server its CA. A DestinationRule's "
+        "tls.credentialName (TLS origination at a gateway, or at sidecars its "
+        "workloadSelector selects) reads the same keys: the client certificate and key "
+        "(MUTUAL) and the CA that verifies the server.",
     )
     generic.add_argument("name")
     generic.add_argument(

@@ -16,7 +16,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -62,6 +62,7 @@ from tsunagi.mesh.analysis import (
 )
 from tsunagi.mesh.authorization_analysis import principal_problems
 from tsunagi.mesh.credential_analysis import credential_problems
+from tsunagi.mesh.ext_authz import problems as custom_authz_problems
 from tsunagi.mesh.gateway_analysis import gateway_problems
 from tsunagi.mesh.gateway_bind_analysis import (
     privileged_port_problems,
@@ -72,6 +73,7 @@ from tsunagi.mesh.peer_authentication import mtls_modes
 from tsunagi.mesh.peer_authentication import summary as mtls_summary
 from tsunagi.mesh.peer_authentication_analysis import mtls_problems
 from tsunagi.mesh.request_authentication_analysis import claim_routing_problems
+from tsunagi.mesh.rule_credential_analysis import rule_credential_problems
 from tsunagi.mesh.telemetry_analysis import telemetry_conflicts
 from tsunagi.proxy_contract import workload_metadata
 from tsunagi.registry import KIND as INSTANCE_KIND
@@ -609,6 +611,12 @@ class Api:
         )
         return self._problems(candidate, applied, self.registry.gateways())
 
+    def _workloads(self) -> Iterator[tuple[str, Mapping[str, str]]]:
+        """Registered workloads as ``(namespace, labels)``, read from the registry only when
+        walked (the CUSTOM check walks them only for an applied CUSTOM policy)."""
+        for inst in self.registry.instances():
+            yield inst.namespace, inst.labels
+
     def _problems(
         self, world: World, resources: list[Resource], gateways: list[Instance]
     ) -> list[str]:
@@ -623,6 +631,7 @@ class Api:
             + gateway_problems(world, resources, [g.labels for g in gateways])
             + privileged_port_problems(resources, running_gateways(gateways), self._unprivileged)
             + credential_problems(world, resources, [(g.namespace, g.labels) for g in gateways])
+            + rule_credential_problems(world, resources, [g.namespace for g in gateways])
             + claim_routing_problems(world, resources, [(g.namespace, g.labels) for g in gateways])
             + tls_file_problems(resources)
             + principal_problems(
@@ -632,6 +641,7 @@ class Api:
                 [Node.from_metadata(e.id, e.metadata or {}) for e in self.cache.nodes.values()],
             )
             + mtls_problems(world, resources)
+            + custom_authz_problems(world, resources, self._workloads())
             + not_yet_enforced(resources)
         )
 

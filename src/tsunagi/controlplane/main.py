@@ -10,6 +10,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tsunagi.api.mesh_config import MeshConfig
 from tsunagi.ca.authority import Authority
 from tsunagi.ca.keystore import plugged_in, self_signed
 from tsunagi.controlplane import workload_tokens
@@ -29,6 +30,7 @@ from tsunagi.controlplane.xds_tls import (
     control_plane_identity,
     serving_hosts,
 )
+from tsunagi.mesh.ext_authz import undefined_providers
 from tsunagi.mesh.outbound_policy import ALLOW_ANY, Mode
 from tsunagi.mesh.security import DEFAULT_ROOT_NAMESPACE, MeshSecurity
 from tsunagi.mesh.telemetry import DEFAULT_TRACE_SAMPLING, MeshTelemetry
@@ -96,6 +98,8 @@ class Settings:
     """The chain from ``ca_cert`` up to the root, when ``ca_cert`` is an intermediate."""
     workload_cert_ttl: datetime.timedelta = DEFAULT_WORKLOAD_CERT_TTL
     """The longest lifetime of a workload certificate (a CSR may ask for less)."""
+    mesh_config: MeshConfig = field(default_factory=MeshConfig)
+    """``--mesh-config``: the external authorizers CUSTOM AuthorizationPolicies name."""
 
 
 def load_authority(settings: Settings) -> Authority:
@@ -167,7 +171,9 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         access_log=settings.access_log,
         collector=(zipkin_host, traces.zipkin_port) if traces.zipkin_port else None,
     )
-    mesh_security = MeshSecurity(settings.trust_domain, settings.root_namespace)
+    mesh_security = MeshSecurity(
+        settings.trust_domain, settings.root_namespace, settings.mesh_config
+    )
     pusher = Pusher(
         store,
         cache,
@@ -176,6 +182,10 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         settings.outbound_policy,
         mesh_security=mesh_security,
     )
+    # A restart with another --mesh-config may drop a provider stored policies still name:
+    # their rules now deny (as istiod's do), so say which, once, where the operator looks.
+    for line in undefined_providers(pusher.world):
+        log.warning("%s", line)
     metrics = ControlPlaneMetrics(lambda: pusher.world)
     pusher.hooks = metrics
     metrics.ca_loaded(authority.roots[-1].not_valid_after_utc.timestamp())

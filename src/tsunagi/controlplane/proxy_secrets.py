@@ -56,7 +56,8 @@ def proxy_secrets(
     for name in sorted(held.keys() | asked):
         res = held.get(name)
         if res is None:
-            # Only a gateway is ever sent keys; one without the CA's mark is told why not.
+            # Keys go to marked gateways and to sidecars a selector DestinationRule picks
+            # (whose clusters name only what they get); an unmarked gateway is told why not.
             barred = meta.get("kind") == "gateway" and not entry.verified
             rows.append(_missing(name, namespace, not barred))
             continue

@@ -281,10 +281,13 @@ class Pusher:
             self._outbound[scope] = out
         return out
 
-    def resolve(self, node_id: str, metadata: Any, verified: bool = False) -> Snapshot:
+    def resolve(
+        self, node_id: str, metadata: Any, verified: bool = False, proven: bool = False
+    ) -> Snapshot:
         """The snapshot for a node that just connected (its metadata comes from bootstrap;
-        ``verified``: its certificate proved its claims, see :mod:`tsunagi.xds.peer_identity`)."""
-        node = Node.from_metadata(node_id, metadata or {}, verified)
+        ``verified``: its certificate proved its claims and carries the gateway mark;
+        ``proven``: it proved its namespace, see :mod:`tsunagi.xds.peer_identity`)."""
+        node = Node.from_metadata(node_id, metadata or {}, verified, proven)
         cached = self._locals[node_id] = _NodeLocal.reuse(
             self._locals.get(node_id), self.world, node, self._resolve_memo
         )
@@ -304,7 +307,7 @@ class Pusher:
             contents = self.store.contents()
             started = time.perf_counter()
             nodes = {
-                e.id: Node.from_metadata(e.id, e.metadata or {}, e.verified)
+                e.id: Node.from_metadata(e.id, e.metadata or {}, e.verified, e.identity is not None)
                 for e in self.cache.nodes.values()
             }
             try:
@@ -329,7 +332,10 @@ class Pusher:
             for node_id, entry in list(self.cache.nodes.items()):
                 if node_id not in done.snapshots:  # connected while we computed: catch it up
                     self.cache.set_snapshot(
-                        node_id, self.resolve(node_id, entry.metadata, entry.verified)
+                        node_id,
+                        self.resolve(
+                            node_id, entry.metadata, entry.verified, entry.identity is not None
+                        ),
                     )
             self.processed = done.world.revision
             self.hooks.pushed(changed, done.snapshots.keys())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tsunagi.client import Client, Rejected, Unreachable
 from tsunagi.demo import certificates
-from tsunagi.demo.tasks import RULES, walkthrough
+from tsunagi.demo.tasks import MESH_CONFIG, RULES, walkthrough
 
 WORKLOADS = [
     ("details", "v1"),
@@ -27,6 +27,9 @@ WORKLOADS = [
     ("reviews", "v3"),
     ("productpage", "v1"),
 ]
+AUTHORIZER = ("ext-authz", 8000)
+"""The sample external authorizer's service and port, as Istio's ``samples/extauthz`` has
+them and ``mesh-config.yaml``'s provider names them."""
 GATEWAY = ("istio-ingressgateway", "istio=ingressgateway")
 """The ingress gateway's name and label, as Istio's Bookinfo expects them."""
 GATEWAY_PORT = 8080
@@ -131,6 +134,8 @@ def run_demo(state_dir: Path, port: int, traffic: float = 0.0, access_log: bool 
         # Own process groups: Ctrl-C reaches only us, and we stop the children in order.
         # Every request traced and logged: a demo is for looking at what happens.
         up = ["up", "--state-dir", str(state_dir), "--trace-sampling", "100"]
+        # The External Authorization task's provider (sample-ext-authz-http).
+        up += ["--mesh-config", str(MESH_CONFIG)]
         cp = subprocess.Popen(
             _tsunagi(*up, *(["--access-log"] if access_log else [])), env=env, process_group=0
         )
@@ -160,6 +165,14 @@ def run_demo(state_dir: Path, port: int, traffic: float = 0.0, access_log: bool 
                 service,
             )
             children.append(subprocess.Popen(cmd, env=env, process_group=0))
+        # The authorizer, in the mesh as Istio's task deploys its sample; it decides only
+        # once a CUSTOM policy (authorization-ext-authz.yaml) sends it requests.
+        authz_service, authz_port = AUTHORIZER
+        authorizer = _tsunagi(
+            *("run", "--service", authz_service, "--port", str(authz_port), "--version", "v1"),
+            *("--", sys.executable, "-m", "tsunagi.demo.ext_authz"),
+        )
+        children.append(subprocess.Popen(authorizer, env=env, process_group=0))
         # The ingress gateway: an Envoy with no app, serving bookinfo-gateway.yaml's port.
         name, label = GATEWAY
         gateway = _tsunagi("gateway", "--name", name, "--label", label)
@@ -167,7 +180,7 @@ def run_demo(state_dir: Path, port: int, traffic: float = 0.0, access_log: bool 
         deadline = time.monotonic() + 60
         while (
             len(client.request("GET", "/v1/resources", query={"kind": "workloads"})["items"])
-            < len(WORKLOADS) + 1
+            < len(WORKLOADS) + 2  # and the authorizer and the gateway
         ):
             if stop or time.monotonic() > deadline or any(c.poll() is not None for c in children):
                 raise RuntimeError("a workload failed to start; see the log above")
@@ -203,7 +216,8 @@ def run_demo(state_dir: Path, port: int, traffic: float = 0.0, access_log: bool 
         dashboard = _dashboard_url(state_dir, client.token)
         print(
             f"""
-Tsunagi is running Bookinfo with {len(WORKLOADS)} sidecars and Istio's ingress gateway.
+Tsunagi is running Bookinfo with {len(WORKLOADS)} sidecars, Istio's ingress gateway and an
+external authorizer that answers as Istio's sample does (ext-authz: sample-ext-authz-http).
 
   Open   {through}   (through the ingress gateway, as Istio's
          bookinfo-gateway.yaml routes it; directly: {page})

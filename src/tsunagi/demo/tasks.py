@@ -11,6 +11,9 @@ from pathlib import Path
 
 #: Where the demo's rule files are (installed with the package).
 RULES = Path(__file__).parent / "rules"
+#: The MeshConfig ``tsunagi demo`` starts the control plane with: the external authorizer
+#: that the External Authorization task's CUSTOM policy names.
+MESH_CONFIG = Path(__file__).parent / "mesh-config.yaml"
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,13 @@ TASKS: tuple[Task, ...] = (
         ),
         '"RBAC: access denied", then the page without details and reviews, then with them '
         "(no stars), then with stars",
+    ),
+    Task(
+        "External authorization (the demo's authorizer, ext-authz, is sample-ext-authz-http)",
+        ("authorization-ext-authz.yaml",),
+        "curl -H 'x-ext-authz: deny' http://127.0.0.1:8080/productpage: 403 \"denied by "
+        'ext_authz for not found header `x-ext-authz: allow` in the request"; with '
+        "-H 'x-ext-authz: allow': the page",
     ),
 )
 

@@ -33,6 +33,7 @@ from tsunagi.mesh.authorization import target_ref_warnings
 from tsunagi.mesh.delegation import delegation_warnings
 from tsunagi.mesh.request_authentication_analysis import request_authentication_warnings
 from tsunagi.mesh.telemetry_analysis import telemetry_warnings
+from tsunagi.mesh.visibility import host_matches
 from tsunagi.mesh.world import World, of_spec, policy_parts
 
 
@@ -164,12 +165,29 @@ def undefined_subsets(world: World, resources: Iterable[Resource]) -> list[str]:
                         if dr is not None
                         else f"no DestinationRule defines subsets for {host}"
                     )
+                    if selecting := _selector_rules_with(world, host, vs.namespace, subset):
+                        why += f" (only sidecars that {selecting} selects define it)"
                     warnings.append(
                         f"VirtualService {vs.namespace}/{vs.name}: "
                         f"spec.http[{i}].route[{j}].destination.subset: {why}; "
                         "requests routed there will get 503 until it exists"
                     )
     return warnings
+
+
+def _selector_rules_with(world: World, host: str, namespace: str, subset: str) -> str:
+    """The DestinationRules of ``namespace`` with a ``workloadSelector`` whose host covers
+    ``host`` and that define ``subset``, named for a warning ("" when none): the clients
+    they select route there, the others get 503."""
+    found = [
+        f"DestinationRule {dr.namespace}/{dr.name}"
+        for dr in of_spec(world.resources, DestinationRuleSpec)
+        if dr.namespace == namespace
+        and dr.spec.workload_selector is not None
+        and host_matches(fqdn(dr.spec.host, dr.namespace), host)
+        and any(s.name == subset for s in dr.spec.subsets)
+    ]
+    return ", ".join(found)
 
 
 def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
@@ -196,11 +214,6 @@ def not_yet_enforced(resources: Iterable[Resource]) -> list[str]:
                         )
             out += _l4_route_warnings(where, spec)
         elif isinstance(spec, DestinationRuleSpec):
-            if spec.workload_selector is not None:
-                out.append(
-                    f"{where}: spec.workloadSelector is not applied yet; the rule applies to "
-                    "every sidecar it is exported to, selected or not"
-                )
             out += _traffic_policy_warnings(where, spec)
         elif isinstance(spec, ServiceEntrySpec):
             out += _tcp_port_warnings(where, spec)
@@ -262,7 +275,8 @@ def _traffic_policy_warnings(where: str, spec: DestinationRuleSpec) -> list[str]
                 out.append(f"{where}: {path}.{to_camel(name)} is not applied yet")
         for at, part in _parts(path, tp):
             lb, outlier = part.load_balancer, part.outlier_detection
-            out += _tls_warnings(f"{where}: {at}.tls", part.tls)
+            scoped = spec.workload_selector is not None
+            out += _tls_warnings(f"{where}: {at}.tls", part.tls, scoped)
             # A subset's own policy inherits the top level's outlier detection; port-level
             # settings inherit nothing (see xds/translate/policy.py).
             inherited = top.outlier_detection if part is tp and tp is not top and top else None
@@ -302,17 +316,21 @@ def _sidecar_warnings(where: str, spec: SidecarSpec) -> list[str]:
     return out
 
 
-def _tls_warnings(at: str, tls: ClientTLSSettings | None) -> list[str]:
-    """TLS origination (SIMPLE and MUTUAL with files) is applied (xds/translate/
-    origination.py); say what of ``tls`` is not."""
+def _tls_warnings(at: str, tls: ClientTLSSettings | None, scoped: bool = False) -> list[str]:
+    """TLS origination (SIMPLE and MUTUAL, with files or ``credentialName``) is applied
+    (xds/translate/origination.py); say what of ``tls`` is not. ``scoped``: the rule has a
+    ``workloadSelector``."""
     if tls is None or tls.mode == "DISABLE":
         return []
     if tls.mode == "ISTIO_MUTUAL":  # mesh mTLS (xds/translate/mesh_tls.py)
         return []
-    if tls.credential_name:
+    if tls.credential_name and not scoped:
+        # Istio's rule: a rule without a selector would hand the key to every sidecar.
         return [
-            f"{at}.credentialName is not applied yet on sidecars: plain text is sent; "
-            "use caCertificates (and clientCertificate/privateKey) files"
+            f"{at}.credentialName applies only to gateways and to sidecars a "
+            "workloadSelector selects: sidecars that apply this rule send plain text, as in "
+            "Istio; give the rule a workloadSelector, or use caCertificates (and "
+            "clientCertificate/privateKey) files"
         ]
     return [f"{at}.caCrl is not applied yet"] if tls.ca_crl else []
 

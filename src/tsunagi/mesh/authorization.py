@@ -28,6 +28,15 @@ from tsunagi.mesh import selectors
 if TYPE_CHECKING:
     from tsunagi.mesh.world import Node, World
 
+DRY_RUN = "istio.io/dry-run"
+"""The annotation that makes a policy's rules evaluated and counted, never enforced."""
+
+
+def dry_run(policy: Resource) -> bool:
+    """Whether ``policy`` is annotated ``istio.io/dry-run`` true (Go's boolean spellings)."""
+    return policy.annotations.get(DRY_RUN, "") in ("1", "t", "T", "true", "TRUE", "True")
+
+
 ACTION_ORDER = ("CUSTOM", "DENY", "ALLOW", "AUDIT")
 """Istio's evaluation order of the actions (AUDIT decides nothing)."""
 

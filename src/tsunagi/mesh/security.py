@@ -9,10 +9,15 @@ when that value changes. Each kind's rules live in its own module:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tsunagi.api import Resource
+from tsunagi.api.mesh_config import MeshConfig
 from tsunagi.spiffe import DEFAULT_TRUST_DOMAIN
+
+if TYPE_CHECKING:
+    from tsunagi.mesh.ext_authz import CustomAuthz
 
 DEFAULT_ROOT_NAMESPACE = "istio-system"
 """Where mesh-wide PeerAuthentication and AuthorizationPolicy live (Istio's default)."""
@@ -26,6 +31,8 @@ class MeshSecurity:
     """``--trust-domain``: the first part of every workload's SPIFFE ID."""
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
     """``--root-namespace``: policies here apply to the whole mesh."""
+    mesh_config: MeshConfig = field(default_factory=MeshConfig)
+    """``--mesh-config``: the external authorizers CUSTOM policies name."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,8 @@ class WorkloadSecurity:
     authorization: tuple[Resource, ...] = ()
     """The AuthorizationPolicies that select the workload, in evaluation order
     (:mod:`.authorization`)."""
+    custom: CustomAuthz | None = None
+    """The authorizer the CUSTOM ones among them use (:mod:`.ext_authz`); None without."""
     authentication: tuple[Resource, ...] = ()
     """The RequestAuthentications that select the workload (:mod:`.request_authentication`)."""
     jwks: tuple[tuple[str, str], ...] = ()

@@ -16,14 +16,23 @@ Istio's rules, as implemented in its push context:
   ``exportTo`` covers a non-empty one of an entry also merges into that entry; a rule that
   did not merge into the last entry it met stays an entry of its own. A client uses the
   last entry it sees (Istio's sidecar scope keeps the last rule without a selector).
+- A rule with a ``workloadSelector`` is private to its namespace (never exported), and
+  applies only to proxies there whose labels it selects: for them it comes before every
+  other rule of that host (Istio's sidecar scope returns the first selector rule that
+  matches). It takes part in finding the most specific host of the client's namespace, so
+  where it is the only rule of that host there, proxies it does not select get no rule at
+  all (no fallback to the service's or the root namespace's), as in Istio. Selector rules
+  with equal selectors merge as above.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from tsunagi.api import DestinationRuleSpec, ResourceOf, Subset, fqdn
+from tsunagi.mesh.selectors import labels_match
 
 ROOT_NAMESPACE = "istio-system"
 """Istio's default root (config) namespace: its exported rules apply mesh-wide."""
@@ -41,6 +50,17 @@ def exported_to(export_to: Sequence[str], owner: str, client: str) -> bool:
 def _private(export_to: Sequence[str], owner: str) -> bool:
     """Exported to its own namespace only (Istio keeps such rules out of the exported index)."""
     return len(export_to) == 1 and export_to[0] in (".", owner)
+
+
+def workload_scoped(rule: DestinationRule) -> bool:
+    """Whether ``rule`` has a ``workloadSelector``: it applies only to the proxies of its
+    namespace that it selects."""
+    return rule.spec.workload_selector is not None
+
+
+def _selector(rule: DestinationRule) -> dict[str, str]:
+    ws = rule.spec.workload_selector
+    return dict(ws.labels) if ws is not None else {}
 
 
 def host_matches(pattern: str, host: str) -> bool:
@@ -110,6 +130,13 @@ class DestinationRuleLookup:
         }
         self._merged: dict[tuple[tuple[str, str, str], ...], DestinationRule] = {}
         self._answers: dict[tuple[str, str], DestinationRule | None] = {}
+        self._selected: dict[tuple[str, str, tuple[tuple[str, str], ...]], Any] = {}
+        self.scoped_namespaces: frozenset[str] = frozenset(
+            ns
+            for ns, hosts in rules.items()
+            if any(workload_scoped(r) for rs in hosts.values() for r in rs)
+        )
+        """Namespaces that hold a rule with a ``workloadSelector``."""
         self.namespaces_named: frozenset[str] = frozenset(
             e
             for hosts in rules.values()
@@ -149,19 +176,69 @@ class DestinationRuleLookup:
     def _last(self, entries: Sequence[list[DestinationRule]]) -> DestinationRule | None:
         return self._merged_rule(entries[-1]) if entries else None
 
-    def _local(self, namespace: str, host: str) -> DestinationRule | None:
-        # The client's own namespace: only rules visible there take part.
-        return self._last(
-            self._first(
-                namespace, host, lambda r: exported_to(r.spec.export_to, namespace, namespace)
-            )
-        )
+    def _local_rules(self, client: str, host: str) -> list[DestinationRule] | None:
+        """The rules of the client's own namespace for the most specific host pattern that
+        has any visible there (selector rules included); None when no pattern has."""
+        if client == ROOT_NAMESPACE:
+            # Istio: in the root namespace only its private rules come first, so that the
+            # mesh-wide rules there do not shadow a service namespace's own rule.
+            def take(r: DestinationRule) -> bool:
+                return workload_scoped(r) or _private(r.spec.export_to, client)
+        else:
+
+            def take(r: DestinationRule) -> bool:
+                return workload_scoped(r) or exported_to(r.spec.export_to, client, client)
+
+        for rules in self._patterns(client, host):
+            kept = [r for r in rules if take(r)]
+            if kept:
+                return kept
+        return None
+
+    def _local(self, namespace: str, host: str) -> tuple[DestinationRule | None, bool]:
+        """The rule without a selector that the client's own namespace gives ``host``, and
+        whether that namespace had rules for it at all (then the lookup stops there)."""
+        kept = self._local_rules(namespace, host)
+        if kept is None:
+            return None, False
+        return self._last(consolidate([r for r in kept if not workload_scoped(r)])), True
+
+    def selector_patterns(self, namespace: str) -> tuple[str, ...]:
+        """The host patterns of ``namespace``'s rules with a ``workloadSelector``: only a
+        host one of them covers can have a selected rule there."""
+        hosts = self._rules.get(namespace, {})
+        return tuple(h for h, rs in hosts.items() if any(workload_scoped(r) for r in rs))
+
+    def selected_rule(
+        self, host: str, client: str, labels: tuple[tuple[str, str], ...]
+    ) -> DestinationRule | None:
+        """The rule with a ``workloadSelector`` of namespace ``client`` that a proxy there
+        with ``labels`` applies to ``host`` (the first, oldest, that selects it, merged with
+        those of an equal selector); None when none does."""
+        key = (host, client, labels)
+        if key in self._selected:
+            found: DestinationRule | None = self._selected[key]
+            return found
+        found = None
+        if client in self.scoped_namespaces:
+            scoped = [r for r in self._local_rules(client, host) or () if workload_scoped(r)]
+            have = dict(labels)
+            first = next((r for r in scoped if labels_match(_selector(r), have)), None)
+            if first is not None:
+                wanted = _selector(first)
+                found = self._merged_rule([r for r in scoped if _selector(r) == wanted])
+        self._selected[key] = found
+        return found
 
     def _exported(self, namespace: str, host: str, client: str) -> DestinationRule | None:
         # Istio picks the most specific host among the rules exported beyond their own
         # namespace first, then keeps the entries the client may see (an entry is as
-        # visible as its first rule).
-        found = self._first(namespace, host, lambda r: not _private(r.spec.export_to, namespace))
+        # visible as its first rule). A rule with a selector is never exported.
+        found = self._first(
+            namespace,
+            host,
+            lambda r: not workload_scoped(r) and not _private(r.spec.export_to, namespace),
+        )
         return self._last([e for e in found if exported_to(e[0].spec.export_to, namespace, client)])
 
     def rule_for(self, host: str, client: str) -> DestinationRule | None:
@@ -171,15 +248,10 @@ class DestinationRuleLookup:
         key = (host, client)
         if key in self._answers:
             return self._answers[key]
-        found = None
-        if client == ROOT_NAMESPACE:
-            # Istio: in the root namespace only its private rules come first, so that the
-            # mesh-wide rules there do not shadow a service namespace's own rule.
-            found = self._last(
-                self._first(client, host, lambda r: _private(r.spec.export_to, client))
-            )
-        elif client:
-            found = self._local(client, host)
+        found, stop = self._local(client, host) if client else (None, False)
+        if stop:
+            self._answers[key] = found
+            return found
         service_ns = self._service_namespace(host)
         if found is None and service_ns:
             found = self._exported(service_ns, host, client)

@@ -37,7 +37,13 @@ from tsunagi.api import (
     WorkloadEntrySpec,
     fqdn,
 )
-from tsunagi.mesh import authorization, peer_authentication, request_authentication, selectors
+from tsunagi.mesh import (
+    authorization,
+    ext_authz,
+    peer_authentication,
+    request_authentication,
+    selectors,
+)
 from tsunagi.mesh import outbound_policy as op
 from tsunagi.mesh import telemetry as tm
 from tsunagi.mesh.credentials import Credential, credentials_of
@@ -200,7 +206,13 @@ class Node:
     whose SPIFFE ID names this namespace (and service account, when claimed) and that
     carries the CA's gateway mark, written only for the admin or a ``--gateway`` token
     (:mod:`tsunagi.xds.peer_identity`, :mod:`tsunagi.gateway_mark`). Set by the xDS server,
-    never read from the node's own metadata; only a verified gateway gets Secrets."""
+    never read from the node's own metadata; only a verified gateway gets its Gateways'
+    Secrets."""
+    proven: bool = False
+    """Whether its xDS stream presented a client certificate that proved its namespace (and
+    service account, when claimed): set by the xDS server. Enough for a sidecar to receive
+    the Secrets of its namespace that a DestinationRule with a ``workloadSelector`` that
+    selects it names (Istio's rule: a proxy may read its own namespace's Secrets)."""
 
     @property
     def is_gateway(self) -> bool:
@@ -212,9 +224,12 @@ class Node:
         return self.inbound_protocols.get(port, protocols.DEFAULT)
 
     @classmethod
-    def from_metadata(cls, node_id: str, meta: Mapping[str, Any], verified: bool = False) -> Node:
+    def from_metadata(
+        cls, node_id: str, meta: Mapping[str, Any], verified: bool = False, proven: bool = False
+    ) -> Node:
         """The node as its agent described it in the bootstrap (``tsunagi.proxy_contract``);
-        ``verified``: the xDS server checked its certificate against its claims."""
+        ``verified`` and ``proven``: what the xDS server found its certificate proves (see
+        :attr:`verified`, :attr:`proven`)."""
         inbound = {
             int(p): (int(v[pc.META_INBOUND_LISTEN]), int(v[pc.META_INBOUND_APP]))
             for p, v in (meta.get(pc.META_INBOUND) or {}).items()
@@ -246,6 +261,7 @@ class Node:
             upstreams=_upstreams(meta.get(pc.META_UPSTREAMS), namespace),
             service_account=str(meta.get(pc.META_SERVICE_ACCOUNT) or ""),
             verified=verified,
+            proven=proven or verified,
         )
 
 
@@ -300,9 +316,11 @@ class ClientScope:
     """For a gateway: what its listeners report (access log, metric lines, tracing), which
     sidecars' listeners take from their node. ``None`` for sidecars."""
     verified: bool = False
-    """For a gateway: whether its certificate proved its namespace and carries the CA's
-    gateway mark (:attr:`Node.verified`), so it may receive its credentials' private keys.
-    Always False for sidecars."""
+    """Whether it may receive its credentials' private keys: a gateway whose certificate
+    proved its namespace and carries the CA's gateway mark (:attr:`Node.verified`); a
+    sidecar whose certificate proved its namespace (:attr:`Node.proven`), only where a
+    DestinationRule with a ``workloadSelector`` names a ``credentialName`` in its namespace
+    (False for every other sidecar, so they share scopes)."""
 
 
 def of_spec(resources: Iterable[Resource], model: type[S]) -> list[ResourceOf[S]]:
@@ -324,6 +342,16 @@ def policy_parts(dr: DestinationRuleSpec) -> list[TrafficPolicy | PortTrafficPol
         if tp is not None:
             parts += [tp, *tp.port_level_settings]
     return parts
+
+
+def rule_credential_names(dr: DestinationRuleSpec) -> frozenset[str]:
+    """The ``credentialName`` of every SIMPLE or MUTUAL ``tls`` of ``dr`` (top level,
+    subsets, port level): the Secrets a proxy that applies it may need."""
+    return frozenset(
+        p.tls.credential_name
+        for p in policy_parts(dr)
+        if p.tls is not None and p.tls.mode in ("SIMPLE", "MUTUAL") and p.tls.credential_name
+    )
 
 
 def _load_balancers(dr: DestinationRuleSpec) -> list[LoadBalancerSettings]:
@@ -624,16 +652,49 @@ class World:
         dr = self.destination_rules.get(host)
         return () if dr is None else subset_definitions(dr.spec)
 
-    def destination_rule(self, host: str, namespace: str) -> ResourceOf[DestinationRuleSpec] | None:
+    def destination_rule(
+        self, host: str, namespace: str, labels: tuple[tuple[str, str], ...] = ()
+    ) -> ResourceOf[DestinationRuleSpec] | None:
         """The DestinationRule that clients in ``namespace`` apply to ``host``: Istio looks in
-        their own namespace, then the service's, then the root namespace (exportTo obeyed)."""
+        their own namespace, then the service's, then the root namespace (exportTo obeyed).
+        ``labels``: the client's (sorted), for rules with a ``workloadSelector``, which come
+        first for the clients of their namespace they select."""
         lookup = self.rule_lookup
         if lookup is None or not lookup.may_differ(namespace):
             return self.destination_rules.get(host)
+        if namespace in lookup.scoped_namespaces:  # a selector without labels selects all
+            selected = lookup.selected_rule(host, namespace, labels)
+            if selected is not None:
+                return selected
         return lookup.rule_for(host, namespace)
 
+    def selected_rules(
+        self, namespace: str, labels: tuple[tuple[str, str], ...]
+    ) -> Mapping[str, ResourceOf[DestinationRuleSpec]]:
+        """Services whose DestinationRule for a client of ``namespace`` with ``labels`` is
+        one with a ``workloadSelector`` that selects it, with that rule. Empty (and no work)
+        in a namespace without such rules."""
+        lookup = self.rule_lookup
+        if lookup is None or namespace not in lookup.scoped_namespaces:
+            return MappingProxyType({})
+        key = ("selected", namespace, labels)
+        if key not in self._per_namespace:
+            hosts_key = ("selector-hosts", namespace)
+            if hosts_key not in self._per_namespace:  # once per namespace, not per scope
+                patterns = lookup.selector_patterns(namespace)
+                self._per_namespace[hosts_key] = [
+                    h for h in self.services if any(host_matches(p, h) for p in patterns)
+                ]
+            hosts = self._per_namespace[hosts_key]
+            found = {h: lookup.selected_rule(h, namespace, labels) for h in hosts}
+            self._per_namespace[key] = MappingProxyType(
+                {h: r for h, r in found.items() if r is not None}
+            )
+        selected: Mapping[str, ResourceOf[DestinationRuleSpec]] = self._per_namespace[key]
+        return selected
+
     @cached_property
-    def _per_namespace(self) -> dict[tuple[str, str], Any]:
+    def _per_namespace(self) -> dict[tuple[Any, ...], Any]:
         return {}  # answers by (what, namespace); the World never changes, so they hold
 
     def rule_overrides(
@@ -699,9 +760,11 @@ class World:
         """What PeerAuthentication, AuthorizationPolicy and RequestAuthentication ask of
         ``node``'s inbound side (see :mod:`tsunagi.mesh.security`)."""
         rules = request_authentication.rules_for(self, node)
+        policies = authorization.policies_for(self, node)
         return WorkloadSecurity(
             mtls=peer_authentication.mtls_modes(self, node),
-            authorization=authorization.policies_for(self, node),
+            authorization=policies,
+            custom=ext_authz.resolve(self, policies),
             authentication=rules,
             jwks=request_authentication.jwks_of(self, rules),  # type: ignore[arg-type]
         )
@@ -800,6 +863,35 @@ class World:
                     found.add(h)
         return frozenset(found)
 
+    @cached_property
+    def rule_selector_keys(self) -> frozenset[str]:
+        """Label keys that some DestinationRule's ``workloadSelector`` names: the labels of
+        a sidecar its clusters may depend on."""
+        return frozenset(
+            key
+            for dr in of_spec(self.resources, DestinationRuleSpec)
+            if dr.spec.workload_selector is not None
+            for key in dr.spec.workload_selector.labels
+        )
+
+    @cached_property
+    def credential_rules(self) -> bool:
+        """Whether some DestinationRule's ``tls`` names a ``credentialName`` (gateways then
+        look for the services whose rule does)."""
+        return any(
+            rule_credential_names(dr.spec) for dr in of_spec(self.resources, DestinationRuleSpec)
+        )
+
+    @cached_property
+    def credential_rule_namespaces(self) -> frozenset[str]:
+        """Namespaces where a DestinationRule with a ``workloadSelector`` names a
+        ``credentialName``: only there may a sidecar's scope carry ``verified``."""
+        return frozenset(
+            dr.namespace
+            for dr in of_spec(self.resources, DestinationRuleSpec)
+            if dr.spec.workload_selector is not None and rule_credential_names(dr.spec)
+        )
+
     @property
     def locality_aware(self) -> bool:
         """Whether some service's endpoints may depend on the client's locality, so that
@@ -819,7 +911,7 @@ class World:
 
     @cached_property
     def _client_label_keys(self) -> frozenset[str]:
-        return self.routing_label_keys | self.failover_label_keys
+        return self.routing_label_keys | self.failover_label_keys | self.rule_selector_keys
 
     def scope_of(self, node: Node) -> ClientScope:
         """The part of ``node`` its outbound config depends on, in this World."""
@@ -840,7 +932,15 @@ class World:
             )
         keys = self._client_label_keys
         labels = tuple(sorted((k, v) for k, v in node.labels.items() if k in keys))
-        return ClientScope(node.namespace, labels, node.locality if self.locality_aware else "")
+        # Only where a selected rule names a credential does a sidecar's proof matter; its
+        # namespace proven is enough (Istio's rule), the gateway mark is not needed.
+        verified = node.proven and node.namespace in self.credential_rule_namespaces
+        return ClientScope(
+            node.namespace,
+            labels,
+            node.locality if self.locality_aware else "",
+            verified=verified,
+        )
 
     @cached_property
     def routing_fingerprint(self) -> str:

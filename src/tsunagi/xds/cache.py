@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from tsunagi.xds.protocol import TypeStatus
 from tsunagi.xds.resources import Snapshot
 
-Resolver = Callable[[str, Any, bool], Snapshot]
+Resolver = Callable[[str, Any, bool, bool], Snapshot]
 """Makes the snapshot for a newly connected node from its id, metadata and whether its
 client certificate proved its namespace (:mod:`.peer_identity`)."""
 
@@ -84,7 +84,8 @@ class SnapshotCache:
         replaces an entry of the same id (a reconnecting Envoy)."""
         if self.resolver is None:
             raise RuntimeError("no resolver: the control plane has not started pushing yet")
-        snapshot = self.resolver(node_id, metadata, verified)
+        # proven: its certificate proved its namespace (identity is None on a plaintext port)
+        snapshot = self.resolver(node_id, metadata, verified, identity is not None)
         entry = NodeEntry(node_id, metadata, snapshot, stream, verified=verified, identity=identity)
         stream.set_snapshot(entry.snapshot)
         self.nodes[node_id] = entry

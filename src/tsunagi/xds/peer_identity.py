@@ -10,8 +10,11 @@ keys a node's config, so it must not reach across namespaces). Pure: the server 
 gRPC's auth context.
 
 Passing these checks earns a stream, not private keys: only a node whose certificate carries
-the CA's gateway mark (:func:`may_hold_keys`, :mod:`tsunagi.gateway_mark`) is sent SDS
-Secrets.
+the CA's gateway mark (:func:`may_hold_keys`, :mod:`tsunagi.gateway_mark`) is sent its
+Gateways' SDS Secrets. A sidecar that passed them (its namespace proven) gets only the
+Secrets of its namespace that a DestinationRule whose ``workloadSelector`` selects it names
+(``credentialName``, see ``xds/translate/scoped_rules.py``), as Istio's SDS allows a proxy
+its own namespace's Secrets.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 certificate and key in $TLS_CERT and $TLS_KEY, it answers every GET with
 ``NAME sni=SERVER_NAME`` (``$NAME``; the SNI of the client's hello, ``-`` when none), so a
 test sees which server answered and what name the client asked for. Each hello's SNI is also
-printed (``hello sni=SERVER_NAME``), answered or not."""
+printed (``hello sni=SERVER_NAME``), answered or not. With $TLS_CLIENT_CA it accepts only
+clients whose certificate that CA signed, and the answer adds `` client=CN`` (the common name
+the client presented), so a test sees that the server saw it."""
 
 from __future__ import annotations
 
@@ -15,6 +17,10 @@ from _serve import QuietHandler, serve
 NAME = os.environ["NAME"]
 CONTEXT = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 CONTEXT.load_cert_chain(os.environ["TLS_CERT"], os.environ["TLS_KEY"])
+CLIENT_CA = os.environ.get("TLS_CLIENT_CA")
+if CLIENT_CA:
+    CONTEXT.load_verify_locations(CLIENT_CA)
+    CONTEXT.verify_mode = ssl.CERT_REQUIRED
 
 
 def _remember_sni(sock: Any, server_name: str | None, _context: ssl.SSLContext) -> None:
@@ -34,7 +40,12 @@ class Handler(QuietHandler):
 
     def do_GET(self) -> None:
         sni = getattr(self.request, "sni", "-")
-        body = f"{NAME} sni={sni}\n".encode()
+        answer = f"{NAME} sni={sni}"
+        if CLIENT_CA:
+            peer = self.request.getpeercert() or {}
+            names = [v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"]
+            answer += f" client={names[0] if names else '-'}"
+        body = f"{answer}\n".encode()
         self.send_response(200)
         self.send_header("content-type", "text/plain")
         self.send_header("content-length", str(len(body)))

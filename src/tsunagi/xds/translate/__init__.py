@@ -41,6 +41,7 @@ from tsunagi.xds.translate import (
     gateway_telemetry,
     jwt_authn,
     locality,
+    scoped_rules,
     secrets,
     tracing,
 )
@@ -63,6 +64,7 @@ from tsunagi.xds.translate.isolation import LastGood, ResourceKey, TranslationEr
 from tsunagi.xds.translate.layers import Layered
 from tsunagi.xds.translate.listeners import build_listener, inbound_listeners, outbound_listener
 from tsunagi.xds.translate.mesh_tls import Peers, peers_of
+from tsunagi.xds.translate.origination import Credentials
 from tsunagi.xds.translate.passthrough import PASSTHROUGH_CLUSTER
 from tsunagi.xds.translate.policy import ClusterPolicy, cluster_policy, policy_key
 from tsunagi.xds.translate.protos import (
@@ -177,9 +179,10 @@ class Outbound:
     """A gateway's listeners (one per Gateway server port): like its routes, they depend on
     the Gateways, which a gateway's labels select. Sidecars' listeners are their own."""
     secrets: Mapping[str, Resource] = field(default_factory=lambda: MappingProxyType({}))
-    """A gateway's SDS secrets: the credentials its servers name (:mod:`.secrets`). Empty
-    for sidecars, and for a gateway whose certificate lacks the CA's gateway mark
-    (``ClientScope.verified``)."""
+    """SDS secrets: a gateway's, the credentials its servers name (:mod:`.secrets`), and
+    for any proxy those its own DestinationRules' ``credentialName`` name
+    (:mod:`.scoped_rules`). Empty for most sidecars, and for a proxy whose certificate
+    lacks the CA's gateway mark (``ClientScope.verified``)."""
 
 
 @dataclass(frozen=True)
@@ -210,9 +213,13 @@ def _endpoint_key(endpoints: Sequence[Endpoint]) -> tuple[Any, ...]:
 
 
 def _clusters_of(
-    svc: Service, subsets: tuple[str, ...], dr: DestinationRuleSpec | None, peers: Peers
+    svc: Service,
+    subsets: tuple[str, ...],
+    dr: DestinationRuleSpec | None,
+    peers: Peers,
+    credentials: Credentials | None = None,
 ) -> list[Resource]:
-    return _pack_all(Cluster, service_clusters(svc, subsets, dr, peers), "name")
+    return _pack_all(Cluster, service_clusters(svc, subsets, dr, peers, credentials), "name")
 
 
 def _dns_clusters_of(
@@ -222,6 +229,7 @@ def _dns_clusters_of(
     subsets: Subsets,
     dr: DestinationRuleSpec | None,
     peers: Peers,
+    credentials: Credentials | None = None,
 ) -> list[Resource]:
     docs = service_load_assignments(svc.hostname, port, endpoints, subsets)
     clusters = []
@@ -229,7 +237,7 @@ def _dns_clusters_of(
         subset = d["cluster_name"].split("|")[2]
         policy = cluster_policy(dr, port, subset)
         cluster = dns_cluster(d["cluster_name"], d, svc.resolution)
-        clusters.append(with_policy(cluster, svc, port, policy, peers, subset))
+        clusters.append(with_policy(cluster, svc, port, policy, peers, subset, credentials))
     return _pack_all(Cluster, clusters, "name")
 
 
@@ -254,17 +262,24 @@ def _assignments_of(
     return _pack_all(ClusterLoadAssignment, docs, "cluster_name")
 
 
+def _folded(cla: Resource, cluster: Resource | None) -> Resource:
+    """``cla`` with its ``cluster``'s version folded into its own: when a cluster changes,
+    Envoy needs its endpoints again to finish warming it, and an unchanged version would
+    never be re-sent."""
+    if cluster is None:
+        return cla
+    return Resource(cla.name, cla.body, f"{cla.version}.{cluster.version}")
+
+
 def _client_assignment(
     name: str,
     endpoints: Sequence[Endpoint],
     policy: ClusterPolicy,
     client: locality.Client,
-    cluster_version: str,
+    cluster: Resource,
 ) -> Resource:
     doc = locality.localize(name, endpoints, policy, client)
-    cla = Resource.pack(name, build(ClusterLoadAssignment, doc))
-    # The cluster's version folded in, as translate_shared does.
-    return Resource(cla.name, cla.body, f"{cla.version}.{cluster_version}")
+    return _folded(Resource.pack(name, build(ClusterLoadAssignment, doc)), cluster)
 
 
 def _client_endpoints(
@@ -278,7 +293,8 @@ def _client_endpoints(
     # Only the few services some locality rule may reach: this runs once per client scope.
     for host in sorted(world.locality_hosts):
         svc = world.services[host]
-        dr = world.destination_rule(svc.hostname, scope.namespace)
+        # The rule the clusters were made under: a selector rule that picks it comes first.
+        dr = world.destination_rule(svc.hostname, scope.namespace, scope.labels)
         if dr is None or svc.resolution:
             continue
         subsets = subset_definitions(dr.spec)
@@ -293,8 +309,8 @@ def _client_endpoints(
                 client = locality.client_of(policy, scope.locality, labels)
                 if client == locality.NEUTRAL:  # the shared assignment is made for it
                     continue
-                cluster = shared.clusters[name].version
-                key = ("eds-client", name, policies, _endpoint_key(chosen), client, cluster)
+                cluster = shared.clusters[name]
+                key = ("eds-client", name, policies, _endpoint_key(chosen), client, cluster.version)
                 own[name] = memo.get(key, _client_assignment, name, chosen, policy, client, cluster)
     return _Overlay(shared.endpoints, own) if own else shared.endpoints
 
@@ -304,12 +320,21 @@ def _policy_key_of(dr: Any) -> tuple[Any, str]:
 
 
 def _service_parts(
-    world: World, svc: Service, memo: Memo, namespace: str | None = None
+    world: World,
+    svc: Service,
+    memo: Memo,
+    namespace: str | None = None,
+    own: scoped_rules.Rule | None = None,
+    credentials: Credentials | None = None,
 ) -> tuple[list[Resource], list[Resource]]:
     """One service's clusters and endpoint assignments (memoized by their inputs), as every
     sidecar sees them, or (``namespace``) as sidecars of a namespace whose DestinationRule
-    for it differs (see :func:`_namespace_view`)."""
-    if namespace is None:
+    for it differs (see :func:`_namespace_view`), or under a proxy's ``own`` rule with the
+    ``credentials`` it gets (see :func:`_own_view`)."""
+    if own is not None:
+        dr: Any = own
+        subsets = subset_definitions(own.spec)
+    elif namespace is None:
         subsets = world.subset_definitions(svc.hostname)
         dr = world.destination_rules.get(svc.hostname)
     else:
@@ -326,12 +351,14 @@ def _service_parts(
     if svc.resolution:
         for port in svc.ports:
             eps = world.endpoints.get((svc.hostname, port), ())
-            dns_key = ("dns", svc, port, subsets, policies, _endpoint_key(eps), peers)
-            clusters += memo.get(dns_key, _dns_clusters_of, svc, port, eps, subsets, spec, peers)
+            dns_key = ("dns", svc, port, subsets, policies, _endpoint_key(eps), peers, credentials)
+            clusters += memo.get(
+                dns_key, _dns_clusters_of, svc, port, eps, subsets, spec, peers, credentials
+            )
         return clusters, endpoints
     names = tuple(s[0] for s in subsets)
-    cds_key = ("cds", svc, names, policies, peers)
-    clusters += memo.get(cds_key, _clusters_of, svc, names, spec, peers)
+    cds_key = ("cds", svc, names, policies, peers, credentials)
+    clusters += memo.get(cds_key, _clusters_of, svc, names, spec, peers, credentials)
     for port in svc.ports:
         eps = world.endpoints.get((svc.hostname, port), ())
         key = ("eds", svc.hostname, port, subsets, policies, _endpoint_key(eps))
@@ -380,15 +407,7 @@ def translate_shared(world: World, memo: Memo | None = None) -> Shared:
     memo.last_good.retain(
         lambda: {*world.services, *(r.key for r in world.resources)}, world.routing_fingerprint
     )
-    # Fold each cluster's version into its endpoints' version: when a cluster changes, Envoy
-    # needs its endpoints again to finish warming it, and an unchanged version would never be
-    # re-sent.
-    folded = {
-        name: cla
-        if name not in clusters
-        else Resource(cla.name, cla.body, f"{cla.version}.{clusters[name].version}")
-        for name, cla in endpoints.items()
-    }
+    folded = {name: _folded(cla, clusters.get(name)) for name, cla in endpoints.items()}
     return Shared(MappingProxyType(clusters), MappingProxyType(folded), tuple(errors))
 
 
@@ -436,9 +455,13 @@ def _routing_scope(world: World, scope: ClientScope) -> ClientScope:
             gateway=scope.gateway,
             gateway_ports=scope.gateway_ports,
         )
-    if not scope.locality and all(k in world.routing_label_keys for k, _ in scope.labels):
-        return scope
     keys = world.routing_label_keys
+    if world.selected_rules(scope.namespace, scope.labels):
+        # A rule whose workloadSelector picks it gives its routes' consistentHash and
+        # PASSTHROUGH too: keep the labels selectors read (no work where no rule selects).
+        keys = keys | world.rule_selector_keys
+    if not scope.locality and not scope.verified and all(k in keys for k, _ in scope.labels):
+        return scope
     return ClientScope(scope.namespace, tuple((k, v) for k, v in scope.labels if k in keys))
 
 
@@ -474,11 +497,7 @@ def _namespace_view(
             empty,
         )
         clusters.update((c.name, c) for c in svc_clusters)
-        for cla in svc_endpoints:  # the cluster's version folded in, as translate_shared does
-            c = clusters.get(cla.name)
-            endpoints[cla.name] = (
-                cla if c is None else Resource(cla.name, cla.body, f"{cla.version}.{c.version}")
-            )
+        endpoints.update((e.name, _folded(e, clusters.get(e.name))) for e in svc_endpoints)
     replaced = frozenset({*overrides, *hidden})
     view = Shared(
         Layered(shared.clusters, clusters, replaced),
@@ -486,6 +505,55 @@ def _namespace_view(
         shared.errors,
     )
     return view, tuple(errors)
+
+
+@dataclass(frozen=True)
+class _OwnView:
+    """A proxy's clusters and endpoints under the rules it applies on its own
+    (:mod:`.scoped_rules`), and what failed."""
+
+    shared: Shared
+    errors: tuple[TranslationError, ...]
+
+
+def _own_view(
+    world: World,
+    scope: ClientScope,
+    rules: Mapping[str, scoped_rules.Rule],
+    credentials: tuple[Credential, ...],
+    memo: Memo,
+    shared: Shared,
+) -> _OwnView:
+    """``shared`` (a namespace's view) with the services of ``rules`` translated under the
+    rule the proxy of ``scope`` applies to each, originating TLS with ``credentials``."""
+    access = scoped_rules.delivered(credentials)
+    clusters: dict[str, Resource] = {}
+    endpoints: dict[str, Resource] = {}
+    errors: list[TranslationError] = []
+    empty: tuple[list[Resource], list[Resource]] = ([], [])
+    hidden = world.hidden_services(scope.namespace)
+    for host, rule in rules.items():
+        if host in hidden:
+            continue
+        svc_clusters, svc_endpoints = isolated(
+            errors,
+            memo.last_good,
+            ("service", host, scope.namespace, rule.key, access),
+            host,
+            partial(tuple, [rule.key]),
+            partial("clusters of {} under DestinationRule {}".format, host, rule.name),
+            partial(_service_parts, world, world.services[host], memo, None, rule, access),
+            empty,
+        )
+        clusters.update((c.name, c) for c in svc_clusters)
+        endpoints.update((e.name, _folded(e, clusters.get(e.name))) for e in svc_endpoints)
+    replaced = frozenset(rules)
+    view = Shared(
+        Layered(shared.clusters, clusters, replaced),
+        Layered(shared.endpoints, endpoints, replaced),
+        shared.errors,
+    )
+    return _OwnView(view, tuple(errors))
 
 
 def translate_outbound(
@@ -506,6 +574,35 @@ def translate_outbound(
     shared, namespace_errors = memo.get(
         view_key, _namespace_view, world, scope.namespace, memo, shared
     )
+    # Rules of its own (a workloadSelector picks it; a gateway's credentialName): none for
+    # most proxies, which share their namespace's view.
+    own_creds: tuple[Credential, ...] = ()
+    own_rules = (
+        # Remembered across endpoint-only pushes: a gateway's scan of every service for
+        # rules naming a credential is not redone.
+        memo.get(
+            ("own-rules", scope.namespace, scope.labels, world.routing_fingerprint),
+            scoped_rules.own_rules,
+            world,
+            scope,
+        )
+        if scope.gateway and world.credential_rules
+        else world.selected_rules(scope.namespace, scope.labels)  # no work where none select
+    )
+    if own_rules:
+        own_creds = scoped_rules.rule_credentials(world, scope, own_rules)
+        own_key = (
+            "own-view",
+            scope.namespace,
+            scope.labels,
+            bool(scope.gateway),
+            own_creds,
+            id(shared.clusters),
+            id(shared.endpoints),
+        )
+        own = memo.get(own_key, _own_view, world, scope, own_rules, own_creds, memo, shared)
+        shared = own.shared
+        namespace_errors = (*namespace_errors, *own.errors)
     # Routes read the namespace and the labels sourceLabels names, never the locality (nor
     # labels only failoverPriority reads): scopes that differ only there share routes.
     client = _routing_scope(world, scope)
@@ -538,7 +635,7 @@ def translate_outbound(
         gateway_routes, errors = parts.routes, parts.errors
         sds_errors: list[TranslationError] = []
         # Private keys only to a gateway whose certificate has the CA's mark (peer_identity.py)
-        sds = _gateway_secrets(world, client, memo, sds_errors) if scope.verified else {}
+        sds = _gateway_secrets(world, client, memo, sds_errors, own_creds) if scope.verified else {}
         return Outbound(
             shared.clusters,
             _client_endpoints(world, scope, memo, shared)
@@ -550,33 +647,47 @@ def translate_outbound(
             MappingProxyType(sds),
         )
     route, errors = memo.get(("rds", client, world.routing_fingerprint), routes)
+    sidecar_errors: list[TranslationError] = []
+    # A sidecar a selector rule picks: the credentials that rule names (rule_credentials
+    # gives none to a sidecar that may not hold keys).
+    sidecar_sds = (
+        _gateway_secrets(world, None, memo, sidecar_errors, own_creds) if own_creds else {}
+    )
     return Outbound(
         shared.clusters,
         _client_endpoints(world, scope, memo, shared) if world.locality_aware else shared.endpoints,
         MappingProxyType({route.name: route}),
-        (*errors, *namespace_errors),
+        (*errors, *namespace_errors, *sidecar_errors),
+        secrets=MappingProxyType(sidecar_sds),
     )
 
 
 def _gateway_secrets(
-    world: World, scope: ClientScope, memo: Memo, errors: list[TranslationError]
+    world: World,
+    scope: ClientScope | None,
+    memo: Memo,
+    errors: list[TranslationError],
+    extra: tuple[Credential, ...] = (),
 ) -> dict[str, Resource]:
-    """A gateway's SDS secrets, each credential isolated: one that fails keeps its last good
-    secrets (or is left out) and is reported, the others are delivered as usual."""
+    """A proxy's SDS secrets: a gateway's (``scope``) servers' credentials and ``extra``
+    (those its DestinationRules name), each credential isolated: one that fails keeps its
+    last good secrets (or is left out) and is reported, the others are delivered as usual."""
     nothing: tuple[Credential, ...] = ()
-    wanted = isolated(
-        errors,
-        None,
-        ("credentials", scope),
-        scope.namespace,
-        tuple,
-        partial("credentials of the gateway in namespace {}".format, scope.namespace),
-        partial(secrets.wanted_credentials, world, scope),
-        nothing,
-    )
+    wanted = nothing
+    if scope is not None:
+        wanted = isolated(
+            errors,
+            None,
+            ("credentials", scope),
+            scope.namespace,
+            tuple,
+            partial("credentials of the gateway in namespace {}".format, scope.namespace),
+            partial(secrets.wanted_credentials, world, scope),
+            nothing,
+        )
     out: dict[str, Resource] = {}
     none: dict[str, Resource] = {}
-    for c in wanted:
+    for c in dict.fromkeys((*wanted, *extra)):
         key: ResourceKey = ("Secret", c.namespace, c.name)
         out.update(
             isolated(
@@ -650,7 +761,7 @@ def assemble(outbound: Outbound, local: Local, revision: int) -> Snapshot:
         rs.LISTENER: _listeners(outbound, local),
         rs.ROUTE: outbound.routes,
     }
-    if outbound.secrets:  # a gateway's credentials; nothing at all for the others
+    if outbound.secrets:  # credentials of a gateway or a selected sidecar; most have none
         resources[rs.SECRET] = outbound.secrets
     return Snapshot(resources=MappingProxyType(resources), revision=revision)
 

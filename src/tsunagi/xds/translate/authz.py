@@ -12,9 +12,8 @@ never enforced.
 
 Gateways (``tsunagi gateway``) get the same HTTP filters on their HTTP and HTTPS servers
 (:func:`gateway_filters`), and the network ones on their TCP and TLS servers
-(:func:`gateway_network_filters`). CUSTOM (ext_authz) is refused by validation
-(``api/checks_authz.py``): no provider can be configured yet. A workload no policy selects
-gets no filter at all.
+(:func:`gateway_network_filters`). CUSTOM policies become ext_authz filters in front of all
+these (:mod:`.ext_authz`). A workload no policy selects gets no filter at all.
 """
 
 from __future__ import annotations
@@ -22,31 +21,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
-from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
-
 from tsunagi.api import AuthorizationPolicySpec, Resource
 from tsunagi.mesh import ClientScope, Node, World, authorization
+from tsunagi.mesh import ext_authz as mesh_ext_authz
 from tsunagi.mesh.security import WorkloadSecurity
-from tsunagi.xds.translate.authz_rules import MATCH_NEVER, Target, rbac_policy
+from tsunagi.xds.translate import ext_authz
+from tsunagi.xds.translate.authz_rules import (
+    HTTP_RBAC,
+    HTTP_RBAC_TYPE,
+    MATCH_NEVER,
+    NETWORK_RBAC,
+    NETWORK_RBAC_TYPE,
+    TCP_STAT_PREFIX,
+    Target,
+    rbac_policy,
+)
 from tsunagi.xds.translate.same import Same, same_all
-
-HTTP_RBAC_TYPE = "type.googleapis.com/" + http_rbac_pb2.RBAC.DESCRIPTOR.full_name
-NETWORK_RBAC_TYPE = "type.googleapis.com/" + network_rbac_pb2.RBAC.DESCRIPTOR.full_name
-HTTP_RBAC = "envoy.filters.http.rbac"
-NETWORK_RBAC = "envoy.filters.network.rbac"
-TCP_STAT_PREFIX = "tcp."
-"""Istio's stat prefix of the network RBAC filter (``tcp.rbac.allowed``, ...)."""
-DRY_RUN = "istio.io/dry-run"
 
 ENVOY_ACTIONS = (("AUDIT", "LOG"), ("DENY", "DENY"), ("ALLOW", "ALLOW"))
 """Istio's action → Envoy's RBAC action, in the order the filters run."""
 _SHADOW_PREFIX = {"ALLOW": "istio_dry_run_allow_", "DENY": "istio_dry_run_deny_"}
-
-
-def dry_run(policy: Resource) -> bool:
-    """Whether ``policy`` is annotated ``istio.io/dry-run`` true (Go's boolean spellings)."""
-    return policy.annotations.get(DRY_RUN, "") in ("1", "t", "T", "true", "TRUE", "True")
 
 
 def _policy_name(policy: Resource, index: int) -> str:
@@ -76,8 +70,8 @@ def _configs(policies: Sequence[Resource], port: int, tcp: bool) -> list[dict[st
         if not chosen:
             continue
         target = Target(action, port, tcp)
-        enforced = [p for p in chosen if not dry_run(p)]
-        shadow = [p for p in chosen if dry_run(p)]
+        enforced = [p for p in chosen if not authorization.dry_run(p)]
+        shadow = [p for p in chosen if authorization.dry_run(p)]
         config: dict[str, Any] = {}
         if enforced:
             config["rules"] = _rules(enforced, target, envoy_action)
@@ -112,22 +106,32 @@ def _network(policies: Sequence[Resource], port: int) -> tuple[dict[str, Any], .
 
 
 def http_filters(security: WorkloadSecurity, node: Node, port: int) -> tuple[dict[str, Any], ...]:
-    """The RBAC HTTP filters for inbound ``port``; none without policies."""
-    return _http(security.authorization, port)
+    """The CUSTOM (:mod:`.ext_authz`), then RBAC HTTP filters for inbound ``port``; none
+    without policies."""
+    return (
+        *ext_authz.http_filters(security.custom, port),
+        *_http(security.authorization, port),
+    )
 
 
 def network_filters(
     security: WorkloadSecurity, node: Node, port: int
 ) -> tuple[dict[str, Any], ...]:
-    """The RBAC network filters for inbound TCP ``port``; none without policies."""
-    return _network(security.authorization, port)
+    """The CUSTOM, then RBAC network filters for inbound TCP ``port``; none without
+    policies."""
+    return (
+        *ext_authz.network_filters(security.custom, port),
+        *_network(security.authorization, port),
+    )
 
 
 def gateway_filters(world: World, scope: ClientScope, port: int) -> tuple[dict[str, Any], ...]:
     """The RBAC HTTP filters of a gateway's HTTP server ``port`` (``ports`` in rules name
     server ports), from the policies that select its labels in its namespace (or the root
-    namespace); none without."""
-    return _http(authorization.for_workload(world, scope.namespace, dict(scope.labels)), port)
+    namespace); none without. CUSTOM ones first (:mod:`.ext_authz`)."""
+    policies = authorization.for_workload(world, scope.namespace, dict(scope.labels))
+    custom = mesh_ext_authz.resolve(world, policies)
+    return (*ext_authz.http_filters(custom, port), *_http(policies, port))
 
 
 def gateway_network_filters(
@@ -136,11 +140,19 @@ def gateway_network_filters(
     """The RBAC network filters of a gateway's TCP and TLS servers on ``port`` (before their
     TCP proxy, as Istio's gateway puts them), judged as on a sidecar's TCP port: HTTP-only
     fields cannot match there (:mod:`.authz_rules`); none without policies."""
-    return _network(authorization.for_workload(world, scope.namespace, dict(scope.labels)), port)
+    policies = authorization.for_workload(world, scope.namespace, dict(scope.labels))
+    custom = mesh_ext_authz.resolve(world, policies)
+    return (*ext_authz.network_filters(custom, port), *_network(policies, port))
 
 
-def gateway_key(world: World, scope: ClientScope) -> tuple[Same, ...]:
+def gateway_key(world: World, scope: ClientScope) -> tuple[Same | str, ...]:
     """What :func:`gateway_filters` and :func:`gateway_network_filters` depend on, for a
     memo of a gateway's listeners: the selected policies, by identity (a changed one is a
-    new object; see :mod:`.same`), empty when none. Nothing is serialized per push."""
-    return same_all(authorization.for_workload(world, scope.namespace, dict(scope.labels)))
+    new object; see :mod:`.same`), empty when none, and whether their CUSTOM ones' provider
+    could be used (its service may come or go; the mesh config is fixed for the process).
+    Nothing is serialized per push."""
+    policies = authorization.for_workload(world, scope.namespace, dict(scope.labels))
+    custom = mesh_ext_authz.resolve(world, policies)
+    if custom is None:
+        return same_all(policies)
+    return (*same_all(policies), custom.error)

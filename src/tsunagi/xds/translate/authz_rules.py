@@ -29,12 +29,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
 
 from tsunagi.api.jwt_claims import authz_claim_path
 from tsunagi.api.security import Condition, Operation, Rule, Source
 from tsunagi.spiffe import SCHEME
 from tsunagi.xds.translate.jwt_authn import claim_matcher, payload_matcher
+
+HTTP_RBAC_TYPE = "type.googleapis.com/" + http_rbac_pb2.RBAC.DESCRIPTOR.full_name
+NETWORK_RBAC_TYPE = "type.googleapis.com/" + network_rbac_pb2.RBAC.DESCRIPTOR.full_name
+HTTP_RBAC = "envoy.filters.http.rbac"
+NETWORK_RBAC = "envoy.filters.network.rbac"
+TCP_STAT_PREFIX = "tcp."
+"""Istio's stat prefix of the network RBAC filter (``tcp.rbac.allowed``, ...)."""
 
 URI_TEMPLATE_TYPE = (
     "type.googleapis.com/" + uri_template_match_pb2.UriTemplateMatchConfig.DESCRIPTOR.full_name

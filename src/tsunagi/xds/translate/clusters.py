@@ -10,7 +10,7 @@ from tsunagi.mesh import Node, Service
 from tsunagi.xds.translate import locality, upstream
 from tsunagi.xds.translate.mesh_tls import NO_PEERS, Peers, mesh_sni, secure
 from tsunagi.xds.translate.names import inbound_cluster, outbound_cluster
-from tsunagi.xds.translate.origination import originate
+from tsunagi.xds.translate.origination import Credentials, originate
 from tsunagi.xds.translate.passthrough import (
     make_passthrough,
     passthrough_cluster,
@@ -79,16 +79,18 @@ def service_clusters(
     subsets: Sequence[str],
     dr: DestinationRuleSpec | None = None,
     peers: Peers = NO_PEERS,
+    credentials: Credentials | None = None,
 ) -> list[dict[str, Any]]:
     """One cluster per port of ``svc``, and one per port and subset, each with the
     DestinationRule's traffic policy for it, speaking the port protocol's HTTP version,
-    with mesh mTLS to ``peers`` (see :mod:`.mesh_tls`)."""
+    with mesh mTLS to ``peers`` (see :mod:`.mesh_tls`); ``credentials``: given for a proxy
+    that ``credentialName`` applies to (:mod:`.origination`)."""
     out = []
     for port in svc.ports:
         for subset in ("", *subsets):
             cluster = eds_cluster(outbound_cluster(svc.hostname, port, subset))
             policy = cluster_policy(dr, port, subset)
-            cluster = with_policy(cluster, svc, port, policy, peers, subset)
+            cluster = with_policy(cluster, svc, port, policy, peers, subset, credentials)
             out.append(locality.cluster_config(cluster, policy))
     return out
 
@@ -100,15 +102,17 @@ def with_policy(
     policy: ClusterPolicy,
     peers: Peers = NO_PEERS,
     subset: str = "",
+    credentials: Credentials | None = None,
 ) -> dict[str, Any]:
     """An outbound ``cluster`` (EDS or DNS) of ``svc``'s ``port`` (``subset``) with the
     DestinationRule's ``policy``: load balancing and limits, the port protocol's HTTP
-    version, mesh mTLS to sidecar ``peers`` or TLS origination; a dynamic forward proxy
-    (resolution NONE: where the request's authority points) with options Envoy accepts."""
+    version, mesh mTLS to sidecar ``peers`` or TLS origination (``credentials``: see
+    :func:`service_clusters`); a dynamic forward proxy (resolution NONE: where the
+    request's authority points) with options Envoy accepts."""
     cluster = upstream.outbound(apply(cluster, policy), svc.protocol(port), policy)
     sni = mesh_sni(svc.hostname, port, subset)
     if svc.passthrough or not secure(cluster, policy.tls, peers, sni):
-        originate(cluster, policy.tls, svc.subject_alt_names)
+        originate(cluster, policy.tls, svc.subject_alt_names, credentials)
     if svc.passthrough:
         make_passthrough(cluster)
     return settle_options(cluster, policy.tls)

@@ -25,7 +25,7 @@ from tsunagi.mesh.gateway_ports import PortServers, merge_ports
 from tsunagi.xds.translate import authz, gateway_chains, jwt_authn
 from tsunagi.xds.translate.gateway_routing import GatewayRouteBuilder
 from tsunagi.xds.translate.isolation import LastGood, ResourceKey, TranslationError, isolated
-from tsunagi.xds.translate.listeners import OUTBOUND_FILTERS, PATH_NORMALIZATION
+from tsunagi.xds.translate.listeners import HCM_DEFAULTS, OUTBOUND_FILTERS
 from tsunagi.xds.translate.protos import HCM_TYPE
 from tsunagi.xds.translate.routes import PEER_HEADER_TO_ADD, without_peer_header
 
@@ -119,7 +119,10 @@ def route_configuration(
     for vhost in vhosts.values():
         vhost["routes"] = [
             without_peer_header(
-                world, {k: v for k, v in r.items() if k != "_catch_all"}, scope.namespace
+                world,
+                {k: v for k, v in r.items() if k != "_catch_all"},
+                scope.namespace,
+                scope.labels,
             )
             for r in vhost["routes"]
         ]
@@ -160,7 +163,7 @@ def _hcm(
         "@type": HCM_TYPE,
         "stat_prefix": f"gateway_{port}",
         "codec_type": "AUTO",
-        **PATH_NORMALIZATION,
+        **HCM_DEFAULTS,
         "rds": {
             "route_config_name": route_name,
             "config_source": {"ads": {}, "resource_api_version": "V3"},

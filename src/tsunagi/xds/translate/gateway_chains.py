@@ -165,7 +165,9 @@ def _tcp_proxy(
     """A TCP proxy to ``targets``; its access loggers are the node's, added by
     :func:`.gateway_telemetry.report`."""
     # The DestinationRule lookup is the gateway proxy's, as for its clusters.
-    idle = tcp_idle_timeout(builder.world, [c for c, _ in targets], builder.namespace)
+    idle = tcp_idle_timeout(
+        builder.world, [c for c, _ in targets], builder.namespace, builder.scope.labels
+    )
     return tcp_proxy(_stat_prefix(targets, port), targets, [], idle)
 
 

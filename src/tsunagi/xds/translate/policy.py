@@ -13,8 +13,7 @@ detection; ``localityLbSetting`` in :mod:`.locality`, from the merged policy; ``
 SIMPLE and MUTUAL) in :mod:`.origination`, ISTIO_MUTUAL and DISABLE (over auto mTLS) in
 :mod:`.mesh_tls`; ``tcp.idleTimeout`` on TCP proxies
 (:func:`tcp_idle_timeout`) and, as Istio does, as the HTTP connection idle timeout when
-``http.idleTimeout`` is unset. Not yet: ``credentialName`` on sidecars,
-``tunnel`` and ``proxyProtocol``; ``tsunagi apply`` warns
+``http.idleTimeout`` is unset. Not yet: ``tunnel`` and ``proxyProtocol``; ``tsunagi apply`` warns
 about those, see :mod:`tsunagi.mesh.analysis`. ``PASSTHROUGH`` is in :mod:`.passthrough`.
 """
 
@@ -39,6 +38,9 @@ from tsunagi.api import (
 from tsunagi.mesh import World
 from tsunagi.xds.translate.names import parse_outbound_cluster
 from tsunagi.xds.translate.passthrough import make_passthrough
+
+Labels = tuple[tuple[str, str], ...]
+"""A client's labels, sorted (``ClientScope.labels``)."""
 
 DEFAULT_RING_SIZE = 1024
 """Istio's ring size when consistent hashing names none."""
@@ -282,38 +284,44 @@ def hash_policy(policy: ClusterPolicy) -> list[dict[str, Any]] | None:
     return None
 
 
-def _route_policies(world: World, clusters: Sequence[str], namespace: str) -> list[ClusterPolicy]:
+def _route_policies(
+    world: World, clusters: Sequence[str], namespace: str, labels: Labels = ()
+) -> list[ClusterPolicy]:
     """The policy of each of ``clusters`` (outbound cluster names) for clients of
-    ``namespace`` (its DestinationRule lookup; "" for the shared view)."""
+    ``namespace`` (its DestinationRule lookup; "" for the shared view) with ``labels`` (a
+    rule whose ``workloadSelector`` selects them comes first, as for their clusters)."""
     policies = []
     for name in clusters:
         ref = parse_outbound_cluster(name)
         if ref is None:
             policies.append(NO_POLICY)
             continue
-        dr = world.destination_rule(ref.host, namespace)
+        dr = world.destination_rule(ref.host, namespace, labels)
         policies.append(cluster_policy(dr.spec if dr else None, ref.port, ref.subset))
     return policies
 
 
 def route_hash_policy(
-    world: World, clusters: Sequence[str], namespace: str = ""
+    world: World, clusters: Sequence[str], namespace: str = "", labels: Labels = ()
 ) -> list[dict[str, Any]] | None:
     """The ``hash_policy`` for a route to ``clusters`` (outbound cluster names): the one their
-    consistent hashing needs, when they all agree on it. ``namespace``: the client's, whose
-    DestinationRule lookup applies ("" for the shared view)."""
-    hashes = [hash_policy(p) for p in _route_policies(world, clusters, namespace)]
+    consistent hashing needs, when they all agree on it. ``namespace`` and ``labels``: the
+    client's, whose DestinationRule lookup applies ("" for the shared view)."""
+    hashes = [hash_policy(p) for p in _route_policies(world, clusters, namespace, labels)]
     first = hashes[0] if hashes else None
     return first if all(h == first for h in hashes) else None
 
 
-def tcp_idle_timeout(world: World, targets: Sequence[str], namespace: str) -> str | None:
+def tcp_idle_timeout(
+    world: World, targets: Sequence[str], namespace: str, labels: Labels = ()
+) -> str | None:
     """A TCP proxy's ``idle_timeout`` toward ``targets`` (outbound cluster names, the first
     decides, as in Istio): the top-level ``connectionPool.tcp.idleTimeout`` of the first
-    target host's DestinationRule for clients of ``namespace`` (Istio reads neither subsets nor
-    port-level settings here); None leaves Envoy's default (1 h, Istio's too)."""
+    target host's DestinationRule for clients of ``namespace`` with ``labels`` (Istio reads
+    neither subsets nor port-level settings here); None leaves Envoy's default (1 h, Istio's
+    too)."""
     ref = parse_outbound_cluster(targets[0]) if targets else None
-    dr = world.destination_rule(ref.host, namespace) if ref is not None else None
+    dr = world.destination_rule(ref.host, namespace, labels) if ref is not None else None
     tp = dr.spec.traffic_policy if dr is not None else None
     pool = tp.connection_pool if tp is not None else None
     if pool is None or pool.tcp is None or pool.tcp.idle_timeout is None:
@@ -321,9 +329,12 @@ def tcp_idle_timeout(world: World, targets: Sequence[str], namespace: str) -> st
     return format_duration(pool.tcp.idle_timeout)
 
 
-def route_passes_through(world: World, clusters: Sequence[str], namespace: str = "") -> bool:
+def route_passes_through(
+    world: World, clusters: Sequence[str], namespace: str = "", labels: Labels = ()
+) -> bool:
     """Whether a route to ``clusters`` reaches a PASSTHROUGH cluster (see :mod:`.passthrough`):
-    a DestinationRule's, or one of a ServiceEntry with ``resolution: NONE``."""
+    a DestinationRule's (as clients of ``namespace`` with ``labels`` look it up), or one of
+    a ServiceEntry with ``resolution: NONE``."""
     for name in clusters:
         ref = parse_outbound_cluster(name)
         svc = world.services.get(ref.host) if ref is not None else None
@@ -331,5 +342,5 @@ def route_passes_through(world: World, clusters: Sequence[str], namespace: str =
             return True
     return any(
         p.load_balancer is not None and p.load_balancer.simple == "PASSTHROUGH"
-        for p in _route_policies(world, clusters, namespace)
+        for p in _route_policies(world, clusters, namespace, labels)
     )
