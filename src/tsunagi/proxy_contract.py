@@ -168,8 +168,11 @@ CLUSTER_ID = "Kubernetes"
 """Istio's default cluster id: the ``source_cluster`` / ``destination_cluster`` label."""
 METRICS_LINE_SOURCE = "s"
 """First field of a metric line from the outbound listener (``reporter="source"``):
-``TOKEN, upstream cluster, the server's PEER_HEADER (its workload metadata), code, flags,
-gRPC status, duration ms, request bytes, response bytes`` (tab-separated)."""
+``TOKEN, upstream cluster, upstream host (the endpoint Envoy picked, whose workload the
+registry names), the server's principal, code, flags, gRPC status, duration ms, request
+bytes, response bytes`` (tab-separated). The principal is the upstream certificate's URI
+SANs (``%UPSTREAM_PEER_URI_SAN%``, comma-joined), ``-`` over plain text; a line without it
+(an older config) has one field less."""
 METRICS_LINE_DESTINATION = "d"
 """Inbound HTTP (``reporter="destination"``): ``TOKEN, peer (the PEER_HEADER value), code,
 flags, gRPC status, duration ms, request bytes, response bytes``."""
@@ -178,9 +181,10 @@ METRICS_LINE_TCP = "t"
 cumulative byte counts (Envoy's periodic and end-of-connection entries)."""
 METRICS_LINE_TCP_SOURCE = "u"
 """Outbound TCP (``tsunagi run --upstream`` listeners, ``reporter="source"``): the
-:data:`METRICS_LINE_TCP` fields, then the upstream cluster and the endpoint Envoy picked.
-A CONNECT tunnel's line (from the outbound HTTP listener, once, at its end: log type
-``DownstreamEnd``) adds the CONNECT's authority."""
+:data:`METRICS_LINE_TCP` fields, then the upstream cluster, the endpoint Envoy picked and
+the server's principal (as on :data:`METRICS_LINE_SOURCE` lines). A CONNECT tunnel's line
+(from the outbound HTTP listener, once, at its end: log type ``DownstreamEnd``) adds the
+CONNECT's authority. Lines of an older config have no principal."""
 CONNECT_CLUSTER_PREFIX = "connect|"
 """Clusters that carry a CONNECT tunnel to a TLS port's internal listener (``connect|PORT|
 HOST``, xds/translate/connect.py). The tunnel's own metric line is not counted: the

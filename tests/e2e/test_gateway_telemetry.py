@@ -98,6 +98,8 @@ def test_the_gateway_reports_metrics_logs_traces_and_graph_edges(traced: Mesh) -
         "destination_service": REVIEWS,
         "destination_service_name": "reviews",
         "destination_workload": "reviews-v1",
+        # over mesh mTLS: the identity in the certificate reviews' sidecar presented
+        "destination_principal": "spiffe://cluster.local/ns/default/sa/reviews",
         "destination_app": "reviews",
         "destination_version": "v1",
         "request_protocol": "http",
@@ -198,6 +200,7 @@ def test_a_tcp_server_reports_connections_and_bytes_and_logs_them(traced: Mesh) 
         "source_workload": "edge",
         "destination_service": "tcp-echo.default.svc.cluster.local",
         "destination_workload": "tcp-echo-v1",
+        "destination_principal": "spiffe://cluster.local/ns/default/sa/tcp-echo",
         "request_protocol": "tcp",
     }
 

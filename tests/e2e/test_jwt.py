@@ -5,18 +5,21 @@ receives and what the app sees."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .mesh import Mesh, free_port, request, wait_until
+from .mesh import Mesh, free_port, request, started_mesh, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +47,8 @@ class Signer:
 class JwksServer:
     """A JWK set served over HTTP on loopback, remembering who asked (the User-Agent)."""
 
-    def __init__(self, document: str) -> None:
+    def __init__(self, document: str, port: int = 0) -> None:
+        """Serves ``document`` on ``port`` (0: a free one)."""
         self.document = document
         self.agents: list[str] = []
         outer = self
@@ -62,7 +66,7 @@ class JwksServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port or free_port()), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -252,3 +256,105 @@ spec:
     assert status(bearer(signer.token(groups=["group2"]))) == 403  # the claim is not there
     assert status(bearer(signer.token(sub="bob", groups=["group1"]))) == 403  # another principal
     assert status(bearer(Signer("key-1").token(groups=["group1"]))) == 401  # not verified
+
+
+@pytest.fixture
+def quick_retry_mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mesh]:
+    """A mesh whose control plane retries a failed JWKS fetch after 1 s, then 2 s, 4 s...
+    (internal TSUNAGI_JWKS_RETRY, for tests only) instead of Istio's minute."""
+    monkeypatch.setenv("TSUNAGI_JWKS_RETRY", "1")
+    yield from started_mesh(tmp_path)
+
+
+def _jwks_status(mesh: Mesh, name: str) -> dict[str, Any]:
+    """``tsunagi get requestauthentication NAME -o yaml``'s ``status``, as a user reads it."""
+    out = mesh.cli("get", "requestauthentication", name, "-o", "yaml")
+    assert out.returncode == 0, out.stderr
+    return dict(yaml.safe_load(out.stdout).get("status") or {})
+
+
+def _metrics(mesh: Mesh) -> str:
+    c = http.client.HTTPConnection("127.0.0.1", mesh.api_port, timeout=5)
+    try:
+        c.request("GET", "/metrics", headers={"Authorization": f"Bearer {mesh.token()}"})
+        return c.getresponse().read().decode()
+    finally:
+        c.close()
+
+
+def _counter(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_an_unreachable_jwks_uri_shows_failing_until_it_is_served(
+    quick_retry_mesh: Mesh, signer: Signer
+) -> None:
+    mesh = quick_retry_mesh
+    mesh.run("httpbin", "v1")
+    client = mesh.client()
+    port = free_port()  # nothing listens here yet
+    url = f"http://127.0.0.1:{port}/jwks.json"
+    result = mesh.apply(
+        f"""
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  jwtRules:
+  - issuer: "{ISSUER}"
+    jwksUri: "{url}"
+""",
+        "--wait",
+    )
+    assert result.returncode == 0, result.stderr + mesh.log()
+    # apply did not wait for the network; it says where to look
+    note = f"note: RequestAuthentication default/httpbin: the control plane fetches {url} in"
+    assert note in result.stderr
+    assert "tsunagi get requestauthentication httpbin -n default" in result.stderr
+
+    def state() -> str:
+        jwks = _jwks_status(mesh, "httpbin").get("jwks") or [{}]
+        return str(jwks[0].get("state"))
+
+    wait_until(lambda: state() == "FAILING", 30, "the fetch to fail")
+    table = mesh.cli("get", "ra")
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split()[-1] == "JWKS" and row.split()[-1] == "FAILING"
+    assert "JWKS failing or not fetched yet" in table.stdout
+    status = _jwks_status(mesh, "httpbin")
+    [entry] = status["jwks"]
+    assert entry["uri"] == url and entry["issuer"] == ISSUER
+    assert entry["error"].startswith(f"GET {url}: ")
+    assert {"failingSince", "nextFetch"} <= entry.keys() and "keys" not in entry
+    [condition] = status["conditions"]
+    assert (condition["type"], condition["status"]) == ("JwksFetched", "False")
+    assert _counter(_metrics(mesh), "pilot_jwks_resolver_network_fetch_fail_total") >= 1
+    assert _counter(_metrics(mesh), "pilot_jwks_resolver_network_fetch_success_total") == 0
+
+    good = signer.token()
+
+    def ask(headers: dict[str, str] | None = None) -> int:
+        return request(client.outbound_port, "httpbin", "/headers", headers)[0]
+
+    # Fail closed: a valid token is refused while the keys cannot be fetched
+    wait_until(lambda: ask(bearer(good)) == 401, 30, "the rule to reach the sidecar")
+    assert ask() == 200  # no token: passes, as in Istio
+
+    server = JwksServer(signer.jwks(), port=port)
+    try:
+        wait_until(lambda: state() == "OK", 60, "a retry to fetch the served set")
+        [entry] = _jwks_status(mesh, "httpbin")["jwks"]
+        assert entry["keys"] == 1 and "lastFetched" in entry and "error" not in entry
+        assert _jwks_status(mesh, "httpbin")["conditions"][0]["status"] == "True"
+        row = mesh.cli("get", "ra").stdout.splitlines()[1]
+        assert row.split()[-1] == "OK"
+        wait_until(lambda: ask(bearer(good)) == 200, 30, "the fetched set to be pushed")
+        assert ask(bearer(Signer("key-1").token())) == 401  # same kid, another key
+        assert _counter(_metrics(mesh), "pilot_jwks_resolver_network_fetch_success_total") >= 1
+    finally:
+        server.close()

@@ -163,6 +163,13 @@ def test_both_reporters_count_every_request_with_istio_labels(text_mesh: Mesh) -
             assert labels["destination_workload"] == "echo-v1"
             assert labels["destination_app"] == "echo" and labels["destination_version"] == "v1"
             assert labels["destination_cluster"] == "Kubernetes"
+            # ... and over mesh mTLS, its certificate's identity (Istio's client side).
+            assert labels["destination_principal"] == "spiffe://cluster.local/ns/default/sa/echo"
+            # The certificate the client's sidecar presented: its own.
+            assert labels["source_principal"] == "spiffe://cluster.local/ns/default/sa/client"
+        else:  # aborted in the client's sidecar: no connection, nobody to name
+            assert labels["destination_principal"] == "unknown", labels
+            assert labels["source_principal"] == "unknown", labels
     for histogram in ("istio_request_duration_milliseconds", "istio_request_bytes"):
         assert total(samples(out, f"{histogram}_count")) == 12, histogram
         inf = samples(out, f"{histogram}_bucket")
@@ -187,6 +194,9 @@ def test_both_reporters_count_every_request_with_istio_labels(text_mesh: Mesh) -
         assert labels["connection_security_policy"] == policy, labels
         principal = "spiffe://cluster.local/ns/default/sa/client" if mesh_caller else "unknown"
         assert labels["source_principal"] == principal, labels
+        # ... and the one this sidecar presented to it, its own.
+        own = "spiffe://cluster.local/ns/default/sa/echo" if mesh_caller else "unknown"
+        assert labels["destination_principal"] == own, labels
     assert total(samples(out, "istio_request_duration_milliseconds_count")) == 10
     # Merged as Istio's agent merges: Envoy's own stats and the app's metrics too.
     assert samples(out, "envoy_server_live"), out[-2000:]

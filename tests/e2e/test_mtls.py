@@ -41,7 +41,7 @@ from .mesh import (
     stop,
     wait_until,
 )
-from .test_metrics import metrics_port, scrape
+from .test_metrics import metrics_port, samples, scrape, total
 from .test_tcp import answers, exchange
 
 pytestmark = pytest.mark.e2e
@@ -194,6 +194,22 @@ def test_sidecars_talk_mtls_and_the_app_sees_the_callers_identity(
     wait_until(lambda: any(wanted in ln for ln in reported()), what="the principal in metrics")
     mine = [ln for ln in reported() if wanted in ln]
     assert all('connection_security_policy="mutual_tls"' in ln for ln in mine), mine
+    # The client's sidecar names the server by the certificate web's sidecar presented.
+    wait_until(lambda: answered_by_web(mesh, client, f"{TRUST}/web") > 0, what="web's principal")
+
+
+def answered_by_web(mesh: Mesh, client: Workload, principal: str) -> float:
+    """Requests the client's sidecar reports web's app answered (200) with the server's
+    ``destination_principal`` (``reporter="source"``)."""
+    series = samples(scrape(metrics_port(mesh, client)), "istio_requests_total")
+    return total(
+        series,
+        reporter="source",
+        destination_workload="web-v1",
+        response_code="200",
+        destination_principal=principal,
+        connection_security_policy="unknown",  # Istio's value on the client side
+    )
 
 
 def test_permissive_takes_plain_text_and_nobody_forges_an_identity(
@@ -292,6 +308,7 @@ def test_disable_goes_back_to_plain_text(
 ) -> None:
     mesh, web, client = live
     port = inbound_port(mesh, web)
+    over_plain_text = answered_by_web(mesh, client, "unknown")
     apply_recorded(
         mesh, policies, peer_authentication("default", "default", "{mtls: {mode: DISABLE}}")
     )
@@ -299,6 +316,11 @@ def test_disable_goes_back_to_plain_text(
     # (no caller identity), and plain clients keep working.
     wait_until(lambda: xfcc(via_sidecar(client)) == "", what="sidecar requests in plain text")
     assert plain_get(port)[0] == 200
+    # No server certificate, no destination_principal on the client's side.
+    wait_until(
+        lambda: answered_by_web(mesh, client, "unknown") > over_plain_text,
+        what="plain-text requests reported with the principal unknown",
+    )
     # The listener has no TLS chain any more: even a mesh certificate gets no answer.
     assert "HTTP/1.1" not in s_client(port, tmp_path, *mesh_certificate(mesh, tmp_path, "vm"))
 
@@ -433,11 +455,31 @@ def test_tcp_ports_take_the_same_modes(
     mesh = live[0]
     echo = mesh.run("tcp-echo", "v1", "9000/tcp", "tcp_echo.py")  # type: ignore[arg-type]
     local = free_port()
-    mesh.run("tcp-client", "v1", 80, "idle.py", False, "--upstream", f"tcp-echo:9000@{local}")
+    tcp_client = mesh.run(
+        "tcp-client", "v1", 80, "idle.py", False, "--upstream", f"tcp-echo:9000@{local}"
+    )
     port = inbound_port(mesh, echo)
     # PERMISSIVE: a sidecar's connection (mTLS) and a plain one both reach the app.
     wait_until(lambda: answers(local), what="tcp-echo through the client's sidecar")
     assert exchange(port) == b"v1 hello\n"
+
+    # The client's sidecar reports its connections with tcp-echo's identity, from the
+    # first line of each (at connect) to the last: opened and closed in the same series.
+    def reported(name: str, principal: str) -> float:
+        series = samples(scrape(metrics_port(mesh, tcp_client)), name)
+        return total(
+            series,
+            reporter="source",
+            destination_workload="tcp-echo-v1",
+            response_flags="-",
+            destination_principal=principal,
+        )
+
+    closed = "istio_tcp_connections_closed_total"
+    wait_until(lambda: reported(closed, f"{TRUST}/tcp-echo") >= 1, what="the TCP principal")
+    opened = reported("istio_tcp_connections_opened_total", f"{TRUST}/tcp-echo")
+    assert opened >= reported(closed, f"{TRUST}/tcp-echo") >= 1
+    assert reported("istio_tcp_connections_opened_total", "unknown") == 0
     selector = "selector: {matchLabels: {app: tcp-echo}}, mtls: {mode: STRICT}"
     apply_recorded(mesh, policies, peer_authentication("tcp-echo", "default", f"{{{selector}}}"))
     wait_until(lambda: not answers(port), what="plain TCP refused under STRICT")

@@ -68,7 +68,11 @@ def test_tcp_proxies_get_the_outbound_tcp_line_and_the_log() -> None:
     loggers = gateway_telemetry.tcp_loggers(scope(ProxyTelemetry(ACCESS_LOG_JSON)))
     metric = loggers[0]["typed_config"]["log_format"]["text_format_source"]["inline_string"]
     assert metric.split("\t")[0] == pc.METRICS_LINE_TCP_SOURCE
-    assert metric.rstrip("\n").split("\t")[-2:] == ["%UPSTREAM_CLUSTER%", "%UPSTREAM_HOST%"]
+    assert metric.rstrip("\n").split("\t")[-3:] == [
+        "%UPSTREAM_CLUSTER%",
+        "%UPSTREAM_HOST%",
+        "%UPSTREAM_PEER_URI_SAN%",
+    ]
     json_format = loggers[1]["typed_config"]["log_format"]["json_format"]
     assert json_format[accesslog.GATEWAY_KEY] == "edge-abc123.shop"
     assert accesslog.SIDECAR_KEY not in json_format

@@ -48,8 +48,9 @@ def src(
     ms: str = "3",
     token: str = "s",
     host: str = HOST,
+    principal: str = "-",
 ) -> str:
-    return "\t".join((token, REVIEWS, host, code, flags, grpc, ms, "80", "300"))
+    return "\t".join((token, REVIEWS, host, principal, code, flags, grpc, ms, "80", "300"))
 
 
 def dst(peer: str = PEER, code: str = "200", token: str = "d") -> str:
@@ -212,13 +213,122 @@ def test_the_callers_certificate_names_its_principal() -> None:
     assert line.split("\t")[2] == "%DOWNSTREAM_PEER_URI_SAN%"
 
 
+def _metric_lines(loggers: list[dict[str, object]]) -> list[list[str]]:
+    out = []
+    for lg in loggers:
+        fmt = lg["typed_config"]["log_format"]  # type: ignore[index]
+        out.append(fmt["text_format_source"]["inline_string"].rstrip("\n").split("\t"))
+    return out
+
+
+def test_the_servers_certificate_names_the_destination_principal() -> None:
+    """On the client side Istio's ``destination_principal`` is the server certificate's
+    URI SAN when the upstream connection is mTLS (``%UPSTREAM_PEER_URI_SAN%``), unknown
+    over plain text; ``connection_security_policy`` stays unknown there, as Istio reports
+    it. A line of an older config (no such field) still counts."""
+    agg = Aggregator(ME, registry)
+    reviews = "spiffe://cluster.local/ns/default/sa/reviews"
+    agg.feed([src(principal=reviews), src(principal=reviews), src()])
+    # Several URI SANs (Envoy joins them with commas): the workload identity among them.
+    agg.feed([src(principal=f"https://reviews.example/,{reviews}")])
+    agg.feed(["\t".join(("s", REVIEWS, HOST, "200", "-", "-", "3", "80", "300"))])
+    series = parsed(agg.render(), "istio_requests_total")
+    assert sorted((lb["destination_principal"], v) for lb, v in series) == [
+        (reviews, 3),
+        ("unknown", 2),
+    ]
+    assert {lb["connection_security_policy"] for lb, _ in series} == {"unknown"}
+    assert {lb["destination_workload"] for lb, _ in series} == {"reviews-v2"}
+    assert agg.bad_lines == 0 and agg.folded == 0
+    # Every source metric line asks Envoy for it, right after the endpoint.
+    node = Node("productpage-1", metrics_log="/tmp/m")
+    http, grpc, tunnel = _metric_lines(
+        accesslog.http_access_loggers(node, ProxyTelemetry(), accesslog.OUTBOUND)
+    )
+    (tcp,) = _metric_lines(accesslog.tcp_access_loggers(node, ProxyTelemetry(), outbound=True))
+    assert http[2:4] == grpc[2:4] == ["%UPSTREAM_HOST%", "%UPSTREAM_PEER_URI_SAN%"]
+    assert tcp[7:] == ["%UPSTREAM_HOST%", "%UPSTREAM_PEER_URI_SAN%"]
+    assert tunnel[7:] == ["%UPSTREAM_HOST%", "%UPSTREAM_PEER_URI_SAN%", "%REQ(:AUTHORITY)%"]
+
+
+def test_a_servers_uri_that_is_no_workload_identity_opens_no_series(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server outside the mesh chooses the certificate it presents: a URI that is not a
+    workload identity counts as unknown, whatever its value, so it opens no series of its
+    own; past the cap, new identities fold with the endpoint into the unknown series."""
+    from tsunagi.agent import metrics
+
+    monkeypatch.setattr(metrics, "MAX_HTTP_SERIES", 3)
+    monkeypatch.setattr(metrics, "FOLDED_HEADROOM", 1)
+    agg = Aggregator(ME, registry)
+    odd = [
+        "https://api.example/1",
+        "spiffe://cluster.local/ns/default/sa/",  # an empty service account
+        "spiffe://cluster.local/ns/default/sa/web/extra",
+        "spiffe://cluster.local/ns/default/svc/web",
+        'spiffe://cluster.local/ns/a"b/sa/web',
+        "spiffe://" + "t" * 250 + "/ns/default/sa/web",  # each part fine, 280 characters
+        "urn:uuid:1",
+    ]
+    agg.feed([src(principal=p) for p in odd])
+    series = parsed(agg.render(), "istio_requests_total")
+    assert [(lb["destination_principal"], v) for lb, v in series] == [("unknown", len(odd))]
+    assert agg.folded == 0  # the endpoint is known: only the principal is not
+    forged = [f"spiffe://cluster.local/ns/default/sa/w{i}" for i in range(10)]
+    agg.feed([src(principal=p) for p in forged])
+    series = parsed(agg.render(), "istio_requests_total")
+    assert len(series) == 4 and sum(v for _, v in series) == len(odd) + 10
+    folded = [(lb, v) for lb, v in series if lb["destination_workload"] == "unknown"]
+    assert [(lb["destination_principal"], v) for lb, v in folded] == [("unknown", 8)]
+    assert agg.folded == 8
+
+
+def test_outbound_tcp_names_the_servers_principal() -> None:
+    """``--upstream`` listeners' connections carry the server's principal too (on their
+    connect, periodic and end lines alike); a non-identity counts as unknown; lines of an
+    older config (an upstream listener's, a tunnel's) still count."""
+    agg = Aggregator(ME, registry)
+    echo = "outbound|9000||tcp-echo.default.svc.cluster.local"
+    sa = "spiffe://cluster.local/ns/default/sa/tcp-echo"
+
+    def tcp(kind: str, conn: str, rx: int, tx: int, principal: str) -> str:
+        return "\t".join(("u", kind, conn, str(rx), str(tx), "-", echo, HOST, principal))
+
+    agg.feed(
+        [
+            tcp("TcpUpstreamConnected", "1", 0, 0, sa),
+            tcp("TcpPeriodic", "1", 4, 4, sa),
+            tcp("TcpConnectionEnd", "1", 10, 20, sa),
+            tcp("TcpConnectionEnd", "2", 5, 5, "https://api.example/"),
+            "\t".join(("u", "TcpConnectionEnd", "3", "1", "1", "-", echo, HOST)),  # older
+        ]
+    )
+    old_tunnel = ("u", "DownstreamEnd", "4", "7", "9", "-", "PassthroughCluster", "-", "x.test:443")
+    agg.feed(["\t".join(old_tunnel)])
+    text = agg.render()
+    assert agg.bad_lines == 0
+    opened = parsed(text, "istio_tcp_connections_opened_total")
+    by_principal = sorted(
+        (lb["destination_principal"], lb["destination_service"], v) for lb, v in opened
+    )
+    assert by_principal == [
+        (sa, "tcp-echo.default.svc.cluster.local", 1),
+        ("unknown", "tcp-echo.default.svc.cluster.local", 2),
+        ("unknown", "x.test", 1),
+    ]
+    sent = {lb["destination_principal"]: v for lb, v in parsed(text, "istio_tcp_sent_bytes_total")}
+    assert sent[sa] == 20
+    assert {lb["connection_security_policy"] for lb, _ in opened} == {"unknown"}
+
+
 def test_grpc_and_passthrough_lines() -> None:
     agg = Aggregator(ME, registry)
     assert parse_token("s|grpc").grpc and not parse_token("s").grpc
     agg.feed([src(grpc="14", code="200", token="s|grpc")])
     # A gRPC request that got no response: no status, still gRPC (the request said so).
     agg.feed([src(grpc="-", code="0", flags="DC", token="s|grpc")])
-    agg.feed(["\t".join(("s", "PassthroughCluster", "-", "200", "-", "-", "1", "1", "1"))])
+    agg.feed(["\t".join(("s", "PassthroughCluster", "-", "-", "200", "-", "-", "1", "1", "1"))])
     series = parsed(agg.render(), "istio_requests_total")
     grpc = [lb for lb, _ in series if lb["request_protocol"] == "grpc"]
     assert sorted(lb["grpc_response_status"] for lb in grpc) == ["", "14"]
@@ -351,11 +461,11 @@ def test_loggers_follow_the_fifo_overrides_and_access_log_settings() -> None:
     http, grpc, tunnel = (
         lg["typed_config"]["log_format"]["text_format_source"]["inline_string"] for lg in plain
     )
-    # Other requests: 7 operators, a literal "-" for the gRPC status.
-    assert http.startswith("s\t%UPSTREAM_CLUSTER%\t") and http.count("%") == 14
+    # Other requests: 8 operators, a literal "-" for the gRPC status.
+    assert http.startswith("s\t%UPSTREAM_CLUSTER%\t") and http.count("%") == 16
     assert "%GRPC_STATUS_NUMBER%" not in http and "\t-\t%DURATION%" in http
     # gRPC requests (by the request's content type, Istio's rule): the status too.
-    assert grpc.startswith("s|grpc\t%UPSTREAM_CLUSTER%\t") and grpc.count("%") == 16
+    assert grpc.startswith("s|grpc\t%UPSTREAM_CLUSTER%\t") and grpc.count("%") == 18
     assert plain[0]["filter"] == accesslog.NOT_GRPC_NOR_CONNECT
     assert plain[1]["filter"] == accesslog.GRPC_REQUEST
     # CONNECT tunnels (HTTPS_PROXY): an outbound TCP line with the CONNECT's target.
@@ -643,10 +753,10 @@ def test_a_connect_tunnel_to_a_tls_port_counts_only_as_tcp() -> None:
     reports the connection as outbound TCP to where it went."""
     agg = Aggregator(ME, registry)
     tunnel = f"{pc.CONNECT_CLUSTER_PREFIX}443|api.example.test"
-    line = ("u", "DownstreamEnd", "6", "900", "4000", "-", tunnel, "-", "api.example.test:443")
+    line = ("u", "DownstreamEnd", "6", "900", "4000", "-", tunnel, "-", "-", "api.example.test:443")
     agg.feed(["\t".join(line)])
     cluster = "outbound|443|a|api.example.test"
-    agg.feed(["\t".join(("u", "TcpConnectionEnd", "7", "900", "4000", "-", cluster, HOST))])
+    agg.feed(["\t".join(("u", "TcpConnectionEnd", "7", "900", "4000", "-", cluster, HOST, "-"))])
     text = agg.render()
     assert parsed(text, "istio_requests_total") == [] and agg.bad_lines == 0
     ((labels, value),) = parsed(text, "istio_tcp_connections_opened_total")
@@ -659,10 +769,10 @@ def test_a_tunnel_through_passthrough_counts_as_tcp_to_the_host_asked_for() -> N
     a refused CONNECT (no upstream) and one to an internal listener count as nothing."""
     agg = Aggregator(ME, registry)
     tunnel = ("u", "DownstreamEnd", "9", "517", "3100", "-", "PassthroughCluster")
-    agg.feed(["\t".join((*tunnel, "127.0.0.1:8443", "secure.localhost:8443"))])
-    agg.feed(["\t".join(("u", "DownstreamEnd", "10", "0", "0", "-", "-", "-", "x.test:443"))])
+    agg.feed(["\t".join((*tunnel, "127.0.0.1:8443", "-", "secure.localhost:8443"))])
+    agg.feed(["\t".join(("u", "DownstreamEnd", "10", "0", "0", "-", "-", "-", "-", "x.test:443"))])
     internal = f"{pc.CONNECT_CLUSTER_PREFIX}443|api.example.test"
-    agg.feed(["\t".join(("u", "DownstreamEnd", "11", "5", "5", "-", internal, "-", "a:443"))])
+    agg.feed(["\t".join(("u", "DownstreamEnd", "11", "5", "5", "-", internal, "-", "-", "a:443"))])
     text = agg.render()
     assert agg.bad_lines == 0 and parsed(text, "istio_requests_total") == []
     ((labels, value),) = parsed(text, "istio_tcp_connections_opened_total")
@@ -672,3 +782,29 @@ def test_a_tunnel_through_passthrough_counts_as_tcp_to_the_host_asked_for() -> N
     ((_, closed),) = parsed(text, "istio_tcp_connections_closed_total")
     ((_, sent),) = parsed(text, "istio_tcp_sent_bytes_total")
     assert closed == 1 and sent == 3100
+
+
+def test_over_mtls_this_proxy_names_its_own_principal() -> None:
+    """This proxy's own certificate is the one presented over mesh mTLS: once the agent
+    knows its SPIFFE ID, it is Istio's ``destination_principal`` on the server side and
+    ``source_principal`` on the client side of mTLS requests; plain text keeps ``unknown``."""
+    agg = Aggregator(ME, registry)
+    me = "spiffe://cluster.local/ns/default/sa/productpage"
+    caller = "spiffe://cluster.local/ns/default/sa/reviews"
+    agg.use_identity(me)
+    token, peer, *rest = dst().split("\t")
+    agg.feed(["\t".join((token, peer, caller, *rest)), dst()])
+    agg.feed([src(principal=caller), src()])
+    series = parsed(agg.render(), "istio_requests_total")
+    inbound = {
+        lb["source_principal"]: lb["destination_principal"]
+        for lb, _ in series
+        if lb["reporter"] == "destination"
+    }
+    outbound = {
+        lb["destination_principal"]: lb["source_principal"]
+        for lb, _ in series
+        if lb["reporter"] == "source"
+    }
+    assert inbound == {caller: me, "unknown": "unknown"}
+    assert outbound == {caller: me, "unknown": "unknown"}

@@ -324,15 +324,16 @@ def test_upstream_connections_are_reported_by_the_source() -> None:
 
     peer = "tcp-echo-v2;default;tcp-echo;v2;Kubernetes"
     v2 = f"outbound|9000|v2|{HOST}"
+    sa = "spiffe://cluster.local/ns/default/sa/tcp-echo"  # its certificate, over mTLS
     agg = Aggregator(
         Identity("client", "default", {"app": "client", "version": "v1"}),
         lambda hosts: {"127.0.0.1:15006": peer} if "127.0.0.1:15006" in hosts else {},
     )
     agg.feed(
         [
-            f"u\tTcpUpstreamConnected\t3\t0\t0\t-\t{v2}\t127.0.0.1:15006",
-            f"u\tTcpConnectionEnd\t3\t12\t15\t-\t{v2}\t127.0.0.1:15006",
-            f"u\tTcpConnectionEnd\t4\t0\t0\tUO\t{V1}\t-",  # over the connection limit
+            f"u\tTcpUpstreamConnected\t3\t0\t0\t-\t{v2}\t127.0.0.1:15006\t{sa}",
+            f"u\tTcpConnectionEnd\t3\t12\t15\t-\t{v2}\t127.0.0.1:15006\t{sa}",
+            f"u\tTcpConnectionEnd\t4\t0\t0\tUO\t{V1}\t-\t-",  # over the connection limit
             "t\tTcpConnectionEnd\t5\t7\t7\t-",  # an inbound one, for contrast
         ]
     )
@@ -352,10 +353,12 @@ def test_upstream_connections_are_reported_by_the_source() -> None:
     assert labels["source_workload"] == '"client-v1"'
     assert labels["destination_workload"] == '"tcp-echo-v2"'
     assert labels["destination_version"] == '"v2"'
+    assert labels["destination_principal"] == f'"{sa}"'
     assert labels["destination_service"] == f'"{HOST}"'
     assert labels["request_protocol"] == '"tcp"'
     overflow, _ = series[('"source"', '"UO"')]
     assert overflow["destination_workload"] == '"unknown"'
+    assert overflow["destination_principal"] == '"unknown"'
     assert series[('"destination"', '"-"')][1] == "7"
 
 

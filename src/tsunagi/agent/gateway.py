@@ -127,6 +127,7 @@ class Gateway:
                 self.instance_name,
                 gateway=True,
             )
+            self.aggregator.use_identity(identity.spiffe_id)
             envoy = self._start_envoy(trust)
             if not wait_ready_or_stop(envoy, self.stop, self.opts.ready_timeout):
                 return 130

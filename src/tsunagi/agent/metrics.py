@@ -11,7 +11,9 @@ only scrapes see.
 
 The number of series is capped (:data:`MAX_HTTP_SERIES`, :data:`MAX_TCP_SERIES`): a caller
 that reaches an inbound port directly chooses the ``x-tsunagi-peer`` value it sends, and
-each value would otherwise be a new series.
+each value would otherwise be a new series. For the same reason a server's principal on
+the client side counts only when it is one workload identity (:func:`server_principal`):
+an upstream outside the mesh chooses the certificate it presents.
 """
 
 from __future__ import annotations
@@ -96,6 +98,11 @@ certificate (issue 10); checked when a series is created, never per request."""
 MAX_PEER_LENGTH = 256
 _HOST_SHAPE = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[0-9.]{7,15}):[0-9]{1,5}")
 """An upstream host as Envoy logs it (``%UPSTREAM_HOST%``): IPv4 or bracketed IPv6, port."""
+_PRINCIPAL_SHAPE = re.compile(
+    r"spiffe://[A-Za-z0-9._-]{1,253}/ns/[A-Za-z0-9._-]{1,63}/sa/[A-Za-z0-9._-]{1,253}"
+)
+"""A workload identity as Istio's CA and tsunagi's write it: Kubernetes names only."""
+MAX_PRINCIPAL_LENGTH = 256
 KNOWN_HOST_TTL = 300.0
 """Seconds a resolved upstream host keeps its workload before it is asked again (an address
 can be reused by another workload once the first is gone)."""
@@ -126,7 +133,8 @@ _KINDS = (
     pc.METRICS_LINE_TCP_SOURCE,
 )
 _TCP_KINDS = (pc.METRICS_LINE_TCP, pc.METRICS_LINE_TCP_SOURCE)
-_END_TYPES = ("TcpConnectionEnd", "DownstreamEnd")
+_TUNNEL_END = "DownstreamEnd"
+_END_TYPES = ("TcpConnectionEnd", _TUNNEL_END)
 """A connection's last line: a TCP proxy's, or a CONNECT tunnel's (the request's end)."""
 PASSTHROUGH_CLUSTER = "PassthroughCluster"
 """Where ``ALLOW_ANY`` sends unknown hosts (xds/translate/passthrough.py)."""
@@ -188,6 +196,20 @@ def _principal(uri: str) -> str:
     return UNKNOWN
 
 
+def server_principal(uris: str) -> str:
+    """``destination_principal`` of a source line from the upstream certificate's URI SANs
+    (``%UPSTREAM_PEER_URI_SAN%``, comma-joined; ``-`` over plain text): the first that is a
+    workload identity, else ``-`` (unknown). Istio reports the first URI SAN whatever it
+    is; only identities count here, so that a server outside the mesh cannot open a series
+    per certificate. Called when a series is created, never per request."""
+    if uris == "-":
+        return uris
+    for one in uris.split(","):
+        if len(one) <= MAX_PRINCIPAL_LENGTH and _PRINCIPAL_SHAPE.fullmatch(one):
+            return one
+    return "-"
+
+
 def _peer(metadata: str) -> tuple[str, str, str, str, str]:
     """``workload;namespace;canonical service;canonical revision;cluster`` (Istio's
     ``istio.workload`` format) → those five; :data:`UNKNOWN_PEER` when absent or malformed."""
@@ -233,8 +255,9 @@ class Aggregator:
             "cluster": own[4],
             "app": me.labels.get("app") or UNKNOWN,
             "version": me.labels.get("version") or UNKNOWN,
-            "principal": UNKNOWN,  # until mTLS (issue 10)
+            "principal": UNKNOWN,
         }
+        self._mtls_principal = UNKNOWN
         self._host = f"{me.service}.{me.namespace}.svc.cluster.local"
         self._service = me.service
         self._namespace = me.namespace
@@ -296,15 +319,18 @@ class Aggregator:
                 self._feed_tcp(f)
             return
         source = profile.kind == pc.METRICS_LINE_SOURCE
-        if not source and len(f) == 8:  # a line without the caller's principal (older config)
-            f.insert(2, "-")
-        if len(f) != 9:
-            raise ValueError(line)
-        key = tuple(f[:6])
-        values = (float(f[6]), float(f[7]), float(f[8]))
+        # source: token, cluster, host, server principal, code, flags, gRPC status, then
+        # the three values; destination: token, peer, caller principal, code, ...
+        fields = len(f)
+        if fields != (10 if source else 9):
+            if fields != (9 if source else 8):
+                raise ValueError(line)
+            f.insert(3 if source else 2, "-")  # an older config's line: no principal
+        key = tuple(f[:-3])
+        values = (float(f[-3]), float(f[-2]), float(f[-1]))
         series = self._http.get(key)
         if series is None:
-            series = self._new_http_series(key, 2 if source else 1, n)
+            series = self._new_http_series(key, source, n)
             if series is None:
                 return
         series[0] += n
@@ -313,14 +339,26 @@ class Aggregator:
             series[base + bisect_left(BUCKETS, v)] += n  # first bound >= v (Prometheus' le)
             series[base + _WIDTH - 1] += v * n
 
-    def _new_http_series(self, key: tuple[str, ...], at: int, n: int) -> list[float] | None:
-        """The series for a key not seen yet (``key[at]`` is the peer) that ``n`` lines
-        count in: a new one, or the one with the peer unknown when the peer is malformed or
-        the cap is reached; ``None`` (the lines are dropped) when even that one would exceed
-        the headroom."""
+    def _new_http_series(self, key: tuple[str, ...], source: bool, n: int) -> list[float] | None:
+        """The series for a key not seen yet that ``n`` lines count in: a new one, or the
+        one with the peer unknown when the peer is malformed or the cap is reached; ``None``
+        (the lines are dropped) when even that one would exceed the headroom. The peer is
+        the upstream host and the server's principal on a source line (the principal as
+        :func:`server_principal` reads it), the caller's metadata on a destination line."""
+        valid: Callable[[str], object]
+        unknown: tuple[str, ...]
+        if source:
+            at, valid, unknown = 2, _HOST_SHAPE.fullmatch, ("-", "-")
+            principal = server_principal(key[3])
+            if principal != key[3]:  # several URIs, or not an identity
+                key = (*key[:3], principal, *key[4:])
+                series = self._http.get(key)
+                if series is not None:
+                    return series
+        else:
+            at, valid, unknown = 1, valid_peer, ("-",)
         peer = key[at]
         full = len(self._http) >= MAX_HTTP_SERIES
-        valid = _HOST_SHAPE.fullmatch if key[0][:1] == pc.METRICS_LINE_SOURCE else valid_peer
         if full or (peer != "-" and not valid(peer)):
             if full and not self._warned:
                 self._warned = True
@@ -331,7 +369,7 @@ class Aggregator:
                     pc.PEER_HEADER,
                 )
             self.folded += n
-            key = (*key[:at], "-", *key[at + 1 :])
+            key = (*key[:at], *unknown, *key[at + len(unknown) :])
             series = self._http.get(key)
             if series is not None:
                 return series
@@ -344,7 +382,11 @@ class Aggregator:
 
     def _feed_tcp(self, f: list[str]) -> None:
         outbound = f[0][:1] == pc.METRICS_LINE_TCP_SOURCE
-        if len(f) == 9 and outbound:  # a CONNECT tunnel, from the outbound HTTP listener
+        fields = len(f)
+        if outbound and (fields == 8 or (fields == 9 and f[1] == _TUNNEL_END)):
+            f.insert(8, "-")  # an older config's line: no server principal
+            fields += 1
+        if fields == 10 and outbound:  # a CONNECT tunnel, from the outbound HTTP listener
             if f[6] in ("", "-") or f[6].startswith(pc.CONNECT_CLUSTER_PREFIX):
                 # No tunnel (refused: the access log says why), or one to a TLS port's
                 # internal listener, which reports the connection it makes itself.
@@ -352,13 +394,19 @@ class Aggregator:
             target = f.pop()
             if f[6] == PASSTHROUGH_CLUSTER:  # Istio names the host the client asked for
                 f.append(_host_of(target))
-        elif len(f) != (8 if outbound else 6):
+        elif fields != (9 if outbound else 6):
             raise ValueError("\t".join(f))
         token, kind, conn, rx, tx, flags = f[:6]
         received, sent = int(rx), int(tx)
-        # outbound: the cluster and the endpoint, too (and a tunnel's target host)
+        # outbound: the cluster, the endpoint and the server's principal, too (and a
+        # tunnel's target host)
         key = (token, flags, *f[6:])
         series = self._tcp.get(key)
+        if series is None and outbound:
+            principal = server_principal(key[4])
+            if principal != key[4]:  # several URIs, or not an identity
+                key = (*key[:4], principal, *key[5:])
+                series = self._tcp.get(key)
         if series is None:
             if len(self._tcp) >= MAX_TCP_SERIES:
                 self.dropped["tcp"] += 1
@@ -377,11 +425,17 @@ class Aggregator:
         else:
             self._conns[conn] = (received, sent)
 
+    def use_identity(self, spiffe_id: str) -> None:
+        """This proxy's own SPIFFE ID, once the CA gave it one: Istio's ``source_principal``
+        (client side) and ``destination_principal`` (server side) of requests over mesh
+        mTLS, where this proxy's certificate is the one presented."""
+        self._mtls_principal = spiffe_id
+
     def _http_labels(self, profile: Profile, key: tuple[str, ...]) -> dict[str, str]:
-        own = self._own
+        own, own_principal = self._own, self._mtls_principal
         if profile.kind == pc.METRICS_LINE_SOURCE:
-            cluster, host, code, flags, grpc = key
-            values = self._source_side(cluster, host)
+            cluster, host, principal, code, flags, grpc = key
+            values = self._source_side(cluster, host, principal)
         else:
             _token, peer, principal, code, flags, grpc = key
             known = _peer(peer)
@@ -398,6 +452,7 @@ class Aggregator:
                 "source_version": version,
                 "source_cluster": cl,
                 **{f"destination_{k}": v for k, v in own.items()},
+                "destination_principal": UNKNOWN if principal in ("", "-") else own_principal,
                 "destination_service": self._host,
                 "destination_service_name": self._service,
                 "destination_service_namespace": self._namespace,
@@ -412,9 +467,10 @@ class Aggregator:
         values["response_flags"] = flags
         return values
 
-    def _source_side(self, cluster: str, host: str) -> dict[str, str]:
+    def _source_side(self, cluster: str, host: str, principal: str) -> dict[str, str]:
         """This proxy as the caller, the destination named from the upstream ``host`` (what
-        the registry said of it) and ``cluster``: the labels of ``reporter="source"``."""
+        the registry said of it), ``cluster`` and the server's ``principal`` (``-``: not
+        over mTLS): the labels of ``reporter="source"``."""
         known = _peer(self._hosts.get(host, ("", 0.0))[0])
         w, ns, cs, cr, cl = known
         app, version = (cs, cr) if known is not UNKNOWN_PEER else (UNKNOWN, UNKNOWN)
@@ -422,9 +478,10 @@ class Aggregator:
         return {
             "reporter": "source",
             **{f"source_{k}": v for k, v in self._own.items()},
+            "source_principal": UNKNOWN if principal == "-" else self._mtls_principal,
             "destination_workload": w,
             "destination_workload_namespace": ns,
-            "destination_principal": UNKNOWN,
+            "destination_principal": UNKNOWN if principal == "-" else principal,
             "destination_app": app,
             "destination_version": version,
             "destination_service": service,
@@ -437,11 +494,11 @@ class Aggregator:
         }
 
     def _tcp_labels(
-        self, flags: str, cluster: str = "", host: str = "", target: str = ""
+        self, flags: str, cluster: str = "", host: str = "", principal: str = "-", target: str = ""
     ) -> dict[str, str]:
         if cluster:  # an outbound connection (an --upstream listener, a tunnel): source
             values = {
-                **self._source_side(cluster, host),
+                **self._source_side(cluster, host, principal),
                 "request_protocol": "tcp",
                 "response_flags": flags,
             }

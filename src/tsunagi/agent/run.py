@@ -137,6 +137,7 @@ class Sidecar:
                 self.service_account,
                 self.name,
             )
+            self.aggregator.use_identity(self.identity.spiffe_id)
             # Ports are picked free but can be taken before Envoy binds them (many sidecars
             # start at once): a proxy whose listeners did not bind gets new ports.
             for _attempt in range(3):

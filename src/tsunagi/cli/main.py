@@ -621,8 +621,9 @@ def parser() -> argparse.ArgumentParser:
         "kind",
         help="virtualservice (vs), destinationrule (dr), serviceentry (se), gateway (gw), "
         "sidecar, envoyfilter, workloadentry (we), peerauthentication (pa), "
-        "authorizationpolicy (ap), requestauthentication (ra), telemetry, secrets (never "
-        "their keys), workloads; plurals work too",
+        "authorizationpolicy (ap), requestauthentication (ra; its JWKS column and `-o yaml` "
+        "status tell whether each jwksUri is fetched: OK, FAILING or PENDING), telemetry, "
+        "secrets (never their keys), workloads; plurals work too",
     )
     get.add_argument("name", nargs="?")
     get.add_argument(
@@ -768,6 +769,8 @@ def cmd_apply(args: argparse.Namespace, client: Client) -> int:
     )
     for w in reply.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
+    for n in reply.get("notes", []):
+        print(f"note: {n}", file=sys.stderr)
     suffix = " (dry run)" if args.dry_run else ""
     for r in reply["results"]:
         print(f"{r['kind'].lower()}/{r['name']} {r['action']}{suffix}")

@@ -34,6 +34,21 @@ def _summary(item: dict[str, Any]) -> str:
     return ",".join(str(h) for h in hosts)
 
 
+def _jwks(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """A RequestAuthentication's key sources and their fetch state (``status.jwks``)."""
+    return list((item.get("status") or {}).get("jwks") or ())
+
+
+def _jwks_cell(sources: list[dict[str, Any]]) -> str:
+    """The worst state of ``sources`` (FAILING, PENDING, OK), with how many are in it when
+    not all are: ``FAILING (1 of 2)``."""
+    for worst in ("FAILING", "PENDING", "OK"):
+        n = sum(1 for s in sources if s.get("state") == worst)
+        if n:
+            return worst if n == len(sources) else f"{worst} ({n} of {len(sources)})"
+    return "-"
+
+
 def _with_status(item: dict[str, Any]) -> dict[str, Any]:
     """The stored document, plus a ``status`` block (as Istio writes one) when the control
     plane could not put all of it into proxy config."""
@@ -51,16 +66,24 @@ def resources(items: list[dict[str, Any]], fmt: str) -> str:
     if not items:
         return "No resources found."
     wide = fmt == "wide"
-    headers = ["KIND", "NAMESPACE", "NAME", "HOSTS"] + (["REVISION"] if wide else [])
+    # JWKS: the fetch state of RequestAuthentications' jwksUri, when some are listed
+    jwks = ["JWKS"] if any(_jwks(i) for i in items) else []
+    headers = ["KIND", "NAMESPACE", "NAME", "HOSTS", *jwks] + (["REVISION"] if wide else [])
     rows = [
-        [i["kind"], i["namespace"], i["name"], _summary(i)] + ([str(i["revision"])] if wide else [])
+        [i["kind"], i["namespace"], i["name"], _summary(i)]
+        + [_jwks_cell(_jwks(i)) for _ in jwks]
+        + ([str(i["revision"])] if wide else [])
         for i in items
     ]
     out = table(headers, rows)
-    failing = [i for i in items if i.get("status")]
+    failing = [i for i in items if (i.get("status") or {}).get("validationMessages")]
     if failing:
         names = ", ".join(f"{i['kind'].lower()}/{i['name']}" for i in failing)
         out += f"\n\nNot fully in effect (see `-o yaml` for why): {names}"
+    unfetched = [i for i in items if _jwks_cell(_jwks(i)).startswith(("FAILING", "PENDING"))]
+    if unfetched:
+        names = ", ".join(f"{i['kind'].lower()}/{i['name']}" for i in unfetched)
+        out += f"\n\nJWKS failing or not fetched yet (see `-o yaml` for why): {names}"
     return out
 
 

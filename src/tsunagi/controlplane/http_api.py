@@ -27,7 +27,7 @@ from tsunagi.api.checks_common import quote
 from tsunagi.api.durations import parse_duration
 from tsunagi.api.secrets import LAST_APPLIED, redact, without_last_applied
 from tsunagi.ca.authority import Authority, CsrRejected, Signed
-from tsunagi.controlplane import openapi, workload_tokens
+from tsunagi.controlplane import jwks_status, openapi, workload_tokens
 from tsunagi.controlplane.callers import Caller
 from tsunagi.controlplane.connections import LimitedSite
 from tsunagi.controlplane.issued_certs import IssuedCertificates, IssuedRecord
@@ -190,6 +190,12 @@ def _record_json(key: Key, record: Any, errors: tuple[str, ...] = ()) -> dict[st
     return out
 
 
+def _add_status(item: dict[str, Any], status: dict[str, Any]) -> None:
+    """Merge ``status`` fields computed at GET time (never stored) into ``item``'s."""
+    if status:
+        item["status"] = {**(item.get("status") or {}), **status}
+
+
 def certificate_reply(signed: Signed) -> dict[str, Any]:
     """The body of ``POST /v1/certificates`` for ``signed`` (before any renewed token)."""
     return {
@@ -224,6 +230,7 @@ class Api:
         workload_cert_ttl: datetime.timedelta = datetime.timedelta(hours=24),
         workload_token_key: bytes | None = None,
         xds_identity: str = "",
+        jwks: Callable[[], Mapping[str, jwks_status.FetchState]] | None = None,
     ) -> None:
         """The limits: request bodies up to ``max_body_size`` bytes, read within
         ``body_timeout`` seconds; at most ``max_connections_per_client`` concurrent
@@ -261,6 +268,9 @@ class Api:
         self.metrics = metrics if metrics is not None else ControlPlaneMetrics()
         self.address = ""
         """``host:port`` this API listens on, once :meth:`serve` bound it."""
+        self.jwks = jwks
+        """What the JWKS fetcher knows of each source (:meth:`.JwksFetcher.states`), read
+        when RequestAuthentications are listed or applied; None: nothing is fetched."""
         self.spec = openapi.build_spec(
             openapi.Limits(
                 max_body_size=max_body_size,
@@ -583,6 +593,9 @@ class Api:
             if action != "unchanged":
                 puts.append((r.key, doc))
         warnings = dropped + self._warnings(resources)
+        # Only what the fetcher knows already: apply never waits for the network.
+        fetching, notes = jwks_status.apply_messages(resources, self.jwks() if self.jwks else {})
+        warnings += fetching
         revision = contents.revision
         if puts and not body.dry_run:
             revision = await self.store.commit(puts)
@@ -595,6 +608,7 @@ class Api:
                 "revision": revision,
                 "results": results,
                 "warnings": warnings,
+                "notes": notes,
                 "dry_run": body.dry_run,
             }
         )
@@ -698,6 +712,11 @@ class Api:
         ]
         if name and not items:
             return _error(404, f"{kind or 'resource'} {ns or '*'}/{name} not found")
+        if self.jwks is not None:
+            states = self.jwks()
+            for item in items:
+                if item["kind"] == "RequestAuthentication":
+                    _add_status(item, jwks_status.document_status(item["document"], states))
         return web.json_response({"revision": self.store.contents().revision, "items": items})
 
     async def register(self, request: web.Request) -> web.Response:

@@ -8,6 +8,10 @@ failed fetch keeps the last good set, logs a warning and retries after a minute,
 after twice as long each time, up to an hour. Until a first fetch succeeds, translation
 stands in a set that fails every token (:func:`tsunagi.xds.translate.jwt_authn.key_set`).
 Each change of the documents starts a push (:meth:`Pusher.use_jwks`).
+
+Where a user looks: each source's :class:`~.jwks_status.FetchState` (:meth:`JwksFetcher.states`,
+shown by ``tsunagi get requestauthentication``), and istiod's counters of network fetches
+(``pilot_jwks_resolver_network_fetch_{success,fail}_total``: one per HTTP GET).
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -26,6 +31,7 @@ import aiohttp
 
 from tsunagi.api import RequestAuthenticationSpec, Resource, parse_document
 from tsunagi.api.checks_request_authentication import jwks_error
+from tsunagi.controlplane.jwks_status import FetchState, key_count
 from tsunagi.mesh import request_authentication as ra
 from tsunagi.store import Contents, Key, Store
 
@@ -41,6 +47,20 @@ TIMEOUT = 5.0
 """Seconds a fetch may take, where its rule sets no ``timeout`` (Istio's)."""
 MAX_BYTES = 1 << 20
 """A JWK set larger than this is refused: it goes into every selected proxy's config."""
+RETRY_ENV = "TSUNAGI_JWKS_RETRY"
+"""Internal, for tests only: seconds before the first retry instead of :data:`RETRY`."""
+
+Counted = Callable[[bool], None]
+"""Told of each HTTP GET: whether it got a body (2xx) or failed (istiod's counters)."""
+
+
+def retry_from_env(environ: Mapping[str, str] = os.environ) -> float:
+    """:data:`RETRY`, unless the tests set :data:`RETRY_ENV` to a positive number."""
+    try:
+        value = float(environ.get(RETRY_ENV, ""))
+    except ValueError:
+        return RETRY
+    return value if value > 0 else RETRY
 
 
 class FetchFailed(Exception):
@@ -55,6 +75,8 @@ class _Source:
     due: float = 0.0
     """``time.monotonic()`` of the next fetch."""
     failures: int = 0
+    state: FetchState = field(default_factory=FetchState)
+    """What ``tsunagi get requestauthentication`` shows of it."""
 
 
 def sources_of(document: Mapping[str, Any]) -> dict[str, float]:
@@ -85,15 +107,26 @@ class JwksFetcher:
         on_change: Callable[[Mapping[str, str]], None],
         refresh: float = REFRESH,
         retry: float = RETRY,
+        counted: Counted | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``counted`` is told of each HTTP GET (the control plane's metrics); ``clock``
+        gives the Unix time :meth:`states` are stamped with."""
         self.store = store
         self.on_change = on_change
         self.refresh = refresh
         self.retry = retry
+        self.counted = counted
+        self.clock = clock
         self.documents: Mapping[str, str] = MappingProxyType({})
         self._sources: dict[str, _Source] = {}
         self._read: dict[Key, tuple[int, dict[str, float]]] = {}
         """Each stored RequestAuthentication's sources, by the revision they were read at."""
+
+    def states(self) -> Mapping[str, FetchState]:
+        """Every source followed now, and what is known of fetching it (a copy: sources
+        come and go as RequestAuthentications do)."""
+        return {source: known.state for source, known in self._sources.items()}
 
     async def run(self) -> None:
         """Fetch forever; cancel to stop."""
@@ -146,9 +179,11 @@ class JwksFetcher:
         if not due:
             return
         results = await asyncio.gather(
-            *(fetch(session, s, self._sources[s].timeout) for s in due), return_exceptions=True
+            *(fetch(session, s, self._sources[s].timeout, self.counted) for s in due),
+            return_exceptions=True,
         )
         documents = dict(self.documents)
+        wall = self.clock()
         for source, result in zip(due, results, strict=True):
             known = self._sources.get(source)
             if known is None:
@@ -159,11 +194,13 @@ class JwksFetcher:
                 kept = "keeping the last good set" if source in documents else "tokens fail"
                 log.warning("JWKS %s: %s; %s, retrying in %.0f s", source, result, kept, wait)
                 known.due = time.monotonic() + wait
+                known.state = known.state.failed(wall, str(result), wall + wait)
                 continue
             if known.failures or source not in documents:
                 log.info("JWKS %s: fetched", source)
             known.failures = 0
             known.due = time.monotonic() + self.refresh
+            known.state = known.state.succeeded(wall, key_count(result), wall + self.refresh)
             documents[source] = result
         if documents != self.documents:
             self._publish(documents)
@@ -182,17 +219,20 @@ class JwksFetcher:
             await asyncio.wait_for(self.store.wait_for_change(revision), timeout=wait)
 
 
-async def fetch(session: aiohttp.ClientSession, source: str, timeout: float) -> str:
+async def fetch(
+    session: aiohttp.ClientSession, source: str, timeout: float, counted: Counted | None = None
+) -> str:
     """The JWK set at ``source``: a ``jwksUri``, or an issuer's OpenID discovery URL (its
-    ``jwks_uri`` is fetched then). Raises :class:`FetchFailed`."""
+    ``jwks_uri`` is fetched then). Raises :class:`FetchFailed`. ``counted`` is told of
+    each GET, as istiod counts them."""
     uri = source
     if source.endswith(ra.OPENID_DISCOVERY):
-        discovery = await _get(session, source, timeout)
+        discovery = await _get(session, source, timeout, counted)
         try:
             uri = _jwks_uri(discovery)
         except ValueError as e:
             raise FetchFailed(f"OpenID discovery: {e}") from None
-    document = await _get(session, uri, timeout)
+    document = await _get(session, uri, timeout, counted)
     err = jwks_error(document, every_key=False)
     if err:
         raise FetchFailed(f"not a JWK set Envoy can verify with: {err}")
@@ -207,7 +247,10 @@ def _jwks_uri(discovery: str) -> str:
     return uri
 
 
-async def _get(session: aiohttp.ClientSession, uri: str, timeout: float) -> str:
+async def _get(
+    session: aiohttp.ClientSession, uri: str, timeout: float, counted: Counted | None
+) -> str:
+    ok: bool | None = False
     try:
         async with session.get(uri, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             body = await resp.content.read(MAX_BYTES + 1)
@@ -216,6 +259,13 @@ async def _get(session: aiohttp.ClientSession, uri: str, timeout: float) -> str:
             if not 200 <= resp.status < 300:
                 text = body[:100].decode(errors="replace")
                 raise FetchFailed(f"GET {uri}: status {resp.status} {text!r}")
+            ok = True  # as istiod: a 2xx body is a successful network fetch, whatever it holds
             return body.decode()
     except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError) as e:
         raise FetchFailed(f"GET {uri}: {e or type(e).__name__}") from None
+    except asyncio.CancelledError:
+        ok = None  # shutting down: neither
+        raise
+    finally:
+        if counted is not None and ok is not None:
+            counted(ok)

@@ -19,7 +19,7 @@ from tsunagi.controlplane.dashboard import start as start_dashboard
 from tsunagi.controlplane.heap import raise_malloc_thresholds
 from tsunagi.controlplane.http_api import Api
 from tsunagi.controlplane.http_logs import quiet_malformed_requests
-from tsunagi.controlplane.jwks import JwksFetcher
+from tsunagi.controlplane.jwks import JwksFetcher, retry_from_env
 from tsunagi.controlplane.lock import StateDirLock
 from tsunagi.controlplane.metrics import ControlPlaneMetrics
 from tsunagi.controlplane.prometheus import host_port, write_config
@@ -201,6 +201,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         credentials=serving.credentials(),
         trust_domain=settings.trust_domain,
     )
+    # RequestAuthentications' jwksUri: fetched here, pushed inline (proxies never reach them)
+    jwks = JwksFetcher(store, pusher.use_jwks, retry=retry_from_env(), counted=metrics.jwks_fetched)
     api = Api(
         store,
         registry,
@@ -215,6 +217,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         authority=authority,
         workload_cert_ttl=settings.workload_cert_ttl,
         workload_token_key=token_key,
+        jwks=jwks.states,
     )
     runner, api_port = await api.serve(settings.host, settings.api_port)
     (settings.state_dir / "server").write_text(f"http://{settings.host}:{api_port}\n")
@@ -261,8 +264,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
                 metrics.registry_event(key[0], "delete")
 
     tasks = [asyncio.create_task(pusher.run()), asyncio.create_task(expire())]
-    # RequestAuthentications' jwksUri: fetched here, pushed inline (proxies never reach them)
-    tasks.append(asyncio.create_task(JwksFetcher(store, pusher.use_jwks).run()))
+    tasks.append(asyncio.create_task(jwks.run()))
     if ready is not None:
         ready.set()
     try:

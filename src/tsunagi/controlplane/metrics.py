@@ -19,6 +19,9 @@ Istio's control-plane dashboard and alerts work unchanged:
 - ``citadel_server_csr_count`` / ``citadel_server_success_cert_issuance_count``: workload
   certificate requests received, and certificates signed (``POST /v1/certificates``);
 - ``citadel_server_root_cert_expiry_timestamp``: when the CA's root expires (Unix seconds);
+- ``pilot_jwks_resolver_network_fetch_success_total`` / ``..._fail_total``: HTTP GETs of
+  RequestAuthentication key sets (and OpenID discovery documents) that got a 2xx body, or
+  did not (istiod's ``pilot/pkg/model/jwks_resolver.go``; these keep their ``_total``);
 - ``istio_build{component="pilot",tag}`` and the ``process_*`` metrics.
 
 istiod's exporter drops the ``_total`` suffix of counters (``pilot_xds_pushes``, not
@@ -216,9 +219,19 @@ class ControlPlaneMetrics:
             "citadel_server_success_cert_issuance_count",
             "Workload certificates signed.",
         )
+        self.jwks_fetch_success = _Counter(
+            "pilot_jwks_resolver_network_fetch_success_total",
+            "JWK set and OpenID discovery GETs that got a 2xx body.",
+        )
+        self.jwks_fetch_fail = _Counter(
+            "pilot_jwks_resolver_network_fetch_fail_total",
+            "JWK set and OpenID discovery GETs that failed (an error or a non-2xx status).",
+        )
         self._counters = (
             self.csrs,
             self.issued,
+            self.jwks_fetch_success,
+            self.jwks_fetch_fail,
             self.pushes,
             self.rejects,
             self.expired_nonce,
@@ -263,6 +276,11 @@ class ControlPlaneMetrics:
     def certificate_issued(self) -> None:
         """The CA signed a workload certificate."""
         self.issued.inc()
+
+    def jwks_fetched(self, ok: bool) -> None:
+        """The control plane GET a JWK set or OpenID discovery document: a 2xx body
+        (``ok``), or an error (:mod:`tsunagi.controlplane.jwks`)."""
+        (self.jwks_fetch_success if ok else self.jwks_fetch_fail).inc()
 
     # --------------------------------------------------------------- PushHooks
 

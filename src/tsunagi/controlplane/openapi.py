@@ -337,6 +337,11 @@ class ApplyResponse(BaseModel):
     revision: int = Field(description="The store's revision after the apply; wait for this.")
     results: list[ResultItem]
     warnings: list[str]
+    notes: list[str] = Field(
+        default_factory=list,
+        description="Not problems, but worth knowing: e.g. a RequestAuthentication's "
+        "jwksUri the control plane fetches in the background (see its `status`).",
+    )
     dry_run: bool
 
 
@@ -356,7 +361,12 @@ class ResourceItem(BaseModel):
         "returns private keys (gateways receive them over SDS, on their mutual-TLS xDS stream)."
     )
     status: dict[str, Any] | None = Field(
-        None, description="Istio-style `validationMessages`, when translating it failed."
+        None,
+        description="Istio-style `validationMessages`, when translating it failed; for a "
+        "RequestAuthentication that fetches keys, `conditions` (type `JwksFetched`) and "
+        "`jwks`: per jwksUri (or OpenID discovery URL) its `state` (OK, FAILING or "
+        "PENDING), `keys`, `lastFetched`, `error`, `failingSince` and `nextFetch` (computed "
+        "when asked, never stored).",
     )
 
 

@@ -44,6 +44,9 @@ TCP_ACCESS_LOG_OPTIONS = {
 }
 """``access_log_options`` of an inbound TCP proxy that has a metrics logger."""
 
+_UPSTREAM_PRINCIPAL = "%UPSTREAM_PEER_URI_SAN%"
+"""The upstream certificate's URI SANs (comma-joined; "-" without TLS), in every source line."""
+
 HTTP_METRICS = ("REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE")
 TCP_METRICS = (
     "TCP_OPENED_CONNECTIONS",
@@ -52,12 +55,15 @@ TCP_METRICS = (
     "TCP_RECEIVED_BYTES",
 )
 
-# 8 operators on the source side, as measured (docs/design/metrics.md, "filelog8").
+# 9 operators on the source side (docs/design/metrics.md, "filelog8", plus the principal).
 _SOURCE_FIELDS = (
     "%UPSTREAM_CLUSTER%",
     # The endpoint Envoy picked; the agent asks the registry whose it is. A response header
     # from the server sidecar (Istio's exchange) cost ≈ 8 k instructions per request.
     "%UPSTREAM_HOST%",
+    # The server's identity from its certificate when the upstream connection is TLS ("-"
+    # over plain text): Istio's destination_principal on the client side.
+    _UPSTREAM_PRINCIPAL,
     "%RESPONSE_CODE%",
     "%RESPONSE_FLAGS%",
     # Only on the gRPC logger's line (:data:`GRPC_REQUEST`); the other writes a literal "-".
@@ -71,7 +77,7 @@ _DESTINATION_FIELDS = (
     # The caller's identity from its mTLS certificate ("-" over plain text): Istio's
     # source_principal and connection_security_policy.
     "%DOWNSTREAM_PEER_URI_SAN%",
-    *_SOURCE_FIELDS[2:],
+    *_SOURCE_FIELDS[3:],
 )
 _GRPC_FIELD = "%GRPC_STATUS_NUMBER%"
 
@@ -129,12 +135,16 @@ _TCP_FIELDS = (
     "%RESPONSE_FLAGS%",
 )
 
-_TCP_SOURCE_FIELDS = (*_TCP_FIELDS, "%UPSTREAM_CLUSTER%", "%UPSTREAM_HOST%")
+_TCP_SOURCE_FIELDS = (*_TCP_FIELDS, "%UPSTREAM_CLUSTER%", "%UPSTREAM_HOST%", _UPSTREAM_PRINCIPAL)
+"""An outbound TCP proxy's line (``--upstream`` listeners, CONNECT's internal listeners,
+gateways' TCP servers); its principal is the server sidecar's once the cluster speaks mTLS."""
 
 _TUNNEL_FIELDS = (*_TCP_SOURCE_FIELDS, "%REQ(:AUTHORITY)%")
 """A CONNECT tunnel's line, written by the outbound connection manager when the tunnel ends:
 an outbound TCP line plus the CONNECT's target (Istio's ``destination_service`` of a
-connection through PassthroughCluster)."""
+connection through PassthroughCluster). Its principal is "-" today: a tunnel's upstream is
+plain TCP (PassthroughCluster; the app's own TLS goes through it) or an internal listener,
+whose own line carries the principal of the mTLS connection it makes."""
 
 ISTIO_TEXT_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
