@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
 
 from tsunagi.spiffe import DEFAULT_TRUST_DOMAIN
@@ -24,7 +24,7 @@ from tsunagi.xds import peer_identity
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.dependencies import DependencyCache
 from tsunagi.xds.observer import NO_OBSERVER, StreamObserver
-from tsunagi.xds.protocol import DeltaStream, Nack, SotwStream
+from tsunagi.xds.protocol import DeltaStream, Nack, SotwStream, serialized
 
 log = logging.getLogger("tsunagi.xds")
 _stream_ids = itertools.count(1)
@@ -97,6 +97,28 @@ class StreamLimits:
     def open_streams(self, peer: str | None = None) -> int:
         """Streams open from ``peer``, or in total."""
         return self._total if peer is None else self._open.get(peer, 0)
+
+
+_ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+def _add_ads(servicer: AdsServicer, server: grpc.aio.Server) -> None:
+    """ADS's two methods, as the generated registration adds them but for the responses'
+    serializer: they go out as the bytes they were made from (``protocol.serialized``)."""
+    handlers = {
+        "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamAggregatedResources,
+            request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            response_serializer=serialized,
+        ),
+        "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            servicer.DeltaAggregatedResources,
+            request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+            response_serializer=serialized,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_ADS_SERVICE, handlers),))
+    server.add_registered_method_handlers(_ADS_SERVICE, handlers)
 
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
@@ -328,7 +350,7 @@ async def start_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+    _add_ads(
         AdsServicer(
             cache,
             limits,

@@ -59,6 +59,7 @@ from tsunagi.xds.protocol._events import (
 )
 from tsunagi.xds.protocol._sotw import SotwStream
 from tsunagi.xds.protocol._state import TypeStatus
+from tsunagi.xds.protocol._wire import serialized
 
 __all__ = [
     "WILDCARD",
@@ -72,4 +73,5 @@ __all__ = [
     "Subscribed",
     "TypeStatus",
     "Unsubscribed",
+    "serialized",
 ]

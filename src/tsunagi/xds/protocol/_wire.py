@@ -4,6 +4,12 @@ Every stream sends the very same immutable :class:`Resource` objects, so the byt
 resource contributes to a response (a length-delimited field-2 entry: an ``Any`` for SotW, a
 ``Resource`` for delta) are made once per resource and joined per response, instead of each
 stream wrapping and serializing every resource again.
+
+The joined bytes, with the response's own few fields appended (protobuf fields may come in
+any order), are the response as sent: :func:`serialized` (the gRPC server's response
+serializer) hands them to gRPC instead of serializing the message again, which for a
+1,200-cluster response cost 0.8 ms per proxy. The message itself is still parsed from them
+(cheap: the resources stay bytes inside their ``Any``), for the stream logic and tests.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import threading
 from collections.abc import Iterable, Mapping
 
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import Message
 
 from tsunagi.xds.resources import Resource
 
@@ -66,6 +73,54 @@ class _Entries:
 _entries = _Entries()
 
 
+def _string(tag: bytes, value: str) -> bytes:
+    data = value.encode()
+    return tag + _varint(len(data)) + data
+
+
+# Tags (field number << 3 | 2, length-delimited) of the responses' own string fields.
+_SOTW_VERSION, _SOTW_TYPE, _SOTW_NONCE = b"\x0a", b"\x22", b"\x2a"
+_DELTA_VERSION, _DELTA_TYPE, _DELTA_NONCE, _DELTA_REMOVED = b"\x0a", b"\x22", b"\x2a", b"\x32"
+for _message, _fields in (
+    (discovery_pb2.DiscoveryResponse, {"version_info": 1, "type_url": 4, "nonce": 5}),
+    (
+        discovery_pb2.DeltaDiscoveryResponse,
+        {"system_version_info": 1, "type_url": 4, "nonce": 5, "removed_resources": 6},
+    ),
+):
+    for _name, _number in _fields.items():
+        assert _message.DESCRIPTOR.fields_by_name[_name].number == _number
+
+
+class _Prebuilt:
+    """Responses made here and not sent yet, with their bytes, by identity (the message is
+    held too, so its id is not reused). Bounded: a response never sent (a test's) is dropped
+    when full, and would only be serialized the usual way."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max = max_entries
+        self._by_id: dict[int, tuple[Message, bytes]] = {}
+
+    def put(self, response: Message, data: bytes) -> None:
+        if len(self._by_id) >= self._max:
+            self._by_id.clear()
+        self._by_id[id(response)] = (response, data)
+
+    def take(self, response: Message) -> bytes | None:
+        hit = self._by_id.pop(id(response), None)
+        return hit[1] if hit is not None and hit[0] is response else None
+
+
+_prebuilt = _Prebuilt()
+
+
+def serialized(response: Message) -> bytes:
+    """``response``'s bytes: those it was made from, when it was made here (each is sent
+    once), else serialized now."""
+    data = _prebuilt.take(response)
+    return data if data is not None else response.SerializeToString()
+
+
 def sotw_response(
     type_url: str,
     target: Mapping[str, Resource],
@@ -74,15 +129,18 @@ def sotw_response(
     nonce: str,
 ) -> discovery_pb2.DiscoveryResponse:
     """A ``DiscoveryResponse`` carrying ``target[n]`` for each of ``names``, in order."""
-    # Parsing the resources' cached entries builds the same message as adding each body.
     get = _entries.get
-    response = discovery_pb2.DiscoveryResponse.FromString(
-        b"".join([get(target[n], False) for n in names])
+    data = b"".join(
+        [
+            *[get(target[n], False) for n in names],
+            # The version of the whole subscribed set, even when only part of it is sent.
+            _string(_SOTW_VERSION, version),
+            _string(_SOTW_TYPE, type_url),
+            _string(_SOTW_NONCE, nonce),
+        ]
     )
-    # The version of the whole subscribed set, even when only part of it is sent.
-    response.version_info = version
-    response.type_url = type_url
-    response.nonce = nonce
+    response = discovery_pb2.DiscoveryResponse.FromString(data)
+    _prebuilt.put(response, data)
     return response
 
 
@@ -97,11 +155,15 @@ def delta_response(
     """A ``DeltaDiscoveryResponse`` carrying ``target[n]`` for each of ``changed`` and
     naming ``removed``; ``version`` is the client's whole set after applying it."""
     get = _entries.get
-    response = discovery_pb2.DeltaDiscoveryResponse.FromString(
-        b"".join([get(target[n], True) for n in changed])
+    data = b"".join(
+        [
+            *[get(target[n], True) for n in changed],
+            _string(_DELTA_VERSION, version),
+            *[_string(_DELTA_REMOVED, name) for name in removed],
+            _string(_DELTA_TYPE, type_url),
+            _string(_DELTA_NONCE, nonce),
+        ]
     )
-    response.system_version_info = version
-    response.removed_resources.extend(removed)
-    response.type_url = type_url
-    response.nonce = nonce
+    response = discovery_pb2.DeltaDiscoveryResponse.FromString(data)
+    _prebuilt.put(response, data)
     return response
