@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit e2e bench bench-quick lint format clean tools vendor-ui bytecode
+.PHONY: demo test unit e2e bench bench-quick lint format clean tools vendor-ui bytecode etcd-protos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +27,12 @@ demo: bytecode
 
 # Programs the benchmarks and e2e tests drive (prometheus: /usr/bin/prometheus, for
 # tests/e2e/test_prometheus.py; valgrind: callgrind counts instructions per request for
-# benchmarks/instructions.py; the quick benchmark run is part of `make test`). Debian's
-# packages; skipped with a note where apt-get is not available.
-TOOLS := wrk hey haproxy chromium prometheus valgrind
+# benchmarks/instructions.py; the quick benchmark run is part of `make test`; etcd, from
+# etcd-server: the etcd store's tests). Debian's packages, as COMMAND[:PACKAGE]; skipped with
+# a note where apt-get is not available.
+TOOLS := wrk hey haproxy chromium prometheus valgrind etcd:etcd-server ip:iproute2 iptables
 tools:
-	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; for t in $(TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -73,6 +74,11 @@ vendor-ui:
 	cd build/vendor-ui && grep -E '^[0-9a-f]{64}  ' $(CURDIR)/$(VENDOR)/README.md | sha256sum --check --strict
 	cp build/vendor-ui/cytoscape.min.js build/vendor-ui/LICENSE $(VENDOR)/
 	rm -rf build/vendor-ui
+
+# The etcd store's gRPC stubs, from the protos vendored beside them (scripts/etcd_protos.py
+# --upstream ETCD_CHECKOUT re-vendors the protos first).
+etcd-protos: $(STAMP)
+	$(BIN)/python scripts/etcd_protos.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -37,6 +37,10 @@ META_INBOUND_PROTOCOL = "protocol"
 """The service port's protocol (``tsunagi.protocols`` names); absent means HTTP. HTTP/2
 protocols make the inbound cluster speak h2c to the app; non-HTTP ones get a TCP proxy."""
 META_KIND = "kind"
+META_INBOUND_ADDRESS = "inbound_address"
+"""Where a sidecar's inbound listeners bind (``tsunagi run --address``): the address it
+registers, so that sidecars on other hosts reach it there; absent: 127.0.0.1."""
+DEFAULT_INBOUND_ADDRESS = "127.0.0.1"
 META_GATEWAY_ADDRESS = "gateway_address"
 """A gateway's listen address (``tsunagi gateway --address``, default 127.0.0.1): its
 listeners bind there, on the port numbers its Gateways' servers name."""

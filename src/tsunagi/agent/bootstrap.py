@@ -41,6 +41,9 @@ class ProxyIdentity(NamedTuple):
     service_account: str = ""
     """The service account its certificate names (``pc.META_SERVICE_ACCOUNT``); the control
     plane refuses the node if they differ."""
+    inbound_address: str = ""
+    """Where a sidecar's inbound listeners bind (``pc.META_INBOUND_ADDRESS``); empty:
+    127.0.0.1."""
 
 
 INTERNAL_LISTENER_EXTENSION = {
@@ -106,6 +109,11 @@ def bootstrap(
                         ]
                     }
                     if ident.upstreams
+                    else {}
+                ),
+                **(
+                    {pc.META_INBOUND_ADDRESS: ident.inbound_address}
+                    if ident.inbound_address
                     else {}
                 ),
                 **(

@@ -73,6 +73,9 @@ class RunOptions(NamedTuple):
     upstreams: tuple[tuple[str, int, int], ...] = ()
     """``--upstream``: ``(service, port, local port)``; local port 0: a free one."""
     name: str = ""
+    address: str = pc.DEFAULT_INBOUND_ADDRESS
+    """``--address``: where the inbound listeners and the metrics endpoint bind, and the
+    address the instance registers (a host's own address, for sidecars on other hosts)."""
     concurrency: int = 2
     delta: bool = False
     ready_timeout: float = 30.0
@@ -184,6 +187,7 @@ class Sidecar:
             self.admin_port,
             self.app_port,
             self.opts.app_metrics,
+            self.opts.address,
         )
 
     def _start_envoy(self, trust: XdsTrust) -> None:
@@ -205,6 +209,7 @@ class Sidecar:
             metrics_log=self._pipe.path if self._pipe is not None else "",
             upstreams=self.upstreams,
             service_account=self.service_account,
+            inbound_address=self.opts.address,
         )
         config = bootstrap(
             ident, trust.host, trust.port, self.admin_port, self.opts.delta, trust.server_name
@@ -242,9 +247,10 @@ class Sidecar:
 
     def _run_app(self) -> int:
         log.info(
-            "%s: proxy ready (outbound 127.0.0.1:%d, inbound %d → app %d)",
+            "%s: proxy ready (outbound 127.0.0.1:%d, inbound %s:%d → app %d)",
             self.name,
             self.outbound_port,
+            self.opts.address,
             self.inbound_port,
             self.app_port,
         )
@@ -344,7 +350,7 @@ class Sidecar:
             "namespace": self.opts.namespace,
             "service_account": self.service_account,
             "port": self.opts.port,
-            "address": "127.0.0.1",
+            "address": self.opts.address,
             "target_port": self.inbound_port,
             "labels": self.labels,
             "locality": self.opts.locality,

@@ -228,7 +228,11 @@ def parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--state-dir")
     up.add_argument(
-        "--store", default="", help="sqlite:PATH (default: STATE_DIR/tsunagi.db) or memory:"
+        "--store",
+        default="",
+        help="sqlite:PATH (default: STATE_DIR/tsunagi.db), memory:, or "
+        "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]: config kept in an etcd cluster (keys under "
+        "/tsunagi/ unless PREFIX), which several control planes can share",
     )
     up.add_argument(
         "--xds-port",
@@ -239,6 +243,16 @@ def parser() -> argparse.ArgumentParser:
         "(there is no plaintext port)",
     )
     up.add_argument("--api-port", type=int, default=15014)
+    up.add_argument(
+        "--address",
+        type=_ip_address,
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="where the API, xDS and trace ports listen (default 127.0.0.1; a host's own "
+        "address, e.g. 10.0.0.5, so that workloads on other hosts reach it with "
+        "TSUNAGI_SERVER=http://10.0.0.5:15014). The dashboard stays on loopback unless "
+        "this is 0.0.0.0",
+    )
     up.add_argument(
         "--dashboard-port",
         type=int,
@@ -509,6 +523,15 @@ def parser() -> argparse.ArgumentParser:
         "port at each scrape (e.g. /metrics), merged as Istio's agent does",
     )
     run.add_argument("--name", default="")
+    run.add_argument(
+        "--address",
+        type=_ip_address,
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="this host's address, where sidecars on other hosts reach the workload: the "
+        "instance registers it, and the inbound listener and metrics endpoint bind it "
+        "(default 127.0.0.1: one host); the app itself stays on 127.0.0.1 behind its sidecar",
+    )
     run.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
     run.add_argument("--xds-protocol", choices=["sotw", "delta"], default="delta")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
@@ -871,6 +894,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         mesh_config=mesh_config,
         state_dir=state_dir(args.state_dir),
         store=args.store,
+        host=args.address,
         xds_port=args.xds_port,
         api_port=args.api_port,
         instance_ttl=args.instance_ttl,
@@ -986,6 +1010,14 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    if args.address in ("0.0.0.0", "::"):
+        # Registered as the endpoint other sidecars connect to: it must be one address.
+        print(
+            f"error: --address {args.address} is every interface, not an address other "
+            "hosts can connect to; give this host's own address (e.g. --address 10.0.0.5)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     opts = RunOptions(
         service=args.service,
         command=tuple(cmd),
@@ -1002,6 +1034,7 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
         app_metrics=args.app_metrics,
         upstreams=tuple(args.upstream),
         name=args.name,
+        address=args.address,
         concurrency=args.concurrency,
         delta=args.xds_protocol == "delta",
         envoy=envoy_binary(),

@@ -80,7 +80,7 @@ from tsunagi.registry import KIND as INSTANCE_KIND
 from tsunagi.registry import Instance, InvalidInstance, Registry
 from tsunagi.registry.instances import protocol_disagreement
 from tsunagi.spiffe import spiffe_id
-from tsunagi.store import Key, Store
+from tsunagi.store import Key, Store, StoreError
 from tsunagi.telemetry.graph import graph_view
 from tsunagi.telemetry.panels import panel
 from tsunagi.telemetry.promviews import PrometheusError
@@ -297,6 +297,9 @@ class Api:
             return self._http_error(request, e)
         except (asyncio.CancelledError, ConnectionError):
             raise
+        except StoreError as e:  # etcd unreachable or over a limit: its message says what to do
+            log.warning("%s %s: %s", request.method, request.path, e)
+            return _error(503, str(e))
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             return _error(500, "internal error in the control plane; its log has the details")
@@ -444,6 +447,10 @@ class Api:
 
     async def bootstrap(self, request: web.Request) -> web.Response:
         host, port = self.xds_address
+        if host in ("", "0.0.0.0", "::"):
+            # Listening everywhere: the xDS port is on the address this agent reached us at.
+            sockname = request.transport.get_extra_info("sockname") if request.transport else None
+            host = str(sockname[0]) if sockname else "127.0.0.1"
         xds: dict[str, Any] = {"host": host, "port": port}
         reply: dict[str, Any] = {"xds": xds}
         if self.xds_identity and self.authority is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import ipaddress
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -126,6 +127,17 @@ def load_authority(settings: Settings) -> Authority:
     return authority
 
 
+def dashboard_host(host: str) -> str:
+    """Where the dashboard listens when the control plane listens on ``host``: there if it
+    is loopback or every interface, else on 127.0.0.1 (it answers loopback clients only, so
+    on a host's own address nobody could use it)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return host if ip.is_loopback or ip.is_unspecified else "127.0.0.1"
+
+
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM (or cancellation).
 
@@ -228,7 +240,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     log.info("Prometheus: prometheus --config.file %s", prometheus_yml)
     dashboard = await start_dashboard(
         state_dir=settings.state_dir,
-        host=settings.host,
+        host=dashboard_host(settings.host),
         port=settings.dashboard_port,
         scrape_interval=settings.scrape_interval,
         max_series=settings.scrape_max_series,

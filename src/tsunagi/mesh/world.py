@@ -197,6 +197,9 @@ class Node:
     """``tsunagi run --upstream``: local TCP listeners to service ports (``pc.META_UPSTREAMS``)."""
     gateway_address: str = ""
     """Where a gateway's listeners bind (``pc.META_GATEWAY_ADDRESS``); empty for a sidecar."""
+    inbound_address: str = pc.DEFAULT_INBOUND_ADDRESS
+    """Where a sidecar's inbound listeners bind (``pc.META_INBOUND_ADDRESS``, ``tsunagi run
+    --address``): its registered address, reachable from other hosts."""
     gateway_ports: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
     """A gateway's service port → the port it listens on for it (``pc.META_GATEWAY_PORTS``)."""
     service_account: str = ""
@@ -257,6 +260,7 @@ class Node:
             ),
             metrics_log=str(meta.get(pc.META_METRICS_LOG) or ""),
             gateway_address=str(meta.get(pc.META_GATEWAY_ADDRESS) or ""),
+            inbound_address=str(meta.get(pc.META_INBOUND_ADDRESS) or pc.DEFAULT_INBOUND_ADDRESS),
             gateway_ports=MappingProxyType(pc.parse_gateway_ports(meta.get(pc.META_GATEWAY_PORTS))),
             upstreams=_upstreams(meta.get(pc.META_UPSTREAMS), namespace),
             service_account=str(meta.get(pc.META_SERVICE_ACCOUNT) or ""),

@@ -4,19 +4,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tsunagi.store.base import Contents, Key, Record, Store
+from tsunagi.store.base import Contents, Key, Record, Store, StoreError
 from tsunagi.store.memory import MemoryStore
 from tsunagi.store.sqlite import SqliteStore
 
-__all__ = ["Contents", "Key", "MemoryStore", "Record", "SqliteStore", "Store", "open_store"]
+__all__ = [
+    "Contents",
+    "Key",
+    "MemoryStore",
+    "Record",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "open_store",
+]
 
 
 def open_store(url: str, state_dir: Path) -> Store:
-    """Make a store from ``--store``: ``memory:``, ``sqlite:PATH`` or empty for the default."""
+    """Make a store from ``--store``: ``memory:``, ``sqlite:PATH``,
+    ``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`` or empty for the default (SQLite)."""
     if url in ("", "sqlite:", "sqlite"):
         return SqliteStore(state_dir / "tsunagi.db")
     if url.startswith("sqlite:"):
         return SqliteStore(Path(url.removeprefix("sqlite:")).expanduser())
     if url.startswith("memory"):
         return MemoryStore()
-    raise ValueError(f"unsupported store {url!r}: use sqlite:PATH or memory:")
+    if url.startswith("etcd://"):
+        from tsunagi.store.etcd import EtcdStore, parse_url  # loads gRPC stubs: only when used
+
+        endpoints, prefix = parse_url(url)
+        return EtcdStore(endpoints, prefix)
+    raise ValueError(
+        f"unsupported store {url!r}: use sqlite:PATH, memory: or etcd://HOST:PORT[,HOST:PORT...]"
+    )

@@ -38,6 +38,11 @@ class Contents:
         return [r for k, r in self.records.items() if k[0] == kind]
 
 
+class StoreError(RuntimeError):
+    """The store could not do what was asked (unreachable, or a limit of the backend); the
+    message says why and what to do. Nothing of the failed write is visible."""
+
+
 class Store(Protocol):
     """A revisioned, watchable store of documents. Every write is all-or-nothing."""
 

@@ -80,10 +80,12 @@ def _hcm(
     }
 
 
-def _listener(name: str, port: int, *filters: dict[str, Any]) -> dict[str, Any]:
+def _listener(
+    name: str, port: int, *filters: dict[str, Any], address: str = "127.0.0.1"
+) -> dict[str, Any]:
     return {
         "name": name,
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "address": {"socket_address": {"address": address, "port_value": port}},
         "filter_chains": [{"filters": list(filters)}],
     }
 
@@ -128,6 +130,9 @@ def inbound_listeners(
     adds the JWT and authorization filters before the router (:mod:`.inbound_filters`)."""
     telemetry = telemetry or ProxyTelemetry()
     security = security or WorkloadSecurity()
+    # The registered address (``tsunagi run --address``): sidecars on other hosts connect
+    # there; the app behind it stays on loopback.
+    address = node.inbound_address
     out = []
     for port, (listen, _app) in sorted(node.inbound.items()):
         if not protocols.is_http(node.inbound_protocol(port)):
@@ -135,7 +140,7 @@ def inbound_listeners(
                 *inbound_filters.network_filters(security, node, port),
                 _tcp_proxy(node, telemetry, port),
             )
-            plain = _listener(inbound_listener(port), listen, *tcp)
+            plain = _listener(inbound_listener(port), listen, *tcp, address=address)
             out.append(inbound_tls.with_mode(plain, security.mtls_mode(port), tcp=True))
             continue
         route_config = {
@@ -157,7 +162,7 @@ def inbound_listeners(
         filters = (*inbound_filters.http_filters(security, node, port), ROUTER)
         routes = {"route_config": route_config, **inbound_tls.XFCC}
         hcm = _hcm(inbound_stat_prefix(port), routes, filters, extra)
-        plain = _listener(inbound_listener(port), listen, hcm)
+        plain = _listener(inbound_listener(port), listen, hcm, address=address)
         listener = inbound_tls.with_mode(plain, security.mtls_mode(port), tcp=False)
         out.append(tracing.directed(listener, extra))
     return out

@@ -1,0 +1,8 @@
+"""etcd as the store: a thin gRPC client (:mod:`.client`) and :class:`EtcdStore`."""
+
+from __future__ import annotations
+
+from tsunagi.store.etcd.client import EtcdClient, EtcdError
+from tsunagi.store.etcd.store import EtcdStore, parse_url
+
+__all__ = ["EtcdClient", "EtcdError", "EtcdStore", "parse_url"]

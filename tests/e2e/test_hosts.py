@@ -1,0 +1,218 @@
+"""A mesh across hosts: the control plane on host A (``tsunagi up --address``), an echo
+service on host B (``tsunagi run --address``), a client sidecar on host C, each host a
+network namespace (:mod:`.hosts`) on a private bridge.
+
+What a client on C sees: the answer of B's app, over mesh mutual TLS; with C cut off from
+the control plane it keeps being answered on its last config; healed, it gets new config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .hosts import Host, Hosts, Reply, unavailable_reason
+from .mesh import APPS, wait_until
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(bool(unavailable_reason()), reason=unavailable_reason() or "-"),
+]
+
+API, XDS = 15014, 15012
+TRUST = "spiffe://cluster.local/ns/default/sa"
+ECHO = "echo:9080"
+
+
+@dataclass
+class Cluster:
+    hosts: Hosts
+    state_dir: Path
+    control: Host
+    server: Host
+    client: Host
+
+    def api(self, method: str, path: str, body: str | None = None) -> Any:
+        """The control plane's API, called from its own host."""
+        token = (self.state_dir / "token").read_text().strip()
+        reply = self.hosts.http(
+            self.control,
+            self.control.address,
+            API,
+            path,
+            {"Authorization": f"Bearer {token}"},
+            method,
+            body,
+        )
+        assert reply.status == 200, reply
+        return reply.json()
+
+    def tsunagi(self, host: Host, *args: str, stdin: str = "") -> Any:
+        """``tsunagi ARGS`` run in ``host`` against the control plane on A."""
+        return self.hosts.run(
+            host, [sys.executable, "-m", "tsunagi.cli.main", *args], input=stdin, env=env(self)
+        )
+
+    def outbound_port(self, name: str) -> int:
+        """The outbound port of proxy ``name`` once it has ACKed its config, else 0."""
+        for p in self.api("GET", "/v1/proxies")["proxies"]:
+            if p["id"] == f"{name}.default" and p["synced"]:
+                return int(p["outbound_port"])
+        return 0
+
+    def call(self, port: int, timeout: float = 10) -> Reply:
+        """``GET http://echo:9080/`` as the app on C sends it: through its sidecar."""
+        return self.hosts.http(self.client, "127.0.0.1", port, "/", {"Host": ECHO}, timeout=timeout)
+
+
+def env(cluster: Cluster) -> dict[str, str]:
+    """The environment of every tsunagi process in the hosts."""
+    out = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    out.pop("TSUNAGI_TOKEN", None)
+    out["TSUNAGI_SERVER"] = f"http://{cluster.control.address}:{API}"
+    out["TSUNAGI_STATE_DIR"] = str(cluster.state_dir)  # the token file: one file system
+    return out
+
+
+def _tsunagi(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tsunagi.cli.main", *args]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    state = Path(tmp_path_factory.mktemp("hosts")) / "state"
+    state.mkdir()
+    with Hosts(3) as hosts:
+        c = Cluster(hosts, state, hosts[0], hosts[1], hosts[2])
+        with (state / "control-plane.log").open("ab") as log:
+            up = _tsunagi(
+                "up", "--state-dir", str(state), "--address", c.control.address,
+                "--api-port", str(API), "--xds-port", str(XDS),
+            )  # fmt: skip
+            hosts.popen(c.control, up, env=env(c), stdout=log, stderr=log)
+        wait_until(lambda: (state / "token").exists() and _healthy(c), 30, "the control plane")
+        for host, name, args in (
+            (c.server, "echo-b", ("--service", "echo", "--port", "9080")),
+            (c.client, "client-c", ("--service", "client", "--port", "80")),
+        ):
+            app = "echo.py" if name == "echo-b" else "idle.py"
+            with (state / f"{name}.log").open("ab") as log:
+                run = _tsunagi(
+                    "run", *args, "--name", name, "--address", host.address,
+                    "--concurrency", "1", "--", sys.executable, str(APPS / app),
+                )  # fmt: skip
+                hosts.popen(host, run, env=env(c), stdout=log, stderr=log)
+        try:
+            wait_until(lambda: c.outbound_port("client-c") > 0, 60, "client-c's proxy")
+            wait_until(lambda: _registered(c, "echo-b"), 60, "echo-b registered")
+        except AssertionError:
+            logs = {p.name: p.read_text()[-3000:] for p in state.glob("*.log")}
+            raise AssertionError(json.dumps(logs, indent=1)) from None
+        yield c
+
+
+def _healthy(c: Cluster) -> bool:
+    token = (c.state_dir / "token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    reply = c.hosts.http(c.control, c.control.address, API, "/healthz", auth, timeout=2)
+    return reply.status == 200
+
+
+def _registered(c: Cluster, name: str) -> dict[str, Any] | None:
+    """The registration of instance ``name`` (None before it is registered)."""
+    items = c.api("GET", "/v1/resources?kind=workloads")["items"]
+    return next((i["document"] for i in items if i["name"] == name), None)
+
+
+def test_a_client_on_one_host_reaches_a_service_on_another_over_mesh_mtls(
+    cluster: Cluster,
+) -> None:
+    echo = _registered(cluster, "echo-b")
+    assert echo is not None and echo["address"] == cluster.server.address, echo
+    reply = cluster.call(cluster.outbound_port("client-c"))
+    assert reply.status == 200, reply
+    body = reply.json()
+    assert body["name"] == "echo-b"  # B's app answered; C has no echo of its own
+    # B's inbound listener took C's connection over mutual TLS: Envoy writes the peer's
+    # certificate as XFCC only from a TLS connection that presented one.
+    xfcc = body["headers"].get("x-forwarded-client-cert", "")
+    assert f"By={TRUST}/echo" in xfcc and f"URI={TRUST}/client" in xfcc, xfcc
+    # B's metrics endpoint is on B's address too, where the control plane on A scrapes it;
+    # its inbound listener counted the request as mutual TLS.
+    metrics = cluster.hosts.http(
+        cluster.control, cluster.server.address, echo["metrics_port"], "/stats/prometheus"
+    )
+    assert metrics.status == 200, metrics
+    assert any(
+        line.startswith("istio_requests_total{")
+        and 'reporter="destination"' in line
+        and 'connection_security_policy="mutual_tls"' in line
+        for line in metrics.body.splitlines()
+    ), metrics.body[-3000:]
+    # B's inbound listens on B's address (where C's sidecar connected), not on loopback.
+    loop = cluster.hosts.http(cluster.server, "127.0.0.1", echo["target_port"], timeout=2)
+    assert loop.status == 0 and "refused" in loop.error, loop
+
+
+def test_cut_off_from_the_control_plane_a_sidecar_keeps_serving_then_catches_up(
+    cluster: Cluster,
+) -> None:
+    port = cluster.outbound_port("client-c")
+    control = cluster.control.address
+    header = "x-hosts-test"
+
+    def rule(value: str) -> str:
+        return (
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+            "metadata: {name: echo-hosts, namespace: default}\n"
+            "spec:\n  hosts: [echo]\n  http:\n"
+            f"  - headers: {{response: {{add: {{{header}: {value}}}}}}}\n"
+            "    route: [{destination: {host: echo}}]\n"
+        )
+
+    cluster.hosts.cut(cluster.client, control)
+    try:
+        lost = cluster.hosts.http(cluster.client, control, API, "/healthz", timeout=2)
+        assert lost.status == 0, lost  # the cut holds: C cannot reach the control plane
+        done = cluster.tsunagi(cluster.control, "apply", "-f", "-", stdin=rule("during-cut"))
+        assert done.returncode == 0, done.stderr
+        for _ in range(5):
+            reply = cluster.call(port)
+            assert reply.status == 200 and reply.json()["name"] == "echo-b", reply
+            assert header not in reply.headers, reply  # its last config: the change never came
+    finally:
+        cluster.hosts.heal(cluster.client, control)
+    try:
+        done = cluster.tsunagi(
+            cluster.control, "apply", "-f", "-", "--wait", "--timeout", "90",
+            stdin=rule("after-heal"),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr + done.stdout
+        wait_until(
+            lambda: cluster.call(port).headers.get(header) == "after-heal", 30, "the new rule"
+        )
+    finally:
+        delete = cluster.tsunagi(
+            cluster.control, "delete", "virtualservice", "echo-hosts", "-n", "default"
+        )
+        assert delete.returncode == 0, delete.stderr
+
+
+def test_hosts_go_away_with_everything_started_in_them() -> None:
+    with Hosts(2) as hosts:
+        names = [h.name for h in hosts.hosts]
+        sleeper = hosts.popen(hosts[0], ["sleep", "300"])
+        # Host 1 reaches host 0 over the bridge: refused (nothing listens), not unreachable.
+        knock = hosts.http(hosts[1], hosts[0].address, 9, timeout=5)
+        assert "refused" in knock.error, knock
+    assert sleeper.poll() is not None
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(name in listed for name in names), listed
