@@ -87,7 +87,7 @@ def discovered(mesh: Mesh) -> dict[str, str]:
 
 def inbound_port(mesh: Mesh, w: Workload) -> int:
     """The server sidecar's inbound listener, as its agent logged it."""
-    found = re.search(r"proxy ready \(outbound [\d.:]+, inbound (\d+)", log_of(mesh, w))
+    found = re.search(r"proxy ready \(outbound [\d.:]+, inbound [\d.]+:(\d+)", log_of(mesh, w))
     assert found, log_of(mesh, w)
     return int(found.group(1))
 
