@@ -384,7 +384,8 @@ def test_bookinfo_graph_and_trace_in_a_browser(tmp_path: Path) -> None:
                 row.click()
                 page.locator("#waterfall .span-row").first.wait_for()
                 spans[:] = page.locator("#waterfall .span-row").all_inner_texts()
-                return len(spans) >= 3
+                # reviews' own sidecar may flush after details' has: wait for its span too.
+                return len(spans) >= 3 and any(s.lstrip().startswith("reviews") for s in spans)
 
             wait_until(whole_trace, timeout=60, what="a trace with the callees' spans")
             # productpage's sidecar (inbound), its calls out, and the callees' sidecars.
