@@ -18,8 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 PROTO_DIR = SRC / "tsunagi" / "store" / "etcd" / "_proto"
 PROTO_IMPORT = "tsunagi/store/etcd/_proto"
-UPSTREAM = {"rpc.proto": "etcdserverpb/rpc.proto", "kv.proto": "mvccpb/kv.proto"}
-UPSTREAM["auth.proto"] = "authpb/auth.proto"
+UPSTREAM = {
+    "rpc.proto": "etcdserverpb/rpc.proto",
+    "kv.proto": "mvccpb/kv.proto",
+    "auth.proto": "authpb/auth.proto",
+}
 DROPPED_IMPORTS = ("google/api/", "protoc-gen-openapiv2/", "gogoproto/", "etcd/api/versionpb/")
 
 

@@ -106,7 +106,6 @@ class Hosts:
     hosts: list[Host] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _namespaces: list[str] = field(default_factory=list)
-    _cuts: list[tuple[Host, str]] = field(default_factory=list)
 
     @property
     def subnet(self) -> str:
@@ -201,13 +200,11 @@ class Hosts:
         firewall), as a broken link would: nothing is refused, everything is lost."""
         for rule in self._rules(address):
             self._iptables(host, "-I", *rule)
-        self._cuts.append((host, address))
 
     def heal(self, host: Host, address: str) -> None:
         """Undo :meth:`cut`."""
         for rule in self._rules(address):
             self._iptables(host, "-D", *rule)
-        self._cuts.remove((host, address))
 
     @staticmethod
     def _rules(address: str) -> list[tuple[str, ...]]:
@@ -220,20 +217,27 @@ class Hosts:
 
     def close(self) -> None:
         """Stop every process started in the hosts (by pid), then delete the namespaces
-        with their links and rules. Safe to call twice."""
-        for proc in reversed(self.procs):
-            stop(proc)
-        self.procs.clear()
-        # Anything those processes left running in a host (an Envoy whose agent was
-        # killed): found by namespace, stopped by pid.
-        for name in self._namespaces:
-            for pid in _pids_in(name):
-                _kill(pid)
-        for name in reversed(self._namespaces):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
-        self._namespaces.clear()
-        self._cuts.clear()
-        self.hosts.clear()
+        with their links and rules, each even when something before it failed. Safe to
+        call twice. Raises, after trying them all, naming the namespaces left behind."""
+        left: list[str] = []
+        try:
+            for proc in reversed(self.procs):
+                stop(proc)
+        finally:
+            self.procs.clear()
+            self.hosts.clear()
+            for name in reversed(self._namespaces):
+                try:
+                    # Anything those processes left running in a host (an Envoy whose
+                    # agent was killed): found by namespace, stopped by pid.
+                    for pid in _pids_in(name):
+                        _kill(pid)
+                    _ip("netns", "del", name)
+                except (OSError, RuntimeError, subprocess.SubprocessError):
+                    left.append(name)
+            self._namespaces.clear()
+        if left:
+            raise RuntimeError(f"namespaces left behind (delete with `ip netns del`): {left}")
 
 
 def _pids_in(namespace: str) -> list[int]:

@@ -468,13 +468,16 @@ def outside_echo(name: str, port: int) -> subprocess.Popen[bytes]:
 
 
 def outside_https_echo(
-    name: str, port: int, cert: Path, key: Path, log: Path
+    name: str, port: int, cert: Path, key: Path, log: Path, client_ca: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """``apps/https_echo.py`` outside the mesh: HTTPS on 127.0.0.1:``port`` with ``cert`` and
-    ``key``, answering with ``name`` and the SNI it saw; its output goes to ``log``. The
-    caller stops it by its pid (:func:`stop`)."""
+    ``key``, answering with ``name`` and the SNI it saw; its output goes to ``log``. With
+    ``client_ca`` it requires a client certificate that CA signed (and names its subject).
+    The caller stops it by its pid (:func:`stop`)."""
     env = {**os.environ, "PORT": str(port), "NAME": name}
     env |= {"TLS_CERT": str(cert), "TLS_KEY": str(key)}
+    if client_ca is not None:
+        env["TLS_CLIENT_CA"] = str(client_ca)
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, str(APPS / "https_echo.py")], env=env, stdout=out, stderr=out

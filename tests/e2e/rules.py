@@ -24,6 +24,23 @@ SUBSETS = destination_rule(
 )
 
 
+def loopback_service_entry(name: str, host: str, *ports: str) -> str:
+    """A MESH_EXTERNAL ServiceEntry ``name`` for ``host``, whose one endpoint is 127.0.0.1 (a
+    server the test runs there); ``ports``: each a YAML flow mapping, e.g.
+    ``{number: 80, name: http, protocol: HTTP, targetPort: 8443}``."""
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{host}]
+  ports: [{", ".join(ports)}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+"""
+
+
 def virtual_service(http: str, version: str = "v1") -> str:
     """The reviews VirtualService with ``http`` (YAML, indented as under ``http:``)."""
     return f"""

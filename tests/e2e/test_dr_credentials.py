@@ -16,10 +16,8 @@ for such a rule (no TLS), and the TLS server turns it away: 503.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +25,8 @@ import pytest
 
 from tests.certs import make_ca, make_cert
 
-from .mesh import APPS, Mesh, Workload, free_port, outside_https_echo, stop, wait_until
+from .mesh import Mesh, Workload, free_port, outside_https_echo, stop, wait_until
+from .rules import loopback_service_entry
 from .test_gateway import accepts
 from .tls_helpers import write_pem
 
@@ -64,39 +63,38 @@ def pki(tmp_path: Path) -> Pki:
     )
 
 
-@pytest.fixture
-def nginx(tmp_path: Path, pki: Pki) -> Iterator[int]:
-    """The TLS server that requires a client certificate of the client CA; its port."""
+@contextmanager
+def _tls_server(tmp_path: Path, name: str, client_ca: Path | None = None) -> Iterator[int]:
+    """``apps/https_echo.py`` as ``name`` with the certificate :func:`pki` made for it
+    (requiring a client certificate of ``client_ca``, when given): its port, once it
+    accepts connections; stopped by its pid at the end."""
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "NAME": "nginx"}
-    env |= {"TLS_CERT": str(tmp_path / "nginx.crt"), "TLS_KEY": str(tmp_path / "nginx.key")}
-    env["TLS_CLIENT_CA"] = str(pki.client_ca)
-    with (tmp_path / "nginx.log").open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(APPS / "https_echo.py")], env=env, stdout=out, stderr=out
-        )
+    cert, key, log = (tmp_path / f"{name}.{ext}" for ext in ("crt", "key", "log"))
+    proc = outside_https_echo(name, port, cert, key, log, client_ca)
     try:
-        wait_until(lambda: accepts(port), what="the mutual-TLS server")
+        wait_until(lambda: accepts(port), what=f"the TLS server {name}")
         yield port
     finally:
         stop(proc)
 
 
+@pytest.fixture
+def nginx(tmp_path: Path, pki: Pki) -> Iterator[int]:
+    """The TLS server that requires a client certificate of the client CA; its port."""
+    with _tls_server(tmp_path, "nginx", pki.client_ca) as port:
+        yield port
+
+
 def egress_yaml(port: int) -> str:
     """Istio's task, adapted: the host is on 127.0.0.1 (443 → the test server's port); the
     sidecar reaches the gateway over plain HTTP on port 80."""
-    return f"""
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: originate-mtls-for-nginx}}
-spec:
-  hosts: [{NGINX}]
-  ports:
-  - {{number: 80, name: http-port, protocol: HTTP}}
-  - {{number: 443, name: https, protocol: HTTPS, targetPort: {port}}}
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1}}]
+    entry = loopback_service_entry(
+        "originate-mtls-for-nginx",
+        NGINX,
+        "{number: 80, name: http-port, protocol: HTTP}",
+        f"{{number: 443, name: https, protocol: HTTPS, targetPort: {port}}}",
+    )
+    return f"""{entry}
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -183,16 +181,12 @@ def test_an_egress_gateway_originates_mutual_tls_with_a_secret(
 
 
 def selector_yaml(port: int) -> str:
-    return f"""
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: secure}}
-spec:
-  hosts: [{SECURE}]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1}}]
+    """``SECURE`` (plain HTTP on port 80 to the app) on the TLS server's ``port``, and a
+    rule that makes the sidecars it selects (app=picked) originate TLS with a Secret's CA."""
+    entry = loopback_service_entry(
+        "secure", SECURE, f"{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}"
+    )
+    return f"""{entry}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -208,17 +202,17 @@ spec:
 def test_a_selected_sidecar_verifies_with_its_secret_and_another_does_not(
     mesh: Mesh, pki: Pki, tmp_path: Path
 ) -> None:
-    port = free_port()
-    cert, key = tmp_path / "secure.crt", tmp_path / "secure.key"
-    server = outside_https_echo("secure", port, cert, key, tmp_path / "secure.log")
-    try:
-        wait_until(lambda: accepts(port), what="the TLS server")
-        made = mesh.cli(
-            "create", "secret", "generic", "secure-ca", f"--from-file=ca.crt={pki.server_ca}"
-        )
-        assert made.returncode == 0, made.stderr
+    with _tls_server(tmp_path, "secure") as port:
+        for namespace in ("default", "elsewhere"):
+            made = mesh.cli(
+                "create", "secret", "generic", "secure-ca", "-n", namespace,
+                f"--from-file=ca.crt={pki.server_ca}",
+            )  # fmt: skip
+            assert made.returncode == 0, made.stderr
         picked = mesh.run("picked", "v1", 80, "idle.py", False)
         other = mesh.run("other", "v1", 80, "idle.py", False)
+        # The selector's labels in another namespace, which holds a Secret of that name too.
+        stranger = mesh.run("picked", "v1", 80, "idle.py", False, "--namespace", "elsewhere")
         applied = mesh.apply(selector_yaml(port), "--wait")
         assert applied.returncode == 0, applied.stderr
         assert "not applied yet" not in applied.stderr, applied.stderr
@@ -226,17 +220,18 @@ def test_a_selected_sidecar_verifies_with_its_secret_and_another_does_not(
 
         wait_until(lambda: _answer(picked, SECURE)[0] == 200, what="the selected sidecar")
         assert _answer(picked, SECURE) == (200, f"secure sni={SECURE}")
-        # Not selected: no TLS from this rule, which the TLS server refuses, and no Secret.
-        assert _answer(other, SECURE)[0] == 503
-        assert _holds(picked, "kubernetes://secure-ca-cacert") and not _holds(other, "secure-ca")
+        # Not selected (another app; the rule is private to its namespace): no TLS from this
+        # rule, which the TLS server refuses, and no Secret.
+        for unselected in (other, stranger):
+            assert _answer(unselected, SECURE)[0] == 503
+            assert not _holds(unselected, "secure-ca")
+        assert _holds(picked, "kubernetes://secure-ca-cacert")
 
         # The Secret deleted: the selected sidecar fails closed and lets go of the CA.
         deleted = mesh.cli("delete", "secret", "secure-ca")
         assert deleted.returncode == 0, deleted.stderr
         wait_until(lambda: _answer(picked, SECURE)[0] == 503, what="503 without the Secret")
         wait_until(lambda: not _holds(picked, "secure-ca"), what="the CA gone from Envoy")
-    finally:
-        stop(server)
 
 
 def _holds(workload: Workload, secret: str) -> bool:

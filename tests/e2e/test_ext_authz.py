@@ -1,7 +1,7 @@
 """AuthorizationPolicy ``action: CUSTOM`` end to end, in the shape of Istio's "External
-Authorization" task: ``tsunagi up --mesh-config`` defines the providers, a test-owned HTTP
-authorizer (``apps/ext_authz.py``) runs in the mesh under ``tsunagi run``, and real Envoy
-sidecars ask it about the requests a CUSTOM policy's rules match.
+Authorization" task: ``tsunagi up --mesh-config`` defines the providers, the demo's HTTP
+authorizer (recording its checks: ``apps/ext_authz.py``) runs in the mesh under ``tsunagi
+run``, and real Envoy sidecars ask it about the requests a CUSTOM policy's rules match.
 
 What the client receives is asserted: the authorizer's own 403 and body on deny, the app's
 answer (with the header the authorizer added) on allow; which requests reached the
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .mesh import Mesh, Workload, apply_recorded, delete_recorded, free_port, wait_until
+from .mesh import Mesh, Workload, apply_recorded, delete_recorded, free_port, request, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -27,6 +27,8 @@ DENIED_BODY = "denied by ext_authz for not found header `x-ext-authz: allow` in 
 RBAC_DENIED = (403, "RBAC: access denied")
 UNLISTED = "x-not-in-check"
 """Sent with every request; not in includeRequestHeadersInCheck, so never to the authorizer."""
+RECEIVED = "x-ext-authz-check-received"
+"""The authorizer's summary header, on every answer: in no headersTo* list, so never passed on."""
 DOWN_PORT = free_port()  # nothing listens here: the "down" providers' endpoint
 
 MESH_CONFIG = f"""
@@ -162,6 +164,7 @@ def test_istio_task_matched_requests_ask_the_authorizer(
     status, body, headers = send(client, "/headers", "deny")
     assert (status, body) == (403, DENIED_BODY)
     assert headers["x-ext-authz-check-result"] == "denied"
+    assert RECEIVED not in headers  # headersToDownstreamOnDeny lists what the client gets
 
     # Allowed: the app answers and sees the header the authorizer added.
     answer = send(client, "/headers", "allow")
@@ -169,6 +172,7 @@ def test_istio_task_matched_requests_ask_the_authorizer(
     assert answer[1]["headers"]["x-ext-authz-check-result"] == "allowed"
     assert answer[1]["path"] == "/headers"
     assert answer[1]["headers"][UNLISTED] == "1"  # the app gets every header
+    assert RECEIVED not in answer[1]["headers"]  # headersToUpstreamOnAllow lists what it adds
 
     # A path the rules do not match never reaches the authorizer, whatever it carries.
     assert by_web(send(client, "/ip", "deny"))
@@ -252,18 +256,12 @@ spec:
     apply_recorded(mesh, policies, custom_policy(name="edge", selector="istio: edge"))
 
     def via_edge(path: str, verdict: str) -> tuple[int, Any]:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            c.request("GET", path, headers={"Host": "shop.example", "x-ext-authz": verdict})
-            resp = c.getresponse()
-            return resp.status, resp.read().decode(errors="replace")
-        finally:
-            c.close()
+        return request(port, "shop.example", path, {"x-ext-authz": verdict})
 
     wait_until(lambda: via_edge("/headers", "deny") == (403, DENIED_BODY), what="CUSTOM at edge")
     before = len(checks(client))
     status, body = via_edge("/headers", "allow")
-    assert status == 200 and json.loads(body)["service"] == "web", body
-    assert json.loads(body)["headers"]["x-ext-authz-check-result"] == "allowed"
+    assert status == 200 and isinstance(body, dict) and body["service"] == "web", body
+    assert body["headers"]["x-ext-authz-check-result"] == "allowed"
     assert via_edge("/ip", "deny")[0] == 200
     assert checks(client)[before:] == ["/check/headers"]

@@ -3,7 +3,8 @@ service on host B (``tsunagi run --address``), a client sidecar on host C, each 
 network namespace (:mod:`.hosts`) on a private bridge.
 
 What a client on C sees: the answer of B's app, over mesh mutual TLS; with C cut off from
-the control plane it keeps being answered on its last config; healed, it gets new config.
+the control plane it keeps being answered on its last config; healed, it gets the change
+it missed. The hosts themselves go away with all they held, even when a test fails.
 """
 
 from __future__ import annotations
@@ -191,6 +192,13 @@ def test_cut_off_from_the_control_plane_a_sidecar_keeps_serving_then_catches_up(
     finally:
         cluster.hosts.heal(cluster.client, control)
     try:
+        # Healed, it gets the change it missed, with nothing applied since.
+        wait_until(
+            lambda: cluster.call(port).headers.get(header) == "during-cut",
+            120,
+            "the rule applied during the cut",
+        )
+        # ... and the control plane counts it in sync again: apply --wait waits for it.
         done = cluster.tsunagi(
             cluster.control, "apply", "-f", "-", "--wait", "--timeout", "90",
             stdin=rule("after-heal"),
@@ -206,13 +214,43 @@ def test_cut_off_from_the_control_plane_a_sidecar_keeps_serving_then_catches_up(
         assert delete.returncode == 0, delete.stderr
 
 
-def test_hosts_go_away_with_everything_started_in_them() -> None:
-    with Hosts(2) as hosts:
-        names = [h.name for h in hosts.hosts]
+def _namespaces(prefix: str) -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in listed.splitlines() if line.startswith(prefix + "-")]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, killed and not reaped yet, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_hosts_go_away_with_everything_started_in_them_even_when_the_test_fails() -> None:
+    with pytest.raises(RuntimeError, match="the test failed"), Hosts(2) as hosts:
+        prefix = hosts.prefix
+        assert len(_namespaces(prefix)) == 3  # two hosts and the bridge's
         sleeper = hosts.popen(hosts[0], ["sleep", "300"])
+        # Left behind by a process that exited: not the test's child, found by namespace.
+        shell = "sleep 300 </dev/null >/dev/null 2>&1 & echo $!"
+        orphan = int(hosts.run(hosts[1], ["sh", "-c", shell]).stdout)
+        assert _alive(orphan)
         # Host 1 reaches host 0 over the bridge: refused (nothing listens), not unreachable.
         knock = hosts.http(hosts[1], hosts[0].address, 9, timeout=5)
         assert "refused" in knock.error, knock
-    assert sleeper.poll() is not None
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert not any(name in listed for name in names), listed
+        raise RuntimeError("the test failed")
+    assert sleeper.poll() is not None and not _alive(orphan)
+    assert _namespaces(prefix) == []  # the bridge's too, with every link in them
+
+
+def test_hosts_made_in_part_go_away_when_making_the_rest_fails() -> None:
+    hosts = Hosts(2)
+    taken = f"{hosts.prefix}-h1"  # the second host's name, already in use
+    subprocess.run(["ip", "netns", "add", taken], check=True, capture_output=True)
+    try:
+        with pytest.raises(RuntimeError, match=taken), hosts:
+            pass
+        assert _namespaces(hosts.prefix) == [taken]  # only the one this test made
+    finally:
+        subprocess.run(["ip", "netns", "del", taken], check=True, capture_output=True)

@@ -98,14 +98,10 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_request_authentication_with_a_jwks_uri_the_control_plane_fetches(
-    mesh: Mesh, signer: Signer, jwks_server: JwksServer
-) -> None:
-    mesh.run("httpbin", "v1")
-    client = mesh.client()
-    applied(
-        mesh,
-        f"""
+def httpbin_jwks_uri(url: str, extra: str = "") -> str:
+    """A RequestAuthentication of ``httpbin``'s sidecar whose keys the control plane
+    fetches from ``url``; ``extra``: more fields of its rule (YAML lines indented by 4)."""
+    return f"""
 apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {{name: httpbin, namespace: default}}
@@ -113,12 +109,21 @@ spec:
   selector: {{matchLabels: {{app: httpbin}}}}
   jwtRules:
   - issuer: "{ISSUER}"
-    jwksUri: "{jwks_server.url}"
-    outputClaimToHeaders:
-    - {{header: x-jwt-sub, claim: sub}}
-    - {{header: x-jwt-group, claim: group}}
-""",
+    jwksUri: "{url}"
+{extra}"""
+
+
+def test_request_authentication_with_a_jwks_uri_the_control_plane_fetches(
+    mesh: Mesh, signer: Signer, jwks_server: JwksServer
+) -> None:
+    mesh.run("httpbin", "v1")
+    client = mesh.client()
+    claims = (
+        "    outputClaimToHeaders:\n"
+        "    - {header: x-jwt-sub, claim: sub}\n"
+        "    - {header: x-jwt-group, claim: group}\n"
     )
+    applied(mesh, httpbin_jwks_uri(jwks_server.url, claims))
 
     def ask(headers: dict[str, str] | None = None) -> tuple[int, Any]:
         return request(client.outbound_port, "httpbin", "/headers", headers)
@@ -297,19 +302,7 @@ def test_an_unreachable_jwks_uri_shows_failing_until_it_is_served(
     client = mesh.client()
     port = free_port()  # nothing listens here yet
     url = f"http://127.0.0.1:{port}/jwks.json"
-    result = mesh.apply(
-        f"""
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: httpbin}}}}
-  jwtRules:
-  - issuer: "{ISSUER}"
-    jwksUri: "{url}"
-""",
-        "--wait",
-    )
+    result = mesh.apply(httpbin_jwks_uri(url), "--wait")
     assert result.returncode == 0, result.stderr + mesh.log()
     # apply did not wait for the network; it says where to look
     note = f"note: RequestAuthentication default/httpbin: the control plane fetches {url} in"

@@ -411,3 +411,18 @@ def test_a_selector_without_labels_selects_every_sidecar_of_its_namespace() -> N
     assert cluster.lb_policy == cluster_pb2.Cluster.LEAST_REQUEST
     assert _name(world, "front", {"app": "cart"}) == "everyone-here"
     assert _name(world, "other", {}) == "service-wide"
+
+
+def test_only_a_selected_client_keeps_the_labels_its_rule_reads() -> None:
+    """What CONNECT tunnels and --upstream listeners key their DestinationRule lookup by: the
+    selector's labels for a client a rule selects, nothing for the others, which then share."""
+    world = _world(
+        _rule("service-wide", "shop", API, _lb("RANDOM")),
+        _rule("web-only", "front", API, _selector("{app: web}", _lb("ROUND_ROBIN"))),
+    )
+    web = (("pod", "a"), ("app", "web"))  # in any order
+    assert world.rule_labels("front", web) == (("app", "web"),)
+    assert world.rule_labels("front", (("app", "cart"), ("pod", "b"))) == ()
+    assert world.rule_labels("other", web) == ()  # the rule is private to its namespace
+    plain = _world(_rule("service-wide", "shop", API, _lb("RANDOM")))
+    assert plain.rule_labels("front", web) == ()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.etcd_fixtures import Cluster, Member, etcd_cluster
-from tsunagi.store import open_store
+from tsunagi.store import StoreLimit, open_store
 from tsunagi.store.etcd import EtcdClient, EtcdError, EtcdStore, parse_url
 from tsunagi.store.etcd.client import TxnResult, Uncertain, mod_revision_is, put
 
@@ -108,7 +108,7 @@ async def test_a_failed_transaction_changes_nothing(etcd: Cluster) -> None:
         # operations (--max-txn-ops, 128 by default) and none of its writes land, the
         # delete listed first included.
         many = [(("DestinationRule", "default", f"dr{i}"), {"i": i}) for i in range(200)]
-        with pytest.raises(EtcdError, match="max-txn-ops"):
+        with pytest.raises(StoreLimit, match="max-txn-ops"):
             await store.commit(many, [VS])
         assert store.contents().revision == rev
         assert store.contents().records[VS].document == {"a": 1}
@@ -327,33 +327,79 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 async def test_leader_killed_writes_resume_and_nothing_acknowledged_is_lost(
     cluster: Cluster,
 ) -> None:
+    leader = await _leader(cluster)
     async with opened(cluster) as store:
         acknowledged: dict[int, int] = {}
         failed = 0
-        leader = await _leader(cluster)
-        i = 0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        after_kill = 0
-        while after_kill < 20:
-            assert loop.time() < deadline, f"writes did not resume ({failed} failed)"
-            i += 1
-            if i == 20:
-                leader.kill()
-            key = ("ConfigMap", "default", f"k{i}")
-            try:
-                acknowledged[i] = await store.commit([(key, {"i": i})])
-                if i > 20:
-                    after_kill += 1
-            except EtcdError:
-                failed += 1
-                await asyncio.sleep(0.1)
+        in_flight = 0  # the write awaiting etcd now (0: none)
+        killed_during = 0  # the write in flight when the leader died
+
+        async def write_until_resumed() -> None:
+            nonlocal failed, in_flight
+            i = 0
+            while not killed_during or sum(k > killed_during for k in acknowledged) < 20:
+                i += 1
+                in_flight = i
+                try:
+                    acknowledged[i] = await store.commit([(_config(i), {"i": i})])
+                except EtcdError:
+                    failed += 1
+                    in_flight = 0
+                    await asyncio.sleep(0.1)
+
+        async def kill_leader_mid_write() -> None:
+            nonlocal killed_during
+            while len(acknowledged) < 20:
+                await asyncio.sleep(0.01)
+            # The writer awaits nothing but commits, so one is on its way to etcd now: the
+            # leader dies under it, not between two writes.
+            killed_during = in_flight
+            assert killed_during, "no write was in flight"
+            leader.kill()
+
+        writer = asyncio.create_task(write_until_resumed())
+        try:
+            await asyncio.wait_for(kill_leader_mid_write(), 30)
+            await asyncio.wait_for(asyncio.shield(writer), 60)
+        except TimeoutError:
+            raise AssertionError(f"writes did not resume ({failed} failed)") from None
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        # Every acknowledged write is its own commit, in order.
+        revisions = [acknowledged[i] for i in sorted(acknowledged)]
+        assert revisions == sorted(set(revisions))
         survivors = [("127.0.0.1", m.client_port) for m in cluster.members if m is not leader]
         async with opened(cluster, survivors) as fresh:
             stored = fresh.contents().records
             for i, rev in acknowledged.items():
-                record = stored[("ConfigMap", "default", f"k{i}")]
+                record = stored[_config(i)]
                 assert record.document == {"i": i} and record.revision == rev
+
+
+def _config(i: int) -> tuple[str, str, str]:
+    return ("ConfigMap", "default", f"k{i}")
+
+
+async def test_reads_go_on_to_another_member_while_one_hangs(cluster: Cluster) -> None:
+    """A member that stops answering but keeps its connections open (SIGSTOP here; a host
+    cut off without resets looks the same until keepalive gives up on it) must not fail
+    reads that the other members can answer."""
+    leader = await _leader(cluster)
+    hung = next(m for m in cluster.members if m is not leader)
+    assert hung.proc is not None
+    async with client(cluster) as c:
+        await c.txn([], [put(b"/k", b"1")])
+        for _ in range(6):  # round robin: connected to every member, each has answered
+            assert (await c.get(b"/k"))[1] is not None
+        hung.proc.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(6):  # two of these go to the hung member first
+                _, kv = await c.get(b"/k")
+                assert kv is not None and kv.value == b"1"
+        finally:
+            hung.proc.send_signal(signal.SIGCONT)
 
 
 async def _leader(cluster: Cluster) -> Member:

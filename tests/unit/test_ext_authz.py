@@ -52,6 +52,15 @@ spec:
 """
 
 
+def _deny() -> str:
+    """A DENY policy ``d`` with the same selector and rules as :func:`_policy`'s."""
+    return (
+        _policy("d", "x")
+        .replace("action: CUSTOM", "action: DENY")
+        .replace("  provider: {name: x}\n", "")
+    )
+
+
 def _world(*docs: str, mesh: str = HTTP_PROVIDER, ports: tuple[int, ...] = (8000, 9000)) -> World:
     """The World of ``docs``, with the authorizer ``ext-authz.foo`` registered on ``ports``."""
     resources: list[Resource] = load_documents("---".join(docs), "p.yaml") if docs else []
@@ -176,7 +185,10 @@ def test_resolves_the_provider_and_its_service() -> None:
     custom = world.security_for(WEB).custom
     assert custom is not None and custom.error == ""
     assert custom.provider is not None and custom.provider.name == "http-authz"
-    assert custom.host == "ext-authz.foo.svc.cluster.local"
+    [_, ext] = ext_authz.http_filters(custom, 9080)
+    # Through its outbound cluster for that host and port.
+    cluster = ext["typed_config"]["http_service"]["server_uri"]["cluster"]
+    assert cluster == "outbound|8000||ext-authz.foo.svc.cluster.local"
 
 
 @pytest.mark.parametrize(
@@ -224,11 +236,7 @@ def test_service_lookup_follows_istiod() -> None:
 
 
 def test_workloads_without_custom_policies_cost_one_look() -> None:
-    deny = (
-        _policy("d", "x")
-        .replace("action: CUSTOM", "action: DENY")
-        .replace("  provider: {name: x}\n", "")
-    )
+    deny = _deny()
     world = _world(deny)
     security = world.security_for(WEB)
     assert security.custom is None
@@ -248,11 +256,7 @@ def test_workloads_without_custom_policies_cost_one_look() -> None:
 
 
 def test_custom_filters_come_before_deny_and_allow() -> None:
-    deny = (
-        _policy("d", "x")
-        .replace("action: CUSTOM", "action: DENY")
-        .replace("  provider: {name: x}\n", "")
-    )
+    deny = _deny()
     world = _world(_policy("p", "http-authz"), deny)
     filters = authz.http_filters(world.security_for(WEB), WEB, 9080)
     assert _names(filters) == [

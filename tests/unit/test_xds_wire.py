@@ -1,16 +1,16 @@
-"""The bytes a response goes out as (``protocol.serialized``): those it was made from, which
-must say exactly what the message says."""
+"""The bytes a response goes out as (``protocol.Outgoing``): made from each resource's cached
+entry and the response's own fields, they must say exactly what the message would say."""
 
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from tsunagi.xds.protocol import serialized
+from tsunagi.xds.protocol import DeltaStream, SotwStream
 from tsunagi.xds.protocol._wire import delta_response, sotw_response
-from tsunagi.xds.resources import Resource
+from tsunagi.xds.resources import CLUSTER, Resource, Snapshot
 
-CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+CDS = CLUSTER
 
 
 def _clusters(*names: str) -> dict[str, Resource]:
@@ -20,32 +20,56 @@ def _clusters(*names: str) -> dict[str, Resource]:
     }
 
 
-def test_a_sotw_response_goes_out_as_the_bytes_it_was_made_from() -> None:
+def test_a_sotw_response_is_the_message_it_names() -> None:
     target = _clusters("a", "b")
-    response = sotw_response(CDS, target, ["b", "a"], "v-7", "nonce-3")
-    assert response.version_info == "v-7" and response.type_url == CDS
-    assert response.nonce == "nonce-3"
-    assert [r.value for r in response.resources] == [
-        target["b"].body.value,
-        target["a"].body.value,
-    ]
-    sent = serialized(response)
-    assert discovery_pb2.DiscoveryResponse.FromString(sent) == response
-    # Once sent, the bytes are forgotten; serializing again gives the same message.
-    again = serialized(response)
-    assert discovery_pb2.DiscoveryResponse.FromString(again) == response
+    out = sotw_response(CDS, target, ["b", "a"], "v-7", "nonce-3")
+    assert (out.type_url, out.nonce) == (CDS, "nonce-3")
+    expected = discovery_pb2.DiscoveryResponse(
+        version_info="v-7",
+        resources=[target["b"].body, target["a"].body],
+        type_url=CDS,
+        nonce="nonce-3",
+    )
+    assert discovery_pb2.DiscoveryResponse.FromString(out.data) == expected
+    # The same resources again (another stream): the cached entries, the same bytes.
+    assert sotw_response(CDS, target, ["b", "a"], "v-7", "nonce-3").data == out.data
 
 
-def test_a_delta_response_carries_its_removals_and_versions() -> None:
+def test_a_delta_response_carries_its_resources_removals_and_version() -> None:
     target = _clusters("a")
-    response = delta_response(CDS, target, ["a"], ["gone-1", "gone-2"], "sys-1", "n-1")
-    assert response.system_version_info == "sys-1" and response.nonce == "n-1"
-    assert list(response.removed_resources) == ["gone-1", "gone-2"]
-    assert [(r.name, r.version) for r in response.resources] == [("a", target["a"].version)]
-    parsed = discovery_pb2.DeltaDiscoveryResponse.FromString(serialized(response))
-    assert parsed == response
+    out = delta_response(CDS, target, ["a"], ["gone-1", "gone-2"], "sys-1", "n-1")
+    expected = discovery_pb2.DeltaDiscoveryResponse(
+        system_version_info="sys-1",
+        resources=[
+            discovery_pb2.Resource(name="a", version=target["a"].version, resource=target["a"].body)
+        ],
+        removed_resources=["gone-1", "gone-2"],
+        type_url=CDS,
+        nonce="n-1",
+    )
+    assert discovery_pb2.DeltaDiscoveryResponse.FromString(out.data) == expected
 
 
-def test_a_message_made_elsewhere_is_serialized_as_usual() -> None:
-    response = discovery_pb2.DiscoveryResponse(version_info="x", nonce="y", type_url=CDS)
-    assert serialized(response) == response.SerializeToString()
+def test_what_a_stream_sends_is_what_it_reports() -> None:
+    """``next_wire`` (what the server writes) and ``next_response`` (what tests read) are
+    one response: the nonce the server logs is the one Envoy must answer."""
+    snapshot = Snapshot.build({CLUSTER: list(_clusters("a", "b").values())}, 1)
+    for stream in (SotwStream(nonce_prefix="s-"), DeltaStream(nonce_prefix="d-")):
+        stream.set_snapshot(snapshot)
+        request_type = (
+            discovery_pb2.DiscoveryRequest
+            if isinstance(stream, SotwStream)
+            else discovery_pb2.DeltaDiscoveryRequest
+        )
+        stream.receive(request_type(type_url=CLUSTER, node={"id": "n"}))
+        out = stream.next_wire()
+        assert out is not None and out.type_url == CLUSTER
+        message_type = (
+            discovery_pb2.DiscoveryResponse
+            if isinstance(stream, SotwStream)
+            else discovery_pb2.DeltaDiscoveryResponse
+        )
+        message = message_type.FromString(out.data)
+        assert message.nonce == out.nonce and message.type_url == CLUSTER
+        assert len(message.resources) == 2
+        assert stream.next_wire() is None  # sent: nothing more until Envoy answers

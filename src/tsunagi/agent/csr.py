@@ -22,6 +22,8 @@ def key_and_csr(spiffe_id: str) -> tuple[bytes, bytes]:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from tsunagi.ca.issue import private_pem
+
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -33,12 +35,7 @@ def key_and_csr(spiffe_id: str) -> tuple[bytes, bytes]:
         )
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+    return private_pem(key), csr.public_bytes(serialization.Encoding.PEM)
 
 
 def main(argv: list[str]) -> int:

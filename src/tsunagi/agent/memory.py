@@ -3,12 +3,9 @@ sidecar's budget (Envoy + agent ≤ 30 MB private)."""
 
 from __future__ import annotations
 
-import ctypes
 import gc
-import sys
 
-_libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
-
+from tsunagi import glibc
 
 M_ARENA_MAX = -8
 """glibc's ``mallopt`` parameter for the number of malloc arenas (``malloc.h``)."""
@@ -22,8 +19,7 @@ def one_malloc_arena() -> None:
     thread left the agent 0.7 MB larger after 3,000 requests than with one arena (measured
     with ``MALLOC_ARENA_MAX=1``; ``malloc_trim`` did not give it back). The agent's threads
     mostly sleep, so they lose nothing by sharing one. Call it before starting threads."""
-    if _libc is not None and hasattr(_libc, "mallopt"):
-        _libc.mallopt(M_ARENA_MAX, 1)
+    glibc.mallopt(M_ARENA_MAX, 1)
 
 
 def release_startup_memory() -> None:
@@ -39,5 +35,4 @@ def release_startup_memory() -> None:
 
 def trim_heap() -> None:
     """Return the C heap's free pages to the kernel (``malloc_trim``; glibc only)."""
-    if _libc is not None and hasattr(_libc, "malloc_trim"):
-        _libc.malloc_trim(0)
+    glibc.malloc_trim()

@@ -210,6 +210,13 @@ def server_principal(uris: str) -> str:
     return "-"
 
 
+def _with_server_principal(key: tuple[str, ...], at: int) -> tuple[str, ...]:
+    """``key`` with the server principal at ``key[at]`` as :func:`server_principal` reads
+    it: ``key`` itself when it is one identity already, else a new key."""
+    principal = server_principal(key[at])
+    return key if principal == key[at] else (*key[:at], principal, *key[at + 1 :])
+
+
 def _peer(metadata: str) -> tuple[str, str, str, str, str]:
     """``workload;namespace;canonical service;canonical revision;cluster`` (Istio's
     ``istio.workload`` format) → those five; :data:`UNKNOWN_PEER` when absent or malformed."""
@@ -349,9 +356,9 @@ class Aggregator:
         unknown: tuple[str, ...]
         if source:
             at, valid, unknown = 2, _HOST_SHAPE.fullmatch, ("-", "-")
-            principal = server_principal(key[3])
-            if principal != key[3]:  # several URIs, or not an identity
-                key = (*key[:3], principal, *key[4:])
+            named = _with_server_principal(key, 3)
+            if named is not key:
+                key = named
                 series = self._http.get(key)
                 if series is not None:
                     return series
@@ -403,9 +410,9 @@ class Aggregator:
         key = (token, flags, *f[6:])
         series = self._tcp.get(key)
         if series is None and outbound:
-            principal = server_principal(key[4])
-            if principal != key[4]:  # several URIs, or not an identity
-                key = (*key[:4], principal, *key[5:])
+            named = _with_server_principal(key, 4)
+            if named is not key:
+                key = named
                 series = self._tcp.get(key)
         if series is None:
             if len(self._tcp) >= MAX_TCP_SERIES:

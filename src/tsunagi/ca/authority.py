@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tsunagi.ca.csr_checks import CsrRejected, checked_csr
-from tsunagi.ca.issue import Issued
+from tsunagi.ca.issue import Issued, key_usage, private_pem
 from tsunagi.gateway_mark import GATEWAY_POLICY_OID
 
 __all__ = ["Authority", "CsrRejected", "Signed"]
@@ -129,11 +129,7 @@ class Authority:
         cert = self._leaf(key.public_key(), names, ttl, now)
         return Issued(
             _pem(cert) + b"".join(_pem(c) for c in self._chain_above),
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
+            private_pem(key),
             cert.serial_number,
         )
 
@@ -161,20 +157,7 @@ class Authority:
             .not_valid_before(not_before)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_encipherment=True,
-                    content_commitment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(key_usage(ca=False), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage(
                     [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]

@@ -65,20 +65,7 @@ def issue(
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
     )
     if is_ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_encipherment=False,
-                content_commitment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        builder = builder.add_extension(key_usage(ca=True), critical=True)
         ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
         builder = builder.add_extension(ski, critical=False)
     if dns_names:
@@ -86,12 +73,29 @@ def issue(
             x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
         )
     cert = builder.sign(signer, hashes.SHA256())  # type: ignore[arg-type]
-    return Issued(
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        serial,
+    return Issued(cert.public_bytes(serialization.Encoding.PEM), private_pem(key), serial)
+
+
+def key_usage(*, ca: bool) -> x509.KeyUsage:
+    """The KeyUsage extension (to be marked critical) of a CA's certificate (it signs
+    certificates and CRLs) or of a leaf's (TLS with an ECDSA or RSA key)."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        key_encipherment=not ca,
+        content_commitment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def private_pem(key: CertificateIssuerPrivateKeyTypes) -> bytes:
+    """``key`` as unencrypted PKCS#8 PEM (what Envoy and the CA files read)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )

@@ -16,10 +16,10 @@ by the benchmark's ADS client.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
-import platform
+
+from tsunagi import glibc
 
 log = logging.getLogger("tsunagi")
 
@@ -38,16 +38,8 @@ in again by the next push."""
 def raise_malloc_thresholds() -> bool:
     """Raise glibc's mmap and trim thresholds (see the module doc); whether it did. Does
     nothing where the C library is not glibc (musl, macOS) or refuses a value."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    done = glibc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and glibc.mallopt(
+        M_TRIM_THRESHOLD, TRIM_THRESHOLD
     )
     if not done:
         log.debug("glibc refused the malloc thresholds; keeping its defaults")

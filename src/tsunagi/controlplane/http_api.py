@@ -80,7 +80,7 @@ from tsunagi.registry import KIND as INSTANCE_KIND
 from tsunagi.registry import Instance, InvalidInstance, Registry
 from tsunagi.registry.instances import protocol_disagreement
 from tsunagi.spiffe import spiffe_id
-from tsunagi.store import Key, Store, StoreError
+from tsunagi.store import Key, Store, StoreError, StoreLimit
 from tsunagi.telemetry.graph import graph_view
 from tsunagi.telemetry.panels import panel
 from tsunagi.telemetry.promviews import PrometheusError
@@ -297,7 +297,9 @@ class Api:
             return self._http_error(request, e)
         except (asyncio.CancelledError, ConnectionError):
             raise
-        except StoreError as e:  # etcd unreachable or over a limit: its message says what to do
+        except StoreLimit as e:  # the request is larger than the store takes
+            return _error(413, str(e))
+        except StoreError as e:  # etcd unreachable: its message says what to do
             log.warning("%s %s: %s", request.method, request.path, e)
             return _error(503, str(e))
         except Exception:

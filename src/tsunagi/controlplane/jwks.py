@@ -29,9 +29,8 @@ from typing import Any
 
 import aiohttp
 
-from tsunagi.api import RequestAuthenticationSpec, Resource, parse_document
 from tsunagi.api.checks_request_authentication import jwks_error
-from tsunagi.controlplane.jwks_status import FetchState, key_count
+from tsunagi.controlplane.jwks_status import FetchState, key_count, stored_rules
 from tsunagi.mesh import request_authentication as ra
 from tsunagi.store import Contents, Key, Store
 
@@ -83,17 +82,12 @@ def sources_of(document: Mapping[str, Any]) -> dict[str, float]:
     """The sources one stored RequestAuthentication needs fetched, with the fetch timeout
     (the shortest ``timeout`` of its rules naming each); none if it no longer parses (the
     push reports that)."""
-    try:
-        res: Resource = parse_document(dict(document), "store", 1)
-    except Exception:
-        return {}
     out: dict[str, float] = {}
-    if isinstance(res.spec, RequestAuthenticationSpec):
-        for rule in res.spec.jwt_rules:
-            source = ra.jwks_key(rule)
-            if source is not None:
-                timeout = rule.timeout or TIMEOUT
-                out[source] = min(out.get(source, timeout), timeout)
+    for rule in stored_rules(document):
+        source = ra.jwks_key(rule)
+        if source is not None:
+            timeout = rule.timeout or TIMEOUT
+            out[source] = min(out.get(source, timeout), timeout)
     return out
 
 

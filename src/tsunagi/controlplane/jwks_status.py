@@ -154,18 +154,22 @@ def status(rules: Iterable[JWTRule], states: Mapping[str, FetchState]) -> dict[s
     return {"conditions": [condition(jwks)], "jwks": jwks}
 
 
+def stored_rules(document: Mapping[str, Any]) -> tuple[JWTRule, ...]:
+    """The ``jwtRules`` of a stored RequestAuthentication document; none if it no longer
+    parses (the push reports that)."""
+    try:
+        res = parse_document(dict(document), "store", 1)
+    except Exception:
+        return ()
+    return tuple(res.spec.jwt_rules) if isinstance(res.spec, RequestAuthenticationSpec) else ()
+
+
 def document_status(
     document: Mapping[str, Any], states: Mapping[str, FetchState]
 ) -> dict[str, Any]:
     """:func:`status` of a stored RequestAuthentication document (empty if it no longer
     parses: the push reports that)."""
-    try:
-        res = parse_document(dict(document), "store", 1)
-    except Exception:
-        return {}
-    if not isinstance(res.spec, RequestAuthenticationSpec):
-        return {}
-    return status(res.spec.jwt_rules, states)
+    return status(stored_rules(document), states)
 
 
 def apply_messages(

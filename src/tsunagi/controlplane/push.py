@@ -307,7 +307,7 @@ class Pusher:
             contents = self.store.contents()
             started = time.perf_counter()
             nodes = {
-                e.id: Node.from_metadata(e.id, e.metadata or {}, e.verified, e.identity is not None)
+                e.id: Node.from_metadata(e.id, e.metadata or {}, e.verified, e.proven)
                 for e in self.cache.nodes.values()
             }
             try:
@@ -333,9 +333,7 @@ class Pusher:
                 if node_id not in done.snapshots:  # connected while we computed: catch it up
                     self.cache.set_snapshot(
                         node_id,
-                        self.resolve(
-                            node_id, entry.metadata, entry.verified, entry.identity is not None
-                        ),
+                        self.resolve(node_id, entry.metadata, entry.verified, entry.proven),
                     )
             self.processed = done.world.revision
             self.hooks.pushed(changed, done.snapshots.keys())

@@ -86,7 +86,7 @@ def _parts(path: str, tp: TrafficPolicy) -> list[tuple[str, PortTrafficPolicy | 
     ]
 
 
-def _tls_parts(spec: DestinationRuleSpec) -> list[tuple[str, ClientTLSSettings]]:
+def tls_parts(spec: DestinationRuleSpec) -> list[tuple[str, ClientTLSSettings]]:
     """Each ``tls`` of a DestinationRule with its field path."""
     return [
         (f"{at}.tls", part.tls)
@@ -105,7 +105,7 @@ def tls_file_problems(
     the same update; sidecars usually share this host, so a typo shows here first."""
     out = []
     for dr in of_spec(resources, DestinationRuleSpec):
-        for at, tls in _tls_parts(dr.spec):
+        for at, tls in tls_parts(dr.spec):
             if tls.mode not in ("SIMPLE", "MUTUAL") or tls.credential_name:
                 continue
             files = [("caCertificates", tls.ca_certificates)]
@@ -268,6 +268,7 @@ def _traffic_policy_warnings(where: str, spec: DestinationRuleSpec) -> list[str]
     ``xds/translate/policy.py``); say which parts are not, and which deprecated fields are
     honoured under their documented meaning."""
     top = spec.traffic_policy
+    scoped = spec.workload_selector is not None
     out = []
     for path, tp in _policies(spec):
         for name in ("tunnel", "proxy_protocol"):
@@ -275,7 +276,6 @@ def _traffic_policy_warnings(where: str, spec: DestinationRuleSpec) -> list[str]
                 out.append(f"{where}: {path}.{to_camel(name)} is not applied yet")
         for at, part in _parts(path, tp):
             lb, outlier = part.load_balancer, part.outlier_detection
-            scoped = spec.workload_selector is not None
             out += _tls_warnings(f"{where}: {at}.tls", part.tls, scoped)
             # A subset's own policy inherits the top level's outlier detection; port-level
             # settings inherit nothing (see xds/translate/policy.py).

@@ -45,11 +45,6 @@ class CustomAuthz:
     error: str = ""
     """Why the policies cannot be sent anywhere: their rules then deny (Istio's)."""
 
-    @property
-    def host(self) -> str:
-        """The provider's service host (its outbound cluster's); '' without a provider."""
-        return service_host(self.provider.config.service)[1] if self.provider else ""
-
 
 def _is_custom(policy: Resource) -> bool:
     return isinstance(policy.spec, AuthorizationPolicySpec) and policy.spec.action == CUSTOM
@@ -64,6 +59,11 @@ def _provider_name(policy: Resource) -> str:
     spec = policy.spec
     assert isinstance(spec, AuthorizationPolicySpec) and spec.provider is not None
     return spec.provider.name
+
+
+def _provider_names(policies: Iterable[Resource]) -> list[str]:
+    """The providers CUSTOM ``policies`` name, sorted (more than one: none is used)."""
+    return sorted({_provider_name(p) for p in policies})
 
 
 def service_problem(world: World, provider: ExtensionProvider) -> str:
@@ -90,7 +90,7 @@ def resolve(world: World, policies: Sequence[Resource]) -> CustomAuthz | None:
     custom = tuple(takewhile(_is_custom, policies))
     if not custom:
         return None
-    names = sorted({_provider_name(p) for p in custom})
+    names = _provider_names(custom)
     if len(names) > 1:
         return CustomAuthz(
             custom,
@@ -137,7 +137,7 @@ def problems(
     seen: set[tuple[str, ...]] = set()
     for namespace, labels in workloads:
         found = resolve(world, authorization.for_workload(world, namespace, labels))
-        if found is None or not found.error.startswith("only 1 provider"):
+        if found is None or len(_provider_names(found.policies)) < 2:
             continue
         names = tuple(f"{p.namespace}/{p.name}" for p in found.policies)
         if names in seen or not any(p.key in keys for p in found.policies):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tsunagi.api import DestinationRuleSpec, Resource
-from tsunagi.mesh.analysis import _tls_parts
+from tsunagi.mesh.analysis import tls_parts
 from tsunagi.mesh.visibility import exported_to
 from tsunagi.mesh.world import World, of_spec
 
@@ -30,7 +30,7 @@ def rule_credential_problems(
         else:
             seen = [ns for ns in running if exported_to(dr.spec.export_to, dr.namespace, ns)]
             namespaces, assumed = (seen, False) if seen else ([dr.namespace], True)
-        for at, tls in _tls_parts(dr.spec):
+        for at, tls in tls_parts(dr.spec):
             name = tls.credential_name
             if tls.mode not in ("SIMPLE", "MUTUAL") or not name:
                 continue

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
 
 from tsunagi.api import DestinationRuleSpec, ResourceOf, Subset, fqdn
 from tsunagi.mesh.selectors import labels_match
@@ -130,7 +129,8 @@ class DestinationRuleLookup:
         }
         self._merged: dict[tuple[tuple[str, str, str], ...], DestinationRule] = {}
         self._answers: dict[tuple[str, str], DestinationRule | None] = {}
-        self._selected: dict[tuple[str, str, tuple[tuple[str, str], ...]], Any] = {}
+        self._selected: dict[tuple[str, str, tuple[tuple[str, str], ...]], DestinationRule | None]
+        self._selected = {}
         self.scoped_namespaces: frozenset[str] = frozenset(
             ns
             for ns, hosts in rules.items()
@@ -217,8 +217,7 @@ class DestinationRuleLookup:
         those of an equal selector); None when none does."""
         key = (host, client, labels)
         if key in self._selected:
-            found: DestinationRule | None = self._selected[key]
-            return found
+            return self._selected[key]
         found = None
         if client in self.scoped_namespaces:
             scoped = [r for r in self._local_rules(client, host) or () if workload_scoped(r)]

@@ -697,6 +697,20 @@ class World:
         selected: Mapping[str, ResourceOf[DestinationRuleSpec]] = self._per_namespace[key]
         return selected
 
+    def rule_labels(
+        self, namespace: str, labels: Iterable[tuple[str, str]]
+    ) -> tuple[tuple[str, str], ...]:
+        """What of a client's ``labels`` its DestinationRule lookup reads (sorted): those a
+        ``workloadSelector`` names, when a rule of ``namespace`` with one selects it; () for
+        every other client, which then share config (no work in a namespace without such
+        rules)."""
+        lookup = self.rule_lookup
+        if lookup is None or namespace not in lookup.scoped_namespaces:
+            return ()
+        keys = self.rule_selector_keys
+        read = tuple(sorted((k, v) for k, v in labels if k in keys))
+        return read if self.selected_rules(namespace, read) else ()
+
     @cached_property
     def _per_namespace(self) -> dict[tuple[Any, ...], Any]:
         return {}  # answers by (what, namespace); the World never changes, so they hold

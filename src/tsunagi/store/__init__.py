@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tsunagi.store.base import Contents, Key, Record, Store, StoreError
+from tsunagi.store.base import Contents, Key, Record, Store, StoreError, StoreLimit
 from tsunagi.store.memory import MemoryStore
 from tsunagi.store.sqlite import SqliteStore
 
@@ -16,6 +16,7 @@ __all__ = [
     "SqliteStore",
     "Store",
     "StoreError",
+    "StoreLimit",
     "open_store",
 ]
 

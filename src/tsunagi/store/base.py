@@ -43,6 +43,11 @@ class StoreError(RuntimeError):
     message says why and what to do. Nothing of the failed write is visible."""
 
 
+class StoreLimit(StoreError):
+    """The write is larger than the store takes (etcd's operations or bytes per
+    transaction): the caller's to split, not a fault of the store."""
+
+
 class Store(Protocol):
     """A revisioned, watchable store of documents. Every write is all-or-nothing."""
 

@@ -17,8 +17,8 @@ from tsunagi.xds.protocol import TypeStatus
 from tsunagi.xds.resources import Snapshot
 
 Resolver = Callable[[str, Any, bool, bool], Snapshot]
-"""Makes the snapshot for a newly connected node from its id, metadata and whether its
-client certificate proved its namespace (:mod:`.peer_identity`)."""
+"""Makes the snapshot for a newly connected node from its id, its metadata, and what its
+client certificate proved (:attr:`NodeEntry.verified`, :attr:`NodeEntry.proven`)."""
 
 
 class ProxyStream(Protocol):
@@ -57,11 +57,19 @@ class NodeEntry:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     nacks: list[tuple[str, str]] = field(default_factory=list)
     verified: bool = False
-    """Whether its client certificate proved its claims (set by the server, never by the
-    node; :mod:`.peer_identity`)."""
+    """Whether its client certificate proved its claims and carries the CA's gateway mark,
+    so it may hold its Gateways' keys (set by the server, never by the node;
+    :mod:`.peer_identity`)."""
     identity: str | None = None
     """The SPIFFE ID its client certificate proved; None on a plaintext port (tests). A
     stream of another identity may not take this node id over (:func:`.peer_identity.takeover`)."""
+
+    @property
+    def proven(self) -> bool:
+        """Whether its client certificate proved its namespace (and service account, when
+        claimed): enough for its own namespace's Secrets that a selecting DestinationRule
+        names (:attr:`tsunagi.mesh.Node.proven`)."""
+        return self.identity is not None
 
 
 class SnapshotCache:

@@ -24,7 +24,7 @@ from tsunagi.xds import peer_identity
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.dependencies import DependencyCache
 from tsunagi.xds.observer import NO_OBSERVER, StreamObserver
-from tsunagi.xds.protocol import DeltaStream, Nack, SotwStream, serialized
+from tsunagi.xds.protocol import DeltaStream, Nack, SotwStream
 
 log = logging.getLogger("tsunagi.xds")
 _stream_ids = itertools.count(1)
@@ -103,18 +103,17 @@ _ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 
 def _add_ads(servicer: AdsServicer, server: grpc.aio.Server) -> None:
-    """ADS's two methods, as the generated registration adds them but for the responses'
-    serializer: they go out as the bytes they were made from (``protocol.serialized``)."""
+    """ADS's two methods, as the generated registration adds them but with no response
+    serializer: the servicer writes each response as the bytes it was made from
+    (``protocol.Outgoing``)."""
     handlers = {
         "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
             servicer.StreamAggregatedResources,
             request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-            response_serializer=serialized,
         ),
         "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
             servicer.DeltaAggregatedResources,
             request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-            response_serializer=serialized,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_ADS_SERVICE, handlers),))
@@ -247,12 +246,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         try:
             while not reader.done():
                 started = time.perf_counter()
-                while (response := stream.next_response()) is not None:
+                while (out := stream.next_wire()) is not None:
                     if log.isEnabledFor(logging.DEBUG):
-                        log.debug("%s -> %s %s", node.id, response.type_url, response.nonce)
-                    await context.write(response)
+                        log.debug("%s -> %s %s", node.id, out.type_url, out.nonce)
+                    await context.write(out.data)
                     now = time.perf_counter()
-                    observer.sent(entry, response.type_url, now - started)
+                    observer.sent(entry, out.type_url, now - started)
                     started = now
                 wake.clear()
                 waiter = asyncio.create_task(wake.wait())

@@ -49,6 +49,10 @@ _OPTIONS = [
 # Watches on a member that has lost its leader are cancelled by that member (as etcd's own
 # clients ask), instead of staying silent while the rest of the cluster moves on.
 _REQUIRE_LEADER = (("hasleader", "true"),)
+_READ_TRIES = 3
+"""A read's deadline is shared by this many tries, so that a member which hangs (stopped,
+or cut off without a reset, until keepalive gives up on it) cannot use all of it: the next
+try goes to the next member."""
 
 
 class EtcdError(StoreError):
@@ -210,7 +214,6 @@ class EtcdClient:
         timeout: float = 5.0,
     ) -> None:
         target = _target(endpoints)
-        self.endpoints = list(endpoints)
         self.where = ",".join(f"{h}:{p}" for h, p in endpoints)
         """The members as the user wrote them (for messages)."""
         self.timeout = timeout
@@ -226,17 +229,21 @@ class EtcdClient:
     async def close(self) -> None:
         await self._channel.close()
 
+    def _failed(self, e: grpc.aio.AioRpcError) -> str:
+        return f"etcd at {self.where}: {e.code().name}: {e.details()}"
+
     async def _read(self, call: Any, request: Any) -> Any:
         """An idempotent call, retried on another member until the deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
+        each = self.timeout / _READ_TRIES
         while True:
             left = deadline - loop.time()
             try:
-                return await call(request, timeout=max(left, 0.05), wait_for_ready=True)
+                return await call(request, timeout=max(min(left, each), 0.05), wait_for_ready=True)
             except grpc.aio.AioRpcError as e:
                 if e.code() not in _RETRY_READ or loop.time() + 0.1 >= deadline:
-                    raise EtcdError(f"etcd at {self.where}: {e.code().name}: {e.details()}") from e
+                    raise EtcdError(self._failed(e)) from e
                 await asyncio.sleep(0.1)
 
     async def range_prefix(
@@ -270,7 +277,7 @@ class EtcdClient:
         try:
             reply = await self._kv.Txn(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as e:
-            message = f"etcd at {self.where}: {e.code().name}: {e.details()}"
+            message = self._failed(e)
             if e.code() in _UNCERTAIN:
                 raise Uncertain(message) from e
             raise EtcdError(message) from e
@@ -325,7 +332,7 @@ class EtcdClient:
                     yield events[-1].kv.mod_revision, events
             raise EtcdError(f"etcd at {self.where}: the watch stream ended")
         except grpc.aio.AioRpcError as e:
-            raise EtcdError(f"etcd at {self.where}: {e.code().name}: {e.details()}") from e
+            raise EtcdError(self._failed(e)) from e
         finally:
             done.set()
             call.cancel()
@@ -338,7 +345,7 @@ class EtcdClient:
                 rpc_pb2.LeaseGrantRequest(TTL=ttl), timeout=self.timeout
             )
         except grpc.aio.AioRpcError as e:
-            raise EtcdError(f"etcd at {self.where}: {e.code().name}: {e.details()}") from e
+            raise EtcdError(self._failed(e)) from e
         if reply.error:
             raise EtcdError(f"etcd refused a lease: {reply.error}")
         return int(reply.ID), int(reply.TTL)
@@ -352,7 +359,7 @@ class EtcdClient:
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 return  # already expired or revoked: the outcome wanted
-            raise EtcdError(f"etcd at {self.where}: {e.code().name}: {e.details()}") from e
+            raise EtcdError(self._failed(e)) from e
 
     def keepalive(self) -> LeaseKeeper:
         """One long-lived keepalive stream for any number of leases."""
@@ -376,7 +383,7 @@ class EtcdClient:
                 rpc_pb2.CompactionRequest(revision=revision, physical=True), timeout=self.timeout
             )
         except grpc.aio.AioRpcError as e:
-            raise EtcdError(f"etcd at {self.where}: {e.code().name}: {e.details()}") from e
+            raise EtcdError(self._failed(e)) from e
 
 
 class LeaseKeeper:

@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from tsunagi.store.base import CachedStore, Contents, Key, Record
+from tsunagi.store.base import CachedStore, Contents, Key, Record, StoreError, StoreLimit
 from tsunagi.store.etcd.client import (
     Compacted,
     EtcdClient,
@@ -253,7 +253,7 @@ class EtcdStore(CachedStore):
                 expected = current
                 continue
             except EtcdError as e:
-                raise EtcdError(_explain(str(e))) from e
+                raise _explained(e) from e
             if result.succeeded:
                 return result.revision
             if sent_unsure:
@@ -293,15 +293,17 @@ def _unknown(e: Exception) -> str:
     )
 
 
-def _explain(message: str) -> str:
+def _explained(e: EtcdError) -> StoreError:
+    """``e``, as a :class:`StoreLimit` saying what to do when it is one of etcd's limits."""
+    message = str(e)
     if "too many operations" in message:
-        return (
+        return StoreLimit(
             f"{message}: one apply is one etcd transaction, and etcd caps its operations "
             "(--max-txn-ops, 128 by default); raise it, or apply fewer resources at a time"
         )
     if "request is too large" in message:
-        return (
+        return StoreLimit(
             f"{message}: etcd caps a request's size (--max-request-bytes, 1.5 MiB by "
             "default); raise it, or apply fewer resources at a time"
         )
-    return message
+    return e

@@ -2,8 +2,8 @@
 
 A stream object knows nothing about sockets, tasks or time. The gRPC adapter feeds it every
 request Envoy sends (``receive``), tells it the node's newest desired config
-(``set_snapshot``), and after either drains ``next_response()`` until it returns ``None``,
-writing each response in order.
+(``set_snapshot``), and after either drains ``next_wire()`` until it returns ``None``,
+writing each response's bytes in order (``next_response()`` gives the same as a message).
 
 What the machine guarantees, for both variants:
 
@@ -59,7 +59,7 @@ from tsunagi.xds.protocol._events import (
 )
 from tsunagi.xds.protocol._sotw import SotwStream
 from tsunagi.xds.protocol._state import TypeStatus
-from tsunagi.xds.protocol._wire import serialized
+from tsunagi.xds.protocol._wire import Outgoing
 
 __all__ = [
     "WILDCARD",
@@ -68,10 +68,10 @@ __all__ = [
     "Event",
     "Nack",
     "NodeIdentified",
+    "Outgoing",
     "SotwStream",
     "StaleNonce",
     "Subscribed",
     "TypeStatus",
     "Unsubscribed",
-    "serialized",
 ]

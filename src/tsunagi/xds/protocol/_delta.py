@@ -12,7 +12,7 @@ from tsunagi.xds.dependencies import DependencyCache
 from tsunagi.xds.protocol._events import WILDCARD, Event, subscription_events
 from tsunagi.xds.protocol._state import _diff, _TypeState
 from tsunagi.xds.protocol._stream import _Stream
-from tsunagi.xds.protocol._wire import delta_response
+from tsunagi.xds.protocol._wire import Outgoing, delta_response
 from tsunagi.xds.resources import WILDCARD_TYPES, Resource, Snapshot
 
 
@@ -133,7 +133,13 @@ class DeltaStream(_Stream):
         return subscription_events(t, before, st.subscription(), first=False)
 
     def next_response(self) -> discovery_pb2.DeltaDiscoveryResponse | None:
-        """The next response that may be sent now, or ``None``; it counts as sent."""
+        """:meth:`next_wire`'s response (it counts as sent) as a message, for tests."""
+        out = self.next_wire()
+        return None if out is None else discovery_pb2.DeltaDiscoveryResponse.FromString(out.data)
+
+    def next_wire(self) -> Outgoing | None:
+        """The next response that may be sent now, as it goes out, or ``None``; it counts
+        as sent."""
         taken = self._take()
         if taken is None:
             return None

@@ -11,7 +11,7 @@ from tsunagi.xds.protocol._events import WILDCARD, Event, subscription_events
 from tsunagi.xds.protocol._order import _PARTIAL_SOTW_TYPES
 from tsunagi.xds.protocol._state import _NO_NAMES, _diff, _TypeState
 from tsunagi.xds.protocol._stream import _Stream
-from tsunagi.xds.protocol._wire import sotw_response
+from tsunagi.xds.protocol._wire import Outgoing, sotw_response
 from tsunagi.xds.resources import WILDCARD_TYPES
 
 
@@ -64,7 +64,13 @@ class SotwStream(_Stream):
         events += subscription_events(t, before, after, first)
 
     def next_response(self) -> discovery_pb2.DiscoveryResponse | None:
-        """The next response that may be sent now, or ``None``; it counts as sent."""
+        """:meth:`next_wire`'s response (it counts as sent) as a message, for tests."""
+        out = self.next_wire()
+        return None if out is None else discovery_pb2.DiscoveryResponse.FromString(out.data)
+
+    def next_wire(self) -> Outgoing | None:
+        """The next response that may be sent now, as it goes out, or ``None``; it counts
+        as sent."""
         taken = self._take()
         if taken is None:
             return None

@@ -181,8 +181,8 @@ class Outbound:
     secrets: Mapping[str, Resource] = field(default_factory=lambda: MappingProxyType({}))
     """SDS secrets: a gateway's, the credentials its servers name (:mod:`.secrets`), and
     for any proxy those its own DestinationRules' ``credentialName`` name
-    (:mod:`.scoped_rules`). Empty for most sidecars, and for a proxy whose certificate
-    lacks the CA's gateway mark (``ClientScope.verified``)."""
+    (:mod:`.scoped_rules`). Empty for most sidecars, and for a proxy not allowed keys
+    (``ClientScope.verified``)."""
 
 
 @dataclass(frozen=True)
@@ -635,7 +635,7 @@ def translate_outbound(
         gateway_routes, errors = parts.routes, parts.errors
         sds_errors: list[TranslationError] = []
         # Private keys only to a gateway whose certificate has the CA's mark (peer_identity.py)
-        sds = _gateway_secrets(world, client, memo, sds_errors, own_creds) if scope.verified else {}
+        sds = _proxy_secrets(world, client, memo, sds_errors, own_creds) if scope.verified else {}
         return Outbound(
             shared.clusters,
             _client_endpoints(world, scope, memo, shared)
@@ -650,9 +650,7 @@ def translate_outbound(
     sidecar_errors: list[TranslationError] = []
     # A sidecar a selector rule picks: the credentials that rule names (rule_credentials
     # gives none to a sidecar that may not hold keys).
-    sidecar_sds = (
-        _gateway_secrets(world, None, memo, sidecar_errors, own_creds) if own_creds else {}
-    )
+    sidecar_sds = _proxy_secrets(world, None, memo, sidecar_errors, own_creds) if own_creds else {}
     return Outbound(
         shared.clusters,
         _client_endpoints(world, scope, memo, shared) if world.locality_aware else shared.endpoints,
@@ -662,7 +660,7 @@ def translate_outbound(
     )
 
 
-def _gateway_secrets(
+def _proxy_secrets(
     world: World,
     scope: ClientScope | None,
     memo: Memo,
@@ -838,7 +836,8 @@ def _with_connect(
     (see :mod:`.connect`); nothing when the mesh has no TLS port. A failure leaves them out
     and is reported as the node's.
 
-    Their routing is made once per namespace, ``tls`` source labels and outbound policy, and
+    Their routing is made once per namespace, ``tls`` source labels, labels a selecting
+    DestinationRule reads (:meth:`~tsunagi.mesh.World.rule_labels`) and outbound policy, and
     packed once per distinct access loggers: per proxy when it has its own (a metric pipe,
     an access log naming it), once for all the proxies without. Each push only looks them
     up: a routing change that leaves a listener equal re-packs nothing."""
@@ -848,12 +847,16 @@ def _with_connect(
 
     def make() -> Local:
         fp = world.routing_fingerprint
-        ports_key = ("connect-ports", node.namespace, fp)
-        ports = memo.get(ports_key, sni_routed_ports, world, node.namespace)
+        # A DestinationRule whose workloadSelector picks it decides PASSTHROUGH and idle
+        # timeouts, as for its clusters and routes; () for most proxies, which share these.
+        rule_labels = world.rule_labels(node.namespace, node.labels.items())
+        ports_key = ("connect-ports", node.namespace, rule_labels, fp)
+        ports = memo.get(ports_key, sni_routed_ports, world, node.namespace, rule_labels)
         if not ports:
             return none
         keys = world.tls_source_label_keys
-        labels = tuple(sorted((k, v) for k, v in node.labels.items() if k in keys))
+        source = ((k, v) for k, v in node.labels.items() if k in keys)
+        labels = tuple(sorted({*source, *rule_labels}))
         policy = outbound_policy(world, node)
         scope = (node.namespace, labels, policy, ports)
         docs = memo.get(("connect-docs", *scope, fp), connect_listener_docs, world, *scope)

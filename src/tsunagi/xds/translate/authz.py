@@ -26,16 +26,7 @@ from tsunagi.mesh import ClientScope, Node, World, authorization
 from tsunagi.mesh import ext_authz as mesh_ext_authz
 from tsunagi.mesh.security import WorkloadSecurity
 from tsunagi.xds.translate import ext_authz
-from tsunagi.xds.translate.authz_rules import (
-    HTTP_RBAC,
-    HTTP_RBAC_TYPE,
-    MATCH_NEVER,
-    NETWORK_RBAC,
-    NETWORK_RBAC_TYPE,
-    TCP_STAT_PREFIX,
-    Target,
-    rbac_policy,
-)
+from tsunagi.xds.translate.authz_rules import Target, rbac_filter, rule_policies
 from tsunagi.xds.translate.same import Same, same_all
 
 ENVOY_ACTIONS = (("AUDIT", "LOG"), ("DENY", "DENY"), ("ALLOW", "ALLOW"))
@@ -43,23 +34,9 @@ ENVOY_ACTIONS = (("AUDIT", "LOG"), ("DENY", "DENY"), ("ALLOW", "ALLOW"))
 _SHADOW_PREFIX = {"ALLOW": "istio_dry_run_allow_", "DENY": "istio_dry_run_deny_"}
 
 
-def _policy_name(policy: Resource, index: int) -> str:
-    return f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
-
-
 def _rules(policies: list[Resource], target: Target, envoy_action: str) -> dict[str, Any]:
     """Envoy's ``RBAC`` rules of ``policies`` (all of one action) at ``target``."""
-    out: dict[str, Any] = {}
-    for p in policies:
-        spec = p.spec
-        assert isinstance(spec, AuthorizationPolicySpec)
-        if not spec.rules:
-            out[_policy_name(p, 0)] = MATCH_NEVER
-        for i, rule in enumerate(spec.rules):
-            generated = rbac_policy(rule, p.namespace, target)
-            if generated is not None:
-                out[_policy_name(p, i)] = generated
-    return {"action": envoy_action, "policies": out}
+    return {"action": envoy_action, "policies": rule_policies(policies, target)}
 
 
 def _configs(policies: Sequence[Resource], port: int, tcp: bool) -> list[dict[str, Any]]:
@@ -88,21 +65,8 @@ def _action(policy: Resource) -> str:
     return spec.action if isinstance(spec, AuthorizationPolicySpec) else ""
 
 
-def _http(policies: Sequence[Resource], port: int) -> tuple[dict[str, Any], ...]:
-    return tuple(
-        {"name": HTTP_RBAC, "typed_config": {"@type": HTTP_RBAC_TYPE, **config}}
-        for config in _configs(policies, port, tcp=False)
-    )
-
-
-def _network(policies: Sequence[Resource], port: int) -> tuple[dict[str, Any], ...]:
-    return tuple(
-        {
-            "name": NETWORK_RBAC,
-            "typed_config": {"@type": NETWORK_RBAC_TYPE, "stat_prefix": TCP_STAT_PREFIX, **config},
-        }
-        for config in _configs(policies, port, tcp=True)
-    )
+def _filters(policies: Sequence[Resource], port: int, tcp: bool) -> tuple[dict[str, Any], ...]:
+    return tuple(rbac_filter(config, tcp) for config in _configs(policies, port, tcp))
 
 
 def http_filters(security: WorkloadSecurity, node: Node, port: int) -> tuple[dict[str, Any], ...]:
@@ -110,7 +74,7 @@ def http_filters(security: WorkloadSecurity, node: Node, port: int) -> tuple[dic
     without policies."""
     return (
         *ext_authz.http_filters(security.custom, port),
-        *_http(security.authorization, port),
+        *_filters(security.authorization, port, tcp=False),
     )
 
 
@@ -121,17 +85,25 @@ def network_filters(
     policies."""
     return (
         *ext_authz.network_filters(security.custom, port),
-        *_network(security.authorization, port),
+        *_filters(security.authorization, port, tcp=True),
     )
+
+
+def _gateway_policies(
+    world: World, scope: ClientScope
+) -> tuple[tuple[Resource, ...], mesh_ext_authz.CustomAuthz | None]:
+    """The policies selecting a gateway of ``scope`` (its labels in its namespace, or the
+    root namespace), in evaluation order, and the authorizer their CUSTOM ones use."""
+    policies = authorization.for_workload(world, scope.namespace, dict(scope.labels))
+    return policies, mesh_ext_authz.resolve(world, policies)
 
 
 def gateway_filters(world: World, scope: ClientScope, port: int) -> tuple[dict[str, Any], ...]:
     """The RBAC HTTP filters of a gateway's HTTP server ``port`` (``ports`` in rules name
     server ports), from the policies that select its labels in its namespace (or the root
     namespace); none without. CUSTOM ones first (:mod:`.ext_authz`)."""
-    policies = authorization.for_workload(world, scope.namespace, dict(scope.labels))
-    custom = mesh_ext_authz.resolve(world, policies)
-    return (*ext_authz.http_filters(custom, port), *_http(policies, port))
+    policies, custom = _gateway_policies(world, scope)
+    return (*ext_authz.http_filters(custom, port), *_filters(policies, port, tcp=False))
 
 
 def gateway_network_filters(
@@ -140,9 +112,8 @@ def gateway_network_filters(
     """The RBAC network filters of a gateway's TCP and TLS servers on ``port`` (before their
     TCP proxy, as Istio's gateway puts them), judged as on a sidecar's TCP port: HTTP-only
     fields cannot match there (:mod:`.authz_rules`); none without policies."""
-    policies = authorization.for_workload(world, scope.namespace, dict(scope.labels))
-    custom = mesh_ext_authz.resolve(world, policies)
-    return (*ext_authz.network_filters(custom, port), *_network(policies, port))
+    policies, custom = _gateway_policies(world, scope)
+    return (*ext_authz.network_filters(custom, port), *_filters(policies, port, tcp=True))
 
 
 def gateway_key(world: World, scope: ClientScope) -> tuple[Same | str, ...]:
@@ -151,8 +122,7 @@ def gateway_key(world: World, scope: ClientScope) -> tuple[Same | str, ...]:
     new object; see :mod:`.same`), empty when none, and whether their CUSTOM ones' provider
     could be used (its service may come or go; the mesh config is fixed for the process).
     Nothing is serialized per push."""
-    policies = authorization.for_workload(world, scope.namespace, dict(scope.labels))
-    custom = mesh_ext_authz.resolve(world, policies)
+    policies, custom = _gateway_policies(world, scope)
     if custom is None:
         return same_all(policies)
     return (*same_all(policies), custom.error)

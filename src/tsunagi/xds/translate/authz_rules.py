@@ -19,13 +19,17 @@ On a TCP port the HTTP-only attributes (hosts, methods, paths, request principal
 out (it allows less), while a DENY or AUDIT rule drops just those attributes (it denies or
 logs more). ``ports`` and ``destination.port`` name the workload's service port; a listener
 serves one, so they are judged here, while translating, and never reach Envoy.
+
+:func:`rule_policies` names the rules of whole policies and :func:`rbac_filter` wraps them
+in Envoy's filter, for the ALLOW/DENY/AUDIT filters (:mod:`.authz`) and CUSTOM's shadow
+or fail-closed ones (:mod:`.ext_authz`) alike.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +37,7 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
 
+from tsunagi.api import AuthorizationPolicySpec, Resource
 from tsunagi.api.jwt_claims import authz_claim_path
 from tsunagi.api.security import Condition, Operation, Rule, Source
 from tsunagi.spiffe import SCHEME
@@ -366,3 +371,30 @@ def rbac_policy(rule: Rule, namespace: str, target: Target) -> dict[str, Any] | 
     except HttpOnly:
         return None
     return {"permissions": permissions, "principals": principals}
+
+
+def rule_policies(policies: Iterable[Resource], target: Target, prefix: str = "") -> dict[str, Any]:
+    """The RBAC policies of every rule of ``policies`` at ``target``, named as istiod names
+    them (``{prefix}ns[NS]-policy[NAME]-rule[I]``); a policy without rules becomes one that
+    matches nothing, a rule :func:`rbac_policy` leaves out becomes none."""
+    out: dict[str, Any] = {}
+    for p in policies:
+        spec = p.spec
+        assert isinstance(spec, AuthorizationPolicySpec)
+        name = f"{prefix}ns[{p.namespace}]-policy[{p.name}]-rule"
+        if not spec.rules:
+            out[f"{name}[0]"] = MATCH_NEVER
+        for i, rule in enumerate(spec.rules):
+            generated = rbac_policy(rule, p.namespace, target)
+            if generated is not None:
+                out[f"{name}[{i}]"] = generated
+    return out
+
+
+def rbac_filter(config: dict[str, Any], tcp: bool) -> dict[str, Any]:
+    """An Envoy RBAC filter with ``config`` (its rules and shadow rules): the network one,
+    with Istio's ``tcp.`` stat prefix, when ``tcp``; else the HTTP one."""
+    if tcp:
+        typed = {"@type": NETWORK_RBAC_TYPE, "stat_prefix": TCP_STAT_PREFIX, **config}
+        return {"name": NETWORK_RBAC, "typed_config": typed}
+    return {"name": HTTP_RBAC, "typed_config": {"@type": HTTP_RBAC_TYPE, **config}}

@@ -49,7 +49,7 @@ from tsunagi.mesh.outbound_policy import ALLOW_ANY, Mode
 from tsunagi.proxy_contract import CONNECT_CLUSTER_PREFIX
 from tsunagi.xds.translate import egress, passthrough
 from tsunagi.xds.translate.names import host_aliases, outbound_cluster
-from tsunagi.xds.translate.policy import route_passes_through
+from tsunagi.xds.translate.policy import Labels, route_passes_through
 
 UPGRADE = [{"upgrade_type": "CONNECT", "connect_config": {}}]
 """Per-route: accept CONNECT and terminate it, sending the payload on as raw TCP."""
@@ -78,14 +78,17 @@ class TlsPort(NamedTuple):
     internal listener."""
 
 
-def tls_ports(world: World, namespace: str, hidden: frozenset[str]) -> list[TlsPort]:
+def tls_ports(
+    world: World, namespace: str, hidden: frozenset[str], labels: Labels = ()
+) -> list[TlsPort]:
     """The service ports a CONNECT from ``namespace`` reaches: protocol TLS or HTTPS, of
-    services visible there (``hidden``: those not exported to it)."""
+    services visible there (``hidden``: those not exported to it). ``labels``: the client's,
+    for its DestinationRule lookup (a selector rule's ``PASSTHROUGH``)."""
     return [
         TlsPort(
             svc,
             port,
-            route_passes_through(world, [outbound_cluster(svc.hostname, port)], namespace),
+            route_passes_through(world, [outbound_cluster(svc.hostname, port)], namespace, labels),
         )
         for svc in world.services.values()
         if svc.hostname not in hidden
@@ -95,11 +98,12 @@ def tls_ports(world: World, namespace: str, hidden: frozenset[str]) -> list[TlsP
 
 
 def connect_virtual_hosts(
-    world: World, namespace: str, hidden: frozenset[str]
+    world: World, namespace: str, hidden: frozenset[str], labels: Labels = ()
 ) -> list[tuple[str, list[str], list[dict[str, Any]]]]:
-    """``(name, domains, routes)`` of the virtual hosts that take CONNECTs to TLS ports."""
+    """``(name, domains, routes)`` of the virtual hosts that take CONNECTs to TLS ports
+    (see :func:`tls_ports`)."""
     out = []
-    for svc, port, passes_through in tls_ports(world, namespace, hidden):
+    for svc, port, passes_through in tls_ports(world, namespace, hidden, labels):
         name = connect_name(svc.hostname, port)
         match: dict[str, Any] = {"connect_matcher": {}}
         if passes_through:  # the dynamic forward proxy reads the CONNECT's authority

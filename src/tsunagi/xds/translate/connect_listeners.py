@@ -3,7 +3,8 @@ service port, reading the tunnelled client hello's SNI and routing it with ``tls
 the static clusters whose one endpoint is that listener (``envoy_internal_address``).
 
 The routing part is the same for every proxy of a namespace (up to the labels that ``tls``
-matches' ``sourceLabels`` read, and the outbound policy), so it is made once per such scope
+matches' ``sourceLabels`` read, those of a DestinationRule ``workloadSelector`` that selects
+it, and the outbound policy), so it is made once per such scope
 (:func:`connect_listener_docs`); only the access loggers are the proxy's own (they name it and
 write to its metrics pipe), added by :func:`with_loggers`.
 """
@@ -18,17 +19,20 @@ from tsunagi.mesh.outbound_policy import ALLOW_ANY
 from tsunagi.xds.translate.clusters import static_cluster
 from tsunagi.xds.translate.connect import connect_name, tls_ports
 from tsunagi.xds.translate.names import outbound_cluster
-from tsunagi.xds.translate.policy import tcp_idle_timeout
+from tsunagi.xds.translate.policy import Labels, tcp_idle_timeout
 from tsunagi.xds.translate.reporting import tcp_proxy_logging
 from tsunagi.xds.translate.tcp_proxies import TCP_PROXY_TYPE, tcp_proxy
 from tsunagi.xds.translate.upstream_listeners import TLS_INSPECTOR, tls_chains
 
 
-def sni_routed_ports(world: World, namespace: str) -> tuple[tuple[str, int], ...]:
+def sni_routed_ports(
+    world: World, namespace: str, labels: Labels = ()
+) -> tuple[tuple[str, int], ...]:
     """``(host, port)`` of the TLS ports whose CONNECTs from ``namespace`` go to an internal
-    listener (those that pass through need none): the same for every proxy of a namespace,
-    so a mesh without them costs each proxy nothing more."""
-    every = tls_ports(world, namespace, world.hidden_services(namespace))
+    listener (those that pass through need none): the same for every proxy of a namespace
+    (``labels``: those its DestinationRule lookup reads, :meth:`~tsunagi.mesh.World.
+    rule_labels`), so a mesh without them costs each proxy nothing more."""
+    every = tls_ports(world, namespace, world.hidden_services(namespace), labels)
     return tuple((p.service.hostname, p.port) for p in every if not p.passes_through)
 
 
@@ -41,7 +45,8 @@ def connect_listener_docs(
 ) -> tuple[str, ...]:
     """Each port's internal listener without access loggers, as canonical JSON: the same for
     every proxy of ``namespace`` whose labels agree on ``labels`` (those in
-    :attr:`~tsunagi.mesh.World.tls_source_label_keys`) and whose outbound policy is
+    :attr:`~tsunagi.mesh.World.tls_source_label_keys`, and those its DestinationRule lookup
+    reads, :meth:`~tsunagi.mesh.World.rule_labels`) and whose outbound policy is
     ``policy``, so proxies share it, and a change that leaves it equal leaves their packed
     listeners alone.
 
@@ -62,7 +67,7 @@ def connect_listener_docs(
         }
         if policy == ALLOW_ANY and all("filter_chain_match" in c for c in chains):
             cluster = outbound_cluster(host, port)
-            idle = tcp_idle_timeout(world, [cluster], namespace)
+            idle = tcp_idle_timeout(world, [cluster], namespace, labels)
             default = tcp_proxy(cluster, [(cluster, 100)], [], idle)
             listener["default_filter_chain"] = {"filters": [default]}
         out.append(json.dumps(listener, sort_keys=True))

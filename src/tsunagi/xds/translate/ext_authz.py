@@ -25,20 +25,17 @@ from typing import Any
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2 as http_ext_authz_pb2
 from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2 as net_ext_authz_pb2
 
-from tsunagi.api import AuthorizationPolicySpec, Resource
 from tsunagi.api.durations import format_duration
-from tsunagi.api.mesh_config import EnvoyExtAuthzHttp, ExtensionProvider, RequestBody
+from tsunagi.api.mesh_config import EnvoyExtAuthzHttp, ExtensionProvider, RequestBody, service_host
 from tsunagi.mesh.authorization import dry_run
 from tsunagi.mesh.ext_authz import CustomAuthz
 from tsunagi.xds.translate.authz_rules import (
     HTTP_RBAC,
-    HTTP_RBAC_TYPE,
-    MATCH_NEVER,
     NETWORK_RBAC,
-    NETWORK_RBAC_TYPE,
     TCP_STAT_PREFIX,
     Target,
-    rbac_policy,
+    rbac_filter,
+    rule_policies,
     string_matcher,
 )
 from tsunagi.xds.translate.names import outbound_cluster
@@ -57,26 +54,9 @@ DEFAULT_TIMEOUT = 600.0
 """istiod's default ``timeout`` for both provider kinds (seconds)."""
 
 
-def _rules(policies: Sequence[Resource], port: int, tcp: bool) -> dict[str, Any]:
-    """The CUSTOM rules as RBAC policies; a policy without rules matches nothing."""
-    target = Target("DENY", port, tcp)  # istiod judges CUSTOM rules as DENY ones
-    out: dict[str, Any] = {}
-    for p in policies:
-        spec = p.spec
-        assert isinstance(spec, AuthorizationPolicySpec)
-        prefix = f"{MATCH_PREFIX}-ns[{p.namespace}]-policy[{p.name}]-rule"
-        if not spec.rules:
-            out[f"{prefix}[0]"] = MATCH_NEVER
-        for i, rule in enumerate(spec.rules):
-            generated = rbac_policy(rule, p.namespace, target)
-            if generated is not None:
-                out[f"{prefix}[{i}]"] = generated
-    return out
-
-
-def _metadata_matcher(rbac_filter: str) -> dict[str, Any]:
+def _metadata_matcher(filter_name: str) -> dict[str, Any]:
     return {
-        "filter": rbac_filter,
+        "filter": filter_name,
         "path": [{"key": EFFECTIVE_POLICY_KEY}],
         "value": {"string_match": {"prefix": MATCH_PREFIX}},
     }
@@ -104,8 +84,9 @@ def _timeout(value: float | None) -> str:
     return format_duration(DEFAULT_TIMEOUT if value is None else value)
 
 
-def _grpc_service(provider: ExtensionProvider, host: str) -> dict[str, Any]:
+def _grpc_service(provider: ExtensionProvider) -> dict[str, Any]:
     config = provider.config
+    host = service_host(config.service)[1]
     # The authority is the host (istiod's): the cluster name's '|' is not valid in one.
     return {
         "envoy_grpc": {"cluster_name": outbound_cluster(host, config.port), "authority": host},
@@ -113,7 +94,8 @@ def _grpc_service(provider: ExtensionProvider, host: str) -> dict[str, Any]:
     }
 
 
-def _http_service(config: EnvoyExtAuthzHttp, host: str) -> dict[str, Any]:
+def _http_service(config: EnvoyExtAuthzHttp) -> dict[str, Any]:
+    host = service_host(config.service)[1]
     service: dict[str, Any] = {
         "server_uri": {
             "uri": f"http://{host}",  # required by Envoy, unused: the cluster is what counts
@@ -142,17 +124,17 @@ def _http_service(config: EnvoyExtAuthzHttp, host: str) -> dict[str, Any]:
     return service
 
 
-def _http_ext_authz(provider: ExtensionProvider, host: str) -> dict[str, Any]:
+def _http_ext_authz(provider: ExtensionProvider) -> dict[str, Any]:
     config = provider.config
     typed: dict[str, Any] = {"@type": HTTP_EXT_AUTHZ_TYPE, "transport_api_version": "V3"}
     if isinstance(config, EnvoyExtAuthzHttp):
-        typed["http_service"] = _http_service(config, host)
+        typed["http_service"] = _http_service(config)
         # The filter's own field, as istiod sets it (authorization_request's is deprecated).
         allowed = config.include_request_headers_in_check or config.include_headers_in_check
         if allowed:
             typed["allowed_headers"] = _headers(allowed)
     else:
-        typed["grpc_service"] = _grpc_service(provider, host)
+        typed["grpc_service"] = _grpc_service(provider)
     if config.fail_open:
         typed["failure_mode_allow"] = True
     if config.status_on_error:
@@ -162,56 +144,47 @@ def _http_ext_authz(provider: ExtensionProvider, host: str) -> dict[str, Any]:
     return {"name": HTTP_EXT_AUTHZ, "typed_config": typed}
 
 
-def _rbac(name: str, base: dict[str, Any], rules: dict[str, Any], bad: bool) -> dict[str, Any]:
-    """The RBAC filter in front of ext_authz: its rules in shadow mode, marking the requests
-    to check; or, when the policies cannot be sent anywhere (``bad``), enforced as DENY."""
-    if bad:
+def _marking(custom: CustomAuthz | None, port: int, tcp: bool) -> dict[str, Any] | None:
+    """The RBAC filter in front of ext_authz: the enforced CUSTOM rules in shadow mode,
+    marking the requests to check; or, when the policies cannot be sent anywhere, enforced
+    as DENY. None without enforced CUSTOM policies (dry-run ones are left out)."""
+    policies = [p for p in custom.policies if not dry_run(p)] if custom is not None else []
+    if custom is None or not policies:
+        return None
+    # istiod judges CUSTOM rules as DENY ones
+    rules = rule_policies(policies, Target("DENY", port, tcp), prefix=MATCH_PREFIX + "-")
+    if custom.provider is None:
         denied = {n + BAD_SUFFIX: rule for n, rule in rules.items()}
-        config = {**base, "rules": {"action": "DENY", "policies": denied}}
-    else:
-        config = {
-            **base,
-            "shadow_rules": {"action": "DENY", "policies": rules},
-            "shadow_rules_stat_prefix": SHADOW_PREFIX,
-        }
-    return {"name": name, "typed_config": config}
-
-
-def _enforced(custom: CustomAuthz | None) -> list[Resource]:
-    return [p for p in custom.policies if not dry_run(p)] if custom is not None else []
+        return rbac_filter({"rules": {"action": "DENY", "policies": denied}}, tcp)
+    shadow = {"action": "DENY", "policies": rules}
+    return rbac_filter({"shadow_rules": shadow, "shadow_rules_stat_prefix": SHADOW_PREFIX}, tcp)
 
 
 def http_filters(custom: CustomAuthz | None, port: int) -> tuple[dict[str, Any], ...]:
     """The shadow RBAC + ext_authz HTTP filters for inbound ``port`` (or a gateway's HTTP
     server port); a denying RBAC filter when the policies cannot be sent anywhere."""
-    policies = _enforced(custom)
-    if custom is None or not policies:
+    rbac = _marking(custom, port, tcp=False)
+    provider = custom.provider if custom is not None else None
+    if rbac is None:
         return ()
-    rules = _rules(policies, port, tcp=False)
-    rbac = _rbac(HTTP_RBAC, {"@type": HTTP_RBAC_TYPE}, rules, bad=custom.provider is None)
-    if custom.provider is None:
-        return (rbac,)
-    return (rbac, _http_ext_authz(custom.provider, custom.host))
+    return (rbac,) if provider is None else (rbac, _http_ext_authz(provider))
 
 
 def network_filters(custom: CustomAuthz | None, port: int) -> tuple[dict[str, Any], ...]:
     """The shadow RBAC + ext_authz network filters for TCP ``port``: gRPC providers only (an
     HTTP provider's policies do not apply to TCP, as in Istio)."""
-    policies = _enforced(custom)
-    if custom is None or not policies:
-        return ()
-    provider = custom.provider
+    provider = custom.provider if custom is not None else None
     if provider is not None and isinstance(provider.config, EnvoyExtAuthzHttp):
         return ()
-    rules = _rules(policies, port, tcp=True)
-    base = {"@type": NETWORK_RBAC_TYPE, "stat_prefix": TCP_STAT_PREFIX}
-    rbac = _rbac(NETWORK_RBAC, base, rules, bad=provider is None)
+    rbac = _marking(custom, port, tcp=True)
+    if rbac is None:
+        return ()
     if provider is None:
         return (rbac,)
     ext: dict[str, Any] = {
         "@type": NETWORK_EXT_AUTHZ_TYPE,
         "stat_prefix": TCP_STAT_PREFIX,
-        "grpc_service": _grpc_service(provider, custom.host),
+        "grpc_service": _grpc_service(provider),
         "transport_api_version": "V3",
         "filter_enabled_metadata": _metadata_matcher(NETWORK_RBAC),
     }

@@ -673,7 +673,9 @@ def outbound_route_configuration(
         if (routes := routes_of(vs, host, None)) is not None:
             add(host, virtual_host_domains(host, namespace), routes)
     # CONNECTs to TLS ports (see :mod:`.connect`), before the catch-alls claim their domains.
-    for name, domains, routes in connect.connect_virtual_hosts(world, namespace, hidden):
+    # The client's labels: a selector DestinationRule's PASSTHROUGH changes the tunnel.
+    connects = connect.connect_virtual_hosts(world, namespace, hidden, scope.labels)
+    for name, domains, routes in connects:
         add(name, domains, routes)
     # Last, what no service's virtual host owns (see :mod:`.egress`).
     if not_http := egress.not_http_domains(world, namespace, hidden):

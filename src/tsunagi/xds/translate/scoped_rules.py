@@ -24,6 +24,7 @@ from tsunagi.api import DestinationRuleSpec, ResourceOf
 from tsunagi.mesh import ClientScope, World
 from tsunagi.mesh.credentials import Credential
 from tsunagi.mesh.world import rule_credential_names
+from tsunagi.xds.translate import secrets
 from tsunagi.xds.translate.origination import Credentials
 
 Rule = ResourceOf[DestinationRuleSpec]
@@ -53,8 +54,7 @@ def rule_credentials(
     if not scope.verified:
         return ()
     names = sorted({n for r in rules.values() for n in rule_credential_names(r.spec)})
-    found = (world.credentials.get((scope.namespace, n)) for n in names)
-    return tuple(c for c in found if c is not None)
+    return secrets.existing(world, scope.namespace, names)
 
 
 def delivered(credentials: tuple[Credential, ...]) -> Credentials:

@@ -1,16 +1,19 @@
-"""A gateway's TLS credentials as SDS ``Secret`` resources, delivered over its ADS stream.
+"""A proxy's TLS credentials as SDS ``Secret`` resources, delivered over its ADS stream.
 
 Istio's names (:mod:`.names`): ``kubernetes://NAME`` holds the certificate chain and private
 key of ``credentialName: NAME``; ``kubernetes://NAME-cacert`` the CA that verifies clients,
 when the credential has one. A gateway gets exactly the credentials its selected Gateways'
 servers end TLS with, from Secrets in its own namespace (Istio's gateways read no other), and
 only when its client certificate on the xDS stream proved its namespace and carries the
-CA's gateway mark (``ClientScope.verified``, see :mod:`tsunagi.xds.peer_identity`); sidecars
-get none. The
-key travels only inside these resources, never inside listener config.
+CA's gateway mark (``ClientScope.verified``, see :mod:`tsunagi.xds.peer_identity`). A
+sidecar gets only those a DestinationRule whose ``workloadSelector`` selects it names
+(:mod:`.scoped_rules`). The key travels only inside these resources, never inside listener
+config.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 
@@ -42,11 +45,17 @@ def credential_names(world: World, scope: ClientScope) -> tuple[str, ...]:
     )
 
 
+def existing(world: World, namespace: str, names: Iterable[str]) -> tuple[Credential, ...]:
+    """The credentials of ``names`` that exist in ``namespace`` (a proxy reads only its own
+    namespace's), in the order of ``names``. Hashable: a memo key for :func:`gateway_secrets`."""
+    found = (world.credentials.get((namespace, n)) for n in names)
+    return tuple(c for c in found if c is not None)
+
+
 def wanted_credentials(world: World, scope: ClientScope) -> tuple[Credential, ...]:
     """The credentials a gateway of ``scope`` gets: those its servers name that exist in its
-    namespace. Hashable: a memo key for :func:`gateway_secrets`."""
-    found = (world.credentials.get((scope.namespace, n)) for n in credential_names(world, scope))
-    return tuple(c for c in found if c is not None)
+    namespace."""
+    return existing(world, scope.namespace, credential_names(world, scope))
 
 
 def gateway_secrets(credentials: tuple[Credential, ...]) -> dict[str, Resource]:

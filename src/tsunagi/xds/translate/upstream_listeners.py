@@ -150,7 +150,7 @@ def tls_chains(
             if not targets:
                 continue
             names = sni_server_names(m.sni_hosts)
-            idle = tcp_idle_timeout(world, [c for c, _ in targets], node.namespace, _labels(node))
+            idle = _idle_timeout(world, node, [c for c, _ in targets])
             proxy = tcp_proxy(stat_prefix, targets, loggers or [], idle)
             chain: dict[str, Any] = {"filters": [proxy]}
             if names is None:
@@ -164,14 +164,15 @@ def tls_chains(
             chains.append(chain)
     if not chains:
         default = [(stat_prefix, 100)]
-        idle = tcp_idle_timeout(world, [stat_prefix], node.namespace, _labels(node))
+        idle = _idle_timeout(world, node, [stat_prefix])
         chains.append({"filters": [tcp_proxy(stat_prefix, default, loggers or [], idle)]})
     return chains
 
 
-def _labels(node: Node) -> tuple[tuple[str, str], ...]:
-    # For its DestinationRule lookup: a rule whose workloadSelector picks it comes first.
-    return tuple(sorted(node.labels.items()))
+def _idle_timeout(world: World, node: Node, targets: Sequence[str]) -> str | None:
+    # Its DestinationRule lookup: a rule whose workloadSelector picks it comes first.
+    labels = world.rule_labels(node.namespace, node.labels.items())
+    return tcp_idle_timeout(world, targets, node.namespace, labels)
 
 
 def _is_tls(world: World, up: Upstream) -> bool:
@@ -197,7 +198,7 @@ def upstream_listeners(world: World, node: Node) -> list[dict[str, Any]]:
         else:
             targets = upstream_targets(world, node, up)
             stat_prefix = outbound_cluster(up.host, up.port)
-            idle = tcp_idle_timeout(world, [c for c, _ in targets], node.namespace, _labels(node))
+            idle = _idle_timeout(world, node, [c for c, _ in targets])
             proxy = tcp_proxy(stat_prefix, targets, loggers, idle)
             listener["filter_chains"] = [{"filters": [proxy]}]
         out.append(listener)
