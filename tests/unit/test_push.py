@@ -8,13 +8,14 @@ import asyncio
 from tsunagi.api import load_documents
 from tsunagi.controlplane.push import Debounce, Pusher
 from tsunagi.mesh import Node, World
+from tsunagi.registry.instances import Instance
 from tsunagi.store import MemoryStore
 from tsunagi.xds import resources as rs
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.resources import Snapshot
 from tsunagi.xds.translate import translate
 
-from .examples import instance
+from .examples import instance, instance_document
 
 META = {
     "namespace": "default",
@@ -112,3 +113,25 @@ def test_translation_is_deterministic() -> None:
     two = translate(World.build(1, [], list(reversed(insts))), node)
     for t in rs.PUSH_ORDER:
         assert one.version(t) == two.version(t)
+
+
+async def test_a_push_readies_the_routes_of_registered_workloads_before_they_connect() -> None:
+    """After a control-plane restart every proxy reconnects at once: the namespaces their
+    instances are registered in already have their outbound config, so the first proxy of
+    each is handed it rather than having it built on the event loop as it arrives."""
+    store = MemoryStore()
+    cache = SnapshotCache()
+    pusher = Pusher(store, cache, Debounce(quiet=0.005, max_delay=0.05))
+    shop = Instance.from_document(instance_document("cart-1", "cart", namespace="shop"))
+    await store.commit([(i.key, i.to_document()) for i in (instance("reviews-1"), shop)])
+    task = asyncio.create_task(pusher.run())
+    try:
+        await asyncio.wait_for(_until(lambda: pusher.processed == 1), 5)
+    finally:
+        task.cancel()
+    ready = {scope.namespace: out for scope, out in pusher._outbound.items()}
+    assert set(ready) == {"default", "shop"}
+    for namespace, node_id in (("default", "client.default"), ("shop", "cart-1.shop")):
+        stream = RecordingStream()
+        cache.connect(node_id, {**META, "namespace": namespace}, stream)
+        assert stream.snapshots[0].of(rs.ROUTE) is ready[namespace].routes

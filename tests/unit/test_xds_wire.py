@@ -3,12 +3,16 @@ entry and the response's own fields, they must say exactly what the message woul
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from tsunagi.xds.protocol import DeltaStream, SotwStream
 from tsunagi.xds.protocol._wire import delta_response, sotw_response
 from tsunagi.xds.resources import CLUSTER, Resource, Snapshot
+from tsunagi.xds.translate import _Overlay
 
 CDS = CLUSTER
 
@@ -73,3 +77,38 @@ def test_what_a_stream_sends_is_what_it_reports() -> None:
         assert message.nonce == out.nonce and message.type_url == CLUSTER
         assert len(message.resources) == 2
         assert stream.next_wire() is None  # sent: nothing more until Envoy answers
+
+
+def _bodies(data: bytes, delta: bool) -> list[bytes]:
+    """The packed resources a response carries, as bytes (in the order sent)."""
+    if delta:
+        message = discovery_pb2.DeltaDiscoveryResponse.FromString(data)
+        return [r.resource.value for r in message.resources]
+    return [r.value for r in discovery_pb2.DiscoveryResponse.FromString(data).resources]
+
+
+def test_a_response_of_a_whole_shared_mapping_holds_each_resource_once() -> None:
+    """Every resource (``names`` None): a large frozen mapping goes as one block joined once,
+    a node's overlay as that block plus its own, and an own resource that replaces a shared
+    one is sent instead of it, not beside it."""
+    shared = MappingProxyType(_clusters(*(f"outbound|{i:03}" for i in range(100))))
+    own = _clusters("inbound|9080")
+    mine = Resource.pack("outbound|007", cluster_pb2.Cluster(name="mine"))
+
+    def bodies(target: Mapping[str, Resource]) -> list[bytes]:
+        return sorted(r.body.value for r in target.values())
+
+    for delta in (False, True):
+
+        def send(target: Mapping[str, Resource], delta: bool = delta) -> bytes:
+            if delta:
+                return delta_response(CDS, target, None, (), "v", "n").data
+            return sotw_response(CDS, target, None, "v", "n").data
+
+        first = send(shared)
+        assert sorted(_bodies(first, delta)) == bodies(shared)
+        assert send(shared) == first  # the block, joined once
+        assert sorted(_bodies(send(_Overlay(shared, own)), delta)) == bodies({**shared, **own})
+        replaced = {**shared, "outbound|007": mine}
+        sent = _bodies(send(_Overlay(shared, {"outbound|007": mine})), delta)
+        assert sorted(sent) == bodies(replaced)

@@ -406,9 +406,11 @@ class Pusher:
         world = self._builder.build(contents)
         shared = translate_shared(world, self._memo)
         scopes = {node_id: world.scope_of(node) for node_id, node in nodes.items()}
+        # Also the scopes of registered workloads whose proxies are not connected (yet):
+        # ready when they (re)connect, rather than built on the loop as they arrive.
         outbound = {
             scope: translate_outbound(world, scope, self._memo, shared)
-            for scope in set(scopes.values())
+            for scope in {*scopes.values(), *world.registered_scopes}
         }
         locals_ = {
             node_id: _NodeLocal.reuse(known.get(node_id), world, node, self._memo)

@@ -961,6 +961,30 @@ class World:
         )
 
     @cached_property
+    def registered_scopes(self) -> frozenset[ClientScope]:
+        """The scopes of the sidecars behind registered instances (as their proxies would
+        present them, certificates proving their namespaces), so a push can build their
+        outbound config before they connect: after a control-plane restart every proxy
+        reconnects at once, and each namespace's routes are then ready, not built on the
+        event loop by the first proxy to arrive."""
+        keys = self._client_label_keys
+        seen: set[tuple[str, tuple[tuple[str, str], ...], str]] = set()
+        scopes: set[ClientScope] = set()
+        for endpoints in self.endpoints.values():
+            for ep in endpoints:
+                if not ep.registered:
+                    continue
+                # What scope_of reads of a node, so that each distinct one is made once.
+                labels = tuple(sorted((k, v) for k, v in ep.labels.items() if k in keys))
+                key = (ep.namespace, labels, ep.locality)
+                if key in seen:
+                    continue
+                seen.add(key)
+                node = Node("", ep.namespace, labels=ep.labels, locality=ep.locality, proven=True)
+                scopes.add(self.scope_of(node))
+        return frozenset(scopes)
+
+    @cached_property
     def routing_fingerprint(self) -> str:
         """A digest of everything outbound routes depend on: services, their ports, and the
         routing resources. Endpoints are not in it, so an endpoint change keeps it."""

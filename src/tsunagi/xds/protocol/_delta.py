@@ -160,4 +160,6 @@ class DeltaStream(_Stream):
                 sorted({*removed_names, *(n for n in st.unresolved if n not in target)})
             )
         nonce = self._mark_sent(st, target, version)
-        return delta_response(t, target, changed_names, removed_names, version, nonce)
+        # Every resource (a new stream's first response): sent as the shared blocks.
+        changed = None if len(changed_names) == len(target) else changed_names
+        return delta_response(t, target, changed, removed_names, version, nonce)

@@ -75,10 +75,11 @@ class SotwStream(_Stream):
         if taken is None:
             return None
         t, st, target, version = taken
+        names: Iterable[str] | None = None  # all of them
         if t in _PARTIAL_SOTW_TYPES and not st.wildcard and not st.full:
             # Only what the client lacks; see _PARTIAL_SOTW_TYPES for why that is enough.
-            names: Iterable[str] = _diff(st.known, target)[0]
-        else:
-            names = sorted(target)
+            lacking = _diff(st.known, target)[0]
+            if len(lacking) < len(target):
+                names = lacking
         nonce = self._mark_sent(st, target, version)
         return sotw_response(t, target, names, version, nonce)

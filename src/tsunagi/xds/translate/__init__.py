@@ -154,6 +154,13 @@ class _Overlay(Mapping[str, Resource]):
         """The version, without walking the shared mapping (see :func:`layered_version`)."""
         return rs.layered_version(self._base, self._extra)
 
+    def layers(self) -> tuple[Mapping[str, Resource], Mapping[str, Resource]] | None:
+        """``(shared, own)`` when none of the node's own replaces a shared one (then a
+        response holding all of them is the shared mapping's bytes plus its own's)."""
+        if any(n in self._base for n in self._extra):
+            return None
+        return self._base, self._extra
+
 
 @dataclass(frozen=True)
 class Shared:
