@@ -57,7 +57,11 @@ def find_token(explicit: str | None, state: Path) -> str:
 
 
 class Client:
-    """Talks JSON to one control plane."""
+    """Talks JSON to a control plane: ``server`` is its URL, or the URLs of several replicas
+    separated by commas. A request goes to the replica that answered last; when it cannot be
+    reached (refused, reset, timed out), to the next one, and so on round the list. Every
+    API call may be sent twice this way: they are idempotent (an apply stores the same
+    documents, a register the same instance; a second DELETE answers 404)."""
 
     def __init__(
         self, server: str = DEFAULT_SERVER, token: str = "", timeout: float = 10.0
@@ -65,6 +69,12 @@ class Client:
         self.server = server
         self.token = token
         self.timeout = timeout
+        self._first = 0
+        """Index in :meth:`servers` of the replica that answered last."""
+
+    def servers(self) -> list[str]:
+        """The URLs in ``server``, in the order given."""
+        return [s.strip() for s in self.server.split(",") if s.strip()] or [self.server]
 
     @classmethod
     def from_env(
@@ -85,29 +95,44 @@ class Client:
         timeout: float | None = None,
         ok: tuple[int, ...] = (200,),
     ) -> dict[str, Any]:
-        where = server_address(self.server)
-        if where is None:
-            raise Unreachable(f"server must look like http://HOST:PORT, got {self.server!r}")
+        servers = self.servers()
+        places = []
+        for server in servers:
+            where = server_address(server)
+            if where is None:
+                raise Unreachable(
+                    f"server must look like http://HOST:PORT (several: separated by commas), "
+                    f"got {server!r}"
+                )
+            places.append(where)
         if query:
             from urllib.parse import urlencode
 
             path = f"{path}?{urlencode(query)}"
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         payload = json.dumps(body).encode() if body is not None else None
-        try:
-            status, raw = httpwire.request(
-                *where,
-                method,
-                path,
-                payload,
-                headers,
-                timeout or self.timeout,
-            )
-        except OSError as e:
+        failures = []
+        for i in range(len(servers)):
+            n = (self._first + i) % len(servers)
+            try:
+                status, raw = httpwire.request(
+                    *places[n],
+                    method,
+                    path,
+                    payload,
+                    headers,
+                    timeout or self.timeout,
+                )
+            except OSError as e:
+                failures.append(f"{servers[n]}: {e}")
+                continue
+            self._first = n
+            break
+        else:
             raise Unreachable(
-                f"cannot reach the control plane at {self.server}: {e}. "
+                f"cannot reach the control plane at {'; '.join(failures)}. "
                 "Is `tsunagi up` running? Set --server or TSUNAGI_SERVER."
-            ) from None
+            )
         try:
             data = json.loads(raw) if raw else {}
         except ValueError:

@@ -33,3 +33,21 @@ def private_dir(path: str | Path) -> None:
     tightening it if it exists already."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     os.chmod(path, 0o700)
+
+
+def read_operator_secret(path: str | Path, flag: str, remedy: str, error: type[Exception]) -> bytes:
+    """The bytes of a secret the operator names on the command line (``flag``: the option,
+    as messages name it). ``error`` when it cannot be read (``remedy``: how to make one) or
+    when every user of the host may read or write it."""
+    try:
+        mode = os.stat(path).st_mode
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise error(f"{flag} {path}: cannot read it ({e.strerror or e}); {remedy}") from None
+    if mode & 0o006:  # S_IROTH | S_IWOTH
+        raise error(
+            f"{flag} {path}: every user of this host may read or write it (mode "
+            f"{mode & 0o7777:04o}); `chmod 600 {path}` and start again"
+        )
+    return data

@@ -41,6 +41,15 @@ META_INBOUND_ADDRESS = "inbound_address"
 """Where a sidecar's inbound listeners bind (``tsunagi run --address``): the address it
 registers, so that sidecars on other hosts reach it there; absent: 127.0.0.1."""
 DEFAULT_INBOUND_ADDRESS = "127.0.0.1"
+META_INTERCEPT = "intercept"
+"""``tsunagi run --intercept``: ``{META_INTERCEPT_CAPTURE: port, META_INTERCEPT_DNS: port,
+META_INTERCEPT_RESOLVERS: ["IP[:PORT]", ...]}``; absent for a sidecar that is not captured."""
+META_INTERCEPT_CAPTURE = "capture_port"
+META_INTERCEPT_DNS = "dns_port"
+META_INTERCEPT_RESOLVERS = "resolvers"
+INTERCEPT_GID = 1337
+"""The group Envoy runs as under ``--intercept`` (Istio's proxy uid/gid): iptables lets its
+own connections and queries through (``-m owner --gid-owner``)."""
 META_GATEWAY_ADDRESS = "gateway_address"
 """A gateway's listen address (``tsunagi gateway --address``, default 127.0.0.1): its
 listeners bind there, on the port numbers its Gateways' servers name."""

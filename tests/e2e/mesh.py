@@ -217,16 +217,24 @@ class Mesh:
     workloads: list[Workload] = field(default_factory=list)
     instance_ttl: float = 15.0
     xds_protocol: str = "delta"
+    servers: str = ""
+    """``TSUNAGI_SERVER`` for the CLI and sidecars (replicas' URLs, comma-separated);
+    empty: this control plane's API."""
 
     @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         env.update(
-            TSUNAGI_SERVER=f"http://127.0.0.1:{self.api_port}",
+            TSUNAGI_SERVER=self.servers or self.url,
             TSUNAGI_STATE_DIR=str(self.state_dir),
         )
         env.pop("TSUNAGI_TOKEN", None)
         return env
+
+    @property
+    def url(self) -> str:
+        """This control plane's API."""
+        return f"http://127.0.0.1:{self.api_port}"
 
     def up_command(self) -> list[str]:
         """The ``tsunagi up`` command line for this mesh."""
@@ -494,6 +502,24 @@ def started_mesh(tmp_path: Path, *up_args: str) -> Iterator[Mesh]:
         yield m
     finally:
         m.close()
+
+
+def started_replicas(tmp_path: Path, count: int, *up_args: str) -> Iterator[list[Mesh]]:
+    """``count`` control planes started with the same ``tsunagi up UP_ARGS`` (a shared etcd
+    --store, --token-file, CA files), each with its own state directory and ports; the CLI
+    and sidecars of each get every replica's URL (TSUNAGI_SERVER=A,B,...). Closed (every
+    process by its pid) when the caller is done: a fixture's body, as ``yield from``."""
+    replicas = [Mesh(tmp_path / f"replica-{i}", up_args=up_args) for i in range(count)]
+    servers = ",".join(m.url for m in replicas)
+    try:
+        for m in replicas:
+            m.servers = servers
+            m.state_dir.mkdir(parents=True)
+            m.up()
+        yield replicas
+    finally:
+        for m in replicas:
+            m.close()
 
 
 class Background:

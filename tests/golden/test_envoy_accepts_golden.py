@@ -54,7 +54,7 @@ def static_bootstrap(expected: dict[str, Any]) -> dict[str, Any]:
 
     listeners = []
     for lst in map(plain, expected["listeners"]):
-        for chain in lst["filter_chains"]:
+        for chain in lst.get("filter_chains", []):  # a UDP listener (DNS) has none
             inline(chain["filters"])
             for f in chain["filters"]:
                 hcm = f["typed_config"]

@@ -26,13 +26,13 @@ async def test_register_heartbeat_and_expire() -> None:
     await reg.register(Instance.from_document(DOC))
     assert [i.name for i in reg.instances()] == ["reviews-v1-a"]
     clock.now += 8
-    assert reg.heartbeat("default", "reviews-v1-a")
+    assert await reg.heartbeat("default", "reviews-v1-a")
     clock.now += 8  # 16 s after registering, 8 after the heartbeat: still alive
     assert await reg.expire() == []
     clock.now += 3
     assert await reg.expire() == [("WorkloadInstance", "default", "reviews-v1-a")]
     assert reg.instances() == []
-    assert not reg.heartbeat("default", "reviews-v1-a")  # unknown: the agent must re-register
+    assert not await reg.heartbeat("default", "reviews-v1-a")  # unknown: the agent must re-register
 
 
 async def test_reregistering_the_same_instance_writes_nothing() -> None:
@@ -48,7 +48,7 @@ async def test_restored_instances_get_a_fresh_lease() -> None:
     await Registry(store, ttl=10, clock=clock).register(Instance.from_document(DOC))
     clock.now += 60  # the control plane was down for a minute
     restarted = Registry(store, ttl=10, clock=clock)
-    restarted.restore_leases()
+    await restarted.restore_leases()
     assert await restarted.expire() == []
     clock.now += 11
     assert len(await restarted.expire()) == 1
@@ -88,7 +88,7 @@ async def test_peer_protocols_follow_registrations_expiry_and_restarts() -> None
     await reg.register(Instance.from_document({**DOC, "name": "a", "port": 9999}))
     assert reg.peer_protocols(http) == []  # a moved to another port
     restarted = Registry(store, ttl=10, clock=clock)
-    restarted.restore_leases()
+    await restarted.restore_leases()
     assert restarted.peer_protocols(Instance.from_document({**DOC, "name": "c"})) == ["HTTP"]
     assert await restarted.deregister("default", "b")
     assert restarted.peer_protocols(grpc) == []

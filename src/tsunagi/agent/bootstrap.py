@@ -62,11 +62,14 @@ def bootstrap(
     admin_port: int,
     delta: bool = False,
     xds_server_name: str = "",
+    xds_replicas: tuple[tuple[str, int], ...] = (),
 ) -> dict[str, Any]:
     """The bootstrap document (JSON-ready) for one sidecar or gateway. With
     ``xds_server_name`` (the xDS server's DNS SAN, from ``GET /v1/bootstrap``), Envoy
     reaches xDS over mutual TLS: it presents the proxy's certificate and accepts only a
-    server certificate from the mesh's CA that carries that name (:func:`xds_tls`)."""
+    server certificate from the mesh's CA that carries that name (:func:`xds_tls`).
+    ``xds_replicas``: every control-plane replica's xDS address (``xds_host:xds_port``
+    among them); the xds cluster lists them all (:func:`xds_cluster`)."""
     return {
         "node": {
             "id": ident.node_id,
@@ -154,38 +157,9 @@ def bootstrap(
         },
         "static_resources": {
             "clusters": [
-                {
-                    "name": "xds",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/"
-                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    **({"transport_socket": xds_tls(xds_server_name)} if xds_server_name else {}),
-                    "load_assignment": {
-                        "cluster_name": "xds",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": xds_host,
-                                                    "port_value": xds_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                }
+                xds_cluster(
+                    list(dict.fromkeys(((xds_host, xds_port), *xds_replicas))), xds_server_name
+                )
             ]
         },
         # Internal listeners: where a sidecar's CONNECT routes hand HTTPS tunnels for SNI
@@ -274,3 +248,51 @@ def xds_tls(server_name: str) -> dict[str, Any]:
             },
         },
     }
+
+
+def xds_cluster(addresses: list[tuple[str, int]], server_name: str = "") -> dict[str, Any]:
+    """The static ``xds`` cluster the ADS stream uses: every control-plane replica's address.
+
+    Envoy opens the stream to one host (round robin) and keeps it; when it breaks, the
+    retry (0.1 s to 1 s back-off) opens a new one to the next host. A dead replica's port
+    refuses at once; one cut off fails within the 1 s connect timeout, and is then left out
+    by outlier detection (one local-origin failure ejects it for 10 s times the number of
+    its ejections, at most Envoy's 300 s), so reconnects go to live replicas. With the
+    default ``max_ejection_percent`` (10) and fewer than 20 replicas, at most one is ejected
+    at a time (Envoy ejects one whatever the percentage): never all of them."""
+    cluster: dict[str, Any] = {
+        "name": "xds",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        **({"transport_socket": xds_tls(server_name)} if server_name else {}),
+        "load_assignment": {
+            "cluster_name": "xds",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": host, "port_value": port}}
+                            }
+                        }
+                        for host, port in addresses
+                    ]
+                }
+            ],
+        },
+    }
+    if len(addresses) > 1:
+        cluster["outlier_detection"] = {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "base_ejection_time": "10s",
+            "interval": "1s",
+        }
+    return cluster

@@ -45,8 +45,12 @@ class EnvoyProcess:
         log_level: str = "warning",
         env: Mapping[str, str] | None = None,
         binary: str = "",
+        group: int | None = None,
     ) -> None:
         self.workdir = workdir
+        self.group = group
+        """The group Envoy runs as (``tsunagi run --intercept``: iptables lets its traffic
+        through by it); None: the agent's."""
         self.admin_port = admin_port
         self.concurrency = concurrency
         self.log_level = log_level
@@ -93,6 +97,8 @@ class EnvoyProcess:
                 # before the agent has deregistered and drained.
                 process_group=0,
                 preexec_fn=die_with_parent,
+                group=self.group,
+                extra_groups=None if self.group is None else [],
             )
 
     @property

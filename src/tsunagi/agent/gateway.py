@@ -200,7 +200,13 @@ class Gateway:
             service_account=self.service_account,
         )
         config = bootstrap(
-            ident, trust.host, trust.port, admin_port, self.opts.delta, trust.server_name
+            ident,
+            trust.host,
+            trust.port,
+            admin_port,
+            self.opts.delta,
+            trust.server_name,
+            trust.replicas,
         )
         # Who this proxy is, should its routes name it toward the mesh (as sidecars' do).
         peer = pc.workload_metadata(self.opts.labels, self.opts.name, self.opts.namespace)

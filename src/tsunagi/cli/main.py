@@ -204,7 +204,10 @@ def _upstream(text: str) -> tuple[str, int, int]:
 
 def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--server", help="control plane API (env TSUNAGI_SERVER, default http://127.0.0.1:15014)"
+        "--server",
+        metavar="URL[,URL...]",
+        help="control plane API (env TSUNAGI_SERVER, default http://127.0.0.1:15014); several "
+        "replicas' URLs separated by commas: a call goes to the next when one is unreachable",
     )
     p.add_argument("--token", help="API token (env TSUNAGI_TOKEN, default: the state dir's)")
     p.add_argument(
@@ -288,7 +291,9 @@ def parser() -> argparse.ArgumentParser:
         "--instance-ttl",
         type=float,
         default=15.0,
-        help="seconds without a heartbeat before an instance is removed",
+        help="seconds without a heartbeat before an instance is removed (default 15; with "
+        "an etcd --store, the TTL of each instance's etcd lease, in whole seconds, renewed by "
+        "a heartbeat to any replica)",
     )
     up.add_argument(
         "--debounce-after",
@@ -406,6 +411,23 @@ def parser() -> argparse.ArgumentParser:
         "Istio's plug-in cacerts; default: a root made on first start in STATE_DIR/ca",
     )
     up.add_argument("--ca-key", metavar="FILE", help="the private key of --ca-cert (PEM)")
+    up.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="the admin token to use (one word in a file no other user may read; also "
+        "written to STATE_DIR/token for the CLI); default: one made in STATE_DIR/token. "
+        "Replicas on one etcd --store need the same one",
+    )
+    up.add_argument(
+        "--workload-token-key",
+        metavar="FILE",
+        help="the 32-byte key that signs workload tokens (`tsunagi token create`), e.g. a "
+        "copy of the first replica's STATE_DIR/workload-token.key, or `head -c 32 "
+        "/dev/urandom > FILE`; default: one made in STATE_DIR. Replicas on one etcd --store "
+        "share the CA by being given the same --ca-cert/--ca-key files, and this key and "
+        "--token-file likewise: each publishes their fingerprints (never the secrets) in "
+        "etcd, and one whose differ from a running replica's refuses to start",
+    )
     up.add_argument(
         "--ca-chain",
         metavar="FILE",
@@ -531,6 +553,16 @@ def parser() -> argparse.ArgumentParser:
         help="this host's address, where sidecars on other hosts reach the workload: the "
         "instance registers it, and the inbound listener and metrics endpoint bind it "
         "(default 127.0.0.1: one host); the app itself stays on 127.0.0.1 behind its sidecar",
+    )
+    run.add_argument(
+        "--intercept",
+        action="store_true",
+        help="transparent interception, as Istio's sidecars: iptables rules in this network "
+        "namespace send the app's outbound TCP and DNS queries through the sidecar, which "
+        "answers mesh names (reviews, reviews.NS, ...) with stable virtual IPs, so the app "
+        "needs no proxy settings; TCP arriving for the service port goes through the inbound "
+        "listener to the app, which listens on that port (PORT). Needs root, iptables and a "
+        "network namespace of its own (refused in the host's); rules removed on exit",
     )
     run.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
     run.add_argument("--xds-protocol", choices=["sotw", "delta"], default="delta")
@@ -768,11 +800,21 @@ def _wait(client: Client, revision: int, timeout: float, started: float) -> int:
             print(f"error: proxy {p['id']} rejected the config: {p['message']}", file=sys.stderr)
         return EXIT_INVALID
     if not reply.get("complete"):
-        stale = [p["id"] for p in reply.get("proxies", []) if not p.get("synced")]
+        from tsunagi.cli.output import replica_problems, replica_suffix
+
+        stale = [
+            p["id"] + replica_suffix(p) for p in reply.get("proxies", []) if not p.get("synced")
+        ]
+        silent = replica_problems(
+            reply.get("replicas") or [], "its proxies could not be waited for"
+        )
         print(
-            f"error: timed out after {timeout:.0f}s waiting for {', '.join(stale) or 'proxies'}",
+            f"error: timed out after {timeout:.0f}s waiting for "
+            f"{', '.join(stale) or ('replicas' if silent else 'proxies')}",
             file=sys.stderr,
         )
+        for line in silent:
+            print(f"  {line}", file=sys.stderr)
         return EXIT_INVALID
     n = len(reply.get("proxies", []))
     print(f"all {n} prox{'y' if n == 1 else 'ies'} in sync after {reply['elapsed_ms']:.0f} ms")
@@ -867,7 +909,11 @@ def _cmd_proxy_config(args: argparse.Namespace, client: Client) -> int:
 def cmd_proxy_status(args: argparse.Namespace, client: Client) -> int:
     from tsunagi.cli import output
 
-    print(output.proxy_status(client.request("GET", "/v1/proxies")["proxies"]))
+    reply = client.request("GET", "/v1/proxies")
+    print(output.proxy_status(reply["proxies"]))
+    # A replica that did not answer: its proxies are missing above, so say so.
+    for line in output.replica_problems(reply.get("replicas") or []):
+        print(f"warning: {line}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -918,6 +964,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         ca_key=Path(args.ca_key) if args.ca_key else None,
         ca_chain=Path(args.ca_chain) if args.ca_chain else None,
         workload_cert_ttl=datetime.timedelta(seconds=args.workload_cert_ttl),
+        token_file=Path(args.token_file) if args.token_file else None,
+        workload_token_key=Path(args.workload_token_key) if args.workload_token_key else None,
     )
     import asyncio
 
@@ -1038,7 +1086,15 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
         concurrency=args.concurrency,
         delta=args.xds_protocol == "delta",
         envoy=envoy_binary(),
+        intercept=args.intercept,
     )
+    if args.intercept:
+        from tsunagi.agent.intercept import refusal
+
+        reason = refusal()
+        if reason:
+            print(f"error: {reason}", file=sys.stderr)
+            return EXIT_INVALID
     return _run_agent(opts, client, run_sidecar)
 
 

@@ -94,6 +94,23 @@ def _gateway_note(proxy: dict[str, Any]) -> str:
     return f" (gateway {listed})" if listed else " (gateway)"
 
 
+def replica_suffix(proxy: dict[str, Any]) -> str:
+    """`` (replica HOST:PORT)`` when the proxy's replica is known, else ""."""
+    return f" (replica {proxy['replica']})" if proxy.get("replica") else ""
+
+
+def replica_problems(
+    replicas: list[dict[str, Any]], consequence: str = "its proxies are not shown"
+) -> list[str]:
+    """One line per replica that did not answer, naming it, why, and ``consequence``."""
+    return [
+        f"replica {r.get('name')}{' (' + r['api'] + ')' if r.get('api') else ''} "
+        f"{r.get('error')}; {consequence}"
+        for r in replicas
+        if r.get("error")
+    ]
+
+
 def proxy_status(proxies: list[dict[str, Any]]) -> str:
     if not proxies:
         return "No proxies connected."
@@ -104,7 +121,9 @@ def proxy_status(proxies: list[dict[str, Any]]) -> str:
     kinds = ("CDS", "EDS", *ecds, "LDS", "RDS", *sds)
     # Each sidecar's inbound mTLS mode (PeerAuthentication), when the control plane says
     mtls = ("MTLS",) if any("mtls" in p for p in proxies) else ()
-    headers = ["NAME", "SERVICE", *mtls, *kinds, "REVISION"]
+    # Which control plane each is connected to, when several replicas share the store
+    replica = ("REPLICA",) if any(p.get("replica") for p in proxies) else ()
+    headers = ["NAME", "SERVICE", *mtls, *kinds, "REVISION", *replica]
     rows = []
     errors = []
     for p in proxies:
@@ -116,6 +135,7 @@ def proxy_status(proxies: list[dict[str, Any]]) -> str:
                 *(str(p.get("mtls", "-")) for _ in mtls),
                 *(types.get(t, {}).get("state", "-") for t in kinds),
                 str(p.get("revision", "")),
+                *(str(p.get("replica") or "-") for _ in replica),
             ]
         )
         for t, st in types.items():

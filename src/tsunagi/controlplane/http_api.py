@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -30,6 +30,7 @@ from tsunagi.ca.authority import Authority, CsrRejected, Signed
 from tsunagi.controlplane import jwks_status, openapi, workload_tokens
 from tsunagi.controlplane.callers import Caller
 from tsunagi.controlplane.connections import LimitedSite
+from tsunagi.controlplane.fanout import proxies_everywhere, wait_everywhere
 from tsunagi.controlplane.issued_certs import IssuedCertificates, IssuedRecord
 from tsunagi.controlplane.metrics import CONTENT_TYPE, ControlPlaneMetrics
 from tsunagi.controlplane.openapi import (
@@ -40,6 +41,7 @@ from tsunagi.controlplane.openapi import (
     DeleteRequest,
     GraphQuery,
     InstanceRequest,
+    ProxiesQuery,
     ProxySecretsQuery,
     ResolveRequest,
     ResourcesQuery,
@@ -88,6 +90,9 @@ from tsunagi.telemetry.views import MetricsViews
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
+
+if TYPE_CHECKING:  # loads etcd's stubs: imported by control planes on etcd only
+    from tsunagi.controlplane.replicas import Replicas
 
 log = logging.getLogger("tsunagi.api")
 
@@ -262,6 +267,9 @@ class Api:
         self._unprivileged = unprivileged_port_start()  # the host's; gateways bind here
         self.body_timeout = body_timeout
         self.max_wait_timeout = max_wait_timeout
+        self.replicas: Replicas | None = None
+        """This replica and its peers on an etcd store (set by the control plane); None:
+        it is alone, and status and waits are its own proxies'."""
         self.views: MetricsViews | None = None
         """Where ``/v1/graph`` and ``/v1/metrics/series`` get their numbers (set by the
         control plane: its own scraper's store, or Prometheus)."""
@@ -455,6 +463,8 @@ class Api:
             host = str(sockname[0]) if sockname else "127.0.0.1"
         xds: dict[str, Any] = {"host": host, "port": port}
         reply: dict[str, Any] = {"xds": xds}
+        if self.replicas is not None:
+            reply["xdsReplicas"] = await self._xds_replicas(host, port)
         if self.xds_identity and self.authority is not None:
             # What a proxy needs to reach xDS over mutual TLS: whom to expect there (the
             # DNS SAN it requires; the SPIFFE ID for information), and the bundle its
@@ -467,6 +477,22 @@ class Api:
                 "rootCertificates": self.authority.root_pem.decode(),
             }
         return web.json_response(reply)
+
+    async def _xds_replicas(self, host: str, port: int) -> list[dict[str, Any]]:
+        """Every live replica's xDS address, this one's first. A replica listening on every
+        interface is left out (which of its addresses a proxy elsewhere reaches is unknown);
+        without etcd, this one's alone."""
+        assert self.replicas is not None
+        addresses = [{"host": host, "port": port}]
+        try:
+            peers = await self.replicas.peers()
+        except StoreError as e:
+            log.warning("bootstrap names this replica's xDS port only: %s", e)
+            return addresses
+        for peer in peers:
+            if peer.xds_host not in ("", "0.0.0.0", "::"):
+                addresses.append({"host": peer.xds_host, "port": peer.xds_port})
+        return addresses
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(self.spec)
@@ -789,7 +815,7 @@ class Api:
     async def heartbeat(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["namespace"], request.match_info["name"]
         self._check_own_instance(request[CALLER], ns, name, "heartbeating")
-        if not self.registry.heartbeat(ns, name):
+        if not await self.registry.heartbeat(ns, name):
             return _error(404, f"instance {ns}/{name} is not registered; register again")
         return web.json_response({"ok": True})
 
@@ -802,6 +828,7 @@ class Api:
         return web.json_response({"revision": self.store.contents().revision})
 
     async def proxies(self, request: web.Request) -> web.Response:
+        q = self._query(request, ProxiesQuery)
         statuses = proxy_statuses(self.cache, self.pusher)
         world: World = self.pusher.world
         for status in statuses:  # each inbound port's PeerAuthentication mode
@@ -812,7 +839,10 @@ class Api:
                 node = None  # metadata push could not read either: its status says so
             if node is not None:
                 status["mtls"] = mtls_summary(mtls_modes(world, node))
-        return web.json_response({"proxies": statuses})
+        if self.replicas is None or q.local:
+            return web.json_response({"proxies": statuses})
+        everyone, reports = await proxies_everywhere(self.replicas, statuses)
+        return web.json_response({"proxies": everyone, "replicas": reports})
 
     async def proxy_secrets(self, request: web.Request) -> web.Response:
         """The certificates one proxy holds (``tsunagi proxy-config secret``)."""
@@ -844,6 +874,8 @@ class Api:
                 "wait again if you need longer",
             )
         since = q.since or time.time()
+        if self.replicas is not None and not q.local:
+            return await self._wait_everywhere(request, self.replicas, q.revision, q.timeout, since)
         acks = asyncio.ensure_future(wait_for_acks(self.cache, self.pusher, q.revision))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
@@ -866,6 +898,42 @@ class Api:
                 "proxies": proxy_statuses(self.cache, self.pusher),
             },
             status=504,
+        )
+
+    async def _wait_here(self, revision: int, timeout: float) -> tuple[bool, list[dict[str, Any]]]:
+        """This replica's part of a wait: ``(complete, its proxies' statuses)``."""
+        try:
+            async with asyncio.timeout(timeout):
+                result = await wait_for_acks(self.cache, self.pusher, revision)
+            return True, list(result["proxies"])
+        except TimeoutError:
+            return False, proxy_statuses(self.cache, self.pusher)
+
+    async def _wait_everywhere(
+        self, request: web.Request, replicas: Replicas, revision: int, timeout: float, since: float
+    ) -> web.Response:
+        """``/v1/wait`` for the proxies of every live replica (:mod:`.fanout`)."""
+        waiting = asyncio.ensure_future(
+            wait_everywhere(replicas, lambda t: self._wait_here(revision, t), revision, timeout)
+        )
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not waiting.done():
+                waiting.cancel()
+        if not waiting.done() or waiting.cancelled():
+            raise ApiError(499, "the client went away")
+        complete, proxies, reports = waiting.result()
+        return web.json_response(
+            {
+                "complete": complete,
+                "elapsed_ms": max(0.0, time.time() - since) * 1000,
+                "proxies": proxies,
+                "replicas": reports,
+            },
+            status=200 if complete else 504,
         )
 
     def _metrics(self) -> MetricsViews:

@@ -10,12 +10,15 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives import serialization
 
 from tsunagi.api.mesh_config import MeshConfig
 from tsunagi.ca.authority import Authority
 from tsunagi.ca.keystore import plugged_in, self_signed
 from tsunagi.controlplane import workload_tokens
-from tsunagi.controlplane.auth import TOKEN_FILE, ensure_token
+from tsunagi.controlplane.auth import TOKEN_FILE, ensure_token, read_token_file, use_token
 from tsunagi.controlplane.dashboard import start as start_dashboard
 from tsunagi.controlplane.heap import raise_malloc_thresholds
 from tsunagi.controlplane.http_api import Api
@@ -37,10 +40,13 @@ from tsunagi.mesh.security import DEFAULT_ROOT_NAMESPACE, MeshSecurity
 from tsunagi.mesh.telemetry import DEFAULT_TRACE_SAMPLING, MeshTelemetry
 from tsunagi.registry import Registry
 from tsunagi.spiffe import DEFAULT_TRUST_DOMAIN
-from tsunagi.store import open_store
+from tsunagi.store import Store, open_store
 from tsunagi.telemetry.collector import CollectorSettings, TraceCollector
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.server import start_server
+
+if TYPE_CHECKING:  # loads etcd's stubs: imported only with an etcd store
+    from tsunagi.controlplane.replicas import Replicas
 
 log = logging.getLogger("tsunagi")
 
@@ -101,6 +107,11 @@ class Settings:
     """The longest lifetime of a workload certificate (a CSR may ask for less)."""
     mesh_config: MeshConfig = field(default_factory=MeshConfig)
     """``--mesh-config``: the external authorizers CUSTOM AuthorizationPolicies name."""
+    token_file: Path | None = None
+    """``--token-file``: the admin token (replicas share one); None: the state directory's."""
+    workload_token_key: Path | None = None
+    """``--workload-token-key``: the key of workload tokens (replicas share one); None: the
+    state directory's."""
 
 
 def load_authority(settings: Settings) -> Authority:
@@ -127,6 +138,25 @@ def load_authority(settings: Settings) -> Authority:
     return authority
 
 
+async def _replicas(
+    settings: Settings, store: Store, authority: Authority, token_key: bytes, token: str
+) -> Replicas | None:
+    """This replica's line to its peers when the store is etcd (None otherwise), checked:
+    :class:`~tsunagi.controlplane.replicas.Mismatch` when a live peer's CA, workload-token
+    key or admin token differs."""
+    if not settings.store.startswith("etcd://"):
+        return None
+    from tsunagi.controlplane.replicas import Replicas
+    from tsunagi.store.etcd import EtcdStore, parse_url
+
+    assert isinstance(store, EtcdStore)
+    _, prefix = parse_url(settings.store)
+    root = authority.roots[-1].public_bytes(serialization.Encoding.DER)
+    replicas = Replicas(store.client, prefix, root, token_key, token)
+    await replicas.check()
+    return replicas
+
+
 def dashboard_host(host: str) -> str:
     """Where the dashboard listens when the control plane listens on ``host``: there if it
     is loopback or every interface, else on 127.0.0.1 (it answers loopback clients only, so
@@ -151,17 +181,30 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
 async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     quiet_malformed_requests()
     raise_malloc_thresholds()  # before the first push allocates (see heap.py)
-    token = ensure_token(settings.state_dir)
+    if settings.token_file is not None:
+        token = use_token(settings.state_dir, read_token_file(settings.token_file))
+    else:
+        token = ensure_token(settings.state_dir)
     # Before any port opens: a CA file that does not fit stops the start with its reason.
     authority = load_authority(settings)
     # Signs workload tokens (tsunagi token create); kept, so tokens outlive a restart. A
     # damaged key file stops the start here too (KeyFileError names it).
-    token_key = workload_tokens.ensure_key(settings.state_dir)
+    if settings.workload_token_key is not None:
+        token_key = workload_tokens.load_key(settings.workload_token_key)
+    else:
+        token_key = workload_tokens.ensure_key(settings.state_dir)
     token_file = settings.state_dir / TOKEN_FILE
     store = open_store(settings.store, settings.state_dir)
     await store.open()
+    # Several replicas on one etcd: refuse to start, before any port opens, when a live
+    # one signs with another CA or key (replicas.py).
+    try:
+        replicas = await _replicas(settings, store, authority, token_key, token)
+    except BaseException:
+        await store.close()
+        raise
     registry = Registry(store, ttl=settings.instance_ttl)
-    registry.restore_leases()
+    await registry.restore_leases()
     cache = SnapshotCache()
     # The trace collector starts first: sidecars are told its bound Zipkin port
     # (``traces.zipkin_port``); the dashboard reads ``traces.store``.
@@ -232,6 +275,9 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         jwks=jwks.states,
     )
     runner, api_port = await api.serve(settings.host, settings.api_port)
+    if replicas is not None:
+        await replicas.start(settings.host, api_port, xds_port)
+        api.replicas = replicas
     (settings.state_dir / "server").write_text(f"http://{settings.host}:{api_port}\n")
     # Written once the API port is bound (it may have been 0): Prometheus needs the real one.
     prometheus_yml = write_config(
@@ -276,6 +322,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
                 metrics.registry_event(key[0], "delete")
 
     tasks = [asyncio.create_task(pusher.run()), asyncio.create_task(expire())]
+    if replicas is not None:
+        tasks.append(asyncio.create_task(replicas.run()))
     tasks.append(asyncio.create_task(jwks.run()))
     if ready is not None:
         ready.set()
@@ -285,6 +333,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     finally:
         for t in tasks:
             t.cancel()
+        if replicas is not None:
+            await replicas.stop()  # peers stop listing (and asking) this replica at once
         await dashboard.stop()
         await runner.cleanup()
         await grpc_server.stop(grace=0.5)

@@ -256,6 +256,19 @@ class WaitQuery(_Query):
         allow_inf_nan=False,
         description="Unix time the caller started (for `elapsed_ms`); 0 means now.",
     )
+    local: bool = Field(
+        False,
+        description="Only this replica's proxies (what replicas ask each other); by default "
+        "the proxies of every live replica on the store.",
+    )
+
+
+class ProxiesQuery(_Query):
+    local: bool = Field(
+        False,
+        description="Only this replica's proxies (what replicas ask each other); by default "
+        "the proxies of every live replica on the store.",
+    )
 
 
 class ProxySecretsQuery(_Query):
@@ -319,10 +332,21 @@ class Trust(BaseModel):
     )
 
 
+class XdsReplica(BaseModel):
+    host: str
+    port: int
+
+
 class BootstrapResponse(BaseModel):
     """What a sidecar needs besides the API address and token."""
 
     xds: XdsAddress
+    xdsReplicas: list[XdsReplica] = Field(
+        default_factory=list,
+        description="Every live replica's xDS address, this one's first (several control "
+        "planes on one etcd store): the proxy's xDS cluster lists them all, so it reconnects "
+        "to a live one when its replica goes away. Empty: this control plane alone.",
+    )
     trust: Trust | None = None
 
 
@@ -467,10 +491,26 @@ class ProxyStatus(BaseModel):
         description="Its inbound ports' PeerAuthentication mode (STRICT, PERMISSIVE, DISABLE; "
         "PORT:MODE pairs when they differ; - without inbound ports).",
     )
+    replica: str = Field(
+        default="",
+        description="The control plane (its API address) this proxy's xDS stream is "
+        "connected to, when several replicas share the store.",
+    )
+
+
+class ReplicaReport(BaseModel):
+    name: str = Field(description="A replica's API address; `etcd` when etcd did not answer.")
+    api: str
+    complete: bool = Field(description="It answered (for a wait: its proxies are in sync).")
+    error: str = Field(description="Why it did not answer; empty when it did.")
 
 
 class ProxyList(BaseModel):
     proxies: list[ProxyStatus]
+    replicas: list[ReplicaReport] = Field(
+        default_factory=list,
+        description="Every live replica asked, when several share the store.",
+    )
 
 
 class CertificateInfo(BaseModel):
@@ -533,6 +573,11 @@ class WaitResponse(BaseModel):
     complete: bool = Field(description="Every connected proxy ACKed (or NACKed) the revision.")
     elapsed_ms: float
     proxies: list[ProxyStatus]
+    replicas: list[ReplicaReport] = Field(
+        default_factory=list,
+        description="Every live replica asked, when several share the store; a replica that "
+        "did not answer makes the wait incomplete.",
+    )
 
 
 class MetricsText(RootModel[str]):
@@ -670,7 +715,7 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/v1/instances/{namespace}/{name}", "deregister",
           "Remove a workload instance.", RevisionResponse, errors=(404,)),
     Route("GET", "/v1/proxies", "proxies", "Connected proxies and what config each has ACKed.",
-          ProxyList),
+          ProxyList, query=ProxiesQuery, errors=(400,)),
     Route("GET", "/v1/proxies/{proxy}/secrets", "proxy_secrets",
           "The certificates one proxy holds, and whether it ACKed them (never a key).",
           ProxySecrets, query=ProxySecretsQuery, errors=(400, 404)),

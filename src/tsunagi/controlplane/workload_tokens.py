@@ -26,7 +26,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from tsunagi.private_files import private_dir, write_private
+from tsunagi.private_files import private_dir, read_operator_secret, write_private
 
 PREFIX = "tsw1."
 KEY_FILE = "workload-token.key"
@@ -88,6 +88,32 @@ def ensure_key(state_dir: Path) -> bytes:
     key = secrets.token_bytes(_KEY_BYTES)
     write_private(path, key)
     return key
+
+
+def load_key(path: Path) -> bytes:
+    """The key in ``path`` (``tsunagi up --workload-token-key``): 32 bytes, the form of
+    ``STATE_DIR/workload-token.key``, so that replicas given the same file accept each
+    other's workload tokens. :class:`KeyFileError` when it cannot be that key or every user
+    of the host may read it."""
+    make = f"`head -c {_KEY_BYTES} /dev/urandom > {path}; chmod 600 {path}`"
+    key = read_operator_secret(
+        path,
+        "--workload-token-key",
+        f"copy the first replica's STATE_DIR/{KEY_FILE}, or make a new key with {make}",
+        KeyFileError,
+    )
+    if len(key) != _KEY_BYTES:
+        raise KeyFileError(
+            f"--workload-token-key {path} has {len(key)} bytes, not {_KEY_BYTES}: give a "
+            f"copy of a replica's STATE_DIR/{KEY_FILE}, or make a new key with {make}"
+        )
+    return key
+
+
+def key_fingerprint(key: bytes) -> str:
+    """Names ``key`` without revealing it (an HMAC of a constant under it), so replicas can
+    compare keys in a shared store."""
+    return hmac.new(key, b"tsunagi workload token key fingerprint", hashlib.sha256).hexdigest()
 
 
 def renewed_expiry(cert_not_after: float, cert_lifetime: float) -> float:

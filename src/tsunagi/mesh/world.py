@@ -43,6 +43,7 @@ from tsunagi.mesh import (
     peer_authentication,
     request_authentication,
     selectors,
+    virtual_ips,
 )
 from tsunagi.mesh import outbound_policy as op
 from tsunagi.mesh import telemetry as tm
@@ -176,6 +177,21 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class Intercept:
+    """``tsunagi run --intercept``: the proxy's network namespace sends the app's
+    connections and DNS queries to it (``pc.META_INTERCEPT``)."""
+
+    capture_port: int
+    """The outbound capture listener (Istio's 15001 role), where iptables redirects the
+    app's outbound TCP."""
+    dns_port: int
+    """The UDP DNS listener (Istio's 15053 role), where iptables redirects the app's queries."""
+    resolvers: tuple[str, ...] = ()
+    """``IP`` or ``IP:PORT`` of the host's own resolvers, for names the mesh does not know
+    (none: those are answered NXDOMAIN)."""
+
+
+@dataclass(frozen=True)
 class Node:
     """What the control plane knows about one proxy, from its xDS node and metadata."""
 
@@ -211,6 +227,9 @@ class Node:
     (:mod:`tsunagi.xds.peer_identity`, :mod:`tsunagi.gateway_mark`). Set by the xDS server,
     never read from the node's own metadata; only a verified gateway gets its Gateways'
     Secrets."""
+    intercept: Intercept | None = None
+    """Set for a sidecar whose traffic is captured (``tsunagi run --intercept``); None for
+    the others, whose config does not change."""
     proven: bool = False
     """Whether its xDS stream presented a client certificate that proved its namespace (and
     service account, when claimed): set by the xDS server. Enough for a sidecar to receive
@@ -264,6 +283,7 @@ class Node:
             gateway_ports=MappingProxyType(pc.parse_gateway_ports(meta.get(pc.META_GATEWAY_PORTS))),
             upstreams=_upstreams(meta.get(pc.META_UPSTREAMS), namespace),
             service_account=str(meta.get(pc.META_SERVICE_ACCOUNT) or ""),
+            intercept=_intercept(meta.get(pc.META_INTERCEPT)),
             verified=verified,
             proven=proven or verified,
         )
@@ -282,6 +302,22 @@ def _upstreams(entries: Any, namespace: str) -> tuple[Upstream, ...]:
         except (TypeError, KeyError, ValueError):
             continue
     return tuple(out)
+
+
+def _intercept(entry: Any) -> Intercept | None:
+    """``pc.META_INTERCEPT`` as an :class:`Intercept`; None when absent or not understood
+    (another agent version's), so the proxy gets the usual config rather than none."""
+    if not isinstance(entry, Mapping):
+        return None
+    try:
+        resolvers = entry.get(pc.META_INTERCEPT_RESOLVERS) or []
+        return Intercept(
+            int(entry[pc.META_INTERCEPT_CAPTURE]),
+            int(entry[pc.META_INTERCEPT_DNS]),
+            tuple(str(r) for r in resolvers) if isinstance(resolvers, list) else (),
+        )
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
 def endpoint_port(port: Port, named: Mapping[str, int] | None = None) -> int:
@@ -746,6 +782,17 @@ class World:
             )
         hidden: frozenset[str] = self._per_namespace[key]
         return hidden
+
+    @cached_property
+    def service_addresses(self) -> Mapping[str, tuple[str, ...]]:
+        """host → the IPv4 addresses intercepting sidecars answer in DNS and capture for it:
+        a ServiceEntry's own, else one allocated from 240.240.0.0/16
+        (:mod:`tsunagi.mesh.virtual_ips`, stable across pushes and restarts)."""
+        return MappingProxyType(
+            virtual_ips.service_addresses(
+                {h: (s.addresses, s.passthrough) for h, s in self.services.items()}
+            )
+        )
 
     @cached_property
     def virtual_services_in_order(self) -> tuple[ResourceOf[VirtualServiceSpec], ...]:

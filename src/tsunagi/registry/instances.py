@@ -1,8 +1,16 @@
 """Workload instances: who serves which service, where, and whether they are still alive.
 
-Instances are stored (so a control-plane restart keeps every endpoint) but their leases are
-not: heartbeats only touch memory, and after a restart each stored instance gets a fresh
-lease, giving its agent a full TTL to check in again.
+Instances are stored (so a control-plane restart keeps every endpoint). Where their leases
+live depends on the store:
+
+- A store that holds leases itself (:class:`~tsunagi.store.base.Leases`: etcd) writes each
+  instance under a lease of the registry's TTL. A heartbeat renews that lease, whichever
+  replica receives it; when heartbeats stop, the store deletes the instance and every replica
+  sees it go. No replica expires anything on its own clock, so several control planes can
+  share one registry.
+- Otherwise (memory, SQLite) leases are kept in this process's memory: heartbeats touch
+  memory, :meth:`Registry.expire` removes lapsed instances, and after a restart each stored
+  instance gets a fresh lease, giving its agent a full TTL to check in again.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from typing import Any
 from tsunagi import protocols
 from tsunagi import proxy_contract as pc
 from tsunagi.api.names import DNS1123_LABEL_PATTERN, check_dns_subdomain, is_ip
-from tsunagi.store import Key, Store
+from tsunagi.store import Key, Record, Store
+from tsunagi.store.base import Leases
 
 KIND = "WorkloadInstance"
 """The store kind that holds registered instances (internal; not an Istio kind)."""
@@ -171,8 +180,13 @@ def protocol_disagreement(inst: Instance, others: Iterable[str]) -> str | None:
     )
 
 
+def _parse(record: Record) -> Instance:
+    return Instance.from_document(record.document)
+
+
 class Registry:
-    """Registers, heartbeats and expires instances on top of a :class:`Store`."""
+    """Registers, heartbeats and expires instances on top of a :class:`Store`; the store
+    keeps their leases when it can (see the module's docstring)."""
 
     def __init__(
         self, store: Store, ttl: float, clock: Callable[[], float] = time.monotonic
@@ -180,17 +194,36 @@ class Registry:
         self._store = store
         self.ttl = ttl
         self._clock = clock
+        self._held: Leases | None = store if isinstance(store, Leases) else None
+        """The store, when it holds the instances' leases itself (then ``_leases`` stays
+        empty and other processes write instances too)."""
         self._leases: dict[Key, float] = {}
+        self._indexed: dict[Key, Record] = {}
+        """With a leasing store: the records the protocol index was last brought up to."""
+        self._indexed_revision = -1
         self._protocols: dict[tuple[str, str, int], dict[str, str]] = {}
         """(namespace, service, port) → instance name → the protocol it declared."""
         self._port_of: dict[Key, tuple[str, str, int]] = {}
         # Register, deregister and expire decide from the store's contents and then write:
         # without a lock, an expiry in flight could delete an instance that just registered.
         self._lock = asyncio.Lock()
+        self._listed: tuple[int, dict[Key, tuple[Record, Instance]]] = (-1, {})
+        """The store revision :meth:`instances` last listed, and each record parsed."""
 
     def instances(self) -> list[Instance]:
         """Every registered instance, gateways included."""
-        return [Instance.from_document(r.document) for r in self._store.contents().of_kind(KIND)]
+        contents = self._store.contents()
+        revision, parsed = self._listed
+        if revision != contents.revision:
+            # Parsed once per stored record, not once per call: the dashboard's scraper
+            # asks every few seconds, and a mesh has thousands. One tuple, swapped whole,
+            # as the scraper's thread calls this too.
+            parsed = {
+                r.key: hit if (hit := parsed.get(r.key)) and hit[0] is r else (r, _parse(r))
+                for r in contents.of_kind(KIND)
+            }
+            self._listed = (contents.revision, parsed)
+        return [inst for _, inst in parsed.values()]
 
     def service_instances(self) -> list[Instance]:
         """The instances that are endpoints of their service (gateways are not)."""
@@ -202,8 +235,25 @@ class Registry:
 
     def peer_protocols(self, inst: Instance) -> list[str]:
         """The protocols the other registered instances of ``inst``'s service port declare."""
+        if self._held is not None:
+            self._index_store()
         peers = self._protocols.get((inst.namespace, inst.service, inst.port), {})
         return [p for name, p in peers.items() if name != inst.name]
+
+    def _index_store(self) -> None:
+        """Bring the protocol index up to the store's instances: with a leasing store,
+        other replicas register and the store expires, so the index follows the store, and
+        re-reads only the records that changed since it last did."""
+        contents = self._store.contents()
+        if contents.revision == self._indexed_revision:
+            return
+        current = {r.key: r for r in contents.of_kind(KIND)}
+        for key in self._port_of.keys() - current.keys():
+            self._index(key, None)
+        for key, record in current.items():
+            if self._indexed.get(key) is not record:
+                self._index(key, record.document)
+        self._indexed, self._indexed_revision = current, contents.revision
 
     def _index(self, key: Key, doc: Mapping[str, Any] | None) -> None:
         """Keep the protocol index in step with the instance stored under ``key`` (``doc``
@@ -221,15 +271,28 @@ class Registry:
             self._protocols.setdefault(port, {})[key[2]] = protocol
             self._port_of[key] = port
 
-    def restore_leases(self) -> None:
-        """Give every stored instance a fresh lease (call once after the store opens)."""
+    async def restore_leases(self) -> None:
+        """Give every stored instance a fresh lease (call once after the store opens).
+
+        With a leasing store, instances keep the leases they have (a restart drops nobody);
+        one stored without a lease (by a version before leases) is put under one now, so it
+        goes unless its agent heartbeats."""
+        if self._held is not None:
+            for rec in self._store.contents().of_kind(KIND):
+                if not self._held.leased(rec.key):
+                    await self._held.commit_leased(rec.key, rec.document, self.ttl)
+            return
         deadline = self._clock() + self.ttl
         for rec in self._store.contents().of_kind(KIND):
             self._leases[rec.key] = deadline
             self._index(rec.key, rec.document)
 
     async def register(self, inst: Instance) -> int:
+        """Store ``inst`` with a fresh lease; return the store's revision. Registering the
+        same document again writes nothing (it only renews the lease)."""
         async with self._lock:
+            if self._held is not None:
+                return await self._register_leased(self._held, inst)
             self._leases[inst.key] = self._clock() + self.ttl
             current = self._store.contents().records.get(inst.key)
             if current is not None and current.document == inst.to_document():
@@ -238,26 +301,49 @@ class Registry:
             self._index(inst.key, inst.to_document())
             return revision
 
-    def heartbeat(self, namespace: str, name: str) -> bool:
-        """Extend a lease; ``False`` means the instance is unknown and must register again."""
+    async def _register_leased(self, held: Leases, inst: Instance) -> int:
+        document = inst.to_document()
+        current = self._store.contents().records.get(inst.key)
+        if (
+            current is not None
+            and current.document == document
+            and held.leased(inst.key)
+            and await held.renew(inst.key)
+        ):
+            return self._store.contents().revision
+        return await held.commit_leased(inst.key, document, self.ttl)
+
+    async def heartbeat(self, namespace: str, name: str) -> bool:
+        """Extend a lease; ``False`` means the instance is unknown (or its lease lapsed in
+        the store) and must register again."""
         key = (KIND, namespace, name)
         if key not in self._store.contents().records:
             return False
+        if self._held is not None:
+            return await self._held.renew(key)
         self._leases[key] = self._clock() + self.ttl
         return True
 
     async def deregister(self, namespace: str, name: str) -> bool:
+        """Remove an instance now (with a leasing store, by ending its lease); ``False``
+        when it is not registered."""
         key = (KIND, namespace, name)
         async with self._lock:
             self._leases.pop(key, None)
             if key not in self._store.contents().records:
                 return False
+            if self._held is not None:
+                await self._held.revoke(key)
+                return True
             await self._store.commit([], [key])
             self._index(key, None)
             return True
 
     async def expire(self) -> list[Key]:
-        """Remove every instance whose lease lapsed; return their keys."""
+        """Remove every instance whose lease lapsed; return their keys. With a leasing store
+        this does nothing: the store expires them, for every replica at once."""
+        if self._held is not None:
+            return []
         async with self._lock:
             now = self._clock()
             stored = {r.key for r in self._store.contents().of_kind(KIND)}

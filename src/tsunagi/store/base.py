@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 Key = tuple[str, str, str]
 """(kind, namespace, name)."""
@@ -67,6 +67,36 @@ class Store(Protocol):
 
     async def wait_for_change(self, after: int) -> int:
         """Return the current revision once it is greater than ``after``."""
+        ...
+
+
+@runtime_checkable
+class Leases(Protocol):
+    """A store that can hold a document under a lease which the store itself expires (etcd):
+    unless renewed within its TTL, the document is deleted, and every process that follows
+    the store sees it go. Stores without this (memory, SQLite) leave expiry to their owner.
+
+    A leased document is found by its key alone: the lease is the one the store holds it
+    under, so any process on the same store can renew or revoke it.
+    """
+
+    async def commit_leased(self, key: Key, document: Mapping[str, Any], ttl: float) -> int:
+        """Write ``document`` at ``key`` under a new lease of at least ``ttl`` seconds, as
+        one atomic commit; return the new revision."""
+        ...
+
+    def leased(self, key: Key) -> bool:
+        """Whether ``key`` is stored under a lease (False when absent or stored plainly)."""
+        ...
+
+    async def renew(self, key: Key) -> bool:
+        """Renew the lease ``key`` is stored under; False when ``key`` is absent, has no
+        lease, or its lease has lapsed (the document is gone or about to go)."""
+        ...
+
+    async def revoke(self, key: Key) -> int:
+        """Delete ``key`` now by ending its lease (or plainly when it has none); return the
+        revision after which the delete is visible here."""
         ...
 
 

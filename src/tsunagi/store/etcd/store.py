@@ -20,15 +20,12 @@ fail its guard); changed means the first commit after the guarded revision is ei
 between only fails the guard: the store takes the new revision and sends again (commits are
 blind writes, as in every backend).
 
-Leases (the next stage): each control-plane replica grants itself one etcd lease
-(``EtcdClient.lease_grant``, TTL about the instance TTL) and keeps it alive over one
-``LeaseKeeper`` stream. An instance registered through a replica is written with that
-replica's lease (the ``put(key, value, lease)`` operation, in the same guarded transaction),
-so only its owner expires it on missed heartbeats, and if the owner dies etcd deletes its
-instances when the lease lapses; every replica sees the deletes through the watch. A workload
-that fails over to another replica registers again there, which re-puts its key under the new
-owner's lease. Until then, instances are plain documents here and their leases are kept in
-memory by :mod:`tsunagi.registry.instances`, as with the other backends.
+Leases (:class:`~tsunagi.store.base.Leases`): :meth:`EtcdStore.commit_leased` grants one
+etcd lease per document and writes the document attached to it, in the same guarded
+transaction as any commit. etcd keeps the lease id on the key, so the watch brings it to every
+replica: any of them can renew the lease (one request on this store's LeaseKeepAlive stream)
+or revoke it, whoever wrote the key. When nobody renews it, etcd deletes the key itself and
+every replica's watch sees the delete; no replica keeps a clock of its own for it.
 """
 
 from __future__ import annotations
@@ -37,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -48,6 +46,7 @@ from tsunagi.store.etcd.client import (
     EtcdClient,
     EtcdError,
     KeyValue,
+    LeaseKeeper,
     Uncertain,
     delete,
     get,
@@ -100,6 +99,9 @@ class EtcdStore(CachedStore):
         self._follower: asyncio.Task[None] | None = None
         self._commit_revision = 0
         """mod_revision of the ``.commit`` key as last seen (0: never written)."""
+        self._lease_of: dict[Key, int] = {}
+        """The etcd lease each leased document is attached to, as the watch last saw it."""
+        self._keeper: LeaseKeeper | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -128,6 +130,9 @@ class EtcdStore(CachedStore):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
             self._follower = None
+        if self._keeper is not None:
+            self._keeper.close()
+            self._keeper = None
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()
@@ -164,11 +169,15 @@ class EtcdStore(CachedStore):
         """Replace the contents with etcd's; return the revision read."""
         revision, kvs = await self.client.range_prefix(self._prefix)
         records: dict[Key, Record] = {}
+        leases: dict[Key, int] = {}
         for kv in kvs:
             if kv.key == self._commit_key:
                 self._commit_revision = kv.mod_revision
             elif (record := self._record(kv)) is not None:
                 records[record.key] = record
+                if kv.lease:
+                    leases[record.key] = kv.lease
+        self._lease_of = leases
         revision = max(revision, self._contents.revision)
         await self._publish(Contents(revision, MappingProxyType(records)))
         return revision
@@ -187,8 +196,13 @@ class EtcdStore(CachedStore):
                         if event.deleted:
                             if (key := self._key_of(event.kv.key)) is not None:
                                 records.pop(key, None)
+                                self._lease_of.pop(key, None)
                         elif (record := self._record(event.kv)) is not None:
                             records[record.key] = record
+                            if event.kv.lease:
+                                self._lease_of[record.key] = event.kv.lease
+                            else:
+                                self._lease_of.pop(record.key, None)
                     await self._publish(Contents(batch_revision, MappingProxyType(records)))
                     revision = batch_revision
                     if failing:
@@ -223,12 +237,69 @@ class EtcdStore(CachedStore):
     ) -> int:
         ops = [delete(self._key(k)) for k in deletes]
         ops += [put(self._key(k), json.dumps(doc, sort_keys=True).encode()) for k, doc in puts]
+        return await self._commit(ops)
+
+    async def _commit(self, ops: list[Any]) -> int:
+        """Send ``ops`` and the ``.commit`` key as one guarded transaction; return its
+        revision once the watch has brought it in."""
         token = os.urandom(12).hex()
         ops.append(put(self._commit_key, json.dumps({"token": token}).encode()))
         async with self._lock:
             revision = await self._send(ops, token)
             await self._caught_up(revision)
             return revision
+
+    # -- leases (tsunagi.store.base.Leases) -------------------------------------------------
+
+    async def commit_leased(self, key: Key, document: Mapping[str, Any], ttl: float) -> int:
+        """Write ``document`` at ``key`` attached to a new etcd lease of ``ttl`` seconds
+        (rounded up: etcd counts whole seconds, and raises TTLs under its minimum, 1.5
+        election timeouts), in one guarded transaction; return its revision."""
+        lease, _ = await self.client.lease_grant(max(1, math.ceil(ttl)))
+        value = json.dumps(document, sort_keys=True).encode()
+        try:
+            return await self._commit([put(self._key(key), value, lease)])
+        except StoreError:
+            # A lease that holds nothing would only wait out its TTL: end it now if etcd
+            # answers (should the commit have landed after all, its key goes too, and the
+            # caller, told it failed, registers again).
+            with contextlib.suppress(EtcdError):
+                await self.client.lease_revoke(lease)
+            raise
+
+    def leased(self, key: Key) -> bool:
+        """Whether ``key`` is stored here attached to an etcd lease."""
+        return key in self._contents.records and bool(self._lease_of.get(key))
+
+    async def renew(self, key: Key) -> bool:
+        """Renew the lease ``key`` is attached to (whichever replica wrote it), over one
+        long-lived keepalive stream; False when there is no such key or lease any more."""
+        lease = self._lease_of.get(key, 0)
+        if not lease or key not in self._contents.records:
+            return False
+        if self._keeper is None:
+            self._keeper = self.client.keepalive()
+        return await self._keeper.refresh(lease) > 0
+
+    async def revoke(self, key: Key) -> int:
+        """Delete ``key``: end its lease (etcd deletes the key with it), or commit its delete
+        when it has none; return once this store has seen the delete."""
+        lease = self._lease_of.get(key, 0)
+        if not lease:
+            return await self.commit([], [key])
+        await self.client.lease_revoke(lease)  # an unknown lease: it lapsed already
+        await self._seen_gone(key, lease)
+        return self._contents.revision
+
+    async def _seen_gone(self, key: Key, lease: int) -> None:
+        """Wait until the watch brings the delete of ``key`` (or a newer write of it, under
+        another lease); bounded like :meth:`_caught_up`. Waiting for a revision would not
+        do: the revoke's reply names none for the delete (its header is etcd's revision,
+        which writes outside our prefix move too, and the watch sees only ours)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout * 2):
+                async with self._changed:
+                    await self._changed.wait_for(lambda: self._lease_of.get(key) != lease)
 
     async def _send(self, ops: list[Any], token: str) -> int:
         """Commit ``ops`` exactly once; return its revision (see the module's docstring)."""

@@ -37,6 +37,8 @@ from tsunagi.xds.resources import Resource, Snapshot
 from tsunagi.xds.translate import (
     accesslog,
     authz,
+    capture,
+    dns_table,
     gateway,
     gateway_telemetry,
     jwt_authn,
@@ -801,6 +803,50 @@ def _with_upstream_listeners(
     return Local(local.clusters, _Overlay(local.listeners, own)) if own else local
 
 
+def _capture_parts_of(world: World, node: Node) -> Local:
+    listeners = [capture.capture_listener(world, node), dns_table.dns_listener(world, node)]
+    return Local(
+        clusters=MappingProxyType(
+            {r.name: r for r in _pack_all(Cluster, [capture.original_dst_cluster()], "name")}
+        ),
+        listeners=MappingProxyType({r.name: r for r in _pack_all(Listener, listeners, "name")}),
+    )
+
+
+def _with_capture(
+    world: World, node: Node, local: Local, memo: Memo, errors: list[TranslationError]
+) -> Local:
+    """``local`` plus an intercepting node's capture and DNS listeners (see :mod:`.capture`,
+    :mod:`.dns_table`), memoized by what they read. A failure leaves them out and is
+    reported as the node's."""
+    key = (
+        "capture",
+        upstream_key(node),
+        node.intercept,
+        world.routing_fingerprint,
+        world.telemetry_for(node),
+    )
+    none = Local(MappingProxyType({}), MappingProxyType({}))
+    own = isolated(
+        errors,
+        None,
+        ("capture", node.id),
+        node.id,
+        partial(_blame_tcp_routes, world),
+        partial("capture listeners of proxy {}".format, node.id),
+        partial(memo.get, key, _capture_parts_of, world, node),
+        none,
+    )
+    if not own.listeners:
+        return local
+    return Local(_Overlay(local.clusters, own.clusters), _Overlay(local.listeners, own.listeners))
+
+
+def _blame_tcp_routes(world: World) -> tuple[ResourceKey, ...]:
+    keys = {vs.key for vss in world.virtual_services.values() for vs in vss if vs.spec.tcp}
+    return tuple(sorted(keys))
+
+
 def _pack_connect_listener(doc: str, loggers: list[dict[str, Any]]) -> Resource:
     return _pack_all(Listener, [with_loggers(doc, loggers)], "name")[0]
 
@@ -919,6 +965,8 @@ def assemble_patched(
     if node.upstreams:
         local = _with_upstream_listeners(world, node, local, memo, upstream_errors)
     local = _with_connect(world, node, local, memo, upstream_errors)
+    if node.intercept is not None:
+        local = _with_capture(world, node, local, memo, upstream_errors)
     snapshot = assemble(outbound, local, revision)
     parts = Parts(
         outbound.clusters,
