@@ -54,6 +54,7 @@ class _Entries:
         self._bytes = 0
         self._entries: dict[tuple[int, bool], tuple[Resource, bytes]] = {}
         self._blocks: dict[tuple[int, bool], tuple[Mapping[str, Resource], bytes]] = {}
+        self._block_bytes = 0
         self._lock = threading.Lock()
 
     def whole(self, target: Mapping[str, Resource], delta: bool) -> list[bytes]:
@@ -71,14 +72,22 @@ class _Entries:
         key = (id(target), delta)
         with self._lock:
             hit = self._blocks.pop(key, None)
-            if hit is not None and hit[0] is target:
-                self._blocks[key] = hit  # most recently used last
-                return [hit[1]]
+            if hit is not None:
+                if hit[0] is target:
+                    self._blocks[key] = hit  # most recently used last
+                    return [hit[1]]
+                self._block_bytes -= len(hit[1])
         block = b"".join([self.get(target[n], delta) for n in sorted(target)])
         with self._lock:
             self._blocks[key] = (target, block)
-            while len(self._blocks) > _BLOCKS_MAX_ENTRIES:
-                del self._blocks[next(iter(self._blocks))]
+            self._block_bytes += len(block)
+            # Bounded by count and bytes: each entry also keeps its mapping (and so an
+            # older push's resources) alive until it goes.
+            while len(self._blocks) > _BLOCKS_MAX_ENTRIES or (
+                self._block_bytes > _BLOCKS_MAX_BYTES and len(self._blocks) > 1
+            ):
+                gone = self._blocks.pop(next(iter(self._blocks)))
+                self._block_bytes -= len(gone[1])
         return [block]
 
     def get(self, res: Resource, delta: bool) -> bytes:
@@ -106,6 +115,8 @@ _BLOCK_MIN_SIZE = 64
 _BLOCKS_MAX_ENTRIES = 64
 """Whole-mapping blocks kept (least recently used go first): a few per client namespace
 and type, about a megabyte each at 1,000 services."""
+_BLOCKS_MAX_BYTES = 48 << 20
+"""...and at most this many bytes of them (the most recent one always stays)."""
 
 
 def _immutable(target: Mapping[str, Resource]) -> bool:
