@@ -319,6 +319,28 @@ async def test_a_replica_behind_a_compaction_relists(etcd: Cluster) -> None:
         await gate.close()
 
 
+async def test_a_delete_at_exactly_the_compaction_revision_is_not_missed(etcd: Cluster) -> None:
+    """etcd drops a delete's tombstone when it compacts at the delete's own revision, and a
+    watch may start there: a replica resuming from the revision after the last it saw must
+    not take the silence for "nothing was deleted"."""
+    gate = Gate(etcd.members[0].client_port)
+    port = await gate.start()
+    try:
+        async with opened(etcd, [("127.0.0.1", port)]) as behind, opened(etcd) as other:
+            first = await other.commit([(VS, {"v": 1}), (DR, {"v": 1})])
+            await asyncio.wait_for(behind.wait_for_change(first - 1), 10)
+            gate.cut()
+            rev = await other.commit([], [DR])
+            assert rev == first + 1  # the very revision `behind` resumes from
+            async with client(etcd) as c:
+                await c.compact(rev)
+            gate.open = True
+            await asyncio.wait_for(behind.wait_for_change(first), 20)
+            assert set(behind.contents().records) == {VS}
+    finally:
+        await gate.close()
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     yield from etcd_cluster(tmp_path, 3)

@@ -297,7 +297,8 @@ class EtcdClient:
         etcd before 3.4.25 can send progress ahead of events it still owes, etcd-io/etcd#15220),
         so a batch without events is not yielded. Raises :class:`Compacted` when
         ``start_revision`` is gone and :class:`EtcdError` when the stream breaks; callers
-        resume from the last revision they saw plus one."""
+        resume from the last revision they saw (not one past it: a compaction at exactly
+        that next revision drops its delete tombstones without refusing the watch)."""
         create = rpc_pb2.WatchCreateRequest(
             key=prefix,
             range_end=prefix_end(prefix),
