@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -116,6 +117,7 @@ class Hosts:
         reason = unavailable_reason()
         if reason:
             raise HostsUnavailable(reason)
+        sweep_orphans()
         try:
             self._create()
         except BaseException:
@@ -238,6 +240,29 @@ class Hosts:
             self._namespaces.clear()
         if left:
             raise RuntimeError(f"namespaces left behind (delete with `ip netns del`): {left}")
+
+
+_OURS = re.compile(r"ts(\d+)-\d+-(?:br|h\d+)")
+"""The names :class:`Hosts` gives its namespaces, with the test process's pid."""
+
+
+def sweep_orphans() -> list[str]:
+    """Delete the namespaces of test processes that died without cleaning up (killed with
+    -9), stopping by pid what still runs in them; return their names. A namespace whose
+    process is alive (or whose pid was reused) is left alone."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30)
+    swept = []
+    for line in listed.stdout.splitlines():
+        name = line.split(" ", 1)[0]
+        ours = _OURS.fullmatch(name)
+        if ours is None or Path(f"/proc/{ours.group(1)}").exists():
+            continue
+        for pid in _pids_in(name):
+            _kill(pid)
+        with contextlib.suppress(RuntimeError):  # another sweeper got there first
+            _ip("netns", "del", name)
+            swept.append(name)
+    return swept
 
 
 def _pids_in(namespace: str) -> list[int]:

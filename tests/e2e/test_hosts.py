@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .hosts import Host, Hosts, Reply, unavailable_reason
+from .hosts import Host, Hosts, Reply, sweep_orphans, unavailable_reason
 from .mesh import APPS, wait_until
 
 pytestmark = [
@@ -254,3 +254,40 @@ def test_hosts_made_in_part_go_away_when_making_the_rest_fails() -> None:
         assert _namespaces(hosts.prefix) == [taken]  # only the one this test made
     finally:
         subprocess.run(["ip", "netns", "del", taken], check=True, capture_output=True)
+
+
+def test_namespaces_of_a_test_process_that_died_are_swept() -> None:
+    """A test killed with -9 leaves its namespaces (and what ran in them); the next
+    :class:`Hosts` deletes them, stopping their processes, and leaves live ones alone."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True).stdout.strip()  # fmt: skip
+    orphan = f"ts{dead}-0-h0"
+    subprocess.run(["ip", "netns", "add", orphan], check=True)
+    sleeper = subprocess.Popen(["ip", "netns", "exec", orphan, "sleep", "300"])
+    try:
+        wait_until(lambda: str(sleeper.pid) in _netns_pids(orphan), what="the orphan's process")
+        with Hosts(1) as hosts:  # sweeps on entry
+            listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+            assert orphan not in listed.stdout
+            assert hosts[0].name in listed.stdout  # a live test's own: kept
+            assert sweeper_left_alone(hosts[0].name)
+        # Killed by the sweep (which reaps its children too, so no exit status is left).
+        sleeper.wait(timeout=10)
+        assert not Path(f"/proc/{sleeper.pid}").exists()
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
+        subprocess.run(["ip", "netns", "del", orphan], capture_output=True)
+
+
+def sweeper_left_alone(name: str) -> bool:
+    """A second sweep while ``name``'s test runs does not touch it."""
+    sweep_orphans()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    return name in listed.stdout
+
+
+def _netns_pids(name: str) -> list[str]:
+    done = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+    return done.stdout.split()
