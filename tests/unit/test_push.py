@@ -115,10 +115,11 @@ def test_translation_is_deterministic() -> None:
         assert one.version(t) == two.version(t)
 
 
-async def test_a_push_readies_the_routes_of_registered_workloads_before_they_connect() -> None:
-    """After a control-plane restart every proxy reconnects at once: the namespaces their
-    instances are registered in already have their outbound config, so the first proxy of
-    each is handed it rather than having it built on the event loop as it arrives."""
+async def test_routes_of_registered_workloads_are_ready_before_they_connect() -> None:
+    """After a control-plane restart every proxy reconnects at once: once the store is
+    quiet, the namespaces their instances are registered in already have their outbound
+    config, so the first proxy of each is handed it rather than having it built on the
+    event loop as it arrives."""
     store = MemoryStore()
     cache = SnapshotCache()
     pusher = Pusher(store, cache, Debounce(quiet=0.005, max_delay=0.05))
@@ -127,6 +128,8 @@ async def test_a_push_readies_the_routes_of_registered_workloads_before_they_con
     task = asyncio.create_task(pusher.run())
     try:
         await asyncio.wait_for(_until(lambda: pusher.processed == 1), 5)
+        # Built once the store is quiet (not in every push of a burst of registrations).
+        await asyncio.wait_for(_until(lambda: len(pusher._outbound) == 2), 5)
     finally:
         task.cancel()
     ready = {scope.namespace: out for scope, out in pusher._outbound.items()}

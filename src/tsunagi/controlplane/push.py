@@ -7,8 +7,9 @@ loop keeps serving xDS and the API while it runs.
 
 Ownership, so that no state is shared between threads by accident:
 
-- the worker thread (:meth:`Pusher._compute`) alone uses ``_memo`` and ``_builder``; pushes
-  run one at a time, so it never runs twice at once. It reads only its arguments and returns
+- the worker thread (:meth:`Pusher._compute`, and :meth:`Pusher._warm` between pushes)
+  alone uses ``_memo`` and ``_builder``; pushes and warm-ups run one at a time, from one
+  coroutine, so it never runs twice at once. It reads only its arguments and returns
   everything it made. The one thing it shares is the memo's ``last_good`` store (each piece's
   last successful output), which locks;
 - the event loop alone reads and writes the published state (``world``, ``_shared``,
@@ -70,6 +71,9 @@ class Debounce:
     """Push once no change arrived for this many seconds..."""
     max_delay: float = 0.05
     """...or once the first change is this old, whichever comes first."""
+    warm_after: float = 0.1
+    """Once no change arrived for this many seconds after a push, build the outbound config
+    of registered workloads whose proxies are not connected (see :meth:`Pusher._warm`)."""
 
 
 class PushHooks(Protocol):
@@ -352,15 +356,46 @@ class Pusher:
         self._wanted.set()
 
     async def _next_change(self) -> None:
-        """Until the store moves past what was pushed, or a push is wanted without it."""
+        """Until the store moves past what was pushed, or a push is wanted without it;
+        meanwhile, once things are quiet, warm what registered workloads will need."""
         change = asyncio.ensure_future(self.store.wait_for_change(self.processed))
         wanted = asyncio.ensure_future(self._wanted.wait())
         try:
-            await asyncio.wait((change, wanted), return_when=asyncio.FIRST_COMPLETED)
+            pending = {change, wanted}
+            if self._cold():
+                done, _ = await asyncio.wait(pending, timeout=self.debounce.warm_after)
+                if not done:
+                    await self._warm()
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         finally:
             change.cancel()
             wanted.cancel()
         self._wanted.clear()
+
+    def _cold(self) -> set[ClientScope]:
+        """Scopes of registered workloads without outbound config in the published World."""
+        return set(self.world.registered_scopes - self._outbound.keys())
+
+    async def _warm(self) -> None:
+        """Build the outbound config of registered workloads' scopes that no connected proxy
+        has, in the worker thread, so that when their proxies connect (all at once, after a
+        control-plane restart) each namespace's routes are ready rather than built on the
+        event loop by the first to arrive. Only when no change is waiting: during a burst of
+        registrations every push would redo them, and their own proxies connect before they
+        register anyway."""
+        world, shared, cold, memo = self.world, self._shared, self._cold(), self._memo
+        try:
+            # The worker's memo: no push runs now (they run from this coroutine), and what
+            # it keeps makes the next warm-up cheap while the routing stays the same.
+            made = await asyncio.to_thread(
+                lambda: {scope: translate_outbound(world, scope, memo, shared) for scope in cold}
+            )
+        except Exception:
+            log.exception("building routes ahead of proxies failed; they are built on connect")
+            return
+        if world is self.world:
+            for scope, out in made.items():
+                self._outbound.setdefault(scope, out)
 
     def _publish(self, done: _Computed) -> None:
         """Swap in what a push computed (on the loop, so a node connecting now gets a
@@ -406,11 +441,9 @@ class Pusher:
         world = self._builder.build(contents)
         shared = translate_shared(world, self._memo)
         scopes = {node_id: world.scope_of(node) for node_id, node in nodes.items()}
-        # Also the scopes of registered workloads whose proxies are not connected (yet):
-        # ready when they (re)connect, rather than built on the loop as they arrive.
         outbound = {
             scope: translate_outbound(world, scope, self._memo, shared)
-            for scope in {*scopes.values(), *world.registered_scopes}
+            for scope in set(scopes.values())
         }
         locals_ = {
             node_id: _NodeLocal.reuse(known.get(node_id), world, node, self._memo)
