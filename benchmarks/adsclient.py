@@ -32,6 +32,13 @@ key made here) from ``POST /v1/certificates`` and opens each namespace's streams
 that present it; every proxy claims that service account. Without ``--api`` it speaks
 plaintext (a test server without TLS).
 
+Several control-plane replicas (``--xds A,B``): the ``j``-th proxy of each namespace
+connects to address ``j % n``, so the fleet is split evenly and every replica serves every
+namespace (as a mesh's proxies, each connecting to any replica, would; ``i % n`` over the
+whole fleet would give each replica only every other namespace, since proxy ``i`` is in
+namespace ``i % namespaces``). The report names each proxy's address and ``status`` counts
+the full proxies per address.
+
 Run: ``python -m benchmarks.adsclient --xds 127.0.0.1:15012 --api http://127.0.0.1:15014
 --count 1000 --protocol delta``.
 """
@@ -266,12 +273,17 @@ class Client:
 
     def __init__(
         self,
-        xds: str,
+        xds: str | Sequence[str],
         proxies: list[Proxy],
         protocol: str,
         credentials: dict[str, grpc.ChannelCredentials] | None = None,
     ) -> None:
-        self.xds = xds
+        self.addresses = [a for a in xds.split(",") if a] if isinstance(xds, str) else list(xds)
+        """The ADS servers (replicas); proxy ``i`` uses ``addresses[i % len(addresses)]``."""
+        if not self.addresses:
+            raise ValueError("no xDS address given")
+        self.xds = ",".join(self.addresses)
+        self.address_of = split_between(proxies, self.addresses)
         self.credentials = credentials
         """Namespace → what its proxies' channels present (None: plaintext)."""
         self.proxies = proxies
@@ -291,18 +303,19 @@ class Client:
             # Own connections per channel: the global pool would share one socket.
             ("grpc.use_local_subchannel_pool", 1),
         ]
-        # A channel's streams share its certificate, so each channel holds one namespace's.
-        by_namespace: dict[str, list[Proxy]] = {}
-        for proxy in self.proxies:
-            by_namespace.setdefault(proxy.namespace, []).append(proxy)
-        for namespace, proxies in by_namespace.items():
+        # A channel's streams share its certificate and server, so each channel holds one
+        # namespace's proxies of one address.
+        groups: dict[tuple[str, str], list[Proxy]] = {}
+        for proxy, address in zip(self.proxies, self.address_of, strict=True):
+            groups.setdefault((proxy.namespace, address), []).append(proxy)
+        for (namespace, address), proxies in groups.items():
             for i, proxy in enumerate(proxies):
                 if i % STREAMS_PER_CHANNEL == 0:
                     if self.credentials is None:
-                        channel = grpc.aio.insecure_channel(self.xds, options=options)
+                        channel = grpc.aio.insecure_channel(address, options=options)
                     else:
                         creds = self.credentials[namespace]
-                        channel = grpc.aio.secure_channel(self.xds, creds, options=options)
+                        channel = grpc.aio.secure_channel(address, creds, options=options)
                     self._channels.append(channel)
                 self._tasks.append(asyncio.create_task(self._keep(self._channels[-1], proxy)))
 
@@ -454,12 +467,16 @@ class Client:
             for t in seen:
                 streams_with[t] = streams_with.get(t, 0) + 1
         fulls = [p.first_full for p in self.proxies if p.first_full is not None]
+        full_by_xds = dict.fromkeys(self.addresses, 0)
+        for p, address in zip(self.proxies, self.address_of, strict=True):
+            full_by_xds[address] += p.first_full is not None
         return {
             "event": "status",
             "time": time.time(),
             "started": self.started,
             "streams": len(self.proxies),
             "full": len(fulls),
+            "full_by_xds": full_by_xds,
             "last_full": max(fulls, default=None),
             "reconnected": sum(1 for p in self.proxies if p.failures),
             "failure_examples": sorted({e for p in self.proxies for _, e in p.failures})[:5],
@@ -481,13 +498,14 @@ class Client:
                 {
                     "id": p.node_id,
                     "namespace": p.namespace,
+                    "xds": address,
                     "started": p.started,
                     "first_full": p.first_full,
                     "failures": p.failures,
                     "held": {SHORT[t]: len(h) for t, h in p.held.items()},
                     "records": [r.to_json() for r in p.records],
                 }
-                for p in self.proxies
+                for p, address in zip(self.proxies, self.address_of, strict=True)
             ],
         }
 
@@ -500,6 +518,16 @@ def make_proxies(count: int, services: int, namespaces: Sequence[str]) -> list[P
         svc, ns = service_name(k), service_namespace(k, namespaces)
         labels = {"app": svc, "version": f"v{i % 2 + 1}"}
         out.append(Proxy(f"{svc}-{i}.{ns}", ns, svc, labels))
+    return out
+
+
+def split_between(proxies: Sequence[Proxy], addresses: Sequence[str]) -> list[str]:
+    """Each proxy's server: the ``j``-th proxy of a namespace gets ``addresses[j % n]``."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in proxies:
+        j = seen[p.namespace] = seen.get(p.namespace, -1) + 1
+        out.append(addresses[j % len(addresses)])
     return out
 
 
@@ -571,7 +599,12 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="adsclient", description=__doc__.split("\n\n")[0])
-    p.add_argument("--xds", required=True, help="HOST:PORT of the ADS server")
+    p.add_argument(
+        "--xds",
+        required=True,
+        help="HOST:PORT of the ADS server, or several comma-separated (replicas): proxy i "
+        "connects to the (i mod n)th",
+    )
     p.add_argument("--count", type=int, default=1, help="number of simulated proxies")
     p.add_argument("--protocol", choices=["sotw", "delta"], default="delta")
     p.add_argument("--namespace", default="default", help="namespaces, comma-separated")

@@ -22,8 +22,20 @@ streams (proxy ``i`` is a sidecar of service ``i % services``) and the driver me
 The client runs in its own process on the same machine, so on 2 cores it competes with the
 control plane for CPU (as sidecars on a small node would not, but a CI box does).
 
-Run: ``python -m benchmarks.scale [--quick] [--protocol sotw|delta|both] [--namespaces N]
-[--profile]``; ``--profile`` records the control plane with py-spy (if installed).
+Each protocol gets its own control plane (``sotw``, ``delta``: one process, the store of
+:func:`benchmarks.controlplane.up_command`). The ``replicated`` run is the same mesh on two
+``tsunagi up --store etcd://…`` replicas sharing one real etcd member (:mod:`benchmarks.etcd`)
+and the same admin token, workload-token key and CA (made in the workdir, 0600): rules and
+instances go in through replica A (each instance under its own etcd lease), the delta
+proxies are split half and half between the replicas' xDS ports, and the global and the
+endpoint change go in through replica B, so every number includes the trip through etcd and
+the other replica's watch. CPU per phase is reported per replica, memory per replica, and
+etcd's alongside; the markdown compares the run with the single-process delta run of the
+same invocation. Without an ``etcd`` program the run is skipped, saying why.
+
+Run: ``python -m benchmarks.scale [--quick] [--protocol sotw|delta|replicated|both|all]
+[--namespaces N] [--profile]``; ``--profile`` records the (first) control plane with py-spy
+(if installed).
 """
 
 from __future__ import annotations
@@ -31,9 +43,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import statistics
@@ -47,7 +61,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks import procs, scrape
+from benchmarks import etcd, procs, scrape
 from benchmarks.adsclient import (
     INBOUND_LISTEN_PORT,
     OUTBOUND_PORT,
@@ -61,7 +75,14 @@ from benchmarks.controlplane import up_command
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 GOALS = {"full_convergence_s": 10.0, "endpoint_change_s": 1.0, "peak_rss_mb": 1536.0}
-"""From the issue, for 2 cores: istiod's published 1 vCPU / 1.5 GB for 1,000 services."""
+"""From the issue, for 2 cores: istiod's published 1 vCPU / 1.5 GB for 1,000 services (the
+memory goal holds per replica)."""
+
+REPLICATED = "replicated"
+"""The run with two control-plane replicas on a real etcd (delta ADS, as ``tsunagi run``)."""
+PROTOCOLS = ("sotw", "delta", REPLICATED)
+REPLICA_NAMES = ("A", "B")
+ETCD_PREFIX = "scale"
 
 
 @dataclass(frozen=True)
@@ -184,11 +205,26 @@ async def _stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> 
         await proc.wait()
 
 
-class ControlPlane:
-    """``tsunagi up`` with an in-memory store, as a subprocess, and its HTTP API."""
+def with_store(command: list[str], store: str) -> list[str]:
+    """``command`` (a ``tsunagi up``) with its ``--store`` value replaced by ``store``."""
+    i = command.index("--store")
+    return [*command[: i + 1], store, *command[i + 2 :]]
 
-    def __init__(self, state_dir: Path) -> None:
+
+def store_of(command: Sequence[str]) -> str:
+    """The ``--store`` value of a ``tsunagi up`` command (``memory:``, ``sqlite:…``, …)."""
+    return command[command.index("--store") + 1]
+
+
+class ControlPlane:
+    """``tsunagi up`` as a subprocess, and its HTTP API: the benchmarks' store
+    (:func:`benchmarks.controlplane.up_command`) unless ``store`` names another, with
+    ``extra_args`` (a replica's shared secrets) appended."""
+
+    def __init__(self, state_dir: Path, store: str = "", extra_args: Sequence[str] = ()) -> None:
         self.state_dir = state_dir
+        self.store = store
+        self.extra_args = list(extra_args)
         self.api_port = free_port()
         self.xds_port = free_port()
         self.proc: asyncio.subprocess.Process | None = None
@@ -206,8 +242,12 @@ class ControlPlane:
         env.pop("TSUNAGI_TOKEN", None)
         with self.log_path.open("ab") as log:
             # Nothing heartbeats here: the registry must not expire the instances.
+            command = up_command(self.state_dir, self.api_port, self.xds_port)
+            if self.store:
+                command = with_store(command, self.store)
             self.proc = await asyncio.create_subprocess_exec(
-                *up_command(self.state_dir, self.api_port, self.xds_port),
+                *command,
+                *self.extra_args,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -275,11 +315,19 @@ class AdsClients:
 
     @classmethod
     async def start(
-        cls, xds: str, spec: MeshSpec, protocol: str, workdir: Path, api: str, token: str
+        cls,
+        xds: str,
+        spec: MeshSpec,
+        protocol: str,
+        workdir: Path,
+        api: str,
+        token: str,
+        name: str = "",
     ) -> AdsClients:
         """The simulated proxies, with certificates from the control plane at ``api`` (the
-        xDS port takes only mutual TLS) for which ``token`` is the admin token."""
-        report = workdir / f"adsclient-{protocol}.json"
+        xDS port takes only mutual TLS) for which ``token`` is the admin token; ``xds`` may
+        list several replicas (comma-separated), which share the proxies evenly."""
+        report = workdir / f"adsclient-{name or protocol}.json"
         env = dict(os.environ)
         env["TSUNAGI_TOKEN"] = token  # not on the command line, where `ps` shows it
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).strip(
@@ -580,34 +628,156 @@ async def _populate(cp: ControlPlane, spec: MeshSpec) -> dict[str, Any]:
 async def run_protocol(
     spec: MeshSpec, protocol: str, workdir: Path, profile: bool = False
 ) -> dict[str, Any]:
-    """One fresh control plane, populated, and one fleet of ``protocol`` proxies."""
-    out: dict[str, Any] = {"protocol": protocol}
+    """One fresh control plane (or, for ``replicated``, two replicas on a fresh etcd),
+    populated, and one fleet of ``protocol`` proxies."""
+    if protocol == REPLICATED:
+        return await run_replicated(spec, workdir, profile)
     cp = ControlPlane(workdir / f"state-{protocol}")
+    try:
+        await cp.start()
+        return await _measure(spec, protocol, protocol, [cp], workdir, profile)
+    finally:
+        await cp.stop()
+
+
+def shared_secrets(folder: Path, trust_domain: str = "cluster.local") -> list[str]:
+    """What every replica is given, written to ``folder`` (0700, files 0600): the admin
+    token, the workload-token key and a CA; returns the ``tsunagi up`` flags naming them."""
+    from tsunagi.ca.issue import issue
+    from tsunagi.private_files import private_dir, write_private
+
+    private_dir(folder)
+    # The CA outlives the run by far (a day); O= the trust domain, as `tsunagi up`'s own root.
+    ca = issue(
+        "tsunagi scale benchmark CA",
+        is_ca=True,
+        now=datetime.datetime.now(datetime.UTC),
+        organization=trust_domain,
+    )
+    files = {
+        "token": secrets.token_urlsafe(24).encode() + b"\n",
+        "workload-token.key": secrets.token_bytes(32),
+        "ca-cert.pem": ca.cert,
+        "ca-key.pem": ca.key,
+    }
+    for name, data in files.items():
+        write_private(folder / name, data)
+    return [
+        "--token-file", str(folder / "token"),
+        "--workload-token-key", str(folder / "workload-token.key"),
+        "--ca-cert", str(folder / "ca-cert.pem"),
+        "--ca-key", str(folder / "ca-key.pem"),
+    ]  # fmt: skip
+
+
+async def run_replicated(spec: MeshSpec, workdir: Path, profile: bool = False) -> dict[str, Any]:
+    """A real etcd and two ``tsunagi up --store etcd://…`` replicas (separate state
+    directories, the same secrets); populated and changed as :func:`_measure` says, with the
+    proxies split between the replicas. Every process is stopped by its pid at the end."""
+    reason = etcd.unavailable()
+    if reason is not None:
+        _log(f"{REPLICATED}: skipped: {reason}")
+        return {"protocol": REPLICATED, "skipped": reason}
+    base = workdir / f"state-{REPLICATED}"
+    server = etcd.Etcd(base / "etcd")
+    planes: list[ControlPlane] = []
+    try:
+        await server.start()
+        flags = shared_secrets(base / "shared")
+        _log(f"{REPLICATED}: etcd pid {server.pid} at {server.endpoint}")
+        for name in REPLICA_NAMES:
+            # One at a time: the second checks its secrets against the first's fingerprints.
+            cp = ControlPlane(base / name, store=server.url(ETCD_PREFIX), extra_args=flags)
+            planes.append(cp)
+            await cp.start()
+        out = await _measure(spec, REPLICATED, "delta", planes, workdir, profile, server.pid)
+        end = usage(server.pid)
+        out["etcd"] = {
+            "pid": server.pid,
+            "cpu_s_total": round(end.cpu_s, 2),
+            "peak_rss_mb": round(end.peak_rss_mb, 1),
+            "rss_mb": round(end.rss_mb, 1),
+        }
+        _log(f"{REPLICATED}: etcd {out['etcd']}")
+        return out
+    finally:
+        # Replicas first (a clean exit revokes each one's lease in etcd), etcd last.
+        for cp in reversed(planes):
+            await cp.stop()
+        await server.stop()
+
+
+def _cpu(before: Sequence[Usage], after: Sequence[Usage]) -> list[float]:
+    return [round(a.cpu_s - b.cpu_s, 2) for b, a in zip(before, after, strict=True)]
+
+
+async def _measure(
+    spec: MeshSpec,
+    name: str,
+    protocol: str,
+    planes: Sequence[ControlPlane],
+    workdir: Path,
+    profile: bool = False,
+    etcd_pid: int | None = None,
+) -> dict[str, Any]:
+    """Populate through the first control plane, connect the ``protocol`` proxies (split
+    evenly between ``planes`` when there are several), and make the global and the endpoint
+    change through the last one. CPU per phase is the sum over ``planes`` (each one's in
+    ``cpu_s_by_replica`` when there are several; etcd's in ``etcd_cpu_s``)."""
+    out: dict[str, Any] = {"protocol": name}
+    if name != protocol:
+        out["ads"] = protocol
+    writer, changer = planes[0], planes[-1]
+    names = REPLICA_NAMES[: len(planes)] if len(planes) > 1 else ("",)
     clients: AdsClients | None = None
     spy: asyncio.subprocess.Process | None = None
     small = spec.proxies <= 100
     timeout = 60 if small else 300
     quiet = 0.3 if small else 1.0
     """After the last response, how long nothing more must arrive to call a change done."""
+
+    def usages() -> list[Usage]:
+        return [usage(cp.pid) for cp in planes]
+
+    def phase_cpu(before: list[Usage], after: list[Usage], e0: float) -> dict[str, Any]:
+        per = _cpu(before, after)
+        got: dict[str, Any] = {"cpu_s": round(sum(per), 2)}
+        if len(planes) > 1:
+            got["cpu_s_by_replica"] = dict(zip(names, per, strict=True))
+        if etcd_pid is not None:
+            got["etcd_cpu_s"] = round(usage(etcd_pid).cpu_s - e0, 2)
+        return got
+
+    def etcd_cpu() -> float:
+        return usage(etcd_pid).cpu_s if etcd_pid is not None else 0.0
+
+    def push_ms(lines: list[int]) -> Any:
+        pushes = [[p[2] for p in cp.push_times_ms(n)] for cp, n in zip(planes, lines, strict=True)]
+        return pushes[0] if len(planes) == 1 else dict(zip(names, pushes, strict=True))
+
     try:
-        await cp.start()
-        _log(f"{protocol}: control plane pid {cp.pid}; registering {spec.services} services")
-        out["populate"] = await _populate(cp, spec)
-        base = usage(cp.pid)
-        out["idle_rss_mb"] = round(base.rss_mb, 1)
-        _log(f"{protocol}: populated {out['populate']}")
+        pids = ", ".join(f"{n or 'pid'} {cp.pid}" for n, cp in zip(names, planes, strict=True))
+        _log(f"{name}: control plane {pids}; registering {spec.services} services")
+        e0 = etcd_cpu()
+        before_populate = usages()
+        out["populate"] = await _populate(writer, spec)
+        base = usages()
+        out["populate"].update(phase_cpu(before_populate, base, e0))
+        out["idle_rss_mb"] = round(max(u.rss_mb for u in base), 1)
+        _log(f"{name}: populated {out['populate']}")
         if profile:
-            spy = await _start_profiler(cp.pid, workdir / f"profile-{protocol}")
-        lines = cp.log_lines()
+            spy = await _start_profiler(writer.pid, workdir / f"profile-{name}")
+        e0 = etcd_cpu()
         clients = await AdsClients.start(
-            f"{HOST}:{cp.xds_port}",
+            ",".join(f"{HOST}:{cp.xds_port}" for cp in planes),
             spec,
             protocol,
             workdir,
-            f"http://{HOST}:{cp.api_port}",
-            (cp.state_dir / "token").read_text().strip(),
+            f"http://{HOST}:{writer.api_port}",
+            (writer.state_dir / "token").read_text().strip(),
+            name,
         )
-        _log(f"{protocol}: {spec.proxies} proxies connecting")
+        _log(f"{name}: {spec.proxies} proxies connecting")
 
         async def all_full() -> dict[str, Any] | None:
             assert clients is not None
@@ -617,33 +787,24 @@ async def run_protocol(
         st = await _until(all_full, timeout, 0.2)
         if st is None:
             st = await clients.status()
-            _log(f"{protocol}: only {st['full']}/{st['streams']} proxies converged")
+            _log(f"{name}: only {st['full']}/{st['streams']} proxies converged")
         report = await clients.report()
         fulls = [p["first_full"] - clients.started for p in report["proxies"] if p["first_full"]]
-        conv = usage(cp.pid)
+        conv = usages()
         out["full_convergence"] = {
             "proxies_full": len(fulls),
             "seconds": round(max(fulls), 3) if len(fulls) == spec.proxies else None,
             "per_proxy_s": _quantiles(fulls),
-            "cpu_s": round(conv.cpu_s - base.cpu_s, 2),
+            **phase_cpu(base, conv, e0),
             "resources_held": report["proxies"][0]["held"],
             "proxies_that_reconnected": st["reconnected"],
             "stream_failures": st["failure_examples"],
         }
-        _log(f"{protocol}: full convergence {out['full_convergence']}")
+        if len(planes) > 1:
+            out["full_convergence"]["by_replica"] = _by_replica(report, planes, names, clients)
+        _log(f"{name}: full convergence {out['full_convergence']}")
         await clients.command("mark settle", "marked")
         await _quiet(clients, quiet, timeout)
-
-        # A global change: one VirtualService every sidecar's routes contain.
-        await clients.command("mark global", "marked")
-        before = usage(cp.pid)
-        lines = cp.log_lines()
-        t0 = time.time()
-        await cp.call(
-            "POST",
-            "/v1/apply",
-            {"text": rules_yaml(spec, first_weight=80, only=0), "filename": "vs.yaml"},
-        )
 
         def all_have(kind: str) -> Callable[[], Awaitable[dict[str, Any] | None]]:
             async def check() -> dict[str, Any] | None:
@@ -654,50 +815,104 @@ async def run_protocol(
 
             return check
 
+        # A global change: one VirtualService every sidecar's routes contain.
+        await clients.command("mark global", "marked")
+        e0 = etcd_cpu()
+        before = usages()
+        lines = [cp.log_lines() for cp in planes]
+        t0 = time.time()
+        await changer.call(
+            "POST",
+            "/v1/apply",
+            {"text": rules_yaml(spec, first_weight=80, only=0), "filename": "vs.yaml"},
+        )
         await _until(all_have("RDS"), timeout)
         await _quiet(clients, quiet, timeout)
-        after = usage(cp.pid)
+        after = usages()
         report = await clients.report()
         out["global_change"] = change_summary(report, "global", t0, "RDS", None)
-        out["global_change"]["cpu_s"] = round(after.cpu_s - before.cpu_s, 2)
-        out["global_change"]["server_push_ms"] = [p[2] for p in cp.push_times_ms(lines)]
-        _log(f"{protocol}: global change {_brief(out['global_change'])}")
+        out["global_change"].update(phase_cpu(before, after, e0))
+        out["global_change"]["server_push_ms"] = push_ms(lines)
+        _log(f"{name}: global change {_brief(out['global_change'])}")
 
         # One endpoint: a sixth instance of a service without subsets.
         target = spec.subset_services + (spec.services - spec.subset_services) // 2
         cluster = f"outbound|{SERVICE_PORT}||{spec.host(target)}"
         await clients.command("mark endpoint", "marked")
-        before = usage(cp.pid)
-        lines = cp.log_lines()
+        e0 = etcd_cpu()
+        before = usages()
+        lines = [cp.log_lines() for cp in planes]
         t0 = time.time()
-        await cp.call("POST", "/v1/instances", instance_document(spec, target, spec.endpoints))
+        await changer.call("POST", "/v1/instances", instance_document(spec, target, spec.endpoints))
         await _until(all_have("EDS"), timeout)
         await _quiet(clients, quiet, timeout)
-        after = usage(cp.pid)
+        after = usages()
         report = await clients.report()
         out["endpoint_change"] = change_summary(report, "endpoint", t0, "EDS", {cluster})
         out["endpoint_change"]["cluster"] = cluster
-        out["endpoint_change"]["cpu_s"] = round(after.cpu_s - before.cpu_s, 2)
-        out["endpoint_change"]["server_push_ms"] = [p[2] for p in cp.push_times_ms(lines)]
-        _log(f"{protocol}: endpoint change {_brief(out['endpoint_change'])}")
+        out["endpoint_change"].update(phase_cpu(before, after, e0))
+        out["endpoint_change"]["server_push_ms"] = push_ms(lines)
+        _log(f"{name}: endpoint change {_brief(out['endpoint_change'])}")
 
-        end = usage(cp.pid)
-        out["control_plane"] = {
-            "cpu_s_total": round(end.cpu_s, 2),
-            "cpu_s_with_proxies": round(end.cpu_s - base.cpu_s, 2),
-            "peak_rss_mb": round(end.peak_rss_mb, 1),
-            "rss_mb": round(end.rss_mb, 1),
-        }
+        end = usages()
+        each = [
+            {
+                "cpu_s_total": round(u.cpu_s, 2),
+                "cpu_s_with_proxies": round(u.cpu_s - b.cpu_s, 2),
+                "peak_rss_mb": round(u.peak_rss_mb, 1),
+                "rss_mb": round(u.rss_mb, 1),
+            }
+            for u, b in zip(end, base, strict=True)
+        ]
+        if len(planes) == 1:
+            out["control_plane"] = each[0]
+        else:
+            # Totals over the replicas for the shared rows; the goal is per replica, so the
+            # memory is the larger one's.
+            out["control_plane"] = {
+                "cpu_s_total": round(sum(e["cpu_s_total"] for e in each), 2),
+                "cpu_s_with_proxies": round(sum(e["cpu_s_with_proxies"] for e in each), 2),
+                "peak_rss_mb": max(e["peak_rss_mb"] for e in each),
+                "rss_mb": max(e["rss_mb"] for e in each),
+            }
+            out["replicas"] = {
+                n: {
+                    "pid": cp.pid,
+                    "api": f"{HOST}:{cp.api_port}",
+                    "xds": f"{HOST}:{cp.xds_port}",
+                    "idle_rss_mb": round(b.rss_mb, 1),
+                    **e,
+                }
+                for n, cp, b, e in zip(names, planes, base, each, strict=True)
+            }
         if clients.proc.returncode is None:
             out["client_cpu_s"] = round(usage(clients.proc.pid).cpu_s, 2)
-        _log(f"{protocol}: control plane {out['control_plane']}")
+        _log(f"{name}: control plane {out['control_plane']} {out.get('replicas', '')}")
     finally:
         if spy is not None:
             await _stop(spy, signal.SIGINT)
-            out["profile"] = str(workdir / f"profile-{protocol}")
+            out["profile"] = str(workdir / f"profile-{name}")
         if clients is not None:
             await clients.stop()
-        await cp.stop()
+    return out
+
+
+def _by_replica(
+    report: dict[str, Any],
+    planes: Sequence[ControlPlane],
+    names: Sequence[str],
+    clients: AdsClients,
+) -> dict[str, dict[str, Any]]:
+    """Per replica: how many proxies it served, how many converged, and when the last did."""
+    out = {}
+    for n, cp in zip(names, planes, strict=True):
+        mine = [p for p in report["proxies"] if p.get("xds") == f"{HOST}:{cp.xds_port}"]
+        fulls = [p["first_full"] - clients.started for p in mine if p["first_full"]]
+        out[n] = {
+            "proxies": len(mine),
+            "proxies_full": len(fulls),
+            "seconds": round(max(fulls), 3) if fulls and len(fulls) == len(mine) else None,
+        }
     return out
 
 
@@ -736,7 +951,7 @@ async def run(
     quick: bool,
     workdir: Path,
     *,
-    protocols: Sequence[str] = ("sotw", "delta"),
+    protocols: Sequence[str] = PROTOCOLS,
     namespaces: int | None = None,
     profile: bool = False,
 ) -> dict[str, Any]:
@@ -746,6 +961,8 @@ async def run(
         spec = MeshSpec(**{**asdict(spec), "namespaces": namespaces})
     workdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"spec": asdict(spec), "cpus": os.cpu_count(), "goals": GOALS}
+    # What the single-process runs store in, for the comparison with the replicated run.
+    results["single_store"] = store_of(up_command(workdir, 0, 0))
     _log(f"mesh {asdict(spec)} on {os.cpu_count()} CPUs; translating in-process")
     results["translation"] = translation_times(spec)
     _log(f"translation {results['translation']}")
@@ -765,27 +982,102 @@ def _fmt(value: Any, unit: str = "") -> str:
     return "—" if value is None else f"{value}{unit}"
 
 
+def _split(total: Any, by: dict[str, Any] | None) -> Any:
+    """``total``, and each replica's share when there are several: ``3.1 (A 1.2 + B 1.9)``."""
+    if not by:
+        return total
+    return f"{total} (" + " + ".join(f"{n} {v}" for n, v in by.items()) + ")"
+
+
+def _per_replica(value: Any) -> Any:
+    """A list per replica (a dict) as ``A [..]; B [..]``; anything else as it is."""
+    if isinstance(value, dict):
+        return "; ".join(f"{n} {v}" for n, v in value.items())
+    return value
+
+
+def _memory(r: dict[str, Any]) -> str:
+    return f"{r['peak_rss_mb']} / {r['rss_mb']}"
+
+
+def _vs(ours: Any, theirs: Any, unit: str = "") -> str:
+    """``ours`` against ``theirs`` with their ratio when both are numbers."""
+    text = f"{_fmt(ours)}{unit} vs {_fmt(theirs)}{unit}"
+    if isinstance(ours, int | float) and isinstance(theirs, int | float) and theirs > 0:
+        text += f" ({ours / theirs:.2f}x)"
+    return text
+
+
+def comparison(results: dict[str, Any]) -> str:
+    """One paragraph: the replicated run against the single process of the same invocation
+    (delta, the same ADS protocol, when it ran), or why it was skipped."""
+    runs = results["runs"]
+    rep = runs.get(REPLICATED)
+    if rep is None:
+        return ""
+    if "skipped" in rep:
+        return f"The replicated run was skipped: {rep['skipped']}."
+    base = "delta" if "delta" in runs else next((k for k in runs if k != REPLICATED), None)
+    what = (
+        f"`{REPLICATED}`: two `tsunagi up --store etcd://…` replicas on one real etcd member "
+        "(fsync on), delta ADS, the proxies split half and half (every namespace on both); "
+        "rules and instances through replica A, both changes through replica B; CPU is the "
+        "two replicas' sum, RSS each replica's."
+    )
+    if base is None:
+        return what
+    b = runs[base]
+
+    def get(r: dict[str, Any], path: tuple[str, str]) -> Any:
+        value = r.get(path[0])
+        return value.get(path[1]) if isinstance(value, dict) else None
+
+    pairs = [
+        ("full convergence", ("full_convergence", "seconds"), " s"),
+        ("global change", ("global_change", "seconds_until_all_acked"), " s"),
+        ("endpoint change", ("endpoint_change", "seconds_until_all_acked"), " s"),
+        ("control-plane CPU with proxies", ("control_plane", "cpu_s_with_proxies"), " s"),
+        ("the larger replica's peak RSS", ("control_plane", "peak_rss_mb"), " MB"),
+        ("registering instances", ("populate", "registrations_per_s"), "/s"),
+    ]
+    store = results.get("single_store", "memory:")
+    told = ", ".join(f"{label} {_vs(get(rep, k), get(b, k), unit)}" for label, k, unit in pairs)
+    return (
+        f"{what} Against the single process of this run ({base}, store `{store}`): {told} "
+        "(on etcd each instance gets its own lease: a LeaseGrant and a guarded Txn, both "
+        "written to etcd's log, one registration at a time per replica)."
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
-    """A table per protocol, the goals, and translation costs."""
+    """A table with a column per run (sotw, delta, replicated), the goals, the replicated
+    run against the single process, and translation costs."""
     spec = results["spec"]
     tr = results["translation"]
+    runs = results["runs"]
     lines = [
         f"## Scale: {spec['services']} services x {spec['endpoints']} endpoints, "
         f"{spec['proxies']} proxies, {spec['namespaces']} namespaces "
         f"({spec['subset_services']} with subsets), {results['cpus']} CPUs",
         "",
-        "| | " + " | ".join(results["runs"]) + " | goal |",
-        "|---|" + "---|" * len(results["runs"]) + "---|",
+        "| | " + " | ".join(runs) + " | goal |",
+        "|---|" + "---|" * len(runs) + "---|",
     ]
 
     def row(label: str, get: Callable[[dict[str, Any]], Any], goal: str = "") -> None:
         cells = []
-        for r in results["runs"].values():
+        for r in runs.values():
             try:
                 cells.append(_fmt(get(r)))
             except (KeyError, TypeError):
                 cells.append("—")
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {goal} |")
+
+    def cpu(phase: str) -> Callable[[dict[str, Any]], Any]:
+        return lambda r: _split(r[phase]["cpu_s"], r[phase].get("cpu_s_by_replica"))
+
+    def replica_memory(name: str) -> Callable[[dict[str, Any]], Any]:
+        return lambda r: _memory(r["replicas"][name])
 
     g = results["goals"]
     row(
@@ -807,18 +1099,46 @@ def markdown(results: dict[str, Any]) -> str:
         lambda r: r["endpoint_change"]["proxies_with_anything_else"],
         "0",
     )
-    row("control-plane CPU, convergence (s)", lambda r: r["full_convergence"]["cpu_s"])
-    row("control-plane CPU, global change (s)", lambda r: r["global_change"]["cpu_s"])
-    row("control-plane CPU, endpoint change (s)", lambda r: r["endpoint_change"]["cpu_s"])
-    row("control-plane CPU total (s)", lambda r: r["control_plane"]["cpu_s_total"])
-    row("peak RSS (MB)", lambda r: r["control_plane"]["peak_rss_mb"], f"≤ {g['peak_rss_mb']:.0f}")
-    row("server push compute, global (ms)", lambda r: r["global_change"]["server_push_ms"])
-    row("server push compute, endpoint (ms)", lambda r: r["endpoint_change"]["server_push_ms"])
+    row("control-plane CPU, convergence (s)", cpu("full_convergence"))
+    row("control-plane CPU, global change (s)", cpu("global_change"))
+    row("control-plane CPU, endpoint change (s)", cpu("endpoint_change"))
+    row(
+        "control-plane CPU total (s)",
+        lambda r: _split(
+            r["control_plane"]["cpu_s_total"],
+            {n: x["cpu_s_total"] for n, x in r["replicas"].items()} if "replicas" in r else None,
+        ),
+    )
+    row(
+        "peak RSS (MB; replicated: the larger replica)",
+        lambda r: r["control_plane"]["peak_rss_mb"],
+        f"≤ {g['peak_rss_mb']:.0f} each",
+    )
+    for name in REPLICA_NAMES:
+        row(
+            f"replica {name}: peak / final RSS (MB)",
+            replica_memory(name),
+            f"≤ {g['peak_rss_mb']:.0f}",
+        )
+    row("etcd: peak / final RSS (MB)", lambda r: _memory(r["etcd"]))
+    row("etcd CPU total (s)", lambda r: r["etcd"]["cpu_s_total"])
+    row(
+        "server push compute, global (ms)",
+        lambda r: _per_replica(r["global_change"]["server_push_ms"]),
+    )
+    row(
+        "server push compute, endpoint (ms)",
+        lambda r: _per_replica(r["endpoint_change"]["server_push_ms"]),
+    )
     row("registering instances (s)", lambda r: r["populate"]["register_instances_s"])
+    row("registrations per second", lambda r: r["populate"]["registrations_per_s"])
     row(
         "proxies whose stream failed and reconnected",
         lambda r: r["full_convergence"]["proxies_that_reconnected"],
     )
+    compared = comparison(results)
+    if compared:
+        lines += ["", compared]
     lines += [
         "",
         f"Translation (in-process, same World): translate_outbound "
@@ -837,13 +1157,20 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks.scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a tiny mesh, for the test suite")
-    p.add_argument("--protocol", choices=["sotw", "delta", "both"], default="both")
+    p.add_argument(
+        "--protocol",
+        choices=[*PROTOCOLS, "both", "all"],
+        default="all",
+        help="sotw, delta (one control plane each), replicated (two replicas on a real etcd, "
+        "delta ADS), both (sotw and delta) or all (default)",
+    )
     p.add_argument("--namespaces", type=int, default=None)
     p.add_argument("--profile", action="store_true", help="py-spy record the control plane")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
-    protocols = ("sotw", "delta") if args.protocol == "both" else (args.protocol,)
+    choice = {"both": ("sotw", "delta"), "all": PROTOCOLS}
+    protocols = choice.get(args.protocol, (args.protocol,))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tsunagi-scale-"))
     results = asyncio.run(
         run(

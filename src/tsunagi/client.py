@@ -25,6 +25,29 @@ class Unreachable(Exception):
     """The control plane did not answer (exit code 3)."""
 
 
+class Unanswered(Unreachable):
+    """A replica got a request that is not safe to send twice and gave no answer (timed out,
+    or the connection broke): it may have acted on it, so it is not sent to another."""
+
+    def __init__(self, server: str, method: str, path: str, error: OSError) -> None:
+        self.server = server
+        super().__init__(
+            f"{server} got {method} {path.split('?', 1)[0]} and gave no answer "
+            f"({_why(error)}); it may have been carried out. Check (e.g. `tsunagi get`) "
+            "before sending it again"
+        )
+
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+"""The methods HTTP defines as idempotent (RFC 9110, 9.2.2): safe to send twice."""
+
+
+def _why(e: OSError) -> str:
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return str(e) or type(e).__name__
+
+
 class Rejected(Exception):
     """The control plane answered with an error (exit code 1)."""
 
@@ -58,10 +81,13 @@ def find_token(explicit: str | None, state: Path) -> str:
 
 class Client:
     """Talks JSON to a control plane: ``server`` is its URL, or the URLs of several replicas
-    separated by commas. A request goes to the replica that answered last; when it cannot be
-    reached (refused, reset, timed out), to the next one, and so on round the list. Every
-    API call may be sent twice this way: they are idempotent (an apply stores the same
-    documents, a register the same instance; a second DELETE answers 404)."""
+    separated by commas. A request goes to the replica that answered last. When that one
+    never got the request (refused, unreachable, the connection broke while sending), it
+    goes to the next one, and so on round the list, whatever the method. When a replica got
+    the request and then gave no answer (timed out, reset), it may have acted on it: only an
+    idempotent request goes on to the next replica (GET, HEAD, PUT, DELETE, as HTTP defines
+    them, or one the caller marks so); any other is reported as :class:`Unanswered`, naming
+    the replica, and is not sent again."""
 
     def __init__(
         self, server: str = DEFAULT_SERVER, token: str = "", timeout: float = 10.0
@@ -94,7 +120,18 @@ class Client:
         query: dict[str, Any] | None = None,
         timeout: float | None = None,
         ok: tuple[int, ...] = (200,),
+        idempotent: bool | None = None,
     ) -> dict[str, Any]:
+        """Send one request; its JSON answer when the status is in ``ok``.
+
+        ``idempotent``: whether sending it twice does what sending it once does (default: by
+        the method). Only then is a request a replica got but did not answer sent to the
+        next one; a DELETE sent again that answers 404 is done (the first one deleted it).
+        Raises :class:`Rejected` for another status, :class:`Unreachable` when no replica
+        answered, :class:`Unanswered` when a replica got a non-idempotent request and gave
+        no answer."""
+        if idempotent is None:
+            idempotent = method.upper() in IDEMPOTENT
         servers = self.servers()
         places = []
         for server in servers:
@@ -112,8 +149,10 @@ class Client:
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         payload = json.dumps(body).encode() if body is not None else None
         failures = []
+        sent = False  # some replica got the request and did not answer
+        start = self._first
         for i in range(len(servers)):
-            n = (self._first + i) % len(servers)
+            n = (start + i) % len(servers)
             try:
                 status, raw = httpwire.request(
                     *places[n],
@@ -123,8 +162,16 @@ class Client:
                     headers,
                     timeout or self.timeout,
                 )
-            except OSError as e:
+            except httpwire.NotSent as e:
                 failures.append(f"{servers[n]}: {e}")
+                continue
+            except OSError as e:
+                # Next time, start with the one after it: it may still be hung.
+                self._first = (n + 1) % len(servers)
+                if not idempotent:
+                    raise Unanswered(servers[n], method, path, e) from None
+                failures.append(f"{servers[n]}: {_why(e)} after the request was sent")
+                sent = True
                 continue
             self._first = n
             break
@@ -133,6 +180,8 @@ class Client:
                 f"cannot reach the control plane at {'; '.join(failures)}. "
                 "Is `tsunagi up` running? Set --server or TSUNAGI_SERVER."
             )
+        if sent and status == 404 and method.upper() == "DELETE":
+            ok = (*ok, 404)  # a replica that got it before deleted it: done
         try:
             data = json.loads(raw) if raw else {}
         except ValueError:

@@ -15,6 +15,13 @@ class WireError(OSError):
     """The peer did not answer with a well-formed HTTP response."""
 
 
+class NotSent(OSError):
+    """The request never reached the peer whole (it refused or could not be reached, or the
+    connection broke while the request was being written): the peer cannot have acted on
+    it, so it is safe to send it elsewhere, whatever its method. Any other ``OSError`` from
+    :func:`request` comes after the whole request was sent: the peer may have acted on it."""
+
+
 def request(
     host: str,
     port: int,
@@ -34,8 +41,16 @@ def request(
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     lines.append(f"Content-Length: {len(body or b'')}")
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
-    with connect(host, port, _left(timeout, deadline)) as sock:
-        sock.sendall(raw)
+    try:
+        sock = connect(host, port, _left(timeout, deadline))
+    except OSError as e:
+        raise NotSent(str(e) or type(e).__name__) from e
+    with sock:
+        try:
+            sock.sendall(raw)
+        except OSError as e:
+            # A server acts on a whole request only; ours read the whole body first.
+            raise NotSent(str(e) or type(e).__name__) from e
         chunks = []
         while True:
             if deadline is not None:

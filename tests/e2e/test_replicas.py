@@ -1,9 +1,10 @@
 """Several control planes on one etcd (`tsunagi up --store etcd://... --token-file F
 --workload-token-key F --ca-cert F --ca-key F` twice, separate state directories): a replica
 with another CA or key refuses to start and says which flags to pass; `apply --wait` through
-one replica waits for proxies connected to the other; proxy-status through either lists every
-proxy and its replica; and a replica killed with -9 under load costs no request, its proxies
-reconnect to the survivor, and config applied there reaches them."""
+one replica waits for proxies connected to the other; proxy-status, proxy-config secret and
+the dashboard's proxy list through either cover every proxy and name its replica; and a
+replica killed with -9 under load costs no request, its proxies reconnect to the survivor,
+and config applied there reaches them."""
 
 from __future__ import annotations
 
@@ -239,3 +240,35 @@ def test_a_replica_killed_under_load_loses_no_request_and_its_proxies_move(
     # Every workload is still registered (heartbeats moved to the survivor too).
     names = sorted(w.name for w in a.workloads if w is not client)  # the client serves none
     assert sorted(survivor.workload_names()) == names, survivor.log()
+
+
+def test_proxy_config_secret_through_a_replica_the_proxy_is_not_connected_to(
+    replicas: list[Mesh],
+) -> None:
+    a, _ = replicas
+    workload = a.run("reviews", "v1")
+    home = named(replicas, replica_of(a, workload))
+    other = next(m for m in replicas if m is not home)
+    proxy = f"{workload.name}.default"
+    # The other replica asks its peers: the answer is the home replica's, naming it.
+    shown = other.cli("proxy-config", "secret", proxy, "-o", "json", "--server", other.url)
+    assert shown.returncode == 0, shown.stderr
+    reply = json.loads(shown.stdout)
+    assert reply["replica"] == f"127.0.0.1:{home.api_port}"
+    # The same rows as the home replica gives for its own proxy (its workload certificate's
+    # rows when that replica also signed it: the record of what was issued is per replica).
+    local = home.cli("proxy-config", "secret", proxy, "-o", "json", "--server", home.url)
+    assert local.returncode == 0, local.stderr
+    assert json.loads(local.stdout)["secrets"] == reply["secrets"]
+    # A proxy no replica has: said so.
+    missing = other.cli("proxy-config", "secret", "nobody.default", "--server", other.url)
+    assert missing.returncode == 1
+    assert "is connected to this replica or any other" in missing.stderr, missing.stderr
+    # The other replica's dashboard lists the proxy too, on its replica.
+    c = http.client.HTTPConnection("127.0.0.1", other.dashboard_port, timeout=60)
+    try:
+        c.request("GET", "/api/proxies", headers={"Authorization": f"Bearer {other.token()}"})
+        listed = json.loads(c.getresponse().read())["proxies"]
+    finally:
+        c.close()
+    assert [p["replica"] for p in listed if p["id"] == proxy] == [f"127.0.0.1:{home.api_port}"]

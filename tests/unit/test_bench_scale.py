@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from benchmarks import scale
-from benchmarks.adsclient import CDS, EDS, LDS, RDS, Decoder, make_proxies
+from benchmarks.adsclient import CDS, EDS, LDS, RDS, Decoder, make_proxies, split_between
 
 from tsunagi.mesh import Node, World
 from tsunagi.registry import Instance
@@ -86,14 +86,47 @@ def test_change_summary_flags_proxies_that_received_anything_else() -> None:
     assert out["seconds_until_all_acked"] == pytest.approx(0.5)
 
 
+def test_replicas_share_the_proxies_of_every_namespace_evenly() -> None:
+    spec = scale.QUICK
+    proxies = make_proxies(spec.proxies, spec.services, spec.namespace_names)
+    got = split_between(proxies, ["a:1", "b:2"])
+    for address in ("a:1", "b:2"):
+        mine = [p for p, a in zip(proxies, got, strict=True) if a == address]
+        assert len(mine) == spec.proxies // 2
+        assert {p.namespace for p in mine} == set(spec.namespace_names)
+
+
+def test_a_skipped_replicated_run_says_why() -> None:
+    told = scale.comparison({"runs": {"replicated": {"skipped": "etcd is not installed"}}})
+    assert "skipped: etcd is not installed" in told
+
+
 @pytest.mark.e2e
 async def test_the_quick_scale_benchmark_runs_and_its_claims_hold(tmp_path: Path) -> None:
     results = await scale.run(True, tmp_path)
-    assert set(results["runs"]) == {"sotw", "delta"}
+    assert set(results["runs"]) == {"sotw", "delta", "replicated"}
+    replicated = results["runs"].pop("replicated")
+    if "skipped" in replicated:
+        print(f"replicated run skipped: {replicated['skipped']}")
+    else:
+        # Two replicas on etcd: each served half the proxies, and every one converged.
+        by_replica = replicated["full_convergence"]["by_replica"]
+        assert {n: r["proxies"] for n, r in by_replica.items()} == {
+            "A": scale.QUICK.proxies // 2,
+            "B": scale.QUICK.proxies // 2,
+        }
+        assert all(r["proxies_full"] == r["proxies"] for r in by_replica.values())
+        assert all(r["peak_rss_mb"] > 0 for r in replicated["replicas"].values())
+        assert replicated["etcd"]["rss_mb"] > 0
+        results["runs"]["replicated"] = replicated  # and the same claims as one process
     for run in results["runs"].values():
         assert run["full_convergence"]["proxies_full"] == scale.QUICK.proxies
         assert run["global_change"]["responses_by_type"] == {"RDS": scale.QUICK.proxies}
         assert run["endpoint_change"]["responses_by_type"] == {"EDS": scale.QUICK.proxies}
         assert run["endpoint_change"]["proxies_with_anything_else"] == 0
         assert run["control_plane"]["peak_rss_mb"] > 0
-    assert "| endpoint change, all ACKed (s) |" in scale.markdown(results)
+    report = scale.markdown(results)
+    assert "| endpoint change, all ACKed (s) |" in report
+    if "replicated" in results["runs"]:
+        assert "| replica B: peak / final RSS (MB) |" in report
+        assert "Against the single process of this run (delta" in report

@@ -107,6 +107,8 @@ async def test_heartbeats_through_one_replica_keep_what_another_registered(
         # heartbeats through the other replica keep the new registration.
         assert not await b.heartbeat("default", NAME)
         assert not await a.heartbeat("default", NAME)
+        # b, which the agent heartbeated last, reports the expiry (logged, counted); a not.
+        assert await b.expire() == [KEY] and await a.expire() == []
         await b.register(instance())
         await eventually(lambda: names(a) == [NAME], "a to see the new registration")
         await heartbeats(a, 2 * TTL, b)

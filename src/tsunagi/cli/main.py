@@ -207,7 +207,8 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
         "--server",
         metavar="URL[,URL...]",
         help="control plane API (env TSUNAGI_SERVER, default http://127.0.0.1:15014); several "
-        "replicas' URLs separated by commas: a call goes to the next when one is unreachable",
+        "replicas' URLs separated by commas: a call goes to the next when one is unreachable "
+        "(and, if safe to repeat, when one got it and did not answer)",
     )
     p.add_argument("--token", help="API token (env TSUNAGI_TOKEN, default: the state dir's)")
     p.add_argument(

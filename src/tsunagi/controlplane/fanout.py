@@ -1,5 +1,6 @@
-"""Proxy status and ``apply --wait`` across replicas: the replica a client asks answers for
-the proxies of every live replica, asking each peer for its own (``local=true``).
+"""Proxy status, ``apply --wait`` and one proxy's secrets across replicas: the replica a
+client asks answers for the proxies of every live replica, asking each peer for its own
+(``local=true``).
 
 Every result names the replica of each proxy (``replica``) and reports each replica
 (``replicas``: name, API URL, whether it is complete, and the error of one that did not
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from tsunagi.store.base import StoreError
 
@@ -155,6 +157,38 @@ async def _wait_peers(
                 retry = True
         if retry:
             await asyncio.sleep(max(0.0, min(_RETRY, deadline - loop.time())))
+
+
+async def secrets_everywhere(
+    replicas: Replicas, proxy: str, namespace: str
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """``GET /v1/proxies/{proxy}/secrets`` on every peer (``local=true``): ``(the answer of
+    the peer ``proxy`` is connected to, its ``replica`` set; or None, and why each peer that
+    could not say no is in doubt)``. A proxy is connected to one replica at a time."""
+    try:
+        peers = await replicas.peers()
+    except StoreError as e:
+        return None, [f"the other replicas could not be asked: {e}"]
+    path = f"/v1/proxies/{quote(proxy, safe='')}/secrets"
+    query = {"local": "true", **({"namespace": namespace} if namespace else {})}
+    answers = await asyncio.gather(
+        *(replicas.get(p, path, query, _PROXIES_TIMEOUT) for p in peers),
+        return_exceptions=True,
+    )
+    doubts = []
+    for peer, answer in zip(peers, answers, strict=True):
+        if isinstance(answer, BaseException):
+            doubts.append(
+                f"replica {peer.name} did not answer ({_why(answer)}): the proxy may be "
+                f"connected there; ask it with --server {peer.api}"
+            )
+            continue
+        status, body = answer
+        if status == 200:
+            return {**body, "replica": peer.name}, []
+        if status != 404:
+            doubts.append(f"replica {peer.name} answered {status}: {body.get('error', '')}")
+    return None, doubts
 
 
 def _why(e: BaseException) -> str:

@@ -30,7 +30,7 @@ from tsunagi.ca.authority import Authority, CsrRejected, Signed
 from tsunagi.controlplane import jwks_status, openapi, workload_tokens
 from tsunagi.controlplane.callers import Caller
 from tsunagi.controlplane.connections import LimitedSite
-from tsunagi.controlplane.fanout import proxies_everywhere, wait_everywhere
+from tsunagi.controlplane.fanout import proxies_everywhere, secrets_everywhere, wait_everywhere
 from tsunagi.controlplane.issued_certs import IssuedCertificates, IssuedRecord
 from tsunagi.controlplane.metrics import CONTENT_TYPE, ControlPlaneMetrics
 from tsunagi.controlplane.openapi import (
@@ -307,9 +307,15 @@ class Api:
             raise
         except StoreLimit as e:  # the request is larger than the store takes
             return _error(413, str(e))
-        except StoreError as e:  # etcd unreachable: its message says what to do
+        except StoreError as e:  # etcd unreachable, or electing a leader
             log.warning("%s %s: %s", request.method, request.path, e)
-            return _error(503, str(e))
+            message = str(e)
+            if "try again" not in message and "tsunagi get" not in message:
+                message += (
+                    "; the store is unavailable: try again in a moment, and if it lasts, "
+                    "check that etcd's members are up and reachable from the control plane"
+                )
+            return _error(503, message)
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             return _error(500, "internal error in the control plane; its log has the details")
@@ -823,7 +829,13 @@ class Api:
         ns, name = request.match_info["namespace"], request.match_info["name"]
         self._check_own_instance(request[CALLER], ns, name, "deregistering")
         if not await self.registry.deregister(ns, name):
-            return _error(404, f"instance {ns}/{name} is not registered")
+            message = f"instance {ns}/{name} is not registered"
+            # With the revision: an agent whose first DELETE went unanswered (and may have
+            # landed) gets this from the next replica, and waits for proxies to catch up.
+            return web.json_response(
+                {"error": message, "errors": [message], "revision": self.store.contents().revision},
+                status=404,
+            )
         self.metrics.registry_event(INSTANCE_KIND, "delete")
         return web.json_response({"revision": self.store.contents().revision})
 
@@ -851,10 +863,24 @@ class Api:
         nodes = self.cache.nodes
         # As proxy-status names it (NAME.NAMESPACE), or NAME with its namespace apart
         entry = nodes.get(name) or nodes.get(f"{name}.{q.namespace or 'default'}")
+        if entry is None and self.replicas is not None and not q.local:
+            # Connected to another replica, maybe: that one holds what it sent and ACKed.
+            found, doubts = await secrets_everywhere(self.replicas, name, q.namespace)
+            if found is not None:
+                return web.json_response(found)
+            where = f"{name}.{q.namespace}" if q.namespace else name
+            message = (
+                f"no proxy {quote(where)} is connected to this replica or any other; give a "
+                "NAME that `tsunagi proxy-status` lists"
+            )
+            raise ApiError(404, message, [message, *doubts])
         if entry is None:
             raise ApiError(404, _unknown_proxy(name, q.namespace, sorted(nodes)))
         now = datetime.datetime.now(datetime.UTC)
-        return web.json_response(proxy_secrets(entry, now, self.issued.get(entry.id)))
+        reply = proxy_secrets(entry, now, self.issued.get(entry.id))
+        if self.replicas is not None:
+            reply["replica"] = self.replicas.me.name  # as proxy-status names it
+        return web.json_response(reply)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         """istiod-style ``pilot_*`` metrics, in Prometheus' text format."""

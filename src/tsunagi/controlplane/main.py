@@ -10,7 +10,7 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 
@@ -20,6 +20,7 @@ from tsunagi.ca.keystore import plugged_in, self_signed
 from tsunagi.controlplane import workload_tokens
 from tsunagi.controlplane.auth import TOKEN_FILE, ensure_token, read_token_file, use_token
 from tsunagi.controlplane.dashboard import start as start_dashboard
+from tsunagi.controlplane.fanout import proxies_everywhere
 from tsunagi.controlplane.heap import raise_malloc_thresholds
 from tsunagi.controlplane.http_api import Api
 from tsunagi.controlplane.http_logs import quiet_malformed_requests
@@ -155,6 +156,16 @@ async def _replicas(
     replicas = Replicas(store.client, prefix, root, token_key, token)
     await replicas.check()
     return replicas
+
+
+async def _all_proxies(api: Api, cache: SnapshotCache, pusher: Pusher) -> list[dict[str, Any]]:
+    """The dashboard's proxy list: this replica's proxies and, on etcd, every live peer's
+    (each naming its ``replica``), as ``tsunagi proxy-status`` lists them."""
+    statuses = proxy_statuses(cache, pusher)
+    if api.replicas is None:
+        return statuses
+    everyone, _ = await proxies_everywhere(api.replicas, statuses)
+    return everyone
 
 
 def dashboard_host(host: str) -> str:
@@ -294,7 +305,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         token=token,
         api=api,
         registry=registry,
-        proxies=lambda: proxy_statuses(cache, pusher),
+        proxies=lambda: _all_proxies(api, cache, pusher),
         spans=traces.store,
     )
     contents = store.contents()
@@ -317,6 +328,8 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     async def expire() -> None:
         while True:
             await asyncio.sleep(min(1.0, settings.instance_ttl / 3))
+            # On etcd, the store removed them; each is reported by the replica its agent
+            # heartbeated, once (Registry.expire says why).
             for key in await registry.expire():
                 log.info("instance %s/%s missed its heartbeats; removed", key[1], key[2])
                 metrics.registry_event(key[0], "delete")

@@ -277,6 +277,11 @@ class ProxySecretsQuery(_Query):
         description="With a proxy name without its namespace (`NAME` rather than "
         "`NAME.NAMESPACE`): its namespace (default `default`).",
     )
+    local: bool = Field(
+        False,
+        description="Only a proxy connected to this replica (what replicas ask each other); "
+        "by default, one connected to any live replica on the store.",
+    )
 
 
 class GraphQuery(_Query):
@@ -566,6 +571,11 @@ class ProxySecrets(BaseModel):
     secrets: list[ProxySecret] = Field(
         description="The proxy's own certificate (`default`) and trust bundle (`ROOTCA`) "
         "first, when the CA issued them to it by name; then the pushed ones, sorted by name."
+    )
+    replica: str = Field(
+        "",
+        description="The replica (its API address, `host:port`) the proxy is connected to, "
+        "when several replicas share the store.",
     )
 
 

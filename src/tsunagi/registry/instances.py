@@ -7,7 +7,8 @@ live depends on the store:
   instance under a lease of the registry's TTL. A heartbeat renews that lease, whichever
   replica receives it; when heartbeats stop, the store deletes the instance and every replica
   sees it go. No replica expires anything on its own clock, so several control planes can
-  share one registry.
+  share one registry. :meth:`Registry.expire` reports the instances whose heartbeats came to
+  this replica and whose leases lapsed (see there who reports what).
 - Otherwise (memory, SQLite) leases are kept in this process's memory: heartbeats touch
   memory, :meth:`Registry.expire` removes lapsed instances, and after a restart each stored
   instance gets a fresh lease, giving its agent a full TTL to check in again.
@@ -32,6 +33,16 @@ from tsunagi.store.base import Leases
 
 KIND = "WorkloadInstance"
 """The store kind that holds registered instances (internal; not an Istio kind)."""
+
+EXPIRED_AFTER = 0.75
+"""An instance gone from a leasing store this many TTLs or more after this replica last
+renewed its lease expired; sooner, it was removed. Under 1: etcd's clock may run a little
+ahead of ours (it starts the lease before our renewal returns)."""
+AWAY_MARGIN = 3.0
+"""Seconds beyond a TTL within which a lapsed lease's delete reaches this replica (etcd
+rounds TTLs up to whole seconds and checks leases twice a second; the expiry loop runs every
+second). An instance still stored, or gone, later than that after this replica last renewed
+it was renewed elsewhere meanwhile: its expiry is that replica's to report."""
 
 _DNS_LABEL = re.compile(DNS1123_LABEL_PATTERN)
 
@@ -209,6 +220,12 @@ class Registry:
         self._lock = asyncio.Lock()
         self._listed: tuple[int, dict[Key, tuple[Record, Instance]]] = (-1, {})
         """The store revision :meth:`instances` last listed, and each record parsed."""
+        self._beats: dict[Key, float] = {}
+        """With a leasing store: when this replica last renewed each lease it renews (at a
+        registration or heartbeat it received), to tell its expiry from a removal."""
+        self._lapsed: list[Key] = []
+        """Expiries seen when a heartbeat or registration found the instance gone, kept for
+        the next :meth:`expire`."""
 
     def instances(self) -> list[Instance]:
         """Every registered instance, gateways included."""
@@ -302,6 +319,13 @@ class Registry:
             return revision
 
     async def _register_leased(self, held: Leases, inst: Instance) -> int:
+        renewed = self._clock()
+        self._gone(inst.key, renewed)
+        revision = await self._write_leased(held, inst)
+        self._beats[inst.key] = renewed
+        return revision
+
+    async def _write_leased(self, held: Leases, inst: Instance) -> int:
         document = inst.to_document()
         current = self._store.contents().records.get(inst.key)
         if (
@@ -318,9 +342,15 @@ class Registry:
         the store) and must register again."""
         key = (KIND, namespace, name)
         if key not in self._store.contents().records:
+            self._gone(key, self._clock())
             return False
         if self._held is not None:
-            return await self._held.renew(key)
+            renewed = self._clock()
+            if not await self._held.renew(key):
+                self._gone(key, renewed)
+                return False
+            self._beats[key] = renewed
+            return True
         self._leases[key] = self._clock() + self.ttl
         return True
 
@@ -330,6 +360,7 @@ class Registry:
         key = (KIND, namespace, name)
         async with self._lock:
             self._leases.pop(key, None)
+            self._beats.pop(key, None)
             if key not in self._store.contents().records:
                 return False
             if self._held is not None:
@@ -340,10 +371,20 @@ class Registry:
             return True
 
     async def expire(self) -> list[Key]:
-        """Remove every instance whose lease lapsed; return their keys. With a leasing store
-        this does nothing: the store expires them, for every replica at once."""
+        """Remove every instance whose lease lapsed; return their keys (to log and count).
+
+        With a leasing store the store removes them, for every replica at once; this returns
+        those whose heartbeats came to this replica. Each is reported by one replica, the
+        one its agent talked to, as each replica counts the registrations, heartbeats and
+        removals it receives: per-process counters, as Prometheus metrics are, whose sum
+        over the replicas is the mesh's. An instance that left the store is taken
+        for expired when this replica last renewed its lease about a TTL before (see
+        :data:`EXPIRED_AFTER`, :data:`AWAY_MARGIN`); sooner, someone removed it
+        (deregistered through another replica, deleted); later, another replica renewed it
+        since. So an agent that moved to another replica is not counted twice; an expiry
+        that an etcd leader election delays (etcd extends leases then) goes uncounted."""
         if self._held is not None:
-            return []
+            return self._expired_in_store()
         async with self._lock:
             now = self._clock()
             stored = {r.key for r in self._store.contents().of_kind(KIND)}
@@ -355,3 +396,24 @@ class Registry:
                 for k in lapsed:
                     self._index(k, None)
             return lapsed
+
+    def _expired_in_store(self) -> list[Key]:
+        records = self._store.contents().records
+        now = self._clock()
+        for key, renewed in list(self._beats.items()):
+            if key not in records:
+                self._gone(key, now)
+            elif now - renewed > self.ttl + AWAY_MARGIN:
+                del self._beats[key]  # its agent heartbeats through another replica now
+        lapsed, self._lapsed = self._lapsed, []
+        return lapsed
+
+    def _gone(self, key: Key, now: float) -> None:
+        """``key`` may have left the store: note an expiry when it did, its lease last
+        renewed here about a TTL ago."""
+        renewed = self._beats.get(key)
+        if renewed is None or key in self._store.contents().records:
+            return
+        del self._beats[key]
+        if self.ttl * EXPIRED_AFTER <= now - renewed <= self.ttl + AWAY_MARGIN:
+            self._lapsed.append(key)
