@@ -384,18 +384,22 @@ class Pusher:
         registrations every push would redo them, and their own proxies connect before they
         register anyway."""
         world, shared, cold, memo = self.world, self._shared, self._cold(), self._memo
+        # Proxies connecting meanwhile wait for it (the xDS server asks the cache) rather
+        # than build the same routes on the loop: a moment, once per quiet period.
+        self.cache.warming = warming = asyncio.get_running_loop().create_future()
         try:
             # The worker's memo: no push runs now (they run from this coroutine), and what
             # it keeps makes the next warm-up cheap while the routing stays the same.
             made = await asyncio.to_thread(
                 lambda: {scope: translate_outbound(world, scope, memo, shared) for scope in cold}
             )
-        except Exception:
-            log.exception("building routes ahead of proxies failed; they are built on connect")
-            return
-        if world is self.world:
             for scope, out in made.items():
                 self._outbound.setdefault(scope, out)
+        except Exception:
+            log.exception("building routes ahead of proxies failed; they are built on connect")
+        finally:
+            self.cache.warming = None
+            warming.set_result(None)
 
     def _publish(self, done: _Computed) -> None:
         """Swap in what a push computed (on the loop, so a node connecting now gets a
