@@ -211,9 +211,8 @@ def with_store(command: list[str], store: str) -> list[str]:
     return [*command[: i + 1], store, *command[i + 2 :]]
 
 
-def store_of(command: Sequence[str]) -> str:
-    """The ``--store`` value of a ``tsunagi up`` command (``memory:``, ``sqlite:…``, …)."""
-    return command[command.index("--store") + 1]
+SINGLE_STORE = "sqlite:"
+"""The single-process runs' store: SQLite in the state directory, `tsunagi up`'s default."""
 
 
 class ControlPlane:
@@ -632,7 +631,9 @@ async def run_protocol(
     populated, and one fleet of ``protocol`` proxies."""
     if protocol == REPLICATED:
         return await run_replicated(spec, workdir, profile)
-    cp = ControlPlane(workdir / f"state-{protocol}")
+    # SQLite, as `tsunagi up` stores by default on one machine (the replicated run's
+    # comparison is against this).
+    cp = ControlPlane(workdir / f"state-{protocol}", store=SINGLE_STORE)
     try:
         await cp.start()
         return await _measure(spec, protocol, protocol, [cp], workdir, profile)
@@ -962,7 +963,7 @@ async def run(
     workdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"spec": asdict(spec), "cpus": os.cpu_count(), "goals": GOALS}
     # What the single-process runs store in, for the comparison with the replicated run.
-    results["single_store"] = store_of(up_command(workdir, 0, 0))
+    results["single_store"] = SINGLE_STORE
     _log(f"mesh {asdict(spec)} on {os.cpu_count()} CPUs; translating in-process")
     results["translation"] = translation_times(spec)
     _log(f"translation {results['translation']}")

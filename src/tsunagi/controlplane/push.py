@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -317,7 +317,12 @@ class Pusher:
             try:
                 made, self._made = self._made, {}
                 done = await asyncio.to_thread(
-                    self._compute, contents, nodes, dict(self._locals), made
+                    self._compute,
+                    contents,
+                    nodes,
+                    dict(self._locals),
+                    made,
+                    partial(self._moved_past, contents.revision),
                 )
             except Exception as e:
                 # Translation isolates each piece, so this is a bug outside of them (building
@@ -372,6 +377,11 @@ class Pusher:
             wanted.cancel()
         self._wanted.clear()
 
+    def _moved_past(self, revision: int) -> bool:
+        """Whether the store changed after ``revision`` (read from the worker: one
+        attribute of an immutable snapshot)."""
+        return self.store.contents().revision != revision
+
     def _cold(self) -> set[ClientScope]:
         """Scopes of registered workloads without outbound config in the published World."""
         return set(self.world.registered_scopes - self._outbound.keys())
@@ -387,6 +397,7 @@ class Pusher:
         # Proxies connecting meanwhile wait for it (the xDS server asks the cache) rather
         # than build the same routes on the loop: a moment, once per quiet period.
         self.cache.warming = warming = asyncio.get_running_loop().create_future()
+        started = time.perf_counter()
         try:
             # The worker's memo: no push runs now (they run from this coroutine), and what
             # it keeps makes the next warm-up cheap while the routing stays the same.
@@ -395,6 +406,12 @@ class Pusher:
             )
             for scope, out in made.items():
                 self._outbound.setdefault(scope, out)
+            log.info(
+                "revision %d: routes of %d client scopes built ahead of their proxies in %.1f ms",
+                world.revision,
+                len(made),
+                (time.perf_counter() - started) * 1000,
+            )
         except Exception:
             log.exception("building routes ahead of proxies failed; they are built on connect")
         finally:
@@ -439,8 +456,10 @@ class Pusher:
         nodes: dict[str, Node],
         known: Mapping[str, _NodeLocal],
         made: Mapping[Hashable, Any],
+        moved: Callable[[], bool] = lambda: False,
     ) -> _Computed:
-        """The worker's part: reads its arguments, the memo and the builder; returns all it made."""
+        """The worker's part: reads its arguments, the memo and the builder; returns all it
+        made. ``moved``: whether the store changed since ``contents`` (another push follows)."""
         self._memo.adopt(made)
         world = self._builder.build(contents)
         shared = translate_shared(world, self._memo)
@@ -449,6 +468,12 @@ class Pusher:
             scope: translate_outbound(world, scope, self._memo, shared)
             for scope in set(scopes.values())
         }
+        if not moved():
+            # The last push of a burst (or a lone one): also the scopes of registered
+            # workloads without a connected proxy, ready for when they (re)connect. While
+            # changes keep coming, every push would redo them: left to the last one.
+            for scope in world.registered_scopes - outbound.keys():
+                outbound[scope] = translate_outbound(world, scope, self._memo, shared)
         locals_ = {
             node_id: _NodeLocal.reuse(known.get(node_id), world, node, self._memo)
             for node_id, node in nodes.items()
