@@ -6,19 +6,22 @@ Tests skip when etcd is not installed (``make tools`` installs Debian's etcd-ser
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tsunagi.agent.ports import free_ports
+from tsunagi.registry import Registry
+from tsunagi.store.etcd import EtcdStore
 
 ETCD = shutil.which("etcd")
 
@@ -141,3 +144,17 @@ def etcd_cluster(base: Path, size: int = 1) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@contextlib.asynccontextmanager
+async def registry_on(cluster: Cluster, prefix: str, ttl: float) -> AsyncIterator[Registry]:
+    """A registry on an etcd store of its own under ``prefix``, started as ``tsunagi up``
+    starts one (a replica, as far as the registry goes)."""
+    store = EtcdStore(cluster.endpoints, prefix)
+    await store.open()
+    try:
+        registry = Registry(store, ttl=ttl)
+        await registry.restore_leases()
+        yield registry
+    finally:
+        await store.close()

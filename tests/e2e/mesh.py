@@ -492,10 +492,11 @@ def outside_https_echo(
         )
 
 
-def started_mesh(tmp_path: Path, *up_args: str) -> Iterator[Mesh]:
-    """A mesh in ``tmp_path/state`` started with ``tsunagi up UP_ARGS``, closed (every
-    process by its pid) when the caller is done: a fixture's body, as ``yield from``."""
-    m = Mesh(tmp_path / "state", up_args=up_args)
+def started_mesh(tmp_path: Path, *up_args: str, **settings: Any) -> Iterator[Mesh]:
+    """A mesh in ``tmp_path/state`` started with ``tsunagi up UP_ARGS`` (``settings``: more
+    :class:`Mesh` fields), closed (every process by its pid) when the caller is done: a
+    fixture's body, as ``yield from``."""
+    m = Mesh(tmp_path / "state", up_args=up_args, **settings)
     m.state_dir.mkdir(parents=True)
     m.up()
     try:

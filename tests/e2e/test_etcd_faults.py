@@ -24,7 +24,7 @@ import pytest
 from tests.etcd_fixtures import Cluster, Member, etcd_cluster
 from tsunagi.store.etcd import EtcdClient
 
-from .mesh import Mesh, Traffic, wait_until
+from .mesh import Mesh, Traffic, started_mesh, wait_until
 from .rules import SUBSETS, all_to
 
 pytestmark = pytest.mark.e2e
@@ -47,13 +47,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 def mesh(cluster: Cluster, tmp_path: Path) -> Iterator[Mesh]:
     # Workloads' leases outlast the quorum loss below: etcd expires leases that ran out
     # meanwhile once it is back (the README says so), which is not what this test is about.
-    m = Mesh(tmp_path / "state", up_args=("--store", cluster.url + PREFIX), instance_ttl=60.0)
-    m.state_dir.mkdir(parents=True)
-    m.up()
-    try:
-        yield m
-    finally:
-        m.close()
+    yield from started_mesh(tmp_path, "--store", cluster.url + PREFIX, instance_ttl=60.0)
 
 
 def counter(i: int) -> str:

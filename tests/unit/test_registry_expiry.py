@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.etcd_fixtures import Cluster, etcd_cluster
+from tests.etcd_fixtures import Cluster, etcd_cluster, registry_on
 from tsunagi.registry import KIND, Instance, Registry
-from tsunagi.store.etcd import EtcdStore
 
 from .examples import instance_document
 
@@ -26,17 +25,9 @@ def etcd(tmp_path: Path) -> Iterator[Cluster]:
     yield from etcd_cluster(tmp_path)
 
 
-@contextlib.asynccontextmanager
-async def replica(cluster: Cluster, ttl: float) -> AsyncIterator[Registry]:
+def replica(cluster: Cluster, ttl: float) -> contextlib.AbstractAsyncContextManager[Registry]:
     """A registry on its own etcd store, as one `tsunagi up` has."""
-    store = EtcdStore(cluster.endpoints, PREFIX)
-    await store.open()
-    try:
-        registry = Registry(store, ttl=ttl)
-        await registry.restore_leases()
-        yield registry
-    finally:
-        await store.close()
+    return registry_on(cluster, PREFIX, ttl)
 
 
 def instance(name: str) -> Instance:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.etcd_fixtures import Cluster, etcd_cluster
+from tests.etcd_fixtures import Cluster, etcd_cluster, registry_on
 from tsunagi.registry import KIND, Instance, Registry
 from tsunagi.store.base import Leases
 from tsunagi.store.etcd import EtcdClient, EtcdStore
@@ -33,17 +33,9 @@ def etcd(tmp_path: Path) -> Iterator[Cluster]:
     yield from etcd_cluster(tmp_path)
 
 
-@contextlib.asynccontextmanager
-async def replica(cluster: Cluster) -> AsyncIterator[Registry]:
+def replica(cluster: Cluster) -> contextlib.AbstractAsyncContextManager[Registry]:
     """A registry on its own etcd store, started as ``tsunagi up`` starts one."""
-    store = EtcdStore(cluster.endpoints, PREFIX)
-    await store.open()
-    try:
-        registry = Registry(store, ttl=TTL)
-        await registry.restore_leases()
-        yield registry
-    finally:
-        await store.close()
+    return registry_on(cluster, PREFIX, TTL)
 
 
 def instance(**fields: object) -> Instance:
