@@ -9,7 +9,7 @@ from tsunagi.api import load_documents
 from tsunagi.controlplane.push import Debounce, Pusher
 from tsunagi.mesh import Node, World
 from tsunagi.registry.instances import Instance
-from tsunagi.store import MemoryStore
+from tsunagi.store import Contents, MemoryStore, Record
 from tsunagi.xds import resources as rs
 from tsunagi.xds.cache import SnapshotCache
 from tsunagi.xds.resources import Snapshot
@@ -115,26 +115,54 @@ def test_translation_is_deterministic() -> None:
         assert one.version(t) == two.version(t)
 
 
-async def test_routes_of_registered_workloads_are_ready_before_they_connect() -> None:
-    """After a control-plane restart every proxy reconnects at once: once the store is
-    quiet, the namespaces their instances are registered in already have their outbound
-    config, so the first proxy of each is handed it rather than having it built on the
-    event loop as it arrives."""
-    store = MemoryStore()
-    cache = SnapshotCache()
-    pusher = Pusher(store, cache, Debounce(quiet=0.005, max_delay=0.05))
+def _registered() -> list[Instance]:
     shop = Instance.from_document(instance_document("cart-1", "cart", namespace="shop"))
-    await store.commit([(i.key, i.to_document()) for i in (instance("reviews-1"), shop)])
-    task = asyncio.create_task(pusher.run())
-    try:
-        await asyncio.wait_for(_until(lambda: pusher.processed == 1), 5)
-        # Built once the store is quiet (not in every push of a burst of registrations).
-        await asyncio.wait_for(_until(lambda: len(pusher._outbound) == 2), 5)
-    finally:
-        task.cancel()
+    return [instance("reviews-1"), shop]
+
+
+def _handed_ready_routes(pusher: Pusher, cache: SnapshotCache) -> None:
+    """A proxy of each registered namespace connecting now is handed the routes built
+    ahead of it, not routes built on the event loop as it arrives."""
     ready = {scope.namespace: out for scope, out in pusher._outbound.items()}
     assert set(ready) == {"default", "shop"}
     for namespace, node_id in (("default", "client.default"), ("shop", "cart-1.shop")):
         stream = RecordingStream()
         cache.connect(node_id, {**META, "namespace": namespace}, stream)
         assert stream.snapshots[0].of(rs.ROUTE) is ready[namespace].routes
+
+
+async def test_the_last_push_of_a_burst_readies_the_routes_of_registered_workloads() -> None:
+    """A mesh populated before its proxies start: the push that ends the registrations
+    builds their namespaces' routes."""
+    store = MemoryStore()
+    cache = SnapshotCache()
+    pusher = Pusher(store, cache, Debounce(quiet=0.005, max_delay=0.05))
+    assert pusher._outbound == {}
+    await store.commit([(i.key, i.to_document()) for i in _registered()])
+    task = asyncio.create_task(pusher.run())
+    try:
+        await asyncio.wait_for(_until(lambda: pusher.processed == 1), 5)
+    finally:
+        task.cancel()
+    _handed_ready_routes(pusher, cache)
+
+
+async def test_a_restarted_control_plane_has_the_routes_of_stored_workloads_ready() -> None:
+    """After a restart every proxy reconnects at once: their namespaces' routes are built
+    before the xDS port opens (the Pusher is made first), with no push needed."""
+    store = MemoryStore()
+    await store.commit([(i.key, i.to_document()) for i in _registered()])
+    cache = SnapshotCache()
+    _handed_ready_routes(Pusher(store, cache), cache)
+
+
+def test_a_push_that_more_changes_follow_leaves_unconnected_workloads_for_later() -> None:
+    """During a burst of registrations every push would rebuild them (the routing changes
+    with each new service): only a push no change followed builds them."""
+    store = MemoryStore()
+    pusher = Pusher(store, SnapshotCache())
+    contents = Contents(1, {i.key: Record(*i.key, i.to_document(), 1) for i in _registered()})
+    busy = pusher._compute(contents, {}, {}, {}, moved=lambda: True)
+    assert busy.outbound == {}
+    last = pusher._compute(contents, {}, {}, {}, moved=lambda: False)
+    assert {scope.namespace for scope in last.outbound} == {"default", "shop"}

@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from tsunagi.xds.protocol import DeltaStream, SotwStream, _wire
+from tsunagi.xds.protocol import DeltaStream, SotwStream
 from tsunagi.xds.protocol._wire import delta_response, sotw_response
 from tsunagi.xds.resources import CLUSTER, Resource, Snapshot
 from tsunagi.xds.translate import _Overlay
@@ -113,18 +112,3 @@ def test_a_response_of_a_whole_shared_mapping_holds_each_resource_once() -> None
         replaced = {**shared, "outbound|007": mine}
         sent = _bodies(send(_Overlay(shared, {"outbound|007": mine})), delta)
         assert sorted(sent) == bodies(replaced)
-
-
-def test_whole_mapping_blocks_are_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each kept block holds its mapping (an older push's resources) alive: past the byte
-    bound the oldest go, and the newest always stays."""
-    entries = _wire._Entries()
-    monkeypatch.setattr(_wire, "_BLOCKS_MAX_BYTES", 1)
-    mappings = [
-        MappingProxyType(_clusters(*(f"outbound|{k}-{i:03}" for i in range(100)))) for k in "abc"
-    ]
-    for m in mappings:
-        (block,) = entries.whole(m, False)
-        assert entries.whole(m, False) == [block]
-    assert [kept for kept, _ in entries._blocks.values()] == [mappings[-1]]
-    assert entries._block_bytes == len(block)

@@ -7,9 +7,8 @@ loop keeps serving xDS and the API while it runs.
 
 Ownership, so that no state is shared between threads by accident:
 
-- the worker thread (:meth:`Pusher._compute`, and :meth:`Pusher._warm` between pushes)
-  alone uses ``_memo`` and ``_builder``; pushes and warm-ups run one at a time, from one
-  coroutine, so it never runs twice at once. It reads only its arguments and returns
+- the worker thread (:meth:`Pusher._compute`) alone uses ``_memo`` and ``_builder``; pushes
+  run one at a time, so it never runs twice at once. It reads only its arguments and returns
   everything it made. The one thing it shares is the memo's ``last_good`` store (each piece's
   last successful output), which locks;
 - the event loop alone reads and writes the published state (``world``, ``_shared``,
@@ -71,9 +70,6 @@ class Debounce:
     """Push once no change arrived for this many seconds..."""
     max_delay: float = 0.05
     """...or once the first change is this old, whichever comes first."""
-    warm_after: float = 0.1
-    """Once no change arrived for this many seconds after a push, build the outbound config
-    of registered workloads whose proxies are not connected (see :meth:`Pusher._warm`)."""
 
 
 class PushHooks(Protocol):
@@ -255,7 +251,13 @@ class Pusher:
         self.world = self._builder.build(store.contents())
         self.processed = self.world.revision
         self._shared = translate_shared(self.world, self._memo)
-        self._outbound: dict[ClientScope, Outbound] = {}
+        # A restart: every stored workload's proxy reconnects at once, and the xDS port
+        # opens only after this, so their routes are ready rather than built on the event
+        # loop by the first proxy of each namespace.
+        self._outbound: dict[ClientScope, Outbound] = {
+            scope: translate_outbound(self.world, scope, self._memo, self._shared)
+            for scope in self.world.registered_scopes
+        }
         self._locals: dict[str, _NodeLocal] = {}
         self._patched: dict[str, Patched] = {}
         """Each node's EnvoyFilter outcome (failures, which filters changed what)."""
@@ -361,17 +363,11 @@ class Pusher:
         self._wanted.set()
 
     async def _next_change(self) -> None:
-        """Until the store moves past what was pushed, or a push is wanted without it;
-        meanwhile, once things are quiet, warm what registered workloads will need."""
+        """Until the store moves past what was pushed, or a push is wanted without it."""
         change = asyncio.ensure_future(self.store.wait_for_change(self.processed))
         wanted = asyncio.ensure_future(self._wanted.wait())
         try:
-            pending = {change, wanted}
-            if self._cold():
-                done, _ = await asyncio.wait(pending, timeout=self.debounce.warm_after)
-                if not done:
-                    await self._warm()
-            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((change, wanted), return_when=asyncio.FIRST_COMPLETED)
         finally:
             change.cancel()
             wanted.cancel()
@@ -381,42 +377,6 @@ class Pusher:
         """Whether the store changed after ``revision`` (read from the worker: one
         attribute of an immutable snapshot)."""
         return self.store.contents().revision != revision
-
-    def _cold(self) -> set[ClientScope]:
-        """Scopes of registered workloads without outbound config in the published World."""
-        return set(self.world.registered_scopes - self._outbound.keys())
-
-    async def _warm(self) -> None:
-        """Build the outbound config of registered workloads' scopes that no connected proxy
-        has, in the worker thread, so that when their proxies connect (all at once, after a
-        control-plane restart) each namespace's routes are ready rather than built on the
-        event loop by the first to arrive. Only when no change is waiting: during a burst of
-        registrations every push would redo them, and their own proxies connect before they
-        register anyway."""
-        world, shared, cold, memo = self.world, self._shared, self._cold(), self._memo
-        # Proxies connecting meanwhile wait for it (the xDS server asks the cache) rather
-        # than build the same routes on the loop: a moment, once per quiet period.
-        self.cache.warming = warming = asyncio.get_running_loop().create_future()
-        started = time.perf_counter()
-        try:
-            # The worker's memo: no push runs now (they run from this coroutine), and what
-            # it keeps makes the next warm-up cheap while the routing stays the same.
-            made = await asyncio.to_thread(
-                lambda: {scope: translate_outbound(world, scope, memo, shared) for scope in cold}
-            )
-            for scope, out in made.items():
-                self._outbound.setdefault(scope, out)
-            log.info(
-                "revision %d: routes of %d client scopes built ahead of their proxies in %.1f ms",
-                world.revision,
-                len(made),
-                (time.perf_counter() - started) * 1000,
-            )
-        except Exception:
-            log.exception("building routes ahead of proxies failed; they are built on connect")
-        finally:
-            self.cache.warming = None
-            warming.set_result(None)
 
     def _publish(self, done: _Computed) -> None:
         """Swap in what a push computed (on the loop, so a node connecting now gets a
@@ -456,7 +416,7 @@ class Pusher:
         nodes: dict[str, Node],
         known: Mapping[str, _NodeLocal],
         made: Mapping[Hashable, Any],
-        moved: Callable[[], bool] = lambda: False,
+        moved: Callable[[], bool],
     ) -> _Computed:
         """The worker's part: reads its arguments, the memo and the builder; returns all it
         made. ``moved``: whether the store changed since ``contents`` (another push follows)."""
@@ -470,8 +430,9 @@ class Pusher:
         }
         if not moved():
             # The last push of a burst (or a lone one): also the scopes of registered
-            # workloads without a connected proxy, ready for when they (re)connect. While
-            # changes keep coming, every push would redo them: left to the last one.
+            # workloads without a connected proxy, ready for when they connect (a mesh
+            # populated before its proxies start). While changes keep coming, every push
+            # would redo them: left to the last one.
             for scope in world.registered_scopes - outbound.keys():
                 outbound[scope] = translate_outbound(world, scope, self._memo, shared)
         locals_ = {

@@ -79,15 +79,6 @@ class SnapshotCache:
         self.nodes: dict[str, NodeEntry] = {}
         self.resolver: Resolver | None = None
         self.changed = asyncio.Condition()
-        self.warming: asyncio.Future[None] | None = None
-        """Set while the control plane builds config ahead of proxies that are about to
-        connect (:meth:`tsunagi.controlplane.push.Pusher._warm`); see :meth:`warmed`."""
-
-    async def warmed(self) -> None:
-        """Until config being built ahead of connecting proxies is ready (at once when none
-        is): a proxy connecting meanwhile would build the same again, on the event loop."""
-        if self.warming is not None:
-            await asyncio.shield(self.warming)
 
     def connect(
         self,

@@ -8,13 +8,14 @@ when nothing changed.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
+
+from tsunagi.xds.by_identity import IdentityCache, shared
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -77,12 +78,8 @@ def _first(pair: tuple[str, str]) -> str:
 
 
 # Versions of large immutable mappings shared by many snapshots (every sidecar's endpoints are
-# one mapping), by identity: each is hashed once, not once per node. Entries hold their
-# mapping, so an id is never reused while cached; least recently used ones go first.
-_SHARED_MIN_SIZE = 64
-_SHARED_MAX_ENTRIES = 32
-_shared_versions: dict[int, tuple[Mapping[str, Resource], str]] = {}
-_shared_lock = threading.Lock()
+# one mapping): each is hashed once, not once per node.
+_versions: IdentityCache[str] = IdentityCache(max_entries=32)
 
 
 def layered_version(
@@ -100,8 +97,8 @@ def layered_version(
 def mapping_version(members: Mapping[str, Resource]) -> str:
     """:func:`type_version` of a mapping's resources, remembered for large frozen mappings.
 
-    Only ``MappingProxyType`` mappings (how snapshots freeze theirs) of at least
-    ``_SHARED_MIN_SIZE`` entries are remembered across calls; small ones are cheap anyway.
+    Only large frozen mappings (:func:`tsunagi.xds.by_identity.shared`) are remembered
+    across calls; small ones are cheap anyway.
     A mapping that is a shared base plus a layer says so with a ``layered_version()`` method
     (see :func:`layered_version`).
     """
@@ -109,20 +106,10 @@ def mapping_version(members: Mapping[str, Resource]) -> str:
     if layered is not None:
         version: str = layered()
         return version
-    if type(members) is not MappingProxyType or len(members) < _SHARED_MIN_SIZE:
+    if not shared(members):
         return type_version(members.values())
-    key = id(members)
-    with _shared_lock:
-        hit = _shared_versions.pop(key, None)
-        if hit is not None and hit[0] is members:
-            _shared_versions[key] = hit  # most recently used last
-            return hit[1]
-    version = type_version(members.values())
-    with _shared_lock:
-        _shared_versions[key] = (members, version)
-        while len(_shared_versions) > _SHARED_MAX_ENTRIES:
-            del _shared_versions[next(iter(_shared_versions))]
-    return version
+    hit = _versions.get(members)
+    return hit if hit is not None else _versions.put(type_version(members.values()), members)
 
 
 @dataclass(frozen=True)

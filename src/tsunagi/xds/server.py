@@ -215,7 +215,6 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             )
             return
         metadata = json_format.MessageToDict(node.metadata)
-        await self.cache.warmed()
         why, presented, verified = self._identity(node.id, metadata, context)
         if why is not None:
             self._log_refusal(why)

@@ -7,11 +7,11 @@ variants need: dropping names (:func:`_without`) and diffing against a target (:
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from tsunagi.xds.by_identity import IdentityCache, shared
 from tsunagi.xds.protocol._events import WILDCARD
 from tsunagi.xds.resources import Resource, mapping_version
 
@@ -178,14 +178,8 @@ def _without(held: Mapping[str, Resource], names: Iterable[str]) -> Mapping[str,
 
 
 # Diffs between two large frozen mappings (e.g. every sidecar's endpoints before and after a
-# push), by identity, so that a thousand streams moving from one to the other diff it once.
-_DIFF_MIN_SIZE = 64
-_DIFF_MAX_ENTRIES = 16
-_diffs: dict[
-    tuple[int, int],
-    tuple[Mapping[str, Resource], Mapping[str, Resource], tuple[str, ...], tuple[str, ...]],
-] = {}
-_diffs_lock = threading.Lock()
+# push), so that a thousand streams moving from one to the other diff it once.
+_diffs: IdentityCache[tuple[tuple[str, ...], tuple[str, ...]]] = IdentityCache(max_entries=16)
 
 
 def _diff(
@@ -195,19 +189,9 @@ def _diff(
     ``old``), each sorted."""
     if old is new:
         return (), ()
-    shared = (
-        type(old) is MappingProxyType
-        and type(new) is MappingProxyType
-        and len(new) >= _DIFF_MIN_SIZE
-        and len(old) >= _DIFF_MIN_SIZE
-    )
-    key = (id(old), id(new))
-    if shared:
-        with _diffs_lock:
-            hit = _diffs.pop(key, None)
-            if hit is not None and hit[0] is old and hit[1] is new:
-                _diffs[key] = hit
-                return hit[2], hit[3]
+    remember = shared(old) and shared(new)
+    if remember and (hit := _diffs.get(old, new)) is not None:
+        return hit
     changed = []
     for name, res in new.items():
         had = old.get(name)
@@ -216,9 +200,4 @@ def _diff(
     changed.sort()
     removed = tuple(sorted(n for n in old if n not in new))
     out = (tuple(changed), removed)
-    if shared:
-        with _diffs_lock:
-            _diffs[key] = (old, new, *out)
-            while len(_diffs) > _DIFF_MAX_ENTRIES:
-                del _diffs[next(iter(_diffs))]
-    return out
+    return _diffs.put(out, old, new) if remember else out

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType
 from typing import NamedTuple
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from tsunagi.xds.by_identity import IdentityCache, shared
 from tsunagi.xds.resources import Resource
 
 # Both response messages hold their resources in field 2: entries are tag 0x12 (field 2,
@@ -53,41 +53,28 @@ class _Entries:
         self._max_bytes = max_bytes
         self._bytes = 0
         self._entries: dict[tuple[int, bool], tuple[Resource, bytes]] = {}
-        self._blocks: dict[tuple[int, bool], tuple[Mapping[str, Resource], bytes]] = {}
-        self._block_bytes = 0
+        # Each block also keeps its mapping (an older push's resources) alive until it goes.
+        self._blocks: IdentityCache[bytes] = IdentityCache(
+            _BLOCKS_MAX_ENTRIES, _BLOCKS_MAX_BYTES, len
+        )
         self._lock = threading.Lock()
 
     def whole(self, target: Mapping[str, Resource], delta: bool) -> list[bytes]:
         """The entries of every resource of ``target``, as few blocks: a large immutable
-        mapping is one block joined once (by identity; the cache holds the mapping, so its
-        id is not reused while cached), and a node's overlay (see :func:`_layers`) is its
-        shared base's block plus its own few entries. Order is by name within a block;
-        SotW and delta responses may list resources in any order."""
+        mapping is one block joined once (:mod:`tsunagi.xds.by_identity`), and a node's
+        overlay (see :func:`_layers`) is its shared base's block plus its own few entries.
+        Order is by name within a block; SotW and delta responses may list resources in any
+        order."""
         parts = _layers(target)
         if parts is not None:
             base, own = parts
             return [*self.whole(base, delta), *[self.get(own[n], delta) for n in sorted(own)]]
-        if len(target) < _BLOCK_MIN_SIZE or not _immutable(target):
+        if not shared(target):
             return [self.get(target[n], delta) for n in sorted(target)]
-        key = (id(target), delta)
-        with self._lock:
-            hit = self._blocks.pop(key, None)
-            if hit is not None:
-                if hit[0] is target:
-                    self._blocks[key] = hit  # most recently used last
-                    return [hit[1]]
-                self._block_bytes -= len(hit[1])
-        block = b"".join([self.get(target[n], delta) for n in sorted(target)])
-        with self._lock:
-            self._blocks[key] = (target, block)
-            self._block_bytes += len(block)
-            # Bounded by count and bytes: each entry also keeps its mapping (and so an
-            # older push's resources) alive until it goes.
-            while len(self._blocks) > _BLOCKS_MAX_ENTRIES or (
-                self._block_bytes > _BLOCKS_MAX_BYTES and len(self._blocks) > 1
-            ):
-                gone = self._blocks.pop(next(iter(self._blocks)))
-                self._block_bytes -= len(gone[1])
+        block = self._blocks.get(target, tag=delta)
+        if block is None:
+            joined = b"".join([self.get(target[n], delta) for n in sorted(target)])
+            block = self._blocks.put(joined, target, tag=delta)
         return [block]
 
     def get(self, res: Resource, delta: bool) -> bytes:
@@ -110,20 +97,11 @@ class _Entries:
         return entry
 
 
-_BLOCK_MIN_SIZE = 64
-"""Smaller mappings are joined per response: cheap, and not worth a cache entry."""
 _BLOCKS_MAX_ENTRIES = 64
 """Whole-mapping blocks kept (least recently used go first): a few per client namespace
 and type, about a megabyte each at 1,000 services."""
 _BLOCKS_MAX_BYTES = 48 << 20
 """...and at most this many bytes of them (the most recent one always stays)."""
-
-
-def _immutable(target: Mapping[str, Resource]) -> bool:
-    """Whether ``target`` never changes: snapshots freeze their mappings as
-    ``MappingProxyType``, and the translation's layered views say so with a
-    ``layered_version`` method (see :func:`tsunagi.xds.resources.mapping_version`)."""
-    return type(target) is MappingProxyType or hasattr(target, "layered_version")
 
 
 def _layers(
