@@ -58,9 +58,36 @@ class Cluster:
 
     def tsunagi(self, host: Host, *args: str, stdin: str = "") -> Any:
         """``tsunagi ARGS`` run in ``host`` against the control plane on A."""
-        return self.hosts.run(
-            host, [sys.executable, "-m", "tsunagi.cli.main", *args], input=stdin, env=env(self)
+        return self.hosts.run(host, tsunagi_command(*args), input=stdin, env=env(self))
+
+    def up(self) -> None:
+        """Start ``tsunagi up`` on A (stopped with the hosts) and wait until it answers."""
+        state = self.state_dir
+        with (state / "control-plane.log").open("ab") as log:
+            up = tsunagi_command(
+                "up", "--state-dir", str(state), "--address", self.control.address,
+                "--api-port", str(API), "--xds-port", str(XDS),
+            )  # fmt: skip
+            self.hosts.popen(self.control, up, env=env(self), stdout=log, stderr=log)
+        wait_until(lambda: (state / "token").exists() and self.healthy(), 30, "the control plane")
+
+    def healthy(self) -> bool:
+        token = (self.state_dir / "token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        reply = self.hosts.http(
+            self.control, self.control.address, API, "/healthz", auth, timeout=2
         )
+        return reply.status == 200
+
+    def registered(self, name: str) -> dict[str, Any] | None:
+        """The registration of instance ``name`` (None before it is registered)."""
+        items = self.api("GET", "/v1/resources?kind=workloads")["items"]
+        return next((i["document"] for i in items if i["name"] == name), None)
+
+    def logs(self) -> str:
+        """The tails of every log in the state directory (for a failed start)."""
+        logs = {p.name: p.read_text()[-3000:] for p in self.state_dir.glob("*.log")}
+        return json.dumps(logs, indent=1)
 
     def outbound_port(self, name: str) -> int:
         """The outbound port of proxy ``name`` once it has ACKed its config, else 0."""
@@ -83,7 +110,8 @@ def env(cluster: Cluster) -> dict[str, str]:
     return out
 
 
-def _tsunagi(*args: str) -> list[str]:
+def tsunagi_command(*args: str) -> list[str]:
+    """The command line of ``tsunagi ARGS``."""
     return [sys.executable, "-m", "tsunagi.cli.main", *args]
 
 
@@ -93,50 +121,30 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     state.mkdir()
     with Hosts(3) as hosts:
         c = Cluster(hosts, state, hosts[0], hosts[1], hosts[2])
-        with (state / "control-plane.log").open("ab") as log:
-            up = _tsunagi(
-                "up", "--state-dir", str(state), "--address", c.control.address,
-                "--api-port", str(API), "--xds-port", str(XDS),
-            )  # fmt: skip
-            hosts.popen(c.control, up, env=env(c), stdout=log, stderr=log)
-        wait_until(lambda: (state / "token").exists() and _healthy(c), 30, "the control plane")
+        c.up()
         for host, name, args in (
             (c.server, "echo-b", ("--service", "echo", "--port", "9080")),
             (c.client, "client-c", ("--service", "client", "--port", "80")),
         ):
             app = "echo.py" if name == "echo-b" else "idle.py"
             with (state / f"{name}.log").open("ab") as log:
-                run = _tsunagi(
+                run = tsunagi_command(
                     "run", *args, "--name", name, "--address", host.address,
                     "--concurrency", "1", "--", sys.executable, str(APPS / app),
                 )  # fmt: skip
                 hosts.popen(host, run, env=env(c), stdout=log, stderr=log)
         try:
             wait_until(lambda: c.outbound_port("client-c") > 0, 60, "client-c's proxy")
-            wait_until(lambda: _registered(c, "echo-b"), 60, "echo-b registered")
+            wait_until(lambda: c.registered("echo-b"), 60, "echo-b registered")
         except AssertionError:
-            logs = {p.name: p.read_text()[-3000:] for p in state.glob("*.log")}
-            raise AssertionError(json.dumps(logs, indent=1)) from None
+            raise AssertionError(c.logs()) from None
         yield c
-
-
-def _healthy(c: Cluster) -> bool:
-    token = (c.state_dir / "token").read_text().strip()
-    auth = {"Authorization": f"Bearer {token}"}
-    reply = c.hosts.http(c.control, c.control.address, API, "/healthz", auth, timeout=2)
-    return reply.status == 200
-
-
-def _registered(c: Cluster, name: str) -> dict[str, Any] | None:
-    """The registration of instance ``name`` (None before it is registered)."""
-    items = c.api("GET", "/v1/resources?kind=workloads")["items"]
-    return next((i["document"] for i in items if i["name"] == name), None)
 
 
 def test_a_client_on_one_host_reaches_a_service_on_another_over_mesh_mtls(
     cluster: Cluster,
 ) -> None:
-    echo = _registered(cluster, "echo-b")
+    echo = cluster.registered("echo-b")
     assert echo is not None and echo["address"] == cluster.server.address, echo
     reply = cluster.call(cluster.outbound_port("client-c"))
     assert reply.status == 200, reply

@@ -14,25 +14,26 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tsunagi.agent import intercept
+
 from .hosts import Host, Hosts, Reply, unavailable_reason
 from .mesh import APPS, stop, wait_until
+from .test_hosts import TRUST, Cluster, env, tsunagi_command
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(bool(unavailable_reason()), reason=unavailable_reason() or "-"),
 ]
 
-API, XDS = 15014, 15012
-TRUST = "spiffe://cluster.local/ns/default/sa"
 VIPS = ipaddress.ip_network("240.240.0.0/16")
 # The app on C: records the environment it was given (so the test can see it has no proxy
 # settings), then idles; it never listens, like a pure client.
@@ -51,29 +52,23 @@ TCP_CLIENT = (
     "except OSError as e:\n"
     "    print(f'error: {e}')\n"
 )
+# An app that fails: it records the nat table it runs under (argv[2], from iptables-save
+# argv[1]), then exits 3.
+FAILING_APP = (
+    "import subprocess, sys\n"
+    "saved = subprocess.run([sys.argv[1], '-t', 'nat'], capture_output=True, text=True)\n"
+    "open(sys.argv[2], 'w').write(saved.stdout)\n"
+    "sys.exit(3)\n"
+)
 
 
 @dataclass
-class Mesh:
-    hosts: Hosts
-    state_dir: Path
-    control: Host
-    server: Host
-    client: Host
-    agents: dict[str, subprocess.Popen[bytes]]
+class Mesh(Cluster):
+    """:class:`~.test_hosts.Cluster`'s hosts, with intercepting agents on B and C."""
 
-    def api(self, method: str, path: str) -> Any:
-        token = (self.state_dir / "token").read_text().strip()
-        auth = {"Authorization": f"Bearer {token}"}
-        reply = self.hosts.http(self.control, self.control.address, API, path, auth, method)
-        assert reply.status == 200, reply
-        return reply.json()
+    agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def tsunagi(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        """``tsunagi ARGS`` on the control plane's host."""
-        return self.hosts.run(self.control, _tsunagi(*args), input=stdin, env=_env(self))
-
-    def call(self, timeout: float = 10) -> Reply:
+    def by_name(self, timeout: float = 10) -> Reply:
         """``GET http://echo:9080/`` from a plain client on C (``http.client``: no proxy)."""
         return self.hosts.http(self.client, "echo", 9080, "/", timeout=timeout)
 
@@ -83,60 +78,21 @@ class Mesh:
         return done.stdout
 
 
-def _tsunagi(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tsunagi.cli.main", *args]
-
-
-def _env(mesh: Mesh) -> dict[str, str]:
-    """No proxy settings anywhere: what reaches the mesh goes by interception alone."""
-    out = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    out.pop("TSUNAGI_TOKEN", None)
-    out["TSUNAGI_SERVER"] = f"http://{mesh.control.address}:{API}"
-    out["TSUNAGI_STATE_DIR"] = str(mesh.state_dir)
-    return out
-
-
-def _healthy(mesh: Mesh) -> bool:
-    token = (mesh.state_dir / "token").read_text().strip()
-    auth = {"Authorization": f"Bearer {token}"}
-    reply = mesh.hosts.http(mesh.control, mesh.control.address, API, "/healthz", auth, timeout=2)
-    return reply.status == 200
-
-
-def _proxy(mesh: Mesh, name: str) -> dict[str, Any] | None:
-    """Proxy ``name`` once it has ACKed its config."""
-    for p in mesh.api("GET", "/v1/proxies")["proxies"]:
-        if p["id"] == f"{name}.default" and p["synced"]:
-            return dict(p)
-    return None
-
-
-def _registered(mesh: Mesh, name: str) -> dict[str, Any] | None:
-    items = mesh.api("GET", "/v1/resources?kind=workloads")["items"]
-    return next((i["document"] for i in items if i["name"] == name), None)
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     state = Path(tmp_path_factory.mktemp("intercept")) / "state"
     state.mkdir()
     with Hosts(3) as hosts:
-        m = Mesh(hosts, state, hosts[0], hosts[1], hosts[2], {})
-        with (state / "control-plane.log").open("ab") as log:
-            up = _tsunagi(
-                "up", "--state-dir", str(state), "--address", m.control.address,
-                "--api-port", str(API), "--xds-port", str(XDS),
-            )  # fmt: skip
-            hosts.popen(m.control, up, env=_env(m), stdout=log, stderr=log)
-        wait_until(lambda: (state / "token").exists() and _healthy(m), 30, "the control plane")
+        m = Mesh(hosts, state, hosts[0], hosts[1], hosts[2])
+        m.up()
         # A TCP service on A, behind a sidecar that does not intercept.
         with (state / "tcp-echo-a.log").open("ab") as log:
-            run = _tsunagi(
+            run = tsunagi_command(
                 "run", "--service", "tcp-echo", "--version", "v1", "--port", "9000/tcp",
                 "--name", "tcp-echo-a", "--address", m.control.address, "--concurrency", "1",
                 "--", sys.executable, str(APPS / "tcp_echo.py"),
             )  # fmt: skip
-            hosts.popen(m.control, run, env=_env(m), stdout=log, stderr=log)
+            hosts.popen(m.control, run, env=env(m), stdout=log, stderr=log)
         for host in (m.server, m.client):
             # A route for the virtual IPs (240.240.0.0/16), as a default route gives a pod:
             # without one the app's connect fails before iptables could redirect it.
@@ -156,43 +112,44 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         for host, name in ((m.server, "echo-b"), (m.client, "client-c")):
             service, port, app = apps[name]
             with (state / f"{name}.log").open("ab") as log:
-                run = _tsunagi(
+                run = tsunagi_command(
                     "run", "--intercept", "--service", service, "--port", port,
                     "--name", name, "--address", host.address, "--concurrency", "1", "--", *app,
                 )  # fmt: skip
-                m.agents[name] = hosts.popen(host, run, env=_env(m), stdout=log, stderr=log)
+                m.agents[name] = hosts.popen(host, run, env=env(m), stdout=log, stderr=log)
         try:
-            wait_until(lambda: _proxy(m, "client-c"), 60, "client-c's proxy")
-            wait_until(lambda: _registered(m, "echo-b"), 60, "echo-b registered")
-            wait_until(lambda: _registered(m, "tcp-echo-a"), 60, "tcp-echo-a registered")
+            wait_until(lambda: m.outbound_port("client-c") > 0, 60, "client-c's proxy")
+            wait_until(lambda: m.registered("echo-b"), 60, "echo-b registered")
+            wait_until(lambda: m.registered("tcp-echo-a"), 60, "tcp-echo-a registered")
             wait_until(lambda: (state / "client-env.json").exists(), 30, "client-c's app")
         except AssertionError:
-            logs = {p.name: p.read_text()[-3000:] for p in state.glob("*.log")}
-            raise AssertionError(json.dumps(logs, indent=1)) from None
+            raise AssertionError(m.logs()) from None
         yield m
 
 
 def test_an_app_with_no_proxy_settings_reaches_a_service_by_name_through_both_sidecars(
     mesh: Mesh,
 ) -> None:
-    env = json.loads((mesh.state_dir / "client-env.json").read_text())
-    assert not [k for k in env if k.lower() in ("http_proxy", "https_proxy")], env
+    seen = json.loads((mesh.state_dir / "client-env.json").read_text())
+    assert not [k for k in seen if k.lower() in ("http_proxy", "https_proxy")], seen
     # C's sidecar answers the mesh name with a virtual IP.
     looked_up = mesh.hosts.run(mesh.client, ["getent", "ahostsv4", "echo"])
     assert looked_up.returncode == 0, looked_up
     address = looked_up.stdout.split()[0]
     assert ipaddress.ip_address(address) in VIPS, looked_up.stdout
-    reply = mesh.call()
+    reply = mesh.by_name()
     assert reply.status == 200, reply
     body = reply.json()
     assert body["name"] == "echo-b"  # B's app answered
+    # What the caller dialed reaches the app unchanged: the name and the service port.
+    assert body["headers"].get("host") == "echo:9080", body["headers"]
     # Through both sidecars: C's originated mesh mTLS with C's identity, B's inbound
     # listener took it (Envoy writes XFCC only from a TLS peer that presented a certificate).
     xfcc = body["headers"].get("x-forwarded-client-cert", "")
     assert f"By={TRUST}/echo" in xfcc and f"URI={TRUST}/client" in xfcc, xfcc
     # B registered its app's own port: C's sidecar dialed B:9080, and B's iptables handed
     # the connection to B's inbound listener.
-    echo = _registered(mesh, "echo-b")
+    echo = mesh.registered("echo-b")
     assert echo is not None and echo["target_port"] == 9080, echo
     assert echo["address"] == mesh.server.address
 
@@ -205,16 +162,17 @@ def test_a_virtual_service_applied_later_is_obeyed(mesh: Mesh) -> None:
         "  - headers: {response: {add: {x-intercepted: 'yes'}}}\n"
         "    route: [{destination: {host: echo}}]\n"
     )
-    done = mesh.tsunagi("apply", "-f", "-", stdin=rule)
+    done = mesh.tsunagi(mesh.control, "apply", "-f", "-", stdin=rule)
     assert done.returncode == 0, done.stderr
     try:
         wait_until(
-            lambda: mesh.call().headers.get("x-intercepted") == "yes", 60, "the VirtualService"
+            lambda: mesh.by_name().headers.get("x-intercepted") == "yes", 60, "the VirtualService"
         )
-        reply = mesh.call()
+        reply = mesh.by_name()
         assert reply.status == 200 and reply.json()["name"] == "echo-b", reply
     finally:
-        deleted = mesh.tsunagi("delete", "virtualservice", "echo-intercept", "-n", "default")
+        delete = ("delete", "virtualservice", "echo-intercept", "-n", "default")
+        deleted = mesh.tsunagi(mesh.control, *delete)
         assert deleted.returncode == 0, deleted.stderr
 
 
@@ -227,29 +185,35 @@ def test_a_tcp_service_is_reached_by_name_through_its_virtual_ip(mesh: Mesh) -> 
 
 
 def test_a_second_intercepting_agent_in_a_namespace_is_refused(mesh: Mesh) -> None:
-    run = _tsunagi(
+    run = tsunagi_command(
         "run", "--intercept", "--service", "other", "--port", "8080", "--name", "other-b",
         "--address", mesh.server.address, "--", sys.executable, str(APPS / "idle.py"),
     )  # fmt: skip
-    done = mesh.hosts.run(mesh.server, run, env=_env(mesh), timeout=120)
+    done = mesh.hosts.run(mesh.server, run, env=env(mesh), timeout=120)
     assert done.returncode == 1, done
     assert "already intercepts this network namespace" in done.stderr, done.stderr
     # B's own rules are untouched, and its workload is still reached.
     assert f"tsunagi-agent-pid={mesh.agents['echo-b'].pid}" in mesh.nat(mesh.server)
-    reply = mesh.call()
+    reply = mesh.by_name()
     assert reply.status == 200 and reply.json()["name"] == "echo-b", reply
 
 
 def test_an_address_the_mesh_does_not_know_passes_through(mesh: Mesh) -> None:
     # B's metrics endpoint on B's address is no service: C's capture listener has no chain
     # for it, and ALLOW_ANY sends it to where the app was going.
-    echo = _registered(mesh, "echo-b")
+    echo = mesh.registered("echo-b")
     assert echo is not None
     reply = mesh.hosts.http(
         mesh.client, mesh.server.address, echo["metrics_port"], "/stats/prometheus"
     )
     assert reply.status == 200, reply
-    assert "istio_requests_total" in reply.body
+    # Exactly that address answered: B's own metrics, as the server of the echo requests
+    # above (C's would report them as their source; A serves no echo).
+    series = [s for s in reply.body.splitlines() if s.startswith("istio_requests_total{")]
+    assert any(
+        'reporter="destination"' in s and 'destination_canonical_service="echo"' in s
+        for s in series
+    ), reply.body[-3000:]
 
 
 def test_the_rules_are_in_place_while_the_agents_run_and_gone_after(mesh: Mesh) -> None:
@@ -267,17 +231,34 @@ def test_the_rules_are_in_place_while_the_agents_run_and_gone_after(mesh: Mesh) 
         assert "TSUNAGI" not in mesh.nat(host)
 
 
+def test_the_rules_go_when_the_app_fails_too(mesh: Mesh) -> None:
+    stop(mesh.agents["echo-b"])  # B's own agent gone (already, after the test above)
+    seen = mesh.state_dir / "nat-under-failing-app.txt"
+    save = shutil.which("iptables-save")
+    assert save is not None
+    run = tsunagi_command(
+        "run", "--intercept", "--service", "failing", "--port", "8080", "--name", "failing-b",
+        "--address", mesh.server.address, "--concurrency", "1",
+        "--", sys.executable, "-c", FAILING_APP, save, str(seen),
+    )  # fmt: skip
+    done = mesh.hosts.run(mesh.server, run, env=env(mesh), timeout=120)
+    assert done.returncode == 3, done  # the app's own exit code
+    # The rules were there while the app ran, and went with the agent.
+    assert "-A TSUNAGI_REDIRECT -p tcp -j REDIRECT" in seen.read_text()
+    assert "TSUNAGI" not in mesh.nat(mesh.server)
+
+
 def test_intercept_is_refused_in_the_hosts_own_network_namespace() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env.update(TSUNAGI_SERVER="http://127.0.0.1:9", TSUNAGI_TOKEN="unused")
+    if not intercept.in_host_namespace():
+        pytest.skip("this test does not run in the machine's own network namespace")
+    plain = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    plain.update(TSUNAGI_SERVER="http://127.0.0.1:9", TSUNAGI_TOKEN="unused")
     done = subprocess.run(
-        _tsunagi("run", "--intercept", "--service", "x", "--", "true"),
+        tsunagi_command("run", "--intercept", "--service", "x", "--", "true"),
         capture_output=True,
         text=True,
-        env=env,
+        env=plain,
         timeout=60,
     )
-    if os.readlink("/proc/self/ns/net") != "net:[4026531833]":
-        pytest.skip("this test does not run in the machine's own network namespace")
     assert done.returncode == 1, done
     assert "network namespace of its own" in done.stderr, done.stderr

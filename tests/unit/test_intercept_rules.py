@@ -32,7 +32,7 @@ def test_a_leftover_of_ours_is_dropped_and_everything_else_kept() -> None:
 
 
 def test_the_rules_capture_the_app_and_let_envoy_loopback_and_the_control_plane_through() -> None:
-    rules = intercept.rules(15001, 15053, 9080, 15006, ("10.0.0.5",), gid=1337)
+    rules = intercept.rules(15001, 15053, 9080, 15006, ("10.0.0.5",))
     output = [r for r in rules if r.startswith("-A TSUNAGI_OUTPUT")]
     # Exemptions come before the catch-all redirect.
     assert output == [

@@ -12,6 +12,8 @@ from tsunagi.mesh import virtual_ips as vips
 from tsunagi.registry import Instance
 from tsunagi.xds.translate.dns_table import dns_names
 
+from .examples import instance_document
+
 RANGE = ipaddress.ip_network("240.240.0.0/16")
 
 
@@ -112,15 +114,9 @@ spec:
 
 def _world() -> World:
     instances = [
-        Instance.from_document(
-            {"name": "r1", "service": "reviews", "namespace": "default", "port": 9080,
-             "address": "10.0.0.1", "target_port": 9080}
-        ),
-        Instance.from_document(
-            {"name": "t1", "service": "ratings", "namespace": "other", "port": 9080,
-             "address": "10.0.0.2", "target_port": 9080}
-        ),
-    ]  # fmt: skip
+        Instance.from_document(instance_document("r1", "reviews", address="10.0.0.1")),
+        Instance.from_document(instance_document("t1", "ratings", namespace="other")),
+    ]
     return World.build(1, load_documents(CONFIG, "config.yaml"), instances)
 
 

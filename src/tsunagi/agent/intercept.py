@@ -124,13 +124,13 @@ def rules(
     app_port: int,
     inbound_port: int,
     exclude: tuple[str, ...] = (),
-    gid: int = pc.INTERCEPT_GID,
     owner: int = 0,
 ) -> list[str]:
     """Our lines of the ``nat`` table, in ``iptables-restore`` syntax (see the module doc);
     ``exclude``: IPv4 addresses whose connections are never captured (the control plane's);
     ``owner``: the agent's pid, in a comment, so that another agent can tell live rules
     from a crashed one's (:func:`install`)."""
+    gid = pc.INTERCEPT_GID  # Envoy's group (tsunagi run starts it so)
     out = [f":{c} - [0:0]" for c in (*CHAINS, DNS_CHAIN)]
     out += [
         "-A PREROUTING -p tcp -j TSUNAGI_INBOUND",

@@ -773,34 +773,47 @@ def assemble(outbound: Outbound, local: Local, revision: int) -> Snapshot:
     return Snapshot(resources=MappingProxyType(resources), revision=revision)
 
 
-def _upstream_listeners_of(world: World, node: Node) -> dict[str, Resource]:
-    return {r.name: r for r in _pack_all(Listener, upstream_listeners(world, node), "name")}
+_NO_PARTS = Local(MappingProxyType({}), MappingProxyType({}))
+
+
+def _with_own(
+    local: Local,
+    errors: list[TranslationError],
+    node: Node,
+    what: str,
+    blame: Callable[[], tuple[ResourceKey, ...]],
+    make: Callable[[], Local],
+) -> Local:
+    """``local`` with the listeners and clusters ``make`` builds for ``node`` (its
+    ``what``) laid over it. A failure leaves them out and is reported as the node's, like a
+    failure of its other listeners; ``blame`` names the resources to suspect."""
+    part = partial("{} of proxy {}".format, what, node.id)
+    own = isolated(errors, None, (what, node.id), node.id, blame, part, make, _NO_PARTS)
+    if not own.listeners:
+        return local
+    clusters = _Overlay(local.clusters, own.clusters) if own.clusters else local.clusters
+    return Local(clusters, _Overlay(local.listeners, own.listeners))
+
+
+def _upstream_listeners_of(world: World, node: Node) -> Local:
+    listeners = _pack_all(Listener, upstream_listeners(world, node), "name")
+    return Local(MappingProxyType({}), MappingProxyType({r.name: r for r in listeners}))
 
 
 def _with_upstream_listeners(
     world: World, node: Node, local: Local, memo: Memo, errors: list[TranslationError]
 ) -> Local:
     """``local`` plus the node's upstream listeners (see :mod:`.upstream_listeners`),
-    memoized by what they read. A failure leaves them out and is reported as the node's,
-    like a failure of its other listeners."""
+    memoized by what they read."""
     key = (
         "upstream-listeners",
         upstream_key(node),
         world.routing_fingerprint,
         world.telemetry_for(node),
     )
-    none: dict[str, Resource] = {}
-    own = isolated(
-        errors,
-        None,
-        ("upstream-listeners", node.id),
-        node.id,
-        partial(_blame_upstreams, world, node),
-        partial("upstream listeners of proxy {}".format, node.id),
-        partial(memo.get, key, _upstream_listeners_of, world, node),
-        none,
-    )
-    return Local(local.clusters, _Overlay(local.listeners, own)) if own else local
+    make = partial(memo.get, key, _upstream_listeners_of, world, node)
+    blame = partial(_blame_upstreams, world, node)
+    return _with_own(local, errors, node, "upstream listeners", blame, make)
 
 
 def _capture_parts_of(world: World, node: Node) -> Local:
@@ -817,34 +830,21 @@ def _with_capture(
     world: World, node: Node, local: Local, memo: Memo, errors: list[TranslationError]
 ) -> Local:
     """``local`` plus an intercepting node's capture and DNS listeners (see :mod:`.capture`,
-    :mod:`.dns_table`), memoized by what they read. A failure leaves them out and is
-    reported as the node's."""
-    key = (
-        "capture",
-        upstream_key(node),
-        node.intercept,
-        world.routing_fingerprint,
-        world.telemetry_for(node),
-    )
-    none = Local(MappingProxyType({}), MappingProxyType({}))
-    own = isolated(
-        errors,
-        None,
-        ("capture", node.id),
-        node.id,
-        partial(_blame_tcp_routes, world),
-        partial("capture listeners of proxy {}".format, node.id),
-        partial(memo.get, key, _capture_parts_of, world, node),
-        none,
-    )
-    if not own.listeners:
-        return local
-    return Local(_Overlay(local.clusters, own.clusters), _Overlay(local.listeners, own.listeners))
+    :mod:`.dns_table`), memoized by what they read of the node (its id, which its loggers
+    name; its labels, which ``tcp`` routes match; its ports) and of the World. Per node:
+    each listens on its own ports."""
+    labels = tuple(sorted(node.labels.items()))
+    of_node = (node.id, node.namespace, labels, node.metrics_log, node.intercept)
+    key = ("capture", of_node, world.routing_fingerprint, world.telemetry_for(node))
+    make = partial(memo.get, key, _capture_parts_of, world, node)
+    blame = partial(_blame_routes, world, "tcp")
+    return _with_own(local, errors, node, "capture listeners", blame, make)
 
 
-def _blame_tcp_routes(world: World) -> tuple[ResourceKey, ...]:
-    keys = {vs.key for vss in world.virtual_services.values() for vs in vss if vs.spec.tcp}
-    return tuple(sorted(keys))
+def _blame_routes(world: World, kind: str) -> tuple[ResourceKey, ...]:
+    """The VirtualServices with ``kind`` (``tcp``, ``tls``) routes."""
+    vss = (vs for vss in world.virtual_services.values() for vs in vss)
+    return tuple(sorted({vs.key for vs in vss if getattr(vs.spec, kind)}))
 
 
 def _pack_connect_listener(doc: str, loggers: list[dict[str, Any]]) -> Resource:
@@ -896,7 +896,6 @@ def _with_connect(
     up: a routing change that leaves a listener equal re-packs nothing."""
     if node.is_gateway:
         return local
-    none = Local(MappingProxyType({}), MappingProxyType({}))
 
     def make() -> Local:
         fp = world.routing_fingerprint
@@ -906,7 +905,7 @@ def _with_connect(
         ports_key = ("connect-ports", node.namespace, rule_labels, fp)
         ports = memo.get(ports_key, sni_routed_ports, world, node.namespace, rule_labels)
         if not ports:
-            return none
+            return _NO_PARTS
         keys = world.tls_source_label_keys
         source = ((k, v) for k, v in node.labels.items() if k in keys)
         labels = tuple(sorted({*source, *rule_labels}))
@@ -922,24 +921,8 @@ def _with_connect(
         # forget (at its next rotation) the parts a later change leaves as they are.
         return _connect_parts_of(docs, loggers, logged, ports, memo)
 
-    own = isolated(
-        errors,
-        None,
-        ("connect", node.id),
-        node.id,
-        partial(_blame_tls_routes, world),
-        partial("CONNECT listeners of proxy {}".format, node.id),
-        make,
-        none,
-    )
-    if not own.listeners:
-        return local
-    return Local(_Overlay(local.clusters, own.clusters), _Overlay(local.listeners, own.listeners))
-
-
-def _blame_tls_routes(world: World) -> tuple[ResourceKey, ...]:
-    keys = {vs.key for vss in world.virtual_services.values() for vs in vss if vs.spec.tls}
-    return tuple(sorted(keys))
+    blame = partial(_blame_routes, world, "tls")
+    return _with_own(local, errors, node, "CONNECT listeners", blame, make)
 
 
 def _blame_upstreams(world: World, node: Node) -> tuple[ResourceKey, ...]:

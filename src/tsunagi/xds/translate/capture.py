@@ -28,8 +28,9 @@ from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from tsunagi import protocols
 from tsunagi.mesh import Node, Upstream, World
 from tsunagi.mesh.outbound_policy import ALLOW_ANY, outbound_policy
+from tsunagi.mesh.telemetry import ProxyTelemetry
 from tsunagi.xds.translate import accesslog
-from tsunagi.xds.translate.clusters import CONNECT_TIMEOUT, MAX
+from tsunagi.xds.translate.clusters import CONNECT_TIMEOUT, UNLIMITED
 from tsunagi.xds.translate.listeners import outbound_listener
 from tsunagi.xds.translate.names import outbound_cluster
 from tsunagi.xds.translate.tcp_proxies import tcp_proxy
@@ -50,13 +51,12 @@ ORIGINAL_DST = {
 
 def original_dst_cluster() -> dict[str, Any]:
     """:data:`ORIGINAL_DST_CLUSTER`: connects where the captured connection was going."""
-    limits = {"max_connections": MAX, "max_pending_requests": MAX, "max_requests": MAX}
     return {
         "name": ORIGINAL_DST_CLUSTER,
         "type": "ORIGINAL_DST",
         "lb_policy": "CLUSTER_PROVIDED",
         "connect_timeout": CONNECT_TIMEOUT,
-        "circuit_breakers": {"thresholds": [{**limits, "max_retries": MAX}]},
+        "circuit_breakers": UNLIMITED,
     }
 
 
@@ -73,7 +73,9 @@ def _tcp_targets(world: World, node: Node, host: str, port: int) -> list[tuple[s
     return upstream_targets(world, node, Upstream(host, port, 0))
 
 
-def capture_chains(world: World, node: Node) -> list[dict[str, Any]]:
+def _chains(
+    world: World, node: Node, telemetry: ProxyTelemetry, loggers: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """The filter chains of the capture listener for the services ``node`` sees (see the
     module doc), in port then address order; one (address, port) goes to one chain."""
     hidden = world.hidden_services(node.namespace)
@@ -93,9 +95,7 @@ def capture_chains(world: World, node: Node) -> list[dict[str, Any]]:
                     http.setdefault(port, []).append(ip)
                 else:
                     tcp.append((port, ip, host))
-    outbound = outbound_listener(node, world.telemetry_for(node))
-    hcm = outbound["filter_chains"][0]["filters"]
-    loggers = accesslog.tcp_access_loggers(node, world.telemetry_for(node), outbound=True)
+    hcm = outbound_listener(node, telemetry)["filter_chains"][0]["filters"]
     chains: list[dict[str, Any]] = []
     for port, port_ips in sorted(http.items()):
         match = {"destination_port": port, "prefix_ranges": _ranges(sorted(port_ips))}
@@ -112,17 +112,18 @@ def capture_listener(world: World, node: Node) -> dict[str, Any]:
     """The outbound capture listener of an intercepting ``node`` (``node.intercept`` set), on
     loopback: iptables' REDIRECT sends locally made connections to 127.0.0.1."""
     assert node.intercept is not None
+    telemetry = world.telemetry_for(node)
+    loggers = accesslog.tcp_access_loggers(node, telemetry, outbound=True)
     listener: dict[str, Any] = {
         "name": CAPTURE_LISTENER,
         "address": {
             "socket_address": {"address": "127.0.0.1", "port_value": node.intercept.capture_port}
         },
         "listener_filters": [ORIGINAL_DST],
-        "filter_chains": capture_chains(world, node),
+        "filter_chains": _chains(world, node, telemetry, loggers),
         "traffic_direction": "OUTBOUND",
     }
     if outbound_policy(world, node) == ALLOW_ANY:
-        loggers = accesslog.tcp_access_loggers(node, world.telemetry_for(node), outbound=True)
         target = [(ORIGINAL_DST_CLUSTER, 100)]
         listener["default_filter_chain"] = {
             "filters": [tcp_proxy(ORIGINAL_DST_CLUSTER, target, loggers)]

@@ -23,7 +23,7 @@ CONNECT_TIMEOUT = "10s"
 """Istio's default connect timeout."""
 
 # Istio leaves circuit breaking to DestinationRules: by default every threshold is maximal.
-_UNLIMITED = {
+UNLIMITED = {
     "thresholds": [
         {
             "max_connections": MAX,
@@ -35,7 +35,7 @@ _UNLIMITED = {
 }
 
 
-PASSTHROUGH = passthrough_cluster(CONNECT_TIMEOUT, _UNLIMITED)
+PASSTHROUGH = passthrough_cluster(CONNECT_TIMEOUT, UNLIMITED)
 """Istio's PassthroughCluster (see :mod:`.egress`)."""
 
 
@@ -50,7 +50,7 @@ def eds_cluster(name: str) -> dict[str, Any]:
         },
         "connect_timeout": CONNECT_TIMEOUT,
         "lb_policy": "LEAST_REQUEST",
-        "circuit_breakers": _UNLIMITED,
+        "circuit_breakers": UNLIMITED,
         "common_lb_config": {},
     }
 
@@ -69,7 +69,7 @@ def dns_cluster(name: str, assignment: dict[str, Any], resolution: str) -> dict[
         # IPv4-only Istio proxy does (V4_ONLY there), still reaching IPv6-only names.
         "dns_lookup_family": "V4_PREFERRED",
         "lb_policy": "LEAST_REQUEST" if resolution == "DNS" else "ROUND_ROBIN",
-        "circuit_breakers": _UNLIMITED,
+        "circuit_breakers": UNLIMITED,
         "load_assignment": assignment,
     }
 
@@ -137,6 +137,6 @@ def inbound_clusters(node: Node) -> list[dict[str, Any]]:
     out = []
     for port, (_listen, app) in sorted(node.inbound.items()):
         address = {"socket_address": {"address": "127.0.0.1", "port_value": app}}
-        cluster = {**static_cluster(inbound_cluster(port), address), "circuit_breakers": _UNLIMITED}
+        cluster = {**static_cluster(inbound_cluster(port), address), "circuit_breakers": UNLIMITED}
         out.append(upstream.inbound(cluster, node.inbound_protocol(port)))
     return out
