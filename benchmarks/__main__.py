@@ -13,16 +13,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import dataplane, instructions, propagation
+from benchmarks import dataplane, instructions, propagation, scale
 from benchmarks.procs import REPO, envoy_binary
 
-SUITES = {"dataplane": dataplane, "instructions": instructions, "propagation": propagation}
-try:  # the scale suite is optional until it lands
-    from benchmarks import scale
-
-    SUITES["scale"] = scale
-except ImportError:  # pragma: no cover
-    pass
+SUITES = {
+    "dataplane": dataplane,
+    "instructions": instructions,
+    "propagation": propagation,
+    "scale": scale,
+}
 
 
 def _version(argv: list[str]) -> str:

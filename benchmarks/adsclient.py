@@ -36,8 +36,7 @@ Several control-plane replicas (``--xds A,B``): the ``j``-th proxy of each names
 connects to address ``j % n``, so the fleet is split evenly and every replica serves every
 namespace (as a mesh's proxies, each connecting to any replica, would; ``i % n`` over the
 whole fleet would give each replica only every other namespace, since proxy ``i`` is in
-namespace ``i % namespaces``). The report names each proxy's address and ``status`` counts
-the full proxies per address.
+namespace ``i % namespaces``). The report names each proxy's address.
 
 Run: ``python -m benchmarks.adsclient --xds 127.0.0.1:15012 --api http://127.0.0.1:15014
 --count 1000 --protocol delta``.
@@ -273,13 +272,13 @@ class Client:
 
     def __init__(
         self,
-        xds: str | Sequence[str],
+        xds: str,
         proxies: list[Proxy],
         protocol: str,
         credentials: dict[str, grpc.ChannelCredentials] | None = None,
     ) -> None:
-        self.addresses = [a for a in xds.split(",") if a] if isinstance(xds, str) else list(xds)
-        """The ADS servers (replicas); proxy ``i`` uses ``addresses[i % len(addresses)]``."""
+        self.addresses = [a for a in xds.split(",") if a]
+        """The ADS servers (replicas), shared as :func:`split_between` says."""
         if not self.addresses:
             raise ValueError("no xDS address given")
         self.xds = ",".join(self.addresses)
@@ -467,16 +466,12 @@ class Client:
             for t in seen:
                 streams_with[t] = streams_with.get(t, 0) + 1
         fulls = [p.first_full for p in self.proxies if p.first_full is not None]
-        full_by_xds = dict.fromkeys(self.addresses, 0)
-        for p, address in zip(self.proxies, self.address_of, strict=True):
-            full_by_xds[address] += p.first_full is not None
         return {
             "event": "status",
             "time": time.time(),
             "started": self.started,
             "streams": len(self.proxies),
             "full": len(fulls),
-            "full_by_xds": full_by_xds,
             "last_full": max(fulls, default=None),
             "reconnected": sum(1 for p in self.proxies if p.failures),
             "failure_examples": sorted({e for p in self.proxies for _, e in p.failures})[:5],
@@ -602,8 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--xds",
         required=True,
-        help="HOST:PORT of the ADS server, or several comma-separated (replicas): proxy i "
-        "connects to the (i mod n)th",
+        help="HOST:PORT of the ADS server, or several comma-separated (replicas): the j-th "
+        "proxy of each namespace connects to the (j mod n)-th",
     )
     p.add_argument("--count", type=int, default=1, help="number of simulated proxies")
     p.add_argument("--protocol", choices=["sotw", "delta"], default="delta")

@@ -11,15 +11,15 @@ from typing import Any
 from benchmarks.procs import Procs, free_port, tsunagi, tsunagi_env, wait_port
 
 
-def up_command(state: Path, api_port: int, xds_port: int) -> list[str]:
-    """`tsunagi up` with a memory store and leases that never lapse (nothing heartbeats the
-    instances a benchmark registers)."""
+def up_command(state: Path, api_port: int, xds_port: int, store: str = "memory:") -> list[str]:
+    """`tsunagi up` on ``store`` (a memory store by default) with leases that never lapse
+    (nothing heartbeats the instances a benchmark registers)."""
     return tsunagi(
         "up",
         "--state-dir",
         str(state),
         "--store",
-        "memory:",
+        store,
         "--api-port",
         str(api_port),
         "--xds-port",

@@ -1,125 +1,160 @@
-"""A real etcd for the replicated scale run: one member on loopback, its data under the
-benchmark's workdir, started and stopped here by its pid.
+"""Real etcd on loopback: one member or a cluster, in data dirs of our own, started here and
+stopped here by their pids. The scale benchmark's replicated run and the tests
+(``tests/etcd_fixtures.py``) both start their members with :func:`start_cluster`.
 
-Debian's ``etcd`` (package etcd-server; ``make tools`` installs it) with its default
-heartbeat and election timing and its default fsync of every write, as a production member
-runs: the benchmark measures what replicas on a real etcd cost, not a tuned one. Only the
-cap on operations per transaction is raised (:data:`MAX_TXN_OPS`).
-(tests/etcd_fixtures.py starts members for tests; it is not imported here because it
-depends on pytest and tunes timing for fast failover tests.)
+Debian's ``etcd`` (package etcd-server; ``make tools`` installs it). Callers choose the
+timing: the benchmark keeps etcd's defaults (heartbeat, election, fsync of every write), as a
+production member runs, so it measures what replicas on a real etcd cost; the tests shorten
+heartbeats and elections for fast failover.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
+import json
 import shutil
 import signal
+import subprocess
 import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import aiohttp
 
 from tsunagi.agent.ports import free_ports
 
 HOST = "127.0.0.1"
-MAX_TXN_OPS = 1024
-"""etcd's cap on operations per transaction (``--max-txn-ops``, 128 by default). One
-``tsunagi apply`` is one transaction, and the full mesh's rules are 200 resources in one
-apply (as the single-process runs apply them); the control plane's error tells an operator
-the same: raise it, or apply fewer resources at a time."""
-
-
-def binary() -> str | None:
-    """The ``etcd`` program, or None when it is not installed."""
-    return shutil.which("etcd")
+ETCD = shutil.which("etcd")
+"""The ``etcd`` program, or None when it is not installed."""
 
 
 def unavailable() -> str | None:
     """Why a real etcd cannot run here (None: it can)."""
-    if binary() is None:
+    if ETCD is None:
         return "etcd is not installed (`make tools` installs Debian's etcd-server)"
     return None
 
 
-class Etcd:
-    """One etcd member; :attr:`url` is the ``tsunagi up --store`` value for it."""
+@dataclass
+class Member:
+    """One etcd process."""
 
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.data_dir = base / "data"
-        self.log_path = base / "etcd.log"
-        self.client_port, self.peer_port = free_ports(2)
-        self.proc: asyncio.subprocess.Process | None = None
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"{HOST}:{self.client_port}"
 
-    def url(self, prefix: str = "") -> str:
-        """``etcd://HOST:PORT[/PREFIX]``."""
-        return f"etcd://{self.endpoint}" + (f"/{prefix.strip('/')}" if prefix else "")
+    @property
+    def peer_url(self) -> str:
+        return f"http://{HOST}:{self.peer_port}"
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
+        assert self.proc is not None, "not started"
         return self.proc.pid
 
-    async def start(self, timeout: float = 30) -> None:
-        """Start the member and wait until it reports healthy (it has elected itself)."""
-        exe = binary()
-        if exe is None:
-            raise RuntimeError(unavailable())
-        self.data_dir.mkdir(parents=True, mode=0o700)
-        peer = f"http://{HOST}:{self.peer_port}"
-        with self.log_path.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                exe,
-                "--name", "bench",
-                "--data-dir", str(self.data_dir),
-                "--listen-client-urls", f"http://{self.endpoint}",
-                "--advertise-client-urls", f"http://{self.endpoint}",
-                "--listen-peer-urls", peer,
-                "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"bench={peer}",
-                "--initial-cluster-state", "new",
-                "--initial-cluster-token", f"tsunagi-bench-{self.client_port}",
-                "--logger", "zap",
-                "--log-level", "warn",
-                "--max-txn-ops", str(MAX_TXN_OPS),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession(trust_env=False) as session:
-            while not await self._healthy(session):
-                if self.proc.returncode is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"etcd did not become healthy:\n{self.log_tail()}")
-                await asyncio.sleep(0.05)
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"etcd-{self.name}.log"
 
-    async def _healthy(self, session: aiohttp.ClientSession) -> bool:
+    def healthy(self) -> bool:
+        """etcd's own ``/health``: true once the member has a leader and serves reads."""
         try:
-            url = f"http://{self.endpoint}/health"
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
-                body = await r.json(content_type=None)
-                return r.status == 200 and body.get("health") == "true"
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as r:
+                return bool(json.loads(r.read()).get("health") == "true")
+        except (OSError, ValueError):
             return False
 
-    async def stop(self) -> None:
-        """Stop the member by its pid (killed if it does not go in time); remove its data."""
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
+    def kill(self) -> None:
+        """``kill -9``: no shutdown code runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM by pid; killed if it has not gone within 10 s."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
             try:
-                await asyncio.wait_for(self.proc.wait(), 15)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                await self.proc.wait()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text()[-chars:] if self.log_path.exists() else ""
+
+
+@dataclass
+class Cluster:
+    """Members started together; :attr:`url` is the ``--store`` value for all of them."""
+
+    members: list[Member] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        return [(HOST, m.client_port) for m in self.members]
+
+    @property
+    def url(self) -> str:
+        return "etcd://" + ",".join(m.endpoint for m in self.members)
+
+    def stop(self) -> None:
+        """Stop every member by its pid and remove its data."""
+        for m in self.members:
+            m.stop()
+            shutil.rmtree(m.data_dir, ignore_errors=True)
+
+
+def start_cluster(
+    base: Path, size: int = 1, flags: Sequence[str] = (), timeout: float = 30
+) -> Cluster:
+    """Start ``size`` members under ``base`` (each with ``flags`` added) and wait until each
+    reports healthy; on any failure every member is stopped before the error is raised."""
+    if ETCD is None:
+        raise RuntimeError(unavailable())
+    ports = free_ports(2 * size)
+    cluster = Cluster(
+        [Member(f"m{i}", ports[2 * i], ports[2 * i + 1], base / f"etcd-m{i}") for i in range(size)]
+    )
+    initial = ",".join(f"{m.name}={m.peer_url}" for m in cluster.members)
+    try:
+        for m in cluster.members:
+            m.data_dir.mkdir(parents=True, mode=0o700)
+            with m.log_path.open("ab") as log:
+                m.proc = subprocess.Popen(
+                    [
+                        ETCD,
+                        "--name", m.name,
+                        "--data-dir", str(m.data_dir),
+                        "--listen-client-urls", f"http://{m.endpoint}",
+                        "--advertise-client-urls", f"http://{m.endpoint}",
+                        "--listen-peer-urls", m.peer_url,
+                        "--initial-advertise-peer-urls", m.peer_url,
+                        "--initial-cluster", initial,
+                        "--initial-cluster-state", "new",
+                        "--initial-cluster-token", f"tsunagi-{ports[0]}",
+                        "--logger", "zap",
+                        "--log-level", "warn",
+                        *flags,
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not all(m.healthy() for m in cluster.members):
+            for m in cluster.members:
+                assert m.proc is not None
+                if m.proc.poll() is not None:
+                    raise RuntimeError(f"etcd {m.name} exited:\n{m.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd did not become healthy in {timeout} s")
+            time.sleep(0.05)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster

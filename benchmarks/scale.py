@@ -22,10 +22,10 @@ streams (proxy ``i`` is a sidecar of service ``i % services``) and the driver me
 The client runs in its own process on the same machine, so on 2 cores it competes with the
 control plane for CPU (as sidecars on a small node would not, but a CI box does).
 
-Each protocol gets its own control plane (``sotw``, ``delta``: one process, the store of
-:func:`benchmarks.controlplane.up_command`). The ``replicated`` run is the same mesh on two
+Each protocol gets its own control plane (``sotw``, ``delta``: one process on SQLite,
+``tsunagi up``'s default store on one machine). The ``replicated`` run is the same mesh on two
 ``tsunagi up --store etcd://…`` replicas sharing one real etcd member (:mod:`benchmarks.etcd`)
-and the same admin token, workload-token key and CA (made in the workdir, 0600): rules and
+and the same admin token, workload-token key and CA (replica A's, given to B): rules and
 instances go in through replica A (each instance under its own etcd lease), the delta
 proxies are split half and half between the replicas' xDS ports, and the global and the
 endpoint change go in through replica B, so every number includes the trip through etcd and
@@ -43,11 +43,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import statistics
@@ -83,6 +81,12 @@ REPLICATED = "replicated"
 PROTOCOLS = ("sotw", "delta", REPLICATED)
 REPLICA_NAMES = ("A", "B")
 ETCD_PREFIX = "scale"
+MAX_TXN_OPS = 1024
+"""etcd's cap on operations per transaction (``--max-txn-ops``, 128 by default), the one
+setting of the replicated run's etcd that is not the default: one ``tsunagi apply`` is one
+transaction, and the full mesh's rules are 200 resources in one apply (as the single-process
+runs apply them); the control plane's error tells an operator the same: raise it, or apply
+fewer resources at a time."""
 
 
 @dataclass(frozen=True)
@@ -164,10 +168,6 @@ spec:
 # ------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    return procs.free_port()
-
-
 @dataclass(frozen=True)
 class Usage:
     """A process's CPU seconds so far and its peak resident memory."""
@@ -205,27 +205,20 @@ async def _stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> 
         await proc.wait()
 
 
-def with_store(command: list[str], store: str) -> list[str]:
-    """``command`` (a ``tsunagi up``) with its ``--store`` value replaced by ``store``."""
-    i = command.index("--store")
-    return [*command[: i + 1], store, *command[i + 2 :]]
-
-
 SINGLE_STORE = "sqlite:"
 """The single-process runs' store: SQLite in the state directory, `tsunagi up`'s default."""
 
 
 class ControlPlane:
-    """``tsunagi up`` as a subprocess, and its HTTP API: the benchmarks' store
-    (:func:`benchmarks.controlplane.up_command`) unless ``store`` names another, with
-    ``extra_args`` (a replica's shared secrets) appended."""
+    """``tsunagi up`` on ``store`` as a subprocess, and its HTTP API; ``extra_args`` (a
+    replica's shared secrets) are appended to its command line."""
 
-    def __init__(self, state_dir: Path, store: str = "", extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, state_dir: Path, store: str, extra_args: Sequence[str] = ()) -> None:
         self.state_dir = state_dir
         self.store = store
         self.extra_args = list(extra_args)
-        self.api_port = free_port()
-        self.xds_port = free_port()
+        self.api_port = procs.free_port()
+        self.xds_port = procs.free_port()
         self.proc: asyncio.subprocess.Process | None = None
         self.session: aiohttp.ClientSession | None = None
         self.log_path = state_dir / "control-plane.log"
@@ -241,11 +234,8 @@ class ControlPlane:
         env.pop("TSUNAGI_TOKEN", None)
         with self.log_path.open("ab") as log:
             # Nothing heartbeats here: the registry must not expire the instances.
-            command = up_command(self.state_dir, self.api_port, self.xds_port)
-            if self.store:
-                command = with_store(command, self.store)
             self.proc = await asyncio.create_subprocess_exec(
-                *command,
+                *up_command(self.state_dir, self.api_port, self.xds_port, self.store),
                 *self.extra_args,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
@@ -321,12 +311,13 @@ class AdsClients:
         workdir: Path,
         api: str,
         token: str,
-        name: str = "",
+        name: str,
     ) -> AdsClients:
         """The simulated proxies, with certificates from the control plane at ``api`` (the
         xDS port takes only mutual TLS) for which ``token`` is the admin token; ``xds`` may
-        list several replicas (comma-separated), which share the proxies evenly."""
-        report = workdir / f"adsclient-{name or protocol}.json"
+        list several replicas (comma-separated), which share the proxies evenly; ``name`` names
+        the run (its report file)."""
+        report = workdir / f"adsclient-{name}.json"
         env = dict(os.environ)
         env["TSUNAGI_TOKEN"] = token  # not on the command line, where `ps` shows it
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).strip(
@@ -357,7 +348,11 @@ class AdsClients:
             limit=16 * 1024 * 1024,
         )
         self = cls(proc, report)
-        started = await self._read("started", 60)
+        try:
+            started = await self._read("started", 60)
+        except BaseException:
+            await _stop(proc)  # nobody else holds it yet
+            raise
         self.started = float(started["time"])
         return self
 
@@ -641,60 +636,52 @@ async def run_protocol(
         await cp.stop()
 
 
-def shared_secrets(folder: Path, trust_domain: str = "cluster.local") -> list[str]:
-    """What every replica is given, written to ``folder`` (0700, files 0600): the admin
-    token, the workload-token key and a CA; returns the ``tsunagi up`` flags naming them."""
-    from tsunagi.ca.issue import issue
-    from tsunagi.private_files import private_dir, write_private
+def secrets_of(first: ControlPlane) -> list[str]:
+    """The ``tsunagi up`` flags that give another replica what replicas must share, from the
+    files ``first`` made in its state directory on its start: its CA, workload-token key and
+    admin token (as an operator copies them from the first replica)."""
+    from tsunagi.ca.keystore import CA_DIR, CERT_FILE, KEY_FILE
+    from tsunagi.controlplane.auth import TOKEN_FILE
+    from tsunagi.controlplane.workload_tokens import KEY_FILE as TOKEN_KEY_FILE
 
-    private_dir(folder)
-    # The CA outlives the run by far (a day); O= the trust domain, as `tsunagi up`'s own root.
-    ca = issue(
-        "tsunagi scale benchmark CA",
-        is_ca=True,
-        now=datetime.datetime.now(datetime.UTC),
-        organization=trust_domain,
-    )
-    files = {
-        "token": secrets.token_urlsafe(24).encode() + b"\n",
-        "workload-token.key": secrets.token_bytes(32),
-        "ca-cert.pem": ca.cert,
-        "ca-key.pem": ca.key,
-    }
-    for name, data in files.items():
-        write_private(folder / name, data)
+    d = first.state_dir
     return [
-        "--token-file", str(folder / "token"),
-        "--workload-token-key", str(folder / "workload-token.key"),
-        "--ca-cert", str(folder / "ca-cert.pem"),
-        "--ca-key", str(folder / "ca-key.pem"),
+        "--ca-cert", str(d / CA_DIR / CERT_FILE),
+        "--ca-key", str(d / CA_DIR / KEY_FILE),
+        "--workload-token-key", str(d / TOKEN_KEY_FILE),
+        "--token-file", str(d / TOKEN_FILE),
     ]  # fmt: skip
 
 
 async def run_replicated(spec: MeshSpec, workdir: Path, profile: bool = False) -> dict[str, Any]:
     """A real etcd and two ``tsunagi up --store etcd://…`` replicas (separate state
-    directories, the same secrets); populated and changed as :func:`_measure` says, with the
+    directories; B given A's secrets); populated and changed as :func:`_measure` says, with the
     proxies split between the replicas. Every process is stopped by its pid at the end."""
     reason = etcd.unavailable()
     if reason is not None:
         _log(f"{REPLICATED}: skipped: {reason}")
         return {"protocol": REPLICATED, "skipped": reason}
     base = workdir / f"state-{REPLICATED}"
-    server = etcd.Etcd(base / "etcd")
+    server: etcd.Cluster | None = None
     planes: list[ControlPlane] = []
     try:
-        await server.start()
-        flags = shared_secrets(base / "shared")
-        _log(f"{REPLICATED}: etcd pid {server.pid} at {server.endpoint}")
+        # etcd's own defaults but for the transaction cap (see MAX_TXN_OPS).
+        flags = ["--max-txn-ops", str(MAX_TXN_OPS)]
+        server = await asyncio.to_thread(etcd.start_cluster, base, 1, flags)
+        etcd_pid = server.members[0].pid
+        _log(f"{REPLICATED}: etcd pid {etcd_pid} at {server.url}")
+        store = f"{server.url}/{ETCD_PREFIX}"
         for name in REPLICA_NAMES:
-            # One at a time: the second checks its secrets against the first's fingerprints.
-            cp = ControlPlane(base / name, store=server.url(ETCD_PREFIX), extra_args=flags)
+            # One at a time: A makes its secrets; the others are given A's, which they check
+            # against A's fingerprints in etcd.
+            given = secrets_of(planes[0]) if planes else []
+            cp = ControlPlane(base / name, store, extra_args=given)
             planes.append(cp)
             await cp.start()
-        out = await _measure(spec, REPLICATED, "delta", planes, workdir, profile, server.pid)
-        end = usage(server.pid)
+        out = await _measure(spec, REPLICATED, "delta", planes, workdir, profile, etcd_pid)
+        end = usage(etcd_pid)
         out["etcd"] = {
-            "pid": server.pid,
+            "pid": etcd_pid,
             "cpu_s_total": round(end.cpu_s, 2),
             "peak_rss_mb": round(end.peak_rss_mb, 1),
             "rss_mb": round(end.rss_mb, 1),
@@ -705,11 +692,8 @@ async def run_replicated(spec: MeshSpec, workdir: Path, profile: bool = False) -
         # Replicas first (a clean exit revokes each one's lease in etcd), etcd last.
         for cp in reversed(planes):
             await cp.stop()
-        await server.stop()
-
-
-def _cpu(before: Sequence[Usage], after: Sequence[Usage]) -> list[float]:
-    return [round(a.cpu_s - b.cpu_s, 2) for b, a in zip(before, after, strict=True)]
+        if server is not None:
+            await asyncio.to_thread(server.stop)
 
 
 async def _measure(
@@ -740,17 +724,20 @@ async def _measure(
     def usages() -> list[Usage]:
         return [usage(cp.pid) for cp in planes]
 
-    def phase_cpu(before: list[Usage], after: list[Usage], e0: float) -> dict[str, Any]:
-        per = _cpu(before, after)
+    def sample() -> tuple[list[Usage], float]:
+        """Every control plane's usage so far, and etcd's CPU seconds (0 without etcd)."""
+        return usages(), usage(etcd_pid).cpu_s if etcd_pid is not None else 0.0
+
+    def phase_cpu(before: tuple[list[Usage], float]) -> dict[str, Any]:
+        """CPU seconds since ``before``: the planes' sum, each replica's, etcd's."""
+        after = sample()
+        per = [round(a.cpu_s - b.cpu_s, 2) for b, a in zip(before[0], after[0], strict=True)]
         got: dict[str, Any] = {"cpu_s": round(sum(per), 2)}
         if len(planes) > 1:
             got["cpu_s_by_replica"] = dict(zip(names, per, strict=True))
         if etcd_pid is not None:
-            got["etcd_cpu_s"] = round(usage(etcd_pid).cpu_s - e0, 2)
+            got["etcd_cpu_s"] = round(after[1] - before[1], 2)
         return got
-
-    def etcd_cpu() -> float:
-        return usage(etcd_pid).cpu_s if etcd_pid is not None else 0.0
 
     def push_ms(lines: list[int]) -> Any:
         pushes = [[p[2] for p in cp.push_times_ms(n)] for cp, n in zip(planes, lines, strict=True)]
@@ -759,16 +746,15 @@ async def _measure(
     try:
         pids = ", ".join(f"{n or 'pid'} {cp.pid}" for n, cp in zip(names, planes, strict=True))
         _log(f"{name}: control plane {pids}; registering {spec.services} services")
-        e0 = etcd_cpu()
-        before_populate = usages()
+        before = sample()
         out["populate"] = await _populate(writer, spec)
-        base = usages()
-        out["populate"].update(phase_cpu(before_populate, base, e0))
+        out["populate"].update(phase_cpu(before))
+        populated = sample()
+        base = populated[0]
         out["idle_rss_mb"] = round(max(u.rss_mb for u in base), 1)
         _log(f"{name}: populated {out['populate']}")
         if profile:
             spy = await _start_profiler(writer.pid, workdir / f"profile-{name}")
-        e0 = etcd_cpu()
         clients = await AdsClients.start(
             ",".join(f"{HOST}:{cp.xds_port}" for cp in planes),
             spec,
@@ -791,12 +777,11 @@ async def _measure(
             _log(f"{name}: only {st['full']}/{st['streams']} proxies converged")
         report = await clients.report()
         fulls = [p["first_full"] - clients.started for p in report["proxies"] if p["first_full"]]
-        conv = usages()
         out["full_convergence"] = {
             "proxies_full": len(fulls),
             "seconds": round(max(fulls), 3) if len(fulls) == spec.proxies else None,
             "per_proxy_s": _quantiles(fulls),
-            **phase_cpu(base, conv, e0),
+            **phase_cpu(populated),
             "resources_held": report["proxies"][0]["held"],
             "proxies_that_reconnected": st["reconnected"],
             "stream_failures": st["failure_examples"],
@@ -816,44 +801,37 @@ async def _measure(
 
             return check
 
-        # A global change: one VirtualService every sidecar's routes contain.
-        await clients.command("mark global", "marked")
-        e0 = etcd_cpu()
-        before = usages()
-        lines = [cp.log_lines() for cp in planes]
-        t0 = time.time()
-        await changer.call(
-            "POST",
-            "/v1/apply",
-            {"text": rules_yaml(spec, first_weight=80, only=0), "filename": "vs.yaml"},
-        )
-        await _until(all_have("RDS"), timeout)
-        await _quiet(clients, quiet, timeout)
-        after = usages()
-        report = await clients.report()
-        out["global_change"] = change_summary(report, "global", t0, "RDS", None)
-        out["global_change"].update(phase_cpu(before, after, e0))
-        out["global_change"]["server_push_ms"] = push_ms(lines)
-        _log(f"{name}: global change {_brief(out['global_change'])}")
+        async def change(
+            label: str, kind: str, expect: set[str] | None, send: Callable[[], Awaitable[Any]]
+        ) -> dict[str, Any]:
+            """Mark ``label``, make the change (``send()``), wait until every proxy got ``kind``
+            and then quiet, and summarise what each proxy received (see change_summary)."""
+            assert clients is not None
+            await clients.command(f"mark {label}", "marked")
+            before = sample()
+            lines = [cp.log_lines() for cp in planes]
+            t0 = time.time()
+            await send()
+            await _until(all_have(kind), timeout)
+            await _quiet(clients, quiet, timeout)
+            got = change_summary(await clients.report(), label, t0, kind, expect)
+            got.update(phase_cpu(before), server_push_ms=push_ms(lines))
+            _log(f"{name}: {label} change {_brief(got)}")
+            return got
 
+        # A global change: one VirtualService every sidecar's routes contain.
+        vs = {"text": rules_yaml(spec, first_weight=80, only=0), "filename": "vs.yaml"}
+        out["global_change"] = await change(
+            "global", "RDS", None, lambda: changer.call("POST", "/v1/apply", vs)
+        )
         # One endpoint: a sixth instance of a service without subsets.
         target = spec.subset_services + (spec.services - spec.subset_services) // 2
         cluster = f"outbound|{SERVICE_PORT}||{spec.host(target)}"
-        await clients.command("mark endpoint", "marked")
-        e0 = etcd_cpu()
-        before = usages()
-        lines = [cp.log_lines() for cp in planes]
-        t0 = time.time()
-        await changer.call("POST", "/v1/instances", instance_document(spec, target, spec.endpoints))
-        await _until(all_have("EDS"), timeout)
-        await _quiet(clients, quiet, timeout)
-        after = usages()
-        report = await clients.report()
-        out["endpoint_change"] = change_summary(report, "endpoint", t0, "EDS", {cluster})
+        sixth = instance_document(spec, target, spec.endpoints)
+        out["endpoint_change"] = await change(
+            "endpoint", "EDS", {cluster}, lambda: changer.call("POST", "/v1/instances", sixth)
+        )
         out["endpoint_change"]["cluster"] = cluster
-        out["endpoint_change"].update(phase_cpu(before, after, e0))
-        out["endpoint_change"]["server_push_ms"] = push_ms(lines)
-        _log(f"{name}: endpoint change {_brief(out['endpoint_change'])}")
 
         end = usages()
         each = [
@@ -1010,8 +988,8 @@ def _vs(ours: Any, theirs: Any, unit: str = "") -> str:
 
 
 def comparison(results: dict[str, Any]) -> str:
-    """One paragraph: the replicated run against the single process of the same invocation
-    (delta, the same ADS protocol, when it ran), or why it was skipped."""
+    """The replicated run against the single process of the same invocation (delta, the same
+    ADS protocol, when it ran), a line per measure; or why it was skipped."""
     runs = results["runs"]
     rep = runs.get(REPLICATED)
     if rep is None:
@@ -1041,12 +1019,19 @@ def comparison(results: dict[str, Any]) -> str:
         ("the larger replica's peak RSS", ("control_plane", "peak_rss_mb"), " MB"),
         ("registering instances", ("populate", "registrations_per_s"), "/s"),
     ]
-    store = results.get("single_store", "memory:")
-    told = ", ".join(f"{label} {_vs(get(rep, k), get(b, k), unit)}" for label, k, unit in pairs)
-    return (
-        f"{what} Against the single process of this run ({base}, store `{store}`): {told} "
-        "(on etcd each instance gets its own lease: a LeaseGrant and a guarded Txn, both "
-        "written to etcd's log, one registration at a time per replica)."
+    told = [f"- {label} {_vs(get(rep, k), get(b, k), unit)}" for label, k, unit in pairs]
+    store = results["single_store"]
+    return "\n".join(
+        [
+            what,
+            "",
+            f"Against the single process of this run ({base}, store `{store}`):",
+            "",
+            *told,
+            "",
+            "(On etcd each instance gets its own lease: a LeaseGrant and a guarded Txn, both "
+            "written to etcd's log, one registration at a time per replica.)",
+        ]
     )
 
 

@@ -26,7 +26,7 @@ def test_quick_benchmarks_run_and_report(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     files = {p.name for p in tmp_path.glob("*.json")}
-    assert {"dataplane-quick.json", "propagation-quick.json"} <= files
+    assert {"dataplane-quick.json", "propagation-quick.json", "scale-quick.json"} <= files
     prop = json.loads((tmp_path / "propagation-quick.json").read_text())["results"]
     assert all(v["n"] == prop["changes"] for v in prop["sizes"].values())
     dp = json.loads((tmp_path / "dataplane-quick.json").read_text())["results"]
@@ -36,3 +36,10 @@ def test_quick_benchmarks_run_and_report(tmp_path: Path) -> None:
             assert dp["summary"][case]["rps"] > 0, case
         assert dp["memory"]["gateway_envoy_private"] > 0
     assert "## Propagation" in result.stdout
+    # The scale suite runs its replicated case too (or says why it could not).
+    scale = json.loads((tmp_path / "scale-quick.json").read_text())["results"]
+    assert set(scale["runs"]) == {"sotw", "delta", "replicated"}
+    assert "## Scale" in result.stdout
+    assert "Against the single process of this run" in result.stdout or (
+        "The replicated run was skipped: " in result.stdout
+    )

@@ -2,9 +2,10 @@
 `tsunagi up --store etcd://m0,m1,m2` over a real three-member cluster, real sidecars under
 steady traffic. An apply that fails says etcd is unavailable and what to do (no traceback);
 applies go through again once a new leader is elected, and again after the cluster lost its
-quorum for a while (one of the two members left hung); every apply that was acknowledged is
-in `tsunagi get` and in etcd afterwards; not one request through the sidecars fails, and a
-rule applied after all that still reaches them."""
+quorum for twice the workloads' TTL (one of the two members left hung); every apply that was
+acknowledged is in `tsunagi get` and in etcd afterwards; not one request through the sidecars
+fails (no endpoint is lost with the quorum), and a rule applied after all that still reaches
+them."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.etcd_fixtures import Cluster, Member, etcd_cluster
+from tests.etcd_fixtures import Cluster, etcd_cluster, leader
+from tsunagi.registry import KIND
 from tsunagi.store.etcd import EtcdClient
 
 from .mesh import Mesh, Traffic, started_mesh, wait_until
@@ -36,6 +38,8 @@ AFTER = 8
 """Applies acknowledged after the kill that show applies resumed."""
 SERIES_LIMIT = 120.0
 """Seconds the whole series may take at most (a bound, not a measure)."""
+TTL = 5.0
+"""The workloads' ``--instance-ttl``; etcd is left without quorum for twice as long."""
 
 
 @pytest.fixture
@@ -45,9 +49,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 @pytest.fixture
 def mesh(cluster: Cluster, tmp_path: Path) -> Iterator[Mesh]:
-    # Workloads' leases outlast the quorum loss below: etcd expires leases that ran out
-    # meanwhile once it is back (the README says so), which is not what this test is about.
-    yield from started_mesh(tmp_path, "--store", cluster.url + PREFIX, instance_ttl=60.0)
+    # A TTL shorter than the quorum loss below: the workloads' endpoints must outlive it
+    # (etcd gives every lease a fresh TTL when it elects a leader again).
+    yield from started_mesh(tmp_path, "--store", cluster.url + PREFIX, instance_ttl=TTL)
 
 
 def counter(i: int) -> str:
@@ -60,21 +64,6 @@ spec:
   host: counter-{i}.example.com
   trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: {i}}}}}}}
 """
-
-
-def leader(cluster: Cluster) -> Member:
-    async def ask() -> Member:
-        for m in cluster.members:
-            client = EtcdClient([("127.0.0.1", m.client_port)])
-            try:
-                status = await client.status()
-            finally:
-                await client.close()
-            if status.leader == status.member_id:
-                return m
-        raise AssertionError("the etcd cluster has no leader")
-
-    return asyncio.run(ask())
 
 
 def stored_counters(endpoints: list[tuple[str, int]]) -> dict[int, int]:
@@ -95,6 +84,20 @@ def stored_counters(endpoints: list[tuple[str, int]]) -> dict[int, int]:
             i = int(name.removeprefix("counter-"))
             out[i] = doc["spec"]["trafficPolicy"]["connectionPool"]["tcp"]["maxConnections"]
         return out
+
+    return asyncio.run(read())
+
+
+def instance_leases(endpoints: list[tuple[str, int]]) -> dict[bytes, int]:
+    """Each registered instance's key → the etcd lease it is stored under."""
+
+    async def read() -> dict[bytes, int]:
+        client = EtcdClient(endpoints)
+        try:
+            _, kvs = await client.range_prefix(f"{PREFIX}/{KIND}/".encode())
+        finally:
+            await client.close()
+        return {kv.key: kv.lease for kv in kvs}
 
     return asyncio.run(read())
 
@@ -158,7 +161,7 @@ def test_applies_survive_the_etcd_leader_killed_mid_series(cluster: Cluster, mes
     client = mesh.client()
     first = mesh.apply(SUBSETS + "---" + all_to("v1"), "--wait")
     assert first.returncode == 0, first.stderr
-    doomed = leader(cluster)
+    doomed = asyncio.run(leader(cluster))
     series = Series(mesh)
     with Traffic(client.outbound_port, "reviews", limit=SERIES_LIMIT + 60) as traffic:
         wait_until(lambda: len(traffic.results) > 50, what="traffic before the series")
@@ -177,13 +180,20 @@ def test_applies_survive_the_etcd_leader_killed_mid_series(cluster: Cluster, mes
             assert time.monotonic() < deadline, "applies did not resume: " + series.problem()
 
         # One of the two members left stops answering (SIGSTOP): no quorum, so applies fail
-        # (saying so) until it is back, and then go through again.
-        hung = next(m for m in cluster.members if m is not doomed)
+        # (saying so) until it is back, and then go through again. The follower is hung, not
+        # the leader: a leader paused for longer than the TTL revokes, once resumed, every
+        # lease its own clock says ran out (etcd's doing; the README says so).
+        survivor = asyncio.run(leader(cluster))
+        hung = next(m for m in cluster.members if m not in (doomed, survivor))
+        survivors = [("127.0.0.1", m.client_port) for m in cluster.members if m is not doomed]
+        leases = instance_leases(survivors)
+        assert len(leases) == 2 and all(leases.values()), leases  # reviews v1 and v2
         assert hung.proc is not None
         hung.proc.send_signal(signal.SIGSTOP)
         try:
             refused = 0
-            while refused < 2:
+            lost_until = time.monotonic() + 2 * TTL
+            while refused < 2 or time.monotonic() < lost_until:
                 refused += not series.next()
                 assert time.monotonic() < deadline, "no apply failed: " + series.problem()
         finally:
@@ -192,6 +202,9 @@ def test_applies_survive_the_etcd_leader_killed_mid_series(cluster: Cluster, mes
         while series.acknowledged_after(healed_at) < 3:
             series.next()
             assert time.monotonic() < deadline, "applies did not resume: " + series.problem()
+        # The workloads outlived the outage on their own leases: not dropped and registered
+        # again (which the traffic might not notice), but kept.
+        assert instance_leases(survivors) == leases
 
         # After all that, a change to real routing still reaches the sidecars.
         result = mesh.apply(all_to("v2"), "--wait")
@@ -208,7 +221,6 @@ def test_applies_survive_the_etcd_leader_killed_mid_series(cluster: Cluster, mes
     listed = json.loads(shown.stdout)
     items = listed if isinstance(listed, list) else listed.get("items", [listed])
     names = {item.get("document", item)["metadata"]["name"] for item in items}
-    survivors = [("127.0.0.1", m.client_port) for m in cluster.members if m is not doomed]
     stored = stored_counters(survivors)
     for n in series.acknowledged:
         assert f"counter-{n}" in names, (n, sorted(names))

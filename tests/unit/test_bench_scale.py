@@ -7,7 +7,13 @@ that one ClusterLoadAssignment and nothing else). Never how fast anything is.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from benchmarks import scale
@@ -101,6 +107,54 @@ def test_a_skipped_replicated_run_says_why() -> None:
     assert "skipped: etcd is not installed" in told
 
 
+def test_the_replicated_run_is_told_against_the_single_process_of_the_same_run() -> None:
+    def run(endpoint_s: float, peak_mb: float) -> dict[str, Any]:
+        return {
+            "endpoint_change": {"seconds_until_all_acked": endpoint_s},
+            "control_plane": {"peak_rss_mb": peak_mb},
+        }
+
+    results = {
+        "single_store": "sqlite:",
+        "runs": {"sotw": run(9.0, 9.0), "delta": run(0.8, 500.0), "replicated": run(0.4, 600.0)},
+    }
+    told = scale.comparison(results)
+    assert "single process of this run (delta, store `sqlite:`)" in told
+    assert "\n- endpoint change 0.4 s vs 0.8 s (0.50x)\n" in told
+    assert "peak RSS 600.0 MB vs 500.0 MB (1.20x)" in told
+    assert "\n- full convergence — s vs — s\n" in told  # not measured: said so, no ratio
+
+
+def _adsclient_children() -> list[int]:
+    """Pids of this process's children that run benchmarks.adsclient."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            mine = ppid == os.getpid()
+            if mine and b"benchmarks.adsclient" in (stat.parent / "cmdline").read_bytes():
+                out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.e2e
+async def test_a_fleet_that_never_starts_is_stopped_by_its_pid(tmp_path: Path) -> None:
+    # An API that accepts connections and never answers: the fleet hangs fetching its
+    # certificates, and the driver gives up on it (a timeout, Ctrl-C) before it started.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        api = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        try:
+            start = scale.AdsClients.start(
+                "127.0.0.1:1", scale.QUICK, "delta", tmp_path, api, "token", "hung"
+            )
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(start, 3)
+            assert _adsclient_children() == []
+        finally:
+            for pid in _adsclient_children():  # only if the driver left one behind
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.e2e
 async def test_the_quick_scale_benchmark_runs_and_its_claims_hold(tmp_path: Path) -> None:
     results = await scale.run(True, tmp_path)
@@ -128,5 +182,8 @@ async def test_the_quick_scale_benchmark_runs_and_its_claims_hold(tmp_path: Path
     report = scale.markdown(results)
     assert "| endpoint change, all ACKed (s) |" in report
     if "replicated" in results["runs"]:
+        # Each replica's memory, and the replicated run against the SQLite single process.
+        assert "| replica A: peak / final RSS (MB) |" in report
         assert "| replica B: peak / final RSS (MB) |" in report
-        assert "Against the single process of this run (delta" in report
+        assert "Against the single process of this run (delta, store `sqlite:`)" in report
+        assert "\n- endpoint change " in report.split("Against the single process")[1]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.etcd_fixtures import Cluster, Member, etcd_cluster
+from tests.etcd_fixtures import Cluster, etcd_cluster, leader
 from tsunagi.store import StoreLimit, open_store
 from tsunagi.store.etcd import EtcdClient, EtcdError, EtcdStore, parse_url
 from tsunagi.store.etcd.client import TxnResult, Uncertain, mod_revision_is, put
@@ -290,55 +290,55 @@ class Gate:
             await self.server.wait_closed()
 
 
-async def test_a_replica_behind_a_compaction_relists(etcd: Cluster) -> None:
-    gate = Gate(etcd.members[0].client_port)
+@contextlib.asynccontextmanager
+async def cut_off(cluster: Cluster) -> AsyncIterator[tuple[EtcdStore, EtcdStore, Gate, int]]:
+    """``(behind, other, gate, first)``: two stores that both hold VS and DR as committed at
+    revision ``first``; ``behind`` reaches etcd through ``gate``, cut now."""
+    gate = Gate(cluster.members[0].client_port)
     port = await gate.start()
     try:
-        async with opened(etcd, [("127.0.0.1", port)]) as behind, opened(etcd) as other:
+        async with opened(cluster, [("127.0.0.1", port)]) as behind, opened(cluster) as other:
             first = await other.commit([(VS, {"v": 1}), (DR, {"v": 1})])
             await asyncio.wait_for(behind.wait_for_change(first - 1), 10)
             gate.cut()
-            # While it cannot hear: a delete, an update, and the history compacted away.
-            rev = await other.commit([(VS, {"v": 2})], [DR])
-            async with client(etcd) as c:
-                # Past the revision `behind` resumes from (etcd drops delete tombstones at the
-                # compaction revision itself, so a watch from exactly there would miss them).
-                last = (await c.txn([], [put(b"/elsewhere/x", b"1")])).revision
-                await c.compact(last)
-            assert DR in behind.contents().records
-            gate.open = True
-            await asyncio.wait_for(behind.wait_for_change(rev - 1), 20)
-            assert behind.contents().revision == last  # re-listed at etcd's revision
-            assert set(behind.contents().records) == {VS}
-            assert behind.contents().records[VS].document == {"v": 2}
-            # And it follows on from there.
-            rev2 = await other.commit([(DR, {"v": 3})])
-            await asyncio.wait_for(behind.wait_for_change(rev2 - 1), 10)
-            assert behind.contents().records[DR].document == {"v": 3}
+            yield behind, other, gate, first
     finally:
         await gate.close()
+
+
+async def test_a_replica_behind_a_compaction_relists(etcd: Cluster) -> None:
+    async with cut_off(etcd) as (behind, other, gate, _):
+        # While it cannot hear: a delete, an update, and the history compacted away.
+        rev = await other.commit([(VS, {"v": 2})], [DR])
+        async with client(etcd) as c:
+            # Past the revision `behind` resumes from (etcd drops delete tombstones at the
+            # compaction revision itself, so a watch from exactly there would miss them).
+            last = (await c.txn([], [put(b"/elsewhere/x", b"1")])).revision
+            await c.compact(last)
+        assert DR in behind.contents().records
+        gate.open = True
+        await asyncio.wait_for(behind.wait_for_change(rev - 1), 20)
+        assert behind.contents().revision == last  # re-listed at etcd's revision
+        assert set(behind.contents().records) == {VS}
+        assert behind.contents().records[VS].document == {"v": 2}
+        # And it follows on from there.
+        rev2 = await other.commit([(DR, {"v": 3})])
+        await asyncio.wait_for(behind.wait_for_change(rev2 - 1), 10)
+        assert behind.contents().records[DR].document == {"v": 3}
 
 
 async def test_a_delete_at_exactly_the_compaction_revision_is_not_missed(etcd: Cluster) -> None:
     """etcd drops a delete's tombstone when it compacts at the delete's own revision, and a
     watch may start there: a replica resuming from the revision after the last it saw must
     not take the silence for "nothing was deleted"."""
-    gate = Gate(etcd.members[0].client_port)
-    port = await gate.start()
-    try:
-        async with opened(etcd, [("127.0.0.1", port)]) as behind, opened(etcd) as other:
-            first = await other.commit([(VS, {"v": 1}), (DR, {"v": 1})])
-            await asyncio.wait_for(behind.wait_for_change(first - 1), 10)
-            gate.cut()
-            rev = await other.commit([], [DR])
-            assert rev == first + 1  # the very revision `behind` resumes from
-            async with client(etcd) as c:
-                await c.compact(rev)
-            gate.open = True
-            await asyncio.wait_for(behind.wait_for_change(first), 20)
-            assert set(behind.contents().records) == {VS}
-    finally:
-        await gate.close()
+    async with cut_off(etcd) as (behind, other, gate, first):
+        rev = await other.commit([], [DR])
+        assert rev == first + 1  # the very revision `behind` resumes from
+        async with client(etcd) as c:
+            await c.compact(rev)
+        gate.open = True
+        await asyncio.wait_for(behind.wait_for_change(first), 20)
+        assert set(behind.contents().records) == {VS}
 
 
 @pytest.fixture
@@ -349,7 +349,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 async def test_leader_killed_writes_resume_and_nothing_acknowledged_is_lost(
     cluster: Cluster,
 ) -> None:
-    leader = await _leader(cluster)
+    doomed = await leader(cluster)
     async with opened(cluster) as store:
         acknowledged: dict[int, int] = {}
         failed = 0
@@ -377,7 +377,7 @@ async def test_leader_killed_writes_resume_and_nothing_acknowledged_is_lost(
             # leader dies under it, not between two writes.
             killed_during = in_flight
             assert killed_during, "no write was in flight"
-            leader.kill()
+            doomed.kill()
 
         writer = asyncio.create_task(write_until_resumed())
         try:
@@ -392,7 +392,7 @@ async def test_leader_killed_writes_resume_and_nothing_acknowledged_is_lost(
         # Every acknowledged write is its own commit, in order.
         revisions = [acknowledged[i] for i in sorted(acknowledged)]
         assert revisions == sorted(set(revisions))
-        survivors = [("127.0.0.1", m.client_port) for m in cluster.members if m is not leader]
+        survivors = [("127.0.0.1", m.client_port) for m in cluster.members if m is not doomed]
         async with opened(cluster, survivors) as fresh:
             stored = fresh.contents().records
             for i, rev in acknowledged.items():
@@ -408,8 +408,8 @@ async def test_reads_go_on_to_another_member_while_one_hangs(cluster: Cluster) -
     """A member that stops answering but keeps its connections open (SIGSTOP here; a host
     cut off without resets looks the same until keepalive gives up on it) must not fail
     reads that the other members can answer."""
-    leader = await _leader(cluster)
-    hung = next(m for m in cluster.members if m is not leader)
+    lead = await leader(cluster)
+    hung = next(m for m in cluster.members if m is not lead)
     assert hung.proc is not None
     async with client(cluster) as c:
         await c.txn([], [put(b"/k", b"1")])
@@ -422,15 +422,3 @@ async def test_reads_go_on_to_another_member_while_one_hangs(cluster: Cluster) -
                 assert kv is not None and kv.value == b"1"
         finally:
             hung.proc.send_signal(signal.SIGCONT)
-
-
-async def _leader(cluster: Cluster) -> Member:
-    for m in cluster.members:
-        c = EtcdClient([("127.0.0.1", m.client_port)])
-        try:
-            status = await c.status()
-        finally:
-            await c.close()
-        if status.leader == status.member_id:
-            return m
-    raise AssertionError("no leader")

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.etcd_fixtures import Cluster, etcd_cluster, registry_on
+from tests.etcd_fixtures import Cluster, etcd_cluster, eventually, registry_on
 from tsunagi.registry import KIND, Instance, Registry
 
 from .examples import instance_document
@@ -40,16 +40,6 @@ def key(name: str) -> tuple[str, str, str]:
 
 def names(registry: Registry) -> list[str]:
     return sorted(i.name for i in registry.instances())
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    """Poll ``check`` until true; fail after ``timeout`` seconds (a bound, not a measure)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not check():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def test_each_expiry_is_reported_once_by_the_replica_its_agent_heartbeated(

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.etcd_fixtures import Cluster, etcd_cluster, registry_on
+from tests.etcd_fixtures import Cluster, Member, etcd_cluster, eventually, leader, registry_on
 from tsunagi.registry import KIND, Instance, Registry
-from tsunagi.store.base import Leases
+from tsunagi.store.base import Leases, StoreError
 from tsunagi.store.etcd import EtcdClient, EtcdStore
 from tsunagi.store.etcd.client import KeyValue
 
@@ -44,16 +45,6 @@ def instance(**fields: object) -> Instance:
 
 def names(registry: Registry) -> list[str]:
     return [i.name for i in registry.instances()]
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
-    """Poll ``check`` until true; fail after ``timeout`` seconds (a bound, not a measure)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not check():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def in_etcd(cluster: Cluster, key: bytes) -> KeyValue | None:
@@ -124,6 +115,63 @@ async def test_a_heartbeat_on_a_lapsed_lease_asks_for_registration(
         await eventually(lambda: names(a) == [], "the revoked lease's delete to arrive")
         await a.register(instance())
         assert await a.heartbeat("default", NAME)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    yield from etcd_cluster(tmp_path, 3)
+
+
+async def test_a_quorum_loss_longer_than_the_ttl_drops_nobody(cluster: Cluster) -> None:
+    """While etcd has no quorum a heartbeat fails as the store's error (503: try again), not
+    as "unknown instance" (404: register again); once a leader is elected etcd gives every
+    lease a fresh TTL, so the instance outlives an outage several TTLs long. (A leader that
+    is itself paused that long is another matter: resumed, it revokes the leases it finds
+    expired before it learns it lost the lead; see the README.)"""
+    ttl = 2.0
+    async with registry_on(cluster, PREFIX, ttl) as a:
+        await a.register(instance())
+        doomed = await leader(cluster)
+        doomed.kill()
+        survivor = await leader_after(cluster)
+        hung = next(m for m in cluster.members if m not in (doomed, survivor))
+        assert hung.proc is not None
+        hung.proc.send_signal(signal.SIGSTOP)  # the survivor leads nobody: no quorum
+        failed = 0
+        try:
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 3 * ttl
+            while loop.time() < until:
+                try:
+                    assert await a.heartbeat("default", NAME), "told to register again"
+                except StoreError:
+                    failed += 1
+                await asyncio.sleep(ttl / 3)
+        finally:
+            hung.proc.send_signal(signal.SIGCONT)
+        assert failed, "no heartbeat failed without quorum"
+        renewed = False
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 20
+        while not renewed:
+            assert loop.time() < until, "heartbeats did not resume"
+            with contextlib.suppress(StoreError):  # a leader is being elected
+                renewed = await a.heartbeat("default", NAME)
+                assert renewed, "the lease lapsed across the outage"
+            await asyncio.sleep(0.1)
+        assert names(a) == [NAME]
+        assert await a.expire() == []
+
+
+async def leader_after(cluster: Cluster) -> Member:
+    """The leader elected once the old one is gone (a bound of 20 s, not a measure)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 20
+    while True:
+        with contextlib.suppress(AssertionError, StoreError):
+            return await leader(cluster)
+        assert loop.time() < until, "no leader was elected"
+        await asyncio.sleep(0.1)
 
 
 async def test_deregistering_through_another_replica_removes_it_at_once(etcd: Cluster) -> None:

@@ -224,8 +224,8 @@ class Registry:
         """With a leasing store: when this replica last renewed each lease it renews (at a
         registration or heartbeat it received), to tell its expiry from a removal."""
         self._lapsed: list[Key] = []
-        """Expiries seen when a heartbeat or registration found the instance gone, kept for
-        the next :meth:`expire`."""
+        """Expiries seen when a registration found the instance gone (its agent, told so
+        by a heartbeat, came back before :meth:`expire` looked), kept for that."""
 
     def instances(self) -> list[Instance]:
         """Every registered instance, gateways included."""
@@ -342,12 +342,10 @@ class Registry:
         the store) and must register again."""
         key = (KIND, namespace, name)
         if key not in self._store.contents().records:
-            self._gone(key, self._clock())
-            return False
+            return False  # an expiry is noted when it re-registers, or by :meth:`expire`
         if self._held is not None:
             renewed = self._clock()
-            if not await self._held.renew(key):
-                self._gone(key, renewed)
+            if not await self._held.renew(key):  # etcd's errors raise: 503, not 404
                 return False
             self._beats[key] = renewed
             return True
