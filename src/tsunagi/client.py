@@ -33,19 +33,27 @@ class Unanswered(Unreachable):
         self.server = server
         super().__init__(
             f"{server} got {method} {path.split('?', 1)[0]} and gave no answer "
-            f"({_why(error)}); it may have been carried out. Check (e.g. `tsunagi get`) "
+            f"({httpwire.reason(error)}); it may have been carried out. Check (e.g. `tsunagi get`) "
             "before sending it again"
         )
 
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 """The methods HTTP defines as idempotent (RFC 9110, 9.2.2): safe to send twice."""
+IDEMPOTENT_POSTS = frozenset({"/v1/certificates", "/v1/instances/resolve"})
+"""The API's POSTs that are safe to send twice: signing a CSR again only issues another
+certificate for the same key and identity; resolving is a lookup (a POST for its body)."""
 
 
-def _why(e: OSError) -> str:
-    if isinstance(e, TimeoutError):
-        return "timed out"
-    return str(e) or type(e).__name__
+def idempotent(method: str, path: str) -> bool:
+    """Whether sending ``method path`` twice does what sending it once does: by the method
+    (:data:`IDEMPOTENT`), and for POST by the endpoint (:data:`IDEMPOTENT_POSTS`, and an
+    instance's heartbeat: renewing a lease twice is renewing it)."""
+    method = method.upper()
+    if method in IDEMPOTENT:
+        return True
+    path = path.split("?", 1)[0]
+    return method == "POST" and (path in IDEMPOTENT_POSTS or path.endswith("/heartbeat"))
 
 
 class Rejected(Exception):
@@ -85,9 +93,9 @@ class Client:
     never got the request (refused, unreachable, the connection broke while sending), it
     goes to the next one, and so on round the list, whatever the method. When a replica got
     the request and then gave no answer (timed out, reset), it may have acted on it: only an
-    idempotent request goes on to the next replica (GET, HEAD, PUT, DELETE, as HTTP defines
-    them, or one the caller marks so); any other is reported as :class:`Unanswered`, naming
-    the replica, and is not sent again."""
+    :func:`idempotent` request goes on to the next replica (GET, HEAD, PUT, DELETE, as HTTP
+    defines them, and the API's POSTs that are safe to repeat); any other is reported as
+    :class:`Unanswered`, naming the replica, and is not sent again."""
 
     def __init__(
         self, server: str = DEFAULT_SERVER, token: str = "", timeout: float = 10.0
@@ -120,18 +128,15 @@ class Client:
         query: dict[str, Any] | None = None,
         timeout: float | None = None,
         ok: tuple[int, ...] = (200,),
-        idempotent: bool | None = None,
     ) -> dict[str, Any]:
         """Send one request; its JSON answer when the status is in ``ok``.
 
-        ``idempotent``: whether sending it twice does what sending it once does (default: by
-        the method). Only then is a request a replica got but did not answer sent to the
+        Only an :func:`idempotent` request a replica got but did not answer is sent to the
         next one; a DELETE sent again that answers 404 is done (the first one deleted it).
         Raises :class:`Rejected` for another status, :class:`Unreachable` when no replica
         answered, :class:`Unanswered` when a replica got a non-idempotent request and gave
         no answer."""
-        if idempotent is None:
-            idempotent = method.upper() in IDEMPOTENT
+        repeatable = idempotent(method, path)
         servers = self.servers()
         places = []
         for server in servers:
@@ -168,9 +173,9 @@ class Client:
             except OSError as e:
                 # Next time, start with the one after it: it may still be hung.
                 self._first = (n + 1) % len(servers)
-                if not idempotent:
+                if not repeatable:
                     raise Unanswered(servers[n], method, path, e) from None
-                failures.append(f"{servers[n]}: {_why(e)} after the request was sent")
+                failures.append(f"{servers[n]}: {httpwire.reason(e)} after the request was sent")
                 sent = True
                 continue
             self._first = n

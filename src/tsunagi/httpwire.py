@@ -22,6 +22,13 @@ class NotSent(OSError):
     :func:`request` comes after the whole request was sent: the peer may have acted on it."""
 
 
+def reason(e: BaseException) -> str:
+    """Why a request failed, in a few words ("timed out" rather than an empty message)."""
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return str(e) or type(e).__name__
+
+
 def request(
     host: str,
     port: int,
@@ -44,13 +51,13 @@ def request(
     try:
         sock = connect(host, port, _left(timeout, deadline))
     except OSError as e:
-        raise NotSent(str(e) or type(e).__name__) from e
+        raise NotSent(reason(e)) from e
     with sock:
         try:
             sock.sendall(raw)
         except OSError as e:
             # A server acts on a whole request only; ours read the whole body first.
-            raise NotSent(str(e) or type(e).__name__) from e
+            raise NotSent(reason(e)) from e
         chunks = []
         while True:
             if deadline is not None:

@@ -88,8 +88,31 @@ def replica_of(via: Mesh, workload: Workload) -> str:
     raise AssertionError(f"{workload.name} is not in {reply}")
 
 
+def shown_replica(via: Mesh, workload: Workload, every_replica_answers: bool = True) -> str:
+    """The REPLICA column of ``workload``'s line in ``tsunagi proxy-status`` through ``via``
+    (without a warning that a replica did not answer, unless one may not)."""
+    shown = via.cli("proxy-status", "--server", via.url)
+    assert shown.returncode == 0, shown
+    assert shown.stderr == "" or not every_replica_answers, shown
+    lines = shown.stdout.splitlines()
+    assert lines[0].split()[-1] == "REPLICA", shown.stdout
+    return next(x for x in lines if x.startswith(workload.name)).split()[-1]
+
+
 def named(replicas: list[Mesh], replica: str) -> Mesh:
     return next(m for m in replicas if replica == f"127.0.0.1:{m.api_port}")
+
+
+def routed_client(replicas: list[Mesh]) -> tuple[Workload, Mesh, Mesh]:
+    """reviews v1 and v2 and a client, all sent to v1 (waited for): ``(the client, the
+    replica its proxy is connected to, the other replica)``."""
+    a, b = replicas
+    a.run("reviews", "v1")
+    a.run("reviews", "v2")
+    client = a.client()
+    assert a.apply(SUBSETS + "---" + all_to("v1"), "--wait").returncode == 0
+    home = named(replicas, replica_of(a, client))
+    return client, home, b if home is a else a
 
 
 def versions(client: Workload, n: int) -> set[str]:
@@ -162,13 +185,8 @@ def test_wait_and_proxy_status_through_one_replica_cover_the_others_proxies(
     replicas: list[Mesh],
 ) -> None:
     a, b = replicas
-    a.run("reviews", "v1")
-    a.run("reviews", "v2")
-    client = a.client()
-    assert a.apply(SUBSETS + "---" + all_to("v1"), "--wait").returncode == 0
+    client, home, other = routed_client(replicas)
     # Through the replica the client's proxy is NOT connected to.
-    home = named(replicas, replica_of(a, client))
-    other = b if home is a else a
     result = other.cli("apply", "-f", "-", "--wait", "--server", other.url, stdin=all_to("v2"))
     assert result.returncode == 0, result.stderr
     assert "all 3 proxies in sync" in result.stdout, result.stdout
@@ -183,12 +201,8 @@ def test_wait_and_proxy_status_through_one_replica_cover_the_others_proxies(
     assert mine and mine[0]["synced"] and mine[0]["replica"] == f"127.0.0.1:{home.api_port}"
     # proxy-status through either replica lists all three, each with its replica.
     for via in (a, b):
-        shown = via.cli("proxy-status", "--server", via.url)
-        assert shown.returncode == 0, shown.stderr
-        assert "REPLICA" in shown.stdout and shown.stderr == "", shown
         for w in a.workloads:
-            line = next(x for x in shown.stdout.splitlines() if x.startswith(w.name))
-            assert line.split()[-1] == replica_of(via, w), shown.stdout
+            assert shown_replica(via, w) == replica_of(via, w)
     # A workload token made through one replica is good at the other (the shared key).
     made = a.cli("token", "create", "--namespace", "default", "--service-account", "web")
     assert made.returncode == 0, made.stderr
@@ -201,12 +215,7 @@ def test_a_replica_killed_under_load_loses_no_request_and_its_proxies_move(
     replicas: list[Mesh],
 ) -> None:
     a, _ = replicas
-    a.run("reviews", "v1")
-    a.run("reviews", "v2")
-    client = a.client()
-    assert a.apply(SUBSETS + "---" + all_to("v1"), "--wait").returncode == 0
-    home = named(replicas, replica_of(a, client))
-    survivor = next(m for m in replicas if m is not home)
+    client, home, survivor = routed_client(replicas)
     moved = f"127.0.0.1:{survivor.api_port}"
     with Traffic(client.outbound_port, "reviews") as traffic:
         wait_until(lambda: len(traffic.results) > 50, what="traffic before the kill")
@@ -220,16 +229,16 @@ def test_a_replica_killed_under_load_loses_no_request_and_its_proxies_move(
             timeout=30,
             what="the client's proxy on the surviving replica",
         )
-        shown = survivor.cli("proxy-status", "--server", survivor.url)
-        line = next(x for x in shown.stdout.splitlines() if x.startswith(client.name))
-        assert line.split()[-1] == moved, shown.stdout
+        # (The dead one may still be listed, and named as not answering, for its lease's
+        # last seconds.)
+        assert shown_replica(survivor, client, every_replica_answers=False) == moved
         # The servers' proxies too, if they were on the dead replica.
         wait_until(lambda: survivor.all_synced(3), timeout=30, what="every proxy on the survivor")
-        # A change applied through the survivor reaches it (the wait outlasts the dead
-        # replica's registration, then counts the proxies that moved).
-        result = survivor.cli(
-            "apply", "-f", "-", "--wait", "--server", survivor.url, stdin=all_to("v2")
-        )
+        # A change applied by a client that lists the dead replica first goes on to the
+        # survivor and reaches every proxy (the wait outlasts the dead replica's
+        # registration, then counts the proxies that moved).
+        servers = f"{home.url},{survivor.url}"
+        result = home.cli("apply", "-f", "-", "--wait", "--server", servers, stdin=all_to("v2"))
         assert result.returncode == 0, result.stdout + result.stderr
         assert "all 3 proxies in sync" in result.stdout, result.stdout
         mark = len(traffic.results)
@@ -265,10 +274,22 @@ def test_proxy_config_secret_through_a_replica_the_proxy_is_not_connected_to(
     assert missing.returncode == 1
     assert "is connected to this replica or any other" in missing.stderr, missing.stderr
     # The other replica's dashboard lists the proxy too, on its replica.
-    c = http.client.HTTPConnection("127.0.0.1", other.dashboard_port, timeout=60)
+    listed = dashboard_proxies(other)
+    assert [p["replica"] for p in listed if p["id"] == proxy] == [f"127.0.0.1:{home.api_port}"]
+    # Each dashboard has proxy-status's rows, mTLS modes included, its own proxies' too.
+    status, reply = get(home, "/v1/proxies")
+    assert status == 200, reply
+    (row,) = [p for p in reply["proxies"] if p["id"] == proxy]
+    assert row["mtls"]
+    for mesh in replicas:
+        assert [p["mtls"] for p in dashboard_proxies(mesh) if p["id"] == proxy] == [row["mtls"]]
+
+
+def dashboard_proxies(mesh: Mesh) -> list[dict[str, Any]]:
+    """The proxies ``mesh``'s dashboard lists."""
+    c = http.client.HTTPConnection("127.0.0.1", mesh.dashboard_port, timeout=60)
     try:
-        c.request("GET", "/api/proxies", headers={"Authorization": f"Bearer {other.token()}"})
-        listed = json.loads(c.getresponse().read())["proxies"]
+        c.request("GET", "/api/proxies", headers={"Authorization": f"Bearer {mesh.token()}"})
+        return list(json.loads(c.getresponse().read())["proxies"])
     finally:
         c.close()
-    assert [p["replica"] for p in listed if p["id"] == proxy] == [f"127.0.0.1:{home.api_port}"]

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tsunagi.agent.ports import free_ports
-from tsunagi.client import Client, Rejected, Unanswered, Unreachable
+from tsunagi.client import IDEMPOTENT_POSTS, Client, Rejected, Unanswered, Unreachable, idempotent
+from tsunagi.controlplane.openapi import ROUTES
 
 TIMEOUT = 1.0
 """Seconds a client waits on the silent replica (a bound, not a measure)."""
@@ -177,18 +178,29 @@ def test_a_post_a_replica_read_and_then_reset_is_not_sent_again() -> None:
         assert got == ["POST /v1/instances"] and hits == []
 
 
-def test_idempotent_requests_go_on_to_the_next_replica() -> None:
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/v1/proxies"),
+        # The API's POSTs that are safe to repeat, known by their endpoint.
+        ("POST", "/v1/instances/default/a/heartbeat"),  # renewing a lease twice renews it
+        ("POST", "/v1/instances/resolve"),  # a lookup
+        ("POST", "/v1/certificates"),  # another certificate for the same key and identity
+    ],
+)
+def test_idempotent_requests_go_on_to_the_next_replica(method: str, path: str) -> None:
     with silent() as hung, replica(set()) as (live, hits):
         port = int(live.rsplit(":", 1)[1])
-        assert (
-            Client(f"{hung},{live}", "t", timeout=TIMEOUT).request("GET", "/v1/proxies")["port"]
-            == port
-        )
-        # A POST its caller marks as safe to repeat (a heartbeat renews a lease).
-        beat = "/v1/instances/default/a/heartbeat"
         client = Client(f"{hung},{live}", "t", timeout=TIMEOUT)
-        assert client.request("POST", beat, idempotent=True)["port"] == port
-        assert hits == ["GET /v1/proxies", f"POST {beat}"]
+        assert client.request(method, path, {} if method == "POST" else None)["port"] == port
+        assert hits == [f"{method} {path}"]
+
+
+def test_the_idempotent_posts_are_the_apis() -> None:
+    """Each endpoint the client repeats names one of the API's POST routes (a renamed route
+    would otherwise silently lose its failover)."""
+    repeated = {r.path for r in ROUTES if r.method == "POST" and idempotent("POST", r.path)}
+    assert repeated == {*IDEMPOTENT_POSTS, "/v1/instances/{namespace}/{name}/heartbeat"}
 
 
 def test_a_delete_sent_again_and_answered_404_is_done() -> None:

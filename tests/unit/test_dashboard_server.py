@@ -27,12 +27,16 @@ CONFIG_ITEM = {"kind": "VirtualService", "namespace": "default", "name": "r", "r
 CONFIG_ITEM |= {"warnings": ["w"], "errors": []}
 
 
+async def _no_proxies() -> list[dict[str, Any]]:
+    return []
+
+
 def _sources() -> Sources:
     store = SeriesStore()
     return Sources(
         views=StoreViews(store),
         config=lambda: [CONFIG_ITEM],
-        proxies=lambda: [],
+        proxies=_no_proxies,
     )
 
 

@@ -399,12 +399,13 @@ async def test_wait_answers_when_pushed_and_504_on_timeout(plane: Plane) -> None
 
 
 async def test_a_wait_the_client_abandons_stops(plane: Plane) -> None:
+    def waiting(coro: Any) -> bool:  # in wait_for_acks, however deep in the task's awaits
+        while coro is not None and getattr(coro, "__name__", "") != "wait_for_acks":
+            coro = getattr(coro, "cr_await", None)
+        return coro is not None
+
     def waits() -> list[asyncio.Task[Any]]:
-        return [
-            t
-            for t in asyncio.all_tasks()
-            if getattr(t.get_coro(), "__name__", "") == "wait_for_acks"
-        ]
+        return [t for t in asyncio.all_tasks() if waiting(t.get_coro())]
 
     port = plane.client.port
     assert port is not None

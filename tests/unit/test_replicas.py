@@ -5,6 +5,7 @@ and the xds cluster that lists every replica (accepted by real Envoy)."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import subprocess
@@ -26,6 +27,7 @@ from tsunagi.controlplane.replicas import Mismatch, Replica, Replicas, mismatch
 from tsunagi.controlplane.workload_tokens import KeyFileError, key_fingerprint, load_key
 from tsunagi.store.base import StoreError
 from tsunagi.store.etcd import EtcdClient
+from tsunagi.store.etcd.client import EtcdError
 
 
 def private(path: Path, data: bytes, mode: int = 0o600) -> Path:
@@ -135,6 +137,41 @@ async def test_replicas_register_list_each_other_and_refuse_another_ca(etcd: Clu
             await client.close()
 
 
+async def test_a_lapsed_replica_registers_again_after_a_failed_write(
+    etcd: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tsunagi.controlplane.replicas.REFRESH_EVERY", 0.05)
+    clients = [EtcdClient(etcd.endpoints) for _ in range(2)]
+    a = Replicas(clients[0], "/mesh/", b"root", bytes(32), "token")
+    b = Replicas(clients[1], "/mesh/", b"root", bytes(32), "token")
+    await a.start("127.0.0.1", 1001, 2001)
+    txn = clients[0].txn
+    failures = [EtcdError("etcd at 127.0.0.1:1: injected failure")]
+
+    async def flaky_txn(*args: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await txn(*args)
+
+    monkeypatch.setattr(clients[0], "txn", flaky_txn)
+    # Its lease lapsed (etcd was away longer than its TTL): the key went with it.
+    await clients[0].lease_revoke(a._lease)
+    assert await b.everyone() == []
+    running = asyncio.create_task(a.run())
+    try:
+        # The first write of its key again fails; the one after it lands.
+        async with asyncio.timeout(20):  # a bound, not a measure
+            while [r.name for r in await b.everyone()] != ["127.0.0.1:1001"]:
+                await asyncio.sleep(0.05)
+        assert failures == []
+    finally:
+        running.cancel()
+        for r in (a, b):
+            await r.stop()
+        for client in clients:
+            await client.close()
+
+
 # -- waits across replicas ---------------------------------------------------------------------
 
 
@@ -208,6 +245,15 @@ async def test_a_peer_that_times_out_makes_the_wait_incomplete_with_its_stale_pr
         {"id": "y.default", "synced": False, "replica": "b:1"}
     ]
     assert reports[1] == {"name": "b:1", "api": "http://b:1", "complete": False, "error": ""}
+
+
+async def test_a_wait_with_no_time_left_names_the_peers_it_could_not_ask() -> None:
+    peers: Any = FakePeers({"b:1": [(200, {"complete": True, "proxies": []})]})
+    complete, _, reports = await wait_everywhere(peers, synced_here, 5, 0)
+    assert not complete
+    assert reports[1] == {
+        "name": "b:1", "api": "http://b:1", "complete": False, "error": "not asked: time was up"
+    }  # fmt: skip
 
 
 async def test_without_etcd_the_wait_is_incomplete_and_says_so() -> None:

@@ -216,12 +216,8 @@ class WorkloadIdentity:
         """The CA's reply for ``csr``. A gateway whose token may not hold keys (403 for its
         first certificate) goes on with a plain one: plaintext servers work, TLS ones have
         no certificate. A renewal refused so is an error: it had the keys, it keeps asking."""
-        # Safe to send to another replica when one got it and did not answer: signing the
-        # same CSR again only issues another certificate for the same key and identity.
         try:
-            return self.client.request(
-                "POST", "/v1/certificates", self._request_body(csr), idempotent=True
-            )
+            return self.client.request("POST", "/v1/certificates", self._request_body(csr))
         except Rejected as e:
             if not (self.gateway and e.status == 403 and self.current is None):
                 raise
@@ -233,9 +229,7 @@ class WorkloadIdentity:
                 e,
             )
             self.gateway = False
-            return self.client.request(
-                "POST", "/v1/certificates", self._request_body(csr), idempotent=True
-            )
+            return self.client.request("POST", "/v1/certificates", self._request_body(csr))
 
     def _request_body(self, csr: str) -> dict[str, object]:
         body: dict[str, object] = {

@@ -94,8 +94,7 @@ class Registration:
                     self.on_registered()
                 if self.stop.wait(max(0.2, ttl / 3)):
                     return
-                # Renewing a lease twice is renewing it: safe to send to another replica.
-                self.client.request("POST", path, idempotent=True)
+                self.client.request("POST", path)
                 # Parsing a burst of metric lines leaves freed blocks in the C heap that
                 # glibc keeps; hand them back between heartbeats (microseconds when idle).
                 trim_heap()
@@ -129,11 +128,7 @@ def resolve_upstreams(client: Client, hosts: list[str]) -> dict[str, str]:
     resolver (:class:`~tsunagi.agent.metrics.Aggregator`) of every proxy that reports as a
     source, sidecar or gateway. A scrape waits at most :data:`RESOLVE_TIMEOUT`."""
     reply = client.request(
-        "POST",
-        "/v1/instances/resolve",
-        {"addresses": hosts},
-        timeout=RESOLVE_TIMEOUT,
-        idempotent=True,  # a lookup, in a POST for its body
+        "POST", "/v1/instances/resolve", {"addresses": hosts}, timeout=RESOLVE_TIMEOUT
     )
     return dict(reply["workloads"])
 

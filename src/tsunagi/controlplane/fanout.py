@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from tsunagi.httpwire import reason
 from tsunagi.store.base import StoreError
 
 if TYPE_CHECKING:  # replicas.py loads etcd's stubs: only control planes on etcd import it
@@ -54,20 +55,13 @@ async def proxies_everywhere(
         peers = await replicas.peers()
     except StoreError as e:
         return proxies, [*reports, _etcd_report(str(e))]
-    answers = await asyncio.gather(
-        *(replicas.get(p, "/v1/proxies", {"local": "true"}, _PROXIES_TIMEOUT) for p in peers),
-        return_exceptions=True,
-    )
-    for peer, answer in zip(peers, answers, strict=True):
-        if isinstance(answer, BaseException):
-            reports.append(_report(peer, False, f"did not answer: {_why(answer)}"))
-            continue
-        status, body = answer
-        if status != 200:
-            reports.append(_report(peer, False, f"answered {status}: {body.get('error', '')}"))
-            continue
-        proxies += _tagged(list(body.get("proxies") or []), peer.name)
-        reports.append(_report(peer, True))
+    query = {"local": "true"}
+    for peer, status, body in await _ask(replicas, peers, "/v1/proxies", query, _PROXIES_TIMEOUT):
+        if status == 200:
+            proxies += _tagged(list(body.get("proxies") or []), peer.name)
+            reports.append(_report(peer, True))
+        else:
+            reports.append(_report(peer, False, _failure(status, body)))
     return proxies, reports
 
 
@@ -78,11 +72,10 @@ async def wait_everywhere(
     NACKed) ``revision``: ``(complete, proxies, replica reports)``. A peer that does not
     answer is asked again until it does, leaves the store, or time is up; then it is
     reported with its error and the wait is not complete."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = asyncio.get_running_loop().time() + timeout
     here = asyncio.ensure_future(local(timeout))
     try:
-        done, reports, proxies_of = await _wait_peers(replicas, revision, deadline)
+        reports, proxies_of = await _wait_peers(replicas, revision, deadline)
         complete_here, mine = await here
     finally:
         here.cancel()  # when this wait is cancelled (its client left)
@@ -90,19 +83,18 @@ async def wait_everywhere(
     for theirs in proxies_of.values():
         proxies += theirs
     everything = [_report(replicas.me, complete_here), *reports.values()]
-    complete = complete_here and all(r["complete"] for r in reports.values()) and done
-    return complete, proxies, everything
+    return all(r["complete"] for r in everything), proxies, everything
 
 
 async def _wait_peers(
     replicas: Replicas, revision: int, deadline: float
-) -> tuple[bool, dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """Ask every peer to wait for ``revision`` until ``deadline``; ``(every live peer
-    answered, reports by name, proxies by replica name)``."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Ask every peer to wait for ``revision`` until ``deadline``: ``(a report of each live
+    peer, and of etcd when it did not answer; proxies by the name of each peer that
+    answered)``. An answer (complete, or timed out on the peer's side) is final."""
     loop = asyncio.get_running_loop()
     reports: dict[str, dict[str, Any]] = {}
     proxies_of: dict[str, list[dict[str, Any]]] = {}
-    answered: set[str] = set()  # complete, or timed out on their side: final either way
     while True:
         left = deadline - loop.time()
         try:
@@ -110,52 +102,28 @@ async def _wait_peers(
         except StoreError as e:
             reports["etcd"] = _etcd_report(str(e))
             if left <= _RETRY:
-                return False, reports, proxies_of
+                return reports, proxies_of
             await asyncio.sleep(_RETRY)
             continue
-        reports.pop("etcd", None)
-        for name in list(reports):  # gone from the store: its proxies moved elsewhere
-            if name not in live:
-                reports.pop(name)
-                proxies_of.pop(name, None)
-                answered.discard(name)
-        pending = [p for name, p in live.items() if name not in answered]
+        # Gone from the store (and etcd's error, now it answers): their proxies moved.
+        reports = {name: r for name, r in reports.items() if name in live}
+        proxies_of = {name: p for name, p in proxies_of.items() if name in live}
+        pending = [p for name, p in live.items() if name not in proxies_of]
         if not pending:
-            return True, reports, proxies_of
+            return reports, proxies_of
         if left <= 0:
-            return False, reports, proxies_of
+            for peer in pending:  # named even when there was no time to ask it
+                reports.setdefault(peer.name, _report(peer, False, "not asked: time was up"))
+            return reports, proxies_of
         # The peer answers a little before our deadline, so its statuses make our reply.
-        their_timeout = max(0.0, left - _RETRY)
-        answers = await asyncio.gather(
-            *(
-                replicas.get(
-                    p,
-                    "/v1/wait",
-                    {"revision": revision, "timeout": f"{their_timeout:.3f}", "local": "true"},
-                    left + 1.0,
-                )
-                for p in pending
-            ),
-            return_exceptions=True,
-        )
-        retry = False
-        for peer, answer in zip(pending, answers, strict=True):
-            if isinstance(answer, BaseException):
-                reports[peer.name] = _report(peer, False, f"did not answer: {_why(answer)}")
-                retry = True
-                continue
-            status, body = answer
+        query = {"revision": revision, "timeout": f"{max(0.0, left - _RETRY):.3f}", "local": "true"}
+        for peer, status, body in await _ask(replicas, pending, "/v1/wait", query, left + 1.0):
             if status in (200, 504):
                 proxies_of[peer.name] = _tagged(list(body.get("proxies") or []), peer.name)
-                complete = status == 200 and bool(body.get("complete"))
-                reports[peer.name] = _report(peer, complete)
-                answered.add(peer.name)
+                reports[peer.name] = _report(peer, status == 200 and bool(body.get("complete")))
             else:
-                reports[peer.name] = _report(
-                    peer, False, f"answered {status}: {body.get('error', '')}"
-                )
-                retry = True
-        if retry:
+                reports[peer.name] = _report(peer, False, _failure(status, body))
+        if any(p.name not in proxies_of for p in pending):
             await asyncio.sleep(max(0.0, min(_RETRY, deadline - loop.time())))
 
 
@@ -171,27 +139,40 @@ async def secrets_everywhere(
         return None, [f"the other replicas could not be asked: {e}"]
     path = f"/v1/proxies/{quote(proxy, safe='')}/secrets"
     query = {"local": "true", **({"namespace": namespace} if namespace else {})}
-    answers = await asyncio.gather(
-        *(replicas.get(p, path, query, _PROXIES_TIMEOUT) for p in peers),
-        return_exceptions=True,
-    )
     doubts = []
-    for peer, answer in zip(peers, answers, strict=True):
-        if isinstance(answer, BaseException):
-            doubts.append(
-                f"replica {peer.name} did not answer ({_why(answer)}): the proxy may be "
-                f"connected there; ask it with --server {peer.api}"
-            )
-            continue
-        status, body = answer
+    for peer, status, body in await _ask(replicas, peers, path, query, _PROXIES_TIMEOUT):
         if status == 200:
             return {**body, "replica": peer.name}, []
-        if status != 404:
-            doubts.append(f"replica {peer.name} answered {status}: {body.get('error', '')}")
+        if status == _UNANSWERED:
+            doubts.append(
+                f"replica {peer.name} did not answer ({body['error']}): the proxy may be "
+                f"connected there; ask it with --server {peer.api}"
+            )
+        elif status != 404:
+            doubts.append(f"replica {peer.name} {_failure(status, body)}")
     return None, doubts
 
 
-def _why(e: BaseException) -> str:
-    if isinstance(e, TimeoutError):
-        return "timed out"
-    return str(e) or type(e).__name__
+_UNANSWERED = 0
+"""The status :func:`_ask` gives a peer that did not answer."""
+
+
+async def _ask(
+    replicas: Replicas, peers: list[Replica], path: str, query: dict[str, Any], timeout: float
+) -> list[tuple[Replica, int, dict[str, Any]]]:
+    """``GET path?query`` on every peer at once: ``(peer, status, body)`` each, in order; a
+    peer that did not answer has status :data:`_UNANSWERED` and why in ``body["error"]``."""
+    answers = await asyncio.gather(
+        *(replicas.get(p, path, query, timeout) for p in peers), return_exceptions=True
+    )
+    return [
+        (peer, _UNANSWERED, {"error": reason(a)}) if isinstance(a, BaseException) else (peer, *a)
+        for peer, a in zip(peers, answers, strict=True)
+    ]
+
+
+def _failure(status: int, body: dict[str, Any]) -> str:
+    """What went wrong with a peer's answer that is not the one wanted."""
+    if status == _UNANSWERED:
+        return f"did not answer: {body['error']}"
+    return f"answered {status}: {body.get('error', '')}"

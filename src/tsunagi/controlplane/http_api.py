@@ -841,6 +841,17 @@ class Api:
 
     async def proxies(self, request: web.Request) -> web.Response:
         q = self._query(request, ProxiesQuery)
+        statuses, reports = await self.proxy_list(local=q.local)
+        if reports is None:
+            return web.json_response({"proxies": statuses})
+        return web.json_response({"proxies": statuses, "replicas": reports})
+
+    async def proxy_list(
+        self, local: bool = False
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+        """Every connected proxy's sync state and mTLS modes, as ``tsunagi proxy-status``
+        and the dashboard list them: this replica's, and unless ``local``, every live
+        peer's too (with each peer's report, ``None`` without replicas)."""
         statuses = proxy_statuses(self.cache, self.pusher)
         world: World = self.pusher.world
         for status in statuses:  # each inbound port's PeerAuthentication mode
@@ -851,10 +862,9 @@ class Api:
                 node = None  # metadata push could not read either: its status says so
             if node is not None:
                 status["mtls"] = mtls_summary(mtls_modes(world, node))
-        if self.replicas is None or q.local:
-            return web.json_response({"proxies": statuses})
-        everyone, reports = await proxies_everywhere(self.replicas, statuses)
-        return web.json_response({"proxies": everyone, "replicas": reports})
+        if self.replicas is None or local:
+            return statuses, None
+        return await proxies_everywhere(self.replicas, statuses)
 
     async def proxy_secrets(self, request: web.Request) -> web.Response:
         """The certificates one proxy holds (``tsunagi proxy-config secret``)."""
@@ -901,30 +911,22 @@ class Api:
             )
         since = q.since or time.time()
         if self.replicas is not None and not q.local:
-            return await self._wait_everywhere(request, self.replicas, q.revision, q.timeout, since)
-        acks = asyncio.ensure_future(wait_for_acks(self.cache, self.pusher, q.revision))
+            waiting = self._wait_everywhere(self.replicas, q.revision, q.timeout)
+        else:
+            waiting = self._wait_here_only(q.revision, q.timeout)
+        task = asyncio.ensure_future(waiting)
         gone = asyncio.ensure_future(_disconnected(request))
         try:
-            done, _ = await asyncio.wait(
-                {acks, gone}, timeout=q.timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            acks.cancel()
             gone.cancel()
+            task.cancel()  # when the client went first
+        if not task.done() or task.cancelled():
+            raise ApiError(499, "the client went away")
+        reply = task.result()
         # Never negative nor infinite, whatever ``since`` the caller sent.
-        elapsed_ms = max(0.0, time.time() - since) * 1000
-        if acks in done:
-            result = acks.result()
-            result["elapsed_ms"] = elapsed_ms
-            return web.json_response(result)
-        return web.json_response(
-            {
-                "complete": False,
-                "elapsed_ms": elapsed_ms,
-                "proxies": proxy_statuses(self.cache, self.pusher),
-            },
-            status=504,
-        )
+        reply["elapsed_ms"] = max(0.0, time.time() - since) * 1000
+        return web.json_response(reply, status=200 if reply["complete"] else 504)
 
     async def _wait_here(self, revision: int, timeout: float) -> tuple[bool, list[dict[str, Any]]]:
         """This replica's part of a wait: ``(complete, its proxies' statuses)``."""
@@ -935,32 +937,19 @@ class Api:
         except TimeoutError:
             return False, proxy_statuses(self.cache, self.pusher)
 
+    async def _wait_here_only(self, revision: int, timeout: float) -> dict[str, Any]:
+        """``/v1/wait``'s answer for this replica's proxies alone."""
+        complete, proxies = await self._wait_here(revision, timeout)
+        return {"complete": complete, "proxies": proxies}
+
     async def _wait_everywhere(
-        self, request: web.Request, replicas: Replicas, revision: int, timeout: float, since: float
-    ) -> web.Response:
-        """``/v1/wait`` for the proxies of every live replica (:mod:`.fanout`)."""
-        waiting = asyncio.ensure_future(
-            wait_everywhere(replicas, lambda t: self._wait_here(revision, t), revision, timeout)
+        self, replicas: Replicas, revision: int, timeout: float
+    ) -> dict[str, Any]:
+        """``/v1/wait``'s answer for the proxies of every live replica (:mod:`.fanout`)."""
+        complete, proxies, reports = await wait_everywhere(
+            replicas, lambda t: self._wait_here(revision, t), revision, timeout
         )
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not waiting.done():
-                waiting.cancel()
-        if not waiting.done() or waiting.cancelled():
-            raise ApiError(499, "the client went away")
-        complete, proxies, reports = waiting.result()
-        return web.json_response(
-            {
-                "complete": complete,
-                "elapsed_ms": max(0.0, time.time() - since) * 1000,
-                "proxies": proxies,
-                "replicas": reports,
-            },
-            status=200 if complete else 504,
-        )
+        return {"complete": complete, "proxies": proxies, "replicas": reports}
 
     def _metrics(self) -> MetricsViews:
         if self.views is None:

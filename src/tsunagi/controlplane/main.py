@@ -20,7 +20,6 @@ from tsunagi.ca.keystore import plugged_in, self_signed
 from tsunagi.controlplane import workload_tokens
 from tsunagi.controlplane.auth import TOKEN_FILE, ensure_token, read_token_file, use_token
 from tsunagi.controlplane.dashboard import start as start_dashboard
-from tsunagi.controlplane.fanout import proxies_everywhere
 from tsunagi.controlplane.heap import raise_malloc_thresholds
 from tsunagi.controlplane.http_api import Api
 from tsunagi.controlplane.http_logs import quiet_malformed_requests
@@ -29,7 +28,6 @@ from tsunagi.controlplane.lock import StateDirLock
 from tsunagi.controlplane.metrics import ControlPlaneMetrics
 from tsunagi.controlplane.prometheus import host_port, write_config
 from tsunagi.controlplane.push import Debounce, Pusher
-from tsunagi.controlplane.status import proxy_statuses
 from tsunagi.controlplane.xds_tls import (
     ServingCertificate,
     control_plane_identity,
@@ -158,14 +156,10 @@ async def _replicas(
     return replicas
 
 
-async def _all_proxies(api: Api, cache: SnapshotCache, pusher: Pusher) -> list[dict[str, Any]]:
-    """The dashboard's proxy list: this replica's proxies and, on etcd, every live peer's
-    (each naming its ``replica``), as ``tsunagi proxy-status`` lists them."""
-    statuses = proxy_statuses(cache, pusher)
-    if api.replicas is None:
-        return statuses
-    everyone, _ = await proxies_everywhere(api.replicas, statuses)
-    return everyone
+async def _proxy_list(api: Api) -> list[dict[str, Any]]:
+    """The dashboard's proxy list: every replica's, as ``tsunagi proxy-status`` has it."""
+    statuses, _ = await api.proxy_list()
+    return statuses
 
 
 def dashboard_host(host: str) -> str:
@@ -305,7 +299,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
         token=token,
         api=api,
         registry=registry,
-        proxies=lambda: _all_proxies(api, cache, pusher),
+        proxies=lambda: _proxy_list(api),
         spans=traces.store,
     )
     contents = store.contents()

@@ -245,6 +245,15 @@ class ResourcesQuery(_Query):
     name: str = Field("", description="Only this name; 404 if nothing matches.")
 
 
+def _local() -> Any:
+    """The ``local`` query parameter of proxy listings (one definition, for its text)."""
+    return Field(
+        False,
+        description="Only this replica's proxies (what replicas ask each other); by default "
+        "the proxies of every live replica on the store.",
+    )
+
+
 class WaitQuery(_Query):
     revision: int = Field(0, ge=0, description="Wait until proxies have config this new.")
     timeout: float = Field(
@@ -256,19 +265,11 @@ class WaitQuery(_Query):
         allow_inf_nan=False,
         description="Unix time the caller started (for `elapsed_ms`); 0 means now.",
     )
-    local: bool = Field(
-        False,
-        description="Only this replica's proxies (what replicas ask each other); by default "
-        "the proxies of every live replica on the store.",
-    )
+    local: bool = _local()
 
 
 class ProxiesQuery(_Query):
-    local: bool = Field(
-        False,
-        description="Only this replica's proxies (what replicas ask each other); by default "
-        "the proxies of every live replica on the store.",
-    )
+    local: bool = _local()
 
 
 class ProxySecretsQuery(_Query):

@@ -166,8 +166,17 @@ class Replicas:
         return self._prefix + self.me.name.encode()
 
     async def _register(self) -> None:
-        self._lease, _ = await self.client.lease_grant(LEASE_TTL)
-        await self.client.txn([], [put(self._key, self.me.to_json(), self._lease)])
+        """Write this replica's key under a new lease. A write that fails ends that lease
+        again: kept alive while holding nothing, it would stop :meth:`run` from ever
+        writing the key again."""
+        lease, _ = await self.client.lease_grant(LEASE_TTL)
+        try:
+            await self.client.txn([], [put(self._key, self.me.to_json(), lease)])
+        except StoreError:
+            with contextlib.suppress(StoreError):
+                await self.client.lease_revoke(lease)
+            raise
+        self._lease = lease
 
     async def run(self) -> None:
         """Keep the lease alive for ever; register again if it lapsed (etcd was away longer

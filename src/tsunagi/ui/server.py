@@ -14,7 +14,6 @@ itself no longer signs a browser in; scripts may still send it as a bearer heade
 from __future__ import annotations
 
 import hmac
-import inspect
 import ipaddress
 import json
 import logging
@@ -47,8 +46,8 @@ class Sources:
     views: MetricsViews
     config: Callable[[], list[dict[str, Any]]]
     """Stored resources with their warnings and translation errors."""
-    proxies: Callable[[], list[dict[str, Any]] | Awaitable[list[dict[str, Any]]]]
-    """Every connected proxy's sync state (``GET /v1/proxies``); awaitable when it asks
+    proxies: Callable[[], Awaitable[list[dict[str, Any]]]]
+    """Every connected proxy's sync state (``GET /v1/proxies``): a coroutine, as it may ask
     other replicas for theirs."""
     spans: Any = None
     """A :class:`~tsunagi.telemetry.spans.SpanStore`, or None when tracing is off."""
@@ -207,10 +206,7 @@ class Dashboard:
         return _json({"items": self.sources.config()})
 
     async def proxies(self, request: web.Request) -> web.Response:
-        found = self.sources.proxies()
-        if inspect.isawaitable(found):
-            found = await found
-        return _json({"proxies": found})
+        return _json({"proxies": await self.sources.proxies()})
 
     async def traces(self, request: web.Request) -> web.Response:
         spans = self.sources.spans
