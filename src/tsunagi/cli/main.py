@@ -16,6 +16,7 @@ from tsunagi.client import Client, Rejected, Unreachable, state_dir
 
 if TYPE_CHECKING:
     from tsunagi.api.mesh_config import MeshConfig
+    from tsunagi.store.etcd.tls import EtcdTls
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -237,6 +238,26 @@ def parser() -> argparse.ArgumentParser:
         help="sqlite:PATH (default: STATE_DIR/tsunagi.db), memory:, or "
         "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]: config kept in an etcd cluster (keys under "
         "/tsunagi/ unless PREFIX), which several control planes can share",
+    )
+    up.add_argument(
+        "--etcd-ca",
+        metavar="FILE",
+        help="talk to the etcd --store over TLS, trusting this CA (PEM) for etcd's "
+        "certificate, which must name the addresses in --store (or --etcd-server-name)",
+    )
+    up.add_argument(
+        "--etcd-cert",
+        metavar="FILE",
+        help="with --etcd-ca: the client certificate (PEM) to present to etcd, for an etcd "
+        "that asks for one (--client-cert-auth)",
+    )
+    up.add_argument("--etcd-key", metavar="FILE", help="the private key of --etcd-cert (PEM)")
+    up.add_argument(
+        "--etcd-server-name",
+        metavar="NAME",
+        default="",
+        help="with --etcd-ca: the name etcd's certificate carries, when it does not list "
+        "the addresses --store dials",
     )
     up.add_argument(
         "--xds-port",
@@ -934,6 +955,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.ca_chain and not args.ca_cert:
         print("error: --ca-chain goes with --ca-cert and --ca-key", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        etcd_tls = _etcd_tls(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     mesh_config = _mesh_config(args.mesh_config)
     if mesh_config is None:
         return EXIT_INVALID
@@ -967,6 +993,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         workload_cert_ttl=datetime.timedelta(seconds=args.workload_cert_ttl),
         token_file=Path(args.token_file) if args.token_file else None,
         workload_token_key=Path(args.workload_token_key) if args.workload_token_key else None,
+        etcd_tls=etcd_tls,
     )
     import asyncio
 
@@ -979,6 +1006,29 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+def _etcd_tls(args: argparse.Namespace) -> EtcdTls | None:
+    """``up``'s TLS files for etcd, read and checked now (a bad one stops the start with its
+    name); None without ``--etcd-ca``. Raises :class:`ValueError` saying what is wrong."""
+    from tsunagi.store.etcd.tls import EtcdTls
+
+    if not args.etcd_ca:
+        given = [f for f in ("cert", "key", "server_name") if getattr(args, f"etcd_{f}")]
+        if given:
+            flag = "--etcd-" + given[0].replace("_", "-")
+            raise ValueError(f"{flag} needs --etcd-ca: name the CA that signed etcd's certificate")
+        return None
+    if not args.store.startswith("etcd://"):
+        raise ValueError("--etcd-ca goes with --store etcd://HOST:PORT[,HOST:PORT...]")
+    tls = EtcdTls(
+        Path(args.etcd_ca),
+        Path(args.etcd_cert) if args.etcd_cert else None,
+        Path(args.etcd_key) if args.etcd_key else None,
+        args.etcd_server_name,
+    )
+    tls.credentials()
+    return tls
 
 
 def _mesh_config(path: str | None) -> MeshConfig | None:

@@ -46,6 +46,7 @@ from tsunagi.xds.server import start_server
 
 if TYPE_CHECKING:  # loads etcd's stubs: imported only with an etcd store
     from tsunagi.controlplane.replicas import Replicas
+    from tsunagi.store.etcd.tls import EtcdTls
 
 log = logging.getLogger("tsunagi")
 
@@ -111,6 +112,8 @@ class Settings:
     workload_token_key: Path | None = None
     """``--workload-token-key``: the key of workload tokens (replicas share one); None: the
     state directory's."""
+    etcd_tls: EtcdTls | None = None
+    """``--etcd-ca/--etcd-cert/--etcd-key``: TLS to an etcd ``store``; None: plaintext."""
 
 
 def load_authority(settings: Settings) -> Authority:
@@ -199,7 +202,7 @@ async def _serve(settings: Settings, ready: asyncio.Event | None) -> None:
     else:
         token_key = workload_tokens.ensure_key(settings.state_dir)
     token_file = settings.state_dir / TOKEN_FILE
-    store = open_store(settings.store, settings.state_dir)
+    store = open_store(settings.store, settings.state_dir, settings.etcd_tls)
     await store.open()
     # Several replicas on one etcd: refuse to start, before any port opens, when a live
     # one signs with another CA or key (replicas.py).

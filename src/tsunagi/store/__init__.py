@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tsunagi.store.base import Contents, Key, Record, Store, StoreError, StoreLimit
 from tsunagi.store.memory import MemoryStore
 from tsunagi.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from tsunagi.store.etcd.tls import EtcdTls
 
 __all__ = [
     "Contents",
@@ -21,9 +25,12 @@ __all__ = [
 ]
 
 
-def open_store(url: str, state_dir: Path) -> Store:
+def open_store(url: str, state_dir: Path, etcd_tls: EtcdTls | None = None) -> Store:
     """Make a store from ``--store``: ``memory:``, ``sqlite:PATH``,
-    ``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`` or empty for the default (SQLite)."""
+    ``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`` (over TLS with ``etcd_tls``) or empty for
+    the default (SQLite)."""
+    if etcd_tls is not None and not url.startswith("etcd://"):
+        raise ValueError("--etcd-ca, --etcd-cert and --etcd-key go with --store etcd://...")
     if url in ("", "sqlite:", "sqlite"):
         return SqliteStore(state_dir / "tsunagi.db")
     if url.startswith("sqlite:"):
@@ -34,7 +41,7 @@ def open_store(url: str, state_dir: Path) -> Store:
         from tsunagi.store.etcd import EtcdStore, parse_url  # loads gRPC stubs: only when used
 
         endpoints, prefix = parse_url(url)
-        return EtcdStore(endpoints, prefix)
+        return EtcdStore(endpoints, prefix, tls=etcd_tls)
     raise ValueError(
         f"unsupported store {url!r}: use sqlite:PATH, memory: or etcd://HOST:PORT[,HOST:PORT...]"
     )

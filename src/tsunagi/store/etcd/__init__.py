@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from tsunagi.store.etcd.client import EtcdClient, EtcdError
 from tsunagi.store.etcd.store import EtcdStore, parse_url
+from tsunagi.store.etcd.tls import EtcdTls
 
-__all__ = ["EtcdClient", "EtcdError", "EtcdStore", "parse_url"]
+__all__ = ["EtcdClient", "EtcdError", "EtcdStore", "EtcdTls", "parse_url"]

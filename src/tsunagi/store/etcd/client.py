@@ -203,7 +203,9 @@ class EtcdClient:
     """Talks to one etcd cluster through any of its members.
 
     ``credentials``: TLS channel credentials (``grpc.ssl_channel_credentials``); plaintext
-    when None. ``timeout``: the deadline of each call, retries of reads included.
+    when None. ``server_name``: with TLS, the name every member's certificate must carry
+    (empty: the address dialled). ``timeout``: the deadline of each call, retries of reads
+    included.
     """
 
     def __init__(
@@ -211,16 +213,21 @@ class EtcdClient:
         endpoints: Sequence[tuple[str, int]],
         *,
         credentials: grpc.ChannelCredentials | None = None,
+        server_name: str = "",
         timeout: float = 5.0,
     ) -> None:
         target = _target(endpoints)
         self.where = ",".join(f"{h}:{p}" for h, p in endpoints)
         """The members as the user wrote them (for messages)."""
         self.timeout = timeout
+        self.tls = credentials is not None
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=_OPTIONS)
         else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=_OPTIONS)
+            options = list(_OPTIONS)
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         self._kv = rpc_pb2_grpc.KVStub(self._channel)
         self._watch = rpc_pb2_grpc.WatchStub(self._channel)
         self._lease = rpc_pb2_grpc.LeaseStub(self._channel)

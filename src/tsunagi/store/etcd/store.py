@@ -54,6 +54,7 @@ from tsunagi.store.etcd.client import (
     parse_endpoints,
     put,
 )
+from tsunagi.store.etcd.tls import EtcdTls
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ def parse_url(url: str) -> tuple[list[tuple[str, int]], str]:
 
 class EtcdStore(CachedStore):
     """Keeps every document in etcd under ``prefix``; reads from memory kept current by a
-    watch. ``timeout``: the deadline of each etcd call. ``client``: a client made elsewhere
-    (with TLS credentials, say) to use instead of a plaintext one to ``endpoints``; the store
-    closes it when it closes."""
+    watch. ``timeout``: the deadline of each etcd call. ``tls``: talk to etcd over TLS with
+    these files (plaintext when None). ``client``: a client made elsewhere to use instead
+    of one to ``endpoints``; the store closes it when it closes."""
 
     def __init__(
         self,
@@ -87,10 +88,12 @@ class EtcdStore(CachedStore):
         prefix: str = DEFAULT_PREFIX,
         timeout: float = 5,
         *,
+        tls: EtcdTls | None = None,
         client: EtcdClient | None = None,
     ) -> None:
         super().__init__()
         self._given = client
+        self._tls = tls
         self.endpoints = list(endpoints)
         self._prefix = prefix.encode()
         self._commit_key = self._prefix + COMMIT_KEY.encode()
@@ -112,17 +115,38 @@ class EtcdStore(CachedStore):
         return self._client
 
     async def open(self) -> None:
-        self._client = self._given or EtcdClient(self.endpoints, timeout=self._timeout)
+        self._client = self._given or self._new_client()
         self._given = None  # closed with the store: a reopened store makes its own
         try:
             revision = await self._relist()
         except EtcdError as e:
             await self.close()
+            if self._tls is None:
+                hint = (
+                    "; if etcd serves TLS (https client URLs), give --etcd-ca, and "
+                    "--etcd-cert/--etcd-key when it asks clients for a certificate"
+                )
+            else:
+                hint = (
+                    "; over TLS, also check that --etcd-ca signed etcd's certificate, that the "
+                    "certificate names the addresses in --store (or give --etcd-server-name "
+                    "with a name it does carry), and that etcd accepts --etcd-cert"
+                )
             raise EtcdError(
                 f"cannot read the store ({e}); check that etcd runs there and that --store "
-                "names its client URLs"
+                f"names its client URLs{hint}"
             ) from e
         self._follower = asyncio.create_task(self._follow(revision))
+
+    def _new_client(self) -> EtcdClient:
+        if self._tls is None:
+            return EtcdClient(self.endpoints, timeout=self._timeout)
+        return EtcdClient(
+            self.endpoints,
+            credentials=self._tls.credentials(),
+            server_name=self._tls.server_name,
+            timeout=self._timeout,
+        )
 
     async def close(self) -> None:
         if self._follower is not None:
