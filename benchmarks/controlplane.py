@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +37,53 @@ def up_command(state: Path, api_port: int, xds_port: int, store: str = "memory:"
     )
 
 
-class ControlPlane:
-    """A `tsunagi up` for one benchmark (memory store; leases that never lapse, since the
-    benchmark registers instances nobody heartbeats) and a small client for its API."""
+def shared_secrets(first: Path) -> list[str]:
+    """The ``tsunagi up`` flags that give another replica what replicas must share, from the
+    files the first replica made in its state directory ``first``: its CA, workload-token
+    key and admin token (as an operator copies them from the first replica)."""
+    from tsunagi.ca.keystore import CA_DIR, CERT_FILE, KEY_FILE
+    from tsunagi.controlplane.auth import TOKEN_FILE
+    from tsunagi.controlplane.workload_tokens import KEY_FILE as TOKEN_KEY_FILE
 
-    def __init__(self, procs: Procs, workdir: Path) -> None:
+    return [
+        "--ca-cert", str(first / CA_DIR / CERT_FILE),
+        "--ca-key", str(first / CA_DIR / KEY_FILE),
+        "--workload-token-key", str(first / TOKEN_KEY_FILE),
+        "--token-file", str(first / TOKEN_FILE),
+    ]  # fmt: skip
+
+
+class ControlPlane:
+    """A `tsunagi up` for one benchmark (a memory store unless ``store`` says otherwise;
+    leases that never lapse, since the benchmark registers instances nobody heartbeats) and
+    a small client for its API. ``name`` names its state directory and log; ``extra_args``
+    (a replica's shared secrets) go at the end of its command line."""
+
+    def __init__(
+        self,
+        procs: Procs,
+        workdir: Path,
+        store: str = "memory:",
+        name: str = "state",
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.api_port, self.xds_port = free_port(), free_port()
-        self.state = workdir / "state"
+        self.state = workdir / name
         self.state.mkdir(exist_ok=True)
-        procs.start(
-            "tsunagi-up",
-            up_command(self.state, self.api_port, self.xds_port),
+        log = "tsunagi-up" if name == "state" else f"tsunagi-up-{name}"
+        proc = procs.start(
+            log,
+            [*up_command(self.state, self.api_port, self.xds_port, store), *extra_args],
             self.env,
         )
-        wait_port(self.api_port)
-        self.token = (self.state / "token").read_text().strip()
+        wait_port(self.api_port, timeout=60)
+        # Its token is written before its API listens: none means that another process
+        # took the port first (it was free a moment ago) and this one failed to start.
+        token = self.state / "token"
+        if proc.poll() is not None or not token.exists():
+            tail = (workdir / f"{log}.log").read_text()[-2000:]
+            raise RuntimeError(f"tsunagi up did not start:\n{tail}")
+        self.token = token.read_text().strip()
 
     @property
     def env(self) -> dict[str, str]:

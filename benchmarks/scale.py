@@ -68,7 +68,7 @@ from benchmarks.adsclient import (
     service_name,
     service_namespace,
 )
-from benchmarks.controlplane import up_command
+from benchmarks.controlplane import shared_secrets, up_command
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -636,23 +636,6 @@ async def run_protocol(
         await cp.stop()
 
 
-def secrets_of(first: ControlPlane) -> list[str]:
-    """The ``tsunagi up`` flags that give another replica what replicas must share, from the
-    files ``first`` made in its state directory on its start: its CA, workload-token key and
-    admin token (as an operator copies them from the first replica)."""
-    from tsunagi.ca.keystore import CA_DIR, CERT_FILE, KEY_FILE
-    from tsunagi.controlplane.auth import TOKEN_FILE
-    from tsunagi.controlplane.workload_tokens import KEY_FILE as TOKEN_KEY_FILE
-
-    d = first.state_dir
-    return [
-        "--ca-cert", str(d / CA_DIR / CERT_FILE),
-        "--ca-key", str(d / CA_DIR / KEY_FILE),
-        "--workload-token-key", str(d / TOKEN_KEY_FILE),
-        "--token-file", str(d / TOKEN_FILE),
-    ]  # fmt: skip
-
-
 async def run_replicated(spec: MeshSpec, workdir: Path, profile: bool = False) -> dict[str, Any]:
     """A real etcd and two ``tsunagi up --store etcd://…`` replicas (separate state
     directories; B given A's secrets); populated and changed as :func:`_measure` says, with the
@@ -674,7 +657,7 @@ async def run_replicated(spec: MeshSpec, workdir: Path, profile: bool = False) -
         for name in REPLICA_NAMES:
             # One at a time: A makes its secrets; the others are given A's, which they check
             # against A's fingerprints in etcd.
-            given = secrets_of(planes[0]) if planes else []
+            given = shared_secrets(planes[0].state_dir) if planes else []
             cp = ControlPlane(base / name, store, extra_args=given)
             planes.append(cp)
             await cp.start()

@@ -29,6 +29,11 @@ def test_quick_benchmarks_run_and_report(tmp_path: Path) -> None:
     assert {"dataplane-quick.json", "propagation-quick.json", "scale-quick.json"} <= files
     prop = json.loads((tmp_path / "propagation-quick.json").read_text())["results"]
     assert all(v["n"] == prop["changes"] for v in prop["sizes"].values())
+    # Its replicated case had sidecars on both replicas (or says why it could not run).
+    rep = prop["replicated"]
+    if "skipped" not in rep:
+        assert rep["n"] == prop["changes"], rep
+        assert rep["by_replica"] == {"a": 2, "b": 2}, rep
     dp = json.loads((tmp_path / "dataplane-quick.json").read_text())["results"]
     if "skipped" not in dp:
         for case in ("tsunagi", "tsunagi-ingress", "envoy-ingress"):
