@@ -182,13 +182,15 @@ CLUSTER_ID = "Kubernetes"
 METRICS_LINE_SOURCE = "s"
 """First field of a metric line from the outbound listener (``reporter="source"``):
 ``TOKEN, upstream cluster, upstream host (the endpoint Envoy picked, whose workload the
-registry names), the server's principal, code, flags, gRPC status, duration ms, request
-bytes, response bytes`` (tab-separated). The principal is the upstream certificate's URI
-SANs (``%UPSTREAM_PEER_URI_SAN%``, comma-joined), ``-`` over plain text; a line without it
-(an older config) has one field less."""
+registry names), the server's principal, code, flags, gRPC status, request content type,
+duration ms, request bytes, response bytes`` (tab-separated). The principal is the upstream
+certificate's URI SANs (``%UPSTREAM_PEER_URI_SAN%``, comma-joined), ``-`` over plain text.
+Lines of older configs have no content type (a second logger wrote gRPC requests' lines,
+with :data:`METRICS_TOKEN_GRPC` in their token), and the oldest no principal either."""
 METRICS_LINE_DESTINATION = "d"
-"""Inbound HTTP (``reporter="destination"``): ``TOKEN, peer (the PEER_HEADER value), code,
-flags, gRPC status, duration ms, request bytes, response bytes``."""
+"""Inbound HTTP (``reporter="destination"``): ``TOKEN, peer (the PEER_HEADER value), the
+caller's principal, code, flags, gRPC status, request content type, duration ms, request
+bytes, response bytes``; older configs' lines as on :data:`METRICS_LINE_SOURCE`."""
 METRICS_LINE_TCP = "t"
 """Inbound TCP: ``TOKEN, log type, connection id, received bytes, sent bytes, flags`` with
 cumulative byte counts (Envoy's periodic and end-of-connection entries)."""
@@ -206,8 +208,13 @@ METRICS_TOKEN_SEP = "|"
 """A line's token is ``KIND`` then, per Telemetry metric override, ``|METRIC!`` (metric
 disabled) or ``|METRIC-tag`` (label removed); the agent parses each distinct token once."""
 METRICS_TOKEN_GRPC = "grpc"
-"""A token part (``s|grpc``) on the lines of gRPC requests: a second logger whose filter
-matches the request's gRPC content type writes them (Istio's ``request_protocol`` rule)."""
+"""A token part (``s|grpc``) that marks the lines of gRPC requests: the agent adds it when
+a line's content type is gRPC's (Istio's ``request_protocol`` rule); an older config's
+second logger wrote it, its filter matching that content type."""
+METRICS_CONTENT_TYPE_CHARS = 24
+"""How much of a request's content type an HTTP metric line carries: enough to tell
+``application/grpc`` and ``application/grpc+…`` (gRPC, Istio's ``request_protocol``) from
+the rest, and no more, whatever a client sends."""
 
 
 def workload_name(labels: Mapping[str, str], service: str) -> str:

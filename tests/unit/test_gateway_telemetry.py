@@ -55,11 +55,11 @@ def test_http_reports_as_the_client_side_with_its_own_hop_in_traces() -> None:
     lines = [
         lg["typed_config"]["log_format"]["text_format_source"]["inline_string"] for lg in loggers
     ]
-    # The source side's metric lines (reporter="source"), plain and gRPC, to the agent's FIFO.
-    assert [ln.split("\t")[0] for ln in lines[:2]] == ["s", "s|grpc"]
-    assert {lg["typed_config"].get("path") for lg in loggers[:2]} == {"/run/metrics.fifo"}
+    # The source side's metric line (reporter="source"), every request's, to the agent's FIFO.
+    assert lines[0].split("\t")[0] == "s" and "filter" not in loggers[0]
+    assert loggers[0]["typed_config"].get("path") == "/run/metrics.fifo"
     # Istio's access log, marked with the gateway's id.
-    assert lines[2].startswith("[gateway edge-abc123.shop] [%START_TIME%]")
+    assert lines[1].startswith("[gateway edge-abc123.shop] [%START_TIME%]")
     assert fields["tracing"]["spawn_upstream_span"] is True
     assert fields["tracing"]["random_sampling"] == {"value": 100.0}
 

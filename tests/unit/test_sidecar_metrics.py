@@ -49,11 +49,15 @@ def src(
     token: str = "s",
     host: str = HOST,
     principal: str = "-",
+    content_type: str = "text/plain",
 ) -> str:
-    return "\t".join((token, REVIEWS, host, principal, code, flags, grpc, ms, "80", "300"))
+    """A source line as the outbound metrics logger writes it."""
+    fields = (token, REVIEWS, host, principal, code, flags, grpc, content_type, ms, "80", "300")
+    return "\t".join(fields)
 
 
 def dst(peer: str = PEER, code: str = "200", token: str = "d") -> str:
+    """A destination line of the oldest format: no principal, no content type."""
     return "\t".join((token, peer, code, "-", "-", "7", "90", "200"))
 
 
@@ -242,11 +246,11 @@ def test_the_servers_certificate_names_the_destination_principal() -> None:
     assert agg.bad_lines == 0 and agg.folded == 0
     # Every source metric line asks Envoy for it, right after the endpoint.
     node = Node("productpage-1", metrics_log="/tmp/m")
-    http, grpc, tunnel = _metric_lines(
+    http, tunnel = _metric_lines(
         accesslog.http_access_loggers(node, ProxyTelemetry(), accesslog.OUTBOUND)
     )
     (tcp,) = _metric_lines(accesslog.tcp_access_loggers(node, ProxyTelemetry(), outbound=True))
-    assert http[2:4] == grpc[2:4] == ["%UPSTREAM_HOST%", "%UPSTREAM_PEER_URI_SAN%"]
+    assert http[2:4] == ["%UPSTREAM_HOST%", "%UPSTREAM_PEER_URI_SAN%"]
     assert tcp[7:] == ["%UPSTREAM_HOST%", "%UPSTREAM_PEER_URI_SAN%"]
     assert tunnel[7:] == ["%UPSTREAM_HOST%", "%UPSTREAM_PEER_URI_SAN%", "%REQ(:AUTHORITY)%"]
 
@@ -325,14 +329,31 @@ def test_outbound_tcp_names_the_servers_principal() -> None:
 def test_grpc_and_passthrough_lines() -> None:
     agg = Aggregator(ME, registry)
     assert parse_token("s|grpc").grpc and not parse_token("s").grpc
-    agg.feed([src(grpc="14", code="200", token="s|grpc")])
+    # gRPC by the request's content type, Istio's rule: exactly application/grpc, or
+    # application/grpc+ and a codec (the line carries the type cut to 24 characters).
+    agg.feed([src(grpc="14", code="200", content_type="application/grpc")])
+    agg.feed([src(grpc="0", code="200", content_type="application/grpc+proto")])
     # A gRPC request that got no response: no status, still gRPC (the request said so).
-    agg.feed([src(grpc="-", code="0", flags="DC", token="s|grpc")])
+    agg.feed([src(grpc="-", code="0", flags="DC", content_type="application/grpc")])
+    # Not gRPC: grpc-web, anything else, none. Envoy derives a status from the HTTP code
+    # for those; it is no gRPC status, so none is reported.
+    agg.feed([src(grpc="2", code="500", content_type="application/grpc-web+proto")])
+    agg.feed([src(grpc="0", code="200", content_type="application/json")])
+    agg.feed([src(grpc="0", code="200", content_type="-")])
+    # An older config's line: a second logger for gRPC requests, no content type.
+    older = "\t".join(("s|grpc", REVIEWS, HOST, "-", "200", "-", "5", "3", "80", "300"))
+    agg.feed([older])
     agg.feed(["\t".join(("s", "PassthroughCluster", "-", "-", "200", "-", "-", "1", "1", "1"))])
+    assert agg.bad_lines == 0
     series = parsed(agg.render(), "istio_requests_total")
     grpc = [lb for lb, _ in series if lb["request_protocol"] == "grpc"]
-    assert sorted(lb["grpc_response_status"] for lb in grpc) == ["", "14"]
+    assert sorted(lb["grpc_response_status"] for lb in grpc) == ["", "0", "14", "5"]
     assert {lb["response_code"] for lb in grpc} == {"0", "200"}
+    http = [(lb["response_code"], v) for lb, v in series if lb["request_protocol"] == "http"]
+    assert sorted(http) == [("200", 1), ("200", 2), ("500", 1)]
+    assert {lb["grpc_response_status"] for lb, _ in series if lb["request_protocol"] == "http"} == {
+        ""
+    }
     passthrough = next(lb for lb, _ in series if lb["destination_service"] == "PassthroughCluster")
     assert passthrough["destination_service_name"] == "PassthroughCluster"
     assert passthrough["destination_workload"] == "unknown"
@@ -457,25 +478,21 @@ def test_metrics_token_resolves_overrides_per_mode() -> None:
 def test_loggers_follow_the_fifo_overrides_and_access_log_settings() -> None:
     node = Node.from_metadata("w.default", {pc.META_METRICS_LOG: "/x.fifo"})
     plain = accesslog.http_access_loggers(node, ProxyTelemetry(), accesslog.OUTBOUND)
-    assert [lg["name"] for lg in plain] == ["envoy.access_loggers.file"] * 3
-    http, grpc, tunnel = (
+    assert [lg["name"] for lg in plain] == ["envoy.access_loggers.file"] * 2
+    http, tunnel = (
         lg["typed_config"]["log_format"]["text_format_source"]["inline_string"] for lg in plain
     )
-    # Other requests: 8 operators, a literal "-" for the gRPC status.
-    assert http.startswith("s\t%UPSTREAM_CLUSTER%\t") and http.count("%") == 16
-    assert "%GRPC_STATUS_NUMBER%" not in http and "\t-\t%DURATION%" in http
-    # gRPC requests (by the request's content type, Istio's rule): the status too.
-    assert grpc.startswith("s|grpc\t%UPSTREAM_CLUSTER%\t") and grpc.count("%") == 18
-    assert plain[0]["filter"] == accesslog.NOT_GRPC_NOR_CONNECT
-    assert plain[1]["filter"] == accesslog.GRPC_REQUEST
+    # Every request, gRPC or not, one line: 10 operators, the gRPC status and the request's
+    # content type (cut to what tells gRPC's apart) among them; the agent decides.
+    assert http.startswith("s\t%UPSTREAM_CLUSTER%\t") and http.count("%") == 20
+    assert "\t%GRPC_STATUS_NUMBER%\t%REQ(CONTENT-TYPE):24%\t%DURATION%\t" in http
+    assert plain[0]["filter"] == accesslog.NOT_CONNECT
     # CONNECT tunnels (HTTPS_PROXY): an outbound TCP line with the CONNECT's target.
     assert tunnel.startswith("u\t%ACCESS_LOG_TYPE%\t") and tunnel.endswith("%REQ(:AUTHORITY)%\n")
-    assert plain[2]["filter"] == accesslog.CONNECT_REQUEST
-    inbound = accesslog.http_access_loggers(node, ProxyTelemetry(), accesslog.INBOUND, 9080)
-    assert [lg["filter"] for lg in inbound] == [
-        accesslog.NOT_GRPC_REQUEST,
-        accesslog.GRPC_REQUEST,
-    ]
+    assert plain[1]["filter"] == accesslog.CONNECT_REQUEST
+    # Inbound: one logger that every request reaches (no CONNECT comes in).
+    (inbound,) = accesslog.http_access_loggers(node, ProxyTelemetry(), accesslog.INBOUND, 9080)
+    assert "filter" not in inbound
     off = ProxyTelemetry(metric_overrides=(MetricOverride(mode=CLIENT, disabled=True),))
     assert accesslog.http_access_loggers(node, off, accesslog.OUTBOUND) == []
     assert accesslog.http_access_loggers(node, off, accesslog.INBOUND, 9080)

@@ -123,7 +123,7 @@ class Profile(NamedTuple):
     disabled: frozenset[str]
     removed: Mapping[str, frozenset[str]]
     grpc: bool = False
-    """Lines of gRPC requests (the logger's filter matched the request's content type)."""
+    """Lines of gRPC requests (by the request's content type, Istio's rule)."""
 
 
 _KINDS = (
@@ -144,6 +144,15 @@ def _host_of(authority: str) -> str:
     """``example.com`` of ``example.com:443`` (and ``[::1]`` of ``[::1]:443``)."""
     host, sep, port = authority.rpartition(":")
     return host if sep and port.isdigit() and not host.endswith(":") else authority
+
+
+_GRPC_PART = pc.METRICS_TOKEN_SEP + pc.METRICS_TOKEN_GRPC
+
+
+def _is_grpc(content_type: str) -> bool:
+    """Istio's rule for ``request_protocol="grpc"``: the request's content type is exactly
+    ``application/grpc`` or starts with ``application/grpc+`` (``grpc-web`` is not)."""
+    return content_type == "application/grpc" or content_type.startswith("application/grpc+")
 
 
 def parse_token(token: str) -> Profile:
@@ -326,10 +335,15 @@ class Aggregator:
                 self._feed_tcp(f)
             return
         source = profile.kind == pc.METRICS_LINE_SOURCE
-        # source: token, cluster, host, server principal, code, flags, gRPC status, then
-        # the three values; destination: token, peer, caller principal, code, ...
+        # source: token, cluster, host, server principal, code, flags, gRPC status, content
+        # type, then the three values; destination: token, peer, caller principal, code, ...
         fields = len(f)
-        if fields != (10 if source else 9):
+        if fields == (11 if source else 10):
+            if _is_grpc(f.pop(-4)):
+                f[0] += _GRPC_PART  # its series are apart, labelled grpc (_http_labels)
+            else:
+                f[-4] = "-"  # the status Envoy derived from the HTTP code: not gRPC's
+        elif fields != (10 if source else 9):  # an older config's: a logger for gRPC apart
             if fields != (9 if source else 8):
                 raise ValueError(line)
             f.insert(3 if source else 2, "-")  # an older config's line: no principal

@@ -32,8 +32,8 @@ that way); only routes with ``connect_matcher`` and ``connect_config`` terminate
 Plain requests never look at the TLS ports' virtual hosts (their domains are ports that are
 not HTTP) and meet one ``connect_matcher`` test only on the catch-all. What they do pay, on a
 sidecar with a metric pipe: the metric loggers tell a tunnel (reported as TCP) from a request
-by its ``:method``, two header tests per request (the request logger's ``NOT_GRPC_NOR_CONNECT``
-and the tunnel logger's ``CONNECT_REQUEST``, :mod:`.accesslog`); callgrind's instructions per
+by its ``:method``, two header tests per request (the request logger's ``NOT_CONNECT`` and the
+tunnel logger's ``CONNECT_REQUEST``, :mod:`.accesslog`); callgrind's instructions per
 request (``make bench``) show no change beyond the run-to-run drift. Internal listeners
 need Envoy's ``envoy.bootstrap.internal_listener`` extension (:mod:`tsunagi.agent.bootstrap`);
 they and their clusters are in :mod:`.connect_listeners`. A mesh without TLS ports has none.
