@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
+import grpc
 import pytest
 from benchmarks.etcd import Cluster, Member, ServerTls, unavailable
 from benchmarks.etcd import start_cluster as start_etcd
@@ -24,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from tsunagi.registry import Registry
 from tsunagi.store.etcd import EtcdClient, EtcdStore
+from tsunagi.store.etcd.client import KeyValue
 
 __all__ = [
     "Cluster",
@@ -33,6 +35,7 @@ __all__ = [
     "eventually",
     "leader",
     "make_tls",
+    "read_prefix",
     "registry_on",
     "start_cluster",
 ]
@@ -129,6 +132,26 @@ async def registry_on(cluster: Cluster, prefix: str, ttl: float) -> AsyncIterato
         yield registry
     finally:
         await store.close()
+
+
+def read_prefix(
+    endpoints: Sequence[tuple[str, int]],
+    prefix: str,
+    credentials: grpc.ChannelCredentials | None = None,
+    server_name: str = "",
+) -> list[KeyValue]:
+    """Every key under ``prefix``, read straight from etcd (over TLS with ``credentials``),
+    from a test's own thread."""
+
+    async def read() -> list[KeyValue]:
+        client = EtcdClient(endpoints, credentials=credentials, server_name=server_name)
+        try:
+            _, kvs = await client.range_prefix(prefix.encode())
+        finally:
+            await client.close()
+        return list(kvs)
+
+    return asyncio.run(read())
 
 
 async def leader(cluster: Cluster) -> Member:

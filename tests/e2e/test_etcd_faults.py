@@ -22,9 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.etcd_fixtures import Cluster, etcd_cluster, leader
+from tests.etcd_fixtures import Cluster, etcd_cluster, leader, read_prefix
 from tsunagi.registry import KIND
-from tsunagi.store.etcd import EtcdClient
 
 from .mesh import Mesh, Traffic, started_mesh, wait_until
 from .rules import SUBSETS, all_to
@@ -68,38 +67,19 @@ spec:
 
 def stored_counters(endpoints: list[tuple[str, int]]) -> dict[int, int]:
     """``i`` → the maxConnections stored for ``counter-i``, read straight from etcd."""
-
-    async def read() -> dict[int, int]:
-        client = EtcdClient(endpoints)
-        try:
-            _, kvs = await client.range_prefix(f"{PREFIX}/DestinationRule/default/".encode())
-        finally:
-            await client.close()
-        out = {}
-        for kv in kvs:
-            doc = json.loads(kv.value)
-            name = doc["metadata"]["name"]
-            if not name.startswith("counter-"):
-                continue  # reviews' own rule
+    out = {}
+    for kv in read_prefix(endpoints, f"{PREFIX}/DestinationRule/default/"):
+        doc = json.loads(kv.value)
+        name = doc["metadata"]["name"]
+        if name.startswith("counter-"):  # not reviews' own rule
             i = int(name.removeprefix("counter-"))
             out[i] = doc["spec"]["trafficPolicy"]["connectionPool"]["tcp"]["maxConnections"]
-        return out
-
-    return asyncio.run(read())
+    return out
 
 
 def instance_leases(endpoints: list[tuple[str, int]]) -> dict[bytes, int]:
     """Each registered instance's key → the etcd lease it is stored under."""
-
-    async def read() -> dict[bytes, int]:
-        client = EtcdClient(endpoints)
-        try:
-            _, kvs = await client.range_prefix(f"{PREFIX}/{KIND}/".encode())
-        finally:
-            await client.close()
-        return {kv.key: kv.lease for kv in kvs}
-
-    return asyncio.run(read())
+    return {kv.key: kv.lease for kv in read_prefix(endpoints, f"{PREFIX}/{KIND}/")}
 
 
 def apply(mesh: Mesh) -> subprocess.Popen[str]:

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from cryptography import x509
 
-from tests.etcd_fixtures import Cluster, ServerTls, make_tls, start_cluster
+from tests.etcd_fixtures import Cluster, ServerTls, make_tls, read_prefix, start_cluster
 from tsunagi.store.etcd import EtcdClient, EtcdError
 
 from .mesh import Mesh, started_mesh
@@ -54,19 +54,11 @@ def client_flags(tls: ServerTls) -> list[str]:
 
 def stored(cluster: Cluster, tls: ServerTls, server_name: str = "") -> dict[bytes, bytes]:
     """Every key under PREFIX, read straight from etcd over TLS."""
-
-    async def read() -> dict[bytes, bytes]:
-        credentials = grpc.ssl_channel_credentials(
-            tls.ca.read_bytes(), tls.client_key.read_bytes(), tls.client_cert.read_bytes()
-        )
-        client = EtcdClient(cluster.endpoints, credentials=credentials, server_name=server_name)
-        try:
-            _, kvs = await client.range_prefix(PREFIX.encode())
-        finally:
-            await client.close()
-        return {kv.key: kv.value for kv in kvs}
-
-    return asyncio.run(read())
+    credentials = grpc.ssl_channel_credentials(
+        tls.ca.read_bytes(), tls.client_key.read_bytes(), tls.client_cert.read_bytes()
+    )
+    kvs = read_prefix(cluster.endpoints, PREFIX, credentials, server_name)
+    return {kv.key: kv.value for kv in kvs}
 
 
 def refused_start(tmp_path: Path, *up_args: str) -> subprocess.CompletedProcess[str]:
@@ -129,6 +121,7 @@ def test_without_the_right_files_it_does_not_start_and_names_the_flag(
     )  # fmt: skip
     assert foreign.returncode != 0
     assert "cannot read the store" in foreign.stderr, foreign.stderr
+    assert "that etcd accepts --etcd-cert" in foreign.stderr, foreign.stderr
     assert stored(cluster, tls) == {}  # nothing was written by any of them
 
 

@@ -27,10 +27,9 @@ __all__ = [
 
 def open_store(url: str, state_dir: Path, etcd_tls: EtcdTls | None = None) -> Store:
     """Make a store from ``--store``: ``memory:``, ``sqlite:PATH``,
-    ``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`` (over TLS with ``etcd_tls``) or empty for
-    the default (SQLite)."""
-    if etcd_tls is not None and not url.startswith("etcd://"):
-        raise ValueError("--etcd-ca, --etcd-cert and --etcd-key go with --store etcd://...")
+    ``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`` (over TLS with ``etcd_tls``, which only an
+    etcd store reads: ``tsunagi up`` refuses it with another) or empty for the default
+    (SQLite)."""
     if url in ("", "sqlite:", "sqlite"):
         return SqliteStore(state_dir / "tsunagi.db")
     if url.startswith("sqlite:"):

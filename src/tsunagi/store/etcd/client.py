@@ -220,7 +220,6 @@ class EtcdClient:
         self.where = ",".join(f"{h}:{p}" for h, p in endpoints)
         """The members as the user wrote them (for messages)."""
         self.timeout = timeout
-        self.tls = credentials is not None
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=_OPTIONS)
         else:
